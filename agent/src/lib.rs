@@ -1,0 +1,7 @@
+//! `wren-agent`: the node daemon and the admin CLI behind the `wren` binary.
+//!
+//! - [`cli`]: the command-line contract (`wren agent|status|pool|peer|node|ipam|bgp`).
+//! - [`dataplane`]: everything that touches the kernel (rtnetlink, nftables).
+
+pub mod cli;
+pub mod dataplane;

@@ -1,0 +1,294 @@
+//! `wren-model`: the documents wren keeps in etcd and where they live.
+//!
+//! Every key here is relative to the store prefix (`/wren/v1/` by default). IPAM's own
+//! documents (blocks, affinities, handles) are defined in `wren-ipam`; their key layout is
+//! here so that every reader agrees on it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+/// Default private AS number of a wren cluster.
+pub const DEFAULT_AS: u32 = 64512;
+
+/// Key layout under the store prefix.
+pub mod keys {
+    use ipnet::IpNet;
+
+    /// The cluster-wide configuration document ([`super::ClusterConfig`]).
+    pub const CLUSTER_CONFIG: &str = "config/cluster";
+    /// Prefix of every pool ([`super::Pool`]).
+    pub const POOLS: &str = "pools/";
+    /// Prefix of every node registration ([`super::Node`]).
+    pub const NODES: &str = "nodes/";
+    /// Prefix of every explicit BGP peer ([`super::Peer`]).
+    pub const PEERS: &str = "peers/";
+    /// Prefix of every IPAM block.
+    pub const BLOCKS: &str = "ipam/blocks/";
+    /// Prefix of every block affinity.
+    pub const AFFINITY: &str = "ipam/affinity/";
+    /// Prefix of every IPAM handle.
+    pub const HANDLES: &str = "ipam/handles/";
+    /// Prefix of every workload endpoint.
+    pub const WORKLOADS: &str = "workloads/";
+    /// Prefix of node liveness keys (attached to each node's lease).
+    pub const LIVENESS: &str = "liveness/";
+
+    /// `pools/<name>`
+    pub fn pool(name: &str) -> String {
+        format!("{POOLS}{name}")
+    }
+    /// `nodes/<node>`
+    pub fn node(name: &str) -> String {
+        format!("{NODES}{name}")
+    }
+    /// `liveness/<node>`: exists while the node's agent keeps its lease alive.
+    pub fn liveness(name: &str) -> String {
+        format!("{LIVENESS}{name}")
+    }
+    /// `peers/<name>`
+    pub fn peer(name: &str) -> String {
+        format!("{PEERS}{name}")
+    }
+    /// The path segment for a CIDR: `/` becomes `-` (`10.65.0.0-26`, `fd00::-122`).
+    pub fn cidr_segment(cidr: &IpNet) -> String {
+        cidr.to_string().replace('/', "-")
+    }
+    /// Parses a segment made by [`cidr_segment`] back into a CIDR.
+    pub fn parse_cidr_segment(segment: &str) -> Option<IpNet> {
+        let (addr, len) = segment.rsplit_once('-')?;
+        format!("{addr}/{len}").parse().ok()
+    }
+    /// `ipam/blocks/<cidr>`
+    pub fn block(cidr: &IpNet) -> String {
+        format!("{BLOCKS}{}", cidr_segment(cidr))
+    }
+    /// `ipam/affinity/<node>/` — every affinity of one node.
+    pub fn node_affinities(node: &str) -> String {
+        format!("{AFFINITY}{node}/")
+    }
+    /// `ipam/affinity/<node>/<cidr>`
+    pub fn affinity(node: &str, cidr: &IpNet) -> String {
+        format!("{AFFINITY}{node}/{}", cidr_segment(cidr))
+    }
+    /// `ipam/handles/<handle>`
+    pub fn handle(handle: &str) -> String {
+        format!("{HANDLES}{handle}")
+    }
+    /// `workloads/<node>/` — every workload of one node.
+    pub fn node_workloads(node: &str) -> String {
+        format!("{WORKLOADS}{node}/")
+    }
+    /// `workloads/<node>/<containerID>/<ifname>`
+    pub fn workload(node: &str, container_id: &str, ifname: &str) -> String {
+        format!("{WORKLOADS}{node}/{container_id}/{ifname}")
+    }
+}
+
+/// Cluster-wide BGP and IPAM settings (`config/cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// AS number of every node that does not set its own.
+    #[serde(default = "default_as")]
+    pub as_number: u32,
+    /// Whether every node peers with every other node (full iBGP mesh).
+    #[serde(default = "default_true")]
+    pub node_to_node_mesh: bool,
+    /// Refuse to borrow addresses from other nodes' blocks.
+    #[serde(default)]
+    pub strict_affinity: bool,
+    /// Upper bound on blocks one node may claim (0 = unlimited).
+    #[serde(default)]
+    pub max_blocks_per_node: u32,
+}
+
+fn default_as() -> u32 {
+    DEFAULT_AS
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            as_number: DEFAULT_AS,
+            node_to_node_mesh: true,
+            strict_affinity: false,
+            max_blocks_per_node: 0,
+        }
+    }
+}
+
+/// How traffic to a pool's addresses crosses between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encapsulation {
+    /// Plain routing: the fabric (or the shared L2 segment) carries pod routes.
+    #[default]
+    None,
+    /// VXLAN (VNI 4096, UDP 4789) through `wren.vxlan`.
+    Vxlan,
+    /// IP-in-IP through `wrentunl0`.
+    Ipip,
+}
+
+/// When encapsulation is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncapsulationMode {
+    /// Toward every other node.
+    #[default]
+    Always,
+    /// Only toward nodes outside this node's subnet.
+    CrossSubnet,
+}
+
+/// An address pool (`pools/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pool {
+    /// The pool's range.
+    pub cidr: IpNet,
+    /// Prefix length of the blocks nodes claim from it (26 for v4, 122 for v6 by default).
+    pub block_size: u8,
+    /// Encapsulation toward other nodes.
+    #[serde(default)]
+    pub encapsulation: Encapsulation,
+    /// When encapsulation applies.
+    #[serde(default)]
+    pub encapsulation_mode: EncapsulationMode,
+    /// Masquerade traffic from this pool to destinations outside every pool.
+    #[serde(default)]
+    pub nat_outgoing: bool,
+    /// A disabled pool hands out no new blocks; existing allocations stay.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl Pool {
+    /// The default block size for a pool of this address family.
+    pub fn default_block_size(cidr: &IpNet) -> u8 {
+        match cidr {
+            IpNet::V4(_) => 26,
+            IpNet::V6(_) => 122,
+        }
+    }
+}
+
+/// A node registration (`nodes/<node>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    /// Node name (the hostname by default).
+    pub name: String,
+    /// The node's IPv4 address with its prefix length (e.g. `10.0.0.2/24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Net>,
+    /// The node's IPv6 address with its prefix length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Net>,
+    /// Per-node AS number; the cluster's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
+    /// Set on route reflectors: their cluster id (dotted quad).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_reflector_cluster_id: Option<std::net::Ipv4Addr>,
+    /// MAC of the node's `wren.vxlan` device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_mac: Option<String>,
+    /// Address of the node's `wren.vxlan` device (allocated from the pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan_address: Option<IpAddr>,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An explicit BGP peer (`peers/<name>`), e.g. a top-of-rack router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Peer {
+    /// The peer's address.
+    pub peer_ip: IpAddr,
+    /// The peer's AS number.
+    pub as_number: u32,
+    /// Only this node peers with it; every node when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// TCP MD5 password (RFC 2385).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Do not rewrite the next hop toward this peer.
+    #[serde(default)]
+    pub keep_original_next_hop: bool,
+}
+
+/// A pod's endpoint on a node (`workloads/<node>/<containerID>/<ifname>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    /// Node the pod runs on.
+    pub node: String,
+    /// Runtime container id.
+    pub container_id: String,
+    /// Interface name inside the pod.
+    pub ifname: String,
+    /// CNI network name.
+    pub network: String,
+    /// IPAM handle (`<network>.<containerID>`).
+    pub handle: String,
+    /// Kubernetes pod namespace, when the runtime says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    /// Kubernetes pod name, when the runtime says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// Path of the pod's network namespace.
+    pub netns: String,
+    /// The pod's addresses (/32 and /128).
+    pub addresses: Vec<IpNet>,
+    /// Name of the host-side veth.
+    pub host_interface: String,
+    /// MAC of the pod-side interface.
+    pub mac: String,
+}
+
+/// IPAM handle of a pod's addresses: `<network>.<containerID>`.
+pub fn workload_handle(network: &str, container_id: &str) -> String {
+    format!("{network}.{container_id}")
+}
+
+/// IPAM handle of a node's VXLAN tunnel address.
+pub fn vxlan_tunnel_handle(node: &str) -> String {
+    format!("vxlan-tunnel-addr-{node}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_segments_round_trip() {
+        for s in ["10.65.0.0/26", "fd00:10::/122"] {
+            let net: IpNet = s.parse().unwrap();
+            let seg = keys::cidr_segment(&net);
+            assert!(!seg.contains('/'));
+            assert_eq!(keys::parse_cidr_segment(&seg), Some(net));
+        }
+    }
+
+    #[test]
+    fn pool_document_matches_design() {
+        let p: Pool = serde_json::from_str(
+            r#"{"cidr":"10.65.0.0/16","blockSize":26,"encapsulation":"vxlan","encapsulationMode":"cross-subnet","natOutgoing":true,"disabled":false}"#,
+        )
+        .unwrap();
+        assert_eq!(p.encapsulation, Encapsulation::Vxlan);
+        assert_eq!(p.encapsulation_mode, EncapsulationMode::CrossSubnet);
+        assert!(serde_json::from_str::<Pool>(r#"{"cidr":"10.0.0.0/8","blockSize":26,"bogus":1}"#).is_err());
+    }
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Installs what building and testing wren needs on a Debian machine. Idempotent: it only
+# installs what is missing, and does nothing at all when everything is there.
+set -euo pipefail
+
+# command -> Debian package that provides it
+declare -A NEED=(
+  [protoc]=protobuf-compiler
+  [etcd]=etcd-server
+  [etcdctl]=etcd-client
+  [bird]=bird2
+  [birdc]=bird2
+  [/usr/lib/frr/bgpd]=frr
+  [/usr/lib/frr/zebra]=frr
+  [gobgpd]=gobgpd
+  [gobgp]=gobgpd
+  [ip]=iproute2
+  [bridge]=iproute2
+  [nft]=nftables
+  [iperf3]=iperf3
+  [tcpdump]=tcpdump
+  [ping]=iputils-ping
+  [pkill]=procps
+  [/usr/lib/cni/portmap]=containernetworking-plugins
+  [/usr/lib/cni/bandwidth]=containernetworking-plugins
+  [/usr/lib/cni/ptp]=containernetworking-plugins
+  [/usr/lib/cni/host-local]=containernetworking-plugins
+  [hyperfine]=hyperfine
+  [python3]=python3
+)
+
+missing=()
+for cmd in "${!NEED[@]}"; do
+  if [[ "$cmd" == /* ]]; then
+    [[ -x "$cmd" ]] || missing+=("${NEED[$cmd]}")
+  else
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+  fi
+done
+
+if ((${#missing[@]})); then
+  mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "bootstrap: installing ${pkgs[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "bootstrap: need root to install ${pkgs[*]} (run as root or install them yourself)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Daemons from these packages must not start on the host: tests run their own copies
+  # inside network namespaces.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1
+  fi
+  apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+  if ((created_policy)); then rm -f "$policy"; fi
+fi
+
+# Rust components the test command uses.
+if command -v rustup >/dev/null 2>&1; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+echo "bootstrap: all prerequisites present"

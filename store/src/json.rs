@@ -1,0 +1,1 @@
+//! Typed JSON access on top of any [`Store`](crate::Store).

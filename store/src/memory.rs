@@ -1,0 +1,1 @@
+//! In-memory backend with etcd semantics (revisions, compaction, leases, ordered watches).
