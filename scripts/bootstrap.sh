@@ -27,6 +27,7 @@ declare -A NEED=(
   [/usr/lib/cni/host-local]=containernetworking-plugins
   [hyperfine]=hyperfine
   [python3]=python3
+  [systemd-analyze]=systemd
 )
 
 missing=()
@@ -56,6 +57,15 @@ if ((${#missing[@]})); then
   fi
   apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
   if ((created_policy)); then rm -f "$policy"; fi
+fi
+
+# The Kubernetes manifest validator (schema-aware, offline schemas) lives in its own venv.
+TOOLS=${WREN_TOOLS:-/opt/wren-tools}
+if [[ ! -x $TOOLS/venv/bin/kubernetes-validate ]]; then
+  echo "bootstrap: installing kubernetes-validate into $TOOLS/venv"
+  dpkg -s python3-venv >/dev/null 2>&1 || python3 -m venv --help >/dev/null 2>&1 || apt-get install -y -qq python3-venv
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install -q 'kubernetes-validate==1.37.0'
 fi
 
 # Rust components the test command uses.
