@@ -61,6 +61,15 @@ pub enum Compare {
     ModRevision(String, Revision),
 }
 
+impl Compare {
+    /// The key the condition is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Compare::Absent(key) | Compare::Present(key) | Compare::ModRevision(key, _) => key,
+        }
+    }
+}
+
 /// One write inside a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxnOp {
@@ -112,6 +121,28 @@ impl Txn {
     pub fn delete(mut self, key: impl Into<String>) -> Self {
         self.ops.push(TxnOp::Delete { key: key.into() });
         self
+    }
+}
+
+impl TxnOp {
+    /// The key the operation writes.
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+        }
+    }
+}
+
+/// Rejects a transaction that writes one key twice, as etcd does, so both backends refuse
+/// it the same way before anything is sent.
+pub(crate) fn validate_txn(txn: &Txn) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    match txn.ops.iter().find(|op| !seen.insert(op.key())) {
+        Some(op) => Err(StoreError::InvalidData {
+            key: op.key().to_owned(),
+            reason: "written more than once in one transaction".into(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -175,7 +206,9 @@ pub enum StoreError {
         reason: String,
     },
     /// A watch asked for a revision that the store has already compacted away.
-    #[error("revision {requested} has been compacted (oldest available is {compact_revision}); re-list and watch again")]
+    #[error(
+        "revision {requested} has been compacted (oldest available is {compact_revision}); re-list and watch again"
+    )]
     Compacted {
         /// The revision the watch asked to start from.
         requested: Revision,
@@ -238,6 +271,10 @@ pub trait Store: Send + Sync + 'static {
     async fn txn(&self, txn: Txn) -> Result<Revision>;
 
     /// Streams every change under `prefix` from `from_revision` (inclusive) on, in order.
+    ///
+    /// A `from_revision` of 0 or less means "changes after now". A start revision that has been
+    /// compacted away is reported as the stream's first item, [`StoreError::Compacted`], after
+    /// which the stream ends.
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream>;
 
     /// Grants a lease of `ttl_secs` seconds.
