@@ -1,4 +1,15 @@
 //! The `wren` command line. Names and flags are a contract with users (see `docs/`).
+//!
+//! Each subcommand lives in its own module with an `async fn run(args) -> anyhow::Result<()>`.
+
+pub mod agent;
+pub mod bgp;
+pub mod ipam;
+pub mod node;
+pub mod peer;
+pub mod pool;
+pub mod status;
+pub mod store;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -39,7 +50,7 @@ pub enum Command {
 }
 
 /// How to reach the datastore; shared by every command that reads it.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct StoreArgs {
     /// etcd endpoints, comma separated.
     #[arg(long, env = "WREN_ETCD_ENDPOINTS", value_delimiter = ',')]
@@ -59,7 +70,7 @@ pub struct StoreArgs {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -81,8 +92,36 @@ pub struct AgentArgs {
     #[arg(long, env = "WREN_NODE_IP")]
     pub node_ip: Option<String>,
     /// AS number of this node (default: the cluster's).
-    #[arg(long = "as", env = "WREN_AS")]
+    #[arg(long = "as", env = "WREN_AS", value_parser = parse_as_number)]
     pub as_number: Option<u32>,
+    /// This node's IPv6 address with prefix length, e.g. fd00::2/64 (default: none).
+    #[arg(long, env = "WREN_NODE_IPV6")]
+    pub node_ipv6: Option<String>,
+    /// Shell-style pattern of interface names to take the node IP from when the interface
+    /// holding the default route has none, e.g. `eth*`.
+    #[arg(long, env = "WREN_NODE_IP_INTERFACE")]
+    pub node_ip_interface: Option<String>,
+    /// Mark this node as a route reflector with this cluster id (dotted quad).
+    #[arg(long, env = "WREN_ROUTE_REFLECTOR_CLUSTER_ID")]
+    pub route_reflector_cluster_id: Option<String>,
+    /// TCP port the BGP speaker listens on and connects to (default 179).
+    #[arg(long, env = "WREN_BGP_PORT")]
+    pub bgp_port: Option<u16>,
+    /// How often kernel routes are compared with the desired state, e.g. `10s`, `500ms`.
+    #[arg(long, env = "WREN_RECONCILE_INTERVAL")]
+    pub reconcile_interval: Option<String>,
+    /// TTL of the liveness lease, e.g. `30s`.
+    #[arg(long, env = "WREN_LIVENESS_TTL")]
+    pub liveness_ttl: Option<String>,
+    /// How long /readyz waits for BGP End-of-RIB from every peer before calling BGP synced.
+    #[arg(long, env = "WREN_BGP_SYNC_TIMEOUT")]
+    pub bgp_sync_timeout: Option<String>,
+    /// Graceful-restart time asked of peers (how long they keep our routes), e.g. `120s`.
+    #[arg(long, env = "WREN_GRACEFUL_RESTART_TIME")]
+    pub graceful_restart_time: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Path of the local API socket for the CNI plugin.
     #[arg(long, env = "WREN_SOCKET")]
     pub socket: Option<PathBuf>,
@@ -203,7 +242,7 @@ pub enum PeerCommand {
         #[arg(long)]
         peer_ip: IpAddr,
         /// The peer's AS number.
-        #[arg(long = "as")]
+        #[arg(long = "as", value_parser = parse_as_number)]
         as_number: u32,
         /// Only this node peers with it (default: every node).
         #[arg(long)]
@@ -269,7 +308,11 @@ pub enum IpamCommand {
     /// Free an address, or everything `wren ipam check` reports.
     Release {
         /// The address to free.
-        #[arg(long, conflicts_with = "from_check", required_unless_present = "from_check")]
+        #[arg(
+            long,
+            conflicts_with = "from_check",
+            required_unless_present = "from_check"
+        )]
         ip: Option<IpAddr>,
         /// Free everything the leak check finds (each re-validated first).
         #[arg(long)]
@@ -303,7 +346,7 @@ pub enum BgpCommand {
     /// Show or change the cluster's BGP settings.
     Config {
         /// Cluster AS number.
-        #[arg(long = "as")]
+        #[arg(long = "as", value_parser = parse_as_number)]
         as_number: Option<u32>,
         /// Node-to-node full mesh.
         #[arg(long, value_enum)]
@@ -311,9 +354,29 @@ pub enum BgpCommand {
     },
 }
 
+/// Parses an AS number for `--as`: 1..=4294967295, not 23456 (AS_TRANS).
+fn parse_as_number(value: &str) -> Result<u32, String> {
+    crate::config::parse_as_number(value).map_err(|e| match e {
+        crate::config::ConfigError::Invalid { reason, .. } => format!("AS number {reason}"),
+        other => other.to_string(),
+    })
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        other => anyhow::bail!("{other:?}: not implemented yet"),
-    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Agent(args) => agent::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::Pool(args) => pool::run(args).await,
+            Command::Peer(args) => peer::run(args).await,
+            Command::Node(args) => node::run(args).await,
+            Command::Ipam(args) => ipam::run(args).await,
+            Command::Bgp(args) => bgp::run(args).await,
+        }
+    })
 }

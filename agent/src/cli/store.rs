@@ -1,0 +1,1 @@
+//! Opening the datastore from the command line's `--etcd-*` flags.
