@@ -3,3 +3,13 @@
 //! The harness has no dependency on other wren crates, so every crate's integration tests can
 //! use it: a real `etcd` on a free loopback port, network namespaces that clean up after
 //! themselves, and child processes that are ended by their id when the guard drops.
+//!
+//! - [`prereq`]: root, commands and kernel features a test needs; skip or fail (`CI=true`).
+//! - [`process`]: a guard that owns a child process and ends it by its pid.
+//! - [`etcd`]: a real single-member etcd with a temporary data directory.
+//! - [`netns`]: network namespaces, veth pairs and bridges that remove themselves.
+
+pub mod etcd;
+pub mod netns;
+pub mod prereq;
+pub mod process;
