@@ -5,6 +5,42 @@
 //! RFC 7606 (revised error handling). AS paths are always held with 4-octet AS numbers; the
 //! codec converts to and from 2-octet encodings (and AS4_PATH) per the session's [`Codec`]
 //! settings.
+//!
+//! # Receiving
+//! 1. [`frame`] tells the read loop whether the buffer starts with a whole message and how
+//!    long it is (or which header error to send).
+//! 2. [`parse_message`] decodes it into a [`ParsedMessage`]. `Err(WireError)` ends the
+//!    session: send [`WireError::notification`]. An UPDATE comes back as a [`ParsedUpdate`]
+//!    whose `update` is ready for the RIB (RFC 7606 treat-as-withdraw and attribute-discard
+//!    already applied) and whose `actions` list what was done and why.
+//! 3. A received OPEN is checked with [`negotiate`], which yields the session's [`Codec`],
+//!    hold time and families, or the OPEN error to send.
+//!
+//! # Sending
+//! [`encode_message`] / [`Message::encode`] for single messages; [`pack_announcements`] and
+//! [`pack_withdrawals`] split any number of routes into UPDATEs that fit.
+
+mod attributes;
+mod error;
+mod frame;
+mod message;
+mod nlri;
+mod num;
+mod open;
+mod pack;
+mod update;
+
+pub use attributes::{
+    FLAG_EXTENDED_LENGTH, FLAG_OPTIONAL, FLAG_PARTIAL, FLAG_TRANSITIVE, type_code,
+};
+pub use error::{
+    CeaseError, EncodeError, ErrorCode, FsmError, HeaderError, OpenError, UpdateError, WireError,
+};
+pub use frame::{HEADER_LEN, MAX_MESSAGE_LEN, MessageType, frame};
+pub use message::{MAX_SHUTDOWN_MESSAGE, ParsedMessage, encode_message, parse_message};
+pub use open::{AS_TRANS, Negotiated, OpenPolicy, negotiate};
+pub use pack::{pack_announcements, pack_withdrawals};
+pub use update::{ParsedUpdate, UpdateAction, UpdateFault};
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -21,6 +57,9 @@ pub enum Afi {
 
 /// A BGP message.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// An UPDATE is the common case and is moved, not stored: boxing it would cost an allocation
+// per message for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Message {
     /// OPEN (type 1).
     Open(Open),
@@ -216,6 +255,8 @@ impl Default for Codec {
     /// Before OPENs are exchanged (and for the OPEN itself): 4-octet AS assumed, which
     /// only matters for UPDATEs.
     fn default() -> Self {
-        Self { four_octet_as: true }
+        Self {
+            four_octet_as: true,
+        }
     }
 }
