@@ -1,0 +1,802 @@
+//! The BGP session state machine (RFC 4271 §8), without I/O.
+//!
+//! [`Fsm::handle`] takes an [`Event`] (an operator command, a TCP outcome, a received message,
+//! a timer expiry) and returns the [`Action`]s the caller must carry out: open or close a
+//! connection, send a message, start or stop a timer, report the session up or down, hand an
+//! UPDATE to the RIB. The caller owns sockets and clocks; the machine owns the protocol.
+//!
+//! One machine serves one configured peer and tracks up to two TCP connections to it, because
+//! both speakers may connect at once. The collision is resolved by BGP identifier as RFC 4271
+//! §6.8 says: the connection opened by the speaker with the higher identifier survives.
+//!
+//! Deviation from the letter of RFC 4271, as BIRD, FRR and GoBGP do too: when an outgoing
+//! connection fails in Connect the machine waits in Active for the ConnectRetry timer instead of
+//! falling back to Idle, and after an error the machine restarts by itself (RFC 4271 §8.1.1,
+//! automatic start) once an idle-hold delay has passed; that delay doubles on every consecutive
+//! failure so a broken peer is not hammered.
+
+mod open;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use crate::wire::{Afi, GracefulRestart, Message, Negotiated, Notification, OpenPolicy, Update};
+use crate::wire::{CeaseError, ErrorCode, FsmError};
+
+pub use open::{keepalive, retained};
+
+/// Hold time used while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
+pub const OPEN_HOLD_TIME: Duration = Duration::from_secs(240);
+
+/// Session states of RFC 4271 §8.2.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Not started, or waiting out the idle-hold delay after an error.
+    Idle,
+    /// An outgoing TCP connection is being set up.
+    Connect,
+    /// Waiting for the peer to connect (or for the ConnectRetry timer to try again).
+    Active,
+    /// Our OPEN is sent; waiting for the peer's.
+    OpenSent,
+    /// OPENs exchanged; waiting for the first KEEPALIVE.
+    OpenConfirm,
+    /// The session is up: UPDATEs flow.
+    Established,
+}
+
+impl State {
+    /// The state's name as RFC 4271 writes it (and `birdc`/`vtysh` show it).
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Idle => "Idle",
+            State::Connect => "Connect",
+            State::Active => "Active",
+            State::OpenSent => "OpenSent",
+            State::OpenConfirm => "OpenConfirm",
+            State::Established => "Established",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Names one TCP connection (or connection attempt) of a session. The machine hands out the
+/// ids for outgoing attempts ([`Action::Connect`]); the caller picks them for incoming
+/// connections, taking care not to reuse one the machine may still track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Who opened a connection; collision resolution keeps the one opened by the higher identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The peer connected to us.
+    Inbound,
+    /// We connected to the peer.
+    Outbound,
+}
+
+/// The machine's timers. The caller runs them and reports expiry with [`Event::TimerExpired`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// Time between outgoing connection attempts.
+    ConnectRetry,
+    /// Time the peer may stay silent before the session is dropped.
+    Hold,
+    /// Time between our KEEPALIVEs.
+    Keepalive,
+    /// Delay before restarting after an error (automatic start).
+    IdleHold,
+}
+
+/// Inputs of the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The operator (or the embedding program) starts the session (RFC event 1).
+    ManualStart,
+    /// The operator stops the session; the Cease subcode (RFC 4486) says why (RFC event 2).
+    ManualStop(CeaseError),
+    /// A timer the machine started has expired (RFC events 9–12).
+    TimerExpired(Timer),
+    /// Our outgoing connection attempt succeeded (RFC event 16, Tcp_CR_Acked).
+    TcpConnected(ConnId),
+    /// The peer connected to us (RFC event 17, TcpConnectionConfirmed).
+    TcpAccepted(ConnId),
+    /// A connection or connection attempt failed or was closed by the peer (RFC event 18).
+    TcpFailed(ConnId),
+    /// A message arrived on a connection (RFC events 19–28).
+    Message(ConnId, Message),
+    /// A message on a connection could not be parsed; the NOTIFICATION says why (RFC events
+    /// 21, 22, 28).
+    MessageError(ConnId, Notification),
+}
+
+/// Outputs of the machine, to be carried out in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open an outgoing TCP connection; report the outcome with `TcpConnected` / `TcpFailed`.
+    Connect(ConnId),
+    /// Send a message on a connection.
+    Send(ConnId, Message),
+    /// Close a connection (after sending what was queued) or abandon a connection attempt.
+    Close(ConnId),
+    /// (Re)start a timer to expire after the duration.
+    StartTimer(Timer, Duration),
+    /// Stop a timer.
+    StopTimer(Timer),
+    /// The session reached Established on this connection, with these capabilities.
+    SessionUp(ConnId, Negotiated),
+    /// The established session ended.
+    SessionDown(Down),
+    /// An UPDATE arrived on the established session.
+    Deliver(Update),
+    /// The peer asked us to send our routes of a family again (RFC 2918).
+    RouteRefresh(Afi),
+}
+
+/// Why a session is not (or no longer) up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownReason {
+    /// The operator stopped the session with this Cease subcode.
+    Stopped(CeaseError),
+    /// The peer stayed silent for the hold time.
+    HoldTimerExpired,
+    /// The peer sent this NOTIFICATION.
+    NotificationReceived(Notification),
+    /// We sent this NOTIFICATION (a protocol error by the peer).
+    NotificationSent(Notification),
+    /// The TCP connection failed or was closed without a NOTIFICATION.
+    ConnectionLost,
+    /// The peer opened a new session while the old one was up: it restarted (RFC 4724 §4.2).
+    PeerRestarted,
+}
+
+impl std::fmt::Display for DownReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let describe = |n: &Notification| match ErrorCode::from_pair(n.code, n.subcode) {
+            Some(code) => code.to_string(),
+            None => format!("code {} subcode {}", n.code, n.subcode),
+        };
+        match self {
+            DownReason::Stopped(c) => write!(f, "stopped: Cease / {c:?}"),
+            DownReason::HoldTimerExpired => f.write_str("hold timer expired"),
+            DownReason::NotificationReceived(n) => write!(f, "received {}", describe(n)),
+            DownReason::NotificationSent(n) => write!(f, "sent {}", describe(n)),
+            DownReason::ConnectionLost => f.write_str("connection lost"),
+            DownReason::PeerRestarted => f.write_str("peer restarted"),
+        }
+    }
+}
+
+/// The end of an established session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Down {
+    /// Why it ended.
+    pub reason: DownReason,
+    /// The peer's routes of these families must be kept as stale (RFC 4724 §4.2): the peer
+    /// advertised graceful restart and the session ended without a NOTIFICATION. Empty means
+    /// flush the peer's routes.
+    pub retain: Vec<Afi>,
+    /// How long to keep them before flushing (the peer's advertised restart time).
+    pub restart_time: Duration,
+}
+
+/// Per-session settings the machine needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Our AS.
+    pub local_as: u32,
+    /// Our BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// The AS the peer must present.
+    pub remote_as: u32,
+    /// Never connect out; wait for the peer.
+    pub passive: bool,
+    /// Hold time we propose, in seconds (0 = no keepalives; otherwise at least 3).
+    pub hold_time: u16,
+    /// Time between outgoing connection attempts.
+    pub connect_retry: Duration,
+    /// First delay before an automatic restart after an error; doubles up to `idle_hold_max`.
+    pub idle_hold: Duration,
+    /// Longest delay before an automatic restart.
+    pub idle_hold_max: Duration,
+    /// Families we offer.
+    pub families: Vec<Afi>,
+    /// The graceful-restart capability we advertise, if any (RFC 4724).
+    pub graceful_restart: Option<GracefulRestart>,
+}
+
+impl SessionConfig {
+    /// Settings with the usual defaults: hold time 90 s, connect retry 30 s, idle hold 5 s
+    /// doubling to 120 s, IPv4 and IPv6 unicast, active open, no graceful restart.
+    pub fn new(local_as: u32, router_id: Ipv4Addr, remote_as: u32) -> Self {
+        Self {
+            local_as,
+            router_id,
+            remote_as,
+            passive: false,
+            hold_time: 90,
+            connect_retry: Duration::from_secs(30),
+            idle_hold: Duration::from_secs(5),
+            idle_hold_max: Duration::from_secs(120),
+            families: vec![Afi::Ipv4Unicast, Afi::Ipv6Unicast],
+            graceful_restart: None,
+        }
+    }
+
+    /// Whether the peer is in our AS.
+    pub fn is_ibgp(&self) -> bool {
+        self.local_as == self.remote_as
+    }
+}
+
+/// Where a connection is in the OPEN exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    id: ConnId,
+    direction: Direction,
+    state: ConnState,
+    negotiated: Option<Negotiated>,
+}
+
+/// The state machine of one peer.
+#[derive(Debug)]
+pub struct Fsm {
+    config: SessionConfig,
+    /// Started by the operator and not stopped since.
+    enabled: bool,
+    /// Waiting out the idle-hold delay before an automatic start.
+    holding: bool,
+    /// The outgoing connection attempt in progress.
+    connecting: Option<ConnId>,
+    conns: Vec<Conn>,
+    next_id: u64,
+    /// Consecutive failures, for the idle-hold back-off (RFC 4271 ConnectRetryCounter).
+    failures: u32,
+    state: State,
+    since: Instant,
+    last_error: Option<DownReason>,
+}
+
+impl Fsm {
+    /// A machine in Idle; nothing happens until [`Event::ManualStart`].
+    pub fn new(config: SessionConfig, now: Instant) -> Self {
+        Self {
+            config,
+            enabled: false,
+            holding: false,
+            connecting: None,
+            conns: Vec::new(),
+            next_id: 1,
+            failures: 0,
+            state: State::Idle,
+            since: now,
+            last_error: None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// When the machine entered the current state.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// The session's settings.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The capabilities of the established session.
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.established().and_then(|c| c.negotiated.as_ref())
+    }
+
+    /// The connection carrying the established session.
+    pub fn established_conn(&self) -> Option<ConnId> {
+        self.established().map(|c| c.id)
+    }
+
+    /// Why the session last went down or failed to come up.
+    pub fn last_error(&self) -> Option<&DownReason> {
+        self.last_error.as_ref()
+    }
+
+    /// Hands out an id for an incoming connection that no tracked connection uses.
+    pub fn next_conn_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// Feeds one event; returns what the caller must do, in order.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::ManualStart => {
+                self.failures = 0;
+                self.start(&mut out);
+            }
+            Event::ManualStop(cease) => self.stop(cease, &mut out),
+            Event::TimerExpired(timer) => self.timer(timer, &mut out),
+            Event::TcpConnected(id) => {
+                if self.connecting == Some(id) {
+                    self.connecting = None;
+                    self.track(id, Direction::Outbound, &mut out);
+                } else {
+                    out.push(Action::Close(id));
+                }
+            }
+            Event::TcpAccepted(id) => {
+                if self.enabled && !self.holding {
+                    self.track(id, Direction::Inbound, &mut out);
+                } else {
+                    out.push(Action::Close(id));
+                }
+            }
+            Event::TcpFailed(id) => self.tcp_failed(id, &mut out),
+            Event::Message(id, message) => self.message(id, message, &mut out),
+            Event::MessageError(id, notification) => {
+                if self.conn(id).is_some() {
+                    self.protocol_error(id, notification, &mut out);
+                }
+            }
+        }
+        self.update_state(now);
+        out
+    }
+
+    fn established(&self) -> Option<&Conn> {
+        self.conns
+            .iter()
+            .find(|c| c.state == ConnState::Established)
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.iter().find(|c| c.id == id)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.iter_mut().find(|c| c.id == id)
+    }
+
+    fn remove(&mut self, id: ConnId) -> Option<Conn> {
+        let pos = self.conns.iter().position(|c| c.id == id)?;
+        Some(self.conns.remove(pos))
+    }
+
+    fn update_state(&mut self, now: Instant) {
+        let has = |s| self.conns.iter().any(|c| c.state == s);
+        let state = if has(ConnState::Established) {
+            State::Established
+        } else if has(ConnState::OpenConfirm) {
+            State::OpenConfirm
+        } else if has(ConnState::OpenSent) {
+            State::OpenSent
+        } else if self.connecting.is_some() {
+            State::Connect
+        } else if self.enabled && !self.holding {
+            State::Active
+        } else {
+            State::Idle
+        };
+        if state != self.state {
+            self.state = state;
+            self.since = now;
+        }
+    }
+
+    /// ManualStart and automatic start: leave Idle for Connect (or Active when passive).
+    fn start(&mut self, out: &mut Vec<Action>) {
+        if self.state != State::Idle && !self.holding {
+            return;
+        }
+        self.enabled = true;
+        self.holding = false;
+        out.push(Action::StopTimer(Timer::IdleHold));
+        out.push(Action::StartTimer(
+            Timer::ConnectRetry,
+            self.config.connect_retry,
+        ));
+        if !self.config.passive {
+            self.connect(out);
+        }
+    }
+
+    fn connect(&mut self, out: &mut Vec<Action>) {
+        let id = self.next_conn_id();
+        self.connecting = Some(id);
+        out.push(Action::Connect(id));
+    }
+
+    fn stop(&mut self, cease: CeaseError, out: &mut Vec<Action>) {
+        let notification = cease_notification(cease);
+        let was_up = self.established().is_some();
+        for conn in std::mem::take(&mut self.conns) {
+            out.push(Action::Send(
+                conn.id,
+                Message::Notification(notification.clone()),
+            ));
+            out.push(Action::Close(conn.id));
+        }
+        if let Some(id) = self.connecting.take() {
+            out.push(Action::Close(id));
+        }
+        if was_up {
+            out.push(Action::SessionDown(Down {
+                reason: DownReason::Stopped(cease),
+                retain: Vec::new(),
+                restart_time: Duration::ZERO,
+            }));
+        }
+        self.enabled = false;
+        self.holding = false;
+        self.failures = 0;
+        stop_all_timers(out);
+    }
+
+    fn timer(&mut self, timer: Timer, out: &mut Vec<Action>) {
+        match timer {
+            Timer::ConnectRetry => match self.state {
+                State::Connect | State::Active => {
+                    if let Some(id) = self.connecting.take() {
+                        out.push(Action::Close(id));
+                    }
+                    out.push(Action::StartTimer(
+                        Timer::ConnectRetry,
+                        self.config.connect_retry,
+                    ));
+                    if !self.config.passive {
+                        self.connect(out);
+                    }
+                }
+                _ => {}
+            },
+            Timer::IdleHold => {
+                if self.enabled && self.holding {
+                    self.start(out);
+                }
+            }
+            Timer::Hold => {
+                if matches!(
+                    self.state,
+                    State::OpenSent | State::OpenConfirm | State::Established
+                ) {
+                    let notification = error_notification(ErrorCode::HoldTimerExpired);
+                    for conn in &self.conns {
+                        out.push(Action::Send(
+                            conn.id,
+                            Message::Notification(notification.clone()),
+                        ));
+                    }
+                    self.fail(DownReason::HoldTimerExpired, out);
+                }
+            }
+            Timer::Keepalive => {
+                let primary = self
+                    .conns
+                    .iter()
+                    .find(|c| matches!(c.state, ConnState::OpenConfirm | ConnState::Established));
+                if let Some(conn) = primary {
+                    out.push(Action::Send(conn.id, Message::Keepalive));
+                    if let Some(n) = &conn.negotiated {
+                        out.push(Action::StartTimer(Timer::Keepalive, keepalive(n)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A TCP connection is up: send our OPEN on it and wait for the peer's.
+    fn track(&mut self, id: ConnId, direction: Direction, out: &mut Vec<Action>) {
+        if self.conns.len() >= 2 {
+            out.push(Action::Close(id));
+            return;
+        }
+        if self.conns.is_empty() {
+            out.push(Action::StopTimer(Timer::ConnectRetry));
+            out.push(Action::StartTimer(Timer::Hold, OPEN_HOLD_TIME));
+        }
+        self.conns.push(Conn {
+            id,
+            direction,
+            state: ConnState::OpenSent,
+            negotiated: None,
+        });
+        out.push(Action::Send(
+            id,
+            Message::Open(open::local_open(&self.config)),
+        ));
+    }
+
+    fn tcp_failed(&mut self, id: ConnId, out: &mut Vec<Action>) {
+        if self.connecting == Some(id) {
+            // Stay in Active; the running ConnectRetry timer brings the next attempt.
+            self.connecting = None;
+            return;
+        }
+        let Some(conn) = self.remove(id) else {
+            return;
+        };
+        out.push(Action::Close(id));
+        match conn.state {
+            ConnState::Established => {
+                let (retain, restart_time) = match &conn.negotiated {
+                    Some(n) => retained(&self.config, n),
+                    None => (Vec::new(), Duration::ZERO),
+                };
+                self.fail_with(DownReason::ConnectionLost, retain, restart_time, out);
+            }
+            _ if !self.conns.is_empty() => {}
+            ConnState::OpenSent => {
+                // RFC 4271: OpenSent goes back to Active and retries.
+                out.push(Action::StopTimer(Timer::Hold));
+                out.push(Action::StartTimer(
+                    Timer::ConnectRetry,
+                    self.config.connect_retry,
+                ));
+            }
+            ConnState::OpenConfirm => self.fail(DownReason::ConnectionLost, out),
+        }
+    }
+
+    fn message(&mut self, id: ConnId, message: Message, out: &mut Vec<Action>) {
+        let Some(conn) = self.conn(id) else {
+            return;
+        };
+        let state = conn.state;
+        match (state, message) {
+            (_, Message::Notification(n)) => {
+                self.remove(id);
+                out.push(Action::Close(id));
+                let reason = DownReason::NotificationReceived(n);
+                if state == ConnState::Established || self.conns.is_empty() {
+                    self.fail(reason, out);
+                } else {
+                    self.last_error = Some(reason);
+                }
+            }
+            (ConnState::OpenSent, Message::Open(remote)) => {
+                let local = open::local_open(&self.config);
+                let policy = OpenPolicy {
+                    peer_as: Some(self.config.remote_as),
+                    required_capabilities: Vec::new(),
+                };
+                match crate::wire::negotiate(&local, &remote, &policy) {
+                    Ok(negotiated) => self.open_received(id, negotiated, out),
+                    Err(error) => self.protocol_error(id, error.notification(), out),
+                }
+            }
+            (ConnState::OpenConfirm, Message::Keepalive) => {
+                let Some(conn) = self.conn_mut(id) else {
+                    return;
+                };
+                conn.state = ConnState::Established;
+                let negotiated = conn.negotiated.clone();
+                if let Some(n) = negotiated {
+                    self.restart_hold(&n, out);
+                    out.push(Action::SessionUp(id, n));
+                }
+                self.failures = 0;
+            }
+            (ConnState::Established, Message::Keepalive) => self.keep_alive(id, out),
+            (ConnState::Established, Message::Update(update)) => {
+                self.keep_alive(id, out);
+                out.push(Action::Deliver(update));
+            }
+            (ConnState::Established, Message::RouteRefresh(afi)) => {
+                self.keep_alive(id, out);
+                out.push(Action::RouteRefresh(afi));
+            }
+            (state, _) => {
+                let sub = match state {
+                    ConnState::OpenSent => FsmError::UnexpectedInOpenSent,
+                    ConnState::OpenConfirm => FsmError::UnexpectedInOpenConfirm,
+                    ConnState::Established => FsmError::UnexpectedInEstablished,
+                };
+                self.protocol_error(id, error_notification(ErrorCode::Fsm(sub)), out);
+            }
+        }
+    }
+
+    /// The peer's OPEN is acceptable: resolve a collision, then confirm with a KEEPALIVE.
+    fn open_received(&mut self, id: ConnId, negotiated: Negotiated, out: &mut Vec<Action>) {
+        let other = self
+            .conns
+            .iter()
+            .find(|c| c.id != id && c.state != ConnState::OpenSent)
+            .cloned();
+        if let Some(other) = other {
+            let collision = cease_notification(CeaseError::ConnectionCollisionResolution);
+            if other.state == ConnState::Established {
+                let restarted = other.negotiated.as_ref().and_then(|n| {
+                    let (retain, time) = retained(&self.config, n);
+                    (!retain.is_empty()).then_some((retain, time))
+                });
+                match restarted {
+                    // RFC 4724 §4.2: a new OPEN from a graceful-restart peer means it restarted;
+                    // drop the old session without a NOTIFICATION and keep its routes stale.
+                    Some((retain, restart_time)) => {
+                        self.remove(other.id);
+                        out.push(Action::Close(other.id));
+                        self.last_error = Some(DownReason::PeerRestarted);
+                        out.push(Action::SessionDown(Down {
+                            reason: DownReason::PeerRestarted,
+                            retain,
+                            restart_time,
+                        }));
+                    }
+                    None => {
+                        self.remove(id);
+                        out.push(Action::Send(id, Message::Notification(collision)));
+                        out.push(Action::Close(id));
+                        return;
+                    }
+                }
+            } else {
+                let this = self.conn(id).map(|c| c.direction);
+                let keep_new = this.is_some_and(|d| {
+                    keep_first(
+                        self.config.router_id,
+                        negotiated.peer_router_id,
+                        d,
+                        other.direction,
+                    )
+                });
+                let loser = if keep_new { other.id } else { id };
+                self.remove(loser);
+                out.push(Action::Send(loser, Message::Notification(collision)));
+                out.push(Action::Close(loser));
+                if !keep_new {
+                    return;
+                }
+            }
+        }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.state = ConnState::OpenConfirm;
+        conn.negotiated = Some(negotiated.clone());
+        out.push(Action::Send(id, Message::Keepalive));
+        self.restart_hold(&negotiated, out);
+        if negotiated.hold_time == 0 {
+            out.push(Action::StopTimer(Timer::Keepalive));
+        } else {
+            out.push(Action::StartTimer(Timer::Keepalive, keepalive(&negotiated)));
+        }
+    }
+
+    fn keep_alive(&mut self, id: ConnId, out: &mut Vec<Action>) {
+        if let Some(n) = self.conn(id).and_then(|c| c.negotiated.clone()) {
+            self.restart_hold(&n, out);
+        }
+    }
+
+    fn restart_hold(&self, negotiated: &Negotiated, out: &mut Vec<Action>) {
+        if negotiated.hold_time == 0 {
+            out.push(Action::StopTimer(Timer::Hold));
+        } else {
+            let hold = Duration::from_secs(u64::from(negotiated.hold_time));
+            out.push(Action::StartTimer(Timer::Hold, hold));
+        }
+    }
+
+    /// Send a NOTIFICATION for the peer's protocol error and drop the connection.
+    fn protocol_error(&mut self, id: ConnId, notification: Notification, out: &mut Vec<Action>) {
+        let Some(conn) = self.remove(id) else {
+            return;
+        };
+        out.push(Action::Send(
+            id,
+            Message::Notification(notification.clone()),
+        ));
+        out.push(Action::Close(id));
+        let reason = DownReason::NotificationSent(notification);
+        if conn.state == ConnState::Established || self.conns.is_empty() {
+            self.fail(reason, out);
+        } else {
+            self.last_error = Some(reason);
+        }
+    }
+
+    /// Back to Idle after an error, flushing the peer's routes; restart after the idle hold.
+    fn fail(&mut self, reason: DownReason, out: &mut Vec<Action>) {
+        self.fail_with(reason, Vec::new(), Duration::ZERO, out);
+    }
+
+    fn fail_with(
+        &mut self,
+        reason: DownReason,
+        retain: Vec<Afi>,
+        restart_time: Duration,
+        out: &mut Vec<Action>,
+    ) {
+        // `state` still holds the state before this event.
+        let was_up = self.state == State::Established;
+        for conn in std::mem::take(&mut self.conns) {
+            out.push(Action::Close(conn.id));
+        }
+        if let Some(id) = self.connecting.take() {
+            out.push(Action::Close(id));
+        }
+        stop_all_timers(out);
+        if was_up {
+            out.push(Action::SessionDown(Down {
+                reason: reason.clone(),
+                retain,
+                restart_time,
+            }));
+        }
+        self.last_error = Some(reason);
+        self.failures = self.failures.saturating_add(1);
+        if self.enabled {
+            self.holding = true;
+            out.push(Action::StartTimer(Timer::IdleHold, self.idle_hold()));
+        }
+    }
+
+    /// The idle-hold delay after `failures` consecutive failures: doubling, capped.
+    fn idle_hold(&self) -> Duration {
+        let doublings = self.failures.saturating_sub(1).min(16);
+        let delay = self.config.idle_hold.saturating_mul(1 << doublings);
+        delay.min(self.config.idle_hold_max)
+    }
+}
+
+/// RFC 4271 §6.8: the connection opened by the speaker with the higher BGP identifier wins.
+/// Returns whether `first` (opened in direction `first_dir`) beats `second`.
+fn keep_first(
+    local_id: Ipv4Addr,
+    remote_id: Ipv4Addr,
+    first: Direction,
+    second: Direction,
+) -> bool {
+    if first == second {
+        return false;
+    }
+    let winner = if u32::from(local_id) < u32::from(remote_id) {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
+    first == winner
+}
+
+fn stop_all_timers(out: &mut Vec<Action>) {
+    for timer in [
+        Timer::ConnectRetry,
+        Timer::Hold,
+        Timer::Keepalive,
+        Timer::IdleHold,
+    ] {
+        out.push(Action::StopTimer(timer));
+    }
+}
+
+/// The NOTIFICATION for an error code, without data.
+pub fn error_notification(code: ErrorCode) -> Notification {
+    Notification {
+        code: code.code(),
+        subcode: code.subcode(),
+        data: Vec::new(),
+    }
+}
+
+/// The Cease NOTIFICATION with a subcode (RFC 4486).
+pub fn cease_notification(cease: CeaseError) -> Notification {
+    error_notification(ErrorCode::Cease(cease))
+}

@@ -1,0 +1,804 @@
+//! The routing information bases and the decision process (RFC 4271 §3.2, §9), without I/O.
+//!
+//! - Adj-RIB-In and Loc-RIB share one [table](table): per prefix, every peer's path, best
+//!   first. Attributes are interned ([`Interner`]) so a path costs a pointer and a peer number.
+//! - The [decision process](decision) picks the best path whenever a prefix's paths change.
+//! - Each peer has an [`AdjRibOut`]: the RIB writes what the peer should have, the session's
+//!   writer drains the difference as packed UPDATEs.
+//! - Import checks (AS-path loops, RFC 4456 reflection loops), the export rules (split horizon,
+//!   reflection, eBGP rewrites) and the embedding program's [`Policy`] decide what enters and
+//!   what leaves.
+//! - Graceful restart (RFC 4724): a restarting peer's routes stay, marked stale, until it sends
+//!   End-of-RIB or its restart time runs out; when this speaker itself restarts, best-path
+//!   selection and our own End-of-RIB wait until the peers' initial updates are in.
+//!
+//! The speaker drives a [`Rib`] from one task: it feeds UPDATEs and session changes in, then
+//! calls [`Rib::flush`] to hand the results to the writers and [`Rib::take_events`] for the
+//! best-path changes its subscribers see.
+
+mod adj_out;
+mod attrs;
+pub mod decision;
+mod export;
+mod policy;
+mod table;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hashbrown::{HashMap, HashSet};
+use ipnet::IpNet;
+
+use crate::wire::{Afi, GracefulRestart, PathAttributes, Update};
+
+pub use adj_out::{AdjRibOut, OutBatch};
+pub use attrs::{Attributes, Interner, RouteAttributes};
+pub use decision::DEFAULT_LOCAL_PREF;
+pub use policy::{AcceptAll, PeerRef, Policy, Source, Verdict};
+
+use table::{Path, Table};
+
+/// Names a peer inside the RIB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(u32);
+
+/// The pseudo-peer of locally originated routes.
+const LOCAL: PeerId = PeerId(0);
+
+/// The family of a prefix.
+pub fn family(prefix: &IpNet) -> Afi {
+    match prefix {
+        IpNet::V4(_) => Afi::Ipv4Unicast,
+        IpNet::V6(_) => Afi::Ipv6Unicast,
+    }
+}
+
+/// Settings of the RIB as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RibConfig {
+    /// Our AS.
+    pub local_as: u32,
+    /// Our BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Route-reflection cluster id; the router id when unset (RFC 4456 §7).
+    pub cluster_id: Option<Ipv4Addr>,
+    /// Next hop "self" for IPv4 routes on sessions over IPv6.
+    pub next_hop_v4: Option<Ipv4Addr>,
+    /// Next hop "self" for IPv6 routes on sessions over IPv4.
+    pub next_hop_v6: Option<Ipv6Addr>,
+    /// This speaker is restarting gracefully: defer best-path selection and our End-of-RIB
+    /// until every graceful-restart peer has sent its End-of-RIB (RFC 4724 §4.1), or
+    /// [`Rib::end_deferral`] is called when the selection-deferral timer runs out.
+    pub defer: bool,
+}
+
+impl RibConfig {
+    /// Settings with no reflection cluster, no cross-family next hops and no deferral.
+    pub fn new(local_as: u32, router_id: Ipv4Addr) -> Self {
+        Self {
+            local_as,
+            router_id,
+            cluster_id: None,
+            next_hop_v4: None,
+            next_hop_v6: None,
+            defer: false,
+        }
+    }
+
+    /// The cluster id in effect.
+    pub fn cluster_id(&self) -> Ipv4Addr {
+        self.cluster_id.unwrap_or(self.router_id)
+    }
+}
+
+/// What the RIB needs to know of a configured peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSettings {
+    /// The peer's address.
+    pub address: IpAddr,
+    /// The peer's AS (equal to ours: iBGP).
+    pub remote_as: u32,
+    /// The peer is our route-reflector client (RFC 4456).
+    pub rr_client: bool,
+    /// Put our address as next hop on routes learned from eBGP when sending them to this iBGP
+    /// peer (towards eBGP peers the next hop is always ours).
+    pub next_hop_self: bool,
+}
+
+/// An established session, as the RIB needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The peer's BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Our address on the connection: the next hop "self".
+    pub local_address: IpAddr,
+    /// Negotiated families.
+    pub families: Vec<Afi>,
+    /// Session generation, so a new session's writer never drains an old one's Adj-RIB-Out.
+    pub epoch: u64,
+    /// The peer's graceful-restart capability on this session.
+    pub graceful_restart: Option<GracefulRestart>,
+}
+
+impl Session {
+    /// Our next hop for a family on this session.
+    fn next_hop(&self, afi: Afi, config: &RibConfig) -> Option<IpAddr> {
+        match (afi, self.local_address) {
+            (Afi::Ipv4Unicast, IpAddr::V4(a)) => Some(IpAddr::V4(a)),
+            (Afi::Ipv6Unicast, IpAddr::V6(a)) => Some(IpAddr::V6(a)),
+            (Afi::Ipv4Unicast, IpAddr::V6(_)) => config.next_hop_v4.map(IpAddr::V4),
+            (Afi::Ipv6Unicast, IpAddr::V4(_)) => config.next_hop_v6.map(IpAddr::V6),
+        }
+    }
+
+    fn preserved(&self, afi: Afi) -> bool {
+        let gr = self.graceful_restart.as_ref();
+        gr.is_some_and(|gr| gr.families.iter().any(|(a, f)| *a == afi && *f))
+    }
+}
+
+/// The best path to a prefix and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BestPath {
+    /// Its attributes ([`RouteAttributes::next_hop_addr`] gives the next hop).
+    pub attrs: Arc<Attributes>,
+    /// Who announced it.
+    pub source: Source,
+}
+
+/// A change of the Loc-RIB, as subscribers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteEvent {
+    /// The prefix has a new best path.
+    Best {
+        /// The prefix.
+        prefix: IpNet,
+        /// Its best path now.
+        path: BestPath,
+    },
+    /// The prefix is no longer reachable.
+    Withdrawn {
+        /// The prefix.
+        prefix: IpNet,
+    },
+    /// The initial routes are in: after a graceful restart, every peer's End-of-RIB (or the
+    /// deferral timer); otherwise right at start. Sent once.
+    Synced,
+}
+
+/// A configured peer.
+#[derive(Debug)]
+pub(crate) struct PeerSlot {
+    settings: PeerSettings,
+    session: Option<Session>,
+    /// Identifier of the last session, kept for the tie-break while its routes are stale.
+    router_id: Ipv4Addr,
+    adj_out: Arc<Mutex<AdjRibOut>>,
+    received: usize,
+    stale: Vec<Afi>,
+    end_of_rib: Vec<Afi>,
+}
+
+impl PeerSlot {
+    fn peer_ref(&self, local_as: u32) -> PeerRef {
+        PeerRef {
+            address: self.settings.address,
+            remote_as: self.settings.remote_as,
+            ibgp: self.settings.remote_as == local_as,
+            rr_client: self.settings.rr_client,
+            router_id: self.router_id,
+        }
+    }
+}
+
+/// Counters of one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerCounts {
+    /// Prefixes accepted from the peer (stale ones included).
+    pub received: usize,
+    /// Prefixes the peer has from us.
+    pub sent: usize,
+    /// Prefixes kept stale across the peer's restart.
+    pub stale: usize,
+}
+
+/// Everything but the table, so the table can be walked while exports are computed.
+struct Ctx {
+    config: RibConfig,
+    policy: Arc<dyn Policy>,
+    interner: Interner,
+    peers: Vec<Option<PeerSlot>>,
+    events: Vec<RouteEvent>,
+    outbox: HashMap<PeerId, Vec<(IpNet, Option<Arc<Attributes>>)>>,
+    end_of_rib_after_flush: HashSet<PeerId>,
+    /// Standard exports computed in this batch: (source attrs, family, source peer, target).
+    memo: HashMap<(usize, Afi, PeerId, PeerId), (Arc<Attributes>, Option<Arc<Attributes>>)>,
+    deferring: bool,
+    waiting: HashSet<PeerId>,
+}
+
+/// The RIB of one speaker.
+pub struct Rib {
+    table: Table,
+    ctx: Ctx,
+}
+
+impl std::fmt::Debug for Rib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rib")
+            .field("prefixes", &self.table.len())
+            .field("attribute_sets", &self.ctx.interner.len())
+            .field("deferring", &self.ctx.deferring)
+            .finish()
+    }
+}
+
+impl Rib {
+    /// An empty RIB. Unless `config.defer`, [`RouteEvent::Synced`] is the first event.
+    pub fn new(config: RibConfig, policy: Arc<dyn Policy>) -> Self {
+        let deferring = config.defer;
+        let mut ctx = Ctx {
+            config,
+            policy,
+            interner: Interner::default(),
+            peers: vec![None],
+            events: Vec::new(),
+            outbox: HashMap::new(),
+            end_of_rib_after_flush: HashSet::new(),
+            memo: HashMap::new(),
+            deferring,
+            waiting: HashSet::new(),
+        };
+        if !deferring {
+            ctx.events.push(RouteEvent::Synced);
+        }
+        Self {
+            table: Table::default(),
+            ctx,
+        }
+    }
+
+    /// The RIB's settings.
+    pub fn config(&self) -> &RibConfig {
+        &self.ctx.config
+    }
+
+    /// Registers a peer; its Adj-RIB-Out is shared with the session's writer.
+    pub fn add_peer(&mut self, settings: PeerSettings) -> (PeerId, Arc<Mutex<AdjRibOut>>) {
+        let adj_out = Arc::new(Mutex::new(AdjRibOut::default()));
+        let slot = PeerSlot {
+            settings,
+            session: None,
+            router_id: Ipv4Addr::UNSPECIFIED,
+            adj_out: adj_out.clone(),
+            received: 0,
+            stale: Vec::new(),
+            end_of_rib: Vec::new(),
+        };
+        let peers = &mut self.ctx.peers;
+        let index = match peers.iter().skip(1).position(Option::is_none) {
+            Some(free) => free + 1,
+            None => {
+                peers.push(None);
+                peers.len() - 1
+            }
+        };
+        peers[index] = Some(slot);
+        let id = PeerId(index as u32);
+        if self.ctx.deferring {
+            self.ctx.waiting.insert(id);
+        }
+        (id, adj_out)
+    }
+
+    /// Changes a peer's settings; they apply to routes exported from now on.
+    pub fn set_peer_settings(&mut self, id: PeerId, settings: PeerSettings) {
+        if let Some(slot) = self.ctx.slot_mut(id) {
+            slot.settings = settings;
+        }
+    }
+
+    /// Forgets a peer and every route it announced.
+    pub fn remove_peer(&mut self, id: PeerId) {
+        if self.ctx.slot(id).is_none() {
+            return;
+        }
+        self.peer_down(id, &[]);
+        self.flush_stale(id, None);
+        self.ctx.peers[id.0 as usize] = None;
+        self.ctx.outbox.remove(&id);
+        self.stop_waiting_for(id);
+    }
+
+    /// A session came up: send the peer our table, then End-of-RIB.
+    pub fn peer_up(&mut self, id: PeerId, session: Session) {
+        let Some(slot) = self.ctx.slot_mut(id) else {
+            return;
+        };
+        let families = session.families.clone();
+        lock(&slot.adj_out).activate(session.epoch, families);
+        slot.router_id = session.router_id;
+        slot.end_of_rib.clear();
+        let restarting = session.graceful_restart.as_ref().map(|gr| gr.restarting);
+        // RFC 4724 §4.2: stale routes of a family the peer did not keep forwarding for go now.
+        let dropped: Vec<Afi> = slot
+            .stale
+            .iter()
+            .copied()
+            .filter(|afi| !session.preserved(*afi))
+            .collect();
+        slot.session = Some(session);
+        for afi in dropped {
+            self.flush_stale(id, Some(afi));
+        }
+        if self.ctx.deferring {
+            // Peers without graceful restart, or restarting themselves, are not waited for.
+            if restarting != Some(false) {
+                self.stop_waiting_for(id);
+            }
+            return;
+        }
+        self.export_table_to(id);
+    }
+
+    /// A session went down. Routes of the `retain` families stay as stale (the peer is
+    /// restarting gracefully, RFC 4724); the rest are withdrawn.
+    pub fn peer_down(&mut self, id: PeerId, retain: &[Afi]) {
+        let Some(slot) = self.ctx.slot_mut(id) else {
+            return;
+        };
+        slot.session = None;
+        lock(&slot.adj_out).deactivate();
+        slot.stale = retain.to_vec();
+        slot.end_of_rib.clear();
+        self.ctx.outbox.remove(&id);
+        self.ctx.end_of_rib_after_flush.remove(&id);
+        for prefix in self.table.prefixes_of(id, |_, _| true) {
+            if retain.contains(&family(&prefix)) {
+                if let Some(paths) = self.table.get_mut(&prefix) {
+                    paths
+                        .iter_mut()
+                        .filter(|p| p.peer == id)
+                        .for_each(|p| p.stale = true);
+                }
+            } else {
+                self.set_path(prefix, id, None);
+            }
+        }
+    }
+
+    /// Withdraws a peer's stale routes, of one family or all: its End-of-RIB arrived or its
+    /// restart time ran out.
+    pub fn flush_stale(&mut self, id: PeerId, afi: Option<Afi>) {
+        let matches = |prefix: IpNet| afi.is_none_or(|a| family(&prefix) == a);
+        for prefix in self
+            .table
+            .prefixes_of(id, |prefix, p| p.stale && matches(prefix))
+        {
+            self.set_path(prefix, id, None);
+        }
+        if let Some(slot) = self.ctx.slot_mut(id) {
+            slot.stale.retain(|f| afi.is_some_and(|a| a != *f));
+        }
+    }
+
+    /// Families of a peer whose routes are held stale.
+    pub fn stale_families(&self, id: PeerId) -> Vec<Afi> {
+        self.ctx
+            .slot(id)
+            .map(|s| s.stale.clone())
+            .unwrap_or_default()
+    }
+
+    /// Applies an UPDATE received from a peer with an established session.
+    pub fn update(&mut self, id: PeerId, update: &Update) {
+        let Some(families) = self.ctx.session(id).map(|s| s.families.clone()) else {
+            return;
+        };
+        if let Some(afi) = update.end_of_rib() {
+            self.on_end_of_rib(id, afi);
+            return;
+        }
+        let attrs = &update.attributes;
+        let unreach = attrs.mp_unreach.iter().flat_map(|mp| mp.withdrawn.iter());
+        for prefix in update.withdrawn.iter().chain(unreach) {
+            self.set_path(*prefix, id, None);
+        }
+        if !update.nlri.is_empty() && families.contains(&Afi::Ipv4Unicast) {
+            self.announce(id, Afi::Ipv4Unicast, attrs, &update.nlri);
+        }
+        if let Some(mp) = &attrs.mp_reach {
+            if families.contains(&mp.afi) {
+                self.announce(id, mp.afi, attrs, &mp.nlri);
+            }
+        }
+    }
+
+    /// Originates a prefix from this speaker (replacing an earlier origination of it).
+    pub fn originate(&mut self, prefix: IpNet, attrs: Attributes) {
+        let shared = self.ctx.interner.intern(attrs);
+        self.set_path(prefix.trunc(), LOCAL, Some(shared));
+    }
+
+    /// Withdraws a prefix this speaker originated.
+    pub fn withdraw(&mut self, prefix: IpNet) {
+        self.set_path(prefix.trunc(), LOCAL, None);
+    }
+
+    /// Queues every route of a family to a peer again (it sent a ROUTE-REFRESH).
+    pub fn route_refresh(&mut self, id: PeerId, afi: Afi) {
+        if let Some(slot) = self.ctx.slot(id) {
+            lock(&slot.adj_out).refresh(afi);
+            self.ctx.outbox.entry(id).or_default();
+        }
+    }
+
+    /// Whether best-path selection is deferred (graceful restart of this speaker).
+    pub fn is_deferring(&self) -> bool {
+        self.ctx.deferring
+    }
+
+    /// Ends the selection deferral: selects, exports and announces everything now.
+    pub fn end_deferral(&mut self) {
+        if !self.ctx.deferring {
+            return;
+        }
+        self.ctx.deferring = false;
+        self.ctx.waiting.clear();
+        for (prefix, paths) in self.table.iter() {
+            self.ctx.best_changed(prefix, paths.first());
+        }
+        for id in self.ctx.up_peers() {
+            self.ctx.end_of_rib_after_flush.insert(id);
+            self.ctx.outbox.entry(id).or_default();
+        }
+        self.ctx.events.push(RouteEvent::Synced);
+    }
+
+    /// Hands the changes of this batch to the peers' Adj-RIBs-Out; returns the peers whose
+    /// writers have something to send.
+    pub fn flush(&mut self) -> Vec<PeerId> {
+        self.ctx.memo.clear();
+        let mut touched = Vec::new();
+        for (id, changes) in self.ctx.outbox.drain() {
+            let Some(Some(slot)) = self.ctx.peers.get(id.0 as usize) else {
+                continue;
+            };
+            let mut adj_out = lock(&slot.adj_out);
+            for (prefix, attrs) in changes {
+                adj_out.set(prefix, attrs);
+            }
+            if self.ctx.end_of_rib_after_flush.remove(&id) {
+                adj_out.queue_end_of_rib();
+            }
+            if adj_out.has_work() {
+                touched.push(id);
+            }
+        }
+        touched
+    }
+
+    /// Takes the Loc-RIB changes since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<RouteEvent> {
+        std::mem::take(&mut self.ctx.events)
+    }
+
+    /// The best path to a prefix.
+    pub fn best(&self, prefix: &IpNet) -> Option<BestPath> {
+        let path = self.table.get(prefix)?.first()?;
+        Some(self.ctx.best_path(path))
+    }
+
+    /// The whole Loc-RIB: every prefix with its best path.
+    pub fn loc_rib(&self) -> Vec<(IpNet, BestPath)> {
+        let best = self
+            .table
+            .iter()
+            .filter_map(|(prefix, paths)| Some((prefix, paths.first()?)));
+        best.map(|(prefix, path)| (prefix, self.ctx.best_path(path)))
+            .collect()
+    }
+
+    /// A peer's Adj-RIB-In (after import policy): its routes, with their stale flag.
+    pub fn adj_rib_in(&self, id: PeerId) -> Vec<(IpNet, Arc<Attributes>, bool)> {
+        let paths = self.table.iter().flat_map(|(prefix, paths)| {
+            let mine = paths.iter().filter(move |p| p.peer == id);
+            mine.map(move |p| (prefix, p.attrs.clone(), p.stale))
+        });
+        paths.collect()
+    }
+
+    /// Number of prefixes in the Loc-RIB.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether the Loc-RIB is empty.
+    pub fn is_empty(&self) -> bool {
+        self.table.len() == 0
+    }
+
+    /// Number of distinct attribute sets held.
+    pub fn attribute_sets(&self) -> usize {
+        self.ctx.interner.len()
+    }
+
+    /// A peer's counters.
+    pub fn counts(&self, id: PeerId) -> PeerCounts {
+        let Some(slot) = self.ctx.slot(id) else {
+            return PeerCounts::default();
+        };
+        let stale = if slot.stale.is_empty() {
+            0
+        } else {
+            self.table.prefixes_of(id, |_, p| p.stale).len()
+        };
+        PeerCounts {
+            received: slot.received,
+            sent: lock(&slot.adj_out).sent_count(),
+            stale,
+        }
+    }
+
+    /// Families for which a peer's End-of-RIB arrived on its current session.
+    pub fn end_of_rib_received(&self, id: PeerId) -> Vec<Afi> {
+        self.ctx
+            .slot(id)
+            .map(|s| s.end_of_rib.clone())
+            .unwrap_or_default()
+    }
+
+    /// Drops attribute sets no route uses any more.
+    pub fn sweep(&mut self) {
+        self.ctx.interner.sweep();
+    }
+
+    fn announce(&mut self, id: PeerId, afi: Afi, attrs: &PathAttributes, prefixes: &[IpNet]) {
+        let imported = attrs
+            .for_family(afi)
+            .and_then(|a| self.ctx.import_check(id, a));
+        let Some(imported) = imported else {
+            // RFC 7606 treat-as-withdraw, and loop detection: the routes go away.
+            for prefix in prefixes {
+                self.set_path(*prefix, id, None);
+            }
+            return;
+        };
+        let shared = self.ctx.interner.intern(imported);
+        let Some(peer) = self
+            .ctx
+            .slot(id)
+            .map(|s| s.peer_ref(self.ctx.config.local_as))
+        else {
+            return;
+        };
+        for prefix in prefixes.iter().filter(|p| family(p) == afi) {
+            let verdict = self.ctx.policy.import(&peer, *prefix, &shared);
+            let attrs = match verdict {
+                Verdict::Accept => Some(shared.clone()),
+                Verdict::Reject => None,
+                Verdict::Modify(changed) => Some(self.ctx.interner.intern(changed)),
+            };
+            self.set_path(*prefix, id, attrs);
+        }
+    }
+
+    fn on_end_of_rib(&mut self, id: PeerId, afi: Afi) {
+        let Some(slot) = self.ctx.slot_mut(id) else {
+            return;
+        };
+        if !slot.end_of_rib.contains(&afi) {
+            slot.end_of_rib.push(afi);
+        }
+        let complete = slot
+            .session
+            .as_ref()
+            .is_some_and(|s| s.families.iter().all(|f| slot.end_of_rib.contains(f)));
+        if slot.stale.contains(&afi) {
+            self.flush_stale(id, Some(afi));
+        }
+        if complete {
+            self.stop_waiting_for(id);
+        }
+    }
+
+    fn stop_waiting_for(&mut self, id: PeerId) {
+        if self.ctx.waiting.remove(&id) && self.ctx.waiting.is_empty() {
+            self.end_deferral();
+        }
+    }
+
+    fn export_table_to(&mut self, id: PeerId) {
+        for (prefix, paths) in self.table.iter() {
+            if let Some(best) = paths.first() {
+                let exported = self.ctx.export(prefix, best, id);
+                if let Some(attrs) = exported {
+                    self.ctx
+                        .outbox
+                        .entry(id)
+                        .or_default()
+                        .push((prefix, Some(attrs)));
+                }
+            }
+        }
+        self.ctx.outbox.entry(id).or_default();
+        self.ctx.end_of_rib_after_flush.insert(id);
+    }
+
+    /// Sets (or with `None` removes) one peer's path to a prefix, reselects the best path and
+    /// propagates a change of it.
+    fn set_path(&mut self, prefix: IpNet, id: PeerId, attrs: Option<Arc<Attributes>>) {
+        if attrs.is_none() && self.table.get(&prefix).is_none() {
+            return;
+        }
+        let paths = self.table.entry(prefix);
+        let old_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
+        let position = paths.iter().position(|p| p.peer == id);
+        let delta: isize = match (position, attrs) {
+            (Some(i), Some(attrs)) => {
+                paths[i].attrs = attrs;
+                paths[i].stale = false;
+                0
+            }
+            (None, Some(attrs)) => {
+                paths.push(Path {
+                    attrs,
+                    peer: id,
+                    stale: false,
+                });
+                1
+            }
+            (Some(i), None) => {
+                paths.remove(i);
+                -1
+            }
+            (None, None) => 0,
+        };
+        if paths.len() > 1 {
+            if let Some(best) = self.ctx.select(paths) {
+                paths.swap(0, best);
+            }
+        }
+        let new_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
+        if new_best != old_best && !self.ctx.deferring {
+            let best = paths.first().cloned();
+            self.ctx.best_changed(prefix, best.as_ref());
+        }
+        if self.table.get(&prefix).is_some_and(|p| p.is_empty()) {
+            self.table.remove(&prefix);
+        }
+        if let Some(slot) = self.ctx.slot_mut(id) {
+            slot.received = slot.received.saturating_add_signed(delta);
+        }
+    }
+}
+
+impl Ctx {
+    fn slot(&self, id: PeerId) -> Option<&PeerSlot> {
+        self.peers.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, id: PeerId) -> Option<&mut PeerSlot> {
+        self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
+    }
+
+    fn session(&self, id: PeerId) -> Option<&Session> {
+        self.slot(id).and_then(|s| s.session.as_ref())
+    }
+
+    fn up_peers(&self) -> Vec<PeerId> {
+        let up = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.as_ref().is_some_and(|s| s.session.is_some()));
+        up.map(|(i, _)| PeerId(i as u32)).collect()
+    }
+
+    fn source(&self, id: PeerId) -> Source {
+        match self.slot(id) {
+            Some(slot) if id != LOCAL => Source::Peer(slot.peer_ref(self.config.local_as)),
+            _ => Source::Local,
+        }
+    }
+
+    fn best_path(&self, path: &Path) -> BestPath {
+        BestPath {
+            attrs: path.attrs.clone(),
+            source: self.source(path.peer),
+        }
+    }
+
+    /// Import checks: loops of the AS path and of reflection (ORIGINATOR_ID, CLUSTER_LIST,
+    /// RFC 4456 §8). UPDATEs from eBGP peers must already have been through
+    /// [`ParsedUpdate::apply_external_rules`](crate::wire::ParsedUpdate::apply_external_rules),
+    /// which strips what must not cross an AS border.
+    fn import_check(&self, id: PeerId, attrs: Attributes) -> Option<Attributes> {
+        self.slot(id)?;
+        let config = &self.config;
+        if attrs.as_path_contains(config.local_as) {
+            return None;
+        }
+        let reflected_own = attrs.originator_id == Some(config.router_id);
+        if reflected_own || attrs.cluster_list.contains(&config.cluster_id()) {
+            return None;
+        }
+        Some(attrs)
+    }
+
+    fn select(&self, paths: &[Path]) -> Option<usize> {
+        let candidates: Vec<decision::Candidate<'_>> = paths
+            .iter()
+            .map(|p| {
+                let slot = self.slot(p.peer);
+                decision::Candidate {
+                    attrs: &p.attrs,
+                    local: p.peer == LOCAL,
+                    ebgp: slot.is_some_and(|s| s.settings.remote_as != self.config.local_as),
+                    peer_router_id: slot.map_or(self.config.router_id, |s| s.router_id),
+                    peer_address: slot
+                        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |s| s.settings.address),
+                    local_as: self.config.local_as,
+                }
+            })
+            .collect();
+        decision::select(&candidates)
+    }
+
+    /// The best path to `prefix` changed: tell subscribers and queue it for every peer.
+    fn best_changed(&mut self, prefix: IpNet, best: Option<&Path>) {
+        self.events.push(match best {
+            Some(path) => RouteEvent::Best {
+                prefix,
+                path: self.best_path(path),
+            },
+            None => RouteEvent::Withdrawn { prefix },
+        });
+        for id in self.up_peers() {
+            let exported = best.and_then(|b| self.export(prefix, b, id));
+            self.outbox.entry(id).or_default().push((prefix, exported));
+        }
+    }
+
+    /// The route peer `to` gets for `prefix` whose best path is `best`.
+    fn export(&mut self, prefix: IpNet, best: &Path, to: PeerId) -> Option<Arc<Attributes>> {
+        let afi = family(&prefix);
+        let key = (Arc::as_ptr(&best.attrs) as usize, afi, best.peer, to);
+        let standard = match self.memo.get(&key) {
+            Some((_, exported)) => exported.clone(),
+            None => {
+                let exported = self.standard_export(best, afi, to);
+                let exported = exported.map(|a| self.interner.intern(a));
+                self.memo
+                    .insert(key, (best.attrs.clone(), exported.clone()));
+                exported
+            }
+        }?;
+        let slot = self.slot(to)?;
+        let peer = slot.peer_ref(self.config.local_as);
+        let source = self.source(best.peer);
+        match self.policy.export(&peer, prefix, &standard, &source) {
+            Verdict::Accept => Some(standard),
+            Verdict::Reject => None,
+            Verdict::Modify(changed) => Some(self.interner.intern(changed)),
+        }
+    }
+
+    fn standard_export(&self, best: &Path, afi: Afi, to: PeerId) -> Option<Attributes> {
+        let to_slot = self.slot(to)?;
+        let session = to_slot.session.as_ref()?;
+        let from = match self.slot(best.peer) {
+            Some(slot) if best.peer != LOCAL => export::Src::Peer(slot),
+            _ => export::Src::Local,
+        };
+        export::standard(&self.config, from, to_slot, session, afi, &best.attrs)
+    }
+}
+
+fn lock(adj_out: &Mutex<AdjRibOut>) -> MutexGuard<'_, AdjRibOut> {
+    // A writer that panicked mid-update leaves a consistent map behind (updates are
+    // single inserts/removes), so a poisoned lock is still usable.
+    adj_out
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,74 @@
+//! Import and export policy: the embedding program's say over which routes enter the RIB and
+//! which leave it, prefix by prefix.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+
+use super::Attributes;
+
+/// What a policy decides for one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Take the route as it is.
+    Accept,
+    /// Drop the route (on import: as if withdrawn; on export: the peer does not get it).
+    Reject,
+    /// Take the route with these attributes instead.
+    Modify(Attributes),
+}
+
+/// A peer as a policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRef {
+    /// The peer's address.
+    pub address: IpAddr,
+    /// The peer's AS.
+    pub remote_as: u32,
+    /// Whether the peer is in our AS.
+    pub ibgp: bool,
+    /// Whether we reflect routes to this peer as a route-reflector client.
+    pub rr_client: bool,
+    /// The peer's BGP identifier (unspecified while the session is down).
+    pub router_id: Ipv4Addr,
+}
+
+/// Where a route in the Loc-RIB came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Originated by the embedding program.
+    Local,
+    /// Learned from this peer.
+    Peer(PeerRef),
+}
+
+/// The embedding program's policy. Both methods default to accepting everything.
+///
+/// Export sees the route after the standard BGP rewriting for the peer (AS prepended, next
+/// hop set, LOCAL_PREF stripped towards eBGP, reflection attributes added), so what it
+/// returns is what is sent. Calls happen on the RIB's task: keep them quick and do not block.
+pub trait Policy: Send + Sync {
+    /// Decides whether a route received from `peer` enters the RIB.
+    fn import(&self, peer: &PeerRef, prefix: IpNet, attrs: &Attributes) -> Verdict {
+        let _ = (peer, prefix, attrs);
+        Verdict::Accept
+    }
+
+    /// Decides whether the best route for `prefix` (learned from `source`) goes to `peer`.
+    fn export(
+        &self,
+        peer: &PeerRef,
+        prefix: IpNet,
+        attrs: &Attributes,
+        source: &Source,
+    ) -> Verdict {
+        let _ = (peer, prefix, attrs, source);
+        Verdict::Accept
+    }
+}
+
+/// The policy that accepts every route the BGP rules allow.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AcceptAll;
+
+impl Policy for AcceptAll {}
