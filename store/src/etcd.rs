@@ -1,7 +1,32 @@
 //! etcd v3 backend through `etcd-client`.
+//!
+//! Every operation maps onto one etcd request, so each is atomic on the server: conditional
+//! writes are transactions whose failure branch reads the compared keys back, which is how
+//! a failed compare-and-swap tells "changed" ([`StoreError::Conflict`]) from "gone"
+//! ([`StoreError::NotFound`]) without a second round trip.
+//!
+//! The connection is lazy and self-healing: [`EtcdStore::connect`] only checks the
+//! configuration, and the gRPC channel reconnects to whichever endpoint answers. A request
+//! that cannot be served becomes [`StoreError::Unavailable`] naming the endpoints; requests are
+//! not retried here, because only the caller knows whether a lost answer to a write may be
+//! repeated.
 
-use std::path::PathBuf;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions,
+    GetOptions, Identity, KvClient, LeaseClient, PutOptions, TlsOptions, Txn as EtcdTxn,
+    TxnOp as EtcdTxnOp, TxnOpResponse, WatchOptions,
+};
+
+use crate::{
+    Compare, KeyValue, LeaseId, Listing, Result, Revision, Store, StoreError, Txn, TxnOp,
+    WatchEvent, WatchStream,
+};
 
 /// How to reach etcd.
 #[derive(Debug, Clone)]
@@ -16,7 +41,9 @@ pub struct EtcdConfig {
     pub cert: Option<PathBuf>,
     /// Client key (PEM) for mutual TLS.
     pub key: Option<PathBuf>,
-    /// Time allowed to establish a connection.
+    /// Time allowed to establish a connection. When no endpoint accepts a connection within
+    /// it, a request fails as [`StoreError::Unavailable`] without waiting for
+    /// `request_timeout`.
     pub dial_timeout: Duration,
     /// Time allowed for one request.
     pub request_timeout: Duration,
@@ -24,6 +51,14 @@ pub struct EtcdConfig {
 
 /// Default key prefix of wren's data in etcd.
 pub const DEFAULT_PREFIX: &str = "/wren/v1/";
+
+/// Largest response the client accepts: listings of many IPAM blocks exceed gRPC's 4 MiB
+/// default long before they trouble etcd.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// HTTP/2 ping period that detects a dead connection while a watch waits quietly; etcd
+/// refuses pings more often than every 5 s by default.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Default for EtcdConfig {
     fn default() -> Self {
@@ -39,5 +74,624 @@ impl Default for EtcdConfig {
     }
 }
 
-/// The etcd backend. Construct with `EtcdStore::connect(EtcdConfig) -> Result<EtcdStore>`.
-pub struct EtcdStore {}
+/// The etcd backend. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    prefix: String,
+    endpoints: Vec<String>,
+    dial_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdStore {
+    /// Builds the client. Fails only on configuration ([`StoreError::Config`]: no endpoint, a
+    /// TLS file that cannot be read, a malformed URL); the connection itself is made on first
+    /// use and remade whenever it breaks.
+    pub async fn connect(config: EtcdConfig) -> Result<Self> {
+        if config.endpoints.is_empty() {
+            return Err(StoreError::Config("no etcd endpoint given".into()));
+        }
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.dial_timeout)
+            .with_keep_alive(KEEPALIVE_INTERVAL, config.dial_timeout);
+        if let Some(tls) = tls_options(&config)? {
+            options = options.with_tls(tls);
+        }
+        let client = Client::connect(&config.endpoints, Some(options))
+            .await
+            .map_err(|e| StoreError::Config(format!("etcd client: {e}")))?;
+        Ok(Self {
+            client,
+            prefix: config.prefix,
+            endpoints: config.endpoints,
+            dial_timeout: config.dial_timeout,
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    /// The configured key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Compacts etcd's history up to `revision` (cluster-wide, like `etcdctl compact`):
+    /// watches from an older revision then fail with [`StoreError::Compacted`].
+    pub async fn compact(&self, revision: Revision) -> Result<()> {
+        let mut kv = self.kv();
+        match self.call(kv.compact(revision, None)).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Rejected(reason)) if reason.contains("compacted") => {
+                Err(StoreError::Compacted {
+                    requested: revision,
+                    compact_revision: revision,
+                })
+            }
+            Err(StoreError::Rejected(reason)) => Err(StoreError::Config(format!(
+                "cannot compact to revision {revision}: {reason}"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn kv(&self) -> KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    fn lease(&self) -> LeaseClient {
+        self.client.lease_client()
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Strips the prefix from a key etcd returned.
+    fn relative_key(&self, raw: &[u8]) -> Result<String> {
+        let key = std::str::from_utf8(raw).map_err(|_| StoreError::InvalidData {
+            key: String::from_utf8_lossy(raw).into_owned(),
+            reason: "key is not UTF-8".into(),
+        })?;
+        key.strip_prefix(self.prefix.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| StoreError::InvalidData {
+                key: key.to_owned(),
+                reason: format!("key lies outside the prefix {}", self.prefix),
+            })
+    }
+
+    fn key_value(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+        Ok(KeyValue {
+            key: self.relative_key(kv.key())?,
+            value: kv.value().to_vec(),
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            lease: (kv.lease() != 0).then_some(kv.lease()),
+        })
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> StoreError {
+        StoreError::Unavailable {
+            endpoints: self.endpoints.join(","),
+            reason: reason.into(),
+        }
+    }
+
+    /// Runs one request under the request timeout and maps its errors. When no answer came
+    /// within the dial timeout, the endpoints are probed: if none accepts a TCP connection
+    /// the request fails now instead of waiting out the request timeout.
+    async fn call<T>(
+        &self,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        let request = tokio::time::timeout(self.request_timeout, request);
+        tokio::pin!(request);
+        let answer = tokio::select! {
+            answer = &mut request => answer,
+            _ = tokio::time::sleep(self.dial_timeout) => {
+                match self.probe().await {
+                    Err(reason) => return Err(self.unavailable(reason)),
+                    Ok(()) => request.await,
+                }
+            }
+        };
+        match answer {
+            Ok(result) => result.map_err(|e| self.map_error(e)),
+            Err(_) => Err(self.unavailable(format!("no answer within {:?}", self.request_timeout))),
+        }
+    }
+
+    /// Succeeds if at least one endpoint accepts a TCP connection; otherwise says why each
+    /// one did not.
+    async fn probe(&self) -> Result<(), String> {
+        let attempts = self.endpoints.iter().map(|endpoint| async move {
+            let Some(addr) = host_port(endpoint) else {
+                return Err(format!("{endpoint}: no host:port in the URL"));
+            };
+            match tokio::time::timeout(self.dial_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("{endpoint}: {e}")),
+                Err(_) => Err(format!(
+                    "{endpoint}: no connection within {:?}",
+                    self.dial_timeout
+                )),
+            }
+        });
+        let results = futures::future::join_all(attempts).await;
+        if results.iter().any(Result::is_ok) {
+            return Ok(());
+        }
+        Err(results
+            .into_iter()
+            .filter_map(Result::err)
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+
+    fn map_error(&self, error: etcd_client::Error) -> StoreError {
+        use etcd_client::Error as E;
+        use tonic::Code;
+        match error {
+            E::GRpcStatus(status) => match status.code() {
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Aborted
+                | Code::Unknown
+                | Code::Internal => self.unavailable(with_causes(status.message(), &status)),
+                Code::Unauthenticated | Code::PermissionDenied => {
+                    StoreError::Config(format!("etcd refused access: {}", status.message()))
+                }
+                _ => StoreError::Rejected(status.message().to_owned()),
+            },
+            E::InvalidArgs(e) | E::EndpointError(e) => StoreError::Config(e),
+            E::InvalidUri(e) => StoreError::Config(e.to_string()),
+            other => self.unavailable(with_causes(&other.to_string(), &other)),
+        }
+    }
+
+    /// Runs a transaction whose failure branch reads back every compared key, and on failure
+    /// names the first condition that did not hold.
+    async fn conditional(
+        &self,
+        compares: &[Compare],
+        ops: Vec<EtcdTxnOp>,
+    ) -> Result<Result<Revision, FailedCompare>> {
+        let txn = EtcdTxn::new()
+            .when(compares.iter().map(|c| self.compare(c)).collect::<Vec<_>>())
+            .and_then(ops)
+            .or_else(
+                compares
+                    .iter()
+                    .map(|c| EtcdTxnOp::get(self.full_key(c.key()), None))
+                    .collect::<Vec<_>>(),
+            );
+        let mut kv = self.kv();
+        let response = self.call(kv.txn(txn)).await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        if response.succeeded() {
+            return Ok(Ok(revision));
+        }
+        let current = response.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision()),
+            _ => None,
+        });
+        let failed = compares
+            .iter()
+            .zip(current)
+            .find(|(compare, mod_revision)| !holds(compare, *mod_revision))
+            .or_else(|| compares.first().map(|c| (c, None)));
+        Ok(Err(match failed {
+            Some((compare, mod_revision)) => FailedCompare {
+                key: compare.key().to_owned(),
+                exists: mod_revision.is_some(),
+            },
+            None => FailedCompare {
+                key: String::new(),
+                exists: false,
+            },
+        }))
+    }
+
+    fn compare(&self, compare: &Compare) -> EtcdCompare {
+        let key = self.full_key(compare.key());
+        match compare {
+            Compare::Absent(_) => EtcdCompare::create_revision(key, CompareOp::Equal, 0),
+            Compare::Present(_) => EtcdCompare::create_revision(key, CompareOp::Greater, 0),
+            Compare::ModRevision(_, rev) => EtcdCompare::mod_revision(key, CompareOp::Equal, *rev),
+        }
+    }
+
+    fn put_op(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> EtcdTxnOp {
+        EtcdTxnOp::put(self.full_key(key), value, lease_option(lease))
+    }
+
+    /// Turns etcd's "lease not found" refusal into [`StoreError::LeaseNotFound`].
+    fn lease_error(error: StoreError, lease: Option<LeaseId>) -> StoreError {
+        match (error, lease) {
+            (StoreError::Rejected(reason), Some(id)) if reason.contains("lease not found") => {
+                StoreError::LeaseNotFound(id)
+            }
+            (error, _) => error,
+        }
+    }
+
+    /// Waits for etcd to confirm the watch, then turns its responses into events.
+    async fn open_watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from_revision.max(0));
+        let mut client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut stream = self
+            .call(client.watch(self.full_key(prefix), Some(options)))
+            .await?;
+        let first = self
+            .call(stream.message())
+            .await?
+            .ok_or_else(|| self.unavailable("watch stream closed before it was created"))?;
+        let mut watch = EtcdWatch {
+            store: self.clone(),
+            stream,
+            requested: from_revision,
+            pending: VecDeque::new(),
+            done: false,
+        };
+        watch.absorb(first);
+        Ok(Box::pin(futures::stream::unfold(watch, EtcdWatch::next)))
+    }
+}
+
+/// Which condition of a transaction failed, and whether its key exists.
+struct FailedCompare {
+    key: String,
+    exists: bool,
+}
+
+impl FailedCompare {
+    /// The error a single-key conditional write reports: gone or changed.
+    fn into_error(self) -> StoreError {
+        if self.exists {
+            StoreError::Conflict { key: self.key }
+        } else {
+            StoreError::NotFound { key: self.key }
+        }
+    }
+}
+
+/// Whether `compare` holds for a key whose mod revision is `mod_revision` (`None`: absent).
+fn holds(compare: &Compare, mod_revision: Option<Revision>) -> bool {
+    match compare {
+        Compare::Absent(_) => mod_revision.is_none(),
+        Compare::Present(_) => mod_revision.is_some(),
+        Compare::ModRevision(_, rev) => mod_revision == Some(*rev),
+    }
+}
+
+/// `message` followed by the causes of `error` ("tcp connect error: Connection refused"),
+/// skipping any that repeat what is already said.
+fn with_causes(message: &str, error: &dyn std::error::Error) -> String {
+    let mut text = message.to_owned();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+fn lease_option(lease: Option<LeaseId>) -> Option<PutOptions> {
+    lease.map(|id| PutOptions::new().with_lease(id))
+}
+
+/// `host:port` of an endpoint URL (`https://10.0.0.1:2379` → `10.0.0.1:2379`).
+fn host_port(endpoint: &str) -> Option<String> {
+    let rest = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    let authority = rest.split('/').next()?;
+    (!authority.is_empty() && authority.contains(':')).then(|| authority.to_owned())
+}
+
+fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| StoreError::Config(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+fn tls_options(config: &EtcdConfig) -> Result<Option<TlsOptions>> {
+    let identity = match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => Some(Identity::from_pem(
+            read_pem("client certificate", cert)?,
+            read_pem("client key", key)?,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(StoreError::Config(
+                "a client certificate needs its key and the key its certificate".into(),
+            ));
+        }
+    };
+    if config.ca.is_none() && identity.is_none() {
+        return Ok(None);
+    }
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &config.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read_pem("CA certificate", ca)?));
+    }
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Ok(Some(tls))
+}
+
+/// State of one etcd watch stream.
+struct EtcdWatch {
+    store: EtcdStore,
+    /// Kept so the request half stays open: etcd ends a watch whose client stops sending.
+    stream: etcd_client::WatchStream,
+    requested: Revision,
+    pending: VecDeque<Result<WatchEvent>>,
+    done: bool,
+}
+
+impl EtcdWatch {
+    /// Queues the events (or the terminal error) one response carries.
+    fn absorb(&mut self, response: etcd_client::WatchResponse) {
+        if response.compact_revision() != 0 {
+            self.fail(StoreError::Compacted {
+                requested: self.requested,
+                compact_revision: response.compact_revision(),
+            });
+            return;
+        }
+        if response.canceled() {
+            let reason = format!("etcd cancelled the watch: {}", response.cancel_reason());
+            self.fail(self.store.unavailable(reason));
+            return;
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            // A delete's tombstone has version 0; every put has version 1 or more. Reading
+            // the type from the version avoids trusting an event type the client would
+            // panic on if etcd ever sent one it does not know.
+            let mapped = if kv.version() == 0 {
+                self.store
+                    .relative_key(kv.key())
+                    .map(|key| WatchEvent::Delete {
+                        key,
+                        revision: kv.mod_revision(),
+                    })
+            } else {
+                self.store.key_value(kv).map(WatchEvent::Put)
+            };
+            self.pending.push_back(mapped);
+        }
+    }
+
+    fn fail(&mut self, error: StoreError) {
+        self.pending.push_back(Err(error));
+        self.done = true;
+    }
+
+    async fn next(mut self) -> Option<(Result<WatchEvent>, Self)> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some((item, self));
+            }
+            if self.done {
+                return None;
+            }
+            match self.stream.message().await {
+                Ok(Some(response)) => self.absorb(response),
+                Ok(None) => {
+                    let error = self.store.unavailable("etcd closed the watch stream");
+                    self.fail(error);
+                }
+                Err(e) => {
+                    let error = self.store.map_error(e);
+                    self.fail(error);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let mut kv = self.kv();
+        let response = self.call(kv.get(self.full_key(key), None)).await?;
+        response
+            .kvs()
+            .first()
+            .map(|kv| self.key_value(kv))
+            .transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Listing> {
+        let mut kv = self.kv();
+        let options = GetOptions::new().with_prefix();
+        let response = self
+            .call(kv.get(self.full_key(prefix), Some(options)))
+            .await?;
+        let items = response
+            .kvs()
+            .iter()
+            .map(|kv| self.key_value(kv))
+            .collect::<Result<_>>()?;
+        Ok(Listing {
+            items,
+            revision: response.header().map_or(0, |h| h.revision()),
+        })
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
+        let compare = [Compare::Absent(key.to_owned())];
+        let put = self.put_op(key, value, lease);
+        match self.conditional(&compare, vec![put]).await {
+            Ok(Ok(revision)) => Ok(revision),
+            Ok(Err(failed)) => Err(StoreError::Conflict { key: failed.key }),
+            Err(e) => Err(Self::lease_error(e, lease)),
+        }
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
+        let mut kv = self.kv();
+        let response = self
+            .call(kv.put(self.full_key(key), value, lease_option(lease)))
+            .await
+            .map_err(|e| Self::lease_error(e, lease))?;
+        Ok(response.header().map_or(0, |h| h.revision()))
+    }
+
+    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision> {
+        // Present as well as the revision: a missing key has mod revision 0, which must not
+        // pass for `expected == 0`.
+        let compares = [
+            Compare::Present(key.to_owned()),
+            Compare::ModRevision(key.to_owned(), expected),
+        ];
+        // The key keeps its lease, as it does in the memory backend.
+        let put = EtcdTxnOp::put(
+            self.full_key(key),
+            value,
+            Some(PutOptions::new().with_ignore_lease()),
+        );
+        self.conditional(&compares, vec![put])
+            .await?
+            .map_err(FailedCompare::into_error)
+    }
+
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision> {
+        let mut compares = vec![Compare::Present(key.to_owned())];
+        compares.extend(expected.map(|rev| Compare::ModRevision(key.to_owned(), rev)));
+        let delete = EtcdTxnOp::delete(self.full_key(key), None::<DeleteOptions>);
+        self.conditional(&compares, vec![delete])
+            .await?
+            .map_err(FailedCompare::into_error)
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<Revision> {
+        crate::validate_txn(&txn)?;
+        let first_lease = txn.ops.iter().find_map(|op| match op {
+            TxnOp::Put { lease, .. } => *lease,
+            TxnOp::Delete { .. } => None,
+        });
+        let ops = txn
+            .ops
+            .into_iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value, lease } => self.put_op(&key, value, lease),
+                TxnOp::Delete { key } => EtcdTxnOp::delete(self.full_key(&key), None),
+            })
+            .collect();
+        match self.conditional(&txn.compares, ops).await {
+            Ok(Ok(revision)) => Ok(revision),
+            Ok(Err(failed)) => Err(StoreError::Conflict { key: failed.key }),
+            Err(e) => Err(Self::lease_error(e, first_lease)),
+        }
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream> {
+        self.open_watch(prefix, from_revision).await
+    }
+
+    async fn grant_lease(&self, ttl_secs: i64) -> Result<LeaseId> {
+        let mut lease = self.lease();
+        let response = self.call(lease.grant(ttl_secs.max(1), None)).await?;
+        Ok(response.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        let mut client = self.lease();
+        match self.call(client.keep_alive(lease)).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Unavailable { reason, .. }) if reason.contains("lease not found") => {
+                Err(StoreError::LeaseNotFound(lease))
+            }
+            Err(e) => Err(Self::lease_error(e, Some(lease))),
+        }
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        let mut client = self.lease();
+        self.call(client.revoke(lease))
+            .await
+            .map(|_| ())
+            .map_err(|e| Self::lease_error(e, Some(lease)))
+    }
+
+    async fn revision(&self) -> Result<Revision> {
+        let mut kv = self.kv();
+        let options = GetOptions::new().with_count_only();
+        let response = self
+            .call(kv.get(self.prefix.as_str(), Some(options)))
+            .await?;
+        Ok(response.header().map_or(0, |h| h.revision()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_comes_from_the_url_authority() {
+        assert_eq!(
+            host_port("https://10.0.0.1:2379").as_deref(),
+            Some("10.0.0.1:2379")
+        );
+        assert_eq!(
+            host_port("http://[::1]:2379/").as_deref(),
+            Some("[::1]:2379")
+        );
+        assert_eq!(
+            host_port("127.0.0.1:2379").as_deref(),
+            Some("127.0.0.1:2379")
+        );
+        assert_eq!(host_port("http://etcd"), None);
+    }
+
+    #[tokio::test]
+    async fn a_certificate_without_its_key_is_a_configuration_error() {
+        let config = EtcdConfig {
+            cert: Some("/nonexistent/cert.pem".into()),
+            ..EtcdConfig::default()
+        };
+        assert!(matches!(
+            EtcdStore::connect(config).await,
+            Err(StoreError::Config(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_ca_names_the_file() {
+        let config = EtcdConfig {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..EtcdConfig::default()
+        };
+        match EtcdStore::connect(config).await {
+            Err(StoreError::Config(msg)) => assert!(msg.contains("/nonexistent/ca.pem"), "{msg}"),
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+}

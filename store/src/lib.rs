@@ -226,6 +226,11 @@ pub enum StoreError {
     /// The lease does not exist or has expired.
     #[error("lease {0:x} not found or expired")]
     LeaseNotFound(LeaseId),
+    /// The datastore understood the request and refused it (a transaction over etcd's
+    /// operation limit, a value over its size limit, a full database); retrying the same
+    /// request will not help.
+    #[error("datastore refused the request: {0}")]
+    Rejected(String),
     /// The backend's configuration is unusable (bad endpoint, unreadable TLS file, …).
     #[error("datastore configuration: {0}")]
     Config(String),

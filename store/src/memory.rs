@@ -111,7 +111,7 @@ impl MemoryStore {
                 state.revision
             )));
         }
-        state.compact_before(revision);
+        state.compact_like_etcd(revision);
         Ok(())
     }
 }
@@ -250,6 +250,7 @@ impl State {
         }
     }
 
+    /// Forgets the history before `revision`.
     fn compact_before(&mut self, revision: Revision) {
         while self
             .history
@@ -259,6 +260,18 @@ impl State {
             self.history.pop_front();
         }
         self.compacted = self.compacted.max(revision);
+    }
+
+    /// Compacts as etcd does: it keeps each key's latest version at the compaction revision
+    /// unless that version is a tombstone, so the deletes made at `revision` itself go too.
+    fn compact_like_etcd(&mut self, revision: Revision) {
+        self.compact_before(revision);
+        let at = self.history.partition_point(|e| e.revision() <= revision);
+        let mut index = 0;
+        self.history.retain(|e| {
+            index += 1;
+            index > at || matches!(e, WatchEvent::Put(_))
+        });
     }
 
     /// The events under `prefix` at or after `from`, or the compaction error when the
