@@ -1,9 +1,13 @@
 //! `wren-agent`: the node daemon and the admin CLI behind the `wren` binary.
 //!
+//! - [`api`]: the local HTTP/JSON API on the unix socket the CNI plugin calls.
 //! - [`cli`]: the command-line contract (`wren agent|status|pool|peer|node|ipam|bgp`).
+//! - [`cni`]: the agent side of the CNI commands (allocation, pod links, workload records).
 //! - [`config`]: the agent's configuration (flags, `WREN_*` environment, TOML file).
 //! - [`dataplane`]: everything that touches the kernel (rtnetlink, nftables).
 
+pub mod api;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod dataplane;

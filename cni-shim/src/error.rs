@@ -43,6 +43,8 @@ impl ErrorCode {
     pub const DATAPLANE_FAILURE: Self = Self(104);
     /// The datastore answered with something wren cannot use.
     pub const DATASTORE_FAILURE: Self = Self(105);
+    /// A specific address the runtime asked for (`runtimeConfig.ips`) is taken or in no pool.
+    pub const REQUESTED_ADDRESS_UNAVAILABLE: Self = Self(106);
 
     /// Whether a failure with this code is worth retrying as is.
     pub fn is_transient(self) -> bool {
