@@ -429,8 +429,8 @@ pub fn validate_endpoint(endpoint: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Checks a node name: it becomes an etcd key segment and a BGP peer description.
-fn validate_node_name(name: &str) -> Result<(), ConfigError> {
+/// Checks a node or peer name: it becomes an etcd key segment and a BGP peer description.
+pub fn validate_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name
@@ -440,7 +440,7 @@ fn validate_node_name(name: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::Invalid {
-            key: "nodeName",
+            key,
             value: name.to_owned(),
             reason: "expected 1 to 253 letters, digits, '-', '.' or '_'".to_owned(),
         })
@@ -536,7 +536,7 @@ impl AgentConfig {
                 .hostname()
                 .map_err(|e| ConfigError::Hostname(e.to_string()))?,
         };
-        validate_node_name(&node_name)?;
+        validate_name("nodeName", &node_name)?;
 
         let as_number = match (args.as_number, file.as_number) {
             (Some(asn), _) => Some(check_as_number(Some(i128::from(asn)), &asn.to_string())?),

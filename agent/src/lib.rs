@@ -5,9 +5,11 @@
 //! - [`cni`]: the agent side of the CNI commands (allocation, pod links, workload records).
 //! - [`config`]: the agent's configuration (flags, `WREN_*` environment, TOML file).
 //! - [`dataplane`]: everything that touches the kernel (rtnetlink, nftables).
+//! - [`metrics`]: the Prometheus metrics the daemon exports.
 
 pub mod api;
 pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;

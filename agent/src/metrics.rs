@@ -1,0 +1,304 @@
+//! The agent's Prometheus metrics (served at `/metrics` in the text format).
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `wren_bgp_session_up` | gauge | `peer`, `type` | 1 while the session is Established |
+//! | `wren_bgp_session_state` | gauge | `peer`, `type`, `state` | 1 for the session's current FSM state |
+//! | `wren_bgp_prefixes_received` | gauge | `peer`, `type` | prefixes accepted from the peer |
+//! | `wren_bgp_prefixes_sent` | gauge | `peer`, `type` | prefixes announced to the peer |
+//! | `wren_ipam_addresses_in_use` | gauge | | addresses allocated on this node (own blocks and borrowed) |
+//! | `wren_ipam_blocks` | gauge | | blocks affine to this node |
+//! | `wren_routes_desired` | gauge | | routes the agent wants in the kernel |
+//! | `wren_route_reconciles_total` | counter | | reconcile passes |
+//! | `wren_route_reconcile_errors_total` | counter | | reconcile passes that failed |
+//! | `wren_routes_changed_total` | counter | | routes added or replaced by reconciles |
+//! | `wren_routes_removed_total` | counter | | stale routes removed by reconciles |
+//! | `wren_datastore_up` | gauge | | 1 while etcd answers |
+//! | `wren_ready` | gauge | | 1 while `/readyz` says ready |
+//! | `wren_cni_request_duration_seconds` | histogram | `command`, `result` | time to serve a CNI request |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-peer series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The peer's address.
+    pub peer: String,
+    /// Why the session exists (`node-mesh`, `route-reflector`, `global`, …).
+    pub r#type: String,
+}
+
+/// Labels of the per-state series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerStateLabels {
+    peer: String,
+    r#type: String,
+    state: String,
+}
+
+/// Labels of CNI request timings.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CniLabels {
+    command: String,
+    result: String,
+}
+
+type HistogramFamily = Family<CniLabels, Histogram, fn() -> Histogram>;
+
+fn cni_histogram() -> Histogram {
+    // 1 ms to ~16 s: a pod ADD is a few milliseconds when warm, seconds when etcd is slow.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// The handle the local API records CNI request latency into. Cheap to clone.
+#[derive(Clone)]
+pub struct CniMetrics {
+    latency: HistogramFamily,
+}
+
+impl CniMetrics {
+    /// Records one request: `command` is the CNI command (`ADD`, `DEL`, …), `ok` whether it
+    /// succeeded.
+    pub fn observe(&self, command: &str, ok: bool, elapsed: Duration) {
+        let labels = CniLabels {
+            command: command.to_owned(),
+            result: if ok { "ok" } else { "error" }.to_owned(),
+        };
+        self.latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// One BGP session as the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSample {
+    /// Address and type.
+    pub labels: PeerLabels,
+    /// FSM state name (`Established`, `Active`, …).
+    pub state: String,
+    /// Prefixes accepted from the peer.
+    pub received: u64,
+    /// Prefixes announced to the peer.
+    pub sent: u64,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    session_up: Family<PeerLabels, Gauge>,
+    session_state: Family<PeerStateLabels, Gauge>,
+    prefixes_received: Family<PeerLabels, Gauge>,
+    prefixes_sent: Family<PeerLabels, Gauge>,
+    /// Addresses allocated on this node.
+    pub ipam_addresses_in_use: Gauge,
+    /// Blocks affine to this node.
+    pub ipam_blocks: Gauge,
+    /// Routes the agent wants in the kernel.
+    pub routes_desired: Gauge,
+    /// Reconcile passes.
+    pub route_reconciles: Counter,
+    /// Failed reconcile passes.
+    pub route_reconcile_errors: Counter,
+    /// Routes added or replaced.
+    pub routes_changed: Counter,
+    /// Stale routes removed.
+    pub routes_removed: Counter,
+    /// 1 while etcd answers.
+    pub datastore_up: Gauge,
+    /// 1 while ready.
+    pub ready: Gauge,
+    cni: CniMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wren");
+        let m = Self {
+            registry: Registry::default(),
+            session_up: Family::default(),
+            session_state: Family::default(),
+            prefixes_received: Family::default(),
+            prefixes_sent: Family::default(),
+            ipam_addresses_in_use: Gauge::default(),
+            ipam_blocks: Gauge::default(),
+            routes_desired: Gauge::default(),
+            route_reconciles: Counter::default(),
+            route_reconcile_errors: Counter::default(),
+            routes_changed: Counter::default(),
+            routes_removed: Counter::default(),
+            datastore_up: Gauge::default(),
+            ready: Gauge::default(),
+            cni: CniMetrics {
+                latency: HistogramFamily::new_with_constructor(cni_histogram),
+            },
+        };
+        let r = &mut registry;
+        r.register(
+            "bgp_session_up",
+            "1 while the BGP session is Established",
+            m.session_up.clone(),
+        );
+        r.register(
+            "bgp_session_state",
+            "1 for the BGP session's current FSM state",
+            m.session_state.clone(),
+        );
+        r.register(
+            "bgp_prefixes_received",
+            "Prefixes accepted from the peer",
+            m.prefixes_received.clone(),
+        );
+        r.register(
+            "bgp_prefixes_sent",
+            "Prefixes announced to the peer",
+            m.prefixes_sent.clone(),
+        );
+        r.register(
+            "ipam_addresses_in_use",
+            "Addresses allocated on this node",
+            m.ipam_addresses_in_use.clone(),
+        );
+        r.register(
+            "ipam_blocks",
+            "Blocks affine to this node",
+            m.ipam_blocks.clone(),
+        );
+        r.register(
+            "routes_desired",
+            "Routes the agent wants in the kernel",
+            m.routes_desired.clone(),
+        );
+        r.register(
+            "route_reconciles",
+            "Kernel route reconcile passes",
+            m.route_reconciles.clone(),
+        );
+        r.register(
+            "route_reconcile_errors",
+            "Kernel route reconcile passes that failed",
+            m.route_reconcile_errors.clone(),
+        );
+        r.register(
+            "routes_changed",
+            "Routes added or replaced by reconciles",
+            m.routes_changed.clone(),
+        );
+        r.register(
+            "routes_removed",
+            "Stale routes removed by reconciles",
+            m.routes_removed.clone(),
+        );
+        r.register(
+            "datastore_up",
+            "1 while the datastore answers",
+            m.datastore_up.clone(),
+        );
+        r.register("ready", "1 while the agent is ready", m.ready.clone());
+        r.register(
+            "cni_request_duration_seconds",
+            "Time to serve a CNI request",
+            m.cni.latency.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The handle for recording CNI request latency.
+    pub fn cni(&self) -> CniMetrics {
+        self.cni.clone()
+    }
+
+    /// Replaces every per-peer series with `peers` (sessions that went away disappear).
+    pub fn set_peers(&self, peers: &[PeerSample]) {
+        self.session_up.clear();
+        self.session_state.clear();
+        self.prefixes_received.clear();
+        self.prefixes_sent.clear();
+        for p in peers {
+            let up = i64::from(p.state == "Established");
+            self.session_up.get_or_create(&p.labels).set(up);
+            let state = PeerStateLabels {
+                peer: p.labels.peer.clone(),
+                r#type: p.labels.r#type.clone(),
+                state: p.state.clone(),
+            };
+            self.session_state.get_or_create(&state).set(1);
+            self.prefixes_received
+                .get_or_create(&p.labels)
+                .set(to_gauge(p.received));
+            self.prefixes_sent
+                .get_or_create(&p.labels)
+                .set(to_gauge(p.sent));
+        }
+    }
+
+    /// The text exposition (`/metrics`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn to_gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Shared handle to the metrics.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_carries_peers_ipam_routes_and_cni_latency() {
+        let m = Metrics::new();
+        let labels = PeerLabels {
+            peer: "10.0.0.2".into(),
+            r#type: "node-mesh".into(),
+        };
+        m.set_peers(&[PeerSample {
+            labels: labels.clone(),
+            state: "Established".into(),
+            received: 3,
+            sent: 2,
+        }]);
+        m.ipam_addresses_in_use.set(7);
+        m.route_reconciles.inc();
+        m.route_reconcile_errors.inc();
+        m.cni().observe("ADD", true, Duration::from_millis(3));
+        let text = m.encode();
+        for line in [
+            "wren_bgp_session_up{peer=\"10.0.0.2\",type=\"node-mesh\"} 1",
+            "wren_bgp_session_state{peer=\"10.0.0.2\",type=\"node-mesh\",state=\"Established\"} 1",
+            "wren_bgp_prefixes_received{peer=\"10.0.0.2\",type=\"node-mesh\"} 3",
+            "wren_bgp_prefixes_sent{peer=\"10.0.0.2\",type=\"node-mesh\"} 2",
+            "wren_ipam_addresses_in_use 7",
+            "wren_route_reconciles_total 1",
+            "wren_route_reconcile_errors_total 1",
+            "wren_cni_request_duration_seconds_count{command=\"ADD\",result=\"ok\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // A session that is gone leaves no series behind.
+        m.set_peers(&[]);
+        assert!(!m.encode().contains("10.0.0.2"));
+    }
+}
