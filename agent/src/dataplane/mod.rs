@@ -1,2 +1,33 @@
 //! The kernel side of wren: routes, pod veths, tunnels and NAT. The only module that touches
 //! netlink.
+//!
+//! - [`route`]: the route model (destination, next hop, table, owning protocol).
+//! - [`RouteManager`]: reconciles the kernel's routes of wren's protocols with a desired set on
+//!   one netlink socket, pipelined.
+//! - [`pod`]: the veth pair of a pod ([`setup_pod`], [`teardown_pod`], [`check_pod`]).
+//! - [`prepare_node`]: forwarding on, at agent start.
+//!
+//! Everything works in the network namespace of the calling thread (the agent runs inside its
+//! node's namespace), except where a function takes a namespace path. Calls block for as long
+//! as the kernel takes (no network round trip): run them on a blocking-capable thread.
+
+mod check;
+mod link;
+mod manager;
+mod netlink;
+mod netns;
+mod node;
+pub mod pod;
+mod reconcile;
+pub mod route;
+
+pub use check::{Problem, Side, check_pod};
+pub use manager::{
+    RouteAction, RouteChange, RouteCounters, RouteError, RouteFailure, RouteFailureReason,
+    RouteManager, RouteReport,
+};
+pub use netlink::NetlinkError;
+pub use netns::NetnsError;
+pub use node::{NodeError, NodeSetup, prepare_node};
+pub use pod::{PodError, PodInterface, PodSpec, host_ifname, setup_pod, teardown_pod};
+pub use route::{InvalidRoute, MAIN_TABLE, NextHop, Protocol, Route};

@@ -1,0 +1,544 @@
+//! [`RouteManager`]: keeps the kernel's routes of wren's protocols equal to a desired set, on
+//! one long-lived netlink socket, many changes per system call.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+
+use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use super::netlink::{Netlink, NetlinkError, Request};
+use super::reconcile::{Step, Wanted, plan};
+use super::route::{InvalidRoute, KernelRoute, MAIN_TABLE, NextHop, Protocol, Route, table_header};
+
+/// How often a dump is read again when the table changes while it is read.
+const DUMP_ATTEMPTS: usize = 5;
+
+/// A failure of the route manager as a whole (as opposed to one route).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// Opening the socket or reading the kernel's tables failed.
+    #[error("route table: {0}")]
+    Netlink(#[from] NetlinkError),
+}
+
+/// What was done to one route.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Created where no route of ours was.
+    Add,
+    /// Swapped for a route of ours at the same destination.
+    Replace,
+    /// Deleted.
+    Remove,
+}
+
+impl fmt::Display for RouteAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RouteAction::Add => "add",
+            RouteAction::Replace => "replace",
+            RouteAction::Remove => "remove",
+        })
+    }
+}
+
+/// Why one route could not be brought to its desired state.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteFailureReason {
+    /// The route itself is malformed.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRoute),
+    /// The route names a device that does not exist (yet, or any more).
+    #[error("no device named {0}")]
+    NoSuchDevice(String),
+    /// Two desired routes share a table and destination; the first one is kept.
+    #[error("another desired route has the same destination and table")]
+    Duplicate,
+    /// The route is in a table this manager does not look after.
+    #[error("table {0} is not managed (see RouteManager::manage_table)")]
+    UnmanagedTable(u32),
+    /// The kernel refused the change (`File exists` here means another protocol's route
+    /// holds the destination: wren does not overwrite it).
+    #[error(transparent)]
+    Kernel(#[from] NetlinkError),
+}
+
+/// One route that failed, for logs and the error metric.
+#[derive(Debug)]
+pub struct RouteFailure {
+    /// What was attempted.
+    pub action: RouteAction,
+    /// The route, in `ip route` syntax.
+    pub route: String,
+    /// Why it failed.
+    pub reason: RouteFailureReason,
+}
+
+impl fmt::Display for RouteFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.action, self.route, self.reason)
+    }
+}
+
+/// The outcome of one [`RouteManager::reconcile`] or [`RouteManager::apply`].
+#[derive(Debug, Default)]
+pub struct RouteReport {
+    /// Routes created.
+    pub added: usize,
+    /// Routes of ours swapped for the desired version.
+    pub replaced: usize,
+    /// Routes deleted.
+    pub removed: usize,
+    /// Desired routes that were already right (reconcile only).
+    pub unchanged: usize,
+    /// Routes that could not be handled, with the reason.
+    pub failures: Vec<RouteFailure>,
+}
+
+impl RouteReport {
+    /// Whether the kernel now holds exactly what was asked.
+    pub fn is_clean(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// Whether anything was changed.
+    pub fn changed(&self) -> bool {
+        self.added + self.replaced + self.removed > 0
+    }
+}
+
+/// Totals since the manager was made, for the agent's metrics.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteCounters {
+    /// Routes created.
+    pub added: u64,
+    /// Routes replaced.
+    pub replaced: u64,
+    /// Routes deleted.
+    pub removed: u64,
+    /// Route changes that failed.
+    pub errors: u64,
+    /// Reconcile passes run.
+    pub reconciles: u64,
+}
+
+/// One incremental change for [`RouteManager::apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Create the route; the kernel refuses if any route holds its destination already.
+    Add(Route),
+    /// Replace the route of ours at this destination (or create it if there is none). Use
+    /// only where the destination is known to be ours: a replace does not check the owner of
+    /// what it replaces.
+    Replace(Route),
+    /// Delete the route of this destination, table and protocol, whatever its next hop; a
+    /// route that is already gone is not an error.
+    Remove(Route),
+}
+
+impl RouteChange {
+    fn route(&self) -> &Route {
+        match self {
+            RouteChange::Add(r) | RouteChange::Replace(r) | RouteChange::Remove(r) => r,
+        }
+    }
+
+    fn action(&self) -> RouteAction {
+        match self {
+            RouteChange::Add(_) => RouteAction::Add,
+            RouteChange::Replace(_) => RouteAction::Replace,
+            RouteChange::Remove(_) => RouteAction::Remove,
+        }
+    }
+}
+
+/// Keeps the kernel's routes of protocols 186 (`bgp`) and 201 (`wren`) in the managed tables
+/// equal to what the agent wants.
+///
+/// It holds one netlink socket, opened in the network namespace of the thread that called
+/// [`RouteManager::new`] and bound to it for life. Its methods block for as long as the kernel
+/// takes to apply the changes (no network round trip is involved: about a second for 100,000
+/// routes); call them from a blocking-capable thread (`tokio::task::spawn_blocking` or a
+/// dedicated one).
+///
+/// It never flushes: a new manager adopts whatever routes of wren's protocols are already in
+/// the kernel and only changes what differs from the desired set.
+pub struct RouteManager {
+    netlink: Netlink,
+    tables: BTreeSet<u32>,
+    counters: RouteCounters,
+}
+
+impl RouteManager {
+    /// Opens the manager's socket in the calling thread's network namespace. It looks after
+    /// the main table; [`RouteManager::manage_table`] adds others.
+    pub fn new() -> Result<Self, RouteError> {
+        Ok(RouteManager {
+            netlink: Netlink::open()?,
+            tables: BTreeSet::from([MAIN_TABLE]),
+            counters: RouteCounters::default(),
+        })
+    }
+
+    /// Adds a table to the ones whose wren routes this manager reconciles.
+    pub fn manage_table(&mut self, table: u32) {
+        self.tables.insert(table);
+    }
+
+    /// Totals since the manager was made.
+    pub fn counters(&self) -> RouteCounters {
+        self.counters
+    }
+
+    /// The routes of wren's protocols in the managed tables now, devices named.
+    pub fn installed(&mut self) -> Result<Vec<Route>, RouteError> {
+        let kernel = self.dump_owned()?;
+        let names: HashMap<u32, String> = if kernel.iter().any(|k| oif_of(k).is_some()) {
+            self.link_indexes()?
+                .into_iter()
+                .map(|(name, index)| (index, name))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        Ok(kernel.iter().filter_map(|k| route_of(k, &names)).collect())
+    }
+
+    /// Makes the kernel's routes of wren's protocols in the managed tables exactly `desired`:
+    /// adds what is missing, replaces what differs, deletes routes of ours that are not
+    /// desired. Routes of other protocols are never touched. Running it again with the same
+    /// set changes nothing.
+    pub fn reconcile(&mut self, desired: &[Route]) -> Result<RouteReport, RouteError> {
+        self.counters.reconciles += 1;
+        let mut report = RouteReport::default();
+        let links = if desired.iter().any(|r| r.dev().is_some()) {
+            self.link_indexes()?
+        } else {
+            HashMap::new()
+        };
+        let mut seen = HashSet::new();
+        let mut wanted = Vec::with_capacity(desired.len());
+        for route in desired {
+            let checked = self.check(route, &links).and_then(|oif| {
+                if seen.insert((route.table, route.dst)) {
+                    Ok(oif)
+                } else {
+                    Err(RouteFailureReason::Duplicate)
+                }
+            });
+            match checked {
+                Ok(oif) => wanted.push(Wanted {
+                    route,
+                    shape: route.shape(oif),
+                    oif,
+                }),
+                Err(reason) => report.failures.push(RouteFailure {
+                    action: RouteAction::Add,
+                    route: route.to_string(),
+                    reason,
+                }),
+            }
+        }
+        let plan = plan(&wanted, self.dump_owned()?);
+        report.unchanged = plan.unchanged;
+        let requests = plan.steps.iter().map(|step| match step {
+            Step::Delete(k) => Request::new(RouteNetlinkMessage::DelRoute(k.removal()), 0),
+            Step::Replace(i) => {
+                let w = &wanted[*i];
+                Request::new(
+                    new_route(w.route.to_message(w.oif)),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                )
+            }
+            Step::Add(i) => {
+                let w = &wanted[*i];
+                Request::new(
+                    new_route(w.route.to_message(w.oif)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                )
+            }
+        });
+        let failed = self.netlink.batch(requests)?;
+        let mut failed = failed.into_iter().peekable();
+        for (index, step) in plan.steps.iter().enumerate() {
+            let action = match step {
+                Step::Delete(_) => RouteAction::Remove,
+                Step::Replace(_) => RouteAction::Replace,
+                Step::Add(_) => RouteAction::Add,
+            };
+            match failed.next_if(|(i, _)| *i == index) {
+                Some((_, error)) => {
+                    let route = match step {
+                        Step::Delete(k) => describe_kernel(k),
+                        Step::Replace(i) | Step::Add(i) => wanted[*i].route.to_string(),
+                    };
+                    report.failures.push(RouteFailure {
+                        action,
+                        route,
+                        reason: error.into(),
+                    });
+                }
+                None => count(&mut report, action),
+            }
+        }
+        self.tally(&report);
+        Ok(report)
+    }
+
+    /// Applies incremental changes without reading the kernel's tables first: the fast path
+    /// for a burst of BGP updates. Reconcile remains the way to repair drift.
+    pub fn apply(&mut self, changes: &[RouteChange]) -> Result<RouteReport, RouteError> {
+        let mut report = RouteReport::default();
+        let links = if changes.iter().any(|c| c.route().dev().is_some()) {
+            self.link_indexes()?
+        } else {
+            HashMap::new()
+        };
+        // Changes that cannot be sent are reported now; the rest go out in one pipeline.
+        let mut sendable = Vec::with_capacity(changes.len());
+        for change in changes {
+            let checked = match change {
+                // A removal matches on destination and owner only; its device is irrelevant.
+                RouteChange::Remove(route) => route
+                    .validate()
+                    .map(|()| None)
+                    .map_err(RouteFailureReason::from)
+                    .and_then(|oif| self.check_table(route).map(|()| oif)),
+                _ => self.check(change.route(), &links),
+            };
+            match checked {
+                Ok(oif) => sendable.push((change, oif)),
+                Err(reason) => report.failures.push(RouteFailure {
+                    action: change.action(),
+                    route: change.route().to_string(),
+                    reason,
+                }),
+            }
+        }
+        let requests = sendable.iter().map(|(change, oif)| match change {
+            RouteChange::Add(r) => {
+                Request::new(new_route(r.to_message(*oif)), NLM_F_CREATE | NLM_F_EXCL)
+            }
+            RouteChange::Replace(r) => {
+                Request::new(new_route(r.to_message(*oif)), NLM_F_CREATE | NLM_F_REPLACE)
+            }
+            RouteChange::Remove(r) => Request::new(RouteNetlinkMessage::DelRoute(r.removal()), 0),
+        });
+        let failed = self.netlink.batch(requests)?;
+        let mut failed = failed.into_iter().peekable();
+        for (index, (change, _)) in sendable.iter().enumerate() {
+            match failed.next_if(|(i, _)| *i == index) {
+                Some((_, error)) if is_already_gone(change, &error) => {}
+                Some((_, error)) => report.failures.push(RouteFailure {
+                    action: change.action(),
+                    route: change.route().to_string(),
+                    reason: error.into(),
+                }),
+                None => count(&mut report, change.action()),
+            }
+        }
+        self.tally(&report);
+        Ok(report)
+    }
+
+    /// Validates a route and resolves its device.
+    fn check(
+        &self,
+        route: &Route,
+        links: &HashMap<String, u32>,
+    ) -> Result<Option<u32>, RouteFailureReason> {
+        route.validate()?;
+        self.check_table(route)?;
+        match route.dev() {
+            None => Ok(None),
+            Some(dev) => links
+                .get(dev)
+                .map(|i| Some(*i))
+                .ok_or_else(|| RouteFailureReason::NoSuchDevice(dev.to_string())),
+        }
+    }
+
+    fn check_table(&self, route: &Route) -> Result<(), RouteFailureReason> {
+        if self.tables.contains(&route.table) {
+            Ok(())
+        } else {
+            Err(RouteFailureReason::UnmanagedTable(route.table))
+        }
+    }
+
+    fn tally(&mut self, report: &RouteReport) {
+        self.counters.added += report.added as u64;
+        self.counters.replaced += report.replaced as u64;
+        self.counters.removed += report.removed as u64;
+        self.counters.errors += report.failures.len() as u64;
+    }
+
+    /// Reads the routes of wren's protocols in the managed tables, both families. The kernel
+    /// filters by family, table and protocol, so a full Internet table of another daemon costs
+    /// nothing here.
+    fn dump_owned(&mut self) -> Result<Vec<KernelRoute>, RouteError> {
+        let mut out = Vec::new();
+        let tables: Vec<u32> = self.tables.iter().copied().collect();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            for protocol in Protocol::OWNED {
+                for &table in &tables {
+                    let filter = RouteFilter {
+                        family,
+                        table,
+                        protocol: Some(protocol),
+                        oif: None,
+                    };
+                    dump_routes(&mut self.netlink, &filter, &mut out)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Interface names to indexes in the socket's namespace.
+    fn link_indexes(&mut self) -> Result<HashMap<String, u32>, RouteError> {
+        let mut links = HashMap::new();
+        for attempt in 1..=DUMP_ATTEMPTS {
+            links.clear();
+            let result = self.netlink.dump(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                |msg| {
+                    if let RouteNetlinkMessage::NewLink(link) = msg
+                        && let Some(name) = link_name(&link)
+                    {
+                        links.insert(name, link.header.index);
+                    }
+                },
+            );
+            match result {
+                Ok(()) => return Ok(links),
+                Err(NetlinkError::DumpInterrupted) if attempt < DUMP_ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(links)
+    }
+}
+
+/// Which routes a dump returns; the kernel applies the filter (strict checking is on).
+pub(crate) struct RouteFilter {
+    pub family: AddressFamily,
+    pub table: u32,
+    pub protocol: Option<Protocol>,
+    pub oif: Option<u32>,
+}
+
+/// Appends the kernel's routes that pass `filter` to `out`, reading again when the table
+/// changed during the dump.
+pub(crate) fn dump_routes(
+    netlink: &mut Netlink,
+    filter: &RouteFilter,
+    out: &mut Vec<KernelRoute>,
+) -> Result<(), NetlinkError> {
+    let start = out.len();
+    for attempt in 1..=DUMP_ATTEMPTS {
+        out.truncate(start);
+        let mut request = RouteMessage::default();
+        request.header.address_family = filter.family;
+        request.header.table = table_header(filter.table);
+        request.attributes.push(RouteAttribute::Table(filter.table));
+        if let Some(protocol) = filter.protocol {
+            request.header.protocol = RouteProtocol::from(protocol.0);
+        }
+        if let Some(oif) = filter.oif {
+            request.attributes.push(RouteAttribute::Oif(oif));
+        }
+        let result = netlink.dump(RouteNetlinkMessage::GetRoute(request), |msg| {
+            if let RouteNetlinkMessage::NewRoute(m) = msg
+                && let Some(k) = KernelRoute::from_message(&m)
+                // The filter is the kernel's; checking again costs nothing and keeps a kernel
+                // that ignores it from handing us somebody else's routes.
+                && filter.protocol.is_none_or(|p| k.protocol == p)
+                && k.table == filter.table
+            {
+                out.push(k);
+            }
+        });
+        match result {
+            Ok(()) => return Ok(()),
+            // A table nobody has written to yet does not exist: it holds nothing.
+            Err(NetlinkError::Kernel { errno, .. }) if errno == libc::ENOENT => return Ok(()),
+            Err(NetlinkError::DumpInterrupted) if attempt < DUMP_ATTEMPTS => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn new_route(message: RouteMessage) -> RouteNetlinkMessage {
+    RouteNetlinkMessage::NewRoute(message)
+}
+
+fn count(report: &mut RouteReport, action: RouteAction) {
+    match action {
+        RouteAction::Add => report.added += 1,
+        RouteAction::Replace => report.replaced += 1,
+        RouteAction::Remove => report.removed += 1,
+    }
+}
+
+/// A removal of a route that is not there: done already. IPv4 says ESRCH, IPv6 ENOENT.
+fn is_already_gone(change: &RouteChange, error: &NetlinkError) -> bool {
+    matches!(change, RouteChange::Remove(_))
+        && matches!(error.errno(), Some(libc::ESRCH) | Some(libc::ENOENT))
+}
+
+pub(crate) fn link_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.clone()),
+        _ => None,
+    })
+}
+
+fn oif_of(k: &KernelRoute) -> Option<u32> {
+    match k.shape {
+        super::route::Shape::Gateway { oif, .. } => oif,
+        super::route::Shape::Device { oif } => Some(oif),
+        _ => None,
+    }
+}
+
+/// Turns a kernel route back into the model; `None` for shapes wren does not make.
+fn route_of(k: &KernelRoute, names: &HashMap<u32, String>) -> Option<Route> {
+    use super::route::Shape;
+    let name = |oif: u32| {
+        names
+            .get(&oif)
+            .cloned()
+            .unwrap_or_else(|| format!("if{oif}"))
+    };
+    let next_hop = match &k.shape {
+        Shape::Blackhole => NextHop::Blackhole,
+        Shape::Gateway { via, oif, onlink } => NextHop::Gateway {
+            via: *via,
+            // A plain `via` route names its device only when it was asked to.
+            dev: if *onlink { oif.map(name) } else { None },
+            onlink: *onlink,
+        },
+        Shape::Device { oif } => NextHop::Device { dev: name(*oif) },
+        Shape::Other => return None,
+    };
+    Some(Route {
+        dst: k.dst,
+        next_hop,
+        table: k.table,
+        protocol: k.protocol,
+    })
+}
+
+fn describe_kernel(k: &KernelRoute) -> String {
+    let dst: IpNet = k.dst;
+    format!(
+        "{dst} proto {} table {} metric {}",
+        k.protocol, k.table, k.priority
+    )
+}
