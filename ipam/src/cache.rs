@@ -1,0 +1,50 @@
+//! The in-memory copy of blocks this process writes, with the revision each was read or
+//! written at. A stale entry is harmless: every write compares the revision, a lost compare
+//! drops the entry and the writer reads the block again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use ipnet::IpNet;
+use wren_store::Revision;
+
+use crate::block::Block;
+
+/// Blocks by CIDR.
+#[derive(Default)]
+pub(crate) struct BlockCache {
+    blocks: Mutex<HashMap<IpNet, (Block, Revision)>>,
+}
+
+impl BlockCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpNet, (Block, Revision)>> {
+        // A panic while holding the lock leaves a map of whole entries; keep using it.
+        self.blocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the cached block.
+    pub(crate) fn get(&self, cidr: &IpNet) -> Option<(Block, Revision)> {
+        self.lock().get(cidr).cloned()
+    }
+
+    /// How many addresses the cached block has free, without copying it.
+    pub(crate) fn free(&self, cidr: &IpNet) -> Option<u32> {
+        self.lock().get(cidr).map(|(b, _)| b.free())
+    }
+
+    /// Records a block as of `revision`, unless a newer copy is cached already.
+    pub(crate) fn put(&self, block: Block, revision: Revision) {
+        let mut map = self.lock();
+        match map.get(&block.cidr()) {
+            Some((_, cached)) if *cached > revision => {}
+            _ => {
+                map.insert(block.cidr(), (block, revision));
+            }
+        }
+    }
+
+    /// Forgets a block (deleted, or known to be stale).
+    pub(crate) fn remove(&self, cidr: &IpNet) {
+        self.lock().remove(cidr);
+    }
+}
