@@ -112,7 +112,7 @@ fn plugin(env: &[(&str, &str)], stdin: &str) -> (bool, Value) {
     (out.status.success(), json)
 }
 
-fn attachment_env<'a>(command: &'a str) -> Vec<(&'a str, &'a str)> {
+fn attachment_env(command: &str) -> Vec<(&str, &str)> {
     vec![
         ("CNI_COMMAND", command),
         ("CNI_CONTAINERID", "3f6940ab5ab43bc5"),
