@@ -8,8 +8,12 @@
 //! - [`process`]: a guard that owns a child process and ends it by its pid.
 //! - [`etcd`]: a real single-member etcd with a temporary data directory.
 //! - [`netns`]: network namespaces, veth pairs and bridges that remove themselves.
+//! - [`lab`]: a whole cluster in namespaces, driving the `wren` and `wren-cni` binaries.
+//! - [`daemons`]: BIRD 2, FRR and GoBGP as BGP peers inside those namespaces.
 
+pub mod daemons;
 pub mod etcd;
+pub mod lab;
 pub mod netns;
 pub mod prereq;
 pub mod process;

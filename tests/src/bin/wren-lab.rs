@@ -1,6 +1,274 @@
 //! `wren-lab`: a whole wren cluster on one machine, in network namespaces.
+//!
+//! ```text
+//! wren-lab up --nodes 3 [--encap none|vxlan|ipip] [--subnets 1|2] [--tor] [--name demo]
+//! wren-lab ping | status | routes NODE | exec NODE -- CMD… | down | list
+//! wren-lab demo        # up → ping → status → routes explained → down
+//! ```
 
-fn main() {
-    eprintln!("wren-lab: the lab is not built yet (see issue: wren-lab); nothing was started");
-    std::process::exit(2);
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use wren_tests::lab::{self, Encap, Lab, LabSpec};
+
+/// Default lab name.
+const DEFAULT_LAB: &str = "demo";
+
+/// A wren cluster on one machine: nodes are network namespaces, etcd is real, pods come from
+/// the real CNI plugin. Needs root. Nothing it makes has a route out of the lab.
+#[derive(Debug, Parser)]
+#[command(name = "wren-lab", version)]
+struct Cli {
+    /// Lab name (1–8 lowercase letters or digits); several labs can run side by side.
+    #[arg(long, global = true, default_value = DEFAULT_LAB)]
+    name: String,
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Build and start a lab.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Encapsulation of the lab's pool.
+        #[arg(long, value_enum, default_value = "none")]
+        encap: Encap,
+        /// One L2 segment, or two subnets joined by a router that knows no pod routes.
+        #[arg(long, default_value_t = 1)]
+        subnets: u8,
+        /// Add a BIRD 2 top-of-rack route reflector and turn the node mesh off.
+        #[arg(long)]
+        tor: bool,
+        /// Pods per node.
+        #[arg(long, default_value_t = 2)]
+        pods: usize,
+        /// Directory with the `wren` and `wren-cni` binaries (default: next to wren-lab).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Print the pod-to-pod reachability matrix; fails unless every pod reaches every pod.
+    Ping,
+    /// Run `wren status` on every node.
+    Status,
+    /// Show a node's routing table, each route explained.
+    Routes {
+        /// Node name (n1, n2, …).
+        node: String,
+    },
+    /// Run a command inside a node's namespace.
+    Exec {
+        /// Node name (n1, n2, …).
+        node: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove every namespace, process and file of the lab (also after a crash).
+    Down,
+    /// List the labs on this machine.
+    List,
+    /// The guided tour: up, ping, status, routes explained, down.
+    Demo {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Keep the lab running at the end instead of removing it.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wren-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the lab creates network namespaces: run it as root");
+    }
+    let name = cli.name;
+    match cli.command {
+        LabCommand::Up {
+            nodes,
+            encap,
+            subnets,
+            tor,
+            pods,
+            bin_dir,
+        } => {
+            let mut spec = LabSpec::new(&name, nodes);
+            spec.encap = encap;
+            spec.subnets = subnets;
+            spec.tor = tor;
+            spec.pods_per_node = pods;
+            spec.verbose = true;
+            if let Some(dir) = bin_dir {
+                spec.bin_dir = dir;
+            }
+            let lab = Lab::up(spec)?;
+            println!(
+                "Lab `{name}` is up. Try: wren-lab ping, wren-lab status, wren-lab routes n1, wren-lab down"
+            );
+            lab.keep();
+            Ok(())
+        }
+        LabCommand::Ping => ping(&Lab::open(&name)?),
+        LabCommand::Status => {
+            print!("{}", Lab::open(&name)?.status()?);
+            Ok(())
+        }
+        LabCommand::Routes { node } => {
+            print!("{}", explain_routes(&Lab::open(&name)?, &node)?);
+            Ok(())
+        }
+        LabCommand::Exec { node, command } => {
+            let lab = Lab::open(&name)?;
+            let (program, args) = command
+                .split_first()
+                .context("exec needs a command after --")?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            print!("{}", lab.exec(&node, program, &args)?);
+            Ok(())
+        }
+        LabCommand::Down => {
+            lab::down_by_name(&name)?;
+            println!("Lab `{name}` removed: its namespaces, processes and files are gone.");
+            Ok(())
+        }
+        LabCommand::List => {
+            for lab in lab::list_labs() {
+                println!("{lab}");
+            }
+            Ok(())
+        }
+        LabCommand::Demo { nodes, keep } => demo(&name, nodes, keep),
+    }
+}
+
+fn ping(lab: &Lab) -> Result<()> {
+    let results = lab.ping_matrix();
+    print!("{}", lab.render_matrix(&results));
+    let failed = results.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        bail!(
+            "{failed} of {} pod pairs cannot reach each other",
+            results.len()
+        );
+    }
+    println!("All {} pod pairs reach each other.", results.len());
+    Ok(())
+}
+
+/// A node's routing table, each route followed by what it carries.
+fn explain_routes(lab: &Lab, node: &str) -> Result<String> {
+    let state = lab.state();
+    let table = lab.routes(node)?;
+    let mut out = format!("Routing table of {node} (ip route):\n");
+    for line in table.lines() {
+        out.push_str(&format!("  {line}\n"));
+        if let Some(why) = explain_route(state, node, line) {
+            out.push_str(&format!("      ↳ {why}\n"));
+        }
+    }
+    Ok(out)
+}
+
+fn explain_route(state: &lab::LabState, node: &str, line: &str) -> Option<String> {
+    let mut words = line.split_whitespace();
+    let first = words.next()?;
+    let dst: ipnet::Ipv4Net = if first == "blackhole" {
+        words.next()?.parse().ok()?
+    } else {
+        first.parse().ok()?
+    };
+    let pods_in = |net: &ipnet::Ipv4Net| -> Vec<String> {
+        state
+            .pods
+            .iter()
+            .filter(|p| net.contains(&p.ip))
+            .map(|p| format!("{} {}", p.name, p.ip))
+            .collect()
+    };
+    let via = line
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .and_then(|v| v.parse::<Ipv4Addr>().ok());
+    let owner = via.and_then(|v| state.nodes.iter().find(|n| n.ip() == v.to_string()));
+    if first == "blackhole" {
+        return Some(format!(
+            "this node's own block {dst}: its pods get /32 routes; other addresses in it go nowhere"
+        ));
+    }
+    if line.contains("proto bgp") {
+        let pods = pods_in(&dst);
+        let who = owner.map_or_else(|| "another node".to_owned(), |n| n.name.clone());
+        return Some(format!(
+            "learned over BGP from {who}: pods {} live there{}",
+            if pods.is_empty() {
+                "(none yet)".into()
+            } else {
+                pods.join(", ")
+            },
+            if line.contains("wren.vxlan") || line.contains("wrentunl0") {
+                ", reached through the tunnel"
+            } else {
+                ""
+            }
+        ));
+    }
+    if dst.prefix_len() == 32 && line.contains("dev wren") {
+        let pod = state
+            .pods
+            .iter()
+            .find(|p| p.node == node && p.ip == dst.addr())?;
+        return Some(format!("local pod {} through its veth", pod.name));
+    }
+    if line.contains("proto wren") || line.contains("proto 201") {
+        return Some("wren's own route".into());
+    }
+    None
+}
+
+fn demo(name: &str, nodes: usize, keep: bool) -> Result<()> {
+    println!(
+        "== 1. Build a cluster: {nodes} nodes as network namespaces on one bridge, a real etcd,"
+    );
+    println!(
+        "==    a wren agent per node (BGP full mesh), two pods per node through the CNI plugin.\n"
+    );
+    let mut spec = LabSpec::new(name, nodes);
+    spec.verbose = true;
+    let lab = Lab::up(spec)?;
+    let outcome = (|| -> Result<()> {
+        println!("\n== 2. Every pod pings every other pod:\n");
+        ping(&lab)?;
+        println!("\n== 3. What each agent sees (wren status): its blocks and its BGP peers.\n");
+        print!("{}", lab.status()?);
+        println!("== 4. How n1 reaches the pods of the other nodes:\n");
+        print!("{}", explain_routes(&lab, "n1")?);
+        Ok(())
+    })();
+    if keep {
+        lab.keep();
+        println!("\nThe lab keeps running; remove it with: wren-lab down --name {name}");
+    } else {
+        println!("\n== 5. Tear down: every namespace, process and file the lab made goes.");
+        lab.down()?;
+        println!("Done.");
+    }
+    outcome
 }

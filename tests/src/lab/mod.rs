@@ -1,0 +1,794 @@
+//! The lab: a whole wren cluster on one machine, one network namespace per node.
+//!
+//! A lab is a set of namespaces named `wl-<lab>-<role>`: the segment (`sw`, a bridge with etcd
+//! on it) or, with two subnets, a router (`rt`) with one bridge per subnet and etcd; one
+//! namespace per node running `wren agent`; one per pod, set up through the real `wren-cni`
+//! plugin; and with `--tor`, a BIRD 2 route reflector (`tor`). No namespace has a route out of
+//! the lab.
+//!
+//! Everything the lab makes is recorded in a state file under [`STATE_ROOT`], so that `down`
+//! works from another process (the `wren-lab` CLI) and after a crash. [`Lab::down`] also finds
+//! namespaces by their name prefix and ends the processes inside them by pid, so leftovers of a
+//! crashed run go too. A [`Lab`] made by a test removes itself when dropped.
+
+mod http;
+mod names;
+mod state;
+mod topology;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use names::ns_name;
+pub use state::{AgentState, LabState, NodeState, PodState};
+
+/// Where labs keep their state, logs and sockets.
+pub const STATE_ROOT: &str = "/run/wren-lab";
+
+/// The pool every lab creates.
+pub const POOL_CIDR: &str = "10.65.0.0/16";
+
+/// AS number of the lab cluster.
+pub const LAB_AS: u32 = 64512;
+
+/// How long a node's agent may take to become ready.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong building or using a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A command or file operation failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The lab's state file does not parse.
+    #[error("lab state {path}: {reason}")]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// Something the lab needs is not there or not as expected.
+    #[error("{0}")]
+    Lab(String),
+}
+
+/// Result of lab operations.
+pub type Result<T, E = LabError> = std::result::Result<T, E>;
+
+/// Encapsulation of the lab's pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// Plain routing between nodes.
+    None,
+    /// VXLAN (cross-subnet mode when the lab has two subnets).
+    Vxlan,
+    /// IP-in-IP (cross-subnet mode when the lab has two subnets).
+    Ipip,
+}
+
+impl Encap {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Encap::None => "none",
+            Encap::Vxlan => "vxlan",
+            Encap::Ipip => "ipip",
+        }
+    }
+}
+
+/// The shape of a lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabSpec {
+    /// Lab name: part of every namespace name, so it must be short (≤ 8 characters).
+    pub name: String,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Pool encapsulation.
+    pub encap: Encap,
+    /// One L2 segment (1) or two subnets joined by a router that knows no pod routes (2).
+    pub subnets: u8,
+    /// A BIRD 2 top-of-rack route reflector, with the node mesh off.
+    pub tor: bool,
+    /// Pods created on each node at start.
+    pub pods_per_node: usize,
+    /// Directory holding the `wren` and `wren-cni` binaries.
+    pub bin_dir: PathBuf,
+    /// Print what happens, in words.
+    pub verbose: bool,
+}
+
+impl LabSpec {
+    /// A lab named `name` with `nodes` nodes, one subnet, no encapsulation, two pods per node,
+    /// and binaries next to the running executable.
+    pub fn new(name: &str, nodes: usize) -> Self {
+        Self {
+            name: name.to_owned(),
+            nodes,
+            encap: Encap::None,
+            subnets: 1,
+            tor: false,
+            pods_per_node: 2,
+            bin_dir: default_bin_dir(),
+            verbose: false,
+        }
+    }
+}
+
+/// The directory of the `wren` binaries: next to the running executable, or its parent (test
+/// executables live in `target/<profile>/deps`).
+pub fn default_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.join("wren").exists() {
+        return dir;
+    }
+    dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+}
+
+/// A running lab.
+#[derive(Debug)]
+pub struct Lab {
+    state: LabState,
+    /// Remove everything when dropped (labs made by tests); `wren-lab up` keeps its lab.
+    remove_on_drop: bool,
+}
+
+/// One pod-to-pod reachability result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// Source pod name.
+    pub from: String,
+    /// Destination pod name.
+    pub to: String,
+    /// Whether the ping got an answer.
+    pub ok: bool,
+}
+
+impl Lab {
+    /// Builds and starts a lab as `spec` says. On failure everything made so far is removed.
+    pub fn up(spec: LabSpec) -> Result<Self> {
+        names::validate(&spec.name)?;
+        if spec.nodes == 0 || spec.nodes > 20 {
+            return Err(LabError::Lab(format!(
+                "--nodes must be between 1 and 20 (got {})",
+                spec.nodes
+            )));
+        }
+        if !matches!(spec.subnets, 1 | 2) {
+            return Err(LabError::Lab(format!(
+                "--subnets must be 1 or 2 (got {})",
+                spec.subnets
+            )));
+        }
+        for bin in ["wren", "wren-cni"] {
+            if !spec.bin_dir.join(bin).exists() {
+                return Err(LabError::Lab(format!(
+                    "{} not found: build the binaries first (cargo build --bins)",
+                    spec.bin_dir.join(bin).display()
+                )));
+            }
+        }
+        // A previous run with the same name may have crashed: clear its leftovers first.
+        down_by_name(&spec.name)?;
+        let dir = Path::new(STATE_ROOT).join(&spec.name);
+        fs::create_dir_all(&dir)?;
+        let mut lab = Lab {
+            state: LabState::new(spec, dir),
+            remove_on_drop: true,
+        };
+        match lab.build() {
+            Ok(()) => Ok(lab),
+            Err(e) => {
+                let logs = lab.agent_log_tails();
+                let _ = lab.down_inner();
+                lab.remove_on_drop = false;
+                Err(LabError::Lab(format!("{e}{logs}")))
+            }
+        }
+    }
+
+    /// Re-opens a lab started by another process (`wren-lab ping` after `wren-lab up`).
+    pub fn open(name: &str) -> Result<Self> {
+        let state = LabState::load(&Path::new(STATE_ROOT).join(name))?;
+        Ok(Lab {
+            state,
+            remove_on_drop: false,
+        })
+    }
+
+    /// Keeps the lab running after this value is dropped (for `wren-lab up`).
+    pub fn keep(mut self) {
+        self.remove_on_drop = false;
+    }
+
+    /// The lab's recorded state: nodes, pods, addresses.
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    fn say(&self, message: impl AsRef<str>) {
+        if self.state.spec.verbose {
+            println!("{}", message.as_ref());
+        }
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let spec = self.state.spec.clone();
+        self.say(format!(
+            "Building lab `{}`: {} node(s) on {} subnet(s), encapsulation {}{}.",
+            spec.name,
+            spec.nodes,
+            spec.subnets,
+            spec.encap.as_arg(),
+            if spec.tor {
+                ", a BIRD route reflector as top-of-rack"
+            } else {
+                ""
+            }
+        ));
+        topology::build_fabric(&mut self.state)?;
+        self.state.save()?;
+        self.say(format!(
+            "  etcd listens on {} inside the fabric namespace {}.",
+            self.state.etcd_endpoint, self.state.fabric_ns
+        ));
+        topology::start_etcd(&mut self.state)?;
+        self.state.save()?;
+        self.configure_cluster()?;
+        if spec.tor {
+            topology::start_tor(&mut self.state)?;
+            self.state.save()?;
+            self.say("  BIRD 2 runs in the ToR namespace as route reflector for every node.");
+        }
+        for index in 0..spec.nodes {
+            self.add_node_at(index)?;
+        }
+        for index in 0..spec.nodes {
+            let node = self.state.nodes[index].name.clone();
+            for _ in 0..spec.pods_per_node {
+                self.add_pod(&node)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn configure_cluster(&mut self) -> Result<()> {
+        let spec = &self.state.spec;
+        let mut pool = vec![
+            "pool".to_owned(),
+            "add".into(),
+            "lab".into(),
+            "--cidr".into(),
+            POOL_CIDR.into(),
+            "--encap".into(),
+            spec.encap.as_arg().into(),
+        ];
+        if spec.encap != Encap::None {
+            pool.push("--encap-mode".into());
+            pool.push(
+                if spec.subnets == 2 {
+                    "cross-subnet"
+                } else {
+                    "always"
+                }
+                .into(),
+            );
+        }
+        self.wren_cli(&pool)?;
+        self.say(format!(
+            "  Pool `lab` {POOL_CIDR}: nodes claim /26 blocks from it."
+        ));
+        if spec.tor {
+            let tor_ip = self
+                .state
+                .tor_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            self.wren_cli(&["bgp", "config", "--mesh", "off"])?;
+            self.wren_cli(&[
+                "peer",
+                "add",
+                "tor",
+                "--peer-ip",
+                &tor_ip,
+                "--as",
+                &LAB_AS.to_string(),
+            ])?;
+            self.say(format!(
+                "  Node-to-node mesh off; every node peers with the ToR {tor_ip}."
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `wren <args> --etcd-endpoints <lab etcd>` inside the fabric namespace.
+    pub fn wren_cli<S: AsRef<str>>(&self, args: &[S]) -> Result<String> {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.state.fabric_ns])
+            .arg(self.state.spec.bin_dir.join("wren"))
+            .args(args.iter().map(AsRef::as_ref))
+            .args(["--etcd-endpoints", &self.state.etcd_endpoint]);
+        Ok(crate::netns::run(&mut command)?)
+    }
+
+    /// Adds one more node (joining a running lab) and starts its agent; returns its name.
+    pub fn add_node(&mut self) -> Result<String> {
+        let index = self.state.nodes.len();
+        self.add_node_at(index)?;
+        Ok(self.state.nodes[index].name.clone())
+    }
+
+    fn add_node_at(&mut self, index: usize) -> Result<()> {
+        let node = topology::add_node(&mut self.state, index)?;
+        self.state.save()?;
+        self.start_agent(&node)?;
+        let n = self.node(&node)?;
+        self.say(format!(
+            "  Node {} ({}) is up: its wren agent registered in etcd and peers over BGP.",
+            n.name, n.address
+        ));
+        Ok(())
+    }
+
+    /// The recorded state of node `name`.
+    pub fn node(&self, name: &str) -> Result<&NodeState> {
+        self.state
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| {
+                LabError::Lab(format!("no node `{name}` in lab {}", self.state.spec.name))
+            })
+    }
+
+    fn node_mut(&mut self, name: &str) -> Result<&mut NodeState> {
+        let lab = self.state.spec.name.clone();
+        self.state
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| LabError::Lab(format!("no node `{name}` in lab {lab}")))
+    }
+
+    /// Starts (or restarts) the agent of node `name` and waits until it is ready.
+    pub fn start_agent(&mut self, name: &str) -> Result<()> {
+        let node = self.node(name)?.clone();
+        let log = self.state.dir.join(format!("{}.log", node.name));
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &node.ns])
+            .arg(self.state.spec.bin_dir.join("wren"))
+            .args([
+                "agent",
+                "--node-name",
+                &node.name,
+                "--node-ip",
+                &node.address,
+                "--etcd-endpoints",
+                &self.state.etcd_endpoint,
+                "--socket",
+                &node.socket.to_string_lossy(),
+                "--metrics-addr",
+                &format!("127.0.0.1:{}", names::METRICS_PORT),
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        let child = spawn_detached(&mut command)?;
+        self.node_mut(name)?.agent = Some(AgentState { pid: child });
+        self.state.save()?;
+        self.wait_agent_ready(name)
+    }
+
+    fn wait_agent_ready(&self, name: &str) -> Result<()> {
+        let node = self.node(name)?;
+        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        loop {
+            let status = http::get_in_ns(&node.ns, names::METRICS_PORT, "/readyz");
+            if matches!(status, Ok((200, _))) {
+                return Ok(());
+            }
+            if let Some(agent) = &node.agent
+                && !pid_alive(agent.pid)
+            {
+                return Err(LabError::Lab(format!(
+                    "the agent of {name} exited during start-up; its log:\n{}",
+                    tail(&self.state.dir.join(format!("{name}.log")), 4000)
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Lab(format!(
+                    "the agent of {name} was not ready within {AGENT_READY_TIMEOUT:?} (last answer: {status:?})"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills node `name`'s agent with SIGKILL (its kernel state stays).
+    pub fn kill_agent(&mut self, name: &str) -> Result<()> {
+        if let Some(agent) = self.node_mut(name)?.agent.take() {
+            kill_and_wait(agent.pid, libc::SIGKILL, Duration::from_secs(5));
+        }
+        self.state.save()
+    }
+
+    /// Stops node `name`'s agent, removes the node from the cluster (`wren node rm`) and
+    /// deletes its namespace and pods.
+    pub fn remove_node(&mut self, name: &str) -> Result<()> {
+        let pods: Vec<String> = self
+            .state
+            .pods
+            .iter()
+            .filter(|p| p.node == name)
+            .map(|p| p.name.clone())
+            .collect();
+        for pod in pods {
+            self.delete_pod(&pod)?;
+        }
+        if let Some(agent) = self.node_mut(name)?.agent.take() {
+            kill_and_wait(agent.pid, libc::SIGTERM, Duration::from_secs(10));
+        }
+        self.wren_cli(&["node", "rm", name])?;
+        let ns = self.node(name)?.ns.clone();
+        topology::delete_ns(&ns);
+        self.state.nodes.retain(|n| n.name != name);
+        self.state.namespaces.retain(|n| *n != ns);
+        self.state.save()
+    }
+
+    /// Creates a pod on node `node` through the real CNI plugin; returns its name.
+    pub fn add_pod(&mut self, node: &str) -> Result<String> {
+        let n = self.node(node)?.clone();
+        let seq = self.state.next_pod;
+        self.state.next_pod += 1;
+        let pod_name = format!("{}-p{seq}", n.name);
+        let ns = ns_name(&self.state.spec.name, &pod_name);
+        topology::create_ns(&ns)?;
+        self.state.namespaces.push(ns.clone());
+        self.state.save()?;
+        let container_id = format!("{}{:06}", self.state.spec.name, seq);
+        let result = self.cni(&n, "ADD", &container_id, &ns)?;
+        let ip = first_ip(&result).ok_or_else(|| {
+            LabError::Lab(format!(
+                "CNI ADD for {pod_name} returned no address: {result}"
+            ))
+        })?;
+        self.say(format!(
+            "  Pod {pod_name} on {node}: {ip} (veth made by the wren agent through wren-cni)."
+        ));
+        self.state.pods.push(PodState {
+            name: pod_name.clone(),
+            node: node.to_owned(),
+            ns,
+            container_id,
+            ip,
+        });
+        self.state.save()?;
+        Ok(pod_name)
+    }
+
+    /// Deletes pod `name` through the real CNI plugin and removes its namespace.
+    pub fn delete_pod(&mut self, name: &str) -> Result<()> {
+        let pod = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| LabError::Lab(format!("no pod `{name}`")))?;
+        let node = self.node(&pod.node)?.clone();
+        self.cni(&node, "DEL", &pod.container_id, &pod.ns)?;
+        topology::delete_ns(&pod.ns);
+        self.state.pods.retain(|p| p.name != name);
+        self.state.namespaces.retain(|n| *n != pod.ns);
+        self.state.save()
+    }
+
+    /// Calls `wren-cni` as a runtime does (environment + network config on stdin) for a pod
+    /// of `node`, and returns its stdout.
+    pub fn cni(
+        &self,
+        node: &NodeState,
+        command: &str,
+        container_id: &str,
+        pod_ns: &str,
+    ) -> Result<String> {
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "wren-lab",
+            "type": "wren",
+            "agentSocket": node.socket,
+        });
+        let mut child = Command::new(self.state.spec.bin_dir.join("wren-cni"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", crate::netns::path_of(pod_ns))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(config.to_string().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(LabError::Lab(format!(
+                "wren-cni {command} for {container_id} on {} failed: {stdout}{}",
+                node.name,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(stdout)
+    }
+
+    /// Pings every pod from every other pod (one echo each, in parallel).
+    pub fn ping_matrix(&self) -> Vec<Reach> {
+        let pods = &self.state.pods;
+        let pairs: Vec<(&PodState, &PodState)> = pods
+            .iter()
+            .flat_map(|a| {
+                pods.iter()
+                    .filter(move |b| b.name != a.name)
+                    .map(move |b| (a, b))
+            })
+            .collect();
+        let results = std::sync::Mutex::new(Vec::with_capacity(pairs.len()));
+        std::thread::scope(|scope| {
+            for chunk in pairs.chunks(8) {
+                let results = &results;
+                scope.spawn(move || {
+                    for (a, b) in chunk {
+                        let ok = ping(&a.ns, &b.ip.to_string(), 3);
+                        if let Ok(mut r) = results.lock() {
+                            r.push(Reach {
+                                from: a.name.clone(),
+                                to: b.name.clone(),
+                                ok,
+                            });
+                        }
+                    }
+                });
+            }
+        });
+        let mut results = results.into_inner().unwrap_or_default();
+        results.sort_by(|x, y| (&x.from, &x.to).cmp(&(&y.from, &y.to)));
+        results
+    }
+
+    /// The matrix as a table: one row per source pod, one column per destination.
+    pub fn render_matrix(&self, results: &[Reach]) -> String {
+        let pods = &self.state.pods;
+        let by_pair: BTreeMap<(&str, &str), bool> = results
+            .iter()
+            .map(|r| ((r.from.as_str(), r.to.as_str()), r.ok))
+            .collect();
+        let width = pods.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4) + 2;
+        let mut out = format!("{:width$}", "from \\ to");
+        for p in pods {
+            out.push_str(&format!("{:>width$}", p.name));
+        }
+        out.push('\n');
+        for a in pods {
+            out.push_str(&format!("{:width$}", a.name));
+            for b in pods {
+                let cell = match by_pair.get(&(a.name.as_str(), b.name.as_str())) {
+                    _ if a.name == b.name => "-",
+                    Some(true) => "ok",
+                    Some(false) => "FAIL",
+                    None => "?",
+                };
+                out.push_str(&format!("{cell:>width$}"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Runs `wren status` against every node's agent.
+    pub fn status(&self) -> Result<String> {
+        let mut out = String::new();
+        for node in &self.state.nodes {
+            let text = crate::netns::run(
+                Command::new(self.state.spec.bin_dir.join("wren"))
+                    .args(["status", "--socket"])
+                    .arg(&node.socket),
+            )?;
+            out.push_str(&format!("=== {} ({})\n{text}\n", node.name, node.address));
+        }
+        Ok(out)
+    }
+
+    /// Runs a command inside node `node`'s namespace and returns its stdout.
+    pub fn exec(&self, node: &str, program: &str, args: &[&str]) -> Result<String> {
+        let ns = self.node(node)?.ns.clone();
+        Ok(crate::netns::run(
+            Command::new("ip")
+                .args(["netns", "exec", &ns, program])
+                .args(args),
+        )?)
+    }
+
+    /// Node `node`'s routes (IPv4 main table), as `ip route` prints them.
+    pub fn routes(&self, node: &str) -> Result<String> {
+        let ns = self.node(node)?.ns.clone();
+        Ok(crate::netns::run(
+            Command::new("ip").args(["-n", &ns, "route", "show"]),
+        )?)
+    }
+
+    /// Removes every namespace, process and file of the lab.
+    pub fn down(mut self) -> Result<()> {
+        self.remove_on_drop = false;
+        self.down_inner()
+    }
+
+    fn down_inner(&mut self) -> Result<()> {
+        let name = self.state.spec.name.clone();
+        down_by_name(&name)
+    }
+
+    fn agent_log_tails(&self) -> String {
+        let mut out = String::new();
+        for node in &self.state.nodes {
+            let path = self.state.dir.join(format!("{}.log", node.name));
+            out.push_str(&format!(
+                "\n--- log of {} ---\n{}",
+                node.name,
+                tail(&path, 3000)
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            if std::thread::panicking() {
+                eprintln!("{}", self.agent_log_tails());
+            }
+            if let Err(e) = self.down_inner() {
+                eprintln!("lab {}: cleanup failed: {e}", self.state.spec.name);
+            }
+        }
+    }
+}
+
+/// Removes everything of lab `name`: processes inside its namespaces (by pid), the
+/// namespaces, and its state directory. Works without a state file.
+pub fn down_by_name(name: &str) -> Result<()> {
+    names::validate(name)?;
+    let prefix = names::ns_prefix(name);
+    let namespaces: Vec<String> = crate::netns::run(Command::new("ip").args(["netns", "list"]))?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    // Pods first, then nodes, then the fabric: processes end before their namespace goes.
+    for ns in &namespaces {
+        for pid in topology::pids_in(ns) {
+            kill_and_wait(pid, libc::SIGTERM, Duration::from_secs(5));
+        }
+    }
+    for ns in &namespaces {
+        topology::delete_ns(ns);
+    }
+    let dir = Path::new(STATE_ROOT).join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
+
+/// Names of labs with state or namespaces on this machine.
+pub fn list_labs() -> Vec<String> {
+    let mut labs: Vec<String> = fs::read_dir(STATE_ROOT)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    labs.sort();
+    labs
+}
+
+fn first_ip(result: &str) -> Option<Ipv4Addr> {
+    let value: serde_json::Value = serde_json::from_str(result).ok()?;
+    value
+        .get("ips")?
+        .as_array()?
+        .iter()
+        .filter_map(|ip| ip.get("address")?.as_str())
+        .filter_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
+        .next()
+}
+
+/// One ping from namespace `ns` to `ip`, retried `attempts` times.
+pub fn ping(ns: &str, ip: &str, attempts: u32) -> bool {
+    (0..attempts).any(|_| {
+        Command::new("ip")
+            .args([
+                "netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", "1", ip,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+fn spawn_detached(command: &mut Command) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    // A session of its own: the process outlives `wren-lab up` and no terminal signal
+    // reaches it; `down` ends it by pid.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    let pid = child.id();
+    // Reaped by the kernel's init when this process exits; in tests, `kill_and_wait` reaps.
+    std::mem::forget(child);
+    Ok(pid)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    let mut status = 0;
+    // Reap it if it is our exited child, so a zombie does not count as alive.
+    let reaped = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+    if reaped == pid as i32 {
+        return false;
+    }
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+fn kill_and_wait(pid: u32, signal: i32, grace: Duration) {
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+    let deadline = Instant::now() + grace;
+    while pid_alive(pid) {
+        if Instant::now() > deadline {
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = pid_alive(pid);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tail(path: &Path, bytes: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(bytes);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    text[start..].to_owned()
+}
