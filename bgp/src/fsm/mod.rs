@@ -95,6 +95,9 @@ pub enum Timer {
 
 /// Inputs of the machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Events are moved straight into `handle`, never stored; boxing messages would cost an
+// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// The operator (or the embedding program) starts the session (RFC event 1).
     ManualStart,
@@ -299,6 +302,12 @@ impl Fsm {
     /// The session's settings.
     pub fn config(&self) -> &SessionConfig {
         &self.config
+    }
+
+    /// Changes the graceful-restart capability advertised in OPENs sent from now on (the
+    /// Restart State bit is cleared once a restarting speaker has resynchronised).
+    pub fn set_graceful_restart(&mut self, capability: Option<GracefulRestart>) {
+        self.config.graceful_restart = capability;
     }
 
     /// The capabilities of the established session.

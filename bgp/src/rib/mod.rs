@@ -202,6 +202,12 @@ pub struct PeerCounts {
     pub stale: usize,
 }
 
+/// A prefix's route for one peer's Adj-RIB-Out (`None`: withdraw).
+type OutChange = (IpNet, Option<Arc<Attributes>>);
+
+/// Source attributes (by address), family, source peer, target peer.
+type MemoKey = (usize, Afi, PeerId, PeerId);
+
 /// Everything but the table, so the table can be walked while exports are computed.
 struct Ctx {
     config: RibConfig,
@@ -209,10 +215,10 @@ struct Ctx {
     interner: Interner,
     peers: Vec<Option<PeerSlot>>,
     events: Vec<RouteEvent>,
-    outbox: HashMap<PeerId, Vec<(IpNet, Option<Arc<Attributes>>)>>,
+    outbox: HashMap<PeerId, Vec<OutChange>>,
     end_of_rib_after_flush: HashSet<PeerId>,
     /// Standard exports computed in this batch: (source attrs, family, source peer, target).
-    memo: HashMap<(usize, Afi, PeerId, PeerId), (Arc<Attributes>, Option<Arc<Attributes>>)>,
+    memo: HashMap<MemoKey, (Arc<Attributes>, Option<Arc<Attributes>>)>,
     deferring: bool,
     waiting: HashSet<PeerId>,
 }
@@ -275,15 +281,10 @@ impl Rib {
             stale: Vec::new(),
             end_of_rib: Vec::new(),
         };
+        // Ids are never reused, so a late message about a removed peer cannot hit a new one.
         let peers = &mut self.ctx.peers;
-        let index = match peers.iter().skip(1).position(Option::is_none) {
-            Some(free) => free + 1,
-            None => {
-                peers.push(None);
-                peers.len() - 1
-            }
-        };
-        peers[index] = Some(slot);
+        peers.push(Some(slot));
+        let index = peers.len() - 1;
         let id = PeerId(index as u32);
         if self.ctx.deferring {
             self.ctx.waiting.insert(id);
@@ -407,10 +408,10 @@ impl Rib {
         if !update.nlri.is_empty() && families.contains(&Afi::Ipv4Unicast) {
             self.announce(id, Afi::Ipv4Unicast, attrs, &update.nlri);
         }
-        if let Some(mp) = &attrs.mp_reach {
-            if families.contains(&mp.afi) {
-                self.announce(id, mp.afi, attrs, &mp.nlri);
-            }
+        if let Some(mp) = &attrs.mp_reach
+            && families.contains(&mp.afi)
+        {
+            self.announce(id, mp.afi, attrs, &mp.nlri);
         }
     }
 
@@ -654,10 +655,10 @@ impl Rib {
             }
             (None, None) => 0,
         };
-        if paths.len() > 1 {
-            if let Some(best) = self.ctx.select(paths) {
-                paths.swap(0, best);
-            }
+        if paths.len() > 1
+            && let Some(best) = self.ctx.select(paths)
+        {
+            paths.swap(0, best);
         }
         let new_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
         if new_best != old_best && !self.ctx.deferring {

@@ -9,6 +9,8 @@ use super::Attributes;
 
 /// What a policy decides for one route.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// A verdict is returned and consumed at once, never stored.
+#[allow(clippy::large_enum_variant)]
 pub enum Verdict {
     /// Take the route as it is.
     Accept,

@@ -1,0 +1,327 @@
+//! Two wren speakers talking over loopback, on free ports of 127.0.0.1, in one process.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wren_bgp::fsm::State;
+use wren_bgp::rib::{RouteAttributes, RouteEvent, Source};
+use wren_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig, SpeakerHandle, Subscription};
+
+const AS: u32 = 64512;
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// Upper bound for anything the tests wait for; they finish as soon as the condition holds.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn speaker(id: u8, asn: u32) -> SpeakerHandle {
+    let mut config = SpeakerConfig::new(Ipv4Addr::new(10, 255, 0, id), asn);
+    config.listen = Some(SocketAddr::new(LOOPBACK, 0));
+    config.next_hop_v6 = Some(format!("2001:db8:ffff::{id}").parse().unwrap());
+    let (handle, _task) = Speaker::start(config).await.expect("speaker starts");
+    handle
+}
+
+fn peer_to(other: &SpeakerHandle, asn: u32) -> PeerConfig {
+    let mut peer = PeerConfig::new(LOOPBACK, asn);
+    peer.port = other.local_addr().expect("listening").port();
+    peer.hold_time = 9;
+    peer.connect_retry = Duration::from_secs(1);
+    peer.idle_hold = Duration::from_millis(500);
+    peer
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+/// Polls until `check` holds; panics with `what` after [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn state_of(speaker: &SpeakerHandle) -> State {
+    speaker.peer(LOOPBACK).await.expect("peer configured").state
+}
+
+async fn established(speaker: &SpeakerHandle) -> bool {
+    state_of(speaker).await == State::Established
+}
+
+async fn has_route(speaker: &SpeakerHandle, prefix: IpNet) -> bool {
+    let rib = speaker.loc_rib().await.expect("speaker running");
+    rib.iter().any(|(p, _)| *p == prefix)
+}
+
+/// Reads subscription batches until one holds `wanted`.
+async fn expect_event(sub: &mut Subscription, wanted: impl Fn(&RouteEvent) -> bool) {
+    let found = tokio::time::timeout(PATIENCE, async {
+        while let Some(batch) = sub.recv().await {
+            if batch.iter().any(&wanted) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "expected route event never came");
+}
+
+#[tokio::test]
+async fn speaker_routes_flow_both_ways_and_go_with_the_peer() {
+    let a = speaker(1, AS).await;
+    let b = speaker(2, AS).await;
+    let mut b_routes = b.subscribe().await.unwrap();
+    a.add_peer(peer_to(&b, AS)).await.unwrap();
+    b.add_peer(peer_to(&a, AS)).await.unwrap();
+    a.originate(net("10.1.0.0/24"), None).await.unwrap();
+    a.originate(net("2001:db8:1::/48"), None).await.unwrap();
+    b.originate(net("10.2.0.0/24"), None).await.unwrap();
+
+    eventually("both sessions established", || async {
+        established(&a).await && established(&b).await
+    })
+    .await;
+    eventually("B learns A's prefixes", || async {
+        has_route(&b, net("10.1.0.0/24")).await && has_route(&b, net("2001:db8:1::/48")).await
+    })
+    .await;
+    eventually("A learns B's prefix", || async {
+        has_route(&a, net("10.2.0.0/24")).await
+    })
+    .await;
+
+    // Next hop self: A's address on the session for IPv4, its configured IPv6 self address.
+    let rib = b.loc_rib().await.unwrap();
+    let (_, v4) = rib.iter().find(|(p, _)| *p == net("10.1.0.0/24")).unwrap();
+    assert_eq!(v4.attrs.next_hop_addr(), Some(LOOPBACK));
+    assert_eq!(v4.attrs.local_pref, Some(100));
+    assert!(matches!(&v4.source, Source::Peer(p) if p.address == LOOPBACK && p.ibgp));
+    let (_, v6) = rib
+        .iter()
+        .find(|(p, _)| *p == net("2001:db8:1::/48"))
+        .unwrap();
+    assert_eq!(
+        v6.attrs.next_hop_addr(),
+        Some("2001:db8:ffff::1".parse().unwrap())
+    );
+
+    let status = b.peer(LOOPBACK).await.unwrap();
+    assert_eq!(status.prefixes_received, 2);
+    assert_eq!(status.prefixes_sent, 1);
+
+    a.withdraw(net("10.1.0.0/24")).await.unwrap();
+    expect_event(
+        &mut b_routes,
+        |e| matches!(e, RouteEvent::Withdrawn { prefix } if *prefix == net("10.1.0.0/24")),
+    )
+    .await;
+    assert!(has_route(&b, net("2001:db8:1::/48")).await);
+
+    b.remove_peer(LOOPBACK).await.unwrap();
+    assert!(
+        !has_route(&b, net("2001:db8:1::/48")).await,
+        "removal clears the peer's routes"
+    );
+    eventually("A sees the session go and drops B's routes", || async {
+        !established(&a).await && !has_route(&a, net("10.2.0.0/24")).await
+    })
+    .await;
+    let down = a.peer(LOOPBACK).await.unwrap();
+    assert!(
+        down.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("PeerDeconfigured")),
+        "A was told why: {:?}",
+        down.last_error
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn speaker_ebgp_prepends_and_detects_loops() {
+    let a = speaker(1, 65001).await;
+    let b = speaker(2, 65002).await;
+    a.add_peer(peer_to(&b, 65002)).await.unwrap();
+    b.add_peer(peer_to(&a, 65001)).await.unwrap();
+    a.originate(net("10.1.0.0/24"), None).await.unwrap();
+    eventually("B learns A's prefix over eBGP", || async {
+        has_route(&b, net("10.1.0.0/24")).await
+    })
+    .await;
+    let rib = b.loc_rib().await.unwrap();
+    let (_, path) = rib.iter().find(|(p, _)| *p == net("10.1.0.0/24")).unwrap();
+    assert_eq!(path.attrs.neighbour_as(), Some(65001));
+    assert_eq!(
+        path.attrs.local_pref, None,
+        "LOCAL_PREF does not cross AS borders"
+    );
+    // B does not send A's route back to A: A's own AS is in the path.
+    let status = a.peer(LOOPBACK).await.unwrap();
+    assert_eq!(status.prefixes_received, 0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// Whether this kernel lets a socket carry a TCP MD5 key.
+fn md5_supported() -> bool {
+    let Ok(socket) = std::net::TcpListener::bind((LOOPBACK, 0)) else {
+        return false;
+    };
+    let key = Some(&b"probe"[..]);
+    wren_bgp::speaker::socket::set_md5(socket2::SockRef::from(&socket), LOOPBACK, key).is_ok()
+}
+
+#[tokio::test]
+async fn speaker_md5_matching_passwords_up_mismatching_not() {
+    if !md5_supported() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "kernel lacks TCP MD5"
+        );
+        println!("skipped: this kernel does not support TCP MD5 signatures");
+        return;
+    }
+    let a = speaker(1, AS).await;
+    let b = speaker(2, AS).await;
+    let mut to_b = peer_to(&b, AS);
+    to_b.password = Some("wren-secret".into());
+    let mut to_a = peer_to(&a, AS);
+    to_a.password = Some("wren-secret".into());
+    a.add_peer(to_b).await.unwrap();
+    b.add_peer(to_a).await.unwrap();
+    eventually("MD5 session with matching keys", || async {
+        established(&a).await && established(&b).await
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+
+    let c = speaker(3, AS).await;
+    let d = speaker(4, AS).await;
+    let mut to_d = peer_to(&d, AS);
+    to_d.password = Some("one".into());
+    let mut to_c = peer_to(&c, AS);
+    to_c.password = Some("another".into());
+    c.add_peer(to_d).await.unwrap();
+    d.add_peer(to_c).await.unwrap();
+    // Segments with a wrong signature are dropped by the kernel: no connection completes, so
+    // neither side ever gets past Connect/Active. Several connect retries fit in this window.
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for speaker in [&c, &d] {
+            let state = state_of(speaker).await;
+            assert!(
+                matches!(state, State::Idle | State::Connect | State::Active),
+                "mismatched MD5 keys reached {state}"
+            );
+        }
+    }
+    c.shutdown().await.unwrap();
+    d.shutdown().await.unwrap();
+}
+
+/// A TCP relay that can stop forwarding while keeping both connections open: a peer that
+/// froze.
+struct Relay {
+    port: u16,
+    frozen: Arc<AtomicBool>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(pump(ri, wo, flag.clone()));
+                tokio::spawn(pump(ro, wi, flag.clone()));
+            }
+        });
+        Self { port, frozen }
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.load(Ordering::Acquire) {
+            // Hold both sockets open and silent, as a hung process would.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if frozen.load(Ordering::Acquire) {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn speaker_hold_timer_expires_when_the_peer_freezes() {
+    let a = speaker(1, AS).await;
+    let b = speaker(2, AS).await;
+    let relay = Relay::start(a.local_addr().unwrap()).await;
+    // A waits for B; B reaches A only through the relay.
+    let mut to_b = peer_to(&b, AS);
+    to_b.passive = true;
+    to_b.hold_time = 3;
+    let mut to_a = peer_to(&a, AS);
+    to_a.port = relay.port;
+    to_a.hold_time = 3;
+    a.add_peer(to_b).await.unwrap();
+    b.add_peer(to_a).await.unwrap();
+    b.originate(net("10.2.0.0/24"), None).await.unwrap();
+    eventually("A learns B's prefix through the relay", || async {
+        has_route(&a, net("10.2.0.0/24")).await
+    })
+    .await;
+
+    relay.frozen.store(true, Ordering::Release);
+    eventually("A's hold timer expires and B's route goes", || async {
+        let status = a.peer(LOOPBACK).await.unwrap();
+        status.state != State::Established && !has_route(&a, net("10.2.0.0/24")).await
+    })
+    .await;
+    let status = a.peer(LOOPBACK).await.unwrap();
+    assert_eq!(status.last_error.as_deref(), Some("hold timer expired"));
+    eventually("B's hold timer expires too", || async {
+        let status = b.peer(LOOPBACK).await.unwrap();
+        status.last_error.as_deref() == Some("hold timer expired")
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
