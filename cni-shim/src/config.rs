@@ -250,11 +250,6 @@ impl NetConf {
             .as_deref()
             .or(self.legacy_attachments.as_deref())
     }
-
-    /// The IPAM handle of a container on this network: `<network>.<containerID>`.
-    pub fn handle(&self, container_id: &str) -> String {
-        format!("{}.{}", self.name, container_id)
-    }
 }
 
 /// Network names as the spec allows them: alphanumeric first, then alphanumerics, `_`, `.`, `-`.
@@ -324,7 +319,6 @@ mod tests {
         assert_eq!(c.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
         assert!(c.ipam.assign_ipv4 && !c.ipam.assign_ipv6);
         assert!(c.ipam.pools.is_empty());
-        assert_eq!(c.handle("abc"), "net1.abc");
     }
 
     #[test]

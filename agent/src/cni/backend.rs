@@ -1,127 +1,96 @@
-//! The two things a CNI request drives besides the datastore: address allocation and the
-//! pod's links. Each is a narrow trait so the handler can be tested with fakes and run with
-//! the real IPAM and dataplane through small adapters.
+//! The two things a CNI request drives besides the workload records: address allocation and
+//! the pod's links. Each is a narrow trait over the real component's own types, so the handler
+//! can be tested with fakes and runs for real through the thin implementations here
+//! ([`wren_ipam::Ipam`] and [`KernelPods`]).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use async_trait::async_trait;
-use ipnet::IpNet;
+use wren_ipam::error::IpamError;
+use wren_ipam::pool::NamedPool;
+use wren_ipam::{AllocateRequest, Ipam};
 
-/// What ADD asks the allocator for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddressRequest {
-    /// IPAM handle (`<network>.<containerID>`).
-    pub handle: String,
-    /// This node.
-    pub node: String,
-    /// Wants an IPv4 address.
-    pub ipv4: bool,
-    /// Wants an IPv6 address.
-    pub ipv6: bool,
-    /// Only these pools, in order of preference; any enabled pool when empty.
-    pub pools: Vec<String>,
-    /// Exactly these addresses (the runtime's `ips` capability).
-    pub addresses: Vec<IpAddr>,
-    /// Recorded with the allocation so `wren ipam show --ip` can say who holds it.
-    pub attributes: Vec<(String, String)>,
-}
-
-/// Why an allocation or release failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AllocError {
-    /// No free address in the pools the request may use.
-    #[error("{0}")]
-    Exhausted(String),
-    /// No enabled pool can serve the request.
-    #[error("{0}")]
-    NoUsablePool(String),
-    /// A specific address was asked for that is taken or in no pool.
-    #[error("{0}")]
-    AddressUnavailable(String),
-    /// The datastore cannot be reached (or kept changing); retrying may succeed.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The request makes no sense to the allocator.
-    #[error("{0}")]
-    Invalid(String),
-    /// Anything else the allocator reports.
-    #[error("{0}")]
-    Other(String),
-}
+use crate::dataplane::{PodError, PodInterface, PodSpec, Problem};
 
 /// Address allocation, as the CNI handler uses it.
 #[async_trait]
 pub trait Allocator: Send + Sync + 'static {
-    /// Allocates the request's addresses under its handle; all or nothing. Asking again for
-    /// a handle that already holds addresses returns those.
-    async fn allocate(&self, request: AddressRequest) -> Result<Vec<IpAddr>, AllocError>;
+    /// Allocates the request's addresses under its handle, all or nothing. Asking again for a
+    /// handle that already holds addresses returns those.
+    async fn allocate(&self, request: AllocateRequest) -> Result<Vec<IpAddr>, IpamError>;
 
-    /// Releases everything the handle holds; `Ok(0)` when it holds nothing.
-    async fn release(&self, handle: &str) -> Result<usize, AllocError>;
+    /// Releases everything the handle holds and returns it; empty when it held nothing.
+    async fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError>;
 
     /// The addresses the handle holds now.
-    async fn holds(&self, handle: &str) -> Result<Vec<IpAddr>, AllocError>;
+    async fn holds(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError>;
 
-    /// Whether an allocation for these pools and families could succeed now (STATUS): the
-    /// datastore answers and an enabled pool exists for each family.
-    async fn ready(&self, pools: &[String], ipv4: bool, ipv6: bool) -> Result<(), AllocError>;
+    /// Every pool, enabled or not (STATUS decides from these whether ADD can work).
+    async fn pools(&self) -> Result<Vec<NamedPool>, IpamError>;
 }
 
-/// Everything the dataplane needs to build a pod's links.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodSpec {
-    /// Stable id of the attachment; the host veth's name derives from it.
-    pub workload_id: String,
-    /// The pod's network namespace (`CNI_NETNS`).
-    pub netns: PathBuf,
-    /// Interface name inside the pod (`CNI_IFNAME`).
-    pub ifname: String,
-    /// The pod's addresses, as host prefixes (/32, /128).
-    pub addresses: Vec<IpNet>,
-    /// MTU of the pair.
-    pub mtu: u32,
-}
+#[async_trait]
+impl Allocator for Ipam {
+    async fn allocate(&self, request: AllocateRequest) -> Result<Vec<IpAddr>, IpamError> {
+        let allocation = Ipam::allocate(self, request).await?;
+        Ok(allocation.addresses.iter().map(|a| a.address).collect())
+    }
 
-/// What the dataplane built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodLinks {
-    /// Host-side veth name.
-    pub host_ifname: String,
-    /// Host-side MAC (`ee:ee:ee:ee:ee:ee`).
-    pub host_mac: String,
-    /// Pod-side MAC.
-    pub pod_mac: String,
-}
+    async fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        self.release_handle(handle).await
+    }
 
-/// Why the dataplane could not do what was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DataplaneError {
-    /// The pod's network namespace does not exist (or is not a network namespace).
-    #[error("{0}")]
-    NetnsMissing(String),
-    /// An interface of that name exists already, in the pod or on the host.
-    #[error("{0}")]
-    NameTaken(String),
-    /// The kernel refused a change.
-    #[error("{0}")]
-    Kernel(String),
+    async fn holds(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        self.handle_addresses(handle).await
+    }
+
+    async fn pools(&self) -> Result<Vec<NamedPool>, IpamError> {
+        self.list_pools().await
+    }
 }
 
 /// The pod's links, as the CNI handler uses them.
 #[async_trait]
 pub trait PodNetwork: Send + Sync + 'static {
-    /// The host-side veth name of an attachment (`wren` + 11 hex digits of a hash of the id).
-    fn host_ifname(&self, workload_id: &str) -> String;
+    /// Creates the veth with its pod end born in the pod's namespace, the addresses and
+    /// routes on both sides. On error nothing it created is left; for a workload that already
+    /// has an interface, the old one is replaced.
+    async fn setup(&self, spec: PodSpec) -> Result<PodInterface, PodError>;
 
-    /// Creates the veth with its pod end born in the pod's namespace, the addresses, the pod's
-    /// routes and the host routes. On error nothing it created is left behind.
-    async fn setup(&self, pod: &PodSpec) -> Result<PodLinks, DataplaneError>;
+    /// Removes the workload's interface (both ends, the host routes). `Ok(false)` when there
+    /// was nothing to remove.
+    async fn teardown(&self, workload_id: &str) -> Result<bool, PodError>;
 
-    /// Removes the host veth (and with it the pod end and the host routes). Succeeds when the
-    /// link is already gone.
-    async fn teardown(&self, host_ifname: &str) -> Result<(), DataplaneError>;
+    /// What is wrong with the workload's interface compared with `spec`; empty when nothing.
+    async fn check(&self, spec: PodSpec) -> Result<Vec<Problem>, PodError>;
+}
 
-    /// What is wrong with the pod's links compared with `pod` and `links`; empty when nothing.
-    async fn check(&self, pod: &PodSpec, links: &PodLinks) -> Result<Vec<String>, DataplaneError>;
+/// The kernel: [`crate::dataplane`]'s pod functions, run on tokio's blocking threads (they
+/// wait on netlink), in the agent's network namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelPods;
+
+async fn blocking<T: Send + 'static>(
+    step: &'static str,
+    f: impl FnOnce() -> Result<T, PodError> + Send + 'static,
+) -> Result<T, PodError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(PodError::Invalid(format!("{step} did not finish: {e}"))))
+}
+
+#[async_trait]
+impl PodNetwork for KernelPods {
+    async fn setup(&self, spec: PodSpec) -> Result<PodInterface, PodError> {
+        blocking("pod setup", move || crate::dataplane::setup_pod(&spec)).await
+    }
+
+    async fn teardown(&self, workload_id: &str) -> Result<bool, PodError> {
+        let id = workload_id.to_string();
+        blocking("pod teardown", move || crate::dataplane::teardown_pod(&id)).await
+    }
+
+    async fn check(&self, spec: PodSpec) -> Result<Vec<Problem>, PodError> {
+        blocking("pod check", move || crate::dataplane::check_pod(&spec)).await
+    }
 }

@@ -1,22 +1,30 @@
-//! In-memory stand-ins for the allocator and the dataplane, with switches to make them fail,
-//! for the handler's unit tests.
+//! In-memory stand-ins for the IPAM and the dataplane, with switches to make them fail, for
+//! the handler's unit tests.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use ipnet::IpNet;
+use wren_ipam::error::IpamError;
+use wren_ipam::pool::NamedPool;
+use wren_ipam::{AllocateRequest, Family};
+use wren_model::Pool;
+use wren_store::StoreError;
 
-use super::backend::{
-    AddressRequest, AllocError, Allocator, DataplaneError, PodLinks, PodNetwork, PodSpec,
-};
+use super::backend::{Allocator, PodNetwork};
+use crate::dataplane::pod::{HOST_MAC, host_ifname};
+use crate::dataplane::{NetnsError, PodError, PodInterface, PodSpec, Problem, Side};
 
-/// Hands out 10.65.0.0 .. 10.65.0.(size-1) by handle.
+/// Hands out 10.65.0.0 .. 10.65.0.(size-1) by handle, from one pool named `default`.
 #[derive(Debug)]
 pub struct FakeAllocator {
     size: u8,
     pub held: Mutex<BTreeMap<String, Vec<IpAddr>>>,
     pub down: Mutex<bool>,
+    pub pool_disabled: Mutex<bool>,
 }
 
 impl FakeAllocator {
@@ -25,6 +33,7 @@ impl FakeAllocator {
             size,
             held: Mutex::new(BTreeMap::new()),
             down: Mutex::new(false),
+            pool_disabled: Mutex::new(false),
         }
     }
 
@@ -32,9 +41,12 @@ impl FakeAllocator {
         self.held.lock().unwrap().values().map(Vec::len).sum()
     }
 
-    fn check_up(&self) -> Result<(), AllocError> {
+    fn check_up(&self) -> Result<(), IpamError> {
         if *self.down.lock().unwrap() {
-            Err(AllocError::Unavailable("datastore unreachable".into()))
+            Err(IpamError::Store(Arc::new(StoreError::Unavailable {
+                endpoints: "fake".into(),
+                reason: "down".into(),
+            })))
         } else {
             Ok(())
         }
@@ -43,7 +55,7 @@ impl FakeAllocator {
 
 #[async_trait]
 impl Allocator for FakeAllocator {
-    async fn allocate(&self, request: AddressRequest) -> Result<Vec<IpAddr>, AllocError> {
+    async fn allocate(&self, request: AllocateRequest) -> Result<Vec<IpAddr>, IpamError> {
         self.check_up()?;
         let mut held = self.held.lock().unwrap();
         if let Some(existing) = held.get(&request.handle) {
@@ -53,22 +65,20 @@ impl Allocator for FakeAllocator {
         let free = (0..self.size)
             .map(|i| IpAddr::V4(Ipv4Addr::new(10, 65, 0, i)))
             .find(|a| !used.contains(a))
-            .ok_or_else(|| AllocError::Exhausted("no free IPv4 address left in fake".into()))?;
+            .ok_or(IpamError::Exhausted {
+                family: Family::V4,
+                pools: "default".into(),
+            })?;
         held.insert(request.handle, vec![free]);
         Ok(vec![free])
     }
 
-    async fn release(&self, handle: &str) -> Result<usize, AllocError> {
+    async fn release(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
         self.check_up()?;
-        Ok(self
-            .held
-            .lock()
-            .unwrap()
-            .remove(handle)
-            .map_or(0, |a| a.len()))
+        Ok(self.held.lock().unwrap().remove(handle).unwrap_or_default())
     }
 
-    async fn holds(&self, handle: &str) -> Result<Vec<IpAddr>, AllocError> {
+    async fn holds(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
         self.check_up()?;
         Ok(self
             .held
@@ -79,15 +89,28 @@ impl Allocator for FakeAllocator {
             .unwrap_or_default())
     }
 
-    async fn ready(&self, _pools: &[String], _ipv4: bool, _ipv6: bool) -> Result<(), AllocError> {
-        self.check_up()
+    async fn pools(&self) -> Result<Vec<NamedPool>, IpamError> {
+        self.check_up()?;
+        let cidr: IpNet = "10.65.0.0/24".parse().unwrap_or_default();
+        Ok(vec![NamedPool {
+            name: "default".into(),
+            pool: Pool {
+                cidr,
+                block_size: 26,
+                encapsulation: Default::default(),
+                encapsulation_mode: Default::default(),
+                nat_outgoing: false,
+                disabled: *self.pool_disabled.lock().unwrap(),
+            },
+            revision: 1,
+        }])
     }
 }
 
-/// Keeps "links" in a map keyed by host interface name.
+/// Keeps "links" in a map keyed by workload id.
 #[derive(Debug, Default)]
 pub struct FakePods {
-    /// Host ifname → the spec it was built from.
+    /// Workload id → the spec it was built from.
     pub links: Mutex<BTreeMap<String, PodSpec>>,
     /// Netns paths that exist.
     pub namespaces: Mutex<BTreeSet<String>>,
@@ -114,57 +137,57 @@ impl FakePods {
 
 #[async_trait]
 impl PodNetwork for FakePods {
-    fn host_ifname(&self, workload_id: &str) -> String {
-        let hash = workload_id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
-        format!("wren{:011x}", hash & 0xfff_ffff_ffff)
-    }
-
-    async fn setup(&self, pod: &PodSpec) -> Result<PodLinks, DataplaneError> {
-        let netns = pod.netns.display().to_string();
+    async fn setup(&self, spec: PodSpec) -> Result<PodInterface, PodError> {
+        let netns = spec.netns.display().to_string();
         if !self.namespaces.lock().unwrap().contains(&netns) {
-            return Err(DataplaneError::NetnsMissing(format!(
-                "{netns} does not exist"
-            )));
+            return Err(PodError::Netns(NetnsError::Open {
+                path: spec.netns.clone(),
+                source: io::ErrorKind::NotFound.into(),
+            }));
         }
         if self
             .taken
             .lock()
             .unwrap()
-            .contains(&(netns.clone(), pod.ifname.clone()))
+            .contains(&(netns, spec.ifname.clone()))
         {
-            return Err(DataplaneError::NameTaken(format!(
-                "{} exists in {netns}",
-                pod.ifname
-            )));
+            return Err(PodError::PodInterfaceExists {
+                ifname: spec.ifname.clone(),
+                netns: spec.netns.clone(),
+            });
         }
-        let host = self.host_ifname(&pod.workload_id);
-        let mut links = self.links.lock().unwrap();
-        if links.contains_key(&host) {
-            return Err(DataplaneError::NameTaken(format!(
-                "{host} exists on the host"
-            )));
-        }
-        links.insert(host.clone(), pod.clone());
         *self.setups.lock().unwrap() += 1;
-        Ok(PodLinks {
-            host_ifname: host,
-            host_mac: "ee:ee:ee:ee:ee:ee".into(),
-            pod_mac: "0a:00:00:00:00:01".into(),
-        })
+        let interface = PodInterface {
+            host_ifname: host_ifname(&spec.workload_id),
+            host_ifindex: 10,
+            pod_ifname: spec.ifname.clone(),
+            pod_ifindex: 2,
+            pod_mac: [0x0a, 0, 0, 0, 0, 1],
+            host_mac: HOST_MAC,
+            addresses: spec.addresses.iter().map(|a| IpNet::from(*a)).collect(),
+        };
+        self.links
+            .lock()
+            .unwrap()
+            .insert(spec.workload_id.clone(), spec);
+        Ok(interface)
     }
 
-    async fn teardown(&self, host_ifname: &str) -> Result<(), DataplaneError> {
-        self.links.lock().unwrap().remove(host_ifname);
-        Ok(())
+    async fn teardown(&self, workload_id: &str) -> Result<bool, PodError> {
+        Ok(self.links.lock().unwrap().remove(workload_id).is_some())
     }
 
-    async fn check(&self, pod: &PodSpec, links: &PodLinks) -> Result<Vec<String>, DataplaneError> {
-        match self.links.lock().unwrap().get(&links.host_ifname) {
-            None => Ok(vec![format!("{} is missing", links.host_ifname)]),
-            Some(built) if built.addresses != pod.addresses => {
-                Ok(vec![format!("{} carries other addresses", pod.ifname)])
+    async fn check(&self, spec: PodSpec) -> Result<Vec<Problem>, PodError> {
+        match self.links.lock().unwrap().get(&spec.workload_id) {
+            None => Ok(vec![Problem::InterfaceMissing {
+                side: Side::Host,
+                name: host_ifname(&spec.workload_id),
+            }]),
+            Some(built) if built.addresses != spec.addresses => {
+                Ok(vec![Problem::InterfaceMissing {
+                    side: Side::Pod,
+                    name: spec.ifname.clone(),
+                }])
             }
             Some(_) => Ok(Vec::new()),
         }

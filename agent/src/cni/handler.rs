@@ -22,18 +22,18 @@ use wren_cni::config::NetConf;
 use wren_cni::env::Attachment;
 use wren_cni::wire::{AttachmentRequest, NetworkRequest};
 use wren_cni::{CniError, CniResult, ErrorCode};
-use wren_model::{Workload, keys};
+use wren_ipam::{AllocateRequest, Family};
+use wren_model::{Workload, keys, workload_handle};
 use wren_store::json::{Versioned, decode_kv, encode};
 use wren_store::{Store, StoreError};
 
-use super::backend::{AddressRequest, Allocator, PodLinks, PodNetwork, PodSpec};
-use super::errors::store_error;
+use super::backend::{Allocator, PodNetwork};
+use super::errors::{ipam_error, pod_error, store_error};
 use super::locks::{KeyGuard, KeyedLocks};
-use super::result::{HOST_MAC, attachment_result, sandbox_addresses};
+use super::result::{attachment_result, sandbox_addresses};
 use crate::api::CniService;
-
-/// MTU of pod interfaces when neither the configuration nor the agent says otherwise.
-pub const DEFAULT_MTU: u32 = 1500;
+use crate::dataplane::PodSpec;
+use crate::dataplane::pod::{DEFAULT_MTU, format_mac};
 
 /// How long STATUS waits for the datastore before calling it unreachable.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,7 +52,8 @@ pub struct CniHandler {
 type Record = Versioned<Workload>;
 
 impl CniHandler {
-    /// A handler for `node`, recording workloads in `store`.
+    /// A handler for `node`, recording workloads in `store`, allocating with `allocator` (the
+    /// IPAM) and building links with `pods` (the kernel).
     pub fn new(
         node: impl Into<String>,
         store: Arc<dyn Store>,
@@ -81,8 +82,8 @@ impl CniHandler {
         self.locks.in_use()
     }
 
-    async fn lock(&self, config: &NetConf, attachment: &Attachment) -> KeyGuard<'_> {
-        let key = lock_key(&config.name, &attachment.container_id, &attachment.ifname);
+    async fn lock(&self, network: &str, container_id: &str, ifname: &str) -> KeyGuard<'_> {
+        let key = format!("{network}/{}", workload_id(container_id, ifname));
         self.locks.lock(&key).await
     }
 
@@ -97,148 +98,140 @@ impl CniHandler {
     /// Every record of one container on this node (any interface, any network).
     async fn container_records(&self, container_id: &str) -> Result<Vec<Record>, CniError> {
         let prefix = format!("{}{container_id}/", keys::node_workloads(&self.node));
+        let what = "reading the pod's workload records";
         let listing = self
             .store
             .list(&prefix)
             .await
-            .map_err(|e| store_error("reading the pod's workload records", e))?;
+            .map_err(|e| store_error(what, e))?;
         listing
             .items
             .into_iter()
-            .map(|kv| {
-                decode_kv::<Workload>(kv).map_err(|e| store_error("reading a workload record", e))
-            })
+            .map(|kv| decode_kv::<Workload>(kv).map_err(|e| store_error(what, e)))
             .collect()
     }
 
     async fn record(&self, container_id: &str, ifname: &str) -> Result<Option<Record>, CniError> {
-        let key = self.record_key(container_id, ifname);
-        match self.store.get(&key).await {
-            Ok(Some(kv)) => decode_kv(kv)
-                .map(Some)
-                .map_err(|e| store_error("reading the workload record", e)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(store_error("reading the workload record", e)),
-        }
+        let what = "reading the workload record";
+        let found = self
+            .store
+            .get(&self.record_key(container_id, ifname))
+            .await
+            .map_err(|e| store_error(what, e))?;
+        found
+            .map(|kv| decode_kv(kv).map_err(|e| store_error(what, e)))
+            .transpose()
     }
 
     async fn attach(&self, attachment: Attachment, config: NetConf) -> Result<CniResult, CniError> {
-        let netns = attachment
-            .netns
-            .clone()
+        let Attachment {
+            container_id,
+            ifname,
+            netns,
+            args,
+        } = attachment;
+        let netns = netns
             .ok_or_else(|| CniError::new(ErrorCode::INVALID_ENVIRONMENT, "ADD needs CNI_NETNS"))?;
         let mtu = self.mtu(&config);
-        let workload_id = workload_id(&attachment.container_id, &attachment.ifname);
-        let _guard = self.lock(&config, &attachment).await;
+        let _guard = self.lock(&config.name, &container_id, &ifname).await;
 
-        for existing in self.container_records(&attachment.container_id).await? {
+        for existing in self.container_records(&container_id).await? {
             let record = &existing.value;
-            if record.ifname == attachment.ifname {
+            if record.ifname == ifname {
                 if record.network != config.name {
                     return Err(CniError::new(
                         ErrorCode::INTERFACE_EXISTS,
                         format!(
-                            "{} of container {} is already attached to network {:?}",
-                            record.ifname, record.container_id, record.network
+                            "{ifname} of container {container_id} is already attached to network {:?}",
+                            record.network
                         ),
                     ));
                 }
-                if record.netns == netns && self.intact(record, mtu).await {
-                    tracing::info!(container = %record.container_id, ifname = %record.ifname, "ADD repeated; returning the existing attachment");
+                if record.netns == netns
+                    && self.problems(record, mtu).await.is_ok_and(|p| p.is_empty())
+                {
+                    tracing::info!(container = %container_id, %ifname, "ADD repeated; returning the existing attachment");
                     return Ok(attachment_result(record, mtu, config.dns.as_ref()));
                 }
-                tracing::warn!(container = %record.container_id, ifname = %record.ifname, "replacing an attachment that is no longer intact");
+                tracing::warn!(container = %container_id, %ifname, "replacing an attachment that is no longer intact");
                 self.detach(&existing).await?;
             } else if record.network == config.name {
                 return Err(CniError::new(
                     ErrorCode::INVALID_NETWORK_CONFIG,
                     format!(
-                        "container {} is already on network {:?} through {}; wren gives a container one interface per network",
-                        record.container_id, record.network, record.ifname
+                        "container {container_id} is already on network {:?} through {}; wren gives a container one interface per network",
+                        record.network, record.ifname
                     ),
                 ));
             }
         }
 
-        // A host veth of this attachment without a record is left from an ADD that died
-        // halfway; it would block the new one.
-        self.pods
-            .teardown(&self.pods.host_ifname(&workload_id))
-            .await
-            .map_err(CniError::from)?;
-
-        let handle = config.handle(&attachment.container_id);
-        let request = AddressRequest {
-            handle: handle.clone(),
-            node: self.node.clone(),
-            ipv4: config.ipam.assign_ipv4,
-            ipv6: config.ipam.assign_ipv6,
-            pools: config.ipam.pools.clone(),
-            addresses: config
-                .runtime_config
-                .as_ref()
-                .map(|rc| rc.ips.iter().map(IpNet::addr).collect())
-                .unwrap_or_default(),
-            attributes: allocation_attributes(&self.node, &attachment),
-        };
-        let addresses: Vec<IpNet> = self
+        let handle = workload_handle(&config.name, &container_id);
+        let mut request = AllocateRequest::new(handle.clone(), self.node.clone())
+            .families(config.ipam.assign_ipv4, config.ipam.assign_ipv6)
+            .pools(config.ipam.pools.iter().cloned());
+        for ip in config.runtime_config.iter().flat_map(|rc| &rc.ips) {
+            request = request.address(ip.addr());
+        }
+        let addresses = self
             .allocator
             .allocate(request)
             .await
-            .map_err(CniError::from)?
-            .into_iter()
-            .map(IpNet::from)
-            .collect();
+            .map_err(|e| ipam_error("address allocation failed", e))?;
 
         let spec = PodSpec {
-            workload_id,
+            workload_id: workload_id(&container_id, &ifname),
             netns: PathBuf::from(&netns),
-            ifname: attachment.ifname.clone(),
-            addresses: addresses.clone(),
+            ifname: ifname.clone(),
+            addresses,
             mtu,
         };
-        let links = match self.pods.setup(&spec).await {
-            Ok(links) => links,
-            Err(e) => return Err(self.undo(CniError::from(e), &handle, None).await),
+        let interface = match self.pods.setup(spec).await {
+            Ok(interface) => interface,
+            Err(e) => {
+                let e = pod_error("setting up the pod's interface failed", e);
+                return Err(self.undo(e, &handle, None).await);
+            }
         };
 
         let record = Workload {
             node: self.node.clone(),
-            container_id: attachment.container_id.clone(),
-            ifname: attachment.ifname.clone(),
+            container_id: container_id.clone(),
+            ifname: ifname.clone(),
             network: config.name.clone(),
             handle: handle.clone(),
-            pod_namespace: attachment.args.pod_namespace().map(str::to_string),
-            pod_name: attachment.args.pod_name().map(str::to_string),
+            pod_namespace: args.pod_namespace().map(str::to_string),
+            pod_name: args.pod_name().map(str::to_string),
             netns,
-            addresses,
-            host_interface: links.host_ifname.clone(),
-            mac: links.pod_mac.clone(),
+            addresses: interface.addresses.clone(),
+            host_interface: interface.host_ifname.clone(),
+            mac: format_mac(&interface.pod_mac),
         };
-        let key = self.record_key(&attachment.container_id, &attachment.ifname);
+        let key = self.record_key(&container_id, &ifname);
         let written = match encode(&key, &record) {
             Ok(bytes) => self.store.create(&key, bytes, None).await,
             Err(e) => Err(e),
         };
         if let Err(e) = written {
-            let e = store_error("recording the workload", e);
-            return Err(self.undo(e, &handle, Some(&links.host_ifname)).await);
+            let e = store_error("recording the workload failed", e);
+            let workload = workload_id(&container_id, &ifname);
+            return Err(self.undo(e, &handle, Some(&workload)).await);
         }
         tracing::info!(
-            container = %record.container_id, ifname = %record.ifname, host = %record.host_interface,
+            container = %container_id, %ifname, host = %record.host_interface,
             addresses = ?record.addresses, "pod attached"
         );
         Ok(attachment_result(&record, mtu, config.dns.as_ref()))
     }
 
-    /// Undoes a failed ADD: removes the links (when built) and releases the addresses. What
-    /// cannot be undone is named in the error's details, so nothing leaks silently.
-    async fn undo(&self, mut error: CniError, handle: &str, host_ifname: Option<&str>) -> CniError {
+    /// Undoes a failed ADD: removes the interface (when built) and releases the addresses.
+    /// What cannot be undone is named in the error's details, so nothing leaks silently.
+    async fn undo(&self, mut error: CniError, handle: &str, workload: Option<&str>) -> CniError {
         let mut leftovers = Vec::new();
-        if let Some(host) = host_ifname
-            && let Err(e) = self.pods.teardown(host).await
+        if let Some(workload) = workload
+            && let Err(e) = self.pods.teardown(workload).await
         {
-            leftovers.push(format!("could not remove {host}: {e}"));
+            leftovers.push(format!("could not remove the interface of {workload}: {e}"));
         }
         if let Err(e) = self.allocator.release(handle).await {
             leftovers.push(format!(
@@ -261,19 +254,14 @@ impl CniHandler {
         error
     }
 
-    /// Whether a recorded attachment still has its links, addresses and allocation.
-    async fn intact(&self, record: &Workload, mtu: u32) -> bool {
-        matches!(self.problems(record, mtu).await, Ok(p) if p.is_empty())
-    }
-
-    /// Everything wrong with a recorded attachment: its allocation and its links.
+    /// Everything wrong with a recorded attachment: its allocation and its interface.
     async fn problems(&self, record: &Workload, mtu: u32) -> Result<Vec<String>, CniError> {
         let mut problems = Vec::new();
         let held: BTreeSet<IpAddr> = self
             .allocator
             .holds(&record.handle)
             .await
-            .map_err(CniError::from)?
+            .map_err(|e| ipam_error("reading the allocation", e))?
             .into_iter()
             .collect();
         for address in &record.addresses {
@@ -289,105 +277,84 @@ impl CniHandler {
             workload_id: workload_id(&record.container_id, &record.ifname),
             netns: PathBuf::from(&record.netns),
             ifname: record.ifname.clone(),
-            addresses: record.addresses.clone(),
+            addresses: record.addresses.iter().map(IpNet::addr).collect(),
             mtu,
         };
-        let links = PodLinks {
-            host_ifname: record.host_interface.clone(),
-            host_mac: HOST_MAC.to_string(),
-            pod_mac: record.mac.clone(),
-        };
-        problems.extend(
-            self.pods
-                .check(&spec, &links)
-                .await
-                .map_err(CniError::from)?,
-        );
+        let found = self
+            .pods
+            .check(spec)
+            .await
+            .map_err(|e| pod_error("checking the pod's interface", e))?;
+        problems.extend(found.iter().map(ToString::to_string));
         Ok(problems)
     }
 
-    /// Removes a recorded attachment: links, then addresses, then the record (so a failure
+    /// Removes a recorded attachment: interface, then addresses, then the record (so a failure
     /// part-way leaves the record for the next DEL or GC to find).
     async fn detach(&self, record: &Record) -> Result<(), CniError> {
+        let w = &record.value;
         self.pods
-            .teardown(&record.value.host_interface)
+            .teardown(&workload_id(&w.container_id, &w.ifname))
             .await
-            .map_err(CniError::from)?;
+            .map_err(|e| pod_error("removing the pod's interface failed", e))?;
         self.allocator
-            .release(&record.value.handle)
+            .release(&w.handle)
             .await
-            .map_err(CniError::from)?;
+            .map_err(|e| ipam_error("releasing the pod's addresses failed", e))?;
         match self
             .store
             .delete(&record.key, Some(record.mod_revision))
             .await
         {
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(store_error("removing the workload record", e)),
+            Err(e) => Err(store_error("removing the workload record failed", e)),
         }
     }
 
     async fn remove(&self, attachment: Attachment, config: NetConf) -> Result<(), CniError> {
-        let _guard = self.lock(&config, &attachment).await;
-        let handle = config.handle(&attachment.container_id);
-        match self
-            .record(&attachment.container_id, &attachment.ifname)
-            .await?
-        {
-            Some(record) if record.value.network == config.name => {
-                self.detach(&record).await?;
-                // The handle in the record is this network's; release it too in case an
-                // older record named another.
-                if record.value.handle != handle {
-                    self.allocator
-                        .release(&handle)
-                        .await
-                        .map_err(CniError::from)?;
-                }
-            }
+        let (container_id, ifname) = (&attachment.container_id, &attachment.ifname);
+        let _guard = self.lock(&config.name, container_id, ifname).await;
+        let handle = workload_handle(&config.name, container_id);
+        match self.record(container_id, ifname).await? {
+            Some(record) if record.value.network == config.name => self.detach(&record).await?,
             // The interface belongs to another network's attachment: leave it alone.
-            Some(_) => {
-                self.allocator
-                    .release(&handle)
-                    .await
-                    .map_err(CniError::from)?;
-            }
+            Some(_) => {}
+            // No record (an ADD that died before writing it, or a DEL repeated): remove
+            // whatever is left under this attachment's names.
             None => {
                 self.pods
-                    .teardown(
-                        &self.pods.host_ifname(&workload_id(
-                            &attachment.container_id,
-                            &attachment.ifname,
-                        )),
-                    )
+                    .teardown(&workload_id(container_id, ifname))
                     .await
-                    .map_err(CniError::from)?;
-                self.allocator
-                    .release(&handle)
-                    .await
-                    .map_err(CniError::from)?;
+                    .map_err(|e| pod_error("removing the pod's interface failed", e))?;
             }
         }
-        tracing::info!(container = %attachment.container_id, ifname = %attachment.ifname, "pod detached");
+        // The handle is released even without a record, so an allocation whose ADD died
+        // before recording it does not leak.
+        self.allocator
+            .release(&handle)
+            .await
+            .map_err(|e| ipam_error("releasing the pod's addresses failed", e))?;
+        tracing::info!(container = %container_id, %ifname, "pod detached");
         Ok(())
     }
 
     async fn verify(&self, attachment: Attachment, config: NetConf) -> Result<(), CniError> {
-        let _guard = self.lock(&config, &attachment).await;
+        let (container_id, ifname) = (&attachment.container_id, &attachment.ifname);
+        let _guard = self.lock(&config.name, container_id, ifname).await;
         let record = self
-            .record(&attachment.container_id, &attachment.ifname)
+            .record(container_id, ifname)
             .await?
             .filter(|r| r.value.network == config.name)
             .ok_or_else(|| {
                 CniError::new(
                     ErrorCode::CHECK_FAILED,
                     format!(
-                        "no attachment of container {} via {} on network {:?} is recorded on node {}",
-                        attachment.container_id, attachment.ifname, config.name, self.node
+                        "no attachment of container {container_id} via {ifname} on network {:?} is recorded on node {}",
+                        config.name, self.node
                     ),
                 )
-            })?;
-        let record = record.value;
+            })?
+            .value;
         let mut problems = Vec::new();
         if let Some(netns) = &attachment.netns
             && *netns != record.netns
@@ -400,9 +367,7 @@ impl CniHandler {
         if let Some(prev) = &config.prev_result {
             let prev = CniResult::from_value(prev)
                 .map_err(|e| CniError::new(ErrorCode::INVALID_NETWORK_CONFIG, e.to_string()))?;
-            let listed: BTreeSet<IpNet> = sandbox_addresses(&prev, &record.ifname)
-                .into_iter()
-                .collect();
+            let listed: BTreeSet<IpNet> = sandbox_addresses(&prev, ifname).into_iter().collect();
             let recorded: BTreeSet<IpNet> = record.addresses.iter().copied().collect();
             for missing in recorded.difference(&listed) {
                 problems.push(format!(
@@ -419,21 +384,19 @@ impl CniHandler {
         if problems.is_empty() {
             return Ok(());
         }
+        let count = problems.len();
         Err(CniError::new(
             ErrorCode::CHECK_FAILED,
             format!(
-                "{} of container {} is not as ADD left it ({} problem{})",
-                record.ifname,
-                record.container_id,
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
+                "{ifname} of container {container_id} is not as ADD left it ({count} problem{})",
+                if count == 1 { "" } else { "s" }
             ),
         )
         .with_details(problems.join("; ")))
     }
 
     async fn collect_garbage(&self, config: NetConf) -> Result<(), CniError> {
-        let valid: BTreeSet<(String, String)> = config
+        let valid: BTreeSet<(&str, &str)> = config
             .gc_attachments()
             .ok_or_else(|| {
                 CniError::new(
@@ -442,7 +405,7 @@ impl CniHandler {
                 )
             })?
             .iter()
-            .map(|a| (a.container_id.clone(), a.ifname.clone()))
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
             .collect();
         let listing = self
             .store
@@ -461,15 +424,12 @@ impl CniHandler {
             };
             let w = &record.value;
             if w.network != config.name
-                || valid.contains(&(w.container_id.clone(), w.ifname.clone()))
+                || valid.contains(&(w.container_id.as_str(), w.ifname.as_str()))
             {
                 continue;
             }
-            let _guard = self
-                .locks
-                .lock(&lock_key(&config.name, &w.container_id, &w.ifname))
-                .await;
-            // Re-read under the lock: a DEL may have removed it meanwhile.
+            let _guard = self.lock(&config.name, &w.container_id, &w.ifname).await;
+            // Re-read under the lock: a DEL may have removed or an ADD replaced it meanwhile.
             let current = match self.record(&w.container_id, &w.ifname).await {
                 Ok(Some(current)) if current.mod_revision == record.mod_revision => current,
                 Ok(_) => continue,
@@ -483,40 +443,64 @@ impl CniHandler {
                     removed += 1;
                     tracing::info!(container = %w.container_id, ifname = %w.ifname, "GC removed a stale attachment");
                 }
-                Err(e) => failures.push(format!("{}/{}: {}", w.container_id, w.ifname, e.msg)),
+                Err(e) => failures.push(format!(
+                    "{}: {}",
+                    workload_id(&w.container_id, &w.ifname),
+                    e.msg
+                )),
             }
         }
         tracing::info!(network = %config.name, removed, failed = failures.len(), "GC done");
         if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(CniError::new(
-                ErrorCode::TRY_AGAIN_LATER,
-                format!("GC could not remove {} stale attachment(s)", failures.len()),
-            )
-            .with_details(failures.join("; ")))
+            return Ok(());
         }
+        Err(CniError::new(
+            ErrorCode::TRY_AGAIN_LATER,
+            format!("GC could not remove {} stale attachment(s)", failures.len()),
+        )
+        .with_details(failures.join("; ")))
     }
 
     async fn readiness(&self, config: NetConf) -> Result<(), CniError> {
         let unavailable = |msg: String| CniError::new(ErrorCode::NOT_AVAILABLE, msg);
-        match tokio::time::timeout(STATUS_TIMEOUT, self.store.revision()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(unavailable(format!("the datastore is unreachable: {e}"))),
+        let pools = match tokio::time::timeout(STATUS_TIMEOUT, self.allocator.pools()).await {
+            Ok(Ok(pools)) => pools,
+            Ok(Err(e)) => return Err(unavailable(format!("cannot read the pools: {e}"))),
             Err(_) => {
                 return Err(unavailable(format!(
                     "the datastore did not answer within {STATUS_TIMEOUT:?}"
                 )));
             }
+        };
+        let wanted = &config.ipam.pools;
+        if let Some(missing) = wanted.iter().find(|w| !pools.iter().any(|p| &p.name == *w)) {
+            return Err(unavailable(format!(
+                "pool {missing:?} named in ipam.pools does not exist"
+            )));
         }
-        self.allocator
-            .ready(
-                &config.ipam.pools,
-                config.ipam.assign_ipv4,
-                config.ipam.assign_ipv6,
-            )
-            .await
-            .map_err(|e| unavailable(format!("no address can be allocated: {e}")))
+        let usable = |family: Family| {
+            pools.iter().any(|p| {
+                !p.pool.disabled
+                    && Family::of_net(&p.pool.cidr) == family
+                    && (wanted.is_empty() || wanted.contains(&p.name))
+            })
+        };
+        for (asked, family) in [
+            (config.ipam.assign_ipv4, Family::V4),
+            (config.ipam.assign_ipv6, Family::V6),
+        ] {
+            if asked && !usable(family) {
+                return Err(unavailable(format!(
+                    "no enabled {family} pool{} to allocate from",
+                    if wanted.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" among {}", wanted.join(", "))
+                    }
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -546,25 +530,4 @@ impl CniService for CniHandler {
 /// The id the host veth name derives from: `<containerID>/<ifname>`, unique per attachment.
 pub fn workload_id(container_id: &str, ifname: &str) -> String {
     format!("{container_id}/{ifname}")
-}
-
-/// The lock of one attachment, as the spec keys plugin state: network, container, interface.
-fn lock_key(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{network}/{}", workload_id(container_id, ifname))
-}
-
-/// Who holds an allocation, for `wren ipam show --ip`.
-fn allocation_attributes(node: &str, attachment: &Attachment) -> Vec<(String, String)> {
-    let mut attributes = vec![
-        ("node".to_string(), node.to_string()),
-        ("containerID".to_string(), attachment.container_id.clone()),
-        ("ifname".to_string(), attachment.ifname.clone()),
-    ];
-    if let Some(ns) = attachment.args.pod_namespace() {
-        attributes.push(("namespace".to_string(), ns.to_string()));
-    }
-    if let Some(pod) = attachment.args.pod_name() {
-        attributes.push(("pod".to_string(), pod.to_string()));
-    }
-    attributes
 }

@@ -1,7 +1,8 @@
 //! The agent side of the CNI plugin: ADD, DEL, CHECK, GC and STATUS over the IPAM, the pod
 //! dataplane and the workload records in the datastore.
 //!
-//! - [`backend`]: the narrow traits the handler drives ([`Allocator`], [`PodNetwork`]).
+//! - [`backend`]: the narrow traits the handler drives ([`Allocator`], implemented by the
+//!   IPAM, and [`PodNetwork`], implemented by [`KernelPods`]).
 //! - [`handler`]: [`CniHandler`], which implements [`crate::api::CniService`].
 //! - [`result`]: the CNI result of an attachment, from its workload record.
 //! - [`locks`]: per-attachment locks.
@@ -16,7 +17,7 @@ pub mod result;
 #[cfg(test)]
 mod fake;
 
-pub use backend::{Allocator, PodNetwork};
+pub use backend::{Allocator, KernelPods, PodNetwork};
 pub use handler::CniHandler;
 
 #[cfg(test)]
@@ -336,12 +337,36 @@ mod tests {
     #[tokio::test]
     async fn status_reports_when_allocation_cannot_work() {
         let s = setup(4);
-        let status = || NetworkRequest {
-            config: config("net", json!({})),
+        let status = |extra: serde_json::Value| NetworkRequest {
+            config: config("net", extra),
         };
-        s.handler.status(status()).await.unwrap();
+        s.handler.status(status(json!({}))).await.unwrap();
+        s.handler
+            .status(status(json!({"ipam": {"pools": ["default"]}})))
+            .await
+            .unwrap();
+
+        let e = s
+            .handler
+            .status(status(json!({"ipam": {"pools": ["nope"]}})))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NOT_AVAILABLE);
+        assert!(e.msg.contains("nope"), "{}", e.msg);
+        let e = s
+            .handler
+            .status(status(json!({"ipam": {"assign_ipv6": true}})))
+            .await
+            .unwrap_err();
+        assert!(e.msg.contains("IPv6") || e.msg.contains("v6"), "{}", e.msg);
+
+        *s.alloc.pool_disabled.lock().unwrap() = true;
+        let e = s.handler.status(status(json!({}))).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::NOT_AVAILABLE);
+        *s.alloc.pool_disabled.lock().unwrap() = false;
+
         *s.alloc.down.lock().unwrap() = true;
-        let e: CniError = s.handler.status(status()).await.unwrap_err();
+        let e: CniError = s.handler.status(status(json!({}))).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::NOT_AVAILABLE);
     }
 

@@ -7,12 +7,7 @@ use ipnet::IpNet;
 use wren_cni::result::{CniResult, Dns, Interface, IpConfig, Route};
 use wren_model::Workload;
 
-/// MAC of every host-side veth; pods resolve their gateway to it through proxy ARP.
-pub const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
-/// The pod's IPv4 gateway: a link-local address no one holds, answered by proxy ARP.
-pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// The pod's IPv6 gateway: the host veth's link-local address derived from [`HOST_MAC`].
-pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+use crate::dataplane::pod::{GATEWAY_V4, GATEWAY_V6, HOST_MAC, format_mac};
 
 /// Index of the pod interface in the result (the host veth is 0).
 const POD_INTERFACE: usize = 1;
@@ -23,7 +18,7 @@ pub fn attachment_result(record: &Workload, mtu: u32, dns: Option<&Dns>) -> CniR
     let interfaces = vec![
         Interface {
             name: record.host_interface.clone(),
-            mac: Some(HOST_MAC.to_string()),
+            mac: Some(format_mac(&HOST_MAC)),
             mtu: Some(mtu),
             ..Default::default()
         },
@@ -105,7 +100,7 @@ mod tests {
     #[test]
     fn dual_stack_result_has_both_default_routes() {
         let r = attachment_result(&record(&["10.65.0.1/32", "fd00::1/128"]), 1500, None);
-        assert_eq!(r.interfaces[0].mac.as_deref(), Some(HOST_MAC));
+        assert_eq!(r.interfaces[0].mac.as_deref(), Some("ee:ee:ee:ee:ee:ee"));
         assert_eq!(r.interfaces[1].sandbox.as_deref(), Some("/run/netns/p"));
         assert!(r.ips.iter().all(|ip| ip.interface == Some(1)));
         assert_eq!(r.routes.len(), 2);
