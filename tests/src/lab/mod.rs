@@ -792,3 +792,35 @@ fn tail(path: &Path, bytes: usize) -> String {
         .unwrap_or(text.len());
     text[start..].to_owned()
 }
+
+/// A lab name unique to this test process: `tag` (one letter) and the pid.
+pub fn test_lab_name(tag: char) -> String {
+    format!("{tag}{}", std::process::id() % 10_000_000)
+}
+
+/// Checks what an end-to-end test on the lab needs (see [`crate::prereq`]): root, etcd, ping,
+/// the built `wren` and `wren-cni` binaries, and BIRD when `tor` is set.
+#[track_caller]
+pub fn require_lab(tor: bool) -> bool {
+    let bin = default_bin_dir();
+    crate::prereq::require_root()
+        && crate::prereq::require_command("etcd")
+        && crate::prereq::require_command("ping")
+        && (!tor || crate::prereq::require_command("bird"))
+        && crate::prereq::require(
+            &format!(
+                "the wren binaries in {} (run `cargo build --bins` first)",
+                bin.display()
+            ),
+            bin.join("wren").exists() && bin.join("wren-cni").exists(),
+        )
+}
+
+/// Pod pairs of a ping matrix that failed, as `from→to` strings.
+pub fn failures(results: &[Reach]) -> Vec<String> {
+    results
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| format!("{}→{}", r.from, r.to))
+        .collect()
+}
