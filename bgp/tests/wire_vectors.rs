@@ -285,3 +285,355 @@ fn framing_waits_for_whole_messages_and_reports_header_errors() {
         (HeaderError::BadMessageLength, vec![0, 18])
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// UPDATE
+
+use ipnet::IpNet;
+use std::net::{IpAddr, Ipv6Addr};
+use wren_bgp::wire::{
+    Aggregator, AsPath, AsSegment, MpReach, MpUnreach, Origin, PathAttributes, RawAttribute,
+    Update, UpdateAction,
+};
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("prefix")
+}
+
+const TWO_OCTET: Codec = Codec {
+    four_octet_as: false,
+};
+
+fn parse_update_with(bytes: &[u8], codec: &Codec) -> wren_bgp::wire::ParsedUpdate {
+    match parse_message(bytes, codec) {
+        Ok(ParsedMessage::Update(u)) => u,
+        other => panic!("not an UPDATE: {other:?}"),
+    }
+}
+
+fn encode_with(m: &Message, codec: &Codec) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_message(m, codec, &mut out).expect("vector encodes");
+    out
+}
+
+/// An UPDATE body from its three fields.
+fn update_body(withdrawn: &[u8], attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
+    let mut body = (withdrawn.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(withdrawn);
+    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    body.extend_from_slice(attrs);
+    body.extend_from_slice(nlri);
+    body
+}
+
+#[test]
+fn ipv4_update_on_a_four_octet_session() {
+    #[rustfmt::skip]
+    let attrs = [
+        0x40, 1, 1, 0,                                      // ORIGIN IGP
+        0x40, 2, 14, 2, 3, 0, 0, 0xfd, 0xe9, 0, 0, 0xfd, 0xea, 0, 1, 0x86, 0xa0, // AS_PATH
+        0x40, 3, 4, 192, 0, 2, 1,                           // NEXT_HOP
+        0x80, 4, 4, 0, 0, 0, 10,                            // MED 10
+        0x40, 5, 4, 0, 0, 0, 100,                           // LOCAL_PREF 100
+        0xc0, 8, 8, 0xfd, 0xe9, 0, 1, 0xff, 0xff, 0xff, 0x01, // COMMUNITIES
+    ];
+    let bytes = msg(
+        2,
+        &update_body(&[16, 10, 9], &attrs, &[24, 10, 1, 2, 32, 192, 0, 2, 128]),
+    );
+    let expected = Update {
+        withdrawn: vec![net("10.9.0.0/16")],
+        attributes: PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath {
+                segments: vec![AsSegment::Sequence(vec![65001, 65002, 100_000])],
+            }),
+            next_hop: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            med: Some(10),
+            local_pref: Some(100),
+            communities: vec![0xfde9_0001, 0xffff_ff01],
+            ..Default::default()
+        },
+        nlri: vec![net("10.1.2.0/24"), net("192.0.2.128/32")],
+    };
+    let parsed = parse_update_with(&bytes, &Codec::default());
+    assert_eq!(parsed.actions, vec![]);
+    assert_eq!(parsed.update, expected);
+    assert_eq!(encode(&Message::Update(expected)), bytes);
+}
+
+fn ipv6_update_model() -> Update {
+    Update {
+        attributes: PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath {
+                segments: vec![AsSegment::Sequence(vec![65001])],
+            }),
+            mp_reach: Some(MpReach {
+                afi: Afi::Ipv6Unicast,
+                next_hop: IpAddr::V6("2001:db8::1".parse().unwrap()),
+                link_local_next_hop: Some("fe80::1".parse::<Ipv6Addr>().unwrap()),
+                nlri: vec![net("2001:db8:1::/48"), net("2001:db8:2::/64")],
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn ipv6_update_with_link_local_next_hop() {
+    #[rustfmt::skip]
+    let attrs = [
+        0x90, 14, 0, 53,                                    // MP_REACH_NLRI, extended length
+        0, 2, 1, 32,                                        // AFI 2, SAFI 1, next hop length 32
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,  // 2001:db8::1
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,        // fe80::1
+        0,                                                  // reserved
+        48, 0x20, 0x01, 0x0d, 0xb8, 0, 1,                   // 2001:db8:1::/48
+        64, 0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0,             // 2001:db8:2::/64
+        0x40, 1, 1, 0,                                      // ORIGIN IGP
+        0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xe9,                 // AS_PATH 65001
+    ];
+    let bytes = msg(2, &update_body(&[], &attrs, &[]));
+    let parsed = parse_update_with(&bytes, &Codec::default());
+    assert_eq!(parsed.actions, vec![]);
+    assert_eq!(parsed.update, ipv6_update_model());
+    assert_eq!(encode(&Message::Update(ipv6_update_model())), bytes);
+    let announced: Vec<_> = parsed.update.announced().copied().collect();
+    assert_eq!(
+        announced,
+        vec![net("2001:db8:1::/48"), net("2001:db8:2::/64")]
+    );
+}
+
+#[test]
+fn end_of_rib_markers() {
+    let ipv4 = msg(2, &[0, 0, 0, 0]);
+    assert_eq!(
+        parse_update_with(&ipv4, &Codec::default()).end_of_rib(),
+        Some(Afi::Ipv4Unicast)
+    );
+    assert_eq!(
+        encode(&Message::Update(Update::end_of_rib_marker(
+            Afi::Ipv4Unicast
+        ))),
+        ipv4
+    );
+
+    // IPv6: an MP_UNREACH_NLRI with no prefixes, with a 1- or 2-octet attribute length.
+    let short = msg(2, &update_body(&[], &[0x80, 15, 3, 0, 2, 1], &[]));
+    let long = msg(2, &update_body(&[], &[0x90, 15, 0, 3, 0, 2, 1], &[]));
+    for bytes in [&short, &long] {
+        let parsed = parse_update_with(bytes, &Codec::default());
+        assert_eq!(parsed.end_of_rib(), Some(Afi::Ipv6Unicast));
+    }
+    assert_eq!(
+        encode(&Message::Update(Update::end_of_rib_marker(
+            Afi::Ipv6Unicast
+        ))),
+        long
+    );
+
+    // A withdrawal, or an announcement, is not a marker.
+    let withdraw = msg(2, &update_body(&[], &[0x90, 15, 0, 4, 0, 2, 1, 0], &[]));
+    assert_eq!(
+        parse_update_with(&withdraw, &Codec::default()).end_of_rib(),
+        None
+    );
+    assert_eq!(ipv6_update_model().end_of_rib(), None);
+}
+
+#[test]
+fn two_octet_session_merges_as4_path_and_as4_aggregator() {
+    #[rustfmt::skip]
+    let attrs = [
+        0x40, 1, 1, 2,                                      // ORIGIN INCOMPLETE
+        0x40, 2, 8, 2, 3, 0xfd, 0xe9, 0x5b, 0xa0, 0x5b, 0xa0, // AS_PATH 65001 23456 23456
+        0x40, 3, 4, 192, 0, 2, 1,                           // NEXT_HOP
+        0xc0, 7, 6, 0x5b, 0xa0, 192, 0, 2, 9,               // AGGREGATOR AS_TRANS
+        0xc0, 17, 10, 2, 2, 0, 1, 0x86, 0xa0, 0, 3, 0x0d, 0x40, // AS4_PATH 100000 200000
+        0xc0, 18, 8, 0, 1, 0x86, 0xa0, 192, 0, 2, 9,        // AS4_AGGREGATOR 100000
+    ];
+    let bytes = msg(2, &update_body(&[], &attrs, &[8, 10]));
+    let expected = Update {
+        attributes: PathAttributes {
+            origin: Some(Origin::Incomplete),
+            as_path: Some(AsPath {
+                segments: vec![AsSegment::Sequence(vec![65001, 100_000, 200_000])],
+            }),
+            next_hop: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            aggregator: Some(Aggregator {
+                asn: 100_000,
+                address: Ipv4Addr::new(192, 0, 2, 9),
+            }),
+            ..Default::default()
+        },
+        nlri: vec![net("10.0.0.0/8")],
+        ..Default::default()
+    };
+    let parsed = parse_update_with(&bytes, &TWO_OCTET);
+    assert_eq!(parsed.actions, vec![]);
+    assert_eq!(parsed.update, expected);
+    // Encoding writes AS_TRANS in the 2-octet fields and adds the AS4 attributes, with the
+    // whole path in AS4_PATH.
+    let encoded = encode_with(&Message::Update(expected.clone()), &TWO_OCTET);
+    #[rustfmt::skip]
+    let full_as4_path = [0xc0, 17, 14, 2, 3, 0, 0, 0xfd, 0xe9, 0, 1, 0x86, 0xa0, 0, 3, 0x0d, 0x40];
+    let mut expected_attrs = attrs[..31].to_vec();
+    expected_attrs.extend_from_slice(&full_as4_path);
+    expected_attrs.extend_from_slice(&attrs[44..]);
+    assert_eq!(
+        encoded,
+        msg(2, &update_body(&[], &expected_attrs, &[8, 10]))
+    );
+    assert_eq!(parse_update_with(&encoded, &TWO_OCTET).update, expected);
+}
+
+#[test]
+fn as4_path_longer_than_as_path_is_ignored() {
+    #[rustfmt::skip]
+    let attrs = [
+        0x40, 1, 1, 0,
+        0x40, 2, 4, 2, 1, 0x5b, 0xa0,                       // AS_PATH 23456
+        0x40, 3, 4, 192, 0, 2, 1,
+        0xc0, 17, 10, 2, 2, 0, 1, 0x86, 0xa0, 0, 3, 0x0d, 0x40, // two ASes
+    ];
+    let parsed = parse_update_with(&msg(2, &update_body(&[], &attrs, &[8, 10])), &TWO_OCTET);
+    let path = parsed.update.attributes.as_path.expect("AS_PATH");
+    assert_eq!(path.segments, vec![AsSegment::Sequence(vec![23456])]);
+}
+
+#[test]
+fn unknown_transitive_attributes_are_carried_with_the_partial_bit() {
+    #[rustfmt::skip]
+    let attrs = [
+        0x40, 1, 1, 0,
+        0x40, 2, 0,
+        0x40, 3, 4, 192, 0, 2, 1,
+        0xc0, 32, 12, 0, 0, 0xfd, 0xe9, 0, 0, 0, 1, 0, 0, 0, 2, // LARGE_COMMUNITY, unknown
+        0x80, 99, 2, 1, 2,                                  // optional non-transitive, unknown
+    ];
+    let bytes = msg(2, &update_body(&[], &attrs, &[24, 10, 0, 0]));
+    let parsed = parse_update_with(&bytes, &Codec::default());
+    assert_eq!(parsed.actions, vec![]);
+    let large = RawAttribute {
+        flags: 0xc0,
+        type_code: 32,
+        value: vec![0, 0, 0xfd, 0xe9, 0, 0, 0, 1, 0, 0, 0, 2],
+    };
+    assert_eq!(parsed.update.attributes.unknown, vec![large]);
+    // Passed on with the partial bit set; the non-transitive one is gone.
+    let again = encode(&Message::Update(parsed.update));
+    let mut expected_attrs = attrs[..attrs.len() - 5].to_vec();
+    expected_attrs[14] = 0xe0;
+    assert_eq!(
+        again,
+        msg(2, &update_body(&[], &expected_attrs, &[24, 10, 0, 0]))
+    );
+}
+
+/// An UPDATE captured from a 2-octet AS session (the `__bgp2` vector of dpkt's BGP tests):
+/// AS_SET + AS_SEQUENCE, ATOMIC_AGGREGATE, AGGREGATOR, COMMUNITIES and route reflection
+/// attributes.
+#[rustfmt::skip]
+const CAPTURED_IBGP_UPDATE: [u8; 99] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0x00, 0x63, 0x02, 0x00, 0x00, 0x00, 0x48, 0x40, 0x01, 0x01, 0x00, 0x40, 0x02, 0x0a, 0x01, 0x02,
+    0x01, 0xf4, 0x01, 0xf4, 0x02, 0x01, 0xfe, 0xbb, 0x40, 0x03, 0x04, 0xc0, 0xa8, 0x00, 0x0f, 0x40,
+    0x05, 0x04, 0x00, 0x00, 0x00, 0x64, 0x40, 0x06, 0x00, 0xc0, 0x07, 0x06, 0xfe, 0xba, 0xc0, 0xa8,
+    0x00, 0x0a, 0xc0, 0x08, 0x0c, 0xfe, 0xbf, 0x00, 0x01, 0x03, 0x16, 0x00, 0x04, 0x01, 0x54, 0x00,
+    0xfa, 0x80, 0x09, 0x04, 0xc0, 0xa8, 0x00, 0x0f, 0x80, 0x0a, 0x04, 0xc0, 0xa8, 0x00, 0xfa, 0x16,
+    0xc0, 0xa8, 0x04,
+];
+
+#[test]
+fn captured_two_octet_update_decodes_and_re_encodes_identically() {
+    assert_eq!(frame(&CAPTURED_IBGP_UPDATE), Ok(Some(99)));
+    let parsed = parse_update_with(&CAPTURED_IBGP_UPDATE, &TWO_OCTET);
+    assert_eq!(parsed.actions, vec![]);
+    let expected = Update {
+        attributes: PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath {
+                segments: vec![
+                    AsSegment::Set(vec![500, 500]),
+                    AsSegment::Sequence(vec![65211]),
+                ],
+            }),
+            next_hop: Some(Ipv4Addr::new(192, 168, 0, 15)),
+            local_pref: Some(100),
+            atomic_aggregate: true,
+            aggregator: Some(Aggregator {
+                asn: 65210,
+                address: Ipv4Addr::new(192, 168, 0, 10),
+            }),
+            communities: vec![0xfebf_0001, 0x0316_0004, 0x0154_00fa],
+            originator_id: Some(Ipv4Addr::new(192, 168, 0, 15)),
+            cluster_list: vec![Ipv4Addr::new(192, 168, 0, 250)],
+            ..Default::default()
+        },
+        nlri: vec![net("192.168.4.0/22")],
+        ..Default::default()
+    };
+    assert_eq!(parsed.update, expected);
+    assert_eq!(
+        encode_with(&Message::Update(expected), &TWO_OCTET),
+        CAPTURED_IBGP_UPDATE
+    );
+}
+
+/// A captured VPNv4 UPDATE (dpkt's `__bgp3`): extended communities and ATTR_SET are kept as
+/// unknown transitive attributes and the MP_REACH_NLRI of a family wren does not speak is
+/// dropped without touching the session.
+#[rustfmt::skip]
+const CAPTURED_VPN_UPDATE: [u8; 121] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0x00, 0x79, 0x02, 0x00, 0x00, 0x00, 0x62, 0x40, 0x01, 0x01, 0x00, 0x40, 0x02, 0x00, 0x40, 0x05,
+    0x04, 0x00, 0x00, 0x00, 0x64, 0xc0, 0x10, 0x08, 0x00, 0x02, 0x01, 0x2c, 0x00, 0x00, 0x01, 0x2c,
+    0xc0, 0x80, 0x24, 0x00, 0x00, 0xfd, 0xe9, 0x40, 0x01, 0x01, 0x00, 0x40, 0x02, 0x04, 0x02, 0x01,
+    0x15, 0xb3, 0x40, 0x05, 0x04, 0x00, 0x00, 0x00, 0x2c, 0x80, 0x09, 0x04, 0x16, 0x05, 0x05, 0x05,
+    0x80, 0x0a, 0x04, 0x16, 0x05, 0x05, 0x05, 0x90, 0x0e, 0x00, 0x1e, 0x00, 0x01, 0x80, 0x0c, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0c, 0x04, 0x04, 0x04, 0x00, 0x60, 0x18, 0x77, 0x01,
+    0x00, 0x00, 0x01, 0xf4, 0x00, 0x00, 0x01, 0xf4, 0x85,
+];
+
+#[test]
+fn captured_update_of_another_family_keeps_the_session() {
+    let parsed = parse_update_with(&CAPTURED_VPN_UPDATE, &TWO_OCTET);
+    let [UpdateAction::AttributeDiscard(fault)] = parsed.actions[..] else {
+        panic!("{:?}", parsed.actions)
+    };
+    assert_eq!(fault.attribute, Some(14));
+    let attrs = &parsed.update.attributes;
+    assert_eq!(attrs.local_pref, Some(100));
+    assert_eq!(attrs.as_path, Some(AsPath::default()));
+    let unknown: Vec<(u8, u8, usize)> = attrs
+        .unknown
+        .iter()
+        .map(|a| (a.flags, a.type_code, a.value.len()))
+        .collect();
+    assert_eq!(unknown, vec![(0xc0, 16, 8), (0xc0, 128, 36)]);
+    assert_eq!(attrs.mp_reach, None);
+    assert_eq!(parsed.update.announced().count(), 0);
+}
+
+#[test]
+fn ipv6_withdrawal_round_trips() {
+    let update = Update {
+        attributes: PathAttributes {
+            mp_unreach: Some(MpUnreach {
+                afi: Afi::Ipv6Unicast,
+                withdrawn: vec![net("2001:db8::/32"), net("::/0")],
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    #[rustfmt::skip]
+    let attrs = [0x90, 15, 0, 9, 0, 2, 1, 32, 0x20, 0x01, 0x0d, 0xb8, 0];
+    let bytes = msg(2, &update_body(&[], &attrs, &[]));
+    assert_eq!(encode(&Message::Update(update.clone())), bytes);
+    assert_eq!(parse_update_with(&bytes, &Codec::default()).update, update);
+}

@@ -229,6 +229,8 @@ pub(crate) fn decode(mut input: &[u8], codec: &Codec) -> Result<DecodedAttribute
             out.act(approach, fault(Some(code), subcode, detail));
         }
     }
+    // In type order, as they are sent on: equal attribute sets compare equal.
+    out.attrs.unknown.sort_by_key(|a| a.type_code);
     Ok(out)
 }
 
@@ -534,12 +536,15 @@ pub(crate) fn merge_as4(decoded: &mut DecodedAttributes) {
             }
         }
     }
-    for segment in path4.segments {
-        match (merged.last_mut(), segment) {
+    // The kept 2-octet ASes and the AS4_PATH are one sequence where they meet.
+    let mut path4 = path4.segments.into_iter();
+    if let Some(first) = path4.next() {
+        match (merged.last_mut(), first) {
             (Some(AsSegment::Sequence(tail)), AsSegment::Sequence(head)) => tail.extend(head),
-            (_, segment) => merged.push(segment),
+            (_, first) => merged.push(first),
         }
     }
+    merged.extend(path4);
     path.segments = merged;
 }
 
@@ -678,8 +683,24 @@ pub(crate) fn write_path_attributes(
     codec: &Codec,
 ) -> Result<(), EncodeError> {
     let four = codec.four_octet_as;
+    let needs_as4 = |asn: u32| !four && asn > u32::from(u16::MAX);
+    let as4_path = attrs.as_path.as_ref().filter(|p| {
+        p.segments.iter().any(|s| match s {
+            AsSegment::Sequence(v) | AsSegment::Set(v) => v.iter().any(|&a| needs_as4(a)),
+        })
+    });
+    // With AS4_PATH present the aggregator always travels as AS_TRANS + AS4_AGGREGATOR: a
+    // 2-octet AS other than AS_TRANS in AGGREGATOR makes the receiver ignore AS4_PATH
+    // (RFC 6793 §4.2.3).
+    let as4_aggregator = attrs
+        .aggregator
+        .filter(|a| needs_as4(a.asn) || as4_path.is_some());
+
+    let fixed = |out: &mut Vec<u8>, flags, code, bytes: &[u8]| {
+        attribute(out, flags, code, false, |o| o.extend_from_slice(bytes))
+    };
     if let Some(origin) = attrs.origin {
-        attribute(out, WELL_KNOWN, tc::ORIGIN, false, |o| o.push(origin as u8))?;
+        fixed(out, WELL_KNOWN, tc::ORIGIN, &[origin as u8])?;
     }
     if let Some(path) = &attrs.as_path {
         attribute(out, WELL_KNOWN, tc::AS_PATH, false, |o| {
@@ -687,27 +708,25 @@ pub(crate) fn write_path_attributes(
         })?;
     }
     if let Some(nh) = attrs.next_hop {
-        attribute(out, WELL_KNOWN, tc::NEXT_HOP, false, |o| {
-            o.extend_from_slice(&nh.octets())
-        })?;
+        fixed(out, WELL_KNOWN, tc::NEXT_HOP, &nh.octets())?;
     }
     if let Some(med) = attrs.med {
-        let bytes = med.to_be_bytes();
-        attribute(out, OPTIONAL_NON_TRANSITIVE, tc::MED, false, |o| {
-            o.extend_from_slice(&bytes)
-        })?;
+        fixed(out, OPTIONAL_NON_TRANSITIVE, tc::MED, &med.to_be_bytes())?;
     }
     if let Some(lp) = attrs.local_pref {
-        attribute(out, WELL_KNOWN, tc::LOCAL_PREF, false, |o| {
-            o.extend_from_slice(&lp.to_be_bytes())
-        })?;
+        fixed(out, WELL_KNOWN, tc::LOCAL_PREF, &lp.to_be_bytes())?;
     }
     if attrs.atomic_aggregate {
-        attribute(out, WELL_KNOWN, tc::ATOMIC_AGGREGATE, false, |_| {})?;
+        fixed(out, WELL_KNOWN, tc::ATOMIC_AGGREGATE, &[])?;
     }
     if let Some(agg) = attrs.aggregator {
+        let asn = if as4_aggregator.is_some() {
+            AS_TRANS
+        } else {
+            agg.asn
+        };
         attribute(out, OPTIONAL_TRANSITIVE, tc::AGGREGATOR, false, |o| {
-            write_asn(o, agg.asn, four);
+            write_asn(o, asn, four);
             o.extend_from_slice(&agg.address.octets());
         })?;
     }
@@ -720,14 +739,11 @@ pub(crate) fn write_path_attributes(
         })?;
     }
     if let Some(id) = attrs.originator_id {
-        attribute(
+        fixed(
             out,
             OPTIONAL_NON_TRANSITIVE,
             tc::ORIGINATOR_ID,
-            false,
-            |o| {
-                o.extend_from_slice(&id.octets());
-            },
+            &id.octets(),
         )?;
     }
     if !attrs.cluster_list.is_empty() {
@@ -749,29 +765,21 @@ pub(crate) fn write_path_attributes(
     let mut write_unknown_below = |out: &mut Vec<u8>, limit: u16| -> Result<(), EncodeError> {
         while let Some(a) = unknown.next_if(|a| u16::from(a.type_code) < limit) {
             let flags = a.flags & (FLAG_OPTIONAL | FLAG_TRANSITIVE) | FLAG_PARTIAL;
-            attribute(out, flags, a.type_code, false, |o| {
-                o.extend_from_slice(&a.value)
-            })?;
+            fixed(out, flags, a.type_code, &a.value)?;
         }
         Ok(())
     };
-
-    let needs_as4 = |asn: u32| !four && asn > u32::from(u16::MAX);
     write_unknown_below(out, u16::from(tc::AS4_PATH))?;
-    if let Some(path) = attrs.as_path.as_ref().filter(|p| {
-        p.segments.iter().any(|s| match s {
-            AsSegment::Sequence(v) | AsSegment::Set(v) => v.iter().any(|&a| needs_as4(a)),
-        })
-    }) {
+    if let Some(path) = as4_path {
         attribute(out, OPTIONAL_TRANSITIVE, tc::AS4_PATH, false, |o| {
             write_as_path(o, path, true)
         })?;
     }
-    if let Some(agg) = attrs.aggregator.filter(|a| needs_as4(a.asn)) {
-        attribute(out, OPTIONAL_TRANSITIVE, tc::AS4_AGGREGATOR, false, |o| {
-            o.extend_from_slice(&agg.asn.to_be_bytes());
-            o.extend_from_slice(&agg.address.octets());
-        })?;
+    if let Some(agg) = as4_aggregator {
+        let mut value = [0u8; 8];
+        value[..4].copy_from_slice(&agg.asn.to_be_bytes());
+        value[4..].copy_from_slice(&agg.address.octets());
+        fixed(out, OPTIONAL_TRANSITIVE, tc::AS4_AGGREGATOR, &value)?;
     }
     write_unknown_below(out, 256)
 }

@@ -229,7 +229,7 @@ pub struct PathAttributes {
     pub mp_reach: Option<MpReach>,
     /// MP_UNREACH_NLRI (type 15).
     pub mp_unreach: Option<MpUnreach>,
-    /// Unknown optional transitive attributes, carried through.
+    /// Unknown optional transitive attributes, carried through, in type-code order.
     pub unknown: Vec<RawAttribute>,
 }
 
