@@ -1,0 +1,539 @@
+//! The session state machine, transition by transition (RFC 4271 §8, §6.8; RFC 4724 §4.2).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use wren_bgp::fsm::{
+    Action, ConnId, DownReason, Event, Fsm, OPEN_HOLD_TIME, SessionConfig, State, Timer,
+};
+use wren_bgp::wire::{Afi, Capability, GracefulRestart, Message, Notification, Open, Update};
+
+const LOCAL_AS: u32 = 64512;
+const LOCAL_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+
+fn config() -> SessionConfig {
+    let mut config = SessionConfig::new(LOCAL_AS, LOCAL_ID, LOCAL_AS);
+    config.hold_time = 90;
+    config
+}
+
+fn peer_open(router_id: Ipv4Addr, hold_time: u16) -> Open {
+    Open {
+        asn: LOCAL_AS,
+        hold_time,
+        router_id,
+        capabilities: vec![
+            Capability::Multiprotocol(Afi::Ipv4Unicast),
+            Capability::RouteRefresh,
+            Capability::FourOctetAs(LOCAL_AS),
+        ],
+    }
+}
+
+fn gr(families: &[Afi]) -> GracefulRestart {
+    GracefulRestart {
+        restarting: false,
+        restart_time: 120,
+        families: families.iter().map(|f| (*f, true)).collect(),
+    }
+}
+
+struct Harness {
+    fsm: Fsm,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(config: SessionConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            fsm: Fsm::new(config, now),
+            now,
+        }
+    }
+
+    fn on(&mut self, event: Event) -> Vec<Action> {
+        self.now += Duration::from_millis(10);
+        self.fsm.handle(event, self.now)
+    }
+
+    /// Starts an active session and returns the id of the connection attempt.
+    fn start(&mut self) -> ConnId {
+        let actions = self.on(Event::ManualStart);
+        connect_id(&actions).expect("an active start connects")
+    }
+
+    /// Brings a session to Established over an outgoing connection.
+    fn establish(&mut self, remote_id: Ipv4Addr, open: Open) -> ConnId {
+        let id = self.start();
+        self.on(Event::TcpConnected(id));
+        self.on(Event::Message(id, Message::Open(open)));
+        let actions = self.on(Event::Message(id, Message::Keepalive));
+        assert!(
+            session_up(&actions),
+            "KEEPALIVE in OpenConfirm brings the session up"
+        );
+        assert_eq!(self.fsm.state(), State::Established);
+        assert_eq!(
+            self.fsm.negotiated().map(|n| n.peer_router_id),
+            Some(remote_id)
+        );
+        id
+    }
+}
+
+fn connect_id(actions: &[Action]) -> Option<ConnId> {
+    actions.iter().find_map(|a| match a {
+        Action::Connect(id) => Some(*id),
+        _ => None,
+    })
+}
+
+fn session_up(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::SessionUp(..)))
+}
+
+fn sent(actions: &[Action], on: ConnId) -> Vec<&Message> {
+    let sent = actions.iter().filter_map(|a| match a {
+        Action::Send(id, m) if *id == on => Some(m),
+        _ => None,
+    });
+    sent.collect()
+}
+
+fn notification(actions: &[Action], on: ConnId) -> Option<(u8, u8)> {
+    sent(actions, on).into_iter().find_map(|m| match m {
+        Message::Notification(Notification { code, subcode, .. }) => Some((*code, *subcode)),
+        _ => None,
+    })
+}
+
+fn closes(actions: &[Action], id: ConnId) -> bool {
+    actions.contains(&Action::Close(id))
+}
+
+fn timer_started(actions: &[Action], timer: Timer) -> Option<Duration> {
+    actions.iter().rev().find_map(|a| match a {
+        Action::StartTimer(t, d) if *t == timer => Some(*d),
+        _ => None,
+    })
+}
+
+fn down_reason(actions: &[Action]) -> Option<&DownReason> {
+    actions.iter().find_map(|a| match a {
+        Action::SessionDown(down) => Some(&down.reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn fsm_active_start_connects_and_passive_start_waits() {
+    let mut active = Harness::new(config());
+    let actions = active.on(Event::ManualStart);
+    assert_eq!(active.fsm.state(), State::Connect);
+    assert!(connect_id(&actions).is_some());
+    assert_eq!(
+        timer_started(&actions, Timer::ConnectRetry),
+        Some(Duration::from_secs(30))
+    );
+
+    let mut passive_config = config();
+    passive_config.passive = true;
+    let mut passive = Harness::new(passive_config);
+    let actions = passive.on(Event::ManualStart);
+    assert_eq!(passive.fsm.state(), State::Active);
+    assert!(
+        connect_id(&actions).is_none(),
+        "a passive peer never connects"
+    );
+}
+
+#[test]
+fn fsm_refuses_connections_while_idle() {
+    let mut h = Harness::new(config());
+    let id = h.fsm.next_conn_id();
+    let actions = h.on(Event::TcpAccepted(id));
+    assert!(closes(&actions, id));
+    assert_eq!(h.fsm.state(), State::Idle);
+}
+
+#[test]
+fn fsm_failed_connect_waits_in_active_then_retries() {
+    let mut h = Harness::new(config());
+    let id = h.start();
+    let actions = h.on(Event::TcpFailed(id));
+    assert_eq!(h.fsm.state(), State::Active);
+    assert!(connect_id(&actions).is_none());
+    let actions = h.on(Event::TimerExpired(Timer::ConnectRetry));
+    assert_eq!(h.fsm.state(), State::Connect);
+    assert!(connect_id(&actions).is_some_and(|retry| retry != id));
+}
+
+#[test]
+fn fsm_open_exchange_negotiates_hold_and_keepalive() {
+    let mut h = Harness::new(config());
+    let id = h.start();
+    let actions = h.on(Event::TcpConnected(id));
+    assert_eq!(h.fsm.state(), State::OpenSent);
+    assert_eq!(timer_started(&actions, Timer::Hold), Some(OPEN_HOLD_TIME));
+    let Some(Message::Open(ours)) = sent(&actions, id).first().copied() else {
+        panic!("OPEN sent on connect");
+    };
+    assert_eq!(
+        (ours.asn, ours.hold_time, ours.router_id),
+        (LOCAL_AS, 90, LOCAL_ID)
+    );
+    assert!(
+        ours.capabilities
+            .contains(&Capability::FourOctetAs(LOCAL_AS))
+    );
+    assert!(
+        ours.capabilities
+            .contains(&Capability::Multiprotocol(Afi::Ipv6Unicast))
+    );
+    assert!(ours.capabilities.contains(&Capability::RouteRefresh));
+
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let actions = h.on(Event::Message(id, Message::Open(peer_open(remote, 30))));
+    assert_eq!(h.fsm.state(), State::OpenConfirm);
+    assert_eq!(sent(&actions, id), vec![&Message::Keepalive]);
+    assert_eq!(
+        timer_started(&actions, Timer::Hold),
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        timer_started(&actions, Timer::Keepalive),
+        Some(Duration::from_secs(10))
+    );
+
+    let actions = h.on(Event::Message(id, Message::Keepalive));
+    assert_eq!(h.fsm.state(), State::Established);
+    let negotiated = actions.iter().find_map(|a| match a {
+        Action::SessionUp(conn, n) if *conn == id => Some(n),
+        _ => None,
+    });
+    let negotiated = negotiated.expect("session up");
+    assert_eq!(negotiated.hold_time, 30);
+    assert_eq!(
+        negotiated.families,
+        vec![Afi::Ipv4Unicast],
+        "IPv6 was not offered"
+    );
+    assert!(negotiated.codec.four_octet_as && negotiated.route_refresh);
+
+    let actions = h.on(Event::TimerExpired(Timer::Keepalive));
+    assert_eq!(sent(&actions, id), vec![&Message::Keepalive]);
+    assert_eq!(
+        timer_started(&actions, Timer::Keepalive),
+        Some(Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn fsm_zero_hold_time_runs_no_timers() {
+    let mut h = Harness::new(config());
+    let id = h.start();
+    h.on(Event::TcpConnected(id));
+    let actions = h.on(Event::Message(
+        id,
+        Message::Open(peer_open(Ipv4Addr::new(10, 0, 0, 9), 0)),
+    ));
+    assert!(actions.contains(&Action::StopTimer(Timer::Hold)));
+    assert!(actions.contains(&Action::StopTimer(Timer::Keepalive)));
+    assert_eq!(timer_started(&actions, Timer::Hold), None);
+}
+
+#[test]
+fn fsm_rejects_bad_opens_with_the_right_notification() {
+    let cases = [
+        (
+            Open {
+                asn: 65000,
+                capabilities: vec![],
+                ..peer_open(Ipv4Addr::new(1, 1, 1, 1), 90)
+            },
+            (2, 2),
+        ),
+        (peer_open(Ipv4Addr::new(1, 1, 1, 1), 2), (2, 6)),
+        (peer_open(Ipv4Addr::UNSPECIFIED, 90), (2, 3)),
+        (peer_open(LOCAL_ID, 90), (2, 3)),
+    ];
+    for (open, expected) in cases {
+        let mut h = Harness::new(config());
+        let id = h.start();
+        h.on(Event::TcpConnected(id));
+        let actions = h.on(Event::Message(id, Message::Open(open.clone())));
+        assert_eq!(notification(&actions, id), Some(expected), "for {open:?}");
+        assert!(closes(&actions, id));
+        assert_eq!(h.fsm.state(), State::Idle);
+        assert!(
+            timer_started(&actions, Timer::IdleHold).is_some(),
+            "restarts later"
+        );
+    }
+}
+
+#[test]
+fn fsm_unexpected_messages_are_fsm_errors() {
+    let mut h = Harness::new(config());
+    let id = h.start();
+    h.on(Event::TcpConnected(id));
+    let actions = h.on(Event::Message(id, Message::Keepalive));
+    assert_eq!(
+        notification(&actions, id),
+        Some((5, 1)),
+        "KEEPALIVE in OpenSent"
+    );
+
+    let mut h = Harness::new(config());
+    let id = h.start();
+    h.on(Event::TcpConnected(id));
+    h.on(Event::Message(
+        id,
+        Message::Open(peer_open(Ipv4Addr::new(10, 0, 0, 9), 90)),
+    ));
+    let actions = h.on(Event::Message(id, Message::Update(Update::default())));
+    assert_eq!(
+        notification(&actions, id),
+        Some((5, 2)),
+        "UPDATE in OpenConfirm"
+    );
+
+    let mut h = Harness::new(config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let id = h.establish(remote, peer_open(remote, 90));
+    let actions = h.on(Event::Message(id, Message::Open(peer_open(remote, 90))));
+    assert_eq!(
+        notification(&actions, id),
+        Some((5, 3)),
+        "OPEN in Established"
+    );
+    assert!(down_reason(&actions).is_some());
+}
+
+#[test]
+fn fsm_established_delivers_updates_and_restarts_hold() {
+    let mut h = Harness::new(config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let id = h.establish(remote, peer_open(remote, 90));
+    let update = Update {
+        nlri: vec!["10.1.0.0/24".parse().unwrap()],
+        ..Update::default()
+    };
+    let actions = h.on(Event::Message(id, Message::Update(update.clone())));
+    assert!(actions.contains(&Action::Deliver(update)));
+    assert_eq!(
+        timer_started(&actions, Timer::Hold),
+        Some(Duration::from_secs(90))
+    );
+    let actions = h.on(Event::Message(id, Message::RouteRefresh(Afi::Ipv4Unicast)));
+    assert!(actions.contains(&Action::RouteRefresh(Afi::Ipv4Unicast)));
+}
+
+#[test]
+fn fsm_hold_timer_expiry_notifies_drops_and_restarts_with_backoff() {
+    let mut h = Harness::new(config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let id = h.establish(remote, peer_open(remote, 90));
+    let actions = h.on(Event::TimerExpired(Timer::Hold));
+    assert_eq!(notification(&actions, id), Some((4, 0)));
+    assert!(closes(&actions, id));
+    assert_eq!(down_reason(&actions), Some(&DownReason::HoldTimerExpired));
+    assert_eq!(h.fsm.state(), State::Idle);
+    assert_eq!(h.fsm.last_error(), Some(&DownReason::HoldTimerExpired));
+    assert_eq!(
+        timer_started(&actions, Timer::IdleHold),
+        Some(Duration::from_secs(5))
+    );
+
+    // The automatic restart connects again; a second failure waits twice as long.
+    let actions = h.on(Event::TimerExpired(Timer::IdleHold));
+    let retry = connect_id(&actions).expect("automatic restart connects");
+    h.on(Event::TcpConnected(retry));
+    let actions = h.on(Event::TimerExpired(Timer::Hold));
+    assert_eq!(
+        notification(&actions, retry),
+        Some((4, 0)),
+        "OpenSent hold expiry"
+    );
+    assert_eq!(
+        timer_started(&actions, Timer::IdleHold),
+        Some(Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn fsm_manual_stop_sends_cease_and_stays_down() {
+    let mut h = Harness::new(config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let id = h.establish(remote, peer_open(remote, 90));
+    let actions = h.on(Event::ManualStop(
+        wren_bgp::wire::CeaseError::AdministrativeShutdown,
+    ));
+    assert_eq!(notification(&actions, id), Some((6, 2)));
+    assert!(closes(&actions, id));
+    assert!(matches!(
+        down_reason(&actions),
+        Some(DownReason::Stopped(_))
+    ));
+    assert_eq!(
+        timer_started(&actions, Timer::IdleHold),
+        None,
+        "no automatic restart"
+    );
+    assert_eq!(h.fsm.state(), State::Idle);
+}
+
+#[test]
+fn fsm_notification_from_peer_ends_session() {
+    let mut h = Harness::new(config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let id = h.establish(remote, peer_open(remote, 90));
+    let cease = Notification {
+        code: 6,
+        subcode: 4,
+        data: vec![],
+    };
+    let actions = h.on(Event::Message(id, Message::Notification(cease.clone())));
+    assert_eq!(
+        down_reason(&actions),
+        Some(&DownReason::NotificationReceived(cease))
+    );
+    assert!(
+        notification(&actions, id).is_none(),
+        "no NOTIFICATION in reply"
+    );
+    assert_eq!(h.fsm.state(), State::Idle);
+}
+
+/// Both sides connect at once; the outgoing attempt and an incoming connection each carry an
+/// OPEN. Returns the state machine after both OPENs, the outgoing and incoming ids, and the
+/// actions of the second OPEN.
+fn collide(remote_id: Ipv4Addr) -> (Harness, ConnId, ConnId, Vec<Action>) {
+    let mut h = Harness::new(config());
+    let outbound = h.start();
+    let inbound = h.fsm.next_conn_id();
+    h.on(Event::TcpAccepted(inbound));
+    h.on(Event::TcpConnected(outbound));
+    assert_eq!(h.fsm.state(), State::OpenSent);
+    let actions = h.on(Event::Message(
+        outbound,
+        Message::Open(peer_open(remote_id, 90)),
+    ));
+    assert_eq!(h.fsm.state(), State::OpenConfirm);
+    assert!(sent(&actions, outbound).contains(&&Message::Keepalive));
+    let actions = h.on(Event::Message(
+        inbound,
+        Message::Open(peer_open(remote_id, 90)),
+    ));
+    (h, outbound, inbound, actions)
+}
+
+#[test]
+fn fsm_collision_keeps_our_connection_when_our_id_is_higher() {
+    let (mut h, outbound, inbound, actions) = collide(Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(notification(&actions, inbound), Some((6, 7)));
+    assert!(closes(&actions, inbound));
+    assert!(!closes(&actions, outbound));
+    let actions = h.on(Event::Message(outbound, Message::Keepalive));
+    assert!(session_up(&actions));
+    assert_eq!(h.fsm.established_conn(), Some(outbound));
+}
+
+#[test]
+fn fsm_collision_keeps_the_peers_connection_when_its_id_is_higher() {
+    let (mut h, outbound, inbound, actions) = collide(Ipv4Addr::new(10, 0, 0, 200));
+    assert_eq!(notification(&actions, outbound), Some((6, 7)));
+    assert!(closes(&actions, outbound));
+    assert!(sent(&actions, inbound).contains(&&Message::Keepalive));
+    let actions = h.on(Event::Message(inbound, Message::Keepalive));
+    assert!(session_up(&actions));
+    assert_eq!(h.fsm.established_conn(), Some(inbound));
+}
+
+#[test]
+fn fsm_collision_with_established_session_rejects_the_newcomer() {
+    let mut h = Harness::new(config());
+    let remote = Ipv4Addr::new(10, 0, 0, 200);
+    let established = h.establish(remote, peer_open(remote, 90));
+    let newcomer = h.fsm.next_conn_id();
+    h.on(Event::TcpAccepted(newcomer));
+    let actions = h.on(Event::Message(
+        newcomer,
+        Message::Open(peer_open(remote, 90)),
+    ));
+    assert_eq!(notification(&actions, newcomer), Some((6, 7)));
+    assert!(!closes(&actions, established));
+    assert_eq!(h.fsm.established_conn(), Some(established));
+}
+
+fn gr_config() -> SessionConfig {
+    let mut config = config();
+    config.families = vec![Afi::Ipv4Unicast, Afi::Ipv6Unicast];
+    config.graceful_restart = Some(gr(&[]));
+    config
+}
+
+fn gr_open(remote: Ipv4Addr) -> Open {
+    let mut open = peer_open(remote, 90);
+    open.capabilities
+        .push(Capability::Multiprotocol(Afi::Ipv6Unicast));
+    open.capabilities
+        .push(Capability::GracefulRestart(gr(&[Afi::Ipv4Unicast])));
+    open
+}
+
+#[test]
+fn fsm_graceful_restart_peer_losing_tcp_keeps_its_routes() {
+    let mut h = Harness::new(gr_config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let id = h.establish(remote, gr_open(remote));
+    let actions = h.on(Event::TcpFailed(id));
+    let down = actions.iter().find_map(|a| match a {
+        Action::SessionDown(down) => Some(down),
+        _ => None,
+    });
+    let down = down.expect("session down");
+    assert_eq!(down.reason, DownReason::ConnectionLost);
+    assert_eq!(
+        down.retain,
+        vec![Afi::Ipv4Unicast],
+        "only the families the peer listed"
+    );
+    assert_eq!(down.restart_time, Duration::from_secs(120));
+}
+
+#[test]
+fn fsm_graceful_restart_notification_flushes_routes() {
+    let mut h = Harness::new(gr_config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    h.establish(remote, gr_open(remote));
+    let actions = h.on(Event::TimerExpired(Timer::Hold));
+    let down = actions.iter().find_map(|a| match a {
+        Action::SessionDown(down) => Some(down),
+        _ => None,
+    });
+    assert!(
+        down.is_some_and(|d| d.retain.is_empty()),
+        "a NOTIFICATION ends GR"
+    );
+}
+
+#[test]
+fn fsm_graceful_restart_new_open_while_established_means_restart() {
+    let mut h = Harness::new(gr_config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let old = h.establish(remote, gr_open(remote));
+    let new = h.fsm.next_conn_id();
+    h.on(Event::TcpAccepted(new));
+    let actions = h.on(Event::Message(new, Message::Open(gr_open(remote))));
+    assert!(closes(&actions, old));
+    assert!(
+        notification(&actions, old).is_none(),
+        "the old session closes silently"
+    );
+    assert_eq!(down_reason(&actions), Some(&DownReason::PeerRestarted));
+    assert_eq!(h.fsm.state(), State::OpenConfirm);
+    let actions = h.on(Event::Message(new, Message::Keepalive));
+    assert!(session_up(&actions));
+}
