@@ -73,6 +73,14 @@ impl Node {
     }
 }
 
+/// A node and one pod namespace, or `None` when the test cannot run here.
+fn fixture(tag: &str) -> Option<(Node, NetNs)> {
+    if !ready() {
+        return None;
+    }
+    Some((Node::new(tag), NetNs::new(&format!("{tag}-pod")).unwrap()))
+}
+
 fn spec(id: &str, pod: &NetNs, addresses: &[&str]) -> PodSpec {
     PodSpec {
         workload_id: id.to_string(),
@@ -248,11 +256,9 @@ fn two_pods_reach_each_other_and_the_node_over_ipv4_and_ipv6() {
 
 #[test]
 fn check_says_what_is_wrong() {
-    if !ready() {
+    let Some((node, pod)) = fixture("pod-check") else {
         return;
-    }
-    let node = Node::new("pod-check");
-    let pod = NetNs::new("pod-c").unwrap();
+    };
     let s = spec("ctr-c/eth0", &pod, &["10.65.1.2"]);
     let iface = node.run(|| setup_pod(&s)).unwrap();
     pod.ip(&["route", "del", "default"]).unwrap();
@@ -320,11 +326,9 @@ fn check_says_what_is_wrong() {
 
 #[test]
 fn teardown_removes_everything_and_is_idempotent() {
-    if !ready() {
+    let Some((node, pod)) = fixture("pod-del") else {
         return;
-    }
-    let node = Node::new("pod-del");
-    let pod = NetNs::new("pod-d").unwrap();
+    };
     let s = spec("ctr-d/eth0", &pod, &["10.65.2.2", "fd00:65:2::2"]);
     let iface = node.run(|| setup_pod(&s)).unwrap();
     assert!(node.run(|| teardown_pod("ctr-d/eth0")).unwrap());
@@ -345,11 +349,9 @@ fn teardown_removes_everything_and_is_idempotent() {
 
 #[test]
 fn teardown_after_the_pod_namespace_is_gone_succeeds() {
-    if !ready() {
+    let Some((node, pod)) = fixture("pod-gone") else {
         return;
-    }
-    let node = Node::new("pod-gone");
-    let pod = NetNs::new("pod-e").unwrap();
+    };
     let s = spec("ctr-e/eth0", &pod, &["10.65.3.2"]);
     let iface = node.run(|| setup_pod(&s)).unwrap();
     drop(pod);
@@ -368,11 +370,9 @@ fn teardown_after_the_pod_namespace_is_gone_succeeds() {
 
 #[test]
 fn a_missing_namespace_fails_cleanly() {
-    if !ready() {
+    let Some((node, pod)) = fixture("pod-nons") else {
         return;
-    }
-    let node = Node::new("pod-nons");
-    let pod = NetNs::new("pod-f").unwrap();
+    };
     let mut s = spec("ctr-f/eth0", &pod, &["10.65.4.2"]);
     s.netns = PathBuf::from("/run/netns/wren-no-such-namespace");
     let err = node.run(|| setup_pod(&s)).unwrap_err();
@@ -388,11 +388,9 @@ fn a_missing_namespace_fails_cleanly() {
 
 #[test]
 fn name_collisions_fail_and_leave_the_other_interface_alone() {
-    if !ready() {
+    let Some((node, pod)) = fixture("pod-clash") else {
         return;
-    }
-    let node = Node::new("pod-clash");
-    let pod = NetNs::new("pod-g").unwrap();
+    };
     let s = spec("ctr-g/eth0", &pod, &["10.65.5.2"]);
     let name = host_ifname("ctr-g/eth0");
 
@@ -448,11 +446,9 @@ fn name_collisions_fail_and_leave_the_other_interface_alone() {
 
 #[test]
 fn a_failure_half_way_undoes_the_veth() {
-    if !ready() {
+    let Some((node, pod)) = fixture("pod-undo") else {
         return;
-    }
-    let node = Node::new("pod-undo");
-    let pod = NetNs::new("pod-h").unwrap();
+    };
     // Somebody else's route already holds the pod's address: the last step fails.
     node.ns
         .ip(&[
@@ -481,11 +477,9 @@ fn a_failure_half_way_undoes_the_veth() {
 
 #[test]
 fn an_ipv6_only_pod_works() {
-    if !ready() {
+    let Some((node, pod)) = fixture("pod-v6") else {
         return;
-    }
-    let node = Node::new("pod-v6");
-    let pod = NetNs::new("pod-i").unwrap();
+    };
     let s = spec("ctr-i/eth0", &pod, &["fd00:65:7::2"]);
     node.run(|| setup_pod(&s)).unwrap();
     assert_reachable(&node.ns, "fd00:65:7::2");
@@ -499,11 +493,9 @@ fn an_ipv6_only_pod_works() {
 
 #[test]
 fn an_invalid_request_is_refused_before_anything_is_made() {
-    if !ready() {
+    let Some((node, pod)) = fixture("pod-bad") else {
         return;
-    }
-    let node = Node::new("pod-bad");
-    let pod = NetNs::new("pod-j").unwrap();
+    };
     for (ifname, addresses, mtu) in [
         ("a-name-far-too-long", &["10.65.8.2"][..], 1500),
         ("eth0", &["10.65.8.2", "10.65.8.3"][..], 1500),

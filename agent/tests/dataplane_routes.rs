@@ -23,11 +23,26 @@ fn ready() -> bool {
 /// 192.0.2.1/24 and 2001:db8::1/64, so gateways 192.0.2.x and 2001:db8::x resolve.
 fn node(tag: &str) -> NetNs {
     let ns = NetNs::new(tag).unwrap();
-    ns.ip(&["link", "add", "up0", "type", "bridge"]).unwrap();
+    run_ip(&ns, "link add up0 type bridge");
     ns.configure("up0", Some("192.0.2.1/24")).unwrap();
-    ns.ip(&["-6", "addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"])
-        .unwrap();
+    run_ip(&ns, "-6 addr add 2001:db8::1/64 dev up0 nodad");
     ns
+}
+
+/// Runs `ip <args>` in the namespace, the arguments given as one string; returns its output.
+fn run_ip(ns: &NetNs, args: &str) -> String {
+    ns.ip(&args.split_whitespace().collect::<Vec<_>>()).unwrap()
+}
+
+/// A [`node`] and a route manager working in it, or `None` when the test cannot run here.
+fn managed_node(tag: &str) -> Option<(NetNs, RouteManager)> {
+    if !ready() {
+        return None;
+    }
+    let ns = node(tag);
+    // The socket stays bound to the namespace it was opened in, whichever thread uses it.
+    let manager = ns.enter(|| RouteManager::new().unwrap()).unwrap();
+    Some((ns, manager))
 }
 
 fn net(s: &str) -> IpNet {
@@ -40,8 +55,8 @@ fn ip(s: &str) -> IpAddr {
 
 /// `ip route show` of both families, one route per line.
 fn routes(ns: &NetNs) -> String {
-    let v4 = ns.ip(&["-4", "route", "show", "table", "main"]).unwrap();
-    let v6 = ns.ip(&["-6", "route", "show", "table", "main"]).unwrap();
+    let v4 = run_ip(ns, "-4 route show table main");
+    let v6 = run_ip(ns, "-6 route show table main");
     format!("{v4}{v6}")
 }
 
@@ -97,61 +112,23 @@ fn reconcile_installs_every_kind_of_route_in_both_families() {
 
 #[test]
 fn reconcile_repairs_drift_in_both_directions_and_leaves_other_routes_alone() {
-    if !ready() {
+    let Some((ns, mut manager)) = managed_node("rt-drift") else {
         return;
-    }
-    let ns = node("rt-drift");
-    let mut manager = ns.enter(|| RouteManager::new().unwrap()).unwrap();
+    };
     let first = manager.reconcile(&desired()).unwrap();
     assert!(first.is_clean(), "{:?}", first.failures);
 
     // Drift made by hand: one of ours deleted, a stale one of ours (each family), one of
     // somebody else's.
-    ns.ip(&["route", "del", "10.20.0.0/26"]).unwrap();
-    ns.ip(&[
-        "route",
-        "add",
-        "10.99.0.0/26",
-        "via",
-        "192.0.2.3",
-        "proto",
-        "201",
-    ])
-    .unwrap();
-    ns.ip(&[
-        "-6",
-        "route",
-        "add",
-        "fd00:99::/64",
-        "via",
-        "2001:db8::3",
-        "proto",
-        "bgp",
-    ])
-    .unwrap();
-    ns.ip(&[
-        "route",
-        "add",
-        "10.77.0.0/26",
-        "via",
-        "192.0.2.4",
-        "proto",
-        "static",
-    ])
-    .unwrap();
-    ns.ip(&[
-        "-6",
-        "route",
-        "add",
-        "fd00:77::/64",
-        "via",
-        "2001:db8::4",
-        "proto",
-        "static",
-    ])
-    .unwrap();
+    run_ip(&ns, "route del 10.20.0.0/26");
+    run_ip(&ns, "route add 10.99.0.0/26 via 192.0.2.3 proto 201");
+    run_ip(&ns, "-6 route add fd00:99::/64 via 2001:db8::3 proto bgp");
+    run_ip(&ns, "route add 10.77.0.0/26 via 192.0.2.4 proto static");
+    run_ip(
+        &ns,
+        "-6 route add fd00:77::/64 via 2001:db8::4 proto static",
+    );
 
-    // The socket stays bound to the namespace it was opened in, whichever thread uses it.
     let report = manager.reconcile(&desired()).unwrap();
     assert!(report.is_clean(), "{:?}", report.failures);
     assert_eq!((report.added, report.removed, report.replaced), (1, 2, 0));
@@ -186,21 +163,10 @@ fn reconcile_repairs_drift_in_both_directions_and_leaves_other_routes_alone() {
 
 #[test]
 fn a_changed_next_hop_is_replaced_and_never_overwrites_another_protocol() {
-    if !ready() {
+    let Some((ns, mut manager)) = managed_node("rt-replace") else {
         return;
-    }
-    let ns = node("rt-replace");
-    ns.ip(&[
-        "route",
-        "add",
-        "10.77.0.0/26",
-        "via",
-        "192.0.2.4",
-        "proto",
-        "static",
-    ])
-    .unwrap();
-    let mut manager = ns.enter(|| RouteManager::new().unwrap()).unwrap();
+    };
+    run_ip(&ns, "route add 10.77.0.0/26 via 192.0.2.4 proto static");
     manager
         .reconcile(&[Route::via(net("10.20.0.0/26"), ip("192.0.2.2"))])
         .unwrap();
@@ -309,11 +275,9 @@ fn a_new_manager_adopts_the_kernel_state_without_removing_anything() {
 
 #[test]
 fn incremental_changes_report_failures_per_route_across_many_datagrams() {
-    if !ready() {
+    let Some((_ns, mut manager)) = managed_node("rt-apply") else {
         return;
-    }
-    let ns = node("rt-apply");
-    let mut manager = ns.enter(|| RouteManager::new().unwrap()).unwrap();
+    };
     // 3,000 routes span three datagrams; every 700th names a gateway that is not reachable.
     let unreachable = |i: u32| i % 700 == 0;
     let routes: Vec<Route> = (0..3000u32)
@@ -350,21 +314,10 @@ fn incremental_changes_report_failures_per_route_across_many_datagrams() {
 
 #[test]
 fn a_removal_never_deletes_a_route_of_another_protocol() {
-    if !ready() {
+    let Some((ns, mut manager)) = managed_node("rt-owner") else {
         return;
-    }
-    let ns = node("rt-owner");
-    ns.ip(&[
-        "route",
-        "add",
-        "10.77.0.0/26",
-        "via",
-        "192.0.2.4",
-        "proto",
-        "static",
-    ])
-    .unwrap();
-    let mut manager = ns.enter(|| RouteManager::new().unwrap()).unwrap();
+    };
+    run_ip(&ns, "route add 10.77.0.0/26 via 192.0.2.4 proto static");
     let theirs = Route::via(net("10.77.0.0/26"), ip("192.0.2.4"));
     for protocol in Protocol::OWNED {
         let report = manager
@@ -377,11 +330,9 @@ fn a_removal_never_deletes_a_route_of_another_protocol() {
 
 #[test]
 fn routes_naming_a_missing_device_or_an_unmanaged_table_are_reported_not_sent() {
-    if !ready() {
+    let Some((ns, mut manager)) = managed_node("rt-invalid") else {
         return;
-    }
-    let ns = node("rt-invalid");
-    let mut manager = ns.enter(|| RouteManager::new().unwrap()).unwrap();
+    };
     let wanted = [
         Route::device(net("10.10.0.9/32"), "nosuchdev"),
         Route::blackhole(net("10.10.1.0/26")).in_table(100),
@@ -404,7 +355,7 @@ fn routes_naming_a_missing_device_or_an_unmanaged_table_are_reported_not_sent() 
     manager.manage_table(100);
     let report = manager.reconcile(&wanted[1..2]).unwrap();
     assert!(report.is_clean() && report.added == 1, "{report:?}");
-    let table100 = ns.ip(&["route", "show", "table", "100"]).unwrap();
+    let table100 = run_ip(&ns, "route show table 100");
     assert!(table100.contains("blackhole 10.10.1.0/26"), "{table100}");
     // The main table's route of ours is no longer wanted and goes.
     assert!(line_for(&routes(&ns), "10.10.3.0/26").is_none());
