@@ -982,7 +982,7 @@ mod tests {
     fn globs_match_like_a_shell() {
         assert!(glob_match("eth*", "eth0"));
         assert!(glob_match("eth*", "eth"));
-        assert!(glob_match("en?s*", "enp0s3") == false);
+        assert!(!glob_match("en?s*", "enp0s3"));
         assert!(glob_match("en?0s*", "enp0s3"));
         assert!(!glob_match("eth*", "veth0"));
         assert!(glob_match("*", "anything"));

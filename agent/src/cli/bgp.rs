@@ -1,9 +1,77 @@
-//! `wren bgp`.
+//! `wren bgp config [--as N] [--mesh on|off]`: the cluster's BGP settings (`config/cluster`).
 
-use super::BgpArgs;
+use wren_model::{ClusterConfig, keys};
+use wren_store::Store;
+use wren_store::json::JsonStore;
+
+use super::{BgpArgs, BgpCommand, OnOff};
+
+/// Reads `config/cluster`, applies `change` and writes it back with compare-and-swap,
+/// retrying when another writer got there first. Returns the stored configuration.
+pub async fn update_cluster_config(
+    store: &dyn Store,
+    change: impl Fn(&mut ClusterConfig),
+) -> anyhow::Result<ClusterConfig> {
+    loop {
+        let current = store
+            .get_json::<ClusterConfig>(keys::CLUSTER_CONFIG)
+            .await?;
+        let mut config = current
+            .as_ref()
+            .map(|c| c.value.clone())
+            .unwrap_or_default();
+        change(&mut config);
+        let written = match &current {
+            None => store.create_json(keys::CLUSTER_CONFIG, &config, None).await,
+            Some(c) if c.value == config => return Ok(config),
+            Some(c) => {
+                store
+                    .update_json(keys::CLUSTER_CONFIG, &config, c.mod_revision)
+                    .await
+            }
+        };
+        match written {
+            Ok(_) => return Ok(config),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn print_config(config: &ClusterConfig) {
+    let mesh = if config.node_to_node_mesh {
+        "on"
+    } else {
+        "off"
+    };
+    println!("AS number:          {}", config.as_number);
+    println!("Node-to-node mesh:  {mesh}");
+}
 
 /// Runs `wren bgp`.
 pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("`wren bgp` is not implemented yet")
+    match args.command {
+        BgpCommand::Config { as_number, mesh } => {
+            let store = super::store::open(&args.store).await?;
+            let config = if as_number.is_none() && mesh.is_none() {
+                store
+                    .get_json::<ClusterConfig>(keys::CLUSTER_CONFIG)
+                    .await?
+                    .map(|c| c.value)
+                    .unwrap_or_default()
+            } else {
+                update_cluster_config(store.as_ref(), |c| {
+                    if let Some(asn) = as_number {
+                        c.as_number = asn;
+                    }
+                    if let Some(mesh) = mesh {
+                        c.node_to_node_mesh = mesh == OnOff::On;
+                    }
+                })
+                .await?
+            };
+            print_config(&config);
+        }
+    }
+    Ok(())
 }

@@ -31,6 +31,8 @@ pub struct Cli {
 }
 
 /// The top-level commands.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent.
@@ -304,9 +306,17 @@ pub enum IpamCommand {
         ip: Option<IpAddr>,
     },
     /// Report leaked addresses and blocks of nodes that are gone.
-    Check,
+    Check {
+        /// Leave addresses allocated less than this long ago alone (their workload may not
+        /// be recorded yet): `90s`, `5m`, `1h`, `0`.
+        #[arg(long, default_value = "5m", value_parser = ipam::parse_grace)]
+        grace: std::time::Duration,
+    },
     /// Free an address, or everything `wren ipam check` reports.
     Release {
+        /// With --from-check: the leak check's grace period (see `wren ipam check`).
+        #[arg(long, default_value = "5m", value_parser = ipam::parse_grace, requires = "from_check")]
+        grace: std::time::Duration,
         /// The address to free.
         #[arg(
             long,

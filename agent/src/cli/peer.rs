@@ -1,9 +1,99 @@
-//! `wren peer`.
+//! `wren peer add|list|rm`: explicit BGP peers (`peers/<name>`), e.g. top-of-rack routers.
 
-use super::PeerArgs;
+use std::net::IpAddr;
+
+use anyhow::Context;
+use wren_model::{Peer, keys};
+use wren_store::StoreError;
+use wren_store::json::JsonStore;
+
+use super::{PeerArgs, PeerCommand};
+use crate::config::validate_name;
+use crate::daemon::status::table;
+
+/// Refuses addresses no BGP session can be opened to.
+fn validate_peer_ip(ip: IpAddr) -> anyhow::Result<()> {
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+        anyhow::bail!("invalid peer IP {ip}: not a unicast address a router can have");
+    }
+    if let IpAddr::V4(v4) = ip
+        && v4.is_broadcast()
+    {
+        anyhow::bail!("invalid peer IP {ip}: broadcast address");
+    }
+    Ok(())
+}
 
 /// Runs `wren peer`.
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("`wren peer` is not implemented yet")
+    match args.command {
+        PeerCommand::Add {
+            name,
+            peer_ip,
+            as_number,
+            node,
+            password,
+        } => {
+            validate_name("peer name", &name)?;
+            validate_peer_ip(peer_ip)?;
+            if let Some(node) = &node {
+                validate_name("node name", node)?;
+            }
+            if password.as_deref() == Some("") {
+                anyhow::bail!("invalid password: empty (leave --password out for no password)");
+            }
+            let store = super::store::open(&args.store).await?;
+            let peer = Peer {
+                peer_ip,
+                as_number,
+                node,
+                password,
+                keep_original_next_hop: false,
+            };
+            let key = keys::peer(&name);
+            let existed = store.get(&key).await?.is_some();
+            store.put_json(&key, &peer, None).await?;
+            let scope = match &peer.node {
+                Some(node) => format!("node {node}"),
+                None => "every node".to_owned(),
+            };
+            let verb = if existed { "updated" } else { "added" };
+            println!("peer {name} {verb}: {peer_ip} AS {as_number}, peering from {scope}");
+        }
+        PeerCommand::List => {
+            let store = super::store::open(&args.store).await?;
+            let peers = store.list_json::<Peer>(keys::PEERS).await?;
+            let rows: Vec<Vec<String>> = peers
+                .items
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.key.trim_start_matches(keys::PEERS).to_owned(),
+                        p.value.peer_ip.to_string(),
+                        p.value.as_number.to_string(),
+                        p.value.node.clone().unwrap_or_else(|| "(all)".into()),
+                        if p.value.password.is_some() {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .to_owned(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["NAME", "PEER IP", "AS", "NODE", "PASSWORD"], &rows)
+            );
+        }
+        PeerCommand::Rm { name } => {
+            let store = super::store::open(&args.store).await?;
+            match store.delete(&keys::peer(&name), None).await {
+                Ok(_) => println!("peer {name} removed"),
+                Err(StoreError::NotFound { .. }) => anyhow::bail!("no peer named {name}"),
+                Err(e) => return Err(e).context("cannot remove the peer"),
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,79 @@
+//! The daemon's view of the BGP speaker: desired sessions and originated prefixes in, best
+//! paths and session states out.
+//!
+//! The daemon drives the speaker through [`BgpControl`] so that its mesh, export and import
+//! logic can be exercised with a fake speaker, and so that the speaker crate stays free of
+//! anything wren-specific.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use tokio::sync::watch;
+
+use super::mesh::PeerSpec;
+
+/// One session as the speaker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The peer's address.
+    pub address: IpAddr,
+    /// FSM state name (`Idle`, `Connect`, `Active`, `OpenSent`, `OpenConfirm`, `Established`).
+    pub state: String,
+    /// Time spent in the current state.
+    pub in_state_for: Option<Duration>,
+    /// Prefixes accepted from the peer.
+    pub prefixes_received: u64,
+    /// Prefixes announced to the peer.
+    pub prefixes_sent: u64,
+    /// The last error on the session.
+    pub last_error: Option<String>,
+    /// The peer sent End-of-RIB for every family since the session came up.
+    pub end_of_rib: bool,
+}
+
+/// What the daemon needs from a BGP speaker.
+#[async_trait]
+pub trait BgpControl: Send + Sync {
+    /// Makes the running sessions exactly `peers`: starts new ones, stops removed ones and
+    /// restarts ones whose parameters changed.
+    async fn set_peers(&self, peers: &BTreeMap<IpAddr, PeerSpec>);
+    /// Makes the originated prefixes exactly `prefixes` (next hop self).
+    async fn set_originated(&self, prefixes: &BTreeSet<IpNet>);
+    /// Best paths learned from peers: prefix → next hop.
+    fn best_paths(&self) -> BTreeMap<IpNet, IpAddr>;
+    /// Every session's state.
+    fn sessions(&self) -> Vec<SessionInfo>;
+    /// A receiver that changes whenever best paths or session states change.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+}
+
+/// A speaker with no sessions: what a node without BGP (a single-node cluster) runs.
+pub struct NoBgp {
+    changes: watch::Sender<u64>,
+}
+
+impl Default for NoBgp {
+    fn default() -> Self {
+        Self {
+            changes: watch::channel(0).0,
+        }
+    }
+}
+
+#[async_trait]
+impl BgpControl for NoBgp {
+    async fn set_peers(&self, _peers: &BTreeMap<IpAddr, PeerSpec>) {}
+    async fn set_originated(&self, _prefixes: &BTreeSet<IpNet>) {}
+    fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
+        BTreeMap::new()
+    }
+    fn sessions(&self) -> Vec<SessionInfo> {
+        Vec::new()
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}

@@ -1,0 +1,476 @@
+//! The node daemon behind `wren agent`.
+//!
+//! It keeps local copies of the documents it cares about ([`reflector`]), decodes them into a
+//! [`view::ClusterView`], and from that view alone decides its BGP sessions ([`mesh`]), what it
+//! announces and accepts ([`policy`]) and the kernel routes it wants ([`routes`]). One
+//! [`Controller`] pass does all of that; a pass runs on every change of the view or of BGP's
+//! best paths, and every reconcile interval to undo drift. Registration and liveness
+//! ([`registration`]) and the HTTP surfaces ([`health`]) run beside it.
+//!
+//! While etcd is away the copies stay as they were, so passes keep programming the same
+//! routes; `/readyz` reports the datastore down until a reflector lists again.
+
+pub mod bgp;
+pub mod health;
+pub mod kernel;
+pub mod mesh;
+pub mod policy;
+pub mod reflector;
+pub mod registration;
+pub mod routes;
+pub mod status;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use wren_model::keys;
+use wren_store::Store;
+
+use crate::config::AgentConfig;
+use crate::metrics::{PeerLabels, PeerSample, SharedMetrics};
+use bgp::BgpControl;
+use mesh::{LocalNode, PeerSpec};
+use reflector::{DatastoreHealth, SnapshotRx};
+use registration::Registered;
+use routes::RouteProgrammer;
+use status::{AgentStatus, PeerStatus, Readiness};
+use view::ClusterView;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A listening socket could not be opened.
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Listen {
+        /// Which surface.
+        what: &'static str,
+        /// Where.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the controller and the HTTP surfaces.
+pub struct Shared {
+    /// Every metric.
+    pub metrics: SharedMetrics,
+    /// Datastore reachability.
+    pub datastore: Arc<DatastoreHealth>,
+    /// Registration state.
+    pub registered: Arc<Registered>,
+    bgp_synced: AtomicBool,
+    status: RwLock<AgentStatus>,
+}
+
+impl Shared {
+    /// Fresh state for the node `config` describes.
+    pub fn new(config: &AgentConfig, metrics: SharedMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            metrics,
+            datastore: Arc::default(),
+            registered: Arc::default(),
+            bgp_synced: AtomicBool::new(false),
+            status: RwLock::new(AgentStatus {
+                node: config.node_name.clone(),
+                ipv4: Some(config.node_ip),
+                ipv6: config.node_ipv6,
+                as_number: config.as_number.unwrap_or(wren_model::DEFAULT_AS),
+                route_reflector_cluster_id: config.route_reflector_cluster_id,
+                node_to_node_mesh: true,
+                readiness: Readiness::default(),
+                blocks: Vec::new(),
+                borrowed: Vec::new(),
+                routes_desired: 0,
+                last_reconcile_error: None,
+                peers: Vec::new(),
+            }),
+        })
+    }
+
+    /// The readiness checks as of now.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            datastore: self.datastore.is_up(),
+            registered: self.registered.get(),
+            bgp_synced: self.bgp_synced.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The status document as of now.
+    pub fn status(&self) -> AgentStatus {
+        let mut status = match self.status.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        status.readiness = self.readiness();
+        status
+    }
+
+    fn set_status(&self, status: AgentStatus) {
+        match self.status.write() {
+            Ok(mut s) => *s = status,
+            Err(poisoned) => *poisoned.into_inner() = status,
+        }
+    }
+}
+
+/// The local copies the controller works from.
+struct Reflectors {
+    config: SnapshotRx,
+    nodes: SnapshotRx,
+    liveness: SnapshotRx,
+    peers: SnapshotRx,
+    affinities: SnapshotRx,
+    blocks: SnapshotRx,
+    workloads: SnapshotRx,
+}
+
+impl Reflectors {
+    fn spawn(store: &Arc<dyn Store>, node: &str, health: &Arc<DatastoreHealth>) -> Self {
+        let r = |prefix: String| reflector::spawn(store.clone(), prefix, health.clone());
+        Self {
+            config: r(keys::CLUSTER_CONFIG.to_owned()),
+            nodes: r(keys::NODES.to_owned()),
+            liveness: r(keys::LIVENESS.to_owned()),
+            peers: r(keys::PEERS.to_owned()),
+            affinities: r(keys::node_affinities(node)),
+            blocks: r(keys::BLOCKS.to_owned()),
+            workloads: r(keys::node_workloads(node)),
+        }
+    }
+
+    fn all(&self) -> [&SnapshotRx; 7] {
+        [
+            &self.config,
+            &self.nodes,
+            &self.liveness,
+            &self.peers,
+            &self.affinities,
+            &self.blocks,
+            &self.workloads,
+        ]
+    }
+
+    /// The view, once every prefix has been listed.
+    fn view(&self, node: &str) -> Option<ClusterView> {
+        let config = self.config.borrow().clone()?;
+        let nodes = self.nodes.borrow().clone()?;
+        let liveness = self.liveness.borrow().clone()?;
+        let peers = self.peers.borrow().clone()?;
+        let affinities = self.affinities.borrow().clone()?;
+        let blocks = self.blocks.borrow().clone()?;
+        let workloads = self.workloads.borrow().clone()?;
+        let mut view = ClusterView::default();
+        view.set_cluster(&config, &nodes, &liveness, &peers);
+        view.set_affinities(node, &affinities);
+        view.set_blocks(&blocks);
+        view.set_workloads(node, &workloads);
+        Some(view)
+    }
+
+    /// Wakes `notify` whenever any copy changes.
+    fn forward_changes(&self, notify: &Arc<Notify>) {
+        for rx in self.all() {
+            let mut rx = rx.clone();
+            let notify = notify.clone();
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    notify.notify_one();
+                }
+            });
+        }
+    }
+}
+
+/// What one controller pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pass {
+    /// Not every prefix has been listed yet: nothing was touched.
+    Waiting,
+    /// Routes were reconciled (or the reconcile failed and is retried next pass).
+    Done {
+        /// Number of desired routes.
+        desired: usize,
+        /// The reconcile error, if any.
+        error: Option<String>,
+    },
+}
+
+/// Computes and applies the desired state.
+pub struct Controller {
+    me: LocalNode,
+    own_addresses: Vec<IpAddr>,
+    reflectors: Reflectors,
+    bgp: Arc<dyn BgpControl>,
+    routes: Arc<dyn RouteProgrammer>,
+    shared: Arc<Shared>,
+    started: Instant,
+    sync_timeout: Duration,
+    changes: Arc<Notify>,
+}
+
+impl Controller {
+    /// Starts the reflectors for this node; passes run when [`Controller::pass`] is called.
+    pub fn new(
+        config: &AgentConfig,
+        store: Arc<dyn Store>,
+        bgp: Arc<dyn BgpControl>,
+        routes: Arc<dyn RouteProgrammer>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let reflectors = Reflectors::spawn(&store, &config.node_name, &shared.datastore);
+        let changes = Arc::new(Notify::new());
+        reflectors.forward_changes(&changes);
+        let mut own_addresses = vec![IpAddr::V4(config.node_ip.addr())];
+        own_addresses.extend(config.node_ipv6.map(|n| IpAddr::V6(n.addr())));
+        Self {
+            me: LocalNode {
+                name: config.node_name.clone(),
+                address: config.node_ip.addr(),
+                as_number: config.as_number,
+                route_reflector_cluster_id: config.route_reflector_cluster_id,
+            },
+            own_addresses,
+            reflectors,
+            bgp,
+            routes,
+            shared,
+            started: Instant::now(),
+            sync_timeout: config.bgp_sync_timeout,
+            changes,
+        }
+    }
+
+    /// Waits until a copy changes (or returns at once if one changed since the last call).
+    pub async fn changed(&self) {
+        self.changes.notified().await;
+    }
+
+    /// BGP is synced once every desired session is up and sent End-of-RIB, or after the
+    /// deadline; it stays synced from then on (a later flap is a routing event, not a
+    /// reason to pull the node out of service).
+    fn update_bgp_synced(
+        &self,
+        peers: &BTreeMap<IpAddr, PeerSpec>,
+        sessions: &[bgp::SessionInfo],
+    ) -> bool {
+        if self.shared.bgp_synced.load(Ordering::SeqCst) {
+            return true;
+        }
+        let all_eor = peers.keys().all(|address| {
+            sessions
+                .iter()
+                .any(|s| s.address == *address && s.end_of_rib)
+        });
+        let synced = all_eor || self.started.elapsed() >= self.sync_timeout;
+        if synced {
+            tracing::info!(
+                end_of_rib = all_eor,
+                after = ?self.started.elapsed(),
+                "BGP synced"
+            );
+            self.shared.bgp_synced.store(true, Ordering::SeqCst);
+        }
+        synced
+    }
+
+    /// One pass: view → sessions, exports, imports → kernel routes → status and metrics.
+    pub async fn pass(&self) -> Pass {
+        let Some(view) = self.reflectors.view(&self.me.name) else {
+            return Pass::Waiting;
+        };
+        let node = self.me.name.as_str();
+        let peers = mesh::desired_peers(&self.me, &view);
+        self.bgp.set_peers(&peers).await;
+        let exported = policy::export_set(node, &view);
+        self.bgp.set_originated(&exported).await;
+        let sessions = self.bgp.sessions();
+        let synced = self.update_bgp_synced(&peers, &sessions);
+        let imported = policy::import(&self.bgp.best_paths(), node, &self.own_addresses, &view);
+        let desired = routes::desired_routes(node, &view, &imported);
+
+        let metrics = &self.shared.metrics;
+        metrics.route_reconciles.inc();
+        let error = match self.routes.reconcile(&desired, !synced).await {
+            Ok(report) => {
+                metrics.routes_changed.inc_by(report.changed as u64);
+                metrics.routes_removed.inc_by(report.removed as u64);
+                if report.changed + report.removed > 0 {
+                    tracing::info!(
+                        changed = report.changed,
+                        removed = report.removed,
+                        "kernel routes reconciled"
+                    );
+                }
+                None
+            }
+            Err(e) => {
+                metrics.route_reconcile_errors.inc();
+                tracing::warn!(error = %e, "route reconcile failed; retrying next pass");
+                Some(e.to_string())
+            }
+        };
+        let local_blocks = view.local_blocks(node);
+        metrics.routes_desired.set(desired.len() as i64);
+        metrics.ipam_blocks.set(local_blocks.len() as i64);
+        metrics
+            .ipam_addresses_in_use
+            .set(i64::try_from(view.addresses_in_use(node)).unwrap_or(i64::MAX));
+
+        let peer_status: Vec<PeerStatus> = sessions
+            .iter()
+            .filter_map(|s| {
+                let spec = peers.get(&s.address)?;
+                Some(PeerStatus {
+                    name: spec.name.clone(),
+                    address: s.address,
+                    asn: spec.asn,
+                    kind: spec.kind,
+                    state: s.state.clone(),
+                    since_secs: s.in_state_for.map(|d| d.as_secs()),
+                    prefixes_received: s.prefixes_received,
+                    prefixes_sent: s.prefixes_sent,
+                    last_error: s.last_error.clone(),
+                })
+            })
+            .collect();
+        metrics.set_peers(
+            &peer_status
+                .iter()
+                .map(|p| PeerSample {
+                    labels: PeerLabels {
+                        peer: p.address.to_string(),
+                        r#type: p.kind.as_str().to_owned(),
+                    },
+                    state: p.state.clone(),
+                    received: p.prefixes_received,
+                    sent: p.prefixes_sent,
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut status = self.shared.status();
+        status.as_number = self.me.asn(&view);
+        status.node_to_node_mesh = view.cluster.node_to_node_mesh;
+        status.blocks = local_blocks.into_iter().collect();
+        status.borrowed = view.borrowed_addresses(node).into_iter().collect();
+        status.routes_desired = desired.len();
+        status.last_reconcile_error = error.clone();
+        status.peers = peer_status;
+        self.shared.set_status(status);
+        Pass::Done {
+            desired: desired.len(),
+            error,
+        }
+    }
+
+    /// Runs passes on every change and every `interval` until `shutdown` fires.
+    pub async fn run(self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut bgp_changes = self.bgp.subscribe();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.changed() => {}
+                r = bgp_changes.changed() => {
+                    if r.is_err() {
+                        // The speaker is gone; keep reconciling on the timer.
+                        bgp_changes = watch::channel(0).1;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            // Coalesce a burst of changes (a pod ADD writes several documents) into one pass.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.pass().await;
+        }
+    }
+}
+
+/// Binds the metrics server.
+pub async fn bind_metrics(addr: SocketAddr) -> Result<tokio::net::TcpListener, DaemonError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            what: "metrics address",
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// The pieces the daemon is assembled from.
+pub struct Parts {
+    /// The datastore.
+    pub store: Arc<dyn Store>,
+    /// The BGP speaker.
+    pub bgp: Arc<dyn BgpControl>,
+    /// The kernel route programmer.
+    pub routes: Arc<dyn RouteProgrammer>,
+    /// The CNI plugin's API, served on the local socket next to `/v1/status`.
+    pub local_api: axum::Router,
+}
+
+/// Runs the daemon until `shutdown` fires: registration, controller, metrics and local API.
+/// On shutdown the liveness lease is revoked; kernel routes and the node document stay.
+pub async fn run(
+    config: AgentConfig,
+    parts: Parts,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let metrics_listener = bind_metrics(config.metrics_addr).await?;
+    let socket = crate::api::bind_socket(&config.socket).map_err(|source| DaemonError::Listen {
+        what: "socket",
+        addr: config.socket.display().to_string(),
+        source,
+    })?;
+    tracing::info!(
+        node = config.node_name,
+        ip = %config.node_ip,
+        metrics = %config.metrics_addr,
+        socket = %config.socket.display(),
+        "wren agent starting"
+    );
+
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.changed().await;
+    };
+    let metrics_server = axum::serve(metrics_listener, health::metrics_router(shared.clone()))
+        .with_graceful_shutdown(stop(shutdown.clone()));
+    let api = parts.local_api.merge(health::status_router(shared.clone()));
+    let api_server = crate::api::serve(socket, api, stop(shutdown.clone()));
+    let registration = registration::keep_registered(
+        parts.store.clone(),
+        config.clone(),
+        shared.registered.clone(),
+        shared.datastore.clone(),
+        shutdown.clone(),
+    );
+    let controller = Controller::new(
+        &config,
+        parts.store.clone(),
+        parts.bgp,
+        parts.routes,
+        shared.clone(),
+    );
+
+    let (m, a, (), ()) = tokio::join!(
+        async { metrics_server.await },
+        api_server,
+        registration,
+        controller.run(config.reconcile_interval, shutdown.clone()),
+    );
+    if let Err(e) = m.and(a) {
+        tracing::warn!(error = %e, "HTTP server ended with an error");
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! A local copy of the documents under one prefix, kept current by list-then-watch.
+//!
+//! When the watch ends (etcd unreachable, revision compacted) the copy is kept as it is,
+//! the datastore is reported down, and the reflector re-lists with exponential backoff; the
+//! fresh listing replaces the copy wholesale, so deletes missed while disconnected are not
+//! lost. Consumers see `None` until the first listing, so nothing acts on an empty view at
+//! start-up (which, for the route reconcile, would mean deleting every route).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use wren_store::{Store, WatchEvent};
+
+use super::view::Snapshot;
+
+/// The snapshot consumers receive: `None` until the prefix has been listed once.
+pub type SnapshotRx = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// Shared flag: did the datastore answer the last request of any reflector?
+#[derive(Debug, Default)]
+pub struct DatastoreHealth {
+    up: AtomicBool,
+    changed: tokio::sync::Notify,
+}
+
+impl DatastoreHealth {
+    /// Whether the datastore is reachable.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+    /// Records the outcome of a request.
+    pub fn set(&self, up: bool) {
+        if self.up.swap(up, Ordering::SeqCst) != up {
+            self.changed.notify_waiters();
+        }
+    }
+    /// Waits for the next change of the flag.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// First and largest wait between attempts after a failure.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Starts reflecting `prefix`; the task ends when every receiver is dropped.
+pub fn spawn(store: Arc<dyn Store>, prefix: String, health: Arc<DatastoreHealth>) -> SnapshotRx {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(run(store, prefix, health, tx));
+    rx
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    prefix: String,
+    health: Arc<DatastoreHealth>,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let listing = match store.list(&prefix).await {
+            Ok(listing) => listing,
+            Err(e) => {
+                tracing::warn!(prefix, error = %e, retry_in = ?backoff, "listing failed");
+                health.set(false);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        health.set(true);
+        backoff = BACKOFF_MIN;
+        let mut snapshot: Snapshot = listing
+            .items
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect();
+        let changed = tx.borrow().as_deref() != Some(&snapshot);
+        if changed {
+            tx.send_replace(Some(Arc::new(snapshot.clone())));
+        }
+        let mut stream = match store.watch(&prefix, listing.revision + 1).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(prefix, error = %e, "watch failed; listing again");
+                health.set(false);
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(WatchEvent::Put(kv)) => {
+                    snapshot.insert(kv.key, kv.value);
+                }
+                Ok(WatchEvent::Delete { key, .. }) => {
+                    snapshot.remove(&key);
+                }
+                Err(e) => {
+                    tracing::warn!(prefix, error = %e, "watch ended; listing again");
+                    health.set(false);
+                    break;
+                }
+            }
+            if tx.send(Some(Arc::new(snapshot.clone()))).is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}

@@ -1,0 +1,308 @@
+//! The agent's status document (`GET /v1/status` on the local socket) and its table form
+//! (`wren status`), in the manner of `calicoctl node status`.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+use super::mesh::PeerKind;
+
+/// What `/readyz` checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// The datastore answered the last request.
+    pub datastore: bool,
+    /// `nodes/<name>` is written and the liveness lease is held.
+    pub registered: bool,
+    /// Every BGP peer sent End-of-RIB, or the sync deadline passed.
+    pub bgp_synced: bool,
+}
+
+impl Readiness {
+    /// Ready when every check passes.
+    pub fn ready(&self) -> bool {
+        self.datastore && self.registered && self.bgp_synced
+    }
+
+    /// The checks that fail, in words.
+    pub fn failing(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.datastore {
+            out.push("datastore unreachable");
+        }
+        if !self.registered {
+            out.push("node not registered");
+        }
+        if !self.bgp_synced {
+            out.push("BGP not synced");
+        }
+        out
+    }
+}
+
+/// One BGP session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// Node or `peers/` entry the session comes from.
+    pub name: String,
+    /// The peer's address.
+    pub address: IpAddr,
+    /// The peer's AS.
+    pub asn: u32,
+    /// Why the session exists.
+    pub kind: PeerKind,
+    /// FSM state (`Established`, `Active`, `Connect`, `Idle`, …).
+    pub state: String,
+    /// Seconds since the session entered its state, when known.
+    pub since_secs: Option<u64>,
+    /// Prefixes accepted from the peer.
+    pub prefixes_received: u64,
+    /// Prefixes announced to the peer.
+    pub prefixes_sent: u64,
+    /// The last error (NOTIFICATION sent or received, connection failure).
+    pub last_error: Option<String>,
+}
+
+/// The whole status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// Node name.
+    pub node: String,
+    /// The node's IPv4 address.
+    pub ipv4: Option<Ipv4Net>,
+    /// The node's IPv6 address.
+    pub ipv6: Option<Ipv6Net>,
+    /// The AS this node speaks.
+    pub as_number: u32,
+    /// Set on route reflectors.
+    pub route_reflector_cluster_id: Option<Ipv4Addr>,
+    /// Whether the node-to-node mesh is on.
+    pub node_to_node_mesh: bool,
+    /// Readiness checks.
+    pub readiness: Readiness,
+    /// Blocks affine to this node.
+    pub blocks: Vec<IpNet>,
+    /// Addresses borrowed from other nodes' blocks.
+    pub borrowed: Vec<IpNet>,
+    /// Routes the agent wants in the kernel.
+    pub routes_desired: usize,
+    /// The last reconcile error, if the last pass failed.
+    pub last_reconcile_error: Option<String>,
+    /// BGP sessions, by address.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// `1h2m`, `3m4s`, `12s`: short enough for a table column.
+pub fn format_age(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Lays rows out in columns separated by two spaces, with a header row.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+impl AgentStatus {
+    /// The human-readable form printed by `wren status`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let ready = if self.readiness.ready() {
+            "ready".to_owned()
+        } else {
+            format!("not ready ({})", self.readiness.failing().join(", "))
+        };
+        let _ = writeln!(out, "wren agent on {}: {ready}", self.node);
+        let addrs: Vec<String> = self
+            .ipv4
+            .map(|n| n.to_string())
+            .into_iter()
+            .chain(self.ipv6.map(|n| n.to_string()))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Addresses: {}",
+            if addrs.is_empty() {
+                "-".into()
+            } else {
+                addrs.join(", ")
+            }
+        );
+        let mut asn = format!("AS {}", self.as_number);
+        if let Some(id) = self.route_reflector_cluster_id {
+            let _ = write!(asn, ", route reflector (cluster id {id})");
+        }
+        let mesh = if self.node_to_node_mesh { "on" } else { "off" };
+        let _ = writeln!(out, "BGP: {asn}, node-to-node mesh {mesh}");
+        let blocks: Vec<String> = self.blocks.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "Blocks: {}",
+            if blocks.is_empty() {
+                "none".into()
+            } else {
+                blocks.join(", ")
+            }
+        );
+        if !self.borrowed.is_empty() {
+            let borrowed: Vec<String> = self.borrowed.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "Borrowed: {}", borrowed.join(", "));
+        }
+        let _ = write!(out, "Kernel routes: {} desired", self.routes_desired);
+        match &self.last_reconcile_error {
+            Some(e) => {
+                let _ = writeln!(out, ", last reconcile failed: {e}");
+            }
+            None => out.push('\n'),
+        }
+        out.push('\n');
+        if self.peers.is_empty() {
+            out.push_str("No BGP peers.\n");
+            return out;
+        }
+        let rows: Vec<Vec<String>> = self
+            .peers
+            .iter()
+            .map(|p| {
+                vec![
+                    p.address.to_string(),
+                    p.kind.as_str().to_owned(),
+                    p.asn.to_string(),
+                    p.state.clone(),
+                    p.since_secs.map(format_age).unwrap_or_else(|| "-".into()),
+                    p.prefixes_received.to_string(),
+                    p.prefixes_sent.to_string(),
+                    p.last_error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "PEER ADDRESS",
+                "TYPE",
+                "AS",
+                "STATE",
+                "SINCE",
+                "IN",
+                "OUT",
+                "LAST ERROR",
+            ],
+            &rows,
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_node_status() {
+        let s = AgentStatus {
+            node: "n1".into(),
+            ipv4: Some("10.0.0.1/24".parse().unwrap()),
+            ipv6: None,
+            as_number: 64512,
+            route_reflector_cluster_id: None,
+            node_to_node_mesh: true,
+            readiness: Readiness {
+                datastore: true,
+                registered: true,
+                bgp_synced: false,
+            },
+            blocks: vec!["10.65.0.0/26".parse().unwrap()],
+            borrowed: vec![],
+            routes_desired: 3,
+            last_reconcile_error: None,
+            peers: vec![
+                PeerStatus {
+                    name: "n2".into(),
+                    address: "10.0.0.2".parse().unwrap(),
+                    asn: 64512,
+                    kind: PeerKind::NodeMesh,
+                    state: "Established".into(),
+                    since_secs: Some(125),
+                    prefixes_received: 1,
+                    prefixes_sent: 1,
+                    last_error: None,
+                },
+                PeerStatus {
+                    name: "tor".into(),
+                    address: "10.0.0.254".parse().unwrap(),
+                    asn: 65000,
+                    kind: PeerKind::Global,
+                    state: "Active".into(),
+                    since_secs: None,
+                    prefixes_received: 0,
+                    prefixes_sent: 0,
+                    last_error: Some("connection refused".into()),
+                },
+            ],
+        };
+        let text = s.render();
+        assert!(
+            text.starts_with("wren agent on n1: not ready (BGP not synced)\n"),
+            "{text}"
+        );
+        assert!(text.contains("Blocks: 10.65.0.0/26"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| l.starts_with("PEER ADDRESS"))
+            .unwrap();
+        assert!(
+            lines[header + 1]
+                .starts_with("10.0.0.2      node-mesh  64512  Established  2m5s   1   1"),
+            "{text}"
+        );
+        assert!(
+            lines[header + 2].contains("Active")
+                && lines[header + 2].ends_with("connection refused"),
+            "{text}"
+        );
+        // Columns line up: every row starts its TYPE at the same offset.
+        let col = lines[header].find("TYPE").unwrap();
+        assert_eq!(lines[header + 2].find("global"), Some(col));
+    }
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(format_age(5), "5s");
+        assert_eq!(format_age(65), "1m5s");
+        assert_eq!(format_age(3700), "1h1m");
+        assert_eq!(format_age(90_000), "1d1h");
+    }
+}

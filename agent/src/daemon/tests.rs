@@ -1,0 +1,362 @@
+//! The controller end to end on the in-memory store, with a fake speaker and a fake kernel:
+//! documents written through IPAM and the model go in, sessions, exports and kernel routes
+//! come out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use tokio::sync::watch;
+use wren_ipam::{AllocateRequest, Ipam, PoolSpec};
+use wren_model::{ClusterConfig, Node, keys};
+use wren_store::Store;
+use wren_store::json::JsonStore;
+use wren_store::memory::MemoryStore;
+
+use super::bgp::{BgpControl, SessionInfo};
+use super::mesh::PeerSpec;
+use super::routes::fake::{FakeKernel, FakeRoute};
+use super::routes::{PROTO_BGP, PROTO_WREN, RouteTarget};
+use super::{Controller, Pass, Shared};
+use crate::cli::{Cli, Command};
+use crate::config::{AgentConfig, FileConfig, SystemHost};
+use crate::metrics::Metrics;
+
+/// Records what the controller asks of BGP; serves best paths and sessions the test sets.
+#[derive(Default)]
+struct FakeBgp {
+    peers: Mutex<BTreeMap<IpAddr, PeerSpec>>,
+    originated: Mutex<BTreeSet<IpNet>>,
+    paths: Mutex<BTreeMap<IpNet, IpAddr>>,
+    sessions: Mutex<Vec<SessionInfo>>,
+    changes: Mutex<Option<watch::Sender<u64>>>,
+}
+
+#[async_trait]
+impl BgpControl for FakeBgp {
+    async fn set_peers(&self, peers: &BTreeMap<IpAddr, PeerSpec>) {
+        *self.peers.lock().unwrap() = peers.clone();
+    }
+    async fn set_originated(&self, prefixes: &BTreeSet<IpNet>) {
+        *self.originated.lock().unwrap() = prefixes.clone();
+    }
+    fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
+        self.paths.lock().unwrap().clone()
+    }
+    fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions.lock().unwrap().clone()
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        let mut changes = self.changes.lock().unwrap();
+        changes
+            .get_or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn config(name: &str, node_ip: &str, sync_timeout: &str) -> AgentConfig {
+    let argv = [
+        "wren",
+        "agent",
+        "--node-name",
+        name,
+        "--node-ip",
+        node_ip,
+        "--bgp-sync-timeout",
+        sync_timeout,
+    ];
+    let Command::Agent(args) = <Cli as clap::Parser>::try_parse_from(argv).unwrap().command else {
+        unreachable!("parsed as `wren agent`")
+    };
+    AgentConfig::resolve(&args, &FileConfig::default(), &SystemHost).unwrap()
+}
+
+fn node(name: &str, ipv4: &str) -> Node {
+    Node {
+        name: name.into(),
+        ipv4: Some(ipv4.parse().unwrap()),
+        ipv6: None,
+        as_number: None,
+        route_reflector_cluster_id: None,
+        vxlan_mac: None,
+        vxlan_address: None,
+        labels: Default::default(),
+    }
+}
+
+struct Rig {
+    store: Arc<dyn Store>,
+    bgp: Arc<FakeBgp>,
+    kernel: Arc<FakeKernel>,
+    controller: Controller,
+}
+
+async fn rig(sync_timeout: &str) -> Rig {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    store
+        .put_json(&keys::node("a"), &node("a", "10.0.0.1/24"), None)
+        .await
+        .unwrap();
+    store
+        .put_json(&keys::node("b"), &node("b", "10.0.0.2/24"), None)
+        .await
+        .unwrap();
+    let cfg = config("a", "10.0.0.1/24", sync_timeout);
+    let bgp = Arc::new(FakeBgp::default());
+    let kernel = Arc::new(FakeKernel::default());
+    let shared = Shared::new(&cfg, Arc::new(Metrics::new()));
+    let controller = Controller::new(&cfg, store.clone(), bgp.clone(), kernel.clone(), shared);
+    Rig {
+        store,
+        bgp,
+        kernel,
+        controller,
+    }
+}
+
+impl Rig {
+    /// Runs passes until `done` holds (each pass follows a change of the view), or panics.
+    async fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.controller.pass().await != Pass::Waiting && done(self) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            let _ =
+                tokio::time::timeout(Duration::from_millis(50), self.controller.changed()).await;
+        }
+    }
+
+    fn route(&self, dst: &str) -> Option<FakeRoute> {
+        self.kernel.table.lock().unwrap().get(&net(dst)).cloned()
+    }
+}
+
+/// Claims a block for `node` the way a pod ADD does.
+async fn claim(store: &Arc<dyn Store>, node: &str, handle: &str) -> IpAddr {
+    let ipam = Ipam::new(store.clone());
+    if ipam.list_pools().await.unwrap().is_empty() {
+        ipam.add_pool(&PoolSpec::new("default", "10.65.0.0/16").block_size(26))
+            .await
+            .unwrap();
+    }
+    let allocation = ipam
+        .allocate(AllocateRequest::new(handle, node))
+        .await
+        .unwrap();
+    allocation.ipv4().unwrap().address
+}
+
+#[tokio::test]
+async fn nothing_is_touched_before_the_store_is_listed_and_then_the_node_is_programmed() {
+    let r = rig("30s").await;
+    let address = claim(&r.store, "a", "k8s.c1").await;
+    let block = IpNet::new(address, 26).unwrap().trunc();
+    r.until("a's block exported", |r| {
+        r.bgp.originated.lock().unwrap().contains(&block)
+    })
+    .await;
+
+    // The mesh: one session, to b, which has the higher address and so dials us.
+    let peers = r.bgp.peers.lock().unwrap().clone();
+    assert_eq!(
+        peers.keys().copied().collect::<Vec<_>>(),
+        vec![ip("10.0.0.2")]
+    );
+    assert!(peers[&ip("10.0.0.2")].passive);
+    // Export is the block and nothing else.
+    assert_eq!(*r.bgp.originated.lock().unwrap(), BTreeSet::from([block]));
+    // Kernel: the block's blackhole, stamped as wren's.
+    let route = r.route(&block.to_string()).unwrap();
+    assert_eq!(
+        route,
+        FakeRoute {
+            target: RouteTarget::Blackhole,
+            protocol: PROTO_WREN
+        }
+    );
+}
+
+#[tokio::test]
+async fn learned_routes_are_installed_except_our_own_blocks() {
+    let r = rig("30s").await;
+    let mine = claim(&r.store, "a", "k8s.c1").await;
+    let my_block = IpNet::new(mine, 26).unwrap().trunc();
+    *r.bgp.paths.lock().unwrap() = BTreeMap::from([
+        (net("10.65.9.0/26"), ip("10.0.0.2")),
+        (my_block, ip("10.0.0.2")),
+    ]);
+    r.until("b's block installed", |r| r.route("10.65.9.0/26").is_some())
+        .await;
+    assert_eq!(
+        r.route("10.65.9.0/26").unwrap(),
+        FakeRoute {
+            target: RouteTarget::Gateway(ip("10.0.0.2")),
+            protocol: PROTO_BGP
+        }
+    );
+    assert_eq!(
+        r.route(&my_block.to_string()).unwrap().target,
+        RouteTarget::Blackhole
+    );
+}
+
+#[tokio::test]
+async fn drift_is_repaired_and_foreign_routes_are_left_alone() {
+    let r = rig("1ms").await;
+    let mine = claim(&r.store, "a", "k8s.c1").await;
+    let my_block = IpNet::new(mine, 26).unwrap().trunc();
+    r.until("blackhole installed", |r| {
+        r.route(&my_block.to_string()).is_some()
+    })
+    .await;
+    {
+        let mut table = r.kernel.table.lock().unwrap();
+        table.remove(&my_block);
+        table.insert(
+            net("10.99.0.0/24"),
+            FakeRoute {
+                target: RouteTarget::Blackhole,
+                protocol: PROTO_WREN,
+            },
+        );
+        table.insert(
+            net("10.98.0.0/24"),
+            FakeRoute {
+                target: RouteTarget::Gateway(ip("10.0.0.2")),
+                protocol: PROTO_BGP,
+            },
+        );
+        table.insert(
+            net("192.0.2.0/24"),
+            FakeRoute {
+                target: RouteTarget::Gateway(ip("10.0.0.254")),
+                protocol: 4,
+            },
+        );
+    }
+    assert!(matches!(
+        r.controller.pass().await,
+        Pass::Done { error: None, .. }
+    ));
+    let table = r.kernel.table.lock().unwrap();
+    assert!(table.contains_key(&my_block), "deleted route restored");
+    assert!(
+        !table.contains_key(&net("10.99.0.0/24")),
+        "stale wren route removed"
+    );
+    assert!(
+        !table.contains_key(&net("10.98.0.0/24")),
+        "stale BGP route removed once synced"
+    );
+    assert_eq!(
+        table[&net("192.0.2.0/24")].protocol,
+        4,
+        "someone else's route untouched"
+    );
+}
+
+#[tokio::test]
+async fn learned_routes_in_the_kernel_survive_until_bgp_has_synced() {
+    let r = rig("30s").await;
+    r.kernel.table.lock().unwrap().insert(
+        net("10.65.7.0/26"),
+        FakeRoute {
+            target: RouteTarget::Gateway(ip("10.0.0.2")),
+            protocol: PROTO_BGP,
+        },
+    );
+    r.until("first pass", |_| true).await;
+    assert!(
+        r.route("10.65.7.0/26").is_some(),
+        "kept while b has not sent End-of-RIB"
+    );
+    *r.bgp.sessions.lock().unwrap() = vec![SessionInfo {
+        address: ip("10.0.0.2"),
+        state: "Established".into(),
+        in_state_for: Some(Duration::from_secs(1)),
+        prefixes_received: 0,
+        prefixes_sent: 1,
+        last_error: None,
+        end_of_rib: true,
+    }];
+    r.controller.pass().await;
+    assert!(
+        r.route("10.65.7.0/26").is_none(),
+        "withdrawn once b is synced and did not re-announce it"
+    );
+    let status = r.controller.shared.status();
+    assert!(status.readiness.bgp_synced);
+    assert_eq!(status.peers.len(), 1);
+    assert_eq!(status.peers[0].name, "b");
+}
+
+#[tokio::test]
+async fn mesh_follows_nodes_and_cluster_config() {
+    let r = rig("30s").await;
+    r.until("b peered", |r| r.bgp.peers.lock().unwrap().len() == 1)
+        .await;
+    r.store
+        .put_json(&keys::node("c"), &node("c", "10.0.0.3/24"), None)
+        .await
+        .unwrap();
+    r.until("c peered", |r| r.bgp.peers.lock().unwrap().len() == 2)
+        .await;
+    r.store.delete(&keys::node("b"), None).await.unwrap();
+    r.until("b gone", |r| {
+        !r.bgp.peers.lock().unwrap().contains_key(&ip("10.0.0.2"))
+    })
+    .await;
+    let off = ClusterConfig {
+        node_to_node_mesh: false,
+        ..Default::default()
+    };
+    r.store
+        .put_json(keys::CLUSTER_CONFIG, &off, None)
+        .await
+        .unwrap();
+    r.until("mesh off", |r| r.bgp.peers.lock().unwrap().is_empty())
+        .await;
+}
+
+#[tokio::test]
+async fn borrowed_addresses_are_exported_as_host_routes() {
+    let r = rig("30s").await;
+    let ipam = Ipam::new(r.store.clone());
+    // A pool with exactly one block, claimed by b: a must borrow.
+    ipam.add_pool(&PoolSpec::new("tiny", "10.66.0.0/26").block_size(26))
+        .await
+        .unwrap();
+    ipam.allocate(AllocateRequest::new("k8s.b1", "b"))
+        .await
+        .unwrap();
+    let borrowed = ipam
+        .allocate(AllocateRequest::new("k8s.a1", "a"))
+        .await
+        .unwrap();
+    let host = IpNet::from(borrowed.ipv4().unwrap().address);
+    r.until("borrowed /32 exported", |r| {
+        r.bgp.originated.lock().unwrap().contains(&host)
+    })
+    .await;
+    assert_eq!(
+        r.bgp.originated.lock().unwrap().len(),
+        1,
+        "b's block is not ours to announce"
+    );
+}
