@@ -78,6 +78,7 @@ impl Default for EtcdConfig {
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    kv: KvClient,
     prefix: String,
     endpoints: Vec<String>,
     dial_timeout: Duration,
@@ -110,8 +111,12 @@ impl EtcdStore {
         let client = Client::connect(&config.endpoints, Some(options))
             .await
             .map_err(|e| StoreError::Config(format!("etcd client: {e}")))?;
+        let kv = client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         Ok(Self {
             client,
+            kv,
             prefix: config.prefix,
             endpoints: config.endpoints,
             dial_timeout: config.dial_timeout,
@@ -144,9 +149,7 @@ impl EtcdStore {
     }
 
     fn kv(&self) -> KvClient {
-        self.client
-            .kv_client()
-            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        self.kv.clone()
     }
 
     fn lease(&self) -> LeaseClient {
@@ -195,21 +198,27 @@ impl EtcdStore {
         &self,
         request: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T> {
-        let request = tokio::time::timeout(self.request_timeout, request);
+        let started = tokio::time::Instant::now();
         tokio::pin!(request);
-        let answer = tokio::select! {
-            answer = &mut request => answer,
-            _ = tokio::time::sleep(self.dial_timeout) => {
-                match self.probe().await {
-                    Err(reason) => return Err(self.unavailable(reason)),
-                    Ok(()) => request.await,
+        // One timer on the path every answered request takes; the probe only when slow.
+        let first_wait = self.dial_timeout.min(self.request_timeout);
+        let result = match tokio::time::timeout(first_wait, &mut request).await {
+            Ok(result) => result,
+            Err(_) => {
+                if let Err(reason) = self.probe().await {
+                    return Err(self.unavailable(reason));
+                }
+                let left = self.request_timeout.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, request).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        let reason = format!("no answer within {:?}", self.request_timeout);
+                        return Err(self.unavailable(reason));
+                    }
                 }
             }
         };
-        match answer {
-            Ok(result) => result.map_err(|e| self.map_error(e)),
-            Err(_) => Err(self.unavailable(format!("no answer within {:?}", self.request_timeout))),
-        }
+        result.map_err(|e| self.map_error(e))
     }
 
     /// Succeeds if at least one endpoint accepts a TCP connection; otherwise says why each
@@ -371,6 +380,20 @@ impl FailedCompare {
         } else {
             StoreError::NotFound { key: self.key }
         }
+    }
+}
+
+/// The condition of a single-key conditional write: the key exists, at revision `expected`
+/// if given. A positive revision alone implies existence (a missing key has mod revision 0);
+/// anything else needs the explicit check so that `expected == 0` cannot match a missing key.
+fn existing_at(key: &str, expected: Option<Revision>) -> Vec<Compare> {
+    match expected {
+        Some(rev) if rev > 0 => vec![Compare::ModRevision(key.to_owned(), rev)],
+        Some(rev) => vec![
+            Compare::Present(key.to_owned()),
+            Compare::ModRevision(key.to_owned(), rev),
+        ],
+        None => vec![Compare::Present(key.to_owned())],
     }
 }
 
@@ -564,12 +587,7 @@ impl Store for EtcdStore {
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision> {
-        // Present as well as the revision: a missing key has mod revision 0, which must not
-        // pass for `expected == 0`.
-        let compares = [
-            Compare::Present(key.to_owned()),
-            Compare::ModRevision(key.to_owned(), expected),
-        ];
+        let compares = existing_at(key, Some(expected));
         // The key keeps its lease, as it does in the memory backend.
         let put = EtcdTxnOp::put(
             self.full_key(key),
@@ -582,8 +600,7 @@ impl Store for EtcdStore {
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision> {
-        let mut compares = vec![Compare::Present(key.to_owned())];
-        compares.extend(expected.map(|rev| Compare::ModRevision(key.to_owned(), rev)));
+        let compares = existing_at(key, expected);
         let delete = EtcdTxnOp::delete(self.full_key(key), None::<DeleteOptions>);
         self.conditional(&compares, vec![delete])
             .await?

@@ -546,6 +546,9 @@ async fn contended_cas_increments_are_never_lost(s: Subject) {
                 for _ in 0..INCREMENTS {
                     loop {
                         let current = store.get_json::<u64>("counter").await.unwrap().unwrap();
+                        // Let the other tasks in between read and write, as a network
+                        // round trip would, so the memory backend is contended too.
+                        tokio::task::yield_now().await;
                         match store
                             .update_json("counter", &(current.value + 1), current.mod_revision)
                             .await
