@@ -158,23 +158,25 @@ impl Ipam {
         request.validate()?;
         let node = request.node.clone();
         let (reply, answer) = oneshot::channel();
-        let mut job = Job { request, reply };
+        self.submit(&node, Job::Allocate { request, reply }).await?;
+        answer
+            .await
+            .map_err(|_| IpamError::AllocatorStopped(node))?
+    }
+
+    /// Hands a job to the allocator of `node`, starting it if needed.
+    pub(crate) async fn submit(&self, node: &str, mut job: Job) -> Result<()> {
         for _ in 0..2 {
-            let sender = self.worker(&node);
-            match sender.send(job) {
-                Ok(()) => {
-                    return answer
-                        .await
-                        .map_err(|_| IpamError::AllocatorStopped(node.clone()))?;
-                }
+            match self.worker(node).send(job) {
+                Ok(()) => return Ok(()),
                 Err(mpsc::error::SendError(back)) => {
                     // The allocator task is gone (its runtime ended); start a new one.
                     job = back;
-                    self.lock_workers().remove(&node);
+                    self.lock_workers().remove(node);
                 }
             }
         }
-        Err(IpamError::AllocatorStopped(node))
+        Err(IpamError::AllocatorStopped(node.to_owned()))
     }
 
     fn lock_workers(

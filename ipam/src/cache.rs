@@ -8,7 +8,11 @@ use std::sync::Mutex;
 use ipnet::IpNet;
 use wren_store::Revision;
 
+use wren_store::Store;
+
 use crate::block::Block;
+use crate::error::Result;
+use crate::read_block;
 
 /// Blocks by CIDR.
 #[derive(Default)]
@@ -25,6 +29,22 @@ impl BlockCache {
     /// A copy of the cached block.
     pub(crate) fn get(&self, cidr: &IpNet) -> Option<(Block, Revision)> {
         self.lock().get(cidr).cloned()
+    }
+
+    /// The cached block, or the stored one (then cached) when none is cached.
+    pub(crate) async fn get_or_read(
+        &self,
+        store: &dyn Store,
+        cidr: &IpNet,
+    ) -> Result<Option<(Block, Revision)>> {
+        if let Some(found) = self.get(cidr) {
+            return Ok(Some(found));
+        }
+        let read = read_block(store, cidr).await?;
+        if let Some((block, revision)) = &read {
+            self.put(block.clone(), *revision);
+        }
+        Ok(read)
     }
 
     /// How many addresses the cached block has free, without copying it.

@@ -7,16 +7,19 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use tokio::sync::oneshot;
 use wren_model::{keys, vxlan_tunnel_handle};
 use wren_store::json::JsonStore;
-use wren_store::{Compare, Revision};
+use wren_store::{Compare, Revision, Store};
 
 use crate::affinity;
-use crate::block::{Assignment, Block};
+use crate::block::Assignment;
+use crate::cache::BlockCache;
 use crate::changeset::{Changeset, Expect, HandleWrite};
 use crate::error::{IpamError, Result};
 use crate::handle::Handle;
 use crate::pool::{pool_of, read_pools};
+use crate::worker::Job;
 use crate::{Ipam, Stats, read_block, read_blocks};
 
 /// An address that was freed.
@@ -54,42 +57,29 @@ enum NodeBlock {
 impl Ipam {
     /// Frees every address held by `handle`. A handle that holds nothing is not an error (a
     /// CNI DEL may come twice); the freed addresses are returned.
+    ///
+    /// The release runs in the allocator of the handle's node, batched with that node's other
+    /// requests, so a burst of pod deletions on one node costs one transaction per batch
+    /// instead of one conflict-prone write each.
     pub async fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>> {
-        let key = keys::handle(handle);
-        let attempts = self.shared().options.max_attempts.max(1);
-        for _ in 0..attempts {
-            let Some(found) = self.store().get_json::<Handle>(&key).await? else {
-                return Ok(Vec::new());
-            };
-            let mut changes = Changeset::default();
-            let mut released = Vec::new();
-            for cidr in found.value.blocks() {
-                if let Some((block, revision)) = self.cached_block(&cidr).await? {
-                    let staged = changes.stage_block(block, Expect::Revision(revision));
-                    released.extend(staged.block.release_handle(handle));
-                }
-            }
-            let emptied = Handle {
-                addresses: Vec::new(),
-                ..found.value
-            };
-            changes.handles.insert(
-                handle.to_owned(),
-                HandleWrite {
-                    handle: emptied,
-                    expect: Expect::Revision(found.mod_revision),
-                },
-            );
-            match self.commit_release(&mut changes).await {
-                Ok(_) => {
-                    Stats::add(&self.shared().stats.released, released.len() as u64);
-                    return Ok(released);
-                }
-                Err(e) if e.is_conflict() => changes.forget(&self.shared().cache),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(IpamError::ConflictRetriesExhausted { attempts, key })
+        let Some(found) = self
+            .store()
+            .get_json::<Handle>(&keys::handle(handle))
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let node = found.value.node.clone();
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Release {
+            handle: handle.to_owned(),
+            found: (found.value, found.mod_revision),
+            reply,
+        };
+        self.submit(&node, job).await?;
+        answer
+            .await
+            .map_err(|_| IpamError::AllocatorStopped(node))?
     }
 
     /// Frees one address, whoever holds it. An address that is not allocated is
@@ -254,39 +244,9 @@ impl Ipam {
             .ok_or(IpamError::AddressNotInPool(address))
     }
 
-    /// A block from the cache, or read when not cached.
-    async fn cached_block(&self, cidr: &IpNet) -> Result<Option<(Block, Revision)>> {
-        match self.shared().cache.get(cidr) {
-            Some(found) => Ok(Some(found)),
-            None => read_block(self.store(), cidr).await,
-        }
-    }
-
     /// Commits a release, first deciding which blocks it empties go back to their pool.
     pub(crate) async fn commit_release(&self, changes: &mut Changeset) -> Result<Revision> {
-        let emptied: Vec<(IpNet, Option<String>)> = changes
-            .blocks
-            .values()
-            .filter(|w| !w.delete && w.block.is_empty())
-            .map(|w| (w.block.cidr(), w.block.affinity().map(str::to_owned)))
-            .collect();
-        for (cidr, node) in emptied {
-            let give_back = match &node {
-                None => true,
-                Some(node) => {
-                    let node_key = keys::node(node);
-                    if self.store().get(&node_key).await?.is_none() {
-                        changes.compares.push(Compare::Absent(node_key));
-                        true
-                    } else {
-                        self.has_room_elsewhere(node, &cidr).await?
-                    }
-                }
-            };
-            if let Some(staged) = changes.blocks.get_mut(&cidr) {
-                staged.delete = give_back;
-            }
-        }
+        give_back_emptied(self.store(), &self.shared().cache, changes).await?;
         self.commit(changes).await
     }
 
@@ -296,24 +256,67 @@ impl Ipam {
         changes.commit_to(&self.shared().cache, revision);
         Ok(revision)
     }
+}
 
-    /// True when `node` has a block other than `except` with a free address.
-    async fn has_room_elsewhere(&self, node: &str, except: &IpNet) -> Result<bool> {
-        let listing = self.store().list(&keys::node_affinities(node)).await?;
-        for kv in listing.items {
-            let Some((_, cidr)) = affinity::parse_key(&kv.key) else {
-                continue;
-            };
-            if cidr == *except {
-                continue;
+/// Marks for deletion the staged blocks that are empty and should go back to their pool: no
+/// node, a node that is gone (the commit then requires it to stay gone), or a node with room
+/// in another block.
+pub(crate) async fn give_back_emptied(
+    store: &dyn Store,
+    cache: &BlockCache,
+    changes: &mut Changeset,
+) -> Result<()> {
+    let emptied: Vec<(IpNet, Option<String>)> = changes
+        .blocks
+        .values()
+        .filter(|w| !w.delete && w.block.is_empty())
+        .map(|w| (w.block.cidr(), w.block.affinity().map(str::to_owned)))
+        .collect();
+    for (cidr, node) in emptied {
+        let give_back = match &node {
+            None => true,
+            Some(node) => {
+                let node_key = keys::node(node);
+                if store.get(&node_key).await?.is_none() {
+                    changes.compares.push(Compare::Absent(node_key));
+                    true
+                } else {
+                    has_room_elsewhere(store, cache, changes, node, &cidr).await?
+                }
             }
-            if let Some((block, _)) = self.cached_block(&cidr).await?
-                && block.affinity() == Some(node)
-                && block.free() > 0
-            {
-                return Ok(true);
-            }
+        };
+        if let Some(staged) = changes.blocks.get_mut(&cidr) {
+            staged.delete = give_back;
         }
-        Ok(false)
     }
+    Ok(())
+}
+
+/// True when `node` has a block other than `except` with a free address (counting what
+/// `changes` stages).
+async fn has_room_elsewhere(
+    store: &dyn Store,
+    cache: &BlockCache,
+    changes: &Changeset,
+    node: &str,
+    except: &IpNet,
+) -> Result<bool> {
+    let listing = store.list(&keys::node_affinities(node)).await?;
+    for kv in listing.items {
+        let Some((_, cidr)) = affinity::parse_key(&kv.key) else {
+            continue;
+        };
+        if cidr == *except {
+            continue;
+        }
+        let block = match changes.blocks.get(&cidr) {
+            Some(staged) if staged.delete => continue,
+            Some(staged) => Some(staged.block.clone()),
+            None => cache.get_or_read(store, &cidr).await?.map(|(b, _)| b),
+        };
+        if block.is_some_and(|b| b.affinity() == Some(node) && b.free() > 0) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -1,5 +1,5 @@
-//! The allocator of one node: a task that takes the allocation requests for the node as they
-//! arrive and commits all those that arrived together in one transaction.
+//! The allocator of one node: a task that takes the allocation and release requests for the
+//! node as they arrive and commits all those that arrived together in one transaction.
 //!
 //! Planning happens on copies of the node's blocks kept in the cache with their revisions, so
 //! the common case (a free address in one of the node's blocks) reads nothing and writes once:
@@ -29,12 +29,56 @@ use crate::claim::{self, Claim};
 use crate::error::{IpamError, Result};
 use crate::handle::{Handle, HandleAddress};
 use crate::pool::{NamedPool, pool_of, read_pools};
+use crate::release::give_back_emptied;
 use crate::{Family, Shared, Stats, read_block, read_blocks};
 
-/// One allocation request and where its answer goes.
-pub(crate) struct Job {
-    pub(crate) request: AllocateRequest,
-    pub(crate) reply: oneshot::Sender<Result<Allocation>>,
+/// One request and where its answer goes.
+pub(crate) enum Job {
+    /// Allocate addresses.
+    Allocate {
+        request: AllocateRequest,
+        reply: oneshot::Sender<Result<Allocation>>,
+    },
+    /// Free every address of a handle, as read at the given revision.
+    Release {
+        handle: String,
+        found: (Handle, Revision),
+        reply: oneshot::Sender<Result<Vec<IpAddr>>>,
+    },
+}
+
+impl Job {
+    fn is_abandoned(&self) -> bool {
+        match self {
+            // A caller that has gone away would never learn its address: skip it.
+            Job::Allocate { reply, .. } => reply.is_closed(),
+            // A release is carried out even when nobody waits for the answer.
+            Job::Release { .. } => false,
+        }
+    }
+}
+
+/// What planning one job produced.
+enum Outcome {
+    Allocated(Result<Allocation>),
+    Released(Result<Vec<IpAddr>>),
+}
+
+impl Outcome {
+    fn error(&self) -> Option<&IpamError> {
+        match self {
+            Outcome::Allocated(Err(e)) | Outcome::Released(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The same outcome, but failed with `error` if it had succeeded.
+    fn fail(self, error: &IpamError) -> Self {
+        match self {
+            Outcome::Allocated(r) => Outcome::Allocated(r.and(Err(error.clone()))),
+            Outcome::Released(r) => Outcome::Released(r.and(Err(error.clone()))),
+        }
+    }
 }
 
 /// The allocator state of one node.
@@ -62,6 +106,8 @@ struct Round {
     /// Addresses the round hands out, and how many of them are borrowed.
     new_addresses: u64,
     new_borrowed: u64,
+    /// Addresses the round frees.
+    released: u64,
 }
 
 impl Worker {
@@ -90,13 +136,17 @@ impl Worker {
     }
 
     async fn process(&mut self, mut batch: Vec<Job>) {
-        // A caller that has gone away would never learn its address: skip it.
-        batch.retain(|job| !job.reply.is_closed());
+        batch.retain(|job| !job.is_abandoned());
         if batch.is_empty() {
             return;
         }
         let max_attempts = self.shared.options.max_attempts.max(1);
         let mut known: HashMap<String, (Handle, Revision)> = HashMap::new();
+        for job in &batch {
+            if let Job::Release { handle, found, .. } = job {
+                known.insert(handle.clone(), found.clone());
+            }
+        }
         let mut contended = String::new();
         for attempt in 1..=max_attempts {
             if attempt > 2 {
@@ -105,12 +155,20 @@ impl Worker {
             let mut round = Round::default();
             let mut outcomes = Vec::with_capacity(batch.len());
             for job in &batch {
-                outcomes.push(self.plan(&mut round, &job.request, &known).await);
+                outcomes.push(match job {
+                    Job::Allocate { request, .. } => {
+                        Outcome::Allocated(self.plan(&mut round, request, &known).await)
+                    }
+                    Job::Release { handle, .. } => {
+                        Outcome::Released(self.plan_release(&mut round, handle, &known).await)
+                    }
+                });
             }
-            let lost = outcomes.iter().find_map(|o| match o {
-                Err(e) if e.is_conflict() => Some(e.clone()),
-                _ => None,
-            });
+            let lost = outcomes
+                .iter()
+                .filter_map(Outcome::error)
+                .find(|e| e.is_conflict())
+                .cloned();
             let committed = match lost {
                 Some(e) => Err(e),
                 None => self.commit(&mut round).await,
@@ -125,10 +183,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    let outcomes = outcomes
-                        .into_iter()
-                        .map(|o| o.and(Err(e.clone())))
-                        .collect();
+                    let outcomes = outcomes.into_iter().map(|o| o.fail(&e)).collect();
                     return reply(batch, outcomes);
                 }
             }
@@ -147,6 +202,12 @@ impl Worker {
         if round.changes.is_empty() {
             return Ok(());
         }
+        give_back_emptied(
+            self.shared.store.as_ref(),
+            &self.shared.cache,
+            &mut round.changes,
+        )
+        .await?;
         for (name, revision) in &round.pools_used {
             round
                 .changes
@@ -160,7 +221,48 @@ impl Worker {
         Stats::add(&stats.transactions, 1);
         Stats::add(&stats.allocated, round.new_addresses);
         Stats::add(&stats.borrows, round.new_borrowed);
+        Stats::add(&stats.released, round.released);
         Ok(())
+    }
+
+    /// Plans freeing every address of `handle` into the round.
+    async fn plan_release(
+        &mut self,
+        round: &mut Round,
+        name: &str,
+        known: &HashMap<String, (Handle, Revision)>,
+    ) -> Result<Vec<IpAddr>> {
+        let (mut handle, expect) = match round.changes.handles.get(name) {
+            Some(w) => (w.handle.clone(), w.expect),
+            None => match known.get(name) {
+                Some((h, revision)) => (h.clone(), Expect::Revision(*revision)),
+                // Gone since it was read: released by someone else.
+                None => return Ok(Vec::new()),
+            },
+        };
+        let mut released = Vec::new();
+        for cidr in handle.blocks() {
+            if !round.changes.blocks.contains_key(&cidr) {
+                let cached = self
+                    .shared
+                    .cache
+                    .get_or_read(self.shared.store.as_ref(), &cidr);
+                let Some((block, revision)) = cached.await? else {
+                    continue;
+                };
+                round.changes.stage_block(block, Expect::Revision(revision));
+            }
+            if let Some(staged) = round.changes.blocks.get_mut(&cidr) {
+                released.extend(staged.block.release_handle(name));
+            }
+        }
+        handle.addresses.clear();
+        round.released += released.len() as u64;
+        round
+            .changes
+            .handles
+            .insert(name.to_owned(), HandleWrite { handle, expect });
+        Ok(released)
     }
 
     /// After a lost compare: re-reads the documents the round relied on. Blocks and pools
@@ -719,16 +821,37 @@ async fn all_blocks<'r>(
     Ok(round.blocks.get_or_insert_with(Vec::new))
 }
 
-fn reply(batch: Vec<Job>, outcomes: Vec<Result<Allocation>>) {
+fn reply(batch: Vec<Job>, outcomes: Vec<Outcome>) {
     for (job, outcome) in batch.into_iter().zip(outcomes) {
         // The caller may have gone away; its allocation stays held by its handle.
-        let _ = job.reply.send(outcome);
+        match (job, outcome) {
+            (Job::Allocate { reply, .. }, Outcome::Allocated(r)) => {
+                let _ = reply.send(r);
+            }
+            (Job::Release { reply, .. }, Outcome::Released(r)) => {
+                let _ = reply.send(r);
+            }
+            (job, _) => job.answer_error(IpamError::InvalidRequest("mismatched reply".into())),
+        }
     }
 }
 
 fn reply_all(batch: Vec<Job>, error: IpamError) {
     for job in batch {
-        let _ = job.reply.send(Err(error.clone()));
+        job.answer_error(error.clone());
+    }
+}
+
+impl Job {
+    fn answer_error(self, error: IpamError) {
+        match self {
+            Job::Allocate { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Job::Release { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
     }
 }
 
