@@ -46,7 +46,8 @@ pub(super) fn standard(
         }
     }
     let mut out = attrs.clone();
-    let self_next_hop = session.next_hop(afi, config)?;
+    // Our address for the family; a route that needs it cannot go when there is none.
+    let self_next_hop = session.next_hop(afi, config);
     let local_route = matches!(from, Src::Local);
     let unspecified = attrs.next_hop_addr().is_none_or(|nh| nh.is_unspecified());
     if to_ibgp {
@@ -55,11 +56,11 @@ pub(super) fn standard(
             out.originator_id = Some(originator);
             out.cluster_list.insert(0, config.cluster_id());
         } else if unspecified || (!local_route && to.settings.next_hop_self) {
-            out.set_next_hop(afi, self_next_hop);
+            out.set_next_hop(afi, self_next_hop?);
         }
     } else {
         out.prepend(config.local_as);
-        out.set_next_hop(afi, self_next_hop);
+        out.set_next_hop(afi, self_next_hop?);
         out.local_pref = None;
         out.originator_id = None;
         out.cluster_list.clear();

@@ -1,0 +1,437 @@
+//! The RIB end to end without sockets: import checks, export rules (split horizon, route
+//! reflection, eBGP rewrites), policy hooks, Adj-RIB-Out packing, graceful restart.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use wren_bgp::rib::{
+    AcceptAll, AdjRibOut, Attributes, PeerId, PeerRef, PeerSettings, Policy, Rib, RibConfig,
+    RouteAttributes, RouteEvent, Session, Source, Verdict,
+};
+use wren_bgp::wire::{Afi, AsPath, AsSegment, Codec, GracefulRestart, PathAttributes, Update};
+
+const LOCAL_AS: u32 = 64512;
+const ROUTER_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+struct Peer {
+    id: PeerId,
+    out: Arc<Mutex<AdjRibOut>>,
+    address: IpAddr,
+}
+
+fn rib_with(policy: Arc<dyn Policy>, defer: bool) -> Rib {
+    let mut config = RibConfig::new(LOCAL_AS, ROUTER_ID);
+    config.defer = defer;
+    Rib::new(config, policy)
+}
+
+fn rib() -> Rib {
+    rib_with(Arc::new(AcceptAll), false)
+}
+
+fn add(rib: &mut Rib, n: u8, remote_as: u32, rr_client: bool) -> Peer {
+    let address = IpAddr::V4(Ipv4Addr::new(192, 168, 0, n));
+    let settings = PeerSettings {
+        address,
+        remote_as,
+        rr_client,
+        next_hop_self: false,
+    };
+    let (id, out) = rib.add_peer(settings);
+    Peer { id, out, address }
+}
+
+fn session(n: u8, gr: Option<GracefulRestart>) -> Session {
+    Session {
+        router_id: Ipv4Addr::new(10, 0, 0, n),
+        local_address: "192.168.0.1".parse().unwrap(),
+        families: vec![Afi::Ipv4Unicast, Afi::Ipv6Unicast],
+        epoch: u64::from(n),
+        graceful_restart: gr,
+    }
+}
+
+fn up(rib: &mut Rib, peer: &Peer, n: u8) {
+    rib.peer_up(peer.id, session(n, None));
+}
+
+/// A RIB with one established iBGP peer.
+fn rib_with_one_peer() -> (Rib, Peer) {
+    let mut rib = rib();
+    let a = add(&mut rib, 2, LOCAL_AS, false);
+    up(&mut rib, &a, 2);
+    (rib, a)
+}
+
+fn originate_local(rib: &mut Rib, prefix: &str) {
+    rib.originate(net(prefix), Attributes::local(None, Afi::Ipv4Unicast));
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+fn announce(prefixes: &[&str], path: &[u32], next_hop: &str) -> Update {
+    Update {
+        withdrawn: vec![],
+        attributes: PathAttributes {
+            origin: Some(Default::default()),
+            as_path: Some(AsPath {
+                segments: vec![AsSegment::Sequence(path.to_vec())],
+            }),
+            next_hop: Some(next_hop.parse().unwrap()),
+            local_pref: Some(100),
+            ..PathAttributes::default()
+        },
+        nlri: prefixes.iter().map(|p| net(p)).collect(),
+    }
+}
+
+/// What a peer's writer would send now: (prefix, attributes) announced, prefixes withdrawn.
+fn drain(rib: &mut Rib, peer: &Peer) -> (Vec<(IpNet, Arc<Attributes>)>, Vec<IpNet>) {
+    rib.flush();
+    let batch = peer.out.lock().unwrap().take_batch(usize::MAX);
+    let announced = batch
+        .announced
+        .iter()
+        .flat_map(|(a, ps)| ps.iter().map(move |p| (*p, a.clone())))
+        .collect();
+    (announced, batch.withdrawn)
+}
+
+#[test]
+fn rib_ibgp_split_horizon_and_ebgp_rewrites() {
+    let mut rib = rib();
+    let a = add(&mut rib, 2, LOCAL_AS, false);
+    let b = add(&mut rib, 3, LOCAL_AS, false);
+    let c = add(&mut rib, 4, 65010, false);
+    up(&mut rib, &a, 2);
+    up(&mut rib, &b, 3);
+    up(&mut rib, &c, 4);
+    let mut update = announce(&["10.1.0.0/24"], &[65100], "192.168.0.2");
+    update.attributes.med = Some(50);
+    rib.update(a.id, &update);
+    let best = rib.best(&net("10.1.0.0/24")).expect("imported");
+    assert!(matches!(best.source, Source::Peer(PeerRef { address, .. }) if address == a.address));
+
+    let (to_b, _) = drain(&mut rib, &b);
+    assert!(to_b.is_empty(), "iBGP routes are not passed to iBGP peers");
+    let (to_a, _) = drain(&mut rib, &a);
+    assert!(to_a.is_empty(), "nor sent back to where they came from");
+    let (to_c, _) = drain(&mut rib, &c);
+    let (_, sent) = &to_c[0];
+    assert_eq!(sent.neighbour_as(), Some(LOCAL_AS), "our AS prepended");
+    assert_eq!(sent.as_path_len(), 2);
+    assert_eq!(
+        sent.next_hop_addr(),
+        Some("192.168.0.1".parse().unwrap()),
+        "next hop self"
+    );
+    assert_eq!(sent.local_pref, None);
+    assert_eq!(sent.med, None, "a MED is not passed to another AS");
+    assert_eq!(rib.counts(c.id).sent, 1);
+}
+
+#[test]
+fn rib_local_routes_get_next_hop_self_and_default_local_pref() {
+    let (mut rib, a) = rib_with_one_peer();
+    originate_local(&mut rib, "10.244.0.0/26");
+    rib.originate(
+        net("2001:db8:44::/64"),
+        Attributes::local(Some("2001:db8::9".parse().unwrap()), Afi::Ipv6Unicast),
+    );
+    let (sent, _) = drain(&mut rib, &a);
+    let v4 = sent
+        .iter()
+        .find(|(p, _)| *p == net("10.244.0.0/26"))
+        .unwrap();
+    assert_eq!(v4.1.next_hop_addr(), Some("192.168.0.1".parse().unwrap()));
+    assert_eq!(v4.1.local_pref, Some(100));
+    let v6 = sent
+        .iter()
+        .find(|(p, _)| *p == net("2001:db8:44::/64"))
+        .unwrap();
+    assert_eq!(v6.1.next_hop_addr(), Some("2001:db8::9".parse().unwrap()));
+
+    rib.withdraw(net("10.244.0.0/26"));
+    let (_, withdrawn) = drain(&mut rib, &a);
+    assert_eq!(withdrawn, vec![net("10.244.0.0/26")]);
+}
+
+#[test]
+fn rib_route_reflection_follows_client_rules() {
+    let mut rib = rib();
+    let client = add(&mut rib, 2, LOCAL_AS, true);
+    let client2 = add(&mut rib, 3, LOCAL_AS, true);
+    let non_client = add(&mut rib, 4, LOCAL_AS, false);
+    let non_client2 = add(&mut rib, 5, LOCAL_AS, false);
+    for (peer, n) in [
+        (&client, 2),
+        (&client2, 3),
+        (&non_client, 4),
+        (&non_client2, 5),
+    ] {
+        up(&mut rib, peer, n);
+    }
+    // From a client: to every other iBGP peer, with ORIGINATOR_ID and CLUSTER_LIST.
+    rib.update(client.id, &announce(&["10.1.0.0/24"], &[], "192.168.0.2"));
+    for peer in [&client2, &non_client, &non_client2] {
+        let (sent, _) = drain(&mut rib, peer);
+        assert_eq!(sent.len(), 1, "reflected to {}", peer.address);
+        let attrs = &sent[0].1;
+        assert_eq!(attrs.originator_id, Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(attrs.cluster_list, vec![ROUTER_ID]);
+        assert_eq!(
+            attrs.next_hop_addr(),
+            Some("192.168.0.2".parse().unwrap()),
+            "unchanged"
+        );
+    }
+    // From a non-client: to clients only.
+    rib.update(
+        non_client.id,
+        &announce(&["10.2.0.0/24"], &[], "192.168.0.4"),
+    );
+    assert_eq!(drain(&mut rib, &client).0.len(), 1);
+    assert_eq!(drain(&mut rib, &client2).0.len(), 1);
+    assert!(drain(&mut rib, &non_client2).0.is_empty());
+}
+
+#[test]
+fn rib_import_drops_loops() {
+    let mut rib = rib();
+    let ibgp = add(&mut rib, 2, LOCAL_AS, true);
+    let ebgp = add(&mut rib, 3, 65010, false);
+    up(&mut rib, &ibgp, 2);
+    up(&mut rib, &ebgp, 3);
+    rib.update(
+        ebgp.id,
+        &announce(&["10.1.0.0/24"], &[65010, LOCAL_AS, 7], "192.168.0.3"),
+    );
+    let mut own = announce(&["10.2.0.0/24"], &[], "192.168.0.2");
+    own.attributes.originator_id = Some(ROUTER_ID);
+    rib.update(ibgp.id, &own);
+    let mut cluster = announce(&["10.3.0.0/24"], &[], "192.168.0.2");
+    cluster.attributes.originator_id = Some(Ipv4Addr::new(10, 9, 9, 9));
+    cluster.attributes.cluster_list = vec![Ipv4Addr::new(7, 7, 7, 7), ROUTER_ID];
+    rib.update(ibgp.id, &cluster);
+    assert!(
+        rib.is_empty(),
+        "AS path, ORIGINATOR_ID and CLUSTER_LIST loops are dropped"
+    );
+
+    // A looped re-announcement withdraws the earlier, clean route.
+    rib.update(
+        ebgp.id,
+        &announce(&["10.4.0.0/24"], &[65010], "192.168.0.3"),
+    );
+    assert_eq!(rib.len(), 1);
+    rib.update(
+        ebgp.id,
+        &announce(&["10.4.0.0/24"], &[65010, LOCAL_AS], "192.168.0.3"),
+    );
+    assert!(rib.is_empty());
+}
+
+struct TagAndFilter;
+
+impl Policy for TagAndFilter {
+    fn import(&self, _peer: &PeerRef, prefix: IpNet, _attrs: &Attributes) -> Verdict {
+        if prefix == net("10.66.0.0/16") {
+            Verdict::Reject
+        } else {
+            Verdict::Accept
+        }
+    }
+
+    fn export(&self, peer: &PeerRef, prefix: IpNet, attrs: &Attributes, src: &Source) -> Verdict {
+        match (peer.ibgp, src, prefix.prefix_len()) {
+            (false, Source::Peer(_), _) => Verdict::Reject,
+            (_, _, 32) => {
+                let mut tagged = attrs.clone();
+                tagged.communities.push(0xfde8_0020);
+                Verdict::Modify(tagged)
+            }
+            _ => Verdict::Accept,
+        }
+    }
+}
+
+#[test]
+fn rib_policy_hooks_accept_reject_and_modify() {
+    let mut rib = rib_with(Arc::new(TagAndFilter), false);
+    let ibgp = add(&mut rib, 2, LOCAL_AS, false);
+    let ebgp = add(&mut rib, 3, 65010, false);
+    up(&mut rib, &ibgp, 2);
+    up(&mut rib, &ebgp, 3);
+    rib.update(
+        ibgp.id,
+        &announce(&["10.66.0.0/16", "10.7.0.0/16"], &[], "192.168.0.2"),
+    );
+    assert!(
+        rib.best(&net("10.66.0.0/16")).is_none(),
+        "import policy rejected it"
+    );
+    assert!(rib.best(&net("10.7.0.0/16")).is_some());
+    let (sent, _) = drain(&mut rib, &ebgp);
+    assert!(
+        sent.is_empty(),
+        "export policy keeps learned routes from eBGP"
+    );
+    originate_local(&mut rib, "10.244.1.7/32");
+    let (sent, _) = drain(&mut rib, &ebgp);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.communities, vec![0xfde8_0020]);
+}
+
+#[test]
+fn rib_adj_out_packs_shared_attributes_and_coalesces_changes() {
+    let mut rib = rib();
+    let source = add(&mut rib, 2, 65010, false);
+    let sink = add(&mut rib, 3, LOCAL_AS, false);
+    up(&mut rib, &source, 2);
+    up(&mut rib, &sink, 3);
+    let prefixes: Vec<String> = (0..2000)
+        .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+        .collect();
+    let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+    rib.update(source.id, &announce(&refs, &[65010], "192.168.0.2"));
+    // Announced and withdrawn again before the writer ran: nothing to send for it.
+    rib.update(
+        source.id,
+        &Update {
+            withdrawn: vec![net("10.0.5.0/24")],
+            ..Update::default()
+        },
+    );
+    rib.flush();
+    let batch = sink.out.lock().unwrap().take_batch(usize::MAX);
+    assert_eq!(batch.announced.len(), 1, "one attribute set, one group");
+    assert_eq!(batch.prefixes(), 1999);
+    assert!(batch.withdrawn.is_empty());
+    assert_eq!(batch.end_of_rib, vec![Afi::Ipv4Unicast, Afi::Ipv6Unicast]);
+    let messages = batch.encode(&Codec::default());
+    // 1999 /24s at 4 octets fit in 2 UPDATEs, plus the two End-of-RIB markers.
+    assert_eq!(messages.len(), 4);
+    assert!(messages.iter().all(|m| m.len() <= 4096));
+}
+
+#[test]
+fn rib_peer_removal_withdraws_its_routes() {
+    let (mut rib, a) = rib_with_one_peer();
+    rib.update(
+        a.id,
+        &announce(&["10.1.0.0/24", "10.2.0.0/24"], &[], "192.168.0.2"),
+    );
+    rib.take_events();
+    rib.remove_peer(a.id);
+    let events = rib.take_events();
+    let withdrawn = events
+        .iter()
+        .filter(|e| matches!(e, RouteEvent::Withdrawn { .. }))
+        .count();
+    assert_eq!(withdrawn, 2);
+    assert!(rib.is_empty());
+}
+
+#[test]
+fn rib_route_refresh_resends_what_was_sent() {
+    let (mut rib, a) = rib_with_one_peer();
+    originate_local(&mut rib, "10.244.0.0/26");
+    assert_eq!(drain(&mut rib, &a).0.len(), 1);
+    assert!(drain(&mut rib, &a).0.is_empty());
+    rib.route_refresh(a.id, Afi::Ipv4Unicast);
+    rib.flush();
+    let batch = a.out.lock().unwrap().take_batch(usize::MAX);
+    assert_eq!(batch.prefixes(), 1);
+    assert_eq!(batch.end_of_rib, vec![Afi::Ipv4Unicast]);
+}
+
+fn restart_capability(preserved: bool) -> GracefulRestart {
+    GracefulRestart {
+        restarting: false,
+        restart_time: 120,
+        families: vec![(Afi::Ipv4Unicast, preserved)],
+    }
+}
+
+#[test]
+fn rib_graceful_restart_keeps_stale_routes_until_end_of_rib() {
+    let mut rib = rib();
+    let a = add(&mut rib, 2, LOCAL_AS, false);
+    rib.peer_up(a.id, session(2, Some(restart_capability(true))));
+    rib.update(
+        a.id,
+        &announce(&["10.1.0.0/24", "10.2.0.0/24"], &[], "192.168.0.2"),
+    );
+    rib.take_events();
+
+    rib.peer_down(a.id, &[Afi::Ipv4Unicast]);
+    assert_eq!(rib.len(), 2, "routes stay while the peer restarts");
+    assert_eq!(rib.counts(a.id).stale, 2);
+    assert!(rib.take_events().is_empty(), "forwarding is not disturbed");
+
+    rib.peer_up(a.id, session(2, Some(restart_capability(true))));
+    rib.update(a.id, &announce(&["10.1.0.0/24"], &[], "192.168.0.2"));
+    assert_eq!(
+        rib.counts(a.id).stale,
+        1,
+        "refreshed routes are no longer stale"
+    );
+    rib.update(a.id, &Update::end_of_rib_marker(Afi::Ipv4Unicast));
+    assert_eq!(rib.len(), 1, "End-of-RIB sweeps what was not refreshed");
+    assert!(rib.take_events().contains(&RouteEvent::Withdrawn {
+        prefix: net("10.2.0.0/24")
+    }));
+}
+
+#[test]
+fn rib_graceful_restart_without_preserved_forwarding_flushes_at_once() {
+    let mut rib = rib();
+    let a = add(&mut rib, 2, LOCAL_AS, false);
+    rib.peer_up(a.id, session(2, Some(restart_capability(true))));
+    rib.update(a.id, &announce(&["10.1.0.0/24"], &[], "192.168.0.2"));
+    rib.peer_down(a.id, &[Afi::Ipv4Unicast]);
+    rib.peer_up(a.id, session(2, Some(restart_capability(false))));
+    assert!(
+        rib.is_empty(),
+        "the F bit is clear: the peer lost its forwarding state"
+    );
+
+    // The restart timer running out flushes too.
+    rib.update(a.id, &announce(&["10.1.0.0/24"], &[], "192.168.0.2"));
+    rib.peer_down(a.id, &[Afi::Ipv4Unicast]);
+    rib.flush_stale(a.id, None);
+    assert!(rib.is_empty());
+}
+
+#[test]
+fn rib_restarting_speaker_defers_selection_until_end_of_rib() {
+    let mut rib = rib_with(Arc::new(AcceptAll), true);
+    let a = add(&mut rib, 2, LOCAL_AS, false);
+    let b = add(&mut rib, 3, LOCAL_AS, false);
+    rib.peer_up(a.id, session(2, Some(restart_capability(true))));
+    rib.peer_up(b.id, session(3, None));
+    originate_local(&mut rib, "10.244.0.0/26");
+    rib.update(a.id, &announce(&["10.1.0.0/24"], &[], "192.168.0.2"));
+    assert!(rib.is_deferring());
+    assert!(rib.take_events().is_empty(), "no best path while deferring");
+    assert!(drain(&mut rib, &a).0.is_empty(), "nor any advertisement");
+
+    rib.update(a.id, &Update::end_of_rib_marker(Afi::Ipv4Unicast));
+    assert!(rib.is_deferring(), "IPv6 End-of-RIB still missing");
+    rib.update(a.id, &Update::end_of_rib_marker(Afi::Ipv6Unicast));
+    assert!(!rib.is_deferring());
+    let events = rib.take_events();
+    assert_eq!(events.last(), Some(&RouteEvent::Synced));
+    assert_eq!(events.len(), 3, "two routes then Synced");
+    rib.flush();
+    let batch = b.out.lock().unwrap().take_batch(usize::MAX);
+    assert_eq!(
+        batch.prefixes(),
+        1,
+        "only our own route goes to the other iBGP peer"
+    );
+    assert_eq!(batch.end_of_rib.len(), 2, "followed by End-of-RIB");
+}
