@@ -153,8 +153,10 @@ impl CniHandler {
                     tracing::info!(container = %container_id, %ifname, "ADD repeated; returning the existing attachment");
                     return Ok(attachment_result(record, mtu, config.dns.as_ref()));
                 }
-                tracing::warn!(container = %container_id, %ifname, "replacing an attachment that is no longer intact");
-                self.detach(&existing).await?;
+                // Rebuild it: the allocation is kept (IPAM hands the handle its addresses back)
+                // and the interface is replaced, so the pod keeps its address.
+                tracing::warn!(container = %container_id, %ifname, "rebuilding an attachment that is no longer intact");
+                self.forget(&existing).await?;
             } else if record.network == config.name {
                 return Err(CniError::new(
                     ErrorCode::INVALID_NETWORK_CONFIG,
@@ -301,6 +303,18 @@ impl CniHandler {
             .release(&w.handle)
             .await
             .map_err(|e| ipam_error("releasing the pod's addresses failed", e))?;
+        match self
+            .store
+            .delete(&record.key, Some(record.mod_revision))
+            .await
+        {
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_error("removing the workload record failed", e)),
+        }
+    }
+
+    /// Deletes a workload record (only the revision that was read).
+    async fn forget(&self, record: &Record) -> Result<(), CniError> {
         match self
             .store
             .delete(&record.key, Some(record.mod_revision))

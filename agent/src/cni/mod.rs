@@ -159,7 +159,7 @@ mod tests {
         let second = s.handler.add(request("c1", "/run/netns/p1")).await.unwrap();
         assert_eq!(*s.pods.setups.lock().unwrap(), 2);
         assert_eq!(s.pods.count(), 1);
-        assert_eq!(first.ips.len(), second.ips.len());
+        assert_eq!(first.ips, second.ips, "the pod keeps its address");
         assert_eq!(s.alloc.allocated(), 1);
     }
 
