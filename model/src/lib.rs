@@ -208,6 +208,22 @@ pub struct Node {
     pub labels: BTreeMap<String, String>,
 }
 
+impl Node {
+    /// A registration with a name and an IPv4 address and nothing else set.
+    pub fn new(name: impl Into<String>, ipv4: Option<Ipv4Net>) -> Self {
+        Self {
+            name: name.into(),
+            ipv4,
+            ipv6: None,
+            as_number: None,
+            route_reflector_cluster_id: None,
+            vxlan_mac: None,
+            vxlan_address: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
 /// An explicit BGP peer (`peers/<name>`), e.g. a top-of-rack router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -165,16 +165,7 @@ mod tests {
     use wren_model::{ClusterConfig, Peer};
 
     fn node(name: &str, ip: &str) -> Node {
-        Node {
-            name: name.into(),
-            ipv4: Some(ip.parse().unwrap()),
-            ipv6: None,
-            as_number: None,
-            route_reflector_cluster_id: None,
-            vxlan_mac: None,
-            vxlan_address: None,
-            labels: Default::default(),
-        }
+        Node::new(name, Some(ip.parse().unwrap()))
     }
 
     fn me(name: &str, ip: &str) -> LocalNode {

@@ -28,16 +28,7 @@ pub struct Liveness {
 
 /// Applies this agent's fields to a node document (a fresh one or the stored one).
 pub fn node_document(config: &AgentConfig, existing: Option<Node>) -> Node {
-    let mut node = existing.unwrap_or_else(|| Node {
-        name: config.node_name.clone(),
-        ipv4: None,
-        ipv6: None,
-        as_number: None,
-        route_reflector_cluster_id: None,
-        vxlan_mac: None,
-        vxlan_address: None,
-        labels: Default::default(),
-    });
+    let mut node = existing.unwrap_or_else(|| Node::new(config.node_name.clone(), None));
     node.name = config.node_name.clone();
     node.ipv4 = Some(config.node_ip);
     node.ipv6 = config.node_ipv6;

@@ -83,15 +83,19 @@ fn config(name: &str, node_ip: &str, sync_timeout: &str) -> AgentConfig {
 }
 
 fn node(name: &str, ipv4: &str) -> Node {
-    Node {
-        name: name.into(),
-        ipv4: Some(ipv4.parse().unwrap()),
-        ipv6: None,
-        as_number: None,
-        route_reflector_cluster_id: None,
-        vxlan_mac: None,
-        vxlan_address: None,
-        labels: Default::default(),
+    Node::new(name, Some(ipv4.parse().unwrap()))
+}
+
+/// An Established session whose peer has sent End-of-RIB.
+fn synced_session(address: &str) -> SessionInfo {
+    SessionInfo {
+        address: ip(address),
+        state: "Established".into(),
+        in_state_for: Some(Duration::from_secs(1)),
+        prefixes_received: 0,
+        prefixes_sent: 1,
+        last_error: None,
+        end_of_rib: true,
     }
 }
 
@@ -218,7 +222,12 @@ async fn learned_routes_are_installed_except_our_own_blocks() {
 
 #[tokio::test]
 async fn drift_is_repaired_and_foreign_routes_are_left_alone() {
-    let r = rig("1ms").await;
+    let r = rig("30s").await;
+    r.bgp
+        .sessions
+        .lock()
+        .unwrap()
+        .push(synced_session("10.0.0.2"));
     let mine = claim(&r.store, "a", "k8s.c1").await;
     let my_block = IpNet::new(mine, 26).unwrap().trunc();
     r.until("blackhole installed", |r| {
@@ -286,15 +295,7 @@ async fn learned_routes_in_the_kernel_survive_until_bgp_has_synced() {
         r.route("10.65.7.0/26").is_some(),
         "kept while b has not sent End-of-RIB"
     );
-    *r.bgp.sessions.lock().unwrap() = vec![SessionInfo {
-        address: ip("10.0.0.2"),
-        state: "Established".into(),
-        in_state_for: Some(Duration::from_secs(1)),
-        prefixes_received: 0,
-        prefixes_sent: 1,
-        last_error: None,
-        end_of_rib: true,
-    }];
+    *r.bgp.sessions.lock().unwrap() = vec![synced_session("10.0.0.2")];
     r.controller.pass().await;
     assert!(
         r.route("10.65.7.0/26").is_none(),
