@@ -22,8 +22,6 @@ use crate::block::Block;
 use crate::error::{IpamError, Result};
 use crate::pool::NamedPool;
 
-/// How many taken candidates past the known ones a search tries before calling the pool full.
-const EXTRA_CANDIDATES: u128 = 64;
 /// Attempts at one block whose claim keeps failing for a reason that then goes away.
 const CLAIM_ATTEMPTS: u32 = 4;
 
@@ -36,15 +34,20 @@ pub(crate) enum Claim {
     Taken(Option<(Block, Revision)>),
 }
 
-/// Claims a free block of `pool` for `node`. `taken` holds the blocks known to exist; the
-/// ones found taken on the way are added. A block found taken by another allocator of the
-/// same node is returned as `Taken`: the node has it already. `None` when the pool has no
-/// free block.
+/// Claims a free block of `pool` for `node`, trying at most `attempts` blocks not known to
+/// be taken. `taken` holds the blocks known to exist; the ones found taken on the way are
+/// added. A block found taken by another allocator of the same node is returned as `Taken`:
+/// the node has it already. `None` when no attempt won (or the pool is full).
+///
+/// With `taken` from a full listing, a few attempts suffice (only races lose); with what the
+/// caller happens to know, a few attempts make the common case (a pool with room) cost one
+/// transaction, and the caller lists the blocks when they all lose.
 pub(crate) async fn claim(
     store: &dyn Store,
     node: &str,
     pool: &NamedPool,
     taken: &mut HashSet<IpNet>,
+    attempts: u32,
 ) -> Result<Option<Claim>> {
     let count = block_count(&pool.pool.cidr, pool.pool.block_size);
     let in_pool = taken.iter().filter(|b| pool.pool.cidr.contains(*b)).count() as u128;
@@ -52,11 +55,16 @@ pub(crate) async fn claim(
         return Ok(None);
     }
     let offset = u128::from(name_hash(node)) % count;
-    for k in 0..count.min(in_pool + EXTRA_CANDIDATES) {
+    let mut tried = 0;
+    for k in 0..count.min(in_pool + u128::from(attempts)) {
         let cidr = nth_block(&pool.pool.cidr, pool.pool.block_size, (offset + k) % count);
         if taken.contains(&cidr) {
             continue;
         }
+        if tried == attempts {
+            break;
+        }
+        tried += 1;
         match try_claim(store, node, pool, cidr).await? {
             Claim::Taken(Some((block, revision))) if block.affinity() == Some(node) => {
                 return Ok(Some(Claim::Taken(Some((block, revision)))));

@@ -88,8 +88,16 @@ pub(crate) struct Worker {
     /// Blocks affine to this node as last seen; their contents live in the shared cache.
     affine: BTreeSet<IpNet>,
     affine_loaded: bool,
+    /// Blocks known to exist (this node's and those lost claims ran into): where a claim
+    /// does not bother trying.
+    seen_taken: HashSet<IpNet>,
     pools: Option<Vec<NamedPool>>,
 }
+
+/// Claim attempts guided by what the allocator has seen, before listing every block.
+const GUESSES: u32 = 4;
+/// Claim attempts guided by a full listing (only concurrent claims make them lose).
+const LISTED_ATTEMPTS: u32 = 64;
 
 /// What one planning pass over a batch has staged and read.
 #[derive(Default)]
@@ -117,6 +125,7 @@ impl Worker {
             shared,
             affine: BTreeSet::new(),
             affine_loaded: false,
+            seen_taken: HashSet::new(),
             pools: None,
         }
     }
@@ -572,23 +581,34 @@ impl Worker {
                 .count()
         };
         let may_claim = |affine: &BTreeSet<IpNet>| limit == 0 || held(affine) < limit as usize;
-        if may_claim(&self.affine) && round.taken.is_none() {
-            let blocks = all_blocks(store, round).await?;
-            round.taken = Some(blocks.iter().map(|(b, _)| b.cidr()).collect());
-        }
         for pool in &pools {
             while may_claim(&self.affine) {
-                let taken = round.taken.get_or_insert_with(HashSet::new);
-                let (block, revision) = match claim::claim(store, &self.node, pool, taken).await? {
+                // Guess first from the blocks this allocator has seen; list them all only
+                // when the guesses lose.
+                let listed = round.taken.is_some();
+                let attempts = if listed { LISTED_ATTEMPTS } else { GUESSES };
+                let taken = round.taken.as_mut().unwrap_or(&mut self.seen_taken);
+                let (block, revision) = match claim::claim(store, &self.node, pool, taken, attempts)
+                    .await?
+                {
                     Some(Claim::Won(block, revision)) => {
                         Stats::add(&self.shared.stats.claims, 1);
                         (block, revision)
                     }
-                    // Another allocator of this node claimed it first: it is ours as well.
+                    // Another allocator of this node claimed it first: ours as well.
                     Some(Claim::Taken(Some(found))) => found,
-                    _ => break,
+                    _ if listed => break,
+                    _ => {
+                        let blocks = all_blocks(store, round).await?;
+                        let all: HashSet<IpNet> = blocks.iter().map(|(b, _)| b.cidr()).collect();
+                        // What was seen may have been given back since: start afresh.
+                        self.seen_taken.clone_from(&all);
+                        round.taken = Some(all);
+                        continue;
+                    }
                 };
                 taken.insert(block.cidr());
+                self.seen_taken.insert(block.cidr());
                 self.affine.insert(block.cidr());
                 self.shared.cache.put(block, revision);
                 round.blocks = None;
@@ -699,6 +719,7 @@ impl Worker {
                 self.shared.cache.put(block, revision);
             }
         }
+        self.seen_taken.extend(affine.iter().copied());
         self.affine = affine;
         self.affine_loaded = true;
         Ok(())

@@ -5,6 +5,32 @@
 
 pub mod scenarios;
 
+/// Calls `$on!(name, …)` with every scenario of [`scenarios`] that takes only a store, so
+/// each backend's test file declares them all.
+macro_rules! every_scenario {
+    ($on:ident) => {
+        $on!(
+            fills_a_block_then_claims_another,
+            a_released_address_is_reused,
+            release_by_handle_is_idempotent,
+            ipv6_and_dual_stack,
+            dual_stack_is_both_or_neither,
+            borrows_when_every_block_is_claimed,
+            strict_affinity_refuses_to_borrow,
+            block_limit_per_node,
+            static_addresses,
+            pool_lifecycle,
+            bad_input_changes_nothing,
+            empty_blocks_go_back_to_the_pool,
+            leak_check_and_release,
+            release_node_blocks,
+            allocate_is_idempotent_per_handle,
+            usage_and_lookup,
+        );
+    };
+}
+pub(crate) use every_scenario;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
