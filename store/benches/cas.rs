@@ -9,11 +9,9 @@
 //! each row reports the median round. The figures are the ceiling for anything built on
 //! compare-and-swap, such as IPAM.
 //!
-//! `cargo bench -p wren-store --bench cas` prints Markdown rows for BENCHMARKS.md.
-//! Environment: `WREN_BENCH_SECS` (seconds per round, default 3), `WREN_BENCH_ROUNDS`
-//! (default 3), `WREN_BENCH_STORAGE` (`disk`, `tmpfs` or `both`, default `both`).
+//! `cargo bench -p wren-store --bench cas` prints Markdown rows for BENCHMARKS.md; the
+//! environment variables of [`wren_tests::bench`] set its length and storage.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +19,7 @@ use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use tokio::sync::Barrier;
 use wren_store::Store;
 use wren_store::etcd::{EtcdConfig, EtcdStore};
+use wren_tests::bench::{self, BenchSettings, median};
 use wren_tests::etcd::{Etcd, EtcdOptions};
 
 /// Size of each value written; IPAM block documents are of this order.
@@ -35,50 +34,28 @@ enum Path {
     Raw,
 }
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and only wants
-    // to know that the bench builds.
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
-    if !wren_tests::prereq::require_command("etcd") {
+    if !bench::invoked_as_bench() || !wren_tests::prereq::require_command("etcd") {
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let secs = env_or("WREN_BENCH_SECS", 3);
-    let rounds = env_or("WREN_BENCH_ROUNDS", 3) as usize;
-    let storage = std::env::var("WREN_BENCH_STORAGE").unwrap_or_else(|_| "both".into());
-    let mut dirs: Vec<(&str, PathBuf)> = Vec::new();
-    if storage == "disk" || storage == "both" {
-        dirs.push(("disk", std::env::temp_dir()));
-    }
-    if storage == "tmpfs" || storage == "both" {
-        dirs.push(("tmpfs", PathBuf::from("/dev/shm")));
-    }
+    let settings = BenchSettings::from_env();
     println!("| etcd data | clients | wren CAS tx/s | anchor (raw etcd-client txn) tx/s | ratio |");
     println!("|---|---|---|---|---|");
-    for (label, dir) in dirs {
+    for (label, dir) in &settings.storages {
         let etcd = Etcd::start_with(EtcdOptions {
             data_parent: Some(dir.clone()),
             ..EtcdOptions::default()
         })
         .expect("start etcd");
-        let label = format!("{label} ({})", dir.display());
-        runtime.block_on(measure(&etcd, &label, Duration::from_secs(secs), rounds));
+        runtime.block_on(measure(&etcd, label, &settings));
     }
 }
 
-async fn measure(etcd: &Etcd, label: &str, round: Duration, rounds: usize) {
+async fn measure(etcd: &Etcd, label: &str, settings: &BenchSettings) {
     let store = Arc::new(
         EtcdStore::connect(EtcdConfig {
             endpoints: etcd.endpoints(),
@@ -94,18 +71,13 @@ async fn measure(etcd: &Etcd, label: &str, round: Duration, rounds: usize) {
     for clients in CLIENTS {
         let mut wren = Vec::new();
         let mut anchor = Vec::new();
-        for _ in 0..rounds {
-            wren.push(run(Path::Wren, clients, round, &store, &raw).await);
-            anchor.push(run(Path::Raw, clients, round, &store, &raw).await);
+        for _ in 0..settings.rounds {
+            wren.push(run(Path::Wren, clients, settings.round, &store, &raw).await);
+            anchor.push(run(Path::Raw, clients, settings.round, &store, &raw).await);
         }
         let (w, a) = (median(wren), median(anchor));
         println!("| {label} | {clients} | {w:.0} | {a:.0} | {:.2} |", w / a);
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Runs `clients` CAS loops for `duration` and returns successful transactions per second.

@@ -4,7 +4,7 @@
 mod suite;
 
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use suite::{Backend, Subject};
 use wren_store::etcd::{EtcdConfig, EtcdStore};
 use wren_store::memory::MemoryStore;
 use wren_store::{Store, StoreError};
-use wren_tests::etcd::Etcd;
+use wren_tests::etcd::{Etcd, EtcdOptions, TestPki};
 use wren_tests::prereq;
 
 struct Memory;
@@ -188,4 +188,56 @@ async fn keys_live_under_the_prefix_and_prefixes_do_not_see_each_other() {
         "nodes/n1",
         "keys come back relative to the prefix"
     );
+}
+
+#[tokio::test]
+async fn mutual_tls_with_a_ca_and_a_client_certificate() {
+    if !have_etcd() || !prereq::require_command("openssl") {
+        return;
+    }
+    let pki = TestPki::generate(Ipv4Addr::LOCALHOST.into()).unwrap();
+    let files = pki.files();
+    let etcd = Etcd::start_with(EtcdOptions {
+        tls: Some(files.clone()),
+        ..EtcdOptions::default()
+    })
+    .unwrap();
+    let tls = EtcdConfig {
+        ca: Some(files.ca.clone()),
+        cert: Some(files.client_cert.clone()),
+        key: Some(files.client_key.clone()),
+        ..config(etcd.endpoints(), "/wren/v1/")
+    };
+    let store = EtcdStore::connect(tls.clone()).await.unwrap();
+    let rev = store
+        .create("nodes/n1", b"{}".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("nodes/n1").await.unwrap().unwrap().mod_revision,
+        rev
+    );
+
+    // Without the client certificate the server refuses the connection.
+    let anonymous = EtcdStore::connect(EtcdConfig {
+        cert: None,
+        key: None,
+        ..tls.clone()
+    })
+    .await
+    .unwrap();
+    match anonymous.get("nodes/n1").await {
+        Err(StoreError::Unavailable { endpoints, .. }) => assert_eq!(endpoints, etcd.endpoint()),
+        other => panic!("expected the server to refuse a client without certificate: {other:?}"),
+    }
+
+    // TLS settings with a plain-HTTP endpoint are a configuration mistake, said at once.
+    let plain = EtcdConfig {
+        endpoints: vec![etcd.endpoint().replace("https://", "http://")],
+        ..tls
+    };
+    assert!(matches!(
+        EtcdStore::connect(plain).await,
+        Err(StoreError::Config(_))
+    ));
 }

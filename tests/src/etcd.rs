@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::netns::{run_in, unique_name};
+use crate::netns::{command_in, run, run_in, unique_name};
 use crate::process::{ChildGuard, wait_until};
 
 /// How long etcd may take to become healthy.
@@ -43,6 +44,105 @@ pub struct EtcdOptions {
     /// it exists (fsync costs nothing there, which keeps tests fast) and the system temp dir
     /// otherwise. Benchmarks that should pay for durable writes point this at a disk.
     pub data_parent: Option<PathBuf>,
+    /// Serve clients over TLS and require a client certificate signed by the CA.
+    pub tls: Option<EtcdTls>,
+}
+
+/// Certificate files of an etcd that speaks TLS to its clients (see [`TestPki`]).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// CA (PEM) that signed the server and client certificates.
+    pub ca: PathBuf,
+    /// Server certificate (PEM), valid for the listen address.
+    pub server_cert: PathBuf,
+    /// Server key (PEM).
+    pub server_key: PathBuf,
+    /// Client certificate (PEM) for mutual TLS.
+    pub client_cert: PathBuf,
+    /// Client key (PEM).
+    pub client_key: PathBuf,
+}
+
+/// A throw-away certificate authority with one server and one client certificate, made with
+/// the `openssl` command in a temporary directory that goes when this is dropped.
+#[derive(Debug)]
+pub struct TestPki {
+    files: EtcdTls,
+    _dir: TempDir,
+}
+
+impl TestPki {
+    /// Creates the CA and certificates; the server certificate is valid for `server_ip`.
+    /// Needs the `openssl` command.
+    pub fn generate(server_ip: IpAddr) -> io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("wren-pki-").tempdir()?;
+        let path = |name: &str| dir.path().join(name);
+        let files = EtcdTls {
+            ca: path("ca.pem"),
+            server_cert: path("server.pem"),
+            server_key: path("server-key.pem"),
+            client_cert: path("client.pem"),
+            client_key: path("client-key.pem"),
+        };
+        let ca_key = path("ca-key.pem");
+        run(openssl("req")
+            .args(["-x509", "-subj", "/CN=wren test CA", "-keyout"])
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&files.ca))?;
+        let leaves = [
+            (
+                &files.server_cert,
+                &files.server_key,
+                "etcd",
+                format!("subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth\n"),
+            ),
+            (
+                &files.client_cert,
+                &files.client_key,
+                "wren",
+                "extendedKeyUsage=clientAuth\n".to_owned(),
+            ),
+        ];
+        for (cert, key, name, extensions) in leaves {
+            let request = path(&format!("{name}.csr"));
+            let ext_file = path(&format!("{name}.ext"));
+            std::fs::write(&ext_file, extensions)?;
+            run(openssl("req")
+                .args(["-new", "-subj", &format!("/CN={name}"), "-keyout"])
+                .arg(key)
+                .arg("-out")
+                .arg(&request))?;
+            run(Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-set_serial", "1", "-in"])
+                .arg(&request)
+                .args([OsStr::new("-CA"), files.ca.as_os_str()])
+                .args([OsStr::new("-CAkey"), ca_key.as_os_str()])
+                .args([OsStr::new("-extfile"), ext_file.as_os_str()])
+                .arg("-out")
+                .arg(cert))?;
+        }
+        Ok(Self { files, _dir: dir })
+    }
+
+    /// The files, for [`EtcdOptions::tls`] and for clients.
+    pub fn files(&self) -> &EtcdTls {
+        &self.files
+    }
+}
+
+/// `openssl <command>` making a P-256 key without a passphrase, valid for two days.
+fn openssl(command: &str) -> Command {
+    let mut openssl = Command::new("openssl");
+    openssl.args([
+        command,
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+    ]);
+    openssl.args(["-nodes", "-days", "2"]);
+    openssl
 }
 
 impl Default for EtcdOptions {
@@ -52,6 +152,7 @@ impl Default for EtcdOptions {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             client_port: None,
             data_parent: None,
+            tls: None,
         }
     }
 }
@@ -109,9 +210,9 @@ impl Etcd {
         Err(last.unwrap_or_else(|| io::Error::other("etcd did not start")))
     }
 
-    /// The client URL (`http://127.0.0.1:<port>`).
+    /// The client URL (`http://127.0.0.1:<port>`, `https://…` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client)
+        client_url(&self.options, self.client)
     }
 
     /// The client URLs, as a list for clients that take several.
@@ -167,15 +268,15 @@ impl Etcd {
 
     /// True when etcd answers `/health` with a leader.
     pub fn is_healthy(&self) -> bool {
-        healthy(self.options.netns.as_deref(), self.client)
+        healthy(&self.options, self.client)
     }
 
     fn wait_healthy(&mut self) -> io::Result<()> {
-        let (netns, client, child) = (self.options.netns.as_deref(), self.client, &mut self.child);
+        let (options, client, child) = (&self.options, self.client, &mut self.child);
         let mut exited = false;
         let healthy = wait_until(START_TIMEOUT, Duration::from_millis(50), || {
             exited = !child.is_running();
-            exited || healthy(netns, client)
+            exited || healthy(options, client)
         });
         if exited {
             return Err(self.child.failure("etcd exited during start-up"));
@@ -232,16 +333,9 @@ fn spawn(
     peer: SocketAddr,
     data: &Path,
 ) -> io::Result<ChildGuard> {
-    let client_url = format!("http://{client}");
+    let client_url = client_url(options, client);
     let peer_url = format!("http://{peer}");
-    let mut command = match &options.netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "etcd"]);
-            c
-        }
-        None => Command::new("etcd"),
-    };
+    let mut command = program(options, "etcd");
     command
         .arg("--name")
         .arg(name)
@@ -254,6 +348,16 @@ fn spawn(
         .args(["--initial-cluster", &format!("{name}={peer_url}")])
         .args(["--initial-cluster-state", "new"])
         .args(["--logger", "zap", "--log-level", "warn"]);
+    if let Some(tls) = &options.tls {
+        command
+            .arg("--trusted-ca-file")
+            .arg(&tls.ca)
+            .arg("--cert-file")
+            .arg(&tls.server_cert)
+            .arg("--key-file")
+            .arg(&tls.server_key)
+            .arg("--client-cert-auth");
+    }
     ChildGuard::spawn(format!("etcd {name}"), &mut command)
 }
 
@@ -270,9 +374,40 @@ fn probe_health(addr: SocketAddr) -> bool {
     ask().is_ok_and(|reply| reply.contains(r#""health":"true""#))
 }
 
-/// Health as seen from `netns` (or from here).
-fn healthy(netns: Option<&str>, client: SocketAddr) -> bool {
-    match netns {
+/// A command running `name` where the etcd runs: in its namespace, if it has one.
+fn program(options: &EtcdOptions, name: &str) -> Command {
+    match &options.netns {
+        Some(ns) => command_in(ns, name),
+        None => Command::new(name),
+    }
+}
+
+fn client_url(options: &EtcdOptions, client: SocketAddr) -> String {
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{client}")
+}
+
+/// Health as seen from the etcd's namespace. Over TLS `etcdctl` asks, with the client
+/// certificate; otherwise a plain HTTP request does.
+fn healthy(options: &EtcdOptions, client: SocketAddr) -> bool {
+    if let Some(tls) = &options.tls {
+        let mut command = program(options, "etcdctl");
+        command
+            .args(["--endpoints", &client_url(options, client)])
+            .arg("--cacert")
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.client_cert)
+            .arg("--key")
+            .arg(&tls.client_key)
+            .args(["--dial-timeout", "1s", "endpoint", "health"]);
+        return run(&mut command).is_ok();
+    }
+    match &options.netns {
         None => probe_health(client),
         Some(ns) => run_in(ns, move || probe_health(client)).unwrap_or(false),
     }
@@ -312,6 +447,23 @@ mod tests {
         etcd.restart().unwrap();
         assert_eq!(etcd.endpoint(), endpoint);
         assert!(etcd.is_healthy());
+    }
+
+    #[test]
+    fn serves_tls_with_client_certificates() {
+        if !prereq::require_command("etcd") || !prereq::require_command("openssl") {
+            return;
+        }
+        let pki = TestPki::generate(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
+        let etcd = Etcd::start_with(EtcdOptions {
+            tls: Some(pki.files().clone()),
+            ..EtcdOptions::default()
+        })
+        .unwrap();
+        assert!(etcd.endpoint().starts_with("https://"));
+        assert!(etcd.is_healthy());
+        // Plain HTTP gets no health answer from a TLS port.
+        assert!(!probe_health(etcd.client_addr()));
     }
 
     #[test]

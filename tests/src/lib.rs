@@ -9,8 +9,10 @@
 //! - [`etcd`]: a real single-member etcd with a temporary data directory.
 //! - [`netns`]: network namespaces, veth pairs and bridges that remove themselves.
 //! - [`lab`]: a whole cluster in namespaces, driving the `wren` and `wren-cni` binaries.
+//! - [`bench`]: settings the bench binaries share.
 //! - [`daemons`]: BIRD 2, FRR and GoBGP as BGP peers inside those namespaces.
 
+pub mod bench;
 pub mod daemons;
 pub mod etcd;
 pub mod lab;

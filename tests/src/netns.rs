@@ -84,6 +84,13 @@ where
     })
 }
 
+/// A command that runs `program` inside the namespace named `name` (`ip netns exec`).
+pub fn command_in(name: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", name]).arg(program);
+    command
+}
+
 /// A network namespace with loopback up, deleted when dropped.
 #[derive(Debug)]
 pub struct NetNs {
@@ -113,9 +120,7 @@ impl NetNs {
     /// A command that runs `program` inside the namespace (`ip netns exec`). The process is
     /// `program` itself (`ip` execs it), so its pid is the one to signal.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
-        command
+        command_in(&self.name, program)
     }
 
     /// Runs `program args…` inside the namespace and returns its stdout (error on failure).

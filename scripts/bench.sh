@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the benchmarks whose figures are recorded in BENCHMARKS.md, each next to its anchor.
+# One line per benchmark: add yours at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), kernel $(uname -r)"
+
+# Datastore: etcd compare-and-swap tx/s, wren vs raw etcd-client (BENCHMARKS.md "Datastore").
+cargo bench -p wren-store --bench cas

@@ -1,0 +1,79 @@
+//! What the bench binaries share: whether to run at all, how long and how often to measure,
+//! and on which storage the measured etcd keeps its data.
+//!
+//! Environment: `WREN_BENCH_SECS` (seconds per round, default 3), `WREN_BENCH_ROUNDS`
+//! (default 3), `WREN_BENCH_STORAGE` (`disk`, `tmpfs` or `both`, default `both`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// True when the binary runs under `cargo bench` (which passes `--bench`); `cargo test
+/// --benches` runs bench binaries without it and only wants to know that they build.
+pub fn invoked_as_bench() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// Measurement settings read from the environment.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    /// Length of one measured round.
+    pub round: Duration,
+    /// Rounds per figure; report the median.
+    pub rounds: usize,
+    /// Where etcd keeps its data, with a label for the table: the system temp dir (a disk
+    /// that pays for fsync, as production does) and/or `/dev/shm` (tmpfs: the CPU ceiling).
+    pub storages: Vec<(String, PathBuf)>,
+}
+
+impl BenchSettings {
+    /// Reads `WREN_BENCH_SECS`, `WREN_BENCH_ROUNDS` and `WREN_BENCH_STORAGE`.
+    pub fn from_env() -> Self {
+        let number = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let storage = std::env::var("WREN_BENCH_STORAGE").unwrap_or_else(|_| "both".into());
+        let mut storages = Vec::new();
+        if storage == "disk" || storage == "both" {
+            storages.push(std::env::temp_dir());
+        }
+        if storage == "tmpfs" || storage == "both" {
+            storages.push(PathBuf::from("/dev/shm"));
+        }
+        let storages = storages
+            .into_iter()
+            .map(|dir| {
+                let kind = if dir.starts_with("/dev/shm") {
+                    "tmpfs"
+                } else {
+                    "disk"
+                };
+                (format!("{kind} ({})", dir.display()), dir)
+            })
+            .collect();
+        Self {
+            round: Duration::from_secs(number("WREN_BENCH_SECS", 3).max(1)),
+            rounds: number("WREN_BENCH_ROUNDS", 3).max(1) as usize,
+            storages,
+        }
+    }
+}
+
+/// The median of the figures of several rounds (the upper one of an even count).
+pub fn median(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures.get(figures.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_ignores_one_outlier_round() {
+        assert_eq!(median(vec![900.0, 10.0, 1000.0]), 900.0);
+        assert!(median(Vec::new()).is_nan());
+    }
+}
