@@ -1,4 +1,4 @@
-//! Typed JSON access on top of any [`Store`](crate::Store).
+//! Typed JSON access on top of any [`Store`].
 //!
 //! Every wren document is JSON. These helpers do the (de)serialisation in one place so that a
 //! value that does not parse always becomes [`StoreError::InvalidData`] naming its key, and

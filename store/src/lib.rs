@@ -11,6 +11,8 @@
 //! Values are bytes; [`json`] has the typed helpers that turn a value that does not parse into
 //! [`StoreError::InvalidData`] naming the key.
 
+#![warn(missing_docs)]
+
 pub mod etcd;
 pub mod json;
 pub mod memory;

@@ -9,7 +9,7 @@
 //! - [`etcd`]: a real single-member etcd with a temporary data directory.
 //! - [`netns`]: network namespaces, veth pairs and bridges that remove themselves.
 //! - [`lab`]: a whole cluster in namespaces, driving the `wren` and `wren-cni` binaries.
-//! - [`bench`]: settings the bench binaries share.
+//! - [`bench`](mod@bench): settings the bench binaries share.
 //! - [`daemons`]: BIRD 2, FRR and GoBGP as BGP peers inside those namespaces.
 
 pub mod bench;
