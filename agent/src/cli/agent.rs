@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::{AgentArgs, LogFormat};
 use crate::config::AgentConfig;
 use crate::daemon::kernel::KernelRoutes;
+use crate::daemon::speaker::{Restart, SpeakerBgp};
 use crate::daemon::{self, Parts, Shared};
 use crate::metrics::Metrics;
 
@@ -55,7 +56,20 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let shared = Shared::new(&config, metrics.clone());
     let routes = KernelRoutes::open().context("cannot open the kernel's routing tables")?;
-    let bgp = Arc::new(daemon::bgp::NoBgp::default());
+    let restart = if routes
+        .has_routes()
+        .context("cannot read the kernel's routes")?
+    {
+        tracing::info!(
+            "wren routes found in the kernel: adopting them and asking peers for graceful restart"
+        );
+        Restart::WithForwardingState
+    } else {
+        Restart::Fresh
+    };
+    let bgp = SpeakerBgp::start(&config, restart)
+        .await
+        .with_context(|| format!("cannot start BGP on port {}", config.bgp_port))?;
     let parts = Parts {
         store,
         bgp,

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod reflector;
 pub mod registration;
 pub mod routes;
+pub mod speaker;
 pub mod status;
 pub mod view;
 

@@ -1,0 +1,320 @@
+//! [`BgpControl`] on the embedded `wren-bgp` speaker.
+//!
+//! The speaker runs the sessions and the RIB; this adapter turns the daemon's desired state
+//! into speaker calls (adding, updating and removing peers, originating and withdrawing
+//! prefixes), keeps a copy of the best paths learned from peers (fed by the speaker's
+//! subscription) and of every session's state (polled once a second), and applies wren's
+//! export rule inside the speaker: only what this node originates leaves it, except that a
+//! route reflector reflects to its iBGP peers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use tokio::sync::watch;
+use wren_bgp::fsm::State;
+use wren_bgp::rib::{Attributes, PeerRef, Policy, RouteAttributes, RouteEvent, Source, Verdict};
+use wren_bgp::speaker::{
+    GracefulRestartConfig, PeerConfig, PeerStatus, Speaker, SpeakerConfig, SpeakerError,
+    SpeakerHandle,
+};
+
+use super::bgp::{BgpControl, SessionInfo};
+use super::mesh::{PeerKind, PeerSpec};
+use crate::config::AgentConfig;
+
+/// How often session states are read from the speaker.
+const SESSION_POLL: Duration = Duration::from_secs(1);
+/// Connect retry toward other nodes: they are one hop away and restart quickly.
+const NODE_CONNECT_RETRY: Duration = Duration::from_secs(5);
+
+/// wren's export rule, inside the speaker.
+struct ExportPolicy {
+    reflector: bool,
+}
+
+impl Policy for ExportPolicy {
+    fn export(
+        &self,
+        peer: &PeerRef,
+        _prefix: IpNet,
+        _attrs: &Attributes,
+        source: &Source,
+    ) -> Verdict {
+        match source {
+            Source::Local => Verdict::Accept,
+            // Reflection is what a route reflector is for; nobody else passes routes on, so a
+            // node never becomes a transit path between its peers.
+            Source::Peer(_) if self.reflector && peer.ibgp => Verdict::Accept,
+            Source::Peer(_) => Verdict::Reject,
+        }
+    }
+}
+
+/// Whether the agent restarts on a node it already programmed: wren's routes in the kernel
+/// mean the forwarding state survived, so peers are asked to keep our routes (RFC 4724) and
+/// the speaker defers its own End-of-RIB until it has heard from them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// No wren route in the kernel: a first start.
+    Fresh,
+    /// The kernel holds wren routes from a previous run.
+    WithForwardingState,
+}
+
+/// The speaker's configuration for this node.
+pub fn speaker_config(config: &AgentConfig, restart: Restart) -> SpeakerConfig {
+    let mut speaker = SpeakerConfig::new(
+        config.node_ip.addr(),
+        config.as_number.unwrap_or(wren_model::DEFAULT_AS),
+    );
+    speaker.listen = Some(SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        config.bgp_port,
+    ));
+    speaker.cluster_id = config.route_reflector_cluster_id;
+    speaker.next_hop_v4 = Some(config.node_ip.addr());
+    speaker.next_hop_v6 = config.node_ipv6.map(|n| n.addr());
+    speaker.graceful_restart = Some(GracefulRestartConfig {
+        restart_time: config.graceful_restart_time.as_secs().min(4095) as u16,
+        restarting: restart == Restart::WithForwardingState,
+        // The agent never flushes the kernel: whatever it programmed stays through a restart.
+        forwarding_preserved: true,
+        selection_deferral: config.bgp_sync_timeout,
+        ..GracefulRestartConfig::default()
+    });
+    speaker.policy = Arc::new(ExportPolicy {
+        reflector: config.route_reflector_cluster_id.is_some(),
+    });
+    speaker
+}
+
+/// The speaker's settings for one desired session.
+fn peer_config(spec: &PeerSpec, config: &AgentConfig) -> PeerConfig {
+    let mut peer = PeerConfig::new(spec.address, spec.asn);
+    peer.port = config.bgp_port;
+    peer.passive = spec.passive;
+    peer.password = spec.password.clone();
+    peer.rr_client = spec.rr_client;
+    peer.local_address = match spec.address {
+        IpAddr::V4(_) => Some(IpAddr::V4(config.node_ip.addr())),
+        IpAddr::V6(_) => config.node_ipv6.map(|n| IpAddr::V6(n.addr())),
+    };
+    if matches!(
+        spec.kind,
+        PeerKind::NodeMesh | PeerKind::RouteReflector | PeerKind::RrClient
+    ) {
+        peer.connect_retry = NODE_CONNECT_RETRY;
+    }
+    peer
+}
+
+fn session_info(p: &PeerStatus) -> SessionInfo {
+    let end_of_rib = p.state == State::Established
+        && p.negotiated
+            .as_ref()
+            .is_some_and(|n| n.families.iter().all(|f| p.end_of_rib_received.contains(f)));
+    SessionInfo {
+        address: p.address,
+        state: p.state.name().to_owned(),
+        in_state_for: Some(p.for_duration()),
+        prefixes_received: p.prefixes_received as u64,
+        prefixes_sent: p.prefixes_sent as u64,
+        last_error: p.last_error.clone(),
+        end_of_rib,
+    }
+}
+
+/// What the adapter last told the speaker.
+#[derive(Default)]
+struct Applied {
+    peers: BTreeMap<IpAddr, PeerConfig>,
+    originated: BTreeSet<IpNet>,
+}
+
+/// The embedded speaker behind [`BgpControl`].
+pub struct SpeakerBgp {
+    handle: SpeakerHandle,
+    config: AgentConfig,
+    applied: tokio::sync::Mutex<Applied>,
+    best: Arc<RwLock<BTreeMap<IpNet, IpAddr>>>,
+    sessions: Arc<Mutex<Vec<SessionInfo>>>,
+    changes: Arc<watch::Sender<u64>>,
+}
+
+fn bump(changes: &watch::Sender<u64>) {
+    changes.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+impl SpeakerBgp {
+    /// Starts the speaker (binding the BGP port) and the tasks that follow its best paths
+    /// and sessions.
+    pub async fn start(config: &AgentConfig, restart: Restart) -> Result<Arc<Self>, SpeakerError> {
+        let (handle, _task) = Speaker::start(speaker_config(config, restart)).await?;
+        let mut subscription = handle.subscribe().await?;
+        let this = Arc::new(Self {
+            handle: handle.clone(),
+            config: config.clone(),
+            applied: tokio::sync::Mutex::default(),
+            best: Arc::default(),
+            sessions: Arc::default(),
+            changes: Arc::new(watch::channel(0).0),
+        });
+        let (best, changes) = (this.best.clone(), this.changes.clone());
+        tokio::spawn(async move {
+            while let Some(batch) = subscription.recv().await {
+                {
+                    let mut best = match best.write() {
+                        Ok(b) => b,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    for event in batch {
+                        match event {
+                            RouteEvent::Best { prefix, path } => {
+                                match (&path.source, path.attrs.next_hop_addr()) {
+                                    (Source::Peer(_), Some(next_hop)) => {
+                                        best.insert(prefix, next_hop);
+                                    }
+                                    _ => {
+                                        best.remove(&prefix);
+                                    }
+                                }
+                            }
+                            RouteEvent::Withdrawn { prefix } => {
+                                best.remove(&prefix);
+                            }
+                            RouteEvent::Synced => tracing::info!("BGP speaker synced"),
+                        }
+                    }
+                }
+                bump(&changes);
+            }
+        });
+        let (sessions, changes) = (this.sessions.clone(), this.changes.clone());
+        tokio::spawn(async move {
+            loop {
+                match handle.peers().await {
+                    Ok(peers) => {
+                        let now: Vec<SessionInfo> = peers.iter().map(session_info).collect();
+                        let mut held = match sessions.lock() {
+                            Ok(s) => s,
+                            Err(poisoned) => poisoned.into_inner(),
+                        };
+                        // Ages change every poll; only a change of substance wakes the daemon.
+                        let strip = |v: &[SessionInfo]| -> Vec<SessionInfo> {
+                            v.iter()
+                                .cloned()
+                                .map(|s| SessionInfo {
+                                    in_state_for: None,
+                                    ..s
+                                })
+                                .collect()
+                        };
+                        let changed = strip(&held) != strip(&now);
+                        *held = now;
+                        drop(held);
+                        if changed {
+                            bump(&changes);
+                        }
+                    }
+                    Err(SpeakerError::Stopped) => return,
+                    Err(e) => tracing::warn!(error = %e, "cannot read BGP sessions"),
+                }
+                tokio::time::sleep(SESSION_POLL).await;
+            }
+        });
+        Ok(this)
+    }
+
+    /// Stops every session (Cease) and the speaker.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.handle.shutdown().await {
+            tracing::debug!(error = %e, "BGP speaker already stopped");
+        }
+    }
+}
+
+#[async_trait]
+impl BgpControl for SpeakerBgp {
+    async fn set_peers(&self, peers: &BTreeMap<IpAddr, PeerSpec>) {
+        let mut applied = self.applied.lock().await;
+        let stale: Vec<IpAddr> = applied
+            .peers
+            .keys()
+            .filter(|a| !peers.contains_key(a))
+            .copied()
+            .collect();
+        for address in stale {
+            if let Err(e) = self.handle.remove_peer(address).await {
+                tracing::warn!(peer = %address, error = %e, "cannot remove BGP peer");
+            }
+            applied.peers.remove(&address);
+            tracing::info!(peer = %address, "BGP peer removed");
+        }
+        for (address, spec) in peers {
+            let wanted = peer_config(spec, &self.config);
+            let result = match applied.peers.get(address) {
+                Some(current) if *current == wanted => continue,
+                Some(_) => self.handle.update_peer(wanted.clone()).await,
+                None => match self.handle.add_peer(wanted.clone()).await {
+                    Err(SpeakerError::PeerExists(_)) => {
+                        self.handle.update_peer(wanted.clone()).await
+                    }
+                    other => other,
+                },
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(peer = %address, asn = spec.asn, kind = spec.kind.as_str(), passive = spec.passive, "BGP peer configured");
+                    applied.peers.insert(*address, wanted);
+                }
+                Err(e) => tracing::warn!(peer = %address, error = %e, "cannot configure BGP peer"),
+            }
+        }
+    }
+
+    async fn set_originated(&self, prefixes: &BTreeSet<IpNet>) {
+        let mut applied = self.applied.lock().await;
+        let stale: Vec<IpNet> = applied.originated.difference(prefixes).copied().collect();
+        for prefix in stale {
+            match self.handle.withdraw(prefix).await {
+                Ok(()) => {
+                    applied.originated.remove(&prefix);
+                    tracing::info!(%prefix, "withdrawn");
+                }
+                Err(e) => tracing::warn!(%prefix, error = %e, "cannot withdraw"),
+            }
+        }
+        let new: Vec<IpNet> = prefixes.difference(&applied.originated).copied().collect();
+        for prefix in new {
+            match self.handle.originate(prefix, None).await {
+                Ok(()) => {
+                    applied.originated.insert(prefix);
+                    tracing::info!(%prefix, "announced");
+                }
+                Err(e) => tracing::warn!(%prefix, error = %e, "cannot announce"),
+            }
+        }
+    }
+
+    fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
+        match self.best.read() {
+            Ok(b) => b.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn sessions(&self) -> Vec<SessionInfo> {
+        match self.sessions.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}

@@ -1,0 +1,573 @@
+//! `wren agent` as a cluster: one network namespace per node on a shared bridge, a real etcd
+//! on that bridge, the built `wren` binary running in each node's namespace, and the real
+//! kernel routing tables of those namespaces. Blocks are claimed through IPAM on the same
+//! etcd, as a pod ADD does.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use wren_ipam::{AllocateRequest, Ipam, PoolSpec};
+use wren_store::Store;
+use wren_store::etcd::{EtcdConfig, EtcdStore};
+use wren_tests::etcd::{Etcd, EtcdOptions};
+use wren_tests::netns::{Bridge, NetNs};
+use wren_tests::prereq;
+use wren_tests::process::ChildGuard;
+
+/// The fabric's address: etcd listens on it, and the ToR speaks BGP from it.
+const FABRIC_IP: &str = "10.77.0.254";
+/// Generous bound for anything asynchronous; the expected times are far shorter.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn wren_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wren"))
+}
+
+fn ready() -> bool {
+    prereq::require_root() && prereq::require_command("etcd") && prereq::require_command("ip")
+}
+
+/// Polls `check` every 20 ms until it holds or `DEADLINE` passes; returns the time it took.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// One node: its namespace, address and agent.
+struct Node {
+    name: String,
+    ip: String,
+    ns: NetNs,
+    socket: PathBuf,
+    agent: Option<ChildGuard>,
+}
+
+impl Node {
+    /// The node's routes of one protocol (`bgp` = 186, `201` = wren's own), as `ip route` prints.
+    fn routes(&self, proto: &str) -> String {
+        self.ns
+            .ip(&["route", "show", "proto", proto])
+            .unwrap_or_default()
+    }
+
+    fn has_route(&self, proto: &str, needle: &str) -> bool {
+        self.routes(proto).lines().any(|l| l.contains(needle))
+    }
+
+    fn status(&self) -> String {
+        let out = std::process::Command::new(wren_bin())
+            .args(["status", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    fn log(&self) -> String {
+        self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
+    }
+}
+
+/// A cluster on one bridge with etcd on the fabric.
+struct Cluster {
+    // Field order: agents stop before the namespaces and etcd go.
+    nodes: Vec<Node>,
+    etcd: Etcd,
+    fabric: Bridge,
+    _dir: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// Builds the fabric and `n` node namespaces, starts etcd, and creates the pool. Agents
+    /// are started by [`Cluster::start_agent`].
+    fn new(tag: &str, n: usize) -> Self {
+        let fabric = Bridge::new(&format!("{tag}-sw")).unwrap();
+        fabric
+            .netns()
+            .configure("br0", Some(&format!("{FABRIC_IP}/24")))
+            .unwrap();
+        let etcd = Etcd::start_with(EtcdOptions {
+            netns: Some(fabric.netns().name().to_owned()),
+            host: FABRIC_IP.parse().unwrap(),
+            ..EtcdOptions::default()
+        })
+        .unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("wren-agent-test-")
+            .tempdir()
+            .unwrap();
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let ns = NetNs::new(&format!("{tag}-n{i}")).unwrap();
+            let ip = format!("10.77.0.{i}");
+            fabric
+                .attach(&ns, "eth0", Some(&format!("{ip}/24")))
+                .unwrap();
+            nodes.push(Node {
+                name: format!("node{i}"),
+                ip,
+                ns,
+                socket: dir.path().join(format!("node{i}.sock")),
+                agent: None,
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cluster = Self {
+            nodes,
+            etcd,
+            fabric,
+            _dir: dir,
+            runtime,
+        };
+        cluster.ipam(|ipam| async move {
+            ipam.add_pool(&PoolSpec::new("default", "10.65.0.0/16").block_size(26))
+                .await
+                .unwrap();
+        });
+        cluster
+    }
+
+    fn endpoint(&self) -> String {
+        self.etcd.endpoint()
+    }
+
+    /// Runs `f` with IPAM on the cluster's etcd, from inside the fabric namespace (the only
+    /// place that reaches it).
+    fn ipam<F, Fut, R>(&self, f: F) -> R
+    where
+        F: FnOnce(Ipam) -> Fut + Send,
+        Fut: std::future::Future<Output = R>,
+        R: Send,
+    {
+        let endpoint = self.endpoint();
+        self.fabric
+            .netns()
+            .enter(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let config = EtcdConfig {
+                        endpoints: vec![endpoint],
+                        ..EtcdConfig::default()
+                    };
+                    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(config).await.unwrap());
+                    f(Ipam::new(store)).await
+                })
+            })
+            .unwrap()
+    }
+
+    /// Allocates one address for `handle` on `node`, claiming a block when the node has none
+    /// with room; returns the block it came from.
+    fn claim(&self, node: &str, handle: &str) -> IpNet {
+        let (node, handle) = (node.to_owned(), handle.to_owned());
+        let address = self.ipam(|ipam| async move {
+            let allocation = ipam
+                .allocate(AllocateRequest::new(handle, node))
+                .await
+                .unwrap();
+            allocation.ipv4().unwrap().address
+        });
+        IpNet::new(address, 26).unwrap().trunc()
+    }
+
+    /// Runs `wren <args…> --etcd-endpoints …` in the fabric namespace.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.fabric
+            .netns()
+            .command(wren_bin())
+            .args(args)
+            .args(["--etcd-endpoints", &self.endpoint()])
+            .output()
+            .unwrap()
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "wren {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    /// Starts node `i`'s agent and waits until it reports ready.
+    fn start_agent(&mut self, i: usize) {
+        let endpoint = self.endpoint();
+        let node = &mut self.nodes[i];
+        let agent = node
+            .ns
+            .spawn(
+                &format!("wren agent {}", node.name),
+                wren_bin().to_str().unwrap(),
+                &[
+                    "agent",
+                    "--node-name",
+                    &node.name,
+                    "--node-ip",
+                    &format!("{}/24", node.ip),
+                    "--etcd-endpoints",
+                    &endpoint,
+                    "--socket",
+                    node.socket.to_str().unwrap(),
+                    "--metrics-addr",
+                    "127.0.0.1:9099",
+                    "--reconcile-interval",
+                    "1s",
+                    "--bgp-sync-timeout",
+                    "5s",
+                ],
+            )
+            .unwrap();
+        node.agent = Some(agent);
+        let node = &self.nodes[i];
+        wait_for(&format!("{} ready", node.name), || {
+            node.status().contains(": ready")
+        });
+    }
+
+    fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start_agent(i);
+        }
+    }
+
+    /// Waits until every pair of nodes has an Established session (shown by `wren status`).
+    fn wait_mesh(&self) {
+        for node in &self.nodes {
+            let others = self.nodes.len() - 1;
+            wait_for(&format!("{}'s sessions", node.name), || {
+                node.status().matches("Established").count() == others
+            });
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!("--- {} status ---\n{}", node.name, node.status());
+                eprintln!(
+                    "--- {} routes ---\n{}",
+                    node.name,
+                    node.ns.ip(&["route"]).unwrap_or_default()
+                );
+                eprintln!("--- {} log ---\n{}", node.name, node.log());
+            }
+        }
+        let _ = &self.runtime;
+    }
+}
+
+#[test]
+fn two_agents_install_each_others_blocks_and_drop_a_removed_node() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new("ag-two", 2);
+    c.start_all();
+    c.wait_mesh();
+    let b1 = c.claim("node1", "k8s.pod-a");
+    let took = wait_for("node2 to route node1's block", || {
+        c.node(1)
+            .has_route("bgp", &format!("{b1} via {} ", c.node(0).ip))
+    });
+    eprintln!("block {b1} of node1 reached node2's kernel in {took:?}");
+    let b2 = c.claim("node2", "k8s.pod-b");
+    wait_for("node1 to route node2's block", || {
+        c.node(0)
+            .has_route("bgp", &format!("{b2} via {} ", c.node(1).ip))
+    });
+    // Each node blackholes its own block, with wren's protocol number.
+    assert!(
+        c.node(0).has_route("201", &format!("blackhole {b1}")),
+        "{}",
+        c.node(0).routes("201")
+    );
+    assert!(
+        c.node(1).has_route("201", &format!("blackhole {b2}")),
+        "{}",
+        c.node(1).routes("201")
+    );
+
+    // Remove node2: its pod goes, its agent stops, the admin removes it.
+    c.ipam(|ipam| async move {
+        ipam.release_handle("k8s.pod-b").await.unwrap();
+    });
+    if let Some(mut agent) = c.nodes[1].agent.take() {
+        agent.stop().unwrap();
+    }
+    let out = c.cli_ok(&["node", "rm", "node2"]);
+    assert!(out.contains("node node2 removed"), "{out}");
+    assert!(out.contains(&format!("block {b2} freed")), "{out}");
+    wait_for("node1 to drop node2's block", || {
+        !c.node(0).has_route("bgp", &b2.to_string())
+    });
+    let list = c.cli_ok(&["node", "list"]);
+    assert!(list.contains("node1") && !list.contains("node2"), "{list}");
+}
+
+#[test]
+fn three_agents_mesh_and_every_block_reaches_every_node() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new("ag-three", 3);
+    c.start_all();
+    c.wait_mesh();
+    let blocks: Vec<IpNet> = (0..3)
+        .map(|i| c.claim(&c.node(i).name, &format!("k8s.pod{i}")))
+        .collect();
+    for (i, block) in blocks.iter().enumerate() {
+        for j in (0..3).filter(|j| *j != i) {
+            wait_for(&format!("{block} on node{}", j + 1), || {
+                c.node(j)
+                    .has_route("bgp", &format!("{block} via {} ", c.node(i).ip))
+            });
+        }
+    }
+    // `wren node list` shows every node live with its block.
+    let list = c.cli_ok(&["node", "list"]);
+    for (i, block) in blocks.iter().enumerate() {
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(&c.node(i).name))
+            .unwrap();
+        assert!(
+            line.contains("yes") && line.contains(&block.to_string()),
+            "{list}"
+        );
+    }
+    // `wren status` shows the node, its block and two Established mesh peers.
+    let status = c.node(0).status();
+    assert!(
+        status.contains(&format!("Blocks: {}", blocks[0])),
+        "{status}"
+    );
+    assert_eq!(status.matches("node-mesh").count(), 2, "{status}");
+}
+
+#[test]
+fn drift_is_repaired_within_one_reconcile_interval() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new("ag-drift", 2);
+    c.start_all();
+    c.wait_mesh();
+    let b1 = c.claim("node1", "k8s.pod-a");
+    let b2 = c.claim("node2", "k8s.pod-b");
+    let n1 = c.node(0);
+    wait_for("node1 routes", || n1.has_route("bgp", &b2.to_string()));
+    // Someone deletes a wren route, leaves a stale one of ours, and adds their own.
+    n1.ns.ip(&["route", "del", &b2.to_string()]).unwrap();
+    n1.ns
+        .ip(&["route", "del", "blackhole", &b1.to_string()])
+        .unwrap();
+    n1.ns
+        .ip(&["route", "add", "blackhole", "10.99.0.0/24", "proto", "201"])
+        .unwrap();
+    n1.ns
+        .ip(&[
+            "route",
+            "add",
+            "10.98.0.0/24",
+            "via",
+            FABRIC_IP,
+            "proto",
+            "static",
+        ])
+        .unwrap();
+    // One reconcile interval is 1 s; allow for a busy machine.
+    std::thread::sleep(Duration::from_millis(1500));
+    let took = wait_for("drift repaired", || {
+        n1.has_route("bgp", &format!("{b2} via {}", c.node(1).ip))
+            && n1.has_route("201", &format!("blackhole {b1}"))
+            && !n1.has_route("201", "10.99.0.0/24")
+    });
+    assert!(
+        took < Duration::from_secs(2),
+        "repair took {took:?} beyond the interval"
+    );
+    assert!(
+        n1.has_route("static", "10.98.0.0/24 via 10.77.0.254"),
+        "someone else's route was touched"
+    );
+}
+
+#[test]
+fn a_killed_agent_leaves_the_kernel_alone_and_converges_on_restart() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new("ag-kill", 2);
+    c.start_all();
+    c.wait_mesh();
+    let b1 = c.claim("node1", "k8s.pod-a");
+    let b2 = c.claim("node2", "k8s.pod-b");
+    wait_for("routes in", || {
+        c.node(0).has_route("bgp", &b2.to_string()) && c.node(1).has_route("bgp", &b1.to_string())
+    });
+    let before: Vec<String> = (0..2)
+        .map(|i| c.node(i).ns.ip(&["route"]).unwrap())
+        .collect();
+
+    // Watch both kernels continuously from SIGKILL to convergence after the restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watchers: Vec<_> = (0..2)
+        .map(|i| {
+            let ns = c.node(i).ns.name().to_owned();
+            let want = [b1.to_string(), b2.to_string()];
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut samples = 0;
+                let mut missing = BTreeMap::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let out = std::process::Command::new("ip")
+                        .args(["-n", &ns, "route"])
+                        .output()
+                        .unwrap();
+                    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+                    for w in &want {
+                        if !table.contains(w.as_str()) {
+                            *missing.entry(w.clone()).or_insert(0) += 1;
+                        }
+                    }
+                    samples += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                (samples, missing)
+            })
+        })
+        .collect();
+
+    c.nodes[0]
+        .agent
+        .as_mut()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    c.start_agent(0);
+    c.wait_mesh();
+    // Another reconcile pass or two after the restart.
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::SeqCst);
+    for (i, w) in watchers.into_iter().enumerate() {
+        let (samples, missing) = w.join().unwrap();
+        assert!(samples > 50, "too few samples ({samples}) to say anything");
+        assert!(
+            missing.is_empty(),
+            "node{} lost routes during the restart: {missing:?}",
+            i + 1
+        );
+    }
+    let after: Vec<String> = (0..2)
+        .map(|i| c.node(i).ns.ip(&["route"]).unwrap())
+        .collect();
+    assert_eq!(before, after, "state after restart differs");
+    assert!(
+        c.node(0).log().contains("adopting them"),
+        "{}",
+        c.node(0).log()
+    );
+}
+
+#[test]
+fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
+    use wren_tests::daemons::bird::Bird;
+    use wren_tests::daemons::{Announce, BgpDaemon, Config, Family, Peer};
+    if !ready() || !prereq::require_command("bird") {
+        return;
+    }
+    const TOR_AS: u32 = 65000;
+    const TOR_IP: &str = "10.77.0.253";
+    let mut c = Cluster::new("ag-tor", 2);
+    let tor = NetNs::new("ag-tor-tor").unwrap();
+    c.fabric
+        .attach(&tor, "eth0", Some(&format!("{TOR_IP}/24")))
+        .unwrap();
+    let tor_ip: IpAddr = TOR_IP.parse().unwrap();
+    let mut config = Config::new(TOR_IP.parse::<Ipv4Addr>().unwrap(), TOR_AS);
+    for node in &c.nodes {
+        config = config.peer(Peer::new(node.ip.parse().unwrap(), 64512, tor_ip).hold_time(9));
+    }
+    let mut bird = Bird::start(&tor, config).unwrap();
+    bird.announce(&Announce::new("192.0.2.0/24".parse().unwrap()))
+        .unwrap();
+    c.cli_ok(&[
+        "peer",
+        "add",
+        "tor",
+        "--peer-ip",
+        TOR_IP,
+        "--as",
+        &TOR_AS.to_string(),
+    ]);
+    let peers = c.cli_ok(&["peer", "list"]);
+    assert!(
+        peers.contains("tor") && peers.contains("65000") && peers.contains("(all)"),
+        "{peers}"
+    );
+    c.start_all();
+    let blocks: Vec<IpNet> = (0..2)
+        .map(|i| c.claim(&c.node(i).name, &format!("k8s.pod{i}")))
+        .collect();
+    // The ToR holds every node's block, next hop the node that owns it.
+    wait_for("the ToR to learn every block", || {
+        let routes = bird.routes(Family::Ipv4).unwrap_or_default();
+        blocks.iter().enumerate().all(|(i, b)| {
+            routes
+                .iter()
+                .any(|r| r.prefix == Some(*b) && r.next_hop == Some(c.node(i).ip.parse().unwrap()))
+        })
+    });
+    // Nothing else: no node passes on what it learned.
+    let routes = bird.routes(Family::Ipv4).unwrap();
+    let mut from_nodes: Vec<IpNet> = routes
+        .iter()
+        .filter(|r| r.as_path == [64512])
+        .filter_map(|r| r.prefix)
+        .collect();
+    from_nodes.sort();
+    let mut expected = blocks.clone();
+    expected.sort();
+    assert_eq!(from_nodes, expected, "{routes:?}");
+    // The ToR's route is in every node's kernel, via the ToR.
+    for node in &c.nodes {
+        wait_for(&format!("{} to route via the ToR", node.name), || {
+            node.has_route("bgp", &format!("192.0.2.0/24 via {TOR_IP}"))
+        });
+        let status = node.status();
+        assert!(
+            status.lines().any(|l| l.starts_with(TOR_IP)
+                && l.contains("global")
+                && l.contains("Established")),
+            "{status}"
+        );
+    }
+}
