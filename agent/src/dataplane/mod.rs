@@ -14,6 +14,7 @@
 mod check;
 mod link;
 mod manager;
+mod neigh;
 mod netlink;
 mod netns;
 mod node;

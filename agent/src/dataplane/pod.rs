@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoData, InfoVeth,
@@ -28,6 +28,7 @@ use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use sha2::{Digest, Sha256};
 
 use super::link::{self, LinkState};
+use super::neigh;
 use super::netlink::{Netlink, NetlinkError, Request};
 use super::netns::{Netns, NetnsError};
 use super::route::{NextHop, Protocol, Route, valid_ifname};
@@ -344,6 +345,14 @@ fn configure(
         pod_setup.push(Request::new(
             link::add_address(p, net, net.addr().is_ipv6()),
             NLM_F_CREATE,
+        ));
+    }
+    if spec.has_v4() {
+        // The gateway resolves without asking: proxy ARP on the host end only answers when the
+        // node has a route toward 169.254.1.1 (a default route), which wren must not rely on.
+        pod_setup.push(Request::new(
+            neigh::permanent(p, IpAddr::V4(GATEWAY_V4), HOST_MAC),
+            NLM_F_CREATE | NLM_F_REPLACE,
         ));
     }
     for route in pod_routes(spec) {
