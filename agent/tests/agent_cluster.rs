@@ -116,6 +116,9 @@ impl Cluster {
             fabric
                 .attach(&ns, "eth0", Some(&format!("{ip}/24")))
                 .unwrap();
+            // The pods' gateway (169.254.1.1) answers by proxy ARP only where it is routable.
+            ns.ip(&["route", "add", "default", "via", FABRIC_IP])
+                .unwrap();
             nodes.push(Node {
                 name: format!("node{i}"),
                 ip,
@@ -216,6 +219,11 @@ impl Cluster {
 
     /// Starts node `i`'s agent and waits until it reports ready.
     fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// Starts node `i`'s agent with extra flags and waits until it reports ready.
+    fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
         let endpoint = self.endpoint();
         let node = &mut self.nodes[i];
         let agent = node
@@ -239,7 +247,12 @@ impl Cluster {
                     "1s",
                     "--bgp-sync-timeout",
                     "5s",
-                ],
+                    "--liveness-ttl",
+                    "6s",
+                ]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect::<Vec<_>>(),
             )
             .unwrap();
         node.agent = Some(agent);
@@ -570,4 +583,210 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
             "{status}"
         );
     }
+}
+
+/// The `wren-cni` plugin next to the `wren` binary (the Makefile builds every binary before
+/// the tests run).
+fn wren_cni_bin() -> Option<PathBuf> {
+    let path = wren_bin().with_file_name("wren-cni");
+    path.exists().then_some(path)
+}
+
+/// Runs the real CNI plugin against `node`'s agent for the pod namespace `pod`.
+fn cni(node: &Node, command: &str, container_id: &str, pod: &NetNs) -> String {
+    use std::io::Write;
+    let config = format!(
+        r#"{{"cniVersion":"1.0.0","name":"k8s","type":"wren","agentSocket":"{}"}}"#,
+        node.socket.display()
+    );
+    let mut child = std::process::Command::new(wren_cni_bin().unwrap())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "wren-cni {command} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The pod's IPv4 address from a CNI result.
+fn pod_ip(result: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(result).unwrap();
+    let address = value["ips"][0]["address"].as_str().unwrap();
+    address.split('/').next().unwrap().to_owned()
+}
+
+/// `GET path` on the agent's metrics address, from inside the node's namespace.
+fn http_get(node: &Node, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let path = path.to_owned();
+    node.ns
+        .enter(move || {
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:9099").unwrap();
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: wren\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let code = response[9..12].parse().unwrap();
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default();
+            (code, body)
+        })
+        .unwrap()
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_through_the_agents_routes() {
+    if !ready() || !prereq::require_command("ping") {
+        return;
+    }
+    if !prereq::require(
+        "the wren-cni binary is built (make build)",
+        wren_cni_bin().is_some(),
+    ) {
+        return;
+    }
+    let mut c = Cluster::new("ag-pods", 2);
+    c.start_all();
+    c.wait_mesh();
+    let pod1 = NetNs::new("ag-pods-p1").unwrap();
+    let pod2 = NetNs::new("ag-pods-p2").unwrap();
+    let ip1 = pod_ip(&cni(c.node(0), "ADD", "ctr1", &pod1));
+    let ip2 = pod_ip(&cni(c.node(1), "ADD", "ctr2", &pod2));
+    // Each pod has its /32 on its node, owned by wren, and survives reconcile passes.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        c.node(0).has_route("201", &format!("{ip1} dev wren")),
+        "{}",
+        c.node(0).routes("201")
+    );
+    assert!(
+        c.node(1).has_route("201", &format!("{ip2} dev wren")),
+        "{}",
+        c.node(1).routes("201")
+    );
+    wait_for("pod1 reaches pod2", || {
+        pod1.exec("ping", &["-c", "1", "-W", "1", &ip2]).is_ok()
+    });
+    // The latency of the two ADDs is in the histogram.
+    let (code, metrics) = http_get(c.node(0), "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics
+            .contains("wren_cni_request_duration_seconds_count{command=\"ADD\",result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    // DEL takes the pod route away, and it stays away.
+    cni(c.node(0), "DEL", "ctr1", &pod1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !c.node(0).has_route("201", &format!("{ip1} dev")),
+        "{}",
+        c.node(0).routes("201")
+    );
+}
+
+#[test]
+fn an_etcd_outage_keeps_the_dataplane_and_the_agents_resume() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new("ag-etcd", 2);
+    c.start_all();
+    c.wait_mesh();
+    let b1 = c.claim("node1", "k8s.pod-a");
+    wait_for("node2 routes node1's block", || {
+        c.node(1).has_route("bgp", &b1.to_string())
+    });
+    let before: Vec<String> = (0..2)
+        .map(|i| c.node(i).ns.ip(&["route"]).unwrap())
+        .collect();
+
+    c.etcd.stop().unwrap();
+    for node in &c.nodes {
+        wait_for(
+            &format!("{} to report the datastore down", node.name),
+            || node.status().contains("datastore unreachable"),
+        );
+        let (code, body) = http_get(node, "/readyz");
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("datastore unreachable"), "{body}");
+    }
+    // Several reconcile intervals with etcd gone: the kernel is left as it was.
+    std::thread::sleep(Duration::from_secs(3));
+    let during: Vec<String> = (0..2)
+        .map(|i| c.node(i).ns.ip(&["route"]).unwrap())
+        .collect();
+    assert_eq!(before, during);
+
+    c.etcd.restart().unwrap();
+    for node in &c.nodes {
+        wait_for(&format!("{} ready again", node.name), || {
+            node.status().contains(": ready")
+        });
+    }
+    let b2 = c.claim("node2", "k8s.pod-b");
+    wait_for("node1 routes node2's new block", || {
+        c.node(0).has_route("bgp", &b2.to_string())
+    });
+}
+
+#[test]
+fn with_the_mesh_off_nodes_learn_each_other_through_a_route_reflector() {
+    if !ready() {
+        return;
+    }
+    let mut c = Cluster::new("ag-rr", 3);
+    let out = c.cli_ok(&["bgp", "config", "--mesh", "off"]);
+    assert!(out.contains("Node-to-node mesh:  off"), "{out}");
+    assert!(c.cli_ok(&["bgp", "config"]).contains("off"));
+    c.start_agent_with(2, &["--route-reflector-cluster-id", "1.0.0.1"]);
+    c.start_agent(0);
+    c.start_agent(1);
+    let b1 = c.claim("node1", "k8s.pod-a");
+    let b2 = c.claim("node2", "k8s.pod-b");
+    // Reflected routes keep the originating node as next hop.
+    wait_for("node1 learns node2's block", || {
+        c.node(0)
+            .has_route("bgp", &format!("{b2} via {} ", c.node(1).ip))
+    });
+    wait_for("node2 learns node1's block", || {
+        c.node(1)
+            .has_route("bgp", &format!("{b1} via {} ", c.node(0).ip))
+    });
+    let status = c.node(0).status();
+    let peers: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("10.77.0."))
+        .collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "a client peers with the reflector only: {status}"
+    );
+    assert!(peers[0].contains("route-reflector"), "{status}");
+    let rr = c.node(2).status();
+    assert_eq!(rr.matches("rr-client").count(), 2, "{rr}");
 }

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use wren_store::Store;
 
 use super::{AgentArgs, LogFormat};
+use crate::api::RequestObserver;
+use crate::cni::{CniHandler, KernelPods};
 use crate::config::AgentConfig;
 use crate::daemon::kernel::KernelRoutes;
 use crate::daemon::speaker::{Restart, SpeakerBgp};
@@ -43,6 +46,22 @@ fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
     Ok(rx)
 }
 
+/// The CNI plugin's routes: the handler over IPAM and the kernel's pod links, timing every
+/// request into the latency histogram.
+fn cni_api(config: &AgentConfig, store: Arc<dyn Store>, metrics: &Metrics) -> axum::Router {
+    let ipam = wren_ipam::Ipam::new(store.clone());
+    let handler = CniHandler::new(
+        config.node_name.clone(),
+        store,
+        Arc::new(ipam),
+        Arc::new(KernelPods),
+    );
+    let cni = metrics.cni();
+    let observer: RequestObserver =
+        Arc::new(move |command, ok, elapsed| cni.observe(command.as_str(), ok, elapsed));
+    crate::api::cni_routes(Arc::new(handler), Some(observer))
+}
+
 /// Runs `wren agent`.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = AgentConfig::load(&args)?;
@@ -55,6 +74,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let store = super::store::open(&config.store).await?;
     let metrics = Arc::new(Metrics::new());
     let shared = Shared::new(&config, metrics.clone());
+    let setup =
+        crate::dataplane::prepare_node().context("cannot prepare the node's kernel settings")?;
+    for changed in &setup.changed {
+        tracing::info!(setting = changed, "turned on");
+    }
+    for warning in &setup.warnings {
+        tracing::warn!("{warning}");
+    }
     let routes = KernelRoutes::open().context("cannot open the kernel's routing tables")?;
     let restart = if routes
         .has_routes()
@@ -70,11 +97,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let bgp = SpeakerBgp::start(&config, restart)
         .await
         .with_context(|| format!("cannot start BGP on port {}", config.bgp_port))?;
+    let local_api = cni_api(&config, store.clone(), &metrics);
     let parts = Parts {
         store,
         bgp,
         routes: Arc::new(routes),
-        local_api: axum::Router::new(),
+        local_api,
     };
     daemon::run(config, parts, shared, shutdown).await?;
     Ok(())
