@@ -342,6 +342,7 @@ fn parse_protocol(text: &str) -> Result<Neighbor, Error> {
     let mut state = None;
     let mut imported = 0;
     let mut updates = 0;
+    let mut sent = 0;
     for line in text.lines() {
         let line = line.trim();
         if let Some(s) = line.strip_prefix("BGP state:") {
@@ -351,6 +352,13 @@ fn parse_protocol(text: &str) -> Result<Neighbor, Error> {
             imported += r
                 .split_whitespace()
                 .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        } else if let Some(u) = line.strip_prefix("Export updates:") {
+            // received, rejected, filtered, ignored, accepted: the last is what was sent.
+            sent += u
+                .split_whitespace()
+                .last()
                 .and_then(|n| n.parse::<u64>().ok())
                 .unwrap_or(0);
         } else if let Some(u) = line.strip_prefix("Import updates:") {
@@ -368,6 +376,7 @@ fn parse_protocol(text: &str) -> Result<Neighbor, Error> {
         state,
         prefixes_received: imported,
         updates_received: updates,
+        updates_sent: sent,
     })
 }
 
@@ -507,11 +516,13 @@ g          BGP        ---        up     22:01:37.114  Established\n\
   Channel ipv4\n\
     Routes:         1000 imported, 0 exported, 1000 preferred\n\
     Route change stats:     received   rejected   filtered    ignored   accepted\n\
-      Import updates:           1200          0          0          0    1000\n";
+      Import updates:           1200          0          0          0    1000\n\
+      Export updates:             40          5          0        ---      35\n";
         let n = parse_protocol(text).unwrap();
         assert_eq!(n.state, SessionState::Established);
         assert_eq!(n.prefixes_received, 1000);
         assert_eq!(n.updates_received, 1200);
+        assert_eq!(n.updates_sent, 35);
     }
 
     #[test]

@@ -382,10 +382,12 @@ fn parse_neighbor(text: &str, address: IpAddr) -> Result<Neighbor, Error> {
         })
         .unwrap_or(0);
     let updates_received = count(n, "/messageStats/updatesRecv");
+    let updates_sent = count(n, "/messageStats/updatesSent");
     Ok(Neighbor {
         state,
         prefixes_received,
         updates_received,
+        updates_sent,
     })
 }
 
@@ -460,7 +462,11 @@ fn route_of(prefix: IpNet, p: &Value) -> Route {
         as_path,
         origin,
         med: p.get("metric").and_then(Value::as_u64).map(|m| m as u32),
-        local_pref: p.get("localpref").and_then(Value::as_u64).map(|m| m as u32),
+        // `show bgp <prefix> json` says "localpref", the table's `json detail` "locPrf".
+        local_pref: ["locPrf", "localpref"]
+            .iter()
+            .find_map(|k| p.get(*k).and_then(Value::as_u64))
+            .map(|m| m as u32),
         communities,
         originator_id: p
             .get("originatorId")
@@ -480,7 +486,7 @@ mod tests {
     fn detail_json_gives_best_path_attributes() {
         let text = r#"{"routes": {"10.200.0.0/24": [{"prefix":"10.200.0.0/24"},
             {"aspath":{"segments":[{"type":"as-sequence","list":[65001,65009]}]},"origin":"EGP","metric":7,
-             "localpref":150,"bestpath":{"overall":true},"community":{"list":["65000:2","65000:1"]},
+             "locPrf":150,"bestpath":{"overall":true},"community":{"list":["65000:2","65000:1"]},
              "originatorId":"1.1.1.1","clusterList":{"list":["2.2.2.2"]},
              "nexthops":[{"ip":"10.99.0.1"}]},
             {"aspath":{"segments":[]},"origin":"IGP","nexthops":[{"ip":"10.99.0.9"}]}]}}"#;
@@ -499,7 +505,7 @@ mod tests {
 
     #[test]
     fn neighbor_json_gives_state_and_counters() {
-        let text = r#"{"10.99.0.1":{"bgpState":"Established","messageStats":{"updatesRecv":2},
+        let text = r#"{"10.99.0.1":{"bgpState":"Established","messageStats":{"updatesRecv":2,"updatesSent":5},
             "addressFamilyInfo":{"ipv4Unicast":{"acceptedPrefixCounter":1}}}}"#;
         let n = parse_neighbor(text, "10.99.0.1".parse().unwrap()).unwrap();
         assert_eq!(
@@ -507,7 +513,8 @@ mod tests {
             Neighbor {
                 state: SessionState::Established,
                 prefixes_received: 1,
-                updates_received: 2
+                updates_received: 2,
+                updates_sent: 5,
             }
         );
         assert!(

@@ -29,6 +29,7 @@ use super::{
 pub struct Gobgp<'ns> {
     ns: &'ns NetNs,
     dir: tempfile::TempDir,
+    peers: Vec<IpAddr>,
     announced: BTreeMap<IpNet, Announce>,
     process: Running,
 }
@@ -42,9 +43,11 @@ impl<'ns> Gobgp<'ns> {
             .tempdir()
             .map_err(|e| Error::io("create GoBGP directory", e))?;
         write_file(&dir.path().join("gobgpd.toml"), &render(&config))?;
+        let peers = config.peers.iter().map(|p| p.address).collect();
         let mut gobgp = Self {
             ns,
             dir,
+            peers,
             announced: BTreeMap::new(),
             process: Running::default(),
         };
@@ -96,9 +99,15 @@ impl<'ns> Gobgp<'ns> {
                 Ok(tool(&mut cmd).map(|_| ()).map_err(|e| e.to_string()))
             },
         )?;
+        // The neighbours start administratively down: GoBGP's RIB has no static routes in its
+        // configuration, so the announcements go in first. Otherwise a restarting GoBGP would
+        // send End-of-RIB before them and its peers would rightly drop the stale copies.
         let announced: Vec<Announce> = self.announced.values().cloned().collect();
         for a in &announced {
             self.add_path(a)?;
+        }
+        for p in &self.peers {
+            self.cli(&["neighbor", &p.to_string(), "enable"])?;
         }
         Ok(())
     }
@@ -193,13 +202,14 @@ impl BgpDaemon for Gobgp<'_> {
         .map(|_| ())
     }
 
-    fn request_refresh(&self, address: IpAddr) -> Result<(), Error> {
-        let afi = match address {
-            IpAddr::V4(_) => "ipv4",
-            IpAddr::V6(_) => "ipv6",
-        };
-        self.cli(&["neighbor", &address.to_string(), "softresetin", "-a", afi])
-            .map(|_| ())
+    /// `gobgp neighbor <addr> softresetin` re-runs import policy over GoBGP's own copy of the
+    /// neighbour's routes; it sends no ROUTE-REFRESH, and the CLI has no command that does.
+    fn request_refresh(&self, _address: IpAddr) -> Result<(), Error> {
+        Err(Error::Unsupported {
+            daemon: "gobgp",
+            what: "send a ROUTE-REFRESH",
+            why: "softresetin re-applies policy to GoBGP's own Adj-RIB-In without asking the peer",
+        })
     }
 
     fn signal(&mut self, sig: Signal) -> Result<(), Error> {
@@ -227,7 +237,7 @@ fn render(config: &Config) -> String {
         c.push_str("\n[[neighbors]]\n  [neighbors.config]\n");
         let _ = writeln!(
             c,
-            "    neighbor-address = \"{}\"\n    peer-as = {}",
+            "    neighbor-address = \"{}\"\n    peer-as = {}\n    admin-down = true",
             p.address, p.asn
         );
         if let Some(pw) = &p.password {
@@ -303,10 +313,12 @@ fn parse_neighbor(text: &str) -> Result<Neighbor, Error> {
         .map(|afs| afs.iter().map(|af| count(af, "/state/accepted")).sum())
         .unwrap_or(0);
     let updates_received = count(&json, "/state/messages/received/update");
+    let updates_sent = count(&json, "/state/messages/sent/update");
     Ok(Neighbor {
         state,
         prefixes_received,
         updates_received,
+        updates_sent,
     })
 }
 
@@ -438,7 +450,7 @@ mod tests {
 
     #[test]
     fn neighbor_json_gives_state_and_counters() {
-        let text = r#"{"state":{"messages":{"received":{"update":4}},"session_state":6},
+        let text = r#"{"state":{"messages":{"received":{"update":4},"sent":{"update":6}},"session_state":6},
             "afi_safis":[{"state":{"accepted":3}},{"state":{}}]}"#;
         let n = parse_neighbor(text).unwrap();
         assert_eq!(
@@ -446,7 +458,8 @@ mod tests {
             Neighbor {
                 state: SessionState::Established,
                 prefixes_received: 3,
-                updates_received: 4
+                updates_received: 4,
+                updates_sent: 6,
             }
         );
     }

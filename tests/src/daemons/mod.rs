@@ -61,6 +61,16 @@ pub enum Error {
         /// The tail of its log.
         log: String,
     },
+    /// The daemon has no way to do what was asked.
+    #[error("{daemon} cannot {what}: {why}")]
+    Unsupported {
+        /// Which daemon.
+        daemon: &'static str,
+        /// What was asked.
+        what: &'static str,
+        /// Why not.
+        why: &'static str,
+    },
     /// A condition did not become true in time.
     #[error("timed out after {waited:?} waiting for {what}; last seen: {last}")]
     Timeout {
@@ -369,6 +379,9 @@ pub struct Neighbor {
     /// UPDATE messages (BIRD: route updates) received since the session came up; grows when
     /// the neighbour re-sends its routes after a route refresh.
     pub updates_received: u64,
+    /// UPDATE messages (BIRD: route updates) sent since the session came up; grows when the
+    /// daemon answers the neighbour's route refresh.
+    pub updates_sent: u64,
 }
 
 /// How [`BgpDaemon::restart`] takes the daemon down.
@@ -405,7 +418,8 @@ pub trait BgpDaemon {
     /// Stops originating `prefix`.
     fn withdraw(&mut self, prefix: IpNet) -> Result<(), Error>;
 
-    /// Asks the neighbour at `address` to send its routes again (ROUTE-REFRESH, RFC 2918).
+    /// Asks the neighbour at `address` to send its routes again (ROUTE-REFRESH, RFC 2918);
+    /// [`Error::Unsupported`] where the daemon's tools cannot make it send one.
     fn request_refresh(&self, address: IpAddr) -> Result<(), Error>;
 
     /// Sends a signal to the process that speaks BGP (SIGSTOP makes it go silent, so its
