@@ -90,7 +90,8 @@ fn wren_reflects_between_clients_and_is_a_client_of_a_bird_reflector() {
         .cluster_id(id("10.78.255.4"))
         .peer(peer(1, 4).rr_client())
         .peer(peer(5, 4).rr_client());
-    let bird_rr = Bird::start(&ns[3], reflector).expect("bird-rr");
+    // Held to the end of the test: the reflector of wren and gobgp-c.
+    let _bird_rr = Bird::start(&ns[3], reflector).expect("bird-rr");
     let gobgp_c =
         Gobgp::start(&ns[4], Config::new(id("10.78.0.5"), AS).peer(peer(4, 5))).expect("gobgp-c");
 
@@ -170,5 +171,4 @@ fn wren_reflects_between_clients_and_is_a_client_of_a_bird_reflector() {
         wren_tests::daemons::wait_no_route(d, from_bird.prefix, PATIENCE)
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    let _ = bird_rr;
 }
