@@ -23,7 +23,7 @@ const DEFAULT_LAB: &str = "demo";
 #[command(name = "wren-lab", version)]
 struct Cli {
     /// Lab name (1–8 lowercase letters or digits); several labs can run side by side.
-    #[arg(long, global = true, default_value = DEFAULT_LAB)]
+    #[arg(long, global = true, env = "WREN_LAB", default_value = DEFAULT_LAB)]
     name: String,
     #[command(subcommand)]
     command: LabCommand,
@@ -189,11 +189,16 @@ fn explain_routes(lab: &Lab, node: &str) -> Result<String> {
 fn explain_route(state: &lab::LabState, node: &str, line: &str) -> Option<String> {
     let mut words = line.split_whitespace();
     let first = words.next()?;
-    let dst: ipnet::Ipv4Net = if first == "blackhole" {
-        words.next()?.parse().ok()?
+    let dst_text = if first == "blackhole" {
+        words.next()?
     } else {
-        first.parse().ok()?
+        first
     };
+    // `ip route` prints host routes without their /32.
+    let dst: ipnet::Ipv4Net = dst_text
+        .parse()
+        .or_else(|_| dst_text.parse::<Ipv4Addr>().map(ipnet::Ipv4Net::from))
+        .ok()?;
     let pods_in = |net: &ipnet::Ipv4Net| -> Vec<String> {
         state
             .pods

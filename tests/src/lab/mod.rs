@@ -249,8 +249,16 @@ impl Lab {
             self.state.save()?;
             self.say("  BIRD 2 runs in the ToR namespace as route reflector for every node.");
         }
+        // All agents start together; then each is waited for.
         for index in 0..spec.nodes {
-            self.add_node_at(index)?;
+            let node = topology::add_node(&mut self.state, index)?;
+            self.state.save()?;
+            self.spawn_agent(&node)?;
+        }
+        for index in 0..spec.nodes {
+            let node = self.state.nodes[index].name.clone();
+            self.wait_agent_ready(&node)?;
+            self.announce_node(&node)?;
         }
         for index in 0..spec.nodes {
             let node = self.state.nodes[index].name.clone();
@@ -332,7 +340,11 @@ impl Lab {
         let node = topology::add_node(&mut self.state, index)?;
         self.state.save()?;
         self.start_agent(&node)?;
-        let n = self.node(&node)?;
+        self.announce_node(&node)
+    }
+
+    fn announce_node(&self, node: &str) -> Result<()> {
+        let n = self.node(node)?;
         self.say(format!(
             "  Node {} ({}) is up: its wren agent registered in etcd and peers over BGP.",
             n.name, n.address
@@ -362,6 +374,11 @@ impl Lab {
 
     /// Starts (or restarts) the agent of node `name` and waits until it is ready.
     pub fn start_agent(&mut self, name: &str) -> Result<()> {
+        self.spawn_agent(name)?;
+        self.wait_agent_ready(name)
+    }
+
+    fn spawn_agent(&mut self, name: &str) -> Result<()> {
         let node = self.node(name)?.clone();
         let log = self.state.dir.join(format!("{}.log", node.name));
         let log_file = fs::OpenOptions::new()
@@ -391,8 +408,7 @@ impl Lab {
             .stderr(log_file);
         let child = spawn_detached(&mut command)?;
         self.node_mut(name)?.agent = Some(AgentState { pid: child });
-        self.state.save()?;
-        self.wait_agent_ready(name)
+        self.state.save()
     }
 
     fn wait_agent_ready(&self, name: &str) -> Result<()> {
