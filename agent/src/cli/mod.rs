@@ -51,23 +51,40 @@ pub enum Command {
     Bgp(BgpArgs),
 }
 
-/// How to reach the datastore; shared by every command that reads it.
+/// How to reach the datastore; shared by every command that reads it. The flags are global,
+/// so they go anywhere on the line (`wren pool add x --cidr … --etcd-endpoints …`).
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct StoreArgs {
     /// etcd endpoints, comma separated.
-    #[arg(long, env = "WREN_ETCD_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Datastore",
+        env = "WREN_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
     pub etcd_endpoints: Option<Vec<String>>,
     /// CA certificate for etcd TLS.
-    #[arg(long, env = "WREN_ETCD_CA")]
+    #[arg(long, global = true, help_heading = "Datastore", env = "WREN_ETCD_CA")]
     pub etcd_ca: Option<PathBuf>,
     /// Client certificate for etcd TLS.
-    #[arg(long, env = "WREN_ETCD_CERT")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Datastore",
+        env = "WREN_ETCD_CERT"
+    )]
     pub etcd_cert: Option<PathBuf>,
     /// Client key for etcd TLS.
-    #[arg(long, env = "WREN_ETCD_KEY")]
+    #[arg(long, global = true, help_heading = "Datastore", env = "WREN_ETCD_KEY")]
     pub etcd_key: Option<PathBuf>,
     /// Key prefix of wren's data in etcd.
-    #[arg(long, env = "WREN_ETCD_PREFIX")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Datastore",
+        env = "WREN_ETCD_PREFIX"
+    )]
     pub etcd_prefix: Option<String>,
 }
 
