@@ -360,3 +360,24 @@ fn routes_naming_a_missing_device_or_an_unmanaged_table_are_reported_not_sent() 
     // The main table's route of ours is no longer wanted and goes.
     assert!(line_for(&routes(&ns), "10.10.3.0/26").is_none());
 }
+
+#[test]
+fn of_several_changes_to_one_destination_the_last_one_counts() {
+    let Some((_ns, mut manager)) = managed_node("rt-last") else {
+        return;
+    };
+    let x = Route::blackhole(net("10.10.0.0/26"));
+    let y = Route::via(net("10.10.0.0/26"), ip("192.0.2.2"));
+    let report = manager
+        .apply(&[RouteChange::Remove(x.clone()), RouteChange::Add(x.clone())])
+        .unwrap();
+    assert_eq!((report.added, report.removed), (1, 0));
+    let report = manager
+        .apply(&[
+            RouteChange::Replace(y.clone()),
+            RouteChange::Remove(x.clone()),
+        ])
+        .unwrap();
+    assert_eq!((report.replaced, report.removed), (0, 1));
+    assert!(manager.installed().unwrap().is_empty());
+}

@@ -28,7 +28,7 @@ pub(crate) struct LinkState {
 }
 
 impl LinkState {
-    fn from_message(msg: &LinkMessage) -> LinkState {
+    pub(crate) fn from_message(msg: &LinkMessage) -> LinkState {
         let mut state = LinkState {
             index: msg.header.index,
             name: link_name(msg).unwrap_or_default(),
@@ -65,10 +65,19 @@ impl LinkState {
 
 /// Looks an interface up by name; `None` when there is none.
 pub(crate) fn get(netlink: &mut Netlink, name: &str) -> Result<Option<LinkState>, NetlinkError> {
-    let request = LinkUnspec::new_with_name(name).build();
+    Ok(find(netlink, LinkUnspec::new_with_name(name).build())?
+        .map(|link| LinkState::from_message(&link)))
+}
+
+/// Looks an interface up (by the name or index `request` carries) and returns the kernel's
+/// whole description of it, kind-specific settings included; `None` when there is none.
+pub(crate) fn find(
+    netlink: &mut Netlink,
+    request: LinkMessage,
+) -> Result<Option<LinkMessage>, NetlinkError> {
     match netlink.request(RouteNetlinkMessage::GetLink(request), 0) {
-        Ok(replies) => Ok(replies.iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(link) => Some(LinkState::from_message(link)),
+        Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(link) => Some(link),
             _ => None,
         })),
         Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),

@@ -11,7 +11,7 @@ use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::netlink::{Netlink, NetlinkError, Request};
-use super::reconcile::{Step, Wanted, plan};
+use super::reconcile::{Phase, Step, Wanted, phase_of, plan, scatter};
 use super::route::{InvalidRoute, KernelRoute, MAIN_TABLE, NextHop, Protocol, Route, table_header};
 
 /// How often a dump is read again when the table changes while it is read.
@@ -290,7 +290,8 @@ impl RouteManager {
     }
 
     /// Applies incremental changes without reading the kernel's tables first: the fast path
-    /// for a burst of BGP updates. Reconcile remains the way to repair drift.
+    /// for a burst of BGP updates. Reconcile remains the way to repair drift. Of several
+    /// changes to the same destination and table, only the last one counts.
     pub fn apply(&mut self, changes: &[RouteChange]) -> Result<RouteReport, RouteError> {
         let mut report = RouteReport::default();
         let links = if changes.iter().any(|c| c.route().dev().is_some()) {
@@ -298,9 +299,20 @@ impl RouteManager {
         } else {
             HashMap::new()
         };
+        // One change per destination, the last one given, so that the kernel-friendly order
+        // below cannot swap two changes that depend on each other.
+        let mut last = HashMap::with_capacity(changes.len());
+        for (i, change) in changes.iter().enumerate() {
+            last.insert((change.route().table, change.route().dst), i);
+        }
         // Changes that cannot be sent are reported now; the rest go out in one pipeline.
+        // Failures are reported in the order the changes were given.
+        let mut failures = Vec::new();
         let mut sendable = Vec::with_capacity(changes.len());
-        for change in changes {
+        for (i, change) in changes.iter().enumerate() {
+            if last.get(&(change.route().table, change.route().dst)) != Some(&i) {
+                continue;
+            }
             let checked = match change {
                 // A removal matches on destination and owner only; its device is irrelevant.
                 RouteChange::Remove(route) => route
@@ -311,15 +323,19 @@ impl RouteManager {
                 _ => self.check(change.route(), &links),
             };
             match checked {
-                Ok(oif) => sendable.push((change, oif)),
-                Err(reason) => report.failures.push(RouteFailure {
-                    action: change.action(),
-                    route: change.route().to_string(),
-                    reason,
-                }),
+                Ok(oif) => sendable.push((i, change, oif)),
+                Err(reason) => failures.push((i, failure(change, reason))),
             }
         }
-        let requests = sendable.iter().map(|(change, oif)| match change {
+        sendable.sort_by_cached_key(|(_, change, _)| {
+            let route = change.route();
+            let phase = match change {
+                RouteChange::Remove(_) => Phase::Remove,
+                _ => phase_of(route),
+            };
+            (phase, scatter(route.table, &route.dst))
+        });
+        let requests = sendable.iter().map(|(_, change, oif)| match change {
             RouteChange::Add(r) => {
                 Request::new(new_route(r.to_message(*oif)), NLM_F_CREATE | NLM_F_EXCL)
             }
@@ -330,17 +346,15 @@ impl RouteManager {
         });
         let failed = self.netlink.batch(requests)?;
         let mut failed = failed.into_iter().peekable();
-        for (index, (change, _)) in sendable.iter().enumerate() {
-            match failed.next_if(|(i, _)| *i == index) {
+        for (sent, (i, change, _)) in sendable.iter().enumerate() {
+            match failed.next_if(|(index, _)| *index == sent) {
                 Some((_, error)) if is_already_gone(change, &error) => {}
-                Some((_, error)) => report.failures.push(RouteFailure {
-                    action: change.action(),
-                    route: change.route().to_string(),
-                    reason: error.into(),
-                }),
+                Some((_, error)) => failures.push((*i, failure(change, error.into()))),
                 None => count(&mut report, change.action()),
             }
         }
+        failures.sort_by_key(|(i, _)| *i);
+        report.failures = failures.into_iter().map(|(_, f)| f).collect();
         self.tally(&report);
         Ok(report)
     }
@@ -476,6 +490,14 @@ pub(crate) fn dump_routes(
 
 fn new_route(message: RouteMessage) -> RouteNetlinkMessage {
     RouteNetlinkMessage::NewRoute(message)
+}
+
+fn failure(change: &RouteChange, reason: RouteFailureReason) -> RouteFailure {
+    RouteFailure {
+        action: change.action(),
+        route: change.route().to_string(),
+        reason,
+    }
 }
 
 fn count(report: &mut RouteReport, action: RouteAction) {
