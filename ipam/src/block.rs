@@ -70,6 +70,26 @@ struct BlockDoc {
     allocations: BTreeMap<IpAddr, Assignment>,
 }
 
+/// [`BlockDoc`] for writing, borrowing from the block instead of copying it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BlockDocRef<'a> {
+    cidr: IpNet,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    affinity: Option<&'a str>,
+    next: u32,
+    allocations: AllocationsRef<'a>,
+}
+
+/// The allocations of a block as a map from address to holder, in address order.
+struct AllocationsRef<'a>(&'a Block);
+
+impl Serialize for AllocationsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.assignments())
+    }
+}
+
 /// One block with its allocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
@@ -115,11 +135,11 @@ impl Block {
 
     /// The stored form.
     pub fn to_json(&self) -> Vec<u8> {
-        let doc = BlockDoc {
+        let doc = BlockDocRef {
             cidr: self.cidr,
-            affinity: self.affinity.clone(),
+            affinity: self.affinity.as_deref(),
             next: self.next,
-            allocations: self.assignments().map(|(a, s)| (a, s.clone())).collect(),
+            allocations: AllocationsRef(self),
         };
         // A struct of strings, numbers and string-keyed maps always serialises.
         serde_json::to_vec(&doc).unwrap_or_default()

@@ -47,9 +47,16 @@ impl BlockCache {
         Ok(read)
     }
 
-    /// How many addresses the cached block has free, without copying it.
-    pub(crate) fn free(&self, cidr: &IpNet) -> Option<u32> {
-        self.lock().get(cidr).map(|(b, _)| b.free())
+    /// Runs `f` over the cached blocks under one lock.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&HashMap<IpNet, (Block, Revision)>) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// The node a cached block is affine to (`Some(None)`: to none); `None` when not cached.
+    pub(crate) fn affinity_of(&self, cidr: &IpNet) -> Option<Option<String>> {
+        self.lock()
+            .get(cidr)
+            .map(|(b, _)| b.affinity().map(str::to_owned))
     }
 
     /// Records a block as of `revision`, unless a newer copy is cached already.

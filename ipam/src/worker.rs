@@ -701,16 +701,28 @@ impl Worker {
     async fn load_affine(&mut self) -> Result<()> {
         let store = self.shared.store.as_ref();
         let listing = store.list(&keys::node_affinities(&self.node)).await?;
-        let mut cidrs = Vec::new();
+        let mut affine = BTreeSet::new();
+        let mut unknown = Vec::new();
         for kv in &listing.items {
             let confirmed = wren_store::json::decode::<Affinity>(&kv.key, &kv.value)
                 .is_ok_and(|a| a.state == AffinityState::Confirmed);
-            if let (true, Some((_, cidr))) = (confirmed, affinity::parse_key(&kv.key)) {
-                cidrs.push(cidr);
+            let Some((_, cidr)) = affinity::parse_key(&kv.key) else {
+                continue;
+            };
+            if !confirmed {
+                continue;
+            }
+            // A cached copy may be stale, but every write compares its revision: only
+            // blocks never seen need reading.
+            match self.shared.cache.affinity_of(&cidr) {
+                Some(Some(node)) if node == self.node => {
+                    affine.insert(cidr);
+                }
+                Some(_) => {}
+                None => unknown.push(cidr),
             }
         }
-        let reads = join_all(cidrs.iter().map(|c| read_block(store, c))).await;
-        let mut affine = BTreeSet::new();
+        let reads = join_all(unknown.iter().map(|c| read_block(store, c))).await;
         for read in reads {
             if let Some((block, revision)) = read?
                 && block.affinity() == Some(self.node.as_str())
@@ -732,52 +744,50 @@ impl Worker {
         request: &AllocateRequest,
         pools: &[NamedPool],
     ) -> Option<AllocatedAddress> {
-        let mut gone = Vec::new();
-        let mut found = None;
-        for cidr in &self.affine {
-            let Some(pool) = pools.iter().find(|p| p.pool.cidr.contains(cidr)) else {
-                continue;
-            };
-            if !round.changes.blocks.contains_key(cidr) {
-                match self.shared.cache.free(cidr) {
-                    None => {
-                        gone.push(*cidr);
-                        continue;
-                    }
-                    Some(0) => continue,
-                    Some(_) => {}
-                }
-                let Some((block, revision)) = self.shared.cache.get(cidr) else {
+        let node = self.node.as_str();
+        // One pass under one lock of the cache: the first block with room (a staged copy
+        // counts over the cached one), and the blocks that are no longer this node's.
+        let (pick, gone) = self.shared.cache.with(|cached| {
+            let mut gone = Vec::new();
+            for cidr in &self.affine {
+                let Some(pool) = pools.iter().find(|p| p.pool.cidr.contains(cidr)) else {
                     continue;
                 };
-                round.changes.stage_block(block, Expect::Revision(revision));
+                let block = match round.changes.blocks.get(cidr) {
+                    Some(staged) => Some(&staged.block),
+                    None => cached.get(cidr).map(|(b, _)| b),
+                };
+                match block {
+                    Some(b) if b.affinity() == Some(node) => {
+                        if b.free() > 0 {
+                            return (Some((*cidr, pool)), gone);
+                        }
+                    }
+                    _ => gone.push(*cidr),
+                }
             }
-            let Some(staged) = round.changes.blocks.get_mut(cidr) else {
-                continue;
-            };
-            if staged.block.affinity() != Some(self.node.as_str()) {
-                gone.push(*cidr);
-                continue;
-            }
-            let assignment = Assignment {
-                handle: request.handle.clone(),
-                borrowed_by: None,
-            };
-            if let Some(address) = staged.block.assign_next(assignment) {
-                round.pools_used.insert(pool.name.clone(), pool.revision);
-                found = Some(AllocatedAddress {
-                    address,
-                    block: *cidr,
-                    pool: pool.name.clone(),
-                    borrowed: false,
-                });
-                break;
-            }
-        }
+            (None, gone)
+        });
         for cidr in gone {
             self.affine.remove(&cidr);
         }
-        found
+        let (cidr, pool) = pick?;
+        if !round.changes.blocks.contains_key(&cidr) {
+            let (block, revision) = self.shared.cache.get(&cidr)?;
+            round.changes.stage_block(block, Expect::Revision(revision));
+        }
+        let staged = round.changes.blocks.get_mut(&cidr)?;
+        let address = staged.block.assign_next(Assignment {
+            handle: request.handle.clone(),
+            borrowed_by: None,
+        })?;
+        round.pools_used.insert(pool.name.clone(), pool.revision);
+        Some(AllocatedAddress {
+            address,
+            block: cidr,
+            pool: pool.name.clone(),
+            borrowed: false,
+        })
     }
 
     /// A free address from another node's block (the one with most room), recorded as
