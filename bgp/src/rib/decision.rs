@@ -7,6 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use smallvec::SmallVec;
+
 use super::{Attributes, RouteAttributes};
 
 /// LOCAL_PREF assumed for a path that has none (routes from eBGP peers, local routes).
@@ -51,7 +53,7 @@ impl Candidate<'_> {
 
 /// Index of the best candidate, or `None` when there is none.
 pub fn select(candidates: &[Candidate<'_>]) -> Option<usize> {
-    let mut alive: Vec<usize> = (0..candidates.len()).collect();
+    let mut alive: SmallVec<[usize; 8]> = (0..candidates.len()).collect();
     // Locally originated routes win, as a router's own routes beat BGP-learned ones.
     keep_min(&mut alive, |i| u8::from(!candidates[i].local));
     keep_min(&mut alive, |i| u32::MAX - candidates[i].local_pref());
@@ -60,7 +62,7 @@ pub fn select(candidates: &[Candidate<'_>]) -> Option<usize> {
         candidates[i].attrs.origin.unwrap_or_default() as u8
     });
     // MED: drop a path when another from the same neighbouring AS has a lower MED.
-    let med_beaten: Vec<usize> = alive
+    let med_beaten: SmallVec<[usize; 8]> = alive
         .iter()
         .copied()
         .filter(|&i| {
@@ -71,7 +73,7 @@ pub fn select(candidates: &[Candidate<'_>]) -> Option<usize> {
             })
         })
         .collect();
-    alive.retain(|i| !med_beaten.contains(i));
+    alive.retain(|i| !med_beaten.contains(&*i));
     keep_min(&mut alive, |i| u8::from(!candidates[i].ebgp));
     keep_min(&mut alive, |i| candidates[i].router_id());
     keep_min(&mut alive, |i| candidates[i].attrs.cluster_list.len());
@@ -80,11 +82,11 @@ pub fn select(candidates: &[Candidate<'_>]) -> Option<usize> {
 }
 
 /// Keeps the candidates with the smallest key.
-fn keep_min<K: Ord + Copy>(alive: &mut Vec<usize>, key: impl Fn(usize) -> K) {
+fn keep_min<K: Ord + Copy>(alive: &mut SmallVec<[usize; 8]>, key: impl Fn(usize) -> K) {
     if alive.len() < 2 {
         return;
     }
     if let Some(min) = alive.iter().map(|&i| key(i)).min() {
-        alive.retain(|&i| key(i) == min);
+        alive.retain(|i| key(*i) == min);
     }
 }

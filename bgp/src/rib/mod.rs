@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::{HashMap, HashSet};
 use ipnet::IpNet;
+use smallvec::SmallVec;
 
 use crate::wire::{Afi, GracefulRestart, PathAttributes, Update};
 
@@ -221,6 +222,8 @@ struct Ctx {
     memo: HashMap<MemoKey, (Arc<Attributes>, Option<Arc<Attributes>>)>,
     deferring: bool,
     waiting: HashSet<PeerId>,
+    /// Peers with an established session, the ones exports go to.
+    up: Vec<PeerId>,
 }
 
 /// The RIB of one speaker.
@@ -254,6 +257,7 @@ impl Rib {
             memo: HashMap::new(),
             deferring,
             waiting: HashSet::new(),
+            up: Vec::new(),
         };
         if !deferring {
             ctx.events.push(RouteEvent::Synced);
@@ -329,6 +333,9 @@ impl Rib {
             .filter(|afi| !session.preserved(*afi))
             .collect();
         slot.session = Some(session);
+        if !self.ctx.up.contains(&id) {
+            self.ctx.up.push(id);
+        }
         for afi in dropped {
             self.flush_stale(id, Some(afi));
         }
@@ -345,6 +352,7 @@ impl Rib {
     /// A session went down. Routes of the `retain` families stay as stale (the peer is
     /// restarting gracefully, RFC 4724); the rest are withdrawn.
     pub fn peer_down(&mut self, id: PeerId, retain: &[Afi]) {
+        self.ctx.up.retain(|p| *p != id);
         let Some(slot) = self.ctx.slot_mut(id) else {
             return;
         };
@@ -393,24 +401,25 @@ impl Rib {
 
     /// Applies an UPDATE received from a peer with an established session.
     pub fn update(&mut self, id: PeerId, update: &Update) {
-        let Some(families) = self.ctx.session(id).map(|s| s.families.clone()) else {
+        let Some(session) = self.ctx.session(id) else {
             return;
         };
+        let attrs = &update.attributes;
+        let classic = !update.nlri.is_empty() && session.families.contains(&Afi::Ipv4Unicast);
+        let mp = attrs.mp_reach.as_ref();
+        let mp = mp.filter(|mp| session.families.contains(&mp.afi));
         if let Some(afi) = update.end_of_rib() {
             self.on_end_of_rib(id, afi);
             return;
         }
-        let attrs = &update.attributes;
         let unreach = attrs.mp_unreach.iter().flat_map(|mp| mp.withdrawn.iter());
         for prefix in update.withdrawn.iter().chain(unreach) {
             self.set_path(*prefix, id, None);
         }
-        if !update.nlri.is_empty() && families.contains(&Afi::Ipv4Unicast) {
+        if classic {
             self.announce(id, Afi::Ipv4Unicast, attrs, &update.nlri);
         }
-        if let Some(mp) = &attrs.mp_reach
-            && families.contains(&mp.afi)
-        {
+        if let Some(mp) = mp {
             self.announce(id, mp.afi, attrs, &mp.nlri);
         }
     }
@@ -449,7 +458,7 @@ impl Rib {
         for (prefix, paths) in self.table.iter() {
             self.ctx.best_changed(prefix, paths.first());
         }
-        for id in self.ctx.up_peers() {
+        for id in self.ctx.up.clone() {
             self.ctx.end_of_rib_after_flush.insert(id);
             self.ctx.outbox.entry(id).or_default();
         }
@@ -687,15 +696,6 @@ impl Ctx {
         self.slot(id).and_then(|s| s.session.as_ref())
     }
 
-    fn up_peers(&self) -> Vec<PeerId> {
-        let up = self
-            .peers
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.as_ref().is_some_and(|s| s.session.is_some()));
-        up.map(|(i, _)| PeerId(i as u32)).collect()
-    }
-
     fn source(&self, id: PeerId) -> Source {
         match self.slot(id) {
             Some(slot) if id != LOCAL => Source::Peer(slot.peer_ref(self.config.local_as)),
@@ -728,7 +728,7 @@ impl Ctx {
     }
 
     fn select(&self, paths: &[Path]) -> Option<usize> {
-        let candidates: Vec<decision::Candidate<'_>> = paths
+        let candidates: SmallVec<[decision::Candidate<'_>; 4]> = paths
             .iter()
             .map(|p| {
                 let slot = self.slot(p.peer);
@@ -755,7 +755,8 @@ impl Ctx {
             },
             None => RouteEvent::Withdrawn { prefix },
         });
-        for id in self.up_peers() {
+        for i in 0..self.up.len() {
+            let id = self.up[i];
             let exported = best.and_then(|b| self.export(prefix, b, id));
             self.outbox.entry(id).or_default().push((prefix, exported));
         }
