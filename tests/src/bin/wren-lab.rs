@@ -61,13 +61,20 @@ enum LabCommand {
         /// Node name (n1, n2, …).
         node: String,
     },
-    /// Run a command inside a node's namespace.
+    /// Run a command inside a node's or a pod's namespace.
     Exec {
-        /// Node name (n1, n2, …).
+        /// Node name (n1, n2, …) or pod name (n1-p0, …).
         node: String,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// List the pods: name, node, address.
+    Pods,
+    /// Print a pod's address (for use in other commands: `$(wren-lab ip n2-p2)`).
+    Ip {
+        /// Pod name (n1-p0, …).
+        pod: String,
     },
     /// Remove every namespace, process and file of the lab (also after a crash).
     Down,
@@ -141,6 +148,25 @@ fn run(cli: Cli) -> Result<()> {
                 .context("exec needs a command after --")?;
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             print!("{}", lab.exec(&node, program, &args)?);
+            Ok(())
+        }
+        LabCommand::Pods => {
+            let lab = Lab::open(&name)?;
+            println!("{:8} {:6} ADDRESS", "POD", "NODE");
+            for pod in &lab.state().pods {
+                println!("{:8} {:6} {}", pod.name, pod.node, pod.ip);
+            }
+            Ok(())
+        }
+        LabCommand::Ip { pod } => {
+            let lab = Lab::open(&name)?;
+            let pod = lab
+                .state()
+                .pods
+                .iter()
+                .find(|p| p.name == pod)
+                .with_context(|| format!("no pod `{pod}` in lab {name} (see wren-lab pods)"))?;
+            println!("{}", pod.ip);
             Ok(())
         }
         LabCommand::Down => {

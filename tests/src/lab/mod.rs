@@ -634,9 +634,12 @@ impl Lab {
         Ok(out)
     }
 
-    /// Runs a command inside node `node`'s namespace and returns its stdout.
-    pub fn exec(&self, node: &str, program: &str, args: &[&str]) -> Result<String> {
-        let ns = self.node(node)?.ns.clone();
+    /// Runs a command inside the namespace of node or pod `member` and returns its stdout.
+    pub fn exec(&self, member: &str, program: &str, args: &[&str]) -> Result<String> {
+        let ns = match self.state.pods.iter().find(|p| p.name == member) {
+            Some(pod) => pod.ns.clone(),
+            None => self.node(member)?.ns.clone(),
+        };
         Ok(crate::netns::run(
             Command::new("ip")
                 .args(["netns", "exec", &ns, program])

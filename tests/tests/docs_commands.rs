@@ -1,5 +1,7 @@
-//! `docs/getting-started.md` does what it says: every command in its `sh` blocks runs as
-//! written on a real lab and prints what its `# expect:` comment promises.
+//! The guides do what they say: every command in the `sh` blocks of `docs/getting-started.md`
+//! and `docs/troubleshooting.md` runs as written on a real lab and prints what its `# expect:`
+//! comment promises. (Blocks fenced as `console` show output or commands for real clusters and
+//! are not run.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,22 +45,34 @@ fn steps(markdown: &str) -> Vec<Step> {
 }
 
 #[test]
-fn the_guide_parses_into_commands_with_expectations() {
-    let guide = std::fs::read_to_string(repo().join("docs/getting-started.md")).unwrap();
-    let steps = steps(&guide);
-    assert!(steps.iter().any(|s| s.command.starts_with("wren-lab up")));
-    assert!(steps.iter().any(|s| s.command == "wren-lab down"));
-    assert!(steps.iter().filter(|s| s.expect.is_some()).count() >= 5);
+fn the_guides_parse_into_commands_with_expectations() {
+    for doc in ["docs/getting-started.md", "docs/troubleshooting.md"] {
+        let guide = std::fs::read_to_string(repo().join(doc)).unwrap();
+        let steps = steps(&guide);
+        assert!(
+            steps.iter().any(|s| s.command.starts_with("wren-lab up")),
+            "{doc}"
+        );
+        assert_eq!(
+            steps.last().map(|s| s.command.as_str()),
+            Some("wren-lab down"),
+            "{doc}"
+        );
+        assert!(
+            steps.iter().filter(|s| s.expect.is_some()).count() >= 5,
+            "{doc}"
+        );
+    }
 }
 
-#[test]
-fn every_getting_started_command_works_as_written() {
+/// Runs every command of `doc` in order, on a lab of its own (the guide's `wren-lab up`).
+fn run_guide(doc: &str, tag: char) {
     if !lab::require_lab(false) {
         return;
     }
-    let guide = std::fs::read_to_string(repo().join("docs/getting-started.md")).unwrap();
+    let guide = std::fs::read_to_string(repo().join(doc)).unwrap();
     let bin = lab::default_bin_dir();
-    let name = lab::test_lab_name('g');
+    let name = lab::test_lab_name(tag);
     // Removes the lab even when a step fails.
     struct Down(String);
     impl Drop for Down {
@@ -87,16 +101,26 @@ fn every_getting_started_command_works_as_written() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
-            "`{}` failed:\n{stdout}{}",
+            "{doc}: `{}` failed:\n{stdout}{}",
             step.command,
             String::from_utf8_lossy(&out.stderr)
         );
         if let Some(expect) = &step.expect {
             assert!(
                 stdout.contains(expect.as_str()),
-                "`{}` did not print {expect:?}:\n{stdout}",
+                "{doc}: `{}` did not print {expect:?}:\n{stdout}",
                 step.command
             );
         }
     }
+}
+
+#[test]
+fn every_getting_started_command_works_as_written() {
+    run_guide("docs/getting-started.md", 'g');
+}
+
+#[test]
+fn every_troubleshooting_command_works_as_written() {
+    run_guide("docs/troubleshooting.md", 'r');
 }
