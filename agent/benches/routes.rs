@@ -17,8 +17,11 @@ use wren_tests::netns::NetNs;
 /// One way of installing and removing the routes.
 #[derive(Copy, Clone, PartialEq, Eq)]
 enum Variant {
-    /// `ip -batch` with one `route add` (then `route del`) line per route.
+    /// `ip -batch` with one `route add` (then `route del`) line per route, in address order.
     IpBatch,
+    /// The same lines shuffled, the order wren sends its changes in (the kernel's trie
+    /// resizes less when changes do not arrive in address order).
+    IpBatchShuffled,
     /// `RouteManager::apply`: adds, then removals, no dump.
     Apply,
     /// `RouteManager::reconcile`: desired = all routes, then desired = none (each pass dumps
@@ -27,11 +30,17 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [Variant::IpBatch, Variant::Apply, Variant::Reconcile];
+    const ALL: [Variant; 4] = [
+        Variant::IpBatch,
+        Variant::IpBatchShuffled,
+        Variant::Apply,
+        Variant::Reconcile,
+    ];
 
     fn label(self) -> &'static str {
         match self {
-            Variant::IpBatch => "`ip -batch` (iproute2)",
+            Variant::IpBatch => "`ip -batch` (iproute2), address order",
+            Variant::IpBatchShuffled => "`ip -batch` (iproute2), shuffled",
             Variant::Apply => "wren `RouteManager::apply`",
             Variant::Reconcile => "wren `RouteManager::reconcile`",
         }
@@ -50,6 +59,8 @@ struct Family {
     routes: Vec<Route>,
     add_batch: String,
     del_batch: String,
+    add_shuffled: String,
+    del_shuffled: String,
 }
 
 fn family_v4(n: u32) -> Family {
@@ -87,20 +98,41 @@ fn family(name: &'static str, routes: Vec<Route>) -> Family {
         let _ = writeln!(add_batch, "route add {dst} via {gateway} proto bgp");
         let _ = writeln!(del_batch, "route del {dst} proto bgp");
     }
+    let (add_shuffled, del_shuffled) = (shuffle(&add_batch), shuffle(&del_batch));
     Family {
         name,
         routes,
         add_batch,
         del_batch,
+        add_shuffled,
+        del_shuffled,
     }
+}
+
+/// The lines of `batch` in a fixed pseudo-random order (xorshift, Fisher-Yates).
+fn shuffle(batch: &str) -> String {
+    let mut lines: Vec<&str> = batch.lines().collect();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in (1..lines.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        lines.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    lines.join("\n") + "\n"
 }
 
 fn run_round(ns: &NetNs, family: &Family, variant: Variant, dir: &Path) -> Timing {
     match variant {
-        Variant::IpBatch => {
+        Variant::IpBatch | Variant::IpBatchShuffled => {
             let (add, del) = (dir.join("add.batch"), dir.join("del.batch"));
-            std::fs::write(&add, &family.add_batch).unwrap();
-            std::fs::write(&del, &family.del_batch).unwrap();
+            let (add_lines, del_lines) = if variant == Variant::IpBatch {
+                (&family.add_batch, &family.del_batch)
+            } else {
+                (&family.add_shuffled, &family.del_shuffled)
+            };
+            std::fs::write(&add, add_lines).unwrap();
+            std::fs::write(&del, del_lines).unwrap();
             let time = |file: &Path| {
                 let start = Instant::now();
                 ns.exec("ip", &[std::ffi::OsStr::new("-batch"), file.as_os_str()])
@@ -189,9 +221,9 @@ fn main() {
         .unwrap();
 
     println!(
-        "| routes | method | install s (median) | install routes/s | remove s | remove routes/s | ratio to ip -batch (install / remove) |"
+        "| routes | method | install s (median) | install routes/s | remove s | remove routes/s | × ip -batch in order (install / remove) | × ip -batch shuffled (install / remove) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for family in [family_v4(n), family_v6(n)] {
         let mut timings: Vec<Vec<Timing>> = vec![Vec::new(); Variant::ALL.len()];
         for _ in 0..rounds {
@@ -208,11 +240,18 @@ fn main() {
                 )
             })
             .collect();
-        let (base_in, base_out) = medians[0];
+        let ratio = |base: usize, install: Duration, remove: Duration| {
+            let (base_in, base_out) = medians[base];
+            format!(
+                "{:.2} / {:.2}",
+                base_in.as_secs_f64() / install.as_secs_f64(),
+                base_out.as_secs_f64() / remove.as_secs_f64()
+            )
+        };
         for (variant, (install, remove)) in Variant::ALL.iter().zip(&medians) {
             let count = family.routes.len();
             println!(
-                "| {} × {} | {} | {:.3} | {:.0} | {:.3} | {:.0} | {:.2} / {:.2} |",
+                "| {} × {} | {} | {:.3} | {:.0} | {:.3} | {:.0} | {} | {} |",
                 count,
                 family.name,
                 variant.label(),
@@ -220,8 +259,8 @@ fn main() {
                 rate(count, *install),
                 remove.as_secs_f64(),
                 rate(count, *remove),
-                base_in.as_secs_f64() / install.as_secs_f64(),
-                base_out.as_secs_f64() / remove.as_secs_f64(),
+                ratio(0, *install, *remove),
+                ratio(1, *install, *remove),
             );
         }
     }
