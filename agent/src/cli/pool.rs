@@ -1,9 +1,117 @@
-//! `wren pool`.
+//! `wren pool add|list|rm|disable|enable`: address pools (`pools/<name>`).
 
-use super::PoolArgs;
+use wren_ipam::{Ipam, PoolSpec};
+use wren_model::{Encapsulation, EncapsulationMode, Pool};
+
+use super::{EncapArg, EncapModeArg, PoolArgs, PoolCommand};
+use crate::daemon::status::table;
 
 /// Runs `wren pool`.
 pub async fn run(args: PoolArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("`wren pool` is not implemented yet")
+    let ipam = Ipam::new(super::store::open_reachable(&args.store).await?);
+    match args.command {
+        PoolCommand::Add {
+            name,
+            cidr,
+            block_size,
+            encap,
+            encap_mode,
+            nat_outgoing,
+            disabled,
+        } => {
+            let spec = PoolSpec {
+                name,
+                cidr,
+                block_size,
+                encapsulation: match encap {
+                    EncapArg::None => Encapsulation::None,
+                    EncapArg::Vxlan => Encapsulation::Vxlan,
+                    EncapArg::Ipip => Encapsulation::Ipip,
+                },
+                encapsulation_mode: match encap_mode {
+                    EncapModeArg::Always => EncapsulationMode::Always,
+                    EncapModeArg::CrossSubnet => EncapsulationMode::CrossSubnet,
+                },
+                nat_outgoing,
+                disabled,
+            };
+            let added = ipam.add_pool(&spec).await?;
+            println!(
+                "pool {} added: {} in /{} blocks, encapsulation {}{}",
+                added.name,
+                added.pool.cidr,
+                added.pool.block_size,
+                encapsulation(&added.pool),
+                if added.pool.disabled {
+                    ", disabled"
+                } else {
+                    ""
+                }
+            );
+        }
+        PoolCommand::List => {
+            let usage = ipam.usage().await?;
+            let rows: Vec<Vec<String>> = usage
+                .pools
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.pool.cidr.to_string(),
+                        format!("/{}", p.pool.block_size),
+                        encapsulation(&p.pool),
+                        if p.pool.nat_outgoing { "yes" } else { "no" }.to_owned(),
+                        if p.pool.disabled {
+                            "disabled"
+                        } else {
+                            "enabled"
+                        }
+                        .to_owned(),
+                        format!("{}/{}", p.blocks.len(), p.block_capacity),
+                        p.used().to_string(),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!("no pools (add one with `wren pool add NAME --cidr CIDR`)");
+            } else {
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "NAME", "CIDR", "BLOCK", "ENCAP", "NAT", "STATE", "BLOCKS", "USED"
+                        ],
+                        &rows
+                    )
+                );
+            }
+        }
+        PoolCommand::Rm { name } => {
+            let blocks = ipam.remove_pool(&name).await?;
+            let plural = if blocks == 1 { "" } else { "s" };
+            println!("pool {name} removed ({blocks} empty block{plural} freed)");
+        }
+        PoolCommand::Disable { name } => {
+            ipam.set_pool_disabled(&name, true).await?;
+            println!("pool {name} disabled: it hands out no new addresses; existing ones stay");
+        }
+        PoolCommand::Enable { name } => {
+            ipam.set_pool_disabled(&name, false).await?;
+            println!("pool {name} enabled");
+        }
+    }
+    Ok(())
+}
+
+/// `vxlan (cross-subnet)`, `ipip (always)`, `none`.
+fn encapsulation(pool: &Pool) -> String {
+    let mode = match pool.encapsulation_mode {
+        EncapsulationMode::Always => "always",
+        EncapsulationMode::CrossSubnet => "cross-subnet",
+    };
+    match pool.encapsulation {
+        Encapsulation::None => "none".to_owned(),
+        Encapsulation::Vxlan => format!("vxlan ({mode})"),
+        Encapsulation::Ipip => format!("ipip ({mode})"),
+    }
 }

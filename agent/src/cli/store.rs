@@ -32,3 +32,18 @@ pub async fn open(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
     let store = EtcdStore::connect(etcd_config(args)).await?;
     Ok(Arc::new(store))
 }
+
+/// Opens the datastore and makes sure it answers, for commands that cannot do anything
+/// without it: an unreachable etcd is one clear line naming the endpoints.
+pub async fn open_reachable(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
+    let config = etcd_config(args);
+    let endpoints = config.endpoints.join(",");
+    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(config).await?);
+    match store.revision().await {
+        Ok(_) => Ok(store),
+        Err(wren_store::StoreError::Unavailable { reason, .. }) => {
+            anyhow::bail!("cannot reach etcd at {endpoints}: {reason}")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
