@@ -242,11 +242,12 @@ pub(crate) fn parse_update(body: &[u8], codec: &Codec) -> Result<ParsedUpdate, W
     let classic = !update.nlri.is_empty();
     let mp = decoded.seen(tc::MP_REACH_NLRI);
     if classic || mp {
-        let mut required = vec![tc::ORIGIN, tc::AS_PATH];
-        if classic {
-            required.push(tc::NEXT_HOP);
-        }
-        for code in required {
+        let required: &[u8] = if classic {
+            &[tc::ORIGIN, tc::AS_PATH, tc::NEXT_HOP]
+        } else {
+            &[tc::ORIGIN, tc::AS_PATH]
+        };
+        for &code in required {
             if !decoded.seen(code) {
                 actions.push(UpdateAction::TreatAsWithdraw(UpdateFault {
                     attribute: Some(code),
