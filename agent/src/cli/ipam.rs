@@ -28,7 +28,10 @@ pub async fn run(args: IpamArgs) -> anyhow::Result<()> {
             println!("released {ip} (handle {})", released.handle);
         }
         IpamCommand::Release { grace, .. } => {
-            let report = ipam.check(CheckOptions { grace }).await?;
+            let options = CheckOptions {
+                grace: grace.unwrap_or(CheckOptions::default().grace),
+            };
+            let report = ipam.check(options).await?;
             if report.is_clean() {
                 println!("nothing to release: the leak check found nothing");
                 return Ok(());
@@ -92,30 +95,7 @@ async fn show(ipam: &Ipam) -> anyhow::Result<String> {
     if usage.pools.is_empty() && usage.orphan_blocks.is_empty() {
         return Ok("no pools (add one with `wren pool add NAME --cidr CIDR`)\n".to_owned());
     }
-    let pools: Vec<Vec<String>> = usage
-        .pools
-        .iter()
-        .map(|p| {
-            let size = 1u128 << (p.pool.cidr.max_prefix_len() - p.pool.cidr.prefix_len()).min(127);
-            vec![
-                p.name.clone(),
-                p.pool.cidr.to_string(),
-                format!("/{}", p.pool.block_size),
-                if p.pool.disabled {
-                    "disabled"
-                } else {
-                    "enabled"
-                }
-                .to_owned(),
-                format!("{}/{}", p.blocks.len(), p.block_capacity),
-                format!("{}/{}", p.used(), size),
-            ]
-        })
-        .collect();
-    let mut out = table(
-        &["POOL", "CIDR", "BLOCK", "STATE", "BLOCKS", "USED"],
-        &pools,
-    );
+    let mut out = super::pool::pools_table(&usage);
     let mut blocks: Vec<Vec<String>> = Vec::new();
     let pooled = usage
         .pools

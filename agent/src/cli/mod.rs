@@ -331,9 +331,9 @@ pub enum IpamCommand {
     },
     /// Free an address, or everything `wren ipam check` reports.
     Release {
-        /// With --from-check: the leak check's grace period (see `wren ipam check`).
-        #[arg(long, default_value = "5m", value_parser = ipam::parse_grace, requires = "from_check")]
-        grace: std::time::Duration,
+        /// With --from-check: the leak check's grace period (default 5m; see `wren ipam check`).
+        #[arg(long, value_parser = ipam::parse_grace, conflicts_with = "ip")]
+        grace: Option<std::time::Duration>,
         /// The address to free.
         #[arg(
             long,

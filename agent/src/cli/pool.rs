@@ -1,6 +1,6 @@
 //! `wren pool add|list|rm|disable|enable`: address pools (`pools/<name>`).
 
-use wren_ipam::{Ipam, PoolSpec};
+use wren_ipam::{Ipam, PoolSpec, Usage};
 use wren_model::{Encapsulation, EncapsulationMode, Pool};
 
 use super::{EncapArg, EncapModeArg, PoolArgs, PoolCommand};
@@ -51,39 +51,10 @@ pub async fn run(args: PoolArgs) -> anyhow::Result<()> {
         }
         PoolCommand::List => {
             let usage = ipam.usage().await?;
-            let rows: Vec<Vec<String>> = usage
-                .pools
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.name.clone(),
-                        p.pool.cidr.to_string(),
-                        format!("/{}", p.pool.block_size),
-                        encapsulation(&p.pool),
-                        if p.pool.nat_outgoing { "yes" } else { "no" }.to_owned(),
-                        if p.pool.disabled {
-                            "disabled"
-                        } else {
-                            "enabled"
-                        }
-                        .to_owned(),
-                        format!("{}/{}", p.blocks.len(), p.block_capacity),
-                        p.used().to_string(),
-                    ]
-                })
-                .collect();
-            if rows.is_empty() {
+            if usage.pools.is_empty() {
                 println!("no pools (add one with `wren pool add NAME --cidr CIDR`)");
             } else {
-                print!(
-                    "{}",
-                    table(
-                        &[
-                            "NAME", "CIDR", "BLOCK", "ENCAP", "NAT", "STATE", "BLOCKS", "USED"
-                        ],
-                        &rows
-                    )
-                );
+                print!("{}", pools_table(&usage));
             }
         }
         PoolCommand::Rm { name } => {
@@ -101,6 +72,54 @@ pub async fn run(args: PoolArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every pool with its settings and usage: blocks claimed of blocks it holds, addresses
+/// allocated of addresses it holds.
+pub(super) fn pools_table(usage: &Usage) -> String {
+    let rows: Vec<Vec<String>> = usage
+        .pools
+        .iter()
+        .map(|p| {
+            let host_bits = p.pool.cidr.max_prefix_len() - p.pool.cidr.prefix_len();
+            vec![
+                p.name.clone(),
+                p.pool.cidr.to_string(),
+                format!("/{}", p.pool.block_size),
+                encapsulation(&p.pool),
+                if p.pool.nat_outgoing { "yes" } else { "no" }.to_owned(),
+                if p.pool.disabled {
+                    "disabled"
+                } else {
+                    "enabled"
+                }
+                .to_owned(),
+                format!("{}/{}", p.blocks.len(), count(p.block_capacity)),
+                format!(
+                    "{}/{}",
+                    p.used(),
+                    count(1u128.checked_shl(host_bits.into()).unwrap_or(u128::MAX))
+                ),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "CIDR", "BLOCK", "ENCAP", "NAT", "STATE", "BLOCKS", "USED",
+        ],
+        &rows,
+    )
+}
+
+/// A count as a person reads it: `1024`, or `2^74` for the sizes of IPv6 ranges.
+fn count(n: u128) -> String {
+    if n.is_power_of_two() && n > 1 << 24 {
+        format!("2^{}", n.trailing_zeros())
+    } else if n == u128::MAX {
+        "2^128".to_owned()
+    } else {
+        n.to_string()
+    }
 }
 
 /// `vxlan (cross-subnet)`, `ipip (always)`, `none`.

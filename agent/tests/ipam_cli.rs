@@ -1,0 +1,271 @@
+//! `wren pool` and `wren ipam` as an operator runs them: the built `wren` binary against a
+//! real etcd, with allocations made through the IPAM library as agents would make them.
+
+// The IPAM tests' helpers: registering nodes and recording workloads as the agent does.
+#[path = "../../ipam/tests/common/mod.rs"]
+#[allow(unused_imports, unused_macros)]
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use wren_ipam::{AllocateRequest, Ipam};
+use wren_model::keys;
+use wren_store::Store;
+use wren_store::etcd::{EtcdConfig, EtcdStore};
+use wren_tests::etcd::Etcd;
+use wren_tests::prereq;
+
+const PREFIX: &str = "/wren-cli-test/";
+
+/// What one `wren` run printed and how it ended.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn wren(endpoint: &str, args: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_wren"))
+        .args(args)
+        .env("WREN_ETCD_ENDPOINTS", endpoint)
+        .env("WREN_ETCD_PREFIX", PREFIX)
+        .output()
+        .expect("run wren");
+    Run {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs `wren` expecting success; returns its output.
+fn ok(endpoint: &str, args: &[&str]) -> String {
+    let run = wren(endpoint, args);
+    assert!(run.ok, "wren {args:?} failed: {}", run.stderr);
+    run.stdout
+}
+
+/// Runs `wren` expecting failure with one clear line containing `expected`.
+fn fails(endpoint: &str, args: &[&str], expected: &str) {
+    let run = wren(endpoint, args);
+    assert!(!run.ok, "wren {args:?} succeeded: {}", run.stdout);
+    let line = run.stderr.trim_end();
+    assert_eq!(
+        line.lines().count(),
+        1,
+        "wren {args:?}: not one line: {line:?}"
+    );
+    assert!(
+        line.starts_with("wren: ") && line.contains(expected),
+        "wren {args:?}: {line:?}"
+    );
+}
+
+async fn snapshot(store: &dyn Store) -> Vec<(String, Vec<u8>)> {
+    let items = store.list("").await.unwrap().items;
+    items.into_iter().map(|kv| (kv.key, kv.value)).collect()
+}
+
+#[test]
+fn pool_and_ipam_commands_against_etcd() {
+    if !prereq::require_command("etcd") {
+        return;
+    }
+    let etcd = Etcd::start().expect("etcd starts");
+    let e = etcd.endpoint();
+    let e = e.as_str();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store: Arc<dyn Store> = runtime.block_on(async {
+        let config = EtcdConfig {
+            endpoints: etcd.endpoints(),
+            prefix: PREFIX.into(),
+            ..EtcdConfig::default()
+        };
+        Arc::new(EtcdStore::connect(config).await.unwrap())
+    });
+
+    // Pools: add, then every kind of bad input refused with one line and nothing written.
+    let added = ok(e, &["pool", "add", "main", "--cidr", "10.65.0.0/16"]);
+    assert!(
+        added.contains("pool main added: 10.65.0.0/16 in /26 blocks"),
+        "{added}"
+    );
+    ok(
+        e,
+        &[
+            "pool",
+            "add",
+            "six",
+            "--cidr",
+            "fd00:65::/48",
+            "--encap",
+            "vxlan",
+        ],
+    );
+    let before = runtime.block_on(snapshot(store.as_ref()));
+    fails(
+        e,
+        &["pool", "add", "x", "--cidr", "10.65.128.0/17"],
+        "overlaps pool main (10.65.0.0/16)",
+    );
+    fails(
+        e,
+        &["pool", "add", "x", "--cidr", "10.66.0.0"],
+        "malformed CIDR",
+    );
+    fails(
+        e,
+        &["pool", "add", "x", "--cidr", "10.66.1.0/16"],
+        "did you mean 10.66.0.0/16?",
+    );
+    fails(
+        e,
+        &[
+            "pool",
+            "add",
+            "x",
+            "--cidr",
+            "10.66.0.0/16",
+            "--block-size",
+            "12",
+        ],
+        "use /20 to /32",
+    );
+    fails(
+        e,
+        &["pool", "add", "main", "--cidr", "10.67.0.0/16"],
+        "pool main already exists",
+    );
+    fails(e, &["pool", "rm", "nope"], "unknown pool nope");
+    fails(
+        e,
+        &["ipam", "release", "--ip", "10.65.0.9"],
+        "10.65.0.9 is not allocated",
+    );
+    fails(
+        e,
+        &["ipam", "release", "--ip", "192.0.2.1"],
+        "192.0.2.1 is not in any pool",
+    );
+    assert_eq!(
+        runtime.block_on(snapshot(store.as_ref())),
+        before,
+        "a refused command wrote"
+    );
+
+    // Two agents allocate; one pod's workload is recorded, one is not; node n2 goes away.
+    let (live, leaked, gone) = runtime.block_on(async {
+        let ipam = Ipam::new(store.clone());
+        common::node(store.as_ref(), "n1").await;
+        common::node(store.as_ref(), "n2").await;
+        let alloc = |h: &str, n: &str| ipam.allocate(AllocateRequest::new(h, n));
+        let live = alloc("net.c1", "n1").await.unwrap().ipv4().unwrap().address;
+        common::workload(store.as_ref(), "n1", "net.c1", &[live]).await;
+        let leaked = alloc("net.c2", "n1").await.unwrap().ipv4().unwrap().address;
+        let gone = alloc("net.c3", "n2").await.unwrap().ipv4().unwrap().address;
+        store.delete(&keys::node("n2"), None).await.unwrap();
+        (live, leaked, gone)
+    });
+
+    let list = ok(e, &["pool", "list"]);
+    assert!(list.lines().next().unwrap().starts_with("NAME"), "{list}");
+    let main = list.lines().find(|l| l.starts_with("main")).unwrap();
+    assert!(
+        main.contains("2/1024") && main.ends_with("3/65536"),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("six") && l.contains("vxlan (always)") && l.contains("/2^74")),
+        "{list}"
+    );
+
+    let show = ok(e, &["ipam", "show"]);
+    let n1 = show
+        .lines()
+        .find(|l| l.contains(" n1 "))
+        .expect("a block of n1");
+    assert!(n1.starts_with("main") && n1.contains("2/64"), "{show}");
+    assert!(
+        show.lines()
+            .any(|l| l.contains(" n2 ") && l.contains("1/64")),
+        "{show}"
+    );
+
+    let who = ok(e, &["ipam", "show", "--ip", &live.to_string()]);
+    assert!(who.contains("pool:     main"), "{who}");
+    assert!(who.contains("handle:   net.c1"), "{who}");
+    assert!(who.contains("node:     n1"), "{who}");
+    assert!(
+        who.contains("workload: pod default/pod-c1, container c1 (eth0) on n1"),
+        "{who}"
+    );
+    let orphan = ok(e, &["ipam", "show", "--ip", &leaked.to_string()]);
+    assert!(orphan.contains("workload: none recorded"), "{orphan}");
+
+    // The leak check names what is leaked; within the default grace period the young
+    // address without a workload is not judged yet.
+    let young = ok(e, &["ipam", "check"]);
+    assert!(
+        young.contains("without a workload yet is younger than 300s"),
+        "{young}"
+    );
+    let check = ok(e, &["ipam", "check", "--grace", "0"]);
+    assert!(check.contains("2 leaked addresses"), "{check}");
+    assert!(
+        check.contains(&leaked.to_string()) && check.contains("no workload holds its handle"),
+        "{check}"
+    );
+    assert!(
+        check.contains(&gone.to_string()) && check.contains("its node is gone"),
+        "{check}"
+    );
+    assert!(check.contains("1 block of nodes that are gone"), "{check}");
+    assert!(
+        !check.contains(&format!("{live} ")),
+        "a live address is reported: {check}"
+    );
+
+    let released = ok(e, &["ipam", "release", "--from-check", "--grace", "0"]);
+    assert!(
+        released.starts_with("released 2 addresses, 1 block"),
+        "{released}"
+    );
+    let clean = ok(e, &["ipam", "check", "--grace", "0"]);
+    assert!(
+        clean.contains("checked 1 allocated address") && clean.contains("no leaks found"),
+        "{clean}"
+    );
+
+    // Removing a pool that still holds an address is refused, saying how many.
+    fails(
+        e,
+        &["pool", "rm", "main"],
+        "pool main still has 1 allocated address; release them first",
+    );
+    let freed = ok(e, &["ipam", "release", "--ip", &live.to_string()]);
+    assert_eq!(freed.trim(), format!("released {live} (handle net.c1)"));
+    fails(
+        e,
+        &["ipam", "release", "--ip", &live.to_string()],
+        "is not allocated",
+    );
+    ok(e, &["pool", "disable", "main"]);
+    assert!(
+        ok(e, &["pool", "list"])
+            .lines()
+            .any(|l| l.starts_with("main") && l.contains("disabled"))
+    );
+    ok(e, &["pool", "enable", "main"]);
+    let removed = ok(e, &["pool", "rm", "main"]);
+    assert!(removed.starts_with("pool main removed"), "{removed}");
+    assert!(!ok(e, &["pool", "list"]).contains("main"));
+
+    // An etcd that does not answer is one line naming it.
+    fails(
+        "http://127.0.0.1:1",
+        &["pool", "list"],
+        "cannot reach etcd at http://127.0.0.1:1",
+    );
+}
