@@ -13,6 +13,7 @@
 //! processes by pid.
 
 pub mod bird;
+pub mod feed;
 pub mod frr;
 pub mod gobgp;
 mod run;

@@ -1,0 +1,435 @@
+//! Full-table ingestion over a real BGP session: wren's speaker against BIRD 2, same feed,
+//! same run.
+//!
+//! Run (root, BIRD 2 installed): `cargo bench -p wren-bgp --bench ingest`
+//! (options after `--`: `--prefixes N` (default 1000000), `--runs R` (default 3)).
+//!
+//! A generated table (`wren_tests::daemons::feed`: /24s with one to eight prefixes per
+//! attribute set) is encoded once. For each run and each receiver, a fresh receiver starts in
+//! its own network namespace, the feeder connects over a veth pair from another namespace,
+//! and once the session is Established it writes every UPDATE and the End-of-RIB as fast as
+//! the receiver reads. Measured:
+//! - time from the first UPDATE written to the receiver holding every prefix: BIRD's
+//!   `Routes: N imported` for the session, wren's accepted-prefix count for the peer (both
+//!   polled every 20 ms; after it, wren's Loc-RIB size is checked too);
+//! - the CPU time (user + system, all threads) the receiver spent meanwhile: BIRD runs on
+//!   one thread, wren's tokio runtime on as many as there are cores, so on this two-core
+//!   machine the wall time alone would flatter whichever can use both;
+//! - the receiver's peak resident memory (`VmHWM`) and its growth over the resident memory
+//!   it had before the feed, per route.
+//!
+//! wren runs in a child process of this benchmark (the same executable, started with
+//! `WREN_INGEST_NETNS` set) so that its memory figures hold nothing but the speaker.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use wren_tests::daemons::bird::Bird;
+use wren_tests::daemons::feed::{Feed, FeedSpec, Feeder};
+use wren_tests::daemons::{Config, Peer};
+use wren_tests::netns::NetNs;
+use wren_tests::prereq;
+use wren_tests::process::ChildGuard;
+
+const CHILD_NETNS: &str = "WREN_INGEST_NETNS";
+const CHILD_EXPECT: &str = "WREN_INGEST_PREFIXES";
+const FEEDER: Ipv4Addr = Ipv4Addr::new(10, 90, 0, 1);
+const RECEIVER: Ipv4Addr = Ipv4Addr::new(10, 90, 0, 2);
+const FEEDER_AS: u32 = 65000;
+const RECEIVER_AS: u32 = 64512;
+const POLL: Duration = Duration::from_millis(20);
+const PATIENCE: Duration = Duration::from_secs(600);
+
+/// One receiver's result in one run.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// First UPDATE written → all prefixes held.
+    seconds: f64,
+    /// First UPDATE written → the feeder's last byte accepted by the kernel.
+    written: f64,
+    /// Resident memory before the feed, KiB.
+    base_kib: u64,
+    /// Peak resident memory, KiB.
+    peak_kib: u64,
+    /// CPU time (user + system, all threads) the receiver spent from the first UPDATE to
+    /// the last prefix held, seconds.
+    cpu: f64,
+}
+
+impl Sample {
+    fn bytes_per_route(&self, routes: u32) -> f64 {
+        (self.peak_kib.saturating_sub(self.base_kib) * 1024) as f64 / f64::from(routes)
+    }
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os(CHILD_NETNS).is_some() {
+        return speaker::child();
+    }
+    let mut prefixes = 1_000_000u32;
+    let mut runs = 3usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--prefixes" => prefixes = args.next().and_then(|v| v.parse().ok()).unwrap_or(prefixes),
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
+            _ => {} // `cargo bench` adds `--bench`.
+        }
+    }
+    if !prereq::is_root() || !prereq::have_command("bird") {
+        eprintln!("skipped: the ingestion benchmark needs root and BIRD 2 (`bird`)");
+        return ExitCode::SUCCESS;
+    }
+    match run(prefixes, runs) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ingest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(prefixes: u32, runs: usize) -> Result<(), String> {
+    let spec = FeedSpec {
+        prefixes,
+        seed: 1,
+        asn: FEEDER_AS,
+        router_id: FEEDER,
+        next_hop: FEEDER,
+    };
+    let started = Instant::now();
+    let feed = Feed::generate(spec);
+    println!(
+        "feed: {} prefixes, {} attribute sets, {} UPDATEs, {:.1} MB (generated in {:.1} s)",
+        feed.spec.prefixes,
+        feed.attribute_sets,
+        feed.messages,
+        feed.stream.len() as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    let feeder_ns = NetNs::new("feed").map_err(|e| e.to_string())?;
+    let receiver_ns = NetNs::new("rx").map_err(|e| e.to_string())?;
+    feeder_ns
+        .veth(
+            "eth0",
+            Some("10.90.0.1/24"),
+            &receiver_ns,
+            "eth0",
+            Some("10.90.0.2/24"),
+        )
+        .map_err(|e| e.to_string())?;
+
+    let mut bird = Vec::new();
+    let mut wren = Vec::new();
+    for run in 1..=runs {
+        let b = bird_run(&feeder_ns, &receiver_ns, &feed)?;
+        println!("run {run} BIRD: {}", describe(&b, prefixes));
+        bird.push(b);
+        let w = wren_run(&feeder_ns, &receiver_ns, &feed)?;
+        println!("run {run} wren: {}", describe(&w, prefixes));
+        wren.push(w);
+    }
+    let (b, w) = (median(&bird), median(&wren));
+    println!();
+    println!(
+        "| receiver | time to {prefixes} prefixes | prefixes/s | CPU time | peak RSS | RSS growth per route |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, s) in [("BIRD 2 (anchor)", &b), ("wren", &w)] {
+        println!(
+            "| {name} | {:.2} s | {:.0} | {:.2} s | {:.1} MiB | {:.0} B |",
+            s.seconds,
+            f64::from(prefixes) / s.seconds,
+            s.cpu,
+            s.peak_kib as f64 / 1024.0,
+            s.bytes_per_route(prefixes)
+        );
+    }
+    println!(
+        "| wren / BIRD | {:.2} | | {:.2} | {:.2} | {:.2} |",
+        w.seconds / b.seconds,
+        w.cpu / b.cpu,
+        w.peak_kib as f64 / b.peak_kib as f64,
+        w.bytes_per_route(prefixes) / b.bytes_per_route(prefixes)
+    );
+    println!("(median of {runs} runs; lower is better in every column but prefixes/s)");
+    Ok(())
+}
+
+fn describe(s: &Sample, prefixes: u32) -> String {
+    format!(
+        "{:.2} s (feed written after {:.2} s), CPU {:.2} s, RSS {:.1} → {:.1} MiB, {:.0} B/route",
+        s.seconds,
+        s.written,
+        s.cpu,
+        s.base_kib as f64 / 1024.0,
+        s.peak_kib as f64 / 1024.0,
+        s.bytes_per_route(prefixes)
+    )
+}
+
+/// Per column median: each figure is the middle of its own runs.
+fn median(samples: &[Sample]) -> Sample {
+    let mid = |f: fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Sample {
+        seconds: mid(|s| s.seconds),
+        written: mid(|s| s.written),
+        base_kib: mid(|s| s.base_kib as f64) as u64,
+        peak_kib: mid(|s| s.peak_kib as f64) as u64,
+        cpu: mid(|s| s.cpu),
+    }
+}
+
+/// `VmRSS` and `VmHWM` of a process, KiB.
+fn memory(pid: u32) -> Result<(u64, u64), String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// CPU time (user + system, every thread) a process has used, seconds.
+fn cpu_seconds(pid: u32) -> Result<f64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("bad /proc stat line")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime, fields 14 and 15 of the line, are the 12th and 13th after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(11) + ticks(12)) as f64 / hz)
+}
+
+/// Connects the feeder (retrying while the receiver is still binding its port).
+fn connect(feeder_ns: &NetNs, feed: &Feed) -> Result<Feeder, String> {
+    let to = SocketAddr::new(IpAddr::V4(RECEIVER), 179);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Feeder::connect(feeder_ns, to, &feed.spec, Duration::from_secs(10)) {
+            Ok(f) => return Ok(f),
+            Err(e) if Instant::now() > deadline => return Err(format!("feeder: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Writes the feed on a thread of its own and runs `wait` (which returns once the receiver
+/// holds everything); returns (time to everything held, time to everything written).
+fn blast(
+    feeder: &Feeder,
+    feed: &Feed,
+    wait: impl FnOnce() -> Result<(), String>,
+) -> Result<(f64, f64), String> {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            feeder
+                .send(&feed.stream)
+                .map(|()| start.elapsed().as_secs_f64())
+        });
+        let waited = wait().map(|()| start.elapsed().as_secs_f64());
+        let written = writer
+            .join()
+            .map_err(|_| "feeder thread panicked".to_string())?;
+        let written = written.map_err(|e| format!("feeder: {e}"))?;
+        let waited = waited.map_err(|e| match feeder.notification() {
+            Some(n) => format!("{e} (receiver sent {n})"),
+            None => e,
+        })?;
+        Ok((waited, written))
+    })
+}
+
+fn bird_run(feeder_ns: &NetNs, receiver_ns: &NetNs, feed: &Feed) -> Result<Sample, String> {
+    let peer = Peer::new(IpAddr::V4(FEEDER), FEEDER_AS, IpAddr::V4(RECEIVER))
+        .passive()
+        .hold_time(240);
+    let bird = Bird::start(receiver_ns, Config::new(RECEIVER, RECEIVER_AS).peer(peer))
+        .map_err(|e| e.to_string())?;
+    use wren_tests::daemons::BgpDaemon;
+    let (base_kib, _) = memory(bird.pid())?;
+    let feeder = connect(feeder_ns, feed)?;
+    let cpu_before = cpu_seconds(bird.pid())?;
+    let expected = u64::from(feed.spec.prefixes);
+    let (seconds, written) = blast(&feeder, feed, || {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let n = bird
+                .imported(IpAddr::V4(FEEDER))
+                .map_err(|e| e.to_string())?;
+            if n >= expected {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "BIRD holds {n} of {expected} routes after {PATIENCE:?}"
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    })?;
+    let cpu = cpu_seconds(bird.pid())? - cpu_before;
+    let (_, peak_kib) = memory(bird.pid())?;
+    Ok(Sample {
+        seconds,
+        written,
+        base_kib,
+        peak_kib,
+        cpu,
+    })
+}
+
+fn wren_run(feeder_ns: &NetNs, receiver_ns: &NetNs, feed: &Feed) -> Result<Sample, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.env(CHILD_NETNS, receiver_ns.name())
+        .env(CHILD_EXPECT, feed.spec.prefixes.to_string())
+        .stdout(Stdio::piped());
+    let mut child =
+        ChildGuard::spawn_keep_stdout("wren speaker", &mut cmd).map_err(|e| e.to_string())?;
+    let stdout = child
+        .child_mut()
+        .stdout
+        .take()
+        .ok_or("no stdout from the wren child")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut next = |want: &str| -> Result<Vec<u64>, String> {
+        let line = lines
+            .next()
+            .ok_or_else(|| format!("wren child ended before `{want}`"))?
+            .map_err(|e| e.to_string())?;
+        let mut words = line.split_whitespace();
+        if words.next() != Some(want) {
+            return Err(format!("wren child said {line:?}, expected `{want}`"));
+        }
+        Ok(words.filter_map(|w| w.parse().ok()).collect())
+    };
+    let base_kib = next("ready")?.first().copied().unwrap_or(0);
+    let feeder = connect(feeder_ns, feed)?;
+    let pid = child.pid();
+    let cpu_before = cpu_seconds(pid)?;
+    let mut peak_kib = 0;
+    let mut cpu = 0.0;
+    let (seconds, written) = blast(&feeder, feed, || {
+        peak_kib = next("done")?.first().copied().unwrap_or(0);
+        cpu = cpu_seconds(pid)? - cpu_before;
+        Ok(())
+    })?;
+    let loc_rib = next("locrib")?.first().copied().unwrap_or(0);
+    if loc_rib != u64::from(feed.spec.prefixes) {
+        return Err(format!(
+            "wren's Loc-RIB holds {loc_rib} of {} prefixes",
+            feed.spec.prefixes
+        ));
+    }
+    // The speaker goes first: a closed session would make it withdraw the whole table.
+    drop(child);
+    drop(feeder);
+    Ok(Sample {
+        seconds,
+        written,
+        base_kib,
+        peak_kib,
+        cpu,
+    })
+}
+
+/// The wren side: runs in the child process.
+mod speaker {
+    use std::fs::File;
+    use std::io::Write;
+    use std::net::{IpAddr, SocketAddr};
+    use std::os::fd::AsRawFd;
+    use std::process::ExitCode;
+
+    use wren_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
+    use wren_bgp::wire::Afi;
+
+    use super::{
+        CHILD_EXPECT, CHILD_NETNS, FEEDER, FEEDER_AS, POLL, RECEIVER, RECEIVER_AS, memory,
+    };
+
+    pub fn child() -> ExitCode {
+        match serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wren child: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn say(line: &str) -> Result<(), String> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|e| e.to_string())
+    }
+
+    fn serve() -> Result<(), String> {
+        let ns = std::env::var(CHILD_NETNS).map_err(|e| e.to_string())?;
+        let expected: usize = std::env::var(CHILD_EXPECT)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or("no prefix count")?;
+        let file = File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
+        // SAFETY: setns(2) on an open descriptor, before any other thread exists.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async move {
+            let mut config = SpeakerConfig::new(RECEIVER, RECEIVER_AS);
+            config.listen = Some(SocketAddr::new(IpAddr::V4(RECEIVER), 179));
+            let (speaker, _task) = Speaker::start(config).await.map_err(|e| e.to_string())?;
+            let mut peer = PeerConfig::new(IpAddr::V4(FEEDER), FEEDER_AS);
+            peer.passive = true;
+            peer.families = vec![Afi::Ipv4Unicast];
+            speaker.add_peer(peer).await.map_err(|e| e.to_string())?;
+            let (rss, _) = memory(std::process::id())?;
+            say(&format!("ready {rss}"))?;
+            loop {
+                tokio::time::sleep(POLL).await;
+                let status = speaker
+                    .peer(IpAddr::V4(FEEDER))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if status.prefixes_received >= expected {
+                    break;
+                }
+            }
+            let (_, hwm) = memory(std::process::id())?;
+            say(&format!("done {hwm}"))?;
+            let loc_rib = speaker.loc_rib().await.map_err(|e| e.to_string())?.len();
+            say(&format!("locrib {loc_rib}"))?;
+            // Until the benchmark ends this process.
+            std::future::pending::<()>().await;
+            Ok::<(), String>(())
+        })
+    }
+}
