@@ -321,3 +321,35 @@ proptest! {
         prop_assert_eq!(&withdrawn, &all);
     }
 }
+
+#[test]
+fn packing_refuses_what_cannot_be_sent() {
+    let codec = Codec::default();
+    let v4 = ["10.0.0.0/8".parse::<IpNet>().unwrap()];
+    let v6 = ["2001:db8::/32".parse::<IpNet>().unwrap()];
+    let no_next_hop = PathAttributes {
+        origin: Some(Origin::Igp),
+        ..Default::default()
+    };
+    assert!(matches!(
+        pack_announcements(&no_next_hop, &v4, &codec),
+        Err(EncodeError::Invalid(_))
+    ));
+    assert!(matches!(
+        pack_announcements(&no_next_hop, &v6, &codec),
+        Err(EncodeError::Invalid(_))
+    ));
+    // Attributes that leave no room for a prefix.
+    let huge = PathAttributes {
+        next_hop: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        communities: vec![7; 1020],
+        ..Default::default()
+    };
+    assert!(matches!(
+        pack_announcements(&huge, &v4, &codec),
+        Err(EncodeError::TooLong(_))
+    ));
+    // Nothing to send: no messages.
+    assert_eq!(pack_announcements(&huge, &[], &codec), Ok(vec![]));
+    assert_eq!(pack_withdrawals(&[]), Ok(vec![]));
+}

@@ -597,13 +597,10 @@ fn write_as_path(out: &mut Vec<u8>, path: &AsPath, four_octet: bool) {
     }
 }
 
-/// Appends MP_REACH_NLRI with the given prefixes (extended length always, as other speakers
-/// do for this attribute, so the packer knows its header size in advance).
-pub(crate) fn write_mp_reach(
-    out: &mut Vec<u8>,
-    reach: &MpReach,
-    nlri: &[ipnet::IpNet],
-) -> Result<(), EncodeError> {
+/// Starts MP_REACH_NLRI: everything before its prefixes, with a 2-octet length to be filled
+/// in by [`finish_mp`] (extended length always, as other speakers do for this attribute, so
+/// the packer knows its header size in advance). Returns where the attribute starts.
+pub(crate) fn start_mp_reach(out: &mut Vec<u8>, reach: &MpReach) -> Result<usize, EncodeError> {
     let (afi, safi) = reach.afi.afi_safi();
     let mut nh = [0u8; 32];
     let nh_len = match (reach.afi, reach.next_hop, reach.link_local_next_hop) {
@@ -627,49 +624,71 @@ pub(crate) fn write_mp_reach(
             ));
         }
     };
-    if nlri.iter().any(|n| super::nlri::afi_of(n) != reach.afi) {
-        return Err(EncodeError::Invalid("MP_REACH prefix of another family"));
-    }
-    attribute(
-        out,
-        OPTIONAL_NON_TRANSITIVE,
+    let start = out.len();
+    out.extend_from_slice(&[
+        OPTIONAL_NON_TRANSITIVE | FLAG_EXTENDED_LENGTH,
         tc::MP_REACH_NLRI,
-        true,
-        |out| {
-            out.extend_from_slice(&afi.to_be_bytes());
-            out.extend_from_slice(&[safi, nh_len as u8]);
-            out.extend_from_slice(&nh[..nh_len]);
-            out.push(0);
-            for net in nlri {
-                encode_prefix(net, out);
-            }
-        },
-    )
+    ]);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&afi.to_be_bytes());
+    out.extend_from_slice(&[safi, nh_len as u8]);
+    out.extend_from_slice(&nh[..nh_len]);
+    out.push(0);
+    Ok(start)
 }
 
-/// Appends MP_UNREACH_NLRI with the given prefixes (extended length always).
-pub(crate) fn write_mp_unreach(
-    out: &mut Vec<u8>,
-    afi: Afi,
-    withdrawn: &[ipnet::IpNet],
-) -> Result<(), EncodeError> {
-    if withdrawn.iter().any(|n| super::nlri::afi_of(n) != afi) {
+/// Starts MP_UNREACH_NLRI: everything before its prefixes (see [`start_mp_reach`]).
+pub(crate) fn start_mp_unreach(out: &mut Vec<u8>, afi: Afi) -> usize {
+    let (a, s) = afi.afi_safi();
+    let start = out.len();
+    out.extend_from_slice(&[
+        OPTIONAL_NON_TRANSITIVE | FLAG_EXTENDED_LENGTH,
+        tc::MP_UNREACH_NLRI,
+    ]);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&a.to_be_bytes());
+    out.push(s);
+    start
+}
+
+/// Fills in the length of an MP attribute started at `start`, now that its prefixes are
+/// written.
+pub(crate) fn finish_mp(out: &mut [u8], start: usize) -> Result<(), EncodeError> {
+    let len = out.len() - start - 4;
+    let len = u16::try_from(len).map_err(|_| EncodeError::TooLong(len))?;
+    out[start + 2..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Appends MP_REACH_NLRI with its prefixes.
+pub(crate) fn write_mp_reach(out: &mut Vec<u8>, reach: &MpReach) -> Result<(), EncodeError> {
+    if reach
+        .nlri
+        .iter()
+        .any(|n| super::nlri::afi_of(n) != reach.afi)
+    {
+        return Err(EncodeError::Invalid("MP_REACH prefix of another family"));
+    }
+    let start = start_mp_reach(out, reach)?;
+    reach.nlri.iter().for_each(|net| encode_prefix(net, out));
+    finish_mp(out, start)
+}
+
+/// Appends MP_UNREACH_NLRI with its prefixes.
+pub(crate) fn write_mp_unreach(out: &mut Vec<u8>, unreach: &MpUnreach) -> Result<(), EncodeError> {
+    if unreach
+        .withdrawn
+        .iter()
+        .any(|n| super::nlri::afi_of(n) != unreach.afi)
+    {
         return Err(EncodeError::Invalid("MP_UNREACH prefix of another family"));
     }
-    let (a, s) = afi.afi_safi();
-    attribute(
-        out,
-        OPTIONAL_NON_TRANSITIVE,
-        tc::MP_UNREACH_NLRI,
-        true,
-        |out| {
-            out.extend_from_slice(&a.to_be_bytes());
-            out.push(s);
-            for net in withdrawn {
-                encode_prefix(net, out);
-            }
-        },
-    )
+    let start = start_mp_unreach(out, unreach.afi);
+    unreach
+        .withdrawn
+        .iter()
+        .for_each(|net| encode_prefix(net, out));
+    finish_mp(out, start)
 }
 
 /// Appends every attribute except MP_REACH/MP_UNREACH, in ascending type order. On a 2-octet

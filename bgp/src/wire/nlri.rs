@@ -70,13 +70,26 @@ pub(crate) fn encoded_len(net: &IpNet) -> usize {
 }
 
 /// Appends one prefix.
+#[inline]
 pub(crate) fn encode_prefix(net: &IpNet, out: &mut Vec<u8>) {
+    // Writing a fixed-size block and cutting it back is cheaper than copying a variable
+    // number of octets.
     let len = net.prefix_len();
     let n = usize::from(len).div_ceil(8);
-    out.push(len);
     match net {
-        IpNet::V4(v4) => out.extend_from_slice(&v4.network().octets()[..n]),
-        IpNet::V6(v6) => out.extend_from_slice(&v6.network().octets()[..n]),
+        IpNet::V4(v4) => {
+            let mut block = [len, 0, 0, 0, 0];
+            block[1..].copy_from_slice(&v4.network().octets());
+            out.extend_from_slice(&block);
+            out.truncate(out.len() - (4 - n));
+        }
+        IpNet::V6(v6) => {
+            let mut block = [0u8; 17];
+            block[0] = len;
+            block[1..].copy_from_slice(&v6.network().octets());
+            out.extend_from_slice(&block);
+            out.truncate(out.len() - (16 - n));
+        }
     }
 }
 

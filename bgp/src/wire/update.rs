@@ -278,10 +278,10 @@ pub(crate) fn encode_update(
     out.extend_from_slice(&[0, 0]);
     let attrs = &update.attributes;
     if let Some(reach) = &attrs.mp_reach {
-        write_mp_reach(out, reach, &reach.nlri)?;
+        write_mp_reach(out, reach)?;
     }
     if let Some(unreach) = &attrs.mp_unreach {
-        write_mp_unreach(out, unreach.afi, &unreach.withdrawn)?;
+        write_mp_unreach(out, unreach)?;
     }
     attributes::write_path_attributes(out, attrs, codec)?;
     let attrs_len = out.len() - attrs_at - 2;
