@@ -7,3 +7,6 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 
 # Datastore: etcd compare-and-swap tx/s, wren vs raw etcd-client (BENCHMARKS.md "Datastore").
 cargo bench -p wren-store --bench cas
+
+# IPAM: allocations/s for 1 and 3 nodes, vs raw etcd CAS in the same run (BENCHMARKS.md "IPAM").
+cargo bench -p wren-ipam --bench allocate
