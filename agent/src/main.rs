@@ -11,9 +11,20 @@ fn main() -> std::process::ExitCode {
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
             _ => {
-                // clap's own rendering adds usage and a hint on further lines; keep the first.
+                // clap renders the error, its details (the missing arguments) and then, after
+                // a blank line, usage and hints: keep the error with its details, on one line.
                 let rendered = e.render().to_string();
-                let line = rendered.lines().next().unwrap_or("invalid command line");
+                let line = rendered
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let line = if line.is_empty() {
+                    "invalid command line".to_owned()
+                } else {
+                    line
+                };
                 eprintln!("wren: {}", line.trim_start_matches("error: "));
                 return std::process::ExitCode::from(2);
             }
