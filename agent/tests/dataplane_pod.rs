@@ -150,13 +150,24 @@ fn prepare_node_turns_forwarding_on_only_inside_the_node() {
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
         outside
     );
+}
 
-    let bare = NetNs::new("pod-bare").unwrap();
-    let setup = bare.enter(prepare_node).unwrap().unwrap();
-    assert!(
-        setup.warnings.iter().any(|w| w.contains("169.254.1.1")),
-        "{setup:?}"
-    );
+#[test]
+fn pods_reach_each_other_on_a_node_without_a_default_route() {
+    if !ready() {
+        return;
+    }
+    // A node with nothing but loopback: no uplink, no default route to answer ARP for.
+    let bare = NetNs::new("pod-noroute-node").unwrap();
+    let pod_a = NetNs::new("pod-noroute-a").unwrap();
+    let pod_b = NetNs::new("pod-noroute-b").unwrap();
+    bare.enter(prepare_node).unwrap().unwrap();
+    let a = spec("ctr-na/eth0", &pod_a, &["10.65.9.2"]);
+    let b = spec("ctr-nb/eth0", &pod_b, &["10.65.9.3"]);
+    bare.enter(|| setup_pod(&a)).unwrap().unwrap();
+    bare.enter(|| setup_pod(&b)).unwrap().unwrap();
+    assert_reachable(&pod_a, "10.65.9.3");
+    assert_reachable(&pod_b, "10.65.9.2");
 }
 
 #[test]

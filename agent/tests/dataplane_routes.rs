@@ -279,7 +279,7 @@ fn incremental_changes_report_failures_per_route_across_many_datagrams() {
         return;
     };
     // 3,000 routes span three datagrams; every 700th names a gateway that is not reachable.
-    let unreachable = |i: u32| i % 700 == 0;
+    let unreachable = |i: u32| i.is_multiple_of(700);
     let routes: Vec<Route> = (0..3000u32)
         .map(|i| {
             let dst = IpNet::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 64)), 26).unwrap();

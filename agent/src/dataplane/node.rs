@@ -5,14 +5,7 @@
 
 use std::fs;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-
-use netlink_packet_route::route::{RouteAttribute, RouteMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-
-use super::netlink::{Netlink, NetlinkError};
-use super::pod::GATEWAY_V4;
 
 /// Forwarding switches, IPv4 first. Writing `ip_forward` also sets it on every interface and
 /// on the defaults that new interfaces copy; `conf/all/forwarding` does the same for IPv6.
@@ -31,9 +24,6 @@ pub enum NodeError {
         /// Why.
         source: io::Error,
     },
-    /// The route look-up failed for another reason than "no route".
-    #[error("route look-up: {0}")]
-    Netlink(#[from] NetlinkError),
 }
 
 /// What [`prepare_node`] did and what it could not fix.
@@ -46,9 +36,8 @@ pub struct NodeSetup {
 }
 
 /// Turns on IPv4 and IPv6 forwarding in the calling thread's network namespace (the node's),
-/// writing only what differs, and checks that the pods' gateway address is routable here:
-/// proxy ARP answers for 169.254.1.1 only when the node has a route to it (normally its
-/// default route). Call once at agent start.
+/// writing only what differs. Call once at agent start. Pods need no default route on the
+/// node: their gateway is a permanent neighbour entry inside the pod.
 pub fn prepare_node() -> Result<NodeSetup, NodeError> {
     prepare_node_at(Path::new("/proc/sys"))
 }
@@ -67,13 +56,6 @@ fn prepare_node_at(root: &Path) -> Result<NodeSetup, NodeError> {
             setup.changed.push(path.display().to_string());
         }
     }
-    let mut netlink = Netlink::open()?;
-    if !routable(&mut netlink, GATEWAY_V4)? {
-        setup.warnings.push(format!(
-            "no route to {GATEWAY_V4} in this namespace: proxy ARP will not answer for the \
-             pods' gateway (add a default route)"
-        ));
-    }
     Ok(setup)
 }
 
@@ -89,29 +71,6 @@ fn ensure(path: &Path, value: &'static str) -> Result<bool, NodeError> {
     }
     fs::write(path, value).map_err(error)?;
     Ok(true)
-}
-
-/// Whether the kernel has a route for `addr`.
-fn routable(netlink: &mut Netlink, addr: Ipv4Addr) -> Result<bool, NodeError> {
-    // A strictly checked look-up carries nothing in its header but family and prefix length.
-    let mut request = RouteMessage::default();
-    request.header.address_family = AddressFamily::Inet;
-    request.header.destination_prefix_length = 32;
-    request
-        .attributes
-        .push(RouteAttribute::Destination(IpAddr::V4(addr).into()));
-    match netlink.request(RouteNetlinkMessage::GetRoute(request), 0) {
-        Ok(_) => Ok(true),
-        Err(e)
-            if matches!(
-                e.errno(),
-                Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
-            ) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]
