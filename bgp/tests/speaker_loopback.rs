@@ -1,85 +1,12 @@
 //! Two wren speakers talking over loopback, on free ports of 127.0.0.1, in one process.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+mod speaker_common;
+
 use std::time::Duration;
 
-use ipnet::IpNet;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use speaker_common::*;
 use wren_bgp::fsm::State;
 use wren_bgp::rib::{RouteAttributes, RouteEvent, Source};
-use wren_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig, SpeakerHandle, Subscription};
-
-const AS: u32 = 64512;
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-/// Upper bound for anything the tests wait for; they finish as soon as the condition holds.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-async fn speaker(id: u8, asn: u32) -> SpeakerHandle {
-    let mut config = SpeakerConfig::new(Ipv4Addr::new(10, 255, 0, id), asn);
-    config.listen = Some(SocketAddr::new(LOOPBACK, 0));
-    config.next_hop_v6 = Some(format!("2001:db8:ffff::{id}").parse().unwrap());
-    let (handle, _task) = Speaker::start(config).await.expect("speaker starts");
-    handle
-}
-
-fn peer_to(other: &SpeakerHandle, asn: u32) -> PeerConfig {
-    let mut peer = PeerConfig::new(LOOPBACK, asn);
-    peer.port = other.local_addr().expect("listening").port();
-    peer.hold_time = 9;
-    peer.connect_retry = Duration::from_secs(1);
-    peer.idle_hold = Duration::from_millis(500);
-    peer
-}
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap()
-}
-
-/// Polls until `check` holds; panics with `what` after [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn state_of(speaker: &SpeakerHandle) -> State {
-    speaker.peer(LOOPBACK).await.expect("peer configured").state
-}
-
-async fn established(speaker: &SpeakerHandle) -> bool {
-    state_of(speaker).await == State::Established
-}
-
-async fn has_route(speaker: &SpeakerHandle, prefix: IpNet) -> bool {
-    let rib = speaker.loc_rib().await.expect("speaker running");
-    rib.iter().any(|(p, _)| *p == prefix)
-}
-
-/// Reads subscription batches until one holds `wanted`.
-async fn expect_event(sub: &mut Subscription, wanted: impl Fn(&RouteEvent) -> bool) {
-    let found = tokio::time::timeout(PATIENCE, async {
-        while let Some(batch) = sub.recv().await {
-            if batch.iter().any(&wanted) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(found, Ok(true), "expected route event never came");
-}
 
 #[tokio::test]
 async fn speaker_routes_flow_both_ways_and_go_with_the_peer() {
@@ -236,59 +163,6 @@ async fn speaker_md5_matching_passwords_up_mismatching_not() {
     d.shutdown().await.unwrap();
 }
 
-/// A TCP relay that can stop forwarding while keeping both connections open: a peer that
-/// froze.
-struct Relay {
-    port: u16,
-    frozen: Arc<AtomicBool>,
-}
-
-impl Relay {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let frozen = Arc::new(AtomicBool::new(false));
-        let flag = frozen.clone();
-        tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let Ok(outbound) = TcpStream::connect(target).await else {
-                    continue;
-                };
-                let (ri, wi) = inbound.into_split();
-                let (ro, wo) = outbound.into_split();
-                tokio::spawn(pump(ri, wo, flag.clone()));
-                tokio::spawn(pump(ro, wi, flag.clone()));
-            }
-        });
-        Self { port, frozen }
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        if frozen.load(Ordering::Acquire) {
-            // Hold both sockets open and silent, as a hung process would.
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if frozen.load(Ordering::Acquire) {
-                    continue;
-                }
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn speaker_hold_timer_expires_when_the_peer_freezes() {
     let a = speaker(1, AS).await;
@@ -309,7 +183,7 @@ async fn speaker_hold_timer_expires_when_the_peer_freezes() {
     })
     .await;
 
-    relay.frozen.store(true, Ordering::Release);
+    relay.freeze();
     eventually("A's hold timer expires and B's route goes", || async {
         let status = a.peer(LOOPBACK).await.unwrap();
         status.state != State::Established && !has_route(&a, net("10.2.0.0/24")).await

@@ -1,0 +1,167 @@
+//! Speaker features over loopback: graceful restart (receiving side), route reflection
+//! between three speakers, and peer reconfiguration at run time.
+
+mod speaker_common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use speaker_common::*;
+use wren_bgp::rib::{RouteAttributes, RouteEvent, Source};
+use wren_bgp::speaker::{GracefulRestartConfig, SpeakerHandle, Subscription};
+
+/// Whatever the subscription delivers within a short while.
+async fn pending_events(sub: &mut Subscription) -> Vec<RouteEvent> {
+    let mut events = Vec::new();
+    while let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
+        events.extend(batch);
+    }
+    events
+}
+
+async fn stale(speaker: &SpeakerHandle) -> usize {
+    speaker.peer(LOOPBACK).await.expect("peer").prefixes_stale
+}
+
+#[tokio::test]
+async fn speaker_graceful_restart_keeps_routes_across_a_lost_connection() {
+    // A advertises a 4 s restart time and that it keeps its forwarding state.
+    let a = speaker_with(1, AS, |c| {
+        c.graceful_restart = Some(GracefulRestartConfig {
+            restart_time: 4,
+            forwarding_preserved: true,
+            ..GracefulRestartConfig::default()
+        });
+    })
+    .await;
+    let b = speaker(2, AS).await;
+    let relay = Relay::start(a.local_addr().unwrap()).await;
+    let mut to_b = peer_to(&b, AS);
+    to_b.passive = true;
+    let mut to_a = peer_to(&a, AS);
+    to_a.port = relay.port;
+    a.add_peer(to_b).await.unwrap();
+    b.add_peer(to_a).await.unwrap();
+    a.originate(net("10.1.0.0/24"), None).await.unwrap();
+    eventually("B learns A's prefix", || async {
+        has_route(&b, net("10.1.0.0/24")).await
+    })
+    .await;
+    let mut routes = b.subscribe().await.unwrap();
+    pending_events(&mut routes).await;
+
+    // The connection dies without a NOTIFICATION: A's routes stay, marked stale.
+    relay.set_accepting(false);
+    relay.cut();
+    eventually("B keeps A's route as stale", || async {
+        stale(&b).await == 1
+    })
+    .await;
+    assert!(has_route(&b, net("10.1.0.0/24")).await);
+
+    // A comes back in time: the route is refreshed, never withdrawn.
+    relay.set_accepting(true);
+    eventually("session back and route fresh", || async {
+        established(&b).await && stale(&b).await == 0 && has_route(&b, net("10.1.0.0/24")).await
+    })
+    .await;
+    let events = pending_events(&mut routes).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, RouteEvent::Withdrawn { .. })),
+        "a graceful restart must not disturb forwarding: {events:?}"
+    );
+
+    // A does not come back: its routes go when the restart time runs out.
+    relay.set_accepting(false);
+    relay.cut();
+    eventually("B keeps A's route as stale again", || async {
+        stale(&b).await == 1
+    })
+    .await;
+    expect_event(
+        &mut routes,
+        |e| matches!(e, RouteEvent::Withdrawn { prefix } if *prefix == net("10.1.0.0/24")),
+    )
+    .await;
+    assert_eq!(stale(&b).await, 0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A speaker listening on 127.0.0.`n`.
+async fn speaker_on(n: u8) -> SpeakerHandle {
+    let address = IpAddr::V4(Ipv4Addr::new(127, 0, 0, n));
+    speaker_with(n, AS, |c| c.listen = Some(SocketAddr::new(address, 0))).await
+}
+
+#[tokio::test]
+async fn speaker_reflects_routes_between_clients() {
+    let reflector = speaker_on(1).await;
+    let b = speaker_on(2).await;
+    let c = speaker_on(3).await;
+    for client in [&b, &c] {
+        let mut entry = peer_to(client, AS);
+        entry.rr_client = true;
+        reflector.add_peer(entry).await.unwrap();
+        client.add_peer(peer_to(&reflector, AS)).await.unwrap();
+    }
+    b.originate(net("10.2.0.0/24"), None).await.unwrap();
+    eventually("C learns B's prefix through the reflector", || async {
+        has_route(&c, net("10.2.0.0/24")).await
+    })
+    .await;
+    let rib = c.loc_rib().await.unwrap();
+    let (_, path) = rib.iter().find(|(p, _)| *p == net("10.2.0.0/24")).unwrap();
+    assert_eq!(path.attrs.originator_id, Some(Ipv4Addr::new(10, 255, 0, 2)));
+    assert_eq!(path.attrs.cluster_list, vec![Ipv4Addr::new(10, 255, 0, 1)]);
+    assert_eq!(
+        path.attrs.next_hop_addr(),
+        Some("127.0.0.2".parse().unwrap()),
+        "a reflector leaves the next hop alone"
+    );
+    assert!(matches!(&path.source, Source::Peer(p) if p.address == LOOPBACK));
+    // B does not get its own route back: the reflector skips the originator.
+    let b_status = b.peer(LOOPBACK).await.unwrap();
+    assert_eq!(b_status.prefixes_received, 0);
+    for speaker in [&reflector, &b, &c] {
+        speaker.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn speaker_reconfigured_peer_restarts_its_session() {
+    let a = speaker(1, AS).await;
+    let b = speaker(2, AS).await;
+    let to_b = peer_to(&b, AS);
+    a.add_peer(to_b.clone()).await.unwrap();
+    b.add_peer(peer_to(&a, AS)).await.unwrap();
+    eventually("session up", || async {
+        established(&a).await && established(&b).await
+    })
+    .await;
+    assert!(
+        a.add_peer(to_b.clone()).await.is_err(),
+        "a peer is configured once"
+    );
+
+    let mut changed = to_b;
+    changed.hold_time = 6;
+    a.update_peer(changed).await.unwrap();
+    eventually("B was told why the session restarted", || async {
+        let status = b.peer(LOOPBACK).await.unwrap();
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("OtherConfigurationChange"))
+    })
+    .await;
+    eventually("session up with the new hold time", || async {
+        let status = a.peer(LOOPBACK).await.unwrap();
+        status.negotiated.is_some_and(|n| n.hold_time == 6)
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
