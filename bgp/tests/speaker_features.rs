@@ -165,3 +165,66 @@ async fn speaker_reconfigured_peer_restarts_its_session() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn speaker_restarting_defers_selection_until_end_of_rib() {
+    let a = speaker_with(1, AS, |c| {
+        c.graceful_restart = Some(GracefulRestartConfig {
+            restarting: true,
+            forwarding_preserved: true,
+            selection_deferral: Duration::from_secs(60),
+            ..GracefulRestartConfig::default()
+        });
+    })
+    .await;
+    let b = speaker(2, AS).await;
+    let mut routes = a.subscribe().await.unwrap();
+    assert!(
+        pending_events(&mut routes).await.is_empty(),
+        "not synced before the peers' routes are in"
+    );
+    b.originate(net("10.2.0.0/24"), None).await.unwrap();
+    a.originate(net("10.1.0.0/24"), None).await.unwrap();
+    a.add_peer(peer_to(&b, AS)).await.unwrap();
+    b.add_peer(peer_to(&a, AS)).await.unwrap();
+
+    // The peer's route, then Synced once its End-of-RIB arrived; well before the 60 s timer.
+    let mut seen = Vec::new();
+    let synced = tokio::time::timeout(PATIENCE, async {
+        while let Some(batch) = routes.recv().await {
+            for event in batch {
+                if event == RouteEvent::Synced {
+                    return true;
+                }
+                seen.push(event);
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(synced, Ok(true));
+    let best = |prefix: &str| {
+        let wanted = net(prefix);
+        seen.iter()
+            .any(|e| matches!(e, RouteEvent::Best { prefix, .. } if *prefix == wanted))
+    };
+    assert!(
+        best("10.2.0.0/24") && best("10.1.0.0/24"),
+        "routes precede Synced: {seen:?}"
+    );
+
+    // B saw the Restart State and Forwarding State bits, and gets A's route after deferral.
+    let status = b.peer(LOOPBACK).await.unwrap();
+    let gr = status.negotiated.and_then(|n| n.peer_graceful_restart);
+    assert!(gr.as_ref().is_some_and(|gr| gr.restarting), "R bit: {gr:?}");
+    assert!(
+        gr.is_some_and(|gr| gr.families.iter().all(|(_, f)| *f)),
+        "F bits"
+    );
+    eventually("B learns A's route once A has selected", || async {
+        has_route(&b, net("10.1.0.0/24")).await
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
