@@ -15,8 +15,8 @@
 //! - the CPU time (user + system, all threads) the receiver spent meanwhile: BIRD runs on
 //!   one thread, wren's tokio runtime on as many as there are cores, so on this two-core
 //!   machine the wall time alone would flatter whichever can use both;
-//! - the receiver's peak resident memory (`VmHWM`) and its growth over the resident memory
-//!   it had before the feed, per route.
+//! - the receiver's peak resident memory (`VmHWM`), its resident memory once every prefix is
+//!   held (`VmRSS`), and the growth of the latter over what it had before the feed, per route.
 //!
 //! wren runs in a child process of this benchmark (the same executable, started with
 //! `WREN_INGEST_NETNS` set) so that its memory figures hold nothing but the speaker.
@@ -53,6 +53,9 @@ struct Sample {
     base_kib: u64,
     /// Peak resident memory, KiB.
     peak_kib: u64,
+    /// Resident memory once every prefix is held, KiB (below the peak by what was freed on
+    /// the way, such as a hash table's old array after it grew).
+    held_kib: u64,
     /// CPU time (user + system, all threads) the receiver spent from the first UPDATE to
     /// the last prefix held, seconds.
     cpu: f64,
@@ -60,7 +63,7 @@ struct Sample {
 
 impl Sample {
     fn bytes_per_route(&self, routes: u32) -> f64 {
-        (self.peak_kib.saturating_sub(self.base_kib) * 1024) as f64 / f64::from(routes)
+        (self.held_kib.saturating_sub(self.base_kib) * 1024) as f64 / f64::from(routes)
     }
 }
 
@@ -134,24 +137,26 @@ fn run(prefixes: u32, runs: usize) -> Result<(), String> {
     let (b, w) = (median(&bird), median(&wren));
     println!();
     println!(
-        "| receiver | time to {prefixes} prefixes | prefixes/s | CPU time | peak RSS | RSS growth per route |"
+        "| receiver | time to {prefixes} prefixes | prefixes/s | CPU time | peak RSS | RSS when all held | RSS growth per route |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (name, s) in [("BIRD 2 (anchor)", &b), ("wren", &w)] {
         println!(
-            "| {name} | {:.2} s | {:.0} | {:.2} s | {:.1} MiB | {:.0} B |",
+            "| {name} | {:.2} s | {:.0} | {:.2} s | {:.1} MiB | {:.1} MiB | {:.0} B |",
             s.seconds,
             f64::from(prefixes) / s.seconds,
             s.cpu,
             s.peak_kib as f64 / 1024.0,
+            s.held_kib as f64 / 1024.0,
             s.bytes_per_route(prefixes)
         );
     }
     println!(
-        "| wren / BIRD | {:.2} | | {:.2} | {:.2} | {:.2} |",
+        "| wren / BIRD | {:.2} | | {:.2} | {:.2} | {:.2} | {:.2} |",
         w.seconds / b.seconds,
         w.cpu / b.cpu,
         w.peak_kib as f64 / b.peak_kib as f64,
+        w.held_kib as f64 / b.held_kib as f64,
         w.bytes_per_route(prefixes) / b.bytes_per_route(prefixes)
     );
     println!("(median of {runs} runs; lower is better in every column but prefixes/s)");
@@ -160,11 +165,12 @@ fn run(prefixes: u32, runs: usize) -> Result<(), String> {
 
 fn describe(s: &Sample, prefixes: u32) -> String {
     format!(
-        "{:.2} s (feed written after {:.2} s), CPU {:.2} s, RSS {:.1} → {:.1} MiB, {:.0} B/route",
+        "{:.2} s (feed written after {:.2} s), CPU {:.2} s, RSS {:.1} → {:.1} MiB (peak {:.1}), {:.0} B/route",
         s.seconds,
         s.written,
         s.cpu,
         s.base_kib as f64 / 1024.0,
+        s.held_kib as f64 / 1024.0,
         s.peak_kib as f64 / 1024.0,
         s.bytes_per_route(prefixes)
     )
@@ -182,6 +188,7 @@ fn median(samples: &[Sample]) -> Sample {
         written: mid(|s| s.written),
         base_kib: mid(|s| s.base_kib as f64) as u64,
         peak_kib: mid(|s| s.peak_kib as f64) as u64,
+        held_kib: mid(|s| s.held_kib as f64) as u64,
         cpu: mid(|s| s.cpu),
     }
 }
@@ -291,12 +298,13 @@ fn bird_run(feeder_ns: &NetNs, receiver_ns: &NetNs, feed: &Feed) -> Result<Sampl
         }
     })?;
     let cpu = cpu_seconds(bird.pid())? - cpu_before;
-    let (_, peak_kib) = memory(bird.pid())?;
+    let (held_kib, peak_kib) = memory(bird.pid())?;
     Ok(Sample {
         seconds,
         written,
         base_kib,
         peak_kib,
+        held_kib,
         cpu,
     })
 }
@@ -330,10 +338,12 @@ fn wren_run(feeder_ns: &NetNs, receiver_ns: &NetNs, feed: &Feed) -> Result<Sampl
     let feeder = connect(feeder_ns, feed)?;
     let pid = child.pid();
     let cpu_before = cpu_seconds(pid)?;
-    let mut peak_kib = 0;
+    let (mut peak_kib, mut held_kib) = (0, 0);
     let mut cpu = 0.0;
     let (seconds, written) = blast(&feeder, feed, || {
-        peak_kib = next("done")?.first().copied().unwrap_or(0);
+        let done = next("done")?;
+        peak_kib = done.first().copied().unwrap_or(0);
+        held_kib = done.get(1).copied().unwrap_or(0);
         cpu = cpu_seconds(pid)? - cpu_before;
         Ok(())
     })?;
@@ -352,6 +362,7 @@ fn wren_run(feeder_ns: &NetNs, receiver_ns: &NetNs, feed: &Feed) -> Result<Sampl
         written,
         base_kib,
         peak_kib,
+        held_kib,
         cpu,
     })
 }
@@ -423,8 +434,8 @@ mod speaker {
                     break;
                 }
             }
-            let (_, hwm) = memory(std::process::id())?;
-            say(&format!("done {hwm}"))?;
+            let (rss, hwm) = memory(std::process::id())?;
+            say(&format!("done {hwm} {rss}"))?;
             let loc_rib = speaker.loc_rib().await.map_err(|e| e.to_string())?.len();
             say(&format!("locrib {loc_rib}"))?;
             // Until the benchmark ends this process.
