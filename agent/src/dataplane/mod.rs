@@ -6,14 +6,20 @@
 //!   one netlink socket, pipelined.
 //! - [`pod`]: the veth pair of a pod ([`setup_pod`], [`teardown_pod`], [`check_pod`]).
 //! - [`prepare_node`]: forwarding on, at agent start.
+//! - [`vxlan`], [`ipip`]: the tunnel devices, with [`fdb`] and neighbour entries for VXLAN;
+//!   [`mtu`]: the MTUs of pods and tunnels; [`nat`]: outgoing NAT in nftables.
 //!
 //! Everything works in the network namespace of the calling thread (the agent runs inside its
 //! node's namespace), except where a function takes a namespace path. Calls block for as long
 //! as the kernel takes (no network round trip): run them on a blocking-capable thread.
 
 mod check;
+pub mod fdb;
+pub mod ipip;
 mod link;
 mod manager;
+pub mod mtu;
+pub mod nat;
 mod neigh;
 mod netlink;
 mod netns;
@@ -21,6 +27,7 @@ mod node;
 pub mod pod;
 mod reconcile;
 pub mod route;
+pub mod vxlan;
 
 pub use check::{Problem, Side, check_pod};
 pub use manager::{

@@ -1,0 +1,206 @@
+//! MTUs of pods and tunnels, derived from the underlay.
+//!
+//! An encapsulated packet is the pod's packet plus the tunnel's headers, and it must still fit
+//! the underlay's MTU, or it is fragmented or dropped. So a tunnel device's MTU is the
+//! underlay's minus its overhead, and a pod's interface gets the smallest MTU of any path its
+//! traffic may take: the pod cannot know which destinations are encapsulated, so whenever a
+//! pool in use encapsulates, every pod gets the tunnel's MTU. Pods and tunnels then agree, and
+//! a packet too large for the path is refused at the pod's own interface with "message too
+//! long" instead of vanishing inside the tunnel.
+
+use std::net::IpAddr;
+
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::LinkUnspec;
+
+use super::link::{self, LinkState};
+use super::netlink::{Netlink, NetlinkError};
+
+/// Bytes VXLAN adds to a packet: outer IPv4 (20), UDP (8), VXLAN (8) and inner Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// Bytes IP-in-IP adds to a packet: the outer IPv4 header.
+pub const IPIP_OVERHEAD: u32 = 20;
+/// The smallest MTU an IPv4 interface may have (RFC 791).
+pub const MIN_MTU: u32 = 68;
+
+/// The encapsulations wren builds tunnels for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TunnelKind {
+    /// VXLAN through `wren.vxlan`.
+    Vxlan,
+    /// IP-in-IP through `wrentunl0`.
+    Ipip,
+}
+
+impl TunnelKind {
+    /// Bytes this encapsulation adds to every packet.
+    pub fn overhead(self) -> u32 {
+        match self {
+            TunnelKind::Vxlan => VXLAN_OVERHEAD,
+            TunnelKind::Ipip => IPIP_OVERHEAD,
+        }
+    }
+}
+
+/// MTUs the configuration fixes instead of deriving them.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct MtuOverrides {
+    /// Pod interfaces (when the CNI network configuration gives no `mtu`).
+    pub pod: Option<u32>,
+    /// The `wren.vxlan` device.
+    pub vxlan: Option<u32>,
+    /// The `wrentunl0` device.
+    pub ipip: Option<u32>,
+}
+
+/// The MTUs a node uses.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Mtus {
+    /// The underlay interface's MTU they derive from.
+    pub underlay: u32,
+    /// Pod interfaces.
+    pub pod: u32,
+    /// The `wren.vxlan` device.
+    pub vxlan: u32,
+    /// The `wrentunl0` device.
+    pub ipip: u32,
+}
+
+impl Mtus {
+    /// MTUs over an underlay of `underlay` bytes when the tunnels in `in_use` carry pod
+    /// traffic: each tunnel gets the underlay minus its overhead, and pods the smallest MTU of
+    /// any path (the underlay's when nothing is encapsulated). Overrides win.
+    pub fn derive(underlay: u32, in_use: &[TunnelKind], overrides: MtuOverrides) -> Mtus {
+        let tunnel = |kind: TunnelKind| underlay.saturating_sub(kind.overhead()).max(MIN_MTU);
+        let vxlan = overrides.vxlan.unwrap_or(tunnel(TunnelKind::Vxlan));
+        let ipip = overrides.ipip.unwrap_or(tunnel(TunnelKind::Ipip));
+        let path = in_use
+            .iter()
+            .map(|kind| match kind {
+                TunnelKind::Vxlan => vxlan,
+                TunnelKind::Ipip => ipip,
+            })
+            .fold(underlay, u32::min);
+        Mtus {
+            underlay,
+            pod: overrides.pod.unwrap_or(path),
+            vxlan,
+            ipip,
+        }
+    }
+
+    /// MTUs for a node whose underlay is not known yet: assume a 1500-byte underlay and the
+    /// largest overhead, so that a pod made before the first look-up is never too large.
+    pub fn cautious(overrides: MtuOverrides) -> Mtus {
+        Mtus::derive(1500, &[TunnelKind::Vxlan, TunnelKind::Ipip], overrides)
+    }
+}
+
+/// The interface carrying the node's address: the tunnels' parent and their MTU's source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    /// Its name.
+    pub name: String,
+    /// Its index.
+    pub index: u32,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// Why the underlay could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum UnderlayError {
+    /// No interface carries the node address.
+    #[error("no interface carries the node address {0}")]
+    NotFound(IpAddr),
+    /// Talking to the kernel failed.
+    #[error("looking up the underlay interface: {0}")]
+    Netlink(#[from] NetlinkError),
+}
+
+/// Finds the interface holding `node_ip` in the calling thread's network namespace.
+pub fn detect_underlay(node_ip: IpAddr) -> Result<Underlay, UnderlayError> {
+    let mut netlink = Netlink::open()?;
+    find_underlay(&mut netlink, node_ip)
+}
+
+/// [`detect_underlay`] on an open socket.
+pub(crate) fn find_underlay(
+    netlink: &mut Netlink,
+    node_ip: IpAddr,
+) -> Result<Underlay, UnderlayError> {
+    let index = interface_of(netlink, node_ip)?.ok_or(UnderlayError::NotFound(node_ip))?;
+    let state = link::find(netlink, LinkUnspec::new_with_index(index).build())?
+        .map(|m| LinkState::from_message(&m))
+        .ok_or(UnderlayError::NotFound(node_ip))?;
+    Ok(Underlay {
+        name: state.name,
+        index,
+        mtu: state.mtu.unwrap_or(1500),
+    })
+}
+
+/// The index of the interface that holds `ip` as a local address.
+fn interface_of(netlink: &mut Netlink, ip: IpAddr) -> Result<Option<u32>, NetlinkError> {
+    let mut request = AddressMessage::default();
+    request.header.family = match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let mut found = None;
+    netlink.dump(RouteNetlinkMessage::GetAddress(request), |msg| {
+        if let RouteNetlinkMessage::NewAddress(a) = msg
+            && found.is_none()
+            && a.attributes.iter().any(|attr| {
+                matches!(attr, AddressAttribute::Local(l) | AddressAttribute::Address(l) if *l == ip)
+            })
+        {
+            found = Some(a.header.index);
+        }
+    })?;
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnels_take_their_overhead_off_the_underlay() {
+        let m = Mtus::derive(1500, &[TunnelKind::Vxlan], MtuOverrides::default());
+        assert_eq!((m.vxlan, m.ipip, m.pod), (1450, 1480, 1450));
+        let m = Mtus::derive(9000, &[TunnelKind::Ipip], MtuOverrides::default());
+        assert_eq!((m.vxlan, m.ipip, m.pod), (8950, 8980, 8980));
+    }
+
+    #[test]
+    fn pods_follow_the_smallest_path_and_the_underlay_without_tunnels() {
+        let both = [TunnelKind::Ipip, TunnelKind::Vxlan];
+        assert_eq!(Mtus::derive(1500, &both, MtuOverrides::default()).pod, 1450);
+        assert_eq!(Mtus::derive(1500, &[], MtuOverrides::default()).pod, 1500);
+        assert_eq!(Mtus::cautious(MtuOverrides::default()).pod, 1450);
+    }
+
+    #[test]
+    fn overrides_win_and_pods_follow_an_overridden_tunnel() {
+        let o = MtuOverrides {
+            pod: None,
+            vxlan: Some(1400),
+            ipip: None,
+        };
+        let m = Mtus::derive(1500, &[TunnelKind::Vxlan], o);
+        assert_eq!((m.vxlan, m.pod), (1400, 1400));
+        let o = MtuOverrides {
+            pod: Some(1300),
+            ..o
+        };
+        assert_eq!(Mtus::derive(1500, &[TunnelKind::Vxlan], o).pod, 1300);
+    }
+
+    #[test]
+    fn a_tiny_underlay_never_yields_an_impossible_mtu() {
+        let m = Mtus::derive(60, &[TunnelKind::Vxlan], MtuOverrides::default());
+        assert_eq!(m.vxlan, MIN_MTU);
+    }
+}
