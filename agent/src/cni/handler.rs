@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -168,6 +168,8 @@ impl CniHandler {
             }
         }
 
+        // Phase times go into the log line, so a slow ADD says where its time went.
+        let started = Instant::now();
         let handle = workload_handle(&config.name, &container_id);
         let mut request = AllocateRequest::new(handle.clone(), self.node.clone())
             .families(config.ipam.assign_ipv4, config.ipam.assign_ipv6)
@@ -180,6 +182,7 @@ impl CniHandler {
             .allocate(request)
             .await
             .map_err(|e| ipam_error("address allocation failed", e))?;
+        let allocated = started.elapsed();
 
         let spec = PodSpec {
             workload_id: workload_id(&container_id, &ifname),
@@ -195,6 +198,7 @@ impl CniHandler {
                 return Err(self.undo(e, &handle, None).await);
             }
         };
+        let linked = started.elapsed();
 
         let record = Workload {
             node: self.node.clone(),
@@ -219,9 +223,12 @@ impl CniHandler {
             let workload = workload_id(&container_id, &ifname);
             return Err(self.undo(e, &handle, Some(&workload)).await);
         }
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
             container = %container_id, %ifname, host = %record.host_interface,
-            addresses = ?record.addresses, "pod attached"
+            addresses = ?record.addresses,
+            allocate_ms = ms(allocated), links_ms = ms(linked - allocated),
+            record_ms = ms(started.elapsed() - linked), "pod attached"
         );
         Ok(attachment_result(&record, mtu, config.dns.as_ref()))
     }

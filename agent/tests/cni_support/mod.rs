@@ -149,6 +149,11 @@ pub struct Node {
 impl Node {
     /// A node whose IPAM has `pools` (name, CIDR, block size) before the agent starts.
     pub fn start(tag: &str, pools: &[(&str, &str, u8)]) -> Node {
+        Self::start_with(tag, pools, EtcdOptions::default())
+    }
+
+    /// [`Node::start`] with etcd started as `etcd` says (its namespace is set to the node's).
+    pub fn start_with(tag: &str, pools: &[(&str, &str, u8)], etcd: EtcdOptions) -> Node {
         let ns = NetNs::new(tag).unwrap();
         let uplink = NetNs::new(&format!("{tag}-up")).unwrap();
         ns.veth(
@@ -188,7 +193,7 @@ impl Node {
         assert!(setup.warnings.is_empty(), "{:?}", setup.warnings);
         let etcd = Etcd::start_with(EtcdOptions {
             netns: Some(ns.name().to_string()),
-            ..Default::default()
+            ..etcd
         })
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
