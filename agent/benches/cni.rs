@@ -163,13 +163,13 @@ fn sequential(
     add: &mut Samples,
     del: &mut Samples,
 ) {
-    for (i, pod) in pods.iter().enumerate() {
-        add.0
-            .push(runner.time(plugin, "ADD", &format!("seq-{round}-{i}"), pod));
-    }
-    for (i, pod) in pods.iter().enumerate() {
-        del.0
-            .push(runner.time(plugin, "DEL", &format!("seq-{round}-{i}"), pod));
+    for (command, samples) in [("ADD", add), ("DEL", del)] {
+        for (i, pod) in pods.iter().enumerate() {
+            let container = format!("seq-{round}-{i}");
+            samples
+                .0
+                .push(runner.time(plugin, command, &container, pod));
+        }
     }
 }
 
