@@ -5,296 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::IpNet;
-use wren_ipam::{AllocateRequest, Ipam, PoolSpec};
-use wren_store::Store;
-use wren_store::etcd::{EtcdConfig, EtcdStore};
-use wren_tests::etcd::{Etcd, EtcdOptions};
-use wren_tests::netns::{Bridge, NetNs};
+use wren_tests::netns::NetNs;
 use wren_tests::prereq;
-use wren_tests::process::ChildGuard;
 
-/// The fabric's address: etcd listens on it, and the ToR speaks BGP from it.
-const FABRIC_IP: &str = "10.77.0.254";
-/// Generous bound for anything asynchronous; the expected times are far shorter.
-const DEADLINE: Duration = Duration::from_secs(20);
+mod agent_rig;
 
-fn wren_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_wren"))
-}
-
-fn ready() -> bool {
-    prereq::require_root() && prereq::require_command("etcd") && prereq::require_command("ip")
-}
-
-/// Polls `check` every 20 ms until it holds or `DEADLINE` passes; returns the time it took.
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
-
-/// One node: its namespace, address and agent.
-struct Node {
-    name: String,
-    ip: String,
-    ns: NetNs,
-    socket: PathBuf,
-    agent: Option<ChildGuard>,
-}
-
-impl Node {
-    /// The node's routes of one protocol (`bgp` = 186, `201` = wren's own), as `ip route` prints.
-    fn routes(&self, proto: &str) -> String {
-        self.ns
-            .ip(&["route", "show", "proto", proto])
-            .unwrap_or_default()
-    }
-
-    fn has_route(&self, proto: &str, needle: &str) -> bool {
-        self.routes(proto).lines().any(|l| l.contains(needle))
-    }
-
-    fn status(&self) -> String {
-        let out = std::process::Command::new(wren_bin())
-            .args(["status", "--socket"])
-            .arg(&self.socket)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    }
-
-    fn log(&self) -> String {
-        self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
-    }
-}
-
-/// A cluster on one bridge with etcd on the fabric.
-struct Cluster {
-    // Field order: agents stop before the namespaces and etcd go.
-    nodes: Vec<Node>,
-    etcd: Etcd,
-    fabric: Bridge,
-    _dir: tempfile::TempDir,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Cluster {
-    /// Builds the fabric and `n` node namespaces, starts etcd, and creates the pool. Agents
-    /// are started by [`Cluster::start_agent`].
-    fn new(tag: &str, n: usize) -> Self {
-        let fabric = Bridge::new(&format!("{tag}-sw")).unwrap();
-        fabric
-            .netns()
-            .configure("br0", Some(&format!("{FABRIC_IP}/24")))
-            .unwrap();
-        let etcd = Etcd::start_with(EtcdOptions {
-            netns: Some(fabric.netns().name().to_owned()),
-            host: FABRIC_IP.parse().unwrap(),
-            ..EtcdOptions::default()
-        })
-        .unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("wren-agent-test-")
-            .tempdir()
-            .unwrap();
-        let mut nodes = Vec::new();
-        for i in 1..=n {
-            let ns = NetNs::new(&format!("{tag}-n{i}")).unwrap();
-            let ip = format!("10.77.0.{i}");
-            fabric
-                .attach(&ns, "eth0", Some(&format!("{ip}/24")))
-                .unwrap();
-            // The pods' gateway (169.254.1.1) answers by proxy ARP only where it is routable.
-            ns.ip(&["route", "add", "default", "via", FABRIC_IP])
-                .unwrap();
-            nodes.push(Node {
-                name: format!("node{i}"),
-                ip,
-                ns,
-                socket: dir.path().join(format!("node{i}.sock")),
-                agent: None,
-            });
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let cluster = Self {
-            nodes,
-            etcd,
-            fabric,
-            _dir: dir,
-            runtime,
-        };
-        cluster.ipam(|ipam| async move {
-            ipam.add_pool(&PoolSpec::new("default", "10.65.0.0/16").block_size(26))
-                .await
-                .unwrap();
-        });
-        cluster
-    }
-
-    fn endpoint(&self) -> String {
-        self.etcd.endpoint()
-    }
-
-    /// Runs `f` with IPAM on the cluster's etcd, from inside the fabric namespace (the only
-    /// place that reaches it).
-    fn ipam<F, Fut, R>(&self, f: F) -> R
-    where
-        F: FnOnce(Ipam) -> Fut + Send,
-        Fut: std::future::Future<Output = R>,
-        R: Send,
-    {
-        let endpoint = self.endpoint();
-        self.fabric
-            .netns()
-            .enter(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let config = EtcdConfig {
-                        endpoints: vec![endpoint],
-                        ..EtcdConfig::default()
-                    };
-                    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(config).await.unwrap());
-                    f(Ipam::new(store)).await
-                })
-            })
-            .unwrap()
-    }
-
-    /// Allocates one address for `handle` on `node`, claiming a block when the node has none
-    /// with room; returns the block it came from.
-    fn claim(&self, node: &str, handle: &str) -> IpNet {
-        let (node, handle) = (node.to_owned(), handle.to_owned());
-        let address = self.ipam(|ipam| async move {
-            let allocation = ipam
-                .allocate(AllocateRequest::new(handle, node))
-                .await
-                .unwrap();
-            allocation.ipv4().unwrap().address
-        });
-        IpNet::new(address, 26).unwrap().trunc()
-    }
-
-    /// Runs `wren <args…> --etcd-endpoints …` in the fabric namespace.
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        self.fabric
-            .netns()
-            .command(wren_bin())
-            .args(args)
-            .args(["--etcd-endpoints", &self.endpoint()])
-            .output()
-            .unwrap()
-    }
-
-    fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "wren {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn node(&self, i: usize) -> &Node {
-        &self.nodes[i]
-    }
-
-    /// Starts node `i`'s agent and waits until it reports ready.
-    fn start_agent(&mut self, i: usize) {
-        self.start_agent_with(i, &[]);
-    }
-
-    /// Starts node `i`'s agent with extra flags and waits until it reports ready.
-    fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
-        let endpoint = self.endpoint();
-        let node = &mut self.nodes[i];
-        let agent = node
-            .ns
-            .spawn(
-                &format!("wren agent {}", node.name),
-                wren_bin().to_str().unwrap(),
-                &[
-                    "agent",
-                    "--node-name",
-                    &node.name,
-                    "--node-ip",
-                    &format!("{}/24", node.ip),
-                    "--etcd-endpoints",
-                    &endpoint,
-                    "--socket",
-                    node.socket.to_str().unwrap(),
-                    "--metrics-addr",
-                    "127.0.0.1:9099",
-                    "--reconcile-interval",
-                    "1s",
-                    "--bgp-sync-timeout",
-                    "5s",
-                    "--liveness-ttl",
-                    "6s",
-                ]
-                .into_iter()
-                .chain(extra.iter().copied())
-                .collect::<Vec<_>>(),
-            )
-            .unwrap();
-        node.agent = Some(agent);
-        let node = &self.nodes[i];
-        wait_for(&format!("{} ready", node.name), || {
-            node.status().contains(": ready")
-        });
-    }
-
-    fn start_all(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.start_agent(i);
-        }
-    }
-
-    /// Waits until every pair of nodes has an Established session (shown by `wren status`).
-    fn wait_mesh(&self) {
-        for node in &self.nodes {
-            let others = self.nodes.len() - 1;
-            wait_for(&format!("{}'s sessions", node.name), || {
-                node.status().matches("Established").count() == others
-            });
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in &self.nodes {
-                eprintln!("--- {} status ---\n{}", node.name, node.status());
-                eprintln!(
-                    "--- {} routes ---\n{}",
-                    node.name,
-                    node.ns.ip(&["route"]).unwrap_or_default()
-                );
-                eprintln!("--- {} log ---\n{}", node.name, node.log());
-            }
-        }
-        let _ = &self.runtime;
-    }
-}
+use agent_rig::*;
 
 #[test]
 fn two_agents_install_each_others_blocks_and_drop_a_removed_node() {
@@ -518,6 +239,8 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
         return;
     }
     const TOR_AS: u32 = 65000;
+    // Sessions to the ToR are signed with TCP MD5 (RFC 2385).
+    const TOR_PASSWORD: &str = "wren-tor-secret";
     const TOR_IP: &str = "10.77.0.253";
     let mut c = Cluster::new("ag-tor", 2);
     let tor = NetNs::new("ag-tor-tor").unwrap();
@@ -527,7 +250,11 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
     let tor_ip: IpAddr = TOR_IP.parse().unwrap();
     let mut config = Config::new(TOR_IP.parse::<Ipv4Addr>().unwrap(), TOR_AS);
     for node in &c.nodes {
-        config = config.peer(Peer::new(node.ip.parse().unwrap(), 64512, tor_ip).hold_time(9));
+        config = config.peer(
+            Peer::new(node.ip.parse().unwrap(), 64512, tor_ip)
+                .hold_time(9)
+                .password(TOR_PASSWORD),
+        );
     }
     let mut bird = Bird::start(&tor, config).unwrap();
     bird.announce(&Announce::new("192.0.2.0/24".parse().unwrap()))
@@ -540,10 +267,19 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
         TOR_IP,
         "--as",
         &TOR_AS.to_string(),
+        "--password",
+        TOR_PASSWORD,
     ]);
     let peers = c.cli_ok(&["peer", "list"]);
     assert!(
-        peers.contains("tor") && peers.contains("65000") && peers.contains("(all)"),
+        !peers.contains(TOR_PASSWORD),
+        "the password is not shown: {peers}"
+    );
+    assert!(
+        peers.contains("tor")
+            && peers.contains("65000")
+            && peers.contains("(all)")
+            && peers.contains("yes"),
         "{peers}"
     );
     c.start_all();
@@ -583,78 +319,6 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
             "{status}"
         );
     }
-}
-
-/// The `wren-cni` plugin next to the `wren` binary (the Makefile builds every binary before
-/// the tests run).
-fn wren_cni_bin() -> Option<PathBuf> {
-    let path = wren_bin().with_file_name("wren-cni");
-    path.exists().then_some(path)
-}
-
-/// Runs the real CNI plugin against `node`'s agent for the pod namespace `pod`.
-fn cni(node: &Node, command: &str, container_id: &str, pod: &NetNs) -> String {
-    use std::io::Write;
-    let config = format!(
-        r#"{{"cniVersion":"1.0.0","name":"k8s","type":"wren","agentSocket":"{}"}}"#,
-        node.socket.display()
-    );
-    let mut child = std::process::Command::new(wren_cni_bin().unwrap())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_NETNS", pod.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "wren-cni {command} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// The pod's IPv4 address from a CNI result.
-fn pod_ip(result: &str) -> String {
-    let value: serde_json::Value = serde_json::from_str(result).unwrap();
-    let address = value["ips"][0]["address"].as_str().unwrap();
-    address.split('/').next().unwrap().to_owned()
-}
-
-/// `GET path` on the agent's metrics address, from inside the node's namespace.
-fn http_get(node: &Node, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let path = path.to_owned();
-    node.ns
-        .enter(move || {
-            let mut stream = std::net::TcpStream::connect("127.0.0.1:9099").unwrap();
-            write!(
-                stream,
-                "GET {path} HTTP/1.1\r\nHost: wren\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            let code = response[9..12].parse().unwrap();
-            let body = response
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default();
-            (code, body)
-        })
-        .unwrap()
 }
 
 #[test]

@@ -186,7 +186,7 @@ impl SpeakerBgp {
                             RouteEvent::Withdrawn { prefix } => {
                                 best.remove(&prefix);
                             }
-                            RouteEvent::Synced => tracing::info!("BGP speaker synced"),
+                            RouteEvent::Synced => tracing::debug!("BGP speaker synced"),
                         }
                     }
                 }

@@ -1,0 +1,241 @@
+//! Agent footprint and convergence on a 3-node cluster, each against BIRD 2 measured in the
+//! same run.
+//!
+//! - Idle: three `wren agent`s in a full mesh, one block each, left alone; three BIRD 2
+//!   daemons in a full mesh, one static prefix each, on the same bridge at the same time.
+//!   Resident memory (VmRSS) and CPU (utime + stime over the window) of each process.
+//! - Convergence: a node claims a block through IPAM; time until the route is in both other
+//!   nodes' kernels. Anchor: a BIRD announces a prefix (`configure`); time until both other
+//!   BIRDs hold it in their routing table (BIRD's own propagation; it programs no kernel).
+//!
+//! `cargo bench -p wren-agent --bench agent_idle` (root, etcd and bird needed). Environment:
+//! `WREN_BENCH_IDLE_SECS` (default 30), `WREN_BENCH_ROUNDS` (default 20).
+
+#[path = "../tests/agent_rig/mod.rs"]
+mod agent_rig;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use agent_rig::{Cluster, wait_every, wait_for};
+use ipnet::IpNet;
+use wren_ipam::PoolSpec;
+use wren_tests::daemons::bird::Bird;
+use wren_tests::daemons::{Announce, BgpDaemon, Config, Family, Peer};
+use wren_tests::netns::NetNs;
+use wren_tests::prereq;
+
+/// Resident set size in KiB and CPU time in clock ticks of one process.
+fn sample(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (rss, ticks(11) + ticks(12))
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
+}
+
+/// Polling interval of the convergence measurements (their resolution).
+const POLL: Duration = Duration::from_millis(2);
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn env_or(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if !agent_rig::ready() || !prereq::require_command("bird") {
+        return;
+    }
+    let idle = Duration::from_secs(env_or("WREN_BENCH_IDLE_SECS", 30));
+    let rounds = env_or("WREN_BENCH_ROUNDS", 20) as usize;
+
+    let mut cluster = Cluster::new("ag-bench", 3);
+    cluster.start_all();
+    cluster.wait_mesh();
+    for i in 0..3 {
+        cluster.claim(&cluster.node(i).name, &format!("k8s.idle{i}"));
+    }
+
+    // The anchor: three BIRDs in a full mesh on the same bridge, one prefix each.
+    let bird_ns: Vec<NetNs> = (0..3)
+        .map(|i| NetNs::new(&format!("ag-bench-b{i}")).unwrap())
+        .collect();
+    let bird_ip = |i: usize| format!("10.77.0.{}", 11 + i);
+    for (i, ns) in bird_ns.iter().enumerate() {
+        cluster
+            .fabric
+            .attach(ns, "eth0", Some(&format!("{}/24", bird_ip(i))))
+            .unwrap();
+    }
+    let mut birds: Vec<Bird> = bird_ns
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let me: IpAddr = bird_ip(i).parse().unwrap();
+            let mut config = Config::new(bird_ip(i).parse::<Ipv4Addr>().unwrap(), 64512);
+            for j in (0..3).filter(|j| *j != i) {
+                config =
+                    config.peer(Peer::new(bird_ip(j).parse().unwrap(), 64512, me).hold_time(90));
+            }
+            Bird::start(ns, config).unwrap()
+        })
+        .collect();
+    for (i, bird) in birds.iter_mut().enumerate() {
+        bird.announce(&Announce::new(format!("10.66.{i}.0/26").parse().unwrap()))
+            .unwrap();
+    }
+    wait_for("the BIRD mesh to converge", || {
+        birds.iter().all(|b| {
+            b.routes(Family::Ipv4)
+                .map(|r| r.len() >= 3)
+                .unwrap_or(false)
+        })
+    });
+
+    // Settle, then measure both meshes over the same window.
+    std::thread::sleep(Duration::from_secs(5));
+    let agent_pids: Vec<u32> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.agent.as_ref().unwrap().pid())
+        .collect();
+    let bird_pids: Vec<u32> = birds.iter().map(|b| b.pid()).collect();
+    let mut all = agent_pids.clone();
+    all.extend(&bird_pids);
+    let before: Vec<u64> = all.iter().map(|p| sample(*p).1).collect();
+    std::thread::sleep(idle);
+    let after: Vec<(u64, u64)> = all.iter().map(|p| sample(*p)).collect();
+    let stats = |range: std::ops::Range<usize>| {
+        let n = range.len() as f64;
+        let rss = range
+            .clone()
+            .map(|i| after[i].0 as f64 / 1024.0)
+            .sum::<f64>()
+            / n;
+        let cpu = range
+            .map(|i| (after[i].1 - before[i]) as f64 / clock_ticks() / idle.as_secs_f64() * 100.0)
+            .sum::<f64>()
+            / n;
+        (rss, cpu)
+    };
+    let (agent_rss, agent_cpu) = stats(0..3);
+    let (bird_rss, bird_cpu) = stats(3..6);
+
+    // Convergence: claim a block, then wait for its route in both other kernels. A pool of
+    // /32 blocks makes every allocation a claim.
+    cluster.ipam(|ipam| async move {
+        ipam.add_pool(&PoolSpec::new("conv", "10.70.0.0/16").block_size(32))
+            .await
+            .unwrap();
+    });
+    let mut wren_times = Vec::new();
+    let mut claim_times = Vec::new();
+    for round in 0..rounds {
+        let owner = round % 3;
+        let start = Instant::now();
+        let address = cluster.allocate(
+            &cluster.node(owner).name,
+            &format!("k8s.conv{round}"),
+            &["conv"],
+        );
+        claim_times.push(start.elapsed());
+        // `ip route` prints a host route without its /32.
+        let block = address;
+        let owner_ip = cluster.node(owner).ip.clone();
+        wait_every("the block in every other kernel", POLL, || {
+            (0..3).filter(|j| *j != owner).all(|j| {
+                cluster
+                    .node(j)
+                    .has_route("bgp", &format!("{block} via {owner_ip} "))
+            })
+        });
+        wren_times.push(start.elapsed());
+    }
+    let mut bird_times = Vec::new();
+    for round in 0..rounds {
+        let owner = round % 3;
+        let prefix: IpNet = format!("10.67.{round}.0/24").parse().unwrap();
+        let start = Instant::now();
+        birds[owner].announce(&Announce::new(prefix)).unwrap();
+        wait_every("the prefix in every other BIRD", POLL, || {
+            (0..3).filter(|j| *j != owner).all(|j| {
+                birds[j]
+                    .routes(Family::Ipv4)
+                    .map(|r| r.iter().any(|r| r.prefix == Some(prefix)))
+                    .unwrap_or(false)
+            })
+        });
+        bird_times.push(start.elapsed());
+    }
+    wren_times.sort();
+    claim_times.sort();
+    bird_times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (w50, w90, b50, b90) = (
+        percentile(&wren_times, 0.5),
+        percentile(&wren_times, 0.9),
+        percentile(&bird_times, 0.5),
+        percentile(&bird_times, 0.9),
+    );
+
+    println!("| measure | wren agent | BIRD 2 (anchor, same run) | ratio wren/BIRD |");
+    println!("|---|---|---|---|");
+    println!(
+        "| idle RSS per node, MiB (mean of 3) | {agent_rss:.1} | {bird_rss:.1} | {:.2} |",
+        agent_rss / bird_rss
+    );
+    println!(
+        "| idle CPU per node, % of one core over {}s (mean of 3) | {agent_cpu:.3} | {bird_cpu:.3} | {} |",
+        idle.as_secs(),
+        if bird_cpu > 0.0 {
+            format!("{:.2}", agent_cpu / bird_cpu)
+        } else {
+            "n/a (BIRD used 0 ticks)".into()
+        }
+    );
+    println!(
+        "| convergence p50, ms ({rounds} rounds) | {:.1} | {:.1} | {:.2} |",
+        ms(w50),
+        ms(b50),
+        ms(w50) / ms(b50)
+    );
+    println!(
+        "| convergence p90, ms ({rounds} rounds) | {:.1} | {:.1} | {:.2} |",
+        ms(w90),
+        ms(b90),
+        ms(w90) / ms(b90)
+    );
+    println!();
+    println!(
+        "Of wren's convergence, the IPAM claim itself (one etcd transaction) took p50 {:.1} ms.",
+        ms(percentile(&claim_times, 0.5))
+    );
+}

@@ -1,0 +1,378 @@
+//! The test bed of the agent's cluster tests and benchmarks: one network namespace per node
+//! on a shared bridge, a real etcd on that bridge, the built `wren` binary in each node's
+//! namespace, and IPAM on the same etcd to claim blocks as a pod ADD does.
+
+#![allow(dead_code)] // each test crate that includes this uses a different part of it
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use wren_ipam::{AllocateRequest, Ipam, PoolSpec};
+use wren_store::Store;
+use wren_store::etcd::{EtcdConfig, EtcdStore};
+use wren_tests::etcd::{Etcd, EtcdOptions};
+use wren_tests::netns::{Bridge, NetNs};
+use wren_tests::prereq;
+use wren_tests::process::ChildGuard;
+
+/// The fabric's address: etcd listens on it, and the ToR speaks BGP from it.
+pub const FABRIC_IP: &str = "10.77.0.254";
+/// Generous bound for anything asynchronous; the expected times are far shorter.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn wren_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wren"))
+}
+
+pub fn ready() -> bool {
+    prereq::require_root() && prereq::require_command("etcd") && prereq::require_command("ip")
+}
+
+/// Polls `check` every 20 ms until it holds or `DEADLINE` passes; returns the time it took.
+pub fn wait_for(what: &str, check: impl FnMut() -> bool) -> Duration {
+    wait_every(what, Duration::from_millis(20), check)
+}
+
+/// Polls `check` every `interval` until it holds or `DEADLINE` passes; returns the time it
+/// took.
+pub fn wait_every(what: &str, interval: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(interval);
+    }
+    start.elapsed()
+}
+
+/// One node: its namespace, address and agent.
+pub struct Node {
+    pub name: String,
+    pub ip: String,
+    pub ns: NetNs,
+    pub socket: PathBuf,
+    pub agent: Option<ChildGuard>,
+}
+
+impl Node {
+    /// The node's routes of one protocol (`bgp` = 186, `201` = wren's own), as `ip route` prints.
+    pub fn routes(&self, proto: &str) -> String {
+        self.ns
+            .ip(&["route", "show", "proto", proto])
+            .unwrap_or_default()
+    }
+
+    pub fn has_route(&self, proto: &str, needle: &str) -> bool {
+        self.routes(proto).lines().any(|l| l.contains(needle))
+    }
+
+    pub fn status(&self) -> String {
+        let out = std::process::Command::new(wren_bin())
+            .args(["status", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    pub fn log(&self) -> String {
+        self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
+    }
+}
+
+/// A cluster on one bridge with etcd on the fabric.
+pub struct Cluster {
+    // Field order: agents stop before the namespaces and etcd go.
+    pub nodes: Vec<Node>,
+    pub etcd: Etcd,
+    pub fabric: Bridge,
+    _dir: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// Builds the fabric and `n` node namespaces, starts etcd, and creates the pool. Agents
+    /// are started by [`Cluster::start_agent`].
+    pub fn new(tag: &str, n: usize) -> Self {
+        let fabric = Bridge::new(&format!("{tag}-sw")).unwrap();
+        fabric
+            .netns()
+            .configure("br0", Some(&format!("{FABRIC_IP}/24")))
+            .unwrap();
+        let etcd = Etcd::start_with(EtcdOptions {
+            netns: Some(fabric.netns().name().to_owned()),
+            host: FABRIC_IP.parse().unwrap(),
+            ..EtcdOptions::default()
+        })
+        .unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("wren-agent-test-")
+            .tempdir()
+            .unwrap();
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let ns = NetNs::new(&format!("{tag}-n{i}")).unwrap();
+            let ip = format!("10.77.0.{i}");
+            fabric
+                .attach(&ns, "eth0", Some(&format!("{ip}/24")))
+                .unwrap();
+            // The pods' gateway (169.254.1.1) answers by proxy ARP only where it is routable.
+            ns.ip(&["route", "add", "default", "via", FABRIC_IP])
+                .unwrap();
+            nodes.push(Node {
+                name: format!("node{i}"),
+                ip,
+                ns,
+                socket: dir.path().join(format!("node{i}.sock")),
+                agent: None,
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cluster = Self {
+            nodes,
+            etcd,
+            fabric,
+            _dir: dir,
+            runtime,
+        };
+        cluster.ipam(|ipam| async move {
+            ipam.add_pool(&PoolSpec::new("default", "10.65.0.0/16").block_size(26))
+                .await
+                .unwrap();
+        });
+        cluster
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.etcd.endpoint()
+    }
+
+    /// Runs `f` with IPAM on the cluster's etcd, from inside the fabric namespace (the only
+    /// place that reaches it).
+    pub fn ipam<F, Fut, R>(&self, f: F) -> R
+    where
+        F: FnOnce(Ipam) -> Fut + Send,
+        Fut: std::future::Future<Output = R>,
+        R: Send,
+    {
+        let endpoint = self.endpoint();
+        self.fabric
+            .netns()
+            .enter(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let config = EtcdConfig {
+                        endpoints: vec![endpoint],
+                        ..EtcdConfig::default()
+                    };
+                    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(config).await.unwrap());
+                    f(Ipam::new(store)).await
+                })
+            })
+            .unwrap()
+    }
+
+    /// Allocates one address for `handle` on `node` from `pools` (any pool when empty),
+    /// claiming a block when the node has none with room.
+    pub fn allocate(&self, node: &str, handle: &str, pools: &[&str]) -> std::net::IpAddr {
+        let (node, handle) = (node.to_owned(), handle.to_owned());
+        let pools: Vec<String> = pools.iter().map(|p| (*p).to_owned()).collect();
+        self.ipam(|ipam| async move {
+            let request = AllocateRequest::new(handle, node).pools(pools);
+            let allocation = ipam.allocate(request).await.unwrap();
+            allocation.ipv4().unwrap().address
+        })
+    }
+
+    /// Allocates one address for `handle` on `node` from the default pool (/26 blocks);
+    /// returns the block it came from.
+    pub fn claim(&self, node: &str, handle: &str) -> IpNet {
+        let address = self.allocate(node, handle, &[]);
+        IpNet::new(address, 26).unwrap().trunc()
+    }
+
+    /// Runs `wren <args…> --etcd-endpoints …` in the fabric namespace.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.fabric
+            .netns()
+            .command(wren_bin())
+            .args(args)
+            .args(["--etcd-endpoints", &self.endpoint()])
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "wren {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    /// Starts node `i`'s agent and waits until it reports ready.
+    pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// Starts node `i`'s agent with extra flags and waits until it reports ready.
+    pub fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
+        let endpoint = self.endpoint();
+        let node = &mut self.nodes[i];
+        let agent = node
+            .ns
+            .spawn(
+                &format!("wren agent {}", node.name),
+                wren_bin().to_str().unwrap(),
+                &[
+                    "agent",
+                    "--node-name",
+                    &node.name,
+                    "--node-ip",
+                    &format!("{}/24", node.ip),
+                    "--etcd-endpoints",
+                    &endpoint,
+                    "--socket",
+                    node.socket.to_str().unwrap(),
+                    "--metrics-addr",
+                    "127.0.0.1:9099",
+                    "--reconcile-interval",
+                    "1s",
+                    "--bgp-sync-timeout",
+                    "5s",
+                    "--liveness-ttl",
+                    "6s",
+                ]
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        node.agent = Some(agent);
+        let node = &self.nodes[i];
+        wait_for(&format!("{} ready", node.name), || {
+            node.status().contains(": ready")
+        });
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start_agent(i);
+        }
+    }
+
+    /// Waits until every pair of nodes has an Established session (shown by `wren status`).
+    pub fn wait_mesh(&self) {
+        for node in &self.nodes {
+            let others = self.nodes.len() - 1;
+            wait_for(&format!("{}'s sessions", node.name), || {
+                node.status().matches("Established").count() == others
+            });
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!("--- {} status ---\n{}", node.name, node.status());
+                eprintln!(
+                    "--- {} routes ---\n{}",
+                    node.name,
+                    node.ns.ip(&["route"]).unwrap_or_default()
+                );
+                eprintln!("--- {} log ---\n{}", node.name, node.log());
+            }
+        }
+        let _ = &self.runtime;
+    }
+}
+
+/// The `wren-cni` plugin next to the `wren` binary (the Makefile builds every binary before
+/// the tests run).
+pub fn wren_cni_bin() -> Option<PathBuf> {
+    let path = wren_bin().with_file_name("wren-cni");
+    path.exists().then_some(path)
+}
+
+/// Runs the real CNI plugin against `node`'s agent for the pod namespace `pod`.
+pub fn cni(node: &Node, command: &str, container_id: &str, pod: &NetNs) -> String {
+    use std::io::Write;
+    let config = format!(
+        r#"{{"cniVersion":"1.0.0","name":"k8s","type":"wren","agentSocket":"{}"}}"#,
+        node.socket.display()
+    );
+    let mut child = std::process::Command::new(wren_cni_bin().unwrap())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "wren-cni {command} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The pod's IPv4 address from a CNI result.
+pub fn pod_ip(result: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(result).unwrap();
+    let address = value["ips"][0]["address"].as_str().unwrap();
+    address.split('/').next().unwrap().to_owned()
+}
+
+/// `GET path` on the agent's metrics address, from inside the node's namespace.
+pub fn http_get(node: &Node, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let path = path.to_owned();
+    node.ns
+        .enter(move || {
+            let mut stream = std::net::TcpStream::connect("127.0.0.1:9099").unwrap();
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: wren\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let code = response[9..12].parse().unwrap();
+            let body = response
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default();
+            (code, body)
+        })
+        .unwrap()
+}
