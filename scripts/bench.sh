@@ -10,3 +10,6 @@ cargo bench -p wren-store --bench cas
 
 # IPAM: allocations/s for 1 and 3 nodes, vs raw etcd CAS in the same run (BENCHMARKS.md "IPAM").
 cargo bench -p wren-ipam --bench allocate
+
+# BGP: full-table ingestion over a session, wren vs BIRD 2 on the same feed (BENCHMARKS.md "full-table ingestion").
+cargo bench -p wren-bgp --bench ingest
