@@ -13,3 +13,6 @@ cargo bench -p wren-ipam --bench allocate
 
 # BGP: full-table ingestion over a session, wren vs BIRD 2 on the same feed (BENCHMARKS.md "full-table ingestion").
 cargo bench -p wren-bgp --bench ingest
+
+# BGP wire format: UPDATE decode/encode rates vs a byte scan (BENCHMARKS.md "BGP wire format").
+cargo bench -p wren-bgp --bench wire
