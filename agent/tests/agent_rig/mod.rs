@@ -305,54 +305,6 @@ impl Drop for Cluster {
     }
 }
 
-/// The `wren-cni` plugin next to the `wren` binary (the Makefile builds every binary before
-/// the tests run).
-pub fn wren_cni_bin() -> Option<PathBuf> {
-    let path = wren_bin().with_file_name("wren-cni");
-    path.exists().then_some(path)
-}
-
-/// Runs the real CNI plugin against `node`'s agent for the pod namespace `pod`.
-pub fn cni(node: &Node, command: &str, container_id: &str, pod: &NetNs) -> String {
-    use std::io::Write;
-    let config = format!(
-        r#"{{"cniVersion":"1.0.0","name":"k8s","type":"wren","agentSocket":"{}"}}"#,
-        node.socket.display()
-    );
-    let mut child = std::process::Command::new(wren_cni_bin().unwrap())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_NETNS", pod.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "wren-cni {command} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// The pod's IPv4 address from a CNI result.
-pub fn pod_ip(result: &str) -> String {
-    let value: serde_json::Value = serde_json::from_str(result).unwrap();
-    let address = value["ips"][0]["address"].as_str().unwrap();
-    address.split('/').next().unwrap().to_owned()
-}
-
 /// `GET path` on the agent's metrics address, from inside the node's namespace.
 pub fn http_get(node: &Node, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
