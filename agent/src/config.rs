@@ -30,6 +30,12 @@
 //! | `livenessTtl` | `--liveness-ttl` / `WREN_LIVENESS_TTL` | `30s` | TTL of the lease behind `liveness/<node>` |
 //! | `bgpSyncTimeout` | `--bgp-sync-timeout` / `WREN_BGP_SYNC_TIMEOUT` | `30s` | `/readyz` calls BGP synced after End-of-RIB from every peer or after this long |
 //! | `gracefulRestartTime` | `--graceful-restart-time` / `WREN_GRACEFUL_RESTART_TIME` | `120s` | how long peers keep our routes while the agent restarts |
+//! | `podMtu` | `--pod-mtu` / `WREN_POD_MTU` | underlay MTU less the largest overhead of the encapsulations in use | MTU of pod interfaces when the CNI configuration sets no `mtu` |
+//! | `vxlanMtu` | `--vxlan-mtu` / `WREN_VXLAN_MTU` | underlay MTU − 50 | MTU of `wren.vxlan` |
+//! | `ipipMtu` | `--ipip-mtu` / `WREN_IPIP_MTU` | underlay MTU − 20 | MTU of `wrentunl0` |
+//!
+//! The underlay is the interface holding the node IP. Pods and tunnels must agree: a pod MTU
+//! above the tunnel's makes large packets to other nodes fail.
 //!
 //! Durations are a whole number followed by `ms`, `s` or `m`; a bare number (or a TOML integer)
 //! is seconds.
@@ -43,6 +49,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{AgentArgs, DEFAULT_ETCD_ENDPOINTS, DEFAULT_SOCKET, LogFormat, StoreArgs};
+use crate::dataplane::mtu::MtuOverrides;
 
 /// The configuration file read when `--config` is not given (and only if it exists).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wren/wren.toml";
@@ -195,6 +202,15 @@ pub struct FileConfig {
     /// See the module table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graceful_restart_time: Option<DurationText>,
+    /// See the module table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_mtu: Option<i64>,
+    /// See the module table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vxlan_mtu: Option<i64>,
+    /// See the module table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipip_mtu: Option<i64>,
 }
 
 impl FileConfig {
@@ -503,6 +519,24 @@ pub struct AgentConfig {
     pub bgp_sync_timeout: Duration,
     /// Graceful-restart time asked of peers.
     pub graceful_restart_time: Duration,
+    /// MTUs fixed by configuration instead of derived from the underlay.
+    pub mtu: MtuOverrides,
+}
+
+/// An MTU from flag-or-environment or file: 68 (the IPv4 minimum) to 65535.
+fn mtu_or(key: &'static str, arg: Option<u32>, file: Option<i64>) -> Result<Option<u32>, ConfigError> {
+    let Some(value) = arg.map(i64::from).or(file) else {
+        return Ok(None);
+    };
+    u32::try_from(value)
+        .ok()
+        .filter(|m| (68..=65535).contains(m))
+        .map(Some)
+        .ok_or_else(|| ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            reason: "expected an MTU from 68 to 65535".to_owned(),
+        })
 }
 
 /// The first of flag-or-environment (already merged by clap) and file value.
@@ -687,6 +721,11 @@ impl AgentConfig {
                 DEFAULT_BGP_SYNC_TIMEOUT,
             )?,
             graceful_restart_time,
+            mtu: MtuOverrides {
+                pod: mtu_or("podMtu", args.pod_mtu, file.pod_mtu)?,
+                vxlan: mtu_or("vxlanMtu", args.vxlan_mtu, file.vxlan_mtu)?,
+                ipip: mtu_or("ipipMtu", args.ipip_mtu, file.ipip_mtu)?,
+            },
         })
     }
 
@@ -725,6 +764,9 @@ impl AgentConfig {
             liveness_ttl: Some(ms(self.liveness_ttl)),
             bgp_sync_timeout: Some(ms(self.bgp_sync_timeout)),
             graceful_restart_time: Some(ms(self.graceful_restart_time)),
+            pod_mtu: self.mtu.pod.map(i64::from),
+            vxlan_mtu: self.mtu.vxlan.map(i64::from),
+            ipip_mtu: self.mtu.ipip.map(i64::from),
         }
     }
 }
@@ -986,6 +1028,28 @@ mod tests {
         assert!(glob_match("en?0s*", "enp0s3"));
         assert!(!glob_match("eth*", "veth0"));
         assert!(glob_match("*", "anything"));
+    }
+
+    #[test]
+    fn mtus_come_from_flags_or_the_file_and_are_range_checked() {
+        let f = file("podMtu = 1400\nvxlanMtu = 1450\n");
+        let c = AgentConfig::resolve(&args(&["--pod-mtu", "1300"]), &f, &host()).unwrap();
+        assert_eq!(
+            c.mtu,
+            MtuOverrides {
+                pod: Some(1300),
+                vxlan: Some(1450),
+                ipip: None
+            }
+        );
+        for bad in ["ipipMtu = 67", "ipipMtu = 70000", "vxlanMtu = -1"] {
+            let err = AgentConfig::resolve(&args(&[]), &file(bad), &host())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("Mtu") && err.contains("68 to 65535"), "{err}");
+        }
+        let none = AgentConfig::resolve(&args(&[]), &FileConfig::default(), &host()).unwrap();
+        assert_eq!(none.mtu, MtuOverrides::default());
     }
 
     #[test]

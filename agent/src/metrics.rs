@@ -15,6 +15,10 @@
 //! | `wren_routes_removed_total` | counter | | stale routes removed by reconciles |
 //! | `wren_datastore_up` | gauge | | 1 while etcd answers |
 //! | `wren_ready` | gauge | | 1 while `/readyz` says ready |
+//! | `wren_tunnel_available` | gauge | `type` | 1 when this kernel can make the tunnel (`vxlan`, `ipip`) |
+//! | `wren_tunnel_up` | gauge | `type` | 1 while the tunnel device is up |
+//! | `wren_tunnel_routes` | gauge | `type` | learned routes sent through the tunnel |
+//! | `wren_pod_mtu` | gauge | | MTU given to pods whose network configuration sets none |
 //! | `wren_cni_request_duration_seconds` | histogram | `command`, `result` | time to serve a CNI request |
 
 use std::sync::Arc;
@@ -33,6 +37,13 @@ pub struct PeerLabels {
     /// The peer's address.
     pub peer: String,
     /// Why the session exists (`node-mesh`, `route-reflector`, `global`, …).
+    pub r#type: String,
+}
+
+/// Labels of per-tunnel series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabels {
+    /// `vxlan` or `ipip`.
     pub r#type: String,
 }
 
@@ -116,6 +127,14 @@ pub struct Metrics {
     pub datastore_up: Gauge,
     /// 1 while ready.
     pub ready: Gauge,
+    /// 1 when the kernel can make the tunnel.
+    pub tunnel_available: Family<TunnelLabels, Gauge>,
+    /// 1 while the tunnel device is up.
+    pub tunnel_up: Family<TunnelLabels, Gauge>,
+    /// Learned routes through the tunnel.
+    pub tunnel_routes: Family<TunnelLabels, Gauge>,
+    /// The pods' MTU.
+    pub pod_mtu: Gauge,
     cni: CniMetrics,
 }
 
@@ -144,6 +163,10 @@ impl Metrics {
             routes_removed: Counter::default(),
             datastore_up: Gauge::default(),
             ready: Gauge::default(),
+            tunnel_available: Family::default(),
+            tunnel_up: Family::default(),
+            tunnel_routes: Family::default(),
+            pod_mtu: Gauge::default(),
             cni: CniMetrics {
                 latency: HistogramFamily::new_with_constructor(cni_histogram),
             },
@@ -210,6 +233,26 @@ impl Metrics {
             m.datastore_up.clone(),
         );
         r.register("ready", "1 while the agent is ready", m.ready.clone());
+        r.register(
+            "tunnel_available",
+            "1 when this kernel can make the tunnel",
+            m.tunnel_available.clone(),
+        );
+        r.register(
+            "tunnel_up",
+            "1 while the tunnel device is up",
+            m.tunnel_up.clone(),
+        );
+        r.register(
+            "tunnel_routes",
+            "Learned routes sent through the tunnel",
+            m.tunnel_routes.clone(),
+        );
+        r.register(
+            "pod_mtu",
+            "MTU given to pods whose network configuration sets none",
+            m.pod_mtu.clone(),
+        );
         r.register(
             "cni_request_duration_seconds",
             "Time to serve a CNI request",

@@ -61,6 +61,9 @@ fn the_example_parses_with_every_key_set() {
         "livenessTtl",
         "bgpSyncTimeout",
         "gracefulRestartTime",
+        "podMtu",
+        "vxlanMtu",
+        "ipipMtu",
     ] {
         assert!(
             set.contains(&key),
@@ -69,7 +72,7 @@ fn the_example_parses_with_every_key_set() {
     }
     assert_eq!(
         set.len(),
-        19,
+        22,
         "a key was added to the agent: document it in the example"
     );
 }

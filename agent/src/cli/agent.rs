@@ -2,16 +2,20 @@
 //! speaker, the kernel route programmer and the CNI API, and runs it until SIGTERM or SIGINT.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use wren_ipam::Ipam;
 use wren_store::Store;
 
 use super::{AgentArgs, LogFormat};
 use crate::api::RequestObserver;
 use crate::cni::{CniHandler, KernelPods};
 use crate::config::AgentConfig;
+use crate::dataplane::mtu::Mtus;
+use crate::daemon::encap::{Encap, KernelEncap};
 use crate::daemon::kernel::KernelRoutes;
 use crate::daemon::speaker::{Restart, SpeakerBgp};
 use crate::daemon::{self, Parts, Shared};
@@ -47,15 +51,16 @@ fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
 }
 
 /// The CNI plugin's routes: the handler over IPAM and the kernel's pod links, timing every
-/// request into the latency histogram.
-fn cni_api(config: &AgentConfig, store: Arc<dyn Store>, metrics: &Metrics) -> axum::Router {
-    let ipam = wren_ipam::Ipam::new(store.clone());
-    let handler = CniHandler::new(
-        config.node_name.clone(),
-        store,
-        Arc::new(ipam),
-        Arc::new(KernelPods),
-    );
+/// request into the latency histogram. Pods get `pod_mtu` unless their configuration sets one.
+fn cni_api(
+    config: &AgentConfig,
+    store: Arc<dyn Store>,
+    ipam: Arc<Ipam>,
+    pod_mtu: Arc<AtomicU32>,
+    metrics: &Metrics,
+) -> axum::Router {
+    let handler = CniHandler::new(config.node_name.clone(), store, ipam, Arc::new(KernelPods))
+        .with_mtu_source(pod_mtu);
     let cni = metrics.cni();
     let observer: RequestObserver =
         Arc::new(move |command, ok, elapsed| cni.observe(command.as_str(), ok, elapsed));
@@ -97,12 +102,28 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let bgp = SpeakerBgp::start(&config, restart)
         .await
         .with_context(|| format!("cannot start BGP on port {}", config.bgp_port))?;
-    let local_api = cni_api(&config, store.clone(), &metrics);
+    // One allocator for pods and the tunnel address, so their writes to this node's blocks
+    // are batched together instead of conflicting.
+    let ipam = Arc::new(Ipam::new(store.clone()));
+    // Until the first pass has looked at the underlay, pods get the cautious MTU.
+    let pod_mtu = Arc::new(AtomicU32::new(Mtus::cautious(config.mtu).pod));
+    let tunnels = KernelEncap::open(config.node_ip.addr(), config.mtu)
+        .context("cannot open netlink for the tunnel devices")?;
+    let encap = Encap::new(
+        config.node_name.clone(),
+        config.node_ip,
+        store.clone(),
+        ipam.clone(),
+        Arc::new(tunnels),
+        pod_mtu.clone(),
+    );
+    let local_api = cni_api(&config, store.clone(), ipam, pod_mtu, &metrics);
     let parts = Parts {
         store,
         bgp,
         routes: Arc::new(routes),
         local_api,
+        encap: Some(encap),
     };
     daemon::run(config, parts, shared, shutdown).await?;
     Ok(())

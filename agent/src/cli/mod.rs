@@ -138,6 +138,16 @@ pub struct AgentArgs {
     /// Graceful-restart time asked of peers (how long they keep our routes), e.g. `120s`.
     #[arg(long, env = "WREN_GRACEFUL_RESTART_TIME")]
     pub graceful_restart_time: Option<String>,
+    /// MTU of pod interfaces when the CNI configuration sets none (default: the underlay's,
+    /// less the overhead of the encapsulation the pools use).
+    #[arg(long, env = "WREN_POD_MTU")]
+    pub pod_mtu: Option<u32>,
+    /// MTU of `wren.vxlan` (default: the underlay's less 50).
+    #[arg(long, env = "WREN_VXLAN_MTU")]
+    pub vxlan_mtu: Option<u32>,
+    /// MTU of `wrentunl0` (default: the underlay's less 20).
+    #[arg(long, env = "WREN_IPIP_MTU")]
+    pub ipip_mtu: Option<u32>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -41,7 +42,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves the CNI commands for one node.
 pub struct CniHandler {
     node: String,
-    default_mtu: u32,
+    default_mtu: Arc<AtomicU32>,
     store: Arc<dyn Store>,
     allocator: Arc<dyn Allocator>,
     pods: Arc<dyn PodNetwork>,
@@ -62,7 +63,7 @@ impl CniHandler {
     ) -> Self {
         Self {
             node: node.into(),
-            default_mtu: DEFAULT_MTU,
+            default_mtu: Arc::new(AtomicU32::new(DEFAULT_MTU)),
             store,
             allocator,
             pods,
@@ -72,7 +73,14 @@ impl CniHandler {
 
     /// Sets the pod MTU used when the network configuration has no `mtu` (the agent derives it
     /// from the underlay MTU and the encapsulation).
-    pub fn with_default_mtu(mut self, mtu: u32) -> Self {
+    pub fn with_default_mtu(self, mtu: u32) -> Self {
+        self.default_mtu.store(mtu, Ordering::Relaxed);
+        self
+    }
+
+    /// Reads the default pod MTU from `mtu` at every request: the agent updates it as the
+    /// underlay and the pools' encapsulation change.
+    pub fn with_mtu_source(mut self, mtu: Arc<AtomicU32>) -> Self {
         self.default_mtu = mtu;
         self
     }
@@ -88,7 +96,9 @@ impl CniHandler {
     }
 
     fn mtu(&self, config: &NetConf) -> u32 {
-        config.mtu.unwrap_or(self.default_mtu)
+        config
+            .mtu
+            .unwrap_or_else(|| self.default_mtu.load(Ordering::Relaxed))
     }
 
     fn record_key(&self, container_id: &str, ifname: &str) -> String {

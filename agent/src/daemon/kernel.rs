@@ -42,6 +42,9 @@ pub fn to_route(dst: IpNet, target: &RouteTarget) -> Route {
         RouteTarget::Blackhole => Route::blackhole(dst),
         RouteTarget::Gateway(via) => Route::via(dst, *via),
         RouteTarget::Device(dev) => Route::device(dst, dev.clone()),
+        RouteTarget::Tunnel { via, dev } => {
+            Route::via_onlink(dst, *via, dev.clone()).with_protocol(Protocol::BGP)
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! routes; `/readyz` reports the datastore down until a reflector lists again.
 
 pub mod bgp;
+pub mod encap;
 pub mod health;
 pub mod kernel;
 pub mod mesh;
@@ -69,6 +70,8 @@ pub struct Shared {
     /// Registration state.
     pub registered: Arc<Registered>,
     bgp_synced: AtomicBool,
+    /// False while a pool in use needs a tunnel this kernel cannot make.
+    encap_healthy: AtomicBool,
     status: RwLock<AgentStatus>,
 }
 
@@ -80,6 +83,7 @@ impl Shared {
             datastore: Arc::default(),
             registered: Arc::default(),
             bgp_synced: AtomicBool::new(false),
+            encap_healthy: AtomicBool::new(true),
             status: RwLock::new(AgentStatus {
                 node: config.node_name.clone(),
                 ipv4: Some(config.node_ip),
@@ -93,6 +97,7 @@ impl Shared {
                 routes_desired: 0,
                 last_reconcile_error: None,
                 peers: Vec::new(),
+                encapsulation: encap::EncapStatus::default(),
             }),
         })
     }
@@ -103,6 +108,7 @@ impl Shared {
             datastore: self.datastore.is_up(),
             registered: self.registered.get(),
             bgp_synced: self.bgp_synced.load(Ordering::SeqCst),
+            encapsulation: self.encap_healthy.load(Ordering::SeqCst),
         }
     }
 
@@ -130,6 +136,7 @@ struct Reflectors {
     nodes: SnapshotRx,
     liveness: SnapshotRx,
     peers: SnapshotRx,
+    pools: SnapshotRx,
     affinities: SnapshotRx,
     blocks: SnapshotRx,
     workloads: SnapshotRx,
@@ -143,18 +150,20 @@ impl Reflectors {
             nodes: r(keys::NODES.to_owned()),
             liveness: r(keys::LIVENESS.to_owned()),
             peers: r(keys::PEERS.to_owned()),
+            pools: r(keys::POOLS.to_owned()),
             affinities: r(keys::node_affinities(node)),
             blocks: r(keys::BLOCKS.to_owned()),
             workloads: r(keys::node_workloads(node)),
         }
     }
 
-    fn all(&self) -> [&SnapshotRx; 7] {
+    fn all(&self) -> [&SnapshotRx; 8] {
         [
             &self.config,
             &self.nodes,
             &self.liveness,
             &self.peers,
+            &self.pools,
             &self.affinities,
             &self.blocks,
             &self.workloads,
@@ -167,11 +176,13 @@ impl Reflectors {
         let nodes = self.nodes.borrow().clone()?;
         let liveness = self.liveness.borrow().clone()?;
         let peers = self.peers.borrow().clone()?;
+        let pools = self.pools.borrow().clone()?;
         let affinities = self.affinities.borrow().clone()?;
         let blocks = self.blocks.borrow().clone()?;
         let workloads = self.workloads.borrow().clone()?;
         let mut view = ClusterView::default();
         view.set_cluster(&config, &nodes, &liveness, &peers);
+        view.set_pools(&pools);
         view.set_affinities(node, &affinities);
         view.set_blocks(&blocks);
         view.set_workloads(node, &workloads);
@@ -213,6 +224,7 @@ pub struct Controller {
     reflectors: Reflectors,
     bgp: Arc<dyn BgpControl>,
     routes: Arc<dyn RouteProgrammer>,
+    encap: Option<encap::Encap>,
     shared: Arc<Shared>,
     started: Instant,
     sync_timeout: Duration,
@@ -244,11 +256,18 @@ impl Controller {
             reflectors,
             bgp,
             routes,
+            encap: None,
             shared,
             started: Instant::now(),
             sync_timeout: config.bgp_sync_timeout,
             changes,
         }
+    }
+
+    /// Adds tunnels, MTUs and outgoing NAT to every pass; without, learned routes stay plain.
+    pub fn with_encap(mut self, encap: Option<encap::Encap>) -> Self {
+        self.encap = encap;
+        self
     }
 
     /// Waits until a copy changes (or returns at once if one changed since the last call).
@@ -297,7 +316,11 @@ impl Controller {
         let sessions = self.bgp.sessions();
         let synced = self.update_bgp_synced(&peers, &sessions);
         let imported = policy::import(&self.bgp.best_paths(), node, &self.own_addresses, &view);
-        let desired = routes::desired_routes(node, &view, &imported);
+        let mut desired = routes::desired_routes(node, &view, &imported);
+        let encapsulation = match &self.encap {
+            Some(encap) => Some(encap.pass(&view, &mut desired).await),
+            None => None,
+        };
 
         let metrics = &self.shared.metrics;
         metrics.route_reconciles.inc();
@@ -366,6 +389,13 @@ impl Controller {
         status.routes_desired = desired.len();
         status.last_reconcile_error = error.clone();
         status.peers = peer_status;
+        if let Some(encapsulation) = encapsulation {
+            encapsulation.publish(metrics);
+            self.shared
+                .encap_healthy
+                .store(encapsulation.healthy(), Ordering::SeqCst);
+            status.encapsulation = encapsulation;
+        }
         self.shared.set_status(status);
         Pass::Done {
             desired: desired.len(),
@@ -418,6 +448,8 @@ pub struct Parts {
     pub routes: Arc<dyn RouteProgrammer>,
     /// The CNI plugin's API, served on the local socket next to `/v1/status`.
     pub local_api: axum::Router,
+    /// Tunnels, MTUs and outgoing NAT; `None` leaves learned routes plain.
+    pub encap: Option<encap::Encap>,
 }
 
 /// Runs the daemon until `shutdown` fires: registration, controller, metrics and local API.
@@ -462,7 +494,8 @@ pub async fn run(
         parts.bgp,
         parts.routes,
         shared.clone(),
-    );
+    )
+    .with_encap(parts.encap);
 
     let (m, a, (), ()) = tokio::join!(
         async { metrics_server.await },

@@ -29,13 +29,22 @@ pub enum RouteTarget {
     Gateway(IpAddr),
     /// Straight out of an interface, scope link: a local pod's host-side veth.
     Device(String),
+    /// Into a tunnel device, `via <gateway> dev <dev> onlink`: a learned route that the pool's
+    /// encapsulation sends through `wren.vxlan` or `wrentunl0` (see [`super::encap`]).
+    Tunnel {
+        /// The next hop: the remote node's tunnel address (VXLAN) or its address (IPIP).
+        via: IpAddr,
+        /// The tunnel device.
+        dev: String,
+    },
 }
 
 impl RouteTarget {
     /// The protocol number the route carries in the kernel.
     pub fn protocol(&self) -> u8 {
         match self {
-            RouteTarget::Gateway(_) => PROTO_BGP,
+            // A reshaped route is still a learned one: a restart keeps it like the others.
+            RouteTarget::Gateway(_) | RouteTarget::Tunnel { .. } => PROTO_BGP,
             RouteTarget::Blackhole | RouteTarget::Device(_) => PROTO_WREN,
         }
     }

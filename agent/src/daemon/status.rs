@@ -19,12 +19,19 @@ pub struct Readiness {
     pub registered: bool,
     /// Every BGP peer sent End-of-RIB, or the sync deadline passed.
     pub bgp_synced: bool,
+    /// Every tunnel a pool in use needs can be made on this kernel.
+    #[serde(default = "yes")]
+    pub encapsulation: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Readiness {
     /// Ready when every check passes.
     pub fn ready(&self) -> bool {
-        self.datastore && self.registered && self.bgp_synced
+        self.datastore && self.registered && self.bgp_synced && self.encapsulation
     }
 
     /// The checks that fail, in words.
@@ -38,6 +45,9 @@ impl Readiness {
         }
         if !self.bgp_synced {
             out.push("BGP not synced");
+        }
+        if !self.encapsulation {
+            out.push("a pool needs IPIP, which this kernel lacks (see `wren status`)");
         }
         out
     }
@@ -95,6 +105,9 @@ pub struct AgentStatus {
     pub last_reconcile_error: Option<String>,
     /// BGP sessions, by address.
     pub peers: Vec<PeerStatus>,
+    /// Tunnels, MTUs and outgoing NAT.
+    #[serde(default)]
+    pub encapsulation: super::encap::EncapStatus,
 }
 
 /// `1h2m`, `3m4s`, `12s`: short enough for a table column.
@@ -187,6 +200,9 @@ impl AgentStatus {
             }
             None => out.push('\n'),
         }
+        if self.encapsulation != super::encap::EncapStatus::default() {
+            out.push_str(&self.encapsulation.render());
+        }
         out.push('\n');
         if self.peers.is_empty() {
             out.push_str("No BGP peers.\n");
@@ -242,6 +258,7 @@ mod tests {
                 datastore: true,
                 registered: true,
                 bgp_synced: false,
+                encapsulation: true,
             },
             blocks: vec!["10.65.0.0/26".parse().unwrap()],
             borrowed: vec![],
@@ -271,6 +288,7 @@ mod tests {
                     last_error: Some("connection refused".into()),
                 },
             ],
+            encapsulation: Default::default(),
         };
         let text = s.render();
         assert!(

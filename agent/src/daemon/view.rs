@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
-use wren_model::{ClusterConfig, Node, Peer, Workload, keys};
+use wren_model::{ClusterConfig, Node, Peer, Pool, Workload, keys};
 
 /// Raw documents under one watched prefix: key (relative to the store prefix) → value.
 pub type Snapshot = BTreeMap<String, Vec<u8>>;
@@ -37,6 +37,8 @@ pub struct ClusterView {
     pub live: BTreeSet<String>,
     /// Explicit BGP peers by name.
     pub peers: BTreeMap<String, Peer>,
+    /// Address pools by name.
+    pub pools: BTreeMap<String, Pool>,
     /// This node's block affinities that are confirmed.
     pub confirmed_affinities: BTreeSet<IpNet>,
     /// Every IPAM block.
@@ -87,6 +89,13 @@ impl ClusterView {
             .collect();
         self.peers = under(peers, keys::PEERS)
             .filter_map(|(name, v)| Some((name.to_owned(), decode::<Peer>(name, v)?)))
+            .collect();
+    }
+
+    /// Decodes the pools.
+    pub fn set_pools(&mut self, pools: &Snapshot) {
+        self.pools = under(pools, keys::POOLS)
+            .filter_map(|(name, v)| Some((name.to_owned(), decode::<Pool>(name, v)?)))
             .collect();
     }
 
