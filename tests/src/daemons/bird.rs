@@ -326,10 +326,7 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
             }
         }
         for f in &p.families {
-            let name = match f {
-                Family::Ipv4 => "ipv4",
-                Family::Ipv6 => "ipv6",
-            };
+            let name = f.name();
             let _ = writeln!(c, "  {name} {{ import all; export filter wren_out; }};");
         }
         c.push_str("}\n");

@@ -147,11 +147,8 @@ impl<'ns> Frr<'ns> {
         )
     }
 
-    fn family_name(prefix: &IpNet) -> &'static str {
-        match prefix {
-            IpNet::V4(_) => "ipv4 unicast",
-            IpNet::V6(_) => "ipv6 unicast",
-        }
+    fn family_name(prefix: &IpNet) -> String {
+        format!("{} unicast", Family::of_prefix(prefix).name())
     }
 }
 
@@ -170,10 +167,7 @@ impl BgpDaemon for Frr<'_> {
     }
 
     fn routes(&self, family: Family) -> Result<Vec<Route>, Error> {
-        let afi = match family {
-            Family::Ipv4 => "ipv4",
-            Family::Ipv6 => "ipv6",
-        };
+        let afi = family.name();
         let text = self.vtysh(&[&format!("show bgp {afi} unicast json detail")])?;
         parse_routes(&text)
     }
@@ -220,10 +214,7 @@ impl BgpDaemon for Frr<'_> {
     }
 
     fn request_refresh(&self, address: IpAddr) -> Result<(), Error> {
-        let afi = match address {
-            IpAddr::V4(_) => "ipv4",
-            IpAddr::V6(_) => "ipv6",
-        };
+        let afi = Family::of(address).name();
         self.vtysh(&[&format!("clear bgp {afi} unicast {address} soft in")])
             .map(|_| ())
     }
@@ -334,11 +325,8 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
             let _ = writeln!(c, " neighbor {n} graceful-restart-disable");
         }
     }
-    for (family, name) in [
-        (Family::Ipv4, "ipv4 unicast"),
-        (Family::Ipv6, "ipv6 unicast"),
-    ] {
-        let _ = writeln!(c, " address-family {name}");
+    for family in [Family::Ipv4, Family::Ipv6] {
+        let _ = writeln!(c, " address-family {} unicast", family.name());
         for p in config.peers.iter().filter(|p| p.families.contains(&family)) {
             let _ = writeln!(c, "  neighbor {} activate", p.address);
             if p.rr_client {

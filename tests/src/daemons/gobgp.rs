@@ -151,10 +151,7 @@ impl<'ns> Gobgp<'ns> {
 }
 
 fn afi(prefix: &IpNet) -> &'static str {
-    match prefix {
-        IpNet::V4(_) => "ipv4",
-        IpNet::V6(_) => "ipv6",
-    }
+    Family::of_prefix(prefix).name()
 }
 
 impl BgpDaemon for Gobgp<'_> {
@@ -172,11 +169,7 @@ impl BgpDaemon for Gobgp<'_> {
     }
 
     fn routes(&self, family: Family) -> Result<Vec<Route>, Error> {
-        let afi = match family {
-            Family::Ipv4 => "ipv4",
-            Family::Ipv6 => "ipv6",
-        };
-        let text = self.cli(&["-j", "global", "rib", "-a", afi])?;
+        let text = self.cli(&["-j", "global", "rib", "-a", family.name()])?;
         parse_routes(&text)
     }
 
@@ -271,10 +264,7 @@ fn render(config: &Config) -> String {
             );
         }
         for f in &p.families {
-            let name = match f {
-                Family::Ipv4 => "ipv4-unicast",
-                Family::Ipv6 => "ipv6-unicast",
-            };
+            let name = format!("{}-unicast", f.name());
             let _ = writeln!(
                 c,
                 "  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{name}\""

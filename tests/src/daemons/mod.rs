@@ -117,6 +117,19 @@ impl Family {
             IpAddr::V6(_) => Self::Ipv6,
         }
     }
+
+    /// The family of a prefix.
+    pub fn of_prefix(prefix: &IpNet) -> Self {
+        Self::of(prefix.addr())
+    }
+
+    /// The name all three daemons use for the address family: `ipv4` or `ipv6`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
 }
 
 /// ORIGIN attribute values.
