@@ -299,6 +299,17 @@ fn bird_run(feeder_ns: &NetNs, receiver_ns: &NetNs, feed: &Feed) -> Result<Sampl
     })?;
     let cpu = cpu_seconds(bird.pid())? - cpu_before;
     let (held_kib, peak_kib) = memory(bird.pid())?;
+    // BIRD's own account, for reference: effective and allocator overhead.
+    if let Ok(text) = bird.command("show memory") {
+        let total = text
+            .lines()
+            .find(|l| l.starts_with("Total:"))
+            .unwrap_or_default();
+        println!(
+            "      BIRD `show memory`: {}",
+            total.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
     Ok(Sample {
         seconds,
         written,
