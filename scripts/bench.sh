@@ -16,3 +16,6 @@ cargo bench -p wren-bgp --bench ingest
 
 # BGP wire format: UPDATE decode/encode rates vs a byte scan (BENCHMARKS.md "BGP wire format").
 cargo bench -p wren-bgp --bench wire
+
+# Agent: idle RSS/CPU and block convergence on 3 nodes, vs BIRD 2 in the same run (BENCHMARKS.md "Agent").
+WREN_BENCH_IDLE_SECS=60 WREN_BENCH_ROUNDS=20 cargo bench -p wren-agent --bench agent_idle

@@ -51,6 +51,14 @@ fn two_agents_install_each_others_blocks_and_drop_a_removed_node() {
         c.node(1).routes("201")
     );
 
+    // A live node cannot be removed: its agent would keep announcing it.
+    let refused = c.cli(&["node", "rm", "node2"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("live") && stderr.trim_end().lines().count() == 1,
+        "{stderr}"
+    );
     // Remove node2: its pod goes, its agent stops, the admin removes it.
     c.ipam(|ipam| async move {
         ipam.release_handle("k8s.pod-b").await.unwrap();
@@ -322,6 +330,16 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
             "{status}"
         );
     }
+    // Removing the peer ends the sessions, and the ToR's route goes with them.
+    let out = c.cli_ok(&["peer", "rm", "tor"]);
+    assert!(out.contains("peer tor removed"), "{out}");
+    for node in &c.nodes {
+        wait_for(&format!("{} to drop the ToR", node.name), || {
+            !node.status().contains(TOR_IP) && !node.has_route("bgp", "192.0.2.0/24")
+        });
+    }
+    let missing = c.cli(&["peer", "rm", "tor"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no peer named tor"));
 }
 
 /// Runs the real CNI plugin against `node`'s agent for the pod namespace `pod`.
