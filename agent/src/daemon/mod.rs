@@ -46,6 +46,10 @@ use routes::RouteProgrammer;
 use status::{AgentStatus, PeerStatus, Readiness};
 use view::ClusterView;
 
+/// How long a pass waits after a change for the rest of its burst: a pod ADD writes several
+/// documents within a few milliseconds, and one pass should see them all.
+const COALESCE: Duration = Duration::from_millis(5);
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -421,7 +425,7 @@ impl Controller {
                 _ = shutdown.changed() => return,
             }
             // Coalesce a burst of changes (a pod ADD writes several documents) into one pass.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(COALESCE).await;
             self.pass().await;
         }
     }
