@@ -364,12 +364,12 @@ impl Rib {
         self.ctx.end_of_rib_after_flush.remove(&id);
         for prefix in self.table.prefixes_of(id, |_, _| true) {
             if retain.contains(&family(&prefix)) {
-                if let Some(paths) = self.table.get_mut(&prefix) {
+                self.table.modify(prefix, false, |paths| {
                     paths
                         .iter_mut()
                         .filter(|p| p.peer == id)
                         .for_each(|p| p.stale = true);
-                }
+                });
             } else {
                 self.set_path(prefix, id, None);
             }
@@ -638,46 +638,44 @@ impl Rib {
     /// Sets (or with `None` removes) one peer's path to a prefix, reselects the best path and
     /// propagates a change of it.
     fn set_path(&mut self, prefix: IpNet, id: PeerId, attrs: Option<Arc<Attributes>>) {
-        if attrs.is_none() && self.table.get(&prefix).is_none() {
-            return;
-        }
-        let paths = self.table.entry(prefix);
-        let old_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
-        let position = paths.iter().position(|p| p.peer == id);
-        let delta: isize = match (position, attrs) {
-            (Some(i), Some(attrs)) => {
-                paths[i].attrs = attrs;
-                paths[i].stale = false;
-                0
+        let ctx = &mut self.ctx;
+        let delta = self.table.modify(prefix, attrs.is_some(), |paths| {
+            let old_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
+            let position = paths.iter().position(|p| p.peer == id);
+            let delta: isize = match (position, attrs) {
+                (Some(i), Some(attrs)) => {
+                    paths[i].attrs = attrs;
+                    paths[i].stale = false;
+                    0
+                }
+                (None, Some(attrs)) => {
+                    paths.push(Path {
+                        attrs,
+                        peer: id,
+                        stale: false,
+                    });
+                    1
+                }
+                (Some(i), None) => {
+                    paths.remove(i);
+                    -1
+                }
+                (None, None) => 0,
+            };
+            if paths.len() > 1
+                && let Some(best) = ctx.select(paths)
+            {
+                paths.swap(0, best);
             }
-            (None, Some(attrs)) => {
-                paths.push(Path {
-                    attrs,
-                    peer: id,
-                    stale: false,
-                });
-                1
+            let new_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
+            if new_best != old_best && !ctx.deferring {
+                ctx.best_changed(prefix, paths.first());
             }
-            (Some(i), None) => {
-                paths.remove(i);
-                -1
-            }
-            (None, None) => 0,
-        };
-        if paths.len() > 1
-            && let Some(best) = self.ctx.select(paths)
+            delta
+        });
+        if let Some(delta) = delta
+            && let Some(slot) = self.ctx.slot_mut(id)
         {
-            paths.swap(0, best);
-        }
-        let new_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
-        if new_best != old_best && !self.ctx.deferring {
-            let best = paths.first().cloned();
-            self.ctx.best_changed(prefix, best.as_ref());
-        }
-        if self.table.get(&prefix).is_some_and(|p| p.is_empty()) {
-            self.table.remove(&prefix);
-        }
-        if let Some(slot) = self.ctx.slot_mut(id) {
             slot.received = slot.received.saturating_add_signed(delta);
         }
     }
