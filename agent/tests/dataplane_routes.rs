@@ -182,7 +182,7 @@ fn a_changed_next_hop_is_replaced_and_never_overwrites_another_protocol() {
     assert_eq!(failure.action, RouteAction::Add);
     assert!(failure.route.starts_with("10.77.0.0/26"), "{failure}");
     assert!(
-        matches!(&failure.reason, RouteFailureReason::Kernel(e) if e.errno() == Some(libc::EEXIST)),
+        matches!(failure.reason, RouteFailureReason::Occupied),
         "{failure}"
     );
     let table = routes(&ns);

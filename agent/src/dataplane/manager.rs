@@ -61,8 +61,11 @@ pub enum RouteFailureReason {
     /// The route is in a table this manager does not look after.
     #[error("table {0} is not managed (see RouteManager::manage_table)")]
     UnmanagedTable(u32),
-    /// The kernel refused the change (`File exists` here means another protocol's route
-    /// holds the destination: wren does not overwrite it).
+    /// A route of another protocol holds the destination (same table, metric and TOS); wren
+    /// does not overwrite it. Found by reconcile, which knows no route of ours is there.
+    #[error("a route of another protocol holds this destination; wren leaves it alone")]
+    Occupied,
+    /// The kernel refused the change.
     #[error(transparent)]
     Kernel(#[from] NetlinkError),
 }
@@ -276,10 +279,16 @@ impl RouteManager {
                         Step::Delete(k) => describe_kernel(k),
                         Step::Replace(i) | Step::Add(i) => wanted[*i].route.to_string(),
                     };
+                    let reason = match step {
+                        Step::Add(_) if error.errno() == Some(libc::EEXIST) => {
+                            RouteFailureReason::Occupied
+                        }
+                        _ => error.into(),
+                    };
                     report.failures.push(RouteFailure {
                         action,
                         route,
-                        reason: error.into(),
+                        reason,
                     });
                 }
                 None => count(&mut report, action),
