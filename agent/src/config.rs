@@ -524,7 +524,11 @@ pub struct AgentConfig {
 }
 
 /// An MTU from flag-or-environment or file: 68 (the IPv4 minimum) to 65535.
-fn mtu_or(key: &'static str, arg: Option<u32>, file: Option<i64>) -> Result<Option<u32>, ConfigError> {
+fn mtu_or(
+    key: &'static str,
+    arg: Option<u32>,
+    file: Option<i64>,
+) -> Result<Option<u32>, ConfigError> {
     let Some(value) = arg.map(i64::from).or(file) else {
         return Ok(None);
     };
