@@ -9,16 +9,13 @@
 //! Markdown tables: p50/p99/max per operation, sequential and with N pods at once, and the
 //! cost of starting each plugin (VERSION).
 //!
-//! Every plugin is started the same way, directly inside the node's network namespace (as a
+//! Every plugin is started the same way, by a thread inside the node's network namespace (as a
 //! runtime on that node would), so process start-up costs the same for both.
 
 #[path = "../tests/cni_support/mod.rs"]
 mod support;
 
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Barrier;
@@ -32,7 +29,7 @@ use wren_cni::env::{Attachment, CniArgs};
 use wren_cni::wire::{AttachmentRequest, paths};
 use wren_tests::bench::{BenchSettings, invoked_as_bench};
 use wren_tests::etcd::EtcdOptions;
-use wren_tests::netns::NetNs;
+use wren_tests::netns::{NetNs, run_in};
 
 const PTP: &str = "/usr/lib/cni/ptp";
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
@@ -46,7 +43,6 @@ enum Plugin {
 
 /// Runs plugins inside the node's namespace.
 struct Runner {
-    node_ns: File,
     wren_binary: PathBuf,
     wren_config: Value,
     ptp_config: Value,
@@ -90,7 +86,6 @@ impl Runner {
         env: &[(String, String)],
         stdin: &[u8],
     ) -> std::process::Output {
-        let fd = self.node_ns.as_raw_fd();
         let mut command = Command::new(program);
         command
             .env_clear()
@@ -98,17 +93,6 @@ impl Runner {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: between fork and exec the child only calls setns(2), which is
-        // async-signal-safe and touches no memory of the parent.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
         let mut child = command.spawn().expect("start plugin");
         if let Some(mut input) = child.stdin.take() {
             input.write_all(stdin).expect("write stdin");
@@ -294,7 +278,6 @@ fn main() {
             .collect();
         let host_local_dir = tempfile::tempdir().expect("host-local data dir");
         let runner = Runner {
-            node_ns: File::open(node.ns.path()).expect("node netns"),
             wren_binary: support::plugin_binary().expect("checked above"),
             wren_config: node.config("1.0.0", json!({})),
             ptp_config: json!({
@@ -306,17 +289,18 @@ fn main() {
             }),
         };
 
+        // Plugins are started from threads inside the node's namespace (a plain fork/exec
+        // inherits it), as a runtime on that node starts them.
+        let in_node = |f: &mut (dyn FnMut() + Send)| run_in(node.ns.name(), f).expect("enter node");
+
         // Warm up both (page cache, etcd's first blocks, the agent's caches).
-        for plugin in [Plugin::Wren, Plugin::Ptp] {
-            sequential(
-                &runner,
-                plugin,
-                &pods[..pods.len().min(5)],
-                999,
-                &mut Samples::default(),
-                &mut Samples::default(),
-            );
-        }
+        in_node(&mut || {
+            for plugin in [Plugin::Wren, Plugin::Ptp] {
+                let warm = &pods[..pods.len().min(5)];
+                let (mut add, mut del) = (Samples::default(), Samples::default());
+                sequential(&runner, plugin, warm, 999, &mut add, &mut del);
+            }
+        });
 
         // [plugin][mode: 0 sequential, 1 concurrent][op: 0 ADD, 1 DEL]
         let mut samples: Vec<Vec<[Samples; 2]>> = (0..2)
@@ -326,12 +310,14 @@ fn main() {
         let (mut api_add, mut api_del) = (Samples::default(), Samples::default());
         for round in 0..settings.rounds {
             // Interleaved, so drift of the machine hits both alike.
-            for (p, plugin) in [Plugin::Wren, Plugin::Ptp].into_iter().enumerate() {
-                let [add, del] = &mut samples[p][0];
-                sequential(&runner, plugin, &pods, round, add, del);
-                let [add, del] = &mut samples[p][1];
-                walls[p].push(concurrent(&runner, plugin, &pods, round, add, del));
-            }
+            in_node(&mut || {
+                for (p, plugin) in [Plugin::Wren, Plugin::Ptp].into_iter().enumerate() {
+                    let [add, del] = &mut samples[p][0];
+                    sequential(&runner, plugin, &pods, round, add, del);
+                    let [add, del] = &mut samples[p][1];
+                    walls[p].push(concurrent(&runner, plugin, &pods, round, add, del));
+                }
+            });
             api_only(&node, &pods, round, &mut api_add, &mut api_del);
         }
         node.assert_empty();

@@ -179,7 +179,7 @@ impl CniHandler {
         }
 
         // Phase times go into the log line, so a slow ADD says where its time went.
-        let started = Instant::now();
+        let mut times = PhaseTimes::start();
         let handle = workload_handle(&config.name, &container_id);
         let mut request = AllocateRequest::new(handle.clone(), self.node.clone())
             .families(config.ipam.assign_ipv4, config.ipam.assign_ipv6)
@@ -192,7 +192,7 @@ impl CniHandler {
             .allocate(request)
             .await
             .map_err(|e| ipam_error("address allocation failed", e))?;
-        let allocated = started.elapsed();
+        times.mark_addresses();
 
         let spec = PodSpec {
             workload_id: workload_id(&container_id, &ifname),
@@ -208,7 +208,7 @@ impl CniHandler {
                 return Err(self.undo(e, &handle, None).await);
             }
         };
-        let linked = started.elapsed();
+        times.mark_links();
 
         let record = Workload {
             node: self.node.clone(),
@@ -233,12 +233,11 @@ impl CniHandler {
             let workload = workload_id(&container_id, &ifname);
             return Err(self.undo(e, &handle, Some(&workload)).await);
         }
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        times.mark_record();
         tracing::info!(
             container = %container_id, %ifname, host = %record.host_interface,
-            addresses = ?record.addresses,
-            allocate_ms = ms(allocated), links_ms = ms(linked - allocated),
-            record_ms = ms(started.elapsed() - linked), "pod attached"
+            addresses = ?record.addresses, addresses_ms = times.addresses_ms(),
+            links_ms = times.links_ms(), record_ms = times.record_ms(), "pod attached"
         );
         Ok(attachment_result(&record, mtu, config.dns.as_ref()))
     }
@@ -310,24 +309,22 @@ impl CniHandler {
 
     /// Removes a recorded attachment: interface, then addresses, then the record (so a failure
     /// part-way leaves the record for the next DEL or GC to find).
-    async fn detach(&self, record: &Record) -> Result<(), CniError> {
+    async fn detach(&self, record: &Record) -> Result<PhaseTimes, CniError> {
         let w = &record.value;
+        let mut times = PhaseTimes::start();
         self.pods
             .teardown(&workload_id(&w.container_id, &w.ifname))
             .await
             .map_err(|e| pod_error("removing the pod's interface failed", e))?;
+        times.mark_links();
         self.allocator
             .release(&w.handle)
             .await
             .map_err(|e| ipam_error("releasing the pod's addresses failed", e))?;
-        match self
-            .store
-            .delete(&record.key, Some(record.mod_revision))
-            .await
-        {
-            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(store_error("removing the workload record failed", e)),
-        }
+        times.mark_addresses();
+        self.forget(record).await?;
+        times.mark_record();
+        Ok(times)
     }
 
     /// Deletes a workload record (only the revision that was read).
@@ -346,27 +343,42 @@ impl CniHandler {
         let (container_id, ifname) = (&attachment.container_id, &attachment.ifname);
         let _guard = self.lock(&config.name, container_id, ifname).await;
         let handle = workload_handle(&config.name, container_id);
-        match self.record(container_id, ifname).await? {
+        let times = match self.record(container_id, ifname).await? {
             Some(record) if record.value.network == config.name => self.detach(&record).await?,
-            // The interface belongs to another network's attachment: leave it alone.
-            Some(_) => {}
+            // The interface belongs to another network's attachment: leave it alone, but
+            // release this network's handle.
+            Some(_) => {
+                self.release(&handle).await?;
+                PhaseTimes::start()
+            }
             // No record (an ADD that died before writing it, or a DEL repeated): remove
-            // whatever is left under this attachment's names.
+            // whatever is left under this attachment's names, and release the handle so an
+            // allocation whose ADD died before recording it does not leak.
             None => {
+                let mut times = PhaseTimes::start();
                 self.pods
                     .teardown(&workload_id(container_id, ifname))
                     .await
                     .map_err(|e| pod_error("removing the pod's interface failed", e))?;
+                times.mark_links();
+                self.release(&handle).await?;
+                times.mark_addresses();
+                times
             }
-        }
-        // The handle is released even without a record, so an allocation whose ADD died
-        // before recording it does not leak.
-        self.allocator
-            .release(&handle)
-            .await
-            .map_err(|e| ipam_error("releasing the pod's addresses failed", e))?;
-        tracing::info!(container = %container_id, %ifname, "pod detached");
+        };
+        tracing::info!(
+            container = %container_id, %ifname, links_ms = times.links_ms(),
+            addresses_ms = times.addresses_ms(), record_ms = times.record_ms(), "pod detached"
+        );
         Ok(())
+    }
+
+    async fn release(&self, handle: &str) -> Result<(), CniError> {
+        self.allocator
+            .release(handle)
+            .await
+            .map(drop)
+            .map_err(|e| ipam_error("releasing the pod's addresses failed", e))
     }
 
     async fn verify(&self, attachment: Attachment, config: NetConf) -> Result<(), CniError> {
@@ -470,7 +482,7 @@ impl CniHandler {
                 }
             };
             match self.detach(&current).await {
-                Ok(()) => {
+                Ok(_) => {
                     removed += 1;
                     tracing::info!(container = %w.container_id, ifname = %w.ifname, "GC removed a stale attachment");
                 }
@@ -555,6 +567,59 @@ impl CniService for CniHandler {
 
     async fn status(&self, request: NetworkRequest) -> Result<(), CniError> {
         self.readiness(request.config).await
+    }
+}
+
+/// How long each step of an ADD or DEL took, for its log line.
+struct PhaseTimes {
+    last: Instant,
+    addresses: Duration,
+    links: Duration,
+    record: Duration,
+}
+
+impl PhaseTimes {
+    fn start() -> Self {
+        Self {
+            last: Instant::now(),
+            addresses: Duration::ZERO,
+            links: Duration::ZERO,
+            record: Duration::ZERO,
+        }
+    }
+
+    fn lap(&mut self) -> Duration {
+        let now = Instant::now();
+        let lap = now - self.last;
+        self.last = now;
+        lap
+    }
+
+    fn mark_addresses(&mut self) {
+        let lap = self.lap();
+        self.addresses += lap;
+    }
+
+    fn mark_links(&mut self) {
+        let lap = self.lap();
+        self.links += lap;
+    }
+
+    fn mark_record(&mut self) {
+        let lap = self.lap();
+        self.record += lap;
+    }
+
+    fn addresses_ms(&self) -> f64 {
+        self.addresses.as_secs_f64() * 1e3
+    }
+
+    fn links_ms(&self) -> f64 {
+        self.links.as_secs_f64() * 1e3
+    }
+
+    fn record_ms(&self) -> f64 {
+        self.record.as_secs_f64() * 1e3
     }
 }
 
