@@ -435,3 +435,18 @@ fn rib_restarting_speaker_defers_selection_until_end_of_rib() {
     );
     assert_eq!(batch.end_of_rib.len(), 2, "followed by End-of-RIB");
 }
+
+#[test]
+fn rib_route_events_are_recorded_only_while_asked_for() {
+    let (mut rib, a) = rib_with_one_peer();
+    rib.take_events();
+    rib.record_route_events(false);
+    rib.update(a.id, &announce(&["10.1.0.0/24"], &[], "192.168.0.2"));
+    assert!(rib.take_events().is_empty(), "no events while off");
+    assert_eq!(rib.len(), 1, "the route is in all the same");
+    rib.record_route_events(true);
+    rib.update(a.id, &announce(&["10.2.0.0/24"], &[], "192.168.0.2"));
+    let events = rib.take_events();
+    assert_eq!(events.len(), 1);
+    assert!(matches!(&events[0], RouteEvent::Best { prefix, .. } if *prefix == net("10.2.0.0/24")));
+}

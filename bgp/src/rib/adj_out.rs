@@ -83,7 +83,9 @@ impl AdjRibOut {
 
     /// Records the route the peer should have for a prefix (`None`: none).
     pub(crate) fn set(&mut self, prefix: IpNet, attrs: Option<Arc<Attributes>>) {
-        if !self.active {
+        if !self.active || (attrs.is_none() && self.sent.is_empty() && self.pending.is_empty()) {
+            // Nothing to withdraw: the common case of a peer's own routes while it sends us
+            // its table.
             return;
         }
         let unchanged = match (self.sent.get(&prefix), &attrs) {

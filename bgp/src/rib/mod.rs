@@ -216,6 +216,8 @@ struct Ctx {
     interner: Interner,
     peers: Vec<Option<PeerSlot>>,
     events: Vec<RouteEvent>,
+    /// Whether per-prefix events are recorded: not while nobody would read them.
+    record_routes: bool,
     outbox: HashMap<PeerId, Vec<OutChange>>,
     end_of_rib_after_flush: HashSet<PeerId>,
     /// Standard exports computed in this batch: (source attrs, family, source peer, target).
@@ -252,6 +254,7 @@ impl Rib {
             interner: Interner::default(),
             peers: vec![None],
             events: Vec::new(),
+            record_routes: true,
             outbox: HashMap::new(),
             end_of_rib_after_flush: HashSet::new(),
             memo: HashMap::new(),
@@ -486,6 +489,16 @@ impl Rib {
             }
         }
         touched
+    }
+
+    /// Whether [`Rib::take_events`] reports per-prefix changes (the default). A speaker with
+    /// no subscriber turns them off, saving an event per route; [`RouteEvent::Synced`] is
+    /// recorded either way.
+    pub fn record_route_events(&mut self, on: bool) {
+        self.ctx.record_routes = on;
+        if !on {
+            self.ctx.events.retain(|e| *e == RouteEvent::Synced);
+        }
     }
 
     /// Takes the Loc-RIB changes since the last call, in order.
@@ -746,13 +759,15 @@ impl Ctx {
 
     /// The best path to `prefix` changed: tell subscribers and queue it for every peer.
     fn best_changed(&mut self, prefix: IpNet, best: Option<&Path>) {
-        self.events.push(match best {
-            Some(path) => RouteEvent::Best {
-                prefix,
-                path: self.best_path(path),
-            },
-            None => RouteEvent::Withdrawn { prefix },
-        });
+        if self.record_routes {
+            self.events.push(match best {
+                Some(path) => RouteEvent::Best {
+                    prefix,
+                    path: self.best_path(path),
+                },
+                None => RouteEvent::Withdrawn { prefix },
+            });
+        }
         for i in 0..self.up.len() {
             let id = self.up[i];
             let exported = best.and_then(|b| self.export(prefix, b, id));
@@ -762,6 +777,11 @@ impl Ctx {
 
     /// The route peer `to` gets for `prefix` whose best path is `best`.
     fn export(&mut self, prefix: IpNet, best: &Path, to: PeerId) -> Option<Arc<Attributes>> {
+        if best.peer == to && to != LOCAL {
+            // Never back to where it came from (what `export::standard` says too, without
+            // a lookup per prefix).
+            return None;
+        }
         let afi = family(&prefix);
         let key = (Arc::as_ptr(&best.attrs) as usize, afi, best.peer, to);
         let standard = match self.memo.get(&key) {

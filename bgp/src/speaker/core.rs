@@ -93,7 +93,9 @@ impl Core {
         rib_config.next_hop_v4 = config.next_hop_v4;
         rib_config.next_hop_v6 = config.next_hop_v6;
         rib_config.defer = restarting;
-        let rib = Rib::new(rib_config, config.policy.clone());
+        let mut rib = Rib::new(rib_config, config.policy.clone());
+        // Until someone subscribes: a subscriber starts from a snapshot of the Loc-RIB.
+        rib.record_route_events(false);
         let deferral_timer = gr.filter(|gr| gr.restarting).map(|gr| {
             let after = gr.selection_deferral;
             spawn_timer(tx.clone(), after, CoreMsg::DeferralExpired)
@@ -316,6 +318,7 @@ impl Core {
             }
         }
         self.subscribers.push(tx);
+        self.rib.record_route_events(true);
     }
 
     fn statuses(&self) -> Vec<PeerStatus> {
@@ -374,6 +377,9 @@ impl Core {
             }
         }
         self.subscribers = alive;
+        if self.subscribers.is_empty() {
+            self.rib.record_route_events(false);
+        }
     }
 
     fn start_stale_timer(&mut self, peer: PeerId, after: Duration) {
