@@ -19,3 +19,7 @@ cargo bench -p wren-bgp --bench wire
 
 # Agent: idle RSS/CPU and block convergence on 3 nodes, vs BIRD 2 in the same run (BENCHMARKS.md "Agent").
 WREN_BENCH_IDLE_SECS=60 WREN_BENCH_ROUNDS=20 cargo bench -p wren-agent --bench agent_idle
+
+# CNI: pod ADD/DEL latency, sequential and 100 at once, wren vs ptp+host-local (BENCHMARKS.md "CNI").
+cargo build --release -p wren-cni
+cargo bench -p wren-agent --bench cni
