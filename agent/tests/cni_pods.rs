@@ -207,3 +207,30 @@ fn gc_releases_what_the_runtime_no_longer_lists_and_status_tracks_the_pools() {
     assert!(wren(&Call::new("GC", "", None), &gc_all).ok);
     node.assert_empty();
 }
+
+#[test]
+fn the_runtime_can_ask_for_a_specific_address() {
+    if !support::ready() {
+        return;
+    }
+    let node = Node::start("cni-static", &[("v4", "10.73.0.0/24", 26)]);
+    let (pod_a, pod_b) = (node.pod("cni-static-a"), node.pod("cni-static-b"));
+    let asking = node.config(
+        "1.0.0",
+        json!({"runtimeConfig": {"ips": ["10.73.0.77/24"]}}),
+    );
+    let a = wren(&Call::new("ADD", "ctr-static-a", Some(&pod_a)), &asking);
+    assert!(a.ok, "{a:?}");
+    assert_eq!(address(&a.json, false), "10.73.0.77");
+
+    // The same address for another pod is refused, and that pod gets nothing.
+    let b = wren(&Call::new("ADD", "ctr-static-b", Some(&pod_b)), &asking);
+    assert!(!b.ok);
+    assert_eq!(b.json["code"], 106, "{}", b.json);
+    assert_eq!(node.allocated(), 1);
+    assert_eq!(node.wren_links().len(), 1);
+    assert_eq!(pod_b.ip(&["-o", "link"]).unwrap().lines().count(), 1);
+
+    assert!(wren(&Call::new("DEL", "ctr-static-a", Some(&pod_a)), &asking).ok);
+    node.assert_empty();
+}
