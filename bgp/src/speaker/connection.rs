@@ -24,6 +24,9 @@ use crate::wire::{Codec, Message, ParsedMessage, WireError, frame, parse_message
 /// commands, so a NOTIFICATION never waits behind a whole table.
 const BATCH_PREFIXES: usize = 4096;
 
+/// Most messages handed to the session at once, to bound what waits parsed in its queue.
+const MAX_BATCH: usize = 256;
+
 /// What a connection reports to its session.
 #[derive(Debug)]
 // Moved through a channel once, never stored.
@@ -31,8 +34,9 @@ const BATCH_PREFIXES: usize = 4096;
 pub(super) enum ConnEvent {
     /// An outgoing connection attempt finished.
     Connected(ConnId, std::io::Result<TcpStream>),
-    /// A message arrived (or could not be parsed: the session must end).
-    Message(ConnId, Result<ParsedMessage, WireError>),
+    /// Messages arrived, in order, as many as one read delivered whole; the last may be an
+    /// error (a message that could not be parsed: the session must end).
+    Messages(ConnId, Vec<Result<ParsedMessage, WireError>>),
     /// The peer closed the connection or it failed.
     Closed(ConnId),
 }
@@ -138,25 +142,36 @@ async fn read_loop(
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
-        loop {
-            match frame(&buf) {
+        // Everything whole in the buffer goes to the session in one message: a full table
+        // arrives as a few hundred UPDATEs per read, and a message each would cost a task
+        // wake-up each.
+        let mut batch = Vec::new();
+        let mut fatal = false;
+        while !fatal && batch.len() < MAX_BATCH {
+            let parsed = match frame(&buf) {
                 Ok(Some(len)) => {
                     let codec = Codec {
                         four_octet_as: four_octet_as.load(Ordering::Acquire),
                     };
                     let parsed = parse_message(&buf[..len], &codec);
                     buf.advance(len);
-                    let fatal = parsed.is_err();
-                    if events.send(ConnEvent::Message(id, parsed)).await.is_err() || fatal {
-                        return;
-                    }
+                    parsed
                 }
                 Ok(None) => break,
-                Err(error) => {
-                    let _ = events.send(ConnEvent::Message(id, Err(error))).await;
-                    return;
-                }
-            }
+                Err(error) => Err(error),
+            };
+            fatal = parsed.is_err();
+            batch.push(parsed);
+        }
+        let full = batch.len() == MAX_BATCH;
+        if !batch.is_empty() && events.send(ConnEvent::Messages(id, batch)).await.is_err() {
+            return;
+        }
+        if fatal {
+            return;
+        }
+        if full {
+            continue;
         }
         match read.read_buf(&mut buf).await {
             Ok(n) if n > 0 => {}

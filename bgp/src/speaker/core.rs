@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::fsm::{Down, State};
@@ -23,8 +23,11 @@ use super::config::{PeerConfig, SpeakerConfig};
 use super::peer::{Live, PeerCmd, PeerTask};
 use super::{PeerStatus, SpeakerError, socket};
 
-/// Messages to process before handing results to writers and subscribers.
+/// Messages (an UPDATE counting as one) to process before handing results to writers and
+/// subscribers.
 const BATCH: usize = 64;
+/// UPDATEs that may wait for the core, from all peers together.
+pub(super) const UPDATE_QUEUE: usize = 1024;
 /// Routes per message sent to a subscriber.
 const EVENT_CHUNK: usize = 4096;
 /// How long a shutdown waits for peers to send their NOTIFICATIONs.
@@ -49,10 +52,24 @@ pub(super) enum Command {
 /// Everything the core task receives.
 pub(super) enum CoreMsg {
     Command(Command),
-    Up { peer: PeerId, session: Session },
-    Down { peer: PeerId, down: Down },
-    Update { peer: PeerId, update: Update },
-    RefreshRequested { peer: PeerId, afi: Afi },
+    Up {
+        peer: PeerId,
+        session: Session,
+    },
+    Down {
+        peer: PeerId,
+        down: Down,
+    },
+    /// UPDATEs of one peer, in order; the permits go back once they are applied.
+    Updates {
+        peer: PeerId,
+        updates: Vec<Update>,
+        permit: OwnedSemaphorePermit,
+    },
+    RefreshRequested {
+        peer: PeerId,
+        afi: Afi,
+    },
     Accepted(TcpStream, SocketAddr),
     StaleExpired(PeerId),
     DeferralExpired,
@@ -77,6 +94,7 @@ pub(super) struct Core {
     listener: Option<Arc<TcpListener>>,
     restarting: Arc<AtomicBool>,
     tx: mpsc::Sender<CoreMsg>,
+    update_permits: Arc<Semaphore>,
     deferral_timer: Option<JoinHandle<()>>,
 }
 
@@ -109,6 +127,7 @@ impl Core {
             listener,
             restarting: Arc::new(AtomicBool::new(restarting)),
             tx,
+            update_permits: Arc::new(Semaphore::new(UPDATE_QUEUE)),
             deferral_timer,
         }
     }
@@ -116,13 +135,14 @@ impl Core {
     /// Runs until shut down (or every handle is gone).
     pub async fn run(mut self, mut rx: mpsc::Receiver<CoreMsg>) {
         while let Some(message) = rx.recv().await {
+            let mut handled = weight(&message);
             let mut shutdown = self.handle(message).await;
-            for _ in 1..BATCH {
-                if shutdown.is_some() {
-                    break;
-                }
+            while handled < BATCH && shutdown.is_none() {
                 match rx.try_recv() {
-                    Ok(message) => shutdown = self.handle(message).await,
+                    Ok(message) => {
+                        handled += weight(&message);
+                        shutdown = self.handle(message).await;
+                    }
                     Err(_) => break,
                 }
             }
@@ -161,7 +181,17 @@ impl Core {
                     self.start_stale_timer(peer, down.restart_time);
                 }
             }
-            CoreMsg::Update { peer, update } => self.rib.update(peer, &update),
+            CoreMsg::Updates {
+                peer,
+                updates,
+                permit,
+            } => {
+                for update in &updates {
+                    self.rib.update(peer, update);
+                }
+                drop(updates);
+                drop(permit);
+            }
             CoreMsg::RefreshRequested { peer, afi } => self.rib.route_refresh(peer, afi),
             CoreMsg::Accepted(stream, remote) => self.accepted(stream, remote),
             CoreMsg::StaleExpired(peer) => self.rib.flush_stale(peer, None),
@@ -247,6 +277,7 @@ impl Core {
             speaker: self.config.clone(),
             restarting: self.restarting.clone(),
             core: self.tx.clone(),
+            update_permits: self.update_permits.clone(),
             commands: commands_rx,
             adj_out,
             notify: notify.clone(),
@@ -424,6 +455,14 @@ impl Core {
             timer.abort();
         }
         self.subscribers.clear();
+    }
+}
+
+/// How much of a batch a message counts for.
+fn weight(message: &CoreMsg) -> usize {
+    match message {
+        CoreMsg::Updates { updates, .. } => updates.len(),
+        _ => 1,
     }
 }
 

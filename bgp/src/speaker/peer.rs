@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::fsm::{Action, ConnId, Event, Fsm, State, Timer};
 use crate::rib::{AdjRibOut, PeerId, Session};
-use crate::wire::{Afi, CeaseError, Message, Negotiated, ParsedMessage};
+use crate::wire::{Afi, CeaseError, Message, Negotiated, ParsedMessage, Update, WireError};
 
 use super::config::{PeerConfig, SpeakerConfig};
 use super::connection::{ConnEvent, Connection};
-use super::core::CoreMsg;
+use super::core::{CoreMsg, UPDATE_QUEUE};
 use super::socket::{self, ConnectOptions};
 
 /// How long a stopping peer waits for its NOTIFICATION to go out.
@@ -51,6 +51,9 @@ pub(super) struct PeerTask {
     pub speaker: SpeakerConfig,
     pub restarting: Arc<AtomicBool>,
     pub core: mpsc::Sender<CoreMsg>,
+    /// One permit per UPDATE waiting for the core, shared by all peers: it bounds what waits
+    /// parsed in memory now that UPDATEs travel in batches.
+    pub update_permits: Arc<Semaphore>,
     pub commands: mpsc::UnboundedReceiver<PeerCmd>,
     pub adj_out: Arc<Mutex<AdjRibOut>>,
     pub notify: Arc<Notify>,
@@ -67,6 +70,8 @@ struct Runner {
     attempts: HashMap<ConnId, JoinHandle<()>>,
     closing: Vec<JoinHandle<()>>,
     epoch: u64,
+    /// UPDATEs delivered by the state machine, sent to the core together.
+    delivered: Vec<Update>,
 }
 
 impl PeerTask {
@@ -85,6 +90,7 @@ impl PeerTask {
             attempts: HashMap::new(),
             closing: Vec::new(),
             epoch: 0,
+            delivered: Vec::new(),
         };
         runner.handle(Event::ManualStart).await;
         loop {
@@ -105,6 +111,7 @@ impl PeerTask {
                 Some(event) = events.recv() => runner.connection_event(event).await,
                 _ = sleep_until(deadline) => runner.expire_timers().await,
             }
+            runner.send_delivered().await;
         }
         runner.finish().await;
     }
@@ -119,10 +126,20 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 impl Runner {
     async fn handle(&mut self, event: Event) {
+        self.step(event).await;
+        self.report();
+    }
+
+    /// Runs the state machine on one event, without updating the status the core reads.
+    async fn step(&mut self, event: Event) {
         let actions = self.fsm.handle(event, Instant::now());
         for action in actions {
             self.act(action).await;
         }
+    }
+
+    /// Publishes the state machine's state for status queries.
+    fn report(&self) {
         let mut live = self.task.live.lock().unwrap_or_else(|p| p.into_inner());
         live.state = self.fsm.state();
         live.since = self.fsm.since();
@@ -159,10 +176,7 @@ impl Runner {
                 let peer = self.task.id;
                 self.send_core(CoreMsg::Down { peer, down }).await;
             }
-            Action::Deliver(update) => {
-                let peer = self.task.id;
-                self.send_core(CoreMsg::Update { peer, update }).await;
-            }
+            Action::Deliver(update) => self.delivered.push(update),
             Action::RouteRefresh(afi) => {
                 let peer = self.task.id;
                 self.send_core(CoreMsg::RefreshRequested { peer, afi })
@@ -171,9 +185,33 @@ impl Runner {
         }
     }
 
-    async fn send_core(&self, message: CoreMsg) {
+    async fn send_core(&mut self, message: CoreMsg) {
+        // UPDATEs delivered before this message go first.
+        self.send_delivered().await;
         // The core only goes away when the speaker shuts down, which stops this task too.
         let _ = self.task.core.send(message).await;
+    }
+
+    /// Hands the delivered UPDATEs to the core, waiting while the core has its fill queued.
+    async fn send_delivered(&mut self) {
+        let peer = self.task.id;
+        while !self.delivered.is_empty() {
+            let rest = self
+                .delivered
+                .split_off(self.delivered.len().min(UPDATE_QUEUE));
+            let updates = std::mem::replace(&mut self.delivered, rest);
+            let permits = self.task.update_permits.clone();
+            // `updates` is at most UPDATE_QUEUE long, the semaphore's size, so this fits.
+            let Ok(permit) = permits.acquire_many_owned(updates.len() as u32).await else {
+                return;
+            };
+            let message = CoreMsg::Updates {
+                peer,
+                updates,
+                permit,
+            };
+            let _ = self.task.core.send(message).await;
+        }
     }
 
     async fn session_up(&mut self, id: ConnId, negotiated: Negotiated) {
@@ -289,16 +327,27 @@ impl Runner {
                     self.handle(Event::TcpFailed(id)).await;
                 }
             }
-            ConnEvent::Message(id, Err(error)) => {
+            ConnEvent::Messages(id, batch) => {
+                for parsed in batch {
+                    self.message(id, parsed).await;
+                }
+                self.report();
+            }
+        }
+    }
+
+    async fn message(&mut self, id: ConnId, parsed: Result<ParsedMessage, WireError>) {
+        match parsed {
+            Err(error) => {
                 if self.conns.contains_key(&id) {
                     tracing::warn!(peer = %self.task.config.address, %error, "bad message");
-                    self.handle(Event::MessageError(id, error.notification()))
+                    self.step(Event::MessageError(id, error.notification()))
                         .await;
                 }
             }
-            ConnEvent::Message(id, Ok(parsed)) => {
+            Ok(parsed) => {
                 if let Some(message) = self.accept_message(id, parsed) {
-                    self.handle(Event::Message(id, message)).await;
+                    self.step(Event::Message(id, message)).await;
                 }
             }
         }
