@@ -1,0 +1,171 @@
+//! Pod-to-pod TCP throughput (iperf3) through wren's dataplane, against plain host-to-host
+//! throughput over the same veths, in one lab and one run.
+//!
+//! The lab has three nodes on two subnets (n1 and n3 on one, n2 on the other, a router
+//! between), VXLAN in cross-subnet mode. So n1→n3 pod traffic is natively routed and n1→n2 pod
+//! traffic is encapsulated, and each has its anchor over the very same path without wren:
+//!
+//! | row | measured | anchor |
+//! |---|---|---|
+//! | native routing | pod on n1 → pod on n3 | node n1 → node n3 (one bridge) |
+//! | VXLAN | pod on n1 → pod on n2 | node n1 → node n2 (through the router) |
+//!
+//! Rounds alternate row and anchor so that a noisy neighbour hits both alike; the median of
+//! each is reported. Run with `cargo bench -p wren-agent --bench encap_iperf` as root, with
+//! `etcd`, `iperf3` and the built `wren`/`wren-cni` binaries (`cargo build --bins`).
+//! `WREN_BENCH_SECS` sets the seconds per round (default 3), `WREN_BENCH_ROUNDS` the rounds
+//! (default 3).
+
+use std::process::Command;
+use std::time::Duration;
+
+use wren_tests::bench::{BenchSettings, invoked_as_bench, median};
+use wren_tests::lab::{self, Encap, Lab, LabSpec};
+use wren_tests::netns::command_in;
+use wren_tests::process::ChildGuard;
+
+/// One iperf3 run from namespace `from` to `address` (a server runs in `to`); bits/s received.
+fn iperf(from: &str, to: &str, address: &str, seconds: u64) -> Result<f64, String> {
+    let server = ChildGuard::spawn(
+        format!("iperf3 server in {to}"),
+        command_in(to, "iperf3").args(["-s", "-1", "-B", address]),
+    )
+    .map_err(|e| e.to_string())?;
+    // The client retries until the server listens; the server ends after one test.
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = command_in(from, "iperf3")
+            .args(["-c", address, "-J", "-t", &seconds.to_string()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // A refused connection can still exit 0 with `-J`: the report says whether it ran.
+        match received_bps(&text) {
+            Ok(bps) if out.status.success() => return Ok(bps),
+            Ok(_) => last = text,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "iperf3 to {address} failed: {last:.400}\nserver: {}",
+        server.log()
+    ))
+}
+
+/// `end.sum_received.bits_per_second` of an iperf3 JSON report.
+fn received_bps(json: &str) -> Result<f64, String> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    value["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| format!("no received rate in {json:.400}"))
+}
+
+fn machine() -> String {
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}, Linux {kernel}")
+}
+
+fn main() {
+    if !invoked_as_bench() {
+        return;
+    }
+    if !lab::require_lab(false) || !wren_tests::prereq::require_command("iperf3") {
+        return;
+    }
+    let settings = BenchSettings::from_env();
+    println!(
+        "iperf3, one TCP stream, {} s per round, median of {} rounds; {}",
+        settings.round.as_secs(),
+        settings.rounds,
+        machine()
+    );
+    println!("| path | Gbit/s | anchor | anchor Gbit/s | ratio | goal |");
+    println!("|---|---|---|---|---|---|");
+    // Two subnets, VXLAN in cross-subnet mode: n1 and n3 share a subnet, n2 is across the
+    // router.
+    measure(
+        &settings,
+        "bench7",
+        2,
+        &[
+            (
+                "native routing (pod n1 → pod n3, same subnet)",
+                "n1",
+                "n3",
+                0.95,
+            ),
+            (
+                "VXLAN (pod n1 → pod n2, across the router)",
+                "n1",
+                "n2",
+                0.80,
+            ),
+        ],
+    );
+    // One segment, VXLAN always: the tunnel's own cost, without the router.
+    measure(
+        &settings,
+        "bench7s",
+        1,
+        &[("VXLAN (pod n1 → pod n2, one L2 segment)", "n1", "n2", 0.80)],
+    );
+}
+
+/// Builds a three-node VXLAN lab on `subnets` subnets and prints one row per
+/// `(name, from node, to node, goal)`: pod to pod, anchored by node to node.
+fn measure(settings: &BenchSettings, name: &str, subnets: u8, rows: &[(&str, &str, &str, f64)]) {
+    let mut spec = LabSpec::new(name, 3);
+    spec.encap = Encap::Vxlan;
+    spec.subnets = subnets;
+    spec.pods_per_node = 1;
+    let lab = Lab::up(spec).expect("lab up");
+    let ready = (0..100).any(|_| {
+        let ok = lab::failures(&lab.ping_matrix()).is_empty();
+        if !ok {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        ok
+    });
+    assert!(ready, "pods cannot reach each other");
+    let node = |n: &str| {
+        let node = lab.node(n).expect("node");
+        (node.ns.clone(), node.ip().to_owned())
+    };
+    let pod = |n: &str| {
+        let pod = lab.state().pods.iter().find(|p| p.node == n).expect("pod");
+        (pod.ns.clone(), pod.ip.to_string())
+    };
+    let seconds = settings.round.as_secs();
+    for (row, from, to, goal) in rows {
+        let ((pfrom, _), (pto, paddress)) = (pod(from), pod(to));
+        let ((nfrom, _), (nto, naddress)) = (node(from), node(to));
+        let mut measured = Vec::new();
+        let mut anchor = Vec::new();
+        for _ in 0..settings.rounds {
+            anchor.push(iperf(&nfrom, &nto, &naddress, seconds).expect("anchor"));
+            measured.push(iperf(&pfrom, &pto, &paddress, seconds).expect("measured"));
+        }
+        let (m, a) = (median(measured), median(anchor));
+        println!(
+            "| {row} | {:.2} | node {from} → node {to} | {:.2} | {:.2} | ≥ {goal:.2} |",
+            m / 1e9,
+            a / 1e9,
+            m / a
+        );
+    }
+    lab.down().expect("lab down");
+}
