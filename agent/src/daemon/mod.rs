@@ -77,6 +77,9 @@ pub struct Shared {
     /// False while a pool in use needs a tunnel this kernel cannot make.
     encap_healthy: AtomicBool,
     status: RwLock<AgentStatus>,
+    /// The speaker, once the controller runs: `wren status` reads session state from it live
+    /// rather than from the last pass.
+    live_sessions: std::sync::OnceLock<Arc<dyn BgpControl>>,
 }
 
 impl Shared {
@@ -88,6 +91,7 @@ impl Shared {
             registered: Arc::default(),
             bgp_synced: AtomicBool::new(false),
             encap_healthy: AtomicBool::new(true),
+            live_sessions: std::sync::OnceLock::new(),
             status: RwLock::new(AgentStatus {
                 node: config.node_name.clone(),
                 ipv4: Some(config.node_ip),
@@ -116,6 +120,13 @@ impl Shared {
         }
     }
 
+    /// Brings the per-peer metrics up to date with the live sessions (before a scrape).
+    pub fn refresh_peer_metrics(&self) {
+        if self.live_sessions.get().is_some() {
+            self.metrics.set_peers(&peer_samples(&self.status().peers));
+        }
+    }
+
     /// The status document as of now.
     pub fn status(&self) -> AgentStatus {
         let mut status = match self.status.read() {
@@ -123,6 +134,9 @@ impl Shared {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         status.readiness = self.readiness();
+        if let Some(bgp) = self.live_sessions.get() {
+            refresh_sessions(&mut status.peers, &bgp.sessions());
+        }
         status
     }
 
@@ -235,6 +249,35 @@ pub struct Controller {
     changes: Arc<Notify>,
 }
 
+/// The per-peer metric samples of a status table.
+fn peer_samples(peers: &[PeerStatus]) -> Vec<PeerSample> {
+    peers
+        .iter()
+        .map(|p| PeerSample {
+            labels: PeerLabels {
+                peer: p.address.to_string(),
+                r#type: p.kind.as_str().to_owned(),
+            },
+            state: p.state.clone(),
+            received: p.prefixes_received,
+            sent: p.prefixes_sent,
+        })
+        .collect()
+}
+
+/// Brings each peer's session state, age, prefix counts and last error up to date.
+fn refresh_sessions(peers: &mut [PeerStatus], sessions: &[bgp::SessionInfo]) {
+    for peer in peers {
+        if let Some(s) = sessions.iter().find(|s| s.address == peer.address) {
+            peer.state = s.state.clone();
+            peer.since_secs = s.in_state_for.map(|d| d.as_secs());
+            peer.prefixes_received = s.prefixes_received;
+            peer.prefixes_sent = s.prefixes_sent;
+            peer.last_error = s.last_error.clone();
+        }
+    }
+}
+
 impl Controller {
     /// Starts the reflectors for this node; passes run when [`Controller::pass`] is called.
     pub fn new(
@@ -244,6 +287,7 @@ impl Controller {
         routes: Arc<dyn RouteProgrammer>,
         shared: Arc<Shared>,
     ) -> Self {
+        let _ = shared.live_sessions.set(bgp.clone());
         let reflectors = Reflectors::spawn(&store, &config.node_name, &shared.datastore);
         let changes = Arc::new(Notify::new());
         reflectors.forward_changes(&changes);
@@ -371,20 +415,7 @@ impl Controller {
                 })
             })
             .collect();
-        metrics.set_peers(
-            &peer_status
-                .iter()
-                .map(|p| PeerSample {
-                    labels: PeerLabels {
-                        peer: p.address.to_string(),
-                        r#type: p.kind.as_str().to_owned(),
-                    },
-                    state: p.state.clone(),
-                    received: p.prefixes_received,
-                    sent: p.prefixes_sent,
-                })
-                .collect::<Vec<_>>(),
-        );
+        metrics.set_peers(&peer_samples(&peer_status));
         let mut status = self.shared.status();
         status.as_number = self.me.asn(&view);
         status.node_to_node_mesh = view.cluster.node_to_node_mesh;
