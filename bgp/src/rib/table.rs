@@ -8,8 +8,12 @@
 //! bits of their hash. A hash table grows by moving into an array twice its size, holding both
 //! while it moves; with one table, a million routes would briefly need three times the memory
 //! of the array they end up in. Shards of equal share grow one after another, so the peak stays
-//! within a shard's array of what the table holds. Their hash is a single multiplication:
-//! prefixes are small keys a peer cannot choose to collide without owning the address space.
+//! within one shard's array of what the table holds. They are few, so their arrays are large
+//! enough for the allocator to map and unmap them whole: many small shards leave the arrays
+//! they grew out of as holes in the heap, and the resident size then depends on chance.
+//!
+//! Their hash is one multiplication of the prefix (address and length as one word), mixed
+//! with a random seed per table so a peer cannot pick prefixes that collide.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -34,7 +38,7 @@ pub(crate) struct Path {
 pub(crate) type Paths = SmallVec<[Path; 1]>;
 
 /// Number of IPv4 hash tables (a power of two).
-const SHARDS: usize = 64;
+const SHARDS: usize = 8;
 
 /// Bits of the hash that pick the shard: above those a table of up to 2^40 buckets indexes
 /// with, below the top seven it keeps in its control bytes.
@@ -44,25 +48,29 @@ const SHARD_SHIFT: u32 = 40;
 #[derive(Debug)]
 pub(crate) struct Table {
     v4: Box<[HashTable<(Ipv4Net, Paths)>]>,
+    v4_seed: u64,
     v6: HashTable<(Ipv6Net, Paths)>,
     v6_hasher: DefaultHashBuilder,
 }
 
 impl Default for Table {
     fn default() -> Self {
+        let v6_hasher = DefaultHashBuilder::default();
         Self {
             v4: (0..SHARDS).map(|_| HashTable::new()).collect(),
+            v4_seed: v6_hasher.hash_one(SHARDS),
             v6: HashTable::new(),
-            v6_hasher: DefaultHashBuilder::default(),
+            v6_hasher,
         }
     }
 }
 
-/// The hash of an IPv4 prefix: its address and length as one word, multiplied by an odd
-/// constant, the two halves of the product folded so both ends of the hash vary.
-fn hash_v4(prefix: &Ipv4Net) -> u64 {
+/// The hash of an IPv4 prefix: its address and length as one word, mixed with the seed and
+/// multiplied by an odd constant, the two halves of the product folded so both ends of the
+/// hash vary.
+fn hash_v4(seed: u64, prefix: &Ipv4Net) -> u64 {
     let key = (u64::from(prefix.addr().to_bits()) << 8) | u64::from(prefix.prefix_len());
-    let product = u128::from(key) * 0x9E37_79B9_7F4A_7C15_u128;
+    let product = u128::from(key ^ seed) * 0x9E37_79B9_7F4A_7C15_u128;
     (product as u64) ^ ((product >> 64) as u64)
 }
 
@@ -100,7 +108,7 @@ impl Table {
     pub fn get(&self, prefix: &IpNet) -> Option<&Paths> {
         match prefix {
             IpNet::V4(p) => {
-                let hash = hash_v4(p);
+                let hash = hash_v4(self.v4_seed, p);
                 let found = self.v4[shard_of(hash)].find(hash, |(k, _)| k == p);
                 found.map(|(_, paths)| paths)
             }
@@ -122,9 +130,10 @@ impl Table {
     ) -> Option<R> {
         match prefix {
             IpNet::V4(p) => {
-                let hash = hash_v4(&p);
+                let seed = self.v4_seed;
+                let hash = hash_v4(seed, &p);
                 let shard = &mut self.v4[shard_of(hash)];
-                modify_in(shard, p, hash, |(k, _)| hash_v4(k), create, change)
+                modify_in(shard, p, hash, |(k, _)| hash_v4(seed, k), create, change)
             }
             IpNet::V6(p) => {
                 let hasher = &self.v6_hasher;
@@ -209,7 +218,11 @@ mod tests {
         assert_eq!(table.len(), 100_000);
         let smallest = table.v4.iter().map(HashTable::len).min().unwrap_or(0);
         let largest = table.v4.iter().map(HashTable::len).max().unwrap_or(0);
-        // An even spread: 1,562 each; a hash that ignored the shard bits would leave shards empty.
-        assert!(smallest > 1_300 && largest < 1_850, "{smallest}..{largest}");
+        // An even spread: 12,500 each; a hash that ignored the shard bits would leave shards
+        // empty.
+        assert!(
+            smallest > 12_000 && largest < 13_000,
+            "{smallest}..{largest}"
+        );
     }
 }

@@ -79,7 +79,8 @@ impl PeerTask {
     pub async fn run(self) {
         let restarting = self.restarting.load(Ordering::Acquire);
         let session = self.config.session(&self.speaker, restarting);
-        let (events_tx, mut events) = mpsc::channel(64);
+        // Messages come in batches of up to a few hundred: a few batches keep the reader busy.
+        let (events_tx, mut events) = mpsc::channel(4);
         let mut runner = Runner {
             fsm: Fsm::new(session, Instant::now()),
             task: self,
