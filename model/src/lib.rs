@@ -305,6 +305,9 @@ mod tests {
         .unwrap();
         assert_eq!(p.encapsulation, Encapsulation::Vxlan);
         assert_eq!(p.encapsulation_mode, EncapsulationMode::CrossSubnet);
-        assert!(serde_json::from_str::<Pool>(r#"{"cidr":"10.0.0.0/8","blockSize":26,"bogus":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<Pool>(r#"{"cidr":"10.0.0.0/8","blockSize":26,"bogus":1}"#)
+                .is_err()
+        );
     }
 }

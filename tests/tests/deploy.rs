@@ -91,7 +91,8 @@ fn daemonset_probes_use_the_agent_health_endpoints() {
         "path: /readyz",
         "path: /healthz",
         "hostNetwork: true",
-        "install-cni.sh", "--bin-dir",
+        "install-cni.sh",
+        "--bin-dir",
     ] {
         assert!(text.contains(needle), "wren.yaml lacks `{needle}`");
     }

@@ -14,11 +14,11 @@ use super::{AgentArgs, LogFormat};
 use crate::api::RequestObserver;
 use crate::cni::{CniHandler, KernelPods};
 use crate::config::AgentConfig;
-use crate::dataplane::mtu::Mtus;
 use crate::daemon::encap::{Encap, KernelEncap};
 use crate::daemon::kernel::KernelRoutes;
 use crate::daemon::speaker::{Restart, SpeakerBgp};
 use crate::daemon::{self, Parts, Shared};
+use crate::dataplane::mtu::Mtus;
 use crate::metrics::Metrics;
 
 /// Sets up `tracing` output: human-readable or JSON lines, filtered by `RUST_LOG` (default
