@@ -23,20 +23,8 @@ fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
 }
 
 fn full_matrix(lab: &Lab, phase: &str) {
-    // Routes may still be settling right after a change: retry the failed pairs only.
-    eventually(&format!("{phase}: full ping matrix"), || {
-        let results = lab.ping_matrix();
-        let failed = lab::failures(&results);
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}\n{}",
-                failed.join(", "),
-                lab.render_matrix(&results)
-            ))
-        }
-    });
+    lab.wait_full_matrix(CONVERGENCE, "n1")
+        .unwrap_or_else(|e| panic!("{phase}: {e}"));
 }
 
 /// The /32 routes toward local pods on `node`, from its kernel.

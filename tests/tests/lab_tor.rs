@@ -2,7 +2,7 @@
 //! every pod still reaches every pod.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wren_tests::lab::{self, Lab, LabSpec};
 
@@ -14,21 +14,8 @@ fn tor_route_reflector_carries_every_route() {
     let mut spec = LabSpec::new(&lab::test_lab_name('t'), 3);
     spec.tor = true;
     let lab = Lab::up(spec).expect("lab up");
-    let deadline = Instant::now() + Duration::from_secs(25);
-    loop {
-        let results = lab.ping_matrix();
-        let failed = lab::failures(&results);
-        if failed.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pods cannot reach each other through the reflector: {}\n{}",
-            failed.join(", "),
-            lab.render_matrix(&results)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    lab.wait_full_matrix(Duration::from_secs(25), "n1")
+        .unwrap_or_else(|e| panic!("through the reflector: {e}"));
     // Each node has exactly one BGP session, to the ToR: no node-to-node sessions.
     let bird = Command::new("birdc")
         .arg("-s")

@@ -2,7 +2,7 @@
 //! with VXLAN in cross-subnet mode. Every pod reaches every pod; same-subnet routes are plain,
 //! cross-subnet routes go through `wren.vxlan`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wren_tests::lab::{self, Encap, Lab, LabSpec};
 
@@ -15,22 +15,8 @@ fn four_nodes_two_subnets_vxlan_cross_subnet() {
     spec.encap = Encap::Vxlan;
     spec.subnets = 2;
     let lab = Lab::up(spec).expect("lab up");
-    let deadline = Instant::now() + Duration::from_secs(25);
-    loop {
-        let results = lab.ping_matrix();
-        let failed = lab::failures(&results);
-        if failed.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pods cannot reach each other: {}\n{}\n{}",
-            failed.join(", "),
-            lab.render_matrix(&results),
-            lab.routes("n1").unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    lab.wait_full_matrix(Duration::from_secs(25), "n1")
+        .unwrap_or_else(|e| panic!("{e}"));
     // n1 (subnet 1) reaches n3 (subnet 1) directly and n2, n4 (subnet 2) through the tunnel.
     let routes = lab.routes("n1").unwrap();
     let n3 = lab.node("n3").unwrap().ip().to_owned();

@@ -835,6 +835,31 @@ pub fn require_lab(tor: bool) -> bool {
         )
 }
 
+impl Lab {
+    /// Pings the full matrix until every pod reaches every pod, or `timeout` passes (routes may
+    /// still be settling right after a change). The error lists the failing pairs, the matrix
+    /// and `node`'s routing table.
+    pub fn wait_full_matrix(&self, timeout: Duration, node: &str) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let results = self.ping_matrix();
+            let failed = failures(&results);
+            if failed.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "pods cannot reach each other: {}\n{}\nroutes of {node}:\n{}",
+                    failed.join(", "),
+                    self.render_matrix(&results),
+                    self.routes(node).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
 /// Pod pairs of a ping matrix that failed, as `from→to` strings.
 pub fn failures(results: &[Reach]) -> Vec<String> {
     results
