@@ -27,6 +27,7 @@ use wren_cni::NetConf;
 use wren_cni::client::{AgentTransport, UnixHttpClient};
 use wren_cni::env::{Attachment, CniArgs};
 use wren_cni::wire::{AttachmentRequest, paths};
+use wren_tests::bench::arg;
 use wren_tests::bench::{BenchSettings, invoked_as_bench};
 use wren_tests::etcd::EtcdOptions;
 use wren_tests::netns::{NetNs, run_in};
@@ -223,15 +224,6 @@ fn api_only(node: &Node, pods: &[NetNs], round: usize, add: &mut Samples, del: &
             );
         }
     }
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use wren_agent::dataplane::{NextHop, Route, RouteChange, RouteManager};
+use wren_tests::bench::arg;
 use wren_tests::netns::NetNs;
 
 /// One way of installing and removing the routes.
@@ -194,15 +195,6 @@ fn median(mut values: Vec<Duration>) -> Duration {
 
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
-}
-
-fn arg(name: &str, default: u32) -> u32 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -13,6 +13,17 @@ pub fn invoked_as_bench() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
+/// The value of `--name V` on the bench's command line, parsed, or `default` when absent or
+/// unparsable (`cargo bench -p x --bench y -- --routes 100000`).
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Measurement settings read from the environment.
 #[derive(Debug, Clone)]
 pub struct BenchSettings {
