@@ -9,7 +9,7 @@ use wren_agent::dataplane::{
     PodError, PodInterface, PodSpec, Problem, Side, check_pod, host_ifname, prepare_node,
     setup_pod, teardown_pod,
 };
-use wren_tests::netns::NetNs;
+use wren_tests::netns::{NetNs, node_with_uplink};
 use wren_tests::prereq;
 
 fn ready() -> bool {
@@ -25,30 +25,7 @@ struct Node {
 
 impl Node {
     fn new(tag: &str) -> Node {
-        let ns = NetNs::new(tag).unwrap();
-        let uplink = NetNs::new(&format!("{tag}-up")).unwrap();
-        ns.veth(
-            "eth0",
-            Some("192.0.2.1/24"),
-            &uplink,
-            "eth0",
-            Some("192.0.2.254/24"),
-        )
-        .unwrap();
-        ns.ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8::1/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ])
-        .unwrap();
-        ns.ip(&["route", "add", "default", "via", "192.0.2.254"])
-            .unwrap();
-        ns.ip(&["-6", "route", "add", "default", "via", "2001:db8::fe"])
-            .unwrap();
+        let (ns, uplink) = node_with_uplink(tag).unwrap();
         let setup = ns.enter(prepare_node).unwrap().unwrap();
         assert!(setup.warnings.is_empty(), "{:?}", setup.warnings);
         Node {

@@ -195,6 +195,43 @@ impl Drop for NetNs {
     }
 }
 
+/// A node namespace plugged into an uplink namespace, as every real node is: `eth0` with
+/// 192.0.2.1/24 and 2001:db8::1/64 on the node, 192.0.2.254/24 and 2001:db8::fe/64 on the
+/// uplink, and the node's default routes (both families) through the uplink. Returns
+/// `(node, uplink)`; the uplink namespace ends nowhere, so nothing leaves.
+pub fn node_with_uplink(tag: &str) -> io::Result<(NetNs, NetNs)> {
+    let node = NetNs::new(tag)?;
+    let uplink = NetNs::new(&format!("{tag}-up"))?;
+    node.veth(
+        "eth0",
+        Some("192.0.2.1/24"),
+        &uplink,
+        "eth0",
+        Some("192.0.2.254/24"),
+    )?;
+    node.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    uplink.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::fe/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    node.ip(&["route", "add", "default", "via", "192.0.2.254"])?;
+    node.ip(&["-6", "route", "add", "default", "via", "2001:db8::fe"])?;
+    Ok((node, uplink))
+}
+
 /// A namespace holding one Linux bridge (`br0`) that joins other namespaces like a switch:
 /// the L2 segment of a lab.
 #[derive(Debug)]

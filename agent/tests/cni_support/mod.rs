@@ -23,7 +23,7 @@ use wren_model::keys;
 use wren_store::Store;
 use wren_store::etcd::{EtcdConfig, EtcdStore};
 use wren_tests::etcd::{Etcd, EtcdOptions};
-use wren_tests::netns::{NetNs, run_in};
+use wren_tests::netns::{NetNs, node_with_uplink, run_in};
 use wren_tests::prereq;
 
 /// The node's address on its uplink, and the uplink's.
@@ -154,41 +154,7 @@ impl Node {
 
     /// [`Node::start`] with etcd started as `etcd` says (its namespace is set to the node's).
     pub fn start_with(tag: &str, pools: &[(&str, &str, u8)], etcd: EtcdOptions) -> Node {
-        let ns = NetNs::new(tag).unwrap();
-        let uplink = NetNs::new(&format!("{tag}-up")).unwrap();
-        ns.veth(
-            "eth0",
-            Some("192.0.2.1/24"),
-            &uplink,
-            "eth0",
-            Some("192.0.2.254/24"),
-        )
-        .unwrap();
-        ns.ip(&[
-            "-6",
-            "addr",
-            "add",
-            "2001:db8::1/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ])
-        .unwrap();
-        uplink
-            .ip(&[
-                "-6",
-                "addr",
-                "add",
-                "2001:db8::fe/64",
-                "dev",
-                "eth0",
-                "nodad",
-            ])
-            .unwrap();
-        ns.ip(&["route", "add", "default", "via", UPLINK_IP])
-            .unwrap();
-        ns.ip(&["-6", "route", "add", "default", "via", "2001:db8::fe"])
-            .unwrap();
+        let (ns, uplink) = node_with_uplink(tag).unwrap();
         let setup = ns.enter(prepare_node).unwrap().unwrap();
         assert!(setup.warnings.is_empty(), "{:?}", setup.warnings);
         let etcd = Etcd::start_with(EtcdOptions {
