@@ -8,6 +8,7 @@
 //! - [`process`]: a guard that owns a child process and ends it by its pid.
 //! - [`etcd`]: a real single-member etcd with a temporary data directory.
 //! - [`netns`]: network namespaces, veth pairs and bridges that remove themselves.
+//! - [`http`]: a plain HTTP GET from inside a namespace (health checks).
 //! - [`lab`]: a whole cluster in namespaces, driving the `wren` and `wren-cni` binaries.
 //! - [`bench`](mod@bench): settings the bench binaries share.
 //! - [`daemons`]: BIRD 2, FRR and GoBGP as BGP peers inside those namespaces.
@@ -15,6 +16,7 @@
 pub mod bench;
 pub mod daemons;
 pub mod etcd;
+pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod prereq;

@@ -307,24 +307,5 @@ impl Drop for Cluster {
 
 /// `GET path` on the agent's metrics address, from inside the node's namespace.
 pub fn http_get(node: &Node, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let path = path.to_owned();
-    node.ns
-        .enter(move || {
-            let mut stream = std::net::TcpStream::connect("127.0.0.1:9099").unwrap();
-            write!(
-                stream,
-                "GET {path} HTTP/1.1\r\nHost: wren\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            let code = response[9..12].parse().unwrap();
-            let body = response
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default();
-            (code, body)
-        })
-        .unwrap()
+    wren_tests::http::get_in_ns(node.ns.name(), 9099, path).unwrap()
 }

@@ -11,7 +11,6 @@
 //! namespaces by their name prefix and ends the processes inside them by pid, so leftovers of a
 //! crashed run go too. A [`Lab`] made by a test removes itself when dropped.
 
-mod http;
 mod names;
 mod state;
 mod topology;
@@ -415,7 +414,7 @@ impl Lab {
         let node = self.node(name)?;
         let deadline = Instant::now() + AGENT_READY_TIMEOUT;
         loop {
-            let status = http::get_in_ns(&node.ns, names::METRICS_PORT, "/readyz");
+            let status = crate::http::get_in_ns(&node.ns, names::METRICS_PORT, "/readyz");
             if matches!(status, Ok((200, _))) {
                 return Ok(());
             }

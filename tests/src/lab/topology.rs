@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::names::ns_name;
 use super::state::{LabState, NodeState};
-use super::{LAB_AS, LabError, Result, http, spawn_detached};
+use super::{LAB_AS, LabError, Result, spawn_detached};
+use crate::http;
 use crate::netns::run;
 use crate::process::wait_until;
 

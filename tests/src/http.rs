@@ -1,4 +1,5 @@
-//! A minimal HTTP GET from inside a namespace, for health checks of processes in the lab.
+//! A minimal HTTP GET from inside a network namespace, for the health endpoints of the
+//! processes tests and the lab run there.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
