@@ -450,3 +450,35 @@ fn rib_route_events_are_recorded_only_while_asked_for() {
     assert_eq!(events.len(), 1);
     assert!(matches!(&events[0], RouteEvent::Best { prefix, .. } if *prefix == net("10.2.0.0/24")));
 }
+
+#[test]
+fn rib_a_peer_whose_own_path_wins_gets_the_other_path_withdrawn_and_back() {
+    let mut rib = rib();
+    let a = add(&mut rib, 2, 65010, false);
+    let b = add(&mut rib, 3, 65020, false);
+    up(&mut rib, &a, 2);
+    up(&mut rib, &b, 3);
+    let prefix = "10.7.0.0/24";
+    // A's route goes to B.
+    rib.update(a.id, &announce(&[prefix], &[65010, 65100], "192.168.0.2"));
+    assert_eq!(drain(&mut rib, &b).0.len(), 1);
+    assert!(drain(&mut rib, &a).0.is_empty());
+    // B's shorter path wins: B must lose A's route (nothing goes back to B), A gets B's.
+    rib.update(b.id, &announce(&[prefix], &[65020], "192.168.0.3"));
+    assert_eq!(drain(&mut rib, &b), (vec![], vec![net(prefix)]));
+    assert_eq!(drain(&mut rib, &a).0.len(), 1);
+    // B withdraws: A's path is best again and goes back to B; A loses B's route.
+    let mut withdraw = announce(&[], &[], "192.168.0.3");
+    withdraw.withdrawn = vec![net(prefix)];
+    rib.update(b.id, &withdraw);
+    let (to_b, _) = drain(&mut rib, &b);
+    assert_eq!(to_b.len(), 1);
+    assert_eq!(to_b[0].1.neighbour_as(), Some(LOCAL_AS));
+    assert_eq!(drain(&mut rib, &a), (vec![], vec![net(prefix)]));
+    // A withdraws too: B loses the route; A, which was never sent its own, gets nothing.
+    let mut withdraw = announce(&[], &[], "192.168.0.2");
+    withdraw.withdrawn = vec![net(prefix)];
+    rib.update(a.id, &withdraw);
+    assert_eq!(drain(&mut rib, &b), (vec![], vec![net(prefix)]));
+    assert_eq!(drain(&mut rib, &a), (vec![], vec![]));
+}

@@ -459,7 +459,8 @@ impl Rib {
         self.ctx.deferring = false;
         self.ctx.waiting.clear();
         for (prefix, paths) in self.table.iter() {
-            self.ctx.best_changed(prefix, paths.first());
+            self.ctx
+                .best_changed(prefix, paths.first(), Previous::Unknown);
         }
         for id in self.ctx.up.clone() {
             self.ctx.end_of_rib_after_flush.insert(id);
@@ -682,7 +683,11 @@ impl Rib {
             }
             let new_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
             if new_best != old_best && !ctx.deferring {
-                ctx.best_changed(prefix, paths.first());
+                let previous = match old_best {
+                    Some((peer, _)) => Previous::From(peer),
+                    None => Previous::Nothing,
+                };
+                ctx.best_changed(prefix, paths.first(), previous);
             }
             delta
         });
@@ -692,6 +697,17 @@ impl Rib {
             slot.received = slot.received.saturating_add_signed(delta);
         }
     }
+}
+
+/// Where a prefix's best path came from before it changed.
+#[derive(Clone, Copy, Debug)]
+enum Previous {
+    /// Not known (every peer may have been sent a route).
+    Unknown,
+    /// The prefix had no path.
+    Nothing,
+    /// From this peer.
+    From(PeerId),
 }
 
 impl Ctx {
@@ -758,7 +774,10 @@ impl Ctx {
     }
 
     /// The best path to `prefix` changed: tell subscribers and queue it for every peer.
-    fn best_changed(&mut self, prefix: IpNet, best: Option<&Path>) {
+    /// `previous` says where the best path before came from, so that a peer that cannot have
+    /// been sent a route (the prefix was new, or its best path was the peer's own) gets no
+    /// withdrawal queued: while a peer sends its table, that is every prefix.
+    fn best_changed(&mut self, prefix: IpNet, best: Option<&Path>, previous: Previous) {
         if self.record_routes {
             self.events.push(match best {
                 Some(path) => RouteEvent::Best {
@@ -771,6 +790,14 @@ impl Ctx {
         for i in 0..self.up.len() {
             let id = self.up[i];
             let exported = best.and_then(|b| self.export(prefix, b, id));
+            let nothing_sent = match previous {
+                Previous::Unknown => false,
+                Previous::Nothing => true,
+                Previous::From(peer) => peer == id && id != LOCAL,
+            };
+            if exported.is_none() && nothing_sent {
+                continue;
+            }
             self.outbox.entry(id).or_default().push((prefix, exported));
         }
     }
