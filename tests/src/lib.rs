@@ -19,5 +19,6 @@ pub mod etcd;
 pub mod http;
 pub mod lab;
 pub mod netns;
+pub mod offload;
 pub mod prereq;
 pub mod process;

@@ -48,6 +48,10 @@ enum LabCommand {
         /// Pods per node.
         #[arg(long, default_value_t = 2)]
         pods: usize,
+        /// Let the fabric's links carry GSO/GRO packets of this many bytes (BIG TCP above
+        /// 65536, as NICs that support it do).
+        #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(65536..=524280))]
+        fabric_offload: Option<u32>,
         /// Directory with the `wren` and `wren-cni` binaries (default: next to wren-lab).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -114,6 +118,7 @@ fn run(cli: Cli) -> Result<()> {
             subnets,
             tor,
             pods,
+            fabric_offload,
             bin_dir,
         } => {
             let mut spec = LabSpec::new(&name, nodes);
@@ -121,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             spec.subnets = subnets;
             spec.tor = tor;
             spec.pods_per_node = pods;
+            spec.fabric_offload = fabric_offload;
             spec.verbose = true;
             if let Some(dir) = bin_dir {
                 spec.bin_dir = dir;

@@ -99,6 +99,10 @@ pub struct LabSpec {
     pub tor: bool,
     /// Pods created on each node at start.
     pub pods_per_node: usize,
+    /// The fabric's links take GSO/GRO packets up to this many bytes (above 65536: BIG TCP,
+    /// as on NICs that support it); `None` leaves the kernel's standard 64 KiB.
+    #[serde(default)]
+    pub fabric_offload: Option<u32>,
     /// Directory holding the `wren` and `wren-cni` binaries.
     pub bin_dir: PathBuf,
     /// Print what happens, in words.
@@ -116,6 +120,7 @@ impl LabSpec {
             subnets: 1,
             tor: false,
             pods_per_node: 2,
+            fabric_offload: None,
             bin_dir: default_bin_dir(),
             verbose: false,
         }

@@ -57,7 +57,7 @@ fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// Address of subnet `subnet`'s gateway (the fabric side), and the bridge carrying it.
+/// Address of subnet `subnet`'s gateway (the fabric side), and the bridge of that subnet.
 fn subnet_gateway(state: &LabState, subnet: u8) -> (Ipv4Addr, String) {
     if state.spec.subnets == 1 {
         (Ipv4Addr::new(10, 0, 0, 1), "br0".into())
@@ -78,11 +78,22 @@ pub fn build_fabric(state: &mut LabState) -> Result<()> {
     for subnet in 1..=state.spec.subnets {
         let (gateway, bridge) = subnet_gateway(state, subnet);
         ip(&ns, &["link", "add", &bridge, "type", "bridge"])?;
+        ip(&ns, &["link", "set", &bridge, "up"])?;
+        // The gateway address sits on a veth plugged into the bridge, not on the bridge
+        // itself: a bridge device advertises no tunnel offloads, so a VXLAN frame routed out
+        // of it would be cut into MTU-sized UDP packets in software, which no hardware router
+        // does. Through a veth the router forwards the frames as they came.
+        let (leg, port) = (format!("gw{subnet}"), format!("gw{subnet}p"));
         ip(
             &ns,
-            &["addr", "add", &format!("{gateway}/24"), "dev", &bridge],
+            &["link", "add", &leg, "type", "veth", "peer", "name", &port],
         )?;
-        ip(&ns, &["link", "set", &bridge, "up"])?;
+        ip(&ns, &["link", "set", &port, "master", &bridge])?;
+        ip(&ns, &["link", "set", &port, "up"])?;
+        ip(&ns, &["addr", "add", &format!("{gateway}/24"), "dev", &leg])?;
+        ip(&ns, &["link", "set", &leg, "up"])?;
+        fabric_offload(state, &ns, &leg)?;
+        fabric_offload(state, &ns, &port)?;
     }
     if state.spec.subnets == 2 {
         sysctl(&ns, "net.ipv4.ip_forward", "1")?;
@@ -92,6 +103,14 @@ pub fn build_fabric(state: &mut LabState) -> Result<()> {
     if state.spec.tor {
         let base = subnet_gateway(state, 1).0.octets();
         state.tor_ip = Some(Ipv4Addr::new(base[0], base[1], base[2], 254));
+    }
+    Ok(())
+}
+
+/// Gives a fabric link the lab's GSO/GRO sizes, if it has any.
+fn fabric_offload(state: &LabState, ns: &str, ifname: &str) -> Result<()> {
+    if let Some(size) = state.spec.fabric_offload {
+        crate::offload::set_sizes(ns, ifname, crate::offload::Sizes::all(size))?;
     }
     Ok(())
 }
@@ -109,6 +128,8 @@ fn plug(state: &LabState, member: &str, port: &str, subnet: u8, address: &str) -
     )?;
     ip(fabric, &["link", "set", port, "master", &bridge])?;
     ip(fabric, &["link", "set", port, "up"])?;
+    fabric_offload(state, fabric, port)?;
+    fabric_offload(state, member, "eth0")?;
     ip(member, &["addr", "add", address, "dev", "eth0"])?;
     ip(member, &["link", "set", "eth0", "up"])?;
     if state.spec.subnets == 2 {
