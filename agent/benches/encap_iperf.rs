@@ -1,14 +1,18 @@
 //! Pod-to-pod TCP throughput (iperf3) through wren's dataplane, against plain host-to-host
 //! throughput over the same veths, in one lab and one run.
 //!
-//! The lab has three nodes on two subnets (n1 and n3 on one, n2 on the other, a router
-//! between), VXLAN in cross-subnet mode. So n1→n3 pod traffic is natively routed and n1→n2 pod
-//! traffic is encapsulated, and each has its anchor over the very same path without wren:
+//! Each lab has three nodes. Native routing is measured on one segment with a pool that does
+//! not encapsulate; VXLAN on two subnets with a router between (cross-subnet mode: n1 and n3
+//! on one subnet, n2 on the other) and on one segment (always mode). Each row has its anchor
+//! over the very same path without wren:
 //!
 //! | row | measured | anchor |
 //! |---|---|---|
-//! | native routing | pod on n1 → pod on n3 | node n1 → node n3 (one bridge) |
+//! | native routing | pod on n1 → pod on n2 | node n1 → node n2 (one bridge) |
 //! | VXLAN | pod on n1 → pod on n2 | node n1 → node n2 (through the router) |
+//!
+//! Native routing runs twice: with the kernel's standard 64 KiB GSO packets on the lab's
+//! links, and with BIG TCP links (196,608 bytes), which the agent passes on to the pods.
 //!
 //! Rounds alternate row and anchor so that a noisy neighbour hits both alike; the median of
 //! each is reported. Run with `cargo bench -p wren-agent --bench encap_iperf` as root, with
@@ -93,26 +97,41 @@ fn main() {
         settings.rounds,
         machine()
     );
-    println!("| path | Gbit/s | anchor | anchor Gbit/s | ratio | goal |");
-    println!("|---|---|---|---|---|---|");
+    println!("| path | fabric GSO | Gbit/s | anchor | anchor Gbit/s | ratio | goal |");
+    println!("|---|---|---|---|---|---|---|");
+    // Native routing: a pool without encapsulation on one segment, so pods have the node's
+    // MTU; once with the kernel's standard 64 KiB GSO packets on the fabric, once with BIG TCP
+    // links (which the pods then take on too).
+    for offload in [None, Some(BIG_TCP)] {
+        measure(
+            &settings,
+            "bench7n",
+            Encap::None,
+            1,
+            offload,
+            &[("native routing (pod n1 → pod n2)", "n1", "n2", 0.95)],
+        );
+    }
     // Two subnets, VXLAN in cross-subnet mode: n1 and n3 share a subnet, n2 is across the
     // router.
     measure(
         &settings,
         "bench7",
+        Encap::Vxlan,
         2,
+        None,
         &[
-            (
-                "native routing (pod n1 → pod n3, same subnet)",
-                "n1",
-                "n3",
-                0.95,
-            ),
             (
                 "VXLAN (pod n1 → pod n2, across the router)",
                 "n1",
                 "n2",
                 0.80,
+            ),
+            (
+                "cross-subnet mode, same subnet: routed, tunnel MTU (pod n1 → pod n3)",
+                "n1",
+                "n3",
+                0.95,
             ),
         ],
     );
@@ -120,18 +139,31 @@ fn main() {
     measure(
         &settings,
         "bench7s",
+        Encap::Vxlan,
         1,
+        None,
         &[("VXLAN (pod n1 → pod n2, one L2 segment)", "n1", "n2", 0.80)],
     );
 }
 
-/// Builds a three-node VXLAN lab on `subnets` subnets and prints one row per
-/// `(name, from node, to node, goal)`: pod to pod, anchored by node to node.
-fn measure(settings: &BenchSettings, name: &str, subnets: u8, rows: &[(&str, &str, &str, f64)]) {
+/// GSO/GRO packet size of a BIG TCP fabric (what NICs with BIG TCP are commonly set to).
+const BIG_TCP: u32 = 196_608;
+
+/// Builds a three-node lab (`encap`, `subnets`, fabric offload size `offload`) and prints one
+/// row per `(name, from node, to node, goal)`: pod to pod, anchored by node to node.
+fn measure(
+    settings: &BenchSettings,
+    name: &str,
+    encap: Encap,
+    subnets: u8,
+    offload: Option<u32>,
+    rows: &[(&str, &str, &str, f64)],
+) {
     let mut spec = LabSpec::new(name, 3);
-    spec.encap = Encap::Vxlan;
+    spec.encap = encap;
     spec.subnets = subnets;
     spec.pods_per_node = 1;
+    spec.fabric_offload = offload;
     let lab = Lab::up(spec).expect("lab up");
     let ready = (0..100).any(|_| {
         let ok = lab::failures(&lab.ping_matrix()).is_empty();
@@ -160,8 +192,9 @@ fn measure(settings: &BenchSettings, name: &str, subnets: u8, rows: &[(&str, &st
             measured.push(iperf(&pfrom, &pto, &paddress, seconds).expect("measured"));
         }
         let (m, a) = (median(measured), median(anchor));
+        let fabric = offload.map_or("64 KiB".to_owned(), |b| format!("{} KiB", b / 1024));
         println!(
-            "| {row} | {:.2} | node {from} → node {to} | {:.2} | {:.2} | ≥ {goal:.2} |",
+            "| {row} | {fabric} | {:.2} | node {from} → node {to} | {:.2} | {:.2} | ≥ {goal:.2} |",
             m / 1e9,
             a / 1e9,
             m / a

@@ -4,12 +4,14 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use wren_agent::dataplane::mtu::OffloadSizes;
 use wren_agent::dataplane::pod::{GATEWAY_V6, format_mac};
 use wren_agent::dataplane::{
     PodError, PodInterface, PodSpec, Problem, Side, check_pod, host_ifname, prepare_node,
     setup_pod, teardown_pod,
 };
 use wren_tests::netns::{NetNs, node_with_uplink};
+use wren_tests::offload;
 use wren_tests::prereq;
 
 fn ready() -> bool {
@@ -68,6 +70,7 @@ fn spec(id: &str, pod: &NetNs, addresses: &[&str]) -> PodSpec {
             .map(|a| a.parse::<IpAddr>().unwrap())
             .collect(),
         mtu: 1450,
+        offload: None,
     }
 }
 
@@ -497,4 +500,52 @@ fn an_invalid_request_is_refused_before_anything_is_made() {
     }
     assert_no_host_side(&node, &host_ifname("ctr-j/eth0"), &["10.65.8.2"]);
     assert_no_pod_side(&pod);
+}
+
+#[test]
+fn a_pod_takes_the_offload_sizes_it_is_given_on_both_ends() {
+    let Some((node, pod)) = fixture("pod-gso") else {
+        return;
+    };
+    let big = OffloadSizes {
+        gso_max_size: 131072,
+        gro_max_size: 131072,
+        gso_ipv4_max_size: 196608,
+        gro_ipv4_max_size: 196608,
+    };
+    let mut want = spec("pod-gso/eth0", &pod, &["10.65.0.9"]);
+    want.offload = Some(big);
+    let interface = node.run(|| setup_pod(&want)).unwrap();
+    let sizes = |ns: &str, ifname: &str| offload::sizes(ns, ifname).unwrap();
+    let expected = offload::Sizes {
+        gso: 131072,
+        gro: 131072,
+        gso_ipv4: 196608,
+        gro_ipv4: 196608,
+    };
+    assert_eq!(sizes(pod.name(), "eth0"), expected);
+    assert_eq!(sizes(node.ns.name(), &interface.host_ifname), expected);
+    assert_reachable(&pod, "192.0.2.1");
+
+    // Without sizes a pod keeps the kernel's standard 64 KiB.
+    let other = NetNs::new("pod-gso-std").unwrap();
+    let plain = spec("pod-gso-std/eth0", &other, &["10.65.0.10"]);
+    let interface = node.run(|| setup_pod(&plain)).unwrap();
+    assert_eq!(sizes(other.name(), "eth0"), offload::Sizes::all(65536));
+    assert_eq!(
+        sizes(node.ns.name(), &interface.host_ifname),
+        offload::Sizes::all(65536)
+    );
+
+    // Sizes beyond what a veth can take are refused by the kernel: the pod is still made,
+    // with the standard sizes.
+    let third = NetNs::new("pod-gso-huge").unwrap();
+    let mut huge = spec("pod-gso-huge/eth0", &third, &["10.65.0.11"]);
+    huge.offload = Some(OffloadSizes {
+        gso_ipv4_max_size: u32::MAX,
+        ..OffloadSizes::default()
+    });
+    node.run(|| setup_pod(&huge)).unwrap();
+    assert_eq!(sizes(third.name(), "eth0").gso_ipv4, 65536);
+    assert_reachable(&third, "192.0.2.1");
 }

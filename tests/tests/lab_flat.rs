@@ -1,4 +1,5 @@
-//! End to end on one lab: three nodes on one L2 segment, no encapsulation, BGP full mesh.
+//! End to end on one lab: three nodes on one L2 segment with BIG TCP links, no encapsulation,
+//! BGP full mesh.
 //! One lab serves every phase, in order: full matrix, node join, agent restart under traffic,
 //! pod churn with a leak check, node leave.
 
@@ -7,6 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wren_tests::lab::{self, Lab, LabSpec};
+use wren_tests::offload;
+
+/// GSO/GRO packet size of the fabric's links (BIG TCP).
+const BIG_TCP: u32 = 196_608;
 
 /// How long routes may take to appear or go everywhere.
 const CONVERGENCE: Duration = Duration::from_secs(20);
@@ -53,10 +58,17 @@ fn three_nodes_one_segment() {
     if !lab::require_lab(false) {
         return;
     }
-    let mut lab = Lab::up(LabSpec::new(&lab::test_lab_name('f'), 3)).expect("lab up");
+    // The fabric carries BIG TCP packets; with nothing encapsulated, pods take them on too.
+    let mut spec = LabSpec::new(&lab::test_lab_name('f'), 3);
+    spec.fabric_offload = Some(BIG_TCP);
+    let mut lab = Lab::up(spec).expect("lab up");
 
     // Phase 1: every pod reaches every pod.
     full_matrix(&lab, "3 nodes");
+    for pod in &lab.state().pods {
+        let sizes = offload::sizes(&pod.ns, "eth0").unwrap();
+        assert_eq!(sizes, offload::Sizes::all(BIG_TCP), "pod {}", pod.name);
+    }
 
     // Phase 2: a node joins; it gets routes to all and all reach its pods.
     let joined = lab.add_node().expect("add node");

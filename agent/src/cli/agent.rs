@@ -2,7 +2,6 @@
 //! speaker, the kernel route programmer and the CNI API, and runs it until SIGTERM or SIGINT.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
@@ -18,6 +17,7 @@ use crate::daemon::encap::{Encap, KernelEncap};
 use crate::daemon::kernel::KernelRoutes;
 use crate::daemon::speaker::{Restart, SpeakerBgp};
 use crate::daemon::{self, Parts, Shared};
+use crate::dataplane::PodDefaults;
 use crate::dataplane::mtu::Mtus;
 use crate::metrics::Metrics;
 
@@ -51,16 +51,17 @@ fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
 }
 
 /// The CNI plugin's routes: the handler over IPAM and the kernel's pod links, timing every
-/// request into the latency histogram. Pods get `pod_mtu` unless their configuration sets one.
+/// request into the latency histogram. Pods get `pod_defaults` where their configuration is
+/// silent.
 fn cni_api(
     config: &AgentConfig,
     store: Arc<dyn Store>,
     ipam: Arc<Ipam>,
-    pod_mtu: Arc<AtomicU32>,
+    pod_defaults: Arc<PodDefaults>,
     metrics: &Metrics,
 ) -> axum::Router {
     let handler = CniHandler::new(config.node_name.clone(), store, ipam, Arc::new(KernelPods))
-        .with_mtu_source(pod_mtu);
+        .with_defaults(pod_defaults);
     let cni = metrics.cni();
     let observer: RequestObserver =
         Arc::new(move |command, ok, elapsed| cni.observe(command.as_str(), ok, elapsed));
@@ -106,7 +107,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // are batched together instead of conflicting.
     let ipam = Arc::new(Ipam::new(store.clone()));
     // Until the first pass has looked at the underlay, pods get the cautious MTU.
-    let pod_mtu = Arc::new(AtomicU32::new(Mtus::cautious(config.mtu).pod));
+    let pod_defaults = Arc::new(PodDefaults::new(Mtus::cautious(config.mtu).pod));
     let tunnels = KernelEncap::open(config.node_ip.addr(), config.mtu)
         .context("cannot open netlink for the tunnel devices")?;
     let encap = Encap::new(
@@ -115,9 +116,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         store.clone(),
         ipam.clone(),
         Arc::new(tunnels),
-        pod_mtu.clone(),
+        pod_defaults.clone(),
     );
-    let local_api = cni_api(&config, store.clone(), ipam, pod_mtu, &metrics);
+    let local_api = cni_api(&config, store.clone(), ipam, pod_defaults, &metrics);
     let parts = Parts {
         store,
         bgp,

@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -33,8 +32,9 @@ use super::errors::{ipam_error, pod_error, store_error};
 use super::locks::{KeyGuard, KeyedLocks};
 use super::result::{attachment_result, sandbox_addresses};
 use crate::api::CniService;
-use crate::dataplane::PodSpec;
+use crate::dataplane::mtu::OffloadSizes;
 use crate::dataplane::pod::{DEFAULT_MTU, format_mac};
+use crate::dataplane::{PodDefaults, PodSpec};
 
 /// How long STATUS waits for the datastore before calling it unreachable.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,7 +42,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves the CNI commands for one node.
 pub struct CniHandler {
     node: String,
-    default_mtu: Arc<AtomicU32>,
+    defaults: Arc<PodDefaults>,
     store: Arc<dyn Store>,
     allocator: Arc<dyn Allocator>,
     pods: Arc<dyn PodNetwork>,
@@ -63,7 +63,7 @@ impl CniHandler {
     ) -> Self {
         Self {
             node: node.into(),
-            default_mtu: Arc::new(AtomicU32::new(DEFAULT_MTU)),
+            defaults: Arc::new(PodDefaults::new(DEFAULT_MTU)),
             store,
             allocator,
             pods,
@@ -74,14 +74,14 @@ impl CniHandler {
     /// Sets the pod MTU used when the network configuration has no `mtu` (the agent derives it
     /// from the underlay MTU and the encapsulation).
     pub fn with_default_mtu(self, mtu: u32) -> Self {
-        self.default_mtu.store(mtu, Ordering::Relaxed);
+        self.defaults.set(mtu, self.defaults.offload());
         self
     }
 
-    /// Reads the default pod MTU from `mtu` at every request: the agent updates it as the
-    /// underlay and the pools' encapsulation change.
-    pub fn with_mtu_source(mut self, mtu: Arc<AtomicU32>) -> Self {
-        self.default_mtu = mtu;
+    /// Reads the pods' default MTU and offload sizes from `defaults` at every request: the
+    /// agent updates them as the underlay and the pools' encapsulation change.
+    pub fn with_defaults(mut self, defaults: Arc<PodDefaults>) -> Self {
+        self.defaults = defaults;
         self
     }
 
@@ -96,9 +96,16 @@ impl CniHandler {
     }
 
     fn mtu(&self, config: &NetConf) -> u32 {
-        config
-            .mtu
-            .unwrap_or_else(|| self.default_mtu.load(Ordering::Relaxed))
+        config.mtu.unwrap_or_else(|| self.defaults.mtu())
+    }
+
+    /// The offload sizes for a pod of `mtu`: the agent's, as long as the pod has the MTU they
+    /// were derived with (a configured MTU of its own says the pod's path is not the one the
+    /// node sees).
+    fn offload(&self, mtu: u32) -> Option<OffloadSizes> {
+        self.defaults
+            .offload()
+            .filter(|_| mtu == self.defaults.mtu())
     }
 
     fn record_key(&self, container_id: &str, ifname: &str) -> String {
@@ -200,6 +207,7 @@ impl CniHandler {
             ifname: ifname.clone(),
             addresses,
             mtu,
+            offload: self.offload(mtu),
         };
         let interface = match self.pods.setup(spec).await {
             Ok(interface) => interface,
@@ -297,6 +305,7 @@ impl CniHandler {
             ifname: record.ifname.clone(),
             addresses: record.addresses.iter().map(IpNet::addr).collect(),
             mtu,
+            offload: self.offload(mtu),
         };
         let found = self
             .pods

@@ -24,7 +24,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -39,8 +38,9 @@ use wren_store::json::JsonStore;
 use super::routes::{DesiredRoutes, RouteTarget};
 use super::view::ClusterView;
 use crate::dataplane::NetlinkError;
+use crate::dataplane::PodDefaults;
 use crate::dataplane::ipip::{IPIP_DEVICE, IpipDevice, IpipManager, IpipSupport};
-use crate::dataplane::mtu::{MtuOverrides, Mtus, TunnelKind, detect_underlay};
+use crate::dataplane::mtu::{MtuOverrides, Mtus, OffloadSizes, TunnelKind, detect_underlay};
 use crate::dataplane::nat::{NatManager, NatRules};
 use crate::dataplane::pod::format_mac;
 use crate::dataplane::vxlan::{VXLAN_DEVICE, VxlanDevice, VxlanManager, VxlanPeer};
@@ -279,6 +279,8 @@ pub struct EncapDesired {
 pub struct EncapOutcome {
     /// The MTUs in force (derived from the underlay, or cautious when it is unknown).
     pub mtus: Mtus,
+    /// The pods' GSO/GRO sizes: the underlay's when they are big and nothing is encapsulated.
+    pub pod_offload: Option<OffloadSizes>,
     /// The underlay interface's name, when found.
     pub underlay: Option<String>,
     /// Which tunnels are up.
@@ -365,6 +367,9 @@ fn program_blocking(
         Some(u) => Mtus::derive(u.mtu, &desired.in_use, overrides),
         None => Mtus::cautious(overrides),
     };
+    let pod_offload = underlay
+        .as_ref()
+        .and_then(|u| OffloadSizes::for_pods(u.offload, &desired.in_use));
     let mut tunnels = Tunnels::default();
     let vxlan_want = desired
         .vxlan
@@ -415,6 +420,7 @@ fn program_blocking(
     };
     EncapOutcome {
         mtus,
+        pod_offload,
         underlay: underlay.map(|u| u.name),
         tunnels,
         ipip_support,
@@ -442,6 +448,7 @@ impl EncapProgrammer for KernelEncap {
             Ok(outcome) => outcome,
             Err(e) => EncapOutcome {
                 mtus: Mtus::cautious(self.overrides),
+                pod_offload: None,
                 underlay: None,
                 tunnels: Tunnels::default(),
                 ipip_support: self.ipip_support.clone(),
@@ -487,6 +494,9 @@ pub struct EncapStatus {
     pub underlay_mtu: u32,
     /// The MTU pods get when their network configuration sets none.
     pub pod_mtu: u32,
+    /// The largest GSO/GRO packet pods get, when beyond the standard 64 KiB (BIG TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_offload_size: Option<u32>,
     /// Outgoing NAT is in place.
     pub nat_outgoing: bool,
     /// Where learned routes go.
@@ -545,6 +555,11 @@ impl EncapStatus {
             self.underlay.as_deref().unwrap_or("(not found)"),
             self.underlay_mtu
         ));
+        if let Some(size) = self.pod_offload_size {
+            out.push_str(&format!(
+                "Pod GSO/GRO: up to {size} bytes, as the underlay (BIG TCP; no tunnel in use)\n"
+            ));
+        }
         out.push_str(&format!(
             "Outgoing NAT: {}\n",
             if self.nat_outgoing { "on" } else { "off" }
@@ -592,7 +607,7 @@ pub struct Encap {
     store: Arc<dyn Store>,
     ipam: Arc<Ipam>,
     kernel: Arc<dyn EncapProgrammer>,
-    pod_mtu: Arc<AtomicU32>,
+    pod_defaults: Arc<PodDefaults>,
     /// The tunnel address this run holds, once allocated.
     tunnel_address: Mutex<Option<Ipv4Addr>>,
     /// The errors of the previous pass, so each is logged when it appears, not every pass.
@@ -600,15 +615,15 @@ pub struct Encap {
 }
 
 impl Encap {
-    /// Encapsulation for node `node` at `node_ip`; `pod_mtu` is where the pods' MTU is
-    /// published for the CNI handler (it starts cautious).
+    /// Encapsulation for node `node` at `node_ip`; `pod_defaults` is where the pods' MTU and
+    /// offload sizes are published for the CNI handler (they start cautious).
     pub fn new(
         node: impl Into<String>,
         node_ip: Ipv4Net,
         store: Arc<dyn Store>,
         ipam: Arc<Ipam>,
         kernel: Arc<dyn EncapProgrammer>,
-        pod_mtu: Arc<AtomicU32>,
+        pod_defaults: Arc<PodDefaults>,
     ) -> Self {
         Self {
             node: node.into(),
@@ -616,7 +631,7 @@ impl Encap {
             store,
             ipam,
             kernel,
-            pod_mtu,
+            pod_defaults,
             tunnel_address: Mutex::new(None),
             last_errors: Mutex::new(Vec::new()),
         }
@@ -677,7 +692,7 @@ impl Encap {
             );
         }
         errors.extend(outcome.errors.iter().cloned());
-        self.pod_mtu.store(outcome.mtus.pod, Ordering::Relaxed);
+        self.pod_defaults.set(outcome.mtus.pod, outcome.pod_offload);
         let shaped = shape_routes(self.node_ip, view, outcome.tunnels, routes);
         self.log_new_errors(&errors);
         EncapStatus {
@@ -701,6 +716,7 @@ impl Encap {
             underlay: outcome.underlay.clone(),
             underlay_mtu: outcome.mtus.underlay,
             pod_mtu: outcome.mtus.pod,
+            pod_offload_size: outcome.pod_offload.map(|o| o.largest()),
             nat_outgoing: outcome.nat,
             routes: shaped,
             errors,
@@ -1084,6 +1100,24 @@ mod tests {
     }
 
     #[test]
+    fn status_names_big_pod_offload_sizes_only_when_pods_have_them() {
+        let mut s = EncapStatus {
+            pod_mtu: 1500,
+            underlay: Some("eth0".into()),
+            underlay_mtu: 1500,
+            ..EncapStatus::default()
+        };
+        assert!(!s.render().contains("GSO"), "{}", s.render());
+        s.pod_offload_size = Some(196_608);
+        assert!(
+            s.render()
+                .contains("Pod GSO/GRO: up to 196608 bytes, as the underlay"),
+            "{}",
+            s.render()
+        );
+    }
+
+    #[test]
     fn a_pool_needing_missing_ipip_makes_the_node_unhealthy_and_says_why() {
         let mut s = EncapStatus {
             ipip: TunnelStatus {
@@ -1133,12 +1167,21 @@ mod tests {
         asked: Mutex<Vec<EncapDesired>>,
     }
 
+    /// An underlay that takes BIG TCP packets.
+    const BIG_UNDERLAY: OffloadSizes = OffloadSizes {
+        gso_max_size: 65536,
+        gro_max_size: 65536,
+        gso_ipv4_max_size: 196608,
+        gro_ipv4_max_size: 196608,
+    };
+
     #[async_trait]
     impl EncapProgrammer for FakeTunnels {
         async fn program(&self, desired: &EncapDesired) -> EncapOutcome {
             self.asked.lock().unwrap().push(desired.clone());
             EncapOutcome {
                 mtus: Mtus::derive(1500, &desired.in_use, MtuOverrides::default()),
+                pod_offload: OffloadSizes::for_pods(BIG_UNDERLAY, &desired.in_use),
                 underlay: Some("eth0".into()),
                 tunnels: Tunnels {
                     vxlan: desired.vxlan.is_some(),
@@ -1164,14 +1207,14 @@ mod tests {
             .await
             .unwrap();
         let kernel = Arc::new(FakeTunnels::default());
-        let pod_mtu = Arc::new(AtomicU32::new(0));
+        let pod_defaults = Arc::new(PodDefaults::new(0));
         let encap = Encap::new(
             "a",
             me(),
             store.clone(),
             ipam.clone(),
             kernel.clone(),
-            pod_mtu.clone(),
+            pod_defaults.clone(),
         );
         let mut v = view();
         v.nodes.insert("a".into(), node("a", "10.0.1.11/24", None));
@@ -1184,7 +1227,8 @@ mod tests {
         assert_eq!(status.vxlan_mac, Some(format_mac(&tunnel_mac("a"))));
         assert!(status.vxlan.up && status.healthy(), "{status:?}");
         assert_eq!(status.routes.vxlan, 1);
-        assert_eq!(pod_mtu.load(Ordering::Relaxed), 1450);
+        assert_eq!(pod_defaults.mtu(), 1450);
+        assert_eq!(pod_defaults.offload(), None, "no BIG TCP through a tunnel");
         let held = ipam
             .handle_addresses(&vxlan_tunnel_handle("a"))
             .await
@@ -1207,7 +1251,7 @@ mod tests {
             store.clone(),
             ipam.clone(),
             kernel.clone(),
-            pod_mtu.clone(),
+            pod_defaults.clone(),
         );
         let status = again.pass(&v, &mut learned(&[])).await;
         assert_eq!(status.vxlan_address, Some(address));
@@ -1233,6 +1277,7 @@ mod tests {
             .unwrap();
         assert_eq!((doc.value.vxlan_address, doc.value.vxlan_mac), (None, None));
         assert_eq!(kernel.asked.lock().unwrap().last().unwrap().vxlan, None);
-        assert_eq!(pod_mtu.load(Ordering::Relaxed), 1500);
+        assert_eq!(pod_defaults.mtu(), 1500);
+        assert_eq!(pod_defaults.offload(), Some(BIG_UNDERLAY));
     }
 }

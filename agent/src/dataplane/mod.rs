@@ -37,5 +37,5 @@ pub use manager::{
 pub use netlink::NetlinkError;
 pub use netns::NetnsError;
 pub use node::{NodeError, NodeSetup, prepare_node};
-pub use pod::{PodError, PodInterface, PodSpec, host_ifname, setup_pod, teardown_pod};
+pub use pod::{PodDefaults, PodError, PodInterface, PodSpec, host_ifname, setup_pod, teardown_pod};
 pub use route::{InvalidRoute, MAIN_TABLE, NextHop, Protocol, Route};

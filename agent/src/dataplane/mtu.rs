@@ -7,10 +7,17 @@
 //! pool in use encapsulates, every pod gets the tunnel's MTU. Pods and tunnels then agree, and
 //! a packet too large for the path is refused at the pod's own interface with "message too
 //! long" instead of vanishing inside the tunnel.
+//!
+//! The same goes for the largest packets the segmentation offloads build (GSO) and accept
+//! (GRO). Above the standard 64 KiB (BIG TCP) a packet crossing a tunnel device is cut into
+//! MTU-sized segments in software, so pods only take the underlay's larger limits when none of
+//! their traffic is encapsulated; then a pod's stream crosses the node in as few packets as the
+//! node's own traffic does.
 
 use std::net::IpAddr;
 
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::LinkUnspec;
 
@@ -97,6 +104,83 @@ impl Mtus {
     }
 }
 
+/// The largest packets the kernel's segmentation offloads build for an interface and
+/// aggregate from it, in bytes (`gso_max_size`, `gro_max_size` and their IPv4 counterparts);
+/// zero is "not reported". Interfaces start at 64 KiB; above that is BIG TCP.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct OffloadSizes {
+    /// `IFLA_GSO_MAX_SIZE` (IPv6 and other protocols).
+    pub gso_max_size: u32,
+    /// `IFLA_GRO_MAX_SIZE`.
+    pub gro_max_size: u32,
+    /// `IFLA_GSO_IPV4_MAX_SIZE`.
+    pub gso_ipv4_max_size: u32,
+    /// `IFLA_GRO_IPV4_MAX_SIZE`.
+    pub gro_ipv4_max_size: u32,
+}
+
+impl OffloadSizes {
+    /// The limit every interface starts with.
+    pub const STANDARD: u32 = 65536;
+
+    /// Reads the sizes from the kernel's description of an interface.
+    pub(crate) fn from_attributes<'a>(attrs: impl IntoIterator<Item = &'a LinkAttribute>) -> Self {
+        let mut sizes = OffloadSizes::default();
+        for attr in attrs {
+            match attr {
+                LinkAttribute::GsoMaxSize(v) => sizes.gso_max_size = *v,
+                LinkAttribute::GroMaxSize(v) => sizes.gro_max_size = *v,
+                LinkAttribute::GsoIpv4MaxSize(v) => sizes.gso_ipv4_max_size = *v,
+                LinkAttribute::GroIpv4MaxSize(v) => sizes.gro_ipv4_max_size = *v,
+                _ => {}
+            }
+        }
+        sizes
+    }
+
+    /// Whether any size goes beyond the standard 64 KiB.
+    pub fn is_big(&self) -> bool {
+        self.largest() > Self::STANDARD
+    }
+
+    /// The largest of the four sizes.
+    pub fn largest(&self) -> u32 {
+        [
+            self.gso_max_size,
+            self.gro_max_size,
+            self.gso_ipv4_max_size,
+            self.gro_ipv4_max_size,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+
+    /// The link attributes that set these sizes (those that are reported).
+    pub(crate) fn attributes(&self) -> Vec<LinkAttribute> {
+        [
+            (
+                self.gso_max_size,
+                LinkAttribute::GsoMaxSize as fn(u32) -> LinkAttribute,
+            ),
+            (self.gro_max_size, LinkAttribute::GroMaxSize),
+            (self.gso_ipv4_max_size, LinkAttribute::GsoIpv4MaxSize),
+            (self.gro_ipv4_max_size, LinkAttribute::GroIpv4MaxSize),
+        ]
+        .into_iter()
+        .filter(|(size, _)| *size > 0)
+        .map(|(size, attribute)| attribute(size))
+        .collect()
+    }
+
+    /// What pods get over an underlay with `underlay`'s sizes when the tunnels in `in_use`
+    /// carry pod traffic: the underlay's sizes when they are big and nothing is encapsulated,
+    /// otherwise nothing (the kernel's standard 64 KiB).
+    pub fn for_pods(underlay: OffloadSizes, in_use: &[TunnelKind]) -> Option<OffloadSizes> {
+        (in_use.is_empty() && underlay.is_big()).then_some(underlay)
+    }
+}
+
 /// The interface carrying the node's address: the tunnels' parent and their MTU's source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Underlay {
@@ -106,6 +190,8 @@ pub struct Underlay {
     pub index: u32,
     /// Its MTU.
     pub mtu: u32,
+    /// Its offload packet-size limits.
+    pub offload: OffloadSizes,
 }
 
 /// Why the underlay could not be found.
@@ -131,13 +217,14 @@ pub(crate) fn find_underlay(
     node_ip: IpAddr,
 ) -> Result<Underlay, UnderlayError> {
     let index = interface_of(netlink, node_ip)?.ok_or(UnderlayError::NotFound(node_ip))?;
-    let state = link::find(netlink, LinkUnspec::new_with_index(index).build())?
-        .map(|m| LinkState::from_message(&m))
+    let message = link::find(netlink, LinkUnspec::new_with_index(index).build())?
         .ok_or(UnderlayError::NotFound(node_ip))?;
+    let state = LinkState::from_message(&message);
     Ok(Underlay {
         name: state.name,
         index,
         mtu: state.mtu.unwrap_or(1500),
+        offload: OffloadSizes::from_attributes(&message.attributes),
     })
 }
 
@@ -196,6 +283,47 @@ mod tests {
             ..o
         };
         assert_eq!(Mtus::derive(1500, &[TunnelKind::Vxlan], o).pod, 1300);
+    }
+
+    #[test]
+    fn pods_take_big_offload_sizes_only_when_nothing_is_encapsulated() {
+        let big = OffloadSizes {
+            gso_max_size: 65536,
+            gro_max_size: 65536,
+            gso_ipv4_max_size: 262144,
+            gro_ipv4_max_size: 262144,
+        };
+        assert_eq!(OffloadSizes::for_pods(big, &[]), Some(big));
+        assert_eq!(OffloadSizes::for_pods(big, &[TunnelKind::Vxlan]), None);
+        assert_eq!(OffloadSizes::for_pods(big, &[TunnelKind::Ipip]), None);
+        let standard = OffloadSizes {
+            gso_ipv4_max_size: 65536,
+            ..big
+        };
+        let standard = OffloadSizes {
+            gro_ipv4_max_size: 65536,
+            ..standard
+        };
+        assert_eq!(OffloadSizes::for_pods(standard, &[]), None);
+        assert_eq!(OffloadSizes::for_pods(OffloadSizes::default(), &[]), None);
+    }
+
+    #[test]
+    fn only_reported_sizes_become_attributes() {
+        let sizes = OffloadSizes {
+            gso_ipv4_max_size: 196608,
+            ..OffloadSizes::default()
+        };
+        assert_eq!(
+            sizes.attributes(),
+            vec![LinkAttribute::GsoIpv4MaxSize(196608)]
+        );
+        let read = OffloadSizes::from_attributes(&[
+            LinkAttribute::Mtu(1500),
+            LinkAttribute::GsoIpv4MaxSize(196608),
+        ]);
+        assert_eq!(read, sizes);
+        assert_eq!(read.largest(), 196608);
     }
 
     #[test]

@@ -11,11 +11,15 @@
 //!   `fe80::ecee:eeff:feee:eeee` (the pods' IPv6 gateway, without duplicate address detection
 //!   so it answers at once), and a route `<pod ip>/32 dev wren… scope link proto 201`.
 //!
+//! - Both ends: the MTU, and the underlay's larger GSO/GRO packet sizes when the node forwards
+//!   pod traffic without a tunnel (see [`super::mtu`]).
+//!
 //! The host interface's alias records its workload id, which is how a name collision with
 //! another workload is told apart from a retried ADD of the same one.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
@@ -28,6 +32,7 @@ use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use sha2::{Digest, Sha256};
 
 use super::link::{self, LinkState};
+use super::mtu::OffloadSizes;
 use super::neigh;
 use super::netlink::{Netlink, NetlinkError, Request};
 use super::netns::{Netns, NetnsError};
@@ -61,6 +66,50 @@ pub struct PodSpec {
     pub addresses: Vec<IpAddr>,
     /// MTU of both ends.
     pub mtu: u32,
+    /// GSO/GRO packet sizes of both ends; `None` leaves the kernel's standard 64 KiB.
+    pub offload: Option<OffloadSizes>,
+}
+
+/// What a new pod interface gets when its network configuration does not say: the agent keeps
+/// it current as the underlay and the pools' encapsulation change, and the CNI handler reads it
+/// at every ADD.
+#[derive(Debug)]
+pub struct PodDefaults {
+    current: Mutex<(u32, Option<OffloadSizes>)>,
+}
+
+impl PodDefaults {
+    /// Defaults of `mtu` and the kernel's standard offload sizes.
+    pub fn new(mtu: u32) -> Self {
+        Self {
+            current: Mutex::new((mtu, None)),
+        }
+    }
+
+    fn current(&self) -> (u32, Option<OffloadSizes>) {
+        match self.current.lock() {
+            Ok(c) => *c,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// The pod MTU.
+    pub fn mtu(&self) -> u32 {
+        self.current().0
+    }
+
+    /// The pods' GSO/GRO packet sizes (`None`: the kernel's standard).
+    pub fn offload(&self) -> Option<OffloadSizes> {
+        self.current().1
+    }
+
+    /// Replaces both.
+    pub fn set(&self, mtu: u32, offload: Option<OffloadSizes>) {
+        match self.current.lock() {
+            Ok(mut c) => *c = (mtu, offload),
+            Err(poisoned) => *poisoned.into_inner() = (mtu, offload),
+        }
+    }
 }
 
 impl PodSpec {
@@ -335,11 +384,17 @@ fn configure(
     }
     host_setup.push(Request::new(link::set_up(h), 0));
     run(host, host_setup, "configure host interface")?;
+    if let Some(offload) = spec.offload {
+        set_offload(host, h, offload, host_name);
+    }
 
     let pod_link = link::get(pod, &spec.ifname)
         .map_err(at("look up pod interface"))?
         .ok_or_else(|| at("look up pod interface")(no_device()))?;
     let p = pod_link.index;
+    if let Some(offload) = spec.offload {
+        set_offload(pod, p, offload, &spec.ifname);
+    }
     let mut pod_setup = vec![Request::new(link::set_up(p), 0)];
     for net in spec.host_networks() {
         pod_setup.push(Request::new(
@@ -379,6 +434,20 @@ fn configure(
         host_mac: HOST_MAC,
         addresses,
     })
+}
+
+/// Gives one end the offload sizes. Only an optimisation: a kernel that refuses them (too old,
+/// or beyond what the device can take) leaves the standard 64 KiB, and the pod works as well.
+fn set_offload(netlink: &mut Netlink, index: u32, offload: OffloadSizes, name: &str) {
+    let mut message = LinkUnspec::new_with_index(index).build();
+    message.attributes.extend(offload.attributes());
+    if let Err(e) = run(
+        netlink,
+        [Request::new(RouteNetlinkMessage::SetLink(message), 0)],
+        "set GSO/GRO sizes",
+    ) {
+        tracing::warn!(interface = name, error = %e, "keeping the standard GSO/GRO sizes");
+    }
 }
 
 fn no_device() -> NetlinkError {
