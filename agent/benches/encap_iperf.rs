@@ -16,7 +16,7 @@
 //!
 //! Rounds alternate row and anchor so that a noisy neighbour hits both alike; the median of
 //! each is reported. Run with `cargo bench -p wren-agent --bench encap_iperf` as root, with
-//! `etcd`, `iperf3` and the built `wren`/`wren-cni` binaries (`cargo build --bins`).
+//! `etcd`, `iperf3` and the built `wren`/`wren-cni` binaries (`cargo build --release --bins`).
 //! `WREN_BENCH_SECS` sets the seconds per round (default 3), `WREN_BENCH_ROUNDS` the rounds
 //! (default 3).
 
