@@ -12,7 +12,7 @@ cargo bench -p wren-store --bench cas
 cargo bench -p wren-ipam --bench allocate
 
 # BGP: full-table ingestion over a session, wren vs BIRD 2 on the same feed (BENCHMARKS.md "full-table ingestion").
-cargo bench -p wren-bgp --bench ingest
+cargo bench -p wren-bgp --bench ingest -- --prefixes 1000000 --runs 9
 
 # BGP wire format: UPDATE decode/encode rates vs a byte scan (BENCHMARKS.md "BGP wire format").
 cargo bench -p wren-bgp --bench wire
@@ -23,3 +23,10 @@ WREN_BENCH_IDLE_SECS=60 WREN_BENCH_ROUNDS=20 cargo bench -p wren-agent --bench a
 # CNI: pod ADD/DEL latency, sequential and 100 at once, wren vs ptp+host-local (BENCHMARKS.md "CNI").
 cargo build --release -p wren-cni
 cargo bench -p wren-agent --bench cni
+
+# Kernel routes: 100,000 routes in and out, wren's route manager vs `ip -batch` (BENCHMARKS.md "Kernel route programming").
+cargo bench -p wren-agent --bench routes -- --routes 100000 --rounds 5
+
+# Pod-to-pod iperf3: native routing and VXLAN vs host-to-host in the same labs (BENCHMARKS.md "Pod-to-pod throughput").
+cargo build --release --bins
+WREN_BENCH_ROUNDS=9 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench encap_iperf
