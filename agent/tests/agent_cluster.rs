@@ -330,6 +330,38 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
             "{status}"
         );
     }
+    // With keepOriginalNextHop the ToR also hears each block from the node that does not
+    // own it, still with the owner as next hop: no node becomes a transit path.
+    c.cli_ok(&[
+        "peer",
+        "add",
+        "tor",
+        "--peer-ip",
+        TOR_IP,
+        "--as",
+        &TOR_AS.to_string(),
+        "--password",
+        TOR_PASSWORD,
+        "--keep-original-next-hop",
+    ]);
+    // `show route <block>` lists every path BIRD holds for it (the parsed table keeps only
+    // the best of each prefix).
+    let paths = |block: &IpNet| -> Vec<String> {
+        let text = bird
+            .command(&format!("show route {block} table master4"))
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("via "))
+            .map(|via| via.split_whitespace().next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    wait_for("the ToR to hear every block from both nodes", || {
+        blocks.iter().all(|b| paths(b).len() == 2)
+    });
+    for (i, block) in blocks.iter().enumerate() {
+        let owner = &c.node(i).ip;
+        assert_eq!(paths(block), vec![owner.clone(), owner.clone()], "{block}");
+    }
     // Removing the peer ends the sessions, and the ToR's route goes with them.
     let out = c.cli_ok(&["peer", "rm", "tor"]);
     assert!(out.contains("peer tor removed"), "{out}");

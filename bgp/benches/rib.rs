@@ -140,6 +140,7 @@ fn wren(feeds: &[Vec<Update>], export: bool) -> Figures {
             remote_as,
             rr_client: false,
             next_hop_self: false,
+            next_hop_keep: false,
         };
         let (peer, out) = rib.add_peer(settings);
         let session = Session {

@@ -37,6 +37,7 @@ fn add(rib: &mut Rib, n: u8, remote_as: u32, rr_client: bool) -> Peer {
         remote_as,
         rr_client,
         next_hop_self: false,
+        next_hop_keep: false,
     };
     let (id, out) = rib.add_peer(settings);
     Peer { id, out, address }
@@ -481,4 +482,66 @@ fn rib_a_peer_whose_own_path_wins_gets_the_other_path_withdrawn_and_back() {
     rib.update(a.id, &withdraw);
     assert_eq!(drain(&mut rib, &b), (vec![], vec![net(prefix)]));
     assert_eq!(drain(&mut rib, &a), (vec![], vec![]));
+}
+
+#[test]
+fn rib_an_ebgp_peer_that_keeps_next_hops_gets_learned_routes_unchanged() {
+    let mut rib = rib();
+    let node = add(&mut rib, 2, LOCAL_AS, true);
+    let settings = PeerSettings {
+        address: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 9)),
+        remote_as: 65010,
+        rr_client: false,
+        next_hop_self: false,
+        next_hop_keep: true,
+    };
+    let (tor, tor_out) = rib.add_peer(settings.clone());
+    let tor = Peer {
+        id: tor,
+        out: tor_out,
+        address: settings.address,
+    };
+    let (plain, plain_out) = rib.add_peer(PeerSettings {
+        address: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 10)),
+        next_hop_keep: false,
+        ..settings
+    });
+    let plain = Peer {
+        id: plain,
+        out: plain_out,
+        address: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 10)),
+    };
+    up(&mut rib, &node, 2);
+    up(&mut rib, &tor, 9);
+    up(&mut rib, &plain, 10);
+    rib.update(node.id, &announce(&["10.65.1.0/26"], &[], "192.168.0.2"));
+    originate_local(&mut rib, "10.65.0.0/26");
+
+    let (sent, _) = drain(&mut rib, &tor);
+    let learned = sent
+        .iter()
+        .find(|(p, _)| *p == net("10.65.1.0/26"))
+        .unwrap();
+    assert_eq!(
+        learned.1.next_hop_addr(),
+        Some("192.168.0.2".parse().unwrap()),
+        "the node's own next hop, not ours"
+    );
+    assert_eq!(
+        learned.1.neighbour_as(),
+        Some(LOCAL_AS),
+        "still our AS first"
+    );
+    let own = sent
+        .iter()
+        .find(|(p, _)| *p == net("10.65.0.0/26"))
+        .unwrap();
+    assert_eq!(own.1.next_hop_addr(), Some("192.168.0.1".parse().unwrap()));
+
+    let (sent, _) = drain(&mut rib, &plain);
+    assert!(
+        sent.iter()
+            .all(|(_, a)| a.next_hop_addr() == Some("192.168.0.1".parse().unwrap())),
+        "next hop self toward an ordinary eBGP peer: {sent:?}"
+    );
 }

@@ -279,6 +279,10 @@ pub enum PeerCommand {
         /// TCP MD5 password.
         #[arg(long)]
         password: Option<String>,
+        /// Send the peer the other nodes' blocks with their own nodes as next hops, not only
+        /// this node's blocks with itself as next hop.
+        #[arg(long)]
+        keep_original_next_hop: bool,
     },
     /// List explicit peers.
     List,

@@ -33,6 +33,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             as_number,
             node,
             password,
+            keep_original_next_hop,
         } => {
             validate_name("peer name", &name)?;
             validate_peer_ip(peer_ip)?;
@@ -48,7 +49,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                 as_number,
                 node,
                 password,
-                keep_original_next_hop: false,
+                keep_original_next_hop,
             };
             let key = keys::peer(&name);
             let existed = store.get(&key).await?.is_some();

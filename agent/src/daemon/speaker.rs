@@ -49,6 +49,10 @@ impl Policy for ExportPolicy {
             // Reflection is what a route reflector is for; nobody else passes routes on, so a
             // node never becomes a transit path between its peers.
             Source::Peer(_) if self.reflector && peer.ibgp => Verdict::Accept,
+            // A peer that keeps next hops (`keepOriginalNextHop`) learns the other nodes'
+            // blocks with their own nodes as next hops: it forwards to them directly, so this
+            // node is no transit path either. Only what came from inside the AS: the nodes.
+            Source::Peer(from) if peer.next_hop_keep && from.ibgp => Verdict::Accept,
             Source::Peer(_) => Verdict::Reject,
         }
     }
@@ -99,6 +103,7 @@ fn peer_config(spec: &PeerSpec, config: &AgentConfig) -> PeerConfig {
     peer.passive = spec.passive;
     peer.password = spec.password.clone();
     peer.rr_client = spec.rr_client;
+    peer.next_hop_keep = spec.keep_original_next_hop;
     peer.local_address = match spec.address {
         IpAddr::V4(_) => Some(IpAddr::V4(config.node_ip.addr())),
         IpAddr::V6(_) => config.node_ipv6.map(|n| IpAddr::V6(n.addr())),
@@ -316,5 +321,54 @@ impl BgpControl for SpeakerBgp {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use wren_bgp::wire::Afi;
+
+    use super::*;
+
+    fn peer(address: [u8; 4], ibgp: bool, next_hop_keep: bool) -> PeerRef {
+        PeerRef {
+            address: IpAddr::V4(Ipv4Addr::from(address)),
+            remote_as: if ibgp { 64512 } else { 65000 },
+            ibgp,
+            rr_client: false,
+            next_hop_keep,
+            router_id: Ipv4Addr::from(address),
+        }
+    }
+
+    fn verdict(policy: &ExportPolicy, to: &PeerRef, source: &Source) -> bool {
+        let prefix: IpNet = "10.65.1.0/26".parse().unwrap();
+        let attrs = Attributes::local(None, Afi::Ipv4Unicast);
+        matches!(policy.export(to, prefix, &attrs, source), Verdict::Accept)
+    }
+
+    #[test]
+    fn learned_routes_go_only_to_reflected_or_next_hop_keeping_peers() {
+        let node = Source::Peer(peer([10, 0, 0, 2], true, false));
+        let outside = Source::Peer(peer([10, 0, 0, 254], false, false));
+        let plain = ExportPolicy { reflector: false };
+        let reflector = ExportPolicy { reflector: true };
+        let tor = peer([10, 0, 0, 254], false, false);
+        let keeping_tor = peer([10, 0, 0, 253], false, true);
+        let other_node = peer([10, 0, 0, 3], true, false);
+
+        for policy in [&plain, &reflector] {
+            assert!(verdict(policy, &tor, &Source::Local), "own blocks always");
+            assert!(!verdict(policy, &tor, &node), "no transit through a node");
+            assert!(verdict(policy, &keeping_tor, &node), "keepOriginalNextHop");
+            assert!(
+                !verdict(policy, &keeping_tor, &outside),
+                "nothing from outside the AS"
+            );
+        }
+        assert!(!verdict(&plain, &other_node, &node));
+        assert!(verdict(&reflector, &other_node, &node), "reflection");
     }
 }

@@ -1,6 +1,6 @@
 //! The BGP rules for what a peer may be sent and how the route changes on the way: iBGP split
 //! horizon, route reflection (RFC 4456 §6, §8), and the eBGP rewrites (AS prepended, next hop
-//! self, LOCAL_PREF and MED stripped).
+//! self unless the peer keeps next hops, LOCAL_PREF and MED stripped).
 
 use crate::wire::Afi;
 
@@ -55,12 +55,16 @@ pub(super) fn standard(
         if let Some(originator) = reflected {
             out.originator_id = Some(originator);
             out.cluster_list.insert(0, config.cluster_id());
-        } else if unspecified || (!local_route && to.settings.next_hop_self) {
+        } else if unspecified
+            || (!local_route && to.settings.next_hop_self && !to.settings.next_hop_keep)
+        {
             out.set_next_hop(afi, self_next_hop?);
         }
     } else {
         out.prepend(config.local_as);
-        out.set_next_hop(afi, self_next_hop?);
+        if local_route || unspecified || !to.settings.next_hop_keep {
+            out.set_next_hop(afi, self_next_hop?);
+        }
         out.local_pref = None;
         out.originator_id = None;
         out.cluster_list.clear();

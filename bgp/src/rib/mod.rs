@@ -102,8 +102,12 @@ pub struct PeerSettings {
     /// The peer is our route-reflector client (RFC 4456).
     pub rr_client: bool,
     /// Put our address as next hop on routes learned from eBGP when sending them to this iBGP
-    /// peer (towards eBGP peers the next hop is always ours).
+    /// peer (towards eBGP peers the next hop is ours unless `next_hop_keep`).
     pub next_hop_self: bool,
+    /// Send routes learned from other peers with their next hop unchanged, to an eBGP peer too
+    /// (BIRD's `next hop keep`): the peer then forwards straight to where the route leads,
+    /// not through this speaker. Our own routes still carry our address.
+    pub next_hop_keep: bool,
 }
 
 /// An established session, as the RIB needs it.
@@ -187,6 +191,7 @@ impl PeerSlot {
             remote_as: self.settings.remote_as,
             ibgp: self.settings.remote_as == local_as,
             rr_client: self.settings.rr_client,
+            next_hop_keep: self.settings.next_hop_keep,
             router_id: self.router_id,
         }
     }

@@ -31,6 +31,8 @@ pub struct PeerRef {
     pub ibgp: bool,
     /// Whether we reflect routes to this peer as a route-reflector client.
     pub rr_client: bool,
+    /// Whether routes passed on to this peer keep their next hop.
+    pub next_hop_keep: bool,
     /// The peer's BGP identifier (unspecified while the session is down).
     pub router_id: Ipv4Addr,
 }

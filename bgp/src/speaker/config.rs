@@ -136,6 +136,9 @@ pub struct PeerConfig {
     pub rr_client: bool,
     /// Put our address as next hop on eBGP-learned routes sent to this iBGP peer.
     pub next_hop_self: bool,
+    /// Send routes learned from other peers with their next hop unchanged, to an eBGP peer
+    /// too (BIRD's `next hop keep`); our own routes still carry our address.
+    pub next_hop_keep: bool,
     /// Advertise graceful restart to this peer (when the speaker has it configured).
     pub graceful_restart: bool,
     /// Families to exchange.
@@ -160,6 +163,7 @@ impl PeerConfig {
             ttl_security: None,
             rr_client: false,
             next_hop_self: false,
+            next_hop_keep: false,
             graceful_restart: true,
             families: vec![Afi::Ipv4Unicast, Afi::Ipv6Unicast],
         }
@@ -187,6 +191,7 @@ impl PeerConfig {
             remote_as: self.remote_as,
             rr_client: self.rr_client,
             next_hop_self: self.next_hop_self,
+            next_hop_keep: self.next_hop_keep,
         }
     }
 }
