@@ -270,17 +270,23 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
     let mut bird = Bird::start(&tor, config).unwrap();
     bird.announce(&Announce::new("192.0.2.0/24".parse().unwrap()))
         .unwrap();
-    c.cli_ok(&[
-        "peer",
-        "add",
-        "tor",
-        "--peer-ip",
-        TOR_IP,
-        "--as",
-        &TOR_AS.to_string(),
-        "--password",
-        TOR_PASSWORD,
-    ]);
+    let tor_as = TOR_AS.to_string();
+    let add_tor = |c: &Cluster, extra: &[&str]| {
+        let mut args = vec![
+            "peer",
+            "add",
+            "tor",
+            "--peer-ip",
+            TOR_IP,
+            "--as",
+            &tor_as,
+            "--password",
+            TOR_PASSWORD,
+        ];
+        args.extend_from_slice(extra);
+        c.cli_ok(&args)
+    };
+    add_tor(&c, &[]);
     let peers = c.cli_ok(&["peer", "list"]);
     assert!(
         !peers.contains(TOR_PASSWORD),
@@ -332,18 +338,7 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
     }
     // With keepOriginalNextHop the ToR also hears each block from the node that does not
     // own it, still with the owner as next hop: no node becomes a transit path.
-    c.cli_ok(&[
-        "peer",
-        "add",
-        "tor",
-        "--peer-ip",
-        TOR_IP,
-        "--as",
-        &TOR_AS.to_string(),
-        "--password",
-        TOR_PASSWORD,
-        "--keep-original-next-hop",
-    ]);
+    add_tor(&c, &["--keep-original-next-hop"]);
     // `show route <block>` lists every path BIRD holds for it (the parsed table keeps only
     // the best of each prefix).
     let paths = |block: &IpNet| -> Vec<String> {
