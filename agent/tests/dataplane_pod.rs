@@ -253,6 +253,8 @@ fn check_says_what_is_wrong() {
     let s = spec("ctr-c/eth0", &pod, &["10.65.1.2"]);
     let iface = node.run(|| setup_pod(&s)).unwrap();
     pod.ip(&["route", "del", "default"]).unwrap();
+    pod.ip(&["neigh", "del", "169.254.1.1", "dev", "eth0"])
+        .unwrap();
     pod.ip(&["addr", "del", "10.65.1.2/32", "dev", "eth0"])
         .unwrap();
     node.ns
@@ -298,7 +300,11 @@ fn check_says_what_is_wrong() {
     ] {
         assert!(missing_route(side, route), "{route}: {problems:?}");
     }
-    assert_eq!(problems.len(), 6, "{problems:?}");
+    assert!(
+        problems.contains(&Problem::GatewayNeighbourMissing("eth0".into())),
+        "{problems:?}"
+    );
+    assert_eq!(problems.len(), 7, "{problems:?}");
 
     node.run(|| teardown_pod("ctr-c/eth0")).unwrap();
     let problems = node.run(|| check_pod(&s)).unwrap();

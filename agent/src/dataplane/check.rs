@@ -9,11 +9,12 @@ use netlink_packet_route::AddressFamily;
 
 use super::link::{self, LinkState};
 use super::manager::{RouteFilter, dump_routes};
+use super::neigh::{self, Entry, Table};
 use super::netlink::Netlink;
 use super::netns::Netns;
 use super::pod::{
-    ALIAS_PREFIX, HOST_MAC, PodError, PodSpec, alias_id, at, format_mac, host_ifname, host_routes,
-    pod_routes,
+    ALIAS_PREFIX, GATEWAY_V4, HOST_MAC, PodError, PodSpec, alias_id, at, format_mac, host_ifname,
+    host_routes, pod_routes,
 };
 use super::route::{KernelRoute, MAIN_TABLE, Route};
 
@@ -101,6 +102,11 @@ pub enum Problem {
         /// The missing address.
         address: IpNet,
     },
+    /// The pod's permanent entry for its IPv4 gateway (169.254.1.1 → ee:ee:ee:ee:ee:ee) is
+    /// gone, so the pod depends on proxy ARP, which only answers while the node has a route
+    /// toward 169.254.1.1.
+    #[error("pod interface {0} has no permanent neighbour entry 169.254.1.1 → ee:ee:ee:ee:ee:ee")]
+    GatewayNeighbourMissing(String),
     /// A route that should be there is not.
     #[error("{side} route {route} is missing")]
     RouteMissing {
@@ -156,6 +162,17 @@ pub fn check_pod(spec: &PodSpec) -> Result<Vec<Problem>, PodError> {
                 name: p.name.clone(),
                 address,
             });
+        }
+    }
+    if spec.has_v4() {
+        let gateway = Entry {
+            ip: GATEWAY_V4.into(),
+            mac: HOST_MAC,
+        };
+        let entries = neigh::permanent_entries(&mut pod, Table::Arp, p.index)
+            .map_err(at("list pod neighbours"))?;
+        if !entries.contains(&gateway) {
+            problems.push(Problem::GatewayNeighbourMissing(p.name.clone()));
         }
     }
     check_routes(
