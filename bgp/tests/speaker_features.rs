@@ -214,6 +214,12 @@ async fn speaker_restarting_defers_selection_until_end_of_rib() {
     );
 
     // B saw the Restart State and Forwarding State bits, and gets A's route after deferral.
+    // B's own view of the session may trail A's by a moment (A can hold B's End-of-RIB
+    // before B's status reports the session).
+    eventually("B reports the negotiated session", || async {
+        b.peer(LOOPBACK).await.unwrap().negotiated.is_some()
+    })
+    .await;
     let status = b.peer(LOOPBACK).await.unwrap();
     let gr = status.negotiated.and_then(|n| n.peer_graceful_restart);
     assert!(gr.as_ref().is_some_and(|gr| gr.restarting), "R bit: {gr:?}");
