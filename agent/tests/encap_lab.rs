@@ -2,19 +2,20 @@
 //! through the CNI plugin) in network namespaces: two subnets joined by a router that knows no
 //! pod routes, tcpdump on the nodes' underlay, and an "outside" namespace beyond every pool.
 
+mod agent_rig;
+
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wren_model::{Pool, keys};
-use wren_store::Store;
-use wren_store::etcd::{EtcdConfig, EtcdStore};
 use wren_store::json::JsonStore;
 use wren_tests::lab::{self, Encap, Lab, LabSpec, PodState};
 use wren_tests::netns::{NetNs, command_in, run_in};
 use wren_tests::prereq;
 use wren_tests::process::ChildGuard;
+
+use agent_rig::with_store_in;
 
 /// Generous bound for anything asynchronous; the expected times are far shorter.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -180,28 +181,16 @@ fn without_encapsulation_pods_across_subnets_cannot_reach_each_other() {
 /// Sets `natOutgoing` on the lab's pool, writing etcd from the fabric namespace.
 fn set_nat_outgoing(lab: &Lab, on: bool) {
     let endpoint = lab.state().etcd_endpoint.clone();
-    run_in(&lab.state().fabric_ns, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    with_store_in(&lab.state().fabric_ns, endpoint, |store| async move {
+        let key = keys::pool("lab");
+        let current = store.get_json::<Pool>(&key).await.unwrap().unwrap();
+        let mut pool = current.value;
+        pool.nat_outgoing = on;
+        store
+            .update_json(&key, &pool, current.mod_revision)
+            .await
             .unwrap();
-        runtime.block_on(async move {
-            let config = EtcdConfig {
-                endpoints: vec![endpoint],
-                ..EtcdConfig::default()
-            };
-            let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(config).await.unwrap());
-            let key = keys::pool("lab");
-            let current = store.get_json::<Pool>(&key).await.unwrap().unwrap();
-            let mut pool = current.value;
-            pool.nat_outgoing = on;
-            store
-                .update_json(&key, &pool, current.mod_revision)
-                .await
-                .unwrap();
-        })
-    })
-    .unwrap();
+    });
 }
 
 /// Accepts one TCP connection on `addr` inside namespace `ns` while `connect` runs, and

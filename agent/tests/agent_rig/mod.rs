@@ -13,7 +13,7 @@ use wren_ipam::{AllocateRequest, Ipam, PoolSpec};
 use wren_store::Store;
 use wren_store::etcd::{EtcdConfig, EtcdStore};
 use wren_tests::etcd::{Etcd, EtcdOptions};
-use wren_tests::netns::{Bridge, NetNs};
+use wren_tests::netns::{Bridge, NetNs, run_in};
 use wren_tests::prereq;
 use wren_tests::process::ChildGuard;
 
@@ -162,24 +162,9 @@ impl Cluster {
         Fut: std::future::Future<Output = R>,
         R: Send,
     {
-        let endpoint = self.endpoint();
-        self.fabric
-            .netns()
-            .enter(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let config = EtcdConfig {
-                        endpoints: vec![endpoint],
-                        ..EtcdConfig::default()
-                    };
-                    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(config).await.unwrap());
-                    f(Ipam::new(store)).await
-                })
-            })
-            .unwrap()
+        with_store_in(self.fabric.netns().name(), self.endpoint(), |store| {
+            f(Ipam::new(store))
+        })
     }
 
     /// Allocates one address for `handle` on `node` from `pools` (any pool when empty),
@@ -308,4 +293,29 @@ impl Drop for Cluster {
 /// `GET path` on the agent's metrics address, from inside the node's namespace.
 pub fn http_get(node: &Node, path: &str) -> (u16, String) {
     wren_tests::http::get_in_ns(node.ns.name(), 9099, path).unwrap()
+}
+
+/// Runs `f` with a store on the etcd at `endpoint` from inside the namespace named `ns` (a
+/// rig's or lab's etcd listens only there), on a runtime of its own.
+pub fn with_store_in<F, Fut, R>(ns: &str, endpoint: String, f: F) -> R
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut + Send,
+    Fut: std::future::Future<Output = R>,
+    R: Send,
+{
+    run_in(ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let config = EtcdConfig {
+                endpoints: vec![endpoint],
+                ..EtcdConfig::default()
+            };
+            let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(config).await.unwrap());
+            f(store).await
+        })
+    })
+    .unwrap()
 }
