@@ -17,6 +17,8 @@
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports, unused_macros)]
 mod common;
+#[path = "../../store/benches/raw_cas/mod.rs"]
+mod raw_cas;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -25,7 +27,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use tokio::sync::Barrier;
 use wren_ipam::{AllocateRequest, Ipam};
 use wren_store::Store;
@@ -210,16 +211,7 @@ async fn raw_cas(
                 let deadline = Instant::now() + duration;
                 let mut done = 0u64;
                 while Instant::now() < deadline {
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(
-                            key.as_str(),
-                            CompareOp::Equal,
-                            revision,
-                        )])
-                        .and_then([TxnOp::put(key.as_str(), value.clone(), None)]);
-                    let response = kv.txn(txn).await.expect("txn");
-                    assert!(response.succeeded(), "an uncontended CAS failed");
-                    revision = response.header().map_or(0, |h| h.revision());
+                    revision = raw_cas::cas(&mut kv, &key, value.clone(), revision).await;
                     done += 1;
                 }
                 done

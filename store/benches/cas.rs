@@ -12,10 +12,11 @@
 //! `cargo bench -p wren-store --bench cas` prints Markdown rows for BENCHMARKS.md; the
 //! environment variables of [`wren_tests::bench`] set its length and storage.
 
+mod raw_cas;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use tokio::sync::Barrier;
 use wren_store::Store;
 use wren_store::etcd::{EtcdConfig, EtcdStore};
@@ -104,14 +105,7 @@ async fn run(
                 while Instant::now() < deadline {
                     rev = match path {
                         Path::Wren => store.update(&key, value.clone(), rev).await.expect("cas"),
-                        Path::Raw => {
-                            let txn = Txn::new()
-                                .when([Compare::mod_revision(full.as_str(), CompareOp::Equal, rev)])
-                                .and_then([TxnOp::put(full.as_str(), value.clone(), None)]);
-                            let response = kv.txn(txn).await.expect("txn");
-                            assert!(response.succeeded(), "an uncontended CAS failed");
-                            response.header().map_or(0, |h| h.revision())
-                        }
+                        Path::Raw => raw_cas::cas(&mut kv, &full, value.clone(), rev).await,
                     };
                     done += 1;
                 }
