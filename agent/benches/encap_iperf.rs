@@ -26,6 +26,7 @@ use std::time::Duration;
 use wren_tests::bench::{BenchSettings, invoked_as_bench, median};
 use wren_tests::lab::{self, Encap, Lab, LabSpec};
 use wren_tests::netns::command_in;
+use wren_tests::offload::BIG_TCP;
 use wren_tests::process::ChildGuard;
 
 /// One iperf3 run from namespace `from` to `address` (a server runs in `to`); bits/s received.
@@ -145,9 +146,6 @@ fn main() {
         &[("VXLAN (pod n1 → pod n2, one L2 segment)", "n1", "n2", 0.80)],
     );
 }
-
-/// GSO/GRO packet size of a BIG TCP fabric (what NICs with BIG TCP are commonly set to).
-const BIG_TCP: u32 = 196_608;
 
 /// Builds a three-node lab (`encap`, `subnets`, fabric offload size `offload`) and prints one
 /// row per `(name, from node, to node, goal)`: pod to pod, anchored by node to node.

@@ -537,10 +537,13 @@ fn a_pod_takes_the_offload_sizes_it_is_given_on_both_ends() {
     let other = NetNs::new("pod-gso-std").unwrap();
     let plain = spec("pod-gso-std/eth0", &other, &["10.65.0.10"]);
     let interface = node.run(|| setup_pod(&plain)).unwrap();
-    assert_eq!(sizes(other.name(), "eth0"), offload::Sizes::all(65536));
+    assert_eq!(
+        sizes(other.name(), "eth0"),
+        offload::Sizes::all(offload::STANDARD)
+    );
     assert_eq!(
         sizes(node.ns.name(), &interface.host_ifname),
-        offload::Sizes::all(65536)
+        offload::Sizes::all(offload::STANDARD)
     );
 
     // Sizes beyond what a veth can take are refused by the kernel: the pod is still made,
@@ -552,6 +555,6 @@ fn a_pod_takes_the_offload_sizes_it_is_given_on_both_ends() {
         ..OffloadSizes::default()
     });
     node.run(|| setup_pod(&huge)).unwrap();
-    assert_eq!(sizes(third.name(), "eth0").gso_ipv4, 65536);
+    assert_eq!(sizes(third.name(), "eth0").gso_ipv4, offload::STANDARD);
     assert_reachable(&third, "192.0.2.1");
 }

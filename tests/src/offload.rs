@@ -9,6 +9,13 @@ use rtnetlink::LinkUnspec;
 
 use crate::netns::run_in;
 
+/// The limit every interface starts with.
+pub const STANDARD: u32 = 65_536;
+
+/// The size the lab and the benchmarks give BIG TCP links (what NICs with BIG TCP are commonly
+/// set to).
+pub const BIG_TCP: u32 = 196_608;
+
 /// An interface's limits, in bytes.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sizes {

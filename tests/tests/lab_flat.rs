@@ -8,10 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wren_tests::lab::{self, Lab, LabSpec};
-use wren_tests::offload;
-
-/// GSO/GRO packet size of the fabric's links (BIG TCP).
-const BIG_TCP: u32 = 196_608;
+use wren_tests::offload::{self, BIG_TCP};
 
 /// How long routes may take to appear or go everywhere.
 const CONVERGENCE: Duration = Duration::from_secs(20);

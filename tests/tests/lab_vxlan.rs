@@ -17,13 +17,18 @@ fn four_nodes_two_subnets_vxlan_cross_subnet() {
     spec.subnets = 2;
     // BIG TCP links: pods must still keep the standard 64 KiB, since a larger packet entering
     // the tunnel would be cut up in software.
-    spec.fabric_offload = Some(196_608);
+    spec.fabric_offload = Some(offload::BIG_TCP);
     let lab = Lab::up(spec).expect("lab up");
     lab.wait_full_matrix(Duration::from_secs(25), "n1")
         .unwrap_or_else(|e| panic!("{e}"));
     for pod in &lab.state().pods {
         let sizes = offload::sizes(&pod.ns, "eth0").unwrap();
-        assert_eq!(sizes, offload::Sizes::all(65_536), "pod {}", pod.name);
+        assert_eq!(
+            sizes,
+            offload::Sizes::all(offload::STANDARD),
+            "pod {}",
+            pod.name
+        );
     }
     // n1 (subnet 1) reaches n3 (subnet 1) directly and n2, n4 (subnet 2) through the tunnel.
     let routes = lab.routes("n1").unwrap();
