@@ -103,9 +103,8 @@ impl CniHandler {
     /// were derived with (a configured MTU of its own says the pod's path is not the one the
     /// node sees).
     fn offload(&self, mtu: u32) -> Option<OffloadSizes> {
-        self.defaults
-            .offload()
-            .filter(|_| mtu == self.defaults.mtu())
+        let (default_mtu, offload) = self.defaults.current();
+        offload.filter(|_| mtu == default_mtu)
     }
 
     fn record_key(&self, container_id: &str, ifname: &str) -> String {

@@ -86,7 +86,8 @@ impl PodDefaults {
         }
     }
 
-    fn current(&self) -> (u32, Option<OffloadSizes>) {
+    /// The pod MTU and offload sizes, read together.
+    pub fn current(&self) -> (u32, Option<OffloadSizes>) {
         match self.current.lock() {
             Ok(c) => *c,
             Err(poisoned) => *poisoned.into_inner(),
