@@ -33,6 +33,7 @@
 //! | `podMtu` | `--pod-mtu` / `WREN_POD_MTU` | underlay MTU less the largest overhead of the encapsulations in use | MTU of pod interfaces when the CNI configuration sets no `mtu` |
 //! | `vxlanMtu` | `--vxlan-mtu` / `WREN_VXLAN_MTU` | underlay MTU − 50 | MTU of `wren.vxlan` |
 //! | `ipipMtu` | `--ipip-mtu` / `WREN_IPIP_MTU` | underlay MTU − 20 | MTU of `wrentunl0` |
+//! | `fastPath` | `--fast-path` / `WREN_FAST_PATH` | `true` | forward pod-to-pod traffic with the tc BPF fast path (`docs/ARCHITECTURE.md`); `false` leaves all of it to the host's IP stack |
 //!
 //! The underlay is the interface holding the node IP. Pods and tunnels must agree: a pod MTU
 //! above the tunnel's makes large packets to other nodes fail.
@@ -211,6 +212,9 @@ pub struct FileConfig {
     /// See the module table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipip_mtu: Option<i64>,
+    /// See the module table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<bool>,
 }
 
 impl FileConfig {
@@ -521,6 +525,8 @@ pub struct AgentConfig {
     pub graceful_restart_time: Duration,
     /// MTUs fixed by configuration instead of derived from the underlay.
     pub mtu: MtuOverrides,
+    /// Whether pod-to-pod traffic takes the BPF fast path (when the kernel can run it).
+    pub fast_path: bool,
 }
 
 /// An MTU from flag-or-environment or file: 68 (the IPv4 minimum) to 65535.
@@ -730,6 +736,7 @@ impl AgentConfig {
                 vxlan: mtu_or("vxlanMtu", args.vxlan_mtu, file.vxlan_mtu)?,
                 ipip: mtu_or("ipipMtu", args.ipip_mtu, file.ipip_mtu)?,
             },
+            fast_path: args.fast_path.or(file.fast_path).unwrap_or(true),
         })
     }
 
@@ -771,6 +778,7 @@ impl AgentConfig {
             pod_mtu: self.mtu.pod.map(i64::from),
             vxlan_mtu: self.mtu.vxlan.map(i64::from),
             ipip_mtu: self.mtu.ipip.map(i64::from),
+            fast_path: Some(self.fast_path),
         }
     }
 }

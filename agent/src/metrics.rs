@@ -19,6 +19,9 @@
 //! | `wren_tunnel_up` | gauge | `type` | 1 while the tunnel device is up |
 //! | `wren_tunnel_routes` | gauge | `type` | learned routes sent through the tunnel |
 //! | `wren_pod_mtu` | gauge | | MTU given to pods whose network configuration sets none |
+//! | `wren_fastpath_up` | gauge | | 1 while the BPF fast path is loaded and attached |
+//! | `wren_fastpath_forwarded_packets_total` | counter | | packets the fast path forwarded past the host stack (a GSO packet counts once) |
+//! | `wren_fastpath_to_stack_packets_total` | counter | | pool-to-pool packets the fast path left to the host stack |
 //! | `wren_cni_request_duration_seconds` | histogram | `command`, `result` | time to serve a CNI request |
 
 use std::sync::Arc;
@@ -135,6 +138,12 @@ pub struct Metrics {
     pub tunnel_routes: Family<TunnelLabels, Gauge>,
     /// The pods' MTU.
     pub pod_mtu: Gauge,
+    /// 1 while the fast path runs.
+    pub fast_path_up: Gauge,
+    /// Packets the fast path forwarded.
+    pub fast_path_forwarded: Counter,
+    /// Pool-to-pool packets the fast path left to the host stack.
+    pub fast_path_to_stack: Counter,
     cni: CniMetrics,
 }
 
@@ -167,6 +176,9 @@ impl Metrics {
             tunnel_up: Family::default(),
             tunnel_routes: Family::default(),
             pod_mtu: Gauge::default(),
+            fast_path_up: Gauge::default(),
+            fast_path_forwarded: Counter::default(),
+            fast_path_to_stack: Counter::default(),
             cni: CniMetrics {
                 latency: HistogramFamily::new_with_constructor(cni_histogram),
             },
@@ -252,6 +264,21 @@ impl Metrics {
             "pod_mtu",
             "MTU given to pods whose network configuration sets none",
             m.pod_mtu.clone(),
+        );
+        r.register(
+            "fastpath_up",
+            "1 while the BPF fast path is loaded and attached",
+            m.fast_path_up.clone(),
+        );
+        r.register(
+            "fastpath_forwarded_packets",
+            "Packets the fast path forwarded past the host stack",
+            m.fast_path_forwarded.clone(),
+        );
+        r.register(
+            "fastpath_to_stack_packets",
+            "Pool-to-pool packets the fast path left to the host stack",
+            m.fast_path_to_stack.clone(),
         );
         r.register(
             "cni_request_duration_seconds",

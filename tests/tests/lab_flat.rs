@@ -1,7 +1,8 @@
 //! End to end on one lab: three nodes on one L2 segment with BIG TCP links, no encapsulation,
 //! BGP full mesh.
-//! One lab serves every phase, in order: full matrix, node join, agent restart under traffic,
-//! pod churn with a leak check, node leave.
+//! One lab serves every phase, in order: full matrix (through the fast path), node join, agent
+//! restart under traffic, pod churn with a leak check, node leave. After each phase every
+//! node's fast path covers exactly its pods.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -27,6 +28,27 @@ fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
 fn full_matrix(lab: &Lab, phase: &str) {
     lab.wait_full_matrix(CONVERGENCE, "n1")
         .unwrap_or_else(|e| panic!("{phase}: {e}"));
+}
+
+/// Every node's fast path is on and attached to exactly that node's pods.
+fn fast_path_covers_pods(lab: &Lab, phase: &str) {
+    for node in &lab.state().nodes {
+        let pods = lab
+            .state()
+            .pods
+            .iter()
+            .filter(|p| p.node == node.name)
+            .count();
+        eventually(
+            &format!("{phase}: {}'s fast path covers its pods", node.name),
+            || {
+                let report = lab.fast_path(&node.name).map_err(|e| e.to_string())?;
+                (report.on && report.pods == pods)
+                    .then_some(())
+                    .ok_or_else(|| format!("{report:?}, {pods} pods"))
+            },
+        );
+    }
 }
 
 /// The /32 routes toward local pods on `node`, from its kernel.
@@ -60,11 +82,25 @@ fn three_nodes_one_segment() {
     spec.fabric_offload = Some(BIG_TCP);
     let mut lab = Lab::up(spec).expect("lab up");
 
-    // Phase 1: every pod reaches every pod.
+    // Phase 1: every pod reaches every pod, and once the fast path has taken up the pods,
+    // their traffic goes through it on both nodes.
     full_matrix(&lab, "3 nodes");
     for pod in &lab.state().pods {
         let sizes = offload::sizes(&pod.ns, "eth0").unwrap();
         assert_eq!(sizes, offload::Sizes::all(BIG_TCP), "pod {}", pod.name);
+    }
+    fast_path_covers_pods(&lab, "3 nodes");
+    let before: Vec<u64> = ["n1", "n2"]
+        .iter()
+        .map(|n| lab.fast_path(n).unwrap().forwarded)
+        .collect();
+    full_matrix(&lab, "3 nodes, fast path attached");
+    for (node, before) in ["n1", "n2"].iter().zip(before) {
+        let after = lab.fast_path(node).unwrap().forwarded;
+        assert!(
+            after > before,
+            "{node}'s fast path forwarded nothing of the ping matrix ({before} → {after})"
+        );
     }
 
     // Phase 2: a node joins; it gets routes to all and all reach its pods.
@@ -130,6 +166,9 @@ fn three_nodes_one_segment() {
         "n2's kernel lost its routes while the agent was down:\n{n2_routes_while_down}"
     );
     full_matrix(&lab, "after agent restart");
+    // The killed agent's programs went with it (the pings above crossed n2 through the host
+    // stack meanwhile); the restarted agent attaches again.
+    fast_path_covers_pods(&lab, "after agent restart");
 
     // Phase 4: pod churn: 50 pods created and deleted per node; afterwards no leaks and every
     // node's pod routes match its pods.
@@ -168,6 +207,8 @@ fn three_nodes_one_segment() {
             },
         );
     }
+
+    fast_path_covers_pods(&lab, "after churn");
 
     // Phase 5: the joined node leaves; its routes disappear everywhere.
     lab.remove_node(&joined).unwrap();

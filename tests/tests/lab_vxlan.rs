@@ -1,6 +1,7 @@
 //! End to end: four nodes on two subnets joined by a router that knows no pod routes, pool
 //! with VXLAN in cross-subnet mode. Every pod reaches every pod; same-subnet routes are plain,
-//! cross-subnet routes go through `wren.vxlan`.
+//! cross-subnet routes go through `wren.vxlan`, and the fast path carries tunnelled pod
+//! traffic at both ends.
 
 use std::time::Duration;
 
@@ -47,5 +48,51 @@ fn four_nodes_two_subnets_vxlan_cross_subnet() {
             >= 2,
         "no tunnel routes to the other subnet:\n{routes}"
     );
+
+    // Through the tunnel, both ends forward on the fast path: the sender from its pod into
+    // `wren.vxlan`, the receiver from `wren.vxlan` into its pod.
+    let pod_on = |node: &str| {
+        lab.state()
+            .pods
+            .iter()
+            .find(|p| p.node == node)
+            .unwrap()
+            .clone()
+    };
+    let (from, to) = (pod_on("n1"), pod_on("n2"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let covered = ["n1", "n2"].iter().all(|n| {
+            let pods = lab.state().pods.iter().filter(|p| p.node == *n).count();
+            lab.fast_path(n).is_ok_and(|r| r.on && r.pods == pods)
+                && lab
+                    .node_status(n)
+                    .is_ok_and(|s| s.contains("wren.vxlan (uplinks)"))
+        });
+        if covered {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fast paths never covered the pods and the tunnel:\n{}",
+            lab.status().unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before: Vec<u64> = ["n1", "n2"]
+        .iter()
+        .map(|n| lab.fast_path(n).unwrap().forwarded)
+        .collect();
+    assert!(
+        lab::ping(&from.ns, &to.ip.to_string(), 3),
+        "n1's pod → n2's pod"
+    );
+    for (node, before) in ["n1", "n2"].iter().zip(before) {
+        let after = lab.fast_path(node).unwrap().forwarded;
+        assert!(
+            after > before,
+            "{node}'s fast path forwarded no tunnelled ping ({before} → {after})"
+        );
+    }
     lab.down().unwrap();
 }

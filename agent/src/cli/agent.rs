@@ -14,6 +14,7 @@ use crate::api::RequestObserver;
 use crate::cni::{CniHandler, KernelPods};
 use crate::config::AgentConfig;
 use crate::daemon::encap::{Encap, KernelEncap};
+use crate::daemon::fastpath::FastPathControl;
 use crate::daemon::kernel::KernelRoutes;
 use crate::daemon::speaker::{Restart, SpeakerBgp};
 use crate::daemon::{self, Parts, Shared};
@@ -125,6 +126,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         routes: Arc::new(routes),
         local_api,
         encap: Some(encap),
+        fast_path: Some(FastPathControl::start(
+            config.fast_path,
+            config.node_ip.addr(),
+        )),
     };
     daemon::run(config, parts, shared, shutdown).await?;
     Ok(())

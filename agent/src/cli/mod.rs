@@ -148,6 +148,10 @@ pub struct AgentArgs {
     /// MTU of `wrentunl0` (default: the underlay's less 20).
     #[arg(long, env = "WREN_IPIP_MTU")]
     pub ipip_mtu: Option<u32>,
+    /// Forward pod-to-pod traffic with the tc BPF fast path when the kernel can (default
+    /// true); `false` leaves all of it to the host's IP stack.
+    #[arg(long, env = "WREN_FAST_PATH", value_name = "BOOL")]
+    pub fast_path: Option<bool>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,

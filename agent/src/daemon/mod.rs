@@ -12,6 +12,7 @@
 
 pub mod bgp;
 pub mod encap;
+pub mod fastpath;
 pub mod health;
 pub mod kernel;
 pub mod mesh;
@@ -80,6 +81,8 @@ pub struct Shared {
     /// The speaker, once the controller runs: `wren status` reads session state from it live
     /// rather than from the last pass.
     live_sessions: std::sync::OnceLock<Arc<dyn BgpControl>>,
+    /// The fast path, once the controller runs: its counters are read live too.
+    live_fast_path: std::sync::OnceLock<Arc<fastpath::FastPathControl>>,
 }
 
 impl Shared {
@@ -92,6 +95,7 @@ impl Shared {
             bgp_synced: AtomicBool::new(false),
             encap_healthy: AtomicBool::new(true),
             live_sessions: std::sync::OnceLock::new(),
+            live_fast_path: std::sync::OnceLock::new(),
             status: RwLock::new(AgentStatus {
                 node: config.node_name.clone(),
                 ipv4: Some(config.node_ip),
@@ -106,6 +110,7 @@ impl Shared {
                 last_reconcile_error: None,
                 peers: Vec::new(),
                 encapsulation: encap::EncapStatus::default(),
+                fast_path: fastpath::FastPathStatus::default(),
             }),
         })
     }
@@ -136,6 +141,9 @@ impl Shared {
         status.readiness = self.readiness();
         if let Some(bgp) = self.live_sessions.get() {
             refresh_sessions(&mut status.peers, &bgp.sessions());
+        }
+        if let Some(fast_path) = self.live_fast_path.get() {
+            fast_path.refresh(&mut status.fast_path);
         }
         status
     }
@@ -243,6 +251,7 @@ pub struct Controller {
     bgp: Arc<dyn BgpControl>,
     routes: Arc<dyn RouteProgrammer>,
     encap: Option<encap::Encap>,
+    fast_path: Option<Arc<fastpath::FastPathControl>>,
     shared: Arc<Shared>,
     started: Instant,
     sync_timeout: Duration,
@@ -305,6 +314,7 @@ impl Controller {
             bgp,
             routes,
             encap: None,
+            fast_path: None,
             shared,
             started: Instant::now(),
             sync_timeout: config.bgp_sync_timeout,
@@ -315,6 +325,15 @@ impl Controller {
     /// Adds tunnels, MTUs and outgoing NAT to every pass; without, learned routes stay plain.
     pub fn with_encap(mut self, encap: Option<encap::Encap>) -> Self {
         self.encap = encap;
+        self
+    }
+
+    /// Adds the BPF fast path to every pass; without, pods are routed by the host stack.
+    pub fn with_fast_path(mut self, fast_path: Option<fastpath::FastPathControl>) -> Self {
+        self.fast_path = fast_path.map(Arc::new);
+        if let Some(control) = &self.fast_path {
+            let _ = self.shared.live_fast_path.set(control.clone());
+        }
         self
     }
 
@@ -391,6 +410,14 @@ impl Controller {
                 Some(e.to_string())
             }
         };
+        let fast_path = match &self.fast_path {
+            Some(control) => {
+                let status = control.pass(fastpath::FastPathDesired::of(&view)).await;
+                control.publish(&status, metrics);
+                Some(status)
+            }
+            None => None,
+        };
         let local_blocks = view.local_blocks(node);
         metrics.routes_desired.set(desired.len() as i64);
         metrics.ipam_blocks.set(local_blocks.len() as i64);
@@ -430,6 +457,9 @@ impl Controller {
                 .encap_healthy
                 .store(encapsulation.healthy(), Ordering::SeqCst);
             status.encapsulation = encapsulation;
+        }
+        if let Some(fast_path) = fast_path {
+            status.fast_path = fast_path;
         }
         self.shared.set_status(status);
         Pass::Done {
@@ -485,6 +515,8 @@ pub struct Parts {
     pub local_api: axum::Router,
     /// Tunnels, MTUs and outgoing NAT; `None` leaves learned routes plain.
     pub encap: Option<encap::Encap>,
+    /// The BPF fast path; `None` leaves pods to the host stack.
+    pub fast_path: Option<fastpath::FastPathControl>,
 }
 
 /// Runs the daemon until `shutdown` fires: registration, controller, metrics and local API.
@@ -530,7 +562,8 @@ pub async fn run(
         parts.routes,
         shared.clone(),
     )
-    .with_encap(parts.encap);
+    .with_encap(parts.encap)
+    .with_fast_path(parts.fast_path);
 
     let (m, a, (), ()) = tokio::join!(
         async { metrics_server.await },

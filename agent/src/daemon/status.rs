@@ -108,6 +108,9 @@ pub struct AgentStatus {
     /// Tunnels, MTUs and outgoing NAT.
     #[serde(default)]
     pub encapsulation: super::encap::EncapStatus,
+    /// The BPF fast path.
+    #[serde(default)]
+    pub fast_path: super::fastpath::FastPathStatus,
 }
 
 /// `1h2m`, `3m4s`, `12s`: short enough for a table column.
@@ -203,6 +206,7 @@ impl AgentStatus {
         if self.encapsulation != super::encap::EncapStatus::default() {
             out.push_str(&self.encapsulation.render());
         }
+        out.push_str(&self.fast_path.render());
         out.push('\n');
         if self.peers.is_empty() {
             out.push_str("No BGP peers.\n");
@@ -289,6 +293,7 @@ mod tests {
                 },
             ],
             encapsulation: Default::default(),
+            fast_path: Default::default(),
         };
         let text = s.render();
         assert!(

@@ -59,6 +59,44 @@ pub enum LabError {
     Lab(String),
 }
 
+/// A node's fast path as `wren status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastPathReport {
+    /// Loaded and attached.
+    pub on: bool,
+    /// Pods attached.
+    pub pods: usize,
+    /// Packets forwarded past the host stack.
+    pub forwarded: u64,
+    /// Pool-to-pool packets left to the host stack.
+    pub to_stack: u64,
+}
+
+impl FastPathReport {
+    /// Reads the `Fast path:` line of a status text.
+    pub fn parse(status: &str) -> Option<Self> {
+        let line = status.lines().find_map(|l| l.strip_prefix("Fast path: "))?;
+        let Some(on) = line.strip_prefix("on, ") else {
+            return Some(Self {
+                on: false,
+                pods: 0,
+                forwarded: 0,
+                to_stack: 0,
+            });
+        };
+        let number_before = |word: &str| -> Option<u64> {
+            let at = on.find(word)?;
+            on[..at].split_whitespace().last()?.parse().ok()
+        };
+        Some(Self {
+            on: true,
+            pods: on.split_whitespace().next()?.parse().ok()?,
+            forwarded: number_before(" packets forwarded")?,
+            to_stack: number_before(" left to the host stack")?,
+        })
+    }
+}
+
 /// Result of lab operations.
 pub type Result<T, E = LabError> = std::result::Result<T, E>;
 
@@ -628,14 +666,28 @@ impl Lab {
     pub fn status(&self) -> Result<String> {
         let mut out = String::new();
         for node in &self.state.nodes {
-            let text = crate::netns::run(
-                Command::new(self.state.spec.bin_dir.join("wren"))
-                    .args(["status", "--socket"])
-                    .arg(&node.socket),
-            )?;
+            let text = self.node_status(&node.name)?;
             out.push_str(&format!("=== {} ({})\n{text}\n", node.name, node.address));
         }
         Ok(out)
+    }
+
+    /// Runs `wren status` against node `node`'s agent.
+    pub fn node_status(&self, node: &str) -> Result<String> {
+        let socket = self.node(node)?.socket.clone();
+        Ok(crate::netns::run(
+            Command::new(self.state.spec.bin_dir.join("wren"))
+                .args(["status", "--socket"])
+                .arg(socket),
+        )?)
+    }
+
+    /// Node `node`'s fast path, from its `wren status`.
+    pub fn fast_path(&self, node: &str) -> Result<FastPathReport> {
+        let status = self.node_status(node)?;
+        FastPathReport::parse(&status).ok_or_else(|| {
+            LabError::Lab(format!("no fast path line in {node}'s status:\n{status}"))
+        })
     }
 
     /// Runs a command inside the namespace of node or pod `member` and returns its stdout.
@@ -871,4 +923,26 @@ pub fn failures(results: &[Reach]) -> Vec<String> {
         .filter(|r| !r.ok)
         .map(|r| format!("{}→{}", r.from, r.to))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FastPathReport;
+
+    #[test]
+    fn reads_the_fast_path_line() {
+        let on = "Kernel routes: 3 desired\nFast path: on, 2 pods and eth0, wren.vxlan (uplinks); 1234 packets forwarded, 5 left to the host stack\n";
+        assert_eq!(
+            FastPathReport::parse(on),
+            Some(FastPathReport {
+                on: true,
+                pods: 2,
+                forwarded: 1234,
+                to_stack: 5
+            })
+        );
+        let off = "Fast path: unavailable, pods are routed by the host stack: no BPF\n";
+        assert!(!FastPathReport::parse(off).unwrap().on);
+        assert_eq!(FastPathReport::parse("Kernel routes: 3 desired\n"), None);
+    }
 }

@@ -1,0 +1,389 @@
+//! The BPF fast path ([`wren_fastpath`]), kept in step with the view on every pass.
+//!
+//! What it should cover is a pure function of the view ([`FastPathDesired::of`]): the pools'
+//! IPv4 prefixes and this node's pods (host-side veth → the pod's IPv4 address). The kernel
+//! side adds the devices traffic for local pods arrives on: the underlay interface and the
+//! tunnel devices that exist. Attachments of pods that left are dropped.
+//!
+//! The fast path never owns correctness: if it cannot load (kernel before 6.6, no BPF
+//! privilege) or is turned off (`fastPath = false`), or the agent stops, the host stack
+//! routes pods exactly as before. Status says which and why.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use wren_fastpath::FastPath;
+
+use super::view::ClusterView;
+use crate::dataplane::ipip::IPIP_DEVICE;
+use crate::dataplane::mtu::detect_underlay;
+use crate::dataplane::vxlan::VXLAN_DEVICE;
+use crate::metrics::Metrics;
+
+/// What the fast path should cover, from the view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FastPathDesired {
+    /// IPv4 prefixes of every pool, enabled or not (a disabled pool still has pods).
+    pub pools: Vec<Ipv4Net>,
+    /// This node's pods: host-side interface → the pod's IPv4 address.
+    pub pods: BTreeMap<String, Ipv4Addr>,
+}
+
+impl FastPathDesired {
+    /// The pools and this node's pods with an IPv4 address.
+    pub fn of(view: &ClusterView) -> Self {
+        let pools = view
+            .pools
+            .values()
+            .filter_map(|pool| match pool.cidr {
+                IpNet::V4(net) => Some(net),
+                IpNet::V6(_) => None,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let pods = view
+            .workloads
+            .iter()
+            .filter_map(|w| {
+                let address = w.addresses.iter().find_map(|a| match a.addr() {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                })?;
+                Some((w.host_interface.clone(), address))
+            })
+            .collect();
+        Self { pools, pods }
+    }
+}
+
+/// Whether the fast path runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FastPathState {
+    /// Turned off by configuration.
+    #[default]
+    Off,
+    /// Wanted, but this kernel or this process cannot run it.
+    Unavailable,
+    /// Loaded and attached.
+    On,
+}
+
+/// The fast path as `wren status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastPathStatus {
+    /// Whether it runs.
+    pub state: FastPathState,
+    /// Why it is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Pods attached.
+    pub pods: usize,
+    /// Uplink and tunnel devices attached.
+    pub uplinks: Vec<String>,
+    /// Packets forwarded past the host stack since the agent started.
+    pub forwarded: u64,
+    /// Pool-to-pool packets left to the host stack since the agent started.
+    pub to_stack: u64,
+    /// What failed in the last pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+impl FastPathStatus {
+    /// The `wren status` line.
+    pub fn render(&self) -> String {
+        match self.state {
+            FastPathState::Off => "Fast path: off (fastPath = false)\n".to_owned(),
+            FastPathState::Unavailable => format!(
+                "Fast path: unavailable, pods are routed by the host stack: {}\n",
+                self.reason.as_deref().unwrap_or("unknown reason")
+            ),
+            FastPathState::On => {
+                let mut line = format!(
+                    "Fast path: on, {} pod{} and {} ({}); {} packets forwarded, {} left to the host stack\n",
+                    self.pods,
+                    if self.pods == 1 { "" } else { "s" },
+                    if self.uplinks.is_empty() {
+                        "no uplink".to_owned()
+                    } else {
+                        self.uplinks.join(", ")
+                    },
+                    if self.uplinks.len() == 1 {
+                        "uplink"
+                    } else {
+                        "uplinks"
+                    },
+                    self.forwarded,
+                    self.to_stack,
+                );
+                for e in &self.errors {
+                    line.push_str(&format!("  fast path error: {e}\n"));
+                }
+                line
+            }
+        }
+    }
+}
+
+enum Kernel {
+    Off,
+    Unavailable(String),
+    On(Box<FastPath>),
+}
+
+/// The loaded fast path, shared by the controller's passes.
+pub struct FastPathControl {
+    node_ip: Ipv4Addr,
+    kernel: Arc<Mutex<Kernel>>,
+    /// Kernel counters as last published, so metrics grow by the difference.
+    published: Mutex<(u64, u64)>,
+}
+
+impl FastPathControl {
+    /// Loads the program when `enabled`; a kernel that cannot run it is reported, not fatal.
+    pub fn start(enabled: bool, node_ip: Ipv4Addr) -> Self {
+        let kernel = if !enabled {
+            tracing::info!("fast path off by configuration");
+            Kernel::Off
+        } else {
+            match FastPath::load() {
+                Ok(fast) => {
+                    tracing::info!("fast path loaded");
+                    Kernel::On(Box::new(fast))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fast path unavailable; pods are routed by the host stack");
+                    Kernel::Unavailable(e.to_string())
+                }
+            }
+        };
+        Self {
+            node_ip,
+            kernel: Arc::new(Mutex::new(kernel)),
+            published: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Brings the attachments in line with `desired` and returns the status.
+    pub async fn pass(&self, desired: FastPathDesired) -> FastPathStatus {
+        let kernel = self.kernel.clone();
+        let node_ip = self.node_ip;
+        let job = tokio::task::spawn_blocking(move || {
+            let mut kernel = match kernel.lock() {
+                Ok(k) => k,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match &mut *kernel {
+                Kernel::Off => FastPathStatus::default(),
+                Kernel::Unavailable(reason) => FastPathStatus {
+                    state: FastPathState::Unavailable,
+                    reason: Some(reason.clone()),
+                    ..FastPathStatus::default()
+                },
+                Kernel::On(fast) => reconcile(fast, node_ip, &desired),
+            }
+        });
+        match job.await {
+            Ok(status) => status,
+            Err(e) => FastPathStatus {
+                state: FastPathState::On,
+                errors: vec![format!("fast path pass failed: {e}")],
+                ..FastPathStatus::default()
+            },
+        }
+    }
+
+    /// Puts the kernel's counters as of now into `status` (a status read between passes).
+    pub fn refresh(&self, status: &mut FastPathStatus) {
+        let kernel = match self.kernel.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Kernel::On(fast) = &*kernel
+            && let Ok(counters) = fast.counters()
+        {
+            status.forwarded = counters.forwarded;
+            status.to_stack = counters.to_stack;
+        }
+    }
+
+    /// Grows the fast path's counters to the kernel's figures in `status`.
+    pub fn publish(&self, status: &FastPathStatus, metrics: &Metrics) {
+        let mut last = match self.published.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        metrics
+            .fast_path_up
+            .set(i64::from(status.state == FastPathState::On));
+        metrics
+            .fast_path_forwarded
+            .inc_by(status.forwarded.saturating_sub(last.0));
+        metrics
+            .fast_path_to_stack
+            .inc_by(status.to_stack.saturating_sub(last.1));
+        *last = (last.0.max(status.forwarded), last.1.max(status.to_stack));
+    }
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// One pass on the kernel, in the calling thread's namespace.
+fn reconcile(fast: &mut FastPath, node_ip: Ipv4Addr, desired: &FastPathDesired) -> FastPathStatus {
+    let mut errors = Vec::new();
+    if let Err(e) = fast.set_pools(&desired.pools) {
+        errors.push(e.to_string());
+    }
+    let mut uplinks = Vec::new();
+    match detect_underlay(IpAddr::V4(node_ip)) {
+        Ok(u) => uplinks.push((u.name, u.index)),
+        Err(e) => errors.push(format!("no uplink to attach to: {e}")),
+    }
+    for tunnel in [VXLAN_DEVICE, IPIP_DEVICE] {
+        if let Some(index) = ifindex(tunnel) {
+            uplinks.push((tunnel.to_owned(), index));
+        }
+    }
+    let mut keep = BTreeSet::new();
+    let mut attached_uplinks = Vec::new();
+    for (name, index) in uplinks {
+        match fast.attach_uplink(index) {
+            Ok(()) => {
+                keep.insert(index);
+                attached_uplinks.push(name);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let mut pods = 0;
+    for (ifname, address) in &desired.pods {
+        // A pod whose veth is not (or no longer) there is being set up or torn down.
+        let Some(index) = ifindex(ifname) else {
+            continue;
+        };
+        match fast.attach_pod(index, *address) {
+            Ok(()) => {
+                keep.insert(index);
+                pods += 1;
+            }
+            Err(e) => errors.push(format!("{ifname}: {e}")),
+        }
+    }
+    if let Err(e) = fast.retain(|index| keep.contains(&index)) {
+        errors.push(e.to_string());
+    }
+    let counters = fast.counters().unwrap_or_else(|e| {
+        errors.push(e.to_string());
+        wren_fastpath::Counters::default()
+    });
+    FastPathStatus {
+        state: FastPathState::On,
+        reason: None,
+        pods,
+        uplinks: attached_uplinks,
+        forwarded: counters.forwarded,
+        to_stack: counters.to_stack,
+        errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wren_model::{Pool, Workload};
+
+    fn workload(host: &str, addresses: &[&str]) -> Workload {
+        Workload {
+            node: "n1".into(),
+            container_id: host.into(),
+            ifname: "eth0".into(),
+            network: "wren".into(),
+            handle: format!("wren.{host}"),
+            pod_namespace: None,
+            pod_name: None,
+            netns: "/run/netns/x".into(),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            host_interface: host.into(),
+            mac: "02:00:00:00:00:01".into(),
+        }
+    }
+
+    #[test]
+    fn desired_takes_ipv4_pools_and_pods() {
+        let mut view = ClusterView::default();
+        for (name, cidr, disabled) in [
+            ("a", "10.65.0.0/16", false),
+            ("b", "10.66.0.0/16", true),
+            ("v6", "fd00:65::/48", false),
+        ] {
+            let pool = Pool {
+                cidr: cidr.parse().unwrap(),
+                block_size: 26,
+                encapsulation: Default::default(),
+                encapsulation_mode: Default::default(),
+                nat_outgoing: false,
+                disabled,
+            };
+            view.pools.insert(name.into(), pool);
+        }
+        view.workloads = vec![
+            workload("wren1", &["10.65.0.1/32", "fd00:65::1/128"]),
+            workload("wren2", &["fd00:65::2/128"]),
+            workload("wren3", &["10.66.0.9/32"]),
+        ];
+        let desired = FastPathDesired::of(&view);
+        assert_eq!(
+            desired.pools,
+            vec![
+                "10.65.0.0/16".parse::<Ipv4Net>().unwrap(),
+                "10.66.0.0/16".parse().unwrap()
+            ]
+        );
+        let pods: Vec<(&str, Ipv4Addr)> =
+            desired.pods.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            pods,
+            vec![
+                ("wren1", Ipv4Addr::new(10, 65, 0, 1)),
+                ("wren3", Ipv4Addr::new(10, 66, 0, 9))
+            ]
+        );
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(
+            FastPathStatus::default().render(),
+            "Fast path: off (fastPath = false)\n"
+        );
+        let unavailable = FastPathStatus {
+            state: FastPathState::Unavailable,
+            reason: Some("loading the forwarding program: Operation not permitted".into()),
+            ..FastPathStatus::default()
+        };
+        assert!(
+            unavailable
+                .render()
+                .contains("unavailable, pods are routed by the host stack: loading")
+        );
+        let on = FastPathStatus {
+            state: FastPathState::On,
+            pods: 2,
+            uplinks: vec!["eth0".into(), "wren.vxlan".into()],
+            forwarded: 10,
+            to_stack: 1,
+            ..FastPathStatus::default()
+        };
+        assert_eq!(
+            on.render(),
+            "Fast path: on, 2 pods and eth0, wren.vxlan (uplinks); 10 packets forwarded, 1 left to the host stack\n"
+        );
+    }
+}

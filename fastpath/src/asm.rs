@@ -1,0 +1,370 @@
+//! eBPF instructions and a builder with named jump targets.
+//!
+//! Only what the forwarding program needs: 64-bit ALU, loads and stores, conditional jumps,
+//! helper calls and map references. Encoding follows the kernel's `struct bpf_insn`
+//! (Documentation/bpf/standardization/instruction-set.rst). No I/O here.
+
+use std::collections::HashMap;
+
+/// A register of the eBPF machine. `R1`–`R5` carry helper arguments and are clobbered by
+/// calls, `R6`–`R9` survive calls, `R0` holds return values and `R10` is the frame pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+#[allow(missing_docs)]
+pub enum Reg {
+    R0 = 0,
+    R1,
+    R2,
+    R3,
+    R4,
+    R5,
+    R6,
+    R7,
+    R8,
+    R9,
+    R10,
+}
+
+/// Width of a memory access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Size {
+    /// One byte.
+    B,
+    /// Two bytes.
+    H,
+    /// Four bytes.
+    W,
+    /// Eight bytes.
+    DW,
+}
+
+impl Size {
+    fn bits(self) -> u8 {
+        match self {
+            Size::W => 0x00,
+            Size::H => 0x08,
+            Size::B => 0x10,
+            Size::DW => 0x18,
+        }
+    }
+}
+
+/// A jump condition, unsigned unless named otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cond {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+}
+
+impl Cond {
+    fn op(self) -> u8 {
+        match self {
+            Cond::Eq => 0x10,
+            Cond::Gt => 0x20,
+            Cond::Ge => 0x30,
+            Cond::Ne => 0x50,
+            Cond::Lt => 0xa0,
+            Cond::Le => 0xb0,
+        }
+    }
+}
+
+/// One 8-byte instruction, as the kernel reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Insn {
+    /// Opcode: class, size or operation, source.
+    pub code: u8,
+    /// Destination register (low nibble) and source register (high nibble).
+    pub regs: u8,
+    /// Memory offset or jump displacement.
+    pub off: i16,
+    /// Immediate.
+    pub imm: i32,
+}
+
+impl Insn {
+    fn new(code: u8, dst: Reg, src: Reg, off: i16, imm: i32) -> Self {
+        Self {
+            code,
+            regs: (dst as u8) | ((src as u8) << 4),
+            off,
+            imm,
+        }
+    }
+
+    /// The instruction in the kernel's byte layout (host byte order).
+    pub fn to_bytes(self) -> [u8; 8] {
+        let mut out = [0u8; 8];
+        out[0] = self.code;
+        out[1] = self.regs;
+        out[2..4].copy_from_slice(&self.off.to_ne_bytes());
+        out[4..8].copy_from_slice(&self.imm.to_ne_bytes());
+        out
+    }
+}
+
+const CLASS_LD: u8 = 0x00;
+const CLASS_LDX: u8 = 0x01;
+const CLASS_ST: u8 = 0x02;
+const CLASS_STX: u8 = 0x03;
+const CLASS_JMP: u8 = 0x05;
+const CLASS_ALU64: u8 = 0x07;
+const MODE_IMM: u8 = 0x00;
+const MODE_MEM: u8 = 0x60;
+const SRC_K: u8 = 0x00;
+const SRC_X: u8 = 0x08;
+const OP_ADD: u8 = 0x00;
+const OP_SUB: u8 = 0x10;
+const OP_MOV: u8 = 0xb0;
+const OP_JA: u8 = 0x00;
+const OP_CALL: u8 = 0x80;
+const OP_EXIT: u8 = 0x90;
+/// `src_reg` of a 64-bit immediate load that names a map by file descriptor.
+const PSEUDO_MAP_FD: Reg = Reg::R1;
+
+/// Builds a program; jumps name labels that [`Asm::finish`] resolves.
+#[derive(Debug, Default)]
+pub struct Asm {
+    insns: Vec<Insn>,
+    labels: HashMap<&'static str, usize>,
+    /// (instruction index, target label) of every jump still to patch.
+    fixups: Vec<(usize, &'static str)>,
+}
+
+/// A program that could not be assembled.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AsmError {
+    /// A jump names a label that was never placed.
+    #[error("jump to unknown label {0}")]
+    UnknownLabel(&'static str),
+    /// A label was placed twice.
+    #[error("label {0} placed twice")]
+    DuplicateLabel(&'static str),
+    /// A jump is farther than a 16-bit displacement reaches.
+    #[error("jump to {0} out of range")]
+    OutOfRange(&'static str),
+}
+
+impl Asm {
+    /// An empty program.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn push(&mut self, insn: Insn) -> &mut Self {
+        self.insns.push(insn);
+        self
+    }
+
+    /// Places `name` at the next instruction.
+    pub fn label(&mut self, name: &'static str) -> Result<&mut Self, AsmError> {
+        if self.labels.insert(name, self.insns.len()).is_some() {
+            return Err(AsmError::DuplicateLabel(name));
+        }
+        Ok(self)
+    }
+
+    /// `dst = src`
+    pub fn mov(&mut self, dst: Reg, src: Reg) -> &mut Self {
+        self.push(Insn::new(CLASS_ALU64 | OP_MOV | SRC_X, dst, src, 0, 0))
+    }
+
+    /// `dst = imm` (sign-extended)
+    pub fn mov_imm(&mut self, dst: Reg, imm: i32) -> &mut Self {
+        self.push(Insn::new(
+            CLASS_ALU64 | OP_MOV | SRC_K,
+            dst,
+            Reg::R0,
+            0,
+            imm,
+        ))
+    }
+
+    /// `dst += imm`
+    pub fn add_imm(&mut self, dst: Reg, imm: i32) -> &mut Self {
+        self.push(Insn::new(
+            CLASS_ALU64 | OP_ADD | SRC_K,
+            dst,
+            Reg::R0,
+            0,
+            imm,
+        ))
+    }
+
+    /// `dst -= imm`
+    pub fn sub_imm(&mut self, dst: Reg, imm: i32) -> &mut Self {
+        self.push(Insn::new(
+            CLASS_ALU64 | OP_SUB | SRC_K,
+            dst,
+            Reg::R0,
+            0,
+            imm,
+        ))
+    }
+
+    /// `dst = *(size *)(src + off)`
+    pub fn load(&mut self, size: Size, dst: Reg, src: Reg, off: i16) -> &mut Self {
+        self.push(Insn::new(
+            CLASS_LDX | MODE_MEM | size.bits(),
+            dst,
+            src,
+            off,
+            0,
+        ))
+    }
+
+    /// `*(size *)(dst + off) = src`
+    pub fn store(&mut self, size: Size, dst: Reg, off: i16, src: Reg) -> &mut Self {
+        self.push(Insn::new(
+            CLASS_STX | MODE_MEM | size.bits(),
+            dst,
+            src,
+            off,
+            0,
+        ))
+    }
+
+    /// `*(size *)(dst + off) = imm`
+    pub fn store_imm(&mut self, size: Size, dst: Reg, off: i16, imm: i32) -> &mut Self {
+        self.push(Insn::new(
+            CLASS_ST | MODE_MEM | size.bits(),
+            dst,
+            Reg::R0,
+            off,
+            imm,
+        ))
+    }
+
+    /// `dst = map` — the two-slot load the verifier turns into a pointer to the map.
+    pub fn load_map_fd(&mut self, dst: Reg, map_fd: i32) -> &mut Self {
+        self.push(Insn::new(
+            CLASS_LD | MODE_IMM | Size::DW.bits(),
+            dst,
+            PSEUDO_MAP_FD,
+            0,
+            map_fd,
+        ));
+        self.push(Insn::new(0, Reg::R0, Reg::R0, 0, 0))
+    }
+
+    /// `if dst <cond> imm goto target`
+    pub fn jump_imm(&mut self, cond: Cond, dst: Reg, imm: i32, target: &'static str) -> &mut Self {
+        self.fixups.push((self.insns.len(), target));
+        self.push(Insn::new(
+            CLASS_JMP | cond.op() | SRC_K,
+            dst,
+            Reg::R0,
+            0,
+            imm,
+        ))
+    }
+
+    /// `if dst <cond> src goto target`
+    pub fn jump_reg(&mut self, cond: Cond, dst: Reg, src: Reg, target: &'static str) -> &mut Self {
+        self.fixups.push((self.insns.len(), target));
+        self.push(Insn::new(CLASS_JMP | cond.op() | SRC_X, dst, src, 0, 0))
+    }
+
+    /// `goto target`
+    pub fn jump(&mut self, target: &'static str) -> &mut Self {
+        self.fixups.push((self.insns.len(), target));
+        self.push(Insn::new(CLASS_JMP | OP_JA, Reg::R0, Reg::R0, 0, 0))
+    }
+
+    /// Calls kernel helper number `helper`; the result lands in `R0`.
+    pub fn call(&mut self, helper: i32) -> &mut Self {
+        self.push(Insn::new(CLASS_JMP | OP_CALL, Reg::R0, Reg::R0, 0, helper))
+    }
+
+    /// Returns `R0`.
+    pub fn exit(&mut self) -> &mut Self {
+        self.push(Insn::new(CLASS_JMP | OP_EXIT, Reg::R0, Reg::R0, 0, 0))
+    }
+
+    /// Resolves every jump and returns the instructions.
+    pub fn finish(mut self) -> Result<Vec<Insn>, AsmError> {
+        for (at, target) in std::mem::take(&mut self.fixups) {
+            let to = *self
+                .labels
+                .get(target)
+                .ok_or(AsmError::UnknownLabel(target))?;
+            // Displacements count from the instruction after the jump.
+            let off = i16::try_from(to as i64 - at as i64 - 1)
+                .map_err(|_| AsmError::OutOfRange(target))?;
+            self.insns[at].off = off;
+        }
+        Ok(self.insns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_like_the_kernel() {
+        let mut asm = Asm::new();
+        asm.mov(Reg::R6, Reg::R1)
+            .load(Size::W, Reg::R2, Reg::R6, 76)
+            .store_imm(Size::W, Reg::R10, -8, 32)
+            .mov_imm(Reg::R0, -1)
+            .exit();
+        let insns = asm.finish().unwrap();
+        // mov r6, r1: ALU64|MOV|X = 0xbf, dst 6, src 1
+        assert_eq!(insns[0].to_bytes(), [0xbf, 0x16, 0, 0, 0, 0, 0, 0]);
+        // ldxw r2, [r6+76]: LDX|MEM|W = 0x61
+        assert_eq!(insns[1].to_bytes(), [0x61, 0x62, 76, 0, 0, 0, 0, 0]);
+        // stw [r10-8], 32: ST|MEM|W = 0x62
+        assert_eq!(insns[2].to_bytes(), [0x62, 0x0a, 0xf8, 0xff, 32, 0, 0, 0]);
+        // mov r0, -1: 0xb7
+        assert_eq!(insns[3].to_bytes(), [0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(insns[4].to_bytes(), [0x95, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn jumps_resolve_forward_and_backward() {
+        let mut asm = Asm::new();
+        asm.label("top").unwrap();
+        asm.jump_imm(Cond::Eq, Reg::R1, 0, "end")
+            .mov_imm(Reg::R0, 1)
+            .jump("top");
+        asm.label("end").unwrap();
+        asm.exit();
+        let insns = asm.finish().unwrap();
+        assert_eq!(insns[0].code, 0x15);
+        assert_eq!(insns[0].off, 2);
+        assert_eq!(insns[2].off, -3);
+    }
+
+    #[test]
+    fn a_map_reference_takes_two_slots() {
+        let mut asm = Asm::new();
+        asm.load_map_fd(Reg::R1, 7);
+        let insns = asm.finish().unwrap();
+        assert_eq!(insns.len(), 2);
+        assert_eq!(insns[0].code, 0x18);
+        assert_eq!(insns[0].regs, 0x11);
+        assert_eq!(insns[0].imm, 7);
+        assert_eq!(insns[1], Insn::new(0, Reg::R0, Reg::R0, 0, 0));
+    }
+
+    #[test]
+    fn unknown_and_duplicate_labels_are_errors() {
+        let mut asm = Asm::new();
+        asm.jump("nowhere");
+        assert_eq!(asm.finish(), Err(AsmError::UnknownLabel("nowhere")));
+        let mut asm = Asm::new();
+        asm.label("x").unwrap();
+        assert!(matches!(asm.label("x"), Err(AsmError::DuplicateLabel("x"))));
+    }
+}

@@ -1,0 +1,255 @@
+//! wren's forwarding fast path: pod-to-pod IPv4 traffic forwarded by a tc BPF program, past
+//! the host's IP stack, with the kernel's own FIB deciding where each packet goes.
+//!
+//! The fast path only accelerates: every decision it does not take (see [`program`]) falls
+//! through to the host stack, and without it (old kernel, no privilege, agent stopped) pods
+//! are routed by the kernel exactly as before. Programs are attached through tcx links held
+//! by [`FastPath`]: when the agent exits, they detach.
+//!
+//! - [`asm`]: eBPF instructions and a builder (no I/O);
+//! - [`program`]: the forwarding program (no I/O);
+//! - [`sys`]: the `bpf(2)` calls.
+
+pub mod asm;
+pub mod program;
+pub mod sys;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::program::{COUNTER_FORWARDED, COUNTER_TO_STACK, COUNTERS, MapFds};
+use crate::sys::{Link, LoadError, Map, MapType, Program};
+
+/// Most pods one node's fast path tracks.
+pub const MAX_PODS: u32 = 65_536;
+/// Most pool prefixes.
+pub const MAX_POOLS: u32 = 1_024;
+/// The license the program declares to the kernel: the helpers it calls are offered to
+/// GPL-compatible programs only.
+pub const PROGRAM_LICENSE: &str = "Dual MIT/GPL";
+
+/// Why the fast path is not available or an operation on it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FastPathError {
+    /// A map could not be created (no `CAP_BPF`/`CAP_SYS_ADMIN`, memory limits, …).
+    #[error("creating BPF map {name}: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// The system call's error.
+        source: io::Error,
+    },
+    /// The program did not assemble (a defect in this crate).
+    #[error("assembling the forwarding program: {0}")]
+    Assemble(#[from] asm::AsmError),
+    /// The kernel refused the program (a kernel older than 5.10 lacks `bpf_redirect_peer`).
+    #[error("loading the forwarding program: {0}")]
+    Load(#[from] LoadError),
+    /// The program could not be attached to a device (tcx needs kernel 6.6 or later).
+    #[error("attaching the forwarding program to ifindex {ifindex}: {source}")]
+    Attach {
+        /// The device.
+        ifindex: u32,
+        /// The system call's error.
+        source: io::Error,
+    },
+    /// A map update or read failed.
+    #[error("updating the fast path's {what}: {source}")]
+    Update {
+        /// What was being changed.
+        what: &'static str,
+        /// The system call's error.
+        source: io::Error,
+    },
+}
+
+/// What the program has done since it was loaded, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets forwarded past the host stack (a GSO packet counts once).
+    pub forwarded: u64,
+    /// Pool-to-pool packets left to the host stack.
+    pub to_stack: u64,
+}
+
+/// How a device takes part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Pod,
+    Uplink,
+}
+
+/// The loaded program and its maps, and the devices it is attached to.
+#[derive(Debug)]
+pub struct FastPath {
+    program: Program,
+    pods: Map,
+    pools: Map,
+    counters: Map,
+    cpus: usize,
+    links: HashMap<u32, (Role, Link)>,
+    pool_set: Vec<Ipv4Net>,
+}
+
+impl FastPath {
+    /// Creates the maps and loads the program. Fails on kernels or privileges that cannot
+    /// run it; nothing is attached yet.
+    pub fn load() -> Result<Self, FastPathError> {
+        let map = |name: &'static str, kind, key, value, entries| {
+            Map::create(kind, name, key, value, entries)
+                .map_err(|source| FastPathError::Map { name, source })
+        };
+        let pods = map("wren_pods", MapType::Hash, 4, 4, MAX_PODS)?;
+        let pools = map("wren_pools", MapType::LpmTrie, 8, 4, MAX_POOLS)?;
+        let counters = map("wren_counters", MapType::PerCpuArray, 4, 8, COUNTERS)?;
+        let insns = program::forward(MapFds {
+            pods: pods.raw_fd(),
+            pools: pools.raw_fd(),
+            counters: counters.raw_fd(),
+        })?;
+        let program = Program::load_sched_cls("wren_forward", &insns, PROGRAM_LICENSE)?;
+        let cpus = sys::possible_cpus().map_err(|source| FastPathError::Map {
+            name: "wren_counters",
+            source,
+        })?;
+        Ok(Self {
+            program,
+            pods,
+            pools,
+            counters,
+            cpus,
+            links: HashMap::new(),
+            pool_set: Vec::new(),
+        })
+    }
+
+    /// Attaches to a pod's host-side veth `ifindex`; the pod's packets are forwarded only
+    /// with `address` as their source. Replaces an earlier attachment of the same device.
+    pub fn attach_pod(&mut self, ifindex: u32, address: Ipv4Addr) -> Result<(), FastPathError> {
+        self.pods
+            .update(&ifindex.to_ne_bytes(), &address.octets())
+            .map_err(|source| FastPathError::Update {
+                what: "pod table",
+                source,
+            })?;
+        if let Err(e) = self.attach(ifindex, Role::Pod) {
+            let _ = self.pods.delete(&ifindex.to_ne_bytes());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Attaches to an uplink or tunnel device, for traffic arriving there for local pods.
+    pub fn attach_uplink(&mut self, ifindex: u32) -> Result<(), FastPathError> {
+        self.attach(ifindex, Role::Uplink)
+    }
+
+    fn attach(&mut self, ifindex: u32, role: Role) -> Result<(), FastPathError> {
+        if matches!(self.links.get(&ifindex), Some((r, _)) if *r == role) {
+            return Ok(());
+        }
+        // A device that changed role (an ifindex reused) loses its old link first.
+        self.links.remove(&ifindex);
+        let link = self
+            .program
+            .attach_tcx_ingress(ifindex)
+            .map_err(|source| FastPathError::Attach { ifindex, source })?;
+        self.links.insert(ifindex, (role, link));
+        Ok(())
+    }
+
+    /// Detaches from `ifindex` (a pod that left, a tunnel removed). Unknown devices are
+    /// ignored.
+    pub fn detach(&mut self, ifindex: u32) -> Result<(), FastPathError> {
+        if let Some((Role::Pod, _)) = self.links.remove(&ifindex) {
+            self.pods
+                .delete(&ifindex.to_ne_bytes())
+                .map_err(|source| FastPathError::Update {
+                    what: "pod table",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Keeps only the attachments whose device is in `present` (devices deleted behind the
+    /// agent's back).
+    pub fn retain(&mut self, present: impl Fn(u32) -> bool) -> Result<(), FastPathError> {
+        let gone: Vec<u32> = self
+            .links
+            .keys()
+            .copied()
+            .filter(|&ifindex| !present(ifindex))
+            .collect();
+        for ifindex in gone {
+            self.detach(ifindex)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the pool prefixes: only traffic from one pool address to another is forwarded.
+    pub fn set_pools(&mut self, pools: &[Ipv4Net]) -> Result<(), FastPathError> {
+        let key = |net: &Ipv4Net| {
+            let mut key = [0u8; 8];
+            key[..4].copy_from_slice(&u32::from(net.prefix_len()).to_ne_bytes());
+            key[4..].copy_from_slice(&net.network().octets());
+            key
+        };
+        let update = |source| FastPathError::Update {
+            what: "pool prefixes",
+            source,
+        };
+        for net in pools {
+            self.pools.update(&key(net), &[0; 4]).map_err(update)?;
+        }
+        for old in self.pool_set.iter().filter(|old| !pools.contains(old)) {
+            self.pools.delete(&key(old)).map_err(update)?;
+        }
+        self.pool_set = pools.to_vec();
+        Ok(())
+    }
+
+    /// Devices the program is attached to: pods and uplinks.
+    pub fn attached(&self) -> (usize, usize) {
+        let pods = self
+            .links
+            .values()
+            .filter(|(role, _)| *role == Role::Pod)
+            .count();
+        (pods, self.links.len() - pods)
+    }
+
+    /// Whether the program is attached to `ifindex`.
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.links.contains_key(&ifindex)
+    }
+
+    /// The program's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, FastPathError> {
+        let read = |slot: u32| -> Result<u64, FastPathError> {
+            let mut values = vec![0u8; 8 * self.cpus];
+            self.counters
+                .lookup(&slot.to_ne_bytes(), &mut values)
+                .map_err(|source| FastPathError::Update {
+                    what: "counters",
+                    source,
+                })?;
+            Ok(values
+                .chunks_exact(8)
+                .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .sum())
+        };
+        Ok(Counters {
+            forwarded: read(COUNTER_FORWARDED)?,
+            to_stack: read(COUNTER_TO_STACK)?,
+        })
+    }
+
+    /// Runs the program on one packet without attaching it (see [`Program::test_run`]).
+    pub fn test_run(&self, packet: &[u8], ifindex: u32) -> io::Result<(i32, Vec<u8>)> {
+        self.program.test_run(packet, ifindex)
+    }
+}
