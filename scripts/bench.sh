@@ -29,4 +29,4 @@ cargo bench -p wren-agent --bench routes -- --routes 100000 --rounds 5
 
 # Pod-to-pod iperf3: native routing and VXLAN vs host-to-host in the same labs (BENCHMARKS.md "Pod-to-pod throughput").
 cargo build --release --bins
-WREN_BENCH_ROUNDS=9 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench encap_iperf
+WREN_BENCH_ROUNDS=15 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench encap_iperf

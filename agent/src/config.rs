@@ -1043,6 +1043,25 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_is_on_unless_turned_off() {
+        let resolve = |flags: &[&str], text: &str| {
+            AgentConfig::resolve(&args(flags), &file(text), &host())
+                .unwrap()
+                .fast_path
+        };
+        assert!(resolve(&[], ""));
+        assert!(!resolve(&[], "fastPath = false\n"));
+        assert!(resolve(&["--fast-path", "true"], "fastPath = false\n"));
+        assert!(!resolve(&["--fast-path", "false"], ""));
+        let c = AgentConfig::resolve(&args(&["--fast-path", "false"]), &file(""), &host()).unwrap();
+        assert_eq!(c.to_file().fast_path, Some(false));
+        assert!(FileConfig::parse(Path::new("wren.toml"), "fastPath = \"yes\"\n").is_err());
+        assert!(
+            crate::cli::Cli::try_parse_from(["wren", "agent", "--fast-path", "maybe"]).is_err()
+        );
+    }
+
+    #[test]
     fn mtus_come_from_flags_or_the_file_and_are_range_checked() {
         let f = file("podMtu = 1400\nvxlanMtu = 1450\n");
         let c = AgentConfig::resolve(&args(&["--pod-mtu", "1300"]), &f, &host()).unwrap();

@@ -91,6 +91,8 @@ pub struct FastPath {
     counters: Map,
     cpus: usize,
     links: HashMap<u32, (Role, Link)>,
+    /// What the pod table holds, so an unchanged pod costs no system call per pass.
+    pod_addresses: HashMap<u32, Ipv4Addr>,
     pool_set: Vec<Ipv4Net>,
 }
 
@@ -122,6 +124,7 @@ impl FastPath {
             counters,
             cpus,
             links: HashMap::new(),
+            pod_addresses: HashMap::new(),
             pool_set: Vec::new(),
         })
     }
@@ -129,17 +132,30 @@ impl FastPath {
     /// Attaches to a pod's host-side veth `ifindex`; the pod's packets are forwarded only
     /// with `address` as their source. Replaces an earlier attachment of the same device.
     pub fn attach_pod(&mut self, ifindex: u32, address: Ipv4Addr) -> Result<(), FastPathError> {
-        self.pods
-            .update(&ifindex.to_ne_bytes(), &address.octets())
-            .map_err(|source| FastPathError::Update {
-                what: "pod table",
-                source,
-            })?;
+        if self.pod_addresses.get(&ifindex) != Some(&address) {
+            self.pods
+                .update(&ifindex.to_ne_bytes(), &address.octets())
+                .map_err(|source| FastPathError::Update {
+                    what: "pod table",
+                    source,
+                })?;
+            self.pod_addresses.insert(ifindex, address);
+        }
         if let Err(e) = self.attach(ifindex, Role::Pod) {
-            let _ = self.pods.delete(&ifindex.to_ne_bytes());
+            self.forget_pod(ifindex)?;
             return Err(e);
         }
         Ok(())
+    }
+
+    fn forget_pod(&mut self, ifindex: u32) -> Result<(), FastPathError> {
+        self.pod_addresses.remove(&ifindex);
+        self.pods
+            .delete(&ifindex.to_ne_bytes())
+            .map_err(|source| FastPathError::Update {
+                what: "pod table",
+                source,
+            })
     }
 
     /// Attaches to an uplink or tunnel device, for traffic arriving there for local pods.
@@ -151,8 +167,12 @@ impl FastPath {
         if matches!(self.links.get(&ifindex), Some((r, _)) if *r == role) {
             return Ok(());
         }
-        // A device that changed role (an ifindex reused) loses its old link first.
-        self.links.remove(&ifindex);
+        // A device that changed role (an ifindex reused) loses its old link and entry first.
+        if role == Role::Uplink {
+            self.detach(ifindex)?;
+        } else {
+            self.links.remove(&ifindex);
+        }
         let link = self
             .program
             .attach_tcx_ingress(ifindex)
@@ -165,12 +185,7 @@ impl FastPath {
     /// ignored.
     pub fn detach(&mut self, ifindex: u32) -> Result<(), FastPathError> {
         if let Some((Role::Pod, _)) = self.links.remove(&ifindex) {
-            self.pods
-                .delete(&ifindex.to_ne_bytes())
-                .map_err(|source| FastPathError::Update {
-                    what: "pod table",
-                    source,
-                })?;
+            self.forget_pod(ifindex)?;
         }
         Ok(())
     }
