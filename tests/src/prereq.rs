@@ -126,6 +126,26 @@ pub fn require_kernel_module(name: &str, needed_for: &str) -> bool {
         ))
 }
 
+/// The running kernel's `major.minor`, from `uname -r`.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = nix::sys::utsname::uname().ok()?;
+    parse_kernel_version(&release.release().to_string_lossy())
+}
+
+fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// True when the kernel can attach tc programs through tcx links (6.6 or later), which the
+/// fast path needs. An older kernel is a [`kernel_limitation`]: the fast path then reports
+/// itself unavailable and the host stack routes every pod.
+pub fn kernel_has_tcx() -> bool {
+    kernel_version().is_some_and(|v| v >= (6, 6))
+}
+
 /// Writes the skip line straight to the process's stderr: the test harness captures `print!`
 /// output of passing tests, and a skip must stay visible in the test run.
 fn report_skip(why: &str) {
@@ -153,6 +173,14 @@ mod tests {
         assert_eq!(outcome(true, true), Outcome::Run);
         assert_eq!(outcome(false, false), Outcome::Skip);
         assert_eq!(outcome(true, false), Outcome::Fail);
+    }
+
+    #[test]
+    fn kernel_versions_parse() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("5.10.0-27-amd64"), Some((5, 10)));
+        assert_eq!(parse_kernel_version("6.6"), Some((6, 6)));
+        assert_eq!(parse_kernel_version("garbage"), None);
     }
 
     #[test]
