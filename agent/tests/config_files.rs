@@ -64,6 +64,7 @@ fn the_example_parses_with_every_key_set() {
         "podMtu",
         "vxlanMtu",
         "ipipMtu",
+        "fastPath",
     ] {
         assert!(
             set.contains(&key),
@@ -72,7 +73,7 @@ fn the_example_parses_with_every_key_set() {
     }
     assert_eq!(
         set.len(),
-        22,
+        23,
         "a key was added to the agent: document it in the example"
     );
 }
