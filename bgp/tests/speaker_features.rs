@@ -186,7 +186,12 @@ async fn speaker_restarting_defers_selection_until_end_of_rib() {
     b.originate(net("10.2.0.0/24"), None).await.unwrap();
     a.originate(net("10.1.0.0/24"), None).await.unwrap();
     a.add_peer(peer_to(&b, AS)).await.unwrap();
-    b.add_peer(peer_to(&a, AS)).await.unwrap();
+    // Only A connects: with both sides connecting, a collision can leave the session on a
+    // second connection opened after A finished restarting, whose OPEN rightly carries no
+    // Restart State bit, and B would report that one.
+    let mut to_a = peer_to(&a, AS);
+    to_a.passive = true;
+    b.add_peer(to_a).await.unwrap();
 
     // The peer's route, then Synced once its End-of-RIB arrived; well before the 60 s timer.
     let mut seen = Vec::new();

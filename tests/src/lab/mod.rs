@@ -470,8 +470,18 @@ impl Lab {
                 )));
             }
             if Instant::now() > deadline {
+                // The start of the log and the node's routes and neighbours say more about a
+                // node that never got going than the tail the caller prints.
+                let show = |args: &[&str]| {
+                    crate::netns::run(Command::new("ip").args(["-n", &node.ns]).args(args))
+                        .unwrap_or_else(|e| e.to_string())
+                };
                 return Err(LabError::Lab(format!(
-                    "the agent of {name} was not ready within {AGENT_READY_TIMEOUT:?} (last answer: {status:?})"
+                    "the agent of {name} was not ready within {AGENT_READY_TIMEOUT:?} (last answer: {status:?})\n\
+                     --- start of {name}'s log ---\n{}\n--- {name}'s routes ---\n{}--- {name}'s neighbours ---\n{}",
+                    head(&self.state.dir.join(format!("{name}.log")), 3000),
+                    show(&["route", "show"]),
+                    show(&["neigh", "show"]),
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -857,6 +867,15 @@ fn kill_and_wait(pid: u32, signal: i32, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn head(path: &Path, bytes: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let end = (0..=bytes.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text[..end].to_owned()
 }
 
 fn tail(path: &Path, bytes: usize) -> String {
