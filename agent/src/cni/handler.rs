@@ -74,7 +74,8 @@ impl CniHandler {
     /// Sets the pod MTU used when the network configuration has no `mtu` (the agent derives it
     /// from the underlay MTU and the encapsulation).
     pub fn with_default_mtu(self, mtu: u32) -> Self {
-        self.defaults.set(mtu, self.defaults.offload());
+        let (_, offload) = self.defaults.current();
+        self.defaults.set(mtu, offload);
         self
     }
 
@@ -95,16 +96,13 @@ impl CniHandler {
         self.locks.lock(&key).await
     }
 
-    fn mtu(&self, config: &NetConf) -> u32 {
-        config.mtu.unwrap_or_else(|| self.defaults.mtu())
-    }
-
-    /// The offload sizes for a pod of `mtu`: the agent's, as long as the pod has the MTU they
-    /// were derived with (a configured MTU of its own says the pod's path is not the one the
-    /// node sees).
-    fn offload(&self, mtu: u32) -> Option<OffloadSizes> {
+    /// The MTU and offload sizes of a pod on `config`, from one read of the defaults. The
+    /// agent's offload sizes go only with the MTU they were derived with: a configured MTU of
+    /// the pod's own says its path is not the one the node sees.
+    fn link_settings(&self, config: &NetConf) -> (u32, Option<OffloadSizes>) {
         let (default_mtu, offload) = self.defaults.current();
-        offload.filter(|_| mtu == default_mtu)
+        let mtu = config.mtu.unwrap_or(default_mtu);
+        (mtu, offload.filter(|_| mtu == default_mtu))
     }
 
     fn record_key(&self, container_id: &str, ifname: &str) -> String {
@@ -148,7 +146,7 @@ impl CniHandler {
         } = attachment;
         let netns = netns
             .ok_or_else(|| CniError::new(ErrorCode::INVALID_ENVIRONMENT, "ADD needs CNI_NETNS"))?;
-        let mtu = self.mtu(&config);
+        let (mtu, offload) = self.link_settings(&config);
         let _guard = self.lock(&config.name, &container_id, &ifname).await;
 
         for existing in self.container_records(&container_id).await? {
@@ -164,7 +162,10 @@ impl CniHandler {
                     ));
                 }
                 if record.netns == netns
-                    && self.problems(record, mtu).await.is_ok_and(|p| p.is_empty())
+                    && self
+                        .problems(record, mtu, offload)
+                        .await
+                        .is_ok_and(|p| p.is_empty())
                 {
                     tracing::info!(container = %container_id, %ifname, "ADD repeated; returning the existing attachment");
                     return Ok(attachment_result(record, mtu, config.dns.as_ref()));
@@ -206,7 +207,7 @@ impl CniHandler {
             ifname: ifname.clone(),
             addresses,
             mtu,
-            offload: self.offload(mtu),
+            offload,
         };
         let interface = match self.pods.setup(spec).await {
             Ok(interface) => interface,
@@ -280,7 +281,12 @@ impl CniHandler {
     }
 
     /// Everything wrong with a recorded attachment: its allocation and its interface.
-    async fn problems(&self, record: &Workload, mtu: u32) -> Result<Vec<String>, CniError> {
+    async fn problems(
+        &self,
+        record: &Workload,
+        mtu: u32,
+        offload: Option<OffloadSizes>,
+    ) -> Result<Vec<String>, CniError> {
         let mut problems = Vec::new();
         let held: BTreeSet<IpAddr> = self
             .allocator
@@ -304,7 +310,7 @@ impl CniHandler {
             ifname: record.ifname.clone(),
             addresses: record.addresses.iter().map(IpNet::addr).collect(),
             mtu,
-            offload: self.offload(mtu),
+            offload,
         };
         let found = self
             .pods
@@ -431,7 +437,8 @@ impl CniHandler {
                 ));
             }
         }
-        problems.extend(self.problems(&record, self.mtu(&config)).await?);
+        let (mtu, offload) = self.link_settings(&config);
+        problems.extend(self.problems(&record, mtu, offload).await?);
         if problems.is_empty() {
             return Ok(());
         }

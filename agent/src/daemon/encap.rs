@@ -1227,8 +1227,11 @@ mod tests {
         assert_eq!(status.vxlan_mac, Some(format_mac(&tunnel_mac("a"))));
         assert!(status.vxlan.up && status.healthy(), "{status:?}");
         assert_eq!(status.routes.vxlan, 1);
-        assert_eq!(pod_defaults.mtu(), 1450);
-        assert_eq!(pod_defaults.offload(), None, "no BIG TCP through a tunnel");
+        assert_eq!(
+            pod_defaults.current(),
+            (1450, None),
+            "no BIG TCP through a tunnel"
+        );
         let held = ipam
             .handle_addresses(&vxlan_tunnel_handle("a"))
             .await
@@ -1277,7 +1280,6 @@ mod tests {
             .unwrap();
         assert_eq!((doc.value.vxlan_address, doc.value.vxlan_mac), (None, None));
         assert_eq!(kernel.asked.lock().unwrap().last().unwrap().vxlan, None);
-        assert_eq!(pod_defaults.mtu(), 1500);
-        assert_eq!(pod_defaults.offload(), Some(BIG_UNDERLAY));
+        assert_eq!(pod_defaults.current(), (1500, Some(BIG_UNDERLAY)));
     }
 }

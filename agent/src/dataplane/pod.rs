@@ -86,22 +86,13 @@ impl PodDefaults {
         }
     }
 
-    /// The pod MTU and offload sizes, read together.
+    /// The pod MTU and the pods' GSO/GRO packet sizes (`None`: the kernel's standard), read
+    /// together.
     pub fn current(&self) -> (u32, Option<OffloadSizes>) {
         match self.current.lock() {
             Ok(c) => *c,
             Err(poisoned) => *poisoned.into_inner(),
         }
-    }
-
-    /// The pod MTU.
-    pub fn mtu(&self) -> u32 {
-        self.current().0
-    }
-
-    /// The pods' GSO/GRO packet sizes (`None`: the kernel's standard).
-    pub fn offload(&self) -> Option<OffloadSizes> {
-        self.current().1
     }
 
     /// Replaces both.
