@@ -237,11 +237,6 @@ impl FastPath {
         (pods, self.links.len() - pods)
     }
 
-    /// Whether the program is attached to `ifindex`.
-    pub fn is_attached(&self, ifindex: u32) -> bool {
-        self.links.contains_key(&ifindex)
-    }
-
     /// The program's counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, FastPathError> {
         let read = |slot: u32| -> Result<u64, FastPathError> {

@@ -151,19 +151,24 @@ impl Map {
         self.fd.as_raw_fd()
     }
 
-    fn check_key(&self, key: &[u8]) -> io::Result<()> {
+    /// The attribute of an element command on `key`, with `value` (a buffer's address, or 0)
+    /// as the value pointer; a key of the wrong size is refused before the call.
+    fn element(&self, key: &[u8], value: u64) -> io::Result<Attr> {
         if key.len() != self.key_size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("key of {} bytes, map takes {}", key.len(), self.key_size),
             ));
         }
-        Ok(())
+        let mut attr = Attr::new();
+        attr.u32(0, self.fd.as_raw_fd() as u32)
+            .u64(8, key.as_ptr() as u64)
+            .u64(16, value);
+        Ok(attr)
     }
 
     /// Inserts or replaces `key`.
     pub fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
-        self.check_key(key)?;
         if value.len() != self.value_size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -174,19 +179,13 @@ impl Map {
                 ),
             ));
         }
-        let mut attr = Attr::new();
-        attr.u32(0, self.fd.as_raw_fd() as u32)
-            .u64(8, key.as_ptr() as u64)
-            .u64(16, value.as_ptr() as u64);
+        let mut attr = self.element(key, value.as_ptr() as u64)?;
         bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
     }
 
     /// Removes `key`; a key that is not there is not an error.
     pub fn delete(&self, key: &[u8]) -> io::Result<()> {
-        self.check_key(key)?;
-        let mut attr = Attr::new();
-        attr.u32(0, self.fd.as_raw_fd() as u32)
-            .u64(8, key.as_ptr() as u64);
+        let mut attr = self.element(key, 0)?;
         match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             other => other.map(drop),
@@ -196,11 +195,7 @@ impl Map {
     /// Reads `key` into `value` (for per-CPU maps, one 8-byte aligned value per possible
     /// CPU). `Ok(false)` when the key is absent.
     pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
-        self.check_key(key)?;
-        let mut attr = Attr::new();
-        attr.u32(0, self.fd.as_raw_fd() as u32)
-            .u64(8, key.as_ptr() as u64)
-            .u64(16, value.as_mut_ptr() as u64);
+        let mut attr = self.element(key, value.as_mut_ptr() as u64)?;
         match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
