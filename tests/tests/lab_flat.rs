@@ -31,27 +31,11 @@ fn full_matrix(lab: &Lab, phase: &str) {
         .unwrap_or_else(|e| panic!("{phase}: {e}"));
 }
 
-/// Every node's fast path is on and attached to exactly that node's pods (on a kernel
-/// without tcx: reported unavailable, with no pod attached).
+/// Every node's fast path is on and attached to exactly that node's pods and its uplink
+/// (on a kernel without tcx: reported unavailable, with no pod attached).
 fn fast_path_covers_pods(lab: &Lab, phase: &str) {
-    let on = prereq::kernel_has_tcx();
-    for node in &lab.state().nodes {
-        let pods = lab
-            .state()
-            .pods
-            .iter()
-            .filter(|p| p.node == node.name && on)
-            .count();
-        eventually(
-            &format!("{phase}: {}'s fast path covers its pods", node.name),
-            || {
-                let report = lab.fast_path(&node.name).map_err(|e| e.to_string())?;
-                (report.on == on && report.pods == pods)
-                    .then_some(())
-                    .ok_or_else(|| format!("{report:?}, {pods} pods"))
-            },
-        );
-    }
+    lab.wait_fast_paths(CONVERGENCE, "eth0")
+        .unwrap_or_else(|e| panic!("{phase}: {e}"));
 }
 
 /// The /32 routes toward local pods on `node`, from its kernel.

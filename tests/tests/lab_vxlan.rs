@@ -67,25 +67,8 @@ fn four_nodes_two_subnets_vxlan_cross_subnet() {
         lab.down().unwrap();
         return;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let covered = ["n1", "n2"].iter().all(|n| {
-            let pods = lab.state().pods.iter().filter(|p| p.node == *n).count();
-            lab.fast_path(n).is_ok_and(|r| r.on && r.pods == pods)
-                && lab
-                    .node_status(n)
-                    .is_ok_and(|s| s.contains("wren.vxlan (uplinks)"))
-        });
-        if covered {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "fast paths never covered the pods and the tunnel:\n{}",
-            lab.status().unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    lab.wait_fast_paths(Duration::from_secs(20), "wren.vxlan")
+        .unwrap_or_else(|e| panic!("{e}"));
     let before: Vec<u64> = ["n1", "n2"]
         .iter()
         .map(|n| lab.fast_path(n).unwrap().forwarded)

@@ -60,12 +60,14 @@ pub enum LabError {
 }
 
 /// A node's fast path as `wren status` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FastPathReport {
     /// Loaded and attached.
     pub on: bool,
     /// Pods attached.
     pub pods: usize,
+    /// Uplink and tunnel devices attached.
+    pub uplinks: Vec<String>,
     /// Packets forwarded past the host stack.
     pub forwarded: u64,
     /// Pool-to-pool packets left to the host stack.
@@ -80,9 +82,16 @@ impl FastPathReport {
             return Some(Self {
                 on: false,
                 pods: 0,
+                uplinks: Vec::new(),
                 forwarded: 0,
                 to_stack: 0,
             });
+        };
+        // "… pods and eth0, wren.vxlan (uplinks); …", or "and no uplink (uplinks)".
+        let devices = on.split_once(" and ")?.1.split_once(" (uplink")?.0;
+        let uplinks = match devices {
+            "no uplink" => Vec::new(),
+            list => list.split(", ").map(str::to_owned).collect(),
         };
         let number_before = |word: &str| -> Option<u64> {
             let at = on.find(word)?;
@@ -91,6 +100,7 @@ impl FastPathReport {
         Some(Self {
             on: true,
             pods: on.split_whitespace().next()?.parse().ok()?,
+            uplinks,
             forwarded: number_before(" packets forwarded")?,
             to_stack: number_before(" left to the host stack")?,
         })
@@ -911,6 +921,42 @@ pub fn require_lab(tor: bool) -> bool {
 }
 
 impl Lab {
+    /// Waits until every node's fast path covers exactly that node's pods and includes
+    /// `uplink` among its uplinks (on a kernel without tcx: until each reports it unavailable,
+    /// with no pod). The error names the nodes still short and shows every status.
+    pub fn wait_fast_paths(&self, timeout: Duration, uplink: &str) -> Result<(), String> {
+        let on = crate::prereq::kernel_has_tcx();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut pending = Vec::new();
+            for node in &self.state.nodes {
+                let pods = self
+                    .state
+                    .pods
+                    .iter()
+                    .filter(|p| p.node == node.name && on)
+                    .count();
+                let covered = self.fast_path(&node.name).is_ok_and(|r| {
+                    r.on == on && r.pods == pods && (!on || r.uplinks.iter().any(|u| u == uplink))
+                });
+                if !covered {
+                    pending.push(node.name.clone());
+                }
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the fast path of {} does not cover its pods and {uplink}:\n{}",
+                    pending.join(", "),
+                    self.status().unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Pings the full matrix until every pod reaches every pod, or `timeout` passes (routes may
     /// still be settling right after a change). The error lists the failing pairs, the matrix
     /// and `node`'s routing table.
@@ -956,9 +1002,15 @@ mod tests {
             Some(FastPathReport {
                 on: true,
                 pods: 2,
+                uplinks: vec!["eth0".into(), "wren.vxlan".into()],
                 forwarded: 1234,
                 to_stack: 5
             })
+        );
+        let bare = "Fast path: on, 0 pods and no uplink (uplinks); 0 packets forwarded, 0 left to the host stack\n";
+        assert_eq!(
+            FastPathReport::parse(bare).unwrap().uplinks,
+            Vec::<String>::new()
         );
         let off = "Fast path: unavailable, pods are routed by the host stack: no BPF\n";
         assert!(!FastPathReport::parse(off).unwrap().on);
