@@ -22,6 +22,7 @@
 //! | `wren_fastpath_up` | gauge | | 1 while the BPF fast path is loaded and attached |
 //! | `wren_fastpath_forwarded_packets_total` | counter | | packets the fast path forwarded past the host stack (a GSO packet counts once) |
 //! | `wren_fastpath_to_stack_packets_total` | counter | | pool-to-pool packets the fast path left to the host stack |
+//! | `wren_fastpath_encapsulated_packets_total` | counter | | of the forwarded packets, those the fast path wrapped in VXLAN itself |
 //! | `wren_cni_request_duration_seconds` | histogram | `command`, `result` | time to serve a CNI request |
 
 use std::sync::Arc;
@@ -144,6 +145,8 @@ pub struct Metrics {
     pub fast_path_forwarded: Counter,
     /// Pool-to-pool packets the fast path left to the host stack.
     pub fast_path_to_stack: Counter,
+    /// Forwarded packets the fast path wrapped in VXLAN.
+    pub fast_path_encapsulated: Counter,
     cni: CniMetrics,
 }
 
@@ -179,6 +182,7 @@ impl Metrics {
             fast_path_up: Gauge::default(),
             fast_path_forwarded: Counter::default(),
             fast_path_to_stack: Counter::default(),
+            fast_path_encapsulated: Counter::default(),
             cni: CniMetrics {
                 latency: HistogramFamily::new_with_constructor(cni_histogram),
             },
@@ -279,6 +283,11 @@ impl Metrics {
             "fastpath_to_stack_packets",
             "Pool-to-pool packets the fast path left to the host stack",
             m.fast_path_to_stack.clone(),
+        );
+        r.register(
+            "fastpath_encapsulated_packets",
+            "Of the forwarded packets, those the fast path wrapped in VXLAN itself",
+            m.fast_path_encapsulated.clone(),
         );
         r.register(
             "cni_request_duration_seconds",

@@ -1,7 +1,7 @@
 //! eBPF instructions and a builder with named jump targets.
 //!
-//! Only what the forwarding program needs: 64-bit ALU, loads and stores, conditional jumps,
-//! helper calls and map references. Encoding follows the kernel's `struct bpf_insn`
+//! Only what the forwarding program needs: 64-bit ALU, byte swaps, loads and stores,
+//! conditional jumps, helper calls and map references. Encoding follows the kernel's `struct bpf_insn`
 //! (Documentation/bpf/standardization/instruction-set.rst). No I/O here.
 
 use std::collections::HashMap;
@@ -66,6 +66,42 @@ pub enum Cond {
     Le,
 }
 
+/// An arithmetic or logic operation on 64-bit registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alu {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `|`
+    Or,
+    /// `&`
+    And,
+    /// `<<`
+    Lsh,
+    /// `>>` (logical)
+    Rsh,
+    /// `^`
+    Xor,
+}
+
+impl Alu {
+    fn op(self) -> u8 {
+        match self {
+            Alu::Add => 0x00,
+            Alu::Sub => 0x10,
+            Alu::Mul => 0x20,
+            Alu::Or => 0x40,
+            Alu::And => 0x50,
+            Alu::Lsh => 0x60,
+            Alu::Rsh => 0x70,
+            Alu::Xor => 0xa0,
+        }
+    }
+}
+
 impl Cond {
     fn op(self) -> u8 {
         match self {
@@ -117,15 +153,16 @@ const CLASS_LD: u8 = 0x00;
 const CLASS_LDX: u8 = 0x01;
 const CLASS_ST: u8 = 0x02;
 const CLASS_STX: u8 = 0x03;
+const CLASS_ALU: u8 = 0x04;
 const CLASS_JMP: u8 = 0x05;
 const CLASS_ALU64: u8 = 0x07;
 const MODE_IMM: u8 = 0x00;
 const MODE_MEM: u8 = 0x60;
 const SRC_K: u8 = 0x00;
 const SRC_X: u8 = 0x08;
-const OP_ADD: u8 = 0x00;
-const OP_SUB: u8 = 0x10;
 const OP_MOV: u8 = 0xb0;
+const OP_END: u8 = 0xd0;
+const TO_BE: u8 = 0x08;
 const OP_JA: u8 = 0x00;
 const OP_CALL: u8 = 0x80;
 const OP_EXIT: u8 = 0x90;
@@ -190,10 +227,22 @@ impl Asm {
         ))
     }
 
-    /// `dst += imm`
-    pub fn add_imm(&mut self, dst: Reg, imm: i32) -> &mut Self {
+    /// `dst = imm`, all 64 bits: the two-slot immediate load.
+    pub fn mov_imm64(&mut self, dst: Reg, imm: u64) -> &mut Self {
         self.push(Insn::new(
-            CLASS_ALU64 | OP_ADD | SRC_K,
+            CLASS_LD | MODE_IMM | Size::DW.bits(),
+            dst,
+            Reg::R0,
+            0,
+            imm as u32 as i32,
+        ));
+        self.push(Insn::new(0, Reg::R0, Reg::R0, 0, (imm >> 32) as u32 as i32))
+    }
+
+    /// `dst <op>= imm` (sign-extended)
+    pub fn alu_imm(&mut self, op: Alu, dst: Reg, imm: i32) -> &mut Self {
+        self.push(Insn::new(
+            CLASS_ALU64 | op.op() | SRC_K,
             dst,
             Reg::R0,
             0,
@@ -201,15 +250,25 @@ impl Asm {
         ))
     }
 
+    /// `dst <op>= src`
+    pub fn alu_reg(&mut self, op: Alu, dst: Reg, src: Reg) -> &mut Self {
+        self.push(Insn::new(CLASS_ALU64 | op.op() | SRC_X, dst, src, 0, 0))
+    }
+
+    /// `dst += imm`
+    pub fn add_imm(&mut self, dst: Reg, imm: i32) -> &mut Self {
+        self.alu_imm(Alu::Add, dst, imm)
+    }
+
     /// `dst -= imm`
     pub fn sub_imm(&mut self, dst: Reg, imm: i32) -> &mut Self {
-        self.push(Insn::new(
-            CLASS_ALU64 | OP_SUB | SRC_K,
-            dst,
-            Reg::R0,
-            0,
-            imm,
-        ))
+        self.alu_imm(Alu::Sub, dst, imm)
+    }
+
+    /// The low 16 bits of `dst` in network byte order (the rest cleared), whatever the
+    /// host's order.
+    pub fn to_be16(&mut self, dst: Reg) -> &mut Self {
+        self.push(Insn::new(CLASS_ALU | OP_END | TO_BE, dst, Reg::R0, 0, 16))
     }
 
     /// `dst = *(size *)(src + off)`
@@ -329,6 +388,25 @@ mod tests {
         // mov r0, -1: 0xb7
         assert_eq!(insns[3].to_bytes(), [0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
         assert_eq!(insns[4].to_bytes(), [0x95, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn alu_wide_immediates_and_byte_swaps() {
+        let mut asm = Asm::new();
+        asm.alu_reg(Alu::Xor, Reg::R2, Reg::R3)
+            .alu_imm(Alu::Rsh, Reg::R2, 32)
+            .to_be16(Reg::R2)
+            .mov_imm64(Reg::R4, 0x0e00_0000_0000_0053);
+        let insns = asm.finish().unwrap();
+        // xor r2, r3: ALU64|XOR|X = 0xaf
+        assert_eq!(insns[0].to_bytes(), [0xaf, 0x32, 0, 0, 0, 0, 0, 0]);
+        // rsh r2, 32: ALU64|RSH|K = 0x77
+        assert_eq!(insns[1].to_bytes(), [0x77, 0x02, 0, 0, 32, 0, 0, 0]);
+        // be16 r2: ALU|END|TO_BE = 0xdc
+        assert_eq!(insns[2].to_bytes(), [0xdc, 0x02, 0, 0, 16, 0, 0, 0]);
+        // lddw r4: low half in the first slot, high half in the second
+        assert_eq!(insns[3].to_bytes(), [0x18, 0x04, 0, 0, 0x53, 0, 0, 0]);
+        assert_eq!(insns[4].to_bytes(), [0, 0, 0, 0, 0, 0, 0, 0x0e]);
     }
 
     #[test]

@@ -20,13 +20,18 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::program::{COUNTER_FORWARDED, COUNTER_TO_STACK, COUNTERS, MapFds};
+pub use crate::program::VxlanConfig;
+use crate::program::{
+    COUNTER_ENCAPSULATED, COUNTER_FORWARDED, COUNTER_TO_STACK, COUNTERS, MapFds, VXLAN_CONFIG_LEN,
+};
 use crate::sys::{Link, LoadError, Map, MapType, Program};
 
 /// Most pods one node's fast path tracks.
 pub const MAX_PODS: u32 = 65_536;
 /// Most pool prefixes.
 pub const MAX_POOLS: u32 = 1_024;
+/// Most remote VXLAN devices (other nodes).
+pub const MAX_VTEPS: u32 = 16_384;
 /// The license the program declares to the kernel: the helpers it calls are offered to
 /// GPL-compatible programs only.
 pub const PROGRAM_LICENSE: &str = "Dual MIT/GPL";
@@ -73,6 +78,8 @@ pub struct Counters {
     pub forwarded: u64,
     /// Pool-to-pool packets left to the host stack.
     pub to_stack: u64,
+    /// Of the forwarded packets, those the program wrapped in VXLAN.
+    pub encapsulated: u64,
 }
 
 /// How a device takes part.
@@ -89,11 +96,15 @@ pub struct FastPath {
     pods: Map,
     pools: Map,
     counters: Map,
+    vxlan: Map,
+    vteps: Map,
     cpus: usize,
     links: HashMap<u32, (Role, Link)>,
     /// What the pod table holds, so an unchanged pod costs no system call per pass.
     pod_addresses: HashMap<u32, Ipv4Addr>,
     pool_set: Vec<Ipv4Net>,
+    vxlan_config: Option<VxlanConfig>,
+    vtep_set: HashMap<[u8; 6], Ipv4Addr>,
 }
 
 impl FastPath {
@@ -107,10 +118,14 @@ impl FastPath {
         let pods = map("wren_pods", MapType::Hash, 4, 4, MAX_PODS)?;
         let pools = map("wren_pools", MapType::LpmTrie, 8, 4, MAX_POOLS)?;
         let counters = map("wren_counters", MapType::PerCpuArray, 4, 8, COUNTERS)?;
+        let vxlan = map("wren_vxlan", MapType::Array, 4, VXLAN_CONFIG_LEN, 1)?;
+        let vteps = map("wren_vteps", MapType::Hash, 8, 4, MAX_VTEPS)?;
         let insns = program::forward(MapFds {
             pods: pods.raw_fd(),
             pools: pools.raw_fd(),
             counters: counters.raw_fd(),
+            vxlan: vxlan.raw_fd(),
+            vteps: vteps.raw_fd(),
         })?;
         let program = Program::load_sched_cls("wren_forward", &insns, PROGRAM_LICENSE)?;
         let cpus = sys::possible_cpus().map_err(|source| FastPathError::Map {
@@ -122,10 +137,14 @@ impl FastPath {
             pods,
             pools,
             counters,
+            vxlan,
+            vteps,
             cpus,
             links: HashMap::new(),
             pod_addresses: HashMap::new(),
             pool_set: Vec::new(),
+            vxlan_config: None,
+            vtep_set: HashMap::new(),
         })
     }
 
@@ -227,6 +246,63 @@ impl FastPath {
         Ok(())
     }
 
+    /// Has the program encapsulate traffic routed into the VXLAN device `config.device`
+    /// itself, or, with `None`, leaves VXLAN to the device. Remote devices must be known
+    /// ([`FastPath::set_vxlan_peers`]); traffic to an unknown one goes to the device.
+    pub fn set_vxlan(&mut self, config: Option<VxlanConfig>) -> Result<(), FastPathError> {
+        if self.vxlan_config == config {
+            return Ok(());
+        }
+        let value = config.map_or([0; VXLAN_CONFIG_LEN as usize], |c| c.to_bytes());
+        self.vxlan
+            .update(&0u32.to_ne_bytes(), &value)
+            .map_err(|source| FastPathError::Update {
+                what: "VXLAN settings",
+                source,
+            })?;
+        self.vxlan_config = config;
+        Ok(())
+    }
+
+    /// Sets the remote VXLAN devices: each one's MAC and the address of its node, exactly
+    /// as the device's forwarding table has them.
+    pub fn set_vxlan_peers(&mut self, peers: &[([u8; 6], Ipv4Addr)]) -> Result<(), FastPathError> {
+        let key = |mac: &[u8; 6]| {
+            let mut key = [0u8; 8];
+            key[..6].copy_from_slice(mac);
+            key
+        };
+        let update = |source| FastPathError::Update {
+            what: "VXLAN peers",
+            source,
+        };
+        let wanted: HashMap<[u8; 6], Ipv4Addr> = peers.iter().copied().collect();
+        for (mac, node) in &wanted {
+            if self.vtep_set.get(mac) != Some(node) {
+                self.vteps
+                    .update(&key(mac), &node.octets())
+                    .map_err(update)?;
+                self.vtep_set.insert(*mac, *node);
+            }
+        }
+        let gone: Vec<[u8; 6]> = self
+            .vtep_set
+            .keys()
+            .filter(|mac| !wanted.contains_key(*mac))
+            .copied()
+            .collect();
+        for mac in gone {
+            self.vteps.delete(&key(&mac)).map_err(update)?;
+            self.vtep_set.remove(&mac);
+        }
+        Ok(())
+    }
+
+    /// Remote VXLAN devices known to the program.
+    pub fn vxlan_peers(&self) -> usize {
+        self.vtep_set.len()
+    }
+
     /// Devices the program is attached to: pods and uplinks.
     pub fn attached(&self) -> (usize, usize) {
         let pods = self
@@ -255,6 +331,7 @@ impl FastPath {
         Ok(Counters {
             forwarded: read(COUNTER_FORWARDED)?,
             to_stack: read(COUNTER_TO_STACK)?,
+            encapsulated: read(COUNTER_ENCAPSULATED)?,
         })
     }
 

@@ -6,27 +6,46 @@
 //! stay the kernel's), rewrites the Ethernet header, decrements the TTL and
 //! - into a local pod: hands the packet straight to the pod's side of the veth
 //!   (`bpf_redirect_peer`: no backlog queue, no second pass through the host stack);
+//! - from a pod into the VXLAN device, when VXLAN is configured in the program: wraps the
+//!   frame in the very headers the device would put around it and transmits it on the
+//!   underlay (see below);
 //! - from a pod to anywhere else: transmits it on the egress device (`bpf_redirect`).
 //!
 //! Everything else goes on through the host stack unchanged (`TCX_NEXT`): traffic that
 //! leaves the pools (outgoing NAT), packets whose TTL runs out, IP options, a destination
-//! without a resolved neighbour, a packet too big for the egress device, and a pod's packet
-//! whose source is not the pod's own address (the stack's reverse-path filter drops it).
+//! without a resolved neighbour, a packet (or a GSO packet's segments) too big for the egress
+//! device, and a pod's packet whose source is not the pod's own address (the stack's
+//! reverse-path filter drops it).
+//!
+//! VXLAN: the FIB's answer for a remote block is `wren.vxlan` with the remote device's MAC
+//! (the tunnel address's permanent neighbour). The program finds the remote node's address
+//! by that MAC, as the device's forwarding table would, looks up the outer route from the
+//! node's own address out of the device's parent interface, and builds outer Ethernet, IPv4
+//! (no DF, the device's TTL, ECN copied from the inner header), UDP (source port from the
+//! inner flow's hash over the local port range, as `udp_flow_src_port()` picks it; checksum
+//! zero, as RFC 7348 recommends), the VXLAN header and the inner Ethernet header. GSO packets
+//! stay GSO packets, marked as UDP-tunnelled. Decapsulation stays with the kernel's device,
+//! whose output the program then forwards into the pod.
 //!
 //! Maps, all created by [`crate::FastPath`]:
 //! - pods: hash, host-side ifindex (u32) → the pod's IPv4 address (4 bytes, network order);
 //! - pools: LPM trie, `{prefix length: u32, IPv4 address}` → unused u32;
-//! - counters: per-CPU array of u64, [`COUNTER_FORWARDED`] and [`COUNTER_TO_STACK`].
+//! - counters: per-CPU array of u64, [`COUNTER_FORWARDED`], [`COUNTER_TO_STACK`] and
+//!   [`COUNTER_ENCAPSULATED`];
+//! - vxlan: array of one [`VxlanConfig`] (device ifindex 0: VXLAN is left to the device);
+//! - vteps: hash, a remote device's MAC (6 bytes, 2 zero bytes) → the node's IPv4 address.
 
-use crate::asm::{Asm, AsmError, Cond, Insn, Reg, Size};
+use crate::asm::{Alu, Asm, AsmError, Cond, Insn, Reg, Size};
 
 /// Counter slot: packets (GSO packets count once) forwarded past the host stack.
 pub const COUNTER_FORWARDED: u32 = 0;
 /// Counter slot: pool-to-pool packets left to the host stack (no neighbour yet, TTL, size,
 /// spoofed source, a destination the FIB does not forward to).
 pub const COUNTER_TO_STACK: u32 = 1;
+/// Counter slot: of the forwarded packets, those the program wrapped in VXLAN.
+pub const COUNTER_ENCAPSULATED: u32 = 2;
 /// Number of counter slots.
-pub const COUNTERS: u32 = 2;
+pub const COUNTERS: u32 = 3;
 
 /// File descriptors of the maps the program reads.
 #[derive(Clone, Copy, Debug)]
@@ -37,36 +56,124 @@ pub struct MapFds {
     pub pools: i32,
     /// Per-CPU counters.
     pub counters: i32,
+    /// VXLAN settings (one [`VxlanConfig`]).
+    pub vxlan: i32,
+    /// Remote VXLAN devices by MAC.
+    pub vteps: i32,
+}
+
+/// The VXLAN device's settings as the program reads them: the one value of the vxlan map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VxlanConfig {
+    /// The VXLAN device; routes through it are encapsulated by the program.
+    pub device: u32,
+    /// The underlay interface the device sends through (the outer route's output device).
+    pub parent: u32,
+    /// The node's underlay address: the outer source.
+    pub local: std::net::Ipv4Addr,
+    /// VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// The lowest and highest UDP source port (the kernel's local port range).
+    pub source_ports: (u16, u16),
+    /// Outer TTL.
+    pub ttl: u8,
+}
+
+/// Size of [`VxlanConfig::to_bytes`].
+pub const VXLAN_CONFIG_LEN: u32 = 32;
+const CFG_DEVICE: i16 = 0;
+const CFG_PARENT: i16 = 4;
+const CFG_LOCAL: i16 = 8;
+const CFG_VNI: i16 = 12;
+const CFG_PORT_MIN: i16 = 16;
+const CFG_PORT_SPAN: i16 = 20;
+const CFG_TTL: i16 = 24;
+const CFG_PORT: i16 = 28;
+
+impl VxlanConfig {
+    /// The map value: numbers the program computes with in host order, header fields in
+    /// network order so that they are copied as they are.
+    pub fn to_bytes(&self) -> [u8; VXLAN_CONFIG_LEN as usize] {
+        let mut out = [0u8; VXLAN_CONFIG_LEN as usize];
+        let mut put = |at: i16, bytes: &[u8]| {
+            let at = at as usize;
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+        };
+        put(CFG_DEVICE, &self.device.to_ne_bytes());
+        put(CFG_PARENT, &self.parent.to_ne_bytes());
+        put(CFG_LOCAL, &self.local.octets());
+        put(CFG_VNI, &(self.vni << 8).to_be_bytes());
+        let (low, high) = self.source_ports;
+        put(CFG_PORT_MIN, &u32::from(low).to_ne_bytes());
+        put(
+            CFG_PORT_SPAN,
+            &u32::from(high.saturating_sub(low)).to_ne_bytes(),
+        );
+        put(CFG_TTL, &u32::from(self.ttl).to_ne_bytes());
+        put(CFG_PORT, &self.port.to_be_bytes());
+        out
+    }
+}
+
+/// The UDP source port the kernel's VXLAN device picks for a flow hash: the hash folded and
+/// scaled into `low..high` (`udp_flow_src_port()`); the program computes the same.
+pub fn vxlan_source_port(hash: u32, (low, high): (u16, u16)) -> u16 {
+    let hash = hash ^ (hash << 16);
+    let span = u64::from(high.saturating_sub(low));
+    ((u64::from(hash) * span) >> 32) as u16 + low
 }
 
 // Kernel helper numbers (`enum bpf_func_id`).
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_GET_PRANDOM_U32: i32 = 7;
 const HELPER_REDIRECT: i32 = 23;
+const HELPER_GET_HASH_RECALC: i32 = 34;
+const HELPER_SKB_ADJUST_ROOM: i32 = 50;
 const HELPER_FIB_LOOKUP: i32 = 69;
 const HELPER_REDIRECT_PEER: i32 = 155;
 
 // `struct __sk_buff` fields.
+const SKB_LEN: i16 = 0;
 const SKB_PROTOCOL: i16 = 16;
 const SKB_IFINDEX: i16 = 40;
 const SKB_DATA: i16 = 76;
 const SKB_DATA_END: i16 = 80;
+const SKB_GSO_SIZE: i16 = 176;
 
 // Packet layout: Ethernet, then an IPv4 header without options.
 const ETH_LEN: i16 = 14;
+const IP_LEN: i16 = 20;
 const IP_VERSION_IHL: i16 = ETH_LEN;
-const IP_TOS: i16 = ETH_LEN + 1;
-const IP_TTL: i16 = ETH_LEN + 8;
-const IP_PROTOCOL: i16 = ETH_LEN + 9;
-const IP_CHECK: i16 = ETH_LEN + 10;
+const IP_PROTOCOL: i16 = 9;
 const IP_SADDR: i16 = ETH_LEN + 12;
 const IP_DADDR: i16 = ETH_LEN + 16;
-const HEADERS_LEN: i32 = ETH_LEN as i32 + 20;
+const HEADERS_LEN: i32 = ETH_LEN as i32 + IP_LEN as i32;
+const TCP_DATA_OFFSET: i16 = ETH_LEN + IP_LEN + 12;
+const UDP_LEN: i16 = 8;
+const IPPROTO_TCP: i32 = 6;
+const IPPROTO_UDP: i32 = 17;
+
+// VXLAN frame: outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet, inner IPv4.
+const VXLAN_LEN: i16 = 8;
+const VXLAN_OVERHEAD: i16 = IP_LEN + UDP_LEN + VXLAN_LEN + ETH_LEN;
+const OUTER_UDP: i16 = ETH_LEN + IP_LEN;
+const OUTER_VXLAN: i16 = OUTER_UDP + UDP_LEN;
+const INNER_ETH: i16 = OUTER_VXLAN + VXLAN_LEN;
+const INNER_IP: i16 = INNER_ETH + ETH_LEN;
+const VXLAN_FRAME_LEN: i32 = INNER_IP as i32 + IP_LEN as i32;
+const BPF_ADJ_ROOM_MAC: i32 = 1;
+/// `bpf_skb_adjust_room()` flags: keep the GSO size (the pod's MTU already leaves room),
+/// outer IPv4 and UDP, inner Ethernet of 14 bytes (so GSO segments the inner frames).
+const ADJ_ROOM_VXLAN: u64 = 1 | (1 << 1) | (1 << 4) | (1 << 6) | ((ETH_LEN as u64) << 56);
 
 // Stack frame (offsets from R10). `struct bpf_fib_lookup` is 64 bytes.
 const FIB: i16 = -64;
 const FIB_LEN: i32 = 64;
 const FIB_FAMILY: i16 = FIB;
 const FIB_L4_PROTOCOL: i16 = FIB + 1;
+const FIB_MTU_RESULT: i16 = FIB + 6;
 const FIB_IFINDEX: i16 = FIB + 8;
 const FIB_TOS: i16 = FIB + 12;
 const FIB_SRC: i16 = FIB + 16;
@@ -77,11 +184,19 @@ const LPM_KEY: i16 = -72;
 const LPM_KEY_ADDR: i16 = LPM_KEY + 4;
 const IFINDEX_KEY: i16 = -76;
 const COUNTER_KEY: i16 = -80;
+const VTEP_KEY: i16 = -88;
+const REMOTE_NODE: i16 = -92;
+const SOURCE_PORT: i16 = -94;
+const IP_ID: i16 = -96;
+/// The inner frame's source and destination MACs, as the first lookup gave them.
+const INNER_MACS: i16 = -108;
 
 const AF_INET: i32 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i32 = 0;
+const BPF_FIB_LOOKUP_OUTPUT: i32 = 1 << 1;
 /// `TCX_NEXT`: let the next program, or the host stack, have the packet.
 const TCX_NEXT: i32 = -1;
+const TC_ACT_SHOT: i32 = 2;
 
 /// Values compared against raw packet bytes are built from their bytes in memory, so the
 /// program is right for the host's byte order.
@@ -89,107 +204,107 @@ fn ne16(bytes: [u8; 2]) -> i32 {
     i32::from(u16::from_ne_bytes(bytes))
 }
 
+fn ne32(bytes: [u8; 4]) -> i32 {
+    i32::from_ne_bytes(bytes)
+}
+
 /// Assembles the program against the given maps.
 pub fn forward(maps: MapFds) -> Result<Vec<Insn>, AsmError> {
     use Reg::*;
     let mut a = Asm::new();
     // R6 = skb, R7 = packet start, R8 = packet end,
-    // R9 = 1 if the packet came from a pod, later 1 if it goes into one.
+    // R9 = the pod's address if the packet came from a pod (else 0), later 1 if it goes
+    // into a pod, or the VXLAN settings when it is to be encapsulated.
     a.mov(R6, R1);
     a.load(Size::W, R2, R6, SKB_PROTOCOL)
         .jump_imm(Cond::Ne, R2, ne16([0x08, 0x00]), "next");
-    load_packet(&mut a);
+    load_packet(&mut a, HEADERS_LEN, "next");
     a.load(Size::B, R2, R7, IP_VERSION_IHL)
         .jump_imm(Cond::Ne, R2, 0x45, "next");
 
-    // Only traffic between pools: everything else is the host stack's business.
-    a.store_imm(Size::W, R10, LPM_KEY, 32);
-    for field in [IP_DADDR, IP_SADDR] {
-        a.load(Size::W, R2, R7, field)
-            .store(Size::W, R10, LPM_KEY_ADDR, R2)
-            .load_map_fd(R1, maps.pools)
-            .mov(R2, R10)
-            .add_imm(R2, i32::from(LPM_KEY))
-            .call(HELPER_MAP_LOOKUP_ELEM)
-            .jump_imm(Cond::Eq, R0, 0, "next");
-    }
-    // A TTL about to run out needs an ICMP error: the stack sends it.
-    a.load(Size::B, R2, R7, IP_TTL)
-        .jump_imm(Cond::Le, R2, 1, "to_stack");
-
-    // From a pod, the source must be the pod's own address.
+    // Only traffic between pools: everything else is the host stack's business. A pod's own
+    // address is a pool address, so from a pod only the destination is looked up.
     a.mov_imm(R9, 0)
         .load(Size::W, R2, R6, SKB_IFINDEX)
-        .store(Size::W, R10, IFINDEX_KEY, R2)
-        .load_map_fd(R1, maps.pods)
-        .mov(R2, R10)
-        .add_imm(R2, i32::from(IFINDEX_KEY))
-        .call(HELPER_MAP_LOOKUP_ELEM)
-        .jump_imm(Cond::Eq, R0, 0, "lookup")
-        .load(Size::W, R2, R0, 0)
-        .load(Size::W, R3, R7, IP_SADDR)
-        .jump_reg(Cond::Ne, R2, R3, "to_stack")
-        .mov_imm(R9, 1);
+        .store(Size::W, R10, IFINDEX_KEY, R2);
+    lookup(&mut a, maps.pods, IFINDEX_KEY);
+    a.jump_imm(Cond::Eq, R0, 0, "from_uplink")
+        .load(Size::W, R9, R0, 0);
+    in_pools(&mut a, maps.pools, &[IP_DADDR]);
+    // From a pod, the source must be the pod's own address.
+    a.load(Size::W, R3, R7, IP_SADDR)
+        .jump_reg(Cond::Ne, R9, R3, "to_stack")
+        .jump("ttl");
+    a.label("from_uplink")?;
+    in_pools(&mut a, maps.pools, &[IP_DADDR, IP_SADDR]);
 
-    a.label("lookup")?;
-    for slot in 0..FIB_LEN / 8 {
-        a.store_imm(Size::DW, R10, FIB + (slot * 8) as i16, 0);
-    }
-    a.store_imm(Size::B, R10, FIB_FAMILY, AF_INET)
-        .load(Size::B, R2, R7, IP_PROTOCOL)
+    // A TTL about to run out needs an ICMP error: the stack sends it.
+    a.label("ttl")?;
+    a.load(Size::B, R2, R7, ETH_LEN + 8)
+        .jump_imm(Cond::Le, R2, 1, "to_stack");
+
+    clear_fib(&mut a);
+    a.load(Size::B, R2, R7, ETH_LEN + IP_PROTOCOL)
         .store(Size::B, R10, FIB_L4_PROTOCOL, R2)
         .load(Size::W, R2, R6, SKB_IFINDEX)
         .store(Size::W, R10, FIB_IFINDEX, R2)
-        .load(Size::B, R2, R7, IP_TOS)
+        .load(Size::B, R2, R7, ETH_LEN + 1)
         .store(Size::B, R10, FIB_TOS, R2)
         .load(Size::W, R2, R7, IP_SADDR)
         .store(Size::W, R10, FIB_SRC, R2)
         .load(Size::W, R2, R7, IP_DADDR)
         .store(Size::W, R10, FIB_DST, R2);
-    // tot_len stays 0: the kernel then checks the packet (GSO-aware) against the egress
-    // device's MTU and answers "fragmentation needed" for one that does not fit.
-    a.mov(R1, R6)
-        .mov(R2, R10)
-        .add_imm(R2, i32::from(FIB))
-        .mov_imm(R3, FIB_LEN)
-        .mov_imm(R4, 0)
-        .call(HELPER_FIB_LOOKUP)
-        .jump_imm(Cond::Ne, R0, BPF_FIB_LKUP_RET_SUCCESS, "to_stack");
+    // tot_len stays 0: the kernel then checks the packet against the egress device's MTU
+    // and answers "fragmentation needed" for one that does not fit, GSO packets excepted.
+    fib_lookup(&mut a, 0);
+
+    // A GSO packet's segments must fit the egress MTU too; the stack segments (or answers
+    // "fragmentation needed" for) those that do not.
+    a.load(Size::W, R2, R6, SKB_GSO_SIZE)
+        .jump_imm(Cond::Eq, R2, 0, "fits")
+        .load(Size::B, R3, R7, ETH_LEN + IP_PROTOCOL)
+        .mov_imm(R4, i32::from(UDP_LEN))
+        .jump_imm(Cond::Eq, R3, IPPROTO_UDP, "transport_known")
+        .jump_imm(Cond::Ne, R3, IPPROTO_TCP, "to_stack")
+        .mov(R5, R7)
+        .add_imm(R5, i32::from(TCP_DATA_OFFSET) + 1)
+        .jump_reg(Cond::Gt, R5, R8, "to_stack")
+        .load(Size::B, R4, R7, TCP_DATA_OFFSET)
+        .alu_imm(Alu::And, R4, 0xf0)
+        .alu_imm(Alu::Rsh, R4, 2);
+    a.label("transport_known")?;
+    a.alu_reg(Alu::Add, R2, R4)
+        .add_imm(R2, i32::from(IP_LEN))
+        .load(Size::H, R3, R10, FIB_MTU_RESULT)
+        .jump_reg(Cond::Gt, R2, R3, "to_stack");
+    a.label("fits")?;
 
     // Into a local pod: straight to its side of the veth. From an uplink to anything else:
     // the stack's (this is not a general router).
     a.load(Size::W, R2, R10, FIB_IFINDEX)
-        .store(Size::W, R10, IFINDEX_KEY, R2)
-        .load_map_fd(R1, maps.pods)
-        .mov(R2, R10)
-        .add_imm(R2, i32::from(IFINDEX_KEY))
-        .call(HELPER_MAP_LOOKUP_ELEM)
-        .jump_imm(Cond::Ne, R0, 0, "into_pod")
-        .jump_imm(Cond::Eq, R9, 0, "to_stack")
-        .mov_imm(R9, 0)
-        .jump("rewrite");
+        .store(Size::W, R10, IFINDEX_KEY, R2);
+    lookup(&mut a, maps.pods, IFINDEX_KEY);
+    a.jump_imm(Cond::Ne, R0, 0, "into_pod")
+        .jump_imm(Cond::Eq, R9, 0, "to_stack");
+    // From a pod into the VXLAN device: encapsulated here, if VXLAN is set up.
+    a.store_imm(Size::W, R10, COUNTER_KEY, 0);
+    lookup(&mut a, maps.vxlan, COUNTER_KEY);
+    a.jump_imm(Cond::Eq, R0, 0, "routed")
+        .load(Size::W, R2, R0, CFG_DEVICE)
+        .load(Size::W, R3, R10, FIB_IFINDEX)
+        .mov(R9, R0)
+        .jump_reg(Cond::Eq, R2, R3, "encapsulate");
+    a.label("routed")?;
+    a.mov_imm(R9, 0).jump("rewrite");
     a.label("into_pod")?;
     a.mov_imm(R9, 1);
 
     a.label("rewrite")?;
-    load_packet(&mut a);
+    load_packet(&mut a, HEADERS_LEN, "next");
     for (to, from) in [(0, FIB_DMAC), (6, FIB_SMAC)] {
-        for half in 0..3 {
-            a.load(Size::H, R2, R10, from + half * 2)
-                .store(Size::H, R7, to + half * 2, R2);
-        }
+        copy(&mut a, R7, to, R10, from, 6);
     }
-    // TTL - 1 and the checksum patched as the kernel's ip_decrease_ttl() does.
-    a.load(Size::B, R2, R7, IP_TTL)
-        .sub_imm(R2, 1)
-        .store(Size::B, R7, IP_TTL, R2)
-        .load(Size::H, R2, R7, IP_CHECK)
-        .add_imm(R2, ne16([0x01, 0x00]))
-        .jump_imm(Cond::Lt, R2, 0xffff, "checksum_done")
-        .add_imm(R2, 1);
-    a.label("checksum_done")?;
-    a.store(Size::H, R7, IP_CHECK, R2);
-
+    decrement_ttl(&mut a, ETH_LEN, "checksum_done")?;
     count(&mut a, maps.counters, COUNTER_FORWARDED, "counted_forward")?;
     a.load(Size::W, R1, R10, FIB_IFINDEX)
         .mov_imm(R2, 0)
@@ -199,33 +314,235 @@ pub fn forward(maps: MapFds) -> Result<Vec<Insn>, AsmError> {
     a.label("peer")?;
     a.call(HELPER_REDIRECT_PEER).exit();
 
+    encapsulate(&mut a, maps)?;
+
     a.label("to_stack")?;
     count(&mut a, maps.counters, COUNTER_TO_STACK, "counted_to_stack")?;
     a.label("next")?;
     a.mov_imm(R0, TCX_NEXT).exit();
+    a.label("drop")?;
+    a.mov_imm(R0, TC_ACT_SHOT).exit();
     a.finish()
 }
 
-/// R7, R8 = packet start and end, with an Ethernet and an IPv4 header proven inside
-/// (the verifier insists, and helpers may have moved the data).
-fn load_packet(a: &mut Asm) {
+/// The VXLAN branch, from label `encapsulate`: R9 = the VXLAN settings, the first FIB
+/// answer on the stack (egress = the VXLAN device, MACs of the two tunnel ends).
+fn encapsulate(a: &mut Asm, maps: MapFds) -> Result<(), AsmError> {
+    use Reg::*;
+    a.label("encapsulate")?;
+    // The remote node, by its device's MAC: what the device's forwarding entry says.
+    a.store_imm(Size::DW, R10, VTEP_KEY, 0);
+    copy(a, R10, VTEP_KEY, R10, FIB_DMAC, 6);
+    lookup(a, maps.vteps, VTEP_KEY);
+    a.jump_imm(Cond::Eq, R0, 0, "to_stack")
+        .load(Size::W, R2, R0, 0)
+        .store(Size::W, R10, REMOTE_NODE, R2);
+    copy(a, R10, INNER_MACS, R10, FIB_SMAC, 12);
+
+    // The outer route, as the device finds it: from the node's address, out of its parent.
+    clear_fib(a);
+    a.store_imm(Size::B, R10, FIB_L4_PROTOCOL, IPPROTO_UDP)
+        .load(Size::W, R2, R9, CFG_PARENT)
+        .store(Size::W, R10, FIB_IFINDEX, R2)
+        .load(Size::W, R2, R9, CFG_LOCAL)
+        .store(Size::W, R10, FIB_SRC, R2)
+        .load(Size::W, R2, R10, REMOTE_NODE)
+        .store(Size::W, R10, FIB_DST, R2);
+    fib_lookup(a, BPF_FIB_LOOKUP_OUTPUT);
+
+    // Source port: the inner flow's hash, folded and scaled into the port range.
+    a.mov(R1, R6)
+        .call(HELPER_GET_HASH_RECALC)
+        .mov(R2, R0)
+        .alu_imm(Alu::Lsh, R2, 16)
+        .alu_reg(Alu::Xor, R0, R2)
+        .alu_imm(Alu::Lsh, R0, 32)
+        .alu_imm(Alu::Rsh, R0, 32)
+        .load(Size::W, R2, R9, CFG_PORT_SPAN)
+        .alu_reg(Alu::Mul, R0, R2)
+        .alu_imm(Alu::Rsh, R0, 32)
+        .load(Size::W, R2, R9, CFG_PORT_MIN)
+        .alu_reg(Alu::Add, R0, R2)
+        .to_be16(R0)
+        .store(Size::H, R10, SOURCE_PORT, R0)
+        .call(HELPER_GET_PRANDOM_U32)
+        .store(Size::H, R10, IP_ID, R0);
+
+    // Room for outer IPv4, UDP, VXLAN and the inner Ethernet header behind the Ethernet
+    // header, which becomes the outer one. Refused (a packet already tunnelled by the pod,
+    // say): the packet is unchanged and the device has it.
+    a.mov(R1, R6)
+        .mov_imm(R2, i32::from(VXLAN_OVERHEAD))
+        .mov_imm(R3, BPF_ADJ_ROOM_MAC)
+        .mov_imm64(R4, ADJ_ROOM_VXLAN)
+        .call(HELPER_SKB_ADJUST_ROOM)
+        .jump_imm(Cond::Ne, R0, 0, "to_stack");
+    // From here the packet is committed; the bound check only satisfies the verifier.
+    load_packet(a, VXLAN_FRAME_LEN, "drop");
+
+    copy(a, R7, 0, R10, FIB_DMAC, 6);
+    copy(a, R7, 6, R10, FIB_SMAC, 6);
+    // Outer IPv4: ECN as the inner packet's (congestion experienced becomes ECT(0)).
+    a.store_imm(Size::B, R7, ETH_LEN, 0x45)
+        .load(Size::B, R2, R7, INNER_IP + 1)
+        .alu_imm(Alu::And, R2, 3)
+        .jump_imm(Cond::Ne, R2, 3, "ecn_done")
+        .mov_imm(R2, 2);
+    a.label("ecn_done")?;
+    a.store(Size::B, R7, ETH_LEN + 1, R2)
+        .load(Size::W, R2, R6, SKB_LEN)
+        .sub_imm(R2, i32::from(ETH_LEN))
+        .mov(R3, R2)
+        .to_be16(R2)
+        .store(Size::H, R7, ETH_LEN + 2, R2)
+        .load(Size::H, R2, R10, IP_ID)
+        .store(Size::H, R7, ETH_LEN + 4, R2)
+        .store_imm(Size::H, R7, ETH_LEN + 6, 0)
+        .load(Size::W, R2, R9, CFG_TTL)
+        .store(Size::B, R7, ETH_LEN + 8, R2)
+        .store_imm(Size::B, R7, ETH_LEN + IP_PROTOCOL, IPPROTO_UDP)
+        .store_imm(Size::H, R7, ETH_LEN + 10, 0)
+        .load(Size::W, R2, R9, CFG_LOCAL)
+        .store(Size::W, R7, IP_SADDR, R2)
+        .load(Size::W, R2, R10, REMOTE_NODE)
+        .store(Size::W, R7, IP_DADDR, R2);
+    // UDP: length = IPv4 total length - 20, no checksum.
+    a.load(Size::H, R2, R10, SOURCE_PORT)
+        .store(Size::H, R7, OUTER_UDP, R2)
+        .load(Size::H, R2, R9, CFG_PORT)
+        .store(Size::H, R7, OUTER_UDP + 2, R2)
+        .sub_imm(R3, i32::from(IP_LEN))
+        .to_be16(R3)
+        .store(Size::H, R7, OUTER_UDP + 4, R3)
+        .store_imm(Size::H, R7, OUTER_UDP + 6, 0);
+    // VXLAN: the I flag and the VNI.
+    a.store_imm(Size::W, R7, OUTER_VXLAN, ne32([0x08, 0, 0, 0]))
+        .load(Size::W, R2, R9, CFG_VNI)
+        .store(Size::W, R7, OUTER_VXLAN + 4, R2);
+    // Inner Ethernet: to the remote device's MAC, from ours.
+    copy(a, R7, INNER_ETH, R10, INNER_MACS + 6, 6);
+    copy(a, R7, INNER_ETH + 6, R10, INNER_MACS, 6);
+    a.store_imm(Size::H, R7, INNER_ETH + 12, ne16([0x08, 0x00]));
+    // The outer header checksum: the ones' complement sum is the same in either byte
+    // order, so the halfwords are added as loaded.
+    a.mov_imm(R2, 0);
+    for half in 0..IP_LEN / 2 {
+        a.load(Size::H, R3, R7, ETH_LEN + half * 2)
+            .alu_reg(Alu::Add, R2, R3);
+    }
+    for _ in 0..2 {
+        a.mov(R3, R2)
+            .alu_imm(Alu::Rsh, R3, 16)
+            .alu_imm(Alu::And, R2, 0xffff)
+            .alu_reg(Alu::Add, R2, R3);
+    }
+    a.alu_imm(Alu::Xor, R2, 0xffff)
+        .store(Size::H, R7, ETH_LEN + 10, R2);
+    decrement_ttl(a, INNER_IP, "inner_checksum_done")?;
+
+    count(a, maps.counters, COUNTER_FORWARDED, "counted_encap_forward")?;
+    count(
+        a,
+        maps.counters,
+        COUNTER_ENCAPSULATED,
+        "counted_encapsulated",
+    )?;
+    a.load(Size::W, R1, R10, FIB_IFINDEX)
+        .mov_imm(R2, 0)
+        .call(HELPER_REDIRECT)
+        .exit();
+    Ok(())
+}
+
+/// Zeroes the `struct bpf_fib_lookup` on the stack and sets its family.
+fn clear_fib(a: &mut Asm) {
+    use Reg::*;
+    for slot in 0..FIB_LEN / 8 {
+        a.store_imm(Size::DW, R10, FIB + (slot * 8) as i16, 0);
+    }
+    a.store_imm(Size::B, R10, FIB_FAMILY, AF_INET);
+}
+
+/// `bpf_fib_lookup(skb, FIB, 64, flags)`; anything but success leaves the packet to the
+/// stack.
+fn fib_lookup(a: &mut Asm, flags: i32) {
+    use Reg::*;
+    a.mov(R1, R6)
+        .mov(R2, R10)
+        .add_imm(R2, i32::from(FIB))
+        .mov_imm(R3, FIB_LEN)
+        .mov_imm(R4, flags)
+        .call(HELPER_FIB_LOOKUP)
+        .jump_imm(Cond::Ne, R0, BPF_FIB_LKUP_RET_SUCCESS, "to_stack");
+}
+
+/// `R0 = bpf_map_lookup_elem(map, R10 + key)`
+fn lookup(a: &mut Asm, map: i32, key: i16) {
+    use Reg::*;
+    a.load_map_fd(R1, map)
+        .mov(R2, R10)
+        .add_imm(R2, i32::from(key))
+        .call(HELPER_MAP_LOOKUP_ELEM);
+}
+
+/// Leaves the packet to the host stack (uncounted) unless the IPv4 addresses at `fields`
+/// all lie in a pool. R7 = packet start.
+fn in_pools(a: &mut Asm, pools: i32, fields: &[i16]) {
+    use Reg::*;
+    a.store_imm(Size::W, R10, LPM_KEY, 32);
+    for &field in fields {
+        a.load(Size::W, R2, R7, field)
+            .store(Size::W, R10, LPM_KEY_ADDR, R2);
+        lookup(a, pools, LPM_KEY);
+        a.jump_imm(Cond::Eq, R0, 0, "next");
+    }
+}
+
+/// Copies `len` (even) bytes, two at a time, through R2.
+fn copy(a: &mut Asm, to: Reg, to_off: i16, from: Reg, from_off: i16, len: i16) {
+    for half in 0..len / 2 {
+        a.load(Size::H, Reg::R2, from, from_off + half * 2).store(
+            Size::H,
+            to,
+            to_off + half * 2,
+            Reg::R2,
+        );
+    }
+}
+
+/// TTL - 1 of the IPv4 header at `ip` (R7-relative), with the checksum patched as the
+/// kernel's `ip_decrease_ttl()` does; `done` is a label unique to this use.
+fn decrement_ttl(a: &mut Asm, ip: i16, done: &'static str) -> Result<(), AsmError> {
+    use Reg::*;
+    a.load(Size::B, R2, R7, ip + 8)
+        .sub_imm(R2, 1)
+        .store(Size::B, R7, ip + 8, R2)
+        .load(Size::H, R2, R7, ip + 10)
+        .add_imm(R2, ne16([0x01, 0x00]))
+        .jump_imm(Cond::Lt, R2, 0xffff, done)
+        .add_imm(R2, 1);
+    a.label(done)?;
+    a.store(Size::H, R7, ip + 10, R2);
+    Ok(())
+}
+
+/// R7, R8 = packet start and end, with `len` bytes proven inside (the verifier insists,
+/// and helpers may have moved the data); a shorter packet goes to `short`.
+fn load_packet(a: &mut Asm, len: i32, short: &'static str) {
     use Reg::*;
     a.load(Size::W, R7, R6, SKB_DATA)
         .load(Size::W, R8, R6, SKB_DATA_END)
         .mov(R2, R7)
-        .add_imm(R2, HEADERS_LEN)
-        .jump_reg(Cond::Gt, R2, R8, "next");
+        .add_imm(R2, len)
+        .jump_reg(Cond::Gt, R2, R8, short);
 }
 
 /// Adds one to counter `slot`; `done` is a label unique to this use.
 fn count(a: &mut Asm, counters: i32, slot: u32, done: &'static str) -> Result<(), AsmError> {
     use Reg::*;
-    a.store_imm(Size::W, R10, COUNTER_KEY, slot as i32)
-        .load_map_fd(R1, counters)
-        .mov(R2, R10)
-        .add_imm(R2, i32::from(COUNTER_KEY))
-        .call(HELPER_MAP_LOOKUP_ELEM)
-        .jump_imm(Cond::Eq, R0, 0, done)
+    a.store_imm(Size::W, R10, COUNTER_KEY, slot as i32);
+    lookup(a, counters, COUNTER_KEY);
+    a.jump_imm(Cond::Eq, R0, 0, done)
         .load(Size::DW, R2, R0, 0)
         .add_imm(R2, 1)
         .store(Size::DW, R0, 0, R2);
@@ -243,6 +560,8 @@ mod tests {
             pods: 3,
             pools: 4,
             counters: 5,
+            vxlan: 6,
+            vteps: 7,
         };
         let insns = forward(maps).unwrap();
         assert!(
@@ -250,8 +569,14 @@ mod tests {
             "the verifier's limit for unprivileged users"
         );
         assert_eq!(insns.last().unwrap().code, 0x95);
-        // Every jump lands inside the program.
+        // Every jump lands inside the program (the second slot of a wide load is no
+        // instruction of its own).
+        let mut wide = false;
         for (at, insn) in insns.iter().enumerate() {
+            if std::mem::take(&mut wide) {
+                continue;
+            }
+            wide = insn.code == 0x18;
             let class = insn.code & 0x07;
             let op = insn.code & 0xf0;
             if class == 0x05 && op != 0x80 && op != 0x90 {
@@ -262,9 +587,51 @@ mod tests {
                 );
             }
         }
-        // All three maps are referenced.
-        for fd in [3, 4, 5] {
+        // Every map is referenced.
+        for fd in [3, 4, 5, 6, 7] {
             assert!(insns.iter().any(|i| i.code == 0x18 && i.imm == fd));
         }
+    }
+}
+
+#[cfg(test)]
+mod vxlan_tests {
+    use super::*;
+
+    #[test]
+    fn settings_bytes() {
+        let config = VxlanConfig {
+            device: 7,
+            parent: 2,
+            local: std::net::Ipv4Addr::new(192, 0, 2, 1),
+            vni: 4096,
+            port: 4789,
+            source_ports: (32768, 60999),
+            ttl: 64,
+        };
+        let bytes = config.to_bytes();
+        assert_eq!(bytes[0..4], 7u32.to_ne_bytes());
+        assert_eq!(bytes[4..8], 2u32.to_ne_bytes());
+        assert_eq!(bytes[8..12], [192, 0, 2, 1]);
+        // VNI 4096 as the header carries it: three bytes, then a reserved zero byte.
+        assert_eq!(bytes[12..16], [0x00, 0x10, 0x00, 0x00]);
+        assert_eq!(bytes[16..20], 32768u32.to_ne_bytes());
+        assert_eq!(bytes[20..24], 28231u32.to_ne_bytes());
+        assert_eq!(bytes[24..28], 64u32.to_ne_bytes());
+        assert_eq!(bytes[28..30], [0x12, 0xb5]);
+    }
+
+    #[test]
+    fn source_ports_spread_over_the_range() {
+        let range = (32768, 60999);
+        assert_eq!(vxlan_source_port(0, range), 32768);
+        let ports: Vec<u16> = (0..1000u32)
+            .map(|i| vxlan_source_port(i.wrapping_mul(0x9e37_79b9), range))
+            .collect();
+        assert!(ports.iter().all(|p| (32768..60999).contains(p)));
+        let (low, high) = (ports.iter().min().unwrap(), ports.iter().max().unwrap());
+        assert!(*low < 34000 && *high > 59000, "{low}..{high}");
+        // The hash is folded (hash ^ hash << 16) before scaling, as the kernel does.
+        assert_eq!(vxlan_source_port(0x8000, range), 46883);
     }
 }

@@ -30,6 +30,8 @@ const F_NO_PREALLOC: u32 = 1;
 pub enum MapType {
     /// `BPF_MAP_TYPE_HASH`
     Hash,
+    /// `BPF_MAP_TYPE_ARRAY`
+    Array,
     /// `BPF_MAP_TYPE_PERCPU_ARRAY`
     PerCpuArray,
     /// `BPF_MAP_TYPE_LPM_TRIE`
@@ -40,6 +42,7 @@ impl MapType {
     fn id(self) -> u32 {
         match self {
             MapType::Hash => 1,
+            MapType::Array => 2,
             MapType::PerCpuArray => 6,
             MapType::LpmTrie => 11,
         }

@@ -2,22 +2,32 @@
 //!
 //! A node namespace with a pod (veth `wp1` ↔ `eth0` in the pod's namespace, 10.90.0.2) and
 //! an uplink (`up0`, 192.0.2.1/24) to a "remote" namespace that owns 10.90.1.5 and routes
-//! the pod's block back. Pools: 10.90.0.0/16.
+//! the pod's block back. Both ends also have a kernel VXLAN device `vx0` (VNI 4096, port
+//! 4789, tunnel addresses 10.91.0.1 and 10.91.0.2), set up as the agent sets `wren.vxlan`
+//! up; the remote's 10.90.3.5 is reached through it. Pools: 10.90.0.0/16.
 //!
 //! - `verdicts`: `BPF_PROG_TEST_RUN` on crafted packets: what is forwarded (and how the
 //!   headers come out) and what is left to the stack;
+//! - `vxlan_frames`: the frame the program builds for the tunnel, field by field;
 //! - `live_traffic`: the program attached, pings crossing it, the counters moving, a spoofed
-//!   source still dropped, and the pod still reachable once the program is gone.
+//!   source still dropped, and the pod still reachable once the program is gone;
+//! - `live_vxlan`: pings through the tunnel encapsulated by the program and decapsulated by
+//!   the remote's kernel device, full-size packets included.
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use wren_fastpath::{Counters, FastPath};
+use wren_fastpath::{Counters, FastPath, VxlanConfig};
 use wren_tests::netns::NetNs;
 use wren_tests::prereq;
 
 const POD: Ipv4Addr = Ipv4Addr::new(10, 90, 0, 2);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 90, 1, 5);
+/// Reached through the tunnel.
+const TUNNEL_POD: Ipv4Addr = Ipv4Addr::new(10, 90, 3, 5);
+const NODE_VTEP_MAC: &str = "02:00:00:00:01:01";
+const REMOTE_VTEP_MAC: &str = "02:00:00:00:01:02";
+const TUNNEL_MTU: &str = "1450";
 const POD_MAC: &str = "02:00:00:00:00:02";
 const GATEWAY_MAC: &str = "02:00:00:00:00:fe";
 const TC_ACT_REDIRECT: i32 = 7;
@@ -72,17 +82,7 @@ fn rig() -> std::io::Result<Rig> {
     ])?;
     let gateway_mac = node.ip(&["-br", "link", "show", "wp1"])?;
     let gateway_mac = gateway_mac.split_whitespace().nth(2).unwrap_or_default();
-    pod.ip(&[
-        "neigh",
-        "replace",
-        "169.254.1.1",
-        "lladdr",
-        gateway_mac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ])?;
+    permanent_neighbour(&pod, "169.254.1.1", gateway_mac, "eth0")?;
     node.exec("sysctl", &["-qw", "net.ipv4.conf.wp1.rp_filter=1"])?;
     node.ip(&["route", "add", "10.90.0.2/32", "dev", "wp1"])?;
     node.veth(
@@ -98,7 +98,176 @@ fn rig() -> std::io::Result<Rig> {
     node.ip(&["route", "add", "10.90.1.0/26", "via", "192.0.2.2"])?;
     // A block whose next hop never answers ARP.
     node.ip(&["route", "add", "10.90.2.0/26", "via", "192.0.2.3"])?;
+    // The tunnel, both ends as the agent builds them: no learning, permanent neighbour and
+    // forwarding entries, routes `via <tunnel address> onlink`.
+    for (ns, local, parent, mac, address, peer_mac, peer_address, peer_node) in [
+        (
+            &node,
+            "192.0.2.1",
+            "up0",
+            NODE_VTEP_MAC,
+            "10.91.0.1/32",
+            REMOTE_VTEP_MAC,
+            "10.91.0.2",
+            "192.0.2.2",
+        ),
+        (
+            &remote,
+            "192.0.2.2",
+            "eth0",
+            REMOTE_VTEP_MAC,
+            "10.91.0.2/32",
+            NODE_VTEP_MAC,
+            "10.91.0.1",
+            "192.0.2.1",
+        ),
+    ] {
+        ns.ip(&[
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "4096",
+            "dstport",
+            "4789",
+            "local",
+            local,
+            "dev",
+            parent,
+            "nolearning",
+        ])?;
+        ns.ip(&["link", "set", "vx0", "address", mac, "mtu", TUNNEL_MTU])?;
+        ns.configure("vx0", Some(address))?;
+        permanent_neighbour(ns, peer_address, peer_mac, "vx0")?;
+        ns.exec(
+            "bridge",
+            &[
+                "fdb",
+                "append",
+                peer_mac,
+                "dev",
+                "vx0",
+                "dst",
+                peer_node,
+                "self",
+                "permanent",
+            ],
+        )?;
+    }
+    pod.ip(&["link", "set", "eth0", "mtu", TUNNEL_MTU])?;
+    node.ip(&[
+        "route",
+        "add",
+        "10.90.3.0/26",
+        "via",
+        "10.91.0.2",
+        "dev",
+        "vx0",
+        "onlink",
+    ])?;
+    remote.ip(&["addr", "add", "10.90.3.5/32", "dev", "lo"])?;
+    // Replies from the tunnelled address go back through the tunnel.
+    remote.ip(&["rule", "add", "from", "10.90.3.5", "table", "100"])?;
+    remote.ip(&[
+        "route",
+        "add",
+        "10.90.0.0/26",
+        "via",
+        "10.91.0.1",
+        "dev",
+        "vx0",
+        "onlink",
+        "table",
+        "100",
+    ])?;
     Ok(Rig { node, pod, remote })
+}
+
+/// A neighbour entry as a resolved ARP (or the agent, for tunnels) leaves it.
+fn permanent_neighbour(ns: &NetNs, address: &str, mac: &str, dev: &str) -> std::io::Result<String> {
+    ns.ip(&[
+        "neigh",
+        "replace",
+        address,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ])
+}
+
+/// The program loaded and attached inside a namespace, on a thread of its own, for tests
+/// that send real traffic; it unloads when dropped.
+struct LiveProgram {
+    ask: Option<std::sync::mpsc::Sender<()>>,
+    answers: std::sync::mpsc::Receiver<Counters>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveProgram {
+    fn start(ns: &NetNs, setup: impl FnOnce(&mut FastPath) + Send + 'static) -> Self {
+        let node = ns.name().to_owned();
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (answer, answers) = std::sync::mpsc::channel::<Counters>();
+        let worker = std::thread::spawn(move || {
+            wren_tests::netns::run_in(&node, move || {
+                let mut fast = FastPath::load().expect("loading the program");
+                setup(&mut fast);
+                for () in asked {
+                    answer.send(fast.counters().unwrap()).unwrap();
+                }
+            })
+            .unwrap();
+        });
+        Self {
+            ask: Some(ask),
+            answers,
+            worker: Some(worker),
+        }
+    }
+
+    fn counters(&self) -> Counters {
+        self.ask.as_ref().unwrap().send(()).unwrap();
+        self.answers.recv().unwrap()
+    }
+}
+
+impl Drop for LiveProgram {
+    fn drop(&mut self) {
+        self.ask.take();
+        if let Some(worker) = self.worker.take() {
+            let joined = worker.join();
+            if !std::thread::panicking() {
+                joined.unwrap();
+            }
+        }
+    }
+}
+
+/// The program's VXLAN settings for the rig's node.
+fn vxlan_config(node: &NetNs) -> VxlanConfig {
+    VxlanConfig {
+        device: ifindex(node, "vx0"),
+        parent: ifindex(node, "up0"),
+        local: Ipv4Addr::new(192, 0, 2, 1),
+        vni: 4096,
+        port: 4789,
+        source_ports: (32768, 60999),
+        ttl: 64,
+    }
+}
+
+fn vxlan_peers() -> Vec<([u8; 6], Ipv4Addr)> {
+    vec![(mac(REMOTE_VTEP_MAC), Ipv4Addr::new(192, 0, 2, 2))]
+}
+
+/// Bytes `at..at + 2` as a big-endian number.
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
 
 fn mac(text: &str) -> [u8; 6] {
@@ -176,32 +345,8 @@ fn verdicts() {
     }
     let rig = rig().expect("building the namespaces");
     // The gateway's and the pod's neighbour entries, as a resolved ARP would leave them.
-    rig.node
-        .ip(&[
-            "neigh",
-            "replace",
-            "192.0.2.2",
-            "lladdr",
-            GATEWAY_MAC,
-            "dev",
-            "up0",
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    rig.node
-        .ip(&[
-            "neigh",
-            "replace",
-            "10.90.0.2",
-            "lladdr",
-            POD_MAC,
-            "dev",
-            "wp1",
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
+    permanent_neighbour(&rig.node, "192.0.2.2", GATEWAY_MAC, "up0").unwrap();
+    permanent_neighbour(&rig.node, "10.90.0.2", POD_MAC, "wp1").unwrap();
     let wp1 = ifindex(&rig.node, "wp1");
     let up0 = ifindex(&rig.node, "up0");
     let wp1_mac = link_mac(&rig.node, "wp1");
@@ -303,6 +448,114 @@ fn verdicts() {
     drop(rig);
 }
 
+#[test]
+fn vxlan_frames() {
+    if !prerequisites() {
+        return;
+    }
+    let rig = rig().expect("building the namespaces");
+    permanent_neighbour(&rig.node, "192.0.2.2", GATEWAY_MAC, "up0").unwrap();
+    let wp1 = ifindex(&rig.node, "wp1");
+    let up0_mac = link_mac(&rig.node, "up0");
+    let config = vxlan_config(&rig.node);
+    let node = rig.node.name().to_owned();
+
+    rig.node
+        .enter(move || {
+            let mut fast = FastPath::load().expect("loading the program");
+            fast.set_pools(&pools()).unwrap();
+            fast.attach_pod(wp1, POD).unwrap();
+            fast.set_vxlan(Some(config)).unwrap();
+            fast.set_vxlan_peers(&vxlan_peers()).unwrap();
+            assert_eq!(fast.vxlan_peers(), 1);
+            let run = |fast: &FastPath, packet: &[u8]| fast.test_run(packet, wp1).unwrap();
+
+            // Congestion experienced on the inner packet: ECT(0) outside, as the kernel's
+            // tunnels encapsulate ECN.
+            let mut packet = frame(POD, TUNNEL_POD, 64);
+            packet[15] = 0x03;
+            packet[24..26].copy_from_slice(&[0, 0]);
+            let sum = checksum(&packet[14..34]);
+            packet[24..26].copy_from_slice(&sum.to_be_bytes());
+
+            let before = fast.counters().unwrap();
+            let (verdict, out) = run(&fast, &packet);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "pod → tunnelled pod is forwarded");
+            let after = fast.counters().unwrap();
+            assert_eq!(delta(after, before), (1, 0));
+            assert_eq!(after.encapsulated - before.encapsulated, 1);
+            assert_eq!(out.len(), packet.len() + 50, "outer headers: 50 bytes");
+            // Outer Ethernet: to the underlay next hop, from the underlay device.
+            assert_eq!(&out[0..6], &mac(GATEWAY_MAC));
+            assert_eq!(&out[6..12], &up0_mac);
+            assert_eq!(&out[12..14], &[0x08, 0x00]);
+            // Outer IPv4.
+            assert_eq!(out[14], 0x45);
+            assert_eq!(out[15], 0x02, "CE inside is ECT(0) outside");
+            assert_eq!(usize::from(be16(&out, 16)), out.len() - 14, "total length");
+            assert_eq!(be16(&out, 20), 0, "no DF, no fragment");
+            assert_eq!(out[22], 64, "the device's TTL");
+            assert_eq!(out[23], 17, "UDP");
+            assert_eq!(checksum(&out[14..34]), 0, "outer checksum valid");
+            assert_eq!(&out[26..30], &[192, 0, 2, 1], "from the node");
+            assert_eq!(&out[30..34], &[192, 0, 2, 2], "to the remote node");
+            // UDP.
+            let source_port = be16(&out, 34);
+            assert!((32768..=60999).contains(&source_port), "{source_port}");
+            assert_eq!(be16(&out, 36), 4789);
+            assert_eq!(usize::from(be16(&out, 38)), out.len() - 34, "UDP length");
+            assert_eq!(be16(&out, 40), 0, "no UDP checksum (RFC 7348)");
+            // VXLAN: I flag, VNI 4096.
+            assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0x00, 0x10, 0x00, 0]);
+            // Inner Ethernet: to the remote device, from ours.
+            assert_eq!(&out[50..56], &mac(REMOTE_VTEP_MAC));
+            assert_eq!(&out[56..62], &mac(NODE_VTEP_MAC));
+            assert_eq!(&out[62..64], &[0x08, 0x00]);
+            // The inner packet, routed once.
+            assert_eq!(out[64 + 8], 63, "inner TTL decremented");
+            assert_eq!(checksum(&out[64..84]), 0, "inner checksum valid");
+            assert_eq!(out[65], 0x03, "inner ECN untouched");
+            assert_eq!(&out[78..], &packet[28..], "addresses and payload as sent");
+
+            // One flow, one source port.
+            let (_, again) = run(&fast, &packet);
+            assert_eq!(be16(&again, 34), source_port);
+
+            // A remote device the program does not know, VXLAN left to the device, an
+            // unresolved underlay next hop: the device has the packet, untouched.
+            fast.set_vxlan_peers(&[]).unwrap();
+            let before = fast.counters().unwrap();
+            let (verdict, out) = run(&fast, &packet);
+            assert_eq!(
+                (verdict, &out),
+                (TCX_NEXT, &packet),
+                "unknown remote device"
+            );
+            assert_eq!(delta(fast.counters().unwrap(), before), (0, 1));
+            fast.set_vxlan_peers(&vxlan_peers()).unwrap();
+
+            fast.set_vxlan(None).unwrap();
+            let before = fast.counters().unwrap();
+            let (verdict, out) = run(&fast, &packet);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "routed into the device");
+            assert_eq!(out.len(), packet.len(), "not encapsulated");
+            assert_eq!(&out[0..6], &mac(REMOTE_VTEP_MAC));
+            let after = fast.counters().unwrap();
+            assert_eq!(delta(after, before), (1, 0));
+            assert_eq!(after.encapsulated, before.encapsulated);
+            fast.set_vxlan(Some(config)).unwrap();
+
+            wren_tests::netns::command_in(&node, "ip")
+                .args(["neigh", "del", "192.0.2.2", "dev", "up0"])
+                .status()
+                .unwrap();
+            let (verdict, out) = run(&fast, &packet);
+            assert_eq!((verdict, &out), (TCX_NEXT, &packet), "unresolved underlay");
+        })
+        .unwrap();
+    drop(rig);
+}
+
 fn ping(ns: &NetNs, args: &[&str]) -> Result<String, std::io::Error> {
     let mut all = vec!["-c", "3", "-i", "0.2", "-W", "1"];
     all.extend_from_slice(args);
@@ -317,30 +570,13 @@ fn live_traffic() {
     let rig = rig().expect("building the namespaces");
     let wp1 = ifindex(&rig.node, "wp1");
     let up0 = ifindex(&rig.node, "up0");
-    let node = rig.node.name().to_owned();
-    // The program lives on a thread inside the node; the test drives it over channels.
-    let (ask, asked) = std::sync::mpsc::channel::<&'static str>();
-    let (answer, answers) = std::sync::mpsc::channel::<Counters>();
-    let worker = std::thread::spawn(move || {
-        wren_tests::netns::run_in(&node, move || {
-            let mut fast = FastPath::load().expect("loading the program");
-            fast.set_pools(&pools()).unwrap();
-            fast.attach_pod(wp1, POD).unwrap();
-            fast.attach_uplink(up0).unwrap();
-            assert_eq!(fast.attached(), (1, 1));
-            for request in asked {
-                if request == "unload" {
-                    break;
-                }
-                answer.send(fast.counters().unwrap()).unwrap();
-            }
-        })
-        .unwrap();
+    let program = LiveProgram::start(&rig.node, move |fast| {
+        fast.set_pools(&pools()).unwrap();
+        fast.attach_pod(wp1, POD).unwrap();
+        fast.attach_uplink(up0).unwrap();
+        assert_eq!(fast.attached(), (1, 1));
     });
-    let counters = || {
-        ask.send("counters").unwrap();
-        answers.recv().unwrap()
-    };
+    let counters = || program.counters();
 
     let before = counters();
     let out = ping(&rig.pod, &["10.90.1.5"]).expect("pod reaches the remote pod");
@@ -369,8 +605,73 @@ fn live_traffic() {
         "spoofed packets went to the stack: {to_stack}"
     );
 
-    ask.send("unload").unwrap();
-    worker.join().unwrap();
+    drop(program);
     ping(&rig.pod, &["10.90.1.5"]).expect("without the program the stack still routes");
+    let _ = &rig.remote;
+}
+
+#[test]
+fn live_vxlan() {
+    if !prerequisites() || !prereq::require_command("ping") {
+        return;
+    }
+    let rig = rig().expect("building the namespaces");
+    let wp1 = ifindex(&rig.node, "wp1");
+    let up0 = ifindex(&rig.node, "up0");
+    let vx0 = ifindex(&rig.node, "vx0");
+    let config = vxlan_config(&rig.node);
+    let program = LiveProgram::start(&rig.node, move |fast| {
+        fast.set_pools(&pools()).unwrap();
+        fast.attach_pod(wp1, POD).unwrap();
+        fast.attach_uplink(up0).unwrap();
+        fast.attach_uplink(vx0).unwrap();
+        fast.set_vxlan(Some(config)).unwrap();
+        fast.set_vxlan_peers(&vxlan_peers()).unwrap();
+    });
+    let counters = || program.counters();
+    let device_sent = || -> u64 {
+        let text = rig
+            .node
+            .exec("cat", &["/sys/class/net/vx0/statistics/tx_packets"])
+            .unwrap();
+        text.trim().parse().unwrap()
+    };
+
+    // Three requests leave through the tunnel, each either wrapped by the program or, while
+    // the underlay neighbour is unresolved, by the device; the remote's kernel device
+    // unwraps them all and replies through its own tunnel.
+    let (before, sent_before) = (counters(), device_sent());
+    let out =
+        ping(&rig.pod, &[&TUNNEL_POD.to_string()]).expect("pod reaches the pod behind the tunnel");
+    assert!(out.contains("ttl=63"), "{out}");
+    let encapsulated = counters().encapsulated - before.encapsulated;
+    let by_device = device_sent() - sent_before;
+    assert!(encapsulated >= 2, "the program wrapped {encapsulated} of 3");
+    assert_eq!(encapsulated + by_device, 3, "every request left once");
+
+    // The largest packet the pod's MTU allows crosses wrapped (1450 + 50 = the underlay's
+    // 1500); one byte more is refused in the pod, loudly.
+    let before = counters();
+    ping(
+        &rig.pod,
+        &["-M", "do", "-s", "1422", &TUNNEL_POD.to_string()],
+    )
+    .expect("a full-size packet crosses the tunnel");
+    assert_eq!(counters().encapsulated - before.encapsulated, 3);
+    let too_big = rig
+        .pod
+        .command("ping")
+        .args(["-c", "1", "-M", "do", "-s", "1423", &TUNNEL_POD.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&too_big.stderr).to_lowercase()
+        + &String::from_utf8_lossy(&too_big.stdout).to_lowercase();
+    assert!(
+        !too_big.status.success() && text.contains("message too long"),
+        "{text}"
+    );
+
+    drop(program);
+    ping(&rig.pod, &[&TUNNEL_POD.to_string()]).expect("without the program the device carries it");
     let _ = &rig.remote;
 }

@@ -1,7 +1,8 @@
 //! End to end: four nodes on two subnets joined by a router that knows no pod routes, pool
 //! with VXLAN in cross-subnet mode. Every pod reaches every pod; same-subnet routes are plain,
 //! cross-subnet routes go through `wren.vxlan`, and the fast path carries tunnelled pod
-//! traffic at both ends.
+//! traffic at both ends: the sender's program wraps it in VXLAN itself, the receiver's
+//! kernel device unwraps it.
 
 use std::time::Duration;
 
@@ -69,19 +70,28 @@ fn four_nodes_two_subnets_vxlan_cross_subnet() {
     }
     lab.wait_fast_paths(Duration::from_secs(20), "wren.vxlan")
         .unwrap_or_else(|e| panic!("{e}"));
-    let before: Vec<u64> = ["n1", "n2"]
+    let before: Vec<_> = ["n1", "n2"]
         .iter()
-        .map(|n| lab.fast_path(n).unwrap().forwarded)
+        .map(|n| lab.fast_path(n).unwrap())
         .collect();
     assert!(
         lab::ping(&from.ns, &to.ip.to_string(), 3),
         "n1's pod → n2's pod"
     );
     for (node, before) in ["n1", "n2"].iter().zip(before) {
-        let after = lab.fast_path(node).unwrap().forwarded;
+        let after = lab.fast_path(node).unwrap();
         assert!(
-            after > before,
-            "{node}'s fast path forwarded no tunnelled ping ({before} → {after})"
+            after.forwarded > before.forwarded,
+            "{node}'s fast path forwarded no tunnelled ping ({} → {})",
+            before.forwarded,
+            after.forwarded
+        );
+        // Requests one way, replies the other: each sender's program wrapped its packets.
+        assert!(
+            after.encapsulated > before.encapsulated,
+            "{node}'s fast path wrapped no ping in VXLAN ({} → {})",
+            before.encapsulated,
+            after.encapsulated
         );
     }
     lab.down().unwrap();

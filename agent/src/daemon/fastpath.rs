@@ -1,9 +1,15 @@
 //! The BPF fast path ([`wren_fastpath`]), kept in step with the view on every pass.
 //!
 //! What it should cover is a pure function of the view ([`FastPathDesired::of`]): the pools'
-//! IPv4 prefixes and this node's pods (host-side veth → the pod's IPv4 address). The kernel
-//! side adds the devices traffic for local pods arrives on: the underlay interface and the
-//! tunnel devices that exist. Attachments of pods that left are dropped.
+//! IPv4 prefixes, this node's pods (host-side veth → the pod's IPv4 address) and the other
+//! nodes' VXLAN devices (MAC → node address, as in `wren.vxlan`'s forwarding table). The
+//! kernel side adds the devices traffic for local pods arrives on: the underlay interface and
+//! the tunnel devices that exist. Attachments of pods that left are dropped.
+//!
+//! While `wren.vxlan` exists, the program wraps pod traffic routed into it itself, with the
+//! device's settings (its VNI and port, the node's address out of the underlay, the local
+//! port range for source ports, the default TTL); the device still decapsulates, and still
+//! carries whatever the program leaves to the stack.
 //!
 //! The fast path never owns correctness: if it cannot load (kernel before 6.6, no BPF
 //! privilege) or is turned off (`fastPath = false`), or the agent stops, the host stack
@@ -11,16 +17,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
-use wren_fastpath::FastPath;
+use wren_fastpath::{FastPath, VxlanConfig};
 
+use super::encap::vxlan_peers;
 use super::view::ClusterView;
 use crate::dataplane::ipip::IPIP_DEVICE;
 use crate::dataplane::mtu::detect_underlay;
-use crate::dataplane::vxlan::VXLAN_DEVICE;
+use crate::dataplane::vxlan::{VXLAN_DEVICE, VXLAN_PORT, VXLAN_VNI};
 use crate::metrics::Metrics;
 
 /// What the fast path should cover, from the view.
@@ -30,11 +38,14 @@ pub struct FastPathDesired {
     pub pools: Vec<Ipv4Net>,
     /// This node's pods: host-side interface → the pod's IPv4 address.
     pub pods: BTreeMap<String, Ipv4Addr>,
+    /// The other nodes' VXLAN devices: MAC → the node's underlay address.
+    pub vxlan_peers: Vec<([u8; 6], Ipv4Addr)>,
 }
 
 impl FastPathDesired {
-    /// The pools and this node's pods with an IPv4 address.
-    pub fn of(view: &ClusterView) -> Self {
+    /// The pools, the pods with an IPv4 address of node `me`, and the other nodes' VXLAN
+    /// devices.
+    pub fn of(view: &ClusterView, me: &str) -> Self {
         let pools = view
             .pools
             .values()
@@ -56,7 +67,15 @@ impl FastPathDesired {
                 Some((w.host_interface.clone(), address))
             })
             .collect();
-        Self { pools, pods }
+        let vxlan_peers = vxlan_peers(me, view)
+            .into_iter()
+            .map(|peer| (peer.mac, peer.node_ip))
+            .collect();
+        Self {
+            pools,
+            pods,
+            vxlan_peers,
+        }
     }
 }
 
@@ -89,6 +108,12 @@ pub struct FastPathStatus {
     pub forwarded: u64,
     /// Pool-to-pool packets left to the host stack since the agent started.
     pub to_stack: u64,
+    /// Remote VXLAN devices the program encapsulates for (0: VXLAN is left to the device).
+    #[serde(default)]
+    pub vxlan_peers: usize,
+    /// Of the forwarded packets, those the program wrapped in VXLAN.
+    #[serde(default)]
+    pub encapsulated: u64,
     /// What failed in the last pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -121,6 +146,14 @@ impl FastPathStatus {
                     self.forwarded,
                     self.to_stack,
                 );
+                if self.vxlan_peers > 0 || self.encapsulated > 0 {
+                    line.push_str(&format!(
+                        "  VXLAN in the fast path: {} remote node{}, {} packets encapsulated\n",
+                        self.vxlan_peers,
+                        if self.vxlan_peers == 1 { "" } else { "s" },
+                        self.encapsulated,
+                    ));
+                }
                 for e in &self.errors {
                     line.push_str(&format!("  fast path error: {e}\n"));
                 }
@@ -141,7 +174,7 @@ pub struct FastPathControl {
     node_ip: Ipv4Addr,
     kernel: Arc<Mutex<Kernel>>,
     /// Kernel counters as last published, so metrics grow by the difference.
-    published: Mutex<(u64, u64)>,
+    published: Mutex<wren_fastpath::Counters>,
 }
 
 impl FastPathControl {
@@ -165,7 +198,7 @@ impl FastPathControl {
         Self {
             node_ip,
             kernel: Arc::new(Mutex::new(kernel)),
-            published: Mutex::new((0, 0)),
+            published: Mutex::new(wren_fastpath::Counters::default()),
         }
     }
 
@@ -209,6 +242,7 @@ impl FastPathControl {
         {
             status.forwarded = counters.forwarded;
             status.to_stack = counters.to_stack;
+            status.encapsulated = counters.encapsulated;
         }
     }
 
@@ -221,13 +255,26 @@ impl FastPathControl {
         metrics
             .fast_path_up
             .set(i64::from(status.state == FastPathState::On));
-        metrics
-            .fast_path_forwarded
-            .inc_by(status.forwarded.saturating_sub(last.0));
-        metrics
-            .fast_path_to_stack
-            .inc_by(status.to_stack.saturating_sub(last.1));
-        *last = (last.0.max(status.forwarded), last.1.max(status.to_stack));
+        let grow =
+            |counter: &prometheus_client::metrics::counter::Counter, now: u64, last: &mut u64| {
+                counter.inc_by(now.saturating_sub(*last));
+                *last = (*last).max(now);
+            };
+        grow(
+            &metrics.fast_path_forwarded,
+            status.forwarded,
+            &mut last.forwarded,
+        );
+        grow(
+            &metrics.fast_path_to_stack,
+            status.to_stack,
+            &mut last.to_stack,
+        );
+        grow(
+            &metrics.fast_path_encapsulated,
+            status.encapsulated,
+            &mut last.encapsulated,
+        );
     }
 }
 
@@ -242,13 +289,62 @@ fn reconcile(fast: &mut FastPath, node_ip: Ipv4Addr, desired: &FastPathDesired) 
         errors.push(e.to_string());
     }
     let mut uplinks = Vec::new();
-    match detect_underlay(IpAddr::V4(node_ip)) {
-        Ok(u) => uplinks.push((u.name, u.index)),
-        Err(e) => errors.push(format!("no uplink to attach to: {e}")),
-    }
+    let underlay = match detect_underlay(IpAddr::V4(node_ip)) {
+        Ok(u) => {
+            uplinks.push((u.name, u.index));
+            Some(u.index)
+        }
+        Err(e) => {
+            errors.push(format!("no uplink to attach to: {e}"));
+            None
+        }
+    };
     for tunnel in [VXLAN_DEVICE, IPIP_DEVICE] {
         if let Some(index) = ifindex(tunnel) {
             uplinks.push((tunnel.to_owned(), index));
+        }
+    }
+    // VXLAN in the program needs the device (whose settings it copies) and its parent.
+    let vxlan = match (ifindex(VXLAN_DEVICE), underlay) {
+        (Some(device), Some(parent)) => {
+            match kernel_vxlan_defaults(Path::new("/proc/sys/net/ipv4")) {
+                Ok((source_ports, ttl)) => Some(VxlanConfig {
+                    device,
+                    parent,
+                    local: node_ip,
+                    vni: VXLAN_VNI,
+                    port: VXLAN_PORT,
+                    source_ports,
+                    ttl,
+                }),
+                Err(e) => {
+                    errors.push(format!("VXLAN left to {VXLAN_DEVICE}: {e}"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let peers: &[([u8; 6], Ipv4Addr)] = if vxlan.is_some() {
+        &desired.vxlan_peers
+    } else {
+        &[]
+    };
+    // Peers before settings when turning on, settings before peers when turning off: the
+    // program never meets settings without the table they need.
+    let vxlan_steps = if vxlan.is_some() {
+        [true, false]
+    } else {
+        [false, true]
+    };
+    for peers_step in vxlan_steps {
+        let result = if peers_step {
+            fast.set_vxlan_peers(peers)
+        } else {
+            fast.set_vxlan(vxlan)
+        };
+        if let Err(e) = result {
+            errors.push(e.to_string());
         }
     }
     let mut keep = BTreeSet::new();
@@ -290,8 +386,30 @@ fn reconcile(fast: &mut FastPath, node_ip: Ipv4Addr, desired: &FastPathDesired) 
         uplinks: attached_uplinks,
         forwarded: counters.forwarded,
         to_stack: counters.to_stack,
+        vxlan_peers: fast.vxlan_peers(),
+        encapsulated: counters.encapsulated,
         errors,
     }
+}
+
+/// What the kernel's VXLAN device takes from the namespace when it is not told otherwise:
+/// the local port range for source ports and the default TTL (`sysctl` directory `dir`).
+fn kernel_vxlan_defaults(dir: &Path) -> Result<((u16, u16), u8), String> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|e| format!("reading {name}: {e}"))
+    };
+    let ports = read("ip_local_port_range")?;
+    let mut numbers = ports.split_whitespace().map(str::parse::<u16>);
+    let source_ports = match (numbers.next(), numbers.next()) {
+        (Some(Ok(low)), Some(Ok(high))) if low <= high => (low, high),
+        _ => return Err(format!("unreadable ip_local_port_range {:?}", ports.trim())),
+    };
+    let ttl = read("ip_default_ttl")?;
+    let ttl = ttl
+        .trim()
+        .parse::<u8>()
+        .map_err(|_| format!("unreadable ip_default_ttl {:?}", ttl.trim()))?;
+    Ok((source_ports, ttl))
 }
 
 #[cfg(test)]
@@ -338,7 +456,7 @@ mod tests {
             workload("wren2", &["fd00:65::2/128"]),
             workload("wren3", &["10.66.0.9/32"]),
         ];
-        let desired = FastPathDesired::of(&view);
+        let desired = FastPathDesired::of(&view, "n1");
         assert_eq!(
             desired.pools,
             vec![
@@ -384,6 +502,36 @@ mod tests {
         assert_eq!(
             on.render(),
             "Fast path: on, 2 pods and eth0, wren.vxlan (uplinks); 10 packets forwarded, 1 left to the host stack\n"
+        );
+        let wrapping = FastPathStatus {
+            vxlan_peers: 3,
+            encapsulated: 4,
+            ..on
+        };
+        assert_eq!(
+            wrapping.render(),
+            "Fast path: on, 2 pods and eth0, wren.vxlan (uplinks); 10 packets forwarded, 1 left to the host stack\n  VXLAN in the fast path: 3 remote nodes, 4 packets encapsulated\n"
+        );
+    }
+
+    #[test]
+    fn kernel_vxlan_defaults_from_sysctl() {
+        let dir = std::env::temp_dir().join(format!("wren-vxlan-defaults-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ip_local_port_range"), "32768\t60999\n").unwrap();
+        std::fs::write(dir.join("ip_default_ttl"), "64\n").unwrap();
+        assert_eq!(kernel_vxlan_defaults(&dir), Ok(((32768, 60999), 64)));
+        std::fs::write(dir.join("ip_local_port_range"), "60999 32768\n").unwrap();
+        assert!(
+            kernel_vxlan_defaults(&dir)
+                .unwrap_err()
+                .contains("unreadable ip_local_port_range")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            kernel_vxlan_defaults(&dir)
+                .unwrap_err()
+                .starts_with("reading ip_local_port_range")
         );
     }
 }

@@ -412,7 +412,9 @@ impl Controller {
         };
         let fast_path = match &self.fast_path {
             Some(control) => {
-                let status = control.pass(fastpath::FastPathDesired::of(&view)).await;
+                let status = control
+                    .pass(fastpath::FastPathDesired::of(&view, node))
+                    .await;
                 control.publish(&status, metrics);
                 Some(status)
             }

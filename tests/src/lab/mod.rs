@@ -72,6 +72,8 @@ pub struct FastPathReport {
     pub forwarded: u64,
     /// Pool-to-pool packets left to the host stack.
     pub to_stack: u64,
+    /// Of the forwarded packets, those the program wrapped in VXLAN.
+    pub encapsulated: u64,
 }
 
 impl FastPathReport {
@@ -85,6 +87,7 @@ impl FastPathReport {
                 uplinks: Vec::new(),
                 forwarded: 0,
                 to_stack: 0,
+                encapsulated: 0,
             });
         };
         // "… pods and eth0, wren.vxlan (uplinks); …", or "and no uplink (uplinks)".
@@ -93,16 +96,22 @@ impl FastPathReport {
             "no uplink" => Vec::new(),
             list => list.split(", ").map(str::to_owned).collect(),
         };
-        let number_before = |word: &str| -> Option<u64> {
-            let at = on.find(word)?;
-            on[..at].split_whitespace().last()?.parse().ok()
+        let number_before = |text: &str, word: &str| -> Option<u64> {
+            let at = text.find(word)?;
+            text[..at].split_whitespace().last()?.parse().ok()
         };
+        // "  VXLAN in the fast path: 2 remote nodes, 10 packets encapsulated", when it wraps.
+        let encapsulated = status
+            .lines()
+            .find(|l| l.trim_start().starts_with("VXLAN in the fast path:"))
+            .map_or(Some(0), |l| number_before(l, " packets encapsulated"))?;
         Some(Self {
             on: true,
             pods: on.split_whitespace().next()?.parse().ok()?,
             uplinks,
-            forwarded: number_before(" packets forwarded")?,
-            to_stack: number_before(" left to the host stack")?,
+            forwarded: number_before(on, " packets forwarded")?,
+            to_stack: number_before(on, " left to the host stack")?,
+            encapsulated,
         })
     }
 }
@@ -1004,9 +1013,14 @@ mod tests {
                 pods: 2,
                 uplinks: vec!["eth0".into(), "wren.vxlan".into()],
                 forwarded: 1234,
-                to_stack: 5
+                to_stack: 5,
+                encapsulated: 0,
             })
         );
+        let wrapping = format!(
+            "{on}  VXLAN in the fast path: 3 remote nodes, 1000 packets encapsulated\nKernel routes: 3 desired\n"
+        );
+        assert_eq!(FastPathReport::parse(&wrapping).unwrap().encapsulated, 1000);
         let bare = "Fast path: on, 0 pods and no uplink (uplinks); 0 packets forwarded, 0 left to the host stack\n";
         assert_eq!(
             FastPathReport::parse(bare).unwrap().uplinks,
