@@ -24,7 +24,7 @@ pub use crate::program::VxlanConfig;
 use crate::program::{
     COUNTER_ENCAPSULATED, COUNTER_FORWARDED, COUNTER_TO_STACK, COUNTERS, MapFds, VXLAN_CONFIG_LEN,
 };
-use crate::sys::{Link, LoadError, Map, MapType, Program};
+use crate::sys::{Link, LoadError, Map, MapType, Program, TestContext};
 
 /// Most pods one node's fast path tracks.
 pub const MAX_PODS: u32 = 65_536;
@@ -335,8 +335,33 @@ impl FastPath {
         })
     }
 
-    /// Runs the program on one packet without attaching it (see [`Program::test_run`]).
+    /// Runs the program on one packet arriving on `ifindex`, without attaching it (see
+    /// [`Program::test_run`]).
     pub fn test_run(&self, packet: &[u8], ifindex: u32) -> io::Result<(i32, Vec<u8>)> {
-        self.program.test_run(packet, ifindex)
+        self.program.test_run(
+            packet,
+            TestContext {
+                ifindex,
+                ..TestContext::default()
+            },
+        )
+    }
+
+    /// As [`FastPath::test_run`], for a GSO packet of `gso_segs` segments of `gso_size`.
+    pub fn test_run_gso(
+        &self,
+        packet: &[u8],
+        ifindex: u32,
+        gso_size: u32,
+        gso_segs: u32,
+    ) -> io::Result<(i32, Vec<u8>)> {
+        self.program.test_run(
+            packet,
+            TestContext {
+                ifindex,
+                gso_size,
+                gso_segs,
+            },
+        )
     }
 }

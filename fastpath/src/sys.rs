@@ -275,13 +275,16 @@ impl Program {
     }
 
     /// Runs the program once on `packet` (starting at the Ethernet header) as if it had
-    /// arrived on `ifindex` of the calling thread's namespace (`BPF_PROG_TEST_RUN`);
+    /// arrived on `context.ifindex` of the calling thread's namespace (`BPF_PROG_TEST_RUN`);
     /// returns the program's verdict and the packet as the program left it. Redirects are
     /// reported, not carried out.
-    pub fn test_run(&self, packet: &[u8], ifindex: u32) -> io::Result<(i32, Vec<u8>)> {
-        // struct __sk_buff as context: only `ifindex` (offset 40) set.
+    pub fn test_run(&self, packet: &[u8], context: TestContext) -> io::Result<(i32, Vec<u8>)> {
+        // struct __sk_buff as context: `ifindex` (offset 40), `gso_segs` (164), `gso_size`
+        // (176).
         let mut ctx = [0u8; 192];
-        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&context.ifindex.to_ne_bytes());
+        ctx[164..168].copy_from_slice(&context.gso_segs.to_ne_bytes());
+        ctx[176..180].copy_from_slice(&context.gso_size.to_ne_bytes());
         let mut out = vec![0u8; packet.len() + 256];
         let mut attr = Attr::new();
         attr.u32(0, self.fd.as_raw_fd() as u32)
@@ -297,6 +300,17 @@ impl Program {
         out.truncate(attr.read_u32(12) as usize);
         Ok((verdict, out))
     }
+}
+
+/// What a test run pretends about the packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestContext {
+    /// The device it arrived on.
+    pub ifindex: u32,
+    /// GSO segment size (0: not a GSO packet).
+    pub gso_size: u32,
+    /// GSO segments.
+    pub gso_segs: u32,
 }
 
 /// A program attached to a device; dropping it detaches the program.

@@ -317,6 +317,26 @@ fn frame(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
     f
 }
 
+/// An Ethernet + IPv4 frame carrying `protocol` with a transport header of `header` bytes
+/// (TCP: its data offset says so) and `payload` bytes after it.
+fn transport_frame(dst: Ipv4Addr, protocol: u8, header: usize, payload: usize) -> Vec<u8> {
+    let mut f = frame(POD, dst, 64);
+    f.truncate(34);
+    let total = (20 + header + payload) as u16;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[23] = protocol;
+    f[24..26].copy_from_slice(&[0, 0]);
+    let sum = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&sum.to_be_bytes());
+    let mut transport = vec![0u8; header];
+    if protocol == 6 {
+        transport[12] = ((header / 4) as u8) << 4;
+    }
+    f.extend_from_slice(&transport);
+    f.resize(f.len() + payload, 0x5a);
+    f
+}
+
 fn pools() -> Vec<Ipv4Net> {
     vec!["10.90.0.0/16".parse().unwrap()]
 }
@@ -432,6 +452,31 @@ fn verdicts() {
                 let (verdict, _) = run(&fast, &packet, ifindex);
                 assert_eq!(verdict, TCX_NEXT, "{what}: left to the stack");
                 assert_eq!(delta(fast.counters().unwrap(), before), (0, 0), "{what}");
+            }
+
+            // GSO packets: forwarded while each segment (IPv4 + transport header + gso_size)
+            // fits the egress device's MTU, else left to the stack (which segments them or
+            // answers "fragmentation needed"). The uplink has 1500, the tunnel 1450.
+            let tunnelled = TUNNEL_POD;
+            for (what, dst, protocol, header, gso_size, fits) in [
+                ("TCP, full segments", REMOTE_POD, 6, 32, 1448, true),
+                ("TCP, one byte over", REMOTE_POD, 6, 32, 1449, false),
+                ("TCP into the tunnel", tunnelled, 6, 32, 1398, true),
+                ("TCP over the tunnel's MTU", tunnelled, 6, 32, 1399, false),
+                ("UDP, full datagrams", REMOTE_POD, 17, 8, 1472, true),
+                ("UDP, one byte over", REMOTE_POD, 17, 8, 1473, false),
+                ("neither TCP nor UDP", REMOTE_POD, 47, 4, 1000, false),
+            ] {
+                let packet = transport_frame(dst, protocol, header, 2 * gso_size);
+                let before = fast.counters().unwrap();
+                let (verdict, out) = fast.test_run_gso(&packet, wp1, gso_size as u32, 2).unwrap();
+                let counted = delta(fast.counters().unwrap(), before);
+                if fits {
+                    assert_eq!((verdict, counted), (TC_ACT_REDIRECT, (1, 0)), "{what}");
+                } else {
+                    assert_eq!((verdict, counted), (TCX_NEXT, (0, 1)), "{what}");
+                    assert_eq!(out, packet, "{what}: packet untouched");
+                }
             }
 
             // A pool removed: its traffic is no longer forwarded.
@@ -670,6 +715,53 @@ fn live_vxlan() {
         !too_big.status.success() && text.contains("message too long"),
         "{text}"
     );
+
+    // A pod whose MTU is larger than the tunnel's (made before the pool took VXLAN, say),
+    // talking to a peer that accepts full segments: what does not fit the tunnel goes to the
+    // stack, which answers "fragmentation needed"; the pod learns the tunnel's MTU, and the
+    // program wraps the rest of the stream.
+    if prereq::require_command("iperf3") {
+        rig.pod.ip(&["link", "set", "eth0", "mtu", "1500"]).unwrap();
+        // The remote's device may only be as large as its parent allows.
+        rig.remote
+            .ip(&["link", "set", "eth0", "mtu", "1550"])
+            .unwrap();
+        rig.remote
+            .ip(&["link", "set", "vx0", "mtu", "1500"])
+            .unwrap();
+        let server = rig
+            .remote
+            .spawn("iperf3 server", "iperf3", &["-s", "-1", "-B", "10.90.3.5"])
+            .unwrap();
+        let before = counters();
+        let sent = (0..50).any(|_| {
+            let ok = rig
+                .pod
+                .exec("iperf3", &["-c", "10.90.3.5", "-n", "8M"])
+                .is_ok();
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            ok
+        });
+        assert!(sent, "the stream crossed: {}", server.log());
+        let after = counters();
+        assert!(
+            after.to_stack > before.to_stack,
+            "oversize packets went to the stack"
+        );
+        assert!(
+            after.encapsulated > before.encapsulated + 10,
+            "the program wrapped the stream once the pod knew the MTU: {} → {}",
+            before.encapsulated,
+            after.encapsulated
+        );
+        let route = rig.pod.ip(&["route", "get", "10.90.3.5"]).unwrap();
+        assert!(
+            route.contains("mtu 1450"),
+            "the pod learned the tunnel's MTU: {route}"
+        );
+    }
 
     drop(program);
     ping(&rig.pod, &[&TUNNEL_POD.to_string()]).expect("without the program the device carries it");
