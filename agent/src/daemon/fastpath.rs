@@ -330,19 +330,8 @@ fn reconcile(fast: &mut FastPath, node_ip: Ipv4Addr, desired: &FastPathDesired) 
     } else {
         &[]
     };
-    // Peers before settings when turning on, settings before peers when turning off: the
-    // program never meets settings without the table they need.
-    let vxlan_steps = if vxlan.is_some() {
-        [true, false]
-    } else {
-        [false, true]
-    };
-    for peers_step in vxlan_steps {
-        let result = if peers_step {
-            fast.set_vxlan_peers(peers)
-        } else {
-            fast.set_vxlan(vxlan)
-        };
+    // Either order is safe: a remote device the table does not know is left to the device.
+    for result in [fast.set_vxlan_peers(peers), fast.set_vxlan(vxlan)] {
         if let Err(e) = result {
             errors.push(e.to_string());
         }
