@@ -183,7 +183,8 @@ const FIB_DMAC: i16 = FIB + 58;
 const LPM_KEY: i16 = -72;
 const LPM_KEY_ADDR: i16 = LPM_KEY + 4;
 const IFINDEX_KEY: i16 = -76;
-const COUNTER_KEY: i16 = -80;
+/// Index into an array map: a counter slot, or the one VXLAN settings element.
+const ARRAY_KEY: i16 = -80;
 const VTEP_KEY: i16 = -88;
 const REMOTE_NODE: i16 = -92;
 const SOURCE_PORT: i16 = -94;
@@ -287,8 +288,8 @@ pub fn forward(maps: MapFds) -> Result<Vec<Insn>, AsmError> {
     a.jump_imm(Cond::Ne, R0, 0, "into_pod")
         .jump_imm(Cond::Eq, R9, 0, "to_stack");
     // From a pod into the VXLAN device: encapsulated here, if VXLAN is set up.
-    a.store_imm(Size::W, R10, COUNTER_KEY, 0);
-    lookup(&mut a, maps.vxlan, COUNTER_KEY);
+    a.store_imm(Size::W, R10, ARRAY_KEY, 0);
+    lookup(&mut a, maps.vxlan, ARRAY_KEY);
     a.jump_imm(Cond::Eq, R0, 0, "routed")
         .load(Size::W, R2, R0, CFG_DEVICE)
         .load(Size::W, R3, R10, FIB_IFINDEX)
@@ -540,8 +541,8 @@ fn load_packet(a: &mut Asm, len: i32, short: &'static str) {
 /// Adds one to counter `slot`; `done` is a label unique to this use.
 fn count(a: &mut Asm, counters: i32, slot: u32, done: &'static str) -> Result<(), AsmError> {
     use Reg::*;
-    a.store_imm(Size::W, R10, COUNTER_KEY, slot as i32);
-    lookup(a, counters, COUNTER_KEY);
+    a.store_imm(Size::W, R10, ARRAY_KEY, slot as i32);
+    lookup(a, counters, ARRAY_KEY);
     a.jump_imm(Cond::Eq, R0, 0, done)
         .load(Size::DW, R2, R0, 0)
         .add_imm(R2, 1)
