@@ -3,9 +3,11 @@
 # installs what is missing, and does nothing at all when everything is there.
 set -euo pipefail
 
-# command -> Debian package that provides it
+# command (or file) -> Debian package that provides it
 declare -A NEED=(
   [protoc]=protobuf-compiler
+  # protoc's well-known types (etcd's API imports them); only recommended by protobuf-compiler
+  [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
   [etcd]=etcd-server
   [etcdctl]=etcd-client
   [bird]=bird2
@@ -35,7 +37,7 @@ declare -A NEED=(
 missing=()
 for cmd in "${!NEED[@]}"; do
   if [[ "$cmd" == /* ]]; then
-    [[ -x "$cmd" ]] || missing+=("${NEED[$cmd]}")
+    [[ -e "$cmd" ]] || missing+=("${NEED[$cmd]}")
   else
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
   fi
