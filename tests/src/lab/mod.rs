@@ -491,16 +491,36 @@ impl Lab {
             if Instant::now() > deadline {
                 // The start of the log and the node's routes and neighbours say more about a
                 // node that never got going than the tail the caller prints.
-                let show = |args: &[&str]| {
-                    crate::netns::run(Command::new("ip").args(["-n", &node.ns]).args(args))
+                // Its TCP sockets and the fabric's view of it tell a lost connection to etcd
+                // from an agent that never asked.
+                let show = |ns: &str, args: &[&str]| {
+                    crate::netns::run(Command::new("ip").args(["netns", "exec", ns]).args(args))
                         .unwrap_or_else(|e| e.to_string())
                 };
+                let fabric = &self.state.fabric_ns;
                 return Err(LabError::Lab(format!(
                     "the agent of {name} was not ready within {AGENT_READY_TIMEOUT:?} (last answer: {status:?})\n\
-                     --- start of {name}'s log ---\n{}\n--- {name}'s routes ---\n{}--- {name}'s neighbours ---\n{}",
+                     --- start of {name}'s log ---\n{}\n--- {name}'s routes ---\n{}--- {name}'s neighbours ---\n{}\
+                     --- {name}'s TCP sockets ---\n{}--- {name}'s TCP counters ---\n{}\
+                     --- the fabric's neighbours ---\n{}--- the fabric's TCP counters ---\n{}\
+                     --- end of etcd's log ---\n{}",
                     head(&self.state.dir.join(format!("{name}.log")), 3000),
-                    show(&["route", "show"]),
-                    show(&["neigh", "show"]),
+                    show(&node.ns, &["ip", "route", "show"]),
+                    show(&node.ns, &["ip", "neigh", "show"]),
+                    show(&node.ns, &["ss", "-tanoi"]),
+                    show(&node.ns, &["nstat", "-asz", "Tcp*"]),
+                    show(fabric, &["ip", "neigh", "show"]),
+                    show(
+                        fabric,
+                        &[
+                            "nstat",
+                            "-asz",
+                            "TcpExtListen*",
+                            "TcpPassiveOpens",
+                            "TcpEstabResets"
+                        ]
+                    ),
+                    tail(&self.state.dir.join("etcd.log"), 2000),
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
