@@ -1,6 +1,6 @@
 //! Failure injection through the real plugin and agent: a namespace that does not exist, an
-//! interface name that is taken (in the pod and on the node), an exhausted pool, the agent
-//! down, etcd down. Each returns the CNI error the runtime acts on and leaves no interface,
+//! interface name that is taken (in the pod and on the node), a pod whose default route
+//! another network holds, an exhausted pool, the agent down, etcd down. Each returns the CNI error the runtime acts on and leaves no interface,
 //! route, allocation or record behind.
 
 #[path = "cni_support/mod.rs"]
@@ -164,5 +164,59 @@ fn etcd_down_is_try_again_later_and_leaves_no_interface() {
     let r = wren(&Call::new("ADD", "ctr-etcd", Some(&pod)), &config);
     assert!(r.ok, "{r:?}");
     assert!(wren(&Call::new("DEL", "ctr-etcd", Some(&pod)), &config).ok);
+    node.assert_empty();
+}
+
+#[test]
+fn a_pod_with_a_default_route_already_is_refused_by_name_and_keeps_it() {
+    if !support::ready() {
+        return;
+    }
+    let node = Node::start("cni-second", &[("v4", "10.86.0.0/24", 26)]);
+    let config = node.config("1.0.0", json!({}));
+
+    // Another network attached eth0 and gave the pod its default route; wren is asked for a
+    // second interface.
+    let pod = node.pod("cni-second-pod");
+    pod.add_foreign_interface("eth0").unwrap();
+    pod.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])
+        .unwrap();
+    pod.ip(&["route", "add", "default", "via", "192.0.2.1"])
+        .unwrap();
+    let mut call = Call::new("ADD", "ctr-second", Some(&pod));
+    call.ifname = "net1";
+    let r = wren(&call, &config);
+    assert!(!r.ok);
+    assert_eq!(r.json["code"], 7, "{}", r.json);
+    let msg = r.json["msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("IPv4 default route (default via 192.0.2.1 dev eth0)")
+            && msg.contains("first network"),
+        "{}",
+        r.json
+    );
+    assert_eq!(
+        pod.ip(&["-4", "route", "show", "default"]).unwrap().trim(),
+        "default via 192.0.2.1 dev eth0",
+        "the pod's default route was touched"
+    );
+    assert!(
+        !pod.ip(&["-o", "link"]).unwrap().contains("net1"),
+        "an interface was left in the pod"
+    );
+    node.assert_empty();
+
+    // Without the other network's route, the same ADD succeeds.
+    pod.ip(&["route", "del", "default"]).unwrap();
+    let r = wren(&call, &config);
+    assert!(r.ok, "{}", r.json);
+    assert!(
+        pod.ip(&["-4", "route", "show", "default"])
+            .unwrap()
+            .contains("dev net1"),
+        "no default route through net1"
+    );
+    call.command = "DEL";
+    assert!(wren(&call, &config).ok);
     node.assert_empty();
 }

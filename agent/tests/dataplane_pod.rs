@@ -558,3 +558,35 @@ fn a_pod_takes_the_offload_sizes_it_is_given_on_both_ends() {
     assert_eq!(sizes(third.name(), "eth0").gso_ipv4, offload::STANDARD);
     assert_reachable(&third, "192.0.2.1");
 }
+
+#[test]
+fn a_default_route_of_another_network_is_left_alone_per_family() {
+    let Some((node, pod)) = fixture("pod-second") else {
+        return;
+    };
+    // Another network's interface with an IPv6 default route only.
+    pod.add_foreign_interface("eth0").unwrap();
+    pod.ip(&["-6", "route", "add", "default", "dev", "eth0"])
+        .unwrap();
+    let mut s = spec("ctr-second/net1", &pod, &["10.65.8.2", "fd00:65::8:2"]);
+    s.ifname = "net1".into();
+    let err = node.run(|| setup_pod(&s)).unwrap_err();
+    assert!(
+        matches!(&err, PodError::DefaultRouteTaken { family: "IPv6", route, .. } if route == "default dev eth0"),
+        "{err}"
+    );
+    assert_no_host_side(&node, &host_ifname("ctr-second/net1"), &["10.65.8.2"]);
+    assert!(!pod.ip(&["-o", "link"]).unwrap().contains("net1"));
+
+    // An IPv4-only attachment does not compete with it.
+    let mut s = spec("ctr-second/net1", &pod, &["10.65.8.2"]);
+    s.ifname = "net1".into();
+    node.run(|| setup_pod(&s)).unwrap();
+    assert!(
+        pod.ip(&["-4", "route", "show", "default"])
+            .unwrap()
+            .contains("dev net1")
+    );
+    node.run(|| teardown_pod("ctr-second/net1")).unwrap();
+    assert_no_host_side(&node, &host_ifname("ctr-second/net1"), &["10.65.8.2"]);
+}

@@ -133,6 +133,16 @@ impl NetNs {
         run(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
+    /// Gives the namespace an interface `name` that stands for another network's, up and with
+    /// carrier: a veth pair whose other end, `<name>-peer`, stays in the namespace.
+    pub fn add_foreign_interface(&self, name: &str) -> io::Result<()> {
+        let peer = format!("{name}-peer");
+        self.ip(&["link", "add", name, "type", "veth", "peer", "name", &peer])?;
+        self.ip(&["link", "set", &peer, "up"])?;
+        self.ip(&["link", "set", name, "up"])?;
+        Ok(())
+    }
+
     /// Starts a long-running process inside the namespace under a [`ChildGuard`].
     pub fn spawn(&self, label: &str, program: &str, args: &[&str]) -> io::Result<ChildGuard> {
         let label = format!("{label} in {}", self.name);

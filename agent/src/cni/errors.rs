@@ -39,7 +39,10 @@ pub fn pod_error(what: &str, e: PodError) -> CniError {
         PodError::Collision { .. } | PodError::PodInterfaceExists { .. } => {
             ErrorCode::INTERFACE_EXISTS
         }
-        PodError::Invalid(_) => ErrorCode::INVALID_NETWORK_CONFIG,
+        // wren configured as an additional network of a pod that has its first one already.
+        PodError::Invalid(_) | PodError::DefaultRouteTaken { .. } => {
+            ErrorCode::INVALID_NETWORK_CONFIG
+        }
         _ => ErrorCode::DATAPLANE_FAILURE,
     };
     CniError::new(code, format!("{what}: {e}"))

@@ -23,20 +23,21 @@ use std::sync::Mutex;
 
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
-use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoData, InfoVeth,
     LinkAttribute,
 };
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use sha2::{Digest, Sha256};
 
 use super::link::{self, LinkState};
+use super::manager::{RouteFilter, dump_routes};
 use super::mtu::OffloadSizes;
 use super::neigh;
 use super::netlink::{Netlink, NetlinkError, Request};
 use super::netns::{Netns, NetnsError};
-use super::route::{NextHop, Protocol, Route, valid_ifname};
+use super::route::{MAIN_TABLE, NextHop, Protocol, Route, Shape, valid_ifname};
 
 /// The MAC address of every host-side veth: pods always resolve their gateway to it.
 pub const HOST_MAC: [u8; 6] = [0xee; 6];
@@ -213,6 +214,20 @@ pub enum PodError {
         /// The pod's namespace.
         netns: PathBuf,
     },
+    /// The pod already routes by default through another interface: wren is then asked to be
+    /// an additional network, while it gives its interface the pod's default route.
+    #[error(
+        "the pod already has an {family} default route ({route}) in network namespace {netns}: \
+         wren must be the pod's first network, which owns its default route, not an additional one"
+    )]
+    DefaultRouteTaken {
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+        /// The route as the kernel has it (destination, gateway, device).
+        route: String,
+        /// The pod's namespace.
+        netns: PathBuf,
+    },
     /// The kernel refused a step.
     #[error("{step}: {source}")]
     Netlink {
@@ -311,6 +326,14 @@ pub fn setup_pod(spec: &PodSpec) -> Result<PodInterface, PodError> {
         });
     }
 
+    if let Some((family, route)) = default_route_in(&mut pod, spec)? {
+        return Err(PodError::DefaultRouteTaken {
+            family,
+            route,
+            netns: spec.netns.clone(),
+        });
+    }
+
     let veth = veth_message(spec, &host_name, &netns);
     if let Err(e) = host.request(veth, NLM_F_CREATE | NLM_F_EXCL) {
         // Somebody took one of the names since we looked.
@@ -337,6 +360,50 @@ pub fn setup_pod(spec: &PodSpec) -> Result<PodInterface, PodError> {
             Err(e)
         }
     }
+}
+
+/// A default route the pod already has in a family it is about to get an address of, as
+/// `(family, the route in words)`.
+fn default_route_in(
+    pod: &mut Netlink,
+    spec: &PodSpec,
+) -> Result<Option<(&'static str, String)>, PodError> {
+    let families = [
+        (spec.has_v4(), AddressFamily::Inet, "IPv4"),
+        (spec.has_v6(), AddressFamily::Inet6, "IPv6"),
+    ];
+    for (wanted, family, name) in families {
+        if !wanted {
+            continue;
+        }
+        let filter = RouteFilter {
+            family,
+            table: MAIN_TABLE,
+            protocol: None,
+            oif: None,
+        };
+        let mut present = Vec::new();
+        dump_routes(pod, &filter, &mut present).map_err(at("list the pod's routes"))?;
+        if let Some(route) = present.iter().find(|r| r.dst.prefix_len() == 0) {
+            let mut words = String::from("default");
+            let (via, oif) = match route.shape {
+                Shape::Gateway { via, oif, .. } => (Some(via), oif),
+                Shape::Device { oif } => (None, Some(oif)),
+                Shape::Blackhole | Shape::Other => (None, None),
+            };
+            if let Some(via) = via {
+                words.push_str(&format!(" via {via}"));
+            }
+            if let Some(oif) = oif {
+                let found = link::find(pod, LinkUnspec::new_with_index(oif).build())
+                    .map_err(at("look up the pod's default route's interface"))?;
+                let dev = found.map(|l| LinkState::from_message(&l).name);
+                words.push_str(&format!(" dev {}", dev.unwrap_or_else(|| oif.to_string())));
+            }
+            return Ok(Some((name, words)));
+        }
+    }
+    Ok(None)
 }
 
 /// The `RTM_NEWLINK` that makes the pair with the pod end born in the pod's namespace.
