@@ -232,10 +232,14 @@ impl FastPathControl {
     }
 
     /// Puts the kernel's counters as of now into `status` (a status read between passes).
+    /// While a pass holds the program (waiting on the kernel, possibly for long), `status`
+    /// keeps the counters that pass will bring: a status read or a scrape, which run on the
+    /// async workers, never waits for it.
     pub fn refresh(&self, status: &mut FastPathStatus) {
-        let kernel = match self.kernel.lock() {
+        let kernel = match self.kernel.try_lock() {
             Ok(k) => k,
-            Err(poisoned) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
         };
         if let Kernel::On(fast) = &*kernel
             && let Ok(counters) = fast.counters()
@@ -405,6 +409,25 @@ fn kernel_vxlan_defaults(dir: &Path) -> Result<((u16, u16), u8), String> {
 mod tests {
     use super::*;
     use wren_model::{Pool, Workload};
+
+    #[test]
+    fn a_status_read_during_a_pass_keeps_its_counters_instead_of_waiting() {
+        let control = Arc::new(FastPathControl::start(false, Ipv4Addr::LOCALHOST));
+        let pass = control.kernel.lock().unwrap();
+        let reader = control.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut status = FastPathStatus {
+                forwarded: 7,
+                ..FastPathStatus::default()
+            };
+            reader.refresh(&mut status);
+            let _ = done.send(status.forwarded);
+        });
+        let forwarded = finished.recv_timeout(std::time::Duration::from_secs(10));
+        drop(pass);
+        assert_eq!(forwarded, Ok(7), "the status read waited for the pass");
+    }
 
     fn workload(host: &str, addresses: &[&str]) -> Workload {
         Workload {
