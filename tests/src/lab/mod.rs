@@ -250,6 +250,10 @@ impl Lab {
             Ok(()) => Ok(lab),
             Err(e) => {
                 let logs = lab.agent_log_tails();
+                if std::env::var_os("WREN_LAB_KEEP_FAILED").is_some() {
+                    lab.remove_on_drop = false;
+                    return Err(LabError::Lab(format!("{e}{logs}")));
+                }
                 let _ = lab.down_inner();
                 lab.remove_on_drop = false;
                 Err(LabError::Lab(format!("{e}{logs}")))
@@ -489,42 +493,52 @@ impl Lab {
                 )));
             }
             if Instant::now() > deadline {
-                // The start of the log and the node's routes and neighbours say more about a
-                // node that never got going than the tail the caller prints.
-                // Its TCP sockets and the fabric's view of it tell a lost connection to etcd
-                // from an agent that never asked.
-                let show = |ns: &str, args: &[&str]| {
-                    crate::netns::run(Command::new("ip").args(["netns", "exec", ns]).args(args))
-                        .unwrap_or_else(|e| e.to_string())
-                };
-                let fabric = &self.state.fabric_ns;
+                // The start of the log says more about a node that never got going than the
+                // tail the caller prints.
                 return Err(LabError::Lab(format!(
                     "the agent of {name} was not ready within {AGENT_READY_TIMEOUT:?} (last answer: {status:?})\n\
-                     --- start of {name}'s log ---\n{}\n--- {name}'s routes ---\n{}--- {name}'s neighbours ---\n{}\
-                     --- {name}'s TCP sockets ---\n{}--- {name}'s TCP counters ---\n{}\
-                     --- the fabric's neighbours ---\n{}--- the fabric's TCP counters ---\n{}\
-                     --- end of etcd's log ---\n{}",
+                     --- start of {name}'s log ---\n{}\n{}",
                     head(&self.state.dir.join(format!("{name}.log")), 3000),
-                    show(&node.ns, &["ip", "route", "show"]),
-                    show(&node.ns, &["ip", "neigh", "show"]),
-                    show(&node.ns, &["ss", "-tanoi"]),
-                    show(&node.ns, &["nstat", "-asz", "Tcp*"]),
-                    show(fabric, &["ip", "neigh", "show"]),
-                    show(
-                        fabric,
-                        &[
-                            "nstat",
-                            "-asz",
-                            "TcpExtListen*",
-                            "TcpPassiveOpens",
-                            "TcpEstabResets"
-                        ]
-                    ),
-                    tail(&self.state.dir.join("etcd.log"), 2000),
+                    self.network_diagnostics(node),
                 )));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// What a node whose agent lost the datastore saw: its routes, neighbours and TCP sockets
+    /// and counters, the fabric's neighbours and listen counters, and the end of etcd's log,
+    /// which tell a broken path to etcd from an agent that never asked.
+    fn network_diagnostics(&self, node: &NodeState) -> String {
+        let show = |ns: &str, args: &[&str]| {
+            crate::netns::run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+                .unwrap_or_else(|e| e.to_string())
+        };
+        let (name, fabric) = (&node.name, &self.state.fabric_ns);
+        let fabric_counters = [
+            "nstat",
+            "-asz",
+            "TcpExtListen*",
+            "TcpPassiveOpens",
+            "TcpEstabResets",
+        ];
+        format!(
+            "--- {name}'s routes ---\n{}--- {name}'s neighbours ---\n{}\
+             --- {name}'s TCP sockets ---\n{}--- {name}'s TCP counters ---\n{}\
+             --- the fabric's neighbours ---\n{}--- the fabric's TCP counters ---\n{}\
+             --- end of etcd's log ---\n{}\n--- {name}'s agent threads (name, state, kernel wait) ---\n{}",
+            show(&node.ns, &["ip", "route", "show"]),
+            show(&node.ns, &["ip", "neigh", "show"]),
+            show(&node.ns, &["ss", "-tanoi"]),
+            show(&node.ns, &["nstat", "-asz", "Tcp*"]),
+            show(fabric, &["ip", "neigh", "show"]),
+            show(fabric, &fabric_counters),
+            tail(&self.state.dir.join("etcd.log"), 2000),
+            node.agent.as_ref().map_or_else(
+                || "no agent running".to_owned(),
+                |agent| thread_states(agent.pid)
+            ),
+        )
     }
 
     /// Kills node `name`'s agent with SIGKILL (its kernel state stays).
@@ -640,9 +654,10 @@ impl Lab {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             return Err(LabError::Lab(format!(
-                "wren-cni {command} for {container_id} on {} failed: {stdout}{}",
+                "wren-cni {command} for {container_id} on {} failed: {stdout}{}\n{}",
                 node.name,
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&out.stderr),
+                self.network_diagnostics(node),
             )));
         }
         Ok(stdout)
@@ -906,6 +921,35 @@ fn kill_and_wait(pid: u32, signal: i32, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// One line per thread of process `pid`: its name, scheduler state (`D`: waiting in the
+/// kernel, uninterruptibly) and the kernel function it waits in.
+fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("process {pid} is gone\n");
+    };
+    let mut lines: Vec<String> = tasks
+        .filter_map(|task| task.ok())
+        .map(|task| {
+            let read = |file: &str| {
+                fs::read_to_string(task.path().join(file))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            // The state follows the parenthesised name, which may itself hold spaces.
+            let stat = read("stat");
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("?")
+                .to_owned();
+            format!("{} {state} {}", read("comm"), read("wchan"))
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n") + "\n"
 }
 
 fn head(path: &Path, bytes: usize) -> String {
