@@ -75,6 +75,12 @@ pub fn build_fabric(state: &mut LabState) -> Result<()> {
     create_ns(&ns)?;
     state.namespaces.push(ns.clone());
     state.fabric_ns = ns.clone();
+    // Only the gateway legs answer ARP for their addresses. By default every interface of a
+    // namespace answers for all of its addresses, the bridge included: nodes then raced two
+    // answers for the gateway (etcd's address) and could keep the bridge's MAC, which is a
+    // port's MAC and changes as ports come and go; a node that kept a MAC no port has any
+    // more lost etcd until its ARP entry timed out.
+    sysctl(&ns, "net.ipv4.conf.all.arp_ignore", "1")?;
     for subnet in 1..=state.spec.subnets {
         let (gateway, bridge) = subnet_gateway(state, subnet);
         ip(&ns, &["link", "add", &bridge, "type", "bridge"])?;
