@@ -1,7 +1,7 @@
 //! Failure injection through the real plugin and agent: a namespace that does not exist, an
 //! interface name that is taken (in the pod and on the node), a pod whose default route
-//! another network holds, an exhausted pool, the agent down, etcd down. Each returns the CNI error the runtime acts on and leaves no interface,
-//! route, allocation or record behind.
+//! another network holds, an exhausted pool, the agent down, etcd down. Each returns the CNI
+//! error the runtime acts on and leaves no interface, route, allocation or record behind.
 
 #[path = "cni_support/mod.rs"]
 mod support;

@@ -250,11 +250,9 @@ impl Lab {
             Ok(()) => Ok(lab),
             Err(e) => {
                 let logs = lab.agent_log_tails();
-                if std::env::var_os("WREN_LAB_KEEP_FAILED").is_some() {
-                    lab.remove_on_drop = false;
-                    return Err(LabError::Lab(format!("{e}{logs}")));
+                if std::env::var_os("WREN_LAB_KEEP_FAILED").is_none() {
+                    let _ = lab.down_inner();
                 }
-                let _ = lab.down_inner();
                 lab.remove_on_drop = false;
                 Err(LabError::Lab(format!("{e}{logs}")))
             }
@@ -511,7 +509,7 @@ impl Lab {
     /// which tell a broken path to etcd from an agent that never asked.
     fn network_diagnostics(&self, node: &NodeState) -> String {
         let show = |ns: &str, args: &[&str]| {
-            crate::netns::run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+            crate::netns::run(crate::netns::command_in(ns, args[0]).args(&args[1..]))
                 .unwrap_or_else(|e| e.to_string())
         };
         let (name, fabric) = (&node.name, &self.state.fabric_ns);
