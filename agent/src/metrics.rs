@@ -23,6 +23,7 @@
 //! | `wren_fastpath_forwarded_packets_total` | counter | | packets the fast path forwarded past the host stack (a GSO packet counts once) |
 //! | `wren_fastpath_to_stack_packets_total` | counter | | pool-to-pool packets the fast path left to the host stack |
 //! | `wren_fastpath_encapsulated_packets_total` | counter | | of the forwarded packets, those the fast path wrapped in VXLAN itself |
+//! | `wren_fastpath_translated_packets_total` | counter | | pool-to-pool packets left to the host stack because netfilter translated their connection |
 //! | `wren_cni_request_duration_seconds` | histogram | `command`, `result` | time to serve a CNI request |
 
 use std::sync::Arc;
@@ -147,6 +148,9 @@ pub struct Metrics {
     pub fast_path_to_stack: Counter,
     /// Forwarded packets the fast path wrapped in VXLAN.
     pub fast_path_encapsulated: Counter,
+    /// Pool-to-pool packets the fast path left to the host stack because netfilter
+    /// translated their connection.
+    pub fast_path_translated: Counter,
     cni: CniMetrics,
 }
 
@@ -183,6 +187,7 @@ impl Metrics {
             fast_path_forwarded: Counter::default(),
             fast_path_to_stack: Counter::default(),
             fast_path_encapsulated: Counter::default(),
+            fast_path_translated: Counter::default(),
             cni: CniMetrics {
                 latency: HistogramFamily::new_with_constructor(cni_histogram),
             },
@@ -288,6 +293,11 @@ impl Metrics {
             "fastpath_encapsulated_packets",
             "Of the forwarded packets, those the fast path wrapped in VXLAN itself",
             m.fast_path_encapsulated.clone(),
+        );
+        r.register(
+            "fastpath_translated_packets",
+            "Pool-to-pool packets the fast path left to the host stack because netfilter translated their connection (hostPort, Service, SNAT)",
+            m.fast_path_translated.clone(),
         );
         r.register(
             "cni_request_duration_seconds",

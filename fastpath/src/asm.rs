@@ -64,6 +64,8 @@ pub enum Cond {
     Lt,
     /// `<=`
     Le,
+    /// `&` is not zero (a bit test)
+    Set,
 }
 
 /// An arithmetic or logic operation on 64-bit registers.
@@ -111,6 +113,7 @@ impl Cond {
             Cond::Ne => 0x50,
             Cond::Lt => 0xa0,
             Cond::Le => 0xb0,
+            Cond::Set => 0x40,
         }
     }
 }
@@ -168,6 +171,8 @@ const OP_CALL: u8 = 0x80;
 const OP_EXIT: u8 = 0x90;
 /// `src_reg` of a 64-bit immediate load that names a map by file descriptor.
 const PSEUDO_MAP_FD: Reg = Reg::R1;
+/// `src_reg` of a call that names a kernel function by BTF type id.
+const PSEUDO_KFUNC_CALL: Reg = Reg::R2;
 
 /// Builds a program; jumps name labels that [`Asm::finish`] resolves.
 #[derive(Debug, Default)]
@@ -345,6 +350,19 @@ impl Asm {
         self.push(Insn::new(CLASS_JMP | OP_CALL, Reg::R0, Reg::R0, 0, helper))
     }
 
+    /// Calls the kernel function (kfunc) with BTF type id `btf_id`, found in the kernel's own
+    /// BTF (`btf_index` 0) or in the module BTF at that index of the program's fd array;
+    /// the result lands in `R0`.
+    pub fn call_kfunc(&mut self, btf_id: u32, btf_index: i16) -> &mut Self {
+        self.push(Insn::new(
+            CLASS_JMP | OP_CALL,
+            Reg::R0,
+            PSEUDO_KFUNC_CALL,
+            btf_index,
+            btf_id as i32,
+        ))
+    }
+
     /// Returns `R0`.
     pub fn exit(&mut self) -> &mut Self {
         self.push(Insn::new(CLASS_JMP | OP_EXIT, Reg::R0, Reg::R0, 0, 0))
@@ -407,6 +425,20 @@ mod tests {
         // lddw r4: low half in the first slot, high half in the second
         assert_eq!(insns[3].to_bytes(), [0x18, 0x04, 0, 0, 0x53, 0, 0, 0]);
         assert_eq!(insns[4].to_bytes(), [0, 0, 0, 0, 0, 0, 0, 0x0e]);
+    }
+
+    #[test]
+    fn kernel_function_calls_and_bit_tests() {
+        let mut asm = Asm::new();
+        asm.call_kfunc(0x1234, 1)
+            .jump_imm(Cond::Set, Reg::R2, 0x30, "end");
+        asm.label("end").unwrap();
+        asm.exit();
+        let insns = asm.finish().unwrap();
+        // call: JMP|CALL = 0x85, src 2 (BPF_PSEUDO_KFUNC_CALL), off = fd array index
+        assert_eq!(insns[0].to_bytes(), [0x85, 0x20, 1, 0, 0x34, 0x12, 0, 0]);
+        // jset r2, 0x30: JMP|JSET|K = 0x45
+        assert_eq!(insns[1].to_bytes(), [0x45, 0x02, 0, 0, 0x30, 0, 0, 0]);
     }
 
     #[test]

@@ -7,10 +7,15 @@
 //! by [`FastPath`]: when the agent exits, they detach.
 //!
 //! - [`asm`]: eBPF instructions and a builder (no I/O);
+//! - [`btf`]: the few look-ups in the kernel's type information that kfunc calls need (no
+//!   I/O);
 //! - [`program`]: the forwarding program (no I/O);
+//! - [`conntrack`]: finds the kernel's conntrack functions the program calls;
 //! - [`sys`]: the `bpf(2)` calls.
 
 pub mod asm;
+pub mod btf;
+pub mod conntrack;
 pub mod program;
 pub mod sys;
 
@@ -20,9 +25,11 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use crate::conntrack::{ConntrackError, KernelConntrack};
 pub use crate::program::VxlanConfig;
 use crate::program::{
-    COUNTER_ENCAPSULATED, COUNTER_FORWARDED, COUNTER_TO_STACK, COUNTERS, MapFds, VXLAN_CONFIG_LEN,
+    COUNTER_ENCAPSULATED, COUNTER_FORWARDED, COUNTER_TO_STACK, COUNTER_TRANSLATED, COUNTERS,
+    MapFds, VXLAN_CONFIG_LEN,
 };
 use crate::sys::{Link, LoadError, Map, MapType, Program, TestContext};
 
@@ -47,6 +54,9 @@ pub enum FastPathError {
         /// The system call's error.
         source: io::Error,
     },
+    /// The kernel cannot tell the program which connections netfilter translated.
+    #[error("{0}")]
+    Conntrack(#[from] ConntrackError),
     /// The program did not assemble (a defect in this crate).
     #[error("assembling the forwarding program: {0}")]
     Assemble(#[from] asm::AsmError),
@@ -80,6 +90,9 @@ pub struct Counters {
     pub to_stack: u64,
     /// Of the forwarded packets, those the program wrapped in VXLAN.
     pub encapsulated: u64,
+    /// Pool-to-pool packets left to the host stack because netfilter translated their
+    /// connection.
+    pub translated: u64,
 }
 
 /// How a device takes part.
@@ -120,14 +133,23 @@ impl FastPath {
         let counters = map("wren_counters", MapType::PerCpuArray, 4, 8, COUNTERS)?;
         let vxlan = map("wren_vxlan", MapType::Array, 4, VXLAN_CONFIG_LEN, 1)?;
         let vteps = map("wren_vteps", MapType::Hash, 8, 4, MAX_VTEPS)?;
-        let insns = program::forward(MapFds {
-            pods: pods.raw_fd(),
-            pools: pools.raw_fd(),
-            counters: counters.raw_fd(),
-            vxlan: vxlan.raw_fd(),
-            vteps: vteps.raw_fd(),
-        })?;
-        let program = Program::load_sched_cls("wren_forward", &insns, PROGRAM_LICENSE)?;
+        let conntrack = KernelConntrack::find()?;
+        let insns = program::forward(
+            MapFds {
+                pods: pods.raw_fd(),
+                pools: pools.raw_fd(),
+                counters: counters.raw_fd(),
+                vxlan: vxlan.raw_fd(),
+                vteps: vteps.raw_fd(),
+            },
+            conntrack.calls,
+        )?;
+        let program = Program::load_sched_cls(
+            "wren_forward",
+            &insns,
+            PROGRAM_LICENSE,
+            &conntrack.fd_array(),
+        )?;
         let cpus = sys::possible_cpus().map_err(|source| FastPathError::Map {
             name: "wren_counters",
             source,
@@ -332,6 +354,7 @@ impl FastPath {
             forwarded: read(COUNTER_FORWARDED)?,
             to_stack: read(COUNTER_TO_STACK)?,
             encapsulated: read(COUNTER_ENCAPSULATED)?,
+            translated: read(COUNTER_TRANSLATED)?,
         })
     }
 

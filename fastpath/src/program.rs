@@ -12,10 +12,22 @@
 //! - from a pod to anywhere else: transmits it on the egress device (`bpf_redirect`).
 //!
 //! Everything else goes on through the host stack unchanged (`TCX_NEXT`): traffic that
-//! leaves the pools (outgoing NAT), packets whose TTL runs out, IP options, a destination
-//! without a resolved neighbour, a packet (or a GSO packet's segments) too big for the egress
-//! device, and a pod's packet whose source is not the pod's own address (the stack's
-//! reverse-path filter drops it).
+//! leaves the pools (outgoing NAT), packets whose TTL runs out, IP options, fragments after
+//! the first, a destination without a resolved neighbour, a packet (or a GSO packet's
+//! segments) too big for the egress device, a pod's packet whose source is not the pod's own
+//! address (the stack's reverse-path filter drops it), and every packet of a connection that
+//! netfilter translated.
+//!
+//! Translated connections: a hostPort, a Service's DNAT or an SNAT rewrites a connection's
+//! first packet in the host stack, and only the stack can rewrite the rest and the replies
+//! (a reply that skipped it would reach the client from an address it never asked). So for
+//! TCP and UDP the program asks the kernel's connection tracking about the packet's
+//! 4-tuple (`bpf_skb_ct_lookup`, a kfunc: the tuple matches either direction of a tracked
+//! connection) and leaves the packet to the stack when the connection carries a source or
+//! destination NAT. A connection conntrack does not know (the fast path's own flows never
+//! reach it) is forwarded. Other protocols are not looked up, so they are not forwarded:
+//! ICMP echo excepted, since an ICMP error quotes a packet whose addresses NAT may have
+//! changed. The same lookup is where a connection-aware verdict (network policy) hooks in.
 //!
 //! VXLAN: the FIB's answer for a remote block is `wren.vxlan` with the remote device's MAC
 //! (the tunnel address's permanent neighbour). The program finds the remote node's address
@@ -44,8 +56,35 @@ pub const COUNTER_FORWARDED: u32 = 0;
 pub const COUNTER_TO_STACK: u32 = 1;
 /// Counter slot: of the forwarded packets, those the program wrapped in VXLAN.
 pub const COUNTER_ENCAPSULATED: u32 = 2;
+/// Counter slot: pool-to-pool packets left to the host stack because netfilter translated
+/// their connection (hostPort, Service, SNAT).
+pub const COUNTER_TRANSLATED: u32 = 3;
 /// Number of counter slots.
-pub const COUNTERS: u32 = 3;
+pub const COUNTERS: u32 = 4;
+
+/// A kernel function (kfunc) the program calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kfunc {
+    /// Its BTF type id.
+    pub btf_id: u32,
+    /// Where that id is defined: 0 for the kernel's own BTF, or the index in the program's
+    /// fd array of the module BTF that holds it.
+    pub btf_index: i16,
+}
+
+/// The connection-tracking look-up the program makes, as the running kernel lays it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackCalls {
+    /// `bpf_skb_ct_lookup(skb, tuple, tuple_len, opts, opts_len)`: a referenced
+    /// `struct nf_conn *`, or NULL.
+    pub lookup: Kfunc,
+    /// `bpf_ct_release(ct)`: drops the look-up's reference.
+    pub release: Kfunc,
+    /// `sizeof(struct bpf_ct_opts)` in this kernel (12 before zone ids were added, 16 after).
+    pub opts_len: i32,
+    /// Byte offset of `status` (an `unsigned long`) in this kernel's `struct nf_conn`.
+    pub status_offset: i16,
+}
 
 /// File descriptors of the maps the program reads.
 #[derive(Clone, Copy, Debug)]
@@ -152,8 +191,13 @@ const IP_DADDR: i16 = ETH_LEN + 16;
 const HEADERS_LEN: i32 = ETH_LEN as i32 + IP_LEN as i32;
 const TCP_DATA_OFFSET: i16 = ETH_LEN + IP_LEN + 12;
 const UDP_LEN: i16 = 8;
+const IPPROTO_ICMP: i32 = 1;
 const IPPROTO_TCP: i32 = 6;
 const IPPROTO_UDP: i32 = 17;
+const ICMP_ECHO_REPLY: i32 = 0;
+const ICMP_ECHO_REQUEST: i32 = 8;
+/// IPv4 flags and fragment offset, less the DF bit: non-zero for every fragment.
+const IP_FRAGMENT_MASK: [u8; 2] = [0x3f, 0xff];
 
 // VXLAN frame: outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet, inner IPv4.
 const VXLAN_LEN: i16 = 8;
@@ -191,6 +235,19 @@ const SOURCE_PORT: i16 = -94;
 const IP_ID: i16 = -96;
 /// The inner frame's source and destination MACs, as the first lookup gave them.
 const INNER_MACS: i16 = -108;
+/// `struct bpf_sock_tuple` for IPv4: addresses and ports as the packet has them.
+const CT_TUPLE: i16 = -120;
+const CT_TUPLE_LEN: i32 = 12;
+/// `struct bpf_ct_opts` (room for the 16-byte layout).
+const CT_OPTS: i16 = -136;
+const CT_OPTS_NETNS: i16 = CT_OPTS;
+const CT_OPTS_L4PROTO: i16 = CT_OPTS + 8;
+/// The tracked connection's status, kept across the release call.
+const CT_STATUS: i16 = -144;
+/// `BPF_F_CURRENT_NETNS`: look up in the namespace the packet is in.
+const CURRENT_NETNS: i32 = -1;
+/// `IPS_SRC_NAT | IPS_DST_NAT` of `enum ip_conntrack_status`.
+const IPS_NAT_MASK: i32 = (1 << 4) | (1 << 5);
 
 const AF_INET: i32 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i32 = 0;
@@ -209,8 +266,8 @@ fn ne32(bytes: [u8; 4]) -> i32 {
     i32::from_ne_bytes(bytes)
 }
 
-/// Assembles the program against the given maps.
-pub fn forward(maps: MapFds) -> Result<Vec<Insn>, AsmError> {
+/// Assembles the program against the given maps and the kernel's conntrack functions.
+pub fn forward(maps: MapFds, conntrack: ConntrackCalls) -> Result<Vec<Insn>, AsmError> {
     use Reg::*;
     let mut a = Asm::new();
     // R6 = skb, R7 = packet start, R8 = packet end,
@@ -243,6 +300,7 @@ pub fn forward(maps: MapFds) -> Result<Vec<Insn>, AsmError> {
     a.label("ttl")?;
     a.load(Size::B, R2, R7, ETH_LEN + 8)
         .jump_imm(Cond::Le, R2, 1, "to_stack");
+    untranslated(&mut a, maps, conntrack)?;
 
     clear_fib(&mut a);
     a.load(Size::B, R2, R7, ETH_LEN + IP_PROTOCOL)
@@ -324,6 +382,68 @@ pub fn forward(maps: MapFds) -> Result<Vec<Insn>, AsmError> {
     a.label("drop")?;
     a.mov_imm(R0, TC_ACT_SHOT).exit();
     a.finish()
+}
+
+/// Falls through when the packet's connection was not translated by netfilter (see the
+/// module's documentation); otherwise the packet goes to the stack. R7, R8 = the packet,
+/// with the IPv4 header proven inside; they are reloaded on the way out.
+fn untranslated(a: &mut Asm, maps: MapFds, conntrack: ConntrackCalls) -> Result<(), AsmError> {
+    use Reg::*;
+    // Later fragments carry no ports: the stack reassembles them for conntrack.
+    a.load(Size::H, R2, R7, ETH_LEN + 6)
+        .alu_imm(Alu::And, R2, ne16(IP_FRAGMENT_MASK))
+        .jump_imm(Cond::Ne, R2, 0, "to_stack")
+        .load(Size::B, R2, R7, ETH_LEN + IP_PROTOCOL)
+        .jump_imm(Cond::Eq, R2, IPPROTO_TCP, "tracked")
+        .jump_imm(Cond::Eq, R2, IPPROTO_UDP, "tracked")
+        .jump_imm(Cond::Ne, R2, IPPROTO_ICMP, "to_stack")
+        .mov(R3, R7)
+        .add_imm(R3, HEADERS_LEN + 1)
+        .jump_reg(Cond::Gt, R3, R8, "to_stack")
+        .load(Size::B, R3, R7, HEADERS_LEN as i16)
+        .jump_imm(Cond::Eq, R3, ICMP_ECHO_REPLY, "untranslated")
+        .jump_imm(Cond::Eq, R3, ICMP_ECHO_REQUEST, "untranslated")
+        .jump("to_stack");
+
+    // R2 = the protocol. The tuple: both addresses, then both ports, as on the wire.
+    a.label("tracked")?;
+    a.mov(R3, R7)
+        .add_imm(R3, HEADERS_LEN + 4)
+        .jump_reg(Cond::Gt, R3, R8, "to_stack")
+        .load(Size::W, R3, R7, IP_SADDR)
+        .store(Size::W, R10, CT_TUPLE, R3)
+        .load(Size::W, R3, R7, IP_DADDR)
+        .store(Size::W, R10, CT_TUPLE + 4, R3)
+        .load(Size::W, R3, R7, HEADERS_LEN as i16)
+        .store(Size::W, R10, CT_TUPLE + 8, R3)
+        .store_imm(Size::DW, R10, CT_OPTS, 0)
+        .store_imm(Size::DW, R10, CT_OPTS + 8, 0)
+        .store_imm(Size::W, R10, CT_OPTS_NETNS, CURRENT_NETNS)
+        .store(Size::B, R10, CT_OPTS_L4PROTO, R2)
+        .mov(R1, R6)
+        .mov(R2, R10)
+        .add_imm(R2, i32::from(CT_TUPLE))
+        .mov_imm(R3, CT_TUPLE_LEN)
+        .mov(R4, R10)
+        .add_imm(R4, i32::from(CT_OPTS))
+        .mov_imm(R5, conntrack.opts_len)
+        .call_kfunc(conntrack.lookup.btf_id, conntrack.lookup.btf_index)
+        .jump_imm(Cond::Eq, R0, 0, "untracked")
+        .load(Size::DW, R2, R0, conntrack.status_offset)
+        .store(Size::DW, R10, CT_STATUS, R2)
+        .mov(R1, R0)
+        .call_kfunc(conntrack.release.btf_id, conntrack.release.btf_index)
+        .load(Size::DW, R2, R10, CT_STATUS)
+        .jump_imm(Cond::Set, R2, IPS_NAT_MASK, "translated");
+    a.label("untracked")?;
+    load_packet(a, HEADERS_LEN, "next");
+    a.jump("untranslated");
+
+    a.label("translated")?;
+    count(a, maps.counters, COUNTER_TRANSLATED, "counted_translated")?;
+    a.jump("next");
+    a.label("untranslated")?;
+    Ok(())
 }
 
 /// The VXLAN branch, from label `encapsulate`: R9 = the VXLAN settings, the first FIB
@@ -564,7 +684,19 @@ mod tests {
             vxlan: 6,
             vteps: 7,
         };
-        let insns = forward(maps).unwrap();
+        let conntrack = ConntrackCalls {
+            lookup: Kfunc {
+                btf_id: 1001,
+                btf_index: 0,
+            },
+            release: Kfunc {
+                btf_id: 1002,
+                btf_index: 0,
+            },
+            opts_len: 12,
+            status_offset: 128,
+        };
+        let insns = forward(maps, conntrack).unwrap();
         assert!(
             insns.len() < 4096,
             "the verifier's limit for unprivileged users"
@@ -592,6 +724,16 @@ mod tests {
         for fd in [3, 4, 5, 6, 7] {
             assert!(insns.iter().any(|i| i.code == 0x18 && i.imm == fd));
         }
+        // Both conntrack functions are called as kfuncs (src 2), and the status is read
+        // at the kernel's offset.
+        for id in [1001, 1002] {
+            assert!(
+                insns
+                    .iter()
+                    .any(|i| i.code == 0x85 && i.regs >> 4 == 2 && i.imm == id)
+            );
+        }
+        assert!(insns.iter().any(|i| i.code == 0x79 && i.off == 128));
     }
 }
 

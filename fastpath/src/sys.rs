@@ -16,6 +16,9 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
+const BPF_BTF_GET_NEXT_ID: libc::c_long = 23;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// `BPF_PROG_TYPE_SCHED_CLS`: a tc classifier.
@@ -207,6 +210,45 @@ impl Map {
     }
 }
 
+/// The BTF object the kernel holds for module `module` (its types, as
+/// `/sys/kernel/btf/<module>` shows them), for kfunc calls into that module; `None` when no
+/// loaded module has that name.
+pub fn module_btf(module: &str) -> io::Result<Option<OwnedFd>> {
+    let mut id = 0u32;
+    loop {
+        let mut attr = Attr::new();
+        attr.u32(0, id);
+        match bpf(BPF_BTF_GET_NEXT_ID, &mut attr) {
+            Ok(_) => id = attr.read_u32(4),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let mut attr = Attr::new();
+        attr.u32(0, id);
+        let fd = match bpf_fd(BPF_BTF_GET_FD_BY_ID, &mut attr) {
+            Ok(fd) => fd,
+            // Freed between the two calls.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        // struct bpf_btf_info: btf (u64), btf_size, id, name (u64), name_len, kernel_btf.
+        let mut name = [0u8; 64];
+        let mut info = [0u8; 32];
+        info[16..24].copy_from_slice(&(name.as_mut_ptr() as u64).to_ne_bytes());
+        info[24..28].copy_from_slice(&(name.len() as u32).to_ne_bytes());
+        let mut attr = Attr::new();
+        attr.u32(0, fd.as_raw_fd() as u32)
+            .u32(4, info.len() as u32)
+            .u64(8, info.as_mut_ptr() as u64);
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        let kernel = info[28..32] != [0; 4];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        if kernel && &name[..end] == module.as_bytes() {
+            return Ok(Some(fd));
+        }
+    }
+}
+
 /// A loaded tc program.
 #[derive(Debug)]
 pub struct Program {
@@ -224,9 +266,15 @@ pub struct LoadError {
 }
 
 impl Program {
-    /// Loads a tc classifier under `license` (helpers such as `bpf_fib_lookup` are only
-    /// offered to GPL-compatible programs).
-    pub fn load_sched_cls(name: &str, insns: &[Insn], license: &str) -> Result<Self, LoadError> {
+    /// Loads a tc classifier under `license` (helpers such as `bpf_fib_lookup` and every
+    /// kfunc are only offered to GPL-compatible programs). `fd_array` holds the module BTF
+    /// objects its kfunc calls name by index (index 0 is unused: it means the kernel's own).
+    pub fn load_sched_cls(
+        name: &str,
+        insns: &[Insn],
+        license: &str,
+        fd_array: &[i32],
+    ) -> Result<Self, LoadError> {
         let code: Vec<u8> = insns.iter().flat_map(|i| i.to_bytes()).collect();
         let license = CString::new(license).map_err(|e| LoadError {
             source: io::Error::new(io::ErrorKind::InvalidInput, e),
@@ -239,6 +287,9 @@ impl Program {
                 .u64(8, code.as_ptr() as u64)
                 .u64(16, license.as_ptr() as u64)
                 .bytes(48, &object_name(name));
+            if !fd_array.is_empty() {
+                attr.u64(120, fd_array.as_ptr() as u64);
+            }
             if !log.is_empty() {
                 attr.u32(24, 1)
                     .u32(28, log.len() as u32)

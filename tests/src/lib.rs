@@ -8,6 +8,7 @@
 //! - [`process`]: a guard that owns a child process and ends it by its pid.
 //! - [`etcd`]: a real single-member etcd with a temporary data directory.
 //! - [`netns`]: network namespaces, veth pairs and bridges that remove themselves.
+//! - [`echo`]: a TCP and UDP server that answers with a name, and its client.
 //! - [`http`]: a plain HTTP GET from inside a namespace (health checks).
 //! - [`lab`]: a whole cluster in namespaces, driving the `wren` and `wren-cni` binaries.
 //! - [`bench`](mod@bench): settings the bench binaries share.
@@ -15,6 +16,7 @@
 
 pub mod bench;
 pub mod daemons;
+pub mod echo;
 pub mod etcd;
 pub mod http;
 pub mod lab;

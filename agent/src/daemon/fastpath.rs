@@ -114,6 +114,10 @@ pub struct FastPathStatus {
     /// Of the forwarded packets, those the program wrapped in VXLAN.
     #[serde(default)]
     pub encapsulated: u64,
+    /// Pool-to-pool packets left to the host stack because netfilter translated their
+    /// connection (hostPort, Service, SNAT).
+    #[serde(default)]
+    pub translated: u64,
     /// What failed in the last pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -146,6 +150,12 @@ impl FastPathStatus {
                     self.forwarded,
                     self.to_stack,
                 );
+                if self.translated > 0 {
+                    line.push_str(&format!(
+                        "  Connections translated by netfilter (hostPort, Service, SNAT): {} packets left to the host stack\n",
+                        self.translated
+                    ));
+                }
                 if self.vxlan_peers > 0 || self.encapsulated > 0 {
                     line.push_str(&format!(
                         "  VXLAN in the fast path: {} remote node{}, {} packets encapsulated\n",
@@ -247,6 +257,7 @@ impl FastPathControl {
             status.forwarded = counters.forwarded;
             status.to_stack = counters.to_stack;
             status.encapsulated = counters.encapsulated;
+            status.translated = counters.translated;
         }
     }
 
@@ -278,6 +289,11 @@ impl FastPathControl {
             &metrics.fast_path_encapsulated,
             status.encapsulated,
             &mut last.encapsulated,
+        );
+        grow(
+            &metrics.fast_path_translated,
+            status.translated,
+            &mut last.translated,
         );
     }
 }
@@ -381,6 +397,7 @@ fn reconcile(fast: &mut FastPath, node_ip: Ipv4Addr, desired: &FastPathDesired) 
         to_stack: counters.to_stack,
         vxlan_peers: fast.vxlan_peers(),
         encapsulated: counters.encapsulated,
+        translated: counters.translated,
         errors,
     }
 }
@@ -514,6 +531,14 @@ mod tests {
         assert_eq!(
             on.render(),
             "Fast path: on, 2 pods and eth0, wren.vxlan (uplinks); 10 packets forwarded, 1 left to the host stack\n"
+        );
+        let translating = FastPathStatus {
+            translated: 7,
+            ..on.clone()
+        };
+        assert_eq!(
+            translating.render(),
+            "Fast path: on, 2 pods and eth0, wren.vxlan (uplinks); 10 packets forwarded, 1 left to the host stack\n  Connections translated by netfilter (hostPort, Service, SNAT): 7 packets left to the host stack\n"
         );
         let wrapping = FastPathStatus {
             vxlan_peers: 3,

@@ -74,6 +74,8 @@ pub struct FastPathReport {
     pub to_stack: u64,
     /// Of the forwarded packets, those the program wrapped in VXLAN.
     pub encapsulated: u64,
+    /// Pool-to-pool packets left to the stack because netfilter translated their connection.
+    pub translated: u64,
 }
 
 impl FastPathReport {
@@ -88,6 +90,7 @@ impl FastPathReport {
                 forwarded: 0,
                 to_stack: 0,
                 encapsulated: 0,
+                translated: 0,
             });
         };
         // "… pods and eth0, wren.vxlan (uplinks); …", or "and no uplink (uplinks)".
@@ -105,6 +108,16 @@ impl FastPathReport {
             .lines()
             .find(|l| l.trim_start().starts_with("VXLAN in the fast path:"))
             .map_or(Some(0), |l| number_before(l, " packets encapsulated"))?;
+        // "  Connections translated by netfilter (…): 4 packets left to the host stack".
+        let translated = status
+            .lines()
+            .find(|l| {
+                l.trim_start()
+                    .starts_with("Connections translated by netfilter")
+            })
+            .map_or(Some(0), |l| {
+                number_before(l, " packets left to the host stack")
+            })?;
         Some(Self {
             on: true,
             pods: on.split_whitespace().next()?.parse().ok()?,
@@ -112,6 +125,7 @@ impl FastPathReport {
             forwarded: number_before(on, " packets forwarded")?,
             to_stack: number_before(on, " left to the host stack")?,
             encapsulated,
+            translated,
         })
     }
 }
@@ -164,6 +178,13 @@ pub struct LabSpec {
     pub bin_dir: PathBuf,
     /// Print what happens, in words.
     pub verbose: bool,
+    /// The agents forward pod-to-pod traffic with the fast path (`--fast-path`).
+    #[serde(default = "fast_path_default")]
+    pub fast_path: bool,
+}
+
+fn fast_path_default() -> bool {
+    true
 }
 
 impl LabSpec {
@@ -180,6 +201,7 @@ impl LabSpec {
             fabric_offload: None,
             bin_dir: default_bin_dir(),
             verbose: false,
+            fast_path: true,
         }
     }
 }
@@ -464,6 +486,12 @@ impl Lab {
                 &node.socket.to_string_lossy(),
                 "--metrics-addr",
                 &format!("127.0.0.1:{}", names::METRICS_PORT),
+                "--fast-path",
+                if self.state.spec.fast_path {
+                    "true"
+                } else {
+                    "false"
+                },
             ])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -537,6 +565,19 @@ impl Lab {
                 |agent| thread_states(agent.pid)
             ),
         )
+    }
+
+    /// Restarts every agent with the fast path on or off (`--fast-path`) and waits until
+    /// each is ready again; pods and routes stay as they are.
+    pub fn set_fast_path(&mut self, on: bool) -> Result<()> {
+        self.state.spec.fast_path = on;
+        self.state.save()?;
+        let names: Vec<String> = self.state.nodes.iter().map(|n| n.name.clone()).collect();
+        for name in names {
+            self.kill_agent(&name)?;
+            self.start_agent(&name)?;
+        }
+        Ok(())
     }
 
     /// Kills node `name`'s agent with SIGKILL (its kernel state stays).
@@ -1077,12 +1118,17 @@ mod tests {
                 forwarded: 1234,
                 to_stack: 5,
                 encapsulated: 0,
+                translated: 0,
             })
         );
         let wrapping = format!(
             "{on}  VXLAN in the fast path: 3 remote nodes, 1000 packets encapsulated\nKernel routes: 3 desired\n"
         );
         assert_eq!(FastPathReport::parse(&wrapping).unwrap().encapsulated, 1000);
+        let translating = format!(
+            "{on}  Connections translated by netfilter (hostPort, Service, SNAT): 42 packets left to the host stack\n"
+        );
+        assert_eq!(FastPathReport::parse(&translating).unwrap().translated, 42);
         let bare = "Fast path: on, 0 pods and no uplink (uplinks); 0 packets forwarded, 0 left to the host stack\n";
         assert_eq!(
             FastPathReport::parse(bare).unwrap().uplinks,
