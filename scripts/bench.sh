@@ -30,3 +30,6 @@ cargo bench -p wren-agent --bench routes -- --routes 100000 --rounds 5
 # Pod-to-pod iperf3: native routing and VXLAN vs host-to-host in the same labs (BENCHMARKS.md "Pod-to-pod throughput").
 cargo build --release --bins
 WREN_BENCH_ROUNDS=15 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench encap_iperf
+
+# Pod → Service → pod iperf3 with the fast path on vs off, and direct pod → pod vs host → host, in one lab (BENCHMARKS.md "Translated connections").
+WREN_BENCH_ROUNDS=7 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench service_iperf

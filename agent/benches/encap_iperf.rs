@@ -20,69 +20,11 @@
 //! `WREN_BENCH_SECS` sets the seconds per round (default 3), `WREN_BENCH_ROUNDS` the rounds
 //! (default 3).
 
-use std::process::Command;
 use std::time::Duration;
 
-use wren_tests::bench::{BenchSettings, invoked_as_bench, median};
+use wren_tests::bench::{BenchSettings, invoked_as_bench, iperf, machine, median};
 use wren_tests::lab::{self, Encap, Lab, LabSpec};
-use wren_tests::netns::command_in;
 use wren_tests::offload::BIG_TCP;
-use wren_tests::process::ChildGuard;
-
-/// One iperf3 run from namespace `from` to `address` (a server runs in `to`); bits/s received.
-fn iperf(from: &str, to: &str, address: &str, seconds: u64) -> Result<f64, String> {
-    let server = ChildGuard::spawn(
-        format!("iperf3 server in {to}"),
-        command_in(to, "iperf3").args(["-s", "-1", "-B", address]),
-    )
-    .map_err(|e| e.to_string())?;
-    // The client retries until the server listens; the server ends after one test.
-    let mut last = String::new();
-    for _ in 0..50 {
-        let out = command_in(from, "iperf3")
-            .args(["-c", address, "-J", "-t", &seconds.to_string()])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        // A refused connection can still exit 0 with `-J`: the report says whether it ran.
-        match received_bps(&text) {
-            Ok(bps) if out.status.success() => return Ok(bps),
-            Ok(_) => last = text,
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!(
-        "iperf3 to {address} failed: {last:.400}\nserver: {}",
-        server.log()
-    ))
-}
-
-/// `end.sum_received.bits_per_second` of an iperf3 JSON report.
-fn received_bps(json: &str) -> Result<f64, String> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    value["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .ok_or_else(|| format!("no received rate in {json:.400}"))
-}
-
-fn machine() -> String {
-    let kernel = Command::new("uname")
-        .arg("-r")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}, Linux {kernel}")
-}
 
 fn main() {
     if !invoked_as_bench() {
@@ -194,8 +136,8 @@ fn measure(
         let mut measured = Vec::new();
         let mut anchor = Vec::new();
         for _ in 0..settings.rounds {
-            anchor.push(iperf(&nfrom, &nto, &naddress, seconds).expect("anchor"));
-            measured.push(iperf(&pfrom, &pto, &paddress, seconds).expect("measured"));
+            anchor.push(iperf(&nfrom, &nto, &naddress, &naddress, seconds).expect("anchor"));
+            measured.push(iperf(&pfrom, &pto, &paddress, &paddress, seconds).expect("measured"));
         }
         let (m, a) = (median(measured), median(anchor));
         let fabric = offload.map_or("64 KiB".to_owned(), |b| format!("{} KiB", b / 1024));

@@ -5,7 +5,11 @@
 //! (default 3), `WREN_BENCH_STORAGE` (`disk`, `tmpfs` or `both`, default `both`).
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
+
+use crate::netns::command_in;
+use crate::process::ChildGuard;
 
 /// True when the binary runs under `cargo bench` (which passes `--bench`); `cargo test
 /// --benches` runs bench binaries without it and only wants to know that they build.
@@ -76,6 +80,70 @@ impl BenchSettings {
 pub fn median(mut figures: Vec<f64>) -> f64 {
     figures.sort_by(f64::total_cmp);
     figures.get(figures.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// One iperf3 run (one TCP stream, `seconds` long) from namespace `from` to `target`,
+/// where a server in `to` listens on `address` (`target` differs from it when the traffic
+/// goes through a translation, a Service's address say); bits/s received.
+pub fn iperf(
+    from: &str,
+    to: &str,
+    address: &str,
+    target: &str,
+    seconds: u64,
+) -> Result<f64, String> {
+    let server = ChildGuard::spawn(
+        format!("iperf3 server in {to}"),
+        command_in(to, "iperf3").args(["-s", "-1", "-B", address]),
+    )
+    .map_err(|e| e.to_string())?;
+    // The client retries until the server listens; the server ends after one test.
+    let mut last = String::new();
+    for _ in 0..50 {
+        let out = command_in(from, "iperf3")
+            .args(["-c", target, "-J", "-t", &seconds.to_string()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // A refused connection can still exit 0 with `-J`: the report says whether it ran.
+        match received_bps(&text) {
+            Ok(bps) if out.status.success() => return Ok(bps),
+            Ok(_) => last = text,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "iperf3 to {target} failed: {last:.400}\nserver: {}",
+        server.log()
+    ))
+}
+
+/// `end.sum_received.bits_per_second` of an iperf3 JSON report.
+fn received_bps(json: &str) -> Result<f64, String> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    value["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| format!("no received rate in {json:.400}"))
+}
+
+/// The machine a figure was measured on: cores, CPU model, kernel.
+pub fn machine() -> String {
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}, Linux {kernel}")
 }
 
 #[cfg(test)]
