@@ -33,3 +33,6 @@ WREN_BENCH_ROUNDS=15 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench encap_i
 
 # Pod → Service → pod iperf3 with the fast path on vs off, and direct pod → pod vs host → host, in one lab (BENCHMARKS.md "Translated connections").
 WREN_BENCH_ROUNDS=7 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench service_iperf
+
+# Fast path: the conntrack lookup's cost per packet, TCP (looked up) vs ICMP echo (not) on the same path (BENCHMARKS.md "Translated connections").
+WREN_BENCH_ROUNDS=5 cargo bench -p wren-fastpath --bench verdict_cost

@@ -370,6 +370,24 @@ impl FastPath {
         )
     }
 
+    /// Runs the program `repeat` times on one packet arriving on `ifindex` and returns the
+    /// mean time per run (see [`Program::time_run`]).
+    pub fn time_run(
+        &self,
+        packet: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> io::Result<std::time::Duration> {
+        self.program.time_run(
+            packet,
+            TestContext {
+                ifindex,
+                ..TestContext::default()
+            },
+            repeat,
+        )
+    }
+
     /// As [`FastPath::test_run`], for a GSO packet of `gso_segs` segments of `gso_size`.
     pub fn test_run_gso(
         &self,
