@@ -277,12 +277,21 @@ impl EtcdStore {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let mut round = 0u32;
         let mut failures: Vec<String> = Vec::with_capacity(count);
+        let mut last_round = String::new();
         let mut all_unreachable = true;
         loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                let report = if failures.is_empty() {
+                    last_round
+                } else {
+                    failures.join("; ")
+                };
+                return Err(self.unavailable(report));
+            }
             let index = self.preferred.load(Ordering::Relaxed) % count;
             let member = self.members[index].clone();
             let endpoint = member.endpoint.clone();
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let limit = self
                 .attempt_timeout
                 .saturating_mul(1 << round.min(8))
@@ -312,19 +321,18 @@ impl EtcdStore {
             self.demote(index);
             failures.push(format!("{endpoint}: {}", failure.reason));
             all_unreachable &= failure.unreachable;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if failures.len() == count {
                 // Every member failed once: with none taking a connection the datastore is
                 // down, and waiting out the deadline would only delay saying so.
-                if all_unreachable || left.is_zero() {
+                if all_unreachable {
                     return Err(self.unavailable(failures.join("; ")));
                 }
                 round += 1;
+                last_round = failures.join("; ");
                 failures.clear();
                 all_unreachable = true;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 tokio::time::sleep(ROUND_PAUSE.saturating_mul(round).min(left)).await;
-            } else if left.is_zero() {
-                return Err(self.unavailable(failures.join("; ")));
             }
         }
     }
