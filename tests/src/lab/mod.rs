@@ -1086,13 +1086,15 @@ pub fn test_lab_name(tag: char) -> String {
     format!("{tag}{}", std::process::id() % 10_000_000)
 }
 
-/// Checks what an end-to-end test on the lab needs (see [`crate::prereq`]): root, etcd, ping,
+/// Checks what an end-to-end test on the lab needs (see [`crate::prereq`]): root, etcd and
+/// etcdctl, ping,
 /// the built `wren` and `wren-cni` binaries, and BIRD when `tor` is set.
 #[track_caller]
 pub fn require_lab(tor: bool) -> bool {
     let bin = default_bin_dir();
     crate::prereq::require_root()
         && crate::prereq::require_command("etcd")
+        && crate::prereq::require_command("etcdctl")
         && crate::prereq::require_command("ping")
         && (!tor || crate::prereq::require_command("bird"))
         && crate::prereq::require(
