@@ -5,22 +5,38 @@
 //! a failed compare-and-swap tells "changed" ([`StoreError::Conflict`]) from "gone"
 //! ([`StoreError::NotFound`]) without a second round trip.
 //!
-//! The connection is lazy and self-healing: [`EtcdStore::connect`] only checks the
-//! configuration, and the gRPC channel reconnects to whichever endpoint answers. A request
-//! that cannot be served becomes [`StoreError::Unavailable`] naming the endpoints; requests are
-//! not retried here, because only the caller knows whether a lost answer to a write may be
-//! repeated.
+//! The connections are lazy and self-healing: [`EtcdStore::connect`] only checks the
+//! configuration, and each member's gRPC channel reconnects when it breaks.
+//!
+//! # Several members
+//!
+//! Each endpoint (one per etcd member) has a connection of its own, and requests go to one
+//! member at a time: the last one that answered. A member that refuses the connection,
+//! answers that it has no leader, or does not answer within [`EtcdConfig::attempt_timeout`]
+//! (stopped, partitioned) loses that place, and the request is sent again to the next member,
+//! until one answers or [`EtcdConfig::request_timeout`] has passed. So a member that dies or
+//! stalls costs the requests in flight on it one attempt, and later requests nothing, as long
+//! as a quorum answers. A request fails as [`StoreError::Unavailable`], naming every member
+//! and why each failed, when the deadline passes or when no member accepts a connection.
+//!
+//! Sending a request again is safe because every write wren makes is conditional or
+//! idempotent: a conditional write whose first attempt was applied although its answer was
+//! lost (a leader that died after committing) fails its condition on the second attempt with
+//! [`StoreError::Conflict`] (or [`StoreError::NotFound`] for a delete), and the caller's
+//! re-read finds its own write; an unconditional put writes the same value twice.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions,
-    GetOptions, Identity, KvClient, LeaseClient, PutOptions, TlsOptions, Txn as EtcdTxn,
-    TxnOp as EtcdTxnOp, TxnOpResponse, WatchOptions,
+    GetOptions, Identity, KvClient, PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp as EtcdTxnOp,
+    TxnOpResponse, WatchOptions,
 };
 
 use crate::{
@@ -45,8 +61,13 @@ pub struct EtcdConfig {
     /// it, a request fails as [`StoreError::Unavailable`] without waiting for
     /// `request_timeout`.
     pub dial_timeout: Duration,
-    /// Time allowed for one request.
+    /// Time allowed for one request, every attempt on every member included.
     pub request_timeout: Duration,
+    /// With more than one endpoint: time one member has to answer an attempt before the
+    /// request is sent to the next member. It doubles each time every member has been tried,
+    /// so a slow answer (a large listing) gets its time in the end. Keep it above the time
+    /// etcd takes to commit a write (a few round trips) and near its election timeout.
+    pub attempt_timeout: Duration,
 }
 
 /// Default key prefix of wren's data in etcd.
@@ -56,9 +77,16 @@ pub const DEFAULT_PREFIX: &str = "/wren/v1/";
 /// default long before they trouble etcd.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
-/// HTTP/2 ping period that detects a dead connection while a watch waits quietly; etcd
-/// refuses pings more often than every 5 s by default.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// HTTP/2 ping period that detects a dead or stopped member while a watch waits quietly;
+/// etcd refuses pings more often than every 5 s by default. Pings are sent only while a
+/// request or watch is open: etcd closes idle connections that ping.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(6);
+
+/// Longest wait for a ping's answer before the connection counts as dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Pause after every member has failed an attempt, before the next round.
+const ROUND_PAUSE: Duration = Duration::from_millis(100);
 
 impl Default for EtcdConfig {
     fn default() -> Self {
@@ -70,19 +98,36 @@ impl Default for EtcdConfig {
             key: None,
             dial_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
         }
     }
 }
 
-/// The etcd backend. Cheap to clone; clones share the connection.
+/// The etcd backend. Cheap to clone; clones share the connections and the choice of member.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
-    kv: KvClient,
+    members: Arc<[Member]>,
+    /// Index of the member requests go to first: the last one that answered.
+    preferred: Arc<AtomicUsize>,
     prefix: String,
     endpoints: Vec<String>,
     dial_timeout: Duration,
     request_timeout: Duration,
+    attempt_timeout: Duration,
+}
+
+/// One etcd member's endpoint and the connection to it alone.
+#[derive(Clone)]
+struct Member {
+    endpoint: String,
+    client: Client,
+    kv: KvClient,
+}
+
+/// Why one attempt on one member failed, and whether the member took a connection at all.
+struct AttemptFailure {
+    reason: String,
+    unreachable: bool,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -102,25 +147,38 @@ impl EtcdStore {
         if config.endpoints.is_empty() {
             return Err(StoreError::Config("no etcd endpoint given".into()));
         }
+        // A member cut off from the quorum answers "no leader" at once instead of holding
+        // the request (or a watch) until it times out.
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.dial_timeout)
-            .with_keep_alive(KEEPALIVE_INTERVAL, config.dial_timeout);
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(false)
+            .with_require_leader(true);
         if let Some(tls) = tls_options(&config)? {
             options = options.with_tls(tls);
         }
-        let client = Client::connect(&config.endpoints, Some(options))
-            .await
-            .map_err(|e| StoreError::Config(format!("etcd client: {e}")))?;
-        let kv = client
-            .kv_client()
-            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut members = Vec::with_capacity(config.endpoints.len());
+        for endpoint in &config.endpoints {
+            let client = Client::connect([endpoint], Some(options.clone()))
+                .await
+                .map_err(|e| StoreError::Config(format!("etcd client for {endpoint}: {e}")))?;
+            let kv = client
+                .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES);
+            members.push(Member {
+                endpoint: endpoint.clone(),
+                client,
+                kv,
+            });
+        }
         Ok(Self {
-            client,
-            kv,
+            members: members.into(),
+            preferred: Arc::default(),
             prefix: config.prefix,
             endpoints: config.endpoints,
             dial_timeout: config.dial_timeout,
             request_timeout: config.request_timeout,
+            attempt_timeout: config.attempt_timeout,
         })
     }
 
@@ -132,8 +190,10 @@ impl EtcdStore {
     /// Compacts etcd's history up to `revision` (cluster-wide, like `etcdctl compact`):
     /// watches from an older revision then fail with [`StoreError::Compacted`].
     pub async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut kv = self.kv();
-        match self.call(kv.compact(revision, None)).await {
+        match self
+            .call(|mut m| async move { m.kv.compact(revision, None).await })
+            .await
+        {
             Ok(_) => Ok(()),
             Err(StoreError::Rejected(reason)) if reason.contains("compacted") => {
                 Err(StoreError::Compacted {
@@ -146,14 +206,6 @@ impl EtcdStore {
             ))),
             Err(e) => Err(e),
         }
-    }
-
-    fn kv(&self) -> KvClient {
-        self.kv.clone()
-    }
-
-    fn lease(&self) -> LeaseClient {
-        self.client.lease_client()
     }
 
     fn full_key(&self, key: &str) -> String {
@@ -191,14 +243,118 @@ impl EtcdStore {
         }
     }
 
-    /// Runs one request under the request timeout and maps its errors. When no answer came
-    /// within the dial timeout, the endpoints are probed: if none accepts a TCP connection
-    /// the request fails now instead of waiting out the request timeout.
-    async fn call<T>(
-        &self,
-        request: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
+    /// Runs one request, made by `request` for a member, under the request timeout, on one
+    /// member after another until one answers (see the module documentation), and maps its
+    /// errors. Only [`StoreError::Unavailable`] is tried again; any other answer is final.
+    async fn call<T, F, Fut>(&self, request: F) -> Result<T>
+    where
+        F: FnMut(Member) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_at(request).await.map(|(value, _)| value)
+    }
+
+    /// [`call`](Self::call) that also says which member answered.
+    async fn call_at<T, F, Fut>(&self, request: F) -> Result<(T, usize)>
+    where
+        F: FnMut(Member) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        if self.members.len() == 1 {
+            self.call_single(request).await.map(|value| (value, 0))
+        } else {
+            self.call_members(request).await
+        }
+    }
+
+    /// Several members: one attempt after another, each on the preferred member.
+    async fn call_members<T, F, Fut>(&self, mut request: F) -> Result<(T, usize)>
+    where
+        F: FnMut(Member) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let count = self.members.len();
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut round = 0u32;
+        let mut failures: Vec<String> = Vec::with_capacity(count);
+        let mut last_round = String::new();
+        let mut all_unreachable = true;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                let report = if failures.is_empty() {
+                    last_round
+                } else {
+                    failures.join("; ")
+                };
+                return Err(self.unavailable(report));
+            }
+            let index = self.preferred.load(Ordering::Relaxed) % count;
+            let member = self.members[index].clone();
+            let endpoint = member.endpoint.clone();
+            let limit = self
+                .attempt_timeout
+                .saturating_mul(1 << round.min(8))
+                .min(left);
+            let failure = match tokio::time::timeout(limit, request(member)).await {
+                Ok(Ok(value)) => return Ok((value, index)),
+                Ok(Err(error)) => {
+                    let unreachable = not_connected(&error);
+                    match self.map_error(error) {
+                        StoreError::Unavailable { reason, .. } => AttemptFailure {
+                            reason,
+                            unreachable,
+                        },
+                        other => return Err(other),
+                    }
+                }
+                Err(_) => AttemptFailure {
+                    reason: format!("no answer within {limit:?}"),
+                    unreachable: false,
+                },
+            };
+            tracing::debug!(
+                endpoint,
+                reason = failure.reason,
+                "etcd member failed an attempt"
+            );
+            self.demote(index);
+            failures.push(format!("{endpoint}: {}", failure.reason));
+            all_unreachable &= failure.unreachable;
+            if failures.len() == count {
+                // Every member failed once: with none taking a connection the datastore is
+                // down, and waiting out the deadline would only delay saying so.
+                if all_unreachable {
+                    return Err(self.unavailable(failures.join("; ")));
+                }
+                round += 1;
+                last_round = failures.join("; ");
+                failures.clear();
+                all_unreachable = true;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                tokio::time::sleep(ROUND_PAUSE.saturating_mul(round).min(left)).await;
+            }
+        }
+    }
+
+    /// Moves requests off member `index` to the next one, unless another request already did.
+    fn demote(&self, index: usize) {
+        let next = (index + 1) % self.members.len();
+        let _ = self
+            .preferred
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// One member: the request waits up to the request timeout. When no answer came within
+    /// the dial timeout, the endpoint is probed: if it accepts no TCP connection the request
+    /// fails now instead of waiting out the request timeout.
+    async fn call_single<T, F, Fut>(&self, mut request: F) -> Result<T>
+    where
+        F: FnMut(Member) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let started = tokio::time::Instant::now();
+        let request = request(self.members[0].clone());
         tokio::pin!(request);
         // One timer on the path every answered request takes; the probe only when slow.
         let first_wait = self.dial_timeout.min(self.request_timeout);
@@ -221,33 +377,20 @@ impl EtcdStore {
         result.map_err(|e| self.map_error(e))
     }
 
-    /// Succeeds if at least one endpoint accepts a TCP connection; otherwise says why each
-    /// one did not.
+    /// Succeeds if the endpoint accepts a TCP connection; otherwise says why it did not.
     async fn probe(&self) -> Result<(), String> {
-        let attempts = self.endpoints.iter().map(|endpoint| async move {
-            let Some(addr) = host_port(endpoint) else {
-                return Err(format!("{endpoint}: no host:port in the URL"));
-            };
-            match tokio::time::timeout(self.dial_timeout, tokio::net::TcpStream::connect(addr))
-                .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("{endpoint}: {e}")),
-                Err(_) => Err(format!(
-                    "{endpoint}: no connection within {:?}",
-                    self.dial_timeout
-                )),
-            }
-        });
-        let results = futures::future::join_all(attempts).await;
-        if results.iter().any(Result::is_ok) {
-            return Ok(());
+        let endpoint = &self.members[0].endpoint;
+        let Some(addr) = host_port(endpoint) else {
+            return Err(format!("{endpoint}: no host:port in the URL"));
+        };
+        match tokio::time::timeout(self.dial_timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("{endpoint}: {e}")),
+            Err(_) => Err(format!(
+                "{endpoint}: no connection within {:?}",
+                self.dial_timeout
+            )),
         }
-        Err(results
-            .into_iter()
-            .filter_map(Result::err)
-            .collect::<Vec<_>>()
-            .join("; "))
     }
 
     fn map_error(&self, error: etcd_client::Error) -> StoreError {
@@ -266,6 +409,9 @@ impl EtcdStore {
                 }
                 _ => StoreError::Rejected(status.message().to_owned()),
             },
+            // etcd answered, and the answer was that the lease is gone: final, not a failure
+            // to reach etcd.
+            E::LeaseKeepAliveError(e) if e.contains("lease not found") => StoreError::Rejected(e),
             E::InvalidArgs(e) | E::EndpointError(e) => StoreError::Config(e),
             E::InvalidUri(e) => StoreError::Config(e.to_string()),
             other => self.unavailable(with_causes(&other.to_string(), &other)),
@@ -288,8 +434,12 @@ impl EtcdStore {
                     .map(|c| EtcdTxnOp::get(self.full_key(c.key()), None))
                     .collect::<Vec<_>>(),
             );
-        let mut kv = self.kv();
-        let response = self.call(kv.txn(txn)).await?;
+        let response = self
+            .call(|mut m| {
+                let txn = txn.clone();
+                async move { m.kv.txn(txn).await }
+            })
+            .await?;
         let revision = response.header().map_or(0, |h| h.revision());
         if response.succeeded() {
             return Ok(Ok(revision));
@@ -343,19 +493,28 @@ impl EtcdStore {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from_revision.max(0));
-        let mut client = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_RESPONSE_BYTES);
-        let mut stream = self
-            .call(client.watch(self.full_key(prefix), Some(options)))
+        let key = self.full_key(prefix);
+        let ((stream, first), member) = self
+            .call_at(|m| {
+                let (key, options) = (key.clone(), options.clone());
+                async move {
+                    let mut client = m
+                        .client
+                        .watch_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES);
+                    let mut stream = client.watch(key, Some(options)).await?;
+                    match stream.message().await? {
+                        Some(first) => Ok((stream, first)),
+                        None => Err(etcd_client::Error::WatchError(
+                            "watch stream closed before it was created".into(),
+                        )),
+                    }
+                }
+            })
             .await?;
-        let first = self
-            .call(stream.message())
-            .await?
-            .ok_or_else(|| self.unavailable("watch stream closed before it was created"))?;
         let mut watch = EtcdWatch {
             store: self.clone(),
+            member,
             stream,
             requested: from_revision,
             pending: VecDeque::new(),
@@ -422,6 +581,31 @@ fn with_causes(message: &str, error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Whether `error` says the member took no connection (refused, unreachable, timed out while
+/// connecting), so the request never reached it.
+fn not_connected(error: &etcd_client::Error) -> bool {
+    use std::io::ErrorKind;
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            )
+        {
+            return true;
+        }
+        if e.to_string().contains("connect error") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 fn lease_option(lease: Option<LeaseId>) -> Option<PutOptions> {
     lease.map(|id| PutOptions::new().with_lease(id))
 }
@@ -469,6 +653,8 @@ fn tls_options(config: &EtcdConfig) -> Result<Option<TlsOptions>> {
 /// State of one etcd watch stream.
 struct EtcdWatch {
     store: EtcdStore,
+    /// The member serving the watch: when the stream breaks, requests move off it too.
+    member: usize,
     /// Kept so the request half stays open: etcd ends a watch whose client stops sending.
     stream: etcd_client::WatchStream,
     requested: Revision,
@@ -487,6 +673,8 @@ impl EtcdWatch {
             return;
         }
         if response.canceled() {
+            // A member that lost its leader cancels its watches: move off it.
+            self.store.demote(self.member);
             let reason = format!("etcd cancelled the watch: {}", response.cancel_reason());
             self.fail(self.store.unavailable(reason));
             return;
@@ -526,10 +714,12 @@ impl EtcdWatch {
             match self.stream.message().await {
                 Ok(Some(response)) => self.absorb(response),
                 Ok(None) => {
+                    self.store.demote(self.member);
                     let error = self.store.unavailable("etcd closed the watch stream");
                     self.fail(error);
                 }
                 Err(e) => {
+                    self.store.demote(self.member);
                     let error = self.store.map_error(e);
                     self.fail(error);
                 }
@@ -541,8 +731,13 @@ impl EtcdWatch {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut kv = self.kv();
-        let response = self.call(kv.get(self.full_key(key), None)).await?;
+        let key = self.full_key(key);
+        let response = self
+            .call(|mut m| {
+                let key = key.clone();
+                async move { m.kv.get(key, None).await }
+            })
+            .await?;
         response
             .kvs()
             .first()
@@ -551,10 +746,15 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
-        let mut kv = self.kv();
-        let options = GetOptions::new().with_prefix();
+        let prefix = self.full_key(prefix);
         let response = self
-            .call(kv.get(self.full_key(prefix), Some(options)))
+            .call(|mut m| {
+                let prefix = prefix.clone();
+                async move {
+                    m.kv.get(prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
             .await?;
         let items = response
             .kvs()
@@ -578,9 +778,12 @@ impl Store for EtcdStore {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
-        let mut kv = self.kv();
+        let key = self.full_key(key);
         let response = self
-            .call(kv.put(self.full_key(key), value, lease_option(lease)))
+            .call(|mut m| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { m.kv.put(key, value, lease_option(lease)).await }
+            })
             .await
             .map_err(|e| Self::lease_error(e, lease))?;
         Ok(response.header().map_or(0, |h| h.revision()))
@@ -633,35 +836,35 @@ impl Store for EtcdStore {
     }
 
     async fn grant_lease(&self, ttl_secs: i64) -> Result<LeaseId> {
-        let mut lease = self.lease();
-        let response = self.call(lease.grant(ttl_secs.max(1), None)).await?;
+        let response = self
+            .call(|m| async move { m.client.lease_client().grant(ttl_secs.max(1), None).await })
+            .await?;
         Ok(response.id())
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        let mut client = self.lease();
-        match self.call(client.keep_alive(lease)).await {
-            Ok(_) => Ok(()),
-            Err(StoreError::Unavailable { reason, .. }) if reason.contains("lease not found") => {
-                Err(StoreError::LeaseNotFound(lease))
-            }
-            Err(e) => Err(Self::lease_error(e, Some(lease))),
-        }
+        self.call(|m| async move { m.client.lease_client().keep_alive(lease).await })
+            .await
+            .map(|_| ())
+            .map_err(|e| Self::lease_error(e, Some(lease)))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        let mut client = self.lease();
-        self.call(client.revoke(lease))
+        self.call(|m| async move { m.client.lease_client().revoke(lease).await })
             .await
             .map(|_| ())
             .map_err(|e| Self::lease_error(e, Some(lease)))
     }
 
     async fn revision(&self) -> Result<Revision> {
-        let mut kv = self.kv();
-        let options = GetOptions::new().with_count_only();
         let response = self
-            .call(kv.get(self.prefix.as_str(), Some(options)))
+            .call(|mut m| {
+                let prefix = self.prefix.clone();
+                async move {
+                    m.kv.get(prefix, Some(GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
             .await?;
         Ok(response.header().map_or(0, |h| h.revision()))
     }

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use nix::sys::signal::Signal;
+
 use crate::netns::{command_in, run, run_in, unique_name};
 use crate::process::{ChildGuard, wait_until};
 
@@ -49,7 +51,7 @@ pub struct EtcdOptions {
 }
 
 /// Certificate files of an etcd that speaks TLS to its clients (see [`TestPki`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EtcdTls {
     /// CA (PEM) that signed the server and client certificates.
     pub ca: PathBuf,
@@ -68,7 +70,7 @@ pub struct EtcdTls {
 #[derive(Debug)]
 pub struct TestPki {
     files: EtcdTls,
-    _dir: TempDir,
+    _dir: Option<TempDir>,
 }
 
 impl TestPki {
@@ -76,7 +78,17 @@ impl TestPki {
     /// Needs the `openssl` command.
     pub fn generate(server_ip: IpAddr) -> io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("wren-pki-").tempdir()?;
-        let path = |name: &str| dir.path().join(name);
+        let files = Self::generate_in(dir.path(), server_ip)?;
+        Ok(Self {
+            files,
+            _dir: Some(dir),
+        })
+    }
+
+    /// Creates the CA and certificates in `dir`, which keeps them (a lab's state directory);
+    /// returns their paths.
+    pub fn generate_in(dir: &Path, server_ip: IpAddr) -> io::Result<EtcdTls> {
+        let path = |name: &str| dir.join(name);
         let files = EtcdTls {
             ca: path("ca.pem"),
             server_cert: path("server.pem"),
@@ -122,7 +134,7 @@ impl TestPki {
                 .arg("-out")
                 .arg(cert))?;
         }
-        Ok(Self { files, _dir: dir })
+        Ok(files)
     }
 
     /// The files, for [`EtcdOptions::tls`] and for clients.
@@ -201,7 +213,7 @@ impl Etcd {
             match etcd.wait_healthy() {
                 Ok(()) => return Ok(etcd),
                 // Someone took a port between our probe and etcd's bind: try other ports.
-                Err(e) if etcd.options.client_port.is_none() && lost_port_race(&etcd) => {
+                Err(e) if etcd.options.client_port.is_none() && lost_port_race(&etcd.child) => {
                     last = Some(e)
                 }
                 Err(e) => return Err(e),
@@ -290,6 +302,279 @@ impl Etcd {
     }
 }
 
+/// A running etcd cluster of several members on loopback, for tests of failure: members can
+/// be killed, restarted on their data, and paused, each by its pid.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<ClusterMember>,
+    options: EtcdOptions,
+    initial_cluster: String,
+}
+
+/// One member of an [`EtcdCluster`].
+#[derive(Debug)]
+struct ClusterMember {
+    // Field order matters: the process stops before its data directory is removed.
+    child: ChildGuard,
+    name: String,
+    client: SocketAddr,
+    peer: SocketAddr,
+    paused: bool,
+    data: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts a cluster of `size` members on free loopback ports and waits until every member
+    /// is healthy (a leader elected).
+    pub fn start(size: usize) -> io::Result<Self> {
+        Self::start_with(size, EtcdOptions::default())
+    }
+
+    /// Starts a cluster of `size` members as `options` says (its `client_port` and `netns`
+    /// are not used: every member gets free ports on the machine's loopback).
+    pub fn start_with(size: usize, options: EtcdOptions) -> io::Result<Self> {
+        let options = EtcdOptions {
+            netns: None,
+            client_port: None,
+            ..options
+        };
+        let parent = options
+            .data_parent
+            .clone()
+            .unwrap_or_else(default_data_parent);
+        let mut last = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let tag = unique_name("etcd");
+            let mut planned = Vec::with_capacity(size);
+            for index in 0..size {
+                let (client, peer) = ports(&options)?;
+                planned.push((format!("{tag}-{index}"), client, peer));
+            }
+            let initial_cluster = planned
+                .iter()
+                .map(|(name, _, peer)| format!("{name}=http://{peer}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut members = Vec::with_capacity(size);
+            for (name, client, peer) in planned {
+                let data = tempfile::Builder::new()
+                    .prefix("wren-etcd-")
+                    .tempdir_in(&parent)?;
+                let child =
+                    spawn_member(&name, &options, client, peer, data.path(), &initial_cluster)?;
+                members.push(ClusterMember {
+                    child,
+                    name,
+                    client,
+                    peer,
+                    paused: false,
+                    data,
+                });
+            }
+            let mut cluster = Self {
+                members,
+                options: options.clone(),
+                initial_cluster,
+            };
+            match cluster.wait_healthy() {
+                Ok(()) => return Ok(cluster),
+                Err(e) if cluster.members.iter().any(|m| lost_port_race(&m.child)) => {
+                    last = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("the etcd cluster did not start")))
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True for a cluster without members (never made by [`start`](Self::start)).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Every member's client URL, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| client_url(&self.options, m.client))
+            .collect()
+    }
+
+    /// Member `index`'s process id.
+    pub fn pid(&self, index: usize) -> u32 {
+        self.members[index].child.pid()
+    }
+
+    /// Member `index`'s name.
+    pub fn name(&self, index: usize) -> &str {
+        &self.members[index].name
+    }
+
+    /// Kills member `index` with `SIGKILL` (its data stays for [`restart`](Self::restart)).
+    pub fn kill(&mut self, index: usize) -> io::Result<()> {
+        let member = &mut self.members[index];
+        member.child.signal(Signal::SIGKILL)?;
+        member.child.stop()?;
+        member.paused = false;
+        Ok(())
+    }
+
+    /// Starts member `index` again on its ports and data and waits until it is healthy.
+    pub fn restart(&mut self, index: usize) -> io::Result<()> {
+        let member = &mut self.members[index];
+        if member.paused {
+            member.child.signal(Signal::SIGCONT)?;
+            member.paused = false;
+        }
+        member.child.stop()?;
+        member.child = spawn_member(
+            &member.name,
+            &self.options,
+            member.client,
+            member.peer,
+            member.data.path(),
+            &self.initial_cluster,
+        )?;
+        let (options, client) = (&self.options, member.client);
+        if wait_until(START_TIMEOUT, Duration::from_millis(50), || {
+            healthy(options, client)
+        }) {
+            Ok(())
+        } else {
+            Err(member.child.failure("etcd member did not rejoin"))
+        }
+    }
+
+    /// Pauses member `index` with `SIGSTOP`: its sockets stay open and nothing answers.
+    pub fn pause(&mut self, index: usize) -> io::Result<()> {
+        let member = &mut self.members[index];
+        member.child.signal(Signal::SIGSTOP)?;
+        member.paused = true;
+        Ok(())
+    }
+
+    /// Resumes member `index` after [`pause`](Self::pause) (`SIGCONT`).
+    pub fn resume(&mut self, index: usize) -> io::Result<()> {
+        let member = &mut self.members[index];
+        member.child.signal(Signal::SIGCONT)?;
+        member.paused = false;
+        Ok(())
+    }
+
+    /// The index of the member the running, unpaused members agree is the leader, if they
+    /// name one (asked with `etcdctl endpoint status`).
+    pub fn leader(&mut self) -> Option<usize> {
+        let mut endpoints = Vec::new();
+        for member in &mut self.members {
+            if !member.paused && member.child.is_running() {
+                endpoints.push(client_url(&self.options, member.client));
+            }
+        }
+        if endpoints.is_empty() {
+            return None;
+        }
+        let mut command = self.etcdctl(&endpoints);
+        command.args(["endpoint", "status", "-w", "json"]);
+        let endpoint = leader_endpoint(&run(&mut command).ok()?)?;
+        self.endpoints().iter().position(|e| *e == endpoint)
+    }
+
+    /// Waits until a leader is known, and returns its index.
+    pub fn wait_leader(&mut self, timeout: Duration) -> io::Result<usize> {
+        let mut found = None;
+        wait_until(timeout, Duration::from_millis(100), || {
+            found = self.leader();
+            found.is_some()
+        });
+        found.ok_or_else(|| io::Error::other(format!("no etcd leader within {timeout:?}")))
+    }
+
+    /// Everything member `index` logged so far.
+    pub fn log(&self, index: usize) -> String {
+        self.members[index].child.log()
+    }
+
+    /// `etcdctl` against `endpoints`, with the client certificate over TLS.
+    fn etcdctl(&self, endpoints: &[String]) -> Command {
+        let mut command = Command::new("etcdctl");
+        command.args(etcdctl_args(
+            &endpoints.join(","),
+            self.options.tls.as_ref(),
+        ));
+        command
+    }
+
+    fn wait_healthy(&mut self) -> io::Result<()> {
+        let options = &self.options;
+        let mut exited = None;
+        let healthy_all = wait_until(START_TIMEOUT, Duration::from_millis(50), || {
+            exited = self.members.iter_mut().position(|m| !m.child.is_running());
+            exited.is_some() || self.members.iter().all(|m| healthy(options, m.client))
+        });
+        if let Some(index) = exited {
+            return Err(self.members[index]
+                .child
+                .failure("etcd member exited during start-up"));
+        }
+        if !healthy_all {
+            return Err(self.members[0].child.failure(&format!(
+                "the etcd cluster did not become healthy within {START_TIMEOUT:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        // A paused member cannot act on SIGTERM: let it run so its guard stops it cleanly.
+        for member in &mut self.members {
+            if member.paused {
+                let _ = member.child.signal(Signal::SIGCONT);
+            }
+        }
+    }
+}
+
+/// The arguments of `etcdctl` that reach `endpoints` (comma separated), short timeouts, and
+/// with TLS the CA and the client certificate; the command follows them.
+pub fn etcdctl_args(endpoints: &str, tls: Option<&EtcdTls>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = ["--endpoints", endpoints]
+        .into_iter()
+        .chain(["--dial-timeout", "1s", "--command-timeout", "2s"])
+        .map(Into::into)
+        .collect();
+    if let Some(tls) = tls {
+        for (flag, path) in [
+            ("--cacert", &tls.ca),
+            ("--cert", &tls.client_cert),
+            ("--key", &tls.client_key),
+        ] {
+            args.push(flag.into());
+            args.push(path.into());
+        }
+    }
+    args
+}
+
+/// The endpoint of the leader in the output of `etcdctl endpoint status -w json`, when one of
+/// the members asked is the leader the others name.
+pub fn leader_endpoint(status_json: &str) -> Option<String> {
+    let statuses: Vec<serde_json::Value> = serde_json::from_str(status_json).ok()?;
+    let leader = statuses
+        .iter()
+        .find_map(|s| s.pointer("/Status/leader")?.as_u64())?;
+    statuses.iter().find_map(|s| {
+        let member = s.pointer("/Status/header/member_id")?.as_u64()?;
+        (member == leader).then(|| s.get("Endpoint")?.as_str().map(str::to_owned))?
+    })
+}
+
 fn default_data_parent() -> PathBuf {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
@@ -299,7 +584,7 @@ fn default_data_parent() -> PathBuf {
     }
 }
 
-fn lost_port_race(etcd: &Etcd) -> bool {
+fn lost_port_race(etcd: &ChildGuard) -> bool {
     etcd.log().contains("address already in use")
 }
 
@@ -333,32 +618,76 @@ fn spawn(
     peer: SocketAddr,
     data: &Path,
 ) -> io::Result<ChildGuard> {
-    let client_url = client_url(options, client);
-    let peer_url = format!("http://{peer}");
+    let initial_cluster = format!("{name}=http://{peer}");
+    spawn_member(name, options, client, peer, data, &initial_cluster)
+}
+
+fn spawn_member(
+    name: &str,
+    options: &EtcdOptions,
+    client: SocketAddr,
+    peer: SocketAddr,
+    data: &Path,
+    initial_cluster: &str,
+) -> io::Result<ChildGuard> {
+    let member = MemberArgs {
+        name,
+        data,
+        client_urls: &[client_url(options, client)],
+        peer_url: &format!("http://{peer}"),
+        initial_cluster,
+        tls: options.tls.as_ref(),
+    };
     let mut command = program(options, "etcd");
-    command
-        .arg("--name")
-        .arg(name)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--listen-client-urls", &client_url])
-        .args(["--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("{name}={peer_url}")])
-        .args(["--initial-cluster-state", "new"])
-        .args(["--logger", "zap", "--log-level", "warn"]);
-    if let Some(tls) = &options.tls {
-        command
-            .arg("--trusted-ca-file")
-            .arg(&tls.ca)
-            .arg("--cert-file")
-            .arg(&tls.server_cert)
-            .arg("--key-file")
-            .arg(&tls.server_key)
-            .arg("--client-cert-auth");
-    }
+    command.args(member.args());
     ChildGuard::spawn(format!("etcd {name}"), &mut command)
+}
+
+/// The command line of one etcd member, shared by the harness and the lab.
+#[derive(Debug, Clone)]
+pub struct MemberArgs<'a> {
+    /// Member name, unique in its cluster.
+    pub name: &'a str,
+    /// Data directory.
+    pub data: &'a Path,
+    /// URLs it serves clients on; the first is the one it advertises.
+    pub client_urls: &'a [String],
+    /// URL it talks to the other members on.
+    pub peer_url: &'a str,
+    /// Every member as `name=peer URL`, comma separated.
+    pub initial_cluster: &'a str,
+    /// Serve clients over TLS and require a client certificate signed by the CA.
+    pub tls: Option<&'a EtcdTls>,
+}
+
+impl MemberArgs<'_> {
+    /// The arguments to `etcd`. A member restarted on its data directory ignores the
+    /// `--initial-*` ones, so the same arguments start it the first time and every time after.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut add = |flag: &str, value: &OsStr| {
+            args.push(flag.into());
+            args.push(value.to_owned());
+        };
+        add("--name", self.name.as_ref());
+        add("--data-dir", self.data.as_os_str());
+        add("--listen-client-urls", self.client_urls.join(",").as_ref());
+        let advertised = self.client_urls.first().map_or("", String::as_str);
+        add("--advertise-client-urls", advertised.as_ref());
+        add("--listen-peer-urls", self.peer_url.as_ref());
+        add("--initial-advertise-peer-urls", self.peer_url.as_ref());
+        add("--initial-cluster", self.initial_cluster.as_ref());
+        add("--initial-cluster-state", "new".as_ref());
+        add("--logger", "zap".as_ref());
+        add("--log-level", "warn".as_ref());
+        if let Some(tls) = self.tls {
+            add("--trusted-ca-file", tls.ca.as_os_str());
+            add("--cert-file", tls.server_cert.as_os_str());
+            add("--key-file", tls.server_key.as_os_str());
+            args.push("--client-cert-auth".into());
+        }
+        args
+    }
 }
 
 /// Asks etcd's `/health` endpoint over plain HTTP/1.0.
@@ -397,14 +726,8 @@ fn healthy(options: &EtcdOptions, client: SocketAddr) -> bool {
     if let Some(tls) = &options.tls {
         let mut command = program(options, "etcdctl");
         command
-            .args(["--endpoints", &client_url(options, client)])
-            .arg("--cacert")
-            .arg(&tls.ca)
-            .arg("--cert")
-            .arg(&tls.client_cert)
-            .arg("--key")
-            .arg(&tls.client_key)
-            .args(["--dial-timeout", "1s", "endpoint", "health"]);
+            .args(etcdctl_args(&client_url(options, client), Some(tls)))
+            .args(["endpoint", "health"]);
         return run(&mut command).is_ok();
     }
     match &options.netns {
@@ -464,6 +787,36 @@ mod tests {
         assert!(etcd.is_healthy());
         // Plain HTTP gets no health answer from a TLS port.
         assert!(!probe_health(etcd.client_addr()));
+    }
+
+    #[test]
+    fn a_cluster_elects_a_new_leader_when_its_leader_is_killed_and_takes_it_back() {
+        if !prereq::require_command("etcd") || !prereq::require_command("etcdctl") {
+            return;
+        }
+        let mut cluster = EtcdCluster::start(3).unwrap();
+        assert_eq!(cluster.endpoints().len(), 3);
+        let leader = cluster.wait_leader(Duration::from_secs(10)).unwrap();
+        let pid = cluster.pid(leader);
+        cluster.kill(leader).unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "member still runs"
+        );
+        let other_leader = |cluster: &mut EtcdCluster, old: usize| {
+            let mut found = None;
+            wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+                found = cluster.leader().filter(|&l| l != old);
+                found.is_some()
+            });
+            found.expect("the other members elect a leader among themselves")
+        };
+        let next = other_leader(&mut cluster, leader);
+        cluster.restart(leader).unwrap();
+        assert!(healthy(&cluster.options, cluster.members[leader].client));
+        cluster.pause(next).unwrap();
+        other_leader(&mut cluster, next);
+        cluster.resume(next).unwrap();
     }
 
     #[test]

@@ -83,8 +83,11 @@ impl FastPathDesired {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FastPathState {
-    /// Turned off by configuration.
+    /// No pass has run yet: the agent waits for its first listing of the datastore (at
+    /// start, or through an outage since). Pods are routed as the kernel already has them.
     #[default]
+    Pending,
+    /// Turned off by configuration.
     Off,
     /// Wanted, but this kernel or this process cannot run it.
     Unavailable,
@@ -127,6 +130,9 @@ impl FastPathStatus {
     /// The `wren status` line.
     pub fn render(&self) -> String {
         match self.state {
+            FastPathState::Pending => {
+                "Fast path: not set up yet, waiting for the datastore's first answer\n".to_owned()
+            }
             FastPathState::Off => "Fast path: off (fastPath = false)\n".to_owned(),
             FastPathState::Unavailable => format!(
                 "Fast path: unavailable, pods are routed by the host stack: {}\n",
@@ -222,7 +228,10 @@ impl FastPathControl {
                 Err(poisoned) => poisoned.into_inner(),
             };
             match &mut *kernel {
-                Kernel::Off => FastPathStatus::default(),
+                Kernel::Off => FastPathStatus {
+                    state: FastPathState::Off,
+                    ..FastPathStatus::default()
+                },
                 Kernel::Unavailable(reason) => FastPathStatus {
                     state: FastPathState::Unavailable,
                     reason: Some(reason.clone()),
@@ -506,10 +515,16 @@ mod tests {
 
     #[test]
     fn status_lines() {
+        // Before the first pass (the datastore not listed yet) nothing says it is off.
         assert_eq!(
             FastPathStatus::default().render(),
-            "Fast path: off (fastPath = false)\n"
+            "Fast path: not set up yet, waiting for the datastore's first answer\n"
         );
+        let off = FastPathStatus {
+            state: FastPathState::Off,
+            ..FastPathStatus::default()
+        };
+        assert_eq!(off.render(), "Fast path: off (fastPath = false)\n");
         let unavailable = FastPathStatus {
             state: FastPathState::Unavailable,
             reason: Some("loading the forwarding program: Operation not permitted".into()),

@@ -8,7 +8,8 @@
 //! ([`registration`]) and the HTTP surfaces ([`health`]) run beside it.
 //!
 //! While etcd is away the copies stay as they were, so passes keep programming the same
-//! routes; `/readyz` reports the datastore down until a reflector lists again.
+//! routes; `/readyz` reports the datastore down from a failed listing until the datastore
+//! answers again.
 
 pub mod bgp;
 pub mod encap;
@@ -253,7 +254,9 @@ pub struct Controller {
     encap: Option<encap::Encap>,
     fast_path: Option<Arc<fastpath::FastPathControl>>,
     shared: Arc<Shared>,
-    started: Instant,
+    /// When the first pass had a view: the BGP sync timeout counts from there, so sessions
+    /// get their time after a datastore that was away at start-up returns.
+    first_view: std::sync::OnceLock<Instant>,
     sync_timeout: Duration,
     changes: Arc<Notify>,
 }
@@ -316,7 +319,7 @@ impl Controller {
             encap: None,
             fast_path: None,
             shared,
-            started: Instant::now(),
+            first_view: std::sync::OnceLock::new(),
             sync_timeout: config.bgp_sync_timeout,
             changes,
         }
@@ -342,9 +345,11 @@ impl Controller {
         self.changes.notified().await;
     }
 
-    /// BGP is synced once every desired session is up and sent End-of-RIB, or after the
-    /// deadline; it stays synced from then on (a later flap is a routing event, not a
-    /// reason to pull the node out of service).
+    /// BGP is synced once every desired session is up and sent End-of-RIB, or once the sync
+    /// timeout has passed since the first pass with a view (the sessions exist only from
+    /// then: a datastore away at start-up must not use up their time); it stays synced from
+    /// then on (a later flap is a routing event, not a reason to pull the node out of
+    /// service).
     fn update_bgp_synced(
         &self,
         peers: &BTreeMap<IpAddr, PeerSpec>,
@@ -358,11 +363,12 @@ impl Controller {
                 .iter()
                 .any(|s| s.address == *address && s.end_of_rib)
         });
-        let synced = all_eor || self.started.elapsed() >= self.sync_timeout;
+        let since_view = self.first_view.get_or_init(Instant::now).elapsed();
+        let synced = all_eor || since_view >= self.sync_timeout;
         if synced {
             tracing::info!(
                 end_of_rib = all_eor,
-                after = ?self.started.elapsed(),
+                after = ?since_view,
                 "BGP synced"
             );
             self.shared.bgp_synced.store(true, Ordering::SeqCst);
@@ -567,12 +573,17 @@ pub async fn run(
     .with_encap(parts.encap)
     .with_fast_path(parts.fast_path);
 
+    let probe = tokio::spawn(reflector::probe_while_down(
+        parts.store.clone(),
+        shared.datastore.clone(),
+    ));
     let (m, a, (), ()) = tokio::join!(
         async { metrics_server.await },
         api_server,
         registration,
         controller.run(config.reconcile_interval, shutdown.clone()),
     );
+    probe.abort();
     if let Err(e) = m.and(a) {
         tracing::warn!(error = %e, "HTTP server ended with an error");
     }

@@ -1,10 +1,14 @@
 //! A local copy of the documents under one prefix, kept current by list-then-watch.
 //!
-//! When the watch ends (etcd unreachable, revision compacted) the copy is kept as it is,
-//! the datastore is reported down, and the reflector re-lists with exponential backoff; the
-//! fresh listing replaces the copy wholesale, so deletes missed while disconnected are not
-//! lost. Consumers see `None` until the first listing, so nothing acts on an empty view at
-//! start-up (which, for the route reconcile, would mean deleting every route).
+//! When the watch ends (a member died or stalled, revision compacted) the copy is kept as it
+//! is and the reflector lists again at once: the store sends the listing to a member that
+//! answers. Only a listing that fails (every member tried within the request's deadline)
+//! reports the datastore down; the reflector then retries with exponential backoff, cut
+//! short as soon as the datastore answers again ([`probe_while_down`] asks it every
+//! [`PROBE_PERIOD`]). The fresh listing replaces the copy wholesale, so deletes missed while
+//! disconnected are not lost. Consumers see `None` until the first listing, so nothing acts
+//! on an empty view at start-up (which, for the route reconcile, would mean deleting every
+//! route).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +23,8 @@ use super::view::Snapshot;
 /// The snapshot consumers receive: `None` until the prefix has been listed once.
 pub type SnapshotRx = watch::Receiver<Option<Arc<Snapshot>>>;
 
-/// Shared flag: did the datastore answer the last request of any reflector?
+/// Shared flag: did the datastore answer the last request of a reflector, of the
+/// registration or of the probe?
 #[derive(Debug, Default)]
 pub struct DatastoreHealth {
     up: AtomicBool,
@@ -40,6 +45,35 @@ impl DatastoreHealth {
     /// Waits for the next change of the flag.
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    /// Waits until the flag is up, or at most `limit`.
+    pub async fn up_or(&self, limit: Duration) {
+        let changed = self.changed.notified();
+        tokio::pin!(changed);
+        // Registered before the check, so a change in between is not missed.
+        changed.as_mut().enable();
+        if self.is_up() {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, changed).await;
+    }
+}
+
+/// How often the datastore is asked whether it answers again while it is down.
+pub const PROBE_PERIOD: Duration = Duration::from_millis(500);
+
+/// While the datastore is reported down, asks it for its revision every [`PROBE_PERIOD`] and
+/// reports it up as soon as it answers, which wakes every reflector and the registration
+/// waiting out a backoff: readiness comes back with the datastore, not a backoff later.
+/// Runs until the task is dropped.
+pub async fn probe_while_down(store: Arc<dyn Store>, health: Arc<DatastoreHealth>) {
+    loop {
+        tokio::time::sleep(PROBE_PERIOD).await;
+        if !health.is_up() && store.revision().await.is_ok() {
+            tracing::info!("the datastore answers again");
+            health.set(true);
+        }
     }
 }
 
@@ -70,7 +104,7 @@ async fn run(
             Err(e) => {
                 tracing::warn!(prefix, error = %e, retry_in = ?backoff, "listing failed");
                 health.set(false);
-                tokio::time::sleep(backoff).await;
+                health.up_or(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
@@ -90,7 +124,6 @@ async fn run(
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(prefix, error = %e, "watch failed; listing again");
-                health.set(false);
                 tokio::time::sleep(backoff).await;
                 continue;
             }
@@ -104,8 +137,8 @@ async fn run(
                     snapshot.remove(&key);
                 }
                 Err(e) => {
+                    // Not a sign the datastore is down: the listing that follows says.
                     tracing::warn!(prefix, error = %e, "watch ended; listing again");
-                    health.set(false);
                     break;
                 }
             }

@@ -123,6 +123,7 @@ pub async fn keep_registered(
             Ok(id)
         }
         .await;
+        let failing = attempt.is_err();
         let wait = match attempt {
             Ok(id) => {
                 if lease.is_none() {
@@ -150,6 +151,8 @@ pub async fn keep_registered(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            // The datastore answers again: register now rather than a backoff later.
+            _ = health.changed(), if failing => {}
             _ = shutdown.changed() => break,
         }
     }

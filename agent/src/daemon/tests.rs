@@ -146,6 +146,17 @@ impl Rig {
         }
     }
 
+    /// A route learned over BGP by an earlier run of the agent, left in the kernel.
+    fn learned_in_kernel(&self, dst: &str, via: &str) {
+        self.kernel.table.lock().unwrap().insert(
+            net(dst),
+            FakeRoute {
+                target: RouteTarget::Gateway(ip(via)),
+                protocol: PROTO_BGP,
+            },
+        );
+    }
+
     fn route(&self, dst: &str) -> Option<FakeRoute> {
         self.kernel.table.lock().unwrap().get(&net(dst)).cloned()
     }
@@ -283,13 +294,7 @@ async fn drift_is_repaired_and_foreign_routes_are_left_alone() {
 #[tokio::test]
 async fn learned_routes_in_the_kernel_survive_until_bgp_has_synced() {
     let r = rig("30s").await;
-    r.kernel.table.lock().unwrap().insert(
-        net("10.65.7.0/26"),
-        FakeRoute {
-            target: RouteTarget::Gateway(ip("10.0.0.2")),
-            protocol: PROTO_BGP,
-        },
-    );
+    r.learned_in_kernel("10.65.7.0/26", "10.0.0.2");
     r.until("first pass", |_| true).await;
     assert!(
         r.route("10.65.7.0/26").is_some(),
@@ -305,6 +310,28 @@ async fn learned_routes_in_the_kernel_survive_until_bgp_has_synced() {
     assert!(status.readiness.bgp_synced);
     assert_eq!(status.peers.len(), 1);
     assert_eq!(status.peers[0].name, "b");
+}
+
+#[tokio::test]
+async fn the_sync_timeout_counts_from_the_first_view_not_from_start_up() {
+    // The agent started while the datastore was away: no pass had a view for longer than
+    // the sync timeout. Its first pass must still keep the learned routes for the sessions.
+    let r = rig("300ms").await;
+    r.learned_in_kernel("10.65.7.0/26", "10.0.0.2");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    r.until("first pass", |_| true).await;
+    assert!(
+        r.route("10.65.7.0/26").is_some(),
+        "learned route removed by the first pass after the datastore returned"
+    );
+    assert!(!r.controller.shared.readiness().bgp_synced);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    r.controller.pass().await;
+    assert!(
+        r.route("10.65.7.0/26").is_none(),
+        "withdrawn once the sessions had their time and b announced nothing"
+    );
+    assert!(r.controller.shared.readiness().bgp_synced);
 }
 
 #[tokio::test]

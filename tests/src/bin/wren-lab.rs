@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! wren-lab up --nodes 3 [--encap none|vxlan|ipip] [--subnets 1|2] [--tor] [--name demo]
+//!              [--etcd-members 1|3|5] [--etcd-tls]
 //! wren-lab ping | status | routes NODE | exec NODE -- CMD… | down | list
 //! wren-lab demo        # up → ping → status → routes explained → down
 //! ```
@@ -52,6 +53,13 @@ enum LabCommand {
         /// 65536, as NICs that support it do).
         #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(65536..=524280))]
         fabric_offload: Option<u32>,
+        /// Members of the lab's etcd cluster (1, 3 or 5); every agent and the CLI get every
+        /// member's endpoint.
+        #[arg(long, default_value_t = 1)]
+        etcd_members: usize,
+        /// etcd speaks TLS and requires client certificates (a CA made for the lab).
+        #[arg(long)]
+        etcd_tls: bool,
         /// Directory with the `wren` and `wren-cni` binaries (default: next to wren-lab).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -119,6 +127,8 @@ fn run(cli: Cli) -> Result<()> {
             tor,
             pods,
             fabric_offload,
+            etcd_members,
+            etcd_tls,
             bin_dir,
         } => {
             let mut spec = LabSpec::new(&name, nodes);
@@ -127,6 +137,8 @@ fn run(cli: Cli) -> Result<()> {
             spec.tor = tor;
             spec.pods_per_node = pods;
             spec.fabric_offload = fabric_offload;
+            spec.etcd_members = etcd_members;
+            spec.etcd_tls = etcd_tls;
             spec.verbose = true;
             if let Some(dir) = bin_dir {
                 spec.bin_dir = dir;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use names::ns_name;
-pub use state::{AgentState, LabState, NodeState, PodState};
+pub use state::{AgentState, EtcdMemberState, LabState, NodeState, PodState};
 
 /// Where labs keep their state, logs and sockets.
 pub const STATE_ROOT: &str = "/run/wren-lab";
@@ -174,6 +174,13 @@ pub struct LabSpec {
     /// as on NICs that support it); `None` leaves the kernel's standard 64 KiB.
     #[serde(default)]
     pub fabric_offload: Option<u32>,
+    /// Members of the lab's etcd cluster (1, 3 or 5), all in the fabric namespace.
+    #[serde(default = "one_member")]
+    pub etcd_members: usize,
+    /// etcd serves clients over TLS and requires a client certificate; the agents and the
+    /// CLI get the lab's CA and a client certificate.
+    #[serde(default)]
+    pub etcd_tls: bool,
     /// Directory holding the `wren` and `wren-cni` binaries.
     pub bin_dir: PathBuf,
     /// Print what happens, in words.
@@ -199,11 +206,17 @@ impl LabSpec {
             tor: false,
             pods_per_node: 2,
             fabric_offload: None,
+            etcd_members: 1,
+            etcd_tls: false,
             bin_dir: default_bin_dir(),
             verbose: false,
             fast_path: true,
         }
     }
+}
+
+fn one_member() -> usize {
+    1
 }
 
 /// The directory of the `wren` binaries: next to the running executable, or its parent (test
@@ -244,6 +257,12 @@ impl Lab {
             return Err(LabError::Lab(format!(
                 "--nodes must be between 1 and 20 (got {})",
                 spec.nodes
+            )));
+        }
+        if !matches!(spec.etcd_members, 1 | 3 | 5) {
+            return Err(LabError::Lab(format!(
+                "--etcd-members must be 1, 3 or 5 (got {})",
+                spec.etcd_members
             )));
         }
         if !matches!(spec.subnets, 1 | 2) {
@@ -323,8 +342,15 @@ impl Lab {
         topology::build_fabric(&mut self.state)?;
         self.state.save()?;
         self.say(format!(
-            "  etcd listens on {} inside the fabric namespace {}.",
-            self.state.etcd_endpoint, self.state.fabric_ns
+            "  etcd ({} member(s){}) listens on {} inside the fabric namespace {}.",
+            spec.etcd_members,
+            if spec.etcd_tls {
+                ", TLS with client certificates"
+            } else {
+                ""
+            },
+            self.state.etcd_endpoint,
+            self.state.fabric_ns
         ));
         topology::start_etcd(&mut self.state)?;
         self.state.save()?;
@@ -410,7 +436,7 @@ impl Lab {
             .args(["netns", "exec", &self.state.fabric_ns])
             .arg(self.state.spec.bin_dir.join("wren"))
             .args(args.iter().map(AsRef::as_ref))
-            .args(["--etcd-endpoints", &self.state.etcd_endpoint]);
+            .args(self.state.etcd_flags());
         Ok(crate::netns::run(&mut command)?)
     }
 
@@ -480,8 +506,6 @@ impl Lab {
                 &node.name,
                 "--node-ip",
                 &node.address,
-                "--etcd-endpoints",
-                &self.state.etcd_endpoint,
                 "--socket",
                 &node.socket.to_string_lossy(),
                 "--metrics-addr",
@@ -493,6 +517,7 @@ impl Lab {
                     "false"
                 },
             ])
+            .args(self.state.etcd_flags())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -500,6 +525,13 @@ impl Lab {
         let child = spawn_detached(&mut command)?;
         self.node_mut(name)?.agent = Some(AgentState { pid: child });
         self.state.save()
+    }
+
+    /// Node `name`'s `/readyz` answer: whether it is ready, and its text.
+    pub fn readiness(&self, name: &str) -> Result<(bool, String)> {
+        let node = self.node(name)?;
+        let (status, body) = crate::http::get_in_ns(&node.ns, names::METRICS_PORT, "/readyz")?;
+        Ok((status == 200, body))
     }
 
     fn wait_agent_ready(&self, name: &str) -> Result<()> {
@@ -578,6 +610,87 @@ impl Lab {
             self.start_agent(&name)?;
         }
         Ok(())
+    }
+
+    /// Kills etcd member `index` with `SIGKILL` (its data stays for
+    /// [`restart_etcd`](Self::restart_etcd)).
+    pub fn kill_etcd(&mut self, index: usize) -> Result<()> {
+        let member = self.etcd_member(index)?;
+        if let Some(pid) = member.pid.take() {
+            unsafe {
+                libc::kill(pid as i32, libc::SIGCONT);
+            }
+            kill_and_wait(pid, libc::SIGKILL, Duration::from_secs(5));
+        }
+        member.paused = false;
+        self.state.save()
+    }
+
+    /// Starts etcd member `index` again on its data and waits until the cluster is healthy.
+    pub fn restart_etcd(&mut self, index: usize) -> Result<()> {
+        self.kill_etcd(index)?;
+        topology::spawn_etcd_member(&mut self.state, index)?;
+        self.state.save()?;
+        if crate::process::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            topology::etcd_healthy(&self.state)
+        }) {
+            Ok(())
+        } else {
+            Err(LabError::Lab(format!(
+                "etcd member {index} did not rejoin within 20 s; see {}",
+                topology::etcd_log(&self.state, index).display()
+            )))
+        }
+    }
+
+    /// Pauses etcd member `index` with `SIGSTOP` (connections stay open, nothing answers).
+    pub fn pause_etcd(&mut self, index: usize) -> Result<()> {
+        self.signal_etcd(index, libc::SIGSTOP, true)
+    }
+
+    /// Resumes etcd member `index` after [`pause_etcd`](Self::pause_etcd).
+    pub fn resume_etcd(&mut self, index: usize) -> Result<()> {
+        self.signal_etcd(index, libc::SIGCONT, false)
+    }
+
+    fn signal_etcd(&mut self, index: usize, signal: i32, paused: bool) -> Result<()> {
+        let member = self.etcd_member(index)?;
+        if let Some(pid) = member.pid {
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+            member.paused = paused;
+        }
+        self.state.save()
+    }
+
+    fn etcd_member(&mut self, index: usize) -> Result<&mut EtcdMemberState> {
+        let count = self.state.etcd_members.len();
+        self.state
+            .etcd_members
+            .get_mut(index)
+            .ok_or_else(|| LabError::Lab(format!("no etcd member {index} (of {count})")))
+    }
+
+    /// The index of the etcd member that leads, as the running, unpaused members say.
+    pub fn etcd_leader(&self) -> Option<usize> {
+        let endpoints: Vec<&str> = self
+            .state
+            .etcd_members
+            .iter()
+            .filter(|m| m.pid.is_some() && !m.paused)
+            .map(|m| m.endpoint.as_str())
+            .collect();
+        let text = crate::netns::run(
+            topology::etcdctl(&self.state, &endpoints.join(","))
+                .args(["endpoint", "status", "-w", "json"]),
+        )
+        .ok()?;
+        let leader = crate::etcd::leader_endpoint(&text)?;
+        self.state
+            .etcd_members
+            .iter()
+            .position(|m| m.endpoint == leader)
     }
 
     /// Kills node `name`'s agent with SIGKILL (its kernel state stays).
@@ -1014,13 +1127,15 @@ pub fn test_lab_name(tag: char) -> String {
     format!("{tag}{}", std::process::id() % 10_000_000)
 }
 
-/// Checks what an end-to-end test on the lab needs (see [`crate::prereq`]): root, etcd, ping,
+/// Checks what an end-to-end test on the lab needs (see [`crate::prereq`]): root, etcd and
+/// etcdctl, ping,
 /// the built `wren` and `wren-cni` binaries, and BIRD when `tor` is set.
 #[track_caller]
 pub fn require_lab(tor: bool) -> bool {
     let bin = default_bin_dir();
     crate::prereq::require_root()
         && crate::prereq::require_command("etcd")
+        && crate::prereq::require_command("etcdctl")
         && crate::prereq::require_command("ping")
         && (!tor || crate::prereq::require_command("bird"))
         && crate::prereq::require(

@@ -20,10 +20,14 @@ pub struct LabState {
     pub fabric_ns: String,
     /// Every namespace made, in creation order.
     pub namespaces: Vec<String>,
-    /// etcd client URL, reachable from every node.
+    /// etcd client URLs, comma separated (one per member), reachable from every node.
     pub etcd_endpoint: String,
-    /// etcd's process id.
-    pub etcd_pid: Option<u32>,
+    /// etcd's members, in order.
+    #[serde(default)]
+    pub etcd_members: Vec<EtcdMemberState>,
+    /// The CA and the client certificate, when etcd speaks TLS.
+    #[serde(default)]
+    pub etcd_tls: Option<crate::etcd::EtcdTls>,
     /// Address of the ToR route reflector, with `--tor`.
     pub tor_ip: Option<Ipv4Addr>,
     /// BIRD's process id, with `--tor`.
@@ -34,6 +38,20 @@ pub struct LabState {
     pub pods: Vec<PodState>,
     /// Sequence number of the next pod.
     pub next_pod: usize,
+}
+
+/// One member of the lab's etcd cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdMemberState {
+    /// Member name (`lab0`, …).
+    pub name: String,
+    /// Its client URL.
+    pub endpoint: String,
+    /// Its process id, while it runs.
+    pub pid: Option<u32>,
+    /// Stopped with `SIGSTOP`.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// One node of the lab.
@@ -91,13 +109,31 @@ impl LabState {
             fabric_ns: String::new(),
             namespaces: Vec::new(),
             etcd_endpoint: String::new(),
-            etcd_pid: None,
+            etcd_members: Vec::new(),
+            etcd_tls: None,
             tor_ip: None,
             tor_pid: None,
             nodes: Vec::new(),
             pods: Vec::new(),
             next_pod: 0,
         }
+    }
+
+    /// The `--etcd-*` flags that reach the lab's etcd: every endpoint, and the CA and client
+    /// certificate with TLS.
+    pub fn etcd_flags(&self) -> Vec<String> {
+        let mut flags = vec!["--etcd-endpoints".to_owned(), self.etcd_endpoint.clone()];
+        if let Some(tls) = &self.etcd_tls {
+            for (flag, path) in [
+                ("--etcd-ca", &tls.ca),
+                ("--etcd-cert", &tls.client_cert),
+                ("--etcd-key", &tls.client_key),
+            ] {
+                flags.push(flag.to_owned());
+                flags.push(path.to_string_lossy().into_owned());
+            }
+        }
+        flags
     }
 
     fn file(dir: &Path) -> PathBuf {

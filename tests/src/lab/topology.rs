@@ -2,14 +2,13 @@
 //! subnet), nodes plugged into it, etcd and the BIRD top-of-rack.
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::names::ns_name;
 use super::state::{LabState, NodeState};
 use super::{LAB_AS, LabError, Result, spawn_detached};
-use crate::http;
 use crate::netns::run;
 use crate::process::wait_until;
 
@@ -177,46 +176,131 @@ pub fn add_node(state: &mut LabState, index: usize) -> Result<String> {
     Ok(name)
 }
 
-/// Starts etcd in the fabric namespace and waits until it answers `/health`.
+/// Client port of etcd member `index`; its peer port is the next one.
+fn etcd_port(index: usize) -> u16 {
+    // At most 5 members: 2379, 2389, … 2419.
+    2379 + 10 * index as u16
+}
+
+/// Starts the lab's etcd members in the fabric namespace (with TLS, after making the lab's
+/// CA and certificates) and waits until every member is healthy.
 pub fn start_etcd(state: &mut LabState) -> Result<()> {
     let (ip, _) = subnet_gateway(state, 1);
-    let data = state.dir.join("etcd");
-    let log = fs::File::create(state.dir.join("etcd.log"))?;
-    let client = format!("http://{ip}:2379");
+    if state.spec.etcd_tls {
+        let dir = state.dir.join("pki");
+        fs::create_dir_all(&dir)?;
+        state.etcd_tls = Some(crate::etcd::TestPki::generate_in(&dir, ip.into())?);
+    }
+    let scheme = if state.spec.etcd_tls { "https" } else { "http" };
+    let members: Vec<(String, String, String)> = (0..state.spec.etcd_members)
+        .map(|index| {
+            let port = etcd_port(index);
+            (
+                format!("lab{index}"),
+                format!("{scheme}://{ip}:{port}"),
+                format!("http://127.0.0.1:{}", port + 1),
+            )
+        })
+        .collect();
+    state.etcd_endpoint = members
+        .iter()
+        .map(|(_, client, _)| client.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    state.etcd_members = members
+        .iter()
+        .map(|(name, endpoint, _)| super::EtcdMemberState {
+            name: name.clone(),
+            endpoint: endpoint.clone(),
+            pid: None,
+            paused: false,
+        })
+        .collect();
+    for index in 0..members.len() {
+        spawn_etcd_member(state, index)?;
+    }
+    wait_until(START_TIMEOUT, POLL, || etcd_healthy(state))
+        .then_some(())
+        .ok_or_else(|| {
+            LabError::Lab(format!(
+                "etcd did not become healthy within {START_TIMEOUT:?}; see {}",
+                state.dir.join("etcd.log").display()
+            ))
+        })
+}
+
+/// The log file of etcd member `index`: `etcd.log` for the first (the one the diagnostics
+/// show), `etcd-<index>.log` for the others.
+pub fn etcd_log(state: &LabState, index: usize) -> std::path::PathBuf {
+    match index {
+        0 => state.dir.join("etcd.log"),
+        _ => state.dir.join(format!("etcd-{index}.log")),
+    }
+}
+
+/// Starts etcd member `index` (again: on its data, after a kill) and records its pid.
+pub fn spawn_etcd_member(state: &mut LabState, index: usize) -> Result<()> {
+    let initial_cluster = state
+        .etcd_members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("{}=http://127.0.0.1:{}", m.name, etcd_port(i) + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let member = &state.etcd_members[index];
+    let data = state.dir.join(format!("etcd-data-{index}"));
+    let client_urls = [member.endpoint.clone()];
+    let peer_url = format!("http://127.0.0.1:{}", etcd_port(index) + 1);
+    let args = crate::etcd::MemberArgs {
+        name: &member.name,
+        data: &data,
+        client_urls: &client_urls,
+        peer_url: &peer_url,
+        initial_cluster: &initial_cluster,
+        tls: state.etcd_tls.as_ref(),
+    }
+    .args();
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(etcd_log(state, index))?;
     let mut command = Command::new("ip");
     command
         .args(["netns", "exec", &state.fabric_ns, "etcd"])
-        .args(["--name", "lab", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen-client-urls",
-            &format!("{client},http://127.0.0.1:2379"),
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "lab=http://127.0.0.1:2380",
-            "--log-level",
-            "warn",
-        ])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    state.etcd_pid = Some(spawn_detached(&mut command)?);
-    let addr = SocketAddr::from((ip, 2379));
-    wait_until(START_TIMEOUT, POLL, || {
-        matches!(http::get_addr_in_ns(&state.fabric_ns, addr, "/health"), Ok((200, body)) if body.contains("true"))
-    })
-    .then_some(())
-    .ok_or_else(|| {
-        LabError::Lab(format!(
-            "etcd did not become healthy within {START_TIMEOUT:?}; see {}",
-            state.dir.join("etcd.log").display()
-        ))
-    })
+    let pid = spawn_detached(&mut command)?;
+    let member = &mut state.etcd_members[index];
+    member.pid = Some(pid);
+    member.paused = false;
+    Ok(())
+}
+
+/// `etcdctl` in the fabric namespace against `endpoints`, with the lab's client certificate
+/// over TLS.
+pub fn etcdctl(state: &LabState, endpoints: &str) -> Command {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &state.fabric_ns, "etcdctl"])
+        .args(crate::etcd::etcdctl_args(
+            endpoints,
+            state.etcd_tls.as_ref(),
+        ));
+    command
+}
+
+/// Whether every member of the lab's etcd that runs unpaused answers as healthy.
+pub fn etcd_healthy(state: &LabState) -> bool {
+    let endpoints: Vec<&str> = state
+        .etcd_members
+        .iter()
+        .filter(|m| m.pid.is_some() && !m.paused)
+        .map(|m| m.endpoint.as_str())
+        .collect();
+    !endpoints.is_empty()
+        && run(etcdctl(state, &endpoints.join(",")).args(["endpoint", "health"])).is_ok()
 }
 
 /// BIRD 2 configuration of the ToR: an iBGP route reflector that accepts every node of the
