@@ -289,9 +289,13 @@ pub enum PeerCommand {
         /// Only this node peers with it (default: every node).
         #[arg(long)]
         node: Option<String>,
-        /// TCP MD5 password.
-        #[arg(long)]
+        /// TCP MD5 password. A value on the command line shows in `ps`: prefer
+        /// `--password-file` or the `WREN_PEER_PASSWORD` variable.
+        #[arg(long, env = "WREN_PEER_PASSWORD", hide_env_values = true)]
         password: Option<String>,
+        /// A file holding the TCP MD5 password (one line; a trailing newline is dropped).
+        #[arg(long, conflicts_with = "password")]
+        password_file: Option<PathBuf>,
         /// Send the peer the other nodes' blocks with their own nodes as next hops, not only
         /// this node's blocks with itself as next hop.
         #[arg(long)]
