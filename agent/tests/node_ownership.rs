@@ -351,3 +351,76 @@ fn a_peer_password_comes_from_a_file_or_the_environment() {
     );
     assert_eq!(stored(&c), "from-the-environment");
 }
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_thousand_stalled_connections_neither_starve_cni_nor_stay() {
+    use std::io::{Read, Write};
+    if !ready() {
+        return;
+    }
+    if !prereq::require("the wren-cni binary is built", plugin_binary().is_some()) {
+        return;
+    }
+    // This process holds a thousand sockets too.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let mut c = Cluster::new("own-api", 1);
+    c.start_agent(0);
+    let pid = c.nodes[0].agent.as_ref().unwrap().pid();
+    let pod = NetNs::new("own-api-p1").unwrap();
+    let before = rss_kib(pid);
+    let stalled: Vec<std::os::unix::net::UnixStream> = (0..1000)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&c.node(0).socket).unwrap();
+            s.write_all(b"POST /v1/cni/add HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss_kib(pid);
+    let started = Instant::now();
+    add_pod(c.node(0), "ctr1", &pod);
+    let add_took = started.elapsed();
+    let status_took = {
+        let started = Instant::now();
+        assert!(c.node(0).status().contains(": ready"));
+        started.elapsed()
+    };
+    // Every stalled connection is closed by the agent after its header timeout (5 s).
+    let mut open = 0;
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut buf = [0u8; 256];
+        if let Err(e) = s.read(&mut buf)
+            && matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        {
+            open += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid);
+    eprintln!(
+        "agent RSS {before} KiB before, {during} KiB with 1000 stalled connections, {after} KiB \
+         after they were cut; ADD took {add_took:?}, status {status_took:?}"
+    );
+    assert_eq!(
+        open, 0,
+        "stalled connections still open after the header timeout"
+    );
+    assert!(add_took < Duration::from_secs(2), "{add_took:?}");
+}

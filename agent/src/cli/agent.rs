@@ -70,6 +70,19 @@ fn cni_api(
     crate::api::cni_routes(Arc::new(handler), Some(observer))
 }
 
+/// Raises the soft limit on open files to the hard one, so that a flood of connections meets
+/// the local API's own bound (`api::server::MAX_CONNECTIONS`) rather than a descriptor limit
+/// that would also stop etcd, BGP and netlink sockets from opening.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, "cannot raise the open files limit");
+    }
+}
+
 /// Runs `wren agent`.
 ///
 /// Every check comes before the first change to the kernel or to the cluster: the node IP is
@@ -83,6 +96,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(config.log_format);
+    raise_open_files_limit();
     config.check_node_ip_local(&SystemHost)?;
     let shutdown = shutdown_on_signals()?;
     let metrics_listener = daemon::bind_metrics(config.metrics_addr).await?;
