@@ -17,6 +17,7 @@
 //! | `nodeIp` | `--node-ip` / `WREN_NODE_IP` | autodetected | IPv4 address with prefix length, e.g. `10.0.0.2/24`; BGP router id and next hop |
 //! | `nodeIpv6` | `--node-ipv6` / `WREN_NODE_IPV6` | none | IPv6 address with prefix length; next hop for IPv6 blocks |
 //! | `nodeIpInterface` | `--node-ip-interface` / `WREN_NODE_IP_INTERFACE` | none | shell-style pattern (`*`, `?`) of interfaces to take the node IP from when the default-route interface has none |
+//! | `nodeIpNotLocal` | `--node-ip-not-local` / `WREN_NODE_IP_NOT_LOCAL` | `false` | accept a `nodeIp` no local interface carries; otherwise the agent refuses it at start |
 //! | `asNumber` | `--as` / `WREN_AS` | the cluster's (`wren bgp config`) | this node's AS number, 1..=4294967295 except 23456 |
 //! | `routeReflectorClusterId` | `--route-reflector-cluster-id` / `WREN_ROUTE_REFLECTOR_CLUSTER_ID` | none | makes this node a route reflector with this cluster id |
 //! | `bgpPort` | `--bgp-port` / `WREN_BGP_PORT` | 179 | TCP port BGP listens on and connects to |
@@ -26,10 +27,10 @@
 //! | `etcdEndpoints` | `--etcd-endpoints` / `WREN_ETCD_ENDPOINTS` | `http://127.0.0.1:2379` | etcd URLs (`http://` or `https://`), a list in the file, comma separated elsewhere |
 //! | `etcdCa`, `etcdCert`, `etcdKey` | `--etcd-ca` … / `WREN_ETCD_CA` … | none | PEM files for etcd TLS |
 //! | `etcdPrefix` | `--etcd-prefix` / `WREN_ETCD_PREFIX` | `/wren/v1/` | key prefix of wren's data |
-//! | `reconcileInterval` | `--reconcile-interval` / `WREN_RECONCILE_INTERVAL` | `10s` | period of the kernel route reconcile (it also runs on every change) |
-//! | `livenessTtl` | `--liveness-ttl` / `WREN_LIVENESS_TTL` | `30s` | TTL of the lease behind `liveness/<node>` |
-//! | `bgpSyncTimeout` | `--bgp-sync-timeout` / `WREN_BGP_SYNC_TIMEOUT` | `30s` | `/readyz` calls BGP synced after End-of-RIB from every peer or after this long |
-//! | `gracefulRestartTime` | `--graceful-restart-time` / `WREN_GRACEFUL_RESTART_TIME` | `120s` | how long peers keep our routes while the agent restarts |
+//! | `reconcileInterval` | `--reconcile-interval` / `WREN_RECONCILE_INTERVAL` | `10s` | period of the kernel route reconcile (it also runs on every change); 100ms to 60m |
+//! | `livenessTtl` | `--liveness-ttl` / `WREN_LIVENESS_TTL` | `30s` | TTL of the lease behind `liveness/<node>`; 3s to 60m |
+//! | `bgpSyncTimeout` | `--bgp-sync-timeout` / `WREN_BGP_SYNC_TIMEOUT` | `30s` | `/readyz` calls BGP synced after End-of-RIB from every peer or after this long; 1s to 60m |
+//! | `gracefulRestartTime` | `--graceful-restart-time` / `WREN_GRACEFUL_RESTART_TIME` | `120s` | how long peers keep our routes while the agent restarts; 1s to 4095s |
 //! | `podMtu` | `--pod-mtu` / `WREN_POD_MTU` | underlay MTU less the largest overhead of the encapsulations in use | MTU of pod interfaces when the CNI configuration sets no `mtu` |
 //! | `vxlanMtu` | `--vxlan-mtu` / `WREN_VXLAN_MTU` | underlay MTU − 50 | MTU of `wren.vxlan` |
 //! | `ipipMtu` | `--ipip-mtu` / `WREN_IPIP_MTU` | underlay MTU − 20 | MTU of `wrentunl0` |
@@ -158,6 +159,9 @@ pub struct FileConfig {
     /// See the module table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_ip_interface: Option<String>,
+    /// See the module table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_ip_not_local: Option<bool>,
     /// See the module table. Wider than `u32` so that an out-of-range value gets our message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub as_number: Option<i64>,
@@ -501,6 +505,11 @@ pub struct AgentConfig {
     pub node_ipv6: Option<Ipv6Net>,
     /// Interface pattern used for autodetection, kept to print it back.
     pub node_ip_interface: Option<String>,
+    /// The node IP may be one no local interface carries.
+    pub node_ip_not_local: bool,
+    /// Take the node name over from a live agent that holds it (`--take-over`, never from a
+    /// file: it is a one-time decision).
+    pub take_over: bool,
     /// This node's AS; the cluster's when `None`.
     pub as_number: Option<u32>,
     /// Set when this node is a route reflector.
@@ -554,16 +563,70 @@ fn first<T: Clone>(arg: &Option<T>, file: &Option<T>) -> Option<T> {
     arg.clone().or_else(|| file.clone())
 }
 
+/// The range a duration setting must fall in, checked at start so that a value nothing
+/// downstream accepts (etcd refuses a lease TTL above its limit; the graceful-restart
+/// capability carries 12 bits) stops the agent with one line instead of a retry loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    /// Smallest accepted value.
+    pub min: Duration,
+    /// Largest accepted value.
+    pub max: Duration,
+}
+
+impl DurationRange {
+    const fn new(min: Duration, max: Duration) -> Self {
+        Self { min, max }
+    }
+}
+
+/// `reconcileInterval`: 100ms to 60m.
+pub const RECONCILE_INTERVAL_RANGE: DurationRange =
+    DurationRange::new(Duration::from_millis(100), Duration::from_secs(3600));
+/// `livenessTtl`: 3s (a lease renewed every third of it needs whole seconds) to 60m.
+pub const LIVENESS_TTL_RANGE: DurationRange =
+    DurationRange::new(Duration::from_secs(3), Duration::from_secs(3600));
+/// `bgpSyncTimeout`: 1s to 60m.
+pub const BGP_SYNC_TIMEOUT_RANGE: DurationRange =
+    DurationRange::new(Duration::from_secs(1), Duration::from_secs(3600));
+/// `gracefulRestartTime`: 1s to 4095s, the capability's 12-bit field.
+pub const GRACEFUL_RESTART_TIME_RANGE: DurationRange =
+    DurationRange::new(Duration::from_secs(1), Duration::from_secs(4095));
+
+/// Writes a duration the way the configuration accepts it back (`90s`, `250ms`, `2m`).
+fn duration_text(d: Duration) -> String {
+    if d.subsec_millis() != 0 {
+        format!("{}ms", d.as_millis())
+    } else if d.as_secs() >= 60 && d.as_secs().is_multiple_of(60) {
+        format!("{}m", d.as_secs() / 60)
+    } else {
+        format!("{}s", d.as_secs())
+    }
+}
+
 fn duration_or(
     key: &'static str,
     arg: &Option<String>,
     file: &Option<DurationText>,
     default: Duration,
+    range: DurationRange,
 ) -> Result<Duration, ConfigError> {
-    match arg.clone().or_else(|| file.as_ref().map(|d| d.0.clone())) {
-        Some(text) => parse_duration(key, &text),
-        None => Ok(default),
+    let Some(text) = arg.clone().or_else(|| file.as_ref().map(|d| d.0.clone())) else {
+        return Ok(default);
+    };
+    let value = parse_duration(key, &text)?;
+    if value < range.min || value > range.max {
+        return Err(ConfigError::Invalid {
+            key,
+            value: text,
+            reason: format!(
+                "out of range {} to {}",
+                duration_text(range.min),
+                duration_text(range.max)
+            ),
+        });
     }
+    Ok(value)
 }
 
 impl AgentConfig {
@@ -690,21 +753,19 @@ impl AgentConfig {
             &args.graceful_restart_time,
             &file.graceful_restart_time,
             DEFAULT_GRACEFUL_RESTART_TIME,
+            GRACEFUL_RESTART_TIME_RANGE,
         )?;
-        // The capability carries the restart time in 12 bits.
-        if graceful_restart_time.as_secs() > 4095 {
-            return Err(ConfigError::Invalid {
-                key: "gracefulRestartTime",
-                value: format!("{}s", graceful_restart_time.as_secs()),
-                reason: "at most 4095s (the capability's 12-bit field)".to_owned(),
-            });
-        }
 
         Ok(Self {
             node_name,
             node_ip,
             node_ipv6,
             node_ip_interface,
+            node_ip_not_local: args
+                .node_ip_not_local
+                .or(file.node_ip_not_local)
+                .unwrap_or(false),
+            take_over: args.take_over,
             as_number,
             route_reflector_cluster_id,
             bgp_port,
@@ -717,18 +778,21 @@ impl AgentConfig {
                 &args.reconcile_interval,
                 &file.reconcile_interval,
                 DEFAULT_RECONCILE_INTERVAL,
+                RECONCILE_INTERVAL_RANGE,
             )?,
             liveness_ttl: duration_or(
                 "livenessTtl",
                 &args.liveness_ttl,
                 &file.liveness_ttl,
                 DEFAULT_LIVENESS_TTL,
+                LIVENESS_TTL_RANGE,
             )?,
             bgp_sync_timeout: duration_or(
                 "bgpSyncTimeout",
                 &args.bgp_sync_timeout,
                 &file.bgp_sync_timeout,
                 DEFAULT_BGP_SYNC_TIMEOUT,
+                BGP_SYNC_TIMEOUT_RANGE,
             )?,
             graceful_restart_time,
             mtu: MtuOverrides {
@@ -740,6 +804,29 @@ impl AgentConfig {
         })
     }
 
+    /// Refuses a node IP that no interface of `host` carries, unless `nodeIpNotLocal` says
+    /// that is on purpose: every peer would otherwise keep a session to an address nobody
+    /// answers on.
+    pub fn check_node_ip_local(&self, host: &dyn HostFacts) -> Result<(), ConfigError> {
+        let address = self.node_ip.addr();
+        if self.node_ip_not_local
+            || host
+                .ipv4_addresses()
+                .iter()
+                .any(|(_, net)| net.addr() == address)
+        {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            key: "nodeIp",
+            value: self.node_ip.to_string(),
+            reason: format!(
+                "no interface of this host carries {address}; give one of its addresses, or set \
+                 nodeIpNotLocal (--node-ip-not-local true) if that is on purpose"
+            ),
+        })
+    }
+
     /// Reads the file named by `args` (or the default one) and resolves against this machine.
     pub fn load(args: &AgentArgs) -> Result<Self, ConfigError> {
         let file = FileConfig::load_for(args)?;
@@ -748,18 +835,13 @@ impl AgentConfig {
 
     /// The effective configuration as a file would say it (for `wren agent --print-config`).
     pub fn to_file(&self) -> FileConfig {
-        let ms = |d: Duration| {
-            if d.subsec_millis() == 0 {
-                DurationText(format!("{}s", d.as_secs()))
-            } else {
-                DurationText(format!("{}ms", d.as_millis()))
-            }
-        };
+        let ms = |d: Duration| DurationText(duration_text(d));
         FileConfig {
             node_name: Some(self.node_name.clone()),
             node_ip: Some(self.node_ip.to_string()),
             node_ipv6: self.node_ipv6.map(|n| n.to_string()),
             node_ip_interface: self.node_ip_interface.clone(),
+            node_ip_not_local: Some(self.node_ip_not_local),
             as_number: self.as_number.map(i64::from),
             route_reflector_cluster_id: self.route_reflector_cluster_id.map(|id| id.to_string()),
             bgp_port: Some(i64::from(self.bgp_port)),
@@ -1094,6 +1176,66 @@ mod tests {
         for bad in ["0", "", "ten", "-1s", "5h"] {
             assert!(parse_duration("k", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn every_duration_is_checked_against_its_documented_range() {
+        let resolve = |flag: &str, value: &str| {
+            AgentConfig::resolve(&args(&[flag, value]), &FileConfig::default(), &host())
+        };
+        for (flag, key, low, high) in [
+            ("--reconcile-interval", "reconcileInterval", "50ms", "61m"),
+            ("--liveness-ttl", "livenessTtl", "2s", "99999999999m"),
+            ("--bgp-sync-timeout", "bgpSyncTimeout", "500ms", "3601s"),
+            (
+                "--graceful-restart-time",
+                "gracefulRestartTime",
+                "999ms",
+                "4096s",
+            ),
+        ] {
+            for bad in [low, high] {
+                let err = resolve(flag, bad).unwrap_err().to_string();
+                assert!(
+                    err.contains(key) && err.contains(bad) && err.contains("out of range"),
+                    "{err}"
+                );
+            }
+        }
+        let err = AgentConfig::resolve(
+            &args(&[]),
+            &file("livenessTtl = \"99999999999m\"\n"),
+            &host(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("3s to 60m"), "{err}");
+        let c = resolve("--liveness-ttl", "60m").unwrap();
+        assert_eq!(c.liveness_ttl, LIVENESS_TTL_RANGE.max);
+        assert_eq!(c.to_file().liveness_ttl, Some(DurationText("60m".into())));
+    }
+
+    #[test]
+    fn a_node_ip_no_interface_carries_is_refused_unless_meant() {
+        let on = |flags: &[&str]| {
+            AgentConfig::resolve(&args(flags), &FileConfig::default(), &host())
+                .unwrap()
+                .check_node_ip_local(&host())
+        };
+        on(&["--node-ip", "192.0.2.7/24"]).unwrap();
+        let err = on(&["--node-ip", "10.78.0.20/24"]).unwrap_err().to_string();
+        assert!(
+            err.contains("nodeIp") && err.contains("10.78.0.20") && err.contains("nodeIpNotLocal"),
+            "{err}"
+        );
+        on(&["--node-ip", "10.78.0.20/24", "--node-ip-not-local", "true"]).unwrap();
+        let c = AgentConfig::resolve(
+            &args(&["--node-ip", "10.78.0.20/24"]),
+            &file("nodeIpNotLocal = true\n"),
+            &host(),
+        )
+        .unwrap();
+        c.check_node_ip_local(&host()).unwrap();
     }
 
     #[test]

@@ -33,8 +33,7 @@ fn main() -> std::process::ExitCode {
     match wren_agent::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One clear line: the error and its causes, joined.
-            eprintln!("wren: {e:#}");
+            eprintln!("wren: {}", wren_agent::cli::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

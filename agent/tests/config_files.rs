@@ -46,6 +46,7 @@ fn the_example_parses_with_every_key_set() {
         "nodeIp",
         "nodeIpv6",
         "nodeIpInterface",
+        "nodeIpNotLocal",
         "asNumber",
         "routeReflectorClusterId",
         "bgpPort",
@@ -73,7 +74,7 @@ fn the_example_parses_with_every_key_set() {
     }
     assert_eq!(
         set.len(),
-        23,
+        24,
         "a key was added to the agent: document it in the example"
     );
 }

@@ -159,6 +159,18 @@ async fn speaker_md5_matching_passwords_up_mismatching_not() {
             );
         }
     }
+    // The status says what a mismatch looks like, on a side that tried to connect.
+    let mut errors = Vec::new();
+    for speaker in [&c, &d] {
+        errors.push(speaker.peer(LOOPBACK).await.unwrap().last_error);
+    }
+    assert!(
+        errors
+            .iter()
+            .flatten()
+            .any(|e| e.contains("TCP MD5") && e.contains("password mismatch")),
+        "{errors:?}"
+    );
     c.shutdown().await.unwrap();
     d.shutdown().await.unwrap();
 }

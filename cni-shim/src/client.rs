@@ -32,6 +32,15 @@ pub enum TransportError {
         /// What connect said.
         source: io::Error,
     },
+    /// The socket or its directory could have been put there by someone other than root (or
+    /// this plugin's user): talking to it could hand a pod's setup to an impostor.
+    #[error("refusing the agent socket {socket}: {reason}")]
+    Untrusted {
+        /// The socket.
+        socket: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Connected, but the exchange broke off.
     #[error("the wren agent at {socket} broke off the request: {reason}")]
     Broken {
@@ -79,6 +88,7 @@ impl UnixHttpClient {
     }
 
     async fn exchange(&self, path: &str, body: Vec<u8>) -> Result<Reply, TransportError> {
+        trusted_socket(&self.socket, nix::unistd::geteuid().as_raw())?;
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| TransportError::Unreachable {
@@ -115,6 +125,52 @@ impl UnixHttpClient {
     }
 }
 
+/// Checks that only root (or `euid`, the plugin's own user) can have put the socket at
+/// `socket`: it is a socket owned by one of them, in a directory owned by one of them that
+/// nobody else may write. A socket that does not exist is left to `connect` to report.
+pub fn trusted_socket(socket: &Path, euid: u32) -> Result<(), TransportError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let untrusted = |reason: String| TransportError::Untrusted {
+        socket: socket.to_path_buf(),
+        reason,
+    };
+    let trusted_owner = |uid: u32| uid == 0 || uid == euid;
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(meta) => meta,
+        Err(_) => return Ok(()),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(untrusted("it is not a unix socket".to_owned()));
+    }
+    if !trusted_owner(meta.uid()) {
+        return Err(untrusted(format!(
+            "it is owned by uid {}, not root",
+            meta.uid()
+        )));
+    }
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir_meta = std::fs::metadata(dir)
+        .map_err(|e| untrusted(format!("cannot read its directory {}: {e}", dir.display())))?;
+    if !trusted_owner(dir_meta.uid()) {
+        return Err(untrusted(format!(
+            "its directory {} is owned by uid {}, not root",
+            dir.display(),
+            dir_meta.uid()
+        )));
+    }
+    if dir_meta.mode() & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "its directory {} is writable by others (mode {:o}); the agent makes it 0700",
+            dir.display(),
+            dir_meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 impl AgentTransport for UnixHttpClient {
     fn post(&self, path: &str, body: Vec<u8>) -> Result<Reply, TransportError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -134,5 +190,58 @@ impl AgentTransport for UnixHttpClient {
                 }),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn only_a_socket_root_placed_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        chmod(&run, 0o700);
+        let socket = run.join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        trusted_socket(&socket, me).unwrap();
+        // Absent: connect says so.
+        trusted_socket(&run.join("none.sock"), me).unwrap();
+
+        chmod(&run, 0o777);
+        let err = trusted_socket(&socket, me).unwrap_err().to_string();
+        assert!(
+            err.contains("writable by others") && err.contains("777"),
+            "{err}"
+        );
+        chmod(&run, 0o700);
+
+        // Put there by another user.
+        if me == 0 {
+            let nobody = Some(nix::unistd::Uid::from_raw(65534));
+            nix::unistd::chown(&socket, nobody, None).unwrap();
+            let err = trusted_socket(&socket, me).unwrap_err().to_string();
+            assert!(err.contains("uid 65534, not root"), "{err}");
+            nix::unistd::chown(&socket, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+            nix::unistd::chown(&run, nobody, None).unwrap();
+            let err = trusted_socket(&socket, me).unwrap_err().to_string();
+            assert!(
+                err.contains("directory") && err.contains("not root"),
+                "{err}"
+            );
+        }
+
+        let file = run.join("file.sock");
+        std::fs::write(&file, b"").unwrap();
+        let err = trusted_socket(&file, me).unwrap_err().to_string();
+        assert!(err.contains("not a unix socket"), "{err}");
     }
 }

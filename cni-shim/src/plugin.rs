@@ -235,7 +235,9 @@ fn transport_error(command: Command, e: TransportError) -> CniError {
         (TransportError::Unreachable { .. } | TransportError::Timeout { .. }, _) => {
             ErrorCode::TRY_AGAIN_LATER
         }
-        (TransportError::Broken { .. }, _) => ErrorCode::IO_FAILURE,
+        (TransportError::Broken { .. } | TransportError::Untrusted { .. }, _) => {
+            ErrorCode::IO_FAILURE
+        }
     };
     let hint = match &e {
         TransportError::Unreachable { .. } => {
@@ -243,6 +245,9 @@ fn transport_error(command: Command, e: TransportError) -> CniError {
         }
         TransportError::Timeout { .. } => "the agent may be overloaded or stuck; see its log",
         TransportError::Broken { .. } => "see the agent's log",
+        TransportError::Untrusted { .. } => {
+            "the socket must be root's, in a directory only root can write"
+        }
     };
     CniError::new(code, e.to_string()).with_details(hint)
 }

@@ -12,10 +12,11 @@ use wren_store::Store;
 use super::{AgentArgs, LogFormat};
 use crate::api::RequestObserver;
 use crate::cni::{CniHandler, KernelPods};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, SystemHost};
 use crate::daemon::encap::{Encap, KernelEncap};
 use crate::daemon::fastpath::FastPathControl;
 use crate::daemon::kernel::KernelRoutes;
+use crate::daemon::registration::Ownership;
 use crate::daemon::speaker::{Restart, SpeakerBgp};
 use crate::daemon::{self, Parts, Shared};
 use crate::dataplane::PodDefaults;
@@ -69,7 +70,25 @@ fn cni_api(
     crate::api::cni_routes(Arc::new(handler), Some(observer))
 }
 
+/// Raises the soft limit on open files to the hard one, so that a flood of connections meets
+/// the local API's own bound (`api::server::MAX_CONNECTIONS`) rather than a descriptor limit
+/// that would also stop etcd, BGP and netlink sockets from opening.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, "cannot raise the open files limit");
+    }
+}
+
 /// Runs `wren agent`.
+///
+/// Every check comes before the first change to the kernel or to the cluster: the node IP is
+/// one of this host's, the metrics address, the socket and the BGP port are free, and no
+/// other live agent holds the node name. A start that fails on any of them leaves the node
+/// as it found it.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = AgentConfig::load(&args)?;
     if args.print_config {
@@ -77,18 +96,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(config.log_format);
+    raise_open_files_limit();
+    config.check_node_ip_local(&SystemHost)?;
     let shutdown = shutdown_on_signals()?;
+    let metrics_listener = daemon::bind_metrics(config.metrics_addr).await?;
+    let socket = daemon::bind_socket(&config.socket)?;
     let store = super::store::open(&config.store).await?;
-    let metrics = Arc::new(Metrics::new());
-    let shared = Shared::new(&config, metrics.clone());
-    let setup =
-        crate::dataplane::prepare_node().context("cannot prepare the node's kernel settings")?;
-    for changed in &setup.changed {
-        tracing::info!(setting = changed, "turned on");
-    }
-    for warning in &setup.warnings {
-        tracing::warn!("{warning}");
-    }
     let routes = KernelRoutes::open().context("cannot open the kernel's routing tables")?;
     let restart = if routes
         .has_routes()
@@ -104,23 +117,59 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let bgp = SpeakerBgp::start(&config, restart)
         .await
         .with_context(|| format!("cannot start BGP on port {}", config.bgp_port))?;
-    // One allocator for pods and the tunnel address, so their writes to this node's blocks
-    // are batched together instead of conflicting.
-    let ipam = Arc::new(Ipam::new(store.clone()));
-    // Until the first pass has looked at the underlay, pods get the cautious MTU.
-    let pod_defaults = Arc::new(PodDefaults::new(Mtus::cautious(config.mtu).pod));
-    let tunnels = KernelEncap::open(config.node_ip.addr(), config.mtu)
-        .context("cannot open netlink for the tunnel devices")?;
-    let encap = Encap::new(
-        config.node_name.clone(),
-        config.node_ip,
-        store.clone(),
-        ipam.clone(),
-        Arc::new(tunnels),
-        pod_defaults.clone(),
-    );
-    let local_api = cni_api(&config, store.clone(), ipam, pod_defaults, &metrics);
+    let mut ownership = Ownership::new(&config);
+    match ownership.ensure(store.as_ref()).await {
+        Ok(_) => {}
+        Err(e) if e.is_fatal() => {
+            ownership.release(store.as_ref()).await;
+            return Err(e.into());
+        }
+        // etcd is away: start anyway (the kernel keeps its routes); registration claims the
+        // name, under the same rules, once etcd answers.
+        Err(e) => tracing::warn!(error = %e, "cannot claim the node name yet; retrying"),
+    }
+    let metrics = Arc::new(Metrics::new());
+    let shared = Shared::new(&config, metrics.clone());
+    // The first change to the node: from here on, a failure gives the name back.
+    let built = async {
+        let setup = crate::dataplane::prepare_node()
+            .context("cannot prepare the node's kernel settings")?;
+        for changed in &setup.changed {
+            tracing::info!(setting = changed, "turned on");
+        }
+        for warning in &setup.warnings {
+            tracing::warn!("{warning}");
+        }
+        // One allocator for pods and the tunnel address, so their writes to this node's blocks
+        // are batched together instead of conflicting.
+        let ipam = Arc::new(Ipam::new(store.clone()));
+        // Until the first pass has looked at the underlay, pods get the cautious MTU.
+        let pod_defaults = Arc::new(PodDefaults::new(Mtus::cautious(config.mtu).pod));
+        let tunnels = KernelEncap::open(config.node_ip.addr(), config.mtu)
+            .context("cannot open netlink for the tunnel devices")?;
+        let encap = Encap::new(
+            config.node_name.clone(),
+            config.node_ip,
+            store.clone(),
+            ipam.clone(),
+            Arc::new(tunnels),
+            pod_defaults.clone(),
+        );
+        let local_api = cni_api(&config, store.clone(), ipam, pod_defaults, &metrics);
+        anyhow::Ok((encap, local_api))
+    }
+    .await;
+    let (encap, local_api) = match built {
+        Ok(built) => built,
+        Err(e) => {
+            ownership.release(store.as_ref()).await;
+            return Err(e);
+        }
+    };
     let parts = Parts {
+        metrics_listener,
+        socket,
+        ownership,
         store,
         bgp,
         routes: Arc::new(routes),

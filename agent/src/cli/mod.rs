@@ -116,6 +116,15 @@ pub struct AgentArgs {
     /// This node's IPv6 address with prefix length, e.g. fd00::2/64 (default: none).
     #[arg(long, env = "WREN_NODE_IPV6")]
     pub node_ipv6: Option<String>,
+    /// Accept a node IP that no interface of this host carries (an address translated or
+    /// held elsewhere on purpose); without it such an address stops the agent at start.
+    #[arg(long, env = "WREN_NODE_IP_NOT_LOCAL", value_name = "BOOL")]
+    pub node_ip_not_local: Option<bool>,
+    /// Take the node name over from the live agent that holds it (a deliberate move of the
+    /// name to this host; that agent stops when it sees it). Without it, an agent refuses to
+    /// start while another live agent holds the name.
+    #[arg(long)]
+    pub take_over: bool,
     /// Shell-style pattern of interface names to take the node IP from when the interface
     /// holding the default route has none, e.g. `eth*`.
     #[arg(long, env = "WREN_NODE_IP_INTERFACE")]
@@ -280,9 +289,13 @@ pub enum PeerCommand {
         /// Only this node peers with it (default: every node).
         #[arg(long)]
         node: Option<String>,
-        /// TCP MD5 password.
-        #[arg(long)]
+        /// TCP MD5 password. A value on the command line shows in `ps`: prefer
+        /// `--password-file` or the `WREN_PEER_PASSWORD` variable.
+        #[arg(long, env = "WREN_PEER_PASSWORD", hide_env_values = true)]
         password: Option<String>,
+        /// A file holding the TCP MD5 password (one line; a trailing newline is dropped).
+        #[arg(long, conflicts_with = "password")]
+        password_file: Option<PathBuf>,
         /// Send the peer the other nodes' blocks with their own nodes as next hops, not only
         /// this node's blocks with itself as next hop.
         #[arg(long)]
@@ -317,6 +330,11 @@ pub enum NodeCommand {
     Rm {
         /// Node name.
         node: String,
+        /// Remove a node whose liveness key is still held (its agent died and the lease has
+        /// not expired yet). The key is taken away first; if the agent is running it puts the
+        /// key back within a third of its TTL, and nothing is removed.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -407,6 +425,24 @@ fn parse_as_number(value: &str) -> Result<u32, String> {
     })
 }
 
+/// One clear line for an error: the error and its causes, joined by `: `. A cause whose text
+/// the line already holds (an error that prints its source in its own message) is not
+/// repeated.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -424,4 +460,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Bgp(args) => bgp::run(args).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        let listen = crate::daemon::DaemonError::Listen {
+            what: "metrics address",
+            addr: "127.0.0.1:9099".to_owned(),
+            source: io,
+        };
+        let e = anyhow::Error::new(listen).context("cannot start");
+        assert_eq!(
+            error_line(&e),
+            "cannot start: cannot listen on metrics address 127.0.0.1:9099: address in use"
+        );
+    }
 }

@@ -1,14 +1,69 @@
 //! `wren node list|rm`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use wren_model::{Node, keys};
-use wren_store::StoreError;
 use wren_store::json::JsonStore;
+use wren_store::{Store, StoreError};
 
 use super::{NodeArgs, NodeCommand};
+use crate::daemon::registration::Liveness;
 use crate::daemon::status::table;
+
+/// How long `wren node rm --force` waits for a running agent to put its liveness key back,
+/// when the key does not say how often its holder checks: a third of the default TTL, twice.
+const DEFAULT_RECHECK: Duration = Duration::from_secs(20);
+
+/// Makes sure no agent runs as `node` before it is removed. A live node is refused; with
+/// `force`, its liveness key is taken away and the node counts as gone only if no agent puts
+/// it back within two of its holder's check periods (so a running node keeps its routes and
+/// pods).
+async fn ensure_gone(store: &dyn Store, node: &str, force: bool) -> anyhow::Result<()> {
+    let key = keys::liveness(node);
+    let Some(kv) = store.get(&key).await? else {
+        return Ok(());
+    };
+    let holder = Liveness::decode(&kv.value);
+    let address = holder.address_text();
+    if !force {
+        anyhow::bail!(
+            "node {node} is live (its agent at {address} holds liveness/{node}); stop that agent \
+             first, or pass --force if it is gone"
+        );
+    }
+    let recheck = holder
+        .ttl_secs
+        .map(|ttl| Duration::from_millis(ttl * 1000 / 3) * 2 + Duration::from_secs(1))
+        .unwrap_or(DEFAULT_RECHECK);
+    match store.delete(&key, Some(kv.mod_revision)).await {
+        Ok(_) | Err(StoreError::NotFound { .. }) => {}
+        Err(e) if e.is_conflict() => {
+            anyhow::bail!(
+                "node {node}'s agent at {address} rewrote liveness/{node} meanwhile: it is running; \
+                 nothing was removed"
+            )
+        }
+        Err(e) => return Err(e.into()),
+    }
+    println!(
+        "liveness/{node} taken away; waiting {}s for a running agent at {address} to put it back",
+        recheck.as_secs()
+    );
+    let deadline = Instant::now() + recheck;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(back) = store.get(&key).await? {
+            let now = Liveness::decode(&back.value).address_text();
+            anyhow::bail!(
+                "node {node}'s agent at {now} put liveness/{node} back: it is running; nothing \
+                 was removed"
+            );
+        }
+    }
+    Ok(())
+}
 
 /// Runs `wren node`.
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -72,12 +127,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 table(&["NAME", "ADDRESSES", "AS", "LIVE", "BLOCKS"], &rows)
             );
         }
-        NodeCommand::Rm { node } => {
-            if store.get(&keys::liveness(&node)).await?.is_some() {
-                anyhow::bail!(
-                    "node {node} is live (its agent holds liveness/{node}); stop that agent first"
-                );
-            }
+        NodeCommand::Rm { node, force } => {
+            ensure_gone(store.as_ref(), &node, force).await?;
             let existed = match store.delete(&keys::node(&node), None).await {
                 Ok(_) => true,
                 Err(StoreError::NotFound { .. }) => false,

@@ -24,6 +24,13 @@ fn validate_peer_ip(ip: IpAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads a password file: its first line, without the line end.
+fn read_password(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("invalid password-file {}: {e}", path.display()))?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
 /// Runs `wren peer`.
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     match args.command {
@@ -33,8 +40,13 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             as_number,
             node,
             password,
+            password_file,
             keep_original_next_hop,
         } => {
+            let password = match password_file {
+                Some(path) => Some(read_password(&path)?),
+                None => password,
+            };
             validate_name("peer name", &name)?;
             validate_peer_ip(peer_ip)?;
             if let Some(node) = &node {

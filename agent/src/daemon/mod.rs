@@ -65,6 +65,9 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+    /// The node name is held by another agent, or was taken over.
+    #[error(transparent)]
+    Ownership(#[from] registration::OwnershipError),
 }
 
 /// State shared by the controller and the HTTP surfaces.
@@ -511,8 +514,23 @@ pub async fn bind_metrics(addr: SocketAddr) -> Result<tokio::net::TcpListener, D
         })
 }
 
+/// Binds the local API socket.
+pub fn bind_socket(path: &std::path::Path) -> Result<crate::api::server::BoundSocket, DaemonError> {
+    crate::api::bind_socket(path).map_err(|source| DaemonError::Listen {
+        what: "socket",
+        addr: path.display().to_string(),
+        source,
+    })
+}
+
 /// The pieces the daemon is assembled from.
 pub struct Parts {
+    /// The metrics server's listener, bound before anything changed.
+    pub metrics_listener: tokio::net::TcpListener,
+    /// The local API socket, bound before anything changed.
+    pub socket: crate::api::server::BoundSocket,
+    /// This agent's hold on its node name (claimed at start when etcd answered).
+    pub ownership: registration::Ownership,
     /// The datastore.
     pub store: Arc<dyn Store>,
     /// The BGP speaker.
@@ -527,20 +545,37 @@ pub struct Parts {
     pub fast_path: Option<fastpath::FastPathControl>,
 }
 
-/// Runs the daemon until `shutdown` fires: registration, controller, metrics and local API.
-/// On shutdown the liveness lease is revoked; kernel routes and the node document stay.
+/// Runs the daemon until `shutdown` fires, or until another agent takes the node name over:
+/// registration, controller, metrics and local API. At the end the liveness lease is revoked;
+/// kernel routes and the node document stay.
 pub async fn run(
     config: AgentConfig,
     parts: Parts,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    outer_shutdown: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    let metrics_listener = bind_metrics(config.metrics_addr).await?;
-    let socket = crate::api::bind_socket(&config.socket).map_err(|source| DaemonError::Listen {
-        what: "socket",
-        addr: config.socket.display().to_string(),
-        source,
-    })?;
+    let Parts {
+        metrics_listener,
+        socket,
+        ownership,
+        store,
+        bgp,
+        routes,
+        local_api,
+        encap,
+        fast_path,
+    } = parts;
+    // Everything stops on the signal, and also when registration loses the node name.
+    let (stop_tx, shutdown) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        let mut outer = outer_shutdown;
+        tokio::spawn(async move {
+            let _ = outer.changed().await;
+            let _ = stop_tx.send(true);
+        });
+    }
     tracing::info!(
         node = config.node_name,
         ip = %config.node_ip,
@@ -554,30 +589,32 @@ pub async fn run(
     };
     let metrics_server = axum::serve(metrics_listener, health::metrics_router(shared.clone()))
         .with_graceful_shutdown(stop(shutdown.clone()));
-    let api = parts.local_api.merge(health::status_router(shared.clone()));
+    let api = local_api.merge(health::status_router(shared.clone()));
     let api_server = crate::api::serve(socket, api, stop(shutdown.clone()));
-    let registration = registration::keep_registered(
-        parts.store.clone(),
-        config.clone(),
-        shared.registered.clone(),
-        shared.datastore.clone(),
-        shutdown.clone(),
-    );
-    let controller = Controller::new(
-        &config,
-        parts.store.clone(),
-        parts.bgp,
-        parts.routes,
-        shared.clone(),
-    )
-    .with_encap(parts.encap)
-    .with_fast_path(parts.fast_path);
-
+    let registration = {
+        let registering = registration::keep_registered(
+            store.clone(),
+            config.clone(),
+            ownership,
+            shared.registered.clone(),
+            shared.datastore.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            let outcome = registering.await;
+            let _ = stop_tx.send(true);
+            outcome
+        }
+    };
     let probe = tokio::spawn(reflector::probe_while_down(
-        parts.store.clone(),
+        store.clone(),
         shared.datastore.clone(),
     ));
-    let (m, a, (), ()) = tokio::join!(
+    let controller = Controller::new(&config, store, bgp, routes, shared.clone())
+        .with_encap(encap)
+        .with_fast_path(fast_path);
+
+    let (m, a, registered, ()) = tokio::join!(
         async { metrics_server.await },
         api_server,
         registration,
@@ -587,5 +624,5 @@ pub async fn run(
     if let Err(e) = m.and(a) {
         tracing::warn!(error = %e, "HTTP server ended with an error");
     }
-    Ok(())
+    registered.map_err(DaemonError::from)
 }

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each test crate that includes this uses a different part of it
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -216,40 +216,53 @@ impl Cluster {
         self.start_agent_with(i, &[]);
     }
 
+    /// The arguments of `wren agent` for a node named `name` at `ip` (without prefix length)
+    /// serving `socket`, with the rig's short intervals, plus `extra` (whose flags replace
+    /// the rig's of the same name).
+    pub fn agent_args(&self, name: &str, ip: &str, socket: &Path, extra: &[&str]) -> Vec<String> {
+        let base = [
+            "agent",
+            "--node-name",
+            name,
+            "--node-ip",
+            &format!("{ip}/24"),
+            "--etcd-endpoints",
+            &self.endpoint(),
+            "--socket",
+            socket.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:9099",
+            "--reconcile-interval",
+            "1s",
+            "--bgp-sync-timeout",
+            "5s",
+            "--liveness-ttl",
+            "6s",
+        ];
+        let mut args = vec![base[0].to_owned()];
+        for pair in base[1..].chunks(2) {
+            if !extra.contains(&pair[0]) {
+                args.extend(pair.iter().map(|a| (*a).to_owned()));
+            }
+        }
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    }
+
     /// Starts node `i`'s agent with extra flags and waits until it reports ready.
     pub fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
-        let endpoint = self.endpoint();
-        let node = &mut self.nodes[i];
+        let node = &self.nodes[i];
+        let args = self.agent_args(&node.name, &node.ip, &node.socket, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let agent = node
             .ns
             .spawn(
                 &format!("wren agent {}", node.name),
                 wren_bin().to_str().unwrap(),
-                &[
-                    "agent",
-                    "--node-name",
-                    &node.name,
-                    "--node-ip",
-                    &format!("{}/24", node.ip),
-                    "--etcd-endpoints",
-                    &endpoint,
-                    "--socket",
-                    node.socket.to_str().unwrap(),
-                    "--metrics-addr",
-                    "127.0.0.1:9099",
-                    "--reconcile-interval",
-                    "1s",
-                    "--bgp-sync-timeout",
-                    "5s",
-                    "--liveness-ttl",
-                    "6s",
-                ]
-                .into_iter()
-                .chain(extra.iter().copied())
-                .collect::<Vec<_>>(),
+                &args,
             )
             .unwrap();
-        node.agent = Some(agent);
+        self.nodes[i].agent = Some(agent);
         let node = &self.nodes[i];
         wait_for(&format!("{} ready", node.name), || {
             node.status().contains(": ready")

@@ -69,6 +69,10 @@ struct Runner {
     conns: HashMap<ConnId, Connection>,
     attempts: HashMap<ConnId, JoinHandle<()>>,
     closing: Vec<JoinHandle<()>>,
+    /// Why the last outgoing connection did not come up, until a session does: the state
+    /// machine records nothing for a connection that never opened, which is all a TCP MD5
+    /// password mismatch ever shows (the peer's kernel drops every segment unanswered).
+    connect_error: Option<String>,
     epoch: u64,
     /// UPDATEs delivered by the state machine, sent to the core together.
     delivered: Vec<Update>,
@@ -90,6 +94,7 @@ impl PeerTask {
             conns: HashMap::new(),
             attempts: HashMap::new(),
             closing: Vec::new(),
+            connect_error: None,
             epoch: 0,
             delivered: Vec::new(),
         };
@@ -139,12 +144,28 @@ impl Runner {
         }
     }
 
+    /// Notes why an outgoing connection did not come up; with a TCP MD5 password set, says
+    /// what a mismatch looks like.
+    fn connect_failed(&mut self, reason: &str) {
+        self.connect_error = Some(if self.task.config.password.is_some() {
+            format!(
+                "{reason} (TCP MD5 is on: a password mismatch makes the peer drop every segment)"
+            )
+        } else {
+            reason.to_owned()
+        });
+    }
+
     /// Publishes the state machine's state for status queries.
     fn report(&self) {
         let mut live = self.task.live.lock().unwrap_or_else(|p| p.into_inner());
         live.state = self.fsm.state();
         live.since = self.fsm.since();
-        live.last_error = self.fsm.last_error().map(ToString::to_string);
+        live.last_error = self.fsm.last_error().map(ToString::to_string).or_else(|| {
+            (self.fsm.state() != State::Established)
+                .then(|| self.connect_error.clone())
+                .flatten()
+        });
         live.negotiated = self.fsm.negotiated().cloned();
     }
 
@@ -162,6 +183,7 @@ impl Runner {
                 }
                 if let Some(attempt) = self.attempts.remove(&id) {
                     attempt.abort();
+                    self.connect_failed("TCP connect not answered before the retry");
                 }
             }
             Action::StartTimer(timer, after) => {
@@ -321,6 +343,7 @@ impl Runner {
             ConnEvent::Connected(id, Err(error)) => {
                 tracing::debug!(peer = %self.task.config.address, %error, "connect failed");
                 self.attempts.remove(&id);
+                self.connect_failed(&format!("TCP connect failed: {error}"));
                 self.handle(Event::TcpFailed(id)).await;
             }
             ConnEvent::Closed(id) => {
