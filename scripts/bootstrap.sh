@@ -30,6 +30,12 @@ declare -A NEED=(
   [/usr/lib/cni/ptp]=containernetworking-plugins
   [/usr/lib/cni/host-local]=containernetworking-plugins
   [hyperfine]=hyperfine
+  # the kubelet-side rig: containerd's CRI plugin with runc, and a static busybox for the
+  # locally built sandbox (pause) image
+  [containerd]=containerd
+  [ctr]=containerd
+  [runc]=runc
+  [/bin/busybox]=busybox-static
   [python3]=python3
   [systemd-analyze]=systemd
 )
