@@ -25,6 +25,8 @@ declare -A NEED=(
   [curl]=curl
   [ss]=iproute2
   [pkill]=procps
+  # portmap programs the node's hostPort rules through iptables
+  [iptables]=iptables
   [/usr/lib/cni/portmap]=containernetworking-plugins
   [/usr/lib/cni/bandwidth]=containernetworking-plugins
   [/usr/lib/cni/ptp]=containernetworking-plugins

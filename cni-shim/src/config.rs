@@ -251,12 +251,12 @@ impl NetConf {
                 ),
             ));
         }
-        self.pod_choices()?;
         Ok(())
     }
 
     /// The pools and addresses the pod asks for through its annotations (none when the
-    /// runtime passed no annotations: the conflist did not declare the capability).
+    /// runtime passed no annotations: the conflist did not declare the capability). Only ADD
+    /// reads them, so a DEL of a pod with a bad annotation still succeeds.
     pub fn pod_choices(&self) -> Result<PodAddressChoices, CniError> {
         self.runtime_config.as_ref().map_or_else(
             || Ok(PodAddressChoices::default()),

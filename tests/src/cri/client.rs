@@ -15,7 +15,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
     PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StopPodSandboxRequest,
+    StatusRequest, StopPodSandboxRequest,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -238,6 +238,22 @@ impl CriClient {
     pub fn delete(&self, id: &str) -> Result<(), CriError> {
         self.stop(id)?;
         self.remove(id)
+    }
+
+    /// The network configuration the runtime's CNI plugin has loaded (verbose `Status`,
+    /// `cniconfig`), as JSON text.
+    pub fn network_config(&self) -> Result<String, CriError> {
+        let request = StatusRequest { verbose: true };
+        self.call("Status", |mut s| async move { s.status(request).await })
+            .map(|r| r.info.get("cniconfig").cloned().unwrap_or_default())
+    }
+
+    /// Waits until the loaded network configuration contains `needle` (the runtime reloads
+    /// its CNI directory when a file there changes); returns whether it did in `timeout`.
+    pub fn wait_network_config(&self, needle: &str, timeout: Duration) -> bool {
+        crate::process::wait_until(timeout, Duration::from_millis(100), || {
+            self.network_config().is_ok_and(|c| c.contains(needle))
+        })
     }
 
     /// The ids of every sandbox the runtime knows.

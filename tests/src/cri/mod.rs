@@ -288,6 +288,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         if !up {
             return Err(child.failure("did not answer on its socket"));
         }
+        // The CRI service answers "not initialized" until it has recovered its sandboxes.
+        let client = CriClient::connect(&socket)?;
+        if !wait_until(START_TIMEOUT, Duration::from_millis(50), || {
+            client.list().is_ok()
+        }) {
+            return Err(child.failure("its CRI service did not become ready"));
+        }
         self.process = Some(child);
         Ok(())
     }
