@@ -30,3 +30,7 @@ cargo bench -p wren-agent --bench routes -- --routes 100000 --rounds 5
 # Pod-to-pod iperf3: native routing and VXLAN vs host-to-host in the same labs (BENCHMARKS.md "Pod-to-pod throughput").
 cargo build --release --bins
 WREN_BENCH_ROUNDS=15 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench encap_iperf
+
+# CRI: RunPodSandbox through containerd, 20 pods one after another and 20 at once, wren vs ptp+host-local on the same containerd (BENCHMARKS.md "Pod sandbox ready through containerd").
+cargo build --release --bins
+cargo bench -p wren-tests --bench cri_sandbox
