@@ -2,8 +2,8 @@
 //! wren installed into each runtime by `deploy/cni/install.sh`.
 //!
 //! One rig serves every phase, in order: identity and reachability, hostPort, a containerd
-//! crash with pods running, a sandbox whose namespace vanished, pod annotations, and
-//! configurations that cannot work. After each phase nothing of a removed pod is left: no
+//! crash with pods running, a sandbox whose namespace vanished, pod annotations, a full
+//! pool, and a configuration naming a socket where no agent listens. After each phase nothing of a removed pod is left: no
 //! workload record, no allocation, no host veth.
 
 use std::net::SocketAddr;
@@ -246,6 +246,32 @@ fn pods_through_containerd() {
     refused(&rig, &n1, &taken, &["10.65.200.7"]);
     n1.delete(&e).unwrap();
     released(&rig, &e, &e_ip);
+
+    // A pool that is full: pods take its addresses until the next one is refused.
+    rig.lab
+        .wren_cli(&[
+            "pool",
+            "add",
+            "tiny",
+            "--cidr",
+            "10.66.0.0/30",
+            "--block-size",
+            "30",
+        ])
+        .unwrap();
+    let tiny = |i: usize| {
+        PodSpec::new("shop", &format!("tiny-{i}")).annotation("wren.dev/pools", r#"["tiny"]"#)
+    };
+    let mut filled = Vec::new();
+    while let Ok(id) = n1.run(&tiny(filled.len())) {
+        filled.push(id);
+        assert!(filled.len() <= 4, "a /30 gave out more than 4 addresses");
+    }
+    assert!(!filled.is_empty(), "the tiny pool gave out nothing");
+    refused(&rig, &n1, &tiny(filled.len()), &["tiny", "wren pool add"]);
+    for id in &filled {
+        n1.delete(id).unwrap();
+    }
 
     // A conflist naming a socket where no agent listens.
     let node = &rig.lab.state().nodes[0];
