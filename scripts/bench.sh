@@ -36,3 +36,6 @@ WREN_BENCH_ROUNDS=7 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench service_
 
 # Fast path: the conntrack lookup's cost per packet, TCP (looked up) vs ICMP echo (not) on the same path (BENCHMARKS.md "Translated connections").
 WREN_BENCH_ROUNDS=5 cargo bench -p wren-fastpath --bench verdict_cost
+
+# CRI: RunPodSandbox through containerd, 20 pods one after another and 20 at once, wren vs ptp+host-local on the same containerd (BENCHMARKS.md "Pod sandbox ready through containerd").
+cargo bench -p wren-tests --bench cri_sandbox

@@ -25,11 +25,19 @@ declare -A NEED=(
   [curl]=curl
   [ss]=iproute2
   [pkill]=procps
+  # portmap programs the node's hostPort rules through iptables
+  [iptables]=iptables
   [/usr/lib/cni/portmap]=containernetworking-plugins
   [/usr/lib/cni/bandwidth]=containernetworking-plugins
   [/usr/lib/cni/ptp]=containernetworking-plugins
   [/usr/lib/cni/host-local]=containernetworking-plugins
   [hyperfine]=hyperfine
+  # the kubelet-side rig: containerd's CRI plugin with runc, and a static busybox for the
+  # locally built sandbox (pause) image
+  [containerd]=containerd
+  [ctr]=containerd
+  [runc]=runc
+  [/bin/busybox]=busybox-static
   [python3]=python3
   [systemd-analyze]=systemd
 )

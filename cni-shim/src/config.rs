@@ -12,11 +12,13 @@
 //! `cniVersion` (1), then the shape and values of wren's fields (7, or 2 for a value of a known
 //! key that wren does not support).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::annotations::PodAddressChoices;
 use crate::error::{CniError, ErrorCode};
 use crate::result::Dns;
 use crate::version::SpecVersion;
@@ -146,6 +148,14 @@ pub struct RuntimeConfig {
         deserialize_with = "addresses"
     )]
     pub ips: Vec<IpNet>,
+    /// The pod's annotations (capability `io.kubernetes.cri.pod-annotations`); wren reads
+    /// its own keys from them ([`crate::annotations`]).
+    #[serde(
+        rename = "io.kubernetes.cri.pod-annotations",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 /// Parses `"10.0.0.5"` as well as `"10.0.0.5/24"`; a bare address becomes a host prefix.
@@ -242,6 +252,16 @@ impl NetConf {
             ));
         }
         Ok(())
+    }
+
+    /// The pools and addresses the pod asks for through its annotations (none when the
+    /// runtime passed no annotations: the conflist did not declare the capability). Only ADD
+    /// reads them, so a DEL of a pod with a bad annotation still succeeds.
+    pub fn pod_choices(&self) -> Result<PodAddressChoices, CniError> {
+        self.runtime_config.as_ref().map_or_else(
+            || Ok(PodAddressChoices::default()),
+            |rc| PodAddressChoices::from_annotations(&rc.pod_annotations),
+        )
     }
 
     /// The GC list: `cni.dev/valid-attachments`, else `cni.dev/attachments`, else none.

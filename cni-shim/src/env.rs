@@ -105,7 +105,7 @@ impl FromStr for Command {
 /// `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`.
 ///
 /// Keys wren does not know are kept and ignored (runtimes send `IgnoreUnknown`,
-/// `K8S_POD_INFRA_CONTAINER_ID`, `K8S_POD_UID`, …).
+/// `K8S_POD_INFRA_CONTAINER_ID`, …).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct CniArgs(pub BTreeMap<String, String>);
@@ -114,6 +114,8 @@ pub struct CniArgs(pub BTreeMap<String, String>);
 pub const K8S_POD_NAMESPACE: &str = "K8S_POD_NAMESPACE";
 /// `CNI_ARGS` key of the Kubernetes pod name.
 pub const K8S_POD_NAME: &str = "K8S_POD_NAME";
+/// `CNI_ARGS` key of the Kubernetes pod's uid.
+pub const K8S_POD_UID: &str = "K8S_POD_UID";
 
 impl CniArgs {
     /// Parses `K=V;K=V`. Empty segments (a trailing `;`) are skipped; a segment without `=` or
@@ -147,6 +149,20 @@ impl CniArgs {
     /// The Kubernetes pod name, when the runtime passed one.
     pub fn pod_name(&self) -> Option<&str> {
         self.get(K8S_POD_NAME)
+    }
+
+    /// The Kubernetes pod's uid, when the runtime passed one.
+    pub fn pod_uid(&self) -> Option<&str> {
+        self.get(K8S_POD_UID)
+    }
+
+    /// `namespace/name` of the Kubernetes pod, as logs and tables show it; `-` without one.
+    pub fn pod(&self) -> String {
+        match (self.pod_namespace(), self.pod_name()) {
+            (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
+            (None, Some(name)) => name.to_owned(),
+            _ => "-".to_owned(),
+        }
     }
 }
 

@@ -4,12 +4,14 @@
 //! - [`version`]: the spec versions wren speaks (0.3.0 through 1.1.0) and what each allows.
 //! - [`env`]: the `CNI_*` environment, validated per command.
 //! - [`config`]: the network configuration on stdin (`agentSocket`, `mtu`, `ipam`, `logLevel`).
+//! - [`annotations`]: pool and address choices a pod makes through its annotations.
 //! - [`result`]: the CNI result, read from and written in any supported version.
 //! - [`error`]: CNI error codes and the error JSON.
 //! - [`wire`]: the local API contract between plugin and agent.
 //! - [`client`]: the plugin's HTTP client for the agent's unix socket.
 //! - [`plugin`]: one invocation, end to end.
 
+pub mod annotations;
 pub mod client;
 pub mod config;
 pub mod env;

@@ -61,9 +61,14 @@ done
 mkdir -p "$conf_dir"
 tmp="$conf_dir/.10-wren.conflist.tmp.$$"
 # Optional per-node settings are spliced into the wren plugin entry (the first "type": "wren").
-sed -e "${socket:+s|\"agentSocket\": \"[^\"]*\"|\"agentSocket\": \"$socket\"|}" \
-    -e "${mtu:+s|\"type\": \"wren\",|\"type\": \"wren\",\n      \"mtu\": $mtu,|}" \
+# Any spacing around the colon: a conflist written by a program is often compact.
+sp='[[:space:]]*'
+sed -e "${socket:+s|\"agentSocket\"$sp:$sp\"[^\"]*\"|\"agentSocket\": \"$socket\"|}" \
+    -e "${mtu:+s|\"type\"$sp:$sp\"wren\"$sp,|\"type\": \"wren\", \"mtu\": $mtu,|}" \
     "$conflist" >"$tmp"
+if [ -n "$socket" ] && ! grep -q "\"agentSocket\": \"$socket\"" "$tmp"; then
+  rm -f "$tmp"; die "$conflist has no \"agentSocket\" in the wren entry for --socket to set"
+fi
 if command -v python3 >/dev/null 2>&1; then
   python3 -m json.tool "$tmp" >/dev/null || { rm -f "$tmp"; die "the resulting conflist is not valid JSON"; }
 fi

@@ -263,6 +263,9 @@ pub struct Workload {
     /// Kubernetes pod name, when the runtime says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// Kubernetes pod uid, when the runtime says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// Path of the pod's network namespace.
     pub netns: String,
     /// The pod's addresses (/32 and /128).
@@ -271,6 +274,18 @@ pub struct Workload {
     pub host_interface: String,
     /// MAC of the pod-side interface.
     pub mac: String,
+}
+
+impl Workload {
+    /// `namespace/name` of the Kubernetes pod (just the name without a namespace), when the
+    /// runtime said.
+    pub fn pod(&self) -> Option<String> {
+        match (&self.pod_namespace, &self.pod_name) {
+            (Some(namespace), Some(name)) => Some(format!("{namespace}/{name}")),
+            (None, Some(name)) => Some(name.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// IPAM handle of a pod's addresses: `<network>.<containerID>`.

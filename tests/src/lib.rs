@@ -10,11 +10,13 @@
 //! - [`netns`]: network namespaces, veth pairs and bridges that remove themselves.
 //! - [`echo`]: a TCP and UDP server that answers with a name, and its client.
 //! - [`http`]: a plain HTTP GET from inside a namespace (health checks).
+//! - [`cri`]: containerd's CRI plugin per lab node and a CRI client, standing in for kubelet.
 //! - [`lab`]: a whole cluster in namespaces, driving the `wren` and `wren-cni` binaries.
 //! - [`bench`](mod@bench): settings the bench binaries share.
 //! - [`daemons`]: BIRD 2, FRR and GoBGP as BGP peers inside those namespaces.
 
 pub mod bench;
+pub mod cri;
 pub mod daemons;
 pub mod echo;
 pub mod etcd;

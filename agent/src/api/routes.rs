@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 use wren_cni::wire::{AttachmentRequest, NetworkRequest, paths};
 use wren_cni::{CniError, Command, ErrorCode};
 
@@ -117,6 +118,25 @@ fn no_content(_: ()) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// What a request is about, carried by every log line it causes (the handler's and the
+/// failure's): the Kubernetes pod and the container for an attachment, the network otherwise.
+trait Subject {
+    fn span(&self, command: Command) -> tracing::Span;
+}
+
+impl Subject for AttachmentRequest {
+    fn span(&self, command: Command) -> tracing::Span {
+        let a = &self.attachment;
+        tracing::info_span!("cni", %command, pod = %a.args.pod(), container = %a.container_id)
+    }
+}
+
+impl Subject for NetworkRequest {
+    fn span(&self, command: Command) -> tracing::Span {
+        tracing::info_span!("cni", %command, network = %self.config.name)
+    }
+}
+
 /// Decodes, runs `call` in its own task, observes, and renders the answer.
 async fn run<Req, Out, Fut>(
     state: CniState,
@@ -126,19 +146,24 @@ async fn run<Req, Out, Fut>(
     render: impl FnOnce(Out) -> Response,
 ) -> Response
 where
-    Req: DeserializeOwned,
+    Req: DeserializeOwned + Subject,
     Out: Send + 'static,
     Fut: Future<Output = Result<Out, CniError>> + Send + 'static,
 {
     let started = Instant::now();
+    let mut span = tracing::Span::none();
     let outcome = match body {
-        Ok(Json(request)) => match tokio::spawn(call(state.service.clone(), request)).await {
-            Ok(outcome) => outcome,
-            Err(e) => Err(CniError::new(
-                ErrorCode::IO_FAILURE,
-                format!("the agent failed while serving {command}: {e}"),
-            )),
-        },
+        Ok(Json(request)) => {
+            span = request.span(command);
+            let call = call(state.service.clone(), request).instrument(span.clone());
+            match tokio::spawn(call).await {
+                Ok(outcome) => outcome,
+                Err(e) => Err(CniError::new(
+                    ErrorCode::IO_FAILURE,
+                    format!("the agent failed while serving {command}: {e}"),
+                )),
+            }
+        }
         Err(rejection) => Err(CniError::new(
             ErrorCode::DECODE_FAILURE,
             format!("the agent could not read the {command} request"),
@@ -151,7 +176,7 @@ where
     match outcome {
         Ok(out) => render(out),
         Err(e) => {
-            tracing::warn!(%command, code = e.code.0, msg = %e.msg, details = %e.details, "CNI request failed");
+            span.in_scope(|| tracing::warn!(%command, code = e.code.0, msg = %e.msg, details = %e.details, "CNI request failed"));
             (http_status(e.code), Json(e)).into_response()
         }
     }

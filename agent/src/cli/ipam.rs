@@ -160,9 +160,9 @@ async fn show_address(ipam: &Ipam, ip: IpAddr) -> anyhow::Result<String> {
     let _ = writeln!(out, "node:     {}{borrowed}", or_dash(node));
     match info.workload {
         Some(w) => {
-            let pod = match (&w.pod_namespace, &w.pod_name) {
-                (Some(ns), Some(name)) => format!("pod {ns}/{name}, "),
-                (None, Some(name)) => format!("pod {name}, "),
+            let pod = match (w.pod(), &w.pod_uid) {
+                (Some(pod), Some(uid)) => format!("pod {pod} (uid {uid}), "),
+                (Some(pod), None) => format!("pod {pod}, "),
                 _ => String::new(),
             };
             let _ = writeln!(

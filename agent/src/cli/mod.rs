@@ -10,6 +10,7 @@ pub mod peer;
 pub mod pool;
 pub mod status;
 pub mod store;
+pub mod workload;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub enum Command {
     Node(NodeArgs),
     /// Inspect and repair address allocations.
     Ipam(IpamArgs),
+    /// List the pods' network attachments (workloads).
+    Workload(WorkloadArgs),
     /// Cluster-wide BGP settings.
     Bgp(BgpArgs),
 }
@@ -338,6 +341,28 @@ pub enum NodeCommand {
     },
 }
 
+/// `wren workload`
+#[derive(Debug, Clone, Args)]
+pub struct WorkloadArgs {
+    /// Datastore.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Workload command.
+    #[command(subcommand)]
+    pub command: WorkloadCommand,
+}
+
+/// `wren workload …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum WorkloadCommand {
+    /// List attachments: node, Kubernetes pod, container id, interface and addresses.
+    List {
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
 /// `wren ipam`
 #[derive(Debug, Clone, Args)]
 pub struct IpamArgs {
@@ -457,6 +482,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Peer(args) => peer::run(args).await,
             Command::Node(args) => node::run(args).await,
             Command::Ipam(args) => ipam::run(args).await,
+            Command::Workload(args) => workload::run(args).await,
             Command::Bgp(args) => bgp::run(args).await,
         }
     })

@@ -26,7 +26,16 @@ pub fn ipam_error(what: &str, e: IpamError) -> CniError {
         IpamError::Store(store) if is_transient(store) => ErrorCode::TRY_AGAIN_LATER,
         _ => ErrorCode::DATASTORE_FAILURE,
     };
-    CniError::new(code, format!("{what}: {e}"))
+    let hint = match code {
+        ErrorCode::ADDRESSES_EXHAUSTED => {
+            "; add a pool (`wren pool add`) or free addresses (`wren ipam check`)"
+        }
+        ErrorCode::NO_USABLE_POOL => {
+            "; name an enabled pool in ipam.pools or the pod's wren.dev/pools annotation (`wren pool list` shows them)"
+        }
+        _ => "",
+    };
+    CniError::new(code, format!("{what}: {e}{hint}"))
 }
 
 /// A dataplane failure while doing `what`. A pod namespace that is gone (or is no network
@@ -113,8 +122,12 @@ mod tests {
         );
         assert_eq!(exhausted.code, ErrorCode::ADDRESSES_EXHAUSTED);
         assert!(exhausted.msg.contains("default"), "{}", exhausted.msg);
+        assert!(exhausted.msg.contains("wren pool add"), "{}", exhausted.msg);
         let none = ipam_error("allocating", IpamError::NoPools { family: Family::V6 });
         assert_eq!(none.code, ErrorCode::NO_USABLE_POOL);
+        let unknown = ipam_error("allocating", IpamError::UnknownPool("gold".into()));
+        assert!(unknown.msg.contains("gold"), "{}", unknown.msg);
+        assert!(unknown.msg.contains("wren pool list"), "{}", unknown.msg);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct FakeAllocator {
     pub held: Mutex<BTreeMap<String, Vec<IpAddr>>>,
     pub down: Mutex<bool>,
     pub pool_disabled: Mutex<bool>,
+    /// The last allocation asked for.
+    pub last_request: Mutex<Option<AllocateRequest>>,
 }
 
 impl FakeAllocator {
@@ -34,6 +36,7 @@ impl FakeAllocator {
             held: Mutex::new(BTreeMap::new()),
             down: Mutex::new(false),
             pool_disabled: Mutex::new(false),
+            last_request: Mutex::new(None),
         }
     }
 
@@ -57,6 +60,7 @@ impl FakeAllocator {
 impl Allocator for FakeAllocator {
     async fn allocate(&self, request: AllocateRequest) -> Result<Vec<IpAddr>, IpamError> {
         self.check_up()?;
+        *self.last_request.lock().unwrap() = Some(request.clone());
         let mut held = self.held.lock().unwrap();
         if let Some(existing) = held.get(&request.handle) {
             return Ok(existing.clone());

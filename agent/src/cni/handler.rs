@@ -188,11 +188,19 @@ impl CniHandler {
         // Phase times go into the log line, so a slow ADD says where its time went.
         let mut times = PhaseTimes::start();
         let handle = workload_handle(&config.name, &container_id);
+        let choices = config.pod_choices()?;
+        // Pools the pod names in its annotations replace the network's for this pod.
+        let pools = if choices.pools.is_empty() {
+            &config.ipam.pools
+        } else {
+            &choices.pools
+        };
         let mut request = AllocateRequest::new(handle.clone(), self.node.clone())
             .families(config.ipam.assign_ipv4, config.ipam.assign_ipv6)
-            .pools(config.ipam.pools.iter().cloned());
-        for ip in config.runtime_config.iter().flat_map(|rc| &rc.ips) {
-            request = request.address(ip.addr());
+            .pools(pools.iter().cloned());
+        let asked = config.runtime_config.iter().flat_map(|rc| &rc.ips);
+        for ip in asked.map(IpNet::addr).chain(choices.addresses) {
+            request = request.address(ip);
         }
         let addresses = self
             .allocator
@@ -226,6 +234,7 @@ impl CniHandler {
             handle: handle.clone(),
             pod_namespace: args.pod_namespace().map(str::to_string),
             pod_name: args.pod_name().map(str::to_string),
+            pod_uid: args.pod_uid().map(str::to_string),
             netns,
             addresses: interface.addresses.clone(),
             host_interface: interface.host_ifname.clone(),

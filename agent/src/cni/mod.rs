@@ -411,6 +411,61 @@ mod tests {
         assert_eq!(handler.locks_in_use(), 0);
     }
 
+    #[tokio::test]
+    async fn pod_annotations_choose_pools_and_addresses_and_a_bad_one_allocates_nothing() {
+        let s = setup(4);
+        let annotated = |pairs: serde_json::Value| {
+            request_on(
+                "net",
+                "c1",
+                "/run/netns/p1",
+                json!({
+                    "ipam": {"pools": ["default"]},
+                    "runtimeConfig": {"io.kubernetes.cri.pod-annotations": pairs},
+                }),
+            )
+        };
+        s.handler
+            .add(annotated(json!({
+                "wren.dev/pools": "[\"gold\"]",
+                "wren.dev/ip-addrs": "[\"10.65.0.3\"]",
+                "team": "not wren's",
+            })))
+            .await
+            .unwrap();
+        let asked = s.alloc.last_request.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            asked.pools,
+            ["gold"],
+            "the pod's pools replace the network's"
+        );
+        assert_eq!(
+            asked.addresses,
+            ["10.65.0.3".parse::<std::net::IpAddr>().unwrap()]
+        );
+        s.handler.del(request("c1", "/run/netns/p1")).await.unwrap();
+
+        s.handler.add(annotated(json!({}))).await.unwrap();
+        let asked = s.alloc.last_request.lock().unwrap().clone().unwrap();
+        assert_eq!(
+            asked.pools,
+            ["default"],
+            "without annotations the network's pools"
+        );
+        s.handler.del(request("c1", "/run/netns/p1")).await.unwrap();
+
+        // The runtime's JSON is only checked by the plugin; the agent checks it again.
+        let mut bad = annotated(json!({}));
+        bad.config.runtime_config = Some(wren_cni::config::RuntimeConfig {
+            pod_annotations: [("wren.dev/ip-addrs".to_owned(), "10.65.0.3".to_owned())].into(),
+            ..Default::default()
+        });
+        let e = s.handler.add(bad).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::INVALID_NETWORK_CONFIG);
+        assert!(e.msg.contains("wren.dev/ip-addrs"), "{}", e.msg);
+        assert_nothing_left(&s).await;
+    }
+
     /// A store whose `create` always fails as if etcd were down.
     struct RefusesCreate(Arc<MemoryStore>);
 

@@ -90,6 +90,7 @@ mod tests {
             handle: "net.c1".into(),
             pod_namespace: None,
             pod_name: None,
+            pod_uid: None,
             netns: "/run/netns/p".into(),
             addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
             host_interface: "wren0123456789a".into(),

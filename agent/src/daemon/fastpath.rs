@@ -464,6 +464,7 @@ mod tests {
             handle: format!("wren.{host}"),
             pod_namespace: None,
             pod_name: None,
+            pod_uid: None,
             netns: "/run/netns/x".into(),
             addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
             host_interface: host.into(),

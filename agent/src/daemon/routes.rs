@@ -197,6 +197,7 @@ mod tests {
             handle: "k8s.c1".into(),
             pod_namespace: None,
             pod_name: None,
+            pod_uid: None,
             netns: "/var/run/netns/x".into(),
             addresses: vec![net("10.65.0.5/32"), net("fd00:65::5/128")],
             host_interface: "wren0123456789a".into(),

@@ -82,6 +82,7 @@ pub async fn workload(store: &dyn Store, node: &str, handle: &str, addresses: &[
         handle: handle.into(),
         pod_namespace: Some("default".into()),
         pod_name: Some(format!("pod-{container}")),
+        pod_uid: None,
         netns: format!("/var/run/netns/{container}"),
         addresses: addresses.iter().map(|a| ipnet::IpNet::from(*a)).collect(),
         host_interface: "wren0123456789a".into(),

@@ -1,0 +1,94 @@
+//! `wren workload list`: every pod attachment wren recorded, with its Kubernetes identity.
+
+use wren_model::{Workload, keys};
+use wren_store::json::JsonStore;
+
+use super::{WorkloadArgs, WorkloadCommand};
+use crate::daemon::status::table;
+
+/// Runs `wren workload`.
+pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
+    let store = super::store::open(&args.store).await?;
+    match args.command {
+        WorkloadCommand::List { node } => {
+            let prefix = node
+                .as_deref()
+                .map_or_else(|| keys::WORKLOADS.to_owned(), keys::node_workloads);
+            let workloads = store.list_json::<Workload>(&prefix).await?;
+            let records: Vec<Workload> = workloads.items.into_iter().map(|w| w.value).collect();
+            print!("{}", render(&records));
+        }
+    }
+    Ok(())
+}
+
+/// The workloads as a table, one attachment per row, sorted by node then pod.
+fn render(workloads: &[Workload]) -> String {
+    if workloads.is_empty() {
+        return "no workloads recorded\n".to_owned();
+    }
+    let mut rows: Vec<Vec<String>> = workloads
+        .iter()
+        .map(|w| {
+            let addresses: Vec<String> = w.addresses.iter().map(ToString::to_string).collect();
+            vec![
+                w.node.clone(),
+                w.pod().unwrap_or_else(|| "-".to_owned()),
+                w.container_id.clone(),
+                w.ifname.clone(),
+                w.host_interface.clone(),
+                addresses.join(","),
+            ]
+        })
+        .collect();
+    rows.sort();
+    table(
+        &["NODE", "POD", "CONTAINER", "INTERFACE", "HOST", "ADDRESSES"],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(node: &str, pod: Option<(&str, &str)>, container: &str) -> Workload {
+        Workload {
+            node: node.into(),
+            container_id: container.into(),
+            ifname: "eth0".into(),
+            network: "k8s-pod-network".into(),
+            handle: format!("k8s-pod-network.{container}"),
+            pod_namespace: pod.map(|p| p.0.into()),
+            pod_name: pod.map(|p| p.1.into()),
+            pod_uid: None,
+            netns: "/run/netns/x".into(),
+            addresses: vec!["10.65.0.3/32".parse().unwrap()],
+            host_interface: format!("wren{container}"),
+            mac: "ee:ee:ee:ee:ee:01".into(),
+        }
+    }
+
+    #[test]
+    fn one_row_per_attachment_with_the_pod_identity() {
+        let out = render(&[
+            workload("n2", Some(("web", "b")), "c2"),
+            workload("n1", Some(("default", "a")), "c1"),
+            workload("n1", None, "c3"),
+        ]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(lines[0].starts_with("NODE"), "{out}");
+        assert!(lines[1].contains(" - ") && lines[1].contains("c3"), "{out}");
+        assert!(
+            lines[2].contains("default/a") && lines[2].contains("c1"),
+            "{out}"
+        );
+        assert!(
+            lines[3].starts_with("n2") && lines[3].contains("web/b"),
+            "{out}"
+        );
+        assert!(lines[3].contains("10.65.0.3/32"), "{out}");
+        assert_eq!(render(&[]), "no workloads recorded\n");
+    }
+}
