@@ -12,6 +12,8 @@
 //! - [`lab`]: a whole cluster in namespaces, driving the `wren` and `wren-cni` binaries.
 //! - [`bench`](mod@bench): settings the bench binaries share.
 //! - [`daemons`]: BIRD 2, FRR and GoBGP as BGP peers inside those namespaces.
+//! - [`vm`]: a virtual machine booting the distribution's kernel, for what the host's kernel
+//!   cannot show (IPIP, kernels before tcx).
 
 pub mod bench;
 pub mod daemons;
@@ -22,3 +24,4 @@ pub mod netns;
 pub mod offload;
 pub mod prereq;
 pub mod process;
+pub mod vm;
