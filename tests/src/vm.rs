@@ -446,7 +446,15 @@ fn probe_kvm(kernel: &Path) -> Result<Accel, VmError> {
     };
     Ok(match probe.boot(Accel::Kvm, "true", KVM_PROBE_LIMIT) {
         Ok(run) if run.code == Some(0) => Accel::Kvm,
-        _ => Accel::Tcg,
+        Ok(run) => {
+            let _ = std::fs::remove_file(run.log);
+            Accel::Tcg
+        }
+        Err(VmError::TimedOut { log, .. }) => {
+            let _ = std::fs::remove_file(log);
+            Accel::Tcg
+        }
+        Err(_) => Accel::Tcg,
     })
 }
 
