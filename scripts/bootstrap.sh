@@ -40,12 +40,18 @@ declare -A NEED=(
   [/bin/busybox]=busybox-static
   [python3]=python3
   [systemd-analyze]=systemd
+  # The test VM (wren-tests' vm module): QEMU, Debian's own kernel for the guest (it does not
+  # change the kernel this machine runs), and busybox for virtme-ng's initramfs.
+  [qemu-system-x86_64]=qemu-system-x86
+  [/boot/vmlinuz-*-amd64]=linux-image-amd64
+  [busybox]=busybox-static
 )
 
 missing=()
 for cmd in "${!NEED[@]}"; do
   if [[ "$cmd" == /* ]]; then
-    [[ -e "$cmd" ]] || missing+=("${NEED[$cmd]}")
+    # A path may be a pattern (the kernel's file name carries its version).
+    compgen -G "$cmd" >/dev/null || missing+=("${NEED[$cmd]}")
   else
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
   fi
@@ -78,6 +84,13 @@ if [[ ! -x $TOOLS/venv/bin/kubernetes-validate ]]; then
   dpkg -s python3-venv >/dev/null 2>&1 || python3 -m venv --help >/dev/null 2>&1 || apt-get install -y -qq python3-venv
   python3 -m venv "$TOOLS/venv"
   "$TOOLS/venv/bin/pip" install -q 'kubernetes-validate==1.37.0'
+fi
+
+# virtme-ng boots the test VM; it lives in a venv of its own.
+if [[ ! -x $TOOLS/virtme-ng/bin/vng ]]; then
+  echo "bootstrap: installing virtme-ng into $TOOLS/virtme-ng"
+  python3 -m venv "$TOOLS/virtme-ng"
+  "$TOOLS/virtme-ng/bin/pip" install -q 'virtme-ng==1.42'
 fi
 
 # Rust components the test command uses.

@@ -1,116 +1,31 @@
 //! Encapsulation, MTU and outgoing NAT end to end, on labs of real agents (etcd, BGP, pods
 //! through the CNI plugin) in network namespaces: two subnets joined by a router that knows no
 //! pod routes, tcpdump on the nodes' underlay, and an "outside" namespace beyond every pool.
+//! IPIP, which needs a kernel with the `ipip` module, is tested in `kernel_matrix.rs`.
 
 mod agent_rig;
+mod lab_rig;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wren_model::{Pool, keys};
-use wren_store::json::JsonStore;
-use wren_tests::lab::{self, Encap, Lab, LabSpec, PodState};
+use wren_tests::lab::{self, Encap, Lab};
 use wren_tests::netns::{NetNs, command_in, run_in};
 use wren_tests::prereq;
-use wren_tests::process::ChildGuard;
 
-use agent_rig::with_store_in;
+use lab_rig::{
+    DEADLINE, agent_http, lab_up, mtu_of, packets_during, ping_df, pod_on, run_in_ns, update_pool,
+    wait_for, wait_full_matrix,
+};
 
-/// Generous bound for anything asynchronous; the expected times are far shorter.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn lab_up(tag: char, nodes: usize, encap: Encap, subnets: u8) -> Lab {
-    let mut spec = LabSpec::new(&lab::test_lab_name(tag), nodes);
-    spec.encap = encap;
-    spec.subnets = subnets;
-    Lab::up(spec).expect("lab up")
-}
-
-fn pod_on<'a>(lab: &'a Lab, node: &str) -> &'a PodState {
-    lab.state()
-        .pods
-        .iter()
-        .find(|p| p.node == node)
-        .unwrap_or_else(|| panic!("no pod on {node}"))
-}
-
-/// Waits until every pod reaches every other pod.
-fn wait_full_matrix(lab: &Lab) {
-    wait_for("a full ping matrix", || {
-        lab::failures(&lab.ping_matrix()).is_empty()
-    });
-}
-
-/// Runs `program args` in namespace `ns`; returns whether it succeeded and what it printed
-/// (stdout and stderr).
-fn run_in_ns(ns: &str, program: &str, args: &[&str]) -> (bool, String) {
-    let out = command_in(ns, program).args(args).output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-/// One ping with DF set and `size` bytes of payload.
-fn ping_df(from: &PodState, to: &PodState, size: u32) -> (bool, String) {
-    let size = size.to_string();
-    let to = to.ip.to_string();
-    run_in_ns(
-        &from.ns,
-        "ping",
-        &["-n", "-c", "1", "-W", "2", "-M", "do", "-s", &size, &to],
-    )
-}
-
-/// The lines tcpdump prints for UDP port 4789 on `node`'s underlay while `traffic` runs.
+/// The VXLAN packets tcpdump sees on `node`'s underlay while `traffic` runs.
 fn vxlan_packets_during(lab: &Lab, node: &str, traffic: impl FnOnce()) -> Vec<String> {
     let ns = &lab.node(node).unwrap().ns;
-    let mut tcpdump = ChildGuard::spawn(
-        format!("tcpdump in {ns}"),
-        command_in(ns, "tcpdump").args([
-            "-i",
-            "eth0",
-            "-n",
-            "-l",
-            "--immediate-mode",
-            "udp",
-            "port",
-            "4789",
-        ]),
-    )
-    .unwrap();
-    wait_for("tcpdump to listen", || {
-        tcpdump.log().contains("listening on")
-    });
-    traffic();
-    // Immediate mode hands every packet over at once; a moment more covers the replies.
-    std::thread::sleep(Duration::from_millis(300));
-    // Whatever was captured is printed by the time tcpdump handles SIGINT and exits.
-    tcpdump.signal(nix::sys::signal::Signal::SIGINT).unwrap();
-    wait_for("tcpdump to stop", || !tcpdump.is_running());
-    let log = tcpdump.log();
-    log.lines()
+    packets_during(ns, "eth0", &["udp", "port", "4789"], traffic)
+        .into_iter()
         .filter(|l| l.contains(".4789:"))
-        .map(str::to_owned)
         .collect()
-}
-
-/// The MTU of interface `ifname` in namespace `ns`.
-fn mtu_of(ns: &str, ifname: &str) -> u32 {
-    let (_, text) = run_in_ns(ns, "ip", &["-o", "link", "show", ifname]);
-    text.split_whitespace()
-        .skip_while(|w| *w != "mtu")
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or_else(|| panic!("no MTU in {text}"))
 }
 
 #[test]
@@ -118,7 +33,7 @@ fn cross_subnet_vxlan_encapsulates_only_between_subnets_and_large_packets_cross(
     if !lab::require_lab(false) || !prereq::require_command("tcpdump") {
         return;
     }
-    let lab = lab_up('x', 3, Encap::Vxlan, 2);
+    let lab = lab_up('x', 3, Encap::Vxlan, 2, 2);
     wait_full_matrix(&lab);
     // n1 and n3 share subnet 1; n2 is on subnet 2.
     let (p1, p2, p3) = (pod_on(&lab, "n1"), pod_on(&lab, "n2"), pod_on(&lab, "n3"));
@@ -164,7 +79,7 @@ fn without_encapsulation_pods_across_subnets_cannot_reach_each_other() {
     if !lab::require_lab(false) {
         return;
     }
-    let lab = lab_up('o', 3, Encap::None, 2);
+    let lab = lab_up('o', 3, Encap::None, 2, 2);
     let (p1, p2, p3) = (pod_on(&lab, "n1"), pod_on(&lab, "n2"), pod_on(&lab, "n3"));
     // Same subnet: plain routes work.
     wait_for("same-subnet pods to reach each other", || {
@@ -178,19 +93,9 @@ fn without_encapsulation_pods_across_subnets_cannot_reach_each_other() {
     lab.down().unwrap();
 }
 
-/// Sets `natOutgoing` on the lab's pool, writing etcd from the fabric namespace.
+/// Sets `natOutgoing` on the lab's pool.
 fn set_nat_outgoing(lab: &Lab, on: bool) {
-    let endpoint = lab.state().etcd_endpoint.clone();
-    with_store_in(&lab.state().fabric_ns, endpoint, |store| async move {
-        let key = keys::pool("lab");
-        let current = store.get_json::<Pool>(&key).await.unwrap().unwrap();
-        let mut pool = current.value;
-        pool.nat_outgoing = on;
-        store
-            .update_json(&key, &pool, current.mod_revision)
-            .await
-            .unwrap();
-    });
+    update_pool(lab, |pool| pool.nat_outgoing = on);
 }
 
 /// Accepts one TCP connection on `addr` inside namespace `ns` while `connect` runs, and
@@ -239,7 +144,7 @@ fn nat_outgoing_masquerades_toward_the_outside_and_never_between_pods() {
     if !lab::require_lab(false) || !prereq::require_command("nft") {
         return;
     }
-    let lab = lab_up('n', 2, Encap::None, 1);
+    let lab = lab_up('n', 2, Encap::None, 1, 2);
     wait_full_matrix(&lab);
     // An outside host on the fabric, in no pool.
     let outside = NetNs::new("outside").unwrap();
@@ -290,20 +195,12 @@ fn nat_outgoing_masquerades_toward_the_outside_and_never_between_pods() {
     lab.down().unwrap();
 }
 
-/// GETs `path` from the agent's metrics server inside `ns`: (status code, body).
-fn agent_http(ns: &str, path: &str) -> (u16, String) {
-    let url = format!("http://127.0.0.1:9099{path}");
-    let (_, text) = run_in_ns(ns, "curl", &["-s", "-w", "\n%{http_code}", &url]);
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 #[test]
 fn an_ipip_pool_is_reported_plainly_where_the_kernel_cannot_carry_it() {
     if !lab::require_lab(false) || !prereq::require_command("curl") {
         return;
     }
-    let lab = lab_up('i', 1, Encap::None, 1);
+    let lab = lab_up('i', 1, Encap::None, 1, 2);
     lab.wren_cli(&[
         "pool",
         "add",
@@ -341,23 +238,5 @@ fn an_ipip_pool_is_reported_plainly_where_the_kernel_cannot_carry_it() {
     // Removing the pool makes the node ready again.
     lab.wren_cli(&["pool", "rm", "tunnelled"]).unwrap();
     wait_for("/readyz to recover", || agent_http(&n1, "/readyz").0 == 200);
-    lab.down().unwrap();
-}
-
-#[test]
-fn ipip_carries_pods_across_subnets() {
-    if !lab::require_lab(false)
-        || !prereq::require_kernel_module("ipip", "IPIP between pods on two subnets")
-    {
-        return;
-    }
-    let lab = lab_up('p', 4, Encap::Ipip, 2);
-    wait_full_matrix(&lab);
-    let routes = lab.routes("n1").unwrap();
-    let n2 = lab.node("n2").unwrap().ip().to_owned();
-    assert!(
-        routes.contains(&format!("via {n2} dev wrentunl0")),
-        "{routes}"
-    );
     lab.down().unwrap();
 }

@@ -295,7 +295,8 @@ impl Etcd {
         }
         if !healthy {
             return Err(self.child.failure(&format!(
-                "etcd did not become healthy within {START_TIMEOUT:?}"
+                "etcd did not become healthy within {:?}",
+                crate::vm::scaled(START_TIMEOUT)
             )));
         }
         Ok(())

@@ -14,6 +14,8 @@
 //! - [`lab`]: a whole cluster in namespaces, driving the `wren` and `wren-cni` binaries.
 //! - [`bench`](mod@bench): settings the bench binaries share.
 //! - [`daemons`]: BIRD 2, FRR and GoBGP as BGP peers inside those namespaces.
+//! - [`vm`]: a virtual machine booting the distribution's kernel, for what the host's kernel
+//!   cannot show (IPIP, kernels before tcx).
 
 pub mod bench;
 pub mod cri;
@@ -26,3 +28,4 @@ pub mod netns;
 pub mod offload;
 pub mod prereq;
 pub mod process;
+pub mod vm;

@@ -186,9 +186,10 @@ fn read_tail(path: &std::path::Path, max: usize) -> String {
 }
 
 /// Polls `ready` every `interval` until it returns true or `timeout` passes; returns whether
-/// it became true. For waiting on a daemon's readiness, never for measuring speed.
+/// it became true. For waiting on a daemon's readiness, never for measuring speed. In a slower
+/// guest the timeout stretches ([`crate::vm::scaled`]).
 pub fn wait_until(timeout: Duration, interval: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + crate::vm::scaled(timeout);
     loop {
         if ready() {
             return true;

@@ -11,7 +11,7 @@
 //! port range for source ports, the default TTL); the device still decapsulates, and still
 //! carries whatever the program leaves to the stack.
 //!
-//! The fast path never owns correctness: if it cannot load (kernel before 6.6, no BPF
+//! The fast path never owns correctness: if it cannot load or attach (no tcx before 6.6, no BPF
 //! privilege) or is turned off (`fastPath = false`), or the agent stops, the host stack
 //! routes pods exactly as before. Status says which and why.
 
@@ -185,6 +185,33 @@ enum Kernel {
     On(Box<FastPath>),
 }
 
+/// Index of the loopback device, present in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Checks that the loaded program can be attached at all, by attaching it to loopback and
+/// detaching it at once. A kernel before 6.6 verifies and loads the program but has no tcx
+/// links (`EINVAL`): without this, every pass would try and fail on every device, and the
+/// status would say "on" with nothing attached.
+fn attach_probed(mut fast: FastPath) -> Result<FastPath, String> {
+    // Loopback carries no pool-to-pool traffic; for the moment it is attached, the program
+    // hands whatever comes there to the stack unchanged.
+    match fast.attach_uplink(LOOPBACK_IFINDEX) {
+        Ok(()) => {
+            fast.detach(LOOPBACK_IFINDEX).map_err(|e| e.to_string())?;
+            Ok(fast)
+        }
+        Err(wren_fastpath::FastPathError::Attach { source, .. })
+            if source.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            Err(format!(
+                "this kernel cannot attach tc programs through tcx links, which need Linux 6.6 \
+                 or later ({source})"
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The loaded fast path, shared by the controller's passes.
 pub struct FastPathControl {
     node_ip: Ipv4Addr,
@@ -200,14 +227,17 @@ impl FastPathControl {
             tracing::info!("fast path off by configuration");
             Kernel::Off
         } else {
-            match FastPath::load() {
+            match FastPath::load()
+                .map_err(|e| e.to_string())
+                .and_then(attach_probed)
+            {
                 Ok(fast) => {
                     tracing::info!("fast path loaded");
                     Kernel::On(Box::new(fast))
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "fast path unavailable; pods are routed by the host stack");
-                    Kernel::Unavailable(e.to_string())
+                Err(reason) => {
+                    tracing::warn!(%reason, "fast path unavailable; pods are routed by the host stack");
+                    Kernel::Unavailable(reason)
                 }
             }
         };

@@ -536,7 +536,7 @@ impl Lab {
 
     fn wait_agent_ready(&self, name: &str) -> Result<()> {
         let node = self.node(name)?;
-        let deadline = Instant::now() + AGENT_READY_TIMEOUT;
+        let deadline = Instant::now() + crate::vm::scaled(AGENT_READY_TIMEOUT);
         loop {
             let status = crate::http::get_in_ns(&node.ns, names::METRICS_PORT, "/readyz");
             if matches!(status, Ok((200, _))) {
@@ -554,8 +554,9 @@ impl Lab {
                 // The start of the log says more about a node that never got going than the
                 // tail the caller prints.
                 return Err(LabError::Lab(format!(
-                    "the agent of {name} was not ready within {AGENT_READY_TIMEOUT:?} (last answer: {status:?})\n\
+                    "the agent of {name} was not ready within {:?} (last answer: {status:?})\n\
                      --- start of {name}'s log ---\n{}\n{}",
+                    crate::vm::scaled(AGENT_READY_TIMEOUT),
                     head(&self.state.dir.join(format!("{name}.log")), 3000),
                     self.network_diagnostics(node),
                 )));
@@ -1153,7 +1154,7 @@ impl Lab {
     /// with no pod). The error names the nodes still short and shows every status.
     pub fn wait_fast_paths(&self, timeout: Duration, uplink: &str) -> Result<(), String> {
         let on = crate::prereq::kernel_has_tcx();
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::vm::scaled(timeout);
         loop {
             let mut pending = Vec::new();
             for node in &self.state.nodes {
@@ -1188,7 +1189,7 @@ impl Lab {
     /// still be settling right after a change). The error lists the failing pairs, the matrix
     /// and `node`'s routing table.
     pub fn wait_full_matrix(&self, timeout: Duration, node: &str) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::vm::scaled(timeout);
         loop {
             let results = self.ping_matrix();
             let failed = failures(&results);

@@ -223,7 +223,8 @@ pub fn start_etcd(state: &mut LabState) -> Result<()> {
         .then_some(())
         .ok_or_else(|| {
             LabError::Lab(format!(
-                "etcd did not become healthy within {START_TIMEOUT:?}; see {}",
+                "etcd did not become healthy within {:?}; see {}",
+                crate::vm::scaled(START_TIMEOUT),
                 state.dir.join("etcd.log").display()
             ))
         })
@@ -359,5 +360,10 @@ pub fn start_tor(state: &mut LabState) -> Result<()> {
             .is_ok_and(|s| s.success())
     })
     .then_some(())
-    .ok_or_else(|| LabError::Lab(format!("BIRD did not start within {START_TIMEOUT:?}")))
+    .ok_or_else(|| {
+        LabError::Lab(format!(
+            "BIRD did not start within {:?}",
+            crate::vm::scaled(START_TIMEOUT)
+        ))
+    })
 }
