@@ -545,3 +545,83 @@ fn rib_an_ebgp_peer_that_keeps_next_hops_gets_learned_routes_unchanged() {
         "next hop self toward an ordinary eBGP peer: {sent:?}"
     );
 }
+
+/// The Loc-RIB's next hop for `prefix`, if it has a best path.
+fn best_next_hop(rib: &Rib, prefix: &str) -> Option<IpAddr> {
+    rib.best(&net(prefix)).and_then(|b| b.attrs.next_hop_addr())
+}
+
+#[test]
+fn rib_a_path_whose_next_hop_is_not_connected_is_never_best() {
+    let mut rib = rib();
+    rib.set_connected(Some(vec![net("192.168.0.0/24")]));
+    let ebgp = add(&mut rib, 2, 65002, false);
+    let ibgp = add(&mut rib, 3, LOCAL_AS, false);
+    up(&mut rib, &ebgp, 2);
+    up(&mut rib, &ibgp, 3);
+    rib.take_events();
+
+    // Re-announced with an off-link next hop: the path is replaced, and nothing is left.
+    rib.update(
+        ebgp.id,
+        &announce(&["10.77.205.0/24"], &[65002], "192.168.0.2"),
+    );
+    assert_eq!(best_next_hop(&rib, "10.77.205.0/24"), Some(ebgp.address));
+    let (announced, _) = drain(&mut rib, &ibgp);
+    assert_eq!(announced.len(), 1);
+    rib.update(
+        ebgp.id,
+        &announce(&["10.77.205.0/24"], &[65002], "10.77.5.5"),
+    );
+    assert_eq!(best_next_hop(&rib, "10.77.205.0/24"), None);
+    let events = rib.take_events();
+    assert_eq!(
+        events.last(),
+        Some(&RouteEvent::Withdrawn {
+            prefix: net("10.77.205.0/24")
+        }),
+        "{events:?}"
+    );
+    // Nor is it passed on.
+    let (_, withdrawn) = drain(&mut rib, &ibgp);
+    assert_eq!(withdrawn, vec![net("10.77.205.0/24")]);
+
+    // A shorter eBGP path with an unusable next hop does not beat an iBGP one that works,
+    // and when the iBGP path goes, nothing is left.
+    rib.update(
+        ibgp.id,
+        &announce(&["10.77.206.0/24"], &[65100, 65101, 65102], "192.168.0.3"),
+    );
+    rib.update(
+        ebgp.id,
+        &announce(&["10.77.206.0/24"], &[65002], "10.77.5.5"),
+    );
+    assert_eq!(best_next_hop(&rib, "10.77.206.0/24"), Some(ibgp.address));
+    let mut withdraw = Update::default();
+    withdraw.withdrawn.push(net("10.77.206.0/24"));
+    rib.update(ibgp.id, &withdraw);
+    assert_eq!(best_next_hop(&rib, "10.77.206.0/24"), None);
+
+    // Loopback and link-local next hops are never on a connected network the host has.
+    rib.update(
+        ebgp.id,
+        &announce(&["10.77.207.0/24"], &[65002], "127.0.0.1"),
+    );
+    assert_eq!(best_next_hop(&rib, "10.77.207.0/24"), None);
+
+    // When the next hop's network becomes connected, the path is eligible again, and goes
+    // again when it is not.
+    rib.set_connected(Some(vec![net("192.168.0.0/24"), net("10.77.5.0/24")]));
+    assert_eq!(
+        best_next_hop(&rib, "10.77.205.0/24"),
+        Some("10.77.5.5".parse().unwrap())
+    );
+    rib.set_connected(Some(vec![net("192.168.0.0/24")]));
+    assert_eq!(best_next_hop(&rib, "10.77.205.0/24"), None);
+    // Without a connected set every next hop counts as resolvable.
+    rib.set_connected(None);
+    assert_eq!(
+        best_next_hop(&rib, "10.77.205.0/24"),
+        Some("10.77.5.5".parse().unwrap())
+    );
+}

@@ -231,6 +231,8 @@ struct Ctx {
     waiting: HashSet<PeerId>,
     /// Peers with an established session, the ones exports go to.
     up: Vec<PeerId>,
+    /// The networks next hops must lie in (see [`Rib::set_connected`]); `None`: any.
+    connected: Option<Vec<IpNet>>,
 }
 
 /// The RIB of one speaker.
@@ -266,6 +268,7 @@ impl Rib {
             deferring,
             waiting: HashSet::new(),
             up: Vec::new(),
+            connected: None,
         };
         if !deferring {
             ctx.events.push(RouteEvent::Synced);
@@ -443,6 +446,42 @@ impl Rib {
         self.set_path(prefix.trunc(), LOCAL, None);
     }
 
+    /// Sets the networks this speaker reaches directly (the host's connected routes, and
+    /// whatever else the embedding program can forward to without a route of BGP's own). A
+    /// learned path whose next hop lies in none of them is not eligible (RFC 4271 §9.1.2.1):
+    /// it stays in the Adj-RIB-In, but is never best, so it is neither installed nor passed
+    /// on, and a prefix whose paths are all like that is withdrawn. `None`, the default,
+    /// takes every next hop as resolvable. Every prefix is selected again when the set
+    /// changes.
+    pub fn set_connected(&mut self, networks: Option<Vec<IpNet>>) {
+        let networks = networks.map(|mut n| {
+            n.sort();
+            n.dedup();
+            n
+        });
+        if networks == self.ctx.connected {
+            return;
+        }
+        self.ctx.connected = networks;
+        let prefixes: Vec<IpNet> = self.table.iter().map(|(prefix, _)| prefix).collect();
+        let ctx = &mut self.ctx;
+        for prefix in prefixes {
+            self.table.modify(prefix, false, |paths| {
+                let old_best = ctx.best_key(paths);
+                ctx.reselect(paths);
+                let new_best = ctx.best_key(paths);
+                if new_best != old_best && !ctx.deferring {
+                    let previous = match old_best {
+                        Some((peer, _)) => Previous::From(peer),
+                        None => Previous::Nothing,
+                    };
+                    let best = ctx.best_of(paths);
+                    ctx.best_changed(prefix, best, previous);
+                }
+            });
+        }
+    }
+
     /// Queues every route of a family to a peer again (it sent a ROUTE-REFRESH).
     pub fn route_refresh(&mut self, id: PeerId, afi: Afi) {
         if let Some(slot) = self.ctx.slot(id) {
@@ -464,8 +503,8 @@ impl Rib {
         self.ctx.deferring = false;
         self.ctx.waiting.clear();
         for (prefix, paths) in self.table.iter() {
-            self.ctx
-                .best_changed(prefix, paths.first(), Previous::Unknown);
+            let best = self.ctx.best_of(paths);
+            self.ctx.best_changed(prefix, best, Previous::Unknown);
         }
         for id in self.ctx.up.clone() {
             self.ctx.end_of_rib_after_flush.insert(id);
@@ -514,7 +553,7 @@ impl Rib {
 
     /// The best path to a prefix.
     pub fn best(&self, prefix: &IpNet) -> Option<BestPath> {
-        let path = self.table.get(prefix)?.first()?;
+        let path = self.ctx.best_of(self.table.get(prefix)?)?;
         Some(self.ctx.best_path(path))
     }
 
@@ -523,7 +562,7 @@ impl Rib {
         let best = self
             .table
             .iter()
-            .filter_map(|(prefix, paths)| Some((prefix, paths.first()?)));
+            .filter_map(|(prefix, paths)| Some((prefix, self.ctx.best_of(paths)?)));
         best.map(|(prefix, path)| (prefix, self.ctx.best_path(path)))
             .collect()
     }
@@ -639,7 +678,7 @@ impl Rib {
 
     fn export_table_to(&mut self, id: PeerId) {
         for (prefix, paths) in self.table.iter() {
-            if let Some(best) = paths.first() {
+            if let Some(best) = self.ctx.best_of(paths) {
                 let exported = self.ctx.export(prefix, best, id);
                 if let Some(attrs) = exported {
                     self.ctx
@@ -659,7 +698,7 @@ impl Rib {
     fn set_path(&mut self, prefix: IpNet, id: PeerId, attrs: Option<Arc<Attributes>>) {
         let ctx = &mut self.ctx;
         let delta = self.table.modify(prefix, attrs.is_some(), |paths| {
-            let old_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
+            let old_best = ctx.best_key(paths);
             let position = paths.iter().position(|p| p.peer == id);
             let delta: isize = match (position, attrs) {
                 (Some(i), Some(attrs)) => {
@@ -681,18 +720,15 @@ impl Rib {
                 }
                 (None, None) => 0,
             };
-            if paths.len() > 1
-                && let Some(best) = ctx.select(paths)
-            {
-                paths.swap(0, best);
-            }
-            let new_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
+            ctx.reselect(paths);
+            let new_best = ctx.best_key(paths);
             if new_best != old_best && !ctx.deferring {
                 let previous = match old_best {
                     Some((peer, _)) => Previous::From(peer),
                     None => Previous::Nothing,
                 };
-                ctx.best_changed(prefix, paths.first(), previous);
+                let best = ctx.best_of(paths);
+                ctx.best_changed(prefix, best, previous);
             }
             delta
         });
@@ -759,6 +795,39 @@ impl Ctx {
         Some(attrs)
     }
 
+    /// Whether a path may be chosen: this speaker's own always; a learned one when its next
+    /// hop lies in a connected network, or always while those are not known.
+    fn resolvable(&self, path: &Path) -> bool {
+        let Some(networks) = &self.connected else {
+            return true;
+        };
+        path.peer == LOCAL
+            || path
+                .attrs
+                .next_hop_addr()
+                .is_some_and(|nh| networks.iter().any(|n| n.contains(&nh)))
+    }
+
+    /// The best path of a prefix: the first, when it is eligible ([`Ctx::reselect`] puts the
+    /// best eligible path first, so a first path that is not eligible means none is).
+    fn best_of<'p>(&self, paths: &'p [Path]) -> Option<&'p Path> {
+        paths.first().filter(|p| self.resolvable(p))
+    }
+
+    /// What identifies the best path, to tell whether it changed.
+    fn best_key(&self, paths: &[Path]) -> Option<(PeerId, *const Attributes)> {
+        self.best_of(paths).map(|p| (p.peer, Arc::as_ptr(&p.attrs)))
+    }
+
+    /// Runs the decision process and moves the best eligible path to the front.
+    fn reselect(&self, paths: &mut [Path]) {
+        if paths.len() > 1
+            && let Some(best) = self.select(paths)
+        {
+            paths.swap(0, best);
+        }
+    }
+
     fn select(&self, paths: &[Path]) -> Option<usize> {
         let candidates: SmallVec<[decision::Candidate<'_>; 4]> = paths
             .iter()
@@ -772,6 +841,7 @@ impl Ctx {
                     peer_address: slot
                         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |s| s.settings.address),
                     local_as: self.config.local_as,
+                    resolvable: self.resolvable(p),
                 }
             })
             .collect();

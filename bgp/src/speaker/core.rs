@@ -46,6 +46,7 @@ pub(super) enum Command {
     Peers(Reply<Vec<PeerStatus>>),
     LocRib(Reply<Vec<(IpNet, BestPath)>>),
     RequestRefresh(IpAddr, Afi, Reply<Result<(), SpeakerError>>),
+    SetConnected(Option<Vec<IpNet>>, Reply<()>),
     Shutdown(Reply<()>),
 }
 
@@ -249,6 +250,10 @@ impl Core {
                     None => Err(SpeakerError::NoSuchPeer(address)),
                 };
                 let _ = reply.send(result);
+            }
+            Command::SetConnected(networks, reply) => {
+                self.rib.set_connected(networks);
+                let _ = reply.send(());
             }
             Command::Shutdown(_) => {}
         }

@@ -242,6 +242,12 @@ impl SpeakerHandle {
             .await?
     }
 
+    /// Sets the networks next hops must lie in for a learned path to be eligible; `None`
+    /// takes every next hop as resolvable (see [`Rib::set_connected`](crate::rib::Rib::set_connected)).
+    pub async fn set_connected(&self, networks: Option<Vec<IpNet>>) -> Result<(), SpeakerError> {
+        self.ask(|r| Command::SetConnected(networks, r)).await
+    }
+
     /// Stops every session with Cease / Administrative Shutdown and ends the speaker.
     pub async fn shutdown(&self) -> Result<(), SpeakerError> {
         self.ask(Command::Shutdown).await
