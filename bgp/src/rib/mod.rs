@@ -468,16 +468,7 @@ impl Rib {
         for prefix in prefixes {
             self.table.modify(prefix, false, |paths| {
                 let old_best = ctx.best_key(paths);
-                ctx.reselect(paths);
-                let new_best = ctx.best_key(paths);
-                if new_best != old_best && !ctx.deferring {
-                    let previous = match old_best {
-                        Some((peer, _)) => Previous::From(peer),
-                        None => Previous::Nothing,
-                    };
-                    let best = ctx.best_of(paths);
-                    ctx.best_changed(prefix, best, previous);
-                }
+                ctx.settle(prefix, paths, old_best);
             });
         }
     }
@@ -720,16 +711,7 @@ impl Rib {
                 }
                 (None, None) => 0,
             };
-            ctx.reselect(paths);
-            let new_best = ctx.best_key(paths);
-            if new_best != old_best && !ctx.deferring {
-                let previous = match old_best {
-                    Some((peer, _)) => Previous::From(peer),
-                    None => Previous::Nothing,
-                };
-                let best = ctx.best_of(paths);
-                ctx.best_changed(prefix, best, previous);
-            }
+            ctx.settle(prefix, paths, old_best);
             delta
         });
         if let Some(delta) = delta
@@ -739,6 +721,9 @@ impl Rib {
         }
     }
 }
+
+/// What identifies a best path: its peer and its attribute set.
+type BestKey = (PeerId, *const Attributes);
 
 /// Where a prefix's best path came from before it changed.
 #[derive(Clone, Copy, Debug)]
@@ -815,8 +800,23 @@ impl Ctx {
     }
 
     /// What identifies the best path, to tell whether it changed.
-    fn best_key(&self, paths: &[Path]) -> Option<(PeerId, *const Attributes)> {
+    fn best_key(&self, paths: &[Path]) -> Option<BestKey> {
         self.best_of(paths).map(|p| (p.peer, Arc::as_ptr(&p.attrs)))
+    }
+
+    /// After a prefix's paths changed: selects again and, when the best path is another
+    /// than `old_best` (and selection is not deferred), propagates the change.
+    fn settle(&mut self, prefix: IpNet, paths: &mut [Path], old_best: Option<BestKey>) {
+        self.reselect(paths);
+        let new_best = self.best_key(paths);
+        if new_best != old_best && !self.deferring {
+            let previous = match old_best {
+                Some((peer, _)) => Previous::From(peer),
+                None => Previous::Nothing,
+            };
+            let best = self.best_of(paths);
+            self.best_changed(prefix, best, previous);
+        }
     }
 
     /// Runs the decision process and moves the best eligible path to the front.
