@@ -625,3 +625,43 @@ fn rib_a_path_whose_next_hop_is_not_connected_is_never_best() {
         Some("10.77.5.5".parse().unwrap())
     );
 }
+
+/// Filters everything inside 10.65.0.0/16, counting it.
+struct FilterPods;
+
+impl Policy for FilterPods {
+    fn import(&self, _peer: &PeerRef, prefix: IpNet, _attrs: &Attributes) -> Verdict {
+        if net("10.65.0.0/16").contains(&prefix) {
+            Verdict::Filter("pods")
+        } else {
+            Verdict::Accept
+        }
+    }
+}
+
+#[test]
+fn rib_filtered_prefixes_are_counted_while_announced() {
+    let mut rib = rib_with(Arc::new(FilterPods), false);
+    let a = add(&mut rib, 2, 65002, false);
+    up(&mut rib, &a, 2);
+    let update = announce(
+        &["10.65.1.0/26", "10.65.2.7/32", "192.0.2.0/24"],
+        &[65002],
+        "192.168.0.2",
+    );
+    rib.update(a.id, &update);
+    let counts = rib.counts(a.id);
+    assert_eq!(counts.received, 1);
+    assert_eq!(counts.filtered.get("pods"), Some(&2));
+    assert!(rib.best(&net("10.65.1.0/26")).is_none());
+    // Announced again: still counted once; withdrawn: no longer counted.
+    rib.update(a.id, &update);
+    assert_eq!(rib.counts(a.id).filtered.get("pods"), Some(&2));
+    let mut withdraw = Update::default();
+    withdraw.withdrawn.push(net("10.65.1.0/26"));
+    rib.update(a.id, &withdraw);
+    assert_eq!(rib.counts(a.id).filtered.get("pods"), Some(&1));
+    // The session ends: nothing is announced any more.
+    rib.peer_down(a.id, &[]);
+    assert!(rib.counts(a.id).filtered.is_empty());
+}

@@ -23,6 +23,7 @@ mod export;
 mod policy;
 mod table;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -180,6 +181,8 @@ pub(crate) struct PeerSlot {
     router_id: Ipv4Addr,
     adj_out: Arc<Mutex<AdjRibOut>>,
     received: usize,
+    /// Prefixes the peer announces that import policy filtered, with the policy's reason.
+    filtered: HashMap<IpNet, &'static str>,
     stale: Vec<Afi>,
     end_of_rib: Vec<Afi>,
 }
@@ -198,10 +201,13 @@ impl PeerSlot {
 }
 
 /// Counters of one peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerCounts {
     /// Prefixes accepted from the peer (stale ones included).
     pub received: usize,
+    /// Prefixes the peer announces that import policy holds back ([`Verdict::Filter`]), by
+    /// the policy's reason.
+    pub filtered: BTreeMap<&'static str, usize>,
     /// Prefixes the peer has from us.
     pub sent: usize,
     /// Prefixes kept stale across the peer's restart.
@@ -293,6 +299,7 @@ impl Rib {
             router_id: Ipv4Addr::UNSPECIFIED,
             adj_out: adj_out.clone(),
             received: 0,
+            filtered: HashMap::new(),
             stale: Vec::new(),
             end_of_rib: Vec::new(),
         };
@@ -368,6 +375,7 @@ impl Rib {
             return;
         };
         slot.session = None;
+        slot.filtered = HashMap::new();
         lock(&slot.adj_out).deactivate();
         slot.stale = retain.to_vec();
         slot.end_of_rib.clear();
@@ -426,6 +434,7 @@ impl Rib {
         let unreach = attrs.mp_unreach.iter().flat_map(|mp| mp.withdrawn.iter());
         for prefix in update.withdrawn.iter().chain(unreach) {
             self.set_path(*prefix, id, None);
+            self.unfilter(id, prefix);
         }
         if classic {
             self.announce(id, Afi::Ipv4Unicast, attrs, &update.nlri);
@@ -592,8 +601,13 @@ impl Rib {
         } else {
             self.table.prefixes_of(id, |_, p| p.stale).len()
         };
+        let mut filtered = BTreeMap::new();
+        for reason in slot.filtered.values() {
+            *filtered.entry(*reason).or_default() += 1;
+        }
         PeerCounts {
             received: slot.received,
+            filtered,
             sent: lock(&slot.adj_out).sent_count(),
             stale,
         }
@@ -620,6 +634,7 @@ impl Rib {
             // RFC 7606 treat-as-withdraw, and loop detection: the routes go away.
             for prefix in prefixes {
                 self.set_path(*prefix, id, None);
+                self.unfilter(id, prefix);
             }
             return;
         };
@@ -637,8 +652,25 @@ impl Rib {
                 Verdict::Accept => Some(shared.clone()),
                 Verdict::Reject => None,
                 Verdict::Modify(changed) => Some(self.ctx.interner.intern(changed)),
+                Verdict::Filter(reason) => {
+                    if let Some(slot) = self.ctx.slot_mut(id) {
+                        slot.filtered.insert(*prefix, reason);
+                    }
+                    self.set_path(*prefix, id, None);
+                    continue;
+                }
             };
             self.set_path(*prefix, id, attrs);
+            self.unfilter(id, prefix);
+        }
+    }
+
+    /// Forgets that import policy filtered a prefix of a peer: it was withdrawn or let in.
+    fn unfilter(&mut self, id: PeerId, prefix: &IpNet) {
+        if let Some(slot) = self.ctx.slot_mut(id)
+            && !slot.filtered.is_empty()
+        {
+            slot.filtered.remove(prefix);
         }
     }
 
@@ -901,7 +933,7 @@ impl Ctx {
         let source = self.source(best.peer);
         match self.policy.export(&peer, prefix, &standard, &source) {
             Verdict::Accept => Some(standard),
-            Verdict::Reject => None,
+            Verdict::Reject | Verdict::Filter(_) => None,
             Verdict::Modify(changed) => Some(self.interner.intern(changed)),
         }
     }

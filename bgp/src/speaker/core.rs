@@ -372,6 +372,7 @@ impl Core {
                     last_error: live.last_error,
                     negotiated: live.negotiated,
                     prefixes_received: counts.received,
+                    prefixes_filtered: counts.filtered,
                     prefixes_sent: counts.sent,
                     prefixes_stale: counts.stale,
                     end_of_rib_received: self.rib.end_of_rib_received(entry.id),

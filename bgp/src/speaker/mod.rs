@@ -85,6 +85,8 @@ pub struct PeerStatus {
     pub negotiated: Option<Negotiated>,
     /// Prefixes accepted from the peer.
     pub prefixes_received: usize,
+    /// Prefixes of the peer's that import policy holds back, by the policy's reason.
+    pub prefixes_filtered: std::collections::BTreeMap<&'static str, usize>,
     /// Prefixes the peer has from us.
     pub prefixes_sent: usize,
     /// Prefixes kept stale while the peer restarts.
