@@ -34,6 +34,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             node,
             password,
             keep_original_next_hop,
+            accept_cluster_routes,
+            accept_default_route,
         } => {
             validate_name("peer name", &name)?;
             validate_peer_ip(peer_ip)?;
@@ -50,6 +52,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                 node,
                 password,
                 keep_original_next_hop,
+                accept_cluster_routes,
+                accept_default_route,
             };
             let key = keys::peer(&name);
             let existed = store.get(&key).await?.is_some();

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use tokio::sync::{Notify, watch};
 use wren_model::keys;
 use wren_store::Store;
@@ -281,6 +282,7 @@ fn refresh_sessions(peers: &mut [PeerStatus], sessions: &[bgp::SessionInfo]) {
             peer.state = s.state.clone();
             peer.since_secs = s.in_state_for.map(|d| d.as_secs());
             peer.prefixes_received = s.prefixes_received;
+            peer.prefixes_filtered = s.prefixes_filtered.clone();
             peer.prefixes_sent = s.prefixes_sent;
             peer.last_error = s.last_error.clone();
         }
@@ -370,6 +372,32 @@ impl Controller {
         synced
     }
 
+    /// Tells BGP where learned next hops may lie: the connected networks, and the other
+    /// nodes' addresses, which the mesh's routes lead to through a tunnel when a node is on
+    /// another subnet.
+    async fn update_connected(&self, view: &ClusterView) {
+        let connected = match self.routes.connected_networks().await {
+            Ok(Some(connected)) => connected,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the connected routes; next hops unchanged");
+                return;
+            }
+        };
+        let nodes = view
+            .nodes
+            .values()
+            .filter(|n| n.name != self.me.name)
+            .flat_map(|n| {
+                let v4 = n.ipv4.map(|a| IpNet::from(IpAddr::V4(a.addr())));
+                v4.into_iter()
+                    .chain(n.ipv6.map(|a| IpNet::from(IpAddr::V6(a.addr()))))
+            });
+        self.bgp
+            .set_connected(connected.into_iter().chain(nodes).collect())
+            .await;
+    }
+
     /// One pass: view → sessions, exports, imports → kernel routes → status and metrics.
     pub async fn pass(&self) -> Pass {
         let Some(view) = self.reflectors.view(&self.me.name) else {
@@ -377,7 +405,11 @@ impl Controller {
         };
         let node = self.me.name.as_str();
         let peers = mesh::desired_peers(&self.me, &view);
+        self.bgp
+            .set_cluster_space(policy::ClusterSpace::of(&view))
+            .await;
         self.bgp.set_peers(&peers).await;
+        self.update_connected(&view).await;
         let exported = policy::export_set(node, &view);
         self.bgp.set_originated(&exported).await;
         let sessions = self.bgp.sessions();
@@ -439,6 +471,7 @@ impl Controller {
                     state: s.state.clone(),
                     since_secs: s.in_state_for.map(|d| d.as_secs()),
                     prefixes_received: s.prefixes_received,
+                    prefixes_filtered: s.prefixes_filtered.clone(),
                     prefixes_sent: s.prefixes_sent,
                     last_error: s.last_error.clone(),
                 })

@@ -211,6 +211,33 @@ impl RouteManager {
         Ok(kernel.iter().filter_map(|k| route_of(k, &names)).collect())
     }
 
+    /// The networks the node reaches directly: the destinations of the main table's device
+    /// routes that the kernel made for the addresses of interfaces that are up (`proto
+    /// kernel`), without IPv6 link-local ones, which need an interface to mean anything.
+    pub fn connected_networks(&mut self) -> Result<Vec<IpNet>, RouteError> {
+        let mut kernel = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let filter = RouteFilter {
+                family,
+                table: MAIN_TABLE,
+                protocol: Some(Protocol::KERNEL),
+                oif: None,
+            };
+            dump_routes(&mut self.netlink, &filter, &mut kernel)?;
+        }
+        let link_local = |net: &IpNet| match net {
+            IpNet::V6(v6) => v6.addr().is_unicast_link_local() || v6.addr().is_multicast(),
+            IpNet::V4(_) => false,
+        };
+        Ok(kernel
+            .into_iter()
+            .filter(|k| {
+                matches!(k.shape, super::route::Shape::Device { .. }) && !link_local(&k.dst)
+            })
+            .map(|k| k.dst)
+            .collect())
+    }
+
     /// Makes the kernel's routes of wren's protocols in the managed tables exactly `desired`:
     /// adds what is missing, replaces what differs, deletes routes of ours that are not
     /// desired. Routes of other protocols are never touched. Running it again with the same
