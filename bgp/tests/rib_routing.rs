@@ -665,3 +665,38 @@ fn rib_filtered_prefixes_are_counted_while_announced() {
     rib.peer_down(a.id, &[]);
     assert!(rib.counts(a.id).filtered.is_empty());
 }
+
+#[test]
+fn rib_a_withdrawn_table_is_compacted_once() {
+    let (mut rib, a) = rib_with_one_peer();
+    let prefixes: Vec<String> = (0..20_000u32)
+        .map(|i| format!("{}/32", Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    for chunk in prefixes.chunks(500) {
+        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        rib.update(a.id, &announce(&chunk, &[LOCAL_AS + 1], "192.168.0.2"));
+    }
+    assert_eq!(rib.len(), 20_000);
+    assert!(
+        !rib.compact(),
+        "nothing to give back while the table is held"
+    );
+    let withdraw = Update {
+        withdrawn: prefixes.iter().map(|p| net(p)).collect(),
+        ..Update::default()
+    };
+    rib.update(a.id, &withdraw);
+    assert!(rib.is_empty());
+    // What the speaker does with a batch before it compacts.
+    rib.flush();
+    rib.take_events();
+    assert!(rib.compact());
+    assert_eq!(rib.attribute_sets(), 0, "unused attribute sets are dropped");
+    assert!(!rib.compact(), "compacted already");
+    // The compacted RIB works as before.
+    rib.update(
+        a.id,
+        &announce(&["10.77.1.0/24"], &[LOCAL_AS + 1], "192.168.0.2"),
+    );
+    assert!(rib.best(&net("10.77.1.0/24")).is_some());
+}

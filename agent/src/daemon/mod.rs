@@ -29,7 +29,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -257,6 +257,8 @@ pub struct Controller {
     started: Instant,
     sync_timeout: Duration,
     changes: Arc<Notify>,
+    /// The most routes desired since freed memory was last given back to the system.
+    routes_peak: AtomicUsize,
 }
 
 /// The per-peer metric samples of a status table.
@@ -321,6 +323,7 @@ impl Controller {
             started: Instant::now(),
             sync_timeout: config.bgp_sync_timeout,
             changes,
+            routes_peak: AtomicUsize::new(0),
         }
     }
 
@@ -398,6 +401,20 @@ impl Controller {
             .await;
     }
 
+    /// Once the desired routes have fallen to a quarter of their peak (a peer's table went),
+    /// gives the memory the pass and BGP freed back to the system; the allocator keeps it
+    /// otherwise.
+    fn release_memory_after_a_drop(&self, desired: usize) {
+        let peak = self
+            .routes_peak
+            .fetch_max(desired, Ordering::Relaxed)
+            .max(desired);
+        if peak > 4096 && desired < peak / 4 {
+            wren_bgp::speaker::release_freed_memory();
+            self.routes_peak.store(desired, Ordering::Relaxed);
+        }
+    }
+
     /// One pass: view → sessions, exports, imports → kernel routes → status and metrics.
     pub async fn pass(&self) -> Pass {
         let Some(view) = self.reflectors.view(&self.me.name) else {
@@ -442,6 +459,7 @@ impl Controller {
                 Some(e.to_string())
             }
         };
+        self.release_memory_after_a_drop(desired.len());
         let fast_path = match &self.fast_path {
             Some(control) => {
                 let status = control

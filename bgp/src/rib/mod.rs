@@ -626,6 +626,28 @@ impl Rib {
         self.ctx.interner.sweep();
     }
 
+    /// Gives back the space of routes that went: once the prefix table holds less than a
+    /// quarter of what it has room for (a peer withdrew most of a table, or went away), the
+    /// unused attribute sets are dropped and every map of the RIB that is as sparse is
+    /// shrunk. Cheap while nothing shrank; returns whether anything did, after which the
+    /// embedding program may ask the allocator to return the freed pages to the system.
+    pub fn compact(&mut self) -> bool {
+        if !self.table.shrink_if_sparse() {
+            return false;
+        }
+        // The batch's export cache holds attribute sets too; it is only a cache.
+        self.ctx.memo = HashMap::new();
+        self.ctx.interner.compact();
+        for slot in self.ctx.peers.iter_mut().flatten() {
+            lock(&slot.adj_out).shrink_if_sparse();
+            if is_sparse(slot.filtered.len(), slot.filtered.capacity()) {
+                slot.filtered.shrink_to_fit();
+            }
+        }
+        self.ctx.outbox.shrink_to_fit();
+        true
+    }
+
     fn announce(&mut self, id: PeerId, afi: Afi, attrs: &PathAttributes, prefixes: &[IpNet]) {
         let imported = attrs
             .for_family(afi)
@@ -947,6 +969,12 @@ impl Ctx {
         };
         export::standard(&self.config, from, to_slot, session, afi, &best.attrs)
     }
+}
+
+/// Whether a map holding `len` entries with room for `capacity` is worth shrinking: it is
+/// larger than a page or two and less than a quarter full.
+pub(crate) fn is_sparse(len: usize, capacity: usize) -> bool {
+    capacity > 1024 && len < capacity / 4
 }
 
 fn lock(adj_out: &Mutex<AdjRibOut>) -> MutexGuard<'_, AdjRibOut> {

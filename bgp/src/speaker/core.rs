@@ -383,8 +383,17 @@ impl Core {
         statuses
     }
 
-    /// Hands this batch's results to the writers and the subscribers.
+    /// Hands this batch's results to the writers and the subscribers, then gives back the
+    /// memory of routes that went, if a table has mostly gone.
     async fn publish(&mut self) {
+        self.hand_out().await;
+        if self.rib.compact() {
+            super::release_freed_memory();
+        }
+    }
+
+    /// Hands this batch's results to the writers and the subscribers.
+    async fn hand_out(&mut self) {
         if !self.rib.is_deferring()
             && self.restarting.swap(false, Ordering::AcqRel)
             && let Some(timer) = self.deferral_timer.take()

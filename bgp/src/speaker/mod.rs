@@ -68,6 +68,18 @@ pub enum SpeakerError {
     Stopped,
 }
 
+/// Asks the C allocator to hand the pages of freed memory back to the system. glibc keeps
+/// what a program frees for reuse, in each thread's arena and above the top of the heap, so
+/// the memory of a table that came and went would otherwise stay resident; allocators that
+/// return memory on their own need nothing, and this does nothing for them.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it works on the allocator's own state.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A peer's state, for `wren status` and metrics.
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
