@@ -270,21 +270,9 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
     let mut bird = Bird::start(&tor, config).unwrap();
     bird.announce(&Announce::new("192.0.2.0/24".parse().unwrap()))
         .unwrap();
-    let tor_as = TOR_AS.to_string();
     let add_tor = |c: &Cluster, extra: &[&str]| {
-        let mut args = vec![
-            "peer",
-            "add",
-            "tor",
-            "--peer-ip",
-            TOR_IP,
-            "--as",
-            &tor_as,
-            "--password",
-            TOR_PASSWORD,
-        ];
-        args.extend_from_slice(extra);
-        c.cli_ok(&args)
+        let args = [&["--password", TOR_PASSWORD][..], extra].concat();
+        c.add_peer("tor", TOR_IP, TOR_AS, &args)
     };
     add_tor(&c, &[]);
     let peers = c.cli_ok(&["peer", "list"]);

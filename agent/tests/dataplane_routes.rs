@@ -381,3 +381,39 @@ fn of_several_changes_to_one_destination_the_last_one_counts() {
     assert_eq!((report.replaced, report.removed), (0, 1));
     assert!(manager.installed().unwrap().is_empty());
 }
+
+#[test]
+fn a_replacement_the_kernel_refuses_leaves_no_stale_route_behind() {
+    let Some((ns, mut manager)) = managed_node("dp-refused") else {
+        return;
+    };
+    // Installed via a gateway on the link, then wanted via one that is not: the kernel
+    // refuses the replace ("Nexthop has invalid gateway").
+    let on_link = Route::via(net("10.77.205.0/24"), ip("192.0.2.2"));
+    let off_link = Route::via(net("10.77.205.0/24"), ip("10.77.5.5"));
+    let report = manager.reconcile(std::slice::from_ref(&on_link)).unwrap();
+    assert!(report.is_clean(), "{:?}", report.failures);
+    assert!(line_for(&routes(&ns), "10.77.205.0/24").is_some());
+
+    let report = manager.reconcile(std::slice::from_ref(&off_link)).unwrap();
+    let [failure] = &report.failures[..] else {
+        panic!("one failure expected: {:?}", report.failures)
+    };
+    assert_eq!(failure.action, RouteAction::Replace, "{failure}");
+    assert!(
+        matches!(failure.reason, RouteFailureReason::Kernel(_)),
+        "{failure}"
+    );
+    assert_eq!(report.removed, 1);
+    let table = routes(&ns);
+    assert!(line_for(&table, "10.77.205.0/24").is_none(), "{table}");
+
+    // The same through an incremental replace.
+    let report = manager.reconcile(std::slice::from_ref(&on_link)).unwrap();
+    assert!(report.is_clean(), "{:?}", report.failures);
+    let report = manager.apply(&[RouteChange::Replace(off_link)]).unwrap();
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert_eq!(report.removed, 1);
+    let table = routes(&ns);
+    assert!(line_for(&table, "10.77.205.0/24").is_none(), "{table}");
+}

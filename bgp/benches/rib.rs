@@ -17,18 +17,25 @@
 //!
 //! Memory is counted by a global allocator that tracks live bytes; figures are bytes
 //! requested from the allocator (malloc's own overhead is not included).
+//!
+//! Memory given back: runs first, while the process is fresh. One peer sends a table (the
+//! 1,000,000 IPv4 /24s, and 200,000 IPv6 /128s) and withdraws all of it; the figure is the
+//! process's resident size (`VmRSS`) after the withdrawal, against the anchor of the resident
+//! size before the table arrived: first as the RIB leaves it, then after [`Rib::compact`]
+//! and [`release_freed_memory`], which the speaker runs after each batch.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net};
-use wren_bgp::rib::{AcceptAll, PeerSettings, Rib, RibConfig, Session};
-use wren_bgp::wire::{Afi, AsPath, AsSegment, Origin, PathAttributes, Update};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use wren_bgp::rib::{AcceptAll, AdjRibOut, PeerId, PeerSettings, Rib, RibConfig, Session};
+use wren_bgp::speaker::release_freed_memory;
+use wren_bgp::wire::{Afi, AsPath, AsSegment, MpReach, MpUnreach, Origin, PathAttributes, Update};
 
 const PREFIXES: usize = 1_000_000;
 const PREFIXES_PER_SET: usize = 4;
@@ -115,6 +122,124 @@ fn feed(peer_as: u32, next_hop: Ipv4Addr) -> Vec<Update> {
         .collect()
 }
 
+/// The same routes as `feed` would carry, as 200,000 IPv6 /128s (`prefixes` of them).
+fn feed_v6(prefixes: usize) -> Vec<Update> {
+    let v4 = feed(65000, Ipv4Addr::new(192, 0, 2, 1));
+    v4.into_iter()
+        .take(prefixes / PREFIXES_PER_SET)
+        .enumerate()
+        .map(|(set, mut update)| {
+            let nlri = (0..PREFIXES_PER_SET)
+                .map(|i| {
+                    let n = (set * PREFIXES_PER_SET + i) as u128;
+                    let addr = (0x2001_0db8_u128 << 96) | n;
+                    IpNet::V6(Ipv6Net::new(addr.into(), 128).expect("valid length"))
+                })
+                .collect();
+            update.nlri.clear();
+            update.attributes.next_hop = None;
+            update.attributes.mp_reach = Some(MpReach {
+                afi: Afi::Ipv6Unicast,
+                next_hop: IpAddr::V6("2001:db8::1".parse().expect("address")),
+                link_local_next_hop: None,
+                nlri,
+            });
+            update
+        })
+        .collect()
+}
+
+/// The UPDATEs that withdraw everything `updates` announced.
+fn withdrawals(updates: &[Update]) -> Vec<Update> {
+    updates
+        .iter()
+        .map(|u| {
+            let mut out = Update {
+                withdrawn: u.nlri.clone(),
+                ..Update::default()
+            };
+            if let Some(reach) = &u.attributes.mp_reach {
+                out.attributes.mp_unreach = Some(MpUnreach {
+                    afi: reach.afi,
+                    withdrawn: reach.nlri.clone(),
+                });
+            }
+            out
+        })
+        .collect()
+}
+
+/// The process's resident size, KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Adds peer `n` (192.0.2.n) in `remote_as` with an established session of `families`.
+fn join(rib: &mut Rib, n: u8, remote_as: u32, families: &[Afi]) -> (PeerId, Arc<Mutex<AdjRibOut>>) {
+    let address = Ipv4Addr::new(192, 0, 2, n);
+    let settings = PeerSettings {
+        address: IpAddr::V4(address),
+        remote_as,
+        rr_client: false,
+        next_hop_self: false,
+        next_hop_keep: false,
+    };
+    let (peer, out) = rib.add_peer(settings);
+    let session = Session {
+        router_id: address,
+        local_address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)),
+        families: families.to_vec(),
+        epoch: 1,
+        graceful_restart: None,
+    };
+    rib.peer_up(peer, session);
+    (peer, out)
+}
+
+/// Resident sizes (KiB) around one peer's table coming and going.
+struct Residency {
+    before: u64,
+    held: u64,
+    withdrawn: u64,
+    released: u64,
+}
+
+/// Feeds `updates` from one iBGP peer, withdraws them all, then compacts and releases.
+fn residency(updates: &[Update], withdraw: &[Update]) -> Residency {
+    let before = rss_kib();
+    let config = RibConfig::new(LOCAL_AS, Ipv4Addr::new(10, 0, 0, 1));
+    let mut rib = Rib::new(config, Arc::new(AcceptAll));
+    rib.record_route_events(false);
+    let (peer, _out) = join(&mut rib, 1, LOCAL_AS, &[Afi::Ipv4Unicast, Afi::Ipv6Unicast]);
+    for update in updates {
+        rib.update(peer, update);
+        rib.flush();
+    }
+    let held = rss_kib();
+    for update in withdraw {
+        rib.update(peer, update);
+        rib.flush();
+    }
+    assert!(rib.is_empty());
+    let withdrawn = rss_kib();
+    rib.compact();
+    release_freed_memory();
+    let released = rss_kib();
+    drop(black_box(rib));
+    Residency {
+        before,
+        held,
+        withdrawn,
+        released,
+    }
+}
+
 struct Figures {
     elapsed: Duration,
     bytes: usize,
@@ -133,29 +258,9 @@ fn wren(feeds: &[Vec<Update>], export: bool) -> Figures {
     let start = Instant::now();
     let config = RibConfig::new(LOCAL_AS, Ipv4Addr::new(10, 0, 0, 1));
     let mut rib = Rib::new(config, Arc::new(AcceptAll));
-    let join = |rib: &mut Rib, n: u8, remote_as: u32| {
-        let address = Ipv4Addr::new(192, 0, 2, n);
-        let settings = PeerSettings {
-            address: IpAddr::V4(address),
-            remote_as,
-            rr_client: false,
-            next_hop_self: false,
-            next_hop_keep: false,
-        };
-        let (peer, out) = rib.add_peer(settings);
-        let session = Session {
-            router_id: address,
-            local_address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100)),
-            families: vec![Afi::Ipv4Unicast],
-            epoch: 1,
-            graceful_restart: None,
-        };
-        rib.peer_up(peer, session);
-        (peer, out)
-    };
-    let sink = export.then(|| join(&mut rib, 200, 65200).1);
+    let sink = export.then(|| join(&mut rib, 200, 65200, &[Afi::Ipv4Unicast]).1);
     for (n, updates) in feeds.iter().enumerate() {
-        let (peer, _) = join(&mut rib, 1 + n as u8, LOCAL_AS);
+        let (peer, _) = join(&mut rib, 1 + n as u8, LOCAL_AS, &[Afi::Ipv4Unicast]);
         for update in updates {
             rib.update(peer, update);
             // What the speaker does after each batch; a subscriber would consume the events.
@@ -213,6 +318,30 @@ fn main() {
     let runs = if quick { 1 } else { RUNS };
     let one = vec![feed(65000, Ipv4Addr::new(192, 0, 2, 1))];
     let two = vec![one[0].clone(), feed(65001, Ipv4Addr::new(192, 0, 2, 2))];
+    let v6 = feed_v6(200_000);
+    let tables = [
+        ("1,000,000 IPv4 /24s", &one[0], withdrawals(&one[0])),
+        ("200,000 IPv6 /128s", &v6, withdrawals(&v6)),
+    ];
+    println!("resident memory (MiB) around one peer's table coming and going");
+    println!(
+        "{:<22} {:>8} {:>8} {:>10} {:>9}   after release / before",
+        "table", "before", "held", "withdrawn", "released"
+    );
+    for (name, updates, withdraw) in &tables {
+        let r = residency(updates, withdraw);
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        println!(
+            "{name:<22} {:>8.1} {:>8.1} {:>10.1} {:>9.1}   {:.2}x ({:+.1} MiB)",
+            mib(r.before),
+            mib(r.held),
+            mib(r.withdrawn),
+            mib(r.released),
+            r.released as f64 / r.before as f64,
+            mib(r.released) - mib(r.before),
+        );
+    }
+    drop(tables);
     println!("{PREFIXES} prefixes, {PREFIXES_PER_SET} per attribute set, best of {runs} runs");
     println!(
         "{:<40} {:>9} {:>11} {:>10}   wren / anchor",

@@ -26,6 +26,7 @@ fn candidate(attrs: &Attributes, peer: u8) -> Candidate<'_> {
         peer_router_id: Ipv4Addr::new(10, 0, 0, peer),
         peer_address: IpAddr::V4(Ipv4Addr::new(192, 168, 0, peer)),
         local_as: LOCAL_AS,
+        resolvable: true,
     }
 }
 

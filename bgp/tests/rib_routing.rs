@@ -545,3 +545,158 @@ fn rib_an_ebgp_peer_that_keeps_next_hops_gets_learned_routes_unchanged() {
         "next hop self toward an ordinary eBGP peer: {sent:?}"
     );
 }
+
+/// The Loc-RIB's next hop for `prefix`, if it has a best path.
+fn best_next_hop(rib: &Rib, prefix: &str) -> Option<IpAddr> {
+    rib.best(&net(prefix)).and_then(|b| b.attrs.next_hop_addr())
+}
+
+#[test]
+fn rib_a_path_whose_next_hop_is_not_connected_is_never_best() {
+    let mut rib = rib();
+    rib.set_connected(Some(vec![net("192.168.0.0/24")]));
+    let ebgp = add(&mut rib, 2, 65002, false);
+    let ibgp = add(&mut rib, 3, LOCAL_AS, false);
+    up(&mut rib, &ebgp, 2);
+    up(&mut rib, &ibgp, 3);
+    rib.take_events();
+
+    // Re-announced with an off-link next hop: the path is replaced, and nothing is left.
+    rib.update(
+        ebgp.id,
+        &announce(&["10.77.205.0/24"], &[65002], "192.168.0.2"),
+    );
+    assert_eq!(best_next_hop(&rib, "10.77.205.0/24"), Some(ebgp.address));
+    let (announced, _) = drain(&mut rib, &ibgp);
+    assert_eq!(announced.len(), 1);
+    rib.update(
+        ebgp.id,
+        &announce(&["10.77.205.0/24"], &[65002], "10.77.5.5"),
+    );
+    assert_eq!(best_next_hop(&rib, "10.77.205.0/24"), None);
+    let events = rib.take_events();
+    assert_eq!(
+        events.last(),
+        Some(&RouteEvent::Withdrawn {
+            prefix: net("10.77.205.0/24")
+        }),
+        "{events:?}"
+    );
+    // Nor is it passed on.
+    let (_, withdrawn) = drain(&mut rib, &ibgp);
+    assert_eq!(withdrawn, vec![net("10.77.205.0/24")]);
+
+    // A shorter eBGP path with an unusable next hop does not beat an iBGP one that works,
+    // and when the iBGP path goes, nothing is left.
+    rib.update(
+        ibgp.id,
+        &announce(&["10.77.206.0/24"], &[65100, 65101, 65102], "192.168.0.3"),
+    );
+    rib.update(
+        ebgp.id,
+        &announce(&["10.77.206.0/24"], &[65002], "10.77.5.5"),
+    );
+    assert_eq!(best_next_hop(&rib, "10.77.206.0/24"), Some(ibgp.address));
+    let mut withdraw = Update::default();
+    withdraw.withdrawn.push(net("10.77.206.0/24"));
+    rib.update(ibgp.id, &withdraw);
+    assert_eq!(best_next_hop(&rib, "10.77.206.0/24"), None);
+
+    // Loopback and link-local next hops are never on a connected network the host has.
+    rib.update(
+        ebgp.id,
+        &announce(&["10.77.207.0/24"], &[65002], "127.0.0.1"),
+    );
+    assert_eq!(best_next_hop(&rib, "10.77.207.0/24"), None);
+
+    // When the next hop's network becomes connected, the path is eligible again, and goes
+    // again when it is not.
+    rib.set_connected(Some(vec![net("192.168.0.0/24"), net("10.77.5.0/24")]));
+    assert_eq!(
+        best_next_hop(&rib, "10.77.205.0/24"),
+        Some("10.77.5.5".parse().unwrap())
+    );
+    rib.set_connected(Some(vec![net("192.168.0.0/24")]));
+    assert_eq!(best_next_hop(&rib, "10.77.205.0/24"), None);
+    // Without a connected set every next hop counts as resolvable.
+    rib.set_connected(None);
+    assert_eq!(
+        best_next_hop(&rib, "10.77.205.0/24"),
+        Some("10.77.5.5".parse().unwrap())
+    );
+}
+
+/// Filters everything inside 10.65.0.0/16, counting it.
+struct FilterPods;
+
+impl Policy for FilterPods {
+    fn import(&self, _peer: &PeerRef, prefix: IpNet, _attrs: &Attributes) -> Verdict {
+        if net("10.65.0.0/16").contains(&prefix) {
+            Verdict::Filter("pods")
+        } else {
+            Verdict::Accept
+        }
+    }
+}
+
+#[test]
+fn rib_filtered_prefixes_are_counted_while_announced() {
+    let mut rib = rib_with(Arc::new(FilterPods), false);
+    let a = add(&mut rib, 2, 65002, false);
+    up(&mut rib, &a, 2);
+    let update = announce(
+        &["10.65.1.0/26", "10.65.2.7/32", "192.0.2.0/24"],
+        &[65002],
+        "192.168.0.2",
+    );
+    rib.update(a.id, &update);
+    let counts = rib.counts(a.id);
+    assert_eq!(counts.received, 1);
+    assert_eq!(counts.filtered.get("pods"), Some(&2));
+    assert!(rib.best(&net("10.65.1.0/26")).is_none());
+    // Announced again: still counted once; withdrawn: no longer counted.
+    rib.update(a.id, &update);
+    assert_eq!(rib.counts(a.id).filtered.get("pods"), Some(&2));
+    let mut withdraw = Update::default();
+    withdraw.withdrawn.push(net("10.65.1.0/26"));
+    rib.update(a.id, &withdraw);
+    assert_eq!(rib.counts(a.id).filtered.get("pods"), Some(&1));
+    // The session ends: nothing is announced any more.
+    rib.peer_down(a.id, &[]);
+    assert!(rib.counts(a.id).filtered.is_empty());
+}
+
+#[test]
+fn rib_a_withdrawn_table_is_compacted_once() {
+    let (mut rib, a) = rib_with_one_peer();
+    let prefixes: Vec<String> = (0..20_000u32)
+        .map(|i| format!("{}/32", Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    for chunk in prefixes.chunks(500) {
+        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        rib.update(a.id, &announce(&chunk, &[LOCAL_AS + 1], "192.168.0.2"));
+    }
+    assert_eq!(rib.len(), 20_000);
+    assert!(
+        !rib.compact(),
+        "nothing to give back while the table is held"
+    );
+    let withdraw = Update {
+        withdrawn: prefixes.iter().map(|p| net(p)).collect(),
+        ..Update::default()
+    };
+    rib.update(a.id, &withdraw);
+    assert!(rib.is_empty());
+    // What the speaker does with a batch before it compacts.
+    rib.flush();
+    rib.take_events();
+    assert!(rib.compact());
+    assert_eq!(rib.attribute_sets(), 0, "unused attribute sets are dropped");
+    assert!(!rib.compact(), "compacted already");
+    // The compacted RIB works as before.
+    rib.update(
+        a.id,
+        &announce(&["10.77.1.0/24"], &[LOCAL_AS + 1], "192.168.0.2"),
+    );
+    assert!(rib.best(&net("10.77.1.0/24")).is_some());
+}

@@ -49,7 +49,8 @@ fn agreed_parameters() {
     assert_eq!(
         agreed.codec,
         Codec {
-            four_octet_as: true
+            four_octet_as: true,
+            external_peer: true,
         }
     );
     assert_eq!(agreed.families, vec![Afi::Ipv4Unicast]);
@@ -65,7 +66,8 @@ fn old_speaker_without_capabilities() {
     assert_eq!(
         agreed.codec,
         Codec {
-            four_octet_as: false
+            four_octet_as: false,
+            external_peer: true,
         }
     );
     // No multiprotocol capability: IPv4 unicast only (RFC 4760 §8).

@@ -407,6 +407,7 @@ fn strongest_action_wins_and_all_are_reported() {
 fn malformed_as4_attributes_are_discarded_on_two_octet_sessions() {
     let two = Codec {
         four_octet_as: false,
+        external_peer: false,
     };
     let as_path = [0x40, 2, 4, 2, 1, 0xfd, 0xe9];
     let bad_as4_path = [0xc0, 17, 5, 2, 1, 0, 1, 0x86];
@@ -432,6 +433,11 @@ fn malformed_as4_attributes_are_discarded_on_two_octet_sessions() {
     assert_eq!(path.segments, vec![AsSegment::Sequence(vec![65001])]);
 }
 
+const EXTERNAL: Codec = Codec {
+    four_octet_as: true,
+    external_peer: true,
+};
+
 #[test]
 fn external_peer_rules() {
     let with_ibgp_attrs = announcement(
@@ -442,7 +448,7 @@ fn external_peer_rules() {
         ]
         .concat(),
     );
-    let mut parsed = parse(&with_ibgp_attrs).unwrap();
+    let mut parsed = parse_with(&with_ibgp_attrs, &EXTERNAL).unwrap();
     parsed.apply_external_rules(65001, true);
     assert!(!parsed.treated_as_withdraw());
     assert_eq!(parsed.actions.len(), 3);
@@ -452,13 +458,103 @@ fn external_peer_rules() {
     assert_eq!(attrs.next_hop, Some(Ipv4Addr::new(192, 0, 2, 1)));
 
     // The AS_PATH must start with the peer's AS.
-    let mut parsed = parse(&announcement(&[])).unwrap();
+    let mut parsed = parse_with(&announcement(&[]), &EXTERNAL).unwrap();
     parsed.apply_external_rules(65002, true);
     assert_withdrawn(&parsed, 2, UpdateError::MalformedAsPath);
     // Unless the peer is a route server.
-    let mut parsed = parse(&announcement(&[])).unwrap();
+    let mut parsed = parse_with(&announcement(&[]), &EXTERNAL).unwrap();
     parsed.apply_external_rules(65002, false);
     assert_eq!(parsed.actions, vec![]);
+}
+
+#[test]
+fn malformed_local_pref_originator_and_cluster_list_from_an_external_peer_are_discarded() {
+    // RFC 7606 §7.5, §7.9, §7.10: the same bytes that withdraw the routes from an internal
+    // peer lose only the attribute from an external one, whatever is wrong with it.
+    let cases: [(&[u8], u8); 5] = [
+        (&[0x40, 5, 2, 0, 1], 5),
+        (&[0x80, 5, 4, 0, 0, 0, 1], 5),
+        (&[0x80, 9, 3, 1, 2, 3], 9),
+        (&[0x80, 10, 5, 1, 2, 3, 4, 5], 10),
+        (&[0x80, 10, 0], 10),
+    ];
+    for (attr, code) in cases {
+        let mut parsed = parse_with(&announcement(attr), &EXTERNAL).unwrap();
+        parsed.apply_external_rules(65001, true);
+        assert_discarded(&parsed, code);
+        let attrs = &parsed.update.attributes;
+        assert_eq!((attrs.local_pref, attrs.originator_id), (None, None));
+        assert!(attrs.cluster_list.is_empty());
+    }
+}
+
+/// MP_REACH_NLRI of `afi` (1 or 2) for `nlri` via the next hop octets `nh`.
+fn mp_reach(afi: u8, nh: &[u8], nlri: &[u8]) -> Vec<u8> {
+    let mut value = vec![0, afi, 1, nh.len() as u8];
+    value.extend_from_slice(nh);
+    value.push(0);
+    value.extend_from_slice(nlri);
+    let mut out = vec![0x80, 14, value.len() as u8];
+    out.extend_from_slice(&value);
+    out
+}
+
+#[test]
+fn next_hops_that_are_no_host_address_are_treat_as_withdraw_in_every_family() {
+    // Classic NEXT_HOP: "this network" too.
+    for addr in [[0, 1, 2, 3], [240, 0, 0, 1]] {
+        let nh = [0x40, 3, 4, addr[0], addr[1], addr[2], addr[3]];
+        let bytes = update(&[], &[&ORIGIN, &AS_PATH, &nh], &NLRI);
+        assert_withdrawn(
+            &parse(&bytes).unwrap(),
+            3,
+            UpdateError::InvalidNextHopAttribute,
+        );
+    }
+    let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec();
+    let ll = v6("fe80::1");
+    let cases: Vec<(u8, Vec<u8>)> = vec![
+        (1, vec![0, 0, 0, 0]),
+        (1, vec![224, 0, 0, 1]),
+        (2, v6("::")),
+        (2, v6("ff02::1")),
+        (2, v6("::ffff:192.0.2.1")),
+        (2, [v6("::"), ll.clone()].concat()),
+    ];
+    for (afi, nh) in cases {
+        let nlri: &[u8] = if afi == 1 {
+            &[24, 10, 77, 1]
+        } else {
+            &[32, 0x20, 0x01, 0x0d, 0xb8]
+        };
+        let bytes = update(&[], &[&ORIGIN, &AS_PATH, &mp_reach(afi, &nh, nlri)], &[]);
+        let parsed = parse(&bytes).expect("not a session reset");
+        let faults: Vec<_> = parsed
+            .actions
+            .iter()
+            .map(|a| match a {
+                UpdateAction::TreatAsWithdraw(f) => (true, f.attribute, f.subcode),
+                UpdateAction::AttributeDiscard(f) => (false, f.attribute, f.subcode),
+            })
+            .collect();
+        let expected = (true, Some(14), UpdateError::InvalidNextHopAttribute);
+        assert_eq!(faults, vec![expected], "{nh:?}");
+        assert_eq!(parsed.update.announced().count(), 0, "{nh:?}");
+        assert_eq!(parsed.update.withdrawals().count(), 1, "{nh:?}");
+    }
+    // A link-local next hop is well formed; whether it can be used is the RIB's question.
+    for nh in [ll.clone(), [v6("2001:db8::1"), ll].concat()] {
+        let bytes = update(
+            &[],
+            &[
+                &ORIGIN,
+                &AS_PATH,
+                &mp_reach(2, &nh, &[32, 0x20, 0x01, 0x0d, 0xb8]),
+            ],
+            &[],
+        );
+        assert_eq!(parse(&bytes).unwrap().actions, vec![]);
+    }
 }
 
 #[test]

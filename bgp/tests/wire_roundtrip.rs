@@ -255,12 +255,12 @@ proptest! {
 
     #[test]
     fn encode_then_parse_is_identity_on_four_octet_sessions(m in message()) {
-        round_trip(&m, &Codec { four_octet_as: true })?;
+        round_trip(&m, &Codec { four_octet_as: true, ..Codec::default() })?;
     }
 
     #[test]
     fn encode_then_parse_is_identity_on_two_octet_sessions(m in message()) {
-        round_trip(&m, &Codec { four_octet_as: false })?;
+        round_trip(&m, &Codec { four_octet_as: false, ..Codec::default() })?;
     }
 
     #[test]
@@ -270,7 +270,7 @@ proptest! {
         communities in prop::collection::vec(any::<u32>(), 0..200),
         four in any::<bool>(),
     ) {
-        let codec = Codec { four_octet_as: four };
+        let codec = Codec { four_octet_as: four, ..Codec::default() };
         let attributes = PathAttributes {
             origin: Some(Origin::Igp),
             as_path: Some(AsPath { segments: vec![AsSegment::Sequence(vec![65001, 4_200_000_000])] }),

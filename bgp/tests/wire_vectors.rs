@@ -306,6 +306,7 @@ fn net(s: &str) -> IpNet {
 
 const TWO_OCTET: Codec = Codec {
     four_octet_as: false,
+    external_peer: false,
 };
 
 fn parse_update_with(bytes: &[u8], codec: &Codec) -> wren_bgp::wire::ParsedUpdate {

@@ -241,6 +241,18 @@ pub struct Peer {
     /// Do not rewrite the next hop toward this peer.
     #[serde(default)]
     pub keep_original_next_hop: bool,
+    /// Accept routes from this peer inside the cluster's pools and for node addresses, which
+    /// otherwise only the nodes themselves speak for. Written only when set, so agents that
+    /// predate it still read the peers that do not use it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub accept_cluster_routes: bool,
+    /// Accept a default route from this peer (otherwise filtered).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub accept_default_route: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// A pod's endpoint on a node (`workloads/<node>/<containerID>/<ifname>`).

@@ -303,6 +303,13 @@ pub enum PeerCommand {
         /// this node's blocks with itself as next hop.
         #[arg(long)]
         keep_original_next_hop: bool,
+        /// Accept routes from the peer inside the cluster's pools and for node addresses
+        /// (by default only the nodes speak for those).
+        #[arg(long)]
+        accept_cluster_routes: bool,
+        /// Accept a default route from the peer (by default it is filtered).
+        #[arg(long)]
+        accept_default_route: bool,
     },
     /// List explicit peers.
     List,

@@ -42,6 +42,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             password,
             password_file,
             keep_original_next_hop,
+            accept_cluster_routes,
+            accept_default_route,
         } => {
             let password = match password_file {
                 Some(path) => Some(read_password(&path)?),
@@ -62,6 +64,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                 node,
                 password,
                 keep_original_next_hop,
+                accept_cluster_routes,
+                accept_default_route,
             };
             let key = keys::peer(&name);
             let existed = store.get(&key).await?.is_some();

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 
 use super::mesh::PeerSpec;
+use super::policy::ClusterSpace;
 
 /// One session as the speaker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub struct SessionInfo {
     pub in_state_for: Option<Duration>,
     /// Prefixes accepted from the peer.
     pub prefixes_received: u64,
+    /// Prefixes of the peer's that import policy holds back, by reason.
+    pub prefixes_filtered: BTreeMap<String, u64>,
     /// Prefixes announced to the peer.
     pub prefixes_sent: u64,
     /// The last error on the session.
@@ -42,6 +45,15 @@ pub trait BgpControl: Send + Sync {
     async fn set_peers(&self, peers: &BTreeMap<IpAddr, PeerSpec>);
     /// Makes the originated prefixes exactly `prefixes` (next hop self).
     async fn set_originated(&self, prefixes: &BTreeSet<IpNet>);
+    /// The address space explicit peers may not announce into (see [`ClusterSpace`]).
+    async fn set_cluster_space(&self, space: ClusterSpace) {
+        let _ = space;
+    }
+    /// The networks a learned route's next hop must lie in for the route to be used: the
+    /// node's connected networks and the other nodes' addresses.
+    async fn set_connected(&self, networks: Vec<IpNet>) {
+        let _ = networks;
+    }
     /// Best paths learned from peers: prefix → next hop.
     fn best_paths(&self) -> BTreeMap<IpNet, IpAddr>;
     /// Every session's state.

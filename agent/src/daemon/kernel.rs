@@ -123,6 +123,21 @@ impl RouteProgrammer for KernelRoutes {
             .await
             .map_err(|e| ProgramError(format!("route reconcile task failed: {e}")))?
     }
+
+    async fn connected_networks(&self) -> Result<Option<Vec<IpNet>>, ProgramError> {
+        let manager = self.manager.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut manager = manager
+                .lock()
+                .map_err(|_| ProgramError("route manager poisoned".into()))?;
+            manager
+                .connected_networks()
+                .map(Some)
+                .map_err(|e| ProgramError(e.to_string()))
+        })
+        .await
+        .map_err(|e| ProgramError(format!("connected routes task failed: {e}")))?
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::{Deserialize, Serialize};
 use wren_model::Node;
 
+use super::policy::ImportLimits;
 use super::view::ClusterView;
 
 /// Why a session exists; shown in `wren status` and as a metrics label.
@@ -65,6 +66,9 @@ pub struct PeerSpec {
     pub password: Option<String>,
     /// Keep the original next hop on routes sent to this peer.
     pub keep_original_next_hop: bool,
+    /// What the peer may announce: `None` for another node (the mesh's routes are the
+    /// truth), the explicit peer's limits otherwise.
+    pub import_limits: Option<ImportLimits>,
 }
 
 /// This node's identity as the mesh needs it.
@@ -104,6 +108,7 @@ fn node_session(
         rr_client,
         password: None,
         keep_original_next_hop: false,
+        import_limits: None,
     })
 }
 
@@ -153,6 +158,10 @@ pub fn desired_peers(me: &LocalNode, view: &ClusterView) -> BTreeMap<IpAddr, Pee
                 rr_client: false,
                 password: peer.password.clone(),
                 keep_original_next_hop: peer.keep_original_next_hop,
+                import_limits: Some(ImportLimits {
+                    cluster_routes: peer.accept_cluster_routes,
+                    default_route: peer.accept_default_route,
+                }),
             },
         );
     }
@@ -279,6 +288,8 @@ mod tests {
             node: node.map(str::to_owned),
             password: Some("s3cret".into()),
             keep_original_next_hop: false,
+            accept_cluster_routes: false,
+            accept_default_route: false,
         };
         v.peers
             .insert("tor".into(), peer("10.0.0.254", 65000, None));

@@ -30,10 +30,11 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use tokio::sync::{Notify, watch};
 use wren_model::keys;
 use wren_store::Store;
@@ -262,6 +263,8 @@ pub struct Controller {
     first_view: std::sync::OnceLock<Instant>,
     sync_timeout: Duration,
     changes: Arc<Notify>,
+    /// The most routes desired since freed memory was last given back to the system.
+    routes_peak: AtomicUsize,
 }
 
 /// The per-peer metric samples of a status table.
@@ -287,6 +290,7 @@ fn refresh_sessions(peers: &mut [PeerStatus], sessions: &[bgp::SessionInfo]) {
             peer.state = s.state.clone();
             peer.since_secs = s.in_state_for.map(|d| d.as_secs());
             peer.prefixes_received = s.prefixes_received;
+            peer.prefixes_filtered = s.prefixes_filtered.clone();
             peer.prefixes_sent = s.prefixes_sent;
             peer.last_error = s.last_error.clone();
         }
@@ -325,6 +329,7 @@ impl Controller {
             first_view: std::sync::OnceLock::new(),
             sync_timeout: config.bgp_sync_timeout,
             changes,
+            routes_peak: AtomicUsize::new(0),
         }
     }
 
@@ -379,6 +384,46 @@ impl Controller {
         synced
     }
 
+    /// Tells BGP where learned next hops may lie: the connected networks, and the other
+    /// nodes' addresses, which the mesh's routes lead to through a tunnel when a node is on
+    /// another subnet.
+    async fn update_connected(&self, view: &ClusterView) {
+        let connected = match self.routes.connected_networks().await {
+            Ok(Some(connected)) => connected,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the connected routes; next hops unchanged");
+                return;
+            }
+        };
+        let nodes = view
+            .nodes
+            .values()
+            .filter(|n| n.name != self.me.name)
+            .flat_map(|n| {
+                let v4 = n.ipv4.map(|a| IpNet::from(IpAddr::V4(a.addr())));
+                v4.into_iter()
+                    .chain(n.ipv6.map(|a| IpNet::from(IpAddr::V6(a.addr()))))
+            });
+        self.bgp
+            .set_connected(connected.into_iter().chain(nodes).collect())
+            .await;
+    }
+
+    /// Once the desired routes have fallen to a quarter of their peak (a peer's table went),
+    /// gives the memory the pass and BGP freed back to the system; the allocator keeps it
+    /// otherwise.
+    fn release_memory_after_a_drop(&self, desired: usize) {
+        let peak = self
+            .routes_peak
+            .fetch_max(desired, Ordering::Relaxed)
+            .max(desired);
+        if peak > 4096 && desired < peak / 4 {
+            wren_bgp::speaker::release_freed_memory();
+            self.routes_peak.store(desired, Ordering::Relaxed);
+        }
+    }
+
     /// One pass: view → sessions, exports, imports → kernel routes → status and metrics.
     pub async fn pass(&self) -> Pass {
         let Some(view) = self.reflectors.view(&self.me.name) else {
@@ -386,7 +431,11 @@ impl Controller {
         };
         let node = self.me.name.as_str();
         let peers = mesh::desired_peers(&self.me, &view);
+        self.bgp
+            .set_cluster_space(policy::ClusterSpace::of(&view))
+            .await;
         self.bgp.set_peers(&peers).await;
+        self.update_connected(&view).await;
         let exported = policy::export_set(node, &view);
         self.bgp.set_originated(&exported).await;
         let sessions = self.bgp.sessions();
@@ -419,6 +468,7 @@ impl Controller {
                 Some(e.to_string())
             }
         };
+        self.release_memory_after_a_drop(desired.len());
         let fast_path = match &self.fast_path {
             Some(control) => {
                 let status = control
@@ -448,6 +498,7 @@ impl Controller {
                     state: s.state.clone(),
                     since_secs: s.in_state_for.map(|d| d.as_secs()),
                     prefixes_received: s.prefixes_received,
+                    prefixes_filtered: s.prefixes_filtered.clone(),
                     prefixes_sent: s.prefixes_sent,
                     last_error: s.last_error.clone(),
                 })

@@ -8,6 +8,12 @@
 //! Import takes every best path except the ones that describe this node itself: its own
 //! blocks and addresses (a reflector or a misconfigured peer echoing them back must not pull
 //! local traffic off the node) and anything whose next hop is this node.
+//!
+//! An explicit peer (a ToR, a router: anything but another node) is held to more, inside the
+//! speaker, before its routes compete for best path ([`ClusterSpace::hold`]): by default it
+//! cannot announce routes inside the cluster's pools or for the nodes' addresses, where the
+//! mesh's own routes are the truth, nor a default route. Each can be opened per peer
+//! ([`ImportLimits`]); what is held back shows in `wren status` by reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -15,6 +21,81 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::view::ClusterView;
+
+/// What an explicit peer may announce beyond the default; both off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// Routes inside the pools and for node addresses (`acceptClusterRoutes`).
+    pub cluster_routes: bool,
+    /// A default route (`acceptDefaultRoute`).
+    pub default_route: bool,
+}
+
+/// Why an explicit peer's route is held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Inside one of the cluster's pools.
+    Pool,
+    /// For a node's address: a host route to it, or anything as specific as its subnet.
+    NodeAddress,
+    /// A default route (`0.0.0.0/0`, `::/0`).
+    DefaultRoute,
+}
+
+impl Held {
+    /// The reason as `wren status` counts it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Held::Pool => "pool",
+            Held::NodeAddress => "node address",
+            Held::DefaultRoute => "default route",
+        }
+    }
+}
+
+/// The address space the cluster itself speaks for: its pools and its nodes' addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterSpace {
+    pools: Vec<IpNet>,
+    /// Each node's address with the prefix length of its subnet.
+    nodes: Vec<IpNet>,
+}
+
+impl ClusterSpace {
+    /// The pools (disabled ones too: their addresses stay in use) and every node's
+    /// addresses.
+    pub fn of(view: &ClusterView) -> Self {
+        let pools = view.pools.values().map(|p| p.cidr).collect();
+        let nodes = view
+            .nodes
+            .values()
+            .flat_map(|n| {
+                let v4 = n.ipv4.map(IpNet::V4);
+                v4.into_iter().chain(n.ipv6.map(IpNet::V6))
+            })
+            .collect();
+        Self { pools, nodes }
+    }
+
+    /// Why an explicit peer with `limits` may not install `prefix`, if it may not.
+    pub fn hold(&self, prefix: &IpNet, limits: ImportLimits) -> Option<Held> {
+        if prefix.prefix_len() == 0 && !limits.default_route {
+            return Some(Held::DefaultRoute);
+        }
+        if limits.cluster_routes {
+            return None;
+        }
+        if self.pools.iter().any(|pool| pool.contains(prefix)) {
+            return Some(Held::Pool);
+        }
+        // A route as specific as a node's own subnet would take its traffic off the link:
+        // the /32 of another node's address is the case that ends the mesh session to it.
+        let steals = |node: &IpNet| {
+            prefix.contains(&node.addr()) && prefix.prefix_len() >= node.prefix_len()
+        };
+        self.nodes.iter().any(steals).then_some(Held::NodeAddress)
+    }
+}
 
 /// The prefixes this node originates.
 pub fn export_set(node: &str, view: &ClusterView) -> BTreeSet<IpNet> {
@@ -134,6 +215,45 @@ mod tests {
         assert_eq!(export_set("a", &v), expected);
         assert_eq!(v.addresses_in_use("a"), 2);
         assert!(v.local_blocks("a").contains(&mine.cidr()));
+    }
+
+    #[test]
+    fn explicit_peers_are_held_off_the_pools_node_addresses_and_the_default_route() {
+        let mut v = view();
+        v.pools.insert(
+            "default".into(),
+            serde_json::from_str(r#"{"cidr":"10.65.0.0/16","blockSize":26}"#).unwrap(),
+        );
+        v.nodes.insert(
+            "b".into(),
+            wren_model::Node::new("b", Some("10.77.0.2/24".parse().unwrap())),
+        );
+        let space = ClusterSpace::of(&v);
+        let strict = ImportLimits::default();
+        let hold = |prefix: &str, limits| space.hold(&net(prefix), limits);
+        assert_eq!(hold("10.65.0.64/26", strict), Some(Held::Pool));
+        assert_eq!(hold("10.65.0.70/32", strict), Some(Held::Pool));
+        assert_eq!(hold("10.77.0.2/32", strict), Some(Held::NodeAddress));
+        assert_eq!(hold("10.77.0.0/24", strict), Some(Held::NodeAddress));
+        assert_eq!(hold("0.0.0.0/0", strict), Some(Held::DefaultRoute));
+        assert_eq!(hold("::/0", strict), Some(Held::DefaultRoute));
+        // Wider routes that only cover the cluster lose to its own by longest match.
+        assert_eq!(hold("10.0.0.0/8", strict), None);
+        assert_eq!(hold("10.77.0.0/16", strict), None);
+        assert_eq!(hold("192.0.2.0/24", strict), None);
+        let open = ImportLimits {
+            cluster_routes: true,
+            default_route: false,
+        };
+        assert_eq!(hold("10.65.0.70/32", open), None);
+        assert_eq!(hold("10.77.0.2/32", open), None);
+        assert_eq!(hold("0.0.0.0/0", open), Some(Held::DefaultRoute));
+        let default = ImportLimits {
+            cluster_routes: false,
+            default_route: true,
+        };
+        assert_eq!(hold("0.0.0.0/0", default), None);
+        assert_eq!(hold("10.65.0.70/32", default), Some(Held::Pool));
     }
 
     #[test]

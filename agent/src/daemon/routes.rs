@@ -105,6 +105,13 @@ pub trait RouteProgrammer: Send + Sync {
         desired: &DesiredRoutes,
         keep_learned: bool,
     ) -> Result<ReconcileReport, ProgramError>;
+
+    /// The networks the node reaches directly (its connected routes), where the next hop of
+    /// a learned route must lie; `None` when the programmer cannot tell, which leaves every
+    /// next hop usable.
+    async fn connected_networks(&self) -> Result<Option<Vec<IpNet>>, ProgramError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -21,9 +21,11 @@ use wren_bgp::speaker::{
     GracefulRestartConfig, PeerConfig, PeerStatus, Speaker, SpeakerConfig, SpeakerError,
     SpeakerHandle,
 };
+use wren_bgp::wire::Afi;
 
 use super::bgp::{BgpControl, SessionInfo};
 use super::mesh::{PeerKind, PeerSpec};
+use super::policy::{ClusterSpace, ImportLimits};
 use crate::config::AgentConfig;
 
 /// How often session states are read from the speaker.
@@ -31,12 +33,35 @@ const SESSION_POLL: Duration = Duration::from_secs(1);
 /// Connect retry toward other nodes: they are one hop away and restart quickly.
 const NODE_CONNECT_RETRY: Duration = Duration::from_secs(5);
 
-/// wren's export rule, inside the speaker.
-struct ExportPolicy {
-    reflector: bool,
+/// What explicit peers may announce: the cluster's space and each peer's limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ImportRules {
+    space: ClusterSpace,
+    limits: BTreeMap<IpAddr, ImportLimits>,
 }
 
-impl Policy for ExportPolicy {
+/// wren's export rule and its import limits for explicit peers, inside the speaker.
+struct NodePolicy {
+    reflector: bool,
+    import: RwLock<ImportRules>,
+}
+
+impl Policy for NodePolicy {
+    fn import(&self, peer: &PeerRef, prefix: IpNet, _attrs: &Attributes) -> Verdict {
+        let rules = match self.import.read() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Another node (no limits): the mesh's routes are the truth.
+        let Some(limits) = rules.limits.get(&peer.address) else {
+            return Verdict::Accept;
+        };
+        match rules.space.hold(&prefix, *limits) {
+            Some(held) => Verdict::Filter(held.as_str()),
+            None => Verdict::Accept,
+        }
+    }
+
     fn export(
         &self,
         peer: &PeerRef,
@@ -90,10 +115,16 @@ pub fn speaker_config(config: &AgentConfig, restart: Restart) -> SpeakerConfig {
         selection_deferral: config.bgp_sync_timeout,
         ..GracefulRestartConfig::default()
     });
-    speaker.policy = Arc::new(ExportPolicy {
-        reflector: config.route_reflector_cluster_id.is_some(),
-    });
     speaker
+}
+
+/// The policy for a node's speaker, with no import rules yet (every route is accepted until
+/// the first pass sets them, which happens before any session is configured).
+fn node_policy(config: &AgentConfig) -> Arc<NodePolicy> {
+    Arc::new(NodePolicy {
+        reflector: config.route_reflector_cluster_id.is_some(),
+        import: RwLock::default(),
+    })
 }
 
 /// The speaker's settings for one desired session.
@@ -127,6 +158,11 @@ fn session_info(p: &PeerStatus) -> SessionInfo {
         state: p.state.name().to_owned(),
         in_state_for: Some(p.for_duration()),
         prefixes_received: p.prefixes_received as u64,
+        prefixes_filtered: p
+            .prefixes_filtered
+            .iter()
+            .map(|(reason, n)| ((*reason).to_owned(), *n as u64))
+            .collect(),
         prefixes_sent: p.prefixes_sent as u64,
         last_error: p.last_error.clone(),
         end_of_rib,
@@ -138,11 +174,13 @@ fn session_info(p: &PeerStatus) -> SessionInfo {
 struct Applied {
     peers: BTreeMap<IpAddr, PeerConfig>,
     originated: BTreeSet<IpNet>,
+    connected: Option<Vec<IpNet>>,
 }
 
 /// The embedded speaker behind [`BgpControl`].
 pub struct SpeakerBgp {
     handle: SpeakerHandle,
+    policy: Arc<NodePolicy>,
     config: AgentConfig,
     applied: tokio::sync::Mutex<Applied>,
     best: Arc<RwLock<BTreeMap<IpNet, IpAddr>>>,
@@ -158,10 +196,14 @@ impl SpeakerBgp {
     /// Starts the speaker (binding the BGP port) and the tasks that follow its best paths
     /// and sessions.
     pub async fn start(config: &AgentConfig, restart: Restart) -> Result<Arc<Self>, SpeakerError> {
-        let (handle, _task) = Speaker::start(speaker_config(config, restart)).await?;
+        let policy = node_policy(config);
+        let mut speaker = speaker_config(config, restart);
+        speaker.policy = policy.clone();
+        let (handle, _task) = Speaker::start(speaker).await?;
         let mut subscription = handle.subscribe().await?;
         let this = Arc::new(Self {
             handle: handle.clone(),
+            policy,
             config: config.clone(),
             applied: tokio::sync::Mutex::default(),
             best: Arc::default(),
@@ -234,6 +276,40 @@ impl SpeakerBgp {
         Ok(this)
     }
 
+    /// Changes the import rules; when that changes what a peer may announce, asks the
+    /// peers with limits to send their routes again, so routes accepted under the old rules
+    /// are judged by the new ones (peers without route refresh are judged from their next
+    /// UPDATE on).
+    async fn change_import_rules(&self, change: impl FnOnce(&mut ImportRules)) {
+        let refresh: Vec<IpAddr> = {
+            let mut rules = match self.policy.import.write() {
+                Ok(r) => r,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let before = rules.clone();
+            change(&mut rules);
+            if *rules == before {
+                return;
+            }
+            let space_changed = rules.space != before.space;
+            rules
+                .limits
+                .iter()
+                .filter(|(address, limits)| {
+                    space_changed || before.limits.get(*address) != Some(*limits)
+                })
+                .map(|(address, _)| *address)
+                .collect()
+        };
+        for address in refresh {
+            for afi in [Afi::Ipv4Unicast, Afi::Ipv6Unicast] {
+                if let Err(e) = self.handle.request_refresh(address, afi).await {
+                    tracing::debug!(peer = %address, error = %e, "no route refresh");
+                }
+            }
+        }
+    }
+
     /// Stops every session (Cease) and the speaker.
     pub async fn shutdown(&self) {
         if let Err(e) = self.handle.shutdown().await {
@@ -245,6 +321,12 @@ impl SpeakerBgp {
 #[async_trait]
 impl BgpControl for SpeakerBgp {
     async fn set_peers(&self, peers: &BTreeMap<IpAddr, PeerSpec>) {
+        let limits = peers
+            .iter()
+            .filter_map(|(address, spec)| Some((*address, spec.import_limits?)))
+            .collect();
+        self.change_import_rules(|rules| rules.limits = limits)
+            .await;
         let mut applied = self.applied.lock().await;
         let stale: Vec<IpAddr> = applied
             .peers
@@ -305,6 +387,22 @@ impl BgpControl for SpeakerBgp {
         }
     }
 
+    async fn set_cluster_space(&self, space: ClusterSpace) {
+        self.change_import_rules(|rules| rules.space = space).await;
+    }
+
+    async fn set_connected(&self, networks: Vec<IpNet>) {
+        let mut applied = self.applied.lock().await;
+        let networks = Some(networks);
+        if applied.connected == networks {
+            return;
+        }
+        match self.handle.set_connected(networks.clone()).await {
+            Ok(()) => applied.connected = networks,
+            Err(e) => tracing::warn!(error = %e, "cannot hand the connected networks to BGP"),
+        }
+    }
+
     fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
         match self.best.read() {
             Ok(b) => b.clone(),
@@ -328,8 +426,6 @@ impl BgpControl for SpeakerBgp {
 mod tests {
     use std::net::Ipv4Addr;
 
-    use wren_bgp::wire::Afi;
-
     use super::*;
 
     fn peer(address: [u8; 4], ibgp: bool, next_hop_keep: bool) -> PeerRef {
@@ -343,7 +439,7 @@ mod tests {
         }
     }
 
-    fn verdict(policy: &ExportPolicy, to: &PeerRef, source: &Source) -> bool {
+    fn verdict(policy: &NodePolicy, to: &PeerRef, source: &Source) -> bool {
         let prefix: IpNet = "10.65.1.0/26".parse().unwrap();
         let attrs = Attributes::local(None, Afi::Ipv4Unicast);
         matches!(policy.export(to, prefix, &attrs, source), Verdict::Accept)
@@ -353,8 +449,11 @@ mod tests {
     fn learned_routes_go_only_to_reflected_or_next_hop_keeping_peers() {
         let node = Source::Peer(peer([10, 0, 0, 2], true, false));
         let outside = Source::Peer(peer([10, 0, 0, 254], false, false));
-        let plain = ExportPolicy { reflector: false };
-        let reflector = ExportPolicy { reflector: true };
+        let policy = |reflector| NodePolicy {
+            reflector,
+            import: RwLock::default(),
+        };
+        let (plain, reflector) = (policy(false), policy(true));
         let tor = peer([10, 0, 0, 254], false, false);
         let keeping_tor = peer([10, 0, 0, 253], false, true);
         let other_node = peer([10, 0, 0, 3], true, false);

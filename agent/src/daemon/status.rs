@@ -1,6 +1,7 @@
 //! The agent's status document (`GET /v1/status` on the local socket) and its table form
 //! (`wren status`), in the manner of `calicoctl node status`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -71,6 +72,10 @@ pub struct PeerStatus {
     pub since_secs: Option<u64>,
     /// Prefixes accepted from the peer.
     pub prefixes_received: u64,
+    /// Prefixes of the peer's held back by import limits, by reason (`pool`, `node
+    /// address`, `default route`).
+    #[serde(default)]
+    pub prefixes_filtered: BTreeMap<String, u64>,
     /// Prefixes announced to the peer.
     pub prefixes_sent: u64,
     /// The last error (NOTIFICATION sent or received, connection failure).
@@ -151,6 +156,16 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `0`, or the total with its reasons: `3 (pool 2, default route 1)`.
+fn filtered_cell(filtered: &BTreeMap<String, u64>) -> String {
+    let total: u64 = filtered.values().sum();
+    if total == 0 {
+        return "0".into();
+    }
+    let reasons: Vec<String> = filtered.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    format!("{total} ({})", reasons.join(", "))
+}
+
 impl AgentStatus {
     /// The human-readable form printed by `wren status`.
     pub fn render(&self) -> String {
@@ -223,6 +238,7 @@ impl AgentStatus {
                     p.state.clone(),
                     p.since_secs.map(format_age).unwrap_or_else(|| "-".into()),
                     p.prefixes_received.to_string(),
+                    filtered_cell(&p.prefixes_filtered),
                     p.prefixes_sent.to_string(),
                     p.last_error.clone().unwrap_or_default(),
                 ]
@@ -236,6 +252,7 @@ impl AgentStatus {
                 "STATE",
                 "SINCE",
                 "IN",
+                "FILTERED",
                 "OUT",
                 "LAST ERROR",
             ],
@@ -277,6 +294,7 @@ mod tests {
                     state: "Established".into(),
                     since_secs: Some(125),
                     prefixes_received: 1,
+                    prefixes_filtered: BTreeMap::new(),
                     prefixes_sent: 1,
                     last_error: None,
                 },
@@ -288,6 +306,8 @@ mod tests {
                     state: "Active".into(),
                     since_secs: None,
                     prefixes_received: 0,
+                    prefixes_filtered: [("default route".to_owned(), 1), ("pool".to_owned(), 2)]
+                        .into(),
                     prefixes_sent: 0,
                     last_error: Some("connection refused".into()),
                 },
@@ -308,11 +328,12 @@ mod tests {
             .unwrap();
         assert!(
             lines[header + 1]
-                .starts_with("10.0.0.2      node-mesh  64512  Established  2m5s   1   1"),
+                .starts_with("10.0.0.2      node-mesh  64512  Established  2m5s   1   0  "),
             "{text}"
         );
         assert!(
             lines[header + 2].contains("Active")
+                && lines[header + 2].contains("  3 (default route 1, pool 2)  0  ")
                 && lines[header + 2].ends_with("connection refused"),
             "{text}"
         );

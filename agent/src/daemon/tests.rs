@@ -93,6 +93,7 @@ fn synced_session(address: &str) -> SessionInfo {
         state: "Established".into(),
         in_state_for: Some(Duration::from_secs(1)),
         prefixes_received: 0,
+        prefixes_filtered: Default::default(),
         prefixes_sent: 1,
         last_error: None,
         end_of_rib: true,

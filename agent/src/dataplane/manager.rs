@@ -211,6 +211,33 @@ impl RouteManager {
         Ok(kernel.iter().filter_map(|k| route_of(k, &names)).collect())
     }
 
+    /// The networks the node reaches directly: the destinations of the main table's device
+    /// routes that the kernel made for the addresses of interfaces that are up (`proto
+    /// kernel`), without IPv6 link-local ones, which need an interface to mean anything.
+    pub fn connected_networks(&mut self) -> Result<Vec<IpNet>, RouteError> {
+        let mut kernel = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let filter = RouteFilter {
+                family,
+                table: MAIN_TABLE,
+                protocol: Some(Protocol::KERNEL),
+                oif: None,
+            };
+            dump_routes(&mut self.netlink, &filter, &mut kernel)?;
+        }
+        let link_local = |net: &IpNet| match net {
+            IpNet::V6(v6) => v6.addr().is_unicast_link_local() || v6.addr().is_multicast(),
+            IpNet::V4(_) => false,
+        };
+        Ok(kernel
+            .into_iter()
+            .filter(|k| {
+                matches!(k.shape, super::route::Shape::Device { .. }) && !link_local(&k.dst)
+            })
+            .map(|k| k.dst)
+            .collect())
+    }
+
     /// Makes the kernel's routes of wren's protocols in the managed tables exactly `desired`:
     /// adds what is missing, replaces what differs, deletes routes of ours that are not
     /// desired. Routes of other protocols are never touched. Running it again with the same
@@ -250,7 +277,7 @@ impl RouteManager {
         report.unchanged = plan.unchanged;
         let requests = plan.steps.iter().map(|step| match step {
             Step::Delete(k) => Request::new(RouteNetlinkMessage::DelRoute(k.removal()), 0),
-            Step::Replace(i) => {
+            Step::Replace(i, _) => {
                 let w = &wanted[*i];
                 Request::new(
                     new_route(w.route.to_message(w.oif)),
@@ -267,17 +294,22 @@ impl RouteManager {
         });
         let failed = self.netlink.batch(requests)?;
         let mut failed = failed.into_iter().peekable();
+        // Routes of ours the kernel would not replace: what they lead to is not wanted.
+        let mut refused = Vec::new();
         for (index, step) in plan.steps.iter().enumerate() {
             let action = match step {
                 Step::Delete(_) => RouteAction::Remove,
-                Step::Replace(_) => RouteAction::Replace,
+                Step::Replace(..) => RouteAction::Replace,
                 Step::Add(_) => RouteAction::Add,
             };
             match failed.next_if(|(i, _)| *i == index) {
                 Some((_, error)) => {
+                    if let Step::Replace(_, old) = step {
+                        refused.push(old);
+                    }
                     let route = match step {
                         Step::Delete(k) => describe_kernel(k),
-                        Step::Replace(i) | Step::Add(i) => wanted[*i].route.to_string(),
+                        Step::Replace(i, _) | Step::Add(i) => wanted[*i].route.to_string(),
                     };
                     let reason = match step {
                         Step::Add(_) if error.errno() == Some(libc::EEXIST) => {
@@ -294,8 +326,43 @@ impl RouteManager {
                 None => count(&mut report, action),
             }
         }
+        self.remove_refused(refused.into_iter().map(KernelRoute::removal), &mut report)?;
         self.tally(&report);
         Ok(report)
+    }
+
+    /// Deletes the routes whose replacement the kernel refused (the refusal itself is in
+    /// the report already): a route the kernel cannot take must not leave the one it was to
+    /// replace forwarding where nothing leads any more.
+    fn remove_refused(
+        &mut self,
+        removals: impl ExactSizeIterator<Item = RouteMessage>,
+        report: &mut RouteReport,
+    ) -> Result<(), RouteError> {
+        if removals.len() == 0 {
+            return Ok(());
+        }
+        let removals: Vec<RouteMessage> = removals.collect();
+        let requests = removals
+            .iter()
+            .map(|m| Request::new(RouteNetlinkMessage::DelRoute(m.clone()), 0));
+        let failed = self.netlink.batch(requests)?;
+        let mut failed = failed.into_iter().peekable();
+        for (index, removal) in removals.iter().enumerate() {
+            match failed.next_if(|(i, _)| *i == index) {
+                // Already gone: nothing stale is left either.
+                Some((_, error)) if matches!(error.errno(), Some(libc::ESRCH | libc::ENOENT)) => {}
+                Some((_, error)) => report.failures.push(RouteFailure {
+                    action: RouteAction::Remove,
+                    route: KernelRoute::from_message(removal)
+                        .map(|k| describe_kernel(&k))
+                        .unwrap_or_default(),
+                    reason: error.into(),
+                }),
+                None => report.removed += 1,
+            }
+        }
+        Ok(())
     }
 
     /// Applies incremental changes without reading the kernel's tables first: the fast path
@@ -355,15 +422,22 @@ impl RouteManager {
         });
         let failed = self.netlink.batch(requests)?;
         let mut failed = failed.into_iter().peekable();
+        let mut refused = Vec::new();
         for (sent, (i, change, _)) in sendable.iter().enumerate() {
             match failed.next_if(|(index, _)| *index == sent) {
                 Some((_, error)) if is_already_gone(change, &error) => {}
-                Some((_, error)) => failures.push((*i, failure(change, error.into()))),
+                Some((_, error)) => {
+                    if let RouteChange::Replace(route) = change {
+                        refused.push(route.removal());
+                    }
+                    failures.push((*i, failure(change, error.into())));
+                }
                 None => count(&mut report, change.action()),
             }
         }
         failures.sort_by_key(|(i, _)| *i);
         report.failures = failures.into_iter().map(|(_, f)| f).collect();
+        self.remove_refused(refused.into_iter(), &mut report)?;
         self.tally(&report);
         Ok(report)
     }

@@ -25,8 +25,9 @@ pub(crate) struct Wanted<'a> {
 pub(crate) enum Step {
     /// Delete this kernel route.
     Delete(KernelRoute),
-    /// Replace the route of ours in the wanted route's slot (index into the wanted list).
-    Replace(usize),
+    /// Replace this route of ours with the wanted route in its slot (index into the wanted
+    /// list). Should the kernel refuse, the old route is deleted: it is not wanted either.
+    Replace(usize, KernelRoute),
     /// Add the wanted route where nothing of ours is (index into the wanted list).
     Add(usize),
 }
@@ -61,8 +62,7 @@ pub(crate) fn plan(wanted: &[Wanted<'_>], kernel: Vec<KernelRoute>) -> Plan {
             entries.swap_remove(pos);
             unchanged += 1;
         } else if let Some(pos) = entries.iter().position(KernelRoute::occupies_default_slot) {
-            entries.swap_remove(pos);
-            writes.push(Step::Replace(index));
+            writes.push(Step::Replace(index, entries.swap_remove(pos)));
         } else {
             writes.push(Step::Add(index));
         }
@@ -75,7 +75,7 @@ pub(crate) fn plan(wanted: &[Wanted<'_>], kernel: Vec<KernelRoute>) -> Plan {
     deletes.extend(writes);
     let key = |step: &Step| match step {
         Step::Delete(k) => (Phase::Remove, scatter(k.table, &k.dst)),
-        Step::Replace(i) | Step::Add(i) => {
+        Step::Replace(i, _) | Step::Add(i) => {
             let route = wanted[*i].route;
             (phase_of(route), scatter(route.table, &route.dst))
         }
@@ -195,15 +195,16 @@ mod tests {
         assert_eq!(p.unchanged, 1);
         assert_eq!(p.steps[0], Step::Delete(kernel(&stale, None)));
         assert_eq!(p.steps.len(), 3);
-        assert!(p.steps.contains(&Step::Replace(1)) && p.steps.contains(&Step::Add(2)));
+        let replaced = Step::Replace(1, kernel(&old_moved, None));
+        assert!(p.steps.contains(&replaced) && p.steps.contains(&Step::Add(2)));
     }
 
     #[test]
     fn an_owner_change_is_a_replace() {
         let want = Route::blackhole(net("10.0.0.0/26"));
         let k = kernel(&want.clone().with_protocol(Protocol::BGP), None);
-        let p = plan(&wanted(std::slice::from_ref(&want)), vec![k]);
-        assert_eq!(p.steps, vec![Step::Replace(0)]);
+        let p = plan(&wanted(std::slice::from_ref(&want)), vec![k.clone()]);
+        assert_eq!(p.steps, vec![Step::Replace(0, k)]);
     }
 
     #[test]
@@ -270,7 +271,7 @@ mod tests {
             .iter()
             .map(|s| match s {
                 Step::Delete(_) => Phase::Remove,
-                Step::Add(i) | Step::Replace(i) => phase_of(&routes[*i]),
+                Step::Add(i) | Step::Replace(i, _) => phase_of(&routes[*i]),
             })
             .collect();
         assert!(phases.is_sorted(), "phases out of order");

@@ -25,6 +25,8 @@ impl Protocol {
     pub const BGP: Protocol = Protocol(186);
     /// Routes wren makes itself: block blackholes, pod routes, tunnel routes (`proto 201`).
     pub const WREN: Protocol = Protocol(201);
+    /// Routes the kernel makes itself, as for an interface's subnet (`proto kernel`).
+    pub const KERNEL: Protocol = Protocol(2);
     /// Every protocol a reconcile treats as wren's own.
     pub const OWNED: [Protocol; 2] = [Protocol::BGP, Protocol::WREN];
 }

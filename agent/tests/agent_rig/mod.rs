@@ -207,6 +207,14 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `wren peer add <name> --peer-ip <ip> --as <asn> <extra…>`; returns its output.
+    pub fn add_peer(&self, name: &str, ip: &str, asn: u32, extra: &[&str]) -> String {
+        let asn = asn.to_string();
+        let mut args = vec!["peer", "add", name, "--peer-ip", ip, "--as", &asn];
+        args.extend_from_slice(extra);
+        self.cli_ok(&args)
+    }
+
     pub fn node(&self, i: usize) -> &Node {
         &self.nodes[i]
     }

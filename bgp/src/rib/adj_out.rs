@@ -53,6 +53,16 @@ impl AdjRibOut {
         self.sent.get(prefix)
     }
 
+    /// Shrinks the maps that hold less than a quarter of what they have room for.
+    pub(crate) fn shrink_if_sparse(&mut self) {
+        if super::is_sparse(self.sent.len(), self.sent.capacity()) {
+            self.sent.shrink_to_fit();
+        }
+        if super::is_sparse(self.pending.len(), self.pending.capacity()) {
+            self.pending.shrink_to_fit();
+        }
+    }
+
     /// Whether [`AdjRibOut::take_batch`] has something to return.
     pub fn has_work(&self) -> bool {
         self.active && (!self.pending.is_empty() || !self.end_of_rib.is_empty())
@@ -145,6 +155,8 @@ impl AdjRibOut {
         if self.pending.is_empty() {
             batch.end_of_rib = std::mem::take(&mut self.end_of_rib);
         }
+        // A withdrawn table leaves both maps mostly empty as it drains.
+        self.shrink_if_sparse();
         batch
     }
 }

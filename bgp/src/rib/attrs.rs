@@ -188,6 +188,15 @@ impl Interner {
         self.swept_at = self.table.len();
     }
 
+    /// Drops the sets no path uses and shrinks the table when it is mostly empty.
+    pub fn compact(&mut self) {
+        self.sweep();
+        if super::is_sparse(self.table.len(), self.table.capacity()) {
+            let hasher = &self.hasher;
+            self.table.shrink_to_fit(|a| hasher.hash_one(&**a));
+        }
+    }
+
     /// Number of distinct sets held.
     pub fn len(&self) -> usize {
         self.table.len()

@@ -1,5 +1,6 @@
 //! The decision process: which of the paths to a prefix is best (RFC 4271 §9.1.2.2, with the
-//! route-reflection tie-breakers of RFC 4456 §9).
+//! route-reflection tie-breakers of RFC 4456 §9). Paths whose next hop does not resolve are
+//! not candidates at all (§9.1.2.1).
 //!
 //! It runs as the RFC writes it, eliminating candidates step by step, rather than as a pairwise
 //! comparison: MED is only compared between paths from the same neighbouring AS, which is not a
@@ -29,6 +30,9 @@ pub struct Candidate<'a> {
     pub peer_address: IpAddr,
     /// AS of this speaker, the neighbouring AS of paths with an empty AS_PATH.
     pub local_as: u32,
+    /// The next hop can be reached (RFC 4271 §9.1.2.1); a path whose next hop cannot is
+    /// never chosen, however good it is otherwise.
+    pub resolvable: bool,
 }
 
 impl Candidate<'_> {
@@ -51,9 +55,11 @@ impl Candidate<'_> {
     }
 }
 
-/// Index of the best candidate, or `None` when there is none.
+/// Index of the best candidate, or `None` when none is resolvable.
 pub fn select(candidates: &[Candidate<'_>]) -> Option<usize> {
-    let mut alive: SmallVec<[usize; 8]> = (0..candidates.len()).collect();
+    let mut alive: SmallVec<[usize; 8]> = (0..candidates.len())
+        .filter(|&i| candidates[i].resolvable)
+        .collect();
     // Locally originated routes win, as a router's own routes beat BGP-learned ones.
     keep_min(&mut alive, |i| u8::from(!candidates[i].local));
     keep_min(&mut alive, |i| u32::MAX - candidates[i].local_pref());

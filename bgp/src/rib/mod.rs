@@ -23,6 +23,7 @@ mod export;
 mod policy;
 mod table;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -180,6 +181,8 @@ pub(crate) struct PeerSlot {
     router_id: Ipv4Addr,
     adj_out: Arc<Mutex<AdjRibOut>>,
     received: usize,
+    /// Prefixes the peer announces that import policy filtered, with the policy's reason.
+    filtered: HashMap<IpNet, &'static str>,
     stale: Vec<Afi>,
     end_of_rib: Vec<Afi>,
 }
@@ -198,10 +201,13 @@ impl PeerSlot {
 }
 
 /// Counters of one peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerCounts {
     /// Prefixes accepted from the peer (stale ones included).
     pub received: usize,
+    /// Prefixes the peer announces that import policy holds back ([`Verdict::Filter`]), by
+    /// the policy's reason.
+    pub filtered: BTreeMap<&'static str, usize>,
     /// Prefixes the peer has from us.
     pub sent: usize,
     /// Prefixes kept stale across the peer's restart.
@@ -231,6 +237,8 @@ struct Ctx {
     waiting: HashSet<PeerId>,
     /// Peers with an established session, the ones exports go to.
     up: Vec<PeerId>,
+    /// The networks next hops must lie in (see [`Rib::set_connected`]); `None`: any.
+    connected: Option<Vec<IpNet>>,
 }
 
 /// The RIB of one speaker.
@@ -266,6 +274,7 @@ impl Rib {
             deferring,
             waiting: HashSet::new(),
             up: Vec::new(),
+            connected: None,
         };
         if !deferring {
             ctx.events.push(RouteEvent::Synced);
@@ -290,6 +299,7 @@ impl Rib {
             router_id: Ipv4Addr::UNSPECIFIED,
             adj_out: adj_out.clone(),
             received: 0,
+            filtered: HashMap::new(),
             stale: Vec::new(),
             end_of_rib: Vec::new(),
         };
@@ -365,6 +375,7 @@ impl Rib {
             return;
         };
         slot.session = None;
+        slot.filtered = HashMap::new();
         lock(&slot.adj_out).deactivate();
         slot.stale = retain.to_vec();
         slot.end_of_rib.clear();
@@ -423,6 +434,7 @@ impl Rib {
         let unreach = attrs.mp_unreach.iter().flat_map(|mp| mp.withdrawn.iter());
         for prefix in update.withdrawn.iter().chain(unreach) {
             self.set_path(*prefix, id, None);
+            self.unfilter(id, prefix);
         }
         if classic {
             self.announce(id, Afi::Ipv4Unicast, attrs, &update.nlri);
@@ -441,6 +453,33 @@ impl Rib {
     /// Withdraws a prefix this speaker originated.
     pub fn withdraw(&mut self, prefix: IpNet) {
         self.set_path(prefix.trunc(), LOCAL, None);
+    }
+
+    /// Sets the networks this speaker reaches directly (the host's connected routes, and
+    /// whatever else the embedding program can forward to without a route of BGP's own). A
+    /// learned path whose next hop lies in none of them is not eligible (RFC 4271 §9.1.2.1):
+    /// it stays in the Adj-RIB-In, but is never best, so it is neither installed nor passed
+    /// on, and a prefix whose paths are all like that is withdrawn. `None`, the default,
+    /// takes every next hop as resolvable. Every prefix is selected again when the set
+    /// changes.
+    pub fn set_connected(&mut self, networks: Option<Vec<IpNet>>) {
+        let networks = networks.map(|mut n| {
+            n.sort();
+            n.dedup();
+            n
+        });
+        if networks == self.ctx.connected {
+            return;
+        }
+        self.ctx.connected = networks;
+        let prefixes: Vec<IpNet> = self.table.iter().map(|(prefix, _)| prefix).collect();
+        let ctx = &mut self.ctx;
+        for prefix in prefixes {
+            self.table.modify(prefix, false, |paths| {
+                let old_best = ctx.best_key(paths);
+                ctx.settle(prefix, paths, old_best);
+            });
+        }
     }
 
     /// Queues every route of a family to a peer again (it sent a ROUTE-REFRESH).
@@ -464,8 +503,8 @@ impl Rib {
         self.ctx.deferring = false;
         self.ctx.waiting.clear();
         for (prefix, paths) in self.table.iter() {
-            self.ctx
-                .best_changed(prefix, paths.first(), Previous::Unknown);
+            let best = self.ctx.best_of(paths);
+            self.ctx.best_changed(prefix, best, Previous::Unknown);
         }
         for id in self.ctx.up.clone() {
             self.ctx.end_of_rib_after_flush.insert(id);
@@ -514,7 +553,7 @@ impl Rib {
 
     /// The best path to a prefix.
     pub fn best(&self, prefix: &IpNet) -> Option<BestPath> {
-        let path = self.table.get(prefix)?.first()?;
+        let path = self.ctx.best_of(self.table.get(prefix)?)?;
         Some(self.ctx.best_path(path))
     }
 
@@ -523,7 +562,7 @@ impl Rib {
         let best = self
             .table
             .iter()
-            .filter_map(|(prefix, paths)| Some((prefix, paths.first()?)));
+            .filter_map(|(prefix, paths)| Some((prefix, self.ctx.best_of(paths)?)));
         best.map(|(prefix, path)| (prefix, self.ctx.best_path(path)))
             .collect()
     }
@@ -562,8 +601,13 @@ impl Rib {
         } else {
             self.table.prefixes_of(id, |_, p| p.stale).len()
         };
+        let mut filtered = BTreeMap::new();
+        for reason in slot.filtered.values() {
+            *filtered.entry(*reason).or_default() += 1;
+        }
         PeerCounts {
             received: slot.received,
+            filtered,
             sent: lock(&slot.adj_out).sent_count(),
             stale,
         }
@@ -582,6 +626,28 @@ impl Rib {
         self.ctx.interner.sweep();
     }
 
+    /// Gives back the space of routes that went: once the prefix table holds less than a
+    /// quarter of what it has room for (a peer withdrew most of a table, or went away), the
+    /// unused attribute sets are dropped and every map of the RIB that is as sparse is
+    /// shrunk. Cheap while nothing shrank; returns whether anything did, after which the
+    /// embedding program may ask the allocator to return the freed pages to the system.
+    pub fn compact(&mut self) -> bool {
+        if !self.table.shrink_if_sparse() {
+            return false;
+        }
+        // The batch's export cache holds attribute sets too; it is only a cache.
+        self.ctx.memo = HashMap::new();
+        self.ctx.interner.compact();
+        for slot in self.ctx.peers.iter_mut().flatten() {
+            lock(&slot.adj_out).shrink_if_sparse();
+            if is_sparse(slot.filtered.len(), slot.filtered.capacity()) {
+                slot.filtered.shrink_to_fit();
+            }
+        }
+        self.ctx.outbox.shrink_to_fit();
+        true
+    }
+
     fn announce(&mut self, id: PeerId, afi: Afi, attrs: &PathAttributes, prefixes: &[IpNet]) {
         let imported = attrs
             .for_family(afi)
@@ -590,6 +656,7 @@ impl Rib {
             // RFC 7606 treat-as-withdraw, and loop detection: the routes go away.
             for prefix in prefixes {
                 self.set_path(*prefix, id, None);
+                self.unfilter(id, prefix);
             }
             return;
         };
@@ -607,8 +674,25 @@ impl Rib {
                 Verdict::Accept => Some(shared.clone()),
                 Verdict::Reject => None,
                 Verdict::Modify(changed) => Some(self.ctx.interner.intern(changed)),
+                Verdict::Filter(reason) => {
+                    if let Some(slot) = self.ctx.slot_mut(id) {
+                        slot.filtered.insert(*prefix, reason);
+                    }
+                    self.set_path(*prefix, id, None);
+                    continue;
+                }
             };
             self.set_path(*prefix, id, attrs);
+            self.unfilter(id, prefix);
+        }
+    }
+
+    /// Forgets that import policy filtered a prefix of a peer: it was withdrawn or let in.
+    fn unfilter(&mut self, id: PeerId, prefix: &IpNet) {
+        if let Some(slot) = self.ctx.slot_mut(id)
+            && !slot.filtered.is_empty()
+        {
+            slot.filtered.remove(prefix);
         }
     }
 
@@ -639,7 +723,7 @@ impl Rib {
 
     fn export_table_to(&mut self, id: PeerId) {
         for (prefix, paths) in self.table.iter() {
-            if let Some(best) = paths.first() {
+            if let Some(best) = self.ctx.best_of(paths) {
                 let exported = self.ctx.export(prefix, best, id);
                 if let Some(attrs) = exported {
                     self.ctx
@@ -659,7 +743,7 @@ impl Rib {
     fn set_path(&mut self, prefix: IpNet, id: PeerId, attrs: Option<Arc<Attributes>>) {
         let ctx = &mut self.ctx;
         let delta = self.table.modify(prefix, attrs.is_some(), |paths| {
-            let old_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
+            let old_best = ctx.best_key(paths);
             let position = paths.iter().position(|p| p.peer == id);
             let delta: isize = match (position, attrs) {
                 (Some(i), Some(attrs)) => {
@@ -681,19 +765,7 @@ impl Rib {
                 }
                 (None, None) => 0,
             };
-            if paths.len() > 1
-                && let Some(best) = ctx.select(paths)
-            {
-                paths.swap(0, best);
-            }
-            let new_best = paths.first().map(|p| (p.peer, Arc::as_ptr(&p.attrs)));
-            if new_best != old_best && !ctx.deferring {
-                let previous = match old_best {
-                    Some((peer, _)) => Previous::From(peer),
-                    None => Previous::Nothing,
-                };
-                ctx.best_changed(prefix, paths.first(), previous);
-            }
+            ctx.settle(prefix, paths, old_best);
             delta
         });
         if let Some(delta) = delta
@@ -703,6 +775,9 @@ impl Rib {
         }
     }
 }
+
+/// What identifies a best path: its peer and its attribute set.
+type BestKey = (PeerId, *const Attributes);
 
 /// Where a prefix's best path came from before it changed.
 #[derive(Clone, Copy, Debug)]
@@ -759,6 +834,54 @@ impl Ctx {
         Some(attrs)
     }
 
+    /// Whether a path may be chosen: this speaker's own always; a learned one when its next
+    /// hop lies in a connected network, or always while those are not known.
+    fn resolvable(&self, path: &Path) -> bool {
+        let Some(networks) = &self.connected else {
+            return true;
+        };
+        path.peer == LOCAL
+            || path
+                .attrs
+                .next_hop_addr()
+                .is_some_and(|nh| networks.iter().any(|n| n.contains(&nh)))
+    }
+
+    /// The best path of a prefix: the first, when it is eligible ([`Ctx::reselect`] puts the
+    /// best eligible path first, so a first path that is not eligible means none is).
+    fn best_of<'p>(&self, paths: &'p [Path]) -> Option<&'p Path> {
+        paths.first().filter(|p| self.resolvable(p))
+    }
+
+    /// What identifies the best path, to tell whether it changed.
+    fn best_key(&self, paths: &[Path]) -> Option<BestKey> {
+        self.best_of(paths).map(|p| (p.peer, Arc::as_ptr(&p.attrs)))
+    }
+
+    /// After a prefix's paths changed: selects again and, when the best path is another
+    /// than `old_best` (and selection is not deferred), propagates the change.
+    fn settle(&mut self, prefix: IpNet, paths: &mut [Path], old_best: Option<BestKey>) {
+        self.reselect(paths);
+        let new_best = self.best_key(paths);
+        if new_best != old_best && !self.deferring {
+            let previous = match old_best {
+                Some((peer, _)) => Previous::From(peer),
+                None => Previous::Nothing,
+            };
+            let best = self.best_of(paths);
+            self.best_changed(prefix, best, previous);
+        }
+    }
+
+    /// Runs the decision process and moves the best eligible path to the front.
+    fn reselect(&self, paths: &mut [Path]) {
+        if paths.len() > 1
+            && let Some(best) = self.select(paths)
+        {
+            paths.swap(0, best);
+        }
+    }
+
     fn select(&self, paths: &[Path]) -> Option<usize> {
         let candidates: SmallVec<[decision::Candidate<'_>; 4]> = paths
             .iter()
@@ -772,6 +895,7 @@ impl Ctx {
                     peer_address: slot
                         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |s| s.settings.address),
                     local_as: self.config.local_as,
+                    resolvable: self.resolvable(p),
                 }
             })
             .collect();
@@ -831,7 +955,7 @@ impl Ctx {
         let source = self.source(best.peer);
         match self.policy.export(&peer, prefix, &standard, &source) {
             Verdict::Accept => Some(standard),
-            Verdict::Reject => None,
+            Verdict::Reject | Verdict::Filter(_) => None,
             Verdict::Modify(changed) => Some(self.interner.intern(changed)),
         }
     }
@@ -845,6 +969,12 @@ impl Ctx {
         };
         export::standard(&self.config, from, to_slot, session, afi, &best.attrs)
     }
+}
+
+/// Whether a map holding `len` entries with room for `capacity` is worth shrinking: it is
+/// larger than a page or two and less than a quarter full.
+pub(crate) fn is_sparse(len: usize, capacity: usize) -> bool {
+    capacity > 1024 && len < capacity / 4
 }
 
 fn lock(adj_out: &Mutex<AdjRibOut>) -> MutexGuard<'_, AdjRibOut> {

@@ -18,6 +18,11 @@ pub enum Verdict {
     Reject,
     /// Take the route with these attributes instead.
     Modify(Attributes),
+    /// On import: drop the route as [`Verdict::Reject`] does, and count it in the peer's
+    /// [`PeerCounts::filtered`](super::PeerCounts::filtered) under this reason for as long as
+    /// the peer announces it, so an operator sees what a policy holds back. On export: a
+    /// plain reject.
+    Filter(&'static str),
 }
 
 /// A peer as a policy sees it.

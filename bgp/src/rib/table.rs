@@ -151,6 +151,25 @@ impl Table {
         v4.chain(v6)
     }
 
+    /// Shrinks the hash tables holding less than a quarter of what they have room for, so
+    /// a table that was withdrawn gives its arrays back; returns whether any shrank.
+    pub fn shrink_if_sparse(&mut self) -> bool {
+        let mut shrank = false;
+        let seed = self.v4_seed;
+        for shard in self.v4.iter_mut() {
+            if super::is_sparse(shard.len(), shard.capacity()) {
+                shard.shrink_to_fit(|(k, _)| hash_v4(seed, k));
+                shrank = true;
+            }
+        }
+        if super::is_sparse(self.v6.len(), self.v6.capacity()) {
+            let hasher = &self.v6_hasher;
+            self.v6.shrink_to_fit(|(k, _)| hasher.hash_one(k));
+            shrank = true;
+        }
+        shrank
+    }
+
     /// Prefixes for which `peer` has a path matching `filter`.
     pub fn prefixes_of(&self, peer: PeerId, filter: impl Fn(IpNet, &Path) -> bool) -> Vec<IpNet> {
         self.iter()

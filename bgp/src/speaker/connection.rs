@@ -62,7 +62,24 @@ pub(super) struct Connection {
     writer: mpsc::UnboundedSender<WriterCmd>,
     writer_task: Option<JoinHandle<()>>,
     reader: Option<AbortHandle>,
-    four_octet_as: Arc<AtomicBool>,
+    codec: Arc<SharedCodec>,
+}
+
+/// The session's [`Codec`], set by the session task once the OPENs are in and read by the
+/// reader for every message.
+#[derive(Debug)]
+struct SharedCodec {
+    four_octet_as: AtomicBool,
+    external_peer: AtomicBool,
+}
+
+impl SharedCodec {
+    fn load(&self) -> Codec {
+        Codec {
+            four_octet_as: self.four_octet_as.load(Ordering::Acquire),
+            external_peer: self.external_peer.load(Ordering::Acquire),
+        }
+    }
 }
 
 impl Drop for Connection {
@@ -86,8 +103,12 @@ impl Connection {
     ) -> std::io::Result<Self> {
         let local = stream.local_addr()?;
         let (read, write) = stream.into_split();
-        let four_octet_as = Arc::new(AtomicBool::new(Codec::default().four_octet_as));
-        let reader = tokio::spawn(read_loop(id, read, events, four_octet_as.clone()));
+        let initial = Codec::default();
+        let codec = Arc::new(SharedCodec {
+            four_octet_as: AtomicBool::new(initial.four_octet_as),
+            external_peer: AtomicBool::new(initial.external_peer),
+        });
+        let reader = tokio::spawn(read_loop(id, read, events, codec.clone()));
         let (writer, commands) = mpsc::unbounded_channel();
         let writer_task = tokio::spawn(write_loop(write, commands, adj_out, notify));
         Ok(Self {
@@ -95,7 +116,7 @@ impl Connection {
             writer,
             writer_task: Some(writer_task),
             reader: Some(reader.abort_handle()),
-            four_octet_as,
+            codec,
         })
     }
 
@@ -107,8 +128,12 @@ impl Connection {
 
     /// Sets how UPDATEs are parsed from now on (known once the OPENs are exchanged).
     pub fn set_codec(&self, codec: Codec) {
-        self.four_octet_as
+        self.codec
+            .four_octet_as
             .store(codec.four_octet_as, Ordering::Release);
+        self.codec
+            .external_peer
+            .store(codec.external_peer, Ordering::Release);
     }
 
     /// Starts draining the Adj-RIB-Out.
@@ -138,7 +163,7 @@ async fn read_loop(
     id: ConnId,
     mut read: OwnedReadHalf,
     events: mpsc::Sender<ConnEvent>,
-    four_octet_as: Arc<AtomicBool>,
+    codec: Arc<SharedCodec>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -150,10 +175,7 @@ async fn read_loop(
         while !fatal && batch.len() < MAX_BATCH {
             let parsed = match frame(&buf) {
                 Ok(Some(len)) => {
-                    let codec = Codec {
-                        four_octet_as: four_octet_as.load(Ordering::Acquire),
-                    };
-                    let parsed = parse_message(&buf[..len], &codec);
+                    let parsed = parse_message(&buf[..len], &codec.load());
                     buf.advance(len);
                     parsed
                 }

@@ -46,6 +46,7 @@ pub(super) enum Command {
     Peers(Reply<Vec<PeerStatus>>),
     LocRib(Reply<Vec<(IpNet, BestPath)>>),
     RequestRefresh(IpAddr, Afi, Reply<Result<(), SpeakerError>>),
+    SetConnected(Option<Vec<IpNet>>, Reply<()>),
     Shutdown(Reply<()>),
 }
 
@@ -250,6 +251,10 @@ impl Core {
                 };
                 let _ = reply.send(result);
             }
+            Command::SetConnected(networks, reply) => {
+                self.rib.set_connected(networks);
+                let _ = reply.send(());
+            }
             Command::Shutdown(_) => {}
         }
     }
@@ -367,6 +372,7 @@ impl Core {
                     last_error: live.last_error,
                     negotiated: live.negotiated,
                     prefixes_received: counts.received,
+                    prefixes_filtered: counts.filtered,
                     prefixes_sent: counts.sent,
                     prefixes_stale: counts.stale,
                     end_of_rib_received: self.rib.end_of_rib_received(entry.id),
@@ -377,8 +383,17 @@ impl Core {
         statuses
     }
 
-    /// Hands this batch's results to the writers and the subscribers.
+    /// Hands this batch's results to the writers and the subscribers, then gives back the
+    /// memory of routes that went, if a table has mostly gone.
     async fn publish(&mut self) {
+        self.hand_out().await;
+        if self.rib.compact() {
+            super::release_freed_memory();
+        }
+    }
+
+    /// Hands this batch's results to the writers and the subscribers.
+    async fn hand_out(&mut self) {
         if !self.rib.is_deferring()
             && self.restarting.swap(false, Ordering::AcqRel)
             && let Some(timer) = self.deferral_timer.take()

@@ -68,6 +68,18 @@ pub enum SpeakerError {
     Stopped,
 }
 
+/// Asks the C allocator to hand the pages of freed memory back to the system. glibc keeps
+/// what a program frees for reuse, in each thread's arena and above the top of the heap, so
+/// the memory of a table that came and went would otherwise stay resident; allocators that
+/// return memory on their own need nothing, and this does nothing for them.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it works on the allocator's own state.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A peer's state, for `wren status` and metrics.
 #[derive(Debug, Clone)]
 pub struct PeerStatus {
@@ -85,6 +97,8 @@ pub struct PeerStatus {
     pub negotiated: Option<Negotiated>,
     /// Prefixes accepted from the peer.
     pub prefixes_received: usize,
+    /// Prefixes of the peer's that import policy holds back, by the policy's reason.
+    pub prefixes_filtered: std::collections::BTreeMap<&'static str, usize>,
     /// Prefixes the peer has from us.
     pub prefixes_sent: usize,
     /// Prefixes kept stale while the peer restarts.
@@ -240,6 +254,12 @@ impl SpeakerHandle {
     pub async fn request_refresh(&self, address: IpAddr, afi: Afi) -> Result<(), SpeakerError> {
         self.ask(|r| Command::RequestRefresh(address, afi, r))
             .await?
+    }
+
+    /// Sets the networks next hops must lie in for a learned path to be eligible; `None`
+    /// takes every next hop as resolvable (see [`Rib::set_connected`](crate::rib::Rib::set_connected)).
+    pub async fn set_connected(&self, networks: Option<Vec<IpNet>>) -> Result<(), SpeakerError> {
+        self.ask(|r| Command::SetConnected(networks, r)).await
     }
 
     /// Stops every session with Cease / Administrative Shutdown and ends the speaker.

@@ -385,6 +385,7 @@ impl Runner {
             ParsedMessage::Open(open) => {
                 conn.set_codec(crate::wire::Codec {
                     four_octet_as: open.four_octet_as().is_some(),
+                    external_peer: self.task.config.remote_as != self.task.speaker.local_as,
                 });
                 Some(Message::Open(open))
             }

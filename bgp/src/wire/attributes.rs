@@ -93,6 +93,32 @@ fn known(type_code: u8) -> Option<(u8, Approach)> {
     })
 }
 
+/// LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST: attributes that never cross an AS border.
+fn is_internal_only(type_code: u8) -> bool {
+    matches!(
+        type_code,
+        tc::LOCAL_PREF | tc::ORIGINATOR_ID | tc::CLUSTER_LIST
+    )
+}
+
+/// Whether an address can be a next hop at all: a unicast address of a host, not "this
+/// network" (0/8, `::`), multicast, the reserved 240/4 with the broadcast address, or an
+/// IPv4-mapped IPv6 address (RFC 4291 §2.5.5.2), which no IPv6 route can have as gateway.
+/// Loopback addresses pass (two speakers on one host use them); whether a next hop is
+/// reachable from here, which a loopback one never is from another host, is the decision
+/// process's question (see [`Rib::set_connected`](crate::rib::Rib::set_connected)).
+pub fn is_usable_next_hop(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => {
+            let first = v4.octets()[0];
+            first != 0 && !v4.is_multicast() && first < 240
+        }
+        IpAddr::V6(v6) => {
+            !v6.is_unspecified() && !v6.is_multicast() && v6.to_ipv4_mapped().is_none()
+        }
+    }
+}
+
 /// Whether a type code is one the decoder interprets (and the encoder writes from fields).
 pub(crate) fn is_known(type_code: u8) -> bool {
     known(type_code).is_some()
@@ -210,6 +236,19 @@ pub(crate) fn decode(mut input: &[u8], codec: &Codec) -> Result<DecodedAttribute
         }
         out.mark_seen(code);
 
+        if codec.external_peer && is_internal_only(code) {
+            // RFC 7606 §7.5, §7.9, §7.10: from an external peer these are discarded, well
+            // formed or not; only an internal peer's malformed one withdraws the routes.
+            out.act(
+                Approach::AttributeDiscard,
+                fault(
+                    Some(code),
+                    UpdateError::OptionalAttributeError,
+                    "LOCAL_PREF, ORIGINATOR_ID or CLUSTER_LIST from an external peer",
+                ),
+            );
+            continue;
+        }
         let Some((expected_flags, approach)) = known(code) else {
             unknown(flags, code, value, raw, &mut out)?;
             continue;
@@ -320,10 +359,10 @@ fn decode_known(
         }
         tc::NEXT_HOP => {
             let addr = Ipv4Addr::from(u32_value(value)?);
-            if addr.is_unspecified() || addr.is_multicast() || addr.octets()[0] >= 240 {
+            if !is_usable_next_hop(IpAddr::V4(addr)) {
                 return Err(Malformed(
                     UpdateError::InvalidNextHopAttribute,
-                    "NEXT_HOP is not a unicast address",
+                    "NEXT_HOP is not a unicast address of a host",
                 ));
             }
             attrs.next_hop = Some(addr);
@@ -349,7 +388,19 @@ fn decode_known(
         tc::ORIGINATOR_ID => attrs.originator_id = Some(Ipv4Addr::from(u32_value(value)?)),
         tc::CLUSTER_LIST => attrs.cluster_list = ipv4_list(value)?.map(Ipv4Addr::from).collect(),
         tc::MP_REACH_NLRI => match decode_mp_reach(value)? {
-            Some(reach) => attrs.mp_reach = Some(reach),
+            Some(reach) => {
+                if !is_usable_next_hop(reach.next_hop) {
+                    // The attribute is well formed, so its routes can all be located: they
+                    // are withdrawn (RFC 7606 §7.11 leaves the next hop's meaning to RFC
+                    // 4271 §6.3, treat-as-withdraw) rather than the session reset.
+                    out.actions.push(UpdateAction::TreatAsWithdraw(fault(
+                        Some(code),
+                        UpdateError::InvalidNextHopAttribute,
+                        "MP_REACH_NLRI next hop is not a unicast address of a host",
+                    )));
+                }
+                attrs.mp_reach = Some(reach);
+            }
             None => out.actions.push(unsupported_family(code)),
         },
         tc::MP_UNREACH_NLRI => match decode_mp_unreach(value)? {

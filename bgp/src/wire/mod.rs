@@ -31,7 +31,8 @@ mod pack;
 mod update;
 
 pub use attributes::{
-    FLAG_EXTENDED_LENGTH, FLAG_OPTIONAL, FLAG_PARTIAL, FLAG_TRANSITIVE, type_code,
+    FLAG_EXTENDED_LENGTH, FLAG_OPTIONAL, FLAG_PARTIAL, FLAG_TRANSITIVE, is_usable_next_hop,
+    type_code,
 };
 pub use error::{
     CeaseError, EncodeError, ErrorCode, FsmError, HeaderError, OpenError, UpdateError, WireError,
@@ -249,14 +250,19 @@ pub struct Notification {
 pub struct Codec {
     /// Both sides advertised the 4-octet AS capability.
     pub four_octet_as: bool,
+    /// The peer is in another AS. LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST from it are
+    /// discarded whatever their form, where a malformed one from an internal peer withdraws
+    /// the routes (RFC 7606 §7.5, §7.9, §7.10).
+    pub external_peer: bool,
 }
 
 impl Default for Codec {
     /// Before OPENs are exchanged (and for the OPEN itself): 4-octet AS assumed, which
-    /// only matters for UPDATEs.
+    /// only matters for UPDATEs; an internal peer.
     fn default() -> Self {
         Self {
             four_octet_as: true,
+            external_peer: false,
         }
     }
 }

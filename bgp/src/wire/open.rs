@@ -436,6 +436,7 @@ pub fn negotiate(
         keepalive_time: hold_time / 3,
         codec: Codec {
             four_octet_as: local.four_octet_as().is_some() && remote.four_octet_as().is_some(),
+            external_peer: local.asn != remote.asn,
         },
         families: local
             .families()

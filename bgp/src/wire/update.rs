@@ -66,36 +66,13 @@ impl ParsedUpdate {
         self.update.end_of_rib()
     }
 
-    /// Applies the checks that need to know the UPDATE came from an external peer in AS
+    /// Applies the check that needs to know the UPDATE came from an external peer in AS
     /// `peer_as`: an AS_PATH whose first AS is not the peer's is treated as withdraw
-    /// (RFC 4271 §6.3, RFC 7606 §7.2); LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST are
-    /// discarded (RFC 7606 §7.5, §7.9, §7.10). Skip the first check for route servers, which
-    /// do not prepend their AS.
+    /// (RFC 4271 §6.3, RFC 7606 §7.2). Skip it for route servers, which do not prepend their
+    /// AS. (What must not cross an AS border, LOCAL_PREF, ORIGINATOR_ID and CLUSTER_LIST, the
+    /// parser already discarded: see [`Codec::external_peer`](super::Codec::external_peer).)
     pub fn apply_external_rules(&mut self, peer_as: u32, check_first_as: bool) {
-        let attrs = &mut self.update.attributes;
-        let mut actions = Vec::new();
-        let discard = |code, detail| {
-            UpdateAction::AttributeDiscard(UpdateFault {
-                attribute: Some(code),
-                subcode: UpdateError::OptionalAttributeError,
-                detail,
-            })
-        };
-        if attrs.local_pref.take().is_some() {
-            actions.push(discard(tc::LOCAL_PREF, "LOCAL_PREF from an external peer"));
-        }
-        if attrs.originator_id.take().is_some() {
-            actions.push(discard(
-                tc::ORIGINATOR_ID,
-                "ORIGINATOR_ID from an external peer",
-            ));
-        }
-        if !std::mem::take(&mut attrs.cluster_list).is_empty() {
-            actions.push(discard(
-                tc::CLUSTER_LIST,
-                "CLUSTER_LIST from an external peer",
-            ));
-        }
+        let attrs = &self.update.attributes;
         let first_as = attrs
             .as_path
             .as_ref()
@@ -105,14 +82,14 @@ impl ParsedUpdate {
             });
         let announces = !self.update.nlri.is_empty() || attrs.mp_reach.is_some();
         if check_first_as && announces && first_as != Some(peer_as) {
-            actions.push(UpdateAction::TreatAsWithdraw(UpdateFault {
-                attribute: Some(tc::AS_PATH),
-                subcode: UpdateError::MalformedAsPath,
-                detail: "AS_PATH does not start with the external peer's AS",
-            }));
+            self.actions
+                .push(UpdateAction::TreatAsWithdraw(UpdateFault {
+                    attribute: Some(tc::AS_PATH),
+                    subcode: UpdateError::MalformedAsPath,
+                    detail: "AS_PATH does not start with the external peer's AS",
+                }));
             withdraw_all(&mut self.update);
         }
-        self.actions.extend(actions);
     }
 }
 

@@ -94,6 +94,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         messages[4]
             .encode(&Codec {
                 four_octet_as: false,
+                external_peer: false,
             })
             .unwrap(),
     );
@@ -108,9 +109,11 @@ pub fn check(bytes: &[u8]) {
     for codec in [
         Codec {
             four_octet_as: true,
+            external_peer: false,
         },
         Codec {
             four_octet_as: false,
+            external_peer: false,
         },
     ] {
         let Ok(parsed) = parse_message(bytes, &codec) else {

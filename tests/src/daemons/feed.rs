@@ -225,9 +225,31 @@ fn encode_update(
     message(out, UPDATE, &body);
 }
 
+/// One whole UPDATE from its three fields, already encoded: for tests that send exactly the
+/// bytes a misbehaving peer would.
+pub fn update_message(withdrawn: &[u8], attributes: &[u8], nlri: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(4 + withdrawn.len() + attributes.len() + nlri.len());
+    body.extend_from_slice(&(withdrawn.len() as u16).to_be_bytes());
+    body.extend_from_slice(withdrawn);
+    body.extend_from_slice(&(attributes.len() as u16).to_be_bytes());
+    body.extend_from_slice(attributes);
+    body.extend_from_slice(nlri);
+    let mut out = Vec::new();
+    message(&mut out, UPDATE, &body);
+    out
+}
+
+/// One encoded path attribute (flags, type code, value), for [`update_message`].
+pub fn path_attribute(flags: u8, code: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    attribute(&mut out, flags, code, value);
+    out
+}
+
 fn open_message(asn: u32, hold_time: u16, router_id: Ipv4Addr) -> Vec<u8> {
     let two_octet = u16::try_from(asn).unwrap_or(23_456);
-    let mut caps = vec![1, 4, 0, 1, 0, 1, 2, 0, 65, 4];
+    // IPv4 and IPv6 unicast, route refresh, 4-octet AS.
+    let mut caps = vec![1, 4, 0, 1, 0, 1, 1, 4, 0, 2, 0, 1, 2, 0, 65, 4];
     caps.extend_from_slice(&asn.to_be_bytes());
     let mut body = vec![4];
     body.extend_from_slice(&two_octet.to_be_bytes());
@@ -499,10 +521,12 @@ mod tests {
         let open = open_message(65000, 180, Ipv4Addr::new(10, 90, 0, 1));
         assert_eq!(open[18], OPEN);
         let body = &open[19..];
-        assert_eq!(&body[..10], &[4, 0xfd, 0xe8, 0, 180, 10, 90, 0, 1, 16]);
+        assert_eq!(&body[..10], &[4, 0xfd, 0xe8, 0, 180, 10, 90, 0, 1, 22]);
         assert_eq!(
             &body[10..],
-            &[2, 14, 1, 4, 0, 1, 0, 1, 2, 0, 65, 4, 0, 0, 0xfd, 0xe8]
+            &[
+                2, 20, 1, 4, 0, 1, 0, 1, 1, 4, 0, 2, 0, 1, 2, 0, 65, 4, 0, 0, 0xfd, 0xe8
+            ]
         );
     }
 }
