@@ -138,6 +138,10 @@ pub fn desired_peers(me: &LocalNode, view: &ClusterView) -> BTreeMap<IpAddr, Pee
             out.insert(spec.address, spec);
         }
     }
+    // Without node sessions (mesh off, no wren route reflector) the other nodes' blocks and
+    // borrowed addresses reach this node only through its explicit peers (a ToR or route
+    // reflector that carries them): those peers are then trusted with the pools.
+    let cluster_from_peers = out.is_empty();
     for (name, peer) in &view.peers {
         let kind = match peer.node.as_deref() {
             None => PeerKind::Global,
@@ -159,7 +163,7 @@ pub fn desired_peers(me: &LocalNode, view: &ClusterView) -> BTreeMap<IpAddr, Pee
                 password: peer.password.clone(),
                 keep_original_next_hop: peer.keep_original_next_hop,
                 import_limits: Some(ImportLimits {
-                    cluster_routes: peer.accept_cluster_routes,
+                    cluster_routes: peer.accept_cluster_routes || cluster_from_peers,
                     default_route: peer.accept_default_route,
                 }),
             },
@@ -309,6 +313,34 @@ mod tests {
         let from_b = desired_peers(&me("b", "10.0.0.2"), &v);
         assert_eq!(from_b[&ip("10.0.0.253")].kind, PeerKind::NodeSpecific);
         assert_eq!(from_b[&ip("10.0.0.253")].asn, 65001);
+    }
+
+    #[test]
+    fn explicit_peers_carry_the_cluster_only_where_no_node_session_does() {
+        let mut v = view(vec![node("a", "10.0.0.1/24"), node("b", "10.0.0.2/24")]);
+        v.peers.insert(
+            "tor".into(),
+            Peer {
+                peer_ip: "10.0.0.254".parse().unwrap(),
+                as_number: 64512,
+                node: None,
+                password: None,
+                keep_original_next_hop: false,
+                accept_cluster_routes: false,
+                accept_default_route: false,
+            },
+        );
+        let limits = |v: &ClusterView| {
+            desired_peers(&me("a", "10.0.0.1"), v)[&ip("10.0.0.254")]
+                .import_limits
+                .expect("an explicit peer is limited")
+        };
+        // With the mesh, b's blocks come over the mesh: the ToR may not announce into pools.
+        assert!(!limits(&v).cluster_routes);
+        // Without it, and with no wren route reflector, the ToR is where they come from.
+        v.cluster.node_to_node_mesh = false;
+        let off = limits(&v);
+        assert!(off.cluster_routes && !off.default_route);
     }
 
     #[test]

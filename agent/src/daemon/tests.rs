@@ -75,6 +75,9 @@ fn config(name: &str, node_ip: &str, sync_timeout: &str) -> AgentConfig {
         node_ip,
         "--bgp-sync-timeout",
         sync_timeout,
+        // A unit test runs on whatever host: the address need not be local.
+        "--node-ip-not-local",
+        "true",
     ];
     let Command::Agent(args) = <Cli as clap::Parser>::try_parse_from(argv).unwrap().command else {
         unreachable!("parsed as `wren agent`")
@@ -317,16 +320,17 @@ async fn learned_routes_in_the_kernel_survive_until_bgp_has_synced() {
 async fn the_sync_timeout_counts_from_the_first_view_not_from_start_up() {
     // The agent started while the datastore was away: no pass had a view for longer than
     // the sync timeout. Its first pass must still keep the learned routes for the sessions.
-    let r = rig("300ms").await;
+    // The shortest sync timeout the configuration accepts.
+    let r = rig("1s").await;
     r.learned_in_kernel("10.65.7.0/26", "10.0.0.2");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     r.until("first pass", |_| true).await;
     assert!(
         r.route("10.65.7.0/26").is_some(),
         "learned route removed by the first pass after the datastore returned"
     );
     assert!(!r.controller.shared.readiness().bgp_synced);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     r.controller.pass().await;
     assert!(
         r.route("10.65.7.0/26").is_none(),
