@@ -53,8 +53,10 @@ fn mp_reach() -> impl Strategy<Value = MpReach> {
     afi().prop_flat_map(|afi| {
         let next_hop = match afi {
             Afi::Ipv4Unicast => unicast_v4().prop_map(IpAddr::V4).boxed(),
+            // Global unicast (2000::/3): a next hop a route can be installed through. Next
+            // hops that cannot be used parse as treat-as-withdraw, tested in `wire_rfc7606`.
             Afi::Ipv6Unicast => any::<u128>()
-                .prop_map(|a| IpAddr::V6(Ipv6Addr::from(a)))
+                .prop_map(|a| IpAddr::V6(Ipv6Addr::from((a >> 3) | (1u128 << 125))))
                 .boxed(),
         };
         let link_local = match afi {
