@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions,
-    GetOptions, Identity, KvClient, PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp as EtcdTxnOp,
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, Identity,
+    KeyValue as EtcdKeyValue, KvClient, PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp as EtcdTxnOp,
     TxnOpResponse, WatchOptions,
 };
 
@@ -128,6 +128,14 @@ struct Member {
 struct AttemptFailure {
     reason: String,
     unreachable: bool,
+}
+
+/// A request's answer, the member that gave it, and whether an earlier attempt on another
+/// member failed in a way that leaves open whether it was carried out.
+struct Answer<T> {
+    value: T,
+    member: usize,
+    retried_unsure: bool,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -251,24 +259,29 @@ impl EtcdStore {
         F: FnMut(Member) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.call_at(request).await.map(|(value, _)| value)
+        self.call_at(request).await.map(|answer| answer.value)
     }
 
-    /// [`call`](Self::call) that also says which member answered.
-    async fn call_at<T, F, Fut>(&self, request: F) -> Result<(T, usize)>
+    /// [`call`](Self::call) that also says which member answered and whether an earlier
+    /// attempt may have been carried out.
+    async fn call_at<T, F, Fut>(&self, request: F) -> Result<Answer<T>>
     where
         F: FnMut(Member) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         if self.members.len() == 1 {
-            self.call_single(request).await.map(|value| (value, 0))
+            self.call_single(request).await.map(|value| Answer {
+                value,
+                member: 0,
+                retried_unsure: false,
+            })
         } else {
             self.call_members(request).await
         }
     }
 
     /// Several members: one attempt after another, each on the preferred member.
-    async fn call_members<T, F, Fut>(&self, mut request: F) -> Result<(T, usize)>
+    async fn call_members<T, F, Fut>(&self, mut request: F) -> Result<Answer<T>>
     where
         F: FnMut(Member) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -279,6 +292,7 @@ impl EtcdStore {
         let mut failures: Vec<String> = Vec::with_capacity(count);
         let mut last_round = String::new();
         let mut all_unreachable = true;
+        let mut retried_unsure = false;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
@@ -297,7 +311,13 @@ impl EtcdStore {
                 .saturating_mul(1 << round.min(8))
                 .min(left);
             let failure = match tokio::time::timeout(limit, request(member)).await {
-                Ok(Ok(value)) => return Ok((value, index)),
+                Ok(Ok(value)) => {
+                    return Ok(Answer {
+                        value,
+                        member: index,
+                        retried_unsure,
+                    });
+                }
                 Ok(Err(error)) => {
                     let unreachable = not_connected(&error);
                     match self.map_error(error) {
@@ -321,6 +341,9 @@ impl EtcdStore {
             self.demote(index);
             failures.push(format!("{endpoint}: {}", failure.reason));
             all_unreachable &= failure.unreachable;
+            // A member that took the connection may have carried the request out before it
+            // failed to answer (a timeout, a leader change after the proposal).
+            retried_unsure |= !failure.unreachable;
             if failures.len() == count {
                 // Every member failed once: with none taking a connection the datastore is
                 // down, and waiting out the deadline would only delay saying so.
@@ -418,39 +441,74 @@ impl EtcdStore {
         }
     }
 
-    /// Runs a transaction whose failure branch reads back every compared key, and on failure
-    /// names the first condition that did not hold.
+    /// Runs a transaction whose failure branch reads back every compared and every written
+    /// key, and on failure names the first condition that did not hold.
+    ///
+    /// `keep_lease` leaves each written key on the lease it has. When an earlier attempt
+    /// failed without an answer and the retry finds the conditions broken, the writes are
+    /// checked against what the store holds: if each is already there (the first attempt was
+    /// carried out and only its answer lost) the transaction succeeded.
     async fn conditional(
         &self,
         compares: &[Compare],
-        ops: Vec<EtcdTxnOp>,
+        writes: &[TxnOp],
+        keep_lease: bool,
     ) -> Result<Result<Revision, FailedCompare>> {
+        let ops = writes
+            .iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value, .. } if keep_lease => EtcdTxnOp::put(
+                    self.full_key(key),
+                    value.clone(),
+                    Some(PutOptions::new().with_ignore_lease()),
+                ),
+                TxnOp::Put { key, value, lease } => self.put_op(key, value.clone(), *lease),
+                TxnOp::Delete { key } => EtcdTxnOp::delete(self.full_key(key), None),
+            })
+            .collect::<Vec<_>>();
+        let read_back = compares
+            .iter()
+            .map(Compare::key)
+            .chain(writes.iter().map(TxnOp::key))
+            .map(|key| EtcdTxnOp::get(self.full_key(key), None))
+            .collect::<Vec<_>>();
         let txn = EtcdTxn::new()
             .when(compares.iter().map(|c| self.compare(c)).collect::<Vec<_>>())
             .and_then(ops)
-            .or_else(
-                compares
-                    .iter()
-                    .map(|c| EtcdTxnOp::get(self.full_key(c.key()), None))
-                    .collect::<Vec<_>>(),
-            );
-        let response = self
-            .call(|mut m| {
+            .or_else(read_back);
+        let answer = self
+            .call_at(|mut m| {
                 let txn = txn.clone();
                 async move { m.kv.txn(txn).await }
             })
             .await?;
+        let response = answer.value;
         let revision = response.header().map_or(0, |h| h.revision());
         if response.succeeded() {
             return Ok(Ok(revision));
         }
-        let current = response.op_responses().into_iter().map(|r| match r {
-            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision()),
-            _ => None,
-        });
+        let responses = response.op_responses();
+        let current: Vec<Option<&EtcdKeyValue>> = responses
+            .iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(get) => get.kvs().first(),
+                _ => None,
+            })
+            .collect();
+        let (compared, written) = current.split_at(compares.len().min(current.len()));
+        if answer.retried_unsure
+            && written.len() == writes.len()
+            && writes
+                .iter()
+                .zip(written)
+                .all(|(op, kv)| took_effect(op, *kv, keep_lease))
+        {
+            let written_at = written.iter().flatten().map(|kv| kv.mod_revision()).max();
+            return Ok(Ok(written_at.unwrap_or(revision)));
+        }
         let failed = compares
             .iter()
-            .zip(current)
+            .zip(compared.iter().map(|kv| kv.map(EtcdKeyValue::mod_revision)))
             .find(|(compare, mod_revision)| !holds(compare, *mod_revision))
             .or_else(|| compares.first().map(|c| (c, None)));
         Ok(Err(match failed {
@@ -494,7 +552,11 @@ impl EtcdStore {
             .with_prefix()
             .with_start_revision(from_revision.max(0));
         let key = self.full_key(prefix);
-        let ((stream, first), member) = self
+        let Answer {
+            value: (stream, first),
+            member,
+            ..
+        } = self
             .call_at(|m| {
                 let (key, options) = (key.clone(), options.clone());
                 async move {
@@ -553,6 +615,17 @@ fn existing_at(key: &str, expected: Option<Revision>) -> Vec<Compare> {
             Compare::ModRevision(key.to_owned(), rev),
         ],
         None => vec![Compare::Present(key.to_owned())],
+    }
+}
+
+/// Whether the store already holds what `op` writes: `kv` is the key's current entry.
+fn took_effect(op: &TxnOp, kv: Option<&EtcdKeyValue>, keep_lease: bool) -> bool {
+    match (op, kv) {
+        (TxnOp::Put { value, lease, .. }, Some(kv)) => {
+            kv.value() == value.as_slice() && (keep_lease || kv.lease() == lease.unwrap_or(0))
+        }
+        (TxnOp::Put { .. }, None) => false,
+        (TxnOp::Delete { .. }, kv) => kv.is_none(),
     }
 }
 
@@ -769,8 +842,12 @@ impl Store for EtcdStore {
 
     async fn create(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
         let compare = [Compare::Absent(key.to_owned())];
-        let put = self.put_op(key, value, lease);
-        match self.conditional(&compare, vec![put]).await {
+        let put = TxnOp::Put {
+            key: key.to_owned(),
+            value,
+            lease,
+        };
+        match self.conditional(&compare, &[put], false).await {
             Ok(Ok(revision)) => Ok(revision),
             Ok(Err(failed)) => Err(StoreError::Conflict { key: failed.key }),
             Err(e) => Err(Self::lease_error(e, lease)),
@@ -791,21 +868,23 @@ impl Store for EtcdStore {
 
     async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision> {
         let compares = existing_at(key, Some(expected));
-        // The key keeps its lease, as it does in the memory backend.
-        let put = EtcdTxnOp::put(
-            self.full_key(key),
+        let put = TxnOp::Put {
+            key: key.to_owned(),
             value,
-            Some(PutOptions::new().with_ignore_lease()),
-        );
-        self.conditional(&compares, vec![put])
+            lease: None,
+        };
+        // The key keeps its lease, as it does in the memory backend.
+        self.conditional(&compares, &[put], true)
             .await?
             .map_err(FailedCompare::into_error)
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision> {
         let compares = existing_at(key, expected);
-        let delete = EtcdTxnOp::delete(self.full_key(key), None::<DeleteOptions>);
-        self.conditional(&compares, vec![delete])
+        let delete = TxnOp::Delete {
+            key: key.to_owned(),
+        };
+        self.conditional(&compares, &[delete], false)
             .await?
             .map_err(FailedCompare::into_error)
     }
@@ -816,15 +895,7 @@ impl Store for EtcdStore {
             TxnOp::Put { lease, .. } => *lease,
             TxnOp::Delete { .. } => None,
         });
-        let ops = txn
-            .ops
-            .into_iter()
-            .map(|op| match op {
-                TxnOp::Put { key, value, lease } => self.put_op(&key, value, lease),
-                TxnOp::Delete { key } => EtcdTxnOp::delete(self.full_key(&key), None),
-            })
-            .collect();
-        match self.conditional(&txn.compares, ops).await {
+        match self.conditional(&txn.compares, &txn.ops, false).await {
             Ok(Ok(revision)) => Ok(revision),
             Ok(Err(failed)) => Err(StoreError::Conflict { key: failed.key }),
             Err(e) => Err(Self::lease_error(e, first_lease)),

@@ -3,9 +3,12 @@
 //! no request may fail; when none does, requests fail promptly naming every member.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use wren_store::etcd::{EtcdConfig, EtcdStore};
 use wren_store::{Store, StoreError, WatchEvent};
 use wren_tests::etcd::EtcdCluster;
@@ -143,5 +146,143 @@ async fn with_every_member_gone_a_request_fails_at_once_naming_each() {
         started.elapsed() < Duration::from_secs(3),
         "took {:?} to say no member takes a connection",
         started.elapsed()
+    );
+}
+
+/// A TCP relay in front of one member that can be told to stop passing the member's answers
+/// on: the member still receives and carries out every request, and the client hears nothing.
+struct AnswerDroppingRelay {
+    endpoint: String,
+    drop_answers: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AnswerDroppingRelay {
+    async fn start(member: &str) -> AnswerDroppingRelay {
+        let target = member.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let drop_answers = Arc::new(AtomicBool::new(false));
+        let flag = drop_answers.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let requests = tokio::io::copy(&mut client_rx, &mut server_tx);
+                    let answers = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = server_rx.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            if !flag.load(Ordering::SeqCst) {
+                                client_tx.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
+                    let _ = tokio::join!(requests, answers);
+                });
+            }
+        });
+        AnswerDroppingRelay {
+            endpoint,
+            drop_answers,
+            task,
+        }
+    }
+}
+
+impl AnswerDroppingRelay {
+    /// Passes answers on again.
+    fn pass(&self) {
+        self.drop_answers.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for AnswerDroppingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A store whose first (preferred) endpoint is `relay`, then the other members; from its
+/// first write on, the relay drops the answers until [`AnswerDroppingRelay::pass`].
+async fn store_losing_answers(relay: &AnswerDroppingRelay, cluster: &EtcdCluster) -> EtcdStore {
+    let mut endpoints = vec![relay.endpoint.clone()];
+    endpoints.extend(cluster.endpoints().into_iter().skip(1));
+    let store = EtcdStore::connect(EtcdConfig {
+        endpoints,
+        prefix: "/wren-test/lost-answer/".into(),
+        dial_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(8),
+        attempt_timeout: Duration::from_millis(1000),
+        ..EtcdConfig::default()
+    })
+    .await
+    .unwrap();
+    // Answers pass until the connection through the relay is up.
+    store.get("warm-up").await.unwrap();
+    relay.drop_answers.store(true, Ordering::SeqCst);
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_carried_out_whose_answer_was_lost_succeeds_on_retry() {
+    if !have_cluster() {
+        return;
+    }
+    let cluster = EtcdCluster::start(3).unwrap();
+    let relay = AnswerDroppingRelay::start(&cluster.endpoints()[0]).await;
+
+    // Each write goes to the relay's member, which carries it out; its answer is lost, so the
+    // store retries on the next member, where the condition no longer holds.
+    let store = store_losing_answers(&relay, &cluster).await;
+    let created = store.create("k", b"v1".to_vec(), None).await;
+    relay.pass();
+    let created = created.expect("a create carried out once is not a conflict");
+    let read = store.get("k").await.unwrap().unwrap();
+    assert_eq!(
+        (read.value.as_slice(), read.mod_revision),
+        (&b"v1"[..], created)
+    );
+
+    let store = store_losing_answers(&relay, &cluster).await;
+    let updated = store.update("k", b"v2".to_vec(), created).await;
+    relay.pass();
+    let updated = updated.expect("an update carried out once is not a conflict");
+    let read = store.get("k").await.unwrap().unwrap();
+    assert_eq!(
+        (read.value.as_slice(), read.mod_revision),
+        (&b"v2"[..], updated)
+    );
+
+    let store = store_losing_answers(&relay, &cluster).await;
+    let deleted = store.delete("k", Some(updated)).await;
+    relay.pass();
+    deleted.expect("a delete carried out once is not a conflict");
+    assert!(store.get("k").await.unwrap().is_none());
+
+    // A condition broken by someone else's write stays a conflict, retry or not.
+    let other = store
+        .create("taken", b"theirs".to_vec(), None)
+        .await
+        .unwrap();
+    let store = store_losing_answers(&relay, &cluster).await;
+    let ours = store.create("taken", b"ours".to_vec(), None).await;
+    relay.pass();
+    assert!(
+        matches!(ours, Err(StoreError::Conflict { ref key }) if key == "taken"),
+        "{ours:?}"
+    );
+    let read = store.get("taken").await.unwrap().unwrap();
+    assert_eq!(
+        (read.value.as_slice(), read.mod_revision),
+        (&b"theirs"[..], other)
     );
 }

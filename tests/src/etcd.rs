@@ -107,7 +107,9 @@ impl TestPki {
                 &files.server_cert,
                 &files.server_key,
                 "etcd",
-                format!("subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth\n"),
+                // etcd dials its own client port with its server certificate (its gRPC
+                // gateway), so the certificate must serve as a client's too.
+                format!("subjectAltName=IP:{server_ip}\nextendedKeyUsage=serverAuth,clientAuth\n"),
             ),
             (
                 &files.client_cert,
