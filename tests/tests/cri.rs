@@ -3,8 +3,9 @@
 //!
 //! One rig serves every phase, in order: identity and reachability, hostPort, a containerd
 //! crash with pods running, a sandbox whose namespace vanished, pod annotations, a full
-//! pool, and a configuration naming a socket where no agent listens. After each phase nothing of a removed pod is left: no
-//! workload record, no allocation, no host veth.
+//! pool, a configuration naming a socket where no agent listens, and an agent that is not
+//! ready (etcd gone). After each phase nothing of a removed pod is left: no workload record,
+//! no allocation, no host veth.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -292,6 +293,34 @@ fn pods_through_containerd() {
         .install_wren(&binary, &node.socket, None)
         .unwrap();
     assert!(n1.wait_network_config(&node.socket.to_string_lossy(), CONVERGENCE));
+
+    // An agent that is not ready: with etcd gone, n1's agent refuses the pod at once, saying
+    // why and where to look, and once etcd is back nothing of the attempt is left.
+    let veths = host_veths(&rig, 0).len();
+    rig.lab.kill_etcd(0).unwrap();
+    assert!(
+        wren_tests::process::wait_until(CONVERGENCE, Duration::from_millis(100), || {
+            rig.lab.readiness("n1").is_ok_and(|(ready, _)| !ready)
+        }),
+        "n1 still ready with etcd gone"
+    );
+    let early = PodSpec::new("shop", "early");
+    let e = n1
+        .run(&early)
+        .expect_err("a pod while the agent is not ready");
+    let message = e.status.message();
+    for part in ["not ready", "datastore unreachable", "wren status"] {
+        assert!(message.contains(part), "{part:?} missing from {message}");
+    }
+    rig.lab.restart_etcd(0).unwrap();
+    assert!(
+        wren_tests::process::wait_until(CONVERGENCE, Duration::from_millis(100), || {
+            rig.lab.readiness("n1").is_ok_and(|(ready, _)| ready)
+        }),
+        "n1 not ready again after etcd returned"
+    );
+    assert!(!workloads(&rig).contains("early"), "record left behind");
+    veth_count(&rig, 0, veths);
 
     n2.delete(&b).unwrap();
     released(&rig, &b, &b_ip);

@@ -11,7 +11,7 @@ use wren_store::Store;
 
 use super::{AgentArgs, LogFormat};
 use crate::api::RequestObserver;
-use crate::cni::{CniHandler, KernelPods};
+use crate::cni::{AdmissionCheck, CniHandler, KernelPods};
 use crate::config::{AgentConfig, SystemHost};
 use crate::daemon::encap::{Encap, KernelEncap};
 use crate::daemon::fastpath::FastPathControl;
@@ -54,16 +54,22 @@ fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
 
 /// The CNI plugin's routes: the handler over IPAM and the kernel's pod links, timing every
 /// request into the latency histogram. Pods get `pod_defaults` where their configuration is
-/// silent.
+/// silent; ADDs are refused while `shared`'s readiness says the node cannot take pods.
 fn cni_api(
     config: &AgentConfig,
     store: Arc<dyn Store>,
     ipam: Arc<Ipam>,
     pod_defaults: Arc<PodDefaults>,
+    shared: Arc<Shared>,
     metrics: &Metrics,
 ) -> axum::Router {
+    let admission: AdmissionCheck = Arc::new(move || {
+        let blocking = shared.readiness().blocking_pods();
+        (!blocking.is_empty()).then(|| blocking.join(", "))
+    });
     let handler = CniHandler::new(config.node_name.clone(), store, ipam, Arc::new(KernelPods))
-        .with_defaults(pod_defaults);
+        .with_defaults(pod_defaults)
+        .with_admission(admission);
     let cni = metrics.cni();
     let observer: RequestObserver =
         Arc::new(move |command, ok, elapsed| cni.observe(command.as_str(), ok, elapsed));
@@ -155,7 +161,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             Arc::new(tunnels),
             pod_defaults.clone(),
         );
-        let local_api = cni_api(&config, store.clone(), ipam, pod_defaults, &metrics);
+        let local_api = cni_api(
+            &config,
+            store.clone(),
+            ipam,
+            pod_defaults,
+            shared.clone(),
+            &metrics,
+        );
         anyhow::Ok((encap, local_api))
     }
     .await;

@@ -42,12 +42,17 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves the CNI commands for one node.
 pub struct CniHandler {
     node: String,
+    admission: Option<AdmissionCheck>,
     defaults: Arc<PodDefaults>,
     store: Arc<dyn Store>,
     allocator: Arc<dyn Allocator>,
     pods: Arc<dyn PodNetwork>,
     locks: KeyedLocks,
 }
+
+/// Says why the agent cannot take new pods now (its datastore away, its node not
+/// registered), or nothing when it can.
+pub type AdmissionCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// A workload record with the revision it was read at.
 type Record = Versioned<Workload>;
@@ -63,6 +68,7 @@ impl CniHandler {
     ) -> Self {
         Self {
             node: node.into(),
+            admission: None,
             defaults: Arc::new(PodDefaults::new(DEFAULT_MTU)),
             store,
             allocator,
@@ -84,6 +90,28 @@ impl CniHandler {
     pub fn with_defaults(mut self, defaults: Arc<PodDefaults>) -> Self {
         self.defaults = defaults;
         self
+    }
+
+    /// Refuses ADDs while `check` names a reason, at once and before anything is allocated,
+    /// with "try again later" so the runtime retries the pod.
+    pub fn with_admission(mut self, check: AdmissionCheck) -> Self {
+        self.admission = Some(check);
+        self
+    }
+
+    /// The ADD refusal while the agent cannot take pods.
+    fn admit(&self) -> Result<(), CniError> {
+        let Some(reason) = self.admission.as_ref().and_then(|check| check()) else {
+            return Ok(());
+        };
+        Err(CniError::new(
+            ErrorCode::TRY_AGAIN_LATER,
+            format!(
+                "the wren agent on node {} is not ready to take pods ({reason}); the runtime \
+                 retries the pod, and `wren status` on the node says more",
+                self.node
+            ),
+        ))
     }
 
     /// How many attachments have a request in flight (their locks held or awaited).
@@ -146,6 +174,7 @@ impl CniHandler {
         } = attachment;
         let netns = netns
             .ok_or_else(|| CniError::new(ErrorCode::INVALID_ENVIRONMENT, "ADD needs CNI_NETNS"))?;
+        self.admit()?;
         let (mtu, offload) = self.link_settings(&config);
         let _guard = self.lock(&config.name, &container_id, &ifname).await;
 

@@ -18,7 +18,7 @@ pub mod result;
 mod fake;
 
 pub use backend::{Allocator, KernelPods, PodNetwork};
-pub use handler::CniHandler;
+pub use handler::{AdmissionCheck, CniHandler};
 
 #[cfg(test)]
 mod tests {
@@ -218,6 +218,33 @@ mod tests {
         assert_eq!(e.code, ErrorCode::TRY_AGAIN_LATER);
         assert_eq!(s.alloc.allocated(), 0);
         assert_eq!(s.pods.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_cannot_take_pods_refuses_adds_at_once_and_still_deletes() {
+        let s = setup(4);
+        s.handler.add(request("c1", "/run/netns/p1")).await.unwrap();
+        let blocked = Arc::new(std::sync::Mutex::new(Some(
+            "datastore unreachable".to_owned(),
+        )));
+        let reason = blocked.clone();
+        let handler = CniHandler::new(NODE, s.store.clone(), s.alloc.clone(), s.pods.clone())
+            .with_admission(Arc::new(move || reason.lock().unwrap().clone()));
+        let e = handler
+            .add(request("c2", "/run/netns/p2"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::TRY_AGAIN_LATER);
+        for part in ["node1", "not ready", "datastore unreachable", "wren status"] {
+            assert!(e.msg.contains(part), "{part:?} missing from {:?}", e.msg);
+        }
+        assert_eq!((s.alloc.allocated(), s.pods.count()), (1, 1));
+        assert_eq!(records(&s.store).await, 1);
+        // A pod going away is never refused: DEL frees what it held.
+        handler.del(request("c1", "/run/netns/p1")).await.unwrap();
+        assert_nothing_left(&s).await;
+        *blocked.lock().unwrap() = None;
+        handler.add(request("c2", "/run/netns/p2")).await.unwrap();
     }
 
     #[tokio::test]

@@ -35,8 +35,10 @@ impl Readiness {
         self.datastore && self.registered && self.bgp_synced && self.encapsulation
     }
 
-    /// The checks that fail, in words.
-    pub fn failing(&self) -> Vec<&'static str> {
+    /// The failing checks that stop the node from taking new pods, in words: without the
+    /// datastore or its registration an ADD cannot allocate; BGP and tunnels only delay the
+    /// pod's routes, so pods are still taken while they settle.
+    pub fn blocking_pods(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
         if !self.datastore {
             out.push("datastore unreachable");
@@ -44,6 +46,12 @@ impl Readiness {
         if !self.registered {
             out.push("node not registered");
         }
+        out
+    }
+
+    /// The checks that fail, in words.
+    pub fn failing(&self) -> Vec<&'static str> {
+        let mut out = self.blocking_pods();
         if !self.bgp_synced {
             out.push("BGP not synced");
         }
