@@ -24,37 +24,7 @@ use wren_tests::daemons::bird::Bird;
 use wren_tests::daemons::{Announce, BgpDaemon, Config, Family, Peer};
 use wren_tests::netns::NetNs;
 use wren_tests::prereq;
-
-/// Resident set size in KiB and CPU time in clock ticks of one process.
-fn sample(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    (rss, ticks(11) + ticks(12))
-}
-
-fn clock_ticks() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64
-}
+use wren_tests::process::{Usage, usage};
 
 /// Polling interval of the convergence measurements (their resolution).
 const POLL: Duration = Duration::from_millis(2);
@@ -130,18 +100,18 @@ fn main() {
     let bird_pids: Vec<u32> = birds.iter().map(|b| b.pid()).collect();
     let mut all = agent_pids.clone();
     all.extend(&bird_pids);
-    let before: Vec<u64> = all.iter().map(|p| sample(*p).1).collect();
+    let before: Vec<f64> = all.iter().map(|p| usage(*p).cpu_seconds).collect();
     std::thread::sleep(idle);
-    let after: Vec<(u64, u64)> = all.iter().map(|p| sample(*p)).collect();
+    let after: Vec<Usage> = all.iter().map(|p| usage(*p)).collect();
     let stats = |range: std::ops::Range<usize>| {
         let n = range.len() as f64;
         let rss = range
             .clone()
-            .map(|i| after[i].0 as f64 / 1024.0)
+            .map(|i| after[i].rss_kib as f64 / 1024.0)
             .sum::<f64>()
             / n;
         let cpu = range
-            .map(|i| (after[i].1 - before[i]) as f64 / clock_ticks() / idle.as_secs_f64() * 100.0)
+            .map(|i| (after[i].cpu_seconds - before[i]) / idle.as_secs_f64() * 100.0)
             .sum::<f64>()
             / n;
         (rss, cpu)

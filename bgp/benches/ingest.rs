@@ -30,8 +30,8 @@ use wren_tests::daemons::bird::Bird;
 use wren_tests::daemons::feed::{Feed, FeedSpec, Feeder};
 use wren_tests::daemons::{Config, Peer};
 use wren_tests::netns::NetNs;
-use wren_tests::prereq;
-use wren_tests::process::ChildGuard;
+use wren_tests::process::{ChildGuard, usage};
+use wren_tests::{bench, prereq};
 
 const CHILD_NETNS: &str = "WREN_INGEST_NETNS";
 const CHILD_EXPECT: &str = "WREN_INGEST_PREFIXES";
@@ -71,16 +71,8 @@ fn main() -> ExitCode {
     if std::env::var_os(CHILD_NETNS).is_some() {
         return speaker::child();
     }
-    let mut prefixes = 1_000_000u32;
-    let mut runs = 3usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--prefixes" => prefixes = args.next().and_then(|v| v.parse().ok()).unwrap_or(prefixes),
-            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
-            _ => {} // `cargo bench` adds `--bench`.
-        }
-    }
+    let prefixes = bench::arg("--prefixes", 1_000_000u32);
+    let runs = bench::arg("--runs", 3usize);
     if !prereq::is_root() || !prereq::have_command("bird") {
         eprintln!("skipped: the ingestion benchmark needs root and BIRD 2 (`bird`)");
         return ExitCode::SUCCESS;
@@ -178,11 +170,7 @@ fn describe(s: &Sample, prefixes: u32) -> String {
 
 /// Per column median: each figure is the middle of its own runs.
 fn median(samples: &[Sample]) -> Sample {
-    let mid = |f: fn(&Sample) -> f64| {
-        let mut v: Vec<f64> = samples.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let mid = |f: fn(&Sample) -> f64| bench::median(samples.iter().map(f).collect());
     Sample {
         seconds: mid(|s| s.seconds),
         written: mid(|s| s.written),
@@ -195,38 +183,13 @@ fn median(samples: &[Sample]) -> Sample {
 
 /// `VmRSS` and `VmHWM` of a process, KiB.
 fn memory(pid: u32) -> Result<(u64, u64), String> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((field("VmRSS:"), field("VmHWM:")))
+    let usage = usage(pid);
+    Ok((usage.rss_kib, usage.peak_kib))
 }
 
 /// CPU time (user + system, every thread) a process has used, seconds.
 fn cpu_seconds(pid: u32) -> Result<f64, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    // The command name is in parentheses and may hold spaces: count fields after it.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or("bad /proc stat line")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime, fields 14 and 15 of the line, are the 12th and 13th after the name.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(11) + ticks(12)) as f64 / hz)
+    Ok(usage(pid).cpu_seconds)
 }
 
 /// Connects the feeder (retrying while the receiver is still binding its port).
@@ -380,10 +343,8 @@ fn wren_run(feeder_ns: &NetNs, receiver_ns: &NetNs, feed: &Feed) -> Result<Sampl
 
 /// The wren side: runs in the child process.
 mod speaker {
-    use std::fs::File;
     use std::io::Write;
     use std::net::{IpAddr, SocketAddr};
-    use std::os::fd::AsRawFd;
     use std::process::ExitCode;
 
     use wren_bgp::speaker::{PeerConfig, Speaker, SpeakerConfig};
@@ -416,11 +377,7 @@ mod speaker {
             .ok()
             .and_then(|v| v.parse().ok())
             .ok_or("no prefix count")?;
-        let file = File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
-        // SAFETY: setns(2) on an open descriptor, before any other thread exists.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error().to_string());
-        }
+        wren_tests::netns::enter_for_good(&ns).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

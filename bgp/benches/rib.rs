@@ -171,13 +171,7 @@ fn withdrawals(updates: &[Update]) -> Vec<Update> {
 
 /// The process's resident size, KiB.
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    wren_tests::process::usage(std::process::id()).rss_kib
 }
 
 /// Adds peer `n` (192.0.2.n) in `remote_as` with an established session of `families`.

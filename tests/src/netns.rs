@@ -64,6 +64,14 @@ pub fn path_of(name: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(name)
 }
 
+/// Moves the calling thread into the namespace named `name` for good: for a child process
+/// that must live in it, before it starts any other thread (threads it starts later are
+/// born there).
+pub fn enter_for_good(name: &str) -> io::Result<()> {
+    let file = File::open(path_of(name))?;
+    setns(file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
 /// Runs `f` on a fresh thread that has entered the namespace named `name` (one this test
 /// did not create, such as a lab node's), and returns its result. See [`NetNs::enter`].
 pub fn run_in<F, R>(name: &str, f: F) -> io::Result<R>

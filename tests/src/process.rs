@@ -242,3 +242,50 @@ mod tests {
         assert!(err.to_string().contains("ghost"), "{err}");
     }
 }
+
+/// What a process is using, read from `/proc/<pid>/status` and `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// Resident memory now (`VmRSS`), KiB.
+    pub rss_kib: u64,
+    /// Peak resident memory (`VmHWM`), KiB.
+    pub peak_kib: u64,
+    /// CPU time used so far, user and system, every thread, seconds.
+    pub cpu_seconds: f64,
+}
+
+/// The resources process `pid` uses (`std::process::id()` for this one); zeros for a process
+/// that has gone.
+pub fn usage(pid: u32) -> Usage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name is in parentheses and may hold spaces: count fields after it. utime
+    // and stime, fields 14 and 15 of the line, are the 12th and 13th after the name.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as f64;
+    Usage {
+        rss_kib: kib("VmRSS:"),
+        peak_kib: kib("VmHWM:"),
+        cpu_seconds: (ticks(11) + ticks(12)) as f64 / hz,
+    }
+}

@@ -15,8 +15,8 @@
 //! receiver takes them, so the receiver, not the feeder, sets the pace.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -166,6 +166,50 @@ impl Feed {
     }
 }
 
+/// First address of the blocks of a [`Feed::cluster`].
+pub const FIRST_BLOCK: Ipv4Addr = Ipv4Addr::new(10, 64, 0, 0);
+
+impl Feed {
+    /// A cluster's routes as its route reflector hears them: `nodes` nodes, each announcing
+    /// `blocks` consecutive `/block_len` blocks counted up from [`FIRST_BLOCK`], with itself
+    /// as the next hop: node `i` is `spec.next_hop + i`. One UPDATE per node, as iBGP sends
+    /// it (ORIGIN IGP, an empty AS_PATH, LOCAL_PREF 100), then the End-of-RIB. `spec.prefixes`
+    /// is set to the number of blocks; its seed is unused.
+    pub fn cluster(mut spec: FeedSpec, nodes: u32, blocks: u32, block_len: u8) -> Self {
+        const WELL_KNOWN: u8 = 0x40;
+        let mut stream = Vec::new();
+        let first_node = u32::from(spec.next_hop);
+        let block_size = 1u32 << (32 - u32::from(block_len));
+        let octets = usize::from(block_len).div_ceil(8);
+        for node in 0..nodes {
+            let next_hop = Ipv4Addr::from(first_node + node);
+            let attributes = [
+                path_attribute(WELL_KNOWN, 1, &[0]),
+                path_attribute(WELL_KNOWN, 2, &[]),
+                path_attribute(WELL_KNOWN, 3, &next_hop.octets()),
+                path_attribute(WELL_KNOWN, 5, &100u32.to_be_bytes()),
+            ]
+            .concat();
+            let mut nlri = Vec::with_capacity(blocks as usize * (1 + octets));
+            for block in 0..blocks {
+                let index = node * blocks + block;
+                let address = Ipv4Addr::from(u32::from(FIRST_BLOCK) + index * block_size);
+                nlri.push(block_len);
+                nlri.extend_from_slice(&address.octets()[..octets]);
+            }
+            stream.extend(update_message(&[], &attributes, &nlri));
+        }
+        message(&mut stream, UPDATE, &[0, 0, 0, 0]);
+        spec.prefixes = nodes * blocks;
+        Self {
+            spec,
+            stream,
+            messages: nodes as usize + 1,
+            attribute_sets: nodes as usize,
+        }
+    }
+}
+
 /// The `i`-th generated prefix: a /24 counted up from [`FIRST_PREFIX`].
 pub fn nth_prefix(i: u32) -> (Ipv4Addr, u8) {
     (Ipv4Addr::from(u32::from(FIRST_PREFIX) + (i << 8)), 24)
@@ -290,7 +334,43 @@ pub struct Feeder {
     writer: Arc<Mutex<TcpStream>>,
     stop: Arc<AtomicBool>,
     notification: Arc<Mutex<Option<String>>>,
+    received: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// A TCP connection to `to` from `from` (any address if `None`), within `timeout`.
+fn connect_stream(
+    to: SocketAddr,
+    from: Option<IpAddr>,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect_timeout(&to, timeout);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&to.into(), timeout)?;
+    Ok(socket.into())
+}
+
+/// The number of IPv4 prefixes an UPDATE body announces in its NLRI field.
+fn announced_prefixes(body: &[u8]) -> u64 {
+    let field = |at: usize| {
+        body.get(at..at + 2)
+            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let attributes_at = 2 + field(0);
+    let mut at = attributes_at + 2 + field(attributes_at);
+    let mut count = 0;
+    while let Some(&bits) = body.get(at) {
+        at += 1 + usize::from(bits).div_ceil(8);
+        count += 1;
+    }
+    count
 }
 
 impl Feeder {
@@ -302,10 +382,22 @@ impl Feeder {
         spec: &FeedSpec,
         timeout: Duration,
     ) -> Result<Self, Error> {
+        Self::connect_from(ns, None, to, spec, timeout)
+    }
+
+    /// [`connect`](Self::connect) from the local address `from` (one of several sessions
+    /// from one namespace, each a different peer of the receiver).
+    pub fn connect_from(
+        ns: &NetNs,
+        from: Option<IpAddr>,
+        to: SocketAddr,
+        spec: &FeedSpec,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
         let what = format!("feeder session to {to}");
         // The socket is created on a thread inside the namespace and keeps living there.
         let stream = ns
-            .enter(|| TcpStream::connect_timeout(&to, timeout))
+            .enter(|| connect_stream(to, from, timeout))
             .and_then(|r| r)
             .map_err(|e| Error::io(what.clone(), e))?;
         let io = |e| Error::io(what.clone(), e);
@@ -349,12 +441,18 @@ impl Feeder {
         let writer = Arc::new(Mutex::new(writer));
         let stop = Arc::new(AtomicBool::new(false));
         let notification = Arc::new(Mutex::new(None));
+        let received = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
         {
-            // Drain what the receiver sends; keep a NOTIFICATION for the report.
+            // Drain what the receiver sends, counting the prefixes it announces; keep a
+            // NOTIFICATION for the report.
             let notification = notification.clone();
+            let received = received.clone();
             threads.push(std::thread::spawn(move || {
                 while let Ok((kind, body)) = read_message(&mut reader) {
+                    if kind == UPDATE {
+                        received.fetch_add(announced_prefixes(&body), Ordering::Relaxed);
+                    }
                     if kind == NOTIFICATION {
                         *notification.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(notification_text(&body));
@@ -388,8 +486,15 @@ impl Feeder {
             writer,
             stop,
             notification,
+            received,
             threads,
         })
+    }
+
+    /// How many IPv4 prefixes the receiver has announced on this session so far (a route
+    /// reflector's client counts what was reflected to it).
+    pub fn received_prefixes(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Writes `bytes` (whole messages) as one burst; KEEPALIVEs wait until it is done, which
@@ -442,12 +547,7 @@ mod tests {
             let len = usize::from(u16::from_be_bytes([stream[at + 16], stream[at + 17]]));
             assert_eq!(stream[at + 18], UPDATE);
             let body = &stream[at + 19..at + len];
-            let attrs_len = usize::from(u16::from_be_bytes([body[2], body[3]]));
-            let mut nlri = &body[4 + attrs_len..];
-            while let [plen, rest @ ..] = nlri {
-                prefixes += 1;
-                nlri = &rest[usize::from(*plen).div_ceil(8)..];
-            }
+            prefixes += announced_prefixes(body) as usize;
             updates += 1;
             at += len;
         }
@@ -470,6 +570,18 @@ mod tests {
         // One to eight prefixes per UPDATE: about 4.5 on average.
         let per_update = 10_000.0 / (feed.messages - 1) as f64;
         assert!((3.5..5.5).contains(&per_update), "{per_update}");
+    }
+
+    #[test]
+    fn a_cluster_feed_has_one_update_per_node_with_its_blocks() {
+        let feed = Feed::cluster(spec(0), 5_000, 4, 26);
+        assert_eq!(walk(&feed.stream), (5_001, 20_000));
+        assert_eq!(feed.spec.prefixes, 20_000);
+        let first =
+            &feed.stream[..usize::from(u16::from_be_bytes([feed.stream[16], feed.stream[17]]))];
+        assert_eq!(announced_prefixes(&first[19..]), 4);
+        // The last block of node 0 and the first of node 1 are neighbours.
+        assert!(first.ends_with(&[26, 10, 64, 0, 192]));
     }
 
     #[test]
