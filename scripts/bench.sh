@@ -42,3 +42,7 @@ cargo bench -p wren-tests --bench cri_sandbox
 
 # Route reflector at cluster scale: 5,000 nodes × 4 blocks reflected to 50 clients, wren vs BIRD 2 as the reflector (BENCHMARKS.md "Route reflector at cluster scale").
 cargo bench -p wren-bgp --bench reflect -- --nodes 5000 --blocks 4 --clients 50 --runs 3
+
+# Scale: 150 agents in namespaces with two wren route reflectors, start, idle, burst, claim and removal figures (BENCHMARKS.md "Scale").
+cargo build --release --bins
+cargo bench -p wren-tests --bench scale -- --nodes 150 --reflectors 2

@@ -28,4 +28,5 @@ pub mod netns;
 pub mod offload;
 pub mod prereq;
 pub mod process;
+pub mod routes;
 pub mod vm;

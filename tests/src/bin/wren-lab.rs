@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! wren-lab up --nodes 3 [--encap none|vxlan|ipip] [--subnets 1|2] [--tor] [--name demo]
-//!              [--etcd-members 1|3|5] [--etcd-tls]
+//!              [--etcd-members 1|3|5] [--etcd-tls] [--route-reflectors N] [--etcd-proxies N]
 //! wren-lab ping | status | routes NODE | exec NODE -- CMD… | down | list
 //! wren-lab demo        # up → ping → status → routes explained → down
 //! ```
@@ -60,6 +60,14 @@ enum LabCommand {
         /// etcd speaks TLS and requires client certificates (a CA made for the lab).
         #[arg(long)]
         etcd_tls: bool,
+        /// Make the first N nodes wren route reflectors (one cluster id) and turn the node mesh
+        /// off: every other node peers with them only.
+        #[arg(long, default_value_t = 0)]
+        route_reflectors: usize,
+        /// Put N etcd gRPC proxies (`etcd grpc-proxy`) between the agents and etcd; node i's
+        /// agent uses proxy i mod N.
+        #[arg(long, default_value_t = 0)]
+        etcd_proxies: usize,
         /// Directory with the `wren` and `wren-cni` binaries (default: next to wren-lab).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -129,6 +137,8 @@ fn run(cli: Cli) -> Result<()> {
             fabric_offload,
             etcd_members,
             etcd_tls,
+            route_reflectors,
+            etcd_proxies,
             bin_dir,
         } => {
             let mut spec = LabSpec::new(&name, nodes);
@@ -139,6 +149,8 @@ fn run(cli: Cli) -> Result<()> {
             spec.fabric_offload = fabric_offload;
             spec.etcd_members = etcd_members;
             spec.etcd_tls = etcd_tls;
+            spec.route_reflectors = route_reflectors;
+            spec.etcd_proxies = etcd_proxies;
             spec.verbose = true;
             if let Some(dir) = bin_dir {
                 spec.bin_dir = dir;

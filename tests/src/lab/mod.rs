@@ -188,7 +188,21 @@ pub struct LabSpec {
     /// The agents forward pod-to-pod traffic with the fast path (`--fast-path`).
     #[serde(default = "fast_path_default")]
     pub fast_path: bool,
+    /// The first this many nodes are wren route reflectors (one cluster id), with the node
+    /// mesh off: every other node peers with them only.
+    #[serde(default)]
+    pub route_reflectors: usize,
+    /// etcd gRPC proxies (`etcd grpc-proxy`, which coalesces identical watches) in the fabric
+    /// namespace; node `i`'s agent talks to proxy `i mod N`. 0: agents talk to etcd itself.
+    #[serde(default)]
+    pub etcd_proxies: usize,
 }
+
+/// The most nodes a lab holds: one /24 fabric subnet, addresses from .11.
+pub const MAX_NODES: usize = 200;
+
+/// The cluster id of the lab's wren route reflectors.
+pub const REFLECTOR_CLUSTER_ID: &str = "10.0.255.1";
 
 fn fast_path_default() -> bool {
     true
@@ -211,6 +225,8 @@ impl LabSpec {
             bin_dir: default_bin_dir(),
             verbose: false,
             fast_path: true,
+            route_reflectors: 0,
+            etcd_proxies: 0,
         }
     }
 }
@@ -236,6 +252,8 @@ pub struct Lab {
     state: LabState,
     /// Remove everything when dropped (labs made by tests); `wren-lab up` keeps its lab.
     remove_on_drop: bool,
+    /// First agent started → last agent ready, when this process brought the lab up.
+    agents_ready_after: Option<Duration>,
 }
 
 /// One pod-to-pod reachability result.
@@ -253,10 +271,22 @@ impl Lab {
     /// Builds and starts a lab as `spec` says. On failure everything made so far is removed.
     pub fn up(spec: LabSpec) -> Result<Self> {
         names::validate(&spec.name)?;
-        if spec.nodes == 0 || spec.nodes > 20 {
+        if spec.nodes == 0 || spec.nodes > MAX_NODES {
             return Err(LabError::Lab(format!(
-                "--nodes must be between 1 and 20 (got {})",
+                "--nodes must be between 1 and {MAX_NODES} (got {})",
                 spec.nodes
+            )));
+        }
+        if spec.route_reflectors > spec.nodes || (spec.route_reflectors > 0 && spec.tor) {
+            return Err(LabError::Lab(format!(
+                "--route-reflectors must be at most --nodes ({}) and cannot go with --tor (got {})",
+                spec.nodes, spec.route_reflectors
+            )));
+        }
+        if spec.etcd_proxies > 8 || (spec.etcd_proxies > 0 && spec.etcd_tls) {
+            return Err(LabError::Lab(format!(
+                "--etcd-proxies must be at most 8 and cannot go with --etcd-tls (got {})",
+                spec.etcd_proxies
             )));
         }
         if !matches!(spec.etcd_members, 1 | 3 | 5) {
@@ -286,6 +316,7 @@ impl Lab {
         let mut lab = Lab {
             state: LabState::new(spec, dir),
             remove_on_drop: true,
+            agents_ready_after: None,
         };
         match lab.build() {
             Ok(()) => Ok(lab),
@@ -306,6 +337,7 @@ impl Lab {
         Ok(Lab {
             state,
             remove_on_drop: false,
+            agents_ready_after: None,
         })
     }
 
@@ -354,6 +386,15 @@ impl Lab {
         ));
         topology::start_etcd(&mut self.state)?;
         self.state.save()?;
+        if spec.etcd_proxies > 0 {
+            topology::start_etcd_proxies(&mut self.state)?;
+            self.state.save()?;
+            self.say(format!(
+                "  {} etcd gRPC proxies in the fabric namespace; the agents use them: {}.",
+                spec.etcd_proxies,
+                self.state.etcd_proxies.join(", ")
+            ));
+        }
         self.configure_cluster()?;
         if spec.tor {
             topology::start_tor(&mut self.state)?;
@@ -362,8 +403,12 @@ impl Lab {
         }
         // All agents start together; then each is waited for.
         for index in 0..spec.nodes {
-            let node = topology::add_node(&mut self.state, index)?;
-            self.state.save()?;
+            topology::add_node(&mut self.state, index)?;
+        }
+        self.state.save()?;
+        let started = Instant::now();
+        for index in 0..spec.nodes {
+            let node = self.state.nodes[index].name.clone();
             self.spawn_agent(&node)?;
         }
         for index in 0..spec.nodes {
@@ -371,6 +416,7 @@ impl Lab {
             self.wait_agent_ready(&node)?;
             self.announce_node(&node)?;
         }
+        self.agents_ready_after = Some(started.elapsed());
         for index in 0..spec.nodes {
             let node = self.state.nodes[index].name.clone();
             for _ in 0..spec.pods_per_node {
@@ -406,6 +452,13 @@ impl Lab {
         self.say(format!(
             "  Pool `lab` {POOL_CIDR}: nodes claim /26 blocks from it."
         ));
+        if spec.route_reflectors > 0 {
+            self.wren_cli(&["bgp", "config", "--mesh", "off"])?;
+            self.say(format!(
+                "  Node-to-node mesh off; nodes n1 to n{} are route reflectors (cluster id {REFLECTOR_CLUSTER_ID}) for the others.",
+                spec.route_reflectors
+            ));
+        }
         if spec.tor {
             let tor_ip = self
                 .state
@@ -463,6 +516,21 @@ impl Lab {
         Ok(())
     }
 
+    /// How long the agents took, from the first started to the last ready, when the lab came
+    /// up (all agents start together).
+    pub fn agents_ready_after(&self) -> Option<Duration> {
+        self.agents_ready_after
+    }
+
+    /// Node `name`'s place in the lab (0 for n1).
+    fn node_index(&self, name: &str) -> Result<usize> {
+        self.state
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| LabError::Lab(format!("no node {name}")))
+    }
+
     /// The recorded state of node `name`.
     pub fn node(&self, name: &str) -> Result<&NodeState> {
         self.state
@@ -491,6 +559,12 @@ impl Lab {
 
     fn spawn_agent(&mut self, name: &str) -> Result<()> {
         let node = self.node(name)?.clone();
+        let reflector_flags: &[&str] = if self.node_index(name)? < self.state.spec.route_reflectors
+        {
+            &["--route-reflector-cluster-id", REFLECTOR_CLUSTER_ID]
+        } else {
+            &[]
+        };
         let log = self.state.dir.join(format!("{}.log", node.name));
         let log_file = fs::OpenOptions::new()
             .create(true)
@@ -517,7 +591,8 @@ impl Lab {
                     "false"
                 },
             ])
-            .args(self.state.etcd_flags())
+            .args(self.state.agent_etcd_flags(self.node_index(name)?))
+            .args(reflector_flags)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -694,7 +769,16 @@ impl Lab {
             .position(|m| m.endpoint == leader)
     }
 
-    /// Kills node `name`'s agent with SIGKILL (its kernel state stays).
+    /// Stops node `name`'s agent with `SIGTERM`, as an operator would: it ends cleanly, gives
+    /// up its liveness key and leaves its routes and pods in the kernel.
+    pub fn stop_agent(&mut self, name: &str) -> Result<()> {
+        if let Some(agent) = self.node_mut(name)?.agent.take() {
+            kill_and_wait(agent.pid, libc::SIGTERM, Duration::from_secs(10));
+        }
+        self.state.save()
+    }
+
+    /// Kills node `name`'s agent with `SIGKILL` (its routes, pods and registration stay).
     pub fn kill_agent(&mut self, name: &str) -> Result<()> {
         if let Some(agent) = self.node_mut(name)?.agent.take() {
             kill_and_wait(agent.pid, libc::SIGKILL, Duration::from_secs(5));
@@ -715,9 +799,7 @@ impl Lab {
         for pod in pods {
             self.delete_pod(&pod)?;
         }
-        if let Some(agent) = self.node_mut(name)?.agent.take() {
-            kill_and_wait(agent.pid, libc::SIGTERM, Duration::from_secs(10));
-        }
+        self.stop_agent(name)?;
         self.wren_cli(&["node", "rm", name])?;
         let ns = self.node(name)?.ns.clone();
         topology::delete_ns(&ns);
@@ -783,12 +865,28 @@ impl Lab {
         container_id: &str,
         pod_ns: &str,
     ) -> Result<String> {
-        let config = serde_json::json!({
+        self.cni_with(node, command, container_id, pod_ns, serde_json::Value::Null)
+    }
+
+    /// [`cni`](Self::cni) with `extra` (a JSON object) merged into the lab's network
+    /// configuration: `{"ipam": {"pools": ["fast"]}}` say.
+    pub fn cni_with(
+        &self,
+        node: &NodeState,
+        command: &str,
+        container_id: &str,
+        pod_ns: &str,
+        extra: serde_json::Value,
+    ) -> Result<String> {
+        let mut config = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "wren-lab",
             "type": "wren",
             "agentSocket": node.socket,
         });
+        if let (Some(config), serde_json::Value::Object(extra)) = (config.as_object_mut(), extra) {
+            config.extend(extra);
+        }
         let mut child = Command::new(self.state.spec.bin_dir.join("wren-cni"))
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container_id)

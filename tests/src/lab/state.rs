@@ -28,6 +28,9 @@ pub struct LabState {
     /// The CA and the client certificate, when etcd speaks TLS.
     #[serde(default)]
     pub etcd_tls: Option<crate::etcd::EtcdTls>,
+    /// Client URLs of the etcd gRPC proxies, with `--etcd-proxies`.
+    #[serde(default)]
+    pub etcd_proxies: Vec<String>,
     /// Address of the ToR route reflector, with `--tor`.
     pub tor_ip: Option<Ipv4Addr>,
     /// BIRD's process id, with `--tor`.
@@ -111,6 +114,7 @@ impl LabState {
             etcd_endpoint: String::new(),
             etcd_members: Vec::new(),
             etcd_tls: None,
+            etcd_proxies: Vec::new(),
             tor_ip: None,
             tor_pid: None,
             nodes: Vec::new(),
@@ -122,7 +126,20 @@ impl LabState {
     /// The `--etcd-*` flags that reach the lab's etcd: every endpoint, and the CA and client
     /// certificate with TLS.
     pub fn etcd_flags(&self) -> Vec<String> {
-        let mut flags = vec!["--etcd-endpoints".to_owned(), self.etcd_endpoint.clone()];
+        self.etcd_flags_for(&self.etcd_endpoint)
+    }
+
+    /// The etcd flags of node number `index`'s agent: through its gRPC proxy when the lab
+    /// has proxies, otherwise as [`etcd_flags`](Self::etcd_flags).
+    pub fn agent_etcd_flags(&self, index: usize) -> Vec<String> {
+        match self.etcd_proxies.len() {
+            0 => self.etcd_flags(),
+            n => self.etcd_flags_for(&self.etcd_proxies[index % n]),
+        }
+    }
+
+    fn etcd_flags_for(&self, endpoints: &str) -> Vec<String> {
+        let mut flags = vec!["--etcd-endpoints".to_owned(), endpoints.to_owned()];
         if let Some(tls) = &self.etcd_tls {
             for (flag, path) in [
                 ("--etcd-ca", &tls.ca),

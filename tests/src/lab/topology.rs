@@ -230,6 +230,52 @@ pub fn start_etcd(state: &mut LabState) -> Result<()> {
         })
 }
 
+/// Starts the lab's etcd gRPC proxies in the fabric namespace, each in front of every member,
+/// and waits until each answers.
+pub fn start_etcd_proxies(state: &mut LabState) -> Result<()> {
+    let (ip, _) = subnet_gateway(state, 1);
+    for index in 0..state.spec.etcd_proxies {
+        // After the members' ports (2379 … 2420).
+        let port = 2479 + 10 * index as u16;
+        let endpoint = format!("http://{ip}:{port}");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.dir.join(format!("etcd-proxy-{index}.log")))?;
+        let mut command = Command::new("ip");
+        command
+            .args([
+                "netns",
+                "exec",
+                &state.fabric_ns,
+                "etcd",
+                "grpc-proxy",
+                "start",
+            ])
+            .arg(format!("--endpoints={}", state.etcd_endpoint))
+            .arg(format!("--listen-addr={ip}:{port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        spawn_detached(&mut command)?;
+        let answers = || {
+            etcdctl(state, &endpoint)
+                .args(["get", "--prefix", "--keys-only", "--limit", "1", "/"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !wait_until(START_TIMEOUT, POLL, answers) {
+            return Err(LabError::Lab(format!(
+                "etcd gRPC proxy {endpoint} did not answer within {:?}; see {}",
+                crate::vm::scaled(START_TIMEOUT),
+                state.dir.join(format!("etcd-proxy-{index}.log")).display()
+            )));
+        }
+        state.etcd_proxies.push(endpoint);
+    }
+    Ok(())
+}
+
 /// The log file of etcd member `index`: `etcd.log` for the first (the one the diagnostics
 /// show), `etcd-<index>.log` for the others.
 pub fn etcd_log(state: &LabState, index: usize) -> std::path::PathBuf {
