@@ -37,8 +37,13 @@ pub const POOL_CIDR: &str = "10.65.0.0/16";
 /// AS number of the lab cluster.
 pub const LAB_AS: u32 = 64512;
 
-/// How long a node's agent may take to become ready.
+/// How long a node's agent may take to become ready in a small lab; a large one allows
+/// [`READY_TIMEOUT_PER_NODE`] more for each node (more peers to sync with, and every agent
+/// starting on the same few cores).
 const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What each node adds to [`AGENT_READY_TIMEOUT`].
+const READY_TIMEOUT_PER_NODE: Duration = Duration::from_millis(300);
 
 /// What went wrong building or using a lab.
 #[derive(Debug, thiserror::Error)]
@@ -609,9 +614,15 @@ impl Lab {
         Ok((status == 200, body))
     }
 
+    /// How long an agent may take to become ready in this lab.
+    fn ready_timeout(&self) -> Duration {
+        let nodes = u32::try_from(self.state.nodes.len()).unwrap_or(u32::MAX);
+        crate::vm::scaled(AGENT_READY_TIMEOUT + READY_TIMEOUT_PER_NODE.saturating_mul(nodes))
+    }
+
     fn wait_agent_ready(&self, name: &str) -> Result<()> {
         let node = self.node(name)?;
-        let deadline = Instant::now() + crate::vm::scaled(AGENT_READY_TIMEOUT);
+        let deadline = Instant::now() + self.ready_timeout();
         loop {
             let status = crate::http::get_in_ns(&node.ns, names::METRICS_PORT, "/readyz");
             if matches!(status, Ok((200, _))) {
@@ -631,7 +642,7 @@ impl Lab {
                 return Err(LabError::Lab(format!(
                     "the agent of {name} was not ready within {:?} (last answer: {status:?})\n\
                      --- start of {name}'s log ---\n{}\n{}",
-                    crate::vm::scaled(AGENT_READY_TIMEOUT),
+                    self.ready_timeout(),
                     head(&self.state.dir.join(format!("{name}.log")), 3000),
                     self.network_diagnostics(node),
                 )));
@@ -767,6 +778,29 @@ impl Lab {
             .etcd_members
             .iter()
             .position(|m| m.endpoint == leader)
+    }
+
+    /// Stops every running agent (`SIGTERM`), then starts them all together, as after a
+    /// cluster-wide upgrade; returns the time from the first started to the last ready.
+    pub fn restart_all_agents(&mut self) -> Result<Duration> {
+        let names: Vec<String> = self
+            .state
+            .nodes
+            .iter()
+            .filter(|n| n.agent.is_some())
+            .map(|n| n.name.clone())
+            .collect();
+        for name in &names {
+            self.stop_agent(name)?;
+        }
+        let started = Instant::now();
+        for name in &names {
+            self.spawn_agent(name)?;
+        }
+        for name in &names {
+            self.wait_agent_ready(name)?;
+        }
+        Ok(started.elapsed())
     }
 
     /// Stops node `name`'s agent with `SIGTERM`, as an operator would: it ends cleanly, gives
