@@ -3,6 +3,7 @@
 //! ```text
 //! wren-lab up --nodes 3 [--encap none|vxlan|ipip] [--subnets 1|2] [--tor] [--name demo]
 //!              [--etcd-members 1|3|5] [--etcd-tls] [--route-reflectors N] [--etcd-proxies N]
+//!              [--no-fast-path]
 //! wren-lab ping | status | routes NODE | exec NODE -- CMD… | down | list
 //! wren-lab demo        # up → ping → status → routes explained → down
 //! ```
@@ -68,6 +69,9 @@ enum LabCommand {
         /// agent uses proxy i mod N.
         #[arg(long, default_value_t = 0)]
         etcd_proxies: usize,
+        /// Run the agents without the tc fast path (`--fast-path false`).
+        #[arg(long)]
+        no_fast_path: bool,
         /// Directory with the `wren` and `wren-cni` binaries (default: next to wren-lab).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -139,6 +143,7 @@ fn run(cli: Cli) -> Result<()> {
             etcd_tls,
             route_reflectors,
             etcd_proxies,
+            no_fast_path,
             bin_dir,
         } => {
             let mut spec = LabSpec::new(&name, nodes);
@@ -151,6 +156,7 @@ fn run(cli: Cli) -> Result<()> {
             spec.etcd_tls = etcd_tls;
             spec.route_reflectors = route_reflectors;
             spec.etcd_proxies = etcd_proxies;
+            spec.fast_path = !no_fast_path;
             spec.verbose = true;
             if let Some(dir) = bin_dir {
                 spec.bin_dir = dir;

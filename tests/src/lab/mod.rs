@@ -411,6 +411,10 @@ impl Lab {
             topology::add_node(&mut self.state, index)?;
         }
         self.state.save()?;
+        if spec.nodes > topology::PIN_NEIGHBOURS_ABOVE {
+            topology::pin_neighbours(&self.state)?;
+            self.say("  Neighbour entries pinned: one kernel's table serves every node here.");
+        }
         let started = Instant::now();
         for index in 0..spec.nodes {
             let node = self.state.nodes[index].name.clone();

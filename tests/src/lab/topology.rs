@@ -112,6 +112,81 @@ pub fn build_fabric(state: &mut LabState) -> Result<()> {
     Ok(())
 }
 
+/// Above this many nodes the lab pins its neighbour entries ([`pin_neighbours`]).
+pub const PIN_NEIGHBOURS_ABOVE: usize = 20;
+
+/// The MAC address of `ifname` in namespace `ns`.
+fn mac_of(ns: &str, ifname: &str) -> Result<String> {
+    let brief = ip(ns, &["-br", "link", "show", "dev", ifname])?;
+    brief
+        .split_whitespace()
+        .nth(2)
+        .map(str::to_owned)
+        .ok_or_else(|| LabError::Lab(format!("no MAC address for {ifname} in {ns}: {brief}")))
+}
+
+/// Runs `commands` (one `ip` command per line, without the `ip`) in namespace `ns` as one
+/// `ip -batch`.
+fn ip_batch(ns: &str, commands: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(commands.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LabError::Lab(format!(
+            "ip -batch in {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+/// Gives every node a permanent neighbour entry for every other node of its subnet and for its
+/// gateway, and the fabric one for every node. The kernel keeps one neighbour table for all
+/// namespaces, and its garbage-collection limit (`gc_thresh3`, 1024 entries by default) is
+/// global: a lab of N nodes that each resolve every other needs N² entries, and past the
+/// limit the kernel drops packets ("neighbor table overflow") and sessions stall. Permanent
+/// entries do not count against the limit; on real machines each node has a table of its
+/// own.
+pub fn pin_neighbours(state: &LabState) -> Result<()> {
+    let mut nodes = Vec::new();
+    for node in &state.nodes {
+        nodes.push((node, mac_of(&node.ns, "eth0")?));
+    }
+    let mut fabric = String::new();
+    for subnet in 1..=state.spec.subnets {
+        let (gateway, _) = subnet_gateway(state, subnet);
+        let leg = format!("gw{subnet}");
+        let gateway_mac = mac_of(&state.fabric_ns, &leg)?;
+        let members: Vec<_> = nodes.iter().filter(|(n, _)| n.subnet == subnet).collect();
+        for (node, mac) in &members {
+            fabric.push_str(&format!(
+                "neigh replace {} lladdr {mac} dev {leg} nud permanent\n",
+                node.ip()
+            ));
+            let mut own = format!("neigh replace {gateway} lladdr {gateway_mac} dev eth0 nud permanent\n");
+            for (other, other_mac) in &members {
+                if other.name != node.name {
+                    own.push_str(&format!(
+                        "neigh replace {} lladdr {other_mac} dev eth0 nud permanent\n",
+                        other.ip()
+                    ));
+                }
+            }
+            ip_batch(&node.ns, &own)?;
+        }
+    }
+    ip_batch(&state.fabric_ns, &fabric)
+}
+
 /// Gives a fabric link the lab's GSO/GRO sizes, if it has any.
 fn fabric_offload(state: &LabState, ns: &str, ifname: &str) -> Result<()> {
     if let Some(size) = state.spec.fabric_offload {
