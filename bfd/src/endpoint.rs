@@ -129,6 +129,8 @@ pub struct SessionEvent {
     pub change: Change,
     /// The neighbour's state as its last packet said.
     pub remote_state: State,
+    /// When the endpoint saw the change.
+    pub at: Instant,
 }
 
 impl SessionEvent {
@@ -694,6 +696,7 @@ impl Core {
                         peer: entry.spec.peer,
                         change,
                         remote_state: entry.session.remote_state(),
+                        at: now,
                     };
                     tracing::info!(peer = %event.peer, from = %change.from, to = %change.to,
                         diagnostic = %change.diagnostic, "BFD session state");
