@@ -173,6 +173,8 @@ pub struct SessionStatus {
     pub packets_sent: u64,
     /// Control packets received for this session.
     pub packets_received: u64,
+    /// When the last of them arrived.
+    pub last_received: Option<Instant>,
     /// Packets that could not be sent (the socket refused them).
     pub send_errors: u64,
     /// Times the session went Up.
@@ -349,6 +351,7 @@ struct Entry {
     remote_diagnostic: Diagnostic,
     sent: u64,
     received: u64,
+    last_received: Option<Instant>,
     send_errors: u64,
     ups: u64,
     downs: u64,
@@ -377,6 +380,7 @@ impl Entry {
             transmit_interval: self.session.transmit_interval(),
             packets_sent: self.sent,
             packets_received: self.received,
+            last_received: self.last_received,
             send_errors: self.send_errors,
             ups: self.ups,
             downs: self.downs,
@@ -520,6 +524,7 @@ impl Core {
                 remote_diagnostic: Diagnostic::None,
                 sent: 0,
                 received: 0,
+                last_received: None,
                 send_errors: 0,
                 ups: 0,
                 downs: 0,
@@ -651,6 +656,7 @@ impl Core {
         };
         if let Some(entry) = self.sessions.get_mut(&disc) {
             entry.received += 1;
+            entry.last_received = Some(Instant::now());
             entry.remote_diagnostic = packet.diagnostic;
         }
         self.event(disc, Event::Received(packet));

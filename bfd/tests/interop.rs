@@ -73,7 +73,7 @@ fn exercise(
         Diagnostic::ControlDetectionTimeExpired
     );
     assert!(down.is_failure());
-    let took = down.at.duration_since(at);
+    let took = down.at.duration_since(at.instant);
     assert!(
         took <= detection + SLACK,
         "{} {cut:?}: down after {took:?}, detection time {detection:?}",

@@ -34,6 +34,22 @@ pub enum Cut {
     Loss,
 }
 
+/// When a cut took effect, on both clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct CutAt {
+    pub instant: Instant,
+    pub wall: std::time::SystemTime,
+}
+
+impl CutAt {
+    fn now() -> Self {
+        Self {
+            instant: Instant::now(),
+            wall: std::time::SystemTime::now(),
+        }
+    }
+}
+
 /// Two namespaces joined by a veth pair, with IPv4 and IPv6 addresses on both ends.
 pub struct Link {
     pub a: NetNs,
@@ -72,12 +88,14 @@ impl Link {
         Ok(Self { a, b })
     }
 
-    /// Cuts the link; returns the moment just before the cut took effect.
-    pub fn cut(&self, how: Cut) -> Instant {
-        let at = Instant::now();
+    /// Cuts the link; returns when the cut took effect at `a`, the side that measures: after
+    /// `b`'s link went down (which takes `a`'s carrier with it), or after `a` dropped
+    /// everything (then `b` drops too, a moment later).
+    pub fn cut(&self, how: Cut) -> CutAt {
         match how {
             Cut::LinkDown => {
                 self.b.ip(&["link", "set", IFNAME, "down"]).unwrap();
+                CutAt::now()
             }
             Cut::Loss => {
                 let rules = format!(
@@ -85,12 +103,12 @@ impl Link {
                      chain input {{ type filter hook input priority 0; iifname \"{IFNAME}\" drop; }}\n\
                      chain output {{ type filter hook output priority 0; oifname \"{IFNAME}\" drop; }}\n}}\n"
                 );
-                for ns in [&self.a, &self.b] {
-                    nft(ns, &rules);
-                }
+                nft(&self.a, &rules);
+                let at = CutAt::now();
+                nft(&self.b, &rules);
+                at
             }
         }
-        at
     }
 
     /// Undoes [`Link::cut`].
