@@ -39,3 +39,6 @@ WREN_BENCH_ROUNDS=5 cargo bench -p wren-fastpath --bench verdict_cost
 
 # CRI: RunPodSandbox through containerd, 20 pods one after another and 20 at once, wren vs ptp+host-local on the same containerd (BENCHMARKS.md "Pod sandbox ready through containerd").
 cargo bench -p wren-tests --bench cri_sandbox
+
+# BFD: link cut → session Down at 3 × 100 ms and 3 × 300 ms, wren vs BIRD–BIRD in the same run (BENCHMARKS.md "BFD").
+WREN_BENCH_ROUNDS=15 cargo bench -p wren-bfd --bench detection
