@@ -53,14 +53,12 @@ fn two_endpoints_come_up_on_both_families_and_removal_is_no_failure() {
     b.add(A6, B6, timing(100, 3));
     a.wait(State::Up, SETTLE);
     b.wait(State::Up, SETTLE);
-    let sessions = a.rt.block_on(a.handle.sessions()).unwrap();
-    assert_eq!(sessions.len(), 2);
-    for s in &sessions {
-        assert_eq!(s.state, State::Up);
-        assert_eq!(s.detection_time, Some(Duration::from_millis(300)));
+    for peer in [B4, B6] {
+        let s = a.settled(peer, Duration::from_millis(300));
         assert!(s.packets_received > 0 && s.packets_sent > 0);
         assert_eq!(s.ups, 1);
     }
+    assert_eq!(a.rt.block_on(a.handle.sessions()).unwrap().len(), 2);
     // Removing the session at `a` sends AdminDown: `b` goes Down but not as a failure.
     a.rt.block_on(a.handle.remove_session(ip(B4))).unwrap();
     let down = b.wait(State::Down, SETTLE);

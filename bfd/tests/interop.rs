@@ -54,16 +54,16 @@ fn exercise(
     link: &Link,
     daemon: &dyn BfdDaemon,
     wren: &mut Wren,
-    peer: &str,
-    local: &str,
+    (peer, local): (&str, &str),
+    timing: SessionConfig,
     cut: Cut,
 ) {
+    wren.add(peer, local, timing);
     wren.wait(State::Up, SETTLE);
     wait_bfd(daemon, ip(local), BfdState::Up, SETTLE).unwrap();
-    let status = wren.rt.block_on(wren.handle.session(ip(peer))).unwrap();
-    assert_eq!(status.remote_state, State::Up);
+    let detection = timing.required_min_rx * u32::from(timing.detect_mult);
+    let status = wren.settled(peer, detection);
     assert_ne!(status.remote_discriminator, 0);
-    let detection = status.detection_time.expect("a detection time once Up");
 
     let at = link.cut(cut);
     let down = wren.wait(State::Down, detection + Duration::from_secs(3));
@@ -108,8 +108,8 @@ fn frr_ipv4_wren_speaks_first_and_a_downed_link_is_detected() {
     let link = Link::new("bfd-frr4").unwrap();
     let frr = Frr::start(&link.b, daemon_config(A4, B4, 300, 3, true)).unwrap();
     let mut wren = Wren::start(&link.a);
-    wren.add(B4, A4, timing(300, 3));
-    exercise(&link, &frr, &mut wren, B4, A4, Cut::LinkDown);
+    let timing = timing(300, 3);
+    exercise(&link, &frr, &mut wren, (B4, A4), timing, Cut::LinkDown);
 }
 
 #[test]
@@ -120,8 +120,8 @@ fn frr_ipv6_frr_speaks_first_and_total_loss_is_detected() {
     let link = Link::new("bfd-frr6").unwrap();
     let frr = Frr::start(&link.b, daemon_config(A6, B6, 100, 3, false)).unwrap();
     let mut wren = Wren::start(&link.a);
-    wren.add(B6, A6, passive(timing(100, 3)));
-    exercise(&link, &frr, &mut wren, B6, A6, Cut::Loss);
+    let timing = passive(timing(100, 3));
+    exercise(&link, &frr, &mut wren, (B6, A6), timing, Cut::Loss);
 }
 
 #[test]
@@ -132,8 +132,8 @@ fn bird_ipv4_bird_speaks_first_and_total_loss_is_detected() {
     let link = Link::new("bfd-bird4").unwrap();
     let bird = Bird::start(&link.b, daemon_config(A4, B4, 100, 3, false)).unwrap();
     let mut wren = Wren::start(&link.a);
-    wren.add(B4, A4, passive(timing(100, 3)));
-    exercise(&link, &bird, &mut wren, B4, A4, Cut::Loss);
+    let timing = passive(timing(100, 3));
+    exercise(&link, &bird, &mut wren, (B4, A4), timing, Cut::Loss);
 }
 
 #[test]
@@ -144,8 +144,8 @@ fn bird_ipv6_wren_speaks_first_and_total_loss_is_detected() {
     let link = Link::new("bfd-bird6").unwrap();
     let bird = Bird::start(&link.b, daemon_config(A6, B6, 300, 3, true)).unwrap();
     let mut wren = Wren::start(&link.a);
-    wren.add(B6, A6, timing(300, 3));
-    exercise(&link, &bird, &mut wren, B6, A6, Cut::Loss);
+    let timing = timing(300, 3);
+    exercise(&link, &bird, &mut wren, (B6, A6), timing, Cut::Loss);
 }
 
 #[test]
@@ -156,6 +156,6 @@ fn bird_ipv4_downed_link_is_detected() {
     let link = Link::new("bfd-birdld").unwrap();
     let bird = Bird::start(&link.b, daemon_config(A4, B4, 300, 3, false)).unwrap();
     let mut wren = Wren::start(&link.a);
-    wren.add(B4, A4, timing(300, 3));
-    exercise(&link, &bird, &mut wren, B4, A4, Cut::LinkDown);
+    let timing = timing(300, 3);
+    exercise(&link, &bird, &mut wren, (B4, A4), timing, Cut::LinkDown);
 }

@@ -17,7 +17,10 @@
 //! - §6.8.7: packets go every `max(Desired Min TX, remote Required Min RX)`, reduced by a
 //!   random 0–25 % (10–25 % when Detect Mult is 1); none while the remote asks for none
 //!   (Required Min RX 0); a Poll is answered with a Final at once.
-//! - §6.1: a passive session sends nothing until it has heard from the remote.
+//! - §6.1 and §6.8.7: a passive session sends nothing while it knows no remote discriminator
+//!   (before the remote's first packet, and again once the remote fell silent); no session
+//!   sends periodic packets to a remote in Demand mode while both are Up and no Poll
+//!   Sequence runs.
 //!
 //! Beyond the letter of the RFC, as bfdd and BIRD do too: a packet goes out at once on every
 //! state change, so two systems reach Up in a few round trips instead of seconds of the slow
@@ -168,8 +171,8 @@ pub struct Session {
     remote_detect_mult: u8,
     /// A Poll Sequence is under way.
     polling: bool,
-    /// A packet from the remote arrived at least once (the passive role waits for it).
-    heard: bool,
+    /// bfd.RemoteDemandMode: the remote asks for no periodic packets while both are Up.
+    remote_demand: bool,
     /// The interval the Transmit timer was last armed for, jitter aside.
     armed: Option<Duration>,
     jitter: Jitter,
@@ -196,7 +199,7 @@ impl Session {
             remote_desired_tx: Duration::ZERO,
             remote_detect_mult: 0,
             polling: false,
-            heard: false,
+            remote_demand: false,
             armed: None,
             jitter: Jitter::new(seed ^ u64::from(discriminator)),
         }
@@ -303,7 +306,7 @@ impl Session {
         if packet.your_discriminator != 0 && packet.your_discriminator != self.local_discriminator {
             return;
         }
-        self.heard = true;
+        self.remote_demand = packet.demand;
         self.remote_discriminator = packet.my_discriminator;
         self.remote_state = packet.state;
         self.remote_min_rx = packet.required_min_rx();
@@ -366,6 +369,7 @@ impl Session {
         self.remote_detect_mult = 0;
         self.remote_desired_tx = Duration::ZERO;
         self.remote_min_rx = Duration::from_micros(1);
+        self.remote_demand = false;
     }
 
     fn transition(&mut self, to: State, diagnostic: Diagnostic, out: &mut Vec<Action>) {
@@ -414,7 +418,13 @@ impl Session {
 
     /// Whether periodic packets go out now.
     fn transmitting(&self) -> bool {
-        (self.heard || !self.config.passive) && !self.remote_min_rx.is_zero()
+        let silenced = self.remote_demand
+            && self.state == State::Up
+            && self.remote_state == State::Up
+            && !self.polling;
+        (self.remote_discriminator != 0 || !self.config.passive)
+            && !self.remote_min_rx.is_zero()
+            && !silenced
     }
 
     /// Keeps the Transmit timer in step with the transmit interval: armed when packets are

@@ -282,6 +282,31 @@ fn passive_waits_for_the_remote() {
     let out = s.handle(Event::Received(remote(State::Down, 0)));
     assert_eq!(sent(&out)[0].state, State::Init);
     assert!(timer(&out, Timer::Transmit).is_some());
+    // The remote falls silent: a passive session goes quiet again.
+    let out = s.handle(Event::TimerExpired(Timer::Detect));
+    assert_eq!(s.state(), State::Down);
+    assert!(out.contains(&Action::StopTimer(Timer::Transmit)));
+    assert!(sent(&out).is_empty());
+}
+
+#[test]
+fn a_remote_in_demand_mode_gets_no_periodic_packets_while_both_are_up() {
+    let mut s = up(config(100, 3));
+    let demand = ControlPacket {
+        demand: true,
+        ..remote(State::Up, 7)
+    };
+    let out = s.handle(Event::Received(demand));
+    assert!(out.contains(&Action::StopTimer(Timer::Transmit)));
+    // A Poll from it is still answered, and our own Poll Sequence still goes out.
+    let out = s.handle(Event::Received(ControlPacket {
+        poll: true,
+        ..demand
+    }));
+    assert!(sent(&out)[0].final_);
+    let out = s.handle(Event::Reconfigure(config(200, 3)));
+    assert!(sent(&out)[0].poll);
+    assert!(timer(&out, Timer::Transmit).is_some());
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use nix::sched::{CloneFlags, setns};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
-use wren_bfd::endpoint::{Endpoint, EndpointConfig, EndpointHandle, PeerSpec, SessionEvent};
+use wren_bfd::endpoint::{
+    Endpoint, EndpointConfig, EndpointHandle, PeerSpec, SessionEvent, SessionStatus,
+};
 use wren_bfd::packet::State;
 use wren_bfd::session::SessionConfig;
 use wren_tests::netns::NetNs;
@@ -213,6 +215,30 @@ impl Wren {
                 Ok(Some(event)) => seen.push(event.change),
                 _ => panic!("no change to {to} within {timeout:?}; saw {seen:?}"),
             }
+        }
+    }
+
+    /// The session's status once both sides are Up and the detection time is `detection`:
+    /// the Poll Sequences of the way up have ended (packets sent while not Up carry the 1 s
+    /// slow rate, and the remote's first packets may still say Init).
+    pub fn settled(&self, peer: &str, detection: Duration) -> SessionStatus {
+        let peer: IpAddr = peer.parse().unwrap();
+        let mut last = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.rt.block_on(self.handle.session(peer)).unwrap();
+            if status.state == State::Up
+                && status.remote_state == State::Up
+                && status.detection_time == Some(detection)
+            {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "session with {peer} not settled at {detection:?}: {last:?}"
+            );
+            last = Some(status);
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
