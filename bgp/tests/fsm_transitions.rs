@@ -182,13 +182,36 @@ fn fsm_refused_connects_are_retried_soon_doubling_to_a_second() {
         let actions = h.on(Event::TimerExpired(Timer::ConnectRetry));
         id = connect_id(&actions).expect("the retry connects");
     }
-    // A connection that opens resets the sequence for the next failure.
+    // A peer that accepts and closes before its OPEN (it does not know us yet) is retried on
+    // the same schedule.
     h.on(Event::TcpConnected(id));
+    let actions = h.on(Event::TcpFailed(id));
+    assert_eq!(h.fsm.state(), State::Active);
+    assert_eq!(timer_started(&actions, Timer::ConnectRetry), Some(ms(1000)));
+    // Once an OPEN arrives the sequence starts over for the next failure.
+    let id = connect_id(&h.on(Event::TimerExpired(Timer::ConnectRetry))).unwrap();
+    h.on(Event::TcpConnected(id));
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    h.on(Event::Message(id, Message::Open(peer_open(remote, 90))));
+    assert_eq!(h.fsm.state(), State::OpenConfirm);
     h.on(Event::TcpFailed(id));
-    let actions = h.on(Event::TimerExpired(Timer::ConnectRetry));
-    let id = connect_id(&actions).expect("retry after the lost connection");
+    let id = connect_id(&h.on(Event::TimerExpired(Timer::IdleHold))).unwrap();
     let actions = h.on(Event::TcpFailed(id));
     assert_eq!(timer_started(&actions, Timer::ConnectRetry), Some(ms(100)));
+}
+
+#[test]
+fn fsm_a_peer_closing_before_its_open_is_retried_soon() {
+    let mut h = Harness::new(config());
+    let id = h.start();
+    h.on(Event::TcpConnected(id));
+    let actions = h.on(Event::TcpFailed(id));
+    assert_eq!(h.fsm.state(), State::Active);
+    assert_eq!(
+        timer_started(&actions, Timer::ConnectRetry),
+        Some(Duration::from_millis(100)),
+        "not the 30 s ConnectRetry time"
+    );
 }
 
 #[test]

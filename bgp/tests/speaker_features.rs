@@ -1,6 +1,7 @@
 //! Speaker features over loopback: graceful restart (receiving side), route reflection
 //! between three speakers, peer reconfiguration at run time, BFD taking a session down and
-//! holding it, and two speakers started together.
+//! holding it, and two speakers started together (one before the other listens, or before it
+//! knows the first).
 
 mod speaker_common;
 
@@ -252,6 +253,39 @@ async fn speaker_started_before_its_peer_connects_within_a_second_of_it_listenin
     assert!(
         established_in < Duration::from_secs(3),
         "up {established_in:?} after B listened"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// The other cold-start case: the peer listens but does not know us yet (its agent has not
+/// seen our node), so it accepts and closes before its OPEN. Once it adds us the session must
+/// come up within about a second, not after the 30 s ConnectRetry time.
+#[tokio::test]
+async fn speaker_connects_within_a_second_of_the_peer_adding_it() {
+    let a = speaker(1, AS).await;
+    let b = speaker(2, AS).await;
+    let mut to_b = peer_to(&b, AS);
+    to_b.connect_retry = Duration::from_secs(30);
+    a.add_peer(to_b).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_ne!(state_of(&a).await, wren_bgp::fsm::State::Established);
+
+    let mut to_a = peer_to(&a, AS);
+    to_a.passive = true;
+    b.add_peer(to_a).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let established_in = tokio::time::timeout(Duration::from_secs(5), async {
+        while !established(&b).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        started.elapsed()
+    })
+    .await
+    .expect("the session comes up within 5 s of B adding A, not after ConnectRetry");
+    assert!(
+        established_in < Duration::from_secs(3),
+        "up {established_in:?} after B added A"
     );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();

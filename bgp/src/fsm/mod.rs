@@ -15,11 +15,12 @@
 //! automatic start) once an idle-hold delay has passed; that delay doubles on every consecutive
 //! failure so a broken peer is not hammered.
 //!
-//! Cold start: an outgoing connection the peer refused (it has no listener yet, as when two
-//! nodes start together) is tried again after [`FAST_RETRY_FIRST`], doubling up to
-//! [`FAST_RETRY_MAX`] (never beyond the ConnectRetry time) until a connection opens, instead of
-//! after the full ConnectRetry time: a refusal costs one SYN and one RST, and the session then
-//! comes up within about a second of the peer listening, however long that took.
+//! Cold start: when nodes start together, a peer may refuse the connection (no listener yet),
+//! or accept it and close it before sending its OPEN (it does not know us yet). Either way the
+//! machine tries again after [`FAST_RETRY_FIRST`], doubling up to [`FAST_RETRY_MAX`] (never
+//! beyond the ConnectRetry time) until an OPEN arrives, instead of after the full ConnectRetry
+//! time: an attempt costs a few packets, and the session comes up within about a second of the
+//! peer being ready, however long that took.
 //!
 //! BFD (RFC 5882 §4.3): [`Event::BfdDown`] ends the session at once with Cease / BFD Down
 //! (RFC 9384), flushes the peer's routes (the path is gone; graceful restart does not apply),
@@ -291,7 +292,8 @@ pub struct Fsm {
     next_id: u64,
     /// Consecutive failures, for the idle-hold back-off (RFC 4271 ConnectRetryCounter).
     failures: u32,
-    /// Outgoing connections that failed since one last opened, for the cold-start retry.
+    /// Connections that failed before the peer's OPEN since one last got that far, for the
+    /// cold-start retry.
     connect_failures: u32,
     /// BFD reported the peer unreachable: stay in Idle until it says otherwise.
     bfd_down: bool,
@@ -566,7 +568,6 @@ impl Fsm {
             out.push(Action::StopTimer(Timer::ConnectRetry));
             out.push(Action::StartTimer(Timer::Hold, OPEN_HOLD_TIME));
         }
-        self.connect_failures = 0;
         self.conns.push(Conn {
             id,
             direction,
@@ -601,12 +602,11 @@ impl Fsm {
             }
             _ if !self.conns.is_empty() => {}
             ConnState::OpenSent => {
-                // RFC 4271: OpenSent goes back to Active and retries.
+                // RFC 4271: OpenSent goes back to Active and retries; soon, as the peer
+                // closing before its OPEN is most often a peer that does not know us yet.
                 out.push(Action::StopTimer(Timer::Hold));
-                out.push(Action::StartTimer(
-                    Timer::ConnectRetry,
-                    self.config.connect_retry,
-                ));
+                out.push(Action::StartTimer(Timer::ConnectRetry, self.fast_retry()));
+                self.connect_failures = self.connect_failures.saturating_add(1);
             }
             ConnState::OpenConfirm => self.fail(DownReason::ConnectionLost, out),
         }
@@ -724,6 +724,7 @@ impl Fsm {
                 }
             }
         }
+        self.connect_failures = 0;
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -829,7 +830,7 @@ impl Fsm {
         self.fail(DownReason::BfdDown, out);
     }
 
-    /// The delay before retrying after `connect_failures` failed connections: doubling from
+    /// The delay before retrying after `connect_failures` failed attempts: doubling from
     /// [`FAST_RETRY_FIRST`], capped by [`FAST_RETRY_MAX`] and the ConnectRetry time.
     fn fast_retry(&self) -> Duration {
         let doublings = self.connect_failures.min(16);
