@@ -87,7 +87,34 @@ impl Link {
             IFNAME,
             "nodad",
         ])?;
-        Ok(Self { a, b })
+        let link = Self { a, b };
+        link.pin_neighbours()?;
+        Ok(link)
+    }
+
+    /// Permanent neighbour entries for the other end, both families. The kernel's neighbour
+    /// table is shared by every namespace on the machine and overflows when other labs are
+    /// large ("No route to host"); permanent entries are exempt from its limit.
+    fn pin_neighbours(&self) -> std::io::Result<()> {
+        let mac = |ns: &NetNs| -> std::io::Result<String> {
+            let text = ns.ip(&["-o", "link", "show", IFNAME])?;
+            let mac = text
+                .split_whitespace()
+                .skip_while(|w| *w != "link/ether")
+                .nth(1);
+            mac.map(str::to_owned)
+                .ok_or_else(|| std::io::Error::other(format!("no MAC in {text}")))
+        };
+        for (ns, other, v4, v6) in [(&self.a, &self.b, B4, B6), (&self.b, &self.a, A4, A6)] {
+            let lladdr = mac(other)?;
+            for address in [v4, v6] {
+                let args = [
+                    "neigh", "replace", address, "lladdr", &lladdr, "dev", IFNAME,
+                ];
+                ns.ip(&[&args[..], &["nud", "permanent"]].concat())?;
+            }
+        }
+        Ok(())
     }
 
     /// Cuts the link; returns when the cut took effect at `a`, the side that measures: after
@@ -118,6 +145,8 @@ impl Link {
         match how {
             Cut::LinkDown => {
                 self.b.ip(&["link", "set", IFNAME, "up"]).unwrap();
+                // A link going down takes its neighbour entries with it.
+                self.pin_neighbours().unwrap();
             }
             Cut::Loss => {
                 for ns in [&self.a, &self.b] {
