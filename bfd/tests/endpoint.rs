@@ -1,6 +1,7 @@
 //! wren's endpoint against itself across a link in namespaces: sessions come up, packets
 //! that did not arrive with TTL 255 or that name no session are counted and ignored, removal
-//! tells the neighbour AdminDown (which is no path failure), and bad settings are refused.
+//! tells the neighbour AdminDown (which is no path failure), link-local neighbours work, and
+//! bad settings are refused.
 
 mod common;
 
@@ -69,6 +70,26 @@ fn two_endpoints_come_up_on_both_families_and_removal_is_no_failure() {
     assert_eq!(down.remote_state, State::AdminDown);
     assert!(!down.is_failure());
     assert_eq!(b.state(A6), State::Up);
+}
+
+/// BGP unnumbered peers over IPv6 link-local addresses: the interface scopes them.
+#[test]
+fn link_local_neighbours_come_up_scoped_by_their_interface() {
+    if !prereq::require_root() {
+        return;
+    }
+    let link = Link::new("bfd-ll").unwrap();
+    for (ns, address) in [(&link.a, "fe80::a/64"), (&link.b, "fe80::b/64")] {
+        ns.ip(&["-6", "addr", "add", address, "dev", common::IFNAME, "nodad"])
+            .unwrap();
+    }
+    let mut a = Wren::start(&link.a);
+    let mut b = Wren::start(&link.b);
+    a.add("fe80::b", "fe80::a", timing(100, 3));
+    b.add("fe80::a", "fe80::b", timing(100, 3));
+    a.wait(State::Up, SETTLE);
+    b.wait(State::Up, SETTLE);
+    a.settled("fe80::b", Duration::from_millis(300));
 }
 
 #[test]
