@@ -46,3 +46,11 @@ cargo bench -p wren-bgp --bench reflect -- --nodes 5000 --blocks 4 --clients 50 
 # Scale: 150 agents in namespaces with two wren route reflectors, start, idle, burst, claim and removal figures (BENCHMARKS.md "Scale").
 cargo build --release --bins
 cargo bench -p wren-tests --bench scale -- --nodes 150 --reflectors 2
+
+# BFD: link cut → session Down at 3 × 100 ms and 3 × 300 ms, wren vs BIRD–BIRD in the same run (BENCHMARKS.md "BFD").
+WREN_BENCH_ROUNDS=15 cargo bench -p wren-bfd --bench detection
+
+# Cold start: last agent started → full mesh and → every pod reaching every pod, in a 3-node lab (BENCHMARKS.md "Cold start").
+# The anchor is another build's binaries (WREN_BENCH_ANCHOR_BIN_DIR); without it only this build is measured.
+cargo build --bins
+WREN_BENCH_BIN_DIR=target/debug WREN_BENCH_ROUNDS=5 cargo bench -p wren-tests --bench cold_start

@@ -14,6 +14,7 @@ declare -A NEED=(
   [birdc]=bird2
   [/usr/lib/frr/bgpd]=frr
   [/usr/lib/frr/zebra]=frr
+  [/usr/lib/frr/bfdd]=frr
   [gobgpd]=gobgpd
   [gobgp]=gobgpd
   [ip]=iproute2

@@ -169,6 +169,145 @@ fn fsm_failed_connect_waits_in_active_then_retries() {
     assert!(connect_id(&actions).is_some_and(|retry| retry != id));
 }
 
+/// Two nodes started together: the peer has no listener yet and refuses. The retries come
+/// 100 ms, 200 ms, 400 ms, 800 ms, then every second, not after the 30 s ConnectRetry time.
+#[test]
+fn fsm_refused_connects_are_retried_soon_doubling_to_a_second() {
+    let mut h = Harness::new(config());
+    let mut id = h.start();
+    let ms = Duration::from_millis;
+    for expected in [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)] {
+        let actions = h.on(Event::TcpFailed(id));
+        assert_eq!(timer_started(&actions, Timer::ConnectRetry), Some(expected));
+        let actions = h.on(Event::TimerExpired(Timer::ConnectRetry));
+        id = connect_id(&actions).expect("the retry connects");
+    }
+    // A peer that accepts and closes before its OPEN (it does not know us yet) is retried on
+    // the same schedule.
+    h.on(Event::TcpConnected(id));
+    let actions = h.on(Event::TcpFailed(id));
+    assert_eq!(h.fsm.state(), State::Active);
+    assert_eq!(timer_started(&actions, Timer::ConnectRetry), Some(ms(1000)));
+    // Once an OPEN arrives the sequence starts over for the next failure.
+    let id = connect_id(&h.on(Event::TimerExpired(Timer::ConnectRetry))).unwrap();
+    h.on(Event::TcpConnected(id));
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    h.on(Event::Message(id, Message::Open(peer_open(remote, 90))));
+    assert_eq!(h.fsm.state(), State::OpenConfirm);
+    h.on(Event::TcpFailed(id));
+    let id = connect_id(&h.on(Event::TimerExpired(Timer::IdleHold))).unwrap();
+    let actions = h.on(Event::TcpFailed(id));
+    assert_eq!(timer_started(&actions, Timer::ConnectRetry), Some(ms(100)));
+}
+
+#[test]
+fn fsm_a_peer_closing_before_its_open_is_retried_soon() {
+    let mut h = Harness::new(config());
+    let id = h.start();
+    h.on(Event::TcpConnected(id));
+    let actions = h.on(Event::TcpFailed(id));
+    assert_eq!(h.fsm.state(), State::Active);
+    assert_eq!(
+        timer_started(&actions, Timer::ConnectRetry),
+        Some(Duration::from_millis(100)),
+        "not the 30 s ConnectRetry time"
+    );
+}
+
+#[test]
+fn fsm_fast_retries_never_exceed_the_connect_retry_time() {
+    let mut short = config();
+    short.connect_retry = Duration::from_millis(300);
+    let mut h = Harness::new(short);
+    let mut id = h.start();
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let actions = h.on(Event::TcpFailed(id));
+        delays.push(timer_started(&actions, Timer::ConnectRetry).unwrap());
+        id = connect_id(&h.on(Event::TimerExpired(Timer::ConnectRetry))).unwrap();
+    }
+    let ms = Duration::from_millis;
+    assert_eq!(delays, [ms(100), ms(200), ms(300), ms(300)]);
+}
+
+#[test]
+fn fsm_bfd_down_ends_the_session_at_once_flushes_and_holds_until_bfd_up() {
+    let mut gr = gr_config();
+    gr.connect_retry = Duration::from_secs(30);
+    let mut h = Harness::new(gr);
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let id = h.establish(remote, gr_open(remote));
+    let actions = h.on(Event::BfdDown);
+    // RFC 9384: Cease, subcode 10 (BFD Down).
+    assert_eq!(notification(&actions, id), Some((6, 10)));
+    assert_eq!(
+        wren_bgp::wire::ErrorCode::from_pair(6, 10),
+        Some(wren_bgp::wire::ErrorCode::Cease(
+            wren_bgp::wire::CeaseError::BfdDown
+        ))
+    );
+    assert!(closes(&actions, id));
+    let down = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::SessionDown(d) => Some(d),
+            _ => None,
+        })
+        .expect("the session goes down");
+    assert_eq!(down.reason, DownReason::BfdDown);
+    assert!(
+        down.retain.is_empty(),
+        "graceful restart keeps nothing: the path is gone"
+    );
+    assert_eq!(h.fsm.state(), State::Idle);
+    assert!(h.fsm.bfd_down());
+    assert_eq!(timer_started(&actions, Timer::IdleHold), None, "no restart");
+    assert_eq!(
+        h.fsm.last_error().map(ToString::to_string).as_deref(),
+        Some("BFD session down")
+    );
+
+    // Held down: the peer's connections are refused, stray timers and starts do nothing.
+    let incoming = h.fsm.next_conn_id();
+    assert!(closes(&h.on(Event::TcpAccepted(incoming)), incoming));
+    assert!(connect_id(&h.on(Event::TimerExpired(Timer::IdleHold))).is_none());
+    assert!(connect_id(&h.on(Event::ManualStart)).is_none());
+    assert!(
+        h.on(Event::BfdDown).is_empty(),
+        "a second BFD Down changes nothing"
+    );
+    assert_eq!(h.fsm.state(), State::Idle);
+
+    // BFD up again: the session starts over at once.
+    let actions = h.on(Event::BfdUp);
+    assert!(connect_id(&actions).is_some());
+    assert_eq!(h.fsm.state(), State::Connect);
+    assert!(!h.fsm.bfd_down());
+}
+
+#[test]
+fn fsm_bfd_down_before_the_session_is_up_keeps_it_from_connecting() {
+    let mut h = Harness::new(config());
+    let id = h.start();
+    let actions = h.on(Event::BfdDown);
+    assert!(closes(&actions, id), "the attempt in progress is abandoned");
+    assert!(down_reason(&actions).is_none(), "no session was up");
+    assert_eq!(h.fsm.state(), State::Idle);
+    assert!(h.on(Event::TimerExpired(Timer::ConnectRetry)).is_empty());
+    assert!(connect_id(&h.on(Event::BfdUp)).is_some());
+}
+
+#[test]
+fn fsm_bfd_up_without_a_down_changes_nothing() {
+    let mut h = Harness::new(config());
+    assert!(h.on(Event::BfdUp).is_empty());
+    assert_eq!(h.fsm.state(), State::Idle);
+    // Nor does a BFD Down of a stopped session start anything when BFD returns.
+    h.on(Event::BfdDown);
+    assert!(h.on(Event::BfdUp).is_empty());
+    assert_eq!(h.fsm.state(), State::Idle);
+}
+
 #[test]
 fn fsm_open_exchange_negotiates_hold_and_keepalive() {
     let mut h = Harness::new(config());

@@ -1,5 +1,7 @@
 //! Speaker features over loopback: graceful restart (receiving side), route reflection
-//! between three speakers, and peer reconfiguration at run time.
+//! between three speakers, peer reconfiguration at run time, BFD taking a session down and
+//! holding it, and two speakers started together (one before the other listens, or before it
+//! knows the first).
 
 mod speaker_common;
 
@@ -164,6 +166,118 @@ async fn speaker_reconfigured_peer_restarts_its_session() {
     .await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn speaker_bfd_down_drops_the_session_and_its_routes_at_once_and_holds_it() {
+    let a = speaker(1, AS).await;
+    let b = speaker(2, AS).await;
+    a.add_peer(peer_to(&b, AS)).await.unwrap();
+    b.add_peer(peer_to(&a, AS)).await.unwrap();
+    let prefix = net("10.9.0.0/24");
+    b.originate(prefix, None).await.unwrap();
+    eventually("A has B's route", || has_route(&a, prefix)).await;
+
+    // The hold time is 9 s and graceful restart is on: only BFD can make this quick.
+    a.set_bfd(LOOPBACK, false).await.unwrap();
+    eventually("the route gone from A", || async {
+        !has_route(&a, prefix).await
+    })
+    .await;
+    let status = a.peer(LOOPBACK).await.unwrap();
+    assert!(status.bfd_down);
+    assert_eq!(status.state, wren_bgp::fsm::State::Idle);
+    assert_eq!(
+        status.prefixes_stale, 0,
+        "nothing kept for graceful restart"
+    );
+    eventually("B told why: Cease / BFD Down", || async {
+        let status = b.peer(LOOPBACK).await.unwrap();
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("BfdDown"))
+    })
+    .await;
+
+    // B reconnects every idle hold (500 ms); A refuses while BFD is down.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(state_of(&a).await, wren_bgp::fsm::State::Idle);
+    assert!(!has_route(&a, prefix).await);
+
+    a.set_bfd(LOOPBACK, true).await.unwrap();
+    eventually("session back", || established(&a)).await;
+    eventually("route back", || has_route(&a, prefix)).await;
+    assert!(!a.peer(LOOPBACK).await.unwrap().bfd_down);
+    assert!(
+        a.set_bfd("10.0.0.99".parse().unwrap(), false)
+            .await
+            .is_err()
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// Two nodes whose agents start together: the active side connects before the passive side
+/// listens. With the default 30 s ConnectRetry the session must still come up within about a
+/// second of the passive side starting, not 30 s later.
+#[tokio::test]
+async fn speaker_started_before_its_peer_connects_within_a_second_of_it_listening() {
+    let port = {
+        let probe = std::net::TcpListener::bind((LOOPBACK, 0)).unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let a = speaker(1, AS).await;
+    let mut to_b = wren_bgp::speaker::PeerConfig::new(LOOPBACK, AS);
+    to_b.port = port;
+    to_b.hold_time = 9;
+    assert_eq!(to_b.connect_retry, Duration::from_secs(30));
+    a.add_peer(to_b).await.unwrap();
+    // A's connects are refused for a while, its retries growing meanwhile.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_ne!(state_of(&a).await, wren_bgp::fsm::State::Established);
+
+    let b = speaker_with(2, AS, |c| c.listen = Some(SocketAddr::new(LOOPBACK, port))).await;
+    a_joins_promptly(&a, &b, "B listened").await;
+}
+
+/// B adds A as a passive peer; the session must be up within 3 s of that (the 30 s
+/// ConnectRetry time is what A would otherwise wait). Ends both speakers.
+async fn a_joins_promptly(a: &SpeakerHandle, b: &SpeakerHandle, what: &str) {
+    let mut to_a = peer_to(a, AS);
+    to_a.passive = true;
+    b.add_peer(to_a).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let established_in = tokio::time::timeout(Duration::from_secs(5), async {
+        while !established(b).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        started.elapsed()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no session within 5 s after {what}: A waits for ConnectRetry"));
+    assert!(
+        established_in < Duration::from_secs(3),
+        "up {established_in:?} after {what}"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// The other cold-start case: the peer listens but does not know us yet (its agent has not
+/// seen our node), so it accepts and closes before its OPEN. Once it adds us the session must
+/// come up within about a second, not after the 30 s ConnectRetry time.
+#[tokio::test]
+async fn speaker_connects_within_a_second_of_the_peer_adding_it() {
+    let a = speaker(1, AS).await;
+    let b = speaker(2, AS).await;
+    let mut to_b = peer_to(&b, AS);
+    to_b.connect_retry = Duration::from_secs(30);
+    a.add_peer(to_b).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_ne!(state_of(&a).await, wren_bgp::fsm::State::Established);
+
+    a_joins_promptly(&a, &b, "B added A").await;
 }
 
 #[tokio::test]

@@ -14,6 +14,17 @@
 //! falling back to Idle, and after an error the machine restarts by itself (RFC 4271 §8.1.1,
 //! automatic start) once an idle-hold delay has passed; that delay doubles on every consecutive
 //! failure so a broken peer is not hammered.
+//!
+//! Cold start: when nodes start together, a peer may refuse the connection (no listener yet),
+//! or accept it and close it before sending its OPEN (it does not know us yet). Either way the
+//! machine tries again after [`FAST_RETRY_FIRST`], doubling up to [`FAST_RETRY_MAX`] (never
+//! beyond the ConnectRetry time) until an OPEN arrives, instead of after the full ConnectRetry
+//! time: an attempt costs a few packets, and the session comes up within about a second of the
+//! peer being ready, however long that took.
+//!
+//! BFD (RFC 5882 §4.3): [`Event::BfdDown`] ends the session at once with Cease / BFD Down
+//! (RFC 9384), flushes the peer's routes (the path is gone; graceful restart does not apply),
+//! and holds the session in Idle, refusing connections, until [`Event::BfdUp`].
 
 mod open;
 
@@ -27,6 +38,13 @@ pub use open::{keepalive, retained};
 
 /// Hold time used while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
 pub const OPEN_HOLD_TIME: Duration = Duration::from_secs(240);
+
+/// The first retry after a failed outgoing connection.
+pub const FAST_RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest retry interval after failed outgoing connections (the ConnectRetry time, if
+/// shorter, caps it instead).
+pub const FAST_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Session states of RFC 4271 §8.2.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,6 +134,10 @@ pub enum Event {
     /// A message on a connection could not be parsed; the NOTIFICATION says why (RFC events
     /// 21, 22, 28).
     MessageError(ConnId, Notification),
+    /// The BFD session with the peer went down: end the session now and stay down.
+    BfdDown,
+    /// The BFD session with the peer is up (again): the session may come back.
+    BfdUp,
 }
 
 /// Outputs of the machine, to be carried out in order.
@@ -156,6 +178,8 @@ pub enum DownReason {
     ConnectionLost,
     /// The peer opened a new session while the old one was up: it restarted (RFC 4724 §4.2).
     PeerRestarted,
+    /// The BFD session with the peer went down.
+    BfdDown,
 }
 
 impl std::fmt::Display for DownReason {
@@ -171,6 +195,7 @@ impl std::fmt::Display for DownReason {
             DownReason::NotificationSent(n) => write!(f, "sent {}", describe(n)),
             DownReason::ConnectionLost => f.write_str("connection lost"),
             DownReason::PeerRestarted => f.write_str("peer restarted"),
+            DownReason::BfdDown => f.write_str("BFD session down"),
         }
     }
 }
@@ -267,6 +292,11 @@ pub struct Fsm {
     next_id: u64,
     /// Consecutive failures, for the idle-hold back-off (RFC 4271 ConnectRetryCounter).
     failures: u32,
+    /// Connections that failed before the peer's OPEN since one last got that far, for the
+    /// cold-start retry.
+    connect_failures: u32,
+    /// BFD reported the peer unreachable: stay in Idle until it says otherwise.
+    bfd_down: bool,
     state: State,
     since: Instant,
     last_error: Option<DownReason>,
@@ -283,6 +313,8 @@ impl Fsm {
             conns: Vec::new(),
             next_id: 1,
             failures: 0,
+            connect_failures: 0,
+            bfd_down: false,
             state: State::Idle,
             since: now,
             last_error: None,
@@ -318,6 +350,11 @@ impl Fsm {
     /// The connection carrying the established session.
     pub fn established_conn(&self) -> Option<ConnId> {
         self.established().map(|c| c.id)
+    }
+
+    /// Whether BFD holds the session down.
+    pub fn bfd_down(&self) -> bool {
+        self.bfd_down
     }
 
     /// Why the session last went down or failed to come up.
@@ -362,6 +399,12 @@ impl Fsm {
             Event::MessageError(id, notification) => {
                 if self.conn(id).is_some() {
                     self.protocol_error(id, notification, &mut out);
+                }
+            }
+            Event::BfdDown => self.bfd_went_down(&mut out),
+            Event::BfdUp => {
+                if std::mem::take(&mut self.bfd_down) && self.enabled && self.holding {
+                    self.start(&mut out);
                 }
             }
         }
@@ -415,7 +458,12 @@ impl Fsm {
             return;
         }
         self.enabled = true;
+        if self.bfd_down {
+            self.holding = true;
+            return;
+        }
         self.holding = false;
+        self.connect_failures = 0;
         out.push(Action::StopTimer(Timer::IdleHold));
         out.push(Action::StartTimer(
             Timer::ConnectRetry,
@@ -534,8 +582,10 @@ impl Fsm {
 
     fn tcp_failed(&mut self, id: ConnId, out: &mut Vec<Action>) {
         if self.connecting == Some(id) {
-            // Stay in Active; the running ConnectRetry timer brings the next attempt.
+            // Stay in Active, and try again soon: the peer may only be starting.
             self.connecting = None;
+            out.push(Action::StartTimer(Timer::ConnectRetry, self.fast_retry()));
+            self.connect_failures = self.connect_failures.saturating_add(1);
             return;
         }
         let Some(conn) = self.remove(id) else {
@@ -552,12 +602,11 @@ impl Fsm {
             }
             _ if !self.conns.is_empty() => {}
             ConnState::OpenSent => {
-                // RFC 4271: OpenSent goes back to Active and retries.
+                // RFC 4271: OpenSent goes back to Active and retries; soon, as the peer
+                // closing before its OPEN is most often a peer that does not know us yet.
                 out.push(Action::StopTimer(Timer::Hold));
-                out.push(Action::StartTimer(
-                    Timer::ConnectRetry,
-                    self.config.connect_retry,
-                ));
+                out.push(Action::StartTimer(Timer::ConnectRetry, self.fast_retry()));
+                self.connect_failures = self.connect_failures.saturating_add(1);
             }
             ConnState::OpenConfirm => self.fail(DownReason::ConnectionLost, out),
         }
@@ -675,6 +724,7 @@ impl Fsm {
                 }
             }
         }
+        self.connect_failures = 0;
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -754,8 +804,38 @@ impl Fsm {
         self.failures = self.failures.saturating_add(1);
         if self.enabled {
             self.holding = true;
-            out.push(Action::StartTimer(Timer::IdleHold, self.idle_hold()));
+            if !self.bfd_down {
+                out.push(Action::StartTimer(Timer::IdleHold, self.idle_hold()));
+            }
         }
+    }
+
+    /// BFD says the peer is unreachable: Cease / BFD Down on every connection, the peer's
+    /// routes flushed, and no restart until [`Event::BfdUp`].
+    fn bfd_went_down(&mut self, out: &mut Vec<Action>) {
+        if self.bfd_down {
+            return;
+        }
+        self.bfd_down = true;
+        if !self.enabled {
+            return;
+        }
+        let notification = cease_notification(CeaseError::BfdDown);
+        for conn in &self.conns {
+            out.push(Action::Send(
+                conn.id,
+                Message::Notification(notification.clone()),
+            ));
+        }
+        self.fail(DownReason::BfdDown, out);
+    }
+
+    /// The delay before retrying after `connect_failures` failed attempts: doubling from
+    /// [`FAST_RETRY_FIRST`], capped by [`FAST_RETRY_MAX`] and the ConnectRetry time.
+    fn fast_retry(&self) -> Duration {
+        let doublings = self.connect_failures.min(16);
+        let delay = FAST_RETRY_FIRST.saturating_mul(1 << doublings);
+        delay.min(FAST_RETRY_MAX).min(self.config.connect_retry)
     }
 
     /// The idle-hold delay after `failures` consecutive failures: doubling, capped.

@@ -46,6 +46,7 @@ pub(super) enum Command {
     Peers(Reply<Vec<PeerStatus>>),
     LocRib(Reply<Vec<(IpNet, BestPath)>>),
     RequestRefresh(IpAddr, Afi, Reply<Result<(), SpeakerError>>),
+    SetBfd(IpAddr, bool, Reply<Result<(), SpeakerError>>),
     SetConnected(Option<Vec<IpNet>>, Reply<()>),
     Shutdown(Reply<()>),
 }
@@ -251,6 +252,16 @@ impl Core {
                 };
                 let _ = reply.send(result);
             }
+            Command::SetBfd(address, up, reply) => {
+                let result = match self.peers.get(&address) {
+                    Some(entry) => {
+                        let _ = entry.commands.send(PeerCmd::Bfd(up));
+                        Ok(())
+                    }
+                    None => Err(SpeakerError::NoSuchPeer(address)),
+                };
+                let _ = reply.send(result);
+            }
             Command::SetConnected(networks, reply) => {
                 self.rib.set_connected(networks);
                 let _ = reply.send(());
@@ -275,6 +286,7 @@ impl Core {
             since: Instant::now(),
             last_error: None,
             negotiated: None,
+            bfd_down: false,
         }));
         let task = PeerTask {
             id,
@@ -371,6 +383,7 @@ impl Core {
                     since: live.since,
                     last_error: live.last_error,
                     negotiated: live.negotiated,
+                    bfd_down: live.bfd_down,
                     prefixes_received: counts.received,
                     prefixes_filtered: counts.filtered,
                     prefixes_sent: counts.sent,

@@ -95,6 +95,8 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// What the established session negotiated.
     pub negotiated: Option<Negotiated>,
+    /// BFD reported the peer unreachable, and the session is held down until it is back.
+    pub bfd_down: bool,
     /// Prefixes accepted from the peer.
     pub prefixes_received: usize,
     /// Prefixes of the peer's that import policy holds back, by the policy's reason.
@@ -254,6 +256,14 @@ impl SpeakerHandle {
     pub async fn request_refresh(&self, address: IpAddr, afi: Afi) -> Result<(), SpeakerError> {
         self.ask(|r| Command::RequestRefresh(address, afi, r))
             .await?
+    }
+
+    /// Tells the session what BFD says of the peer. Down ends an established session at once
+    /// (Cease / BFD Down, RFC 9384), withdraws the peer's routes without waiting for graceful
+    /// restart, and keeps the session down until BFD reports the peer up again. A peer
+    /// re-added or reconfigured starts without this hold: tell it again.
+    pub async fn set_bfd(&self, address: IpAddr, up: bool) -> Result<(), SpeakerError> {
+        self.ask(|r| Command::SetBfd(address, up, r)).await?
     }
 
     /// Sets the networks next hops must lie in for a learned path to be eligible; `None`

@@ -33,6 +33,8 @@ pub(super) enum PeerCmd {
     RequestRefresh(Afi),
     /// Stop the session with this Cease subcode and end the task.
     Stop(CeaseError),
+    /// The BFD session with the peer went down (`false`) or is up (`true`).
+    Bfd(bool),
 }
 
 /// What the state machine last reported, for status queries.
@@ -42,6 +44,7 @@ pub(super) struct Live {
     pub since: Instant,
     pub last_error: Option<String>,
     pub negotiated: Option<Negotiated>,
+    pub bfd_down: bool,
 }
 
 /// Everything a peer task needs.
@@ -105,6 +108,9 @@ impl PeerTask {
                 command = runner.task.commands.recv() => match command {
                     Some(PeerCmd::Incoming(stream)) => runner.incoming(stream).await,
                     Some(PeerCmd::RequestRefresh(afi)) => runner.request_refresh(afi),
+                    Some(PeerCmd::Bfd(up)) => {
+                        runner.handle(if up { Event::BfdUp } else { Event::BfdDown }).await
+                    }
                     Some(PeerCmd::Stop(cease)) => {
                         runner.handle(Event::ManualStop(cease)).await;
                         break;
@@ -167,6 +173,7 @@ impl Runner {
                 .flatten()
         });
         live.negotiated = self.fsm.negotiated().cloned();
+        live.bfd_down = self.fsm.bfd_down();
     }
 
     async fn act(&mut self, action: Action) {

@@ -100,6 +100,8 @@ pub enum CeaseError {
     OutOfResources = 8,
     /// Hard reset: graceful restart must not keep routes (RFC 8538).
     HardReset = 9,
+    /// The BFD session protecting the BGP session went down (RFC 9384).
+    BfdDown = 10,
 }
 
 /// A NOTIFICATION error code with its subcode, typed.
@@ -187,6 +189,7 @@ impl ErrorCode {
             (6, 7) => E::Cease(CeaseError::ConnectionCollisionResolution),
             (6, 8) => E::Cease(CeaseError::OutOfResources),
             (6, 9) => E::Cease(CeaseError::HardReset),
+            (6, 10) => E::Cease(CeaseError::BfdDown),
             (7, 1) => E::RouteRefreshInvalidLength,
             _ => return None,
         })

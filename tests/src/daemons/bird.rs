@@ -20,8 +20,8 @@ use crate::netns::NetNs;
 
 use super::run::{Running, write_file};
 use super::{
-    Announce, BgpDaemon, Config, Error, Family, Neighbor, Origin, Restart, Route, SessionState,
-    Signal, wait_for,
+    Announce, BfdDaemon, BfdState, BgpDaemon, Config, Error, Family, Neighbor, Origin, Restart,
+    Route, SessionState, Signal, wait_for,
 };
 
 /// A running BIRD 2 daemon.
@@ -197,6 +197,29 @@ impl BgpDaemon for Bird<'_> {
     }
 }
 
+impl BfdDaemon for Bird<'_> {
+    fn kind(&self) -> &'static str {
+        "bird"
+    }
+
+    fn bfd_state(&self, address: IpAddr) -> Result<Option<BfdState>, Error> {
+        let text = self.command("show bfd sessions")?;
+        Ok(parse_bfd_sessions(&text, address))
+    }
+}
+
+/// Reads `show bfd sessions`: one line per session, `<address> <interface> <state> …`.
+fn parse_bfd_sessions(text: &str, address: IpAddr) -> Option<BfdState> {
+    text.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let ip: IpAddr = fields.next()?.parse().ok()?;
+        if ip != address {
+            return None;
+        }
+        BfdState::parse(fields.nth(1)?)
+    })
+}
+
 /// Talks BIRD's control protocol: every reply line starts with a four-digit code and `-`
 /// (more follows) or a space (last line); lines starting with a space continue the previous
 /// code. Codes 8xxx and 9xxx are errors.
@@ -296,6 +319,7 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
          if defined(wren_med) then bgp_med = wren_med;\n  \
          if defined(wren_local_pref) then bgp_local_pref = wren_local_pref;\n  accept;\n}\n",
     );
+    render_bfd(&mut c, config);
     for p in &config.peers {
         let _ = writeln!(c, "protocol bgp {} {{", Bird::protocol_name(p.address));
         let _ = writeln!(c, "  local {} as {};", p.local_address, config.asn);
@@ -312,6 +336,9 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
         }
         if p.passive {
             c.push_str("  passive on;\n");
+        }
+        if p.bfd {
+            c.push_str("  bfd on;\n");
         }
         match p.graceful_restart {
             Some(t) => {
@@ -332,6 +359,39 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
         c.push_str("}\n");
     }
     c
+}
+
+/// The `bfd` protocol: one interface block per session's interface (the first session on an
+/// interface sets its timing), one `neighbor` per session. BGP sessions with `bfd on` need the
+/// protocol even without sessions of their own.
+fn render_bfd(c: &mut String, config: &Config) {
+    if config.bfd.is_empty() && !config.peers.iter().any(|p| p.bfd) {
+        return;
+    }
+    c.push_str("protocol bfd {\n");
+    let mut seen = Vec::new();
+    for b in &config.bfd {
+        if seen.contains(&&b.interface) {
+            continue;
+        }
+        seen.push(&b.interface);
+        let _ = writeln!(
+            c,
+            "  interface \"{}\" {{ interval {} ms; multiplier {};{} }};",
+            b.interface,
+            b.interval_ms(),
+            b.detect_mult,
+            if b.passive { " passive on;" } else { "" }
+        );
+    }
+    for b in &config.bfd {
+        let _ = writeln!(
+            c,
+            "  neighbor {} dev \"{}\" local {};",
+            b.address, b.interface, b.local_address
+        );
+    }
+    c.push_str("}\n");
 }
 
 /// Reads `show protocols all <name>`.
@@ -520,6 +580,19 @@ g          BGP        ---        up     22:01:37.114  Established\n\
         assert_eq!(n.prefixes_received, 1000);
         assert_eq!(n.updates_received, 1200);
         assert_eq!(n.updates_sent, 35);
+    }
+
+    #[test]
+    fn bfd_sessions_table_gives_the_state() {
+        let text = "bfd1:\n\
+IP address                Interface  State      Since         Interval  Timeout\n\
+192.0.2.1                 eth0       Up         23:59:59.123    0.300    0.900\n\
+2001:db8::1               eth0       Init       23:59:59.123    1.000    0.000\n";
+        let v4 = "192.0.2.1".parse().unwrap();
+        assert_eq!(parse_bfd_sessions(text, v4), Some(BfdState::Up));
+        let v6 = "2001:db8::1".parse().unwrap();
+        assert_eq!(parse_bfd_sessions(text, v6), Some(BfdState::Init));
+        assert_eq!(parse_bfd_sessions(text, "192.0.2.9".parse().unwrap()), None);
     }
 
     #[test]

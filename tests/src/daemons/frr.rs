@@ -21,25 +21,30 @@ use crate::netns::NetNs;
 
 use super::run::{Running, count, json, tool, write_file};
 use super::{
-    Announce, BgpDaemon, Config, Error, Family, Neighbor, Origin, Restart, Route, SessionState,
-    Signal, parse_community, wait_for,
+    Announce, BfdDaemon, BfdState, BgpDaemon, Config, Error, Family, Neighbor, Origin, Restart,
+    Route, SessionState, Signal, parse_community, wait_for,
 };
 
 const ZEBRA: &str = "/usr/lib/frr/zebra";
 const BGPD: &str = "/usr/lib/frr/bgpd";
+const BFDD: &str = "/usr/lib/frr/bfdd";
 
 /// The FRR binaries the runner needs.
 pub const BINARIES: [&str; 3] = [ZEBRA, BGPD, "vtysh"];
 
-/// A running FRR: zebra and bgpd.
+/// The FRR binaries the runner needs for BFD sessions, in addition to [`BINARIES`].
+pub const BFD_BINARIES: [&str; 1] = [BFDD];
+
+/// A running FRR: zebra and bgpd, and bfdd when the configuration has BFD sessions.
 #[derive(Debug)]
 pub struct Frr<'ns> {
     ns: &'ns NetNs,
     dir: tempfile::TempDir,
     config: Config,
     announced: BTreeMap<IpNet, Announce>,
-    // Fields drop in order: bgpd stops before zebra, as an operator would stop them.
+    // Fields drop in order: bgpd and bfdd stop before zebra, as an operator would stop them.
     bgpd: Running,
+    bfdd: Running,
     zebra: Running,
 }
 
@@ -57,15 +62,27 @@ impl<'ns> Frr<'ns> {
             config,
             announced: BTreeMap::new(),
             bgpd: Running::default(),
+            bfdd: Running::default(),
             zebra: Running::default(),
         };
         write_file(&frr.path("zebra.conf"), "hostname zebra\n")?;
         write_file(&frr.path("vtysh.conf"), "")?;
+        let bfd = !frr.config.bfd.is_empty() || frr.config.peers.iter().any(|p| p.bfd);
+        if bfd {
+            write_file(&frr.path("bfdd.conf"), &render_bfd(&frr.config))?;
+        }
         frr.write_bgpd_config()?;
         give_to_frr(frr.dir.path())?;
         frr.zebra
             .start(ns, "zebra", &mut frr.daemon_command(ZEBRA, "zebra"))?;
         frr.wait_vty("zebra")?;
+        if bfd {
+            let mut cmd = frr.daemon_command(BFDD, "bfdd");
+            // Its control socket would otherwise be the machine's /var/run/frr/bfdd.sock.
+            cmd.arg("--bfdctl").arg(frr.path("bfdd.sock"));
+            frr.bfdd.start(ns, "bfdd", &mut cmd)?;
+            frr.wait_vty("bfdd")?;
+        }
         frr.start_bgpd()?;
         Ok(frr)
     }
@@ -116,10 +133,10 @@ impl<'ns> Frr<'ns> {
     fn wait_vty(&mut self, daemon: &str) -> Result<(), Error> {
         let socket = self.path(&format!("{daemon}.vty"));
         let dir = self.dir.path().to_owned();
-        let process = if daemon == "bgpd" {
-            &mut self.bgpd
-        } else {
-            &mut self.zebra
+        let process = match daemon {
+            "bgpd" => &mut self.bgpd,
+            "bfdd" => &mut self.bfdd,
+            _ => &mut self.zebra,
         };
         wait_for(
             &format!("FRR {daemon} to answer through vtysh"),
@@ -240,6 +257,59 @@ impl BgpDaemon for Frr<'_> {
     }
 }
 
+impl BfdDaemon for Frr<'_> {
+    fn kind(&self) -> &'static str {
+        "frr"
+    }
+
+    fn bfd_state(&self, address: IpAddr) -> Result<Option<BfdState>, Error> {
+        let text = self.vtysh(&["show bfd peers json"])?;
+        parse_bfd_peers(&text, address)
+    }
+}
+
+/// Reads `show bfd peers json`: a list of sessions with `peer` and `status`.
+fn parse_bfd_peers(text: &str, address: IpAddr) -> Result<Option<BfdState>, Error> {
+    let what = "vtysh show bfd peers json";
+    let json = json(text, what)?;
+    let peers = json.as_array().map(Vec::as_slice).unwrap_or_default();
+    Ok(peers
+        .iter()
+        .filter(|p| {
+            p.get("peer")
+                .and_then(Value::as_str)
+                .and_then(|a| a.parse().ok())
+                == Some(address)
+        })
+        .find_map(|p| {
+            p.get("status")
+                .and_then(Value::as_str)
+                .and_then(BfdState::parse)
+        }))
+}
+
+/// `bfdd.conf`: one `peer` block per session.
+fn render_bfd(config: &Config) -> String {
+    let mut c =
+        String::from("frr defaults traditional\nhostname bfdd\nlog stdout informational\nbfd\n");
+    for b in &config.bfd {
+        let _ = writeln!(
+            c,
+            " peer {} local-address {} interface {}",
+            b.address, b.local_address, b.interface
+        );
+        let ms = b.interval_ms();
+        let _ = writeln!(c, "  receive-interval {ms}\n  transmit-interval {ms}");
+        let _ = writeln!(c, "  detect-multiplier {}", b.detect_mult);
+        if b.passive {
+            c.push_str("  passive-mode\n");
+        }
+        c.push_str(" exit\n");
+    }
+    c.push_str("exit\n");
+    c
+}
+
 /// Hands the directory and its files to the `frr` user, as FRR's daemons drop to it.
 fn give_to_frr(dir: &Path) -> Result<(), Error> {
     let user = nix::unistd::User::from_name("frr")
@@ -320,6 +390,9 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
         }
         if p.passive {
             let _ = writeln!(c, " neighbor {n} passive");
+        }
+        if p.bfd {
+            let _ = writeln!(c, " neighbor {n} bfd");
         }
         if p.graceful_restart.is_none() && config.graceful_restart_time().is_some() {
             let _ = writeln!(c, " neighbor {n} graceful-restart-disable");
@@ -512,6 +585,20 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn bfd_peers_json_gives_the_state() {
+        let text = r#"[{"multihop":false,"peer":"192.0.2.1","local":"192.0.2.2","status":"up"},
+            {"multihop":false,"peer":"2001:db8::1","status":"shutdown"}]"#;
+        let v4 = "192.0.2.1".parse().unwrap();
+        assert_eq!(parse_bfd_peers(text, v4).unwrap(), Some(BfdState::Up));
+        let v6 = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            parse_bfd_peers(text, v6).unwrap(),
+            Some(BfdState::AdminDown)
+        );
+        assert_eq!(parse_bfd_peers("[]", v4).unwrap(), None);
     }
 
     #[test]

@@ -168,6 +168,9 @@ pub struct Peer {
     pub rr_client: bool,
     /// Families carried on the session.
     pub families: Vec<Family>,
+    /// The session follows a BFD session with the neighbour (one of [`Config::bfd`]): BFD
+    /// down takes it down.
+    pub bfd: bool,
 }
 
 impl Peer {
@@ -184,6 +187,7 @@ impl Peer {
             graceful_restart: None,
             rr_client: false,
             families: vec![Family::of(address)],
+            bfd: false,
         }
     }
 
@@ -223,10 +227,124 @@ impl Peer {
         self
     }
 
+    /// Ties the session to the BFD session with the neighbour.
+    pub fn bfd(mut self) -> Self {
+        self.bfd = true;
+        self
+    }
+
     /// Keepalive interval: a third of the hold time, at least one second.
     pub fn keepalive(&self) -> u16 {
         (self.hold_time / 3).max(1)
     }
+}
+
+/// A single-hop BFD session (RFC 5880, 5881) of a daemon.
+#[derive(Debug, Clone)]
+pub struct BfdPeer {
+    /// The neighbour's address.
+    pub address: IpAddr,
+    /// The daemon's own address on the link.
+    pub local_address: IpAddr,
+    /// The interface the neighbour is on.
+    pub interface: String,
+    /// Desired transmit and required receive interval once Up.
+    pub interval: Duration,
+    /// Detection multiplier.
+    pub detect_mult: u8,
+    /// Wait for the neighbour's first packet before sending.
+    pub passive: bool,
+}
+
+impl BfdPeer {
+    /// A session with `address` from `local_address` on `interface`: 300 ms × 3, active.
+    pub fn new(address: IpAddr, local_address: IpAddr, interface: &str) -> Self {
+        Self {
+            address,
+            local_address,
+            interface: interface.to_owned(),
+            interval: Duration::from_millis(300),
+            detect_mult: 3,
+            passive: false,
+        }
+    }
+
+    /// Sets both intervals.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Sets the detection multiplier.
+    pub fn detect_mult(mut self, detect_mult: u8) -> Self {
+        self.detect_mult = detect_mult;
+        self
+    }
+
+    /// Makes the daemon wait for the neighbour to speak first.
+    pub fn passive(mut self) -> Self {
+        self.passive = true;
+        self
+    }
+
+    /// The interval in whole milliseconds, as both daemons configure it.
+    pub fn interval_ms(&self) -> u128 {
+        self.interval.as_millis()
+    }
+}
+
+/// BFD session states (RFC 5880 §4.1) as a daemon reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BfdState {
+    /// AdminDown (FRR: `shutdown`).
+    AdminDown,
+    /// Down.
+    Down,
+    /// Init.
+    Init,
+    /// Up.
+    Up,
+}
+
+impl BfdState {
+    /// Reads a state as BIRD (`Up`, `AdminDown`) and FRR (`up`, `shutdown`) print it.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text.trim().to_ascii_lowercase().as_str() {
+            "admindown" | "shutdown" => Self::AdminDown,
+            "down" => Self::Down,
+            "init" => Self::Init,
+            "up" => Self::Up,
+            _ => return None,
+        })
+    }
+}
+
+/// What the BFD interop tests need from a daemon.
+pub trait BfdDaemon {
+    /// Which implementation this is, for messages.
+    fn kind(&self) -> &'static str;
+
+    /// The state of the BFD session with `address`; `None` when the daemon has none.
+    fn bfd_state(&self, address: IpAddr) -> Result<Option<BfdState>, Error>;
+}
+
+/// Waits until the daemon's BFD session with `address` is in `state`.
+pub fn wait_bfd(
+    daemon: &dyn BfdDaemon,
+    address: IpAddr,
+    state: BfdState,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let what = format!(
+        "{} BFD session with {address} to be {state:?}",
+        daemon.kind()
+    );
+    wait_for(&what, timeout, || {
+        Ok(match daemon.bfd_state(address)? {
+            Some(s) if s == state => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+    })
 }
 
 /// What a daemon is told at start: who it is and whom it peers with.
@@ -240,6 +358,8 @@ pub struct Config {
     pub cluster_id: Option<Ipv4Addr>,
     /// The neighbours.
     pub peers: Vec<Peer>,
+    /// Single-hop BFD sessions.
+    pub bfd: Vec<BfdPeer>,
 }
 
 impl Config {
@@ -250,12 +370,19 @@ impl Config {
             asn,
             cluster_id: None,
             peers: Vec::new(),
+            bfd: Vec::new(),
         }
     }
 
     /// Adds a neighbour.
     pub fn peer(mut self, peer: Peer) -> Self {
         self.peers.push(peer);
+        self
+    }
+
+    /// Adds a single-hop BFD session.
+    pub fn bfd(mut self, peer: BfdPeer) -> Self {
+        self.bfd.push(peer);
         self
     }
 
