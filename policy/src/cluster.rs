@@ -1,0 +1,210 @@
+//! What policy is evaluated against: the namespaces with their labels, the pods with their
+//! labels, addresses and named ports, the nodes' own addresses, and the policies.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::model::{
+    Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, PolicyPeer, PolicyPort, PolicyType, PortSpec,
+    Protocol,
+};
+
+/// A container port with a name, which a rule's named port resolves to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamedPort {
+    /// The port's name.
+    pub name: String,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Its number.
+    pub port: u16,
+}
+
+/// A pod as policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// The node it runs on.
+    pub node: String,
+    /// The pod's labels.
+    pub labels: Labels,
+    /// The pod's addresses (one per family).
+    pub addresses: Vec<IpAddr>,
+    /// The pod's named container ports.
+    pub ports: Vec<NamedPort>,
+    /// The host side of the pod's interface, where its node enforces its rules.
+    pub host_interface: String,
+}
+
+impl Pod {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The number a named port stands for on this pod, if it has one of that name and
+    /// protocol.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+
+    /// The pod's address of the same family as `other`.
+    pub fn address_like(&self, other: IpAddr) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == other.is_ipv4())
+    }
+}
+
+/// Everything a verdict depends on. Policies are expected valid (decoded through
+/// [`crate::decode_policies`] or [`crate::decode_value`]).
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    namespaces: BTreeMap<String, Labels>,
+    pods: Vec<Pod>,
+    policies: BTreeMap<String, Vec<NetworkPolicy>>,
+    node_addresses: BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl Cluster {
+    /// An empty cluster.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a namespace's labels (the `kubernetes.io/metadata.name` label is implied).
+    pub fn set_namespace(&mut self, name: &str, labels: Labels) {
+        self.namespaces.insert(name.to_owned(), labels);
+    }
+
+    /// Adds a pod.
+    pub fn add_pod(&mut self, pod: Pod) {
+        self.pods.push(pod);
+    }
+
+    /// Adds a policy, replacing one of the same namespace and name.
+    pub fn add_policy(&mut self, policy: NetworkPolicy) {
+        let list = self
+            .policies
+            .entry(policy.namespace().to_owned())
+            .or_default();
+        list.retain(|p| p.name() != policy.name());
+        list.push(policy);
+        list.sort_by(|a, b| a.name().cmp(b.name()));
+    }
+
+    /// Sets a node's own addresses: traffic between them and the node's pods is always
+    /// allowed.
+    pub fn set_node_addresses(&mut self, node: &str, addresses: Vec<IpAddr>) {
+        self.node_addresses.insert(node.to_owned(), addresses);
+    }
+
+    /// Every pod.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// Every policy, by namespace then name.
+    pub fn policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
+        self.policies.values().flatten()
+    }
+
+    /// The pod `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// The pod holding `address`.
+    pub fn pod_by_address(&self, address: IpAddr) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.addresses.contains(&address))
+    }
+
+    /// A namespace's labels, with `kubernetes.io/metadata.name` set to its name (as the API
+    /// server sets it on every namespace).
+    pub fn namespace_labels(&self, namespace: &str) -> Labels {
+        let mut labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned());
+        labels
+    }
+
+    /// Whether `address` is one of `node`'s own.
+    pub fn is_node_address(&self, node: &str, address: IpAddr) -> bool {
+        self.node_addresses
+            .get(node)
+            .is_some_and(|a| a.contains(&address))
+    }
+
+    /// The policies that select `pod` and isolate it in `direction`, by name.
+    pub fn isolating(&self, pod: &Pod, direction: PolicyType) -> Vec<&NetworkPolicy> {
+        self.policies
+            .get(&pod.namespace)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.isolates(direction) && p.spec.pod_selector.matches(&pod.labels))
+            .collect()
+    }
+
+    /// Whether `peer` of a rule of `policy` covers the party at `address` (the pod `pod`,
+    /// if the address is a pod's).
+    pub fn peer_matches(
+        &self,
+        policy: &NetworkPolicy,
+        peer: &PolicyPeer,
+        address: IpAddr,
+        pod: Option<&Pod>,
+    ) -> bool {
+        if let Some(block) = &peer.ip_block {
+            return block.contains(address);
+        }
+        pod.is_some_and(|pod| self.selects_pod(policy, peer, pod))
+    }
+
+    /// Whether the selectors of `peer` (no `ipBlock`) pick `pod`: a pod selector alone
+    /// looks in the policy's namespace, a namespace selector in the namespaces it matches.
+    pub fn selects_pod(&self, policy: &NetworkPolicy, peer: &PolicyPeer, pod: &Pod) -> bool {
+        if peer.ip_block.is_some() {
+            return false;
+        }
+        let namespace_ok = match &peer.namespace_selector {
+            Some(selector) => selector.matches(&self.namespace_labels(&pod.namespace)),
+            None => pod.namespace == policy.namespace(),
+        };
+        namespace_ok
+            && peer
+                .pod_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&pod.labels))
+    }
+}
+
+/// Whether a rule's `port` covers `protocol`/`number` on the destination pod `destination`
+/// (which a named port is resolved on).
+pub fn port_matches(
+    port: &PolicyPort,
+    protocol: Protocol,
+    number: u16,
+    destination: Option<&Pod>,
+) -> bool {
+    if port.protocol() != protocol {
+        return false;
+    }
+    match &port.port {
+        None => true,
+        Some(PortSpec::Number(first)) => {
+            let last = port.end_port.unwrap_or(*first);
+            (*first..=last).contains(&i64::from(number))
+        }
+        Some(PortSpec::Name(name)) => {
+            destination.is_some_and(|pod| pod.named_port(name, protocol) == Some(number))
+        }
+    }
+}

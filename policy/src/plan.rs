@@ -1,0 +1,378 @@
+//! The per-node enforcement plan: for each pod on a node that a policy isolates, the
+//! rules its node applies, compiled from the policies to addresses and port ranges.
+//!
+//! Egress rules are applied where the sender lives and ingress rules where the receiver
+//! lives, so each node's plan holds only its own pods. A rule's pod selectors become the
+//! addresses of the pods they pick; a named port becomes the number it stands for on the
+//! destination (for egress, one compiled rule per distinct number among the destinations).
+//! [`PlannedRule::matches`] evaluates the compiled form, so tests can hold it against
+//! [`Cluster::verdict`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::cluster::{Cluster, Pod};
+use crate::model::{
+    NetworkPolicy, PolicyId, PolicyPeer, PolicyPort, PolicyType, PortSpec, Protocol, RuleId,
+};
+
+/// Which addresses a compiled rule admits (the peer: source for ingress, destination for
+/// egress).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressMatch {
+    /// Every address.
+    Any,
+    /// Addresses in one of `include` and in none of `except`.
+    Nets {
+        /// The admitted networks (aggregated: no network inside another).
+        include: Vec<IpNet>,
+        /// Networks carved out of them.
+        except: Vec<IpNet>,
+    },
+}
+
+impl AddressMatch {
+    /// Whether `address` is admitted.
+    pub fn matches(&self, address: IpAddr) -> bool {
+        match self {
+            AddressMatch::Any => true,
+            AddressMatch::Nets { include, except } => {
+                include.iter().any(|n| n.contains(&address))
+                    && !except.iter().any(|n| n.contains(&address))
+            }
+        }
+    }
+}
+
+/// A range of destination ports of one protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// First port of the range.
+    pub first: u16,
+    /// Last port of the range (equal to `first` for one port).
+    pub last: u16,
+}
+
+/// Which packets a compiled rule admits by protocol and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortMatch {
+    /// Every protocol and port (ICMP too).
+    Any,
+    /// Only these ranges (merged: none overlaps or touches another of its protocol).
+    Ranges(Vec<PortRange>),
+}
+
+impl PortMatch {
+    /// Whether `protocol`/`port` is admitted.
+    pub fn matches(&self, protocol: Protocol, port: u16) -> bool {
+        match self {
+            PortMatch::Any => true,
+            PortMatch::Ranges(ranges) => ranges
+                .iter()
+                .any(|r| r.protocol == protocol && (r.first..=r.last).contains(&port)),
+        }
+    }
+}
+
+/// One compiled rule: which peers on which ports, and the policy rule it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedRule {
+    /// The policy rule.
+    pub rule: RuleId,
+    /// The admitted peers.
+    pub peers: AddressMatch,
+    /// The admitted protocols and ports.
+    pub ports: PortMatch,
+}
+
+impl PlannedRule {
+    /// Whether the rule admits a connection with this peer address, protocol and port.
+    pub fn matches(&self, peer: IpAddr, protocol: Protocol, port: u16) -> bool {
+        self.peers.matches(peer) && self.ports.matches(protocol, port)
+    }
+}
+
+/// An isolated direction of one pod: the policies isolating it and the rules allowing
+/// traffic; everything else is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectionPlan {
+    /// The policies that isolate the pod in this direction.
+    pub isolated_by: Vec<PolicyId>,
+    /// The compiled rules, in policy then rule order.
+    pub rules: Vec<PlannedRule>,
+}
+
+impl DirectionPlan {
+    /// The first rule admitting the connection; `None` means it is dropped.
+    pub fn admits(&self, peer: IpAddr, protocol: Protocol, port: u16) -> Option<&RuleId> {
+        self.rules
+            .iter()
+            .find(|r| r.matches(peer, protocol, port))
+            .map(|r| &r.rule)
+    }
+}
+
+/// What one node enforces for one of its pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPlan {
+    /// The pod's `namespace/name`.
+    pub pod: String,
+    /// The host side of the pod's interface.
+    pub interface: String,
+    /// The pod's addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Traffic to the pod, when a policy isolates it for ingress.
+    pub ingress: Option<DirectionPlan>,
+    /// Traffic from the pod, when a policy isolates it for egress.
+    pub egress: Option<DirectionPlan>,
+}
+
+/// Everything one node enforces: its isolated pods, by interface name. Pods no policy
+/// isolates are not in it (their traffic is not policed, and may take the fast path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    /// The node.
+    pub node: String,
+    /// The node's isolated pods, by interface name.
+    pub endpoints: Vec<EndpointPlan>,
+}
+
+impl NodePlan {
+    /// The addresses whose traffic must pass through the policing path (the fast path's
+    /// map of policed endpoints): every address of every pod in the plan.
+    pub fn policed_addresses(&self) -> Vec<IpAddr> {
+        let mut all: Vec<IpAddr> = self
+            .endpoints
+            .iter()
+            .flat_map(|e| e.addresses.iter().copied())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+impl Cluster {
+    /// The plan of `node`: every pod of the node that a policy isolates, with its compiled
+    /// rules.
+    pub fn plan_node(&self, node: &str) -> NodePlan {
+        let mut endpoints: Vec<EndpointPlan> = self
+            .pods()
+            .iter()
+            .filter(|p| p.node == node)
+            .filter_map(|pod| {
+                let ingress = self.plan_direction(pod, PolicyType::Ingress);
+                let egress = self.plan_direction(pod, PolicyType::Egress);
+                (ingress.is_some() || egress.is_some()).then(|| EndpointPlan {
+                    pod: pod.id(),
+                    interface: pod.host_interface.clone(),
+                    addresses: pod.addresses.clone(),
+                    ingress,
+                    egress,
+                })
+            })
+            .collect();
+        endpoints.sort_by(|a, b| a.interface.cmp(&b.interface));
+        NodePlan {
+            node: node.to_owned(),
+            endpoints,
+        }
+    }
+
+    fn plan_direction(&self, pod: &Pod, direction: PolicyType) -> Option<DirectionPlan> {
+        let isolating = self.isolating(pod, direction);
+        if isolating.is_empty() {
+            return None;
+        }
+        let mut rules = Vec::new();
+        for policy in &isolating {
+            for (index, (peers, ports)) in policy.rules(direction).into_iter().enumerate() {
+                let rule = RuleId {
+                    policy: policy.id(),
+                    direction,
+                    index,
+                };
+                self.compile_rule(&mut rules, rule, policy, pod, peers, ports);
+            }
+        }
+        Some(DirectionPlan {
+            isolated_by: isolating.iter().map(|p| p.id()).collect(),
+            rules,
+        })
+    }
+
+    /// Compiles one policy rule for `subject` into `out`.
+    fn compile_rule(
+        &self,
+        out: &mut Vec<PlannedRule>,
+        rule: RuleId,
+        policy: &NetworkPolicy,
+        subject: &Pod,
+        peers: &[PolicyPeer],
+        ports: &[PolicyPort],
+    ) {
+        let direction = rule.direction;
+        // The peers: address blocks as they are, selected pods as their addresses.
+        let selected: Vec<&Pod> = self
+            .pods()
+            .iter()
+            .filter(|p| peers.iter().any(|peer| self.selects_pod(policy, peer, p)))
+            .collect();
+        let mut peer_matches: Vec<AddressMatch> = Vec::new();
+        if peers.is_empty() {
+            peer_matches.push(AddressMatch::Any);
+        } else {
+            for block in peers.iter().filter_map(|p| p.ip_block.as_ref()) {
+                peer_matches.push(nets(vec![block.cidr], block.except.clone()));
+            }
+            if !selected.is_empty() {
+                peer_matches.push(nets(pod_nets(&selected), Vec::new()));
+            }
+        }
+        // The ports: numbers and ranges as they are; a named port is the destination's.
+        let mut ranges = Vec::new();
+        let mut named: Vec<(&str, Protocol)> = Vec::new();
+        for port in ports {
+            let protocol = port.protocol();
+            match &port.port {
+                None => ranges.push(PortRange {
+                    protocol,
+                    first: 0,
+                    last: u16::MAX,
+                }),
+                Some(PortSpec::Number(first)) => {
+                    let first = u16::try_from(*first).unwrap_or(u16::MAX);
+                    let last = port
+                        .end_port
+                        .map_or(first, |e| u16::try_from(e).unwrap_or(u16::MAX));
+                    ranges.push(PortRange {
+                        protocol,
+                        first,
+                        last,
+                    });
+                }
+                Some(PortSpec::Name(name)) => match direction {
+                    PolicyType::Ingress => {
+                        if let Some(n) = subject.named_port(name, protocol) {
+                            ranges.push(PortRange {
+                                protocol,
+                                first: n,
+                                last: n,
+                            });
+                        }
+                    }
+                    PolicyType::Egress => named.push((name, protocol)),
+                },
+            }
+        }
+        if ports.is_empty() || !ranges.is_empty() {
+            let port_match = if ports.is_empty() {
+                PortMatch::Any
+            } else {
+                PortMatch::Ranges(merge_ranges(ranges))
+            };
+            for peers in &peer_matches {
+                out.push(PlannedRule {
+                    rule: rule.clone(),
+                    peers: peers.clone(),
+                    ports: port_match.clone(),
+                });
+            }
+        }
+        // Egress to a named port: the destination addresses the peers admit, grouped by
+        // the number the name has on the pod holding each (only pods have named ports).
+        for (name, protocol) in named {
+            let mut by_number: BTreeMap<u16, Vec<IpNet>> = BTreeMap::new();
+            for pod in self.pods() {
+                let Some(n) = pod.named_port(name, protocol) else {
+                    continue;
+                };
+                let admitted = pod.addresses.iter().filter(|&&a| {
+                    peers.is_empty()
+                        || peers
+                            .iter()
+                            .any(|peer| self.peer_matches(policy, peer, a, Some(pod)))
+                });
+                by_number
+                    .entry(n)
+                    .or_default()
+                    .extend(admitted.map(|&a| IpNet::from(a)));
+            }
+            for (n, addresses) in by_number.into_iter().filter(|(_, a)| !a.is_empty()) {
+                out.push(PlannedRule {
+                    rule: rule.clone(),
+                    peers: nets(addresses, Vec::new()),
+                    ports: PortMatch::Ranges(vec![PortRange {
+                        protocol,
+                        first: n,
+                        last: n,
+                    }]),
+                });
+            }
+        }
+    }
+}
+
+fn pod_nets(pods: &[&Pod]) -> Vec<IpNet> {
+    pods.iter()
+        .flat_map(|p| p.addresses.iter().map(|a| IpNet::from(*a)))
+        .collect()
+}
+
+fn nets(include: Vec<IpNet>, except: Vec<IpNet>) -> AddressMatch {
+    AddressMatch::Nets {
+        include: IpNet::aggregate(&include),
+        except: IpNet::aggregate(&except),
+    }
+}
+
+/// Sorts ranges and merges those of one protocol that overlap or touch.
+fn merge_ranges(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
+    ranges.sort();
+    let mut merged: Vec<PortRange> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last)
+                if last.protocol == r.protocol
+                    && u32::from(r.first) <= u32::from(last.last) + 1 =>
+            {
+                last.last = last.last.max(r.last);
+            }
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_of_one_protocol_merge_when_they_touch() {
+        let r = |protocol, first, last| PortRange {
+            protocol,
+            first,
+            last,
+        };
+        let merged = merge_ranges(vec![
+            r(Protocol::Tcp, 81, 90),
+            r(Protocol::Udp, 80, 80),
+            r(Protocol::Tcp, 80, 80),
+            r(Protocol::Tcp, 85, 100),
+            r(Protocol::Tcp, 102, 102),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                r(Protocol::Tcp, 80, 100),
+                r(Protocol::Tcp, 102, 102),
+                r(Protocol::Udp, 80, 80)
+            ]
+        );
+    }
+}
