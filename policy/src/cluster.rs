@@ -4,21 +4,12 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+pub use wren_model::NamedPort;
+
 use crate::model::{
     Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, PolicyPeer, PolicyPort, PolicyType, PortSpec,
     Protocol,
 };
-
-/// A container port with a name, which a rule's named port resolves to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NamedPort {
-    /// The port's name.
-    pub name: String,
-    /// Its protocol.
-    pub protocol: Protocol,
-    /// Its number.
-    pub port: u16,
-}
 
 /// A pod as policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

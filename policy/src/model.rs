@@ -11,6 +11,8 @@ use std::fmt;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use wren_model::Protocol;
+
 /// The `apiVersion` every policy carries.
 pub const API_VERSION: &str = "networking.k8s.io/v1";
 /// The `kind` every policy carries.
@@ -151,50 +153,6 @@ impl IpBlock {
     /// Whether `address` is in the block and outside every exception.
     pub fn contains(&self, address: std::net::IpAddr) -> bool {
         self.cidr.contains(&address) && !self.except.iter().any(|e| e.contains(&address))
-    }
-}
-
-/// A transport protocol a rule's port names.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Protocol {
-    /// TCP (the default).
-    #[default]
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl Protocol {
-    /// The protocol's name as nftables and `--port P/PROTO` spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Protocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            "sctp" => Ok(Protocol::Sctp),
-            _ => Err(format!("unknown protocol {s:?} (tcp, udp or sctp)")),
-        }
     }
 }
 

@@ -29,10 +29,9 @@ pub struct Flow<'a> {
     pub source: Party<'a>,
     /// Who it is for.
     pub destination: Party<'a>,
-    /// Its transport protocol.
-    pub protocol: Protocol,
-    /// Its destination port.
-    pub port: u16,
+    /// Its transport protocol and destination port; `None` for traffic without ports
+    /// (ICMP), which only rules without ports allow.
+    pub port: Option<(Protocol, u16)>,
 }
 
 impl<'a> Flow<'a> {
@@ -41,8 +40,7 @@ impl<'a> Flow<'a> {
     pub fn between(
         source: &'a Pod,
         destination: &'a Pod,
-        protocol: Protocol,
-        port: u16,
+        port: Option<(Protocol, u16)>,
     ) -> Option<Self> {
         source.addresses.iter().find_map(|&from| {
             destination.address_like(from).map(|to| Flow {
@@ -54,7 +52,6 @@ impl<'a> Flow<'a> {
                     address: to,
                     pod: Some(destination),
                 },
-                protocol,
                 port,
             })
         })
@@ -152,9 +149,11 @@ impl Cluster {
                         .iter()
                         .any(|peer| self.peer_matches(policy, peer, other.address, other.pod));
                 let port_ok = ports.is_empty()
-                    || ports
-                        .iter()
-                        .any(|port| port_matches(port, flow.protocol, flow.port, destination));
+                    || flow.port.is_some_and(|(protocol, number)| {
+                        ports
+                            .iter()
+                            .any(|port| port_matches(port, protocol, number, destination))
+                    });
                 if peer_ok && port_ok {
                     allowed_by.push(RuleId {
                         policy: policy.id(),

@@ -287,8 +287,7 @@ fn expected(lab: &Lab, cluster: &Cluster, v6: bool) -> Table {
                 address: lab.address(d, v6),
                 pod: Some(dp),
             },
-            protocol,
-            port,
+            port: Some((protocol, port)),
         };
         cluster.verdict(&flow).allowed()
     })

@@ -781,11 +781,37 @@ fn own_node_traffic_passes_isolation_and_other_nodes_do_not() {
                 address: pod.addresses[0],
                 pod: Some(pod),
             },
-            protocol: Tcp,
-            port: 80,
+            port: Some((Tcp, 80)),
         };
         let verdict = cluster.verdict(&flow);
         assert_eq!(verdict.allowed(), allowed, "{host}: {verdict:?}");
         assert_eq!(verdict.egress, wren_policy::DirectionVerdict::NotAPod);
+    }
+}
+
+#[test]
+fn traffic_without_ports_passes_only_rules_without_ports() {
+    let mut cluster = world();
+    apply(
+        &mut cluster,
+        "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: mixed, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: b}}}]
+  - from: [{podSelector: {matchLabels: {pod: c}}}]
+    ports: [{port: 80}]
+",
+    );
+    let a = cluster.pod("x", "a").unwrap();
+    for (from, allowed) in [("b", true), ("c", false)] {
+        let source = cluster.pod("x", from).unwrap();
+        let ping = wren_policy::Flow::between(source, a, None).unwrap();
+        assert_eq!(cluster.verdict(&ping).allowed(), allowed, "x/{from}");
+        let tcp = wren_policy::Flow::between(source, a, Some((Tcp, 80))).unwrap();
+        assert!(cluster.verdict(&tcp).allowed(), "x/{from} on TCP 80");
     }
 }

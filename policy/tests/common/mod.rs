@@ -188,8 +188,7 @@ pub fn semantic(
             address: to,
             pod: Some(d),
         },
-        protocol,
-        port,
+        port: Some((protocol, port)),
     };
     cluster.verdict(&flow).allowed()
 }
