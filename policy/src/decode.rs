@@ -156,3 +156,30 @@ pub fn decode_value(index: usize, value: Value) -> Result<NetworkPolicy, DecodeE
     validate(&policy).map_err(|error| DecodeError::Invalid { document, error })?;
     Ok(policy)
 }
+
+/// A policy could not be written as YAML.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("cannot write policy {policy} as YAML: {reason}")]
+pub struct EncodeError {
+    /// The policy.
+    pub policy: PolicyId,
+    /// The encoder's message.
+    pub reason: String,
+}
+
+/// Writes policies as one YAML stream (`---` between documents), which
+/// [`decode_policies`] reads back to the same policies.
+pub fn encode_policies(policies: &[NetworkPolicy]) -> Result<String, EncodeError> {
+    let mut out = String::new();
+    for (i, policy) in policies.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        let text = serde_yaml_ng::to_string(policy).map_err(|e| EncodeError {
+            policy: policy.id(),
+            reason: e.to_string(),
+        })?;
+        out.push_str(&text);
+    }
+    Ok(out)
+}

@@ -21,7 +21,9 @@ pub mod validate;
 pub mod verdict;
 
 pub use cluster::{Cluster, NamedPort, Pod};
-pub use decode::{DecodeError, DocumentRef, decode_policies, decode_value};
+pub use decode::{
+    DecodeError, DocumentRef, EncodeError, decode_policies, decode_value, encode_policies,
+};
 pub use model::{
     IpBlock, LabelSelector, LabelSelectorRequirement, Labels, NetworkPolicy, PolicyId, PolicyPeer,
     PolicyPort, PolicyType, PortSpec, Protocol, RuleId, SelectorOperator,

@@ -349,7 +349,7 @@ fn check_label_value(field: &str, value: &str) -> Result<(), ValidationError> {
 
 /// A named port (an IANA service name): at most 15 lower-case letters, digits and '-', at
 /// least one letter, no '-' at either end or twice in a row.
-fn check_port_name(field: &str, name: &str) -> Result<(), ValidationError> {
+pub fn check_port_name(field: &str, name: &str) -> Result<(), ValidationError> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name
