@@ -71,12 +71,17 @@ impl Cluster {
     }
 
     /// Sets a namespace's labels (the `kubernetes.io/metadata.name` label is implied).
-    pub fn set_namespace(&mut self, name: &str, labels: Labels) {
+    pub fn set_namespace(&mut self, name: &str, mut labels: Labels) {
+        labels.insert(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned());
         self.namespaces.insert(name.to_owned(), labels);
     }
 
-    /// Adds a pod.
+    /// Adds a pod (its namespace exists from then on, with no labels but its name if none
+    /// were set).
     pub fn add_pod(&mut self, pod: Pod) {
+        if !self.namespaces.contains_key(&pod.namespace) {
+            self.set_namespace(&pod.namespace.clone(), Labels::new());
+        }
         self.pods.push(pod);
     }
 
@@ -122,9 +127,9 @@ impl Cluster {
     /// A namespace's labels, with `kubernetes.io/metadata.name` set to its name (as the API
     /// server sets it on every namespace).
     pub fn namespace_labels(&self, namespace: &str) -> Labels {
-        let mut labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
-        labels.insert(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned());
-        labels
+        self.namespaces.get(namespace).cloned().unwrap_or_else(|| {
+            Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned())])
+        })
     }
 
     /// Whether `address` is one of `node`'s own.
@@ -166,7 +171,11 @@ impl Cluster {
             return false;
         }
         let namespace_ok = match &peer.namespace_selector {
-            Some(selector) => selector.matches(&self.namespace_labels(&pod.namespace)),
+            // Every pod's namespace is known (`add_pod`), so this borrows rather than builds.
+            Some(selector) => match self.namespaces.get(&pod.namespace) {
+                Some(labels) => selector.matches(labels),
+                None => selector.matches(&self.namespace_labels(&pod.namespace)),
+            },
             None => pod.namespace == policy.namespace(),
         };
         namespace_ok

@@ -9,8 +9,9 @@
 //!         iifname vmap { "wren…" : jump e0_egress, … }     # from an isolated pod
 //!         oifname vmap { "wren…" : jump e0_ingress, … }    # to an isolated pod
 //!     }
+//!     set a0 { type ipv4_addr; flags interval; elements = { 10.65.1.4, 10.65.2.0/31 } }
 //!     chain e0_ingress {
-//!         ip saddr { 10.65.1.4 } tcp dport { 80, 8000-8080 } return comment "y/web spec.ingress[0]"
+//!         ip saddr @a0 tcp dport { 80, 8000-8080 } return comment "y/web spec.ingress[0]"
 //!         counter drop comment "y/b: isolated for ingress by y/web"
 //!     }
 //! }
@@ -27,9 +28,13 @@
 //!   chain in the one forward hook.
 //! - Traffic between a pod and its own node never crosses the forward hook (it goes
 //!   through input and output), so the own-node exception needs no rule.
+//! - Addresses are named sets, one per distinct set of addresses, shared by every rule and
+//!   every pod that uses it: a policy selecting a hundred pods puts its peers in the table
+//!   once, not a hundred times.
 //! - The table is the only thing wren writes, and an `accept` in it does not override
 //!   another table's drop: a host firewall keeps its say.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 
 use ipnet::IpNet;
@@ -47,23 +52,46 @@ impl NodePlan {
     /// The plan as an `nft -f` script that replaces `inet <table>` atomically (creating it
     /// the first time).
     pub fn nft_script(&self, table: &str) -> String {
+        let mut sets = Sets::default();
+        let mut chains = String::new();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            for (suffix, plan, peer_field) in [
+                ("egress", &endpoint.egress, "daddr"),
+                ("ingress", &endpoint.ingress, "saddr"),
+            ] {
+                if let Some(plan) = plan {
+                    let _ = writeln!(chains, "\tchain e{i}_{suffix} {{");
+                    render_direction(
+                        &mut chains,
+                        &mut sets,
+                        plan,
+                        peer_field,
+                        &endpoint.pod,
+                        suffix,
+                    );
+                    chains.push_str("\t}\n");
+                }
+            }
+        }
         let mut s = String::new();
         // Declaring the table before deleting it makes the delete valid on a first run;
         // both happen in the one transaction that also creates the new table.
         let _ = writeln!(s, "table inet {table}\ndelete table inet {table}");
         let _ = writeln!(s, "table inet {table} {{");
+        s.push_str(&sets.declarations);
         s.push_str("\tchain forward {\n");
         s.push_str("\t\ttype filter hook forward priority filter; policy accept;\n");
         s.push_str("\t\tct state related accept\n");
         s.push_str("\t\tct direction reply accept\n");
-        for (keyword, suffix, pick) in [("iifname", "egress", true), ("oifname", "ingress", false)]
+        for (keyword, suffix, egress) in
+            [("iifname", "egress", true), ("oifname", "ingress", false)]
         {
             let entries: Vec<String> = self
                 .endpoints
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| {
-                    if pick {
+                    if egress {
                         e.egress.is_some()
                     } else {
                         e.ingress.is_some()
@@ -76,18 +104,7 @@ impl NodePlan {
             }
         }
         s.push_str("\t}\n");
-        for (i, endpoint) in self.endpoints.iter().enumerate() {
-            for (suffix, plan, peer_field) in [
-                ("egress", &endpoint.egress, "daddr"),
-                ("ingress", &endpoint.ingress, "saddr"),
-            ] {
-                if let Some(plan) = plan {
-                    let _ = writeln!(s, "\tchain e{i}_{suffix} {{");
-                    render_direction(&mut s, plan, peer_field, &endpoint.pod, suffix);
-                    s.push_str("\t}\n");
-                }
-            }
-        }
+        s.push_str(&chains);
         s.push_str("}\n");
         s
     }
@@ -98,15 +115,45 @@ impl NodePlan {
     }
 }
 
+/// The named address sets of a table, one per distinct content and family.
+#[derive(Default)]
+struct Sets {
+    names: HashMap<(bool, Vec<IpNet>), String>,
+    declarations: String,
+}
+
+impl Sets {
+    /// The name of the set holding `nets` (all of one family), declared on first use.
+    fn name(&mut self, v4: bool, nets: Vec<IpNet>) -> String {
+        let next = self.names.len();
+        let declarations = &mut self.declarations;
+        self.names
+            .entry((v4, nets))
+            .or_insert_with_key(|(v4, nets)| {
+                let name = format!("a{next}");
+                let elements: Vec<String> = nets.iter().map(net_text).collect();
+                let _ = writeln!(
+                    declarations,
+                    "\tset {name} {{ type {}; flags interval; elements = {{ {} }} }}",
+                    if *v4 { "ipv4_addr" } else { "ipv6_addr" },
+                    elements.join(", ")
+                );
+                name
+            })
+            .clone()
+    }
+}
+
 fn render_direction(
     s: &mut String,
+    sets: &mut Sets,
     plan: &DirectionPlan,
     peer_field: &str,
     pod: &str,
     direction: &str,
 ) {
     for rule in &plan.rules {
-        for line in rule_lines(rule, peer_field) {
+        for line in rule_lines(rule, sets, peer_field) {
             let _ = writeln!(
                 s,
                 "\t\t{line} return comment {}",
@@ -126,30 +173,26 @@ fn render_direction(
 }
 
 /// The nft matches of one compiled rule: one line per address family and protocol.
-fn rule_lines(rule: &PlannedRule, peer_field: &str) -> Vec<String> {
-    let address_parts: Vec<String> = match &rule.peers {
+fn rule_lines(rule: &PlannedRule, sets: &mut Sets, peer_field: &str) -> Vec<String> {
+    let address_parts: Vec<String> = match rule.peers.as_ref() {
         AddressMatch::Any => vec![String::new()],
         AddressMatch::Nets { include, except } => [("ip", true), ("ip6", false)]
             .into_iter()
             .filter_map(|(family, v4)| {
-                let of_family = |nets: &[IpNet]| -> Vec<String> {
+                let of_family = |nets: &[IpNet]| -> Vec<IpNet> {
                     nets.iter()
                         .filter(|n| matches!(n, IpNet::V4(_)) == v4)
-                        .map(net_text)
+                        .copied()
                         .collect()
                 };
                 let include = of_family(include);
                 if include.is_empty() {
                     return None;
                 }
-                let mut part = format!("{family} {peer_field} {{ {} }} ", include.join(", "));
+                let mut part = format!("{family} {peer_field} @{} ", sets.name(v4, include));
                 let except = of_family(except);
                 if !except.is_empty() {
-                    let _ = write!(
-                        part,
-                        "{family} {peer_field} != {{ {} }} ",
-                        except.join(", ")
-                    );
+                    let _ = write!(part, "{family} {peer_field} != @{} ", sets.name(v4, except));
                 }
                 Some(part)
             })

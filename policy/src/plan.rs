@@ -8,8 +8,9 @@
 //! [`PlannedRule::matches`] evaluates the compiled form, so tests can hold it against
 //! [`Cluster::verdict`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -20,7 +21,7 @@ use crate::model::{
 
 /// Which addresses a compiled rule admits (the peer: source for ingress, destination for
 /// egress).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AddressMatch {
     /// Every address.
     Any,
@@ -83,8 +84,8 @@ impl PortMatch {
 pub struct PlannedRule {
     /// The policy rule.
     pub rule: RuleId,
-    /// The admitted peers.
-    pub peers: AddressMatch,
+    /// The admitted peers (shared by every pod the rule is compiled for).
+    pub peers: Arc<AddressMatch>,
     /// The admitted protocols and ports.
     pub ports: PortMatch,
 }
@@ -156,17 +157,26 @@ impl NodePlan {
     }
 }
 
+/// The part of a compiled rule that does not depend on the pod it is compiled for: its
+/// peers, and for egress named ports the destinations grouped by the number the name has.
+/// Computed once per rule and shared by every pod the rule's policy selects.
+struct RulePeers {
+    matches: Vec<Arc<AddressMatch>>,
+    named: Vec<(Protocol, u16, Arc<AddressMatch>)>,
+}
+
 impl Cluster {
     /// The plan of `node`: every pod of the node that a policy isolates, with its compiled
     /// rules.
     pub fn plan_node(&self, node: &str) -> NodePlan {
+        let mut memo: HashMap<RuleId, Arc<RulePeers>> = HashMap::new();
         let mut endpoints: Vec<EndpointPlan> = self
             .pods()
             .iter()
             .filter(|p| p.node == node)
             .filter_map(|pod| {
-                let ingress = self.plan_direction(pod, PolicyType::Ingress);
-                let egress = self.plan_direction(pod, PolicyType::Egress);
+                let ingress = self.plan_direction(pod, PolicyType::Ingress, &mut memo);
+                let egress = self.plan_direction(pod, PolicyType::Egress, &mut memo);
                 (ingress.is_some() || egress.is_some()).then(|| EndpointPlan {
                     pod: pod.id(),
                     interface: pod.host_interface.clone(),
@@ -183,7 +193,12 @@ impl Cluster {
         }
     }
 
-    fn plan_direction(&self, pod: &Pod, direction: PolicyType) -> Option<DirectionPlan> {
+    fn plan_direction(
+        &self,
+        pod: &Pod,
+        direction: PolicyType,
+        memo: &mut HashMap<RuleId, Arc<RulePeers>>,
+    ) -> Option<DirectionPlan> {
         let isolating = self.isolating(pod, direction);
         if isolating.is_empty() {
             return None;
@@ -196,7 +211,11 @@ impl Cluster {
                     direction,
                     index,
                 };
-                self.compile_rule(&mut rules, rule, policy, pod, peers, ports);
+                let compiled = memo
+                    .entry(rule.clone())
+                    .or_insert_with(|| Arc::new(self.rule_peers(policy, direction, peers, ports)))
+                    .clone();
+                compile_rule(&mut rules, rule, pod, ports, &compiled);
             }
         }
         Some(DirectionPlan {
@@ -205,115 +224,130 @@ impl Cluster {
         })
     }
 
-    /// Compiles one policy rule for `subject` into `out`.
-    fn compile_rule(
+    /// The peers of one rule: address blocks as they are, selected pods as their addresses;
+    /// for egress named ports, the admitted destination addresses grouped by the number
+    /// the name has on the pod holding each (only pods have named ports).
+    fn rule_peers(
         &self,
-        out: &mut Vec<PlannedRule>,
-        rule: RuleId,
         policy: &NetworkPolicy,
-        subject: &Pod,
+        direction: PolicyType,
         peers: &[PolicyPeer],
         ports: &[PolicyPort],
-    ) {
-        let direction = rule.direction;
-        // The peers: address blocks as they are, selected pods as their addresses.
-        let selected: Vec<&Pod> = self
-            .pods()
-            .iter()
-            .filter(|p| peers.iter().any(|peer| self.selects_pod(policy, peer, p)))
-            .collect();
-        let mut peer_matches: Vec<AddressMatch> = Vec::new();
+    ) -> RulePeers {
+        let mut matches = Vec::new();
         if peers.is_empty() {
-            peer_matches.push(AddressMatch::Any);
+            matches.push(Arc::new(AddressMatch::Any));
         } else {
             for block in peers.iter().filter_map(|p| p.ip_block.as_ref()) {
-                peer_matches.push(nets(vec![block.cidr], block.except.clone()));
+                matches.push(Arc::new(nets(vec![block.cidr], block.except.clone())));
             }
+            let selected: Vec<&Pod> = self
+                .pods()
+                .iter()
+                .filter(|p| peers.iter().any(|peer| self.selects_pod(policy, peer, p)))
+                .collect();
             if !selected.is_empty() {
-                peer_matches.push(nets(pod_nets(&selected), Vec::new()));
+                matches.push(Arc::new(nets(pod_nets(&selected), Vec::new())));
             }
         }
-        // The ports: numbers and ranges as they are; a named port is the destination's.
-        let mut ranges = Vec::new();
-        let mut named: Vec<(&str, Protocol)> = Vec::new();
-        for port in ports {
-            let protocol = port.protocol();
-            match &port.port {
-                None => ranges.push(PortRange {
-                    protocol,
-                    first: 0,
-                    last: u16::MAX,
-                }),
-                Some(PortSpec::Number(first)) => {
-                    let first = u16::try_from(*first).unwrap_or(u16::MAX);
-                    let last = port
-                        .end_port
-                        .map_or(first, |e| u16::try_from(e).unwrap_or(u16::MAX));
-                    ranges.push(PortRange {
-                        protocol,
-                        first,
-                        last,
-                    });
-                }
-                Some(PortSpec::Name(name)) => match direction {
-                    PolicyType::Ingress => {
-                        if let Some(n) = subject.named_port(name, protocol) {
-                            ranges.push(PortRange {
-                                protocol,
-                                first: n,
-                                last: n,
-                            });
-                        }
-                    }
-                    PolicyType::Egress => named.push((name, protocol)),
-                },
-            }
-        }
-        if ports.is_empty() || !ranges.is_empty() {
-            let port_match = if ports.is_empty() {
-                PortMatch::Any
-            } else {
-                PortMatch::Ranges(merge_ranges(ranges))
-            };
-            for peers in &peer_matches {
-                out.push(PlannedRule {
-                    rule: rule.clone(),
-                    peers: peers.clone(),
-                    ports: port_match.clone(),
-                });
-            }
-        }
-        // Egress to a named port: the destination addresses the peers admit, grouped by
-        // the number the name has on the pod holding each (only pods have named ports).
-        for (name, protocol) in named {
-            let mut by_number: BTreeMap<u16, Vec<IpNet>> = BTreeMap::new();
-            for pod in self.pods() {
-                let Some(n) = pod.named_port(name, protocol) else {
+        let mut named = Vec::new();
+        if direction == PolicyType::Egress {
+            for port in ports {
+                let Some(PortSpec::Name(name)) = &port.port else {
                     continue;
                 };
-                let admitted = pod.addresses.iter().filter(|&&a| {
-                    peers.is_empty()
-                        || peers
-                            .iter()
-                            .any(|peer| self.peer_matches(policy, peer, a, Some(pod)))
-                });
-                by_number
-                    .entry(n)
-                    .or_default()
-                    .extend(admitted.map(|&a| IpNet::from(a)));
+                let protocol = port.protocol();
+                let mut by_number: BTreeMap<u16, Vec<IpNet>> = BTreeMap::new();
+                for pod in self.pods() {
+                    let Some(n) = pod.named_port(name, protocol) else {
+                        continue;
+                    };
+                    let admitted = pod.addresses.iter().filter(|&&a| {
+                        peers.is_empty()
+                            || peers
+                                .iter()
+                                .any(|peer| self.peer_matches(policy, peer, a, Some(pod)))
+                    });
+                    by_number
+                        .entry(n)
+                        .or_default()
+                        .extend(admitted.map(|&a| IpNet::from(a)));
+                }
+                for (n, addresses) in by_number.into_iter().filter(|(_, a)| !a.is_empty()) {
+                    named.push((protocol, n, Arc::new(nets(addresses, Vec::new()))));
+                }
             }
-            for (n, addresses) in by_number.into_iter().filter(|(_, a)| !a.is_empty()) {
-                out.push(PlannedRule {
-                    rule: rule.clone(),
-                    peers: nets(addresses, Vec::new()),
-                    ports: PortMatch::Ranges(vec![PortRange {
+        }
+        RulePeers { matches, named }
+    }
+}
+
+/// Compiles one policy rule for `subject` into `out`: numbered ports as they are, ingress
+/// named ports resolved on the subject, and the rule's shared peers.
+fn compile_rule(
+    out: &mut Vec<PlannedRule>,
+    rule: RuleId,
+    subject: &Pod,
+    ports: &[PolicyPort],
+    compiled: &RulePeers,
+) {
+    let mut ranges = Vec::new();
+    for port in ports {
+        let protocol = port.protocol();
+        match &port.port {
+            None => ranges.push(PortRange {
+                protocol,
+                first: 0,
+                last: u16::MAX,
+            }),
+            Some(PortSpec::Number(first)) => {
+                let first = u16::try_from(*first).unwrap_or(u16::MAX);
+                let last = port
+                    .end_port
+                    .map_or(first, |e| u16::try_from(e).unwrap_or(u16::MAX));
+                ranges.push(PortRange {
+                    protocol,
+                    first,
+                    last,
+                });
+            }
+            Some(PortSpec::Name(name)) => {
+                if rule.direction == PolicyType::Ingress
+                    && let Some(n) = subject.named_port(name, protocol)
+                {
+                    ranges.push(PortRange {
                         protocol,
                         first: n,
                         last: n,
-                    }]),
-                });
+                    });
+                }
             }
         }
+    }
+    if ports.is_empty() || !ranges.is_empty() {
+        let port_match = if ports.is_empty() {
+            PortMatch::Any
+        } else {
+            PortMatch::Ranges(merge_ranges(ranges))
+        };
+        for peers in &compiled.matches {
+            out.push(PlannedRule {
+                rule: rule.clone(),
+                peers: peers.clone(),
+                ports: port_match.clone(),
+            });
+        }
+    }
+    for (protocol, n, peers) in &compiled.named {
+        out.push(PlannedRule {
+            rule: rule.clone(),
+            peers: peers.clone(),
+            ports: PortMatch::Ranges(vec![PortRange {
+                protocol: *protocol,
+                first: *n,
+                last: *n,
+            }]),
+        });
     }
 }
 
