@@ -105,7 +105,7 @@ fn pod(n: usize, j: usize) -> Pod {
         node: format!("n{}", (n * PODS_PER_NAMESPACE + j) % 3 + 1),
         labels: labels(&[
             ("app", format!("app-{}", j % 10)),
-            ("tier", if j % 2 == 0 { "web" } else { "db" }.to_owned()),
+            ("tier", if j.is_multiple_of(2) { "web" } else { "db" }.to_owned()),
         ]),
         addresses: vec![
             format!("10.65.{n}.{}", j + 1).parse().unwrap(),
@@ -127,7 +127,7 @@ fn build() -> (Cluster, usize) {
     for n in 0..NAMESPACES {
         let ns_labels = labels(&[
             ("team", format!("t{}", n % 5)),
-            ("env", if n % 2 == 0 { "prod" } else { "dev" }.to_owned()),
+            ("env", if n.is_multiple_of(2) { "prod" } else { "dev" }.to_owned()),
         ]);
         stored += serde_json::to_vec(&serde_json::json!({ "labels": &ns_labels }))
             .unwrap()
