@@ -1,7 +1,8 @@
 //! Programming a node's network policy: 1,000 policies over 1,000 workloads (50 namespaces
 //! of 20 pods on 3 nodes, 20 policies per namespace), the node's plan computed and rendered
 //! by wren, then loaded by `nft -f` into a fresh network namespace; then single-policy
-//! changes, each recomputed, rendered and loaded (the whole table replaced).
+//! changes, each recomputed, rendered and loaded, alternately as a delta from the loaded
+//! table and as the whole table replaced.
 //!
 //! The anchor is the kernel's part measured in the same run: `nft -f` loading the same
 //! script. The ratio says what wren adds on top of what the kernel has to do anyway.
@@ -105,7 +106,10 @@ fn pod(n: usize, j: usize) -> Pod {
         node: format!("n{}", (n * PODS_PER_NAMESPACE + j) % 3 + 1),
         labels: labels(&[
             ("app", format!("app-{}", j % 10)),
-            ("tier", if j.is_multiple_of(2) { "web" } else { "db" }.to_owned()),
+            (
+                "tier",
+                if j.is_multiple_of(2) { "web" } else { "db" }.to_owned(),
+            ),
         ]),
         addresses: vec![
             format!("10.65.{n}.{}", j + 1).parse().unwrap(),
@@ -127,7 +131,10 @@ fn build() -> (Cluster, usize) {
     for n in 0..NAMESPACES {
         let ns_labels = labels(&[
             ("team", format!("t{}", n % 5)),
-            ("env", if n.is_multiple_of(2) { "prod" } else { "dev" }.to_owned()),
+            (
+                "env",
+                if n.is_multiple_of(2) { "prod" } else { "dev" }.to_owned(),
+            ),
         ]);
         stored += serde_json::to_vec(&serde_json::json!({ "labels": &ns_labels }))
             .unwrap()
@@ -231,28 +238,48 @@ fn main() {
         let script = cluster.plan_node("n1").nft_script(TABLE);
         compute.push(started.elapsed());
         script_len = script.len();
+        if let Ok(path) = std::env::var("WREN_BENCH_DUMP") {
+            std::fs::write(path, &script).unwrap();
+        }
         let ns = NetNs::new("polbench").unwrap();
         load.push(nft_load(&ns, &script));
     }
 
-    // Changes: one policy's extra port changes; recompute, render and replace the table.
+    // Changes: one policy's extra port changes; recompute and render, then load either the
+    // delta from what the table holds or (for comparison) the whole table again.
     let ns = NetNs::new("polbench").unwrap();
-    nft_load(&ns, &cluster.plan_node("n1").nft_script(TABLE));
-    let mut change_compute = Vec::new();
-    let mut change_load = Vec::new();
-    let mut change_total = Vec::new();
+    let mut loaded = cluster.plan_node("n1").nft_rules();
+    nft_load(&ns, &loaded.script(TABLE));
+    let mut delta_compute = Vec::new();
+    let mut delta_load = Vec::new();
+    let mut delta_total = Vec::new();
+    let mut whole_compute = Vec::new();
+    let mut whole_load = Vec::new();
+    let mut whole_total = Vec::new();
     for i in 0..changes {
         let n = i % NAMESPACES;
         let changed: NetworkPolicy =
             decode_value(1, policy_json(n, i % 10, 9001 + i as u16)).unwrap();
+        let whole = i % 2 == 1;
         let started = Instant::now();
         cluster.add_policy(changed);
-        let script = cluster.plan_node("n1").nft_script(TABLE);
+        let rules = cluster.plan_node("n1").nft_rules();
+        let script = if whole {
+            rules.script(TABLE)
+        } else {
+            rules.delta_script(&loaded, TABLE)
+        };
         let computed = started.elapsed();
-        let loaded = nft_load(&ns, &script);
-        change_compute.push(computed);
-        change_load.push(loaded);
-        change_total.push(computed + loaded);
+        let load = nft_load(&ns, &script);
+        loaded = rules;
+        let (c, l, t) = if whole {
+            (&mut whole_compute, &mut whole_load, &mut whole_total)
+        } else {
+            (&mut delta_compute, &mut delta_load, &mut delta_total)
+        };
+        c.push(computed);
+        l.push(load);
+        t.push(computed + load);
     }
 
     println!(
@@ -276,14 +303,37 @@ fn main() {
         ms(c + l),
         c.as_secs_f64() / l.as_secs_f64()
     );
-    for (label, p) in [("p50", 0.5), ("p99", 0.99)] {
+    for (label, p, compute, load, total) in [
+        ("delta, p50", 0.5, &delta_compute, &delta_load, &delta_total),
+        (
+            "delta, p99",
+            0.99,
+            &delta_compute,
+            &delta_load,
+            &delta_total,
+        ),
+        (
+            "whole table, p50",
+            0.5,
+            &whole_compute,
+            &whole_load,
+            &whole_total,
+        ),
+        (
+            "whole table, p99",
+            0.99,
+            &whole_compute,
+            &whole_load,
+            &whole_total,
+        ),
+    ] {
         let (c, l, t) = (
-            percentile(&change_compute, p),
-            percentile(&change_load, p),
-            percentile(&change_total, p),
+            percentile(compute, p),
+            percentile(load, p),
+            percentile(total, p),
         );
         println!(
-            "| one policy changed, table replaced ({label}) | {} | {} | {} | {:.2} |",
+            "| one policy changed, {label} | {} | {} | {} | {:.2} |",
             ms(c),
             ms(l),
             ms(t),

@@ -60,6 +60,8 @@ impl Pod {
 pub struct Cluster {
     namespaces: BTreeMap<String, Labels>,
     pods: Vec<Pod>,
+    /// Indexes into `pods`, by namespace.
+    pods_by_namespace: BTreeMap<String, Vec<usize>>,
     policies: BTreeMap<String, Vec<NetworkPolicy>>,
     node_addresses: BTreeMap<String, Vec<IpAddr>>,
 }
@@ -82,6 +84,10 @@ impl Cluster {
         if !self.namespaces.contains_key(&pod.namespace) {
             self.set_namespace(&pod.namespace.clone(), Labels::new());
         }
+        self.pods_by_namespace
+            .entry(pod.namespace.clone())
+            .or_default()
+            .push(self.pods.len());
         self.pods.push(pod);
     }
 
@@ -183,6 +189,41 @@ impl Cluster {
                 .pod_selector
                 .as_ref()
                 .is_none_or(|s| s.matches(&pod.labels))
+    }
+}
+
+impl Cluster {
+    /// The pods the selectors of `peer` (no `ipBlock`) pick, in the order they were added:
+    /// [`Cluster::selects_pod`] over the namespaces that can hold them only.
+    pub fn selected_pods(&self, policy: &NetworkPolicy, peer: &PolicyPeer) -> Vec<&Pod> {
+        if peer.ip_block.is_some() {
+            return Vec::new();
+        }
+        let namespaces: Vec<&str> = match &peer.namespace_selector {
+            None => vec![policy.namespace()],
+            Some(selector) => self
+                .namespaces
+                .iter()
+                .filter(|(_, labels)| selector.matches(labels))
+                .map(|(name, _)| name.as_str())
+                .collect(),
+        };
+        let mut indexes: Vec<usize> = namespaces
+            .into_iter()
+            .filter_map(|ns| self.pods_by_namespace.get(ns))
+            .flatten()
+            .copied()
+            .collect();
+        indexes.sort_unstable();
+        indexes
+            .into_iter()
+            .map(|i| &self.pods[i])
+            .filter(|pod| {
+                peer.pod_selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(&pod.labels))
+            })
+            .collect()
     }
 }
 

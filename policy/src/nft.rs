@@ -1,17 +1,21 @@
-//! A [`NodePlan`] as an `nft -f` script: one table, replaced whole in one transaction.
+//! A [`NodePlan`] as nftables rules: one table, `inet wren_policy`, loaded whole on a first
+//! run ([`NftRules::script`]) and changed by deltas afterwards ([`NftRules::delta_script`]),
+//! each in one transaction.
 //!
 //! ```text
 //! table inet wren_policy {
+//!     map egress_chains { type ifname : verdict; elements = { "wren…" : jump egress_wren… } }
+//!     map ingress_chains { type ifname : verdict; elements = { "wren…" : jump ingress_wren… } }
+//!     set a5c1f… { type ipv4_addr; flags interval; elements = { 10.65.1.4, 10.65.2.0/31 } }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
-//!         ct state related accept           # ICMP errors of tracked connections
-//!         ct direction reply accept         # replies of connections let through
-//!         iifname vmap { "wren…" : jump e0_egress, … }     # from an isolated pod
-//!         oifname vmap { "wren…" : jump e0_ingress, … }    # to an isolated pod
+//!         ct state related accept              # ICMP errors of tracked connections
+//!         ct direction reply accept            # replies of connections let through
+//!         iifname vmap @egress_chains          # from an isolated pod
+//!         oifname vmap @ingress_chains         # to an isolated pod
 //!     }
-//!     set a0 { type ipv4_addr; flags interval; elements = { 10.65.1.4, 10.65.2.0/31 } }
-//!     chain e0_ingress {
-//!         ip saddr @a0 tcp dport { 80, 8000-8080 } return comment "y/web spec.ingress[0]"
+//!     chain ingress_wren… {
+//!         ip saddr @a5c1f… tcp dport { 80, 8000-8080 } return comment "y/web spec.ingress[0]"
 //!         counter drop comment "y/b: isolated for ingress by y/web"
 //!     }
 //! }
@@ -31,10 +35,15 @@
 //! - Addresses are named sets, one per distinct set of addresses, shared by every rule and
 //!   every pod that uses it: a policy selecting a hundred pods puts its peers in the table
 //!   once, not a hundred times.
+//! - Names are stable: a chain is named after its pod's interface, a set after a hash of
+//!   its content. A change is then a delta: new sets added, the chains whose rules changed
+//!   flushed and refilled, the interface maps' entries added or removed, unused chains and
+//!   sets deleted. Loading a whole table of a thousand pods' chains costs the kernel far
+//!   more than a delta (`BENCHMARKS.md`, *Network policy*).
 //! - The table is the only thing wren writes, and an `accept` in it does not override
 //!   another table's drop: a host firewall keeps its say.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use ipnet::IpNet;
@@ -48,65 +57,53 @@ pub const TABLE: &str = "wren_policy";
 /// Longest comment nftables keeps on a rule.
 const COMMENT_MAX: usize = 127;
 
+/// The map from a pod's interface to its egress chain.
+const EGRESS_MAP: &str = "egress_chains";
+/// The map from a pod's interface to its ingress chain.
+const INGRESS_MAP: &str = "ingress_chains";
+
+/// A node's plan as nftables objects with stable names: what a script loads and what a
+/// delta compares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NftRules {
+    /// Address sets by name: the type (`ipv4_addr` or `ipv6_addr`) and the elements.
+    pub sets: BTreeMap<String, (&'static str, String)>,
+    /// Per-pod chains by name: their rules, in order.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Interface → egress chain.
+    pub egress: BTreeMap<String, String>,
+    /// Interface → ingress chain.
+    pub ingress: BTreeMap<String, String>,
+}
+
 impl NodePlan {
-    /// The plan as an `nft -f` script that replaces `inet <table>` atomically (creating it
-    /// the first time).
-    pub fn nft_script(&self, table: &str) -> String {
-        let mut sets = Sets::default();
-        let mut chains = String::new();
-        for (i, endpoint) in self.endpoints.iter().enumerate() {
+    /// The plan as nftables objects.
+    pub fn nft_rules(&self) -> NftRules {
+        let mut rules = NftRules::default();
+        for endpoint in &self.endpoints {
             for (suffix, plan, peer_field) in [
                 ("egress", &endpoint.egress, "daddr"),
                 ("ingress", &endpoint.ingress, "saddr"),
             ] {
-                if let Some(plan) = plan {
-                    let _ = writeln!(chains, "\tchain e{i}_{suffix} {{");
-                    render_direction(
-                        &mut chains,
-                        &mut sets,
-                        plan,
-                        peer_field,
-                        &endpoint.pod,
-                        suffix,
-                    );
-                    chains.push_str("\t}\n");
-                }
+                let Some(plan) = plan else { continue };
+                let chain = format!("{suffix}_{}", identifier(&endpoint.interface));
+                let lines = render_direction(&mut rules, plan, peer_field, &endpoint.pod, suffix);
+                rules.chains.insert(chain.clone(), lines);
+                let map = if suffix == "egress" {
+                    &mut rules.egress
+                } else {
+                    &mut rules.ingress
+                };
+                map.insert(endpoint.interface.clone(), chain);
             }
         }
-        let mut s = String::new();
-        // Declaring the table before deleting it makes the delete valid on a first run;
-        // both happen in the one transaction that also creates the new table.
-        let _ = writeln!(s, "table inet {table}\ndelete table inet {table}");
-        let _ = writeln!(s, "table inet {table} {{");
-        s.push_str(&sets.declarations);
-        s.push_str("\tchain forward {\n");
-        s.push_str("\t\ttype filter hook forward priority filter; policy accept;\n");
-        s.push_str("\t\tct state related accept\n");
-        s.push_str("\t\tct direction reply accept\n");
-        for (keyword, suffix, egress) in
-            [("iifname", "egress", true), ("oifname", "ingress", false)]
-        {
-            let entries: Vec<String> = self
-                .endpoints
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| {
-                    if egress {
-                        e.egress.is_some()
-                    } else {
-                        e.ingress.is_some()
-                    }
-                })
-                .map(|(i, e)| format!("\"{}\" : jump e{i}_{suffix}", e.interface))
-                .collect();
-            if !entries.is_empty() {
-                let _ = writeln!(s, "\t\t{keyword} vmap {{ {} }}", entries.join(", "));
-            }
-        }
-        s.push_str("\t}\n");
-        s.push_str(&chains);
-        s.push_str("}\n");
-        s
+        rules
+    }
+
+    /// The plan as an `nft -f` script that replaces `inet <table>` whole, atomically
+    /// (creating it the first time).
+    pub fn nft_script(&self, table: &str) -> String {
+        self.nft_rules().script(table)
     }
 
     /// A script that removes `inet <table>` (and does not fail when it is absent).
@@ -115,65 +112,175 @@ impl NodePlan {
     }
 }
 
-/// The named address sets of a table, one per distinct content and family.
-#[derive(Default)]
-struct Sets {
-    names: HashMap<(bool, Vec<IpNet>), String>,
-    declarations: String,
-}
+impl NftRules {
+    /// An `nft -f` script that replaces `inet <table>` whole with these rules, in one
+    /// transaction.
+    pub fn script(&self, table: &str) -> String {
+        let mut s = String::new();
+        // Declaring the table before deleting it makes the delete valid on a first run;
+        // both happen in the one transaction that also creates the new table.
+        let _ = writeln!(s, "table inet {table}\ndelete table inet {table}");
+        let _ = writeln!(s, "table inet {table} {{");
+        for (name, entries) in [(EGRESS_MAP, &self.egress), (INGRESS_MAP, &self.ingress)] {
+            let _ = write!(s, "\tmap {name} {{ type ifname : verdict; ");
+            if !entries.is_empty() {
+                let _ = write!(s, "elements = {{ {} }} ", map_elements(entries).join(", "));
+            }
+            s.push_str("}\n");
+        }
+        for (name, (kind, elements)) in &self.sets {
+            let _ = writeln!(
+                s,
+                "\tset {name} {{ type {kind}; flags interval; elements = {{ {elements} }} }}"
+            );
+        }
+        s.push_str("\tchain forward {\n");
+        s.push_str("\t\ttype filter hook forward priority filter; policy accept;\n");
+        s.push_str("\t\tct state related accept\n");
+        s.push_str("\t\tct direction reply accept\n");
+        let _ = writeln!(s, "\t\tiifname vmap @{EGRESS_MAP}");
+        let _ = writeln!(s, "\t\toifname vmap @{INGRESS_MAP}");
+        s.push_str("\t}\n");
+        for (name, lines) in &self.chains {
+            let _ = writeln!(s, "\tchain {name} {{");
+            for line in lines {
+                let _ = writeln!(s, "\t\t{line}");
+            }
+            s.push_str("\t}\n");
+        }
+        s.push_str("}\n");
+        s
+    }
 
-impl Sets {
-    /// The name of the set holding `nets` (all of one family), declared on first use.
-    fn name(&mut self, v4: bool, nets: Vec<IpNet>) -> String {
-        let next = self.names.len();
-        let declarations = &mut self.declarations;
-        self.names
-            .entry((v4, nets))
-            .or_insert_with_key(|(v4, nets)| {
-                let name = format!("a{next}");
-                let elements: Vec<String> = nets.iter().map(net_text).collect();
+    /// An `nft -f` script that turns `inet <table>`, loaded with `previous`, into these
+    /// rules in one transaction, touching only what changed. Empty when nothing did.
+    pub fn delta_script(&self, previous: &NftRules, table: &str) -> String {
+        let mut s = String::new();
+        // Additions first, so every reference resolves: sets, then chains, then map entries.
+        for (name, (kind, elements)) in &self.sets {
+            if !previous.sets.contains_key(name) {
                 let _ = writeln!(
-                    declarations,
-                    "\tset {name} {{ type {}; flags interval; elements = {{ {} }} }}",
-                    if *v4 { "ipv4_addr" } else { "ipv6_addr" },
-                    elements.join(", ")
+                    s,
+                    "add set inet {table} {name} {{ type {kind}; flags interval; elements = {{ {elements} }} }}"
                 );
-                name
-            })
-            .clone()
+            }
+        }
+        for (name, lines) in &self.chains {
+            if previous.chains.get(name) == Some(lines) {
+                continue;
+            }
+            if previous.chains.contains_key(name) {
+                let _ = writeln!(s, "flush chain inet {table} {name}");
+            } else {
+                let _ = writeln!(s, "add chain inet {table} {name}");
+            }
+            for line in lines {
+                let _ = writeln!(s, "add rule inet {table} {name} {line}");
+            }
+        }
+        for (map, now, before) in [
+            (EGRESS_MAP, &self.egress, &previous.egress),
+            (INGRESS_MAP, &self.ingress, &previous.ingress),
+        ] {
+            let gone: Vec<String> = before
+                .iter()
+                .filter(|(interface, chain)| now.get(*interface) != Some(*chain))
+                .map(|(interface, _)| format!("\"{interface}\""))
+                .collect();
+            if !gone.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "delete element inet {table} {map} {{ {} }}",
+                    gone.join(", ")
+                );
+            }
+            let new: BTreeMap<String, String> = now
+                .iter()
+                .filter(|(interface, chain)| before.get(*interface) != Some(*chain))
+                .map(|(i, c)| (i.clone(), c.clone()))
+                .collect();
+            if !new.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "add element inet {table} {map} {{ {} }}",
+                    map_elements(&new).join(", ")
+                );
+            }
+        }
+        // Then removals, once nothing refers to them any more.
+        for name in previous.chains.keys() {
+            if !self.chains.contains_key(name) {
+                let _ = writeln!(s, "delete chain inet {table} {name}");
+            }
+        }
+        for name in previous.sets.keys() {
+            if !self.sets.contains_key(name) {
+                let _ = writeln!(s, "delete set inet {table} {name}");
+            }
+        }
+        s
     }
 }
 
+fn map_elements(entries: &BTreeMap<String, String>) -> Vec<String> {
+    entries
+        .iter()
+        .map(|(interface, chain)| format!("\"{interface}\" : jump {chain}"))
+        .collect()
+}
+
+/// An interface name as part of an nft identifier: letters, digits and `_`.
+fn identifier(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// The name of the set holding `nets` (all of one family), added to `rules` on first use:
+/// `a` and a hash of the content (FNV-1a, 64 bits), the same in every run.
+fn set_name(rules: &mut NftRules, v4: bool, nets: &[IpNet]) -> String {
+    let elements: Vec<String> = nets.iter().map(net_text).collect();
+    let elements = elements.join(", ");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in [u8::from(v4)].iter().chain(elements.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let name = format!("a{hash:016x}");
+    let kind = if v4 { "ipv4_addr" } else { "ipv6_addr" };
+    rules.sets.entry(name.clone()).or_insert((kind, elements));
+    name
+}
+
 fn render_direction(
-    s: &mut String,
-    sets: &mut Sets,
+    rules: &mut NftRules,
     plan: &DirectionPlan,
     peer_field: &str,
     pod: &str,
     direction: &str,
-) {
+) -> Vec<String> {
+    let mut lines = Vec::new();
     for rule in &plan.rules {
-        for line in rule_lines(rule, sets, peer_field) {
-            let _ = writeln!(
-                s,
-                "\t\t{line} return comment {}",
+        for line in rule_lines(rule, rules, peer_field) {
+            lines.push(format!(
+                "{line} return comment {}",
                 comment(&rule.rule.to_string())
-            );
+            ));
         }
     }
     let isolated_by: Vec<String> = plan.isolated_by.iter().map(ToString::to_string).collect();
-    let _ = writeln!(
-        s,
-        "\t\tcounter drop comment {}",
+    lines.push(format!(
+        "counter drop comment {}",
         comment(&format!(
             "{pod}: isolated for {direction} by {}",
             isolated_by.join(", ")
         ))
-    );
+    ));
+    lines
 }
 
 /// The nft matches of one compiled rule: one line per address family and protocol.
-fn rule_lines(rule: &PlannedRule, sets: &mut Sets, peer_field: &str) -> Vec<String> {
+fn rule_lines(rule: &PlannedRule, sets: &mut NftRules, peer_field: &str) -> Vec<String> {
     let address_parts: Vec<String> = match rule.peers.as_ref() {
         AddressMatch::Any => vec![String::new()],
         AddressMatch::Nets { include, except } => [("ip", true), ("ip6", false)]
@@ -189,10 +296,14 @@ fn rule_lines(rule: &PlannedRule, sets: &mut Sets, peer_field: &str) -> Vec<Stri
                 if include.is_empty() {
                     return None;
                 }
-                let mut part = format!("{family} {peer_field} @{} ", sets.name(v4, include));
+                let mut part = format!("{family} {peer_field} @{} ", set_name(sets, v4, &include));
                 let except = of_family(except);
                 if !except.is_empty() {
-                    let _ = write!(part, "{family} {peer_field} != @{} ", sets.name(v4, except));
+                    let _ = write!(
+                        part,
+                        "{family} {peer_field} != @{} ",
+                        set_name(sets, v4, &except)
+                    );
                 }
                 Some(part)
             })

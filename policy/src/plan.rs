@@ -238,16 +238,20 @@ impl Cluster {
         if peers.is_empty() {
             matches.push(Arc::new(AddressMatch::Any));
         } else {
-            for block in peers.iter().filter_map(|p| p.ip_block.as_ref()) {
-                matches.push(Arc::new(nets(vec![block.cidr], block.except.clone())));
-            }
-            let selected: Vec<&Pod> = self
-                .pods()
-                .iter()
-                .filter(|p| peers.iter().any(|peer| self.selects_pod(policy, peer, p)))
-                .collect();
-            if !selected.is_empty() {
-                matches.push(Arc::new(nets(pod_nets(&selected), Vec::new())));
+            // One address set per peer, not one per rule: the same selector in many
+            // policies (a namespace's frontends, say) is then the same set.
+            for peer in peers {
+                let set = match &peer.ip_block {
+                    Some(block) => nets(vec![block.cidr], block.except.clone()),
+                    None => {
+                        let selected = self.selected_pods(policy, peer);
+                        if selected.is_empty() {
+                            continue;
+                        }
+                        nets(pod_nets(&selected), Vec::new())
+                    }
+                };
+                matches.push(Arc::new(set));
             }
         }
         let mut named = Vec::new();

@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Table, apply, assert_tables, labels};
+use wren_policy::nft::NftRules;
 use wren_policy::nft::TABLE;
 use wren_policy::{Cluster, Flow, NamedPort, Party, Pod, Protocol};
 use wren_tests::netns::NetNs;
@@ -31,6 +32,8 @@ struct TestPod {
 struct Lab {
     nodes: Vec<NetNs>,
     pods: Vec<TestPod>,
+    /// What each node's table holds, once loaded: the next change is a delta from it.
+    loaded: std::cell::RefCell<Vec<Option<NftRules>>>,
 }
 
 fn sysctl(ns: &NetNs, setting: &str) {
@@ -171,7 +174,11 @@ impl Lab {
                 pods.push(TestPod { ns, pod });
             }
         }
-        Lab { nodes, pods }
+        Lab {
+            nodes,
+            pods,
+            loaded: std::cell::RefCell::new(vec![None, None]),
+        }
     }
 
     fn cluster(&self) -> Cluster {
@@ -194,31 +201,27 @@ impl Lab {
         cluster
     }
 
-    /// Renders each node's plan and loads it with `nft -f -` in the node's namespace.
+    /// Renders each node's plan and loads it with `nft -f -` in the node's namespace: the
+    /// whole table the first time, a delta from what was loaded afterwards. After a delta
+    /// the table must hold exactly what loading the whole plan gives.
     fn enforce(&self, cluster: &Cluster) {
         for (i, node) in self.nodes.iter().enumerate() {
-            let script = cluster.plan_node(&format!("n{}", i + 1)).nft_script(TABLE);
-            let mut child = node
-                .command("nft")
-                .args(["-f", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(script.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "nft -f refused the plan of n{}: {}\n{script}",
-                i + 1,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let rules = cluster.plan_node(&format!("n{}", i + 1)).nft_rules();
+            let previous = self.loaded.borrow_mut()[i].replace(rules.clone());
+            match previous {
+                None => nft(node, &rules.script(TABLE)),
+                Some(previous) => {
+                    nft(node, &rules.delta_script(&previous, TABLE));
+                    let fresh = NetNs::new("pol-fresh").unwrap();
+                    nft(&fresh, &rules.script(TABLE));
+                    assert_eq!(
+                        listing(node),
+                        listing(&fresh),
+                        "n{}: the delta left a table other than the plan's",
+                        i + 1
+                    );
+                }
+            }
         }
     }
 
@@ -268,6 +271,69 @@ impl Lab {
             lookup[&(s.to_owned(), d.to_owned(), port, protocol)]
         })
     }
+}
+
+/// Runs `nft -f -` with `script` in `ns`.
+fn nft(ns: &NetNs, script: &str) {
+    if script.is_empty() {
+        return;
+    }
+    let mut child = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft -f refused the script in {}: {}\n{script}",
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The policy table as the kernel holds it: each map, set and chain with its lines, by
+/// name (a delta adds objects in another order than a whole load).
+fn listing(ns: &NetNs) -> std::collections::BTreeMap<String, Vec<String>> {
+    let text = ns.exec("nft", &["list", "table", "inet", TABLE]).unwrap();
+    let mut blocks = std::collections::BTreeMap::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let header = ["chain ", "set ", "map "]
+            .iter()
+            .any(|k| line.starts_with(k))
+            && line.ends_with('{');
+        if header {
+            if let Some((name, lines)) = current.take() {
+                blocks.insert(name, lines);
+            }
+            current = Some((line.to_owned(), Vec::new()));
+        } else if let Some((_, lines)) = current.as_mut() {
+            // Counters differ between a table that saw traffic and a fresh one.
+            let line = match line.split_once("counter packets ") {
+                Some((before, after)) => {
+                    let rest = after.splitn(4, ' ').nth(3).unwrap_or("");
+                    format!("{before}counter {rest}")
+                }
+                None => line.to_owned(),
+            };
+            lines.push(line);
+        }
+    }
+    if let Some((name, lines)) = current {
+        blocks.insert(name, lines);
+    }
+    assert!(blocks.contains_key("chain forward {"), "{text}");
+    blocks
 }
 
 /// Expected: the semantics' verdict on each cell (a pod to itself never crosses the node,
@@ -424,6 +490,10 @@ fn rendered_plans_enforce_the_semantics_on_real_traffic() {
             &lab.observe(v6),
         );
     }
+    // Every policy removed: the delta takes every chain, map entry and set away again.
+    lab.enforce(&lab.cluster());
+    let all = Table::probe(&lab.ids(), |_, _, _, _| true);
+    assert_tables("policies removed", &all, &lab.observe(false));
 }
 
 #[test]
