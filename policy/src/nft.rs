@@ -367,3 +367,78 @@ fn comment(text: &str) -> String {
     }
     format!("\"{text}\"")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Cluster, Pod, decode_policies};
+
+    fn cluster(policies: &str) -> Cluster {
+        let mut cluster = Cluster::new();
+        for (name, address) in [("a", "10.65.0.1"), ("b", "10.65.0.2")] {
+            cluster.add_pod(Pod {
+                namespace: "x".into(),
+                name: name.into(),
+                node: "n1".into(),
+                labels: [("pod".to_owned(), name.to_owned())].into(),
+                addresses: vec![address.parse().unwrap()],
+                ports: Vec::new(),
+                host_interface: format!("wren-{name}"),
+            });
+        }
+        for policy in decode_policies(policies).unwrap() {
+            cluster.add_policy(policy);
+        }
+        cluster
+    }
+
+    const FROM_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n";
+
+    #[test]
+    fn names_are_stable_and_an_unchanged_plan_needs_no_delta() {
+        let rules = cluster(FROM_B).plan_node("n1").nft_rules();
+        assert_eq!(rules, cluster(FROM_B).plan_node("n1").nft_rules());
+        assert_eq!(rules.delta_script(&rules, TABLE), "");
+        // Interface names become identifiers; the map points at the chain.
+        assert_eq!(
+            rules.ingress.get("wren-a").map(String::as_str),
+            Some("ingress_wren_a")
+        );
+        let chain = &rules.chains["ingress_wren_a"];
+        assert_eq!(chain.len(), 2, "{chain:?}");
+        assert!(
+            chain[0].starts_with("ip saddr @a")
+                && chain[0].ends_with("return comment \"x/p spec.ingress[0]\"")
+        );
+        assert!(chain[1].starts_with("counter drop"));
+        assert_eq!(rules.sets.len(), 1);
+        assert!(
+            rules
+                .sets
+                .values()
+                .all(|(kind, elements)| *kind == "ipv4_addr" && elements == "10.65.0.2")
+        );
+    }
+
+    #[test]
+    fn a_delta_adds_before_it_removes() {
+        let before = cluster(FROM_B).plan_node("n1").nft_rules();
+        let after = cluster(&FROM_B.replace("pod: b}}}]", "pod: a}}}]"))
+            .plan_node("n1")
+            .nft_rules();
+        let delta = after.delta_script(&before, TABLE);
+        let lines: Vec<&str> = delta.lines().collect();
+        let position = |prefix: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{prefix}: {delta}"))
+        };
+        assert!(position("add set") < position("flush chain inet wren_policy ingress_wren_a"));
+        assert!(position("flush chain") < position("delete set"));
+        assert!(
+            !delta.contains(" element inet"),
+            "no map entry changed: {delta}"
+        );
+    }
+}
