@@ -39,3 +39,6 @@ WREN_BENCH_ROUNDS=5 cargo bench -p wren-fastpath --bench verdict_cost
 
 # CRI: RunPodSandbox through containerd, 20 pods one after another and 20 at once, wren vs ptp+host-local on the same containerd (BENCHMARKS.md "Pod sandbox ready through containerd").
 cargo bench -p wren-tests --bench cri_sandbox
+
+# Network policy: programming a node of 1,000 policies over 1,000 workloads, from nothing and by deltas, vs the `nft -f` load itself (BENCHMARKS.md "Network policy").
+cargo bench -p wren-policy --bench program -- --rounds 5 --changes 100

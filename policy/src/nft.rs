@@ -43,8 +43,9 @@
 //! - The table is the only thing wren writes, and an `accept` in it does not override
 //!   another table's drop: a host firewall keeps its say.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -80,6 +81,9 @@ impl NodePlan {
     /// The plan as nftables objects.
     pub fn nft_rules(&self) -> NftRules {
         let mut rules = NftRules::default();
+        // The address part of a rule, by its shared peers (the plan shares one value among
+        // every pod a policy rule is compiled for): each set is formatted and hashed once.
+        let mut addresses = AddressParts::new();
         for endpoint in &self.endpoints {
             for (suffix, plan, peer_field) in [
                 ("egress", &endpoint.egress, "daddr"),
@@ -87,7 +91,14 @@ impl NodePlan {
             ] {
                 let Some(plan) = plan else { continue };
                 let chain = format!("{suffix}_{}", identifier(&endpoint.interface));
-                let lines = render_direction(&mut rules, plan, peer_field, &endpoint.pod, suffix);
+                let lines = render_direction(
+                    &mut rules,
+                    &mut addresses,
+                    plan,
+                    peer_field,
+                    &endpoint.pod,
+                    suffix,
+                );
                 rules.chains.insert(chain.clone(), lines);
                 let map = if suffix == "egress" {
                     &mut rules.egress
@@ -252,16 +263,25 @@ fn set_name(rules: &mut NftRules, v4: bool, nets: &[IpNet]) -> String {
     name
 }
 
+/// Rendered address matches by the address of the shared peers value and the field.
+type AddressParts = HashMap<(usize, &'static str), Vec<String>>;
+
 fn render_direction(
     rules: &mut NftRules,
+    addresses: &mut AddressParts,
     plan: &DirectionPlan,
-    peer_field: &str,
+    peer_field: &'static str,
     pod: &str,
     direction: &str,
 ) -> Vec<String> {
     let mut lines = Vec::new();
     for rule in &plan.rules {
-        for line in rule_lines(rule, rules, peer_field) {
+        let key = (Arc::as_ptr(&rule.peers) as usize, peer_field);
+        let address_parts = addresses
+            .entry(key)
+            .or_insert_with(|| address_parts(&rule.peers, rules, peer_field))
+            .clone();
+        for line in rule_lines(rule, &address_parts) {
             lines.push(format!(
                 "{line} return comment {}",
                 comment(&rule.rule.to_string())
@@ -279,9 +299,10 @@ fn render_direction(
     lines
 }
 
-/// The nft matches of one compiled rule: one line per address family and protocol.
-fn rule_lines(rule: &PlannedRule, sets: &mut NftRules, peer_field: &str) -> Vec<String> {
-    let address_parts: Vec<String> = match rule.peers.as_ref() {
+/// The address matches of a rule's peers, one per family that has addresses (one empty
+/// match for any address); the sets they name are added to `sets`.
+fn address_parts(peers: &AddressMatch, sets: &mut NftRules, peer_field: &str) -> Vec<String> {
+    match peers {
         AddressMatch::Any => vec![String::new()],
         AddressMatch::Nets { include, except } => [("ip", true), ("ip6", false)]
             .into_iter()
@@ -308,7 +329,11 @@ fn rule_lines(rule: &PlannedRule, sets: &mut NftRules, peer_field: &str) -> Vec<
                 Some(part)
             })
             .collect(),
-    };
+    }
+}
+
+/// The nft matches of one compiled rule: one line per address family and protocol.
+fn rule_lines(rule: &PlannedRule, address_parts: &[String]) -> Vec<String> {
     let port_parts: Vec<String> = match &rule.ports {
         PortMatch::Any => vec![String::new()],
         PortMatch::Ranges(ranges) => [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
@@ -337,7 +362,7 @@ fn rule_lines(rule: &PlannedRule, sets: &mut NftRules, peer_field: &str) -> Vec<
             .collect(),
     };
     let mut lines = Vec::new();
-    for a in &address_parts {
+    for a in address_parts {
         for p in &port_parts {
             lines.push(format!("{a}{p}").trim_end().to_owned());
         }
