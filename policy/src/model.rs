@@ -124,7 +124,7 @@ pub struct EgressRule {
 }
 
 /// A rule's peer: pods chosen by selectors, or an address block.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyPeer {
     /// Pods (of the policy's namespace, or of the namespaces `namespace_selector` picks).
@@ -139,7 +139,7 @@ pub struct PolicyPeer {
 }
 
 /// Addresses in `cidr` but in none of `except`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IpBlock {
     /// The block.
@@ -231,7 +231,7 @@ impl<'de> Deserialize<'de> for PortSpec {
 
 /// A Kubernetes label selector: every `matchLabels` pair and every expression must hold;
 /// an empty selector matches everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
     /// Labels that must be present with exactly these values.
@@ -243,7 +243,7 @@ pub struct LabelSelector {
 }
 
 /// One requirement of a selector.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     /// The label key.

@@ -165,18 +165,24 @@ struct RulePeers {
     named: Vec<(Protocol, u16, Arc<AddressMatch>)>,
 }
 
+/// The addresses of each distinct peer met while planning, by the peer and the namespace
+/// its pod selector looks in (`None` when a namespace selector says where): the same
+/// selector in many policies is resolved once and is then one shared value.
+type PeerMemo<'a> = HashMap<(Option<&'a str>, &'a PolicyPeer), Option<Arc<AddressMatch>>>;
+
 impl Cluster {
     /// The plan of `node`: every pod of the node that a policy isolates, with its compiled
     /// rules.
     pub fn plan_node(&self, node: &str) -> NodePlan {
         let mut memo: HashMap<RuleId, Arc<RulePeers>> = HashMap::new();
+        let mut peers = PeerMemo::new();
         let mut endpoints: Vec<EndpointPlan> = self
             .pods()
             .iter()
             .filter(|p| p.node == node)
             .filter_map(|pod| {
-                let ingress = self.plan_direction(pod, PolicyType::Ingress, &mut memo);
-                let egress = self.plan_direction(pod, PolicyType::Egress, &mut memo);
+                let ingress = self.plan_direction(pod, PolicyType::Ingress, &mut memo, &mut peers);
+                let egress = self.plan_direction(pod, PolicyType::Egress, &mut memo, &mut peers);
                 (ingress.is_some() || egress.is_some()).then(|| EndpointPlan {
                     pod: pod.id(),
                     interface: pod.host_interface.clone(),
@@ -193,11 +199,12 @@ impl Cluster {
         }
     }
 
-    fn plan_direction(
-        &self,
+    fn plan_direction<'a>(
+        &'a self,
         pod: &Pod,
         direction: PolicyType,
         memo: &mut HashMap<RuleId, Arc<RulePeers>>,
+        peer_memo: &mut PeerMemo<'a>,
     ) -> Option<DirectionPlan> {
         let isolating = self.isolating(pod, direction);
         if isolating.is_empty() {
@@ -213,7 +220,9 @@ impl Cluster {
                 };
                 let compiled = memo
                     .entry(rule.clone())
-                    .or_insert_with(|| Arc::new(self.rule_peers(policy, direction, peers, ports)))
+                    .or_insert_with(|| {
+                        Arc::new(self.rule_peers(policy, direction, peers, ports, peer_memo))
+                    })
                     .clone();
                 compile_rule(&mut rules, rule, pod, ports, &compiled);
             }
@@ -227,12 +236,13 @@ impl Cluster {
     /// The peers of one rule: address blocks as they are, selected pods as their addresses;
     /// for egress named ports, the admitted destination addresses grouped by the number
     /// the name has on the pod holding each (only pods have named ports).
-    fn rule_peers(
-        &self,
-        policy: &NetworkPolicy,
+    fn rule_peers<'a>(
+        &'a self,
+        policy: &'a NetworkPolicy,
         direction: PolicyType,
-        peers: &[PolicyPeer],
+        peers: &'a [PolicyPeer],
         ports: &[PolicyPort],
+        peer_memo: &mut PeerMemo<'a>,
     ) -> RulePeers {
         let mut matches = Vec::new();
         if peers.is_empty() {
@@ -241,17 +251,26 @@ impl Cluster {
             // One address set per peer, not one per rule: the same selector in many
             // policies (a namespace's frontends, say) is then the same set.
             for peer in peers {
-                let set = match &peer.ip_block {
-                    Some(block) => nets(vec![block.cidr], block.except.clone()),
-                    None => {
-                        let selected = self.selected_pods(policy, peer);
-                        if selected.is_empty() {
-                            continue;
-                        }
-                        nets(pod_nets(&selected), Vec::new())
-                    }
-                };
-                matches.push(Arc::new(set));
+                let namespace = peer
+                    .namespace_selector
+                    .is_none()
+                    .then(|| policy.namespace());
+                let set =
+                    peer_memo
+                        .entry((namespace, peer))
+                        .or_insert_with(|| match &peer.ip_block {
+                            Some(block) => {
+                                Some(Arc::new(nets(vec![block.cidr], block.except.clone())))
+                            }
+                            None => {
+                                let selected = self.selected_pods(policy, peer);
+                                (!selected.is_empty())
+                                    .then(|| Arc::new(nets(pod_nets(&selected), Vec::new())))
+                            }
+                        });
+                if let Some(set) = set {
+                    matches.push(set.clone());
+                }
             }
         }
         let mut named = Vec::new();

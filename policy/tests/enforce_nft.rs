@@ -24,6 +24,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(600);
 /// not answer in time (a loaded machine), and for answers that must come.
 const PATIENT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The MAC of the node side of every pod's interface (wren's gateway MAC).
+const GATEWAY_MAC: &str = "ee:ee:ee:ee:ee:ee";
+
 /// One pod: its namespace, its place in the cluster.
 struct TestPod {
     ns: NetNs,
@@ -62,9 +65,32 @@ impl Lab {
                 Some("192.168.77.2/24"),
             )
             .unwrap();
+        // Every neighbour is a permanent entry with a fixed MAC, as wren makes them for pods:
+        // the kernel's neighbour table is shared by every namespace of the machine, and a
+        // machine full of other namespaces' entries would refuse new ones that are learnt.
+        let up_mac = |node: usize| format!("02:00:00:77:00:0{node}");
+        for (i, node) in nodes.iter().enumerate() {
+            node.ip(&["link", "set", "up0", "address", &up_mac(i + 1)])
+                .unwrap();
+        }
         for (i, node) in nodes.iter().enumerate() {
             let me = i + 1;
             let other = 2 - i;
+            let mac = up_mac(other);
+            for address in [format!("192.168.77.{other}"), format!("fd77::{other}")] {
+                node.ip(&[
+                    "neigh",
+                    "replace",
+                    &address,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    "up0",
+                    "nud",
+                    "permanent",
+                ])
+                .unwrap();
+            }
             node.ip(&[
                 "-6",
                 "addr",
@@ -106,6 +132,41 @@ impl Lab {
                 nodes[node]
                     .veth(&host_if, Some("169.254.1.1/32"), &ns, "eth0", None)
                     .unwrap();
+                let pod_mac = format!("02:00:00:00:0{}:0{}", n + 1, p + 1);
+                nodes[node]
+                    .ip(&["link", "set", &host_if, "address", GATEWAY_MAC])
+                    .unwrap();
+                ns.ip(&["link", "set", "eth0", "address", &pod_mac])
+                    .unwrap();
+                for address in ["169.254.1.1", "fe80::1"] {
+                    ns.ip(&[
+                        "neigh",
+                        "replace",
+                        address,
+                        "lladdr",
+                        GATEWAY_MAC,
+                        "dev",
+                        "eth0",
+                        "nud",
+                        "permanent",
+                    ])
+                    .unwrap();
+                }
+                for address in [&v4, &v6] {
+                    nodes[node]
+                        .ip(&[
+                            "neigh",
+                            "replace",
+                            address,
+                            "lladdr",
+                            &pod_mac,
+                            "dev",
+                            &host_if,
+                            "nud",
+                            "permanent",
+                        ])
+                        .unwrap();
+                }
                 nodes[node]
                     .ip(&["-6", "addr", "add", "fe80::1/64", "dev", &host_if, "nodad"])
                     .unwrap();
