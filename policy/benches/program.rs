@@ -12,15 +12,13 @@
 //! `cargo bench -p wren-policy --bench program [-- --rounds R --changes N]` (root, nft).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::Write;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wren_policy::nft::TABLE;
 use wren_policy::{Cluster, Labels, NamedPort, NetworkPolicy, Pod, Protocol, decode_value};
 use wren_tests::bench::{arg, invoked_as_bench};
-use wren_tests::netns::NetNs;
+use wren_tests::netns::{NetNs, run_with_input};
 use wren_tests::prereq;
 
 /// Counts live heap bytes.
@@ -163,25 +161,9 @@ fn build() -> (Cluster, usize) {
 
 fn nft_load(ns: &NetNs, script: &str) -> Duration {
     let started = Instant::now();
-    let mut child = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = run_with_input(ns.command("nft").args(["-f", "-"]), script.as_bytes()) {
+        panic!("{e}");
+    }
     started.elapsed()
 }
 

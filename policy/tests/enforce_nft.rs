@@ -8,14 +8,13 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Table, apply, assert_tables, labels};
 use wren_policy::nft::NftRules;
 use wren_policy::nft::TABLE;
 use wren_policy::{Cluster, Flow, NamedPort, Party, Pod, Protocol};
-use wren_tests::netns::NetNs;
+use wren_tests::netns::{NetNs, run_with_input};
 use wren_tests::prereq;
 
 /// How long a probe waits before it calls a cell unreachable.
@@ -367,27 +366,9 @@ fn nft(ns: &NetNs, script: &str) {
     if script.is_empty() {
         return;
     }
-    let mut child = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "nft -f refused the script in {}: {}\n{script}",
-        ns.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = run_with_input(ns.command("nft").args(["-f", "-"]), script.as_bytes()) {
+        panic!("in {}: {e}\n{script}", ns.name());
+    }
 }
 
 /// The policy table as the kernel holds it: each map, set and chain with its lines, by
