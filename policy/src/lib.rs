@@ -25,8 +25,9 @@ pub use decode::{
     DecodeError, DocumentRef, EncodeError, decode_policies, decode_value, encode_policies,
 };
 pub use model::{
-    IpBlock, LabelSelector, LabelSelectorRequirement, Labels, NetworkPolicy, PolicyId, PolicyPeer,
-    PolicyPort, PolicyType, PortSpec, Protocol, RuleId, SelectorOperator,
+    EgressRule, IngressRule, IpBlock, LabelSelector, LabelSelectorRequirement, Labels,
+    NetworkPolicy, PolicyId, PolicyPeer, PolicyPort, PolicyType, PortSpec, Protocol, RuleId,
+    SelectorOperator,
 };
 pub use plan::{
     AddressMatch, DirectionPlan, EndpointPlan, NodePlan, PlannedRule, PortMatch, PortRange,
