@@ -9,7 +9,7 @@
 //!   with `except`, ports, named ports and `endPort`, own-node traffic; with the reasons,
 //!   which `wren policy explain` prints.
 //! - [`plan`]: the per-node enforcement plan (isolated pods, their compiled rules), and
-//!   [`nft`](mod@nft) its rendering as an `nft -f` script.
+//!   [`nft`](mod@nft) its rendering as nftables objects, loaded whole or as a delta.
 
 pub mod cluster;
 pub mod decode;
