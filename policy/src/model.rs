@@ -70,7 +70,7 @@ pub struct NetworkPolicySpec {
     /// The pods of the policy's namespace it applies to; empty selects all of them.
     #[serde(default)]
     pub pod_selector: LabelSelector,
-    /// The directions the policy isolates; see [`NetworkPolicy::policy_types`].
+    /// The directions the policy isolates; see [`NetworkPolicy::isolates`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_types: Option<Vec<PolicyType>>,
     /// Allowed incoming traffic.
