@@ -54,3 +54,6 @@ WREN_BENCH_ROUNDS=15 cargo bench -p wren-bfd --bench detection
 # The anchor is another build's binaries (WREN_BENCH_ANCHOR_BIN_DIR); without it only this build is measured.
 cargo build --bins
 WREN_BENCH_BIN_DIR=target/debug WREN_BENCH_ROUNDS=5 cargo bench -p wren-tests --bench cold_start
+
+# Network policy: programming a node of 1,000 policies over 1,000 workloads, from nothing and by deltas, vs the `nft -f` load itself (BENCHMARKS.md "Network policy").
+cargo bench -p wren-policy --bench program -- --rounds 5 --changes 100

@@ -35,6 +35,12 @@ pub mod keys {
     pub const WORKLOADS: &str = "workloads/";
     /// Prefix of node liveness keys (attached to each node's lease).
     pub const LIVENESS: &str = "liveness/";
+    /// Prefix of every network policy (the `wren-policy` crate's `NetworkPolicy`).
+    pub const POLICIES: &str = "policies/";
+    /// Prefix of every namespace's labels ([`super::Namespace`]).
+    pub const NAMESPACES: &str = "namespaces/";
+    /// Prefix of every pod's labels and named ports ([`super::PodMeta`]).
+    pub const PODS: &str = "pods/";
 
     /// `pools/<name>`
     pub fn pool(name: &str) -> String {
@@ -80,6 +86,24 @@ pub mod keys {
     /// `workloads/<node>/` — every workload of one node.
     pub fn node_workloads(node: &str) -> String {
         format!("{WORKLOADS}{node}/")
+    }
+    /// `policies/<namespace>/` — every policy of one namespace.
+    pub fn namespace_policies(namespace: &str) -> String {
+        format!("{POLICIES}{namespace}/")
+    }
+    /// `policies/<namespace>/<name>`
+    pub fn policy(namespace: &str, name: &str) -> String {
+        format!("{POLICIES}{namespace}/{name}")
+    }
+    /// `namespaces/<name>`
+    pub fn namespace(name: &str) -> String {
+        format!("{NAMESPACES}{name}")
+    }
+    /// `pods/<namespace>/<name>`: a Kubernetes pod's labels and named ports, by its
+    /// identity rather than its attachment, so they outlive a sandbox and may be set
+    /// before the pod starts.
+    pub fn pod(namespace: &str, name: &str) -> String {
+        format!("{PODS}{namespace}/{name}")
     }
     /// `workloads/<node>/<containerID>/<ifname>`
     pub fn workload(node: &str, container_id: &str, ifname: &str) -> String {
@@ -298,6 +322,90 @@ impl Workload {
             _ => None,
         }
     }
+}
+
+/// A transport protocol of a port.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP (the default).
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// The protocol's name in lower case, as nftables and the command line spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A protocol name that is not `tcp`, `udp` or `sctp`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?} (tcp, udp or sctp)")]
+pub struct UnknownProtocol(pub String);
+
+impl std::str::FromStr for Protocol {
+    type Err = UnknownProtocol;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "sctp" => Ok(Protocol::Sctp),
+            _ => Err(UnknownProtocol(s.to_owned())),
+        }
+    }
+}
+
+/// A named container port, which a network policy's named port resolves to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamedPort {
+    /// The port's name.
+    pub name: String,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Its number.
+    pub port: u16,
+}
+
+/// A namespace's labels (`namespaces/<name>`). Every namespace also carries
+/// `kubernetes.io/metadata.name: <name>`, implied rather than stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Namespace {
+    /// The labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A Kubernetes pod's labels and named ports (`pods/<namespace>/<name>`), which network
+/// policy selects and resolves; its addresses are its workloads'.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodMeta {
+    /// The pod's labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The pod's named container ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<NamedPort>,
 }
 
 /// IPAM handle of a pod's addresses: `<network>.<containerID>`.

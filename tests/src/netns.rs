@@ -12,8 +12,9 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::sched::{CloneFlags, setns};
@@ -40,6 +41,27 @@ pub fn run(command: &mut Command) -> io::Result<String> {
             format!("cannot run {:?}: {e}", command.get_program()),
         )
     })?;
+    checked(command, out)
+}
+
+/// Runs `command` with `input` on its standard input (`nft -f -`, `ip -batch -`) and returns
+/// its stdout; a non-zero exit is an error carrying the command line and its stderr.
+pub fn run_with_input(command: &mut Command, input: &[u8]) -> io::Result<String> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot run {:?}: {e}", command.get_program()),
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    let out = child.wait_with_output()?;
     checked(command, out)
 }
 

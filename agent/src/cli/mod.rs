@@ -5,8 +5,11 @@
 pub mod agent;
 pub mod bgp;
 pub mod ipam;
+pub mod labels;
+pub mod namespace;
 pub mod node;
 pub mod peer;
+pub mod policy;
 pub mod pool;
 pub mod status;
 pub mod store;
@@ -48,8 +51,12 @@ pub enum Command {
     Node(NodeArgs),
     /// Inspect and repair address allocations.
     Ipam(IpamArgs),
-    /// List the pods' network attachments (workloads).
+    /// List the pods' network attachments (workloads); set pods' labels and named ports.
     Workload(WorkloadArgs),
+    /// Network policies: apply, list, show, remove, explain.
+    Policy(PolicyArgs),
+    /// Namespaces' labels, which policies' namespace selectors match.
+    Namespace(NamespaceArgs),
     /// Cluster-wide BGP settings.
     Bgp(BgpArgs),
 }
@@ -368,6 +375,102 @@ pub enum WorkloadCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Set (`KEY=VALUE`) or remove (`KEY-`) labels of a Kubernetes pod, which policies
+    /// select it by.
+    Label {
+        /// The pod: NAMESPACE/NAME.
+        pod: String,
+        /// `KEY=VALUE` to set, `KEY-` to remove.
+        #[arg(required = true, num_args = 1..)]
+        labels: Vec<String>,
+    },
+    /// Set (`NAME=PORT/PROTO`) or remove (`NAME-`) named container ports of a pod, which
+    /// policies' named ports resolve to.
+    Port {
+        /// The pod: NAMESPACE/NAME.
+        pod: String,
+        /// `NAME=PORT/PROTO` (`http=8080/tcp`) to set, `NAME-` to remove.
+        #[arg(required = true, num_args = 1..)]
+        ports: Vec<String>,
+    },
+}
+
+/// `wren policy`
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Datastore.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Policy command.
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+/// `wren policy …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum PolicyCommand {
+    /// Store the NetworkPolicy documents of a YAML file (the YAML `kubectl apply` takes);
+    /// every document is validated first, and nothing is stored if one is wrong.
+    Apply {
+        /// The file; `-` reads standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List policies.
+    List {
+        /// Only this namespace's.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Print a policy as YAML.
+    Show {
+        /// The policy: NAMESPACE/NAME.
+        policy: String,
+    },
+    /// Remove a policy.
+    Rm {
+        /// The policy: NAMESPACE/NAME.
+        policy: String,
+    },
+    /// Say whether one pod may reach another, and which policies and rules decide it.
+    Explain {
+        /// The source pod: NAMESPACE/NAME.
+        #[arg(long)]
+        from: String,
+        /// The destination pod: NAMESPACE/NAME.
+        #[arg(long)]
+        to: String,
+        /// The destination port: `80/tcp`, `53/udp`, `80` (TCP); without it, traffic that
+        /// has no ports (ICMP).
+        #[arg(long, value_name = "PORT/PROTO")]
+        port: Option<String>,
+    },
+}
+
+/// `wren namespace`
+#[derive(Debug, Clone, Args)]
+pub struct NamespaceArgs {
+    /// Datastore.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Namespace command.
+    #[command(subcommand)]
+    pub command: NamespaceCommand,
+}
+
+/// `wren namespace …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum NamespaceCommand {
+    /// Set (`KEY=VALUE`) or remove (`KEY-`) labels of a namespace.
+    Label {
+        /// The namespace.
+        namespace: String,
+        /// `KEY=VALUE` to set, `KEY-` to remove.
+        #[arg(required = true, num_args = 1..)]
+        labels: Vec<String>,
+    },
+    /// List the namespaces that have labels.
+    List,
 }
 
 /// `wren ipam`
@@ -490,6 +593,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Node(args) => node::run(args).await,
             Command::Ipam(args) => ipam::run(args).await,
             Command::Workload(args) => workload::run(args).await,
+            Command::Policy(args) => policy::run(args).await,
+            Command::Namespace(args) => namespace::run(args).await,
             Command::Bgp(args) => bgp::run(args).await,
         }
     })

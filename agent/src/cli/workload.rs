@@ -1,9 +1,11 @@
-//! `wren workload list`: every pod attachment wren recorded, with its Kubernetes identity.
+//! `wren workload list`: every pod attachment wren recorded, with its Kubernetes identity;
+//! `wren workload label` and `port`: a pod's labels and named ports (`pods/<ns>/<name>`).
 
-use wren_model::{Workload, keys};
+use anyhow::{Context, bail};
+use wren_model::{NamedPort, PodMeta, Protocol, Workload, keys};
 use wren_store::json::JsonStore;
 
-use super::{WorkloadArgs, WorkloadCommand};
+use super::{WorkloadArgs, WorkloadCommand, labels};
 use crate::daemon::status::table;
 
 /// Runs `wren workload`.
@@ -18,8 +20,81 @@ pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
             let records: Vec<Workload> = workloads.items.into_iter().map(|w| w.value).collect();
             print!("{}", render(&records));
         }
+        WorkloadCommand::Label {
+            pod,
+            labels: changes,
+        } => {
+            let key = pod_key(&pod)?;
+            let changes = labels::parse_changes(&changes)?;
+            let store = super::store::open_reachable(&args.store).await?;
+            let meta = labels::update(store.as_ref(), &key, |doc: &mut PodMeta| {
+                labels::apply_changes(&mut doc.labels, &changes);
+            })
+            .await?;
+            println!("pod {pod} labelled: {}", labels::render(&meta.labels));
+        }
+        WorkloadCommand::Port { pod, ports } => {
+            let key = pod_key(&pod)?;
+            let changes = ports
+                .iter()
+                .map(|p| parse_port_change(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let store = super::store::open_reachable(&args.store).await?;
+            let meta = labels::update(store.as_ref(), &key, |doc: &mut PodMeta| {
+                for (name, port) in &changes {
+                    doc.ports.retain(|p| &p.name != name);
+                    doc.ports.extend(port.clone());
+                }
+                doc.ports.sort();
+            })
+            .await?;
+            let ports: Vec<String> = meta
+                .ports
+                .iter()
+                .map(|p| format!("{}={}/{}", p.name, p.port, p.protocol))
+                .collect();
+            println!("pod {pod} ports: {}", ports.join(","));
+        }
     }
     Ok(())
+}
+
+/// The key of a pod's labels and ports, from `NAMESPACE/NAME`.
+fn pod_key(pod: &str) -> anyhow::Result<String> {
+    let (namespace, name) = super::policy::split_id(pod, "pod")?;
+    wren_policy::validate::check_namespace_name("pod namespace", namespace)?;
+    Ok(keys::pod(namespace, name))
+}
+
+/// Parses `NAME=PORT/PROTO` (set) or `NAME-` (remove): the name and the port to set.
+fn parse_port_change(arg: &str) -> anyhow::Result<(String, Option<NamedPort>)> {
+    let (name, port) = match arg.split_once('=') {
+        Some((name, spec)) => {
+            let (number, protocol) = spec.split_once('/').unwrap_or((spec, "tcp"));
+            let protocol: Protocol = protocol.parse().with_context(|| format!("port {arg:?}"))?;
+            let port: u16 = number
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("port {arg:?}: the number must be from 1 to 65535"))?;
+            let name = name.to_owned();
+            (
+                name.clone(),
+                Some(NamedPort {
+                    name,
+                    protocol,
+                    port,
+                }),
+            )
+        }
+        None => match arg.strip_suffix('-') {
+            Some(name) => (name.to_owned(), None),
+            None => bail!("port {arg:?}: expected NAME=PORT/PROTO to set or NAME- to remove"),
+        },
+    };
+    // A named port is an IANA service name, as in a policy.
+    wren_policy::validate::check_port_name("port name", &name)?;
+    Ok((name, port))
 }
 
 /// The workloads as a table, one attachment per row, sorted by node then pod.

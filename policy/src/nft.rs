@@ -1,0 +1,469 @@
+//! A [`NodePlan`] as nftables rules: one table, `inet wren_policy`, loaded whole on a first
+//! run ([`NftRules::script`]) and changed by deltas afterwards ([`NftRules::delta_script`]),
+//! each in one transaction.
+//!
+//! ```text
+//! table inet wren_policy {
+//!     map egress_chains { type ifname : verdict; elements = { "wren…" : jump egress_wren… } }
+//!     map ingress_chains { type ifname : verdict; elements = { "wren…" : jump ingress_wren… } }
+//!     set a5c1f… { type ipv4_addr; flags interval; elements = { 10.65.1.4, 10.65.2.0/31 } }
+//!     chain forward {
+//!         type filter hook forward priority filter; policy accept;
+//!         ct state related accept              # ICMP errors of tracked connections
+//!         ct direction reply accept            # replies of connections let through
+//!         iifname vmap @egress_chains          # from an isolated pod
+//!         oifname vmap @ingress_chains         # to an isolated pod
+//!     }
+//!     chain ingress_wren… {
+//!         ip saddr @a5c1f… tcp dport { 80, 8000-8080 } return comment "y/web spec.ingress[0]"
+//!         counter drop comment "y/b: isolated for ingress by y/web"
+//!     }
+//! }
+//! ```
+//!
+//! Why it looks like this:
+//! - Every packet in a connection's original direction meets the rules, not only the first:
+//!   when a policy change takes an allowance away, the connection's next packet is dropped,
+//!   without touching conntrack. Replies are accepted by conntrack's direction, so a reply
+//!   never needs a rule of its own. The cost falls only on isolated pods' traffic: one
+//!   hash lookup in the interface map and set lookups in the pod's chain.
+//! - An allowing rule `return`s rather than accepts, so a packet between two isolated pods
+//!   of the same node meets the sender's egress chain and then the receiver's ingress
+//!   chain in the one forward hook.
+//! - Traffic between a pod and its own node never crosses the forward hook (it goes
+//!   through input and output), so the own-node exception needs no rule.
+//! - Addresses are named sets, one per distinct set of addresses, shared by every rule and
+//!   every pod that uses it: a policy selecting a hundred pods puts its peers in the table
+//!   once, not a hundred times.
+//! - Names are stable: a chain is named after its pod's interface, a set after a hash of
+//!   its content. A change is then a delta: new sets added, the chains whose rules changed
+//!   flushed and refilled, the interface maps' entries added or removed, unused chains and
+//!   sets deleted. Loading a whole table of a thousand pods' chains costs the kernel far
+//!   more than a delta (`BENCHMARKS.md`, *Network policy*).
+//! - The table is the only thing wren writes, and an `accept` in it does not override
+//!   another table's drop: a host firewall keeps its say.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::model::Protocol;
+use crate::plan::{AddressMatch, DirectionPlan, NodePlan, PlannedRule, PortMatch, PortRange};
+
+/// The nftables table wren's policy rules live in.
+pub const TABLE: &str = "wren_policy";
+
+/// Longest comment nftables keeps on a rule.
+const COMMENT_MAX: usize = 127;
+
+/// The map from a pod's interface to its egress chain.
+const EGRESS_MAP: &str = "egress_chains";
+/// The map from a pod's interface to its ingress chain.
+const INGRESS_MAP: &str = "ingress_chains";
+
+/// A node's plan as nftables objects with stable names: what a script loads and what a
+/// delta compares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NftRules {
+    /// Address sets by name: the type (`ipv4_addr` or `ipv6_addr`) and the elements.
+    pub sets: BTreeMap<String, (&'static str, String)>,
+    /// Per-pod chains by name: their rules, in order.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Interface → egress chain.
+    pub egress: BTreeMap<String, String>,
+    /// Interface → ingress chain.
+    pub ingress: BTreeMap<String, String>,
+}
+
+impl NodePlan {
+    /// The plan as nftables objects.
+    pub fn nft_rules(&self) -> NftRules {
+        let mut rules = NftRules::default();
+        // The address part of a rule, by its shared peers (the plan shares one value among
+        // every pod a policy rule is compiled for): each set is formatted and hashed once.
+        let mut addresses = AddressParts::new();
+        for endpoint in &self.endpoints {
+            for (suffix, plan, peer_field) in [
+                ("egress", &endpoint.egress, "daddr"),
+                ("ingress", &endpoint.ingress, "saddr"),
+            ] {
+                let Some(plan) = plan else { continue };
+                let chain = format!("{suffix}_{}", identifier(&endpoint.interface));
+                let lines = render_direction(
+                    &mut rules,
+                    &mut addresses,
+                    plan,
+                    peer_field,
+                    &endpoint.pod,
+                    suffix,
+                );
+                rules.chains.insert(chain.clone(), lines);
+                let map = if suffix == "egress" {
+                    &mut rules.egress
+                } else {
+                    &mut rules.ingress
+                };
+                map.insert(endpoint.interface.clone(), chain);
+            }
+        }
+        rules
+    }
+
+    /// The plan as an `nft -f` script that replaces `inet <table>` whole, atomically
+    /// (creating it the first time).
+    pub fn nft_script(&self, table: &str) -> String {
+        self.nft_rules().script(table)
+    }
+
+    /// A script that removes `inet <table>` (and does not fail when it is absent).
+    pub fn nft_remove_script(table: &str) -> String {
+        format!("table inet {table}\ndelete table inet {table}\n")
+    }
+}
+
+impl NftRules {
+    /// An `nft -f` script that replaces `inet <table>` whole with these rules, in one
+    /// transaction.
+    pub fn script(&self, table: &str) -> String {
+        let mut s = String::new();
+        // Declaring the table before deleting it makes the delete valid on a first run;
+        // both happen in the one transaction that also creates the new table.
+        let _ = writeln!(s, "table inet {table}\ndelete table inet {table}");
+        let _ = writeln!(s, "table inet {table} {{");
+        for (name, entries) in [(EGRESS_MAP, &self.egress), (INGRESS_MAP, &self.ingress)] {
+            let _ = write!(s, "\tmap {name} {{ type ifname : verdict; ");
+            if !entries.is_empty() {
+                let _ = write!(s, "elements = {{ {} }} ", map_elements(entries).join(", "));
+            }
+            s.push_str("}\n");
+        }
+        for (name, (kind, elements)) in &self.sets {
+            let _ = writeln!(
+                s,
+                "\tset {name} {{ type {kind}; flags interval; elements = {{ {elements} }} }}"
+            );
+        }
+        s.push_str("\tchain forward {\n");
+        s.push_str("\t\ttype filter hook forward priority filter; policy accept;\n");
+        s.push_str("\t\tct state related accept\n");
+        s.push_str("\t\tct direction reply accept\n");
+        let _ = writeln!(s, "\t\tiifname vmap @{EGRESS_MAP}");
+        let _ = writeln!(s, "\t\toifname vmap @{INGRESS_MAP}");
+        s.push_str("\t}\n");
+        for (name, lines) in &self.chains {
+            let _ = writeln!(s, "\tchain {name} {{");
+            for line in lines {
+                let _ = writeln!(s, "\t\t{line}");
+            }
+            s.push_str("\t}\n");
+        }
+        s.push_str("}\n");
+        s
+    }
+
+    /// An `nft -f` script that turns `inet <table>`, loaded with `previous`, into these
+    /// rules in one transaction, touching only what changed. Empty when nothing did.
+    pub fn delta_script(&self, previous: &NftRules, table: &str) -> String {
+        let mut s = String::new();
+        // Additions first, so every reference resolves: sets, then chains, then map entries.
+        for (name, (kind, elements)) in &self.sets {
+            if !previous.sets.contains_key(name) {
+                let _ = writeln!(
+                    s,
+                    "add set inet {table} {name} {{ type {kind}; flags interval; elements = {{ {elements} }} }}"
+                );
+            }
+        }
+        for (name, lines) in &self.chains {
+            if previous.chains.get(name) == Some(lines) {
+                continue;
+            }
+            if previous.chains.contains_key(name) {
+                let _ = writeln!(s, "flush chain inet {table} {name}");
+            } else {
+                let _ = writeln!(s, "add chain inet {table} {name}");
+            }
+            for line in lines {
+                let _ = writeln!(s, "add rule inet {table} {name} {line}");
+            }
+        }
+        for (map, now, before) in [
+            (EGRESS_MAP, &self.egress, &previous.egress),
+            (INGRESS_MAP, &self.ingress, &previous.ingress),
+        ] {
+            let gone: Vec<String> = before
+                .iter()
+                .filter(|(interface, chain)| now.get(*interface) != Some(*chain))
+                .map(|(interface, _)| format!("\"{interface}\""))
+                .collect();
+            if !gone.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "delete element inet {table} {map} {{ {} }}",
+                    gone.join(", ")
+                );
+            }
+            let new: BTreeMap<String, String> = now
+                .iter()
+                .filter(|(interface, chain)| before.get(*interface) != Some(*chain))
+                .map(|(i, c)| (i.clone(), c.clone()))
+                .collect();
+            if !new.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "add element inet {table} {map} {{ {} }}",
+                    map_elements(&new).join(", ")
+                );
+            }
+        }
+        // Then removals, once nothing refers to them any more.
+        for name in previous.chains.keys() {
+            if !self.chains.contains_key(name) {
+                let _ = writeln!(s, "delete chain inet {table} {name}");
+            }
+        }
+        for name in previous.sets.keys() {
+            if !self.sets.contains_key(name) {
+                let _ = writeln!(s, "delete set inet {table} {name}");
+            }
+        }
+        s
+    }
+}
+
+fn map_elements(entries: &BTreeMap<String, String>) -> Vec<String> {
+    entries
+        .iter()
+        .map(|(interface, chain)| format!("\"{interface}\" : jump {chain}"))
+        .collect()
+}
+
+/// An interface name as part of an nft identifier: letters, digits and `_`.
+fn identifier(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// The name of the set holding `nets` (all of one family), added to `rules` on first use:
+/// `a` and a hash of the content (FNV-1a, 64 bits), the same in every run.
+fn set_name(rules: &mut NftRules, v4: bool, nets: &[IpNet]) -> String {
+    let elements: Vec<String> = nets.iter().map(net_text).collect();
+    let elements = elements.join(", ");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in [u8::from(v4)].iter().chain(elements.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let name = format!("a{hash:016x}");
+    let kind = if v4 { "ipv4_addr" } else { "ipv6_addr" };
+    rules.sets.entry(name.clone()).or_insert((kind, elements));
+    name
+}
+
+/// Rendered address matches by the address of the shared peers value and the field.
+type AddressParts = HashMap<(usize, &'static str), Vec<String>>;
+
+fn render_direction(
+    rules: &mut NftRules,
+    addresses: &mut AddressParts,
+    plan: &DirectionPlan,
+    peer_field: &'static str,
+    pod: &str,
+    direction: &str,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for rule in &plan.rules {
+        let key = (Arc::as_ptr(&rule.peers) as usize, peer_field);
+        let address_parts = addresses
+            .entry(key)
+            .or_insert_with(|| address_parts(&rule.peers, rules, peer_field))
+            .clone();
+        for line in rule_lines(rule, &address_parts) {
+            lines.push(format!(
+                "{line} return comment {}",
+                comment(&rule.rule.to_string())
+            ));
+        }
+    }
+    let isolated_by: Vec<String> = plan.isolated_by.iter().map(ToString::to_string).collect();
+    lines.push(format!(
+        "counter drop comment {}",
+        comment(&format!(
+            "{pod}: isolated for {direction} by {}",
+            isolated_by.join(", ")
+        ))
+    ));
+    lines
+}
+
+/// The address matches of a rule's peers, one per family that has addresses (one empty
+/// match for any address); the sets they name are added to `sets`.
+fn address_parts(peers: &AddressMatch, sets: &mut NftRules, peer_field: &str) -> Vec<String> {
+    match peers {
+        AddressMatch::Any => vec![String::new()],
+        AddressMatch::Nets { include, except } => [("ip", true), ("ip6", false)]
+            .into_iter()
+            .filter_map(|(family, v4)| {
+                let of_family = |nets: &[IpNet]| -> Vec<IpNet> {
+                    nets.iter()
+                        .filter(|n| matches!(n, IpNet::V4(_)) == v4)
+                        .copied()
+                        .collect()
+                };
+                let include = of_family(include);
+                if include.is_empty() {
+                    return None;
+                }
+                let mut part = format!("{family} {peer_field} @{} ", set_name(sets, v4, &include));
+                let except = of_family(except);
+                if !except.is_empty() {
+                    let _ = write!(
+                        part,
+                        "{family} {peer_field} != @{} ",
+                        set_name(sets, v4, &except)
+                    );
+                }
+                Some(part)
+            })
+            .collect(),
+    }
+}
+
+/// The nft matches of one compiled rule: one line per address family and protocol.
+fn rule_lines(rule: &PlannedRule, address_parts: &[String]) -> Vec<String> {
+    let port_parts: Vec<String> = match &rule.ports {
+        PortMatch::Any => vec![String::new()],
+        PortMatch::Ranges(ranges) => [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+            .into_iter()
+            .filter_map(|protocol| {
+                let of: Vec<&PortRange> =
+                    ranges.iter().filter(|r| r.protocol == protocol).collect();
+                if of.is_empty() {
+                    None
+                } else if of.iter().any(|r| r.first == 0 && r.last == u16::MAX) {
+                    Some(format!("meta l4proto {protocol} "))
+                } else {
+                    let list: Vec<String> = of
+                        .iter()
+                        .map(|r| {
+                            if r.first == r.last {
+                                r.first.to_string()
+                            } else {
+                                format!("{}-{}", r.first, r.last)
+                            }
+                        })
+                        .collect();
+                    Some(format!("{protocol} dport {{ {} }} ", list.join(", ")))
+                }
+            })
+            .collect(),
+    };
+    let mut lines = Vec::new();
+    for a in address_parts {
+        for p in &port_parts {
+            lines.push(format!("{a}{p}").trim_end().to_owned());
+        }
+    }
+    lines
+}
+
+/// A host address as itself, a network as `addr/len`.
+fn net_text(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+/// A quoted nft comment, cut to what nftables keeps. Names that reach here are DNS names
+/// and label-safe strings, so there is nothing to escape.
+fn comment(text: &str) -> String {
+    let mut text: String = text.chars().filter(|c| *c != '"').collect();
+    if text.len() > COMMENT_MAX {
+        let mut cut = COMMENT_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    format!("\"{text}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Cluster, Pod, decode_policies};
+
+    fn cluster(policies: &str) -> Cluster {
+        let mut cluster = Cluster::new();
+        for (name, address) in [("a", "10.65.0.1"), ("b", "10.65.0.2")] {
+            cluster.add_pod(Pod {
+                namespace: "x".into(),
+                name: name.into(),
+                node: "n1".into(),
+                labels: [("pod".to_owned(), name.to_owned())].into(),
+                addresses: vec![address.parse().unwrap()],
+                ports: Vec::new(),
+                host_interface: format!("wren-{name}"),
+            });
+        }
+        for policy in decode_policies(policies).unwrap() {
+            cluster.add_policy(policy);
+        }
+        cluster
+    }
+
+    const FROM_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n";
+
+    #[test]
+    fn names_are_stable_and_an_unchanged_plan_needs_no_delta() {
+        let rules = cluster(FROM_B).plan_node("n1").nft_rules();
+        assert_eq!(rules, cluster(FROM_B).plan_node("n1").nft_rules());
+        assert_eq!(rules.delta_script(&rules, TABLE), "");
+        // Interface names become identifiers; the map points at the chain.
+        assert_eq!(
+            rules.ingress.get("wren-a").map(String::as_str),
+            Some("ingress_wren_a")
+        );
+        let chain = &rules.chains["ingress_wren_a"];
+        assert_eq!(chain.len(), 2, "{chain:?}");
+        assert!(
+            chain[0].starts_with("ip saddr @a")
+                && chain[0].ends_with("return comment \"x/p spec.ingress[0]\"")
+        );
+        assert!(chain[1].starts_with("counter drop"));
+        assert_eq!(rules.sets.len(), 1);
+        assert!(
+            rules
+                .sets
+                .values()
+                .all(|(kind, elements)| *kind == "ipv4_addr" && elements == "10.65.0.2")
+        );
+    }
+
+    #[test]
+    fn a_delta_adds_before_it_removes() {
+        let before = cluster(FROM_B).plan_node("n1").nft_rules();
+        let after = cluster(&FROM_B.replace("pod: b}}}]", "pod: a}}}]"))
+            .plan_node("n1")
+            .nft_rules();
+        let delta = after.delta_script(&before, TABLE);
+        let lines: Vec<&str> = delta.lines().collect();
+        let position = |prefix: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{prefix}: {delta}"))
+        };
+        assert!(position("add set") < position("flush chain inet wren_policy ingress_wren_a"));
+        assert!(position("flush chain") < position("delete set"));
+        assert!(
+            !delta.contains(" element inet"),
+            "no map entry changed: {delta}"
+        );
+    }
+}
