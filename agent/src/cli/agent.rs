@@ -15,7 +15,10 @@ use crate::cni::{CniHandler, KernelPods};
 use crate::config::{AgentConfig, SystemHost};
 use crate::daemon::encap::{Encap, KernelEncap};
 use crate::daemon::fastpath::FastPathControl;
+use crate::daemon::identity::DatastoreIdentity;
 use crate::daemon::kernel::KernelRoutes;
+use crate::daemon::leaks::LeakRelease;
+use crate::daemon::orphans::OrphanSweep;
 use crate::daemon::registration::Ownership;
 use crate::daemon::speaker::{Restart, SpeakerBgp};
 use crate::daemon::{self, Parts, Shared};
@@ -55,19 +58,34 @@ fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
 /// The CNI plugin's routes: the handler over IPAM and the kernel's pod links, timing every
 /// request into the latency histogram. Pods get `pod_defaults` where their configuration is
 /// silent.
+/// No ADD is served while the datastore is known not to hold this cluster's data.
 fn cni_api(
     config: &AgentConfig,
     store: Arc<dyn Store>,
     ipam: Arc<Ipam>,
     pod_defaults: Arc<PodDefaults>,
-    metrics: &Metrics,
-) -> axum::Router {
-    let handler = CniHandler::new(config.node_name.clone(), store, ipam, Arc::new(KernelPods))
-        .with_defaults(pod_defaults);
-    let cni = metrics.cni();
+    shared: &Arc<Shared>,
+) -> (axum::Router, Arc<CniHandler>) {
+    let admission = {
+        let shared = shared.clone();
+        Arc::new(move || {
+            shared
+                .datastore_distrusted()
+                .then(|| shared.readiness().cluster_data.unwrap_or_default())
+        })
+    };
+    let handler = Arc::new(
+        CniHandler::new(config.node_name.clone(), store, ipam, Arc::new(KernelPods))
+            .with_defaults(pod_defaults)
+            .with_admission(admission),
+    );
+    let cni = shared.metrics.cni();
     let observer: RequestObserver =
         Arc::new(move |command, ok, elapsed| cni.observe(command.as_str(), ok, elapsed));
-    crate::api::cni_routes(Arc::new(handler), Some(observer))
+    (
+        crate::api::cni_routes(handler.clone(), Some(observer)),
+        handler,
+    )
 }
 
 /// Raises the soft limit on open files to the hard one, so that a flood of connections meets
@@ -128,8 +146,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         // name, under the same rules, once etcd answers.
         Err(e) => tracing::warn!(error = %e, "cannot claim the node name yet; retrying"),
     }
+    let identity =
+        match DatastoreIdentity::open(&config.node_name, &config.state_dir, config.liveness_ttl) {
+            Ok(identity) => Arc::new(identity),
+            Err(e) => {
+                ownership.release(store.as_ref()).await;
+                return Err(e.into());
+            }
+        };
     let metrics = Arc::new(Metrics::new());
     let shared = Shared::new(&config, metrics.clone());
+    shared.set_identity(identity);
     // The first change to the node: from here on, a failure gives the name back.
     let built = async {
         let setup = crate::dataplane::prepare_node()
@@ -155,11 +182,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             Arc::new(tunnels),
             pod_defaults.clone(),
         );
-        let local_api = cni_api(&config, store.clone(), ipam, pod_defaults, &metrics);
-        anyhow::Ok((encap, local_api))
+        let (local_api, handler) =
+            cni_api(&config, store.clone(), ipam.clone(), pod_defaults, &shared);
+        let sweep = OrphanSweep {
+            node: config.node_name.clone(),
+            grace: config.orphan_grace_period,
+            handler,
+            store: store.clone(),
+        };
+        let release = LeakRelease {
+            node: config.node_name.clone(),
+            interval: config.leak_release_interval,
+            grace: config.leak_grace_period,
+        };
+        anyhow::Ok((encap, local_api, sweep, (release, ipam)))
     }
     .await;
-    let (encap, local_api) = match built {
+    let (encap, local_api, sweep, release) = match built {
         Ok(built) => built,
         Err(e) => {
             ownership.release(store.as_ref()).await;
@@ -179,6 +218,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             config.fast_path,
             config.node_ip.addr(),
         )),
+        orphan_sweep: Some(sweep),
+        leak_release: Some(release),
     };
     daemon::run(config, parts, shared, shutdown).await?;
     Ok(())

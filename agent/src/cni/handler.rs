@@ -33,8 +33,8 @@ use super::locks::{KeyGuard, KeyedLocks};
 use super::result::{attachment_result, sandbox_addresses};
 use crate::api::CniService;
 use crate::dataplane::mtu::OffloadSizes;
-use crate::dataplane::pod::{DEFAULT_MTU, format_mac};
-use crate::dataplane::{PodDefaults, PodSpec};
+use crate::dataplane::pod::{DEFAULT_MTU, format_mac, host_ifname};
+use crate::dataplane::{HostVeth, PodDefaults, PodError, PodSpec};
 
 /// How long STATUS waits for the datastore before calling it unreachable.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +47,26 @@ pub struct CniHandler {
     allocator: Arc<dyn Allocator>,
     pods: Arc<dyn PodNetwork>,
     locks: KeyedLocks,
+    /// Locks an ADD takes on its host interface name and its handle, which the orphan sweep
+    /// takes too: the sweep never removes what an ADD is building.
+    sweep_locks: KeyedLocks,
+    /// Says why no address may be handed out now (the datastore is not trusted to hold the
+    /// cluster's data); `None` when ADD may go ahead.
+    admission: Option<Admission>,
+}
+
+/// Asked before every ADD: `Some(reason)` refuses it with "try again later".
+pub type Admission = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// What an orphan removal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrphanOutcome {
+    /// Removed (the interface) or released (the addresses, listed).
+    Removed(Vec<IpAddr>),
+    /// A workload record explains it now: left alone.
+    Explained,
+    /// Already gone.
+    Gone,
 }
 
 /// A workload record with the revision it was read at.
@@ -68,6 +88,66 @@ impl CniHandler {
             allocator,
             pods,
             locks: KeyedLocks::new(),
+            sweep_locks: KeyedLocks::new(),
+            admission: None,
+        }
+    }
+
+    /// Asks `admission` before every ADD.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// This node's workload records, for the orphan sweep.
+    pub async fn workloads(&self) -> Result<Vec<Workload>, StoreError> {
+        self.store
+            .list(&keys::node_workloads(&self.node))
+            .await?
+            .items
+            .into_iter()
+            .map(|kv| decode_kv::<Workload>(kv).map(|r| r.value))
+            .collect()
+    }
+
+    /// The pods' host veths in the node's namespace, for the orphan sweep.
+    pub async fn host_interfaces(&self) -> Result<Vec<HostVeth>, PodError> {
+        self.pods.host_interfaces().await
+    }
+
+    /// Removes the host veth `name`, which no workload record explained, unless one does
+    /// now: checked again under the lock an ADD building that interface holds.
+    pub async fn remove_orphan_interface(&self, name: &str) -> Result<OrphanOutcome, CniError> {
+        let _guard = self.sweep_locks.lock(&format!("veth/{name}")).await;
+        let records = self
+            .workloads()
+            .await
+            .map_err(|e| store_error("listing this node's workloads", e))?;
+        if records.iter().any(|w| w.host_interface == name) {
+            return Ok(OrphanOutcome::Explained);
+        }
+        match self.pods.remove_host_interface(name).await {
+            Ok(true) => Ok(OrphanOutcome::Removed(Vec::new())),
+            Ok(false) => Ok(OrphanOutcome::Gone),
+            Err(e) => Err(pod_error("removing an orphaned host interface", e)),
+        }
+    }
+
+    /// Releases the addresses of `handle`, which no workload record explained, unless one
+    /// does now: checked again under the lock an ADD allocating for that handle holds.
+    pub async fn release_orphan_handle(&self, handle: &str) -> Result<OrphanOutcome, CniError> {
+        let _guard = self.sweep_locks.lock(&format!("handle/{handle}")).await;
+        let records = self
+            .workloads()
+            .await
+            .map_err(|e| store_error("listing this node's workloads", e))?;
+        if records.iter().any(|w| w.handle == handle) {
+            return Ok(OrphanOutcome::Explained);
+        }
+        match self.allocator.release(handle).await {
+            Ok(freed) if freed.is_empty() => Ok(OrphanOutcome::Gone),
+            Ok(freed) => Ok(OrphanOutcome::Removed(freed)),
+            Err(e) => Err(ipam_error("releasing an orphaned allocation", e)),
         }
     }
 
@@ -147,7 +227,22 @@ impl CniHandler {
         let netns = netns
             .ok_or_else(|| CniError::new(ErrorCode::INVALID_ENVIRONMENT, "ADD needs CNI_NETNS"))?;
         let (mtu, offload) = self.link_settings(&config);
+        if let Some(why) = self.admission.as_ref().and_then(|admit| admit()) {
+            return Err(CniError::new(
+                ErrorCode::TRY_AGAIN_LATER,
+                format!("no address can be handed out now: {why}"),
+            ));
+        }
         let _guard = self.lock(&config.name, &container_id, &ifname).await;
+        let handle = workload_handle(&config.name, &container_id);
+        let _veth = self
+            .sweep_locks
+            .lock(&format!(
+                "veth/{}",
+                host_ifname(&workload_id(&container_id, &ifname))
+            ))
+            .await;
+        let _handle = self.sweep_locks.lock(&format!("handle/{handle}")).await;
 
         for existing in self.container_records(&container_id).await? {
             let record = &existing.value;
@@ -187,7 +282,6 @@ impl CniHandler {
 
         // Phase times go into the log line, so a slow ADD says where its time went.
         let mut times = PhaseTimes::start();
-        let handle = workload_handle(&config.name, &container_id);
         let choices = config.pod_choices()?;
         // Pools the pod names in its annotations replace the network's for this pod.
         let pools = if choices.pools.is_empty() {

@@ -18,7 +18,7 @@ pub mod result;
 mod fake;
 
 pub use backend::{Allocator, KernelPods, PodNetwork};
-pub use handler::CniHandler;
+pub use handler::{Admission, CniHandler, OrphanOutcome};
 
 #[cfg(test)]
 mod tests {
