@@ -254,21 +254,15 @@ impl Reflectors {
 
     /// The view, once every prefix has been listed.
     fn view(&self, node: &str) -> Option<ClusterView> {
-        let config = self.config.borrow().clone()?;
-        let nodes = self.nodes.borrow().clone()?;
-        let liveness = self.liveness.borrow().clone()?;
-        let peers = self.peers.borrow().clone()?;
-        let pools = self.pools.borrow().clone()?;
-        let affinities = self.affinities.borrow().clone()?;
-        let blocks = self.blocks.borrow().clone()?;
-        let workloads = self.workloads.borrow().clone()?;
-        let mut view = ClusterView::default();
-        view.set_cluster(&config, &nodes, &liveness, &peers);
-        view.set_pools(&pools);
-        view.set_affinities(node, &affinities);
-        view.set_blocks(&blocks);
-        view.set_workloads(node, &workloads);
-        Some(view)
+        self.with_copies(|c| {
+            let mut view = ClusterView::default();
+            view.set_cluster(c.config, c.nodes, c.liveness, c.peers);
+            view.set_pools(c.pools);
+            view.set_affinities(node, c.affinities);
+            view.set_blocks(c.blocks);
+            view.set_workloads(node, c.workloads);
+            view
+        })
     }
 
     /// Wakes `notify` whenever any copy changes.
