@@ -89,6 +89,7 @@ fn a_wiped_etcd_is_rebuilt_from_the_agents_and_no_pod_is_cut_off() {
     let nodes = ["n1", "n2", "n3"];
     let mut said: BTreeSet<&str> = BTreeSet::new();
     let mut refused = None;
+    let mut checked = None;
     let mut back = None;
     while wiped.elapsed() < REBUILD {
         let mut all_ready = true;
@@ -102,6 +103,10 @@ fn a_wiped_etcd_is_rebuilt_from_the_agents_and_no_pod_is_cut_off() {
                     let out = lab.cni(&n, "ADD", "wipe-probe", &lab.state().pods[0].ns);
                     refused = Some(match out {
                         Ok(result) => format!("handed out: {result}"),
+                        Err(e) => e.to_string(),
+                    });
+                    checked = Some(match lab.wren_cli(&["ipam", "check", "--grace", "0s"]) {
+                        Ok(report) => format!("judged: {report}"),
                         Err(e) => e.to_string(),
                     });
                 }
@@ -128,6 +133,11 @@ fn a_wiped_etcd_is_rebuilt_from_the_agents_and_no_pod_is_cut_off() {
     assert!(
         refused.contains("no address can be handed out now"),
         "an ADD during the loss: {refused}"
+    );
+    let checked = checked.expect("the leak check was run while the data was lost");
+    assert!(
+        checked.contains("the agents are rebuilding it"),
+        "the leak check during the loss: {checked}"
     );
     let back = back.unwrap_or_else(|| panic!("not every agent was ready within {REBUILD:?}"));
     for summary in &summaries {

@@ -110,6 +110,15 @@ impl CniHandler {
             .collect()
     }
 
+    /// Whether a workload record of this node, read now, passes `names_it`.
+    async fn explained(&self, names_it: impl Fn(&Workload) -> bool) -> Result<bool, CniError> {
+        let records = self
+            .workloads()
+            .await
+            .map_err(|e| store_error("listing this node's workloads", e))?;
+        Ok(records.iter().any(names_it))
+    }
+
     /// The pods' host veths in the node's namespace, for the orphan sweep.
     pub async fn host_interfaces(&self) -> Result<Vec<HostVeth>, PodError> {
         self.pods.host_interfaces().await
@@ -119,11 +128,7 @@ impl CniHandler {
     /// now: checked again under the lock an ADD building that interface holds.
     pub async fn remove_orphan_interface(&self, name: &str) -> Result<OrphanOutcome, CniError> {
         let _guard = self.sweep_locks.lock(&format!("veth/{name}")).await;
-        let records = self
-            .workloads()
-            .await
-            .map_err(|e| store_error("listing this node's workloads", e))?;
-        if records.iter().any(|w| w.host_interface == name) {
+        if self.explained(|w| w.host_interface == name).await? {
             return Ok(OrphanOutcome::Explained);
         }
         match self.pods.remove_host_interface(name).await {
@@ -137,11 +142,7 @@ impl CniHandler {
     /// does now: checked again under the lock an ADD allocating for that handle holds.
     pub async fn release_orphan_handle(&self, handle: &str) -> Result<OrphanOutcome, CniError> {
         let _guard = self.sweep_locks.lock(&format!("handle/{handle}")).await;
-        let records = self
-            .workloads()
-            .await
-            .map_err(|e| store_error("listing this node's workloads", e))?;
-        if records.iter().any(|w| w.handle == handle) {
+        if self.explained(|w| w.handle == handle).await? {
             return Ok(OrphanOutcome::Explained);
         }
         match self.allocator.release(handle).await {
