@@ -76,12 +76,9 @@ async fn require_cluster_data(store: &dyn Store) -> anyhow::Result<()> {
     if store.get(keys::CLUSTER_ID).await?.is_some() {
         return Ok(());
     }
-    let rebuilding: Vec<String> = store
-        .list(keys::REBUILD)
+    let rebuilding: Vec<String> = crate::daemon::identity::rebuild_reports(store)
         .await?
-        .items
-        .iter()
-        .filter_map(|kv| kv.key.strip_prefix(keys::REBUILD).map(str::to_owned))
+        .into_keys()
         .collect();
     if rebuilding.is_empty() {
         return Ok(());

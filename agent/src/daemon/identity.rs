@@ -341,6 +341,22 @@ impl Holdings {
     }
 }
 
+/// The rebuild reports in the datastore, by node (unreadable ones left out).
+pub async fn rebuild_reports(
+    store: &dyn Store,
+) -> Result<BTreeMap<String, RebuildReport>, StoreError> {
+    Ok(store
+        .list(keys::REBUILD)
+        .await?
+        .items
+        .iter()
+        .filter_map(|kv| {
+            let node = kv.key.strip_prefix(keys::REBUILD)?.to_owned();
+            Some((node, serde_json::from_slice(&kv.value).ok()?))
+        })
+        .collect())
+}
+
 /// The agent's hold on the cluster identity: what it remembers, what it concluded last, and
 /// the rebuild it takes part in.
 pub struct DatastoreIdentity {
@@ -620,16 +636,7 @@ impl DatastoreIdentity {
             .iter()
             .filter_map(|kv| kv.key.strip_prefix(keys::LIVENESS).map(str::to_owned))
             .collect();
-        let reports: BTreeMap<String, RebuildReport> = store
-            .list(keys::REBUILD)
-            .await?
-            .items
-            .iter()
-            .filter_map(|kv| {
-                let node = kv.key.strip_prefix(keys::REBUILD)?.to_owned();
-                Some((node, serde_json::from_slice(&kv.value).ok()?))
-            })
-            .collect();
+        let reports = rebuild_reports(store).await?;
         match rebuild_complete(
             &remembered.id,
             &live_now,

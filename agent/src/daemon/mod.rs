@@ -56,6 +56,10 @@ use view::ClusterView;
 /// documents within a few milliseconds, and one pass should see them all.
 const COALESCE: Duration = Duration::from_millis(5);
 
+/// How long the first pass after a rebuild waits for the watches to deliver what this node
+/// wrote back.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -320,6 +324,8 @@ pub struct Controller {
     /// The last pass was held: the next trusted one first waits for the copies to hold
     /// what this node recorded.
     held: AtomicBool,
+    /// When the datastore was first trusted again after a hold.
+    trusted_again: std::sync::Mutex<Option<Instant>>,
 }
 
 /// The per-peer metric samples of a status table.
@@ -389,6 +395,7 @@ impl Controller {
             store,
             identity,
             held: AtomicBool::new(false),
+            trusted_again: std::sync::Mutex::new(None),
         }
     }
 
@@ -500,6 +507,7 @@ impl Controller {
         };
         if !trusted {
             self.held.store(true, Ordering::SeqCst);
+            *self.trusted_again.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return false;
         }
         if self.held.load(Ordering::SeqCst) {
@@ -507,11 +515,23 @@ impl Controller {
                 .reflectors
                 .with_copies(|copies| identity.copies_hold_holdings(copies))
                 .unwrap_or(false);
-            if !caught_up {
+            // A recorded document another agent changed since (once it resumed) never comes
+            // back as it was: the wait for the watches is bounded.
+            let waited = self
+                .trusted_again
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(Instant::now)
+                .elapsed();
+            if !caught_up && waited < CATCH_UP {
                 return false;
             }
-            tracing::info!("the datastore holds this cluster's data again: resuming");
+            tracing::info!(
+                caught_up,
+                "the datastore holds this cluster's data again: resuming"
+            );
             self.held.store(false, Ordering::SeqCst);
+            *self.trusted_again.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         true
     }
