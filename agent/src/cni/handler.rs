@@ -99,6 +99,19 @@ impl CniHandler {
         self
     }
 
+    /// Refuses every command while the datastore is known not to hold the cluster's data:
+    /// an ADD would hand out addresses the rebuild brings back, a DEL or GC would change
+    /// records the rebuild writes back as they were. The runtime retries.
+    fn admit(&self) -> Result<(), CniError> {
+        match self.admission.as_ref().and_then(|admit| admit()) {
+            Some(why) => Err(CniError::new(
+                ErrorCode::TRY_AGAIN_LATER,
+                format!("{why}; try again once `wren status` says ready"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// This node's workload records, for the orphan sweep.
     pub async fn workloads(&self) -> Result<Vec<Workload>, StoreError> {
         self.store
@@ -228,12 +241,7 @@ impl CniHandler {
         let netns = netns
             .ok_or_else(|| CniError::new(ErrorCode::INVALID_ENVIRONMENT, "ADD needs CNI_NETNS"))?;
         let (mtu, offload) = self.link_settings(&config);
-        if let Some(why) = self.admission.as_ref().and_then(|admit| admit()) {
-            return Err(CniError::new(
-                ErrorCode::TRY_AGAIN_LATER,
-                format!("no address can be handed out now: {why}"),
-            ));
-        }
+        self.admit()?;
         let _guard = self.lock(&config.name, &container_id, &ifname).await;
         let handle = workload_handle(&config.name, &container_id);
         let _veth = self
@@ -673,18 +681,24 @@ impl CniService for CniHandler {
     }
 
     async fn del(&self, request: AttachmentRequest) -> Result<(), CniError> {
+        self.admit()?;
         self.remove(request.attachment, request.config).await
     }
 
     async fn check(&self, request: AttachmentRequest) -> Result<(), CniError> {
+        self.admit()?;
         self.verify(request.attachment, request.config).await
     }
 
     async fn gc(&self, request: NetworkRequest) -> Result<(), CniError> {
+        self.admit()?;
         self.collect_garbage(request.config).await
     }
 
     async fn status(&self, request: NetworkRequest) -> Result<(), CniError> {
+        if let Err(e) = self.admit() {
+            return Err(CniError::new(ErrorCode::NOT_AVAILABLE, e.msg));
+        }
         self.readiness(request.config).await
     }
 }

@@ -9,7 +9,9 @@
 //!
 //! While etcd is away the copies stay as they were, so passes keep programming the same
 //! routes; `/readyz` reports the datastore down from a failed listing until the datastore
-//! answers again.
+//! answers again. While it answers without the cluster's identity (its data lost), passes
+//! change nothing at all until the data is rebuilt ([`identity`]); beside the controller run
+//! the orphan sweep ([`orphans`]) and the leak release ([`leaks`]).
 
 pub mod bgp;
 pub mod encap;
