@@ -233,7 +233,7 @@ fn leaked_addresses_are_released_by_one_agent_of_the_cluster() {
         "--leak-release-interval",
         "1s",
         "--leak-grace-period",
-        "3s",
+        "5s",
         // The orphan sweep would free node1's own leaks first; this test is about the release.
         "--orphan-grace-period",
         "60m",

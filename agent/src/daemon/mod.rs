@@ -500,7 +500,17 @@ impl Controller {
         let Some(identity) = &self.identity else {
             return true;
         };
-        let trusted = match identity.check(self.store.as_ref()).await {
+        // While the datastore is down the copies are the ones from before, and a pass must
+        // not wait on a request that cannot be answered (learned routes still change).
+        let answered = if self.shared.datastore.is_up() {
+            identity.check(self.store.as_ref()).await
+        } else {
+            Err(wren_store::StoreError::Unavailable {
+                endpoints: String::new(),
+                reason: "reported down".to_owned(),
+            })
+        };
+        let trusted = match answered {
             Ok(state) => state.trusted(),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the cluster identity; keeping the last conclusion");
