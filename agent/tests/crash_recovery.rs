@@ -262,9 +262,10 @@ fn leaked_addresses_are_released_by_one_agent_of_the_cluster() {
         || leak_check(&c).1,
     );
     let took = allocated.elapsed();
-    eprintln!("released {took:?} after allocation (grace 3s, interval 1s)");
+    eprintln!("released {took:?} after allocation (grace 5s, interval 1s)");
+    // The grace counts whole seconds of the handle's creation time.
     assert!(
-        took >= Duration::from_secs(2),
+        took >= Duration::from_secs(4),
         "released inside the grace period"
     );
 
