@@ -180,7 +180,14 @@ impl OrphanSweep {
             };
             match (&orphan, outcome) {
                 (Orphan::Interface(name), Ok(OrphanOutcome::Removed(_))) => {
-                    tracing::info!(interface = name, grace = ?self.grace, "removed a host veth no workload record explains");
+                    let found = veths.iter().find(|v| v.name == *name);
+                    tracing::info!(
+                        interface = name,
+                        workload = found.and_then(|v| v.workload_id.as_deref()).unwrap_or("(not named yet)"),
+                        up = found.is_some_and(|v| v.up),
+                        grace = ?self.grace,
+                        "removed a host veth no workload record explains"
+                    );
                     shared.metrics.orphan_interfaces_removed.inc();
                     round.interfaces += 1;
                 }
