@@ -31,6 +31,10 @@
 //! | `livenessTtl` | `--liveness-ttl` / `WREN_LIVENESS_TTL` | `30s` | TTL of the lease behind `liveness/<node>`; 3s to 60m |
 //! | `bgpSyncTimeout` | `--bgp-sync-timeout` / `WREN_BGP_SYNC_TIMEOUT` | `30s` | `/readyz` calls BGP synced after End-of-RIB from every peer or after this long; 1s to 60m |
 //! | `gracefulRestartTime` | `--graceful-restart-time` / `WREN_GRACEFUL_RESTART_TIME` | `120s` | how long peers keep our routes while the agent restarts; 1s to 4095s |
+//! | `orphanGracePeriod` | `--orphan-grace-period` / `WREN_ORPHAN_GRACE_PERIOD` | `2m` | a host veth or an allocation of this node that no workload record explains (an ADD cut off by a crash) is removed once it has been seen that long, which leaves the runtime time to retry or DEL; 0s to 60m |
+//! | `leakReleaseInterval` | `--leak-release-interval` / `WREN_LEAK_RELEASE_INTERVAL` | `5m` | period of the automatic leak check and release, run by one agent of the cluster at a time; `0s` turns it off on this node; 0s to 24h |
+//! | `leakGracePeriod` | `--leak-grace-period` / `WREN_LEAK_GRACE_PERIOD` | `15m` | an allocation without a workload is released automatically only once it is this old; 0s to 24h |
+//! | `stateDir` | `--state-dir` / `WREN_STATE_DIR` | the socket's path with `.state` for `.sock` (`/run/wren/agent.state`) | the agent's own state: the cluster identity it belongs to and its record of what it holds |
 //! | `podMtu` | `--pod-mtu` / `WREN_POD_MTU` | underlay MTU less the largest overhead of the encapsulations in use | MTU of pod interfaces when the CNI configuration sets no `mtu` |
 //! | `vxlanMtu` | `--vxlan-mtu` / `WREN_VXLAN_MTU` | underlay MTU − 50 | MTU of `wren.vxlan` |
 //! | `ipipMtu` | `--ipip-mtu` / `WREN_IPIP_MTU` | underlay MTU − 20 | MTU of `wrentunl0` |
@@ -67,6 +71,12 @@ pub const DEFAULT_LIVENESS_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_BGP_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default graceful-restart time asked of peers.
 pub const DEFAULT_GRACEFUL_RESTART_TIME: Duration = Duration::from_secs(120);
+/// Default time an orphaned veth or allocation is left to its runtime.
+pub const DEFAULT_ORPHAN_GRACE_PERIOD: Duration = Duration::from_secs(120);
+/// Default period of the automatic leak release.
+pub const DEFAULT_LEAK_RELEASE_INTERVAL: Duration = Duration::from_secs(300);
+/// Default age below which the automatic leak release leaves an allocation alone (Calico's).
+pub const DEFAULT_LEAK_GRACE_PERIOD: Duration = Duration::from_secs(900);
 /// AS_TRANS (RFC 6793): a placeholder in 2-octet fields, never a real AS.
 pub const AS_TRANS: u32 = 23456;
 
@@ -207,6 +217,18 @@ pub struct FileConfig {
     /// See the module table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graceful_restart_time: Option<DurationText>,
+    /// See the module table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orphan_grace_period: Option<DurationText>,
+    /// See the module table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leak_release_interval: Option<DurationText>,
+    /// See the module table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leak_grace_period: Option<DurationText>,
+    /// See the module table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
     /// See the module table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_mtu: Option<i64>,
@@ -536,6 +558,14 @@ pub struct AgentConfig {
     pub mtu: MtuOverrides,
     /// Whether pod-to-pod traffic takes the BPF fast path (when the kernel can run it).
     pub fast_path: bool,
+    /// How long an orphaned host veth or allocation of this node is left to its runtime.
+    pub orphan_grace_period: Duration,
+    /// Period of the automatic leak release; zero turns it off on this node.
+    pub leak_release_interval: Duration,
+    /// Age below which the automatic leak release leaves an allocation alone.
+    pub leak_grace_period: Duration,
+    /// The agent's own state directory.
+    pub state_dir: PathBuf,
 }
 
 /// An MTU from flag-or-environment or file: 68 (the IPv4 minimum) to 65535.
@@ -593,6 +623,24 @@ pub const BGP_SYNC_TIMEOUT_RANGE: DurationRange =
 pub const GRACEFUL_RESTART_TIME_RANGE: DurationRange =
     DurationRange::new(Duration::from_secs(1), Duration::from_secs(4095));
 
+/// `orphanGracePeriod`: 0s to 60m.
+pub const ORPHAN_GRACE_PERIOD_RANGE: DurationRange =
+    DurationRange::new(Duration::ZERO, Duration::from_secs(3600));
+/// `leakReleaseInterval` and `leakGracePeriod`: 0s to 24h.
+pub const LEAK_RANGE: DurationRange =
+    DurationRange::new(Duration::ZERO, Duration::from_secs(86_400));
+
+/// The state directory when none is configured: beside the socket, named after it
+/// (`/run/wren/agent.sock` → `/run/wren/agent.state`), so agents with their own sockets keep
+/// their own state.
+pub fn default_state_dir(socket: &Path) -> PathBuf {
+    let stem = socket
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "agent".to_owned());
+    socket.with_file_name(format!("{stem}.state"))
+}
+
 /// Writes a duration the way the configuration accepts it back (`90s`, `250ms`, `2m`).
 fn duration_text(d: Duration) -> String {
     if d.subsec_millis() != 0 {
@@ -614,6 +662,16 @@ fn duration_or(
     let Some(text) = arg.clone().or_else(|| file.as_ref().map(|d| d.0.clone())) else {
         return Ok(default);
     };
+    // Zero is a value only where the range allows it (it turns a periodic task off).
+    let zero = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .trim()
+        .parse::<u64>()
+        .is_ok_and(|n| n == 0);
+    if zero && range.min.is_zero() {
+        return Ok(Duration::ZERO);
+    }
     let value = parse_duration(key, &text)?;
     if value < range.min || value > range.max {
         return Err(ConfigError::Invalid {
@@ -769,7 +827,6 @@ impl AgentConfig {
             as_number,
             route_reflector_cluster_id,
             bgp_port,
-            socket,
             metrics_addr,
             log_format: first(&args.log_format, &file.log_format).unwrap_or(LogFormat::Text),
             store,
@@ -801,6 +858,30 @@ impl AgentConfig {
                 ipip: mtu_or("ipipMtu", args.ipip_mtu, file.ipip_mtu)?,
             },
             fast_path: args.fast_path.or(file.fast_path).unwrap_or(true),
+            orphan_grace_period: duration_or(
+                "orphanGracePeriod",
+                &args.orphan_grace_period,
+                &file.orphan_grace_period,
+                DEFAULT_ORPHAN_GRACE_PERIOD,
+                ORPHAN_GRACE_PERIOD_RANGE,
+            )?,
+            leak_release_interval: duration_or(
+                "leakReleaseInterval",
+                &args.leak_release_interval,
+                &file.leak_release_interval,
+                DEFAULT_LEAK_RELEASE_INTERVAL,
+                LEAK_RANGE,
+            )?,
+            leak_grace_period: duration_or(
+                "leakGracePeriod",
+                &args.leak_grace_period,
+                &file.leak_grace_period,
+                DEFAULT_LEAK_GRACE_PERIOD,
+                LEAK_RANGE,
+            )?,
+            state_dir: first(&args.state_dir, &file.state_dir)
+                .unwrap_or_else(|| default_state_dir(&socket)),
+            socket,
         })
     }
 
@@ -861,6 +942,10 @@ impl AgentConfig {
             vxlan_mtu: self.mtu.vxlan.map(i64::from),
             ipip_mtu: self.mtu.ipip.map(i64::from),
             fast_path: Some(self.fast_path),
+            orphan_grace_period: Some(ms(self.orphan_grace_period)),
+            leak_release_interval: Some(ms(self.leak_release_interval)),
+            leak_grace_period: Some(ms(self.leak_grace_period)),
+            state_dir: Some(self.state_dir.clone()),
         }
     }
 }

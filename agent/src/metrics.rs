@@ -151,6 +151,12 @@ pub struct Metrics {
     /// Pool-to-pool packets the fast path left to the host stack because netfilter
     /// translated their connection.
     pub fast_path_translated: Counter,
+    /// Leaked addresses, blocks, affinities and handles the automatic leak release freed.
+    pub ipam_leaks_released: Counter,
+    /// Host veths of this node that no workload record explained, removed.
+    pub orphan_interfaces_removed: Counter,
+    /// Allocations of this node that no workload record explained, released.
+    pub orphan_allocations_released: Counter,
     cni: CniMetrics,
 }
 
@@ -188,6 +194,9 @@ impl Metrics {
             fast_path_to_stack: Counter::default(),
             fast_path_encapsulated: Counter::default(),
             fast_path_translated: Counter::default(),
+            ipam_leaks_released: Counter::default(),
+            orphan_interfaces_removed: Counter::default(),
+            orphan_allocations_released: Counter::default(),
             cni: CniMetrics {
                 latency: HistogramFamily::new_with_constructor(cni_histogram),
             },
@@ -298,6 +307,21 @@ impl Metrics {
             "fastpath_translated_packets",
             "Pool-to-pool packets the fast path left to the host stack because netfilter translated their connection (hostPort, Service, SNAT)",
             m.fast_path_translated.clone(),
+        );
+        r.register(
+            "ipam_leaks_released",
+            "Leaked addresses, blocks, affinities and handles freed by the automatic leak release run by this agent",
+            m.ipam_leaks_released.clone(),
+        );
+        r.register(
+            "orphan_interfaces_removed",
+            "Host veths of this node that no workload record explained, removed after the orphan grace period",
+            m.orphan_interfaces_removed.clone(),
+        );
+        r.register(
+            "orphan_allocations_released",
+            "Allocations of this node that no workload record explained, released after the orphan grace period",
+            m.orphan_allocations_released.clone(),
         );
         r.register(
             "cni_request_duration_seconds",

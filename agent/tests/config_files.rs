@@ -62,6 +62,10 @@ fn the_example_parses_with_every_key_set() {
         "livenessTtl",
         "bgpSyncTimeout",
         "gracefulRestartTime",
+        "orphanGracePeriod",
+        "leakReleaseInterval",
+        "leakGracePeriod",
+        "stateDir",
         "podMtu",
         "vxlanMtu",
         "ipipMtu",
@@ -74,7 +78,7 @@ fn the_example_parses_with_every_key_set() {
     }
     assert_eq!(
         set.len(),
-        24,
+        28,
         "a key was added to the agent: document it in the example"
     );
 }

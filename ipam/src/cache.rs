@@ -70,6 +70,13 @@ impl BlockCache {
         }
     }
 
+    /// Records a block as read from the store after a lost compare: the store's copy wins
+    /// even at a lower revision, as a datastore restored or rebuilt counts its revisions
+    /// from the start again.
+    pub(crate) fn replace(&self, block: Block, revision: Revision) {
+        self.lock().insert(block.cidr(), (block, revision));
+    }
+
     /// Forgets a block (deleted, or known to be stale).
     pub(crate) fn remove(&self, cidr: &IpNet) {
         self.lock().remove(cidr);

@@ -301,7 +301,7 @@ impl Worker {
                     } else {
                         self.affine.remove(cidr);
                     }
-                    self.shared.cache.put(block, revision);
+                    self.shared.cache.replace(block, revision);
                 }
                 None => {
                     moved |= staged.expect != Expect::Absent;
@@ -610,7 +610,7 @@ impl Worker {
                 taken.insert(block.cidr());
                 self.seen_taken.insert(block.cidr());
                 self.affine.insert(block.cidr());
-                self.shared.cache.put(block, revision);
+                self.shared.cache.replace(block, revision);
                 round.blocks = None;
                 if let Some(got) = self.take_affine(round, request, &pools) {
                     return Ok(got);

@@ -41,6 +41,20 @@ pub mod keys {
     pub const NAMESPACES: &str = "namespaces/";
     /// Prefix of every pod's labels and named ports ([`super::PodMeta`]).
     pub const PODS: &str = "pods/";
+    /// Prefix of the cluster's own documents: its identity and rebuild reports.
+    pub const CLUSTER: &str = "cluster/";
+    /// The cluster's identity ([`super::ClusterIdentity`]), written once.
+    pub const CLUSTER_ID: &str = "cluster/id";
+    /// Prefix of the nodes' reports while the cluster's data is rebuilt
+    /// ([`super::RebuildReport`]).
+    pub const REBUILD: &str = "cluster/rebuild/";
+    /// The lock key the automatic leak release runs under, on its holder's lease.
+    pub const LEAK_RELEASE_LOCK: &str = "locks/ipam-leak-release";
+
+    /// `cluster/rebuild/<node>`
+    pub fn rebuild(node: &str) -> String {
+        format!("{REBUILD}{node}")
+    }
 
     /// `pools/<name>`
     pub fn pool(name: &str) -> String {
@@ -406,6 +420,31 @@ pub struct PodMeta {
     /// The pod's named container ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<NamedPort>,
+}
+
+/// The cluster's identity (`cluster/id`): written once, by the first agent that finds neither
+/// an identity nor a rebuild under way, and remembered by every agent that sees it. A
+/// datastore that answers without it (or with another) has lost the cluster's data, and the
+/// agents do not act on what it says until it is rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterIdentity {
+    /// A random UUID.
+    pub id: String,
+    /// When it was written (seconds since the Unix epoch).
+    pub created_at: u64,
+}
+
+/// One node's part of a rebuild (`cluster/rebuild/<node>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildReport {
+    /// The identity the node remembers; `None` for a node that never saw one (it has
+    /// nothing to give back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The node has written back everything it holds.
+    pub restored: bool,
 }
 
 /// IPAM handle of a pod's addresses: `<network>.<containerID>`.

@@ -11,11 +11,14 @@ use wren_store::Store;
 
 use super::{AgentArgs, LogFormat};
 use crate::api::RequestObserver;
-use crate::cni::{AdmissionCheck, CniHandler, KernelPods};
+use crate::cni::{Admission, CniHandler, KernelPods, Refusal};
 use crate::config::{AgentConfig, SystemHost};
 use crate::daemon::encap::{Encap, KernelEncap};
 use crate::daemon::fastpath::FastPathControl;
+use crate::daemon::identity::DatastoreIdentity;
 use crate::daemon::kernel::KernelRoutes;
+use crate::daemon::leaks::LeakRelease;
+use crate::daemon::orphans::OrphanSweep;
 use crate::daemon::registration::Ownership;
 use crate::daemon::speaker::{Restart, SpeakerBgp};
 use crate::daemon::{self, Parts, Shared};
@@ -54,26 +57,41 @@ fn shutdown_on_signals() -> anyhow::Result<watch::Receiver<bool>> {
 
 /// The CNI plugin's routes: the handler over IPAM and the kernel's pod links, timing every
 /// request into the latency histogram. Pods get `pod_defaults` where their configuration is
-/// silent; ADDs are refused while `shared`'s readiness says the node cannot take pods.
+/// silent. Commands are refused while the node cannot serve them: ADDs while the datastore is
+/// away or the node unregistered, every command while the datastore is known not to hold
+/// this cluster's data.
 fn cni_api(
     config: &AgentConfig,
     store: Arc<dyn Store>,
     ipam: Arc<Ipam>,
     pod_defaults: Arc<PodDefaults>,
-    shared: Arc<Shared>,
-    metrics: &Metrics,
-) -> axum::Router {
-    let admission: AdmissionCheck = Arc::new(move || {
-        let blocking = shared.readiness().blocking_pods();
-        (!blocking.is_empty()).then(|| blocking.join(", "))
-    });
-    let handler = CniHandler::new(config.node_name.clone(), store, ipam, Arc::new(KernelPods))
-        .with_defaults(pod_defaults)
-        .with_admission(admission);
-    let cni = metrics.cni();
+    shared: &Arc<Shared>,
+) -> (axum::Router, Arc<CniHandler>) {
+    let admission: Admission = {
+        let shared = shared.clone();
+        Arc::new(move || {
+            let readiness = shared.readiness();
+            if shared.datastore_distrusted() {
+                return Some(Refusal::Everything(
+                    readiness.cluster_data.unwrap_or_default(),
+                ));
+            }
+            let blocking = readiness.blocking_pods();
+            (!blocking.is_empty()).then(|| Refusal::NewPods(blocking.join(", ")))
+        })
+    };
+    let handler = Arc::new(
+        CniHandler::new(config.node_name.clone(), store, ipam, Arc::new(KernelPods))
+            .with_defaults(pod_defaults)
+            .with_admission(admission),
+    );
+    let cni = shared.metrics.cni();
     let observer: RequestObserver =
         Arc::new(move |command, ok, elapsed| cni.observe(command.as_str(), ok, elapsed));
-    crate::api::cni_routes(Arc::new(handler), Some(observer))
+    (
+        crate::api::cni_routes(handler.clone(), Some(observer)),
+        handler,
+    )
 }
 
 /// Raises the soft limit on open files to the hard one, so that a flood of connections meets
@@ -134,8 +152,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         // name, under the same rules, once etcd answers.
         Err(e) => tracing::warn!(error = %e, "cannot claim the node name yet; retrying"),
     }
+    let identity =
+        match DatastoreIdentity::open(&config.node_name, &config.state_dir, config.liveness_ttl) {
+            Ok(identity) => Arc::new(identity),
+            Err(e) => {
+                ownership.release(store.as_ref()).await;
+                return Err(e.into());
+            }
+        };
     let metrics = Arc::new(Metrics::new());
     let shared = Shared::new(&config, metrics.clone());
+    shared.set_identity(identity);
     // The first change to the node: from here on, a failure gives the name back.
     let built = async {
         let setup = crate::dataplane::prepare_node()
@@ -161,18 +188,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             Arc::new(tunnels),
             pod_defaults.clone(),
         );
-        let local_api = cni_api(
-            &config,
-            store.clone(),
-            ipam,
-            pod_defaults,
-            shared.clone(),
-            &metrics,
-        );
-        anyhow::Ok((encap, local_api))
+        let (local_api, handler) =
+            cni_api(&config, store.clone(), ipam.clone(), pod_defaults, &shared);
+        let sweep = OrphanSweep {
+            node: config.node_name.clone(),
+            grace: config.orphan_grace_period,
+            handler,
+            store: store.clone(),
+        };
+        let release = LeakRelease {
+            node: config.node_name.clone(),
+            interval: config.leak_release_interval,
+            grace: config.leak_grace_period,
+        };
+        anyhow::Ok((encap, local_api, sweep, (release, ipam)))
     }
     .await;
-    let (encap, local_api) = match built {
+    let (encap, local_api, sweep, release) = match built {
         Ok(built) => built,
         Err(e) => {
             ownership.release(store.as_ref()).await;
@@ -192,6 +224,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             config.fast_path,
             config.node_ip.addr(),
         )),
+        orphan_sweep: Some(sweep),
+        leak_release: Some(release),
     };
     daemon::run(config, parts, shared, shutdown).await?;
     Ok(())

@@ -5,13 +5,22 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use wren_ipam::{CheckOptions, CheckReport, Ipam, LeakReason, StaleReason};
+use wren_model::keys;
+use wren_store::Store;
 
 use super::{IpamArgs, IpamCommand};
 use crate::daemon::status::table;
 
 /// Runs `wren ipam`.
 pub async fn run(args: IpamArgs) -> anyhow::Result<()> {
-    let ipam = Ipam::new(super::store::open_reachable(&args.store).await?);
+    let store = super::store::open_reachable(&args.store).await?;
+    let ipam = Ipam::new(store.clone());
+    if matches!(
+        args.command,
+        IpamCommand::Check { .. } | IpamCommand::Release { .. }
+    ) {
+        require_cluster_data(store.as_ref()).await?;
+    }
     match args.command {
         IpamCommand::Show { ip: None } => print!("{}", show(&ipam).await?),
         IpamCommand::Show { ip: Some(ip) } => print!("{}", show_address(&ipam, ip).await?),
@@ -59,6 +68,25 @@ pub async fn run(args: IpamArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses to judge leaks while the agents rebuild a datastore that lost the cluster's data:
+/// what they have not written back yet would look free, and what they have, leaked.
+async fn require_cluster_data(store: &dyn Store) -> anyhow::Result<()> {
+    if store.get(keys::CLUSTER_ID).await?.is_some() {
+        return Ok(());
+    }
+    let rebuilding: Vec<String> = crate::daemon::identity::rebuild_reports(store)
+        .await?
+        .into_keys()
+        .collect();
+    if rebuilding.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the datastore lost the cluster's data and the agents are rebuilding it ({} reported so far): check again once `wren status` says ready",
+        rebuilding.join(", ")
+    )
 }
 
 /// Parses a grace period: a number with an optional unit (`s`, `m`, `h`); bare numbers are

@@ -157,6 +157,22 @@ pub struct AgentArgs {
     /// Graceful-restart time asked of peers (how long they keep our routes), e.g. `120s`.
     #[arg(long, env = "WREN_GRACEFUL_RESTART_TIME")]
     pub graceful_restart_time: Option<String>,
+    /// How long a host veth or an allocation of this node that no workload record explains
+    /// is left to its runtime before the agent removes it, e.g. `2m`.
+    #[arg(long, env = "WREN_ORPHAN_GRACE_PERIOD")]
+    pub orphan_grace_period: Option<String>,
+    /// How often the cluster's leak check and release run (in one agent at a time), e.g.
+    /// `5m`; `0s` turns it off on this node.
+    #[arg(long, env = "WREN_LEAK_RELEASE_INTERVAL")]
+    pub leak_release_interval: Option<String>,
+    /// How old an allocation without a workload must be before the automatic release frees
+    /// it, e.g. `15m`.
+    #[arg(long, env = "WREN_LEAK_GRACE_PERIOD")]
+    pub leak_grace_period: Option<String>,
+    /// Directory of the agent's own state: the cluster identity it belongs to and its
+    /// record of what it holds, from which a wiped datastore is rebuilt.
+    #[arg(long, env = "WREN_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// MTU of pod interfaces when the CNI configuration sets none (default: the underlay's,
     /// less the overhead of the encapsulation the pools use).
     #[arg(long, env = "WREN_POD_MTU")]

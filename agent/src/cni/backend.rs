@@ -10,7 +10,7 @@ use wren_ipam::error::IpamError;
 use wren_ipam::pool::NamedPool;
 use wren_ipam::{AllocateRequest, Ipam};
 
-use crate::dataplane::{PodError, PodInterface, PodSpec, Problem};
+use crate::dataplane::{HostVeth, PodError, PodInterface, PodSpec, Problem};
 
 /// Address allocation, as the CNI handler uses it.
 #[async_trait]
@@ -63,6 +63,13 @@ pub trait PodNetwork: Send + Sync + 'static {
 
     /// What is wrong with the workload's interface compared with `spec`; empty when nothing.
     async fn check(&self, spec: PodSpec) -> Result<Vec<Problem>, PodError>;
+
+    /// Every pod's host veth on the node.
+    async fn host_interfaces(&self) -> Result<Vec<HostVeth>, PodError>;
+
+    /// Removes the host veth `name` (with its pod end and routes); `Ok(false)` when there is
+    /// none.
+    async fn remove_host_interface(&self, name: &str) -> Result<bool, PodError>;
 }
 
 /// The kernel: [`crate::dataplane`]'s pod functions, run on tokio's blocking threads (they
@@ -92,5 +99,17 @@ impl PodNetwork for KernelPods {
 
     async fn check(&self, spec: PodSpec) -> Result<Vec<Problem>, PodError> {
         blocking("pod check", move || crate::dataplane::check_pod(&spec)).await
+    }
+
+    async fn host_interfaces(&self) -> Result<Vec<HostVeth>, PodError> {
+        blocking("listing host interfaces", crate::dataplane::host_veths).await
+    }
+
+    async fn remove_host_interface(&self, name: &str) -> Result<bool, PodError> {
+        let name = name.to_owned();
+        blocking("removing a host interface", move || {
+            crate::dataplane::remove_host_veth(&name)
+        })
+        .await
     }
 }

@@ -16,7 +16,7 @@ use wren_store::StoreError;
 
 use super::backend::{Allocator, PodNetwork};
 use crate::dataplane::pod::{HOST_MAC, host_ifname};
-use crate::dataplane::{NetnsError, PodError, PodInterface, PodSpec, Problem, Side};
+use crate::dataplane::{HostVeth, NetnsError, PodError, PodInterface, PodSpec, Problem, Side};
 
 /// Hands out 10.65.0.0 .. 10.65.0.(size-1) by handle, from one pool named `default`.
 #[derive(Debug)]
@@ -195,5 +195,26 @@ impl PodNetwork for FakePods {
             }
             Some(_) => Ok(Vec::new()),
         }
+    }
+
+    async fn host_interfaces(&self) -> Result<Vec<HostVeth>, PodError> {
+        Ok(self
+            .links
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|id| HostVeth {
+                name: host_ifname(id),
+                workload_id: Some(id.clone()),
+                up: true,
+            })
+            .collect())
+    }
+
+    async fn remove_host_interface(&self, name: &str) -> Result<bool, PodError> {
+        let mut links = self.links.lock().unwrap();
+        let before = links.len();
+        links.retain(|id, _| host_ifname(id) != name);
+        Ok(links.len() != before)
     }
 }

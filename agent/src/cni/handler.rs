@@ -33,8 +33,8 @@ use super::locks::{KeyGuard, KeyedLocks};
 use super::result::{attachment_result, sandbox_addresses};
 use crate::api::CniService;
 use crate::dataplane::mtu::OffloadSizes;
-use crate::dataplane::pod::{DEFAULT_MTU, format_mac};
-use crate::dataplane::{PodDefaults, PodSpec};
+use crate::dataplane::pod::{DEFAULT_MTU, format_mac, host_ifname};
+use crate::dataplane::{HostVeth, PodDefaults, PodError, PodSpec};
 
 /// How long STATUS waits for the datastore before calling it unreachable.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,17 +42,43 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves the CNI commands for one node.
 pub struct CniHandler {
     node: String,
-    admission: Option<AdmissionCheck>,
     defaults: Arc<PodDefaults>,
     store: Arc<dyn Store>,
     allocator: Arc<dyn Allocator>,
     pods: Arc<dyn PodNetwork>,
     locks: KeyedLocks,
+    /// Locks an ADD takes on its host interface name and its handle, which the orphan sweep
+    /// takes too: the sweep never removes what an ADD is building.
+    sweep_locks: KeyedLocks,
+    /// Says what the node refuses now and why; `None` when every command may go ahead.
+    admission: Option<Admission>,
 }
 
-/// Says why the agent cannot take new pods now (its datastore away, its node not
-/// registered), or nothing when it can.
-pub type AdmissionCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+/// What the node refuses now, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// New pods (the datastore away, the node not registered): an ADD cannot allocate, while
+    /// a DEL still frees what it holds.
+    NewPods(String),
+    /// Every command (the datastore does not hold the cluster's data): an ADD would hand out
+    /// addresses the rebuild brings back, a DEL or GC would change records the rebuild writes
+    /// back as they were.
+    Everything(String),
+}
+
+/// Asked before every command; `Some` refuses it with "try again later".
+pub type Admission = Arc<dyn Fn() -> Option<Refusal> + Send + Sync>;
+
+/// What an orphan removal did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrphanOutcome {
+    /// Removed (the interface) or released (the addresses, listed).
+    Removed(Vec<IpAddr>),
+    /// A workload record explains it now: left alone.
+    Explained,
+    /// Already gone.
+    Gone,
+}
 
 /// A workload record with the revision it was read at.
 type Record = Versioned<Workload>;
@@ -68,12 +94,91 @@ impl CniHandler {
     ) -> Self {
         Self {
             node: node.into(),
-            admission: None,
             defaults: Arc::new(PodDefaults::new(DEFAULT_MTU)),
             store,
             allocator,
             pods,
             locks: KeyedLocks::new(),
+            sweep_locks: KeyedLocks::new(),
+            admission: None,
+        }
+    }
+
+    /// Asks `admission` before every command, at once and before anything is allocated or
+    /// changed.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// The refusal, with "try again later" so the runtime retries, of a command (`adds` says
+    /// whether it is an ADD) that the node cannot serve now.
+    fn admit(&self, adds: bool) -> Result<(), CniError> {
+        let reason = match self.admission.as_ref().and_then(|admit| admit()) {
+            Some(Refusal::Everything(why)) => why,
+            Some(Refusal::NewPods(why)) if adds => why,
+            _ => return Ok(()),
+        };
+        Err(CniError::new(
+            ErrorCode::TRY_AGAIN_LATER,
+            format!(
+                "the wren agent on node {} is not ready ({reason}); the runtime retries, and \
+                 `wren status` on the node says more",
+                self.node
+            ),
+        ))
+    }
+
+    /// This node's workload records, for the orphan sweep.
+    pub async fn workloads(&self) -> Result<Vec<Workload>, StoreError> {
+        self.store
+            .list(&keys::node_workloads(&self.node))
+            .await?
+            .items
+            .into_iter()
+            .map(|kv| decode_kv::<Workload>(kv).map(|r| r.value))
+            .collect()
+    }
+
+    /// Whether a workload record of this node, read now, passes `names_it`.
+    async fn explained(&self, names_it: impl Fn(&Workload) -> bool) -> Result<bool, CniError> {
+        let records = self
+            .workloads()
+            .await
+            .map_err(|e| store_error("listing this node's workloads", e))?;
+        Ok(records.iter().any(names_it))
+    }
+
+    /// The pods' host veths in the node's namespace, for the orphan sweep.
+    pub async fn host_interfaces(&self) -> Result<Vec<HostVeth>, PodError> {
+        self.pods.host_interfaces().await
+    }
+
+    /// Removes the host veth `name`, which no workload record explained, unless one does
+    /// now: checked again under the lock an ADD building that interface holds.
+    pub async fn remove_orphan_interface(&self, name: &str) -> Result<OrphanOutcome, CniError> {
+        let _guard = self.sweep_locks.lock(&format!("veth/{name}")).await;
+        if self.explained(|w| w.host_interface == name).await? {
+            return Ok(OrphanOutcome::Explained);
+        }
+        match self.pods.remove_host_interface(name).await {
+            Ok(true) => Ok(OrphanOutcome::Removed(Vec::new())),
+            Ok(false) => Ok(OrphanOutcome::Gone),
+            Err(e) => Err(pod_error("removing an orphaned host interface", e)),
+        }
+    }
+
+    /// Releases the addresses of `handle`, which no workload record explained, unless one
+    /// does now: checked again under the lock an ADD allocating for that handle holds.
+    pub async fn release_orphan_handle(&self, handle: &str) -> Result<OrphanOutcome, CniError> {
+        let _guard = self.sweep_locks.lock(&format!("handle/{handle}")).await;
+        if self.explained(|w| w.handle == handle).await? {
+            return Ok(OrphanOutcome::Explained);
+        }
+        match self.allocator.release(handle).await {
+            Ok(freed) if freed.is_empty() => Ok(OrphanOutcome::Gone),
+            Ok(freed) => Ok(OrphanOutcome::Removed(freed)),
+            Err(e) => Err(ipam_error("releasing an orphaned allocation", e)),
         }
     }
 
@@ -90,28 +195,6 @@ impl CniHandler {
     pub fn with_defaults(mut self, defaults: Arc<PodDefaults>) -> Self {
         self.defaults = defaults;
         self
-    }
-
-    /// Refuses ADDs while `check` names a reason, at once and before anything is allocated,
-    /// with "try again later" so the runtime retries the pod.
-    pub fn with_admission(mut self, check: AdmissionCheck) -> Self {
-        self.admission = Some(check);
-        self
-    }
-
-    /// The ADD refusal while the agent cannot take pods.
-    fn admit(&self) -> Result<(), CniError> {
-        let Some(reason) = self.admission.as_ref().and_then(|check| check()) else {
-            return Ok(());
-        };
-        Err(CniError::new(
-            ErrorCode::TRY_AGAIN_LATER,
-            format!(
-                "the wren agent on node {} is not ready to take pods ({reason}); the runtime \
-                 retries the pod, and `wren status` on the node says more",
-                self.node
-            ),
-        ))
     }
 
     /// How many attachments have a request in flight (their locks held or awaited).
@@ -174,9 +257,18 @@ impl CniHandler {
         } = attachment;
         let netns = netns
             .ok_or_else(|| CniError::new(ErrorCode::INVALID_ENVIRONMENT, "ADD needs CNI_NETNS"))?;
-        self.admit()?;
+        self.admit(true)?;
         let (mtu, offload) = self.link_settings(&config);
         let _guard = self.lock(&config.name, &container_id, &ifname).await;
+        let handle = workload_handle(&config.name, &container_id);
+        let _veth = self
+            .sweep_locks
+            .lock(&format!(
+                "veth/{}",
+                host_ifname(&workload_id(&container_id, &ifname))
+            ))
+            .await;
+        let _handle = self.sweep_locks.lock(&format!("handle/{handle}")).await;
 
         for existing in self.container_records(&container_id).await? {
             let record = &existing.value;
@@ -216,7 +308,6 @@ impl CniHandler {
 
         // Phase times go into the log line, so a slow ADD says where its time went.
         let mut times = PhaseTimes::start();
-        let handle = workload_handle(&config.name, &container_id);
         let choices = config.pod_choices()?;
         // Pools the pod names in its annotations replace the network's for this pod.
         let pools = if choices.pools.is_empty() {
@@ -607,18 +698,24 @@ impl CniService for CniHandler {
     }
 
     async fn del(&self, request: AttachmentRequest) -> Result<(), CniError> {
+        self.admit(false)?;
         self.remove(request.attachment, request.config).await
     }
 
     async fn check(&self, request: AttachmentRequest) -> Result<(), CniError> {
+        self.admit(false)?;
         self.verify(request.attachment, request.config).await
     }
 
     async fn gc(&self, request: NetworkRequest) -> Result<(), CniError> {
+        self.admit(false)?;
         self.collect_garbage(request.config).await
     }
 
     async fn status(&self, request: NetworkRequest) -> Result<(), CniError> {
+        if let Err(e) = self.admit(true) {
+            return Err(CniError::new(ErrorCode::NOT_AVAILABLE, e.msg));
+        }
         self.readiness(request.config).await
     }
 }

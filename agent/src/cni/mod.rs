@@ -18,7 +18,7 @@ pub mod result;
 mod fake;
 
 pub use backend::{Allocator, KernelPods, PodNetwork};
-pub use handler::{AdmissionCheck, CniHandler};
+pub use handler::{Admission, CniHandler, OrphanOutcome, Refusal};
 
 #[cfg(test)]
 mod tests {
@@ -193,6 +193,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn while_the_datastore_is_not_trusted_every_command_waits_and_nothing_changes() {
+        let s = setup(4);
+        s.handler.add(request("c1", "/run/netns/p1")).await.unwrap();
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let handler = {
+            let lost = lost.clone();
+            CniHandler::new(NODE, s.store.clone(), s.alloc.clone(), s.pods.clone()).with_admission(
+                Arc::new(move || {
+                    lost.load(std::sync::atomic::Ordering::SeqCst).then(|| {
+                        Refusal::Everything("the datastore has lost the cluster's data".to_owned())
+                    })
+                }),
+            )
+        };
+        let add = handler
+            .add(request("c2", "/run/netns/p2"))
+            .await
+            .unwrap_err();
+        assert_eq!(add.code, ErrorCode::TRY_AGAIN_LATER);
+        assert!(add.msg.contains("lost the cluster's data"), "{}", add.msg);
+        let del = handler
+            .del(request("c1", "/run/netns/p1"))
+            .await
+            .unwrap_err();
+        assert_eq!(del.code, ErrorCode::TRY_AGAIN_LATER);
+        assert_eq!(s.alloc.allocated(), 1);
+        assert_eq!(s.pods.count(), 1);
+        assert_eq!(records(&s.store).await, 1);
+        lost.store(false, std::sync::atomic::Ordering::SeqCst);
+        handler.add(request("c2", "/run/netns/p2")).await.unwrap();
+        handler.del(request("c1", "/run/netns/p1")).await.unwrap();
+        assert_eq!(s.alloc.allocated(), 1);
+    }
+
+    #[tokio::test]
     async fn exhaustion_fails_the_new_pod_only() {
         let s = setup(1);
         s.handler.add(request("c1", "/run/netns/p1")).await.unwrap();
@@ -229,7 +264,9 @@ mod tests {
         )));
         let reason = blocked.clone();
         let handler = CniHandler::new(NODE, s.store.clone(), s.alloc.clone(), s.pods.clone())
-            .with_admission(Arc::new(move || reason.lock().unwrap().clone()));
+            .with_admission(Arc::new(move || {
+                reason.lock().unwrap().clone().map(Refusal::NewPods)
+            }));
         let e = handler
             .add(request("c2", "/run/netns/p2"))
             .await

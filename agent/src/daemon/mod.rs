@@ -9,14 +9,19 @@
 //!
 //! While etcd is away the copies stay as they were, so passes keep programming the same
 //! routes; `/readyz` reports the datastore down from a failed listing until the datastore
-//! answers again.
+//! answers again. While it answers without the cluster's identity (its data lost), passes
+//! change nothing at all until the data is rebuilt ([`identity`]); beside the controller run
+//! the orphan sweep ([`orphans`]) and the leak release ([`leaks`]).
 
 pub mod bgp;
 pub mod encap;
 pub mod fastpath;
 pub mod health;
+pub mod identity;
 pub mod kernel;
+pub mod leaks;
 pub mod mesh;
+pub mod orphans;
 pub mod policy;
 pub mod reflector;
 pub mod registration;
@@ -53,6 +58,10 @@ use view::ClusterView;
 /// documents within a few milliseconds, and one pass should see them all.
 const COALESCE: Duration = Duration::from_millis(5);
 
+/// How long the first pass after a rebuild waits for the watches to deliver what this node
+/// wrote back.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -88,6 +97,9 @@ pub struct Shared {
     live_sessions: std::sync::OnceLock<Arc<dyn BgpControl>>,
     /// The fast path, once the controller runs: its counters are read live too.
     live_fast_path: std::sync::OnceLock<Arc<fastpath::FastPathControl>>,
+    /// The cluster identity check, once the daemon runs: whether the datastore may be
+    /// trusted.
+    identity: std::sync::OnceLock<Arc<identity::DatastoreIdentity>>,
 }
 
 impl Shared {
@@ -101,6 +113,7 @@ impl Shared {
             encap_healthy: AtomicBool::new(true),
             live_sessions: std::sync::OnceLock::new(),
             live_fast_path: std::sync::OnceLock::new(),
+            identity: std::sync::OnceLock::new(),
             status: RwLock::new(AgentStatus {
                 node: config.node_name.clone(),
                 ipv4: Some(config.node_ip),
@@ -127,7 +140,24 @@ impl Shared {
             registered: self.registered.get(),
             bgp_synced: self.bgp_synced.load(Ordering::SeqCst),
             encapsulation: self.encap_healthy.load(Ordering::SeqCst),
+            cluster_data: self.identity.get().and_then(|i| i.state().problem()),
         }
+    }
+
+    /// Whether the datastore is known to hold this cluster's data (its identity checked).
+    pub fn datastore_trusted(&self) -> bool {
+        self.identity.get().is_some_and(|i| i.state().trusted())
+    }
+
+    /// Whether the datastore is known not to hold this cluster's data: nothing may be
+    /// allocated from it.
+    pub fn datastore_distrusted(&self) -> bool {
+        self.identity.get().is_some_and(|i| i.state().distrusted())
+    }
+
+    /// Uses `identity` for readiness and for [`Shared::datastore_trusted`].
+    pub fn set_identity(&self, identity: Arc<identity::DatastoreIdentity>) {
+        let _ = self.identity.set(identity);
     }
 
     /// Brings the per-peer metrics up to date with the live sessions (before a scrape).
@@ -171,6 +201,9 @@ struct Reflectors {
     affinities: SnapshotRx,
     blocks: SnapshotRx,
     workloads: SnapshotRx,
+    /// `cluster/`: the identity and rebuild reports; not part of the view, but a change
+    /// wakes a pass.
+    cluster: SnapshotRx,
 }
 
 impl Reflectors {
@@ -185,10 +218,11 @@ impl Reflectors {
             affinities: r(keys::node_affinities(node)),
             blocks: r(keys::BLOCKS.to_owned()),
             workloads: r(keys::node_workloads(node)),
+            cluster: r(keys::CLUSTER.to_owned()),
         }
     }
 
-    fn all(&self) -> [&SnapshotRx; 8] {
+    fn all(&self) -> [&SnapshotRx; 9] {
         [
             &self.config,
             &self.nodes,
@@ -198,11 +232,12 @@ impl Reflectors {
             &self.affinities,
             &self.blocks,
             &self.workloads,
+            &self.cluster,
         ]
     }
 
-    /// The view, once every prefix has been listed.
-    fn view(&self, node: &str) -> Option<ClusterView> {
+    /// Runs `f` on the current copies, once every prefix has been listed.
+    fn with_copies<T>(&self, f: impl FnOnce(&identity::Copies<'_>) -> T) -> Option<T> {
         let config = self.config.borrow().clone()?;
         let nodes = self.nodes.borrow().clone()?;
         let liveness = self.liveness.borrow().clone()?;
@@ -211,13 +246,29 @@ impl Reflectors {
         let affinities = self.affinities.borrow().clone()?;
         let blocks = self.blocks.borrow().clone()?;
         let workloads = self.workloads.borrow().clone()?;
-        let mut view = ClusterView::default();
-        view.set_cluster(&config, &nodes, &liveness, &peers);
-        view.set_pools(&pools);
-        view.set_affinities(node, &affinities);
-        view.set_blocks(&blocks);
-        view.set_workloads(node, &workloads);
-        Some(view)
+        Some(f(&identity::Copies {
+            config: &config,
+            pools: &pools,
+            peers: &peers,
+            nodes: &nodes,
+            liveness: &liveness,
+            affinities: &affinities,
+            blocks: &blocks,
+            workloads: &workloads,
+        }))
+    }
+
+    /// The view, once every prefix has been listed.
+    fn view(&self, node: &str) -> Option<ClusterView> {
+        self.with_copies(|c| {
+            let mut view = ClusterView::default();
+            view.set_cluster(c.config, c.nodes, c.liveness, c.peers);
+            view.set_pools(c.pools);
+            view.set_affinities(node, c.affinities);
+            view.set_blocks(c.blocks);
+            view.set_workloads(node, c.workloads);
+            view
+        })
     }
 
     /// Wakes `notify` whenever any copy changes.
@@ -239,6 +290,9 @@ impl Reflectors {
 pub enum Pass {
     /// Not every prefix has been listed yet: nothing was touched.
     Waiting,
+    /// The datastore does not hold this cluster's data (see [`identity`]): nothing was
+    /// touched, and the dataplane stays exactly as it is.
+    Held,
     /// Routes were reconciled (or the reconcile failed and is retried next pass).
     Done {
         /// Number of desired routes.
@@ -265,6 +319,15 @@ pub struct Controller {
     changes: Arc<Notify>,
     /// The most routes desired since freed memory was last given back to the system.
     routes_peak: AtomicUsize,
+    /// The datastore, for the identity check.
+    store: Arc<dyn Store>,
+    /// The identity check; without one every listing is trusted.
+    identity: Option<Arc<identity::DatastoreIdentity>>,
+    /// The last pass was held: the next trusted one first waits for the copies to hold
+    /// what this node recorded.
+    held: AtomicBool,
+    /// When the datastore was first trusted again after a hold.
+    trusted_again: std::sync::Mutex<Option<Instant>>,
 }
 
 /// The per-peer metric samples of a status table.
@@ -308,6 +371,7 @@ impl Controller {
     ) -> Self {
         let _ = shared.live_sessions.set(bgp.clone());
         let reflectors = Reflectors::spawn(&store, &config.node_name, &shared.datastore);
+        let identity = shared.identity.get().cloned();
         let changes = Arc::new(Notify::new());
         reflectors.forward_changes(&changes);
         let mut own_addresses = vec![IpAddr::V4(config.node_ip.addr())];
@@ -330,6 +394,10 @@ impl Controller {
             sync_timeout: config.bgp_sync_timeout,
             changes,
             routes_peak: AtomicUsize::new(0),
+            store,
+            identity,
+            held: AtomicBool::new(false),
+            trusted_again: std::sync::Mutex::new(None),
         }
     }
 
@@ -424,11 +492,70 @@ impl Controller {
         }
     }
 
+    /// Whether this pass may act on the copies: the datastore holds this cluster's identity
+    /// (read after the copies were taken, so a datastore that lost its data is never acted
+    /// on), and after a hold, the copies hold what this node recorded. A datastore that does
+    /// not answer leaves the last conclusion: the copies are then the ones from before.
+    async fn may_act(&self) -> bool {
+        let Some(identity) = &self.identity else {
+            return true;
+        };
+        // While the datastore is down the copies are the ones from before, and a pass must
+        // not wait on a request that cannot be answered (learned routes still change).
+        let answered = if self.shared.datastore.is_up() {
+            identity.check(self.store.as_ref()).await
+        } else {
+            Err(wren_store::StoreError::Unavailable {
+                endpoints: String::new(),
+                reason: "reported down".to_owned(),
+            })
+        };
+        let trusted = match answered {
+            Ok(state) => state.trusted(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the cluster identity; keeping the last conclusion");
+                !identity.state().distrusted()
+            }
+        };
+        if !trusted {
+            self.held.store(true, Ordering::SeqCst);
+            *self.trusted_again.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return false;
+        }
+        if self.held.load(Ordering::SeqCst) {
+            let caught_up = self
+                .reflectors
+                .with_copies(|copies| identity.copies_hold_holdings(copies))
+                .unwrap_or(false);
+            // A recorded document another agent changed since (once it resumed) never comes
+            // back as it was: the wait for the watches is bounded.
+            let waited = self
+                .trusted_again
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(Instant::now)
+                .elapsed();
+            if !caught_up && waited < CATCH_UP {
+                return false;
+            }
+            tracing::info!(
+                caught_up,
+                "the datastore holds this cluster's data again: resuming"
+            );
+            self.held.store(false, Ordering::SeqCst);
+            *self.trusted_again.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        true
+    }
+
     /// One pass: view → sessions, exports, imports → kernel routes → status and metrics.
     pub async fn pass(&self) -> Pass {
         let Some(view) = self.reflectors.view(&self.me.name) else {
             return Pass::Waiting;
         };
+        if !self.may_act().await {
+            return Pass::Held;
+        }
         let node = self.me.name.as_str();
         let peers = mesh::desired_peers(&self.me, &view);
         self.bgp
@@ -524,6 +651,13 @@ impl Controller {
             status.fast_path = fast_path;
         }
         self.shared.set_status(status);
+        if let Some(identity) = &self.identity
+            && let Some(holdings) = self
+                .reflectors
+                .with_copies(|copies| identity::Holdings::of(node, copies))
+        {
+            identity.record(holdings);
+        }
         Pass::Done {
             desired: desired.len(),
             error,
@@ -534,10 +668,13 @@ impl Controller {
     pub async fn run(self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
         let mut bgp_changes = self.bgp.subscribe();
         let mut tick = tokio::time::interval(interval);
+        // While the datastore is not trusted, the rebuild's steps are taken every second.
+        let mut rebuild_tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = rebuild_tick.tick(), if self.held.load(Ordering::SeqCst) => {}
                 _ = self.changed() => {}
                 r = bgp_changes.changed() => {
                     if r.is_err() {
@@ -594,6 +731,11 @@ pub struct Parts {
     pub encap: Option<encap::Encap>,
     /// The BPF fast path; `None` leaves pods to the host stack.
     pub fast_path: Option<fastpath::FastPathControl>,
+    /// Removes what an ADD cut short left on this node; `None` leaves it.
+    pub orphan_sweep: Option<orphans::OrphanSweep>,
+    /// The automatic leak release and the IPAM it frees through; `None` leaves it to
+    /// `wren ipam release`.
+    pub leak_release: Option<(leaks::LeakRelease, Arc<wren_ipam::Ipam>)>,
 }
 
 /// Runs the daemon until `shutdown` fires, or until another agent takes the node name over:
@@ -615,6 +757,8 @@ pub async fn run(
         local_api,
         encap,
         fast_path,
+        orphan_sweep,
+        leak_release,
     } = parts;
     // Everything stops on the signal, and also when registration loses the node name.
     let (stop_tx, shutdown) = watch::channel(false);
@@ -661,6 +805,21 @@ pub async fn run(
         store.clone(),
         shared.datastore.clone(),
     ));
+    let housekeeping = {
+        let mut tasks = Vec::new();
+        if let Some(sweep) = orphan_sweep {
+            tasks.push(tokio::spawn(sweep.run(shared.clone(), shutdown.clone())));
+        }
+        if let Some((release, ipam)) = leak_release {
+            tasks.push(tokio::spawn(release.run(
+                store.clone(),
+                ipam,
+                shared.clone(),
+                shutdown.clone(),
+            )));
+        }
+        tasks
+    };
     let controller = Controller::new(&config, store, bgp, routes, shared.clone())
         .with_encap(encap)
         .with_fast_path(fast_path);
@@ -672,6 +831,9 @@ pub async fn run(
         controller.run(config.reconcile_interval, shutdown.clone()),
     );
     probe.abort();
+    for task in housekeeping {
+        task.abort();
+    }
     if let Err(e) = m.and(a) {
         tracing::warn!(error = %e, "HTTP server ended with an error");
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::mesh::PeerKind;
 
 /// What `/readyz` checks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Readiness {
     /// The datastore answered the last request.
@@ -23,6 +23,10 @@ pub struct Readiness {
     /// Every tunnel a pool in use needs can be made on this kernel.
     #[serde(default = "yes")]
     pub encapsulation: bool,
+    /// Why the datastore is not trusted to hold this cluster's data (it lost it, or holds
+    /// another cluster's); `None` when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_data: Option<String>,
 }
 
 fn yes() -> bool {
@@ -32,31 +36,38 @@ fn yes() -> bool {
 impl Readiness {
     /// Ready when every check passes.
     pub fn ready(&self) -> bool {
-        self.datastore && self.registered && self.bgp_synced && self.encapsulation
+        self.datastore
+            && self.registered
+            && self.bgp_synced
+            && self.encapsulation
+            && self.cluster_data.is_none()
     }
 
     /// The failing checks that stop the node from taking new pods, in words: without the
     /// datastore or its registration an ADD cannot allocate; BGP and tunnels only delay the
     /// pod's routes, so pods are still taken while they settle.
-    pub fn blocking_pods(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
+    pub fn blocking_pods(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
         if !self.datastore {
-            out.push("datastore unreachable");
+            out.push("datastore unreachable".into());
         }
         if !self.registered {
-            out.push("node not registered");
+            out.push("node not registered".into());
         }
         out
     }
 
     /// The checks that fail, in words.
-    pub fn failing(&self) -> Vec<&'static str> {
+    pub fn failing(&self) -> Vec<String> {
         let mut out = self.blocking_pods();
         if !self.bgp_synced {
-            out.push("BGP not synced");
+            out.push("BGP not synced".into());
         }
         if !self.encapsulation {
-            out.push("a pool needs IPIP, which this kernel lacks (see `wren status`)");
+            out.push("a pool needs IPIP, which this kernel lacks (see `wren status`)".into());
+        }
+        if let Some(why) = &self.cluster_data {
+            out.push(why.clone());
         }
         out
     }
@@ -288,6 +299,7 @@ mod tests {
                 registered: true,
                 bgp_synced: false,
                 encapsulation: true,
+                cluster_data: None,
             },
             blocks: vec!["10.65.0.0/26".parse().unwrap()],
             borrowed: vec![],

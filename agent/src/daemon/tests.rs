@@ -393,3 +393,102 @@ async fn borrowed_addresses_are_exported_as_host_routes() {
         "b's block is not ours to announce"
     );
 }
+
+/// Passes until one returns something other than `Pass::Waiting` and `done` holds of it.
+async fn pass_until(r: &Rig, what: &str, done: impl Fn(&Pass) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pass = r.controller.pass().await;
+        if done(&pass) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what} (last pass: {pass:?})"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), r.controller.changed()).await;
+    }
+}
+
+#[tokio::test]
+async fn a_datastore_that_lost_its_data_changes_nothing_and_is_rebuilt_from_what_the_node_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    for (name, ip) in [("a", "10.0.0.1/24"), ("b", "10.0.0.2/24")] {
+        store
+            .put_json(&keys::node(name), &node(name, ip), None)
+            .await
+            .unwrap();
+    }
+    let cfg = config("a", "10.0.0.1/24", "30s");
+    let bgp = Arc::new(FakeBgp::default());
+    let kernel = Arc::new(FakeKernel::default());
+    let shared = Shared::new(&cfg, Arc::new(Metrics::new()));
+    let identity = Arc::new(
+        super::identity::DatastoreIdentity::open("a", dir.path(), Duration::from_secs(3)).unwrap(),
+    );
+    shared.set_identity(identity.clone());
+    let controller = Controller::new(
+        &cfg,
+        store.clone(),
+        bgp.clone(),
+        kernel.clone(),
+        shared.clone(),
+    );
+    let r = Rig {
+        store,
+        bgp,
+        kernel,
+        controller,
+    };
+    let address = claim(&r.store, "a", "k8s.c1").await;
+    let block = IpNet::new(address, 26).unwrap().trunc();
+    r.until("a's block exported and blackholed", |r| {
+        r.bgp.originated.lock().unwrap().contains(&block) && r.route(&block.to_string()).is_some()
+    })
+    .await;
+    let id = r.store.get(keys::CLUSTER_ID).await.unwrap().unwrap().value;
+    let peers = r.bgp.peers.lock().unwrap().clone();
+
+    // The datastore comes back empty.
+    for kv in r.store.list("").await.unwrap().items {
+        r.store.delete(&kv.key, None).await.unwrap();
+    }
+    pass_until(&r, "a held pass", |p| *p == Pass::Held).await;
+    assert!(
+        r.bgp.originated.lock().unwrap().contains(&block),
+        "withdrawn"
+    );
+    assert_eq!(*r.bgp.peers.lock().unwrap(), peers, "sessions changed");
+    assert_eq!(
+        r.route(&block.to_string()).map(|r| r.target),
+        Some(RouteTarget::Blackhole),
+        "blackhole removed"
+    );
+    let why = shared.readiness().cluster_data.expect("a reason");
+    assert!(why.contains("lost the cluster's data"), "{why}");
+    assert!(shared.datastore_distrusted());
+    // What the node holds is written back before the identity.
+    assert!(r.store.get(&keys::block(&block)).await.unwrap().is_some());
+    assert!(r.store.get(&keys::pool("default")).await.unwrap().is_some());
+    let handle = r.store.get(&keys::handle("k8s.c1")).await.unwrap();
+    assert!(
+        handle.is_none(),
+        "a handle without a workload is not rebuilt"
+    );
+    assert!(r.store.get(&keys::rebuild("a")).await.unwrap().is_some());
+    // Node b writes its part back too.
+    r.store
+        .put_json(&keys::node("b"), &node("b", "10.0.0.2/24"), None)
+        .await
+        .unwrap();
+
+    // Once the settling time has passed, the same identity is back and passes resume.
+    pass_until(&r, "passes to resume", |p| matches!(p, Pass::Done { .. })).await;
+    let back = r.store.get(keys::CLUSTER_ID).await.unwrap().unwrap().value;
+    assert_eq!(back, id, "another identity was written");
+    assert!(shared.readiness().cluster_data.is_none());
+    assert!(r.bgp.originated.lock().unwrap().contains(&block));
+    assert_eq!(*r.bgp.peers.lock().unwrap(), peers);
+    assert!(r.store.get(&keys::rebuild("a")).await.unwrap().is_none());
+}

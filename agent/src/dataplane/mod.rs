@@ -37,5 +37,8 @@ pub use manager::{
 pub use netlink::NetlinkError;
 pub use netns::NetnsError;
 pub use node::{NodeError, NodeSetup, prepare_node};
-pub use pod::{PodDefaults, PodError, PodInterface, PodSpec, host_ifname, setup_pod, teardown_pod};
+pub use pod::{
+    HostVeth, PodDefaults, PodError, PodInterface, PodSpec, host_ifname, host_veths,
+    remove_host_veth, setup_pod, teardown_pod,
+};
 pub use route::{InvalidRoute, MAIN_TABLE, NextHop, Protocol, Route};

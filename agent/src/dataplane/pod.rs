@@ -600,3 +600,71 @@ pub fn teardown_pod(workload_id: &str) -> Result<bool, PodError> {
         other => Err(collision(&existing, other)),
     }
 }
+
+/// Whether `name` has the shape of a host veth name wren gives ([`host_ifname`]).
+pub fn is_host_ifname(name: &str) -> bool {
+    name.strip_prefix("wren").is_some_and(|rest| {
+        rest.len() == 11
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// A host veth of a pod, as the kernel has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostVeth {
+    /// Its name (`wren…`).
+    pub name: String,
+    /// The workload id its alias records; `None` when the setup that made it died before
+    /// naming it.
+    pub workload_id: Option<String>,
+    /// Whether it is up (a setup cut short leaves it down).
+    pub up: bool,
+}
+
+/// Every host veth of a pod in the calling thread's network namespace (the node's).
+pub fn host_veths() -> Result<Vec<HostVeth>, PodError> {
+    let mut host = Netlink::open().map_err(at("open a netlink socket in the node's namespace"))?;
+    let mut found = Vec::new();
+    host.dump(
+        RouteNetlinkMessage::GetLink(LinkUnspec::new_with_index(0).build()),
+        |message| {
+            if let RouteNetlinkMessage::NewLink(link) = message {
+                let state = LinkState::from_message(&link);
+                if state.veth && is_host_ifname(&state.name) {
+                    found.push(HostVeth {
+                        workload_id: state
+                            .alias
+                            .as_deref()
+                            .and_then(|a| a.strip_prefix(ALIAS_PREFIX))
+                            .map(str::to_owned),
+                        name: state.name,
+                        up: state.up,
+                    });
+                }
+            }
+        },
+    )
+    .map_err(at("list the node's interfaces"))?;
+    Ok(found)
+}
+
+/// Removes the host veth `name` (and with it the pod end and the node's routes through it).
+/// Only a veth named as wren names them is touched; `Ok(false)` when there was none.
+pub fn remove_host_veth(name: &str) -> Result<bool, PodError> {
+    if !is_host_ifname(name) {
+        return Err(PodError::Invalid(format!(
+            "{name:?} is not the name of a pod's host interface"
+        )));
+    }
+    let mut host = Netlink::open().map_err(at("open a netlink socket in the node's namespace"))?;
+    match link::get(&mut host, name).map_err(at("look up host interface"))? {
+        Some(link) if link.veth => {
+            link::delete(&mut host, name).map_err(at("delete host interface"))?;
+            Ok(true)
+        }
+        Some(link) => Err(collision(&link, Owner::Foreign)),
+        None => Ok(false),
+    }
+}

@@ -734,6 +734,22 @@ impl Lab {
         }
     }
 
+    /// Restarts a one-member etcd on an empty data directory (its data lost, as after a
+    /// disk replaced or a data directory removed) and waits until it answers.
+    pub fn wipe_etcd(&mut self) -> Result<()> {
+        if self.state.etcd_members.len() != 1 {
+            return Err(LabError::Lab(
+                "only a one-member etcd can be wiped (the others would not take it back)".into(),
+            ));
+        }
+        self.kill_etcd(0)?;
+        let data = self.state.dir.join("etcd-data-0");
+        if data.exists() {
+            fs::remove_dir_all(&data)?;
+        }
+        self.restart_etcd(0)
+    }
+
     /// Pauses etcd member `index` with `SIGSTOP` (connections stay open, nothing answers).
     pub fn pause_etcd(&mut self, index: usize) -> Result<()> {
         self.signal_etcd(index, libc::SIGSTOP, true)

@@ -172,7 +172,8 @@ pub fn pin_neighbours(state: &LabState) -> Result<()> {
                 "neigh replace {} lladdr {mac} dev {leg} nud permanent\n",
                 node.ip()
             ));
-            let mut own = format!("neigh replace {gateway} lladdr {gateway_mac} dev eth0 nud permanent\n");
+            let mut own =
+                format!("neigh replace {gateway} lladdr {gateway_mac} dev eth0 nud permanent\n");
             for (other, other_mac) in &members {
                 if other.name != node.name {
                     own.push_str(&format!(

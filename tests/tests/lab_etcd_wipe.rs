@@ -1,0 +1,173 @@
+//! etcd comes back with its data wiped, under a running cluster.
+//!
+//! Three nodes, one pod each, every pod pinging the next node's pod five times a second.
+//! etcd is stopped, its data directory removed, and started empty. The agents must keep
+//! the dataplane exactly as it is (not one ping lost), say why they are not ready, and
+//! rebuild the cluster's data from what they hold before any address is handed out again.
+//! Afterwards the pool is back, the leak check is clean, and new pods, on the old nodes and
+//! on a node that joins after the rebuild, get addresses no live pod holds.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wren_tests::lab::{self, Lab, LabSpec};
+
+/// How long the rebuild may take: the agents wait a third of the liveness TTL (30 s by
+/// default) and a second after they saw the loss, so every live agent is back in etcd.
+const REBUILD: Duration = Duration::from_secs(60);
+
+/// Pings between pods in the background; stopped (and their summaries read) by
+/// [`Pingers::finish`], or killed when dropped.
+struct Pingers(Vec<(String, Child)>);
+
+impl Pingers {
+    fn start(lab: &Lab) -> Self {
+        let pods = &lab.state().pods;
+        Self(
+            (0..pods.len())
+                .map(|i| {
+                    let (from, to) = (&pods[i], &pods[(i + 1) % pods.len()]);
+                    let child = Command::new("ip")
+                        .args(["netns", "exec", &from.ns, "ping", "-n", "-q", "-i", "0.2"])
+                        .arg(to.ip.to_string())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("start ping");
+                    (format!("{}→{}", from.name, to.name), child)
+                })
+                .collect(),
+        )
+    }
+
+    /// Each pair's summary line.
+    fn finish(mut self) -> Vec<String> {
+        std::mem::take(&mut self.0)
+            .into_iter()
+            .filter_map(|(pair, child)| {
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGINT);
+                }
+                let out = child.wait_with_output().ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let summary = text.lines().find(|l| l.contains("packets transmitted"))?;
+                Some(format!("{pair}: {summary}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Pingers {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_wiped_etcd_is_rebuilt_from_the_agents_and_no_pod_is_cut_off() {
+    if !lab::require_lab(false) || !wren_tests::prereq::require_command("etcdctl") {
+        return;
+    }
+    let mut spec = LabSpec::new(&lab::test_lab_name('w'), 3);
+    spec.pods_per_node = 1;
+    let mut lab = Lab::up(spec).expect("lab up");
+    lab.wait_full_matrix(Duration::from_secs(30), "n1")
+        .expect("every pod reaches every pod before the wipe");
+    let live: BTreeSet<String> = lab.state().pods.iter().map(|p| p.ip.to_string()).collect();
+    let pools_before = lab.wren_cli(&["pool", "list"]).unwrap();
+
+    let pingers = Pingers::start(&lab);
+    std::thread::sleep(Duration::from_secs(2));
+    let wiped = Instant::now();
+    lab.wipe_etcd().expect("wipe etcd");
+
+    // Every agent says why it is not ready, and hands out nothing meanwhile.
+    let nodes = ["n1", "n2", "n3"];
+    let mut said: BTreeSet<&str> = BTreeSet::new();
+    let mut refused = None;
+    let mut checked = None;
+    let mut back = None;
+    while wiped.elapsed() < REBUILD {
+        let mut all_ready = true;
+        for node in nodes {
+            let (ready, text) = lab.readiness(node).unwrap_or((false, String::new()));
+            all_ready &= ready;
+            if text.contains("lost the cluster's data") {
+                said.insert(node);
+                if refused.is_none() {
+                    let n = lab.node(node).unwrap().clone();
+                    let out = lab.cni(&n, "ADD", "wipe-probe", &lab.state().pods[0].ns);
+                    refused = Some(match out {
+                        Ok(result) => format!("handed out: {result}"),
+                        Err(e) => e.to_string(),
+                    });
+                    checked = Some(match lab.wren_cli(&["ipam", "check", "--grace", "0s"]) {
+                        Ok(report) => format!("judged: {report}"),
+                        Err(e) => e.to_string(),
+                    });
+                }
+            }
+        }
+        if all_ready && said.len() == nodes.len() {
+            back = Some(wiped.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let summaries = pingers.finish();
+    let status = lab.node_status("n1").unwrap_or_default();
+    eprintln!(
+        "etcd wiped: every agent said so ({said:?}); ready again after {back:?}\n{}\n{status}",
+        summaries.join("\n")
+    );
+    assert_eq!(
+        said.len(),
+        nodes.len(),
+        "not every agent said why it was not ready"
+    );
+    let refused = refused.expect("an ADD was tried while the data was lost");
+    assert!(
+        refused.contains("try again once `wren status` says ready"),
+        "an ADD during the loss: {refused}"
+    );
+    let checked = checked.expect("the leak check was run while the data was lost");
+    assert!(
+        checked.contains("the agents are rebuilding it"),
+        "the leak check during the loss: {checked}"
+    );
+    let back = back.unwrap_or_else(|| panic!("not every agent was ready within {REBUILD:?}"));
+    for summary in &summaries {
+        assert!(summary.contains(" 0% packet loss"), "pings lost: {summary}");
+    }
+
+    // The pool came back with the rest, the leak check is clean, and new pods — on the old
+    // nodes and on a node that joined after the rebuild — get addresses no live pod holds.
+    let pools_after = lab.wren_cli(&["pool", "list"]).unwrap();
+    assert_eq!(pools_after, pools_before);
+    let check = lab.wren_cli(&["ipam", "check", "--grace", "0s"]).unwrap();
+    assert!(check.contains("no leaks found"), "leak check:\n{check}");
+    let joined = lab.add_node().expect("a node joins after the rebuild");
+    let mut handed: BTreeSet<String> = live.clone();
+    for node in ["n1", "n2", "n3", joined.as_str()] {
+        let pod = lab.add_pod(node).expect("ADD after the rebuild");
+        let ip = lab
+            .state()
+            .pods
+            .iter()
+            .find(|p| p.name == pod)
+            .map(|p| p.ip.to_string())
+            .unwrap();
+        assert!(handed.insert(ip.clone()), "{ip} handed out twice");
+    }
+    lab.wait_full_matrix(Duration::from_secs(30), "n1")
+        .expect("every pod reaches every pod after the rebuild");
+    eprintln!(
+        "rebuilt in {back:?}; new pods got {:?}",
+        handed.difference(&live).collect::<Vec<_>>()
+    );
+    lab.down().unwrap();
+}
