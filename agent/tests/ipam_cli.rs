@@ -6,7 +6,6 @@
 #[allow(unused_imports, unused_macros)]
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 
 use wren_ipam::{AllocateRequest, Ipam};
@@ -16,56 +15,12 @@ use wren_store::etcd::{EtcdConfig, EtcdStore};
 use wren_tests::etcd::Etcd;
 use wren_tests::prereq;
 
+// The `wren` runs.
+#[allow(dead_code)]
+mod cli_support;
+use cli_support::*;
+
 const PREFIX: &str = "/wren-cli-test/";
-
-/// What one `wren` run printed and how it ended.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn wren(endpoint: &str, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_wren"))
-        .args(args)
-        .env("WREN_ETCD_ENDPOINTS", endpoint)
-        .env("WREN_ETCD_PREFIX", PREFIX)
-        .output()
-        .expect("run wren");
-    Run {
-        ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Runs `wren` expecting success; returns its output.
-fn ok(endpoint: &str, args: &[&str]) -> String {
-    let run = wren(endpoint, args);
-    assert!(run.ok, "wren {args:?} failed: {}", run.stderr);
-    run.stdout
-}
-
-/// Runs `wren` expecting failure with one clear line containing `expected`.
-fn fails(endpoint: &str, args: &[&str], expected: &str) {
-    let run = wren(endpoint, args);
-    assert!(!run.ok, "wren {args:?} succeeded: {}", run.stdout);
-    let line = run.stderr.trim_end();
-    assert_eq!(
-        line.lines().count(),
-        1,
-        "wren {args:?}: not one line: {line:?}"
-    );
-    assert!(
-        line.starts_with("wren: ") && line.contains(expected),
-        "wren {args:?}: {line:?}"
-    );
-}
-
-async fn snapshot(store: &dyn Store) -> Vec<(String, Vec<u8>)> {
-    let items = store.list("").await.unwrap().items;
-    items.into_iter().map(|kv| (kv.key, kv.value)).collect()
-}
 
 #[test]
 fn pool_and_ipam_commands_against_etcd() {

@@ -2,8 +2,6 @@
 //! them: the built `wren` binary against a real etcd, with workloads recorded as the agent
 //! records them.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use wren_model::{Node, Workload, keys};
@@ -13,69 +11,12 @@ use wren_store::json::JsonStore;
 use wren_tests::etcd::Etcd;
 use wren_tests::prereq;
 
+// The `wren` runs.
+#[allow(dead_code)]
+mod cli_support;
+use cli_support::*;
+
 const PREFIX: &str = "/wren-policy-cli-test/";
-
-/// What one `wren` run printed and how it ended.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn wren_with_input(endpoint: &str, args: &[&str], input: &str) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wren"))
-        .args(args)
-        .env("WREN_ETCD_ENDPOINTS", endpoint)
-        .env("WREN_ETCD_PREFIX", PREFIX)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run wren");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    Run {
-        ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn ok(endpoint: &str, args: &[&str]) -> String {
-    ok_with_input(endpoint, args, "")
-}
-
-fn ok_with_input(endpoint: &str, args: &[&str], input: &str) -> String {
-    let run = wren_with_input(endpoint, args, input);
-    assert!(run.ok, "wren {args:?} failed: {}", run.stderr);
-    run.stdout
-}
-
-/// Runs `wren` expecting failure with one clear line containing `expected`.
-fn fails(endpoint: &str, args: &[&str], input: &str, expected: &str) {
-    let run = wren_with_input(endpoint, args, input);
-    assert!(!run.ok, "wren {args:?} succeeded: {}", run.stdout);
-    let line = run.stderr.trim_end();
-    assert_eq!(
-        line.lines().count(),
-        1,
-        "wren {args:?}: not one line: {line:?}"
-    );
-    assert!(
-        line.starts_with("wren: ") && line.contains(expected),
-        "wren {args:?}: {line:?} does not contain {expected:?}"
-    );
-}
-
-async fn snapshot(store: &dyn Store) -> Vec<(String, Vec<u8>)> {
-    let items = store.list("").await.unwrap().items;
-    items.into_iter().map(|kv| (kv.key, kv.value)).collect()
-}
 
 /// A workload as the agent records it after a CNI ADD with a Kubernetes identity.
 fn workload(node: &str, namespace: &str, pod: &str, address: &str) -> Workload {
@@ -154,37 +95,37 @@ fn policy_commands_against_etcd() {
         "{GOOD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: broken, namespace: web}}\nspec:\n  podSelector: {{}}\n  egress:\n  - ports: [{{port: 80, endPort: 70}}]\n"
     );
     let before = runtime.block_on(snapshot(store.as_ref()));
-    fails(
+    fails_with_input(
         e,
         &["policy", "apply", "-f", "-"],
         &bad,
         "document 3 (broken): spec.egress[0].ports[0].endPort: endPort 70 must be between port 80 and 65535",
     );
-    fails(
+    fails_with_input(
         e,
         &["policy", "apply", "-f", "/nonexistent/policy.yaml"],
         "",
         "cannot read /nonexistent/policy.yaml",
     );
-    fails(
+    fails_with_input(
         e,
         &["namespace", "label", "shop", "team=shop", "bad!key=x"],
         "",
         "not a valid label key",
     );
-    fails(
+    fails_with_input(
         e,
         &["workload", "label", "shop", "app=frontend"],
         "",
         "expected NAMESPACE/NAME",
     );
-    fails(
+    fails_with_input(
         e,
         &["workload", "port", "web/api", "HTTP=8080/tcp"],
         "",
         "not a valid port name",
     );
-    fails(
+    fails_with_input(
         e,
         &["workload", "port", "web/api", "http=8080/icmp"],
         "",
@@ -292,7 +233,7 @@ fn policy_commands_against_etcd() {
         ping.starts_with("denied:") && ping.contains("without ports"),
         "{ping}"
     );
-    fails(
+    fails_with_input(
         e,
         &[
             "policy",
@@ -305,7 +246,7 @@ fn policy_commands_against_etcd() {
         "",
         "no pod shop/ghost",
     );
-    fails(
+    fails_with_input(
         e,
         &[
             "policy",
@@ -330,7 +271,7 @@ fn policy_commands_against_etcd() {
         ok(e, &["policy", "rm", "web/from-frontend"]),
         "policy web/from-frontend removed\n"
     );
-    fails(
+    fails_with_input(
         e,
         &["policy", "rm", "web/deny-all"],
         "",
