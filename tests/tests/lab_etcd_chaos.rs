@@ -13,12 +13,12 @@
 //! The same test runs once with etcd speaking TLS with client certificates.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wren_tests::lab::{self, Lab, LabSpec};
+use wren_tests::lab::{self, Lab, LabSpec, Pingers};
 
 /// Chaos rounds (leader kill, follower kill, pause each).
 const ROUNDS: usize = 3;
@@ -86,7 +86,7 @@ fn run(tls: bool, tag: char) {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let quorum = Arc::new(AtomicBool::new(true));
-    let pingers = start_pingers(&lab);
+    let pingers = Pingers::start(&lab);
     let mut elections: Vec<(Instant, Instant)> = Vec::new();
 
     std::thread::scope(|scope| {
@@ -155,7 +155,12 @@ fn run(tls: bool, tag: char) {
         stop.store(true, Ordering::SeqCst);
     });
 
-    let losses = finish_pingers(pingers);
+    // The pairs that lost any ping.
+    let losses: Vec<String> = pingers
+        .finish()
+        .into_iter()
+        .filter(|summary| !summary.contains(" 0% packet loss"))
+        .collect();
     let calls = record.calls.lock().unwrap();
     let failed: Vec<String> = calls.iter().filter_map(|c| c.error.clone()).collect();
     assert!(
@@ -312,39 +317,6 @@ fn watch_readiness(lab: &Lab, record: &Record, stop: &AtomicBool, quorum: &Atomi
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// One ping per long-lived pod toward the next node's pod, five a second, until stopped.
-fn start_pingers(lab: &Lab) -> Vec<(String, Child)> {
-    let pods = &lab.state().pods;
-    (0..pods.len())
-        .map(|i| {
-            let (from, to) = (&pods[i], &pods[(i + 1) % pods.len()]);
-            let child = Command::new("ip")
-                .args(["netns", "exec", &from.ns, "ping", "-n", "-q", "-i", "0.2"])
-                .arg(to.ip.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start ping");
-            (format!("{}→{}", from.name, to.name), child)
-        })
-        .collect()
-}
-
-/// Stops the pingers (SIGINT: ping prints its summary) and returns the pairs that lost any.
-fn finish_pingers(pingers: Vec<(String, Child)>) -> Vec<String> {
-    pingers
-        .into_iter()
-        .filter_map(|(pair, child)| {
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGINT);
-            }
-            let out = child.wait_with_output().ok()?;
-            let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-            (!summary.contains(" 0% packet loss")).then(|| format!("{pair}: {summary}"))
-        })
-        .collect()
 }
 
 /// "p50 … p99 … max … (n ADDs)".

@@ -8,64 +8,13 @@
 //! on a node that joins after the rebuild, get addresses no live pod holds.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wren_tests::lab::{self, Lab, LabSpec};
+use wren_tests::lab::{self, Lab, LabSpec, Pingers};
 
 /// How long the rebuild may take: the agents wait a third of the liveness TTL (30 s by
 /// default) and a second after they saw the loss, so every live agent is back in etcd.
 const REBUILD: Duration = Duration::from_secs(60);
-
-/// Pings between pods in the background; stopped (and their summaries read) by
-/// [`Pingers::finish`], or killed when dropped.
-struct Pingers(Vec<(String, Child)>);
-
-impl Pingers {
-    fn start(lab: &Lab) -> Self {
-        let pods = &lab.state().pods;
-        Self(
-            (0..pods.len())
-                .map(|i| {
-                    let (from, to) = (&pods[i], &pods[(i + 1) % pods.len()]);
-                    let child = Command::new("ip")
-                        .args(["netns", "exec", &from.ns, "ping", "-n", "-q", "-i", "0.2"])
-                        .arg(to.ip.to_string())
-                        .stdout(Stdio::piped())
-                        .stderr(Stdio::null())
-                        .spawn()
-                        .expect("start ping");
-                    (format!("{}→{}", from.name, to.name), child)
-                })
-                .collect(),
-        )
-    }
-
-    /// Each pair's summary line.
-    fn finish(mut self) -> Vec<String> {
-        std::mem::take(&mut self.0)
-            .into_iter()
-            .filter_map(|(pair, child)| {
-                unsafe {
-                    libc::kill(child.id() as i32, libc::SIGINT);
-                }
-                let out = child.wait_with_output().ok()?;
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                let summary = text.lines().find(|l| l.contains("packets transmitted"))?;
-                Some(format!("{pair}: {summary}"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Pingers {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 #[test]
 fn a_wiped_etcd_is_rebuilt_from_the_agents_and_no_pod_is_cut_off() {

@@ -20,7 +20,7 @@ use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -1167,6 +1167,61 @@ fn first_ip(result: &str) -> Option<Ipv4Addr> {
         .filter_map(|ip| ip.get("address")?.as_str())
         .filter_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
         .next()
+}
+
+/// Pings in the background from every pod of a lab to the next pod (the last to the first),
+/// five a second; stopped, with their summaries read, by [`Pingers::finish`], or killed when
+/// dropped.
+#[derive(Debug)]
+pub struct Pingers(Vec<(String, Child)>);
+
+impl Pingers {
+    /// Starts one `ping` per pod of `lab`.
+    pub fn start(lab: &Lab) -> Self {
+        let pods = &lab.state().pods;
+        Self(
+            (0..pods.len())
+                .map(|i| {
+                    let (from, to) = (&pods[i], &pods[(i + 1) % pods.len()]);
+                    let child = Command::new("ip")
+                        .args(["netns", "exec", &from.ns, "ping", "-n", "-q", "-i", "0.2"])
+                        .arg(to.ip.to_string())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("start ping");
+                    (format!("{}→{}", from.name, to.name), child)
+                })
+                .collect(),
+        )
+    }
+
+    /// Stops the pings (`SIGINT`: ping prints its summary) and returns each pair's summary
+    /// line (`n1-p0→n2-p1: 100 packets transmitted, 100 received, 0% packet loss, …`).
+    pub fn finish(mut self) -> Vec<String> {
+        std::mem::take(&mut self.0)
+            .into_iter()
+            .filter_map(|(pair, child)| {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+                let out = child.wait_with_output().ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let summary = text.lines().find(|l| l.contains("packets transmitted"))?;
+                Some(format!("{pair}: {summary}"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Pingers {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// One ping from namespace `ns` to `ip`, retried `attempts` times.
