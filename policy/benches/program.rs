@@ -11,43 +11,16 @@
 //!
 //! `cargo bench -p wren-policy --bench program [-- --rounds R --changes N]` (root, nft).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use wren_policy::nft::TABLE;
 use wren_policy::{Cluster, Labels, NamedPort, NetworkPolicy, Pod, Protocol, decode_value};
-use wren_tests::bench::{arg, invoked_as_bench};
+use wren_tests::bench::{CountingAllocator, arg, invoked_as_bench, live_bytes};
 use wren_tests::netns::{NetNs, run_with_input};
 use wren_tests::prereq;
 
-/// Counts live heap bytes.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: the caller's contract is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 const NAMESPACES: usize = 50;
 const PODS_PER_NAMESPACE: usize = 20;
@@ -192,16 +165,16 @@ fn main() {
     let rounds: usize = arg("--rounds", 5);
     let changes: usize = arg("--changes", 50);
 
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     let started = Instant::now();
     let (mut cluster, stored) = build();
     let load_time = started.elapsed();
-    let view_bytes = LIVE.load(Ordering::Relaxed) - before;
-    let before_plans = LIVE.load(Ordering::Relaxed);
+    let view_bytes = live_bytes() - before;
+    let before_plans = live_bytes();
     let plans: Vec<_> = (1..=3)
         .map(|i| cluster.plan_node(&format!("n{i}")))
         .collect();
-    let plan_bytes = LIVE.load(Ordering::Relaxed) - before_plans;
+    let plan_bytes = live_bytes() - before_plans;
     let rules: usize = plans[0]
         .endpoints
         .iter()
