@@ -25,7 +25,7 @@
 use std::time::{Duration, Instant};
 
 use wren_tests::bench::{arg, invoked_as_bench, median};
-use wren_tests::lab::{self, Lab, LabSpec};
+use wren_tests::lab::{self, Lab, LabSpec, Pingers};
 use wren_tests::process::usage;
 use wren_tests::routes::RouteMonitor;
 
@@ -351,35 +351,27 @@ fn sample_pairs(lab: &Lab, samples: usize) -> Vec<(String, String)> {
 fn reflector_killed(lab: &mut Lab, samples: usize) {
     let pairs = sample_pairs(lab, samples);
     let seconds = 20;
-    let pingers: Vec<std::process::Child> = pairs
+    let labelled: Vec<(String, String, String)> = pairs
         .iter()
-        .map(|(from, to)| {
-            std::process::Command::new("ip")
-                .args(["netns", "exec", from, "ping", "-n", "-q", "-i", "0.2"])
-                .args(["-w", &seconds.to_string(), to])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("ping")
-        })
+        .map(|(from, to)| (format!("{from}→{to}"), from.clone(), to.clone()))
         .collect();
+    let pingers = Pingers::between(&labelled);
     std::thread::sleep(Duration::from_secs(3));
     let reflector = lab.state().nodes[0].name.clone();
     lab.kill_agent(&reflector).expect("reflector killed");
+    std::thread::sleep(Duration::from_secs(seconds - 3));
     let (mut sent, mut received) = (0u64, 0u64);
-    for pinger in pingers {
-        let out = pinger.wait_with_output().expect("ping output");
-        let text = String::from_utf8_lossy(&out.stdout);
-        // "100 packets transmitted, 100 received, 0% packet loss, time 19800ms"
-        let summary = text
-            .lines()
-            .find(|l| l.contains("transmitted"))
-            .unwrap_or_default();
+    // "<pair>: 100 packets transmitted, 100 received, 0% packet loss, time 19800ms"
+    for summary in pingers.finish() {
         let count = |word: &str| {
             summary
                 .split(',')
                 .find(|part| part.contains(word))
-                .and_then(|part| part.split_whitespace().next()?.parse::<u64>().ok())
+                .and_then(|part| {
+                    part.split_whitespace()
+                        .rev()
+                        .find_map(|word| word.parse::<u64>().ok())
+                })
                 .unwrap_or(0)
         };
         sent += count("transmitted");

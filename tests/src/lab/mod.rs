@@ -1179,18 +1179,29 @@ impl Pingers {
     /// Starts one `ping` per pod of `lab`.
     pub fn start(lab: &Lab) -> Self {
         let pods = &lab.state().pods;
+        let pairs: Vec<(String, String, String)> = (0..pods.len())
+            .map(|i| {
+                let (from, to) = (&pods[i], &pods[(i + 1) % pods.len()]);
+                let label = format!("{}→{}", from.name, to.name);
+                (label, from.ns.clone(), to.ip.to_string())
+            })
+            .collect();
+        Self::between(&pairs)
+    }
+
+    /// Starts one `ping` per (label, source namespace, destination address).
+    pub fn between(pairs: &[(String, String, String)]) -> Self {
         Self(
-            (0..pods.len())
-                .map(|i| {
-                    let (from, to) = (&pods[i], &pods[(i + 1) % pods.len()]);
+            pairs
+                .iter()
+                .map(|(label, from, to)| {
                     let child = Command::new("ip")
-                        .args(["netns", "exec", &from.ns, "ping", "-n", "-q", "-i", "0.2"])
-                        .arg(to.ip.to_string())
+                        .args(["netns", "exec", from, "ping", "-n", "-q", "-i", "0.2", to])
                         .stdout(Stdio::piped())
                         .stderr(Stdio::null())
                         .spawn()
                         .expect("start ping");
-                    (format!("{}→{}", from.name, to.name), child)
+                    (label.clone(), child)
                 })
                 .collect(),
         )
