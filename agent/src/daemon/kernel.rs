@@ -24,6 +24,14 @@ impl KernelRoutes {
         })
     }
 
+    /// The route manager's totals (changes, failures, kernel dumps read).
+    pub fn counters(&self) -> crate::dataplane::RouteCounters {
+        match self.manager.lock() {
+            Ok(m) => m.counters(),
+            Err(poisoned) => poisoned.into_inner().counters(),
+        }
+    }
+
     /// Whether the kernel already holds routes of wren's protocols (left by a previous run,
     /// which this one adopts).
     pub fn has_routes(&self) -> Result<bool, RouteError> {

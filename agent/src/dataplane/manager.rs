@@ -127,6 +127,9 @@ pub struct RouteCounters {
     pub errors: u64,
     /// Reconcile passes run.
     pub reconciles: u64,
+    /// Dumps of the kernel's tables read (routes or links, each family and table counting
+    /// once): what a pass costs beyond its changes.
+    pub dumps: u64,
 }
 
 /// One incremental change for [`RouteManager::apply`].
@@ -224,6 +227,7 @@ impl RouteManager {
                 oif: None,
             };
             dump_routes(&mut self.netlink, &filter, &mut kernel)?;
+            self.counters.dumps += 1;
         }
         let link_local = |net: &IpNet| match net {
             IpNet::V6(v6) => v6.addr().is_unicast_link_local() || v6.addr().is_multicast(),
@@ -490,6 +494,7 @@ impl RouteManager {
                         oif: None,
                     };
                     dump_routes(&mut self.netlink, &filter, &mut out)?;
+                    self.counters.dumps += 1;
                 }
             }
         }
@@ -498,6 +503,7 @@ impl RouteManager {
 
     /// Interface names to indexes in the socket's namespace.
     fn link_indexes(&mut self) -> Result<HashMap<String, u32>, RouteError> {
+        self.counters.dumps += 1;
         let mut links = HashMap::new();
         for attempt in 1..=DUMP_ATTEMPTS {
             links.clear();
