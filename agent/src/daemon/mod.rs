@@ -1,10 +1,19 @@
-//! The node daemon behind `wren agent`.
+//! The node daemon behind `wren agent`: one pipeline, view → plan → program → report.
 //!
-//! It keeps local copies of the documents it cares about ([`reflector`]), decodes them into a
-//! [`view::ClusterView`], and from that view alone decides its BGP sessions ([`mesh`]), what it
-//! announces and accepts ([`policy`]) and the kernel routes it wants ([`routes`]). One
-//! [`Controller`] pass does all of that; a pass runs on every change of the view or of BGP's
-//! best paths, and every reconcile interval to undo drift. Registration and liveness
+//! 1. **View**: local copies of the documents it cares about ([`reflector`]), decoded into a
+//!    [`view::ClusterView`]; BGP's best paths, pushed by the speaker ([`speaker`], behind
+//!    [`bgp::BgpControl`]).
+//! 2. **Plan** ([`plan`]): from the view and the best paths alone, the BGP sessions
+//!    ([`mesh`]), what the node announces and accepts ([`policy`]), the kernel routes, the
+//!    tunnels ([`encap`]) and the fast path's entries ([`fastpath`]). No I/O.
+//! 3. **Program**: the programmers in [`crate::dataplane::program`] put their part in the
+//!    kernel and return typed outcomes; the speaker takes sessions and exports.
+//! 4. **Report** ([`status`]): `wren status` and the metrics, built in one place from the
+//!    outcomes.
+//!
+//! One [`Controller`] pass runs the pipeline. A pass after a change of the view or of the best
+//! paths sends the kernel only the routes that changed since the last pass; every reconcile
+//! interval a full pass reads the kernel once and undoes drift. Registration and liveness
 //! ([`registration`]) and the HTTP surfaces ([`health`]) run beside it.
 //!
 //! While etcd is away the copies stay as they were, so passes keep programming the same
@@ -15,12 +24,11 @@ pub mod bgp;
 pub mod encap;
 pub mod fastpath;
 pub mod health;
-pub mod kernel;
 pub mod mesh;
+pub mod plan;
 pub mod policy;
 pub mod reflector;
 pub mod registration;
-pub mod routes;
 pub mod speaker;
 pub mod status;
 pub mod view;
@@ -35,17 +43,20 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Mutex, Notify, watch};
 use wren_model::keys;
 use wren_store::Store;
 
 use crate::config::AgentConfig;
+use crate::dataplane::program::routes::{
+    DesiredRoutes, RouteProgrammer, RoutesError, RoutesOutcome, route_changes,
+};
 use crate::metrics::{PeerLabels, PeerSample, SharedMetrics};
 use bgp::BgpControl;
 use mesh::{LocalNode, PeerSpec};
+use plan::NodeFacts;
 use reflector::{DatastoreHealth, SnapshotRx};
 use registration::Registered;
-use routes::RouteProgrammer;
 use status::{AgentStatus, PeerStatus, Readiness};
 use view::ClusterView;
 
@@ -239,19 +250,39 @@ impl Reflectors {
 pub enum Pass {
     /// Not every prefix has been listed yet: nothing was touched.
     Waiting,
-    /// Routes were reconciled (or the reconcile failed and is retried next pass).
+    /// Routes were programmed (or programming failed and is retried next pass).
     Done {
         /// Number of desired routes.
         desired: usize,
-        /// The reconcile error, if any.
+        /// The programming error, if any.
         error: Option<String>,
     },
 }
 
-/// Computes and applies the desired state.
+/// Why a pass runs, which decides how much of the kernel it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The view or the best paths changed: the routes that changed since the last pass go to
+    /// the kernel, and nothing is read back (unless that fails, or the last pass did).
+    Change,
+    /// The reconcile interval passed: the kernel's routes are read once and every difference
+    /// (drift) fixed.
+    Drift,
+}
+
+/// The routes the last pass left in the kernel, so that the next one sends only changes.
+#[derive(Default)]
+struct Programmed {
+    /// What the kernel holds of ours, as far as the last successful pass knows; `None`
+    /// after a failure or before the first pass, which makes the next pass a full one.
+    routes: Option<DesiredRoutes>,
+    /// Whether that pass kept learned routes it did not want (BGP not yet synced).
+    keep_learned: bool,
+}
+
+/// Runs the pipeline: view → plan → program → report.
 pub struct Controller {
-    me: LocalNode,
-    own_addresses: Vec<IpAddr>,
+    facts: NodeFacts,
     reflectors: Reflectors,
     bgp: Arc<dyn BgpControl>,
     routes: Arc<dyn RouteProgrammer>,
@@ -265,6 +296,7 @@ pub struct Controller {
     changes: Arc<Notify>,
     /// The most routes desired since freed memory was last given back to the system.
     routes_peak: AtomicUsize,
+    programmed: Mutex<Programmed>,
 }
 
 /// The per-peer metric samples of a status table.
@@ -297,6 +329,16 @@ fn refresh_sessions(peers: &mut [PeerStatus], sessions: &[bgp::SessionInfo]) {
     }
 }
 
+/// What the programmers of one pass returned, for the report.
+struct Outcomes {
+    peers: BTreeMap<IpAddr, PeerSpec>,
+    sessions: Vec<bgp::SessionInfo>,
+    routes_desired: usize,
+    routes: Result<RoutesOutcome, RoutesError>,
+    encapsulation: Option<encap::EncapStatus>,
+    fast_path: Option<fastpath::FastPathStatus>,
+}
+
 impl Controller {
     /// Starts the reflectors for this node; passes run when [`Controller::pass`] is called.
     pub fn new(
@@ -313,13 +355,15 @@ impl Controller {
         let mut own_addresses = vec![IpAddr::V4(config.node_ip.addr())];
         own_addresses.extend(config.node_ipv6.map(|n| IpAddr::V6(n.addr())));
         Self {
-            me: LocalNode {
-                name: config.node_name.clone(),
-                address: config.node_ip.addr(),
-                as_number: config.as_number,
-                route_reflector_cluster_id: config.route_reflector_cluster_id,
+            facts: NodeFacts {
+                node: LocalNode {
+                    name: config.node_name.clone(),
+                    address: config.node_ip.addr(),
+                    as_number: config.as_number,
+                    route_reflector_cluster_id: config.route_reflector_cluster_id,
+                },
+                own_addresses,
             },
-            own_addresses,
             reflectors,
             bgp,
             routes,
@@ -330,6 +374,7 @@ impl Controller {
             sync_timeout: config.bgp_sync_timeout,
             changes,
             routes_peak: AtomicUsize::new(0),
+            programmed: Mutex::new(Programmed::default()),
         }
     }
 
@@ -387,19 +432,11 @@ impl Controller {
     /// Tells BGP where learned next hops may lie: the connected networks, and the other
     /// nodes' addresses, which the mesh's routes lead to through a tunnel when a node is on
     /// another subnet.
-    async fn update_connected(&self, view: &ClusterView) {
-        let connected = match self.routes.connected_networks().await {
-            Ok(Some(connected)) => connected,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the connected routes; next hops unchanged");
-                return;
-            }
-        };
+    async fn update_connected(&self, view: &ClusterView, connected: Vec<IpNet>) {
         let nodes = view
             .nodes
             .values()
-            .filter(|n| n.name != self.me.name)
+            .filter(|n| n.name != self.facts.node.name)
             .flat_map(|n| {
                 let v4 = n.ipv4.map(|a| IpNet::from(IpAddr::V4(a.addr())));
                 v4.into_iter()
@@ -424,72 +461,123 @@ impl Controller {
         }
     }
 
-    /// One pass: view → sessions, exports, imports → kernel routes → status and metrics.
+    /// Puts the desired routes in the kernel: only the changes since the last pass on a
+    /// [`Trigger::Change`], the whole set (one read of the kernel) on [`Trigger::Drift`], on
+    /// the first pass, after a failure, when BGP has just synced, and when the changes
+    /// alone do not go in cleanly (a destination somebody else holds, a device not there).
+    async fn program_routes(
+        &self,
+        trigger: Trigger,
+        desired: DesiredRoutes,
+        keep_learned: bool,
+    ) -> Result<RoutesOutcome, RoutesError> {
+        let mut programmed = self.programmed.lock().await;
+        let previous = programmed.routes.take();
+        if let (Trigger::Change, Some(previous)) = (trigger, &previous)
+            && programmed.keep_learned == keep_learned
+        {
+            let changes = route_changes(previous, &desired, keep_learned);
+            match self.routes.apply(changes).await {
+                Ok(outcome) => {
+                    programmed.routes = Some(desired);
+                    return Ok(outcome);
+                }
+                Err(e) => tracing::debug!(error = %e, "route changes did not apply; reconciling"),
+            }
+        }
+        let outcome = self.routes.reconcile(&desired, keep_learned).await;
+        if outcome.is_ok() {
+            programmed.routes = Some(desired);
+            programmed.keep_learned = keep_learned;
+        }
+        outcome
+    }
+
+    /// One full pass: view → plan → program → report, reading the kernel's routes once.
     pub async fn pass(&self) -> Pass {
-        let Some(view) = self.reflectors.view(&self.me.name) else {
+        self.pass_on(Trigger::Drift).await
+    }
+
+    /// One pass, as much of the kernel read as `trigger` calls for.
+    pub async fn pass_on(&self, trigger: Trigger) -> Pass {
+        let Some(view) = self.reflectors.view(&self.facts.node.name) else {
             return Pass::Waiting;
         };
-        let node = self.me.name.as_str();
-        let peers = mesh::desired_peers(&self.me, &view);
-        self.bgp
-            .set_cluster_space(policy::ClusterSpace::of(&view))
-            .await;
-        self.bgp.set_peers(&peers).await;
-        self.update_connected(&view).await;
-        let exported = policy::export_set(node, &view);
-        self.bgp.set_originated(&exported).await;
+        let mut plan = plan::plan(&view, &self.bgp.best_paths(), &self.facts);
+        self.bgp.set_cluster_space(plan.cluster_space.clone()).await;
+        self.bgp.set_peers(&plan.peers).await;
+        self.bgp.set_originated(&plan.exports).await;
         let sessions = self.bgp.sessions();
-        let synced = self.update_bgp_synced(&peers, &sessions);
-        let imported = policy::import(&self.bgp.best_paths(), node, &self.own_addresses, &view);
-        let mut desired = routes::desired_routes(node, &view, &imported);
+        let synced = self.update_bgp_synced(&plan.peers, &sessions);
         let encapsulation = match &self.encap {
-            Some(encap) => Some(encap.pass(&view, &mut desired).await),
+            Some(encap) => Some(encap.pass(&view, &plan.tunnels, &mut plan.routes).await),
             None => None,
         };
+        let routes_desired = plan.routes.len();
+        let routes = self.program_routes(trigger, plan.routes, !synced).await;
+        if let Ok(RoutesOutcome {
+            connected: Some(connected),
+            ..
+        }) = &routes
+        {
+            self.update_connected(&view, connected.clone()).await;
+        }
+        self.release_memory_after_a_drop(routes_desired);
+        let fast_path = match &self.fast_path {
+            Some(control) => Some(control.pass(plan.fast_path).await),
+            None => None,
+        };
+        let error = routes.as_ref().err().map(ToString::to_string);
+        self.report(
+            &view,
+            Outcomes {
+                peers: plan.peers,
+                sessions,
+                routes_desired,
+                routes,
+                encapsulation,
+                fast_path,
+            },
+        );
+        Pass::Done {
+            desired: routes_desired,
+            error,
+        }
+    }
 
+    /// Status and metrics, from the view and the outcomes of one pass.
+    fn report(&self, view: &ClusterView, outcomes: Outcomes) {
         let metrics = &self.shared.metrics;
+        let node = self.facts.node.name.as_str();
         metrics.route_reconciles.inc();
-        let error = match self.routes.reconcile(&desired, !synced).await {
-            Ok(report) => {
-                metrics.routes_changed.inc_by(report.changed as u64);
-                metrics.routes_removed.inc_by(report.removed as u64);
-                if report.changed + report.removed > 0 {
+        match &outcomes.routes {
+            Ok(outcome) => {
+                metrics.routes_changed.inc_by(outcome.changed as u64);
+                metrics.routes_removed.inc_by(outcome.removed as u64);
+                if outcome.changed + outcome.removed > 0 {
                     tracing::info!(
-                        changed = report.changed,
-                        removed = report.removed,
-                        "kernel routes reconciled"
+                        changed = outcome.changed,
+                        removed = outcome.removed,
+                        "kernel routes programmed"
                     );
                 }
-                None
             }
             Err(e) => {
                 metrics.route_reconcile_errors.inc();
-                tracing::warn!(error = %e, "route reconcile failed; retrying next pass");
-                Some(e.to_string())
+                tracing::warn!(error = %e, "route programming failed; retrying next pass");
             }
-        };
-        self.release_memory_after_a_drop(desired.len());
-        let fast_path = match &self.fast_path {
-            Some(control) => {
-                let status = control
-                    .pass(fastpath::FastPathDesired::of(&view, node))
-                    .await;
-                control.publish(&status, metrics);
-                Some(status)
-            }
-            None => None,
-        };
+        }
         let local_blocks = view.local_blocks(node);
-        metrics.routes_desired.set(desired.len() as i64);
+        metrics.routes_desired.set(outcomes.routes_desired as i64);
         metrics.ipam_blocks.set(local_blocks.len() as i64);
         metrics
             .ipam_addresses_in_use
             .set(i64::try_from(view.addresses_in_use(node)).unwrap_or(i64::MAX));
-
-        let peer_status: Vec<PeerStatus> = sessions
+        let peer_status: Vec<PeerStatus> = outcomes
+            .sessions
             .iter()
             .filter_map(|s| {
-                let spec = peers.get(&s.address)?;
+                let spec = outcomes.peers.get(&s.address)?;
                 Some(PeerStatus {
                     name: spec.name.clone(),
                     address: s.address,
@@ -506,28 +594,25 @@ impl Controller {
             .collect();
         metrics.set_peers(&peer_samples(&peer_status));
         let mut status = self.shared.status();
-        status.as_number = self.me.asn(&view);
+        status.as_number = self.facts.node.asn(view);
         status.node_to_node_mesh = view.cluster.node_to_node_mesh;
         status.blocks = local_blocks.into_iter().collect();
         status.borrowed = view.borrowed_addresses(node).into_iter().collect();
-        status.routes_desired = desired.len();
-        status.last_reconcile_error = error.clone();
+        status.routes_desired = outcomes.routes_desired;
+        status.last_reconcile_error = outcomes.routes.as_ref().err().map(ToString::to_string);
         status.peers = peer_status;
-        if let Some(encapsulation) = encapsulation {
+        if let Some(encapsulation) = outcomes.encapsulation {
             encapsulation.publish(metrics);
             self.shared
                 .encap_healthy
                 .store(encapsulation.healthy(), Ordering::SeqCst);
             status.encapsulation = encapsulation;
         }
-        if let Some(fast_path) = fast_path {
+        if let (Some(fast_path), Some(control)) = (outcomes.fast_path, &self.fast_path) {
+            control.publish(&fast_path, metrics);
             status.fast_path = fast_path;
         }
         self.shared.set_status(status);
-        Pass::Done {
-            desired: desired.len(),
-            error,
-        }
     }
 
     /// Runs passes on every change and every `interval` until `shutdown` fires.
@@ -536,20 +621,26 @@ impl Controller {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.changed() => {}
+            let trigger = tokio::select! {
+                _ = tick.tick() => Trigger::Drift,
+                _ = self.changed() => {
+                    // Coalesce a burst of document changes (a pod ADD writes several) into
+                    // one pass.
+                    tokio::time::sleep(COALESCE).await;
+                    Trigger::Change
+                }
                 r = bgp_changes.changed() => {
                     if r.is_err() {
                         // The speaker is gone; keep reconciling on the timer.
                         bgp_changes = watch::channel(0).1;
                     }
+                    // The speaker hands over a whole batch of best-path changes at once:
+                    // no wait.
+                    Trigger::Change
                 }
                 _ = shutdown.changed() => return,
-            }
-            // Coalesce a burst of changes (a pod ADD writes several documents) into one pass.
-            tokio::time::sleep(COALESCE).await;
-            self.pass().await;
+            };
+            self.pass_on(trigger).await;
         }
     }
 }

@@ -189,6 +189,12 @@ pub fn host_ifname(workload_id: &str) -> String {
     format!("wren{}", &hex[..11])
 }
 
+/// Whether `dev` is a pod's host-side interface as [`host_ifname`] names them: `wren` and 11
+/// hex digits.
+pub fn is_host_ifname(dev: &str) -> bool {
+    dev.len() == 15 && dev.starts_with("wren") && dev[4..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// Why a pod interface could not be set up, checked or torn down.
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
