@@ -58,7 +58,7 @@ impl FastPathDesired {
             .collect();
         let pods = view
             .workloads
-            .iter()
+            .values()
             .filter_map(|w| {
                 let address = w.addresses.iter().find_map(|a| match a.addr() {
                     IpAddr::V4(v4) => Some(v4),
@@ -520,11 +520,14 @@ mod tests {
             };
             view.pools.insert(name.into(), pool);
         }
-        view.workloads = vec![
+        view.workloads = [
             workload("wren1", &["10.65.0.1/32", "fd00:65::1/128"]),
             workload("wren2", &["fd00:65::2/128"]),
             workload("wren3", &["10.66.0.9/32"]),
-        ];
+        ]
+        .into_iter()
+        .map(|w| (w.host_interface.clone(), w))
+        .collect();
         let desired = FastPathDesired::of(&view, "n1");
         assert_eq!(
             desired.pools,

@@ -43,8 +43,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use tokio::sync::{Mutex, Notify, watch};
-use wren_model::keys;
+use tokio::sync::{Mutex, watch};
 use wren_store::Store;
 
 use crate::config::AgentConfig;
@@ -55,10 +54,10 @@ use crate::metrics::{PeerLabels, PeerSample, SharedMetrics};
 use bgp::BgpControl;
 use mesh::{LocalNode, PeerSpec};
 use plan::NodeFacts;
-use reflector::{DatastoreHealth, SnapshotRx};
+use reflector::DatastoreHealth;
 use registration::Registered;
 use status::{AgentStatus, PeerStatus, Readiness};
-use view::ClusterView;
+use view::{ClusterView, LiveView, Part};
 
 /// How long a pass waits after a change for the rest of its burst: a pod ADD writes several
 /// documents within a few milliseconds, and one pass should see them all.
@@ -172,79 +171,6 @@ impl Shared {
     }
 }
 
-/// The local copies the controller works from.
-struct Reflectors {
-    config: SnapshotRx,
-    nodes: SnapshotRx,
-    liveness: SnapshotRx,
-    peers: SnapshotRx,
-    pools: SnapshotRx,
-    affinities: SnapshotRx,
-    blocks: SnapshotRx,
-    workloads: SnapshotRx,
-}
-
-impl Reflectors {
-    fn spawn(store: &Arc<dyn Store>, node: &str, health: &Arc<DatastoreHealth>) -> Self {
-        let r = |prefix: String| reflector::spawn(store.clone(), prefix, health.clone());
-        Self {
-            config: r(keys::CLUSTER_CONFIG.to_owned()),
-            nodes: r(keys::NODES.to_owned()),
-            liveness: r(keys::LIVENESS.to_owned()),
-            peers: r(keys::PEERS.to_owned()),
-            pools: r(keys::POOLS.to_owned()),
-            affinities: r(keys::node_affinities(node)),
-            blocks: r(keys::BLOCKS.to_owned()),
-            workloads: r(keys::node_workloads(node)),
-        }
-    }
-
-    fn all(&self) -> [&SnapshotRx; 8] {
-        [
-            &self.config,
-            &self.nodes,
-            &self.liveness,
-            &self.peers,
-            &self.pools,
-            &self.affinities,
-            &self.blocks,
-            &self.workloads,
-        ]
-    }
-
-    /// The view, once every prefix has been listed.
-    fn view(&self, node: &str) -> Option<ClusterView> {
-        let config = self.config.borrow().clone()?;
-        let nodes = self.nodes.borrow().clone()?;
-        let liveness = self.liveness.borrow().clone()?;
-        let peers = self.peers.borrow().clone()?;
-        let pools = self.pools.borrow().clone()?;
-        let affinities = self.affinities.borrow().clone()?;
-        let blocks = self.blocks.borrow().clone()?;
-        let workloads = self.workloads.borrow().clone()?;
-        let mut view = ClusterView::default();
-        view.set_cluster(&config, &nodes, &liveness, &peers);
-        view.set_pools(&pools);
-        view.set_affinities(node, &affinities);
-        view.set_blocks(&blocks);
-        view.set_workloads(node, &workloads);
-        Some(view)
-    }
-
-    /// Wakes `notify` whenever any copy changes.
-    fn forward_changes(&self, notify: &Arc<Notify>) {
-        for rx in self.all() {
-            let mut rx = rx.clone();
-            let notify = notify.clone();
-            tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    notify.notify_one();
-                }
-            });
-        }
-    }
-}
-
 /// What one controller pass did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pass {
@@ -283,7 +209,7 @@ struct Programmed {
 /// Runs the pipeline: view → plan → program → report.
 pub struct Controller {
     facts: NodeFacts,
-    reflectors: Reflectors,
+    view: Arc<LiveView>,
     bgp: Arc<dyn BgpControl>,
     routes: Arc<dyn RouteProgrammer>,
     encap: Option<encap::Encap>,
@@ -293,7 +219,6 @@ pub struct Controller {
     /// get their time after a datastore that was away at start-up returns.
     first_view: std::sync::OnceLock<Instant>,
     sync_timeout: Duration,
-    changes: Arc<Notify>,
     /// The most routes desired since freed memory was last given back to the system.
     routes_peak: AtomicUsize,
     programmed: Mutex<Programmed>,
@@ -349,9 +274,11 @@ impl Controller {
         shared: Arc<Shared>,
     ) -> Self {
         let _ = shared.live_sessions.set(bgp.clone());
-        let reflectors = Reflectors::spawn(&store, &config.node_name, &shared.datastore);
-        let changes = Arc::new(Notify::new());
-        reflectors.forward_changes(&changes);
+        let view = Arc::new(LiveView::default());
+        for part in Part::ALL {
+            let (node, health) = (config.node_name.clone(), shared.datastore.clone());
+            reflector::spawn(store.clone(), part, node, health, &view);
+        }
         let mut own_addresses = vec![IpAddr::V4(config.node_ip.addr())];
         own_addresses.extend(config.node_ipv6.map(|n| IpAddr::V6(n.addr())));
         Self {
@@ -364,7 +291,7 @@ impl Controller {
                 },
                 own_addresses,
             },
-            reflectors,
+            view,
             bgp,
             routes,
             encap: None,
@@ -372,7 +299,6 @@ impl Controller {
             shared,
             first_view: std::sync::OnceLock::new(),
             sync_timeout: config.bgp_sync_timeout,
-            changes,
             routes_peak: AtomicUsize::new(0),
             programmed: Mutex::new(Programmed::default()),
         }
@@ -393,9 +319,9 @@ impl Controller {
         self
     }
 
-    /// Waits until a copy changes (or returns at once if one changed since the last call).
+    /// Waits until the view changes (or returns at once if it changed since the last call).
     pub async fn changed(&self) {
-        self.changes.notified().await;
+        self.view.changed().await;
     }
 
     /// BGP is synced once every desired session is up and sent End-of-RIB, or once the sync
@@ -500,7 +426,7 @@ impl Controller {
 
     /// One pass, as much of the kernel read as `trigger` calls for.
     pub async fn pass_on(&self, trigger: Trigger) -> Pass {
-        let Some(view) = self.reflectors.view(&self.facts.node.name) else {
+        let Some(view) = self.view.current() else {
             return Pass::Waiting;
         };
         let mut plan = plan::plan(&view, &self.bgp.best_paths(), &self.facts);

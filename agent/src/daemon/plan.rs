@@ -72,7 +72,7 @@ pub fn routes(node: &str, view: &ClusterView, imported: &BTreeMap<IpNet, IpAddr>
     for block in view.local_blocks(node) {
         out.insert(block, Route::blackhole(block));
     }
-    for workload in &view.workloads {
+    for workload in view.workloads.values() {
         for address in &workload.addresses {
             let dst = IpNet::from(address.addr());
             out.insert(dst, Route::device(dst, workload.host_interface.clone()));
@@ -106,20 +106,23 @@ mod tests {
             },
         );
         v.confirmed_affinities.insert(net("10.65.0.0/26"));
-        v.workloads.push(Workload {
-            node: "a".into(),
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-            network: "k8s".into(),
-            handle: "k8s.c1".into(),
-            pod_namespace: None,
-            pod_name: None,
-            pod_uid: None,
-            netns: "/var/run/netns/x".into(),
-            addresses: vec![net("10.65.0.5/32"), net("fd00:65::5/128")],
-            host_interface: "wren0123456789a".into(),
-            mac: "ee:ee:ee:ee:ee:ee".into(),
-        });
+        v.workloads.insert(
+            "c1/eth0".into(),
+            Workload {
+                node: "a".into(),
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                network: "k8s".into(),
+                handle: "k8s.c1".into(),
+                pod_namespace: None,
+                pod_name: None,
+                pod_uid: None,
+                netns: "/var/run/netns/x".into(),
+                addresses: vec![net("10.65.0.5/32"), net("fd00:65::5/128")],
+                host_interface: "wren0123456789a".into(),
+                mac: "ee:ee:ee:ee:ee:ee".into(),
+            },
+        );
         v
     }
 
