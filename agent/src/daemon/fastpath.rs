@@ -97,6 +97,7 @@ pub enum FastPathState {
 
 /// The fast path as `wren status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FastPathStatus {
     /// Whether it runs.
     pub state: FastPathState,
@@ -110,9 +111,10 @@ pub struct FastPathStatus {
     /// Packets forwarded past the host stack since the agent started.
     pub forwarded: u64,
     /// Pool-to-pool packets left to the host stack since the agent started.
+    #[serde(alias = "to_stack")]
     pub to_stack: u64,
     /// Remote VXLAN devices the program encapsulates for (0: VXLAN is left to the device).
-    #[serde(default)]
+    #[serde(default, alias = "vxlan_peers")]
     pub vxlan_peers: usize,
     /// Of the forwarded packets, those the program wrapped in VXLAN.
     #[serde(default)]
