@@ -729,6 +729,21 @@ impl Encap {
         }
     }
 
+    /// Reshapes `routes` through the tunnels a previous pass left up (as its `status`
+    /// says), without touching the kernel: for a pass whose view has not changed since.
+    pub fn reshape(
+        &self,
+        view: &ClusterView,
+        status: &mut EncapStatus,
+        routes: &mut DesiredRoutes,
+    ) {
+        let tunnels = Tunnels {
+            vxlan: status.vxlan.up,
+            ipip: status.ipip.up,
+        };
+        status.routes = shape_routes(self.node_ip, view, tunnels, routes);
+    }
+
     fn log_new_errors(&self, errors: &[String]) {
         let mut last = match self.last_errors.lock() {
             Ok(l) => l,

@@ -59,8 +59,8 @@ use registration::Registered;
 use status::{AgentStatus, PeerStatus, Readiness};
 use view::{ClusterView, LiveView, Part};
 
-/// How long a pass waits after a change for the rest of its burst: a pod ADD writes several
-/// documents within a few milliseconds, and one pass should see them all.
+/// How long a change that follows a pass waits for the rest of its burst: a pod ADD writes
+/// several documents within a few milliseconds, and one more pass should see them all.
 const COALESCE: Duration = Duration::from_millis(5);
 
 /// Why the daemon could not start.
@@ -206,6 +206,14 @@ struct Programmed {
     keep_learned: bool,
 }
 
+/// What the tunnel and fast path programmers returned, and for which view: both follow the
+/// view alone, so a pass after a change of the best paths only reuses them.
+struct KernelSide {
+    generation: u64,
+    encapsulation: Option<encap::EncapStatus>,
+    fast_path: Option<fastpath::FastPathStatus>,
+}
+
 /// Runs the pipeline: view → plan → program → report.
 pub struct Controller {
     facts: NodeFacts,
@@ -222,6 +230,10 @@ pub struct Controller {
     /// The most routes desired since freed memory was last given back to the system.
     routes_peak: AtomicUsize,
     programmed: Mutex<Programmed>,
+    kernel_side: Mutex<Option<KernelSide>>,
+    /// When the last pass after a change started: changes that follow within [`COALESCE`]
+    /// wait for the rest of their burst.
+    last_change_pass: std::sync::Mutex<Option<Instant>>,
 }
 
 /// The per-peer metric samples of a status table.
@@ -301,6 +313,8 @@ impl Controller {
             sync_timeout: config.bgp_sync_timeout,
             routes_peak: AtomicUsize::new(0),
             programmed: Mutex::new(Programmed::default()),
+            kernel_side: Mutex::new(None),
+            last_change_pass: std::sync::Mutex::new(None),
         }
     }
 
@@ -426,19 +440,46 @@ impl Controller {
 
     /// One pass, as much of the kernel read as `trigger` calls for.
     pub async fn pass_on(&self, trigger: Trigger) -> Pass {
-        let Some(view) = self.view.current() else {
+        let Some(snapshot) = self.view.current() else {
             return Pass::Waiting;
         };
+        let view = snapshot.view;
         let mut plan = plan::plan(&view, &self.bgp.best_paths(), &self.facts);
         self.bgp.set_cluster_space(plan.cluster_space.clone()).await;
         self.bgp.set_peers(&plan.peers).await;
         self.bgp.set_originated(&plan.exports).await;
         let sessions = self.bgp.sessions();
         let synced = self.update_bgp_synced(&plan.peers, &sessions);
-        let encapsulation = match &self.encap {
-            Some(encap) => Some(encap.pass(&view, &plan.tunnels, &mut plan.routes).await),
-            None => None,
+        let mut kernel_side = self.kernel_side.lock().await;
+        let reuse = match &*kernel_side {
+            Some(last) => trigger == Trigger::Change && last.generation == snapshot.generation,
+            None => false,
         };
+        let (encapsulation, fast_path) = match (reuse, kernel_side.take()) {
+            (true, Some(mut last)) => {
+                if let (Some(encap), Some(status)) = (&self.encap, &mut last.encapsulation) {
+                    encap.reshape(&view, status, &mut plan.routes);
+                }
+                (last.encapsulation, last.fast_path)
+            }
+            _ => {
+                let encapsulation = match &self.encap {
+                    Some(encap) => Some(encap.pass(&view, &plan.tunnels, &mut plan.routes).await),
+                    None => None,
+                };
+                let fast_path = match &self.fast_path {
+                    Some(control) => Some(control.pass(plan.fast_path.clone()).await),
+                    None => None,
+                };
+                (encapsulation, fast_path)
+            }
+        };
+        *kernel_side = Some(KernelSide {
+            generation: snapshot.generation,
+            encapsulation: encapsulation.clone(),
+            fast_path: fast_path.clone(),
+        });
+        drop(kernel_side);
         let routes_desired = plan.routes.len();
         let routes = self.program_routes(trigger, plan.routes, !synced).await;
         if let Ok(RoutesOutcome {
@@ -449,10 +490,6 @@ impl Controller {
             self.update_connected(&view, connected.clone()).await;
         }
         self.release_memory_after_a_drop(routes_desired);
-        let fast_path = match &self.fast_path {
-            Some(control) => Some(control.pass(plan.fast_path).await),
-            None => None,
-        };
         let error = routes.as_ref().err().map(ToString::to_string);
         self.report(
             &view,
@@ -550,9 +587,21 @@ impl Controller {
             let trigger = tokio::select! {
                 _ = tick.tick() => Trigger::Drift,
                 _ = self.changed() => {
-                    // Coalesce a burst of document changes (a pod ADD writes several) into
-                    // one pass.
-                    tokio::time::sleep(COALESCE).await;
+                    // The first change after a quiet spell goes through at once; one that
+                    // follows a pass within COALESCE waits for the rest of its burst (a pod
+                    // ADD writes several documents), so a burst costs two passes, not one
+                    // per document.
+                    let last = *self
+                        .last_change_pass
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(wait) = last.and_then(|l| COALESCE.checked_sub(l.elapsed())) {
+                        tokio::time::sleep(wait).await;
+                    }
+                    *self
+                        .last_change_pass
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
                     Trigger::Change
                 }
                 r = bgp_changes.changed() => {

@@ -306,6 +306,16 @@ pub struct LiveView {
 struct LiveState {
     view: Arc<ClusterView>,
     listed: BTreeSet<Part>,
+    generation: u64,
+}
+
+/// The view as one pass takes it.
+#[derive(Debug, Clone)]
+pub struct ViewSnapshot {
+    /// The view.
+    pub view: Arc<ClusterView>,
+    /// Counts the view's changes: equal generations, equal views.
+    pub generation: u64,
 }
 
 impl LiveView {
@@ -318,9 +328,12 @@ impl LiveView {
 
     /// The view as of now, once every part has been listed (before that, acting on it would
     /// mean acting on an empty cluster).
-    pub fn current(&self) -> Option<Arc<ClusterView>> {
+    pub fn current(&self) -> Option<ViewSnapshot> {
         let state = self.lock();
-        (state.listed.len() == Part::ALL.len()).then(|| state.view.clone())
+        (state.listed.len() == Part::ALL.len()).then(|| ViewSnapshot {
+            view: state.view.clone(),
+            generation: state.generation,
+        })
     }
 
     /// Changes the view with `change`, which says whether it changed anything; wakes the
@@ -328,6 +341,7 @@ impl LiveView {
     pub fn update(&self, change: impl FnOnce(&mut ClusterView) -> bool) {
         let mut state = self.lock();
         if change(Arc::make_mut(&mut state.view)) {
+            state.generation += 1;
             self.changed.notify_one();
         }
     }
@@ -343,6 +357,9 @@ impl LiveView {
         let mut state = self.lock();
         let changed = Arc::make_mut(&mut state.view).replace(part, node, listing);
         let first = state.listed.insert(part);
+        if changed {
+            state.generation += 1;
+        }
         if changed || first {
             self.changed.notify_one();
         }
@@ -406,7 +423,12 @@ mod tests {
         let before = live.current().unwrap();
         live.update(|v| v.put(Part::Nodes, "a", "nodes/b", &node_doc("b", "10.0.0.2/24")));
         // A pass holding the view it took sees it unchanged; the next one sees the change.
-        assert!(before.nodes.is_empty());
-        assert_eq!(live.current().unwrap().nodes.len(), 1);
+        assert!(before.view.nodes.is_empty());
+        let after = live.current().unwrap();
+        assert_eq!(after.view.nodes.len(), 1);
+        assert_ne!(after.generation, before.generation);
+        // A put that changes nothing is no new generation.
+        live.update(|v| v.put(Part::Nodes, "a", "nodes/b", &node_doc("b", "10.0.0.2/24")));
+        assert_eq!(live.current().unwrap().generation, after.generation);
     }
 }
