@@ -231,6 +231,8 @@ pub struct Controller {
     routes_peak: AtomicUsize,
     programmed: Mutex<Programmed>,
     kernel_side: Mutex<Option<KernelSide>>,
+    /// The node's connected networks as the last full pass read them.
+    connected: std::sync::Mutex<Option<Vec<IpNet>>>,
     /// When the last pass after a change started: changes that follow within [`COALESCE`]
     /// wait for the rest of their burst.
     last_change_pass: std::sync::Mutex<Option<Instant>>,
@@ -314,6 +316,7 @@ impl Controller {
             routes_peak: AtomicUsize::new(0),
             programmed: Mutex::new(Programmed::default()),
             kernel_side: Mutex::new(None),
+            connected: std::sync::Mutex::new(None),
             last_change_pass: std::sync::Mutex::new(None),
         }
     }
@@ -369,10 +372,18 @@ impl Controller {
         synced
     }
 
-    /// Tells BGP where learned next hops may lie: the connected networks, and the other
-    /// nodes' addresses, which the mesh's routes lead to through a tunnel when a node is on
-    /// another subnet.
-    async fn update_connected(&self, view: &ClusterView, connected: Vec<IpNet>) {
+    /// Tells BGP where learned next hops may lie: the connected networks (as the last full
+    /// pass read them), and the other nodes' addresses, which the mesh's routes lead to
+    /// through a tunnel when a node is on another subnet. Nothing before the first read.
+    async fn update_connected(&self, view: &ClusterView) {
+        let connected = self
+            .connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(connected) = connected else {
+            return;
+        };
         let nodes = view
             .nodes
             .values()
@@ -444,6 +455,7 @@ impl Controller {
             return Pass::Waiting;
         };
         let view = snapshot.view;
+        self.update_connected(&view).await;
         let mut plan = plan::plan(&view, &self.bgp.best_paths(), &self.facts);
         self.bgp.set_cluster_space(plan.cluster_space.clone()).await;
         self.bgp.set_peers(&plan.peers).await;
@@ -487,7 +499,11 @@ impl Controller {
             ..
         }) = &routes
         {
-            self.update_connected(&view, connected.clone()).await;
+            *self
+                .connected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connected.clone());
+            self.update_connected(&view).await;
         }
         self.release_memory_after_a_drop(routes_desired);
         let error = routes.as_ref().err().map(ToString::to_string);
