@@ -206,12 +206,20 @@ struct Programmed {
     keep_learned: bool,
 }
 
-/// What the tunnel and fast path programmers returned, and for which view: both follow the
-/// view alone, so a pass after a change of the best paths only reuses them.
+/// What the tunnel and fast path programmers were last given and returned: a pass after a
+/// change that leaves their part of the plan as it was only reuses what they did.
+#[derive(Default)]
 struct KernelSide {
-    generation: u64,
-    encapsulation: Option<encap::EncapStatus>,
-    fast_path: Option<fastpath::FastPathStatus>,
+    tunnels: Option<(TunnelsPart, Option<encap::EncapStatus>)>,
+    fast_path: Option<(fastpath::FastPathDesired, Option<fastpath::FastPathStatus>)>,
+}
+
+/// The tunnels' part of a plan.
+#[derive(PartialEq)]
+struct TunnelsPart {
+    wanted: encap::Wanted,
+    nat: crate::dataplane::nat::NatRules,
+    vxlan_peers: Vec<crate::dataplane::vxlan::VxlanPeer>,
 }
 
 /// Runs the pipeline: view → plan → program → report.
@@ -230,7 +238,7 @@ pub struct Controller {
     /// The most routes desired since freed memory was last given back to the system.
     routes_peak: AtomicUsize,
     programmed: Mutex<Programmed>,
-    kernel_side: Mutex<Option<KernelSide>>,
+    kernel_side: Mutex<KernelSide>,
     /// The node's connected networks as the last full pass read them.
     connected: std::sync::Mutex<Option<Vec<IpNet>>>,
     /// When the last pass after a change started: changes that follow within [`COALESCE`]
@@ -315,7 +323,7 @@ impl Controller {
             sync_timeout: config.bgp_sync_timeout,
             routes_peak: AtomicUsize::new(0),
             programmed: Mutex::new(Programmed::default()),
-            kernel_side: Mutex::new(None),
+            kernel_side: Mutex::new(KernelSide::default()),
             connected: std::sync::Mutex::new(None),
             last_change_pass: std::sync::Mutex::new(None),
         }
@@ -463,34 +471,35 @@ impl Controller {
         let sessions = self.bgp.sessions();
         let synced = self.update_bgp_synced(&plan.peers, &sessions);
         let mut kernel_side = self.kernel_side.lock().await;
-        let reuse = match &*kernel_side {
-            Some(last) => trigger == Trigger::Change && last.generation == snapshot.generation,
-            None => false,
+        let tunnels = TunnelsPart {
+            wanted: plan.tunnels.clone(),
+            nat: plan.nat.clone(),
+            vxlan_peers: plan.vxlan_peers.clone(),
         };
-        let (encapsulation, fast_path) = match (reuse, kernel_side.take()) {
-            (true, Some(mut last)) => {
-                if let (Some(encap), Some(status)) = (&self.encap, &mut last.encapsulation) {
-                    encap.reshape(&view, status, &mut plan.routes);
-                }
-                (last.encapsulation, last.fast_path)
+        // The fast path attaches to the tunnel devices that exist: it follows the tunnels too.
+        let mut tunnels_programmed = false;
+        let encapsulation = match (trigger, kernel_side.tunnels.take(), &self.encap) {
+            (_, _, None) => None,
+            (Trigger::Change, Some((last, Some(mut status))), Some(encap)) if last == tunnels => {
+                encap.reshape(&view, &mut status, &mut plan.routes);
+                Some(status)
             }
-            _ => {
-                let encapsulation = match &self.encap {
-                    Some(encap) => Some(encap.pass(&view, &plan.tunnels, &mut plan.routes).await),
-                    None => None,
-                };
-                let fast_path = match &self.fast_path {
-                    Some(control) => Some(control.pass(plan.fast_path.clone()).await),
-                    None => None,
-                };
-                (encapsulation, fast_path)
+            (_, _, Some(encap)) => {
+                tunnels_programmed = true;
+                Some(encap.pass(&view, &plan.tunnels, &mut plan.routes).await)
             }
         };
-        *kernel_side = Some(KernelSide {
-            generation: snapshot.generation,
-            encapsulation: encapsulation.clone(),
-            fast_path: fast_path.clone(),
-        });
+        kernel_side.tunnels = Some((tunnels, encapsulation.clone()));
+        let fast_path = match (trigger, kernel_side.fast_path.take(), &self.fast_path) {
+            (_, _, None) => None,
+            (Trigger::Change, Some((last, status)), Some(_))
+                if last == plan.fast_path && !tunnels_programmed =>
+            {
+                status
+            }
+            (_, _, Some(control)) => Some(control.pass(plan.fast_path.clone()).await),
+        };
+        kernel_side.fast_path = Some((plan.fast_path.clone(), fast_path.clone()));
         drop(kernel_side);
         let routes_desired = plan.routes.len();
         let routes = self.program_routes(trigger, plan.routes, !synced).await;

@@ -13,13 +13,15 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::encap::Wanted;
+use super::encap::{Wanted, nat_rules, vxlan_peers};
 use super::fastpath::FastPathDesired;
 use super::mesh::{self, LocalNode, PeerSpec};
 use super::policy::{self, ClusterSpace};
 use super::view::ClusterView;
 use crate::dataplane::Route;
+use crate::dataplane::nat::NatRules;
 use crate::dataplane::program::routes::DesiredRoutes;
+use crate::dataplane::vxlan::VxlanPeer;
 
 /// What the plan needs to know about the node beyond the view.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,10 @@ pub struct Plan {
     pub routes: DesiredRoutes,
     /// The tunnels the pools in use call for.
     pub tunnels: Wanted,
+    /// Outgoing NAT.
+    pub nat: NatRules,
+    /// The other nodes' VXLAN ends (used while this node has a VXLAN identity).
+    pub vxlan_peers: Vec<VxlanPeer>,
     /// What the fast path should cover.
     pub fast_path: FastPathDesired,
 }
@@ -57,6 +63,8 @@ pub fn plan(view: &ClusterView, best_paths: &BTreeMap<IpNet, IpAddr>, facts: &No
         cluster_space: ClusterSpace::of(view),
         routes: routes(name, view, &imported),
         tunnels: Wanted::of(view),
+        nat: nat_rules(view),
+        vxlan_peers: vxlan_peers(name, view),
         fast_path: FastPathDesired::of(view, name),
     }
 }
