@@ -107,6 +107,19 @@ fn three_agents_mesh_and_every_block_reaches_every_node() {
             "{list}"
         );
     }
+    // The same in JSON, for programs.
+    let listed: serde_json::Value =
+        serde_json::from_str(&c.cli_ok(&["node", "list", "-o", "json"])).unwrap();
+    for (i, block) in blocks.iter().enumerate() {
+        let node = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == c.node(i).name.as_str())
+            .unwrap();
+        assert_eq!(node["live"], true, "{listed}");
+        assert_eq!(node["blocks"], serde_json::json!([block.to_string()]));
+    }
     // `wren status` shows the node, its block and two Established mesh peers.
     let status = c.node(0).status();
     assert!(
@@ -114,6 +127,20 @@ fn three_agents_mesh_and_every_block_reaches_every_node() {
         "{status}"
     );
     assert_eq!(status.matches("node-mesh").count(), 2, "{status}");
+    let document = c.node(0).status_json();
+    assert_eq!(document["node"], c.node(0).name.as_str());
+    assert_eq!(
+        document["blocks"],
+        serde_json::json!([blocks[0].to_string()])
+    );
+    let peers = c.node(0).peers();
+    assert_eq!(peers.len(), 2, "{document}");
+    assert!(
+        peers
+            .iter()
+            .all(|(_, kind, state)| kind == "node-mesh" && state == "Established"),
+        "{document}"
+    );
 }
 
 #[test]
@@ -280,6 +307,12 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
         !peers.contains(TOR_PASSWORD),
         "the password is not shown: {peers}"
     );
+    let listed = c.cli_ok(&["peer", "list", "-o", "json"]);
+    assert!(!listed.contains(TOR_PASSWORD), "nor in JSON: {listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["name"], "tor", "{listed}");
+    assert_eq!(listed[0]["password"], true, "{listed}");
+    assert_eq!(listed[0]["node"], serde_json::Value::Null, "{listed}");
     assert!(
         peers.contains("tor")
             && peers.contains("65000")
@@ -443,7 +476,7 @@ fn an_etcd_outage_keeps_the_dataplane_and_the_agents_resume() {
     for node in &c.nodes {
         wait_for(
             &format!("{} to report the datastore down", node.name),
-            || node.status().contains("datastore unreachable"),
+            || node.status_json()["readiness"]["datastore"] == false,
         );
         let (code, body) = http_get(node, "/readyz");
         assert_eq!(code, 503, "{body}");
@@ -458,9 +491,7 @@ fn an_etcd_outage_keeps_the_dataplane_and_the_agents_resume() {
 
     c.etcd.restart().unwrap();
     for node in &c.nodes {
-        wait_for(&format!("{} ready again", node.name), || {
-            node.status().contains(": ready")
-        });
+        wait_for(&format!("{} ready again", node.name), || node.ready());
     }
     let b2 = c.claim("node2", "k8s.pod-b");
     wait_for("node1 routes node2's new block", || {
@@ -491,17 +522,15 @@ fn with_the_mesh_off_nodes_learn_each_other_through_a_route_reflector() {
         c.node(1)
             .has_route("bgp", &format!("{b1} via {} ", c.node(0).ip))
     });
-    let status = c.node(0).status();
-    let peers: Vec<&str> = status
-        .lines()
-        .filter(|l| l.starts_with("10.77.0."))
-        .collect();
+    let peers = c.node(0).peers();
     assert_eq!(
         peers.len(),
         1,
-        "a client peers with the reflector only: {status}"
+        "a client peers with the reflector only: {peers:?}"
     );
-    assert!(peers[0].contains("route-reflector"), "{status}");
-    let rr = c.node(2).status();
-    assert_eq!(rr.matches("rr-client").count(), 2, "{rr}");
+    assert_eq!(peers[0].1, "route-reflector", "{peers:?}");
+    wait_for("the reflector's two clients in its status", || {
+        let rr = c.node(2).peers();
+        rr.len() == 2 && rr.iter().all(|(_, kind, _)| kind == "rr-client")
+    });
 }

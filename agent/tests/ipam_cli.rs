@@ -136,6 +136,25 @@ fn pool_and_ipam_commands_against_etcd() {
         "{list}"
     );
 
+    // The same for programs: one JSON document, the pool's fields and its usage.
+    let pools: serde_json::Value = serde_json::from_str(&ok(e, &["pool", "list", "-o", "json"]))
+        .expect("`pool list -o json` is JSON");
+    let main = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "main")
+        .unwrap();
+    assert_eq!(
+        (main["blocks"].as_u64(), main["used"].as_u64()),
+        (Some(2), Some(3)),
+        "{pools}"
+    );
+    assert_eq!(main["blockCapacity"].as_u64(), Some(1024), "{pools}");
+    let workloads: serde_json::Value =
+        serde_json::from_str(&ok(e, &["workload", "list", "--node", "n1", "-o", "json"])).unwrap();
+    assert_eq!(workloads.as_array().map(Vec::len), Some(1), "{workloads}");
+
     let show = ok(e, &["ipam", "show"]);
     let n1 = show
         .lines()

@@ -169,7 +169,7 @@ fn a_second_agent_under_a_live_name_is_refused_and_changes_nothing() {
         c.node(0)
             .has_route("bgp", &format!("{block2} via {} ", c.node(1).ip))
     );
-    assert!(c.node(1).status().contains(": ready"));
+    assert!(c.node(1).ready());
     let list = c.cli_ok(&["node", "list"]);
     let line = list.lines().find(|l| l.starts_with("node2")).unwrap();
     assert!(
@@ -211,7 +211,7 @@ fn a_running_agent_keeps_its_name_and_node_rm_waits_until_it_is_gone() {
     // Within one check period (a third of the 6 s TTL) and a busy machine's margin.
     assert!(back_after_delete < Duration::from_secs(4));
     assert!(back_after_revoke < Duration::from_secs(4));
-    assert!(c.node(1).status().contains(": ready"));
+    assert!(c.node(1).ready());
 
     // `node rm` refuses a live node, naming its agent.
     let refused = c.cli(&["node", "rm", "node2"]);
@@ -395,7 +395,7 @@ fn a_thousand_stalled_connections_neither_starve_cni_nor_stay() {
     let add_took = started.elapsed();
     let status_took = {
         let started = Instant::now();
-        assert!(c.node(0).status().contains(": ready"));
+        assert!(c.node(0).ready());
         started.elapsed()
     };
     // Every stalled connection is closed by the agent after its header timeout (5 s).

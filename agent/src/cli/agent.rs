@@ -16,7 +16,6 @@ use crate::config::{AgentConfig, SystemHost};
 use crate::daemon::encap::{Encap, KernelEncap};
 use crate::daemon::fastpath::FastPathControl;
 use crate::daemon::identity::DatastoreIdentity;
-use crate::daemon::kernel::KernelRoutes;
 use crate::daemon::leaks::LeakRelease;
 use crate::daemon::orphans::OrphanSweep;
 use crate::daemon::registration::Ownership;
@@ -24,6 +23,7 @@ use crate::daemon::speaker::{Restart, SpeakerBgp};
 use crate::daemon::{self, Parts, Shared};
 use crate::dataplane::PodDefaults;
 use crate::dataplane::mtu::Mtus;
+use crate::dataplane::program::routes::KernelRoutes;
 use crate::metrics::Metrics;
 
 /// Sets up `tracing` output: human-readable or JSON lines, filtered by `RUST_LOG` (default

@@ -210,6 +210,33 @@ pub struct StatusArgs {
     /// The agent's local API socket.
     #[arg(long, env = "WREN_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Output format.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// How a command that shows something prints it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Text for people (tables); its layout may change between releases.
+    #[default]
+    Table,
+    /// One JSON document for programs; its fields are stable (`docs/operations.md`).
+    Json,
+}
+
+/// `-o`/`--output` of `wren status` and the list commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Args)]
+pub struct OutputArgs {
+    /// Output format: `table` for people, `json` for programs (stable fields).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Prints `value` as one indented JSON document.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 /// Encapsulation choices on the command line.
@@ -270,7 +297,7 @@ pub enum PoolCommand {
         disabled: bool,
     },
     /// List pools.
-    List,
+    List(OutputArgs),
     /// Remove a pool (refused while addresses are allocated from it).
     Rm {
         /// Pool name.
@@ -335,7 +362,7 @@ pub enum PeerCommand {
         accept_default_route: bool,
     },
     /// List explicit peers.
-    List,
+    List(OutputArgs),
     /// Remove an explicit peer.
     Rm {
         /// Peer name.
@@ -358,7 +385,7 @@ pub struct NodeArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum NodeCommand {
     /// List nodes.
-    List,
+    List(OutputArgs),
     /// Remove a node and free its blocks once its workloads are gone.
     Rm {
         /// Node name.
@@ -390,6 +417,9 @@ pub enum WorkloadCommand {
         /// Only this node's.
         #[arg(long)]
         node: Option<String>,
+        /// Output format.
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Set (`KEY=VALUE`) or remove (`KEY-`) labels of a Kubernetes pod, which policies
     /// select it by.

@@ -8,7 +8,7 @@ use wren_model::{Node, keys};
 use wren_store::json::JsonStore;
 use wren_store::{Store, StoreError};
 
-use super::{NodeArgs, NodeCommand};
+use super::{NodeArgs, NodeCommand, Output, print_json};
 use crate::daemon::registration::Liveness;
 use crate::daemon::status::table;
 
@@ -69,7 +69,7 @@ async fn ensure_gone(store: &dyn Store, node: &str, force: bool) -> anyhow::Resu
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let store = super::store::open(&args.store).await?;
     match args.command {
-        NodeCommand::List => {
+        NodeCommand::List(format) => {
             let cluster_as = store
                 .get_json::<wren_model::ClusterConfig>(keys::CLUSTER_CONFIG)
                 .await?
@@ -88,6 +88,22 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 if let Some((node, cidr)) = wren_ipam::affinity::parse_key(&kv.key) {
                     blocks.entry(node.to_owned()).or_default().push(cidr);
                 }
+            }
+            if format.output == Output::Json {
+                let rows: Vec<NodeRow> = nodes
+                    .items
+                    .iter()
+                    .map(|n| NodeRow {
+                        name: &n.value.name,
+                        ipv4: n.value.ipv4,
+                        ipv6: n.value.ipv6,
+                        as_number: n.value.as_number.unwrap_or(cluster_as),
+                        cluster_as: n.value.as_number.is_none(),
+                        live: live.contains(&n.value.name),
+                        blocks: blocks.get(&n.value.name).cloned().unwrap_or_default(),
+                    })
+                    .collect();
+                return print_json(&rows);
             }
             let rows: Vec<Vec<String>> = nodes
                 .items
@@ -155,4 +171,21 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One node in `wren node list -o json`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeRow<'a> {
+    name: &'a str,
+    ipv4: Option<ipnet::Ipv4Net>,
+    ipv6: Option<ipnet::Ipv6Net>,
+    /// The AS the node speaks.
+    as_number: u32,
+    /// Whether that is the cluster's AS (the node sets none of its own).
+    cluster_as: bool,
+    /// Whether its agent holds its liveness key.
+    live: bool,
+    /// Blocks affine to it.
+    blocks: Vec<IpNet>,
 }

@@ -7,7 +7,7 @@ use wren_model::{Peer, keys};
 use wren_store::StoreError;
 use wren_store::json::JsonStore;
 
-use super::{PeerArgs, PeerCommand};
+use super::{Output, PeerArgs, PeerCommand, print_json};
 use crate::config::validate_name;
 use crate::daemon::status::table;
 
@@ -77,9 +77,23 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             let verb = if existed { "updated" } else { "added" };
             println!("peer {name} {verb}: {peer_ip} AS {as_number}, peering from {scope}");
         }
-        PeerCommand::List => {
+        PeerCommand::List(format) => {
             let store = super::store::open(&args.store).await?;
             let peers = store.list_json::<Peer>(keys::PEERS).await?;
+            if format.output == Output::Json {
+                let rows: Vec<PeerRow> = peers
+                    .items
+                    .iter()
+                    .map(|p| PeerRow {
+                        name: p.key.trim_start_matches(keys::PEERS),
+                        peer_ip: p.value.peer_ip,
+                        as_number: p.value.as_number,
+                        node: p.value.node.as_deref(),
+                        password: p.value.password.is_some(),
+                    })
+                    .collect();
+                return print_json(&rows);
+            }
             let rows: Vec<Vec<String>> = peers
                 .items
                 .iter()
@@ -113,4 +127,17 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One peer in `wren peer list -o json`; the password itself never leaves the datastore.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PeerRow<'a> {
+    name: &'a str,
+    peer_ip: IpAddr,
+    as_number: u32,
+    /// The node that peers; `null` for every node.
+    node: Option<&'a str>,
+    /// Whether the session is protected by a TCP MD5 password.
+    password: bool,
 }

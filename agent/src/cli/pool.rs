@@ -3,7 +3,7 @@
 use wren_ipam::{Ipam, PoolSpec, Usage};
 use wren_model::{Encapsulation, EncapsulationMode, Pool};
 
-use super::{EncapArg, EncapModeArg, PoolArgs, PoolCommand};
+use super::{EncapArg, EncapModeArg, Output, PoolArgs, PoolCommand, print_json};
 use crate::daemon::status::table;
 
 /// Runs `wren pool`.
@@ -49,9 +49,12 @@ pub async fn run(args: PoolArgs) -> anyhow::Result<()> {
                 }
             );
         }
-        PoolCommand::List => {
+        PoolCommand::List(format) => {
             let usage = ipam.usage().await?;
-            if usage.pools.is_empty() {
+            if format.output == Output::Json {
+                let rows: Vec<PoolRow> = usage.pools.iter().map(PoolRow::of).collect();
+                print_json(&rows)?;
+            } else if usage.pools.is_empty() {
                 println!("no pools (add one with `wren pool add NAME --cidr CIDR`)");
             } else {
                 print!("{}", pools_table(&usage));
@@ -72,6 +75,33 @@ pub async fn run(args: PoolArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One pool in `wren pool list -o json`: its document's fields, and its usage.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PoolRow<'a> {
+    name: &'a str,
+    #[serde(flatten)]
+    pool: &'a Pool,
+    /// Blocks claimed from the pool.
+    blocks: usize,
+    /// Blocks the pool can be cut into.
+    block_capacity: u128,
+    /// Addresses allocated.
+    used: u64,
+}
+
+impl<'a> PoolRow<'a> {
+    fn of(usage: &'a wren_ipam::PoolUsage) -> Self {
+        PoolRow {
+            name: &usage.name,
+            pool: &usage.pool,
+            blocks: usage.blocks.len(),
+            block_capacity: usage.block_capacity,
+            used: usage.used(),
+        }
+    }
 }
 
 /// Every pool with its settings and usage: blocks claimed of blocks it holds, addresses

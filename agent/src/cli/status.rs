@@ -1,5 +1,5 @@
 //! `wren status`: asks the local agent for its status over the API socket and prints it as a
-//! table, like `calicoctl node status`.
+//! table, like `calicoctl node status`, or as JSON (`-o json`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
 
-use super::StatusArgs;
+use super::{Output, StatusArgs, print_json};
 use crate::daemon::status::AgentStatus;
 
 /// How long `wren status` waits for the agent.
@@ -59,6 +59,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     let status: AgentStatus =
         serde_json::from_slice(&body).context("the wren agent's status does not parse")?;
-    print!("{}", status.render());
+    match args.output.output {
+        Output::Table => print!("{}", status.render()),
+        Output::Json => print_json(&status)?,
+    }
     Ok(())
 }

@@ -5,20 +5,23 @@ use anyhow::{Context, bail};
 use wren_model::{NamedPort, PodMeta, Protocol, Workload, keys};
 use wren_store::json::JsonStore;
 
-use super::{WorkloadArgs, WorkloadCommand, labels};
+use super::{Output, WorkloadArgs, WorkloadCommand, labels, print_json};
 use crate::daemon::status::table;
 
 /// Runs `wren workload`.
 pub async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
     let store = super::store::open(&args.store).await?;
     match args.command {
-        WorkloadCommand::List { node } => {
+        WorkloadCommand::List { node, output } => {
             let prefix = node
                 .as_deref()
                 .map_or_else(|| keys::WORKLOADS.to_owned(), keys::node_workloads);
             let workloads = store.list_json::<Workload>(&prefix).await?;
             let records: Vec<Workload> = workloads.items.into_iter().map(|w| w.value).collect();
-            print!("{}", render(&records));
+            match output.output {
+                Output::Table => print!("{}", render(&records)),
+                Output::Json => print_json(&records)?,
+            }
         }
         WorkloadCommand::Label {
             pod,

@@ -35,15 +35,15 @@ use wren_model::{Encapsulation, EncapsulationMode, Node, Pool, keys, vxlan_tunne
 use wren_store::Store;
 use wren_store::json::JsonStore;
 
-use super::routes::{DesiredRoutes, RouteTarget};
 use super::view::ClusterView;
-use crate::dataplane::NetlinkError;
 use crate::dataplane::PodDefaults;
 use crate::dataplane::ipip::{IPIP_DEVICE, IpipDevice, IpipManager, IpipSupport};
 use crate::dataplane::mtu::{MtuOverrides, Mtus, OffloadSizes, TunnelKind, detect_underlay};
 use crate::dataplane::nat::{NatManager, NatRules};
 use crate::dataplane::pod::format_mac;
+use crate::dataplane::program::routes::DesiredRoutes;
 use crate::dataplane::vxlan::{VXLAN_DEVICE, VxlanDevice, VxlanManager, VxlanPeer};
+use crate::dataplane::{NetlinkError, NextHop, Protocol, Route};
 use crate::metrics::{Metrics, TunnelLabels};
 
 /// The MAC of a node's `wren.vxlan`: the first six bytes of a SHA-256 of its name, marked
@@ -198,10 +198,18 @@ pub fn shape_routes(
         .collect();
     let mut shaped = Shaped::default();
     let mut left_out = Vec::new();
-    for (prefix, target) in routes.iter_mut() {
-        let RouteTarget::Gateway(next_hop) = *target else {
+    for (prefix, route) in routes.iter_mut() {
+        let NextHop::Gateway {
+            via: next_hop,
+            dev: None,
+            onlink: false,
+        } = route.next_hop
+        else {
             continue;
         };
+        if route.protocol != Protocol::BGP {
+            continue;
+        }
         let IpAddr::V4(gateway) = next_hop else {
             continue; // tunnels carry IPv4 only
         };
@@ -226,18 +234,12 @@ pub fn shape_routes(
                 // tunnel, or ours is not up) the plain route is the only chance, and the
                 // right one on a shared segment.
                 if let (true, Some((via, _))) = (tunnels.vxlan, peer) {
-                    *target = RouteTarget::Tunnel {
-                        via,
-                        dev: VXLAN_DEVICE.to_owned(),
-                    };
+                    *route = Route::via_onlink(*prefix, via, VXLAN_DEVICE);
                     shaped.vxlan += 1;
                 }
             }
             Encapsulation::Ipip if tunnels.ipip => {
-                *target = RouteTarget::Tunnel {
-                    via: next_hop,
-                    dev: IPIP_DEVICE.to_owned(),
-                };
+                *route = Route::via_onlink(*prefix, next_hop, IPIP_DEVICE);
                 shaped.ipip += 1;
             }
             Encapsulation::Ipip => left_out.push(*prefix),
@@ -653,8 +655,12 @@ impl Encap {
 
     /// Makes tunnels, entries and NAT follow the view, reshapes `routes`, and returns the
     /// status of it all.
-    pub async fn pass(&self, view: &ClusterView, routes: &mut DesiredRoutes) -> EncapStatus {
-        let wanted = Wanted::of(view);
+    pub async fn pass(
+        &self,
+        view: &ClusterView,
+        wanted: &Wanted,
+        routes: &mut DesiredRoutes,
+    ) -> EncapStatus {
         let mut errors = Vec::new();
         let identity = if wanted.vxlan {
             match self.claim_identity(view, &wanted.vxlan_pools).await {
@@ -721,6 +727,21 @@ impl Encap {
             routes: shaped,
             errors,
         }
+    }
+
+    /// Reshapes `routes` through the tunnels a previous pass left up (as its `status`
+    /// says), without touching the kernel: for a pass whose view has not changed since.
+    pub fn reshape(
+        &self,
+        view: &ClusterView,
+        status: &mut EncapStatus,
+        routes: &mut DesiredRoutes,
+    ) {
+        let tunnels = Tunnels {
+            vxlan: status.vxlan.up,
+            ipip: status.ipip.up,
+        };
+        status.routes = shape_routes(self.node_ip, view, tunnels, routes);
     }
 
     fn log_new_errors(&self, errors: &[String]) {
@@ -902,7 +923,7 @@ mod tests {
     fn learned(pairs: &[(&str, &str)]) -> DesiredRoutes {
         pairs
             .iter()
-            .map(|(p, nh)| (net(p), RouteTarget::Gateway(ip(nh))))
+            .map(|(p, nh)| (net(p), Route::via(net(p), ip(nh))))
             .collect()
     }
 
@@ -910,10 +931,19 @@ mod tests {
         "10.0.1.11/24".parse().unwrap()
     }
 
-    fn tunnel(via: &str, dev: &str) -> RouteTarget {
-        RouteTarget::Tunnel {
+    fn tunnel(via: &str, dev: &str) -> NextHop {
+        NextHop::Gateway {
             via: ip(via),
-            dev: dev.into(),
+            dev: Some(dev.into()),
+            onlink: true,
+        }
+    }
+
+    fn plain(via: &str) -> NextHop {
+        NextHop::Gateway {
+            via: ip(via),
+            dev: None,
+            onlink: false,
         }
     }
 
@@ -948,16 +978,13 @@ mod tests {
             ipip: true,
         };
         let shaped = shape_routes(me(), &v, tunnels, &mut routes);
+        assert_eq!(routes[&net("10.65.0.64/26")].next_hop, plain("10.0.1.12"));
         assert_eq!(
-            routes[&net("10.65.0.64/26")],
-            RouteTarget::Gateway(ip("10.0.1.12"))
-        );
-        assert_eq!(
-            routes[&net("10.65.0.128/26")],
+            routes[&net("10.65.0.128/26")].next_hop,
             tunnel("10.65.0.128", VXLAN_DEVICE)
         );
         assert_eq!(
-            routes[&net("10.65.0.70/32")],
+            routes[&net("10.65.0.70/32")].next_hop,
             tunnel("10.65.0.128", VXLAN_DEVICE)
         );
         assert_eq!(
@@ -968,10 +995,7 @@ mod tests {
                 left_out: 0
             }
         );
-        assert_eq!(
-            routes[&net("10.65.0.128/26")].protocol(),
-            super::super::routes::PROTO_BGP
-        );
+        assert_eq!(routes[&net("10.65.0.128/26")].protocol, Protocol::BGP);
     }
 
     #[test]
@@ -985,7 +1009,7 @@ mod tests {
         };
         shape_routes(me(), &v, tunnels, &mut routes);
         assert_eq!(
-            routes[&net("10.65.0.64/26")],
+            routes[&net("10.65.0.64/26")].next_hop,
             tunnel("10.65.0.64", VXLAN_DEVICE)
         );
     }
@@ -1004,11 +1028,11 @@ mod tests {
         };
         let shaped = shape_routes(me(), &v, with, &mut routes);
         assert_eq!(
-            routes[&net("10.66.0.0/26")],
+            routes[&net("10.66.0.0/26")].next_hop,
             tunnel("10.0.1.12", IPIP_DEVICE)
         );
         assert_eq!(
-            routes[&net("10.66.0.64/26")],
+            routes[&net("10.66.0.64/26")].next_hop,
             tunnel("10.0.2.13", IPIP_DEVICE)
         );
         assert_eq!(shaped.ipip, 2);
@@ -1041,23 +1065,19 @@ mod tests {
         // Our own device not up: no VXLAN route, plain instead.
         let mut routes = learned(&[("10.65.0.128/26", "10.0.2.13")]);
         shape_routes(me(), &v, Tunnels::default(), &mut routes);
-        assert_eq!(
-            routes[&net("10.65.0.128/26")],
-            RouteTarget::Gateway(ip("10.0.2.13"))
-        );
+        assert_eq!(routes[&net("10.65.0.128/26")].next_hop, plain("10.0.2.13"));
     }
 
     #[test]
     fn local_routes_are_never_touched() {
         let v = view();
         let mut routes: DesiredRoutes = [
-            (net("10.65.0.0/26"), RouteTarget::Blackhole),
-            (
-                net("10.65.0.5/32"),
-                RouteTarget::Device("wren0123456789a".into()),
-            ),
+            Route::blackhole(net("10.65.0.0/26")),
+            Route::device(net("10.65.0.5/32"), "wren0123456789a"),
         ]
-        .into();
+        .into_iter()
+        .map(|r| (r.dst, r))
+        .collect();
         let before = routes.clone();
         let tunnels = Tunnels {
             vxlan: true,
@@ -1221,7 +1241,7 @@ mod tests {
         v.pools.retain(|name, _| name == "vx");
         let mut routes = learned(&[("10.65.0.128/26", "10.0.2.13")]);
 
-        let status = encap.pass(&v, &mut routes).await;
+        let status = encap.pass(&v, &Wanted::of(&v), &mut routes).await;
         let address = status.vxlan_address.expect("a tunnel address");
         assert!(net("10.65.0.0/16").contains(&IpAddr::V4(address)));
         assert_eq!(status.vxlan_mac, Some(format_mac(&tunnel_mac("a"))));
@@ -1256,13 +1276,13 @@ mod tests {
             kernel.clone(),
             pod_defaults.clone(),
         );
-        let status = again.pass(&v, &mut learned(&[])).await;
+        let status = again.pass(&v, &Wanted::of(&v), &mut learned(&[])).await;
         assert_eq!(status.vxlan_address, Some(address));
 
         // The pool stops encapsulating: the address is released and unpublished.
         v.pools.get_mut("vx").unwrap().encapsulation = Encapsulation::None;
         v.nodes.insert("a".into(), doc.value.clone());
-        let status = again.pass(&v, &mut learned(&[])).await;
+        let status = again.pass(&v, &Wanted::of(&v), &mut learned(&[])).await;
         assert!(
             !status.vxlan.wanted && status.vxlan_address.is_none(),
             "{status:?}"

@@ -58,7 +58,7 @@ impl FastPathDesired {
             .collect();
         let pods = view
             .workloads
-            .iter()
+            .values()
             .filter_map(|w| {
                 let address = w.addresses.iter().find_map(|a| match a.addr() {
                     IpAddr::V4(v4) => Some(v4),
@@ -97,6 +97,7 @@ pub enum FastPathState {
 
 /// The fast path as `wren status` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FastPathStatus {
     /// Whether it runs.
     pub state: FastPathState,
@@ -110,9 +111,10 @@ pub struct FastPathStatus {
     /// Packets forwarded past the host stack since the agent started.
     pub forwarded: u64,
     /// Pool-to-pool packets left to the host stack since the agent started.
+    #[serde(alias = "to_stack")]
     pub to_stack: u64,
     /// Remote VXLAN devices the program encapsulates for (0: VXLAN is left to the device).
-    #[serde(default)]
+    #[serde(default, alias = "vxlan_peers")]
     pub vxlan_peers: usize,
     /// Of the forwarded packets, those the program wrapped in VXLAN.
     #[serde(default)]
@@ -520,11 +522,14 @@ mod tests {
             };
             view.pools.insert(name.into(), pool);
         }
-        view.workloads = vec![
+        view.workloads = [
             workload("wren1", &["10.65.0.1/32", "fd00:65::1/128"]),
             workload("wren2", &["fd00:65::2/128"]),
             workload("wren3", &["10.66.0.9/32"]),
-        ];
+        ]
+        .into_iter()
+        .map(|w| (w.host_interface.clone(), w))
+        .collect();
         let desired = FastPathDesired::of(&view, "n1");
         assert_eq!(
             desired.pools,

@@ -33,7 +33,7 @@ use wren_ipam::handle::{Handle, HandleAddress};
 use wren_model::{ClusterIdentity, Node, RebuildReport, Workload, keys, vxlan_tunnel_handle};
 use wren_store::{Compare, Store, StoreError, Txn};
 
-use super::view::Snapshot;
+use super::view::ClusterView;
 
 /// The file in the state directory that remembers the identity.
 const IDENTITY_FILE: &str = "cluster-id.json";
@@ -208,73 +208,18 @@ pub struct Holdings {
     pub live_nodes: BTreeSet<String>,
 }
 
-/// The reflected copies [`Holdings::of`] reads.
-pub struct Copies<'a> {
-    /// `config/cluster`.
-    pub config: &'a Snapshot,
-    /// `pools/`.
-    pub pools: &'a Snapshot,
-    /// `peers/`.
-    pub peers: &'a Snapshot,
-    /// `nodes/`.
-    pub nodes: &'a Snapshot,
-    /// `liveness/`.
-    pub liveness: &'a Snapshot,
-    /// This node's affinities.
-    pub affinities: &'a Snapshot,
-    /// `ipam/blocks/`.
-    pub blocks: &'a Snapshot,
-    /// This node's workloads.
-    pub workloads: &'a Snapshot,
-}
-
 impl Holdings {
-    /// What `node` holds in `copies`. Documents that do not parse are left out.
-    pub fn of(node: &str, copies: &Copies<'_>) -> Self {
-        let mut documents = BTreeMap::new();
-        let mut keep = |key: &String, value: &Vec<u8>| {
-            if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(value) {
-                documents.insert(key.clone(), doc);
-            }
-        };
-        for snapshot in [
-            copies.config,
-            copies.pools,
-            copies.peers,
-            copies.affinities,
-            copies.workloads,
-        ] {
-            for (key, value) in snapshot {
-                keep(key, value);
-            }
-        }
-        if let Some(value) = copies.nodes.get(&keys::node(node)) {
-            keep(&keys::node(node), value);
-        }
-        let pod_addresses: Vec<IpAddr> = copies
-            .workloads
-            .values()
-            .filter_map(|v| serde_json::from_slice::<Workload>(v).ok())
-            .flat_map(|w| w.addresses.into_iter().map(|a| a.addr()))
-            .collect();
-        for (key, value) in copies.blocks {
-            let Ok(block) = Block::from_json(value) else {
-                continue;
-            };
-            if block.affinity() == Some(node)
-                || pod_addresses.iter().any(|a| block.cidr().contains(a))
-            {
-                keep(key, value);
-            }
-        }
-        let live_nodes = copies
-            .liveness
-            .keys()
-            .filter_map(|k| k.strip_prefix(keys::LIVENESS).map(str::to_owned))
+    /// What `node` holds in `view`: the documents it keeps as stored ([`ClusterView::held`]),
+    /// and the nodes that are live. Documents that are not JSON are left out.
+    pub fn of(view: &ClusterView) -> Self {
+        let documents = view
+            .held
+            .iter()
+            .filter_map(|(key, value)| Some((key.clone(), serde_json::from_slice(value).ok()?)))
             .collect();
         Self {
             documents,
-            live_nodes,
+            live_nodes: view.live.clone(),
         }
     }
 
@@ -673,32 +618,24 @@ impl DatastoreIdentity {
         }
     }
 
-    /// Whether the copies hold every document this node recorded (after a rebuild, the
+    /// Whether the view holds every document this node recorded (after a rebuild, the
     /// first pass waits until the watches have delivered what was written back).
-    pub fn copies_hold_holdings(&self, copies: &Copies<'_>) -> bool {
+    pub fn view_holds_holdings(&self, view: &ClusterView) -> bool {
         let inner = self.inner();
         let Some(holdings) = &inner.written else {
             return true;
         };
-        holdings.documents.keys().all(|key| {
-            [
-                copies.config,
-                copies.pools,
-                copies.peers,
-                copies.nodes,
-                copies.affinities,
-                copies.blocks,
-                copies.workloads,
-            ]
-            .iter()
-            .any(|s| s.contains_key(key))
-        })
+        holdings
+            .documents
+            .keys()
+            .all(|key| view.held.contains_key(key))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::view::Part;
 
     fn id(s: &str) -> ClusterIdentity {
         ClusterIdentity {
@@ -801,33 +738,21 @@ mod tests {
             host_interface: "wren0".into(),
             mac: "02:00:00:00:00:01".into(),
         };
-        let snap = |items: Vec<(String, Vec<u8>)>| -> Snapshot { items.into_iter().collect() };
-        let empty = Snapshot::new();
-        let blocks = snap(vec![
-            (keys::block(&block.cidr()), block.to_json()),
-            (keys::block(&other.cidr()), other.to_json()),
-        ]);
-        let workloads = snap(vec![(
-            keys::workload(node, "c1", "eth0"),
-            serde_json::to_vec(&workload).unwrap(),
-        )]);
-        let liveness = snap(vec![
-            (keys::liveness("n1"), b"{}".to_vec()),
-            (keys::liveness("n2"), b"{}".to_vec()),
-        ]);
-        let holdings = Holdings::of(
-            node,
-            &Copies {
-                config: &empty,
-                pools: &empty,
-                peers: &empty,
-                nodes: &empty,
-                liveness: &liveness,
-                affinities: &empty,
-                blocks: &blocks,
-                workloads: &workloads,
-            },
-        );
+        let mut view = ClusterView::default();
+        for (part, key, value) in [
+            (Part::Blocks, keys::block(&block.cidr()), block.to_json()),
+            (Part::Blocks, keys::block(&other.cidr()), other.to_json()),
+            (
+                Part::Workloads,
+                keys::workload(node, "c1", "eth0"),
+                serde_json::to_vec(&workload).unwrap(),
+            ),
+            (Part::Liveness, keys::liveness("n1"), b"{}".to_vec()),
+            (Part::Liveness, keys::liveness("n2"), b"{}".to_vec()),
+        ] {
+            view.put(part, node, &key, &value);
+        }
+        let holdings = Holdings::of(&view);
         assert!(holdings.documents.contains_key(&keys::block(&block.cidr())));
         assert!(!holdings.documents.contains_key(&keys::block(&other.cidr())));
         assert_eq!(holdings.live_nodes, set(&["n1", "n2"]));

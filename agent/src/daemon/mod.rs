@@ -1,31 +1,39 @@
-//! The node daemon behind `wren agent`.
+//! The node daemon behind `wren agent`: one pipeline, view → plan → program → report.
 //!
-//! It keeps local copies of the documents it cares about ([`reflector`]), decodes them into a
-//! [`view::ClusterView`], and from that view alone decides its BGP sessions ([`mesh`]), what it
-//! announces and accepts ([`policy`]) and the kernel routes it wants ([`routes`]). One
-//! [`Controller`] pass does all of that; a pass runs on every change of the view or of BGP's
-//! best paths, and every reconcile interval to undo drift. Registration and liveness
+//! 1. **View**: local copies of the documents it cares about ([`reflector`]), decoded into a
+//!    [`view::ClusterView`]; BGP's best paths, pushed by the speaker ([`speaker`], behind
+//!    [`bgp::BgpControl`]).
+//! 2. **Plan** ([`plan`]): from the view and the best paths alone, the BGP sessions
+//!    ([`mesh`]), what the node announces and accepts ([`policy`]), the kernel routes, the
+//!    tunnels ([`encap`]) and the fast path's entries ([`fastpath`]). No I/O.
+//! 3. **Program**: the programmers in [`crate::dataplane::program`] put their part in the
+//!    kernel and return typed outcomes; the speaker takes sessions and exports.
+//! 4. **Report** ([`status`]): `wren status` and the metrics, built in one place from the
+//!    outcomes.
+//!
+//! One [`Controller`] pass runs the pipeline. A pass after a change of the view or of the best
+//! paths sends the kernel only the routes that changed since the last pass; every reconcile
+//! interval a full pass reads the kernel once and undoes drift. Registration and liveness
 //! ([`registration`]) and the HTTP surfaces ([`health`]) run beside it.
 //!
-//! While etcd is away the copies stay as they were, so passes keep programming the same
-//! routes; `/readyz` reports the datastore down from a failed listing until the datastore
-//! answers again. While it answers without the cluster's identity (its data lost), passes
-//! change nothing at all until the data is rebuilt ([`identity`]); beside the controller run
-//! the orphan sweep ([`orphans`]) and the leak release ([`leaks`]).
+//! While etcd is away the view stays as it was, so passes keep programming the same routes;
+//! `/readyz` reports the datastore down from a failed listing until the datastore answers
+//! again. While it answers without the cluster's identity (its data lost), passes change
+//! nothing at all until the data is rebuilt ([`identity`]); beside the controller run the
+//! orphan sweep ([`orphans`]) and the leak release ([`leaks`]).
 
 pub mod bgp;
 pub mod encap;
 pub mod fastpath;
 pub mod health;
 pub mod identity;
-pub mod kernel;
 pub mod leaks;
 pub mod mesh;
 pub mod orphans;
+pub mod plan;
 pub mod policy;
 pub mod reflector;
 pub mod registration;
-pub mod routes;
 pub mod speaker;
 pub mod status;
 pub mod view;
@@ -40,22 +48,24 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use tokio::sync::{Notify, watch};
-use wren_model::keys;
+use tokio::sync::{Mutex, watch};
 use wren_store::Store;
 
 use crate::config::AgentConfig;
+use crate::dataplane::program::routes::{
+    DesiredRoutes, RouteProgrammer, RoutesError, RoutesOutcome, route_changes,
+};
 use crate::metrics::{PeerLabels, PeerSample, SharedMetrics};
 use bgp::BgpControl;
 use mesh::{LocalNode, PeerSpec};
-use reflector::{DatastoreHealth, SnapshotRx};
+use plan::NodeFacts;
+use reflector::DatastoreHealth;
 use registration::Registered;
-use routes::RouteProgrammer;
 use status::{AgentStatus, PeerStatus, Readiness};
-use view::ClusterView;
+use view::{ClusterView, LiveView, Part};
 
-/// How long a pass waits after a change for the rest of its burst: a pod ADD writes several
-/// documents within a few milliseconds, and one pass should see them all.
+/// How long a change that follows a pass waits for the rest of its burst: a pod ADD writes
+/// several documents within a few milliseconds, and one more pass should see them all.
 const COALESCE: Duration = Duration::from_millis(5);
 
 /// How long the first pass after a rebuild waits for the watches to deliver what this node
@@ -191,100 +201,6 @@ impl Shared {
     }
 }
 
-/// The local copies the controller works from.
-struct Reflectors {
-    config: SnapshotRx,
-    nodes: SnapshotRx,
-    liveness: SnapshotRx,
-    peers: SnapshotRx,
-    pools: SnapshotRx,
-    affinities: SnapshotRx,
-    blocks: SnapshotRx,
-    workloads: SnapshotRx,
-    /// `cluster/`: the identity and rebuild reports; not part of the view, but a change
-    /// wakes a pass.
-    cluster: SnapshotRx,
-}
-
-impl Reflectors {
-    fn spawn(store: &Arc<dyn Store>, node: &str, health: &Arc<DatastoreHealth>) -> Self {
-        let r = |prefix: String| reflector::spawn(store.clone(), prefix, health.clone());
-        Self {
-            config: r(keys::CLUSTER_CONFIG.to_owned()),
-            nodes: r(keys::NODES.to_owned()),
-            liveness: r(keys::LIVENESS.to_owned()),
-            peers: r(keys::PEERS.to_owned()),
-            pools: r(keys::POOLS.to_owned()),
-            affinities: r(keys::node_affinities(node)),
-            blocks: r(keys::BLOCKS.to_owned()),
-            workloads: r(keys::node_workloads(node)),
-            cluster: r(keys::CLUSTER.to_owned()),
-        }
-    }
-
-    fn all(&self) -> [&SnapshotRx; 9] {
-        [
-            &self.config,
-            &self.nodes,
-            &self.liveness,
-            &self.peers,
-            &self.pools,
-            &self.affinities,
-            &self.blocks,
-            &self.workloads,
-            &self.cluster,
-        ]
-    }
-
-    /// Runs `f` on the current copies, once every prefix has been listed.
-    fn with_copies<T>(&self, f: impl FnOnce(&identity::Copies<'_>) -> T) -> Option<T> {
-        let config = self.config.borrow().clone()?;
-        let nodes = self.nodes.borrow().clone()?;
-        let liveness = self.liveness.borrow().clone()?;
-        let peers = self.peers.borrow().clone()?;
-        let pools = self.pools.borrow().clone()?;
-        let affinities = self.affinities.borrow().clone()?;
-        let blocks = self.blocks.borrow().clone()?;
-        let workloads = self.workloads.borrow().clone()?;
-        Some(f(&identity::Copies {
-            config: &config,
-            pools: &pools,
-            peers: &peers,
-            nodes: &nodes,
-            liveness: &liveness,
-            affinities: &affinities,
-            blocks: &blocks,
-            workloads: &workloads,
-        }))
-    }
-
-    /// The view, once every prefix has been listed.
-    fn view(&self, node: &str) -> Option<ClusterView> {
-        self.with_copies(|c| {
-            let mut view = ClusterView::default();
-            view.set_cluster(c.config, c.nodes, c.liveness, c.peers);
-            view.set_pools(c.pools);
-            view.set_affinities(node, c.affinities);
-            view.set_blocks(c.blocks);
-            view.set_workloads(node, c.workloads);
-            view
-        })
-    }
-
-    /// Wakes `notify` whenever any copy changes.
-    fn forward_changes(&self, notify: &Arc<Notify>) {
-        for rx in self.all() {
-            let mut rx = rx.clone();
-            let notify = notify.clone();
-            tokio::spawn(async move {
-                while rx.changed().await.is_ok() {
-                    notify.notify_one();
-                }
-            });
-        }
-    }
-}
-
 /// What one controller pass did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pass {
@@ -293,20 +209,56 @@ pub enum Pass {
     /// The datastore does not hold this cluster's data (see [`identity`]): nothing was
     /// touched, and the dataplane stays exactly as it is.
     Held,
-    /// Routes were reconciled (or the reconcile failed and is retried next pass).
+    /// Routes were programmed (or programming failed and is retried next pass).
     Done {
         /// Number of desired routes.
         desired: usize,
-        /// The reconcile error, if any.
+        /// The programming error, if any.
         error: Option<String>,
     },
 }
 
-/// Computes and applies the desired state.
+/// Why a pass runs, which decides how much of the kernel it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The view or the best paths changed: the routes that changed since the last pass go to
+    /// the kernel, and nothing is read back (unless that fails, or the last pass did).
+    Change,
+    /// The reconcile interval passed: the kernel's routes are read once and every difference
+    /// (drift) fixed.
+    Drift,
+}
+
+/// The routes the last pass left in the kernel, so that the next one sends only changes.
+#[derive(Default)]
+struct Programmed {
+    /// What the kernel holds of ours, as far as the last successful pass knows; `None`
+    /// after a failure or before the first pass, which makes the next pass a full one.
+    routes: Option<DesiredRoutes>,
+    /// Whether that pass kept learned routes it did not want (BGP not yet synced).
+    keep_learned: bool,
+}
+
+/// What the tunnel and fast path programmers were last given and returned: a pass after a
+/// change that leaves their part of the plan as it was only reuses what they did.
+#[derive(Default)]
+struct KernelSide {
+    tunnels: Option<(TunnelsPart, Option<encap::EncapStatus>)>,
+    fast_path: Option<(fastpath::FastPathDesired, Option<fastpath::FastPathStatus>)>,
+}
+
+/// The tunnels' part of a plan.
+#[derive(PartialEq)]
+struct TunnelsPart {
+    wanted: encap::Wanted,
+    nat: crate::dataplane::nat::NatRules,
+    vxlan_peers: Vec<crate::dataplane::vxlan::VxlanPeer>,
+}
+
+/// Runs the pipeline: view → plan → program → report.
 pub struct Controller {
-    me: LocalNode,
-    own_addresses: Vec<IpAddr>,
-    reflectors: Reflectors,
+    facts: NodeFacts,
+    view: Arc<LiveView>,
     bgp: Arc<dyn BgpControl>,
     routes: Arc<dyn RouteProgrammer>,
     encap: Option<encap::Encap>,
@@ -316,18 +268,26 @@ pub struct Controller {
     /// get their time after a datastore that was away at start-up returns.
     first_view: std::sync::OnceLock<Instant>,
     sync_timeout: Duration,
-    changes: Arc<Notify>,
     /// The most routes desired since freed memory was last given back to the system.
     routes_peak: AtomicUsize,
+    programmed: Mutex<Programmed>,
+    kernel_side: Mutex<KernelSide>,
+    /// The node's connected networks as the last full pass read them.
+    connected: std::sync::Mutex<Option<Vec<IpNet>>>,
+    /// When the last pass after a change started: changes that follow within [`COALESCE`]
+    /// wait for the rest of their burst.
+    last_change_pass: std::sync::Mutex<Option<Instant>>,
     /// The datastore, for the identity check.
     store: Arc<dyn Store>,
     /// The identity check; without one every listing is trusted.
     identity: Option<Arc<identity::DatastoreIdentity>>,
-    /// The last pass was held: the next trusted one first waits for the copies to hold
-    /// what this node recorded.
+    /// The last pass was held: the next trusted one first waits for the view to hold what
+    /// this node recorded.
     held: AtomicBool,
     /// When the datastore was first trusted again after a hold.
     trusted_again: std::sync::Mutex<Option<Instant>>,
+    /// The generation of the view whose holdings were last recorded.
+    recorded: std::sync::Mutex<Option<u64>>,
 }
 
 /// The per-peer metric samples of a status table.
@@ -360,6 +320,16 @@ fn refresh_sessions(peers: &mut [PeerStatus], sessions: &[bgp::SessionInfo]) {
     }
 }
 
+/// What the programmers of one pass returned, for the report.
+struct Outcomes {
+    peers: BTreeMap<IpAddr, PeerSpec>,
+    sessions: Vec<bgp::SessionInfo>,
+    routes_desired: usize,
+    routes: Result<RoutesOutcome, RoutesError>,
+    encapsulation: Option<encap::EncapStatus>,
+    fast_path: Option<fastpath::FastPathStatus>,
+}
+
 impl Controller {
     /// Starts the reflectors for this node; passes run when [`Controller::pass`] is called.
     pub fn new(
@@ -370,21 +340,25 @@ impl Controller {
         shared: Arc<Shared>,
     ) -> Self {
         let _ = shared.live_sessions.set(bgp.clone());
-        let reflectors = Reflectors::spawn(&store, &config.node_name, &shared.datastore);
+        let view = Arc::new(LiveView::default());
         let identity = shared.identity.get().cloned();
-        let changes = Arc::new(Notify::new());
-        reflectors.forward_changes(&changes);
+        for part in Part::ALL {
+            let (node, health) = (config.node_name.clone(), shared.datastore.clone());
+            reflector::spawn(store.clone(), part, node, health, &view);
+        }
         let mut own_addresses = vec![IpAddr::V4(config.node_ip.addr())];
         own_addresses.extend(config.node_ipv6.map(|n| IpAddr::V6(n.addr())));
         Self {
-            me: LocalNode {
-                name: config.node_name.clone(),
-                address: config.node_ip.addr(),
-                as_number: config.as_number,
-                route_reflector_cluster_id: config.route_reflector_cluster_id,
+            facts: NodeFacts {
+                node: LocalNode {
+                    name: config.node_name.clone(),
+                    address: config.node_ip.addr(),
+                    as_number: config.as_number,
+                    route_reflector_cluster_id: config.route_reflector_cluster_id,
+                },
+                own_addresses,
             },
-            own_addresses,
-            reflectors,
+            view,
             bgp,
             routes,
             encap: None,
@@ -392,12 +366,16 @@ impl Controller {
             shared,
             first_view: std::sync::OnceLock::new(),
             sync_timeout: config.bgp_sync_timeout,
-            changes,
             routes_peak: AtomicUsize::new(0),
+            programmed: Mutex::new(Programmed::default()),
+            kernel_side: Mutex::new(KernelSide::default()),
+            connected: std::sync::Mutex::new(None),
+            last_change_pass: std::sync::Mutex::new(None),
             store,
             identity,
             held: AtomicBool::new(false),
             trusted_again: std::sync::Mutex::new(None),
+            recorded: std::sync::Mutex::new(None),
         }
     }
 
@@ -416,9 +394,9 @@ impl Controller {
         self
     }
 
-    /// Waits until a copy changes (or returns at once if one changed since the last call).
+    /// Waits until the view changes (or returns at once if it changed since the last call).
     pub async fn changed(&self) {
-        self.changes.notified().await;
+        self.view.changed().await;
     }
 
     /// BGP is synced once every desired session is up and sent End-of-RIB, or once the sync
@@ -452,22 +430,22 @@ impl Controller {
         synced
     }
 
-    /// Tells BGP where learned next hops may lie: the connected networks, and the other
-    /// nodes' addresses, which the mesh's routes lead to through a tunnel when a node is on
-    /// another subnet.
+    /// Tells BGP where learned next hops may lie: the connected networks (as the last full
+    /// pass read them), and the other nodes' addresses, which the mesh's routes lead to
+    /// through a tunnel when a node is on another subnet. Nothing before the first read.
     async fn update_connected(&self, view: &ClusterView) {
-        let connected = match self.routes.connected_networks().await {
-            Ok(Some(connected)) => connected,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the connected routes; next hops unchanged");
-                return;
-            }
+        let connected = self
+            .connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(connected) = connected else {
+            return;
         };
         let nodes = view
             .nodes
             .values()
-            .filter(|n| n.name != self.me.name)
+            .filter(|n| n.name != self.facts.node.name)
             .flat_map(|n| {
                 let v4 = n.ipv4.map(|a| IpNet::from(IpAddr::V4(a.addr())));
                 v4.into_iter()
@@ -492,16 +470,48 @@ impl Controller {
         }
     }
 
-    /// Whether this pass may act on the copies: the datastore holds this cluster's identity
-    /// (read after the copies were taken, so a datastore that lost its data is never acted
-    /// on), and after a hold, the copies hold what this node recorded. A datastore that does
-    /// not answer leaves the last conclusion: the copies are then the ones from before.
-    async fn may_act(&self) -> bool {
+    /// Puts the desired routes in the kernel: only the changes since the last pass on a
+    /// [`Trigger::Change`], the whole set (one read of the kernel) on [`Trigger::Drift`], on
+    /// the first pass, after a failure, when BGP has just synced, and when the changes
+    /// alone do not go in cleanly (a destination somebody else holds, a device not there).
+    async fn program_routes(
+        &self,
+        trigger: Trigger,
+        desired: DesiredRoutes,
+        keep_learned: bool,
+    ) -> Result<RoutesOutcome, RoutesError> {
+        let mut programmed = self.programmed.lock().await;
+        let previous = programmed.routes.take();
+        if let (Trigger::Change, Some(previous)) = (trigger, &previous)
+            && programmed.keep_learned == keep_learned
+        {
+            let changes = route_changes(previous, &desired, keep_learned);
+            match self.routes.apply(changes).await {
+                Ok(outcome) => {
+                    programmed.routes = Some(desired);
+                    return Ok(outcome);
+                }
+                Err(e) => tracing::debug!(error = %e, "route changes did not apply; reconciling"),
+            }
+        }
+        let outcome = self.routes.reconcile(&desired, keep_learned).await;
+        if outcome.is_ok() {
+            programmed.routes = Some(desired);
+            programmed.keep_learned = keep_learned;
+        }
+        outcome
+    }
+
+    /// Whether this pass may act on `view`: the datastore holds this cluster's identity (read
+    /// after the view was taken, so a datastore that lost its data is never acted on), and
+    /// after a hold, the view holds what this node recorded. A datastore that does not answer
+    /// leaves the last conclusion: the view is then the one from before.
+    async fn may_act(&self, view: &ClusterView) -> bool {
         let Some(identity) = &self.identity else {
             return true;
         };
-        // While the datastore is down the copies are the ones from before, and a pass must
-        // not wait on a request that cannot be answered (learned routes still change).
+        // While the datastore is down the view is the one from before, and a pass must not
+        // wait on a request that cannot be answered (learned routes still change).
         let answered = if self.shared.datastore.is_up() {
             identity.check(self.store.as_ref()).await
         } else {
@@ -517,24 +527,20 @@ impl Controller {
                 !identity.state().distrusted()
             }
         };
+        let mut trusted_again = self
+            .trusted_again
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !trusted {
             self.held.store(true, Ordering::SeqCst);
-            *self.trusted_again.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *trusted_again = None;
             return false;
         }
         if self.held.load(Ordering::SeqCst) {
-            let caught_up = self
-                .reflectors
-                .with_copies(|copies| identity.copies_hold_holdings(copies))
-                .unwrap_or(false);
+            let caught_up = identity.view_holds_holdings(view);
             // A recorded document another agent changed since (once it resumed) never comes
             // back as it was: the wait for the watches is bounded.
-            let waited = self
-                .trusted_again
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert_with(Instant::now)
-                .elapsed();
+            let waited = trusted_again.get_or_insert_with(Instant::now).elapsed();
             if !caught_up && waited < CATCH_UP {
                 return false;
             }
@@ -543,80 +549,138 @@ impl Controller {
                 "the datastore holds this cluster's data again: resuming"
             );
             self.held.store(false, Ordering::SeqCst);
-            *self.trusted_again.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *trusted_again = None;
         }
         true
     }
 
-    /// One pass: view → sessions, exports, imports → kernel routes → status and metrics.
+    /// One full pass: view → plan → program → report, reading the kernel's routes once.
     pub async fn pass(&self) -> Pass {
-        let Some(view) = self.reflectors.view(&self.me.name) else {
+        self.pass_on(Trigger::Drift).await
+    }
+
+    /// One pass, as much of the kernel read as `trigger` calls for.
+    pub async fn pass_on(&self, trigger: Trigger) -> Pass {
+        let Some(snapshot) = self.view.current() else {
             return Pass::Waiting;
         };
-        if !self.may_act().await {
+        let view = snapshot.view;
+        if !self.may_act(&view).await {
             return Pass::Held;
         }
-        let node = self.me.name.as_str();
-        let peers = mesh::desired_peers(&self.me, &view);
-        self.bgp
-            .set_cluster_space(policy::ClusterSpace::of(&view))
-            .await;
-        self.bgp.set_peers(&peers).await;
         self.update_connected(&view).await;
-        let exported = policy::export_set(node, &view);
-        self.bgp.set_originated(&exported).await;
+        let mut plan = plan::plan(&view, &self.bgp.best_paths(), &self.facts);
+        self.bgp.set_cluster_space(plan.cluster_space.clone()).await;
+        self.bgp.set_peers(&plan.peers).await;
+        self.bgp.set_originated(&plan.exports).await;
         let sessions = self.bgp.sessions();
-        let synced = self.update_bgp_synced(&peers, &sessions);
-        let imported = policy::import(&self.bgp.best_paths(), node, &self.own_addresses, &view);
-        let mut desired = routes::desired_routes(node, &view, &imported);
-        let encapsulation = match &self.encap {
-            Some(encap) => Some(encap.pass(&view, &mut desired).await),
-            None => None,
+        let synced = self.update_bgp_synced(&plan.peers, &sessions);
+        let mut kernel_side = self.kernel_side.lock().await;
+        let tunnels = TunnelsPart {
+            wanted: plan.tunnels.clone(),
+            nat: plan.nat.clone(),
+            vxlan_peers: plan.vxlan_peers.clone(),
         };
+        // The fast path attaches to the tunnel devices that exist: it follows the tunnels too.
+        let mut tunnels_programmed = false;
+        let encapsulation = match (trigger, kernel_side.tunnels.take(), &self.encap) {
+            (_, _, None) => None,
+            (Trigger::Change, Some((last, Some(mut status))), Some(encap)) if last == tunnels => {
+                encap.reshape(&view, &mut status, &mut plan.routes);
+                Some(status)
+            }
+            (_, _, Some(encap)) => {
+                tunnels_programmed = true;
+                Some(encap.pass(&view, &plan.tunnels, &mut plan.routes).await)
+            }
+        };
+        kernel_side.tunnels = Some((tunnels, encapsulation.clone()));
+        let fast_path = match (trigger, kernel_side.fast_path.take(), &self.fast_path) {
+            (_, _, None) => None,
+            (Trigger::Change, Some((last, status)), Some(_))
+                if last == plan.fast_path && !tunnels_programmed =>
+            {
+                status
+            }
+            (_, _, Some(control)) => Some(control.pass(plan.fast_path.clone()).await),
+        };
+        kernel_side.fast_path = Some((plan.fast_path.clone(), fast_path.clone()));
+        drop(kernel_side);
+        let routes_desired = plan.routes.len();
+        let routes = self.program_routes(trigger, plan.routes, !synced).await;
+        if let Ok(RoutesOutcome {
+            connected: Some(connected),
+            ..
+        }) = &routes
+        {
+            *self
+                .connected
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connected.clone());
+            self.update_connected(&view).await;
+        }
+        self.release_memory_after_a_drop(routes_desired);
+        let error = routes.as_ref().err().map(ToString::to_string);
+        self.report(
+            &view,
+            Outcomes {
+                peers: plan.peers,
+                sessions,
+                routes_desired,
+                routes,
+                encapsulation,
+                fast_path,
+            },
+        );
+        if let Some(identity) = &self.identity {
+            let mut recorded = self
+                .recorded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *recorded != Some(snapshot.generation) {
+                identity.record(identity::Holdings::of(&view));
+                *recorded = Some(snapshot.generation);
+            }
+        }
+        Pass::Done {
+            desired: routes_desired,
+            error,
+        }
+    }
 
+    /// Status and metrics, from the view and the outcomes of one pass.
+    fn report(&self, view: &ClusterView, outcomes: Outcomes) {
         let metrics = &self.shared.metrics;
+        let node = self.facts.node.name.as_str();
         metrics.route_reconciles.inc();
-        let error = match self.routes.reconcile(&desired, !synced).await {
-            Ok(report) => {
-                metrics.routes_changed.inc_by(report.changed as u64);
-                metrics.routes_removed.inc_by(report.removed as u64);
-                if report.changed + report.removed > 0 {
+        match &outcomes.routes {
+            Ok(outcome) => {
+                metrics.routes_changed.inc_by(outcome.changed as u64);
+                metrics.routes_removed.inc_by(outcome.removed as u64);
+                if outcome.changed + outcome.removed > 0 {
                     tracing::info!(
-                        changed = report.changed,
-                        removed = report.removed,
-                        "kernel routes reconciled"
+                        changed = outcome.changed,
+                        removed = outcome.removed,
+                        "kernel routes programmed"
                     );
                 }
-                None
             }
             Err(e) => {
                 metrics.route_reconcile_errors.inc();
-                tracing::warn!(error = %e, "route reconcile failed; retrying next pass");
-                Some(e.to_string())
+                tracing::warn!(error = %e, "route programming failed; retrying next pass");
             }
-        };
-        self.release_memory_after_a_drop(desired.len());
-        let fast_path = match &self.fast_path {
-            Some(control) => {
-                let status = control
-                    .pass(fastpath::FastPathDesired::of(&view, node))
-                    .await;
-                control.publish(&status, metrics);
-                Some(status)
-            }
-            None => None,
-        };
+        }
         let local_blocks = view.local_blocks(node);
-        metrics.routes_desired.set(desired.len() as i64);
+        metrics.routes_desired.set(outcomes.routes_desired as i64);
         metrics.ipam_blocks.set(local_blocks.len() as i64);
         metrics
             .ipam_addresses_in_use
             .set(i64::try_from(view.addresses_in_use(node)).unwrap_or(i64::MAX));
-
-        let peer_status: Vec<PeerStatus> = sessions
+        let peer_status: Vec<PeerStatus> = outcomes
+            .sessions
             .iter()
             .filter_map(|s| {
-                let spec = peers.get(&s.address)?;
+                let spec = outcomes.peers.get(&s.address)?;
                 Some(PeerStatus {
                     name: spec.name.clone(),
                     address: s.address,
@@ -633,60 +697,68 @@ impl Controller {
             .collect();
         metrics.set_peers(&peer_samples(&peer_status));
         let mut status = self.shared.status();
-        status.as_number = self.me.asn(&view);
+        status.as_number = self.facts.node.asn(view);
         status.node_to_node_mesh = view.cluster.node_to_node_mesh;
         status.blocks = local_blocks.into_iter().collect();
         status.borrowed = view.borrowed_addresses(node).into_iter().collect();
-        status.routes_desired = desired.len();
-        status.last_reconcile_error = error.clone();
+        status.routes_desired = outcomes.routes_desired;
+        status.last_reconcile_error = outcomes.routes.as_ref().err().map(ToString::to_string);
         status.peers = peer_status;
-        if let Some(encapsulation) = encapsulation {
+        if let Some(encapsulation) = outcomes.encapsulation {
             encapsulation.publish(metrics);
             self.shared
                 .encap_healthy
                 .store(encapsulation.healthy(), Ordering::SeqCst);
             status.encapsulation = encapsulation;
         }
-        if let Some(fast_path) = fast_path {
+        if let (Some(fast_path), Some(control)) = (outcomes.fast_path, &self.fast_path) {
+            control.publish(&fast_path, metrics);
             status.fast_path = fast_path;
         }
         self.shared.set_status(status);
-        if let Some(identity) = &self.identity
-            && let Some(holdings) = self
-                .reflectors
-                .with_copies(|copies| identity::Holdings::of(node, copies))
-        {
-            identity.record(holdings);
-        }
-        Pass::Done {
-            desired: desired.len(),
-            error,
-        }
     }
 
     /// Runs passes on every change and every `interval` until `shutdown` fires.
     pub async fn run(self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
         let mut bgp_changes = self.bgp.subscribe();
         let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // While the datastore is not trusted, the rebuild's steps are taken every second.
         let mut rebuild_tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = rebuild_tick.tick(), if self.held.load(Ordering::SeqCst) => {}
-                _ = self.changed() => {}
+            let trigger = tokio::select! {
+                _ = tick.tick() => Trigger::Drift,
+                _ = rebuild_tick.tick(), if self.held.load(Ordering::SeqCst) => Trigger::Change,
+                _ = self.changed() => {
+                    // The first change after a quiet spell goes through at once; one that
+                    // follows a pass within COALESCE waits for the rest of its burst (a pod
+                    // ADD writes several documents), so a burst costs two passes, not one
+                    // per document.
+                    let last = *self
+                        .last_change_pass
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Some(wait) = last.and_then(|l| COALESCE.checked_sub(l.elapsed())) {
+                        tokio::time::sleep(wait).await;
+                    }
+                    *self
+                        .last_change_pass
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+                    Trigger::Change
+                }
                 r = bgp_changes.changed() => {
                     if r.is_err() {
                         // The speaker is gone; keep reconciling on the timer.
                         bgp_changes = watch::channel(0).1;
                     }
+                    // The speaker hands over a whole batch of best-path changes at once:
+                    // no wait.
+                    Trigger::Change
                 }
                 _ = shutdown.changed() => return,
-            }
-            // Coalesce a burst of changes (a pod ADD writes several documents) into one pass.
-            tokio::time::sleep(COALESCE).await;
-            self.pass().await;
+            };
+            self.pass_on(trigger).await;
         }
     }
 }

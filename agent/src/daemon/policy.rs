@@ -107,7 +107,7 @@ pub fn export_set(node: &str, view: &ClusterView) -> BTreeSet<IpNet> {
 /// The prefixes of this node's workloads (host routes).
 pub fn local_workload_addresses(view: &ClusterView) -> BTreeSet<IpNet> {
     view.workloads
-        .iter()
+        .values()
         .flat_map(|w| w.addresses.iter())
         .map(|net| IpNet::from(net.addr()))
         .collect()
@@ -200,17 +200,15 @@ mod tests {
                 borrowed_by: Some("a".into()),
             })
             .unwrap();
-        let mut blocks = crate::daemon::view::Snapshot::new();
-        blocks.insert(wren_model::keys::block(&mine.cidr()), mine.to_json());
-        blocks.insert(wren_model::keys::block(&theirs.cidr()), theirs.to_json());
-        let mut affinities = crate::daemon::view::Snapshot::new();
-        affinities.insert(
-            wren_model::keys::affinity("a", &mine.cidr()),
-            serde_json::to_vec(&Affinity::CONFIRMED).unwrap(),
-        );
+        use crate::daemon::view::Part;
         let mut v = ClusterView::default();
-        v.set_blocks(&blocks);
-        v.set_affinities("a", &affinities);
+        for block in [&mine, &theirs] {
+            let key = wren_model::keys::block(&block.cidr());
+            assert!(v.put(Part::Blocks, "a", &key, &block.to_json()));
+        }
+        let affinity = serde_json::to_vec(&Affinity::CONFIRMED).unwrap();
+        let key = wren_model::keys::affinity("a", &mine.cidr());
+        assert!(v.put(Part::Affinities, "a", &key, &affinity));
         let expected: BTreeSet<IpNet> = [mine.cidr(), IpNet::from(borrowed)].into();
         assert_eq!(export_set("a", &v), expected);
         assert_eq!(v.addresses_in_use("a"), 2);

@@ -1,4 +1,5 @@
-//! A local copy of the documents under one prefix, kept current by list-then-watch.
+//! The watch tasks: each keeps one part of the [`LiveView`] current by list-then-watch,
+//! decoding each document once, as it arrives.
 //!
 //! When the watch ends (a member died or stalled, revision compacted) the copy is kept as it
 //! is and the reflector lists again at once: the store sends the listing to a member that
@@ -6,22 +7,18 @@
 //! reports the datastore down; the reflector then retries with exponential backoff, cut
 //! short as soon as the datastore answers again ([`probe_while_down`] asks it every
 //! [`PROBE_PERIOD`]). The fresh listing replaces the copy wholesale, so deletes missed while
-//! disconnected are not lost. Consumers see `None` until the first listing, so nothing acts
-//! on an empty view at start-up (which, for the route reconcile, would mean deleting every
-//! route).
+//! disconnected are not lost. The view is incomplete until every part has been listed, so
+//! nothing acts on an empty view at start-up (which, for the route reconcile, would mean
+//! deleting every route).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::watch;
 use wren_store::{Store, WatchEvent};
 
-use super::view::Snapshot;
-
-/// The snapshot consumers receive: `None` until the prefix has been listed once.
-pub type SnapshotRx = watch::Receiver<Option<Arc<Snapshot>>>;
+use super::view::{LiveView, Part};
 
 /// Shared flag: did the datastore answer the last request of a reflector, of the
 /// registration or of the probe?
@@ -81,22 +78,29 @@ pub async fn probe_while_down(store: Arc<dyn Store>, health: Arc<DatastoreHealth
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Starts reflecting `prefix`; the task ends when every receiver is dropped.
-pub fn spawn(store: Arc<dyn Store>, prefix: String, health: Arc<DatastoreHealth>) -> SnapshotRx {
-    let (tx, rx) = watch::channel(None);
-    tokio::spawn(run(store, prefix, health, tx));
-    rx
+/// Starts keeping `part` of `view` current for node `node`; the task ends once the view is
+/// dropped.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    part: Part,
+    node: String,
+    health: Arc<DatastoreHealth>,
+    view: &Arc<LiveView>,
+) {
+    tokio::spawn(run(store, part, node, health, Arc::downgrade(view)));
 }
 
 async fn run(
     store: Arc<dyn Store>,
-    prefix: String,
+    part: Part,
+    node: String,
     health: Arc<DatastoreHealth>,
-    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    view: Weak<LiveView>,
 ) {
+    let prefix = part.prefix(&node);
     let mut backoff = BACKOFF_MIN;
     loop {
-        if tx.is_closed() {
+        if view.strong_count() == 0 {
             return;
         }
         let listing = match store.list(&prefix).await {
@@ -111,15 +115,18 @@ async fn run(
         };
         health.set(true);
         backoff = BACKOFF_MIN;
-        let mut snapshot: Snapshot = listing
-            .items
-            .into_iter()
-            .map(|kv| (kv.key, kv.value))
-            .collect();
-        let changed = tx.borrow().as_deref() != Some(&snapshot);
-        if changed {
-            tx.send_replace(Some(Arc::new(snapshot.clone())));
-        }
+        let Some(live) = view.upgrade() else {
+            return;
+        };
+        live.listed(
+            part,
+            &node,
+            listing
+                .items
+                .iter()
+                .map(|kv| (kv.key.as_str(), kv.value.as_slice())),
+        );
+        drop(live);
         let mut stream = match store.watch(&prefix, listing.revision + 1).await {
             Ok(stream) => stream,
             Err(e) => {
@@ -129,21 +136,21 @@ async fn run(
             }
         };
         while let Some(event) = stream.next().await {
+            let Some(live) = view.upgrade() else {
+                return;
+            };
             match event {
                 Ok(WatchEvent::Put(kv)) => {
-                    snapshot.insert(kv.key, kv.value);
+                    live.update(|v| v.put(part, &node, &kv.key, &kv.value));
                 }
                 Ok(WatchEvent::Delete { key, .. }) => {
-                    snapshot.remove(&key);
+                    live.update(|v| v.delete(part, &node, &key));
                 }
                 Err(e) => {
                     // Not a sign the datastore is down: the listing that follows says.
                     tracing::warn!(prefix, error = %e, "watch ended; listing again");
                     break;
                 }
-            }
-            if tx.send(Some(Arc::new(snapshot.clone()))).is_err() {
-                return;
             }
         }
         tokio::time::sleep(backoff).await;

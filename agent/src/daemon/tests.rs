@@ -18,11 +18,11 @@ use wren_store::memory::MemoryStore;
 
 use super::bgp::{BgpControl, SessionInfo};
 use super::mesh::PeerSpec;
-use super::routes::fake::{FakeKernel, FakeRoute};
-use super::routes::{PROTO_BGP, PROTO_WREN, RouteTarget};
-use super::{Controller, Pass, Shared};
+use super::{Controller, Pass, Shared, Trigger};
 use crate::cli::{Cli, Command};
 use crate::config::{AgentConfig, FileConfig, SystemHost};
+use crate::dataplane::program::routes::fake::FakeKernel;
+use crate::dataplane::{NextHop, Protocol, Route};
 use crate::metrics::Metrics;
 
 /// Records what the controller asks of BGP; serves best paths and sessions the test sets.
@@ -152,16 +152,14 @@ impl Rig {
 
     /// A route learned over BGP by an earlier run of the agent, left in the kernel.
     fn learned_in_kernel(&self, dst: &str, via: &str) {
-        self.kernel.table.lock().unwrap().insert(
-            net(dst),
-            FakeRoute {
-                target: RouteTarget::Gateway(ip(via)),
-                protocol: PROTO_BGP,
-            },
-        );
+        self.kernel
+            .table
+            .lock()
+            .unwrap()
+            .insert(net(dst), Route::via(net(dst), ip(via)));
     }
 
-    fn route(&self, dst: &str) -> Option<FakeRoute> {
+    fn route(&self, dst: &str) -> Option<Route> {
         self.kernel.table.lock().unwrap().get(&net(dst)).cloned()
     }
 }
@@ -202,13 +200,8 @@ async fn nothing_is_touched_before_the_store_is_listed_and_then_the_node_is_prog
     assert_eq!(*r.bgp.originated.lock().unwrap(), BTreeSet::from([block]));
     // Kernel: the block's blackhole, stamped as wren's.
     let route = r.route(&block.to_string()).unwrap();
-    assert_eq!(
-        route,
-        FakeRoute {
-            target: RouteTarget::Blackhole,
-            protocol: PROTO_WREN
-        }
-    );
+    assert_eq!(route, Route::blackhole(block));
+    assert_eq!(route.protocol, Protocol::WREN);
 }
 
 #[tokio::test]
@@ -222,16 +215,12 @@ async fn learned_routes_are_installed_except_our_own_blocks() {
     ]);
     r.until("b's block installed", |r| r.route("10.65.9.0/26").is_some())
         .await;
+    let learned = r.route("10.65.9.0/26").unwrap();
+    assert_eq!(learned, Route::via(net("10.65.9.0/26"), ip("10.0.0.2")));
+    assert_eq!(learned.protocol, Protocol::BGP);
     assert_eq!(
-        r.route("10.65.9.0/26").unwrap(),
-        FakeRoute {
-            target: RouteTarget::Gateway(ip("10.0.0.2")),
-            protocol: PROTO_BGP
-        }
-    );
-    assert_eq!(
-        r.route(&my_block.to_string()).unwrap().target,
-        RouteTarget::Blackhole
+        r.route(&my_block.to_string()).unwrap().next_hop,
+        NextHop::Blackhole
     );
 }
 
@@ -252,26 +241,14 @@ async fn drift_is_repaired_and_foreign_routes_are_left_alone() {
     {
         let mut table = r.kernel.table.lock().unwrap();
         table.remove(&my_block);
-        table.insert(
-            net("10.99.0.0/24"),
-            FakeRoute {
-                target: RouteTarget::Blackhole,
-                protocol: PROTO_WREN,
-            },
-        );
+        table.insert(net("10.99.0.0/24"), Route::blackhole(net("10.99.0.0/24")));
         table.insert(
             net("10.98.0.0/24"),
-            FakeRoute {
-                target: RouteTarget::Gateway(ip("10.0.0.2")),
-                protocol: PROTO_BGP,
-            },
+            Route::via(net("10.98.0.0/24"), ip("10.0.0.2")),
         );
         table.insert(
             net("192.0.2.0/24"),
-            FakeRoute {
-                target: RouteTarget::Gateway(ip("10.0.0.254")),
-                protocol: 4,
-            },
+            Route::via(net("192.0.2.0/24"), ip("10.0.0.254")).with_protocol(Protocol(4)),
         );
     }
     assert!(matches!(
@@ -290,7 +267,7 @@ async fn drift_is_repaired_and_foreign_routes_are_left_alone() {
     );
     assert_eq!(
         table[&net("192.0.2.0/24")].protocol,
-        4,
+        Protocol(4),
         "someone else's route untouched"
     );
 }
@@ -394,6 +371,87 @@ async fn borrowed_addresses_are_exported_as_host_routes() {
     );
 }
 
+#[tokio::test]
+async fn a_change_sends_only_what_changed_and_a_drift_pass_reads_the_kernel() {
+    let r = rig("30s").await;
+    r.bgp
+        .sessions
+        .lock()
+        .unwrap()
+        .push(synced_session("10.0.0.2"));
+    *r.bgp.paths.lock().unwrap() = BTreeMap::from([(net("10.65.9.0/26"), ip("10.0.0.2"))]);
+    r.until("b's block installed", |r| r.route("10.65.9.0/26").is_some())
+        .await;
+    let full_passes = *r.kernel.passes.lock().unwrap();
+    // A best path changes: the change goes in without a full reconcile.
+    *r.bgp.paths.lock().unwrap() = BTreeMap::from([
+        (net("10.65.9.0/26"), ip("10.0.0.3")),
+        (net("10.65.10.0/26"), ip("10.0.0.2")),
+    ]);
+    r.kernel
+        .table
+        .lock()
+        .unwrap()
+        .insert(net("10.99.0.0/24"), Route::blackhole(net("10.99.0.0/24")));
+    assert_eq!(
+        r.controller.pass_on(Trigger::Change).await,
+        Pass::Done {
+            desired: 2,
+            error: None
+        }
+    );
+    assert_eq!(*r.kernel.passes.lock().unwrap(), full_passes);
+    assert_eq!(
+        r.route("10.65.9.0/26").unwrap(),
+        Route::via(net("10.65.9.0/26"), ip("10.0.0.3"))
+    );
+    assert!(r.route("10.65.10.0/26").is_some());
+    assert!(
+        r.route("10.99.0.0/24").is_some(),
+        "drift waits for the drift pass"
+    );
+    // The drift pass reads the kernel and removes the stale route of ours.
+    r.controller.pass_on(Trigger::Drift).await;
+    assert_eq!(*r.kernel.passes.lock().unwrap(), full_passes + 1);
+    assert!(r.route("10.99.0.0/24").is_none());
+    // A path withdrawn: the change removes its route.
+    r.bgp.paths.lock().unwrap().remove(&net("10.65.10.0/26"));
+    r.controller.pass_on(Trigger::Change).await;
+    assert!(r.route("10.65.10.0/26").is_none());
+    assert_eq!(*r.kernel.passes.lock().unwrap(), full_passes + 1);
+}
+
+#[tokio::test]
+async fn a_failed_pass_makes_the_next_one_read_the_kernel() {
+    let r = rig("30s").await;
+    r.until("first pass", |_| true).await;
+    let full_passes = *r.kernel.passes.lock().unwrap();
+    r.kernel
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = r.controller.pass_on(Trigger::Change).await;
+    assert!(
+        matches!(failed, Pass::Done { error: Some(_), .. }),
+        "{failed:?}"
+    );
+    assert!(r.controller.shared.status().last_reconcile_error.is_some());
+    r.kernel
+        .fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let passes_before = *r.kernel.passes.lock().unwrap();
+    assert!(
+        passes_before > full_passes,
+        "the change fell back to a reconcile"
+    );
+    r.controller.pass_on(Trigger::Change).await;
+    assert_eq!(
+        *r.kernel.passes.lock().unwrap(),
+        passes_before + 1,
+        "after a failure the next pass reconciles in full"
+    );
+    assert!(r.controller.shared.status().last_reconcile_error.is_none());
+}
+
 /// Passes until one returns something other than `Pass::Waiting` and `done` holds of it.
 async fn pass_until(r: &Rig, what: &str, done: impl Fn(&Pass) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -461,8 +519,8 @@ async fn a_datastore_that_lost_its_data_changes_nothing_and_is_rebuilt_from_what
     );
     assert_eq!(*r.bgp.peers.lock().unwrap(), peers, "sessions changed");
     assert_eq!(
-        r.route(&block.to_string()).map(|r| r.target),
-        Some(RouteTarget::Blackhole),
+        r.route(&block.to_string()).map(|r| r.next_hop),
+        Some(NextHop::Blackhole),
         "blackhole removed"
     );
     let why = shared.readiness().cluster_data.expect("a reason");

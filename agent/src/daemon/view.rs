@@ -1,19 +1,21 @@
 //! What the agent knows of the cluster: the documents under the prefixes it watches, decoded.
 //!
-//! The view is rebuilt from the raw watch snapshots whenever one changes, and everything the
-//! agent decides (its BGP peers, what it exports, which kernel routes it wants) is a pure
-//! function of the view. A document that does not parse is logged and left out rather than
-//! stopping the agent: one bad write by another tool must not take the node's routing down.
+//! The view is kept current by the watch tasks ([`super::reflector`]): each document is
+//! decoded once, when its put arrives, into the part of the view its prefix feeds ([`Part`]);
+//! a delete removes it, and a fresh listing (after a watch ended) replaces the part wholesale.
+//! Everything the agent decides (its BGP peers, what it exports, which kernel routes it
+//! wants) is a pure function of the view. A document that does not parse is logged and left
+//! out rather than stopping the agent: one bad write by another tool must not take the
+//! node's routing down.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
 use wren_model::{ClusterConfig, Node, Peer, Pool, Workload, keys};
-
-/// Raw documents under one watched prefix: key (relative to the store prefix) → value.
-pub type Snapshot = BTreeMap<String, Vec<u8>>;
 
 /// One IPAM block as far as routing cares.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -43,8 +45,82 @@ pub struct ClusterView {
     pub confirmed_affinities: BTreeSet<IpNet>,
     /// Every IPAM block.
     pub blocks: BTreeMap<IpNet, BlockInfo>,
+    /// This node's workloads, by their key under the node's workload prefix.
+    pub workloads: BTreeMap<String, Workload>,
+    /// The keys under `cluster/` (the identity and the rebuild reports): not routing data,
+    /// but a change wakes a pass, which checks the identity ([`super::identity`]).
+    pub cluster_records: BTreeSet<String>,
+    /// The documents this node writes back should the datastore lose them, by key, as
+    /// stored: the cluster configuration, pools, peers, this node's document, affinities
+    /// and workloads, and the blocks affine to it or lending it an address
+    /// ([`super::identity::Holdings`]).
+    pub held: BTreeMap<String, Vec<u8>>,
+}
+
+/// The part of the view one watched prefix feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    /// `config/cluster`.
+    Cluster,
+    /// `nodes/`.
+    Nodes,
+    /// `liveness/`.
+    Liveness,
+    /// `peers/`.
+    Peers,
+    /// `pools/`.
+    Pools,
+    /// This node's affinities.
+    Affinities,
+    /// `ipam/blocks/`.
+    Blocks,
     /// This node's workloads.
-    pub workloads: Vec<Workload>,
+    Workloads,
+    /// `cluster/`: the identity and the rebuild reports.
+    Records,
+}
+
+impl Part {
+    /// Every part: the view is complete once each has been listed.
+    pub const ALL: [Part; 9] = [
+        Part::Cluster,
+        Part::Nodes,
+        Part::Liveness,
+        Part::Peers,
+        Part::Pools,
+        Part::Affinities,
+        Part::Blocks,
+        Part::Workloads,
+        Part::Records,
+    ];
+
+    /// The prefix (relative to the store's) that feeds this part on node `node`.
+    pub fn prefix(self, node: &str) -> String {
+        match self {
+            Part::Cluster => keys::CLUSTER_CONFIG.to_owned(),
+            Part::Nodes => keys::NODES.to_owned(),
+            Part::Liveness => keys::LIVENESS.to_owned(),
+            Part::Peers => keys::PEERS.to_owned(),
+            Part::Pools => keys::POOLS.to_owned(),
+            Part::Affinities => keys::node_affinities(node),
+            Part::Blocks => keys::BLOCKS.to_owned(),
+            Part::Workloads => keys::node_workloads(node),
+            Part::Records => keys::CLUSTER.to_owned(),
+        }
+    }
+
+    /// Whether `node` writes back the document `key` of this part, decoded as `block` for a
+    /// block, should the datastore lose it.
+    fn held(self, node: &str, key: &str, block: Option<&BlockInfo>) -> bool {
+        match self {
+            Part::Cluster | Part::Pools | Part::Peers | Part::Affinities | Part::Workloads => true,
+            Part::Nodes => key == keys::node(node),
+            Part::Blocks => block.is_some_and(|b| {
+                b.affinity.as_deref() == Some(node) || b.borrowed.values().any(|n| n == node)
+            }),
+            Part::Liveness | Part::Records => false,
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
@@ -57,91 +133,195 @@ fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
     }
 }
 
-/// Keeps the documents of a snapshot whose key starts with `prefix`, with the rest of the key.
-fn under<'a>(
-    snapshot: &'a Snapshot,
-    prefix: &'a str,
-) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
-    snapshot
-        .range(prefix.to_owned()..)
-        .take_while(move |(k, _)| k.starts_with(prefix))
-        .map(move |(k, v)| (&k[prefix.len()..], v.as_slice()))
+fn decode_block(key: &str, value: &[u8]) -> Option<(IpNet, BlockInfo)> {
+    let block = match wren_ipam::block::Block::from_json(value) {
+        Ok(block) => block,
+        Err(e) => {
+            tracing::warn!(block = key, error = %e, "ignoring a block that does not parse");
+            return None;
+        }
+    };
+    let borrowed = block
+        .assignments()
+        .filter_map(|(address, a)| Some((address, a.borrowed_by.clone()?)))
+        .collect();
+    let info = BlockInfo {
+        affinity: block.affinity().map(str::to_owned),
+        borrowed,
+        used: block.used(),
+    };
+    Some((block.cidr(), info))
+}
+
+/// Sets `map[key]` to `value` (removes it for `None`); whether that changed anything.
+fn set<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) -> bool {
+    match value {
+        Some(v) if map.get(&key) == Some(&v) => false,
+        Some(v) => {
+            map.insert(key, v);
+            true
+        }
+        None => map.remove(&key).is_some(),
+    }
+}
+
+/// Replaces `here` with `fresh` when they differ; whether they did.
+fn take_if_changed<T: PartialEq>(here: &mut T, fresh: T) -> bool {
+    let changed = *here != fresh;
+    if changed {
+        *here = fresh;
+    }
+    changed
+}
+
+/// Puts `key` in `set` or takes it out; whether that changed anything.
+fn mark<K: Ord>(set: &mut BTreeSet<K>, key: K, present: bool) -> bool {
+    if present {
+        set.insert(key)
+    } else {
+        set.remove(&key)
+    }
 }
 
 impl ClusterView {
-    /// Decodes cluster config, nodes, liveness and peers.
-    pub fn set_cluster(
+    /// Applies a put of `key` (relative to the store's prefix) to `part`, decoding its value;
+    /// whether the view changed. A value that does not decode takes the document out.
+    pub fn put(&mut self, part: Part, node: &str, key: &str, value: &[u8]) -> bool {
+        self.update(part, node, key, Some(value))
+    }
+
+    /// Applies a delete of `key` to `part`; whether the view changed.
+    pub fn delete(&mut self, part: Part, node: &str, key: &str) -> bool {
+        self.update(part, node, key, None)
+    }
+
+    /// Replaces `part` with a fresh listing of its prefix; whether the view changed.
+    pub fn replace<'a>(
         &mut self,
-        config: &Snapshot,
-        nodes: &Snapshot,
-        liveness: &Snapshot,
-        peers: &Snapshot,
-    ) {
-        self.cluster = config
-            .get(keys::CLUSTER_CONFIG)
-            .and_then(|v| decode(keys::CLUSTER_CONFIG, v))
-            .unwrap_or_default();
-        self.nodes = under(nodes, keys::NODES)
-            .filter_map(|(name, v)| Some((name.to_owned(), decode::<Node>(name, v)?)))
-            .collect();
-        self.live = under(liveness, keys::LIVENESS)
-            .map(|(name, _)| name.to_owned())
-            .collect();
-        self.peers = under(peers, keys::PEERS)
-            .filter_map(|(name, v)| Some((name.to_owned(), decode::<Peer>(name, v)?)))
-            .collect();
+        part: Part,
+        node: &str,
+        listing: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> bool {
+        let mut fresh = ClusterView::default();
+        for (key, value) in listing {
+            fresh.put(part, node, key, value);
+        }
+        let prefix = part.prefix(node);
+        let mut held = self.held.clone();
+        held.retain(|key, _| !key.starts_with(prefix.as_str()));
+        held.append(&mut fresh.held);
+        let held_changed = take_if_changed(&mut self.held, held);
+        held_changed
+            | match part {
+                Part::Cluster => take_if_changed(&mut self.cluster, fresh.cluster),
+                Part::Nodes => take_if_changed(&mut self.nodes, fresh.nodes),
+                Part::Liveness => take_if_changed(&mut self.live, fresh.live),
+                Part::Peers => take_if_changed(&mut self.peers, fresh.peers),
+                Part::Pools => take_if_changed(&mut self.pools, fresh.pools),
+                Part::Affinities => {
+                    take_if_changed(&mut self.confirmed_affinities, fresh.confirmed_affinities)
+                }
+                Part::Blocks => take_if_changed(&mut self.blocks, fresh.blocks),
+                Part::Workloads => take_if_changed(&mut self.workloads, fresh.workloads),
+                Part::Records => take_if_changed(&mut self.cluster_records, fresh.cluster_records),
+            }
     }
 
-    /// Decodes the pools.
-    pub fn set_pools(&mut self, pools: &Snapshot) {
-        self.pools = under(pools, keys::POOLS)
-            .filter_map(|(name, v)| Some((name.to_owned(), decode::<Pool>(name, v)?)))
-            .collect();
+    fn update(&mut self, part: Part, node: &str, key: &str, value: Option<&[u8]>) -> bool {
+        let changed = self.update_decoded(part, node, key, value);
+        let block = match part {
+            Part::Blocks => key
+                .strip_prefix(keys::BLOCKS)
+                .and_then(keys::parse_cidr_segment)
+                .and_then(|cidr| self.blocks.get(&cidr)),
+            _ => None,
+        };
+        let held = match value {
+            Some(value) if part.held(node, key, block) && self.decoded(part, node, key) => {
+                Some(value.to_vec())
+            }
+            _ => None,
+        };
+        set(&mut self.held, key.to_owned(), held) | changed
     }
 
-    /// Decodes this node's workloads.
-    pub fn set_workloads(&mut self, node: &str, workloads: &Snapshot) {
-        let prefix = keys::node_workloads(node);
-        self.workloads = under(workloads, &prefix)
-            .filter_map(|(key, v)| decode::<Workload>(key, v))
-            .collect();
+    /// Whether the document `key` of `part` is in the decoded view (it parsed).
+    fn decoded(&self, part: Part, node: &str, key: &str) -> bool {
+        if part == Part::Cluster {
+            return key == keys::CLUSTER_CONFIG;
+        }
+        let Some(rest) = key.strip_prefix(part.prefix(node).as_str()) else {
+            return false;
+        };
+        let cidr = || keys::parse_cidr_segment(rest);
+        match part {
+            Part::Cluster => false,
+            Part::Nodes => self.nodes.contains_key(rest),
+            Part::Peers => self.peers.contains_key(rest),
+            Part::Pools => self.pools.contains_key(rest),
+            Part::Affinities => cidr().is_some_and(|c| self.confirmed_affinities.contains(&c)),
+            Part::Blocks => cidr().is_some_and(|c| self.blocks.contains_key(&c)),
+            Part::Workloads => self.workloads.contains_key(rest),
+            Part::Liveness | Part::Records => false,
+        }
     }
 
-    /// Decodes this node's confirmed affinities.
-    pub fn set_affinities(&mut self, node: &str, affinities: &Snapshot) {
-        let prefix = keys::node_affinities(node);
-        self.confirmed_affinities = under(affinities, &prefix)
-            .filter_map(|(segment, v)| {
-                let cidr = keys::parse_cidr_segment(segment)?;
-                let doc: wren_ipam::affinity::Affinity = decode(segment, v)?;
-                (doc.state == wren_ipam::affinity::AffinityState::Confirmed).then_some(cidr)
-            })
-            .collect();
-    }
-
-    /// Decodes every block.
-    pub fn set_blocks(&mut self, blocks: &Snapshot) {
-        self.blocks = under(blocks, keys::BLOCKS)
-            .filter_map(|(segment, v)| {
-                let block = match wren_ipam::block::Block::from_json(v) {
-                    Ok(block) => block,
-                    Err(e) => {
-                        tracing::warn!(block = segment, error = %e, "ignoring a block that does not parse");
-                        return None;
-                    }
+    fn update_decoded(&mut self, part: Part, node: &str, key: &str, value: Option<&[u8]>) -> bool {
+        if part == Part::Cluster {
+            if key != keys::CLUSTER_CONFIG {
+                return false;
+            }
+            let config = value.and_then(|v| decode(key, v)).unwrap_or_default();
+            let changed = self.cluster != config;
+            self.cluster = config;
+            return changed;
+        }
+        let Some(rest) = key.strip_prefix(part.prefix(node).as_str()) else {
+            return false;
+        };
+        match part {
+            Part::Cluster => false,
+            Part::Nodes => set(
+                &mut self.nodes,
+                rest.to_owned(),
+                value.and_then(|v| decode(key, v)),
+            ),
+            Part::Liveness => mark(&mut self.live, rest.to_owned(), value.is_some()),
+            Part::Peers => set(
+                &mut self.peers,
+                rest.to_owned(),
+                value.and_then(|v| decode(key, v)),
+            ),
+            Part::Pools => set(
+                &mut self.pools,
+                rest.to_owned(),
+                value.and_then(|v| decode(key, v)),
+            ),
+            Part::Affinities => {
+                let Some(cidr) = keys::parse_cidr_segment(rest) else {
+                    return false;
                 };
-                let borrowed = block
-                    .assignments()
-                    .filter_map(|(address, a)| Some((address, a.borrowed_by.clone()?)))
-                    .collect();
-                let info = BlockInfo {
-                    affinity: block.affinity().map(str::to_owned),
-                    borrowed,
-                    used: block.used(),
+                let confirmed = value
+                    .and_then(|v| decode::<wren_ipam::affinity::Affinity>(key, v))
+                    .is_some_and(|a| a.state == wren_ipam::affinity::AffinityState::Confirmed);
+                mark(&mut self.confirmed_affinities, cidr, confirmed)
+            }
+            Part::Blocks => {
+                let Some(cidr) = keys::parse_cidr_segment(rest) else {
+                    return false;
                 };
-                Some((block.cidr(), info))
-            })
-            .collect();
+                let info = value
+                    .and_then(|v| decode_block(key, v))
+                    .map(|(_, info)| info);
+                set(&mut self.blocks, cidr, info)
+            }
+            Part::Workloads => set(
+                &mut self.workloads,
+                rest.to_owned(),
+                value.and_then(|v| decode(key, v)),
+            ),
+            Part::Records => mark(&mut self.cluster_records, rest.to_owned(), value.is_some()),
+        }
     }
 
     /// The AS a node speaks: its own or the cluster's.
@@ -182,5 +362,195 @@ impl ClusterView {
             .map(|b| u64::from(b.used).saturating_sub(b.borrowed.len() as u64))
             .sum();
         own + self.borrowed_addresses(node).len() as u64
+    }
+}
+
+/// The view as the watch tasks keep it, shared with the controller: each task changes its
+/// part in place, and a pass takes the view as it stands (copied only when a task changes it
+/// while a pass still holds it).
+#[derive(Debug, Default)]
+pub struct LiveView {
+    state: Mutex<LiveState>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct LiveState {
+    view: Arc<ClusterView>,
+    listed: BTreeSet<Part>,
+    generation: u64,
+}
+
+/// The view as one pass takes it.
+#[derive(Debug, Clone)]
+pub struct ViewSnapshot {
+    /// The view.
+    pub view: Arc<ClusterView>,
+    /// Counts the view's changes: equal generations, equal views.
+    pub generation: u64,
+}
+
+impl LiveView {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The view as of now, once every part has been listed (before that, acting on it would
+    /// mean acting on an empty cluster).
+    pub fn current(&self) -> Option<ViewSnapshot> {
+        let state = self.lock();
+        (state.listed.len() == Part::ALL.len()).then(|| ViewSnapshot {
+            view: state.view.clone(),
+            generation: state.generation,
+        })
+    }
+
+    /// Changes the view with `change`, which says whether it changed anything; wakes the
+    /// controller when it did.
+    pub fn update(&self, change: impl FnOnce(&mut ClusterView) -> bool) {
+        let mut state = self.lock();
+        if change(Arc::make_mut(&mut state.view)) {
+            state.generation += 1;
+            self.changed.notify_one();
+        }
+    }
+
+    /// Replaces `part` with a fresh listing and counts it as listed; wakes the controller
+    /// when the view changed or became complete.
+    pub fn listed<'a>(
+        &self,
+        part: Part,
+        node: &str,
+        listing: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) {
+        let mut state = self.lock();
+        let changed = Arc::make_mut(&mut state.view).replace(part, node, listing);
+        let first = state.listed.insert(part);
+        if changed {
+            state.generation += 1;
+        }
+        if changed || first {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Waits until the view changes (or returns at once if it changed since the last call).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_doc(name: &str, ip: &str) -> Vec<u8> {
+        serde_json::to_vec(&Node::new(name, Some(ip.parse().unwrap()))).unwrap()
+    }
+
+    #[test]
+    fn documents_are_decoded_as_they_arrive_and_a_relisting_replaces_the_part() {
+        let mut v = ClusterView::default();
+        assert!(v.put(Part::Nodes, "a", "nodes/b", &node_doc("b", "10.0.0.2/24")));
+        assert!(!v.put(Part::Nodes, "a", "nodes/b", &node_doc("b", "10.0.0.2/24")));
+        assert!(v.put(Part::Nodes, "a", "nodes/c", &node_doc("c", "10.0.0.3/24")));
+        assert_eq!(v.nodes.len(), 2);
+        // A document that does not parse is left out; so is one under another prefix.
+        assert!(v.put(Part::Nodes, "a", "nodes/c", b"{not json"));
+        assert!(!v.put(Part::Nodes, "a", "peers/x", &node_doc("x", "10.0.0.9/24")));
+        assert_eq!(v.nodes.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(v.delete(Part::Nodes, "a", "nodes/b"));
+        assert!(v.nodes.is_empty());
+        // A relisting with what the part holds already changes nothing.
+        let d = node_doc("d", "10.0.0.4/24");
+        assert!(v.replace(Part::Nodes, "a", [("nodes/d", d.as_slice())]));
+        assert!(!v.replace(Part::Nodes, "a", [("nodes/d", d.as_slice())]));
+        assert!(v.replace(Part::Nodes, "a", []));
+        assert!(v.nodes.is_empty());
+        // Liveness is a set of names; the cluster config falls back to its defaults.
+        assert!(v.put(Part::Liveness, "a", "liveness/b", b"holder"));
+        assert!(v.live.contains("b"));
+        let off = serde_json::to_vec(&ClusterConfig {
+            node_to_node_mesh: false,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(v.put(Part::Cluster, "a", keys::CLUSTER_CONFIG, &off));
+        assert!(!v.cluster.node_to_node_mesh);
+        assert!(v.delete(Part::Cluster, "a", keys::CLUSTER_CONFIG));
+        assert_eq!(v.cluster, ClusterConfig::default());
+    }
+
+    #[test]
+    fn the_view_keeps_as_stored_what_this_node_would_write_back() {
+        use wren_ipam::block::{Assignment, Block};
+        let mut v = ClusterView::default();
+        let own = Block::new("10.65.0.0/26".parse().unwrap(), Some("a".into())).unwrap();
+        let mut lender = Block::new("10.65.0.64/26".parse().unwrap(), Some("b".into())).unwrap();
+        let other = Block::new("10.65.0.128/26".parse().unwrap(), Some("b".into())).unwrap();
+        lender
+            .assign(
+                "10.65.0.70".parse().unwrap(),
+                Assignment {
+                    handle: "net.c1".into(),
+                    borrowed_by: Some("a".into()),
+                },
+            )
+            .unwrap();
+        for block in [&own, &lender, &other] {
+            v.put(
+                Part::Blocks,
+                "a",
+                &keys::block(&block.cidr()),
+                &block.to_json(),
+            );
+        }
+        v.put(Part::Nodes, "a", "nodes/a", &node_doc("a", "10.0.0.1/24"));
+        v.put(Part::Nodes, "a", "nodes/b", &node_doc("b", "10.0.0.2/24"));
+        v.put(Part::Pools, "a", "pools/broken", b"{not json");
+        let held: Vec<&str> = v.held.keys().map(String::as_str).collect();
+        assert_eq!(
+            held,
+            [
+                keys::block(&own.cidr()).as_str(),
+                keys::block(&lender.cidr()).as_str(),
+                "nodes/a"
+            ]
+        );
+        // The lender stops lending: no longer held. A relisting replaces the part's share.
+        lender.release("10.65.0.70".parse().unwrap());
+        assert!(v.put(
+            Part::Blocks,
+            "a",
+            &keys::block(&lender.cidr()),
+            &lender.to_json()
+        ));
+        assert!(!v.held.contains_key(&keys::block(&lender.cidr())));
+        assert!(v.replace(Part::Blocks, "a", []));
+        assert_eq!(v.held.keys().collect::<Vec<_>>(), ["nodes/a"]);
+    }
+
+    #[test]
+    fn the_live_view_is_complete_once_every_part_was_listed() {
+        let live = LiveView::default();
+        let (last, first) = Part::ALL.split_last().unwrap();
+        for part in first {
+            live.listed(*part, "a", []);
+            assert!(live.current().is_none());
+        }
+        live.listed(*last, "a", []);
+        let before = live.current().unwrap();
+        live.update(|v| v.put(Part::Nodes, "a", "nodes/b", &node_doc("b", "10.0.0.2/24")));
+        // A pass holding the view it took sees it unchanged; the next one sees the change.
+        assert!(before.view.nodes.is_empty());
+        let after = live.current().unwrap();
+        assert_eq!(after.view.nodes.len(), 1);
+        assert_ne!(after.generation, before.generation);
+        // A put that changes nothing is no new generation.
+        live.update(|v| v.put(Part::Nodes, "a", "nodes/b", &node_doc("b", "10.0.0.2/24")));
+        assert_eq!(live.current().unwrap().generation, after.generation);
     }
 }

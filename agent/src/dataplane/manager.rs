@@ -127,6 +127,9 @@ pub struct RouteCounters {
     pub errors: u64,
     /// Reconcile passes run.
     pub reconciles: u64,
+    /// Dumps of the kernel's tables read (routes or links, each family and table counting
+    /// once): what a pass costs beyond its changes.
+    pub dumps: u64,
 }
 
 /// One incremental change for [`RouteManager::apply`].
@@ -200,11 +203,8 @@ impl RouteManager {
     /// The routes of wren's protocols in the managed tables now, devices named.
     pub fn installed(&mut self) -> Result<Vec<Route>, RouteError> {
         let kernel = self.dump_owned()?;
-        let names: HashMap<u32, String> = if kernel.iter().any(|k| oif_of(k).is_some()) {
-            self.link_indexes()?
-                .into_iter()
-                .map(|(name, index)| (index, name))
-                .collect()
+        let names = if kernel.iter().any(|k| oif_of(k).is_some()) {
+            names_of(&self.link_indexes()?)
         } else {
             HashMap::new()
         };
@@ -215,27 +215,48 @@ impl RouteManager {
     /// routes that the kernel made for the addresses of interfaces that are up (`proto
     /// kernel`), without IPv6 link-local ones, which need an interface to mean anything.
     pub fn connected_networks(&mut self) -> Result<Vec<IpNet>, RouteError> {
-        let mut kernel = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let filter = RouteFilter {
-                family,
-                table: MAIN_TABLE,
-                protocol: Some(Protocol::KERNEL),
-                oif: None,
-            };
-            dump_routes(&mut self.netlink, &filter, &mut kernel)?;
-        }
-        let link_local = |net: &IpNet| match net {
-            IpNet::V6(v6) => v6.addr().is_unicast_link_local() || v6.addr().is_multicast(),
-            IpNet::V4(_) => false,
+        let kernel = self.dump_connected()?;
+        Ok(connected_of(kernel))
+    }
+
+    /// [`RouteManager::reconcile`], leaving alone the routes of ours that are not desired but
+    /// that `keep` holds on to, and reading the node's connected networks in the same read of
+    /// the kernel's tables: one read per pass.
+    pub fn reconcile_keeping(
+        &mut self,
+        desired: &[Route],
+        keep: impl Fn(&Route) -> bool,
+    ) -> Result<(RouteReport, Vec<IpNet>), RouteError> {
+        let mut kernel = self.dump_owned()?;
+        let connected = self.dump_connected()?;
+        let wanted: HashSet<(u32, IpNet)> = desired.iter().map(|r| (r.table, r.dst)).collect();
+        let undesired: Vec<&KernelRoute> = kernel
+            .iter()
+            .filter(|k| !wanted.contains(&(k.table, k.dst)))
+            .collect();
+        // One read of the links serves both the kept routes' names and the desired devices.
+        let links = if desired.iter().any(|r| r.dev().is_some())
+            || undesired.iter().any(|k| oif_of(k).is_some())
+        {
+            self.link_indexes()?
+        } else {
+            HashMap::new()
         };
-        Ok(kernel
+        let names = names_of(&links);
+        let kept: Vec<Route> = undesired
             .into_iter()
-            .filter(|k| {
-                matches!(k.shape, super::route::Shape::Device { .. }) && !link_local(&k.dst)
-            })
-            .map(|k| k.dst)
-            .collect())
+            .filter_map(|k| route_of(k, &names))
+            .filter(|r| keep(r))
+            .collect();
+        let kernel = std::mem::take(&mut kernel);
+        let report = if kept.is_empty() {
+            self.reconcile_against(desired, kernel, links)?
+        } else {
+            let mut routes = desired.to_vec();
+            routes.extend(kept);
+            self.reconcile_against(&routes, kernel, links)?
+        };
+        Ok((report, connected_of(connected)))
     }
 
     /// Makes the kernel's routes of wren's protocols in the managed tables exactly `desired`:
@@ -243,13 +264,24 @@ impl RouteManager {
     /// desired. Routes of other protocols are never touched. Running it again with the same
     /// set changes nothing.
     pub fn reconcile(&mut self, desired: &[Route]) -> Result<RouteReport, RouteError> {
-        self.counters.reconciles += 1;
-        let mut report = RouteReport::default();
+        let kernel = self.dump_owned()?;
         let links = if desired.iter().any(|r| r.dev().is_some()) {
             self.link_indexes()?
         } else {
             HashMap::new()
         };
+        self.reconcile_against(desired, kernel, links)
+    }
+
+    /// Reconciles against the routes of ours the kernel holds, as read just before.
+    fn reconcile_against(
+        &mut self,
+        desired: &[Route],
+        kernel: Vec<KernelRoute>,
+        links: HashMap<String, u32>,
+    ) -> Result<RouteReport, RouteError> {
+        self.counters.reconciles += 1;
+        let mut report = RouteReport::default();
         let mut seen = HashSet::new();
         let mut wanted = Vec::with_capacity(desired.len());
         for route in desired {
@@ -273,7 +305,7 @@ impl RouteManager {
                 }),
             }
         }
-        let plan = plan(&wanted, self.dump_owned()?);
+        let plan = plan(&wanted, kernel);
         report.unchanged = plan.unchanged;
         let requests = plan.steps.iter().map(|step| match step {
             Step::Delete(k) => Request::new(RouteNetlinkMessage::DelRoute(k.removal()), 0),
@@ -490,14 +522,32 @@ impl RouteManager {
                         oif: None,
                     };
                     dump_routes(&mut self.netlink, &filter, &mut out)?;
+                    self.counters.dumps += 1;
                 }
             }
         }
         Ok(out)
     }
 
+    /// Reads the main table's routes the kernel made itself (`proto kernel`), both families.
+    fn dump_connected(&mut self) -> Result<Vec<KernelRoute>, RouteError> {
+        let mut kernel = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let filter = RouteFilter {
+                family,
+                table: MAIN_TABLE,
+                protocol: Some(Protocol::KERNEL),
+                oif: None,
+            };
+            dump_routes(&mut self.netlink, &filter, &mut kernel)?;
+            self.counters.dumps += 1;
+        }
+        Ok(kernel)
+    }
+
     /// Interface names to indexes in the socket's namespace.
     fn link_indexes(&mut self) -> Result<HashMap<String, u32>, RouteError> {
+        self.counters.dumps += 1;
         let mut links = HashMap::new();
         for attempt in 1..=DUMP_ATTEMPTS {
             links.clear();
@@ -602,6 +652,28 @@ pub(crate) fn link_name(link: &LinkMessage) -> Option<String> {
         LinkAttribute::IfName(name) => Some(name.clone()),
         _ => None,
     })
+}
+
+/// Interface names by index.
+fn names_of(links: &HashMap<String, u32>) -> HashMap<u32, String> {
+    links
+        .iter()
+        .map(|(name, index)| (*index, name.clone()))
+        .collect()
+}
+
+/// The connected networks among kernel-made routes: device routes, without IPv6 link-local
+/// and multicast ones, which need an interface to mean anything.
+fn connected_of(kernel: Vec<KernelRoute>) -> Vec<IpNet> {
+    let link_local = |net: &IpNet| match net {
+        IpNet::V6(v6) => v6.addr().is_unicast_link_local() || v6.addr().is_multicast(),
+        IpNet::V4(_) => false,
+    };
+    kernel
+        .into_iter()
+        .filter(|k| matches!(k.shape, super::route::Shape::Device { .. }) && !link_local(&k.dst))
+        .map(|k| k.dst)
+        .collect()
 }
 
 fn oif_of(k: &KernelRoute) -> Option<u32> {

@@ -5,6 +5,7 @@
 //! - [`RouteManager`]: reconciles the kernel's routes of wren's protocols with a desired set on
 //!   one netlink socket, pipelined.
 //! - [`pod`]: the veth pair of a pod ([`setup_pod`], [`teardown_pod`], [`check_pod`]).
+//! - [`program`]: the programmers the daemon's passes drive, one per kind of kernel object.
 //! - [`prepare_node`]: forwarding on, at agent start.
 //! - [`vxlan`], [`ipip`]: the tunnel devices, with [`fdb`] and neighbour entries for VXLAN;
 //!   [`mtu`]: the MTUs of pods and tunnels; [`nat`]: outgoing NAT in nftables.
@@ -25,6 +26,7 @@ mod netlink;
 mod netns;
 mod node;
 pub mod pod;
+pub mod program;
 mod reconcile;
 pub mod route;
 pub mod vxlan;

@@ -23,7 +23,7 @@ pub struct Protocol(pub u8);
 impl Protocol {
     /// Routes learned over BGP (`proto bgp`, 186 in `/etc/iproute2/rt_protos`).
     pub const BGP: Protocol = Protocol(186);
-    /// Routes wren makes itself: block blackholes, pod routes, tunnel routes (`proto 201`).
+    /// Routes wren makes itself: block blackholes and pod routes (`proto 201`).
     pub const WREN: Protocol = Protocol(201);
     /// Routes the kernel makes itself, as for an interface's subnet (`proto kernel`).
     pub const KERNEL: Protocol = Protocol(2);
@@ -124,15 +124,16 @@ impl Route {
         )
     }
 
-    /// `<dst> via <gateway> dev <dev> onlink proto wren`: a block reached through a tunnel
-    /// device whose next hop is not on a connected subnet.
+    /// `<dst> via <gateway> dev <dev> onlink proto bgp`: a block another node announced,
+    /// reached through a tunnel device whose next hop is not on a connected subnet. Still a
+    /// learned route: a restart keeps it like the others.
     pub fn via_onlink(dst: IpNet, gateway: IpAddr, dev: impl Into<String>) -> Self {
         let next_hop = NextHop::Gateway {
             via: gateway,
             dev: Some(dev.into()),
             onlink: true,
         };
-        Route::new(dst, next_hop, Protocol::WREN)
+        Route::new(dst, next_hop, Protocol::BGP)
     }
 
     /// `<dst> dev <dev> scope link proto wren`: a pod's address on its host veth.
@@ -484,7 +485,7 @@ mod tests {
             Route::via_onlink(net("10.0.1.0/26"), ip("10.0.1.0"), "wren.vxlan")
                 .in_table(100)
                 .to_string(),
-            "10.0.1.0/26 via 10.0.1.0 dev wren.vxlan onlink proto wren table 100"
+            "10.0.1.0/26 via 10.0.1.0 dev wren.vxlan onlink proto bgp table 100"
         );
         assert_eq!(
             Route::device(net("10.0.0.5/32"), "wren0123456789a").to_string(),

@@ -79,6 +79,41 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     }
 
+    /// `wren status -o json`: the status document (`Null` when the agent does not answer).
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = std::process::Command::new(wren_bin())
+            .args(["status", "-o", "json", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Whether every readiness check passes, from the status document.
+    pub fn ready(&self) -> bool {
+        self.status_json()["readiness"]
+            .as_object()
+            .is_some_and(|checks| checks.values().all(|v| v.as_bool() == Some(true)))
+    }
+
+    /// The kinds of the node's BGP sessions (`node-mesh`, `rr-client`, …), from the status
+    /// document, with the session states.
+    pub fn peers(&self) -> Vec<(String, String, String)> {
+        let status = self.status_json();
+        status["peers"]
+            .as_array()
+            .map(|peers| {
+                peers
+                    .iter()
+                    .map(|p| {
+                        let field = |f: &str| p[f].as_str().unwrap_or_default().to_owned();
+                        (field("address"), field("kind"), field("state"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn log(&self) -> String {
         self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
     }

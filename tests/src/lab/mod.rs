@@ -84,53 +84,23 @@ pub struct FastPathReport {
 }
 
 impl FastPathReport {
-    /// Reads the `Fast path:` line of a status text.
-    pub fn parse(status: &str) -> Option<Self> {
-        let line = status.lines().find_map(|l| l.strip_prefix("Fast path: "))?;
-        let Some(on) = line.strip_prefix("on, ") else {
-            return Some(Self {
-                on: false,
-                pods: 0,
-                uplinks: Vec::new(),
-                forwarded: 0,
-                to_stack: 0,
-                encapsulated: 0,
-                translated: 0,
-            });
-        };
-        // "… pods and eth0, wren.vxlan (uplinks); …", or "and no uplink (uplinks)".
-        let devices = on.split_once(" and ")?.1.split_once(" (uplink")?.0;
-        let uplinks = match devices {
-            "no uplink" => Vec::new(),
-            list => list.split(", ").map(str::to_owned).collect(),
-        };
-        let number_before = |text: &str, word: &str| -> Option<u64> {
-            let at = text.find(word)?;
-            text[..at].split_whitespace().last()?.parse().ok()
-        };
-        // "  VXLAN in the fast path: 2 remote nodes, 10 packets encapsulated", when it wraps.
-        let encapsulated = status
-            .lines()
-            .find(|l| l.trim_start().starts_with("VXLAN in the fast path:"))
-            .map_or(Some(0), |l| number_before(l, " packets encapsulated"))?;
-        // "  Connections translated by netfilter (…): 4 packets left to the host stack".
-        let translated = status
-            .lines()
-            .find(|l| {
-                l.trim_start()
-                    .starts_with("Connections translated by netfilter")
-            })
-            .map_or(Some(0), |l| {
-                number_before(l, " packets left to the host stack")
-            })?;
+    /// Reads the `fastPath` object of a `wren status -o json` document.
+    pub fn from_status(status: &serde_json::Value) -> Option<Self> {
+        let fast_path = status.get("fastPath")?;
+        let number = |field: &str| fast_path.get(field).and_then(serde_json::Value::as_u64);
         Some(Self {
-            on: true,
-            pods: on.split_whitespace().next()?.parse().ok()?,
-            uplinks,
-            forwarded: number_before(on, " packets forwarded")?,
-            to_stack: number_before(on, " left to the host stack")?,
-            encapsulated,
-            translated,
+            on: fast_path.get("state")?.as_str()? == "on",
+            pods: usize::try_from(number("pods")?).ok()?,
+            uplinks: fast_path
+                .get("uplinks")?
+                .as_array()?
+                .iter()
+                .map(|u| u.as_str().map(str::to_owned))
+                .collect::<Option<_>>()?,
+            forwarded: number("forwarded")?,
+            to_stack: number("toStack")?,
+            encapsulated: number("encapsulated").unwrap_or(0),
+            translated: number("translated").unwrap_or(0),
         })
     }
 }
@@ -1051,12 +1021,26 @@ impl Lab {
         )?)
     }
 
-    /// Node `node`'s fast path, from its `wren status`.
-    pub fn fast_path(&self, node: &str) -> Result<FastPathReport> {
-        let status = self.node_status(node)?;
-        FastPathReport::parse(&status).ok_or_else(|| {
-            LabError::Lab(format!("no fast path line in {node}'s status:\n{status}"))
+    /// Runs `wren status -o json` against node `node`'s agent: the status document.
+    pub fn node_status_json(&self, node: &str) -> Result<serde_json::Value> {
+        let socket = self.node(node)?.socket.clone();
+        let text = crate::netns::run(
+            Command::new(self.state.spec.bin_dir.join("wren"))
+                .args(["status", "-o", "json", "--socket"])
+                .arg(socket),
+        )?;
+        serde_json::from_str(&text).map_err(|e| {
+            LabError::Lab(format!(
+                "{node}'s `wren status -o json` does not parse: {e}\n{text}"
+            ))
         })
+    }
+
+    /// Node `node`'s fast path, from its `wren status -o json`.
+    pub fn fast_path(&self, node: &str) -> Result<FastPathReport> {
+        let status = self.node_status_json(node)?;
+        FastPathReport::from_status(&status)
+            .ok_or_else(|| LabError::Lab(format!("no fast path in {node}'s status:\n{status}")))
     }
 
     /// Runs a command inside the namespace of node or pod `member` and returns its stdout.
@@ -1441,35 +1425,35 @@ mod tests {
     use super::FastPathReport;
 
     #[test]
-    fn reads_the_fast_path_line() {
-        let on = "Kernel routes: 3 desired\nFast path: on, 2 pods and eth0, wren.vxlan (uplinks); 1234 packets forwarded, 5 left to the host stack\n";
+    fn reads_the_fast_path_of_the_status_document() {
+        let on = serde_json::json!({
+            "node": "n1",
+            "fastPath": {
+                "state": "on", "pods": 2, "uplinks": ["eth0", "wren.vxlan"],
+                "forwarded": 1234, "toStack": 5, "vxlanPeers": 3, "encapsulated": 1000,
+                "translated": 42
+            }
+        });
         assert_eq!(
-            FastPathReport::parse(on),
+            FastPathReport::from_status(&on),
             Some(FastPathReport {
                 on: true,
                 pods: 2,
                 uplinks: vec!["eth0".into(), "wren.vxlan".into()],
                 forwarded: 1234,
                 to_stack: 5,
-                encapsulated: 0,
-                translated: 0,
+                encapsulated: 1000,
+                translated: 42,
             })
         );
-        let wrapping = format!(
-            "{on}  VXLAN in the fast path: 3 remote nodes, 1000 packets encapsulated\nKernel routes: 3 desired\n"
-        );
-        assert_eq!(FastPathReport::parse(&wrapping).unwrap().encapsulated, 1000);
-        let translating = format!(
-            "{on}  Connections translated by netfilter (hostPort, Service, SNAT): 42 packets left to the host stack\n"
-        );
-        assert_eq!(FastPathReport::parse(&translating).unwrap().translated, 42);
-        let bare = "Fast path: on, 0 pods and no uplink (uplinks); 0 packets forwarded, 0 left to the host stack\n";
+        let off = serde_json::json!({"fastPath": {
+            "state": "unavailable", "reason": "no BPF", "pods": 0, "uplinks": [],
+            "forwarded": 0, "toStack": 0
+        }});
+        assert!(!FastPathReport::from_status(&off).unwrap().on);
         assert_eq!(
-            FastPathReport::parse(bare).unwrap().uplinks,
-            Vec::<String>::new()
+            FastPathReport::from_status(&serde_json::json!({"node": "n1"})),
+            None
         );
-        let off = "Fast path: unavailable, pods are routed by the host stack: no BPF\n";
-        assert!(!FastPathReport::parse(off).unwrap().on);
-        assert_eq!(FastPathReport::parse("Kernel routes: 3 desired\n"), None);
     }
 }

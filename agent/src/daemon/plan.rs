@@ -1,0 +1,199 @@
+//! The plan: everything this node wants, computed from the view, BGP's best paths and facts
+//! about the node, with no I/O.
+//!
+//! [`plan`] is the pipeline's pure middle: the view (decoded by the watch tasks) and the best
+//! paths (pushed by the speaker) go in; BGP sessions and exports, the kernel routes (of the
+//! dataplane's one route type), the tunnels the pools call for and the fast path's entries
+//! come out, for the programmers to put in place. The one step that needs the kernel's answer
+//! first, which learned routes go through a tunnel, is [`super::encap::shape_routes`], run on
+//! the plan's routes once the tunnel programmer has said which tunnels are up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::encap::{Wanted, nat_rules, vxlan_peers};
+use super::fastpath::FastPathDesired;
+use super::mesh::{self, LocalNode, PeerSpec};
+use super::policy::{self, ClusterSpace};
+use super::view::ClusterView;
+use crate::dataplane::Route;
+use crate::dataplane::nat::NatRules;
+use crate::dataplane::program::routes::DesiredRoutes;
+use crate::dataplane::vxlan::VxlanPeer;
+
+/// What the plan needs to know about the node beyond the view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The node's identity in the mesh.
+    pub node: LocalNode,
+    /// The node's own addresses: a learned route leading to one of them is ours already.
+    pub own_addresses: Vec<IpAddr>,
+}
+
+/// The desired state of one pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The BGP sessions, by peer address.
+    pub peers: BTreeMap<IpAddr, PeerSpec>,
+    /// The prefixes this node announces (next hop self).
+    pub exports: BTreeSet<IpNet>,
+    /// The address space explicit peers may not announce into.
+    pub cluster_space: ClusterSpace,
+    /// The kernel routes, learned ones still plain (before [`super::encap::shape_routes`]).
+    pub routes: DesiredRoutes,
+    /// The tunnels the pools in use call for.
+    pub tunnels: Wanted,
+    /// Outgoing NAT.
+    pub nat: NatRules,
+    /// The other nodes' VXLAN ends (used while this node has a VXLAN identity).
+    pub vxlan_peers: Vec<VxlanPeer>,
+    /// What the fast path should cover.
+    pub fast_path: FastPathDesired,
+}
+
+/// Computes the desired state from the view and the best paths (prefix → next hop).
+pub fn plan(view: &ClusterView, best_paths: &BTreeMap<IpNet, IpAddr>, facts: &NodeFacts) -> Plan {
+    let name = facts.node.name.as_str();
+    let imported = policy::import(best_paths, name, &facts.own_addresses, view);
+    Plan {
+        peers: mesh::desired_peers(&facts.node, view),
+        exports: policy::export_set(name, view),
+        cluster_space: ClusterSpace::of(view),
+        routes: routes(name, view, &imported),
+        tunnels: Wanted::of(view),
+        nat: nat_rules(view),
+        vxlan_peers: vxlan_peers(name, view),
+        fast_path: FastPathDesired::of(view, name),
+    }
+}
+
+/// The kernel routes: imported BGP routes (`proto bgp`), then local blocks as blackholes,
+/// then local pods on their host veths (both `proto wren`). Later entries win on the same
+/// destination: a pod's own route is never replaced by anything learned.
+pub fn routes(node: &str, view: &ClusterView, imported: &BTreeMap<IpNet, IpAddr>) -> DesiredRoutes {
+    let mut out: DesiredRoutes = imported
+        .iter()
+        .map(|(prefix, next_hop)| (*prefix, Route::via(*prefix, *next_hop)))
+        .collect();
+    for block in view.local_blocks(node) {
+        out.insert(block, Route::blackhole(block));
+    }
+    for workload in view.workloads.values() {
+        for address in &workload.addresses {
+            let dst = IpNet::from(address.addr());
+            out.insert(dst, Route::device(dst, workload.host_interface.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::view::BlockInfo;
+    use crate::dataplane::{NextHop, Protocol};
+    use wren_model::{Node, Workload};
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn view() -> ClusterView {
+        let mut v = ClusterView::default();
+        v.blocks.insert(
+            net("10.65.0.0/26"),
+            BlockInfo {
+                affinity: Some("a".into()),
+                ..Default::default()
+            },
+        );
+        v.confirmed_affinities.insert(net("10.65.0.0/26"));
+        v.workloads.insert(
+            "c1/eth0".into(),
+            Workload {
+                node: "a".into(),
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                network: "k8s".into(),
+                handle: "k8s.c1".into(),
+                pod_namespace: None,
+                pod_name: None,
+                pod_uid: None,
+                netns: "/var/run/netns/x".into(),
+                addresses: vec![net("10.65.0.5/32"), net("fd00:65::5/128")],
+                host_interface: "wren0123456789a".into(),
+                mac: "ee:ee:ee:ee:ee:ee".into(),
+            },
+        );
+        v
+    }
+
+    #[test]
+    fn blackholes_pods_and_learned_routes_with_their_protocols() {
+        let learned: BTreeMap<IpNet, IpAddr> = [
+            (net("10.65.0.64/26"), ip("10.0.0.2")),
+            (net("10.65.0.5/32"), ip("10.0.0.2")),
+        ]
+        .into();
+        let d = routes("a", &view(), &learned);
+        assert_eq!(d[&net("10.65.0.0/26")].next_hop, NextHop::Blackhole);
+        assert_eq!(
+            d[&net("10.65.0.64/26")],
+            Route::via(net("10.65.0.64/26"), ip("10.0.0.2"))
+        );
+        for pod in ["10.65.0.5/32", "fd00:65::5/128"] {
+            assert_eq!(d[&net(pod)], Route::device(net(pod), "wren0123456789a"));
+        }
+        assert_eq!(d.len(), 4);
+        assert_eq!(d[&net("10.65.0.64/26")].protocol, Protocol::BGP);
+        assert_eq!(d[&net("10.65.0.0/26")].protocol, Protocol::WREN);
+        assert_eq!(d[&net("10.65.0.5/32")].protocol, Protocol::WREN);
+    }
+
+    #[test]
+    fn one_plan_holds_sessions_exports_routes_and_the_fast_path() {
+        let mut v = view();
+        v.nodes.insert(
+            "a".into(),
+            Node::new("a", Some("10.0.0.1/24".parse().unwrap())),
+        );
+        v.nodes.insert(
+            "b".into(),
+            Node::new("b", Some("10.0.0.2/24".parse().unwrap())),
+        );
+        let facts = NodeFacts {
+            node: LocalNode {
+                name: "a".into(),
+                address: "10.0.0.1".parse().unwrap(),
+                as_number: None,
+                route_reflector_cluster_id: None,
+            },
+            own_addresses: vec![ip("10.0.0.1")],
+        };
+        let best: BTreeMap<IpNet, IpAddr> = [
+            // b's block, a block of ours b echoes back, and one that leads to us.
+            (net("10.65.0.64/26"), ip("10.0.0.2")),
+            (net("10.65.0.0/26"), ip("10.0.0.2")),
+            (net("10.65.1.0/26"), ip("10.0.0.1")),
+        ]
+        .into();
+        let p = plan(&v, &best, &facts);
+        assert_eq!(
+            p.peers.keys().copied().collect::<Vec<_>>(),
+            [ip("10.0.0.2")]
+        );
+        assert_eq!(p.exports, BTreeSet::from([net("10.65.0.0/26")]));
+        assert_eq!(p.routes[&net("10.65.0.0/26")].next_hop, NextHop::Blackhole);
+        assert_eq!(p.routes[&net("10.65.0.64/26")].protocol, Protocol::BGP);
+        assert!(!p.routes.contains_key(&net("10.65.1.0/26")));
+        assert_eq!(p.routes.len(), 4);
+        assert_eq!(p.fast_path.pods.len(), 1);
+        assert_eq!(p.tunnels, Wanted::default());
+    }
+}
