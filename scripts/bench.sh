@@ -38,7 +38,7 @@ WREN_BENCH_ROUNDS=7 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench service_
 WREN_BENCH_ROUNDS=5 cargo bench -p wren-fastpath --bench verdict_cost
 
 # CRI: RunPodSandbox through containerd, 20 pods one after another and 20 at once, wren vs ptp+host-local on the same containerd (BENCHMARKS.md "Pod sandbox ready through containerd").
-cargo bench -p wren-tests --bench cri_sandbox
+WREN_BENCH_ROUNDS=8 cargo bench -p wren-tests --bench cri_sandbox
 
 # Route reflector at cluster scale: 5,000 nodes × 4 blocks reflected to 50 clients, wren vs BIRD 2 as the reflector (BENCHMARKS.md "Route reflector at cluster scale").
 cargo bench -p wren-bgp --bench reflect -- --nodes 5000 --blocks 4 --clients 50 --runs 3
