@@ -10,6 +10,10 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+pub mod community;
+
+pub use community::{Community, CommunityError};
+
 /// Default private AS number of a wren cluster.
 pub const DEFAULT_AS: u32 = 64512;
 
@@ -141,6 +145,24 @@ pub struct ClusterConfig {
     /// Upper bound on blocks one node may claim (0 = unlimited).
     #[serde(default)]
     pub max_blocks_per_node: u32,
+    /// Communities on every prefix the nodes announce. Written only when set, so agents
+    /// that predate them still read the configuration of clusters that do not use them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<Community>,
+    /// Communities for the announced prefixes inside given ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_advertisements: Vec<PrefixAdvertisement>,
+}
+
+/// Communities for every announced prefix inside `cidr` (a pool's blocks, a borrowed
+/// address, a service range), on top of the cluster's and the pool's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixAdvertisement {
+    /// The range.
+    pub cidr: IpNet,
+    /// The communities its prefixes carry.
+    pub communities: Vec<Community>,
 }
 
 fn default_as() -> u32 {
@@ -157,6 +179,8 @@ impl Default for ClusterConfig {
             node_to_node_mesh: true,
             strict_affinity: false,
             max_blocks_per_node: 0,
+            communities: Vec::new(),
+            prefix_advertisements: Vec::new(),
         }
     }
 }
@@ -205,6 +229,9 @@ pub struct Pool {
     /// A disabled pool hands out no new blocks; existing allocations stay.
     #[serde(default)]
     pub disabled: bool,
+    /// Communities on every prefix of this pool the nodes announce (written only when set).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<Community>,
 }
 
 impl Pool {

@@ -1,4 +1,5 @@
-//! `wren bgp config [--as N] [--mesh on|off]`: the cluster's BGP settings (`config/cluster`).
+//! `wren bgp config [--as N] [--mesh on|off] [--community C]… [--prefix-advertisement
+//! CIDR=C,…]…`: the cluster's BGP settings (`config/cluster`).
 
 use wren_model::{ClusterConfig, keys};
 use wren_store::Store;
@@ -46,30 +47,61 @@ fn print_config(config: &ClusterConfig) {
     };
     println!("AS number:          {}", config.as_number);
     println!("Node-to-node mesh:  {mesh}");
+    println!(
+        "Communities:        {}",
+        super::pool::community_list(&config.communities)
+    );
+    if config.prefix_advertisements.is_empty() {
+        println!("Prefix adverts:     none");
+    }
+    for (i, advert) in config.prefix_advertisements.iter().enumerate() {
+        let label = if i == 0 { "Prefix adverts:" } else { "" };
+        println!(
+            "{label:<20}{} {}",
+            advert.cidr,
+            super::pool::community_list(&advert.communities)
+        );
+    }
 }
 
 /// Runs `wren bgp`.
 pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
     match args.command {
-        BgpCommand::Config { as_number, mesh } => {
+        BgpCommand::Config {
+            as_number,
+            mesh,
+            communities,
+            clear_communities,
+            prefix_advertisements,
+            clear_prefix_advertisements,
+        } => {
             let store = super::store::open(&args.store).await?;
-            let config = if as_number.is_none() && mesh.is_none() {
-                store
-                    .get_json::<ClusterConfig>(keys::CLUSTER_CONFIG)
+            let set_communities = !communities.is_empty() || clear_communities;
+            let set_adverts = !prefix_advertisements.is_empty() || clear_prefix_advertisements;
+            let config =
+                if as_number.is_none() && mesh.is_none() && !set_communities && !set_adverts {
+                    store
+                        .get_json::<ClusterConfig>(keys::CLUSTER_CONFIG)
+                        .await?
+                        .map(|c| c.value)
+                        .unwrap_or_default()
+                } else {
+                    update_cluster_config(store.as_ref(), |c| {
+                        if let Some(asn) = as_number {
+                            c.as_number = asn;
+                        }
+                        if let Some(mesh) = mesh {
+                            c.node_to_node_mesh = mesh == OnOff::On;
+                        }
+                        if set_communities {
+                            c.communities = communities.clone();
+                        }
+                        if set_adverts {
+                            c.prefix_advertisements = prefix_advertisements.clone();
+                        }
+                    })
                     .await?
-                    .map(|c| c.value)
-                    .unwrap_or_default()
-            } else {
-                update_cluster_config(store.as_ref(), |c| {
-                    if let Some(asn) = as_number {
-                        c.as_number = asn;
-                    }
-                    if let Some(mesh) = mesh {
-                        c.node_to_node_mesh = mesh == OnOff::On;
-                    }
-                })
-                .await?
-            };
+                };
             print_config(&config);
         }
     }

@@ -295,6 +295,22 @@ pub enum PoolCommand {
         /// Create the pool disabled (no new blocks).
         #[arg(long)]
         disabled: bool,
+        /// A community on the pool's announced prefixes: `asn:value`, `asn:value:value`
+        /// (large) or a well-known name; repeat for more.
+        #[arg(long = "community", value_name = "COMMUNITY", value_parser = parse_community)]
+        communities: Vec<wren_model::Community>,
+    },
+    /// Show or set the communities on a pool's announced prefixes.
+    Communities {
+        /// Pool name.
+        name: String,
+        /// The communities (replacing the pool's): `asn:value`, `asn:value:value` (large) or
+        /// a well-known name. None given: show them.
+        #[arg(value_parser = parse_community)]
+        communities: Vec<wren_model::Community>,
+        /// Remove every community from the pool.
+        #[arg(long, conflicts_with = "communities")]
+        clear: bool,
     },
     /// List pools.
     List(OutputArgs),
@@ -595,7 +611,50 @@ pub enum BgpCommand {
         /// Node-to-node full mesh.
         #[arg(long, value_enum)]
         mesh: Option<OnOff>,
+        /// A community on every prefix the nodes announce (`asn:value`, `asn:value:value`
+        /// or a well-known name); repeat for more. Replaces the cluster's communities.
+        #[arg(long = "community", value_name = "COMMUNITY", value_parser = parse_community)]
+        communities: Vec<wren_model::Community>,
+        /// Remove the cluster's communities.
+        #[arg(long, conflicts_with = "communities")]
+        clear_communities: bool,
+        /// Communities for the announced prefixes inside a range: `CIDR=COMMUNITY[,COMMUNITY…]`;
+        /// repeat for more ranges. Replaces the cluster's prefix advertisements.
+        #[arg(long = "prefix-advertisement", value_name = "CIDR=COMMUNITIES", value_parser = parse_prefix_advertisement)]
+        prefix_advertisements: Vec<wren_model::PrefixAdvertisement>,
+        /// Remove every prefix advertisement.
+        #[arg(long, conflicts_with = "prefix_advertisements")]
+        clear_prefix_advertisements: bool,
     },
+}
+
+/// Parses a community for `--community`.
+fn parse_community(value: &str) -> Result<wren_model::Community, String> {
+    value
+        .parse()
+        .map_err(|e: wren_model::CommunityError| e.to_string())
+}
+
+/// Parses `CIDR=COMMUNITY[,COMMUNITY…]` for `--prefix-advertisement`.
+fn parse_prefix_advertisement(value: &str) -> Result<wren_model::PrefixAdvertisement, String> {
+    let (cidr, communities) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not CIDR=COMMUNITY[,COMMUNITY…]"))?;
+    let cidr: ipnet::IpNet = cidr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{cidr:?} is not a CIDR"))?;
+    if cidr.trunc() != cidr {
+        return Err(format!(
+            "{cidr} is not a network address (did you mean {}?)",
+            cidr.trunc()
+        ));
+    }
+    let communities = communities
+        .split(',')
+        .map(parse_community)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(wren_model::PrefixAdvertisement { cidr, communities })
 }
 
 /// Parses an AS number for `--as`: 1..=4294967295, not 23456 (AS_TRANS).

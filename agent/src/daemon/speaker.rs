@@ -7,7 +7,7 @@
 //! export rule inside the speaker: only what this node originates leaves it, except that a
 //! route reflector reflects to its iBGP peers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -21,11 +21,12 @@ use wren_bgp::speaker::{
     GracefulRestartConfig, PeerConfig, PeerStatus, Speaker, SpeakerConfig, SpeakerError,
     SpeakerHandle,
 };
-use wren_bgp::wire::Afi;
+use wren_bgp::wire::{Afi, LargeCommunity};
+use wren_model::Community;
 
 use super::bgp::{BgpControl, SessionInfo};
 use super::mesh::{PeerKind, PeerSpec};
-use super::policy::{ClusterSpace, ImportLimits};
+use super::policy::{ClusterSpace, Export, Exports, ImportLimits};
 use crate::config::AgentConfig;
 
 /// How often session states are read from the speaker.
@@ -148,6 +149,26 @@ fn peer_config(spec: &PeerSpec, config: &AgentConfig) -> PeerConfig {
     peer
 }
 
+/// The attributes this node originates `prefix` with: next hop self and its communities.
+fn originated_attributes(prefix: &IpNet, export: &Export) -> Attributes {
+    let afi = match prefix {
+        IpNet::V4(_) => Afi::Ipv4Unicast,
+        IpNet::V6(_) => Afi::Ipv6Unicast,
+    };
+    let mut attrs = Attributes::local(None, afi);
+    for community in &export.communities {
+        match *community {
+            Community::Standard(value) => attrs.communities.push(value),
+            Community::Large(asn, first, second) => attrs.large_communities.push(LargeCommunity {
+                global_admin: asn,
+                local_data_1: first,
+                local_data_2: second,
+            }),
+        }
+    }
+    attrs
+}
+
 fn session_info(p: &PeerStatus) -> SessionInfo {
     let end_of_rib = p.state == State::Established
         && p.negotiated
@@ -173,7 +194,7 @@ fn session_info(p: &PeerStatus) -> SessionInfo {
 #[derive(Default)]
 struct Applied {
     peers: BTreeMap<IpAddr, PeerConfig>,
-    originated: BTreeSet<IpNet>,
+    originated: Exports,
     connected: Option<Vec<IpNet>>,
 }
 
@@ -363,9 +384,14 @@ impl BgpControl for SpeakerBgp {
         }
     }
 
-    async fn set_originated(&self, prefixes: &BTreeSet<IpNet>) {
+    async fn set_originated(&self, exports: &Exports) {
         let mut applied = self.applied.lock().await;
-        let stale: Vec<IpNet> = applied.originated.difference(prefixes).copied().collect();
+        let stale: Vec<IpNet> = applied
+            .originated
+            .keys()
+            .filter(|p| !exports.contains_key(p))
+            .copied()
+            .collect();
         for prefix in stale {
             match self.handle.withdraw(prefix).await {
                 Ok(()) => {
@@ -375,12 +401,16 @@ impl BgpControl for SpeakerBgp {
                 Err(e) => tracing::warn!(%prefix, error = %e, "cannot withdraw"),
             }
         }
-        let new: Vec<IpNet> = prefixes.difference(&applied.originated).copied().collect();
-        for prefix in new {
-            match self.handle.originate(prefix, None).await {
+        let changed: Vec<(&IpNet, &Export)> = exports
+            .iter()
+            .filter(|(prefix, export)| applied.originated.get(prefix) != Some(*export))
+            .collect();
+        for (prefix, export) in changed {
+            let attrs = originated_attributes(prefix, export);
+            match self.handle.originate_with(*prefix, attrs).await {
                 Ok(()) => {
-                    applied.originated.insert(prefix);
-                    tracing::info!(%prefix, "announced");
+                    applied.originated.insert(*prefix, export.clone());
+                    tracing::info!(%prefix, communities = export.communities.len(), "announced");
                 }
                 Err(e) => tracing::warn!(%prefix, error = %e, "cannot announce"),
             }

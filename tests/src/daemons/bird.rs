@@ -519,6 +519,14 @@ fn parse_routes(text: &str) -> Result<Vec<Route>, Error> {
                 cs.sort_unstable();
                 route.communities = cs;
             }
+            "BGP.large_community" => {
+                let mut cs: Vec<_> = value
+                    .split(['(', ')'])
+                    .filter_map(|c| super::large_community(c.split(',')))
+                    .collect();
+                cs.sort_unstable();
+                route.large_communities = cs;
+            }
             _ => {}
         }
     }
@@ -544,6 +552,7 @@ mod tests {
             "\tBGP.med: 7",
             "\tBGP.local_pref: 100",
             "\tBGP.community: (65000,2) (65000,1)",
+            "\tBGP.large_community: (65000, 7, 8) (64512, 1, 4294967295)",
             "                     unicast [h 22:01:38.000] (100) [AS65009i]",
             "\tvia 10.99.0.9 on vb",
             "\tBGP.as_path: 65009",
@@ -560,6 +569,10 @@ mod tests {
         assert_eq!(r.med, Some(7));
         assert_eq!(r.local_pref, Some(100));
         assert_eq!(r.communities, vec![(65000, 1), (65000, 2)]);
+        assert_eq!(
+            r.large_communities,
+            vec![(64512, 1, u32::MAX), (65000, 7, 8)]
+        );
         assert_eq!(r.origin, Some(Origin::Igp));
         assert_eq!(routes[1].prefix, Some("10.1.0.0/24".parse().unwrap()));
         assert!(routes[1].as_path.is_empty());

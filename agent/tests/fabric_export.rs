@@ -1,0 +1,151 @@
+//! What the nodes tell the fabric and how it is marked, checked on real routers: two agents
+//! on a bridge peer with a BIRD 2 and an FRR top-of-rack router in namespaces of their own.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use wren_tests::daemons::bird::Bird;
+use wren_tests::daemons::frr::Frr;
+use wren_tests::daemons::{BgpDaemon, Config, Family, Peer, Route};
+use wren_tests::netns::NetNs;
+use wren_tests::prereq;
+
+mod agent_rig;
+
+use agent_rig::*;
+
+const BIRD_IP: &str = "10.77.0.253";
+const BIRD_AS: u32 = 65000;
+const FRR_IP: &str = "10.77.0.252";
+const FRR_AS: u32 = 65001;
+
+/// A router on the cluster's bridge peering with every node.
+fn router_config(c: &Cluster, ip: &str, asn: u32) -> Config {
+    let me: IpAddr = ip.parse().unwrap();
+    let mut config = Config::new(ip.parse::<Ipv4Addr>().unwrap(), asn);
+    for node in &c.nodes {
+        config = config.peer(Peer::new(node.ip.parse().unwrap(), 64512, me).hold_time(9));
+    }
+    config
+}
+
+/// The route a router holds for `prefix`, if any.
+fn route_of(daemon: &dyn BgpDaemon, prefix: IpNet) -> Option<Route> {
+    let routes = daemon.routes(Family::Ipv4).unwrap_or_default();
+    routes.into_iter().find(|r| r.prefix == Some(prefix))
+}
+
+/// The first line of a failed command's error output.
+fn refusal(c: &Cluster, args: &[&str]) -> String {
+    let out = c.cli(args);
+    assert!(!out.status.success(), "wren {args:?} was accepted");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    stderr.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn communities_of_the_cluster_the_pool_and_a_range_reach_bird_and_frr() {
+    if !ready()
+        || !["bird"]
+            .iter()
+            .chain(&wren_tests::daemons::frr::BINARIES)
+            .all(|c| prereq::require_command(c))
+    {
+        return;
+    }
+    let mut c = Cluster::new("fx-comm", 2);
+    let bird_ns = NetNs::new("fx-comm-bird").unwrap();
+    let frr_ns = NetNs::new("fx-comm-frr").unwrap();
+    c.fabric
+        .attach(&bird_ns, "eth0", Some(&format!("{BIRD_IP}/24")))
+        .unwrap();
+    c.fabric
+        .attach(&frr_ns, "eth0", Some(&format!("{FRR_IP}/24")))
+        .unwrap();
+    let bird = Bird::start(&bird_ns, router_config(&c, BIRD_IP, BIRD_AS)).unwrap();
+    let frr = Frr::start(&frr_ns, router_config(&c, FRR_IP, FRR_AS)).unwrap();
+
+    // Bad input is refused in one line naming the flag, and nothing is written.
+    let line = refusal(&c, &["bgp", "config", "--community", "70000:1"]);
+    assert!(
+        line.contains("--community") && line.contains("70000 is out of range"),
+        "{line}"
+    );
+    let line = refusal(&c, &["pool", "communities", "default", "1:2:4294967296"]);
+    assert!(line.contains("4294967296 is out of range"), "{line}");
+    let line = refusal(
+        &c,
+        &[
+            "bgp",
+            "config",
+            "--prefix-advertisement",
+            "10.65.0.0/16=65000:1,65000:x",
+        ],
+    );
+    assert!(
+        line.contains("--prefix-advertisement") && line.contains("65000:x"),
+        "{line}"
+    );
+    let shown = c.cli_ok(&["bgp", "config"]);
+    assert!(shown.contains("Communities:        none"), "{shown}");
+
+    let shown = c.cli_ok(&[
+        "bgp",
+        "config",
+        "--community",
+        "65000:1",
+        "--prefix-advertisement",
+        "10.65.0.0/16=65000:100,64512:7:8",
+    ]);
+    assert!(shown.contains("Communities:        65000:1"), "{shown}");
+    assert!(
+        shown.contains("10.65.0.0/16 65000:100, 64512:7:8"),
+        "{shown}"
+    );
+    let out = c.cli_ok(&["pool", "communities", "default", "65000:2", "64512:1:2"]);
+    assert!(
+        out.contains("pool default communities: 65000:2, 64512:1:2"),
+        "{out}"
+    );
+    c.add_peer("bird", BIRD_IP, BIRD_AS, &[]);
+    c.add_peer("frr", FRR_IP, FRR_AS, &[]);
+    c.start_all();
+    let blocks: Vec<IpNet> = (0..2)
+        .map(|i| c.claim(&c.node(i).name, &format!("k8s.pod{i}")))
+        .collect();
+
+    let marked = |r: &Route| {
+        r.communities == [(65000, 1), (65000, 2), (65000, 100)]
+            && r.large_communities == [(64512, 1, 2), (64512, 7, 8)]
+    };
+    for (name, daemon) in [("BIRD", &bird as &dyn BgpDaemon), ("FRR", &frr)] {
+        wait_for(&format!("{name} to hold every block, marked"), || {
+            blocks
+                .iter()
+                .all(|b| route_of(daemon, *b).is_some_and(|r| marked(&r)))
+        });
+    }
+
+    // A change of the pool's communities re-announces its prefixes with the new set.
+    c.cli_ok(&["pool", "communities", "default", "no-export"]);
+    let remarked = |r: &Route| {
+        r.communities == [(65000, 1), (65000, 100), (65535, 65281)]
+            && r.large_communities == [(64512, 7, 8)]
+    };
+    for (name, daemon) in [("BIRD", &bird as &dyn BgpDaemon), ("FRR", &frr)] {
+        wait_for(&format!("{name} to hold the new marks"), || {
+            blocks
+                .iter()
+                .all(|b| route_of(daemon, *b).is_some_and(|r| remarked(&r)))
+        });
+    }
+    let out = c.cli_ok(&["pool", "communities", "default"]);
+    assert!(out.contains("communities: no-export"), "{out}");
+    let json = c.cli_ok(&["pool", "list", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        listed[0]["communities"],
+        serde_json::json!(["no-export"]),
+        "{json}"
+    );
+}
