@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use wren_tests::daemons::bird::Bird;
 use wren_tests::daemons::frr::Frr;
-use wren_tests::daemons::{BgpDaemon, Config, Family, Peer, Route};
+use wren_tests::daemons::{Announce, BgpDaemon, Config, Family, Peer, Route};
 use wren_tests::netns::NetNs;
 use wren_tests::prereq;
 
@@ -44,7 +44,7 @@ fn refusal(c: &Cluster, args: &[&str]) -> String {
 }
 
 #[test]
-fn communities_of_the_cluster_the_pool_and_a_range_reach_bird_and_frr() {
+fn communities_and_filters_on_bird_and_frr() {
     if !ready()
         || !["bird"]
             .iter()
@@ -62,7 +62,7 @@ fn communities_of_the_cluster_the_pool_and_a_range_reach_bird_and_frr() {
     c.fabric
         .attach(&frr_ns, "eth0", Some(&format!("{FRR_IP}/24")))
         .unwrap();
-    let bird = Bird::start(&bird_ns, router_config(&c, BIRD_IP, BIRD_AS)).unwrap();
+    let mut bird = Bird::start(&bird_ns, router_config(&c, BIRD_IP, BIRD_AS)).unwrap();
     let frr = Frr::start(&frr_ns, router_config(&c, FRR_IP, FRR_AS)).unwrap();
 
     // Bad input is refused in one line naming the flag, and nothing is written.
@@ -148,4 +148,85 @@ fn communities_of_the_cluster_the_pool_and_a_range_reach_bird_and_frr() {
         serde_json::json!(["no-export"]),
         "{json}"
     );
+
+    // Filters. A prefix list with `le` below its length, or `ge` above `le`, is refused in
+    // one line naming the flag and the field.
+    let tor_args = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["peer", "add", "bird", "--peer-ip", BIRD_IP, "--as", "65000"]
+            .map(String::from)
+            .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let bad = tor_args(&["--export-rule", "accept prefix 10.65.0.0/16 le 8"]);
+    let line = refusal(&c, &bad.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        line.contains("--export-rule") && line.contains("le 8 is below the prefix length 16"),
+        "{line}"
+    );
+    let bad = tor_args(&["--import-rule", "accept prefix 10.0.0.0/8 ge 28 le 24"]);
+    let line = refusal(&c, &bad.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        line.contains("--import-rule") && line.contains("ge 28 is above le 24"),
+        "{line}"
+    );
+
+    // BIRD: the blocks go out with the node's AS prepended twice more and nothing else;
+    // of BIRD's two routes only the one the import rule accepts is taken.
+    bird.announce(&Announce::new("192.0.2.0/24".parse().unwrap()))
+        .unwrap();
+    bird.announce(&Announce::new("198.51.100.0/24".parse().unwrap()))
+        .unwrap();
+    let good = tor_args(&[
+        "--export-rule",
+        "accept prefix 10.65.0.0/16 ge 26 le 26 prepend 2",
+        "--export-default",
+        "reject",
+        "--import-rule",
+        "accept prefix 192.0.2.0/24",
+        "--import-default",
+        "reject",
+    ]);
+    c.cli_ok(&good.iter().map(String::as_str).collect::<Vec<_>>());
+    // FRR: an export filter that rejects everything.
+    c.add_peer("frr", FRR_IP, FRR_AS, &["--export-default", "reject"]);
+    wait_for("BIRD to hold the blocks with the prepends", || {
+        blocks
+            .iter()
+            .all(|b| route_of(&bird, *b).is_some_and(|r| r.as_path == [64512, 64512, 64512]))
+    });
+    wait_for("FRR to lose every block", || {
+        blocks.iter().all(|b| route_of(&frr, *b).is_none())
+    });
+    for node in &c.nodes {
+        wait_for(&format!("{} to take only 192.0.2.0/24", node.name), || {
+            node.has_route("bgp", &format!("192.0.2.0/24 via {BIRD_IP}"))
+                && !node.has_route("bgp", "198.51.100.0/24")
+        });
+        let status = node.status();
+        assert!(
+            status.contains(&format!("Filters of {FRR_IP}: export rejects everything"))
+                && status.contains(&format!(
+                    "Filters of {BIRD_IP}: import 1 rule, else reject; export 1 rule, else reject"
+                )),
+            "{status}"
+        );
+        // The counters follow within a session poll or two.
+        wait_for(
+            &format!("{}'s status to count the filters' work", node.name),
+            || {
+                let json = node.status_json();
+                let empty = Vec::new();
+                let peers = json["peers"].as_array().unwrap_or(&empty);
+                let row = |ip: &str| peers.iter().find(|p| p["address"] == ip).cloned();
+                let (Some(frr_row), Some(bird_row)) = (row(FRR_IP), row(BIRD_IP)) else {
+                    return false;
+                };
+                frr_row["exportFilter"] == "rejects everything"
+                    && frr_row["prefixesSent"] == 0
+                    && bird_row["prefixesFiltered"]["import filter"] == 1
+                    && bird_row["prefixesReceived"] == 1
+            },
+        );
+    }
 }

@@ -11,8 +11,10 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 pub mod community;
+pub mod filter;
 
 pub use community::{Community, CommunityError};
+pub use filter::{Decision, Filter, FilterAction, FilterError, FilterRule, PrefixMatch};
 
 /// Default private AS number of a wren cluster.
 pub const DEFAULT_AS: u32 = 64512;
@@ -314,6 +316,12 @@ pub struct Peer {
     /// Accept a default route from this peer (otherwise filtered).
     #[serde(default, skip_serializing_if = "is_false")]
     pub accept_default_route: bool,
+    /// Which of the peer's routes the node takes, after the limits above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_filter: Option<Filter>,
+    /// Which of the node's announcements the peer gets, and their AS-path prepends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_filter: Option<Filter>,
 }
 
 fn is_false(value: &bool) -> bool {

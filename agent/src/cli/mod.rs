@@ -376,6 +376,20 @@ pub enum PeerCommand {
         /// Accept a default route from the peer (by default it is filtered).
         #[arg(long)]
         accept_default_route: bool,
+        /// A rule for the routes taken from the peer, in order, first match decides:
+        /// `accept|reject [prefix CIDR [ge N] [le N]]… [community C]…`.
+        #[arg(long = "import-rule", value_name = "RULE", value_parser = parse_filter_rule)]
+        import_rules: Vec<wren_model::FilterRule>,
+        /// What a route from the peer no import rule matches gets (default accept).
+        #[arg(long, value_enum)]
+        import_default: Option<FilterActionArg>,
+        /// A rule for the routes sent to the peer, in order, first match decides:
+        /// `accept|reject [prefix CIDR [ge N] [le N]]… [community C]… [prepend N]`.
+        #[arg(long = "export-rule", value_name = "RULE", value_parser = parse_filter_rule)]
+        export_rules: Vec<wren_model::FilterRule>,
+        /// What a route to the peer no export rule matches gets (default accept).
+        #[arg(long, value_enum)]
+        export_default: Option<FilterActionArg>,
     },
     /// List explicit peers.
     List(OutputArgs),
@@ -626,6 +640,31 @@ pub enum BgpCommand {
         #[arg(long, conflicts_with = "prefix_advertisements")]
         clear_prefix_advertisements: bool,
     },
+}
+
+/// `accept` or `reject`, for a filter's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FilterActionArg {
+    /// Let the route through.
+    Accept,
+    /// Drop the route.
+    Reject,
+}
+
+impl From<FilterActionArg> for wren_model::FilterAction {
+    fn from(arg: FilterActionArg) -> Self {
+        match arg {
+            FilterActionArg::Accept => wren_model::FilterAction::Accept,
+            FilterActionArg::Reject => wren_model::FilterAction::Reject,
+        }
+    }
+}
+
+/// Parses a filter rule for `--import-rule` and `--export-rule`.
+fn parse_filter_rule(value: &str) -> Result<wren_model::FilterRule, String> {
+    value
+        .parse()
+        .map_err(|e: wren_model::FilterError| e.to_string())
 }
 
 /// Parses a community for `--community`.
