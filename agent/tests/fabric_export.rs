@@ -230,3 +230,88 @@ fn communities_and_filters_on_bird_and_frr() {
         );
     }
 }
+
+#[test]
+fn service_ranges_reach_the_tor_as_one_ecmp_route_over_every_node() {
+    if !ready() || !prereq::require_command("bird") {
+        return;
+    }
+    let mut c = Cluster::new("fx-svc", 2);
+    let bird_ns = NetNs::new("fx-svc-bird").unwrap();
+    c.fabric
+        .attach(&bird_ns, "eth0", Some(&format!("{BIRD_IP}/24")))
+        .unwrap();
+    let bird = Bird::start(&bird_ns, router_config(&c, BIRD_IP, BIRD_AS).kernel_ecmp()).unwrap();
+    let line = refusal(
+        &c,
+        &["bgp", "config", "--service-cluster-ips", "10.96.0.1/12"],
+    );
+    assert!(
+        line.contains("--service-cluster-ips") && line.contains("did you mean 10.96.0.0/12"),
+        "{line}"
+    );
+    let shown = c.cli_ok(&[
+        "bgp",
+        "config",
+        "--service-cluster-ips",
+        "10.96.0.0/12",
+        "--service-external-ips",
+        "192.0.2.0/24",
+        "--service-lb-ips",
+        "198.51.100.0/24,203.0.113.0/24",
+    ]);
+    assert!(
+        shown.contains("Service LB IPs:       198.51.100.0/24, 203.0.113.0/24"),
+        "{shown}"
+    );
+    c.add_peer("bird", BIRD_IP, BIRD_AS, &[]);
+    c.start_all();
+    let ranges = [
+        "10.96.0.0/12",
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+    ];
+    // The ToR's kernel holds each range once, with every node as a next hop.
+    let next_hops = |range: &str| -> Vec<String> {
+        let out = bird_ns
+            .ip(&["-4", "route", "show", range])
+            .unwrap_or_default();
+        let mut hops: Vec<String> = out
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_owned())
+            .collect();
+        hops.sort();
+        hops
+    };
+    let nodes: Vec<String> = c.nodes.iter().map(|n| n.ip.clone()).collect();
+    wait_for("the ToR to hold an ECMP route over both nodes", || {
+        ranges.iter().all(|r| next_hops(r) == nodes)
+    });
+    let text = bird_ns
+        .ip(&["-4", "route", "show", "10.96.0.0/12"])
+        .unwrap();
+    assert_eq!(text.matches("nexthop via").count(), 2, "{text}");
+    // The nodes do not tell each other: neither learns a range over the mesh, and the
+    // ranges reach no node's kernel.
+    for node in &c.nodes {
+        let json = node.status_json();
+        let peers = json["peers"].as_array().unwrap();
+        let mesh = peers.iter().find(|p| p["kind"] == "node-mesh").unwrap();
+        assert_eq!(mesh["prefixesReceived"], 0, "{json}");
+        assert_eq!(mesh["prefixesSent"], 0, "{json}");
+        for range in ranges {
+            assert!(!node.has_route("bgp", range), "{}", node.routes("bgp"));
+        }
+    }
+    // Taking a range away withdraws it from the ToR.
+    c.cli_ok(&["bgp", "config", "--service-lb-ips", "none"]);
+    wait_for("the ToR to drop the load-balancer ranges", || {
+        next_hops("198.51.100.0/24").is_empty()
+            && route_of(&bird, "203.0.113.0/24".parse().unwrap()).is_none()
+    });
+    assert_eq!(next_hops("10.96.0.0/12"), nodes);
+}

@@ -154,6 +154,25 @@ pub struct ClusterConfig {
     /// Communities for the announced prefixes inside given ranges.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    /// The Services' cluster-IP ranges, which every node announces to its explicit peers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_cluster_ips: Vec<IpNet>,
+    /// The Services' external-IP ranges, announced as the cluster-IP ranges are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_external_ips: Vec<IpNet>,
+    /// The Services' load-balancer ranges, announced as the cluster-IP ranges are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_load_balancer_ips: Vec<IpNet>,
+}
+
+impl ClusterConfig {
+    /// Every service range, cluster-IP, external and load-balancer, in that order.
+    pub fn service_ranges(&self) -> impl Iterator<Item = &IpNet> {
+        self.service_cluster_ips
+            .iter()
+            .chain(&self.service_external_ips)
+            .chain(&self.service_load_balancer_ips)
+    }
 }
 
 /// Communities for every announced prefix inside `cidr` (a pool's blocks, a borrowed
@@ -183,6 +202,9 @@ impl Default for ClusterConfig {
             max_blocks_per_node: 0,
             communities: Vec::new(),
             prefix_advertisements: Vec::new(),
+            service_cluster_ips: Vec::new(),
+            service_external_ips: Vec::new(),
+            service_load_balancer_ips: Vec::new(),
         }
     }
 }

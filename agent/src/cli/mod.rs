@@ -639,6 +639,16 @@ pub enum BgpCommand {
         /// Remove every prefix advertisement.
         #[arg(long, conflicts_with = "prefix_advertisements")]
         clear_prefix_advertisements: bool,
+        /// The Services' cluster-IP ranges, which every node announces to its explicit
+        /// peers: `CIDR[,CIDR…]`, or `none`.
+        #[arg(long, value_name = "CIDRS", value_parser = parse_ranges)]
+        service_cluster_ips: Option<Ranges>,
+        /// The Services' external-IP ranges: `CIDR[,CIDR…]`, or `none`.
+        #[arg(long, value_name = "CIDRS", value_parser = parse_ranges)]
+        service_external_ips: Option<Ranges>,
+        /// The Services' load-balancer ranges: `CIDR[,CIDR…]`, or `none`.
+        #[arg(long = "service-lb-ips", value_name = "CIDRS", value_parser = parse_ranges)]
+        service_load_balancer_ips: Option<Ranges>,
     },
 }
 
@@ -665,6 +675,34 @@ fn parse_filter_rule(value: &str) -> Result<wren_model::FilterRule, String> {
     value
         .parse()
         .map_err(|e: wren_model::FilterError| e.to_string())
+}
+
+/// A list of ranges given as one flag value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ranges(pub Vec<ipnet::IpNet>);
+
+/// Parses `CIDR[,CIDR…]` or `none`: each a network address.
+fn parse_ranges(value: &str) -> Result<Ranges, String> {
+    if value.trim() == "none" {
+        return Ok(Ranges(Vec::new()));
+    }
+    value
+        .split(',')
+        .map(|cidr| {
+            let net: ipnet::IpNet = cidr
+                .trim()
+                .parse()
+                .map_err(|_| format!("{cidr:?} is not a CIDR"))?;
+            if net.trunc() != net {
+                return Err(format!(
+                    "{net} is not a network address (did you mean {}?)",
+                    net.trunc()
+                ));
+            }
+            Ok(net)
+        })
+        .collect::<Result<_, _>>()
+        .map(Ranges)
 }
 
 /// Parses a community for `--community`.

@@ -24,11 +24,14 @@ use wren_model::Community;
 
 use super::view::ClusterView;
 
-/// How one announced prefix is marked.
+/// How one announced prefix is marked, and who hears it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Export {
     /// Its communities, standard and large.
     pub communities: BTreeSet<Community>,
+    /// Announced to explicit peers only, never to other nodes: a service range, which
+    /// every node announces so that the fabric spreads its traffic over all of them.
+    pub external_only: bool,
 }
 
 /// Every prefix this node announces, with its marks.
@@ -118,11 +121,18 @@ pub fn export_set(node: &str, view: &ClusterView) -> BTreeSet<IpNet> {
 
 /// The prefixes this node announces, each with its communities.
 pub fn exports(node: &str, view: &ClusterView) -> Exports {
-    export_set(node, view)
-        .into_iter()
-        .map(|prefix| {
+    let services = view.cluster.service_ranges().map(|p| (*p, true));
+    let own = export_set(node, view).into_iter().map(|p| (p, false));
+    // A node's own prefix wins over a service range that happens to equal it.
+    services
+        .chain(own)
+        .map(|(prefix, external_only)| {
             let communities = communities_for(&prefix, view);
-            (prefix, Export { communities })
+            let export = Export {
+                communities,
+                external_only,
+            };
+            (prefix, export)
         })
         .collect()
 }
@@ -286,6 +296,26 @@ mod tests {
         // Outside every pool and range: the cluster's.
         assert_eq!(of("fd00:65::/122"), ["65000:1"]);
         assert_eq!(exported.len(), 3);
+        assert!(exported.values().all(|e| !e.external_only));
+    }
+
+    #[test]
+    fn service_ranges_are_exported_to_explicit_peers_only() {
+        let mut v = view();
+        v.cluster.service_cluster_ips = vec![net("10.96.0.0/12")];
+        v.cluster.service_external_ips = vec![net("192.0.2.0/24")];
+        v.cluster.service_load_balancer_ips = vec![net("198.51.100.0/24")];
+        v.cluster.prefix_advertisements = vec![wren_model::PrefixAdvertisement {
+            cidr: net("10.96.0.0/12"),
+            communities: vec!["65000:96".parse().unwrap()],
+        }];
+        let exported = exports("a", &v);
+        for range in ["10.96.0.0/12", "192.0.2.0/24", "198.51.100.0/24"] {
+            assert!(exported[&net(range)].external_only, "{range}");
+        }
+        assert_eq!(exported[&net("10.96.0.0/12")].communities.len(), 1);
+        assert!(!exported[&net("10.65.0.0/26")].external_only);
+        assert_eq!(exported.len(), 6);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! export rule inside the speaker: only what this node originates leaves it, except that a
 //! route reflector reflects to its iBGP peers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -51,6 +51,8 @@ struct NodePolicy {
     local_as: u32,
     import: RwLock<ImportRules>,
     export_filters: RwLock<BTreeMap<IpAddr, Filter>>,
+    /// Originated prefixes only explicit peers hear (the service ranges).
+    external_only: RwLock<BTreeSet<IpNet>>,
 }
 
 /// The reason `wren status` counts a route an import filter rejected under.
@@ -102,6 +104,13 @@ impl Policy for NodePolicy {
         let verdict = self.export_rule(peer, source);
         if verdict != Verdict::Accept {
             return verdict;
+        }
+        // Service ranges go to the fabric, not to the other nodes (which announce them too).
+        if matches!(source, Source::Local)
+            && read(&self.external_only).contains(&prefix)
+            && !read(&self.import).limits.contains_key(&peer.address)
+        {
+            return Verdict::Reject;
         }
         let filters = read(&self.export_filters);
         let Some(filter) = filters.get(&peer.address) else {
@@ -181,6 +190,7 @@ fn node_policy(config: &AgentConfig) -> Arc<NodePolicy> {
         local_as: config.as_number.unwrap_or(wren_model::DEFAULT_AS),
         import: RwLock::default(),
         export_filters: RwLock::default(),
+        external_only: RwLock::default(),
     })
 }
 
@@ -477,6 +487,15 @@ impl BgpControl for SpeakerBgp {
     }
 
     async fn set_originated(&self, exports: &Exports) {
+        let external_only: BTreeSet<IpNet> = exports
+            .iter()
+            .filter(|(_, e)| e.external_only)
+            .map(|(p, _)| *p)
+            .collect();
+        *match self.policy.external_only.write() {
+            Ok(e) => e,
+            Err(poisoned) => poisoned.into_inner(),
+        } = external_only;
         let mut applied = self.applied.lock().await;
         let stale: Vec<IpNet> = applied
             .originated
@@ -578,6 +597,7 @@ mod tests {
             local_as: 64512,
             import: RwLock::default(),
             export_filters: RwLock::default(),
+            external_only: RwLock::default(),
         };
         let (plain, reflector) = (policy(false), policy(true));
         let tor = peer([10, 0, 0, 254], false, false);
@@ -629,6 +649,7 @@ mod tests {
                 )]
                 .into(),
             ),
+            external_only: RwLock::new(["10.96.0.0/12".parse().unwrap()].into()),
         };
         let net = |s: &str| -> IpNet { s.parse().unwrap() };
         let mut attrs = Attributes::local(None, Afi::Ipv4Unicast);
@@ -646,11 +667,20 @@ mod tests {
         let mut tagged = attrs.clone();
         tagged.communities.push(0xFDE8_029A);
         assert_eq!(export("10.65.1.0/26", &tagged), Verdict::Reject);
-        // Another node, with no filters: untouched.
+        // Another node, with no filters: untouched, but no service range.
         let other_node = peer([10, 0, 0, 3], true, false);
         assert_eq!(
             policy.export(&other_node, net("10.65.1.7/32"), &attrs, &Source::Local),
             Verdict::Accept
+        );
+        assert_eq!(
+            policy.export(&other_node, net("10.96.0.0/12"), &attrs, &Source::Local),
+            Verdict::Reject
+        );
+        assert_eq!(
+            export("10.96.0.0/12", &attrs),
+            Verdict::Reject,
+            "the ToR's filter has its say too"
         );
     }
 }

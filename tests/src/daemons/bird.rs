@@ -319,6 +319,12 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
          if defined(wren_med) then bgp_med = wren_med;\n  \
          if defined(wren_local_pref) then bgp_local_pref = wren_local_pref;\n  accept;\n}\n",
     );
+    if config.kernel_ecmp {
+        // BGP routes only; equal ones (RFC 4271 §9.1.2.2 up to the router id) merged.
+        c.push_str(
+            "protocol kernel {\n  ipv4 { export where source = RTS_BGP; };\n  merge paths on;\n}\n",
+        );
+    }
     render_bfd(&mut c, config);
     for p in &config.peers {
         let _ = writeln!(c, "protocol bgp {} {{", Bird::protocol_name(p.address));

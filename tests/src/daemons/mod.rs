@@ -363,6 +363,9 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// Single-hop BFD sessions.
     pub bfd: Vec<BfdPeer>,
+    /// Install the best routes in the daemon's kernel table, equal-cost paths merged into
+    /// one multipath route (BIRD's `merge paths`).
+    pub kernel_ecmp: bool,
 }
 
 impl Config {
@@ -374,7 +377,14 @@ impl Config {
             cluster_id: None,
             peers: Vec::new(),
             bfd: Vec::new(),
+            kernel_ecmp: false,
         }
+    }
+
+    /// Installs routes in the kernel, equal-cost paths as one multipath route.
+    pub fn kernel_ecmp(mut self) -> Self {
+        self.kernel_ecmp = true;
+        self
     }
 
     /// Adds a neighbour.
