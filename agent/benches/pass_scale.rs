@@ -10,7 +10,7 @@
 //! The controller runs in-process on the in-memory store, with a stand-in speaker that serves
 //! the best paths; the kernel is real.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use wren_agent::cli::{Cli, Command};
 use wren_agent::config::{AgentConfig, FileConfig, SystemHost};
 use wren_agent::daemon::bgp::{BgpControl, SessionInfo};
 use wren_agent::daemon::mesh::PeerSpec;
+use wren_agent::daemon::policy::Exports;
 use wren_agent::daemon::{Controller, Pass, Shared, Trigger};
 use wren_agent::dataplane::program::routes::KernelRoutes;
 use wren_agent::metrics::Metrics;
@@ -43,7 +44,7 @@ struct Feeder {
 #[async_trait]
 impl BgpControl for Feeder {
     async fn set_peers(&self, _peers: &BTreeMap<IpAddr, PeerSpec>) {}
-    async fn set_originated(&self, _prefixes: &BTreeSet<IpNet>) {}
+    async fn set_originated(&self, _exports: &Exports) {}
     fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
         self.paths.lock().unwrap().clone()
     }

@@ -564,3 +564,31 @@ fn a_malformed_update_without_routes_is_not_an_end_of_rib() {
     assert_eq!(parsed.update.withdrawals().count(), 0);
     assert_eq!(parsed.end_of_rib(), None);
 }
+
+#[test]
+fn large_communities_decode_and_a_bad_length_is_treat_as_withdraw() {
+    #[rustfmt::skip]
+    let good = [
+        0xc0, 32, 24,
+        0, 0, 0xfd, 0xe8, 0, 0, 0, 1, 0, 0, 0, 2,                   // 65000:1:2
+        0xfa, 0x56, 0xea, 0x00, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, // 4200000000:4294967295:0
+    ];
+    let parsed = parse(&announcement(&good)).unwrap();
+    assert_eq!(parsed.actions, vec![]);
+    let large: Vec<(u32, u32, u32)> = parsed
+        .update
+        .attributes
+        .large_communities
+        .iter()
+        .map(|c| (c.global_admin, c.local_data_1, c.local_data_2))
+        .collect();
+    assert_eq!(large, [(65000, 1, 2), (4_200_000_000, u32::MAX, 0)]);
+    // RFC 8092 §5: a length that is not a non-zero multiple of 12.
+    for bad in [
+        &[0xc0, 32, 0][..],
+        &[0xc0, 32, 8, 0, 0, 0xfd, 0xe8, 0, 0, 0, 1],
+    ] {
+        let parsed = parse(&announcement(bad)).unwrap();
+        assert_withdrawn(&parsed, 32, UpdateError::AttributeLengthError);
+    }
+}

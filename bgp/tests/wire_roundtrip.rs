@@ -7,8 +7,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use wren_bgp::wire::{
     AS_TRANS, Afi, Aggregator, AsPath, AsSegment, Capability, Codec, EncodeError, FLAG_PARTIAL,
-    GracefulRestart, MAX_MESSAGE_LEN, Message, MpReach, MpUnreach, Notification, Open, Origin,
-    ParsedMessage, PathAttributes, RawAttribute, Update, frame, pack_announcements,
+    GracefulRestart, LargeCommunity, MAX_MESSAGE_LEN, Message, MpReach, MpUnreach, Notification,
+    Open, Origin, ParsedMessage, PathAttributes, RawAttribute, Update, frame, pack_announcements,
     pack_withdrawals, parse_message,
 };
 
@@ -82,7 +82,7 @@ fn mp_unreach() -> impl Strategy<Value = MpUnreach> {
 
 fn unknown_attributes() -> impl Strategy<Value = Vec<RawAttribute>> {
     let one = (
-        prop_oneof![11u8..=13, 16u8..=16, 19u8..=255],
+        prop_oneof![11u8..=13, 16u8..=16, 19u8..=31, 33u8..=255],
         prop_oneof![Just(0xc0u8), Just(0xe0u8)],
         prop::collection::vec(any::<u8>(), 0..300),
     )
@@ -122,12 +122,28 @@ fn attributes() -> impl Strategy<Value = PathAttributes> {
         prop::collection::vec(any::<u32>().prop_map(Ipv4Addr::from), 0..4),
         prop::option::of(mp_reach()),
         prop::option::of(mp_unreach()),
+        prop::collection::vec(
+            (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c)| LargeCommunity {
+                global_admin: a,
+                local_data_1: b,
+                local_data_2: c,
+            }),
+            0..4,
+        ),
         unknown_attributes(),
     );
     (base, more).prop_map(
         |(
             (origin, as_path, next_hop, med, local_pref, atomic_aggregate, aggregator),
-            (communities, originator_id, cluster_list, mp_reach, mp_unreach, unknown),
+            (
+                communities,
+                originator_id,
+                cluster_list,
+                mp_reach,
+                mp_unreach,
+                large_communities,
+                unknown,
+            ),
         )| PathAttributes {
             origin,
             as_path,
@@ -141,6 +157,7 @@ fn attributes() -> impl Strategy<Value = PathAttributes> {
             cluster_list,
             mp_reach,
             mp_unreach,
+            large_communities,
             unknown,
         },
     )

@@ -517,7 +517,7 @@ fn unknown_transitive_attributes_are_carried_with_the_partial_bit() {
         0x40, 1, 1, 0,
         0x40, 2, 0,
         0x40, 3, 4, 192, 0, 2, 1,
-        0xc0, 32, 12, 0, 0, 0xfd, 0xe9, 0, 0, 0, 1, 0, 0, 0, 2, // LARGE_COMMUNITY, unknown
+        0xc0, 250, 12, 0, 0, 0xfd, 0xe9, 0, 0, 0, 1, 0, 0, 0, 2, // unknown transitive
         0x80, 99, 2, 1, 2,                                  // optional non-transitive, unknown
     ];
     let bytes = msg(2, &update_body(&[], &attrs, &[24, 10, 0, 0]));
@@ -525,7 +525,7 @@ fn unknown_transitive_attributes_are_carried_with_the_partial_bit() {
     assert_eq!(parsed.actions, vec![]);
     let large = RawAttribute {
         flags: 0xc0,
-        type_code: 32,
+        type_code: 250,
         value: vec![0, 0, 0xfd, 0xe9, 0, 0, 0, 1, 0, 0, 0, 2],
     };
     assert_eq!(parsed.update.attributes.unknown, vec![large]);

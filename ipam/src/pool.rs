@@ -1,7 +1,7 @@
 //! Pools: validation of a pool definition, and adding, listing, disabling and removing pools.
 
 use ipnet::IpNet;
-use wren_model::{Encapsulation, EncapsulationMode, Pool, keys};
+use wren_model::{Community, Encapsulation, EncapsulationMode, Pool, keys};
 use wren_store::json::{JsonStore, Versioned};
 use wren_store::{Compare, Store, Txn};
 
@@ -29,6 +29,8 @@ pub struct PoolSpec {
     pub nat_outgoing: bool,
     /// Create it disabled.
     pub disabled: bool,
+    /// Communities on the pool's announced prefixes.
+    pub communities: Vec<Community>,
 }
 
 impl PoolSpec {
@@ -42,6 +44,7 @@ impl PoolSpec {
             encapsulation_mode: EncapsulationMode::Always,
             nat_outgoing: false,
             disabled: false,
+            communities: Vec::new(),
         }
     }
 
@@ -112,6 +115,7 @@ pub fn validate(spec: &PoolSpec, existing: &[NamedPool]) -> Result<Pool, PoolErr
         encapsulation_mode: spec.encapsulation_mode,
         nat_outgoing: spec.nat_outgoing,
         disabled: spec.disabled,
+        communities: spec.communities.clone(),
     })
 }
 
@@ -188,9 +192,27 @@ impl Ipam {
 
     /// Stops (or resumes) handing out addresses from a pool. Existing allocations stay.
     pub async fn set_pool_disabled(&self, name: &str, disabled: bool) -> Result<NamedPool> {
+        self.change_pool(name, |pool| pool.disabled = disabled)
+            .await
+    }
+
+    /// Replaces the communities on a pool's announced prefixes.
+    pub async fn set_pool_communities(
+        &self,
+        name: &str,
+        communities: Vec<Community>,
+    ) -> Result<NamedPool> {
+        self.change_pool(name, |pool| pool.communities = communities)
+            .await
+    }
+
+    /// Applies `change` to a pool and writes it back if that changed it (compare-and-swap
+    /// on the revision read).
+    async fn change_pool(&self, name: &str, change: impl FnOnce(&mut Pool)) -> Result<NamedPool> {
         let mut current = self.get_pool(name).await?;
-        if current.pool.disabled != disabled {
-            current.pool.disabled = disabled;
+        let before = current.pool.clone();
+        change(&mut current.pool);
+        if current.pool != before {
             current.revision = self
                 .store()
                 .update_json(&keys::pool(name), &current.pool, current.revision)
@@ -273,6 +295,7 @@ mod tests {
                 encapsulation_mode: EncapsulationMode::Always,
                 nat_outgoing: false,
                 disabled: false,
+                communities: Vec::new(),
             },
             revision: 1,
         }

@@ -10,6 +10,12 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+pub mod community;
+pub mod filter;
+
+pub use community::{Community, CommunityError};
+pub use filter::{Decision, Filter, FilterAction, FilterError, FilterRule, PrefixMatch};
+
 /// Default private AS number of a wren cluster.
 pub const DEFAULT_AS: u32 = 64512;
 
@@ -141,6 +147,43 @@ pub struct ClusterConfig {
     /// Upper bound on blocks one node may claim (0 = unlimited).
     #[serde(default)]
     pub max_blocks_per_node: u32,
+    /// Communities on every prefix the nodes announce. Written only when set, so agents
+    /// that predate them still read the configuration of clusters that do not use them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<Community>,
+    /// Communities for the announced prefixes inside given ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_advertisements: Vec<PrefixAdvertisement>,
+    /// The Services' cluster-IP ranges, which every node announces to its explicit peers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_cluster_ips: Vec<IpNet>,
+    /// The Services' external-IP ranges, announced as the cluster-IP ranges are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_external_ips: Vec<IpNet>,
+    /// The Services' load-balancer ranges, announced as the cluster-IP ranges are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_load_balancer_ips: Vec<IpNet>,
+}
+
+impl ClusterConfig {
+    /// Every service range, cluster-IP, external and load-balancer, in that order.
+    pub fn service_ranges(&self) -> impl Iterator<Item = &IpNet> {
+        self.service_cluster_ips
+            .iter()
+            .chain(&self.service_external_ips)
+            .chain(&self.service_load_balancer_ips)
+    }
+}
+
+/// Communities for every announced prefix inside `cidr` (a pool's blocks, a borrowed
+/// address, a service range), on top of the cluster's and the pool's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixAdvertisement {
+    /// The range.
+    pub cidr: IpNet,
+    /// The communities its prefixes carry.
+    pub communities: Vec<Community>,
 }
 
 fn default_as() -> u32 {
@@ -157,6 +200,11 @@ impl Default for ClusterConfig {
             node_to_node_mesh: true,
             strict_affinity: false,
             max_blocks_per_node: 0,
+            communities: Vec::new(),
+            prefix_advertisements: Vec::new(),
+            service_cluster_ips: Vec::new(),
+            service_external_ips: Vec::new(),
+            service_load_balancer_ips: Vec::new(),
         }
     }
 }
@@ -205,6 +253,9 @@ pub struct Pool {
     /// A disabled pool hands out no new blocks; existing allocations stay.
     #[serde(default)]
     pub disabled: bool,
+    /// Communities on every prefix of this pool the nodes announce (written only when set).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<Community>,
 }
 
 impl Pool {
@@ -287,6 +338,12 @@ pub struct Peer {
     /// Accept a default route from this peer (otherwise filtered).
     #[serde(default, skip_serializing_if = "is_false")]
     pub accept_default_route: bool,
+    /// Which of the peer's routes the node takes, after the limits above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_filter: Option<Filter>,
+    /// Which of the node's announcements the peer gets, and their AS-path prepends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_filter: Option<Filter>,
 }
 
 fn is_false(value: &bool) -> bool {

@@ -1,10 +1,11 @@
-//! `wren bgp config [--as N] [--mesh on|off]`: the cluster's BGP settings (`config/cluster`).
+//! `wren bgp config [--as N] [--mesh on|off] [--community C]… [--prefix-advertisement
+//! CIDR=C,…]…`: the cluster's BGP settings (`config/cluster`).
 
 use wren_model::{ClusterConfig, keys};
 use wren_store::Store;
 use wren_store::json::JsonStore;
 
-use super::{BgpArgs, BgpCommand, OnOff};
+use super::{BgpArgs, BgpCommand, OnOff, Ranges};
 
 /// Reads `config/cluster`, applies `change` and writes it back with compare-and-swap,
 /// retrying when another writer got there first. Returns the stored configuration.
@@ -46,14 +47,62 @@ fn print_config(config: &ClusterConfig) {
     };
     println!("AS number:          {}", config.as_number);
     println!("Node-to-node mesh:  {mesh}");
+    println!(
+        "Communities:        {}",
+        super::pool::community_list(&config.communities)
+    );
+    for (label, ranges) in [
+        ("Service cluster IPs:", &config.service_cluster_ips),
+        ("Service external IPs:", &config.service_external_ips),
+        ("Service LB IPs:", &config.service_load_balancer_ips),
+    ] {
+        let text: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+        let text = if text.is_empty() {
+            "none".to_owned()
+        } else {
+            text.join(", ")
+        };
+        println!("{label:<22}{text}");
+    }
+    if config.prefix_advertisements.is_empty() {
+        println!("Prefix adverts:     none");
+    }
+    for (i, advert) in config.prefix_advertisements.iter().enumerate() {
+        let label = if i == 0 { "Prefix adverts:" } else { "" };
+        println!(
+            "{label:<20}{} {}",
+            advert.cidr,
+            super::pool::community_list(&advert.communities)
+        );
+    }
 }
 
 /// Runs `wren bgp`.
 pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
     match args.command {
-        BgpCommand::Config { as_number, mesh } => {
+        BgpCommand::Config {
+            as_number,
+            mesh,
+            communities,
+            clear_communities,
+            prefix_advertisements,
+            clear_prefix_advertisements,
+            service_cluster_ips,
+            service_external_ips,
+            service_load_balancer_ips,
+        } => {
             let store = super::store::open(&args.store).await?;
-            let config = if as_number.is_none() && mesh.is_none() {
+            let set_communities = !communities.is_empty() || clear_communities;
+            let set_adverts = !prefix_advertisements.is_empty() || clear_prefix_advertisements;
+            let set_services = service_cluster_ips.is_some()
+                || service_external_ips.is_some()
+                || service_load_balancer_ips.is_some();
+            let unchanged = as_number.is_none()
+                && mesh.is_none()
+                && !set_communities
+                && !set_adverts
+                && !set_services;
+            let config = if unchanged {
                 store
                     .get_json::<ClusterConfig>(keys::CLUSTER_CONFIG)
                     .await?
@@ -66,6 +115,21 @@ pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
                     }
                     if let Some(mesh) = mesh {
                         c.node_to_node_mesh = mesh == OnOff::On;
+                    }
+                    if set_communities {
+                        c.communities = communities.clone();
+                    }
+                    if set_adverts {
+                        c.prefix_advertisements = prefix_advertisements.clone();
+                    }
+                    for (given, field) in [
+                        (&service_cluster_ips, &mut c.service_cluster_ips),
+                        (&service_external_ips, &mut c.service_external_ips),
+                        (&service_load_balancer_ips, &mut c.service_load_balancer_ips),
+                    ] {
+                        if let Some(Ranges(ranges)) = given {
+                            *field = ranges.clone();
+                        }
                     }
                 })
                 .await?

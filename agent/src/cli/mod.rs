@@ -295,6 +295,22 @@ pub enum PoolCommand {
         /// Create the pool disabled (no new blocks).
         #[arg(long)]
         disabled: bool,
+        /// A community on the pool's announced prefixes: `asn:value`, `asn:value:value`
+        /// (large) or a well-known name; repeat for more.
+        #[arg(long = "community", value_name = "COMMUNITY", value_parser = parse_community)]
+        communities: Vec<wren_model::Community>,
+    },
+    /// Show or set the communities on a pool's announced prefixes.
+    Communities {
+        /// Pool name.
+        name: String,
+        /// The communities (replacing the pool's): `asn:value`, `asn:value:value` (large) or
+        /// a well-known name. None given: show them.
+        #[arg(value_parser = parse_community)]
+        communities: Vec<wren_model::Community>,
+        /// Remove every community from the pool.
+        #[arg(long, conflicts_with = "communities")]
+        clear: bool,
     },
     /// List pools.
     List(OutputArgs),
@@ -360,6 +376,20 @@ pub enum PeerCommand {
         /// Accept a default route from the peer (by default it is filtered).
         #[arg(long)]
         accept_default_route: bool,
+        /// A rule for the routes taken from the peer, in order, first match decides:
+        /// `accept|reject [prefix CIDR [ge N] [le N]]… [community C]…`.
+        #[arg(long = "import-rule", value_name = "RULE", value_parser = parse_filter_rule)]
+        import_rules: Vec<wren_model::FilterRule>,
+        /// What a route from the peer no import rule matches gets (default accept).
+        #[arg(long, value_enum)]
+        import_default: Option<FilterActionArg>,
+        /// A rule for the routes sent to the peer, in order, first match decides:
+        /// `accept|reject [prefix CIDR [ge N] [le N]]… [community C]… [prepend N]`.
+        #[arg(long = "export-rule", value_name = "RULE", value_parser = parse_filter_rule)]
+        export_rules: Vec<wren_model::FilterRule>,
+        /// What a route to the peer no export rule matches gets (default accept).
+        #[arg(long, value_enum)]
+        export_default: Option<FilterActionArg>,
     },
     /// List explicit peers.
     List(OutputArgs),
@@ -595,7 +625,113 @@ pub enum BgpCommand {
         /// Node-to-node full mesh.
         #[arg(long, value_enum)]
         mesh: Option<OnOff>,
+        /// A community on every prefix the nodes announce (`asn:value`, `asn:value:value`
+        /// or a well-known name); repeat for more. Replaces the cluster's communities.
+        #[arg(long = "community", value_name = "COMMUNITY", value_parser = parse_community)]
+        communities: Vec<wren_model::Community>,
+        /// Remove the cluster's communities.
+        #[arg(long, conflicts_with = "communities")]
+        clear_communities: bool,
+        /// Communities for the announced prefixes inside a range: `CIDR=COMMUNITY[,COMMUNITY…]`;
+        /// repeat for more ranges. Replaces the cluster's prefix advertisements.
+        #[arg(long = "prefix-advertisement", value_name = "CIDR=COMMUNITIES", value_parser = parse_prefix_advertisement)]
+        prefix_advertisements: Vec<wren_model::PrefixAdvertisement>,
+        /// Remove every prefix advertisement.
+        #[arg(long, conflicts_with = "prefix_advertisements")]
+        clear_prefix_advertisements: bool,
+        /// The Services' cluster-IP ranges, which every node announces to its explicit
+        /// peers: `CIDR[,CIDR…]`, or `none`.
+        #[arg(long, value_name = "CIDRS", value_parser = parse_ranges)]
+        service_cluster_ips: Option<Ranges>,
+        /// The Services' external-IP ranges: `CIDR[,CIDR…]`, or `none`.
+        #[arg(long, value_name = "CIDRS", value_parser = parse_ranges)]
+        service_external_ips: Option<Ranges>,
+        /// The Services' load-balancer ranges: `CIDR[,CIDR…]`, or `none`.
+        #[arg(long = "service-lb-ips", value_name = "CIDRS", value_parser = parse_ranges)]
+        service_load_balancer_ips: Option<Ranges>,
     },
+}
+
+/// `accept` or `reject`, for a filter's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FilterActionArg {
+    /// Let the route through.
+    Accept,
+    /// Drop the route.
+    Reject,
+}
+
+impl From<FilterActionArg> for wren_model::FilterAction {
+    fn from(arg: FilterActionArg) -> Self {
+        match arg {
+            FilterActionArg::Accept => wren_model::FilterAction::Accept,
+            FilterActionArg::Reject => wren_model::FilterAction::Reject,
+        }
+    }
+}
+
+/// Parses a filter rule for `--import-rule` and `--export-rule`.
+fn parse_filter_rule(value: &str) -> Result<wren_model::FilterRule, String> {
+    value
+        .parse()
+        .map_err(|e: wren_model::FilterError| e.to_string())
+}
+
+/// A list of ranges given as one flag value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ranges(pub Vec<ipnet::IpNet>);
+
+/// Parses `CIDR[,CIDR…]` or `none`: each a network address.
+fn parse_ranges(value: &str) -> Result<Ranges, String> {
+    if value.trim() == "none" {
+        return Ok(Ranges(Vec::new()));
+    }
+    value
+        .split(',')
+        .map(|cidr| {
+            let net: ipnet::IpNet = cidr
+                .trim()
+                .parse()
+                .map_err(|_| format!("{cidr:?} is not a CIDR"))?;
+            if net.trunc() != net {
+                return Err(format!(
+                    "{net} is not a network address (did you mean {}?)",
+                    net.trunc()
+                ));
+            }
+            Ok(net)
+        })
+        .collect::<Result<_, _>>()
+        .map(Ranges)
+}
+
+/// Parses a community for `--community`.
+fn parse_community(value: &str) -> Result<wren_model::Community, String> {
+    value
+        .parse()
+        .map_err(|e: wren_model::CommunityError| e.to_string())
+}
+
+/// Parses `CIDR=COMMUNITY[,COMMUNITY…]` for `--prefix-advertisement`.
+fn parse_prefix_advertisement(value: &str) -> Result<wren_model::PrefixAdvertisement, String> {
+    let (cidr, communities) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not CIDR=COMMUNITY[,COMMUNITY…]"))?;
+    let cidr: ipnet::IpNet = cidr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{cidr:?} is not a CIDR"))?;
+    if cidr.trunc() != cidr {
+        return Err(format!(
+            "{cidr} is not a network address (did you mean {}?)",
+            cidr.trunc()
+        ));
+    }
+    let communities = communities
+        .split(',')
+        .map(parse_community)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(wren_model::PrefixAdvertisement { cidr, communities })
 }
 
 /// Parses an AS number for `--as`: 1..=4294967295, not 23456 (AS_TRANS).

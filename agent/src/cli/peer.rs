@@ -31,6 +31,20 @@ fn read_password(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
+/// A filter from its rules and default; none when neither is given (everything passes).
+fn filter(
+    rules: Vec<wren_model::FilterRule>,
+    default: Option<super::FilterActionArg>,
+) -> Option<wren_model::Filter> {
+    if rules.is_empty() && default.is_none() {
+        return None;
+    }
+    Some(wren_model::Filter {
+        rules,
+        default_action: default.map(Into::into).unwrap_or_default(),
+    })
+}
+
 /// Runs `wren peer`.
 pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
     match args.command {
@@ -44,6 +58,10 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             keep_original_next_hop,
             accept_cluster_routes,
             accept_default_route,
+            import_rules,
+            import_default,
+            export_rules,
+            export_default,
         } => {
             let password = match password_file {
                 Some(path) => Some(read_password(&path)?),
@@ -66,6 +84,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                 keep_original_next_hop,
                 accept_cluster_routes,
                 accept_default_route,
+                import_filter: filter(import_rules, import_default),
+                export_filter: filter(export_rules, export_default),
             };
             let key = keys::peer(&name);
             let existed = store.get(&key).await?.is_some();

@@ -18,6 +18,7 @@ pub async fn run(args: PoolArgs) -> anyhow::Result<()> {
             encap_mode,
             nat_outgoing,
             disabled,
+            communities,
         } => {
             let spec = PoolSpec {
                 name,
@@ -34,6 +35,7 @@ pub async fn run(args: PoolArgs) -> anyhow::Result<()> {
                 },
                 nat_outgoing,
                 disabled,
+                communities,
             };
             let added = ipam.add_pool(&spec).await?;
             println!(
@@ -68,6 +70,21 @@ pub async fn run(args: PoolArgs) -> anyhow::Result<()> {
         PoolCommand::Disable { name } => {
             ipam.set_pool_disabled(&name, true).await?;
             println!("pool {name} disabled: it hands out no new addresses; existing ones stay");
+        }
+        PoolCommand::Communities {
+            name,
+            communities,
+            clear,
+        } => {
+            let pool = if communities.is_empty() && !clear {
+                ipam.get_pool(&name).await?
+            } else {
+                ipam.set_pool_communities(&name, communities).await?
+            };
+            println!(
+                "pool {name} communities: {}",
+                community_list(&pool.pool.communities)
+            );
         }
         PoolCommand::Enable { name } => {
             ipam.set_pool_disabled(&name, false).await?;
@@ -150,6 +167,15 @@ fn count(n: u128) -> String {
     } else {
         n.to_string()
     }
+}
+
+/// `65000:1, 65000:1:2`, or `none`.
+pub(super) fn community_list(communities: &[wren_model::Community]) -> String {
+    if communities.is_empty() {
+        return "none".to_owned();
+    }
+    let text: Vec<String> = communities.iter().map(ToString::to_string).collect();
+    text.join(", ")
 }
 
 /// `vxlan (cross-subnet)`, `ipip (always)`, `none`.

@@ -105,6 +105,7 @@ impl Allocator for FakeAllocator {
                 encapsulation_mode: Default::default(),
                 nat_outgoing: false,
                 disabled: *self.pool_disabled.lock().unwrap(),
+                communities: Vec::new(),
             },
             revision: 1,
         }])

@@ -5,7 +5,7 @@
 //! logic can be exercised with a fake speaker, and so that the speaker crate stays free of
 //! anything wren-specific.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 
 use super::mesh::PeerSpec;
-use super::policy::ClusterSpace;
+use super::policy::{ClusterSpace, Exports};
 
 /// One session as the speaker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +43,9 @@ pub trait BgpControl: Send + Sync {
     /// Makes the running sessions exactly `peers`: starts new ones, stops removed ones and
     /// restarts ones whose parameters changed.
     async fn set_peers(&self, peers: &BTreeMap<IpAddr, PeerSpec>);
-    /// Makes the originated prefixes exactly `prefixes` (next hop self).
-    async fn set_originated(&self, prefixes: &BTreeSet<IpNet>);
+    /// Makes the originated prefixes exactly `exports` (next hop self), each with its
+    /// communities.
+    async fn set_originated(&self, exports: &Exports);
     /// The address space explicit peers may not announce into (see [`ClusterSpace`]).
     async fn set_cluster_space(&self, space: ClusterSpace) {
         let _ = space;
@@ -78,7 +79,7 @@ impl Default for NoBgp {
 #[async_trait]
 impl BgpControl for NoBgp {
     async fn set_peers(&self, _peers: &BTreeMap<IpAddr, PeerSpec>) {}
-    async fn set_originated(&self, _prefixes: &BTreeSet<IpNet>) {}
+    async fn set_originated(&self, _exports: &Exports) {}
     fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
         BTreeMap::new()
     }

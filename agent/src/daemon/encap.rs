@@ -872,6 +872,7 @@ mod tests {
             encapsulation_mode: mode,
             nat_outgoing: false,
             disabled: false,
+            communities: Vec::new(),
         }
     }
 

@@ -519,6 +519,7 @@ mod tests {
                 encapsulation_mode: Default::default(),
                 nat_outgoing: false,
                 disabled,
+                communities: Vec::new(),
             };
             view.pools.insert(name.into(), pool);
         }

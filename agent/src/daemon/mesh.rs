@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
-use wren_model::Node;
+use wren_model::{Filter, Node};
 
 use super::policy::ImportLimits;
 use super::view::ClusterView;
@@ -69,6 +69,17 @@ pub struct PeerSpec {
     /// What the peer may announce: `None` for another node (the mesh's routes are the
     /// truth), the explicit peer's limits otherwise.
     pub import_limits: Option<ImportLimits>,
+    /// The explicit peer's import and export filters.
+    pub filters: PeerFilters,
+}
+
+/// An explicit peer's filters (`importFilter`, `exportFilter`); none for another node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerFilters {
+    /// Which of the peer's routes are taken.
+    pub import: Option<Filter>,
+    /// Which announcements the peer gets, and their prepends.
+    pub export: Option<Filter>,
 }
 
 /// This node's identity as the mesh needs it.
@@ -109,6 +120,7 @@ fn node_session(
         password: None,
         keep_original_next_hop: false,
         import_limits: None,
+        filters: PeerFilters::default(),
     })
 }
 
@@ -166,6 +178,10 @@ pub fn desired_peers(me: &LocalNode, view: &ClusterView) -> BTreeMap<IpAddr, Pee
                     cluster_routes: peer.accept_cluster_routes || cluster_from_peers,
                     default_route: peer.accept_default_route,
                 }),
+                filters: PeerFilters {
+                    import: peer.import_filter.clone(),
+                    export: peer.export_filter.clone(),
+                },
             },
         );
     }
@@ -294,6 +310,8 @@ mod tests {
             keep_original_next_hop: false,
             accept_cluster_routes: false,
             accept_default_route: false,
+            import_filter: None,
+            export_filter: None,
         };
         v.peers
             .insert("tor".into(), peer("10.0.0.254", 65000, None));
@@ -328,6 +346,8 @@ mod tests {
                 keep_original_next_hop: false,
                 accept_cluster_routes: false,
                 accept_default_route: false,
+                import_filter: None,
+                export_filter: None,
             },
         );
         let limits = |v: &ClusterView| {

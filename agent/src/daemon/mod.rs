@@ -717,6 +717,8 @@ impl Controller {
                     prefixes_filtered: s.prefixes_filtered.clone(),
                     prefixes_sent: s.prefixes_sent,
                     last_error: s.last_error.clone(),
+                    import_filter: spec.filters.import.as_ref().map(|f| f.summary()),
+                    export_filter: spec.filters.export.as_ref().map(|f| f.summary()),
                 })
             })
             .collect();

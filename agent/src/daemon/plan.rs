@@ -8,7 +8,7 @@
 //! first, which learned routes go through a tunnel, is [`super::encap::shape_routes`], run on
 //! the plan's routes once the tunnel programmer has said which tunnels are up.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use super::encap::{Wanted, nat_rules, vxlan_peers};
 use super::fastpath::FastPathDesired;
 use super::mesh::{self, LocalNode, PeerSpec};
-use super::policy::{self, ClusterSpace};
+use super::policy::{self, ClusterSpace, Exports};
 use super::view::ClusterView;
 use crate::dataplane::Route;
 use crate::dataplane::nat::NatRules;
@@ -37,8 +37,8 @@ pub struct NodeFacts {
 pub struct Plan {
     /// The BGP sessions, by peer address.
     pub peers: BTreeMap<IpAddr, PeerSpec>,
-    /// The prefixes this node announces (next hop self).
-    pub exports: BTreeSet<IpNet>,
+    /// The prefixes this node announces (next hop self), with their communities.
+    pub exports: Exports,
     /// The address space explicit peers may not announce into.
     pub cluster_space: ClusterSpace,
     /// The kernel routes, learned ones still plain (before [`super::encap::shape_routes`]).
@@ -59,7 +59,7 @@ pub fn plan(view: &ClusterView, best_paths: &BTreeMap<IpNet, IpAddr>, facts: &No
     let imported = policy::import(best_paths, name, &facts.own_addresses, view);
     Plan {
         peers: mesh::desired_peers(&facts.node, view),
-        exports: policy::export_set(name, view),
+        exports: policy::exports(name, view),
         cluster_space: ClusterSpace::of(view),
         routes: routes(name, view, &imported),
         tunnels: Wanted::of(view),
@@ -91,6 +91,8 @@ pub fn routes(node: &str, view: &ClusterView, imported: &BTreeMap<IpNet, IpAddr>
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::daemon::view::BlockInfo;
     use crate::dataplane::{NextHop, Protocol};
@@ -188,7 +190,10 @@ mod tests {
             p.peers.keys().copied().collect::<Vec<_>>(),
             [ip("10.0.0.2")]
         );
-        assert_eq!(p.exports, BTreeSet::from([net("10.65.0.0/26")]));
+        assert_eq!(
+            p.exports.keys().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([net("10.65.0.0/26")])
+        );
         assert_eq!(p.routes[&net("10.65.0.0/26")].next_hop, NextHop::Blackhole);
         assert_eq!(p.routes[&net("10.65.0.64/26")].protocol, Protocol::BGP);
         assert!(!p.routes.contains_key(&net("10.65.1.0/26")));

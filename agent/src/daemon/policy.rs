@@ -3,7 +3,8 @@
 //! Export is a closed list: the node's confirmed affine blocks and the single addresses it
 //! borrowed from other nodes' blocks, with itself as next hop. Nothing learned is passed on
 //! (the speaker reflects only on route reflectors), so a node can never become a transit path
-//! for a ToR's routes or another node's blocks.
+//! for a ToR's routes or another node's blocks. Each prefix carries the communities of the
+//! cluster, of its pool and of every `prefixAdvertisements` range it lies in ([`exports`]).
 //!
 //! Import takes every best path except the ones that describe this node itself: its own
 //! blocks and addresses (a reflector or a misconfigured peer echoing them back must not pull
@@ -19,8 +20,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use wren_model::Community;
 
 use super::view::ClusterView;
+
+/// How one announced prefix is marked, and who hears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Export {
+    /// Its communities, standard and large.
+    pub communities: BTreeSet<Community>,
+    /// Announced to explicit peers only, never to other nodes: a service range, which
+    /// every node announces so that the fabric spreads its traffic over all of them.
+    pub external_only: bool,
+}
+
+/// Every prefix this node announces, with its marks.
+pub type Exports = BTreeMap<IpNet, Export>;
 
 /// What an explicit peer may announce beyond the default; both off by default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -102,6 +117,39 @@ pub fn export_set(node: &str, view: &ClusterView) -> BTreeSet<IpNet> {
     let mut out = view.local_blocks(node);
     out.extend(view.borrowed_addresses(node));
     out
+}
+
+/// The prefixes this node announces, each with its communities.
+pub fn exports(node: &str, view: &ClusterView) -> Exports {
+    let services = view.cluster.service_ranges().map(|p| (*p, true));
+    let own = export_set(node, view).into_iter().map(|p| (p, false));
+    // A node's own prefix wins over a service range that happens to equal it.
+    services
+        .chain(own)
+        .map(|(prefix, external_only)| {
+            let communities = communities_for(&prefix, view);
+            let export = Export {
+                communities,
+                external_only,
+            };
+            (prefix, export)
+        })
+        .collect()
+}
+
+/// The communities an announced prefix carries: the cluster's, those of the pool it lies
+/// in, and those of every `prefixAdvertisements` range that holds it.
+pub fn communities_for(prefix: &IpNet, view: &ClusterView) -> BTreeSet<Community> {
+    let pools = view.pools.values().filter(|p| p.cidr.contains(prefix));
+    let ranges = view.cluster.prefix_advertisements.iter();
+    let ranges = ranges.filter(|a| a.cidr.contains(prefix));
+    view.cluster
+        .communities
+        .iter()
+        .chain(pools.flat_map(|p| p.communities.iter()))
+        .chain(ranges.flat_map(|a| a.communities.iter()))
+        .copied()
+        .collect()
 }
 
 /// The prefixes of this node's workloads (host routes).
@@ -213,6 +261,61 @@ mod tests {
         assert_eq!(export_set("a", &v), expected);
         assert_eq!(v.addresses_in_use("a"), 2);
         assert!(v.local_blocks("a").contains(&mine.cidr()));
+    }
+
+    #[test]
+    fn exports_carry_the_cluster_s_the_pool_s_and_the_ranges_communities() {
+        let mut v = view();
+        let c = |s: &str| s.parse::<Community>().unwrap();
+        v.cluster.communities = vec![c("65000:1")];
+        v.cluster.prefix_advertisements = vec![
+            wren_model::PrefixAdvertisement {
+                cidr: net("10.65.0.0/26"),
+                communities: vec![c("65000:100"), c("65000:1:2")],
+            },
+            wren_model::PrefixAdvertisement {
+                cidr: net("192.0.2.0/24"),
+                communities: vec![c("no-export")],
+            },
+        ];
+        let mut pool: wren_model::Pool =
+            serde_json::from_str(r#"{"cidr":"10.65.0.0/16","blockSize":26}"#).unwrap();
+        pool.communities = vec![c("65000:65:65"), c("65000:1")];
+        v.pools.insert("default".into(), pool);
+        let exported = exports("a", &v);
+        let of = |p: &str| -> Vec<String> {
+            let e = &exported[&net(p)];
+            e.communities.iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            of("10.65.0.0/26"),
+            ["65000:1", "65000:100", "65000:1:2", "65000:65:65"]
+        );
+        // A borrowed address of another block: the cluster's and the pool's only.
+        assert_eq!(of("10.65.0.70/32"), ["65000:1", "65000:65:65"]);
+        // Outside every pool and range: the cluster's.
+        assert_eq!(of("fd00:65::/122"), ["65000:1"]);
+        assert_eq!(exported.len(), 3);
+        assert!(exported.values().all(|e| !e.external_only));
+    }
+
+    #[test]
+    fn service_ranges_are_exported_to_explicit_peers_only() {
+        let mut v = view();
+        v.cluster.service_cluster_ips = vec![net("10.96.0.0/12")];
+        v.cluster.service_external_ips = vec![net("192.0.2.0/24")];
+        v.cluster.service_load_balancer_ips = vec![net("198.51.100.0/24")];
+        v.cluster.prefix_advertisements = vec![wren_model::PrefixAdvertisement {
+            cidr: net("10.96.0.0/12"),
+            communities: vec!["65000:96".parse().unwrap()],
+        }];
+        let exported = exports("a", &v);
+        for range in ["10.96.0.0/12", "192.0.2.0/24", "198.51.100.0/24"] {
+            assert!(exported[&net(range)].external_only, "{range}");
+        }
+        assert_eq!(exported[&net("10.96.0.0/12")].communities.len(), 1);
+        assert!(!exported[&net("10.65.0.0/26")].external_only);
+        assert_eq!(exported.len(), 6);
     }
 
     #[test]

@@ -21,11 +21,12 @@ use wren_bgp::speaker::{
     GracefulRestartConfig, PeerConfig, PeerStatus, Speaker, SpeakerConfig, SpeakerError,
     SpeakerHandle,
 };
-use wren_bgp::wire::Afi;
+use wren_bgp::wire::{Afi, LargeCommunity};
+use wren_model::{Community, Decision, Filter};
 
 use super::bgp::{BgpControl, SessionInfo};
 use super::mesh::{PeerKind, PeerSpec};
-use super::policy::{ClusterSpace, ImportLimits};
+use super::policy::{ClusterSpace, Export, Exports, ImportLimits};
 use crate::config::AgentConfig;
 
 /// How often session states are read from the speaker.
@@ -33,42 +34,105 @@ const SESSION_POLL: Duration = Duration::from_secs(1);
 /// Connect retry toward other nodes: they are one hop away and restart quickly.
 const NODE_CONNECT_RETRY: Duration = Duration::from_secs(5);
 
-/// What explicit peers may announce: the cluster's space and each peer's limits.
+/// What explicit peers may announce: the cluster's space, each peer's limits and import
+/// filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct ImportRules {
     space: ClusterSpace,
     limits: BTreeMap<IpAddr, ImportLimits>,
+    filters: BTreeMap<IpAddr, Filter>,
 }
 
-/// wren's export rule and its import limits for explicit peers, inside the speaker.
+/// wren's export rule, the export filters and the import limits and filters for explicit
+/// peers, inside the speaker.
 struct NodePolicy {
     reflector: bool,
+    /// The node's AS, which an export filter's prepend repeats.
+    local_as: u32,
     import: RwLock<ImportRules>,
+    export_filters: RwLock<BTreeMap<IpAddr, Filter>>,
+    /// Originated prefixes only explicit peers hear (the service ranges).
+    external_only: RwLock<BTreeSet<IpNet>>,
+}
+
+/// The reason `wren status` counts a route an import filter rejected under.
+const IMPORT_FILTER: &str = "import filter";
+
+/// Whether a route's attributes carry `community`.
+fn carries(attrs: &Attributes, community: &Community) -> bool {
+    match *community {
+        Community::Standard(value) => attrs.communities.contains(&value),
+        Community::Large(asn, first, second) => attrs.large_communities.contains(&LargeCommunity {
+            global_admin: asn,
+            local_data_1: first,
+            local_data_2: second,
+        }),
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    match lock.read() {
+        Ok(r) => r,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 impl Policy for NodePolicy {
-    fn import(&self, peer: &PeerRef, prefix: IpNet, _attrs: &Attributes) -> Verdict {
-        let rules = match self.import.read() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+    fn import(&self, peer: &PeerRef, prefix: IpNet, attrs: &Attributes) -> Verdict {
+        let rules = read(&self.import);
         // Another node (no limits): the mesh's routes are the truth.
         let Some(limits) = rules.limits.get(&peer.address) else {
             return Verdict::Accept;
         };
-        match rules.space.hold(&prefix, *limits) {
-            Some(held) => Verdict::Filter(held.as_str()),
-            None => Verdict::Accept,
+        if let Some(held) = rules.space.hold(&prefix, *limits) {
+            return Verdict::Filter(held.as_str());
+        }
+        let filter = rules.filters.get(&peer.address);
+        match filter.map(|f| f.decide(&prefix, &|c| carries(attrs, c))) {
+            Some(Decision::Reject) => Verdict::Filter(IMPORT_FILTER),
+            _ => Verdict::Accept,
         }
     }
 
     fn export(
         &self,
         peer: &PeerRef,
-        _prefix: IpNet,
-        _attrs: &Attributes,
+        prefix: IpNet,
+        attrs: &Attributes,
         source: &Source,
     ) -> Verdict {
+        let verdict = self.export_rule(peer, source);
+        if verdict != Verdict::Accept {
+            return verdict;
+        }
+        // Service ranges go to the fabric, not to the other nodes (which announce them too).
+        if matches!(source, Source::Local)
+            && read(&self.external_only).contains(&prefix)
+            && !read(&self.import).limits.contains_key(&peer.address)
+        {
+            return Verdict::Reject;
+        }
+        let filters = read(&self.export_filters);
+        let Some(filter) = filters.get(&peer.address) else {
+            return Verdict::Accept;
+        };
+        match filter.decide(&prefix, &|c| carries(attrs, c)) {
+            Decision::Reject => Verdict::Reject,
+            Decision::Accept { prepend: 0 } => Verdict::Accept,
+            Decision::Accept { prepend } => {
+                let mut out = attrs.clone();
+                for _ in 0..prepend {
+                    out.prepend(self.local_as);
+                }
+                Verdict::Modify(out)
+            }
+        }
+    }
+}
+
+impl NodePolicy {
+    /// wren's export rule: what this node may send a peer at all, before its filter.
+    fn export_rule(&self, peer: &PeerRef, source: &Source) -> Verdict {
         match source {
             Source::Local => Verdict::Accept,
             // Reflection is what a route reflector is for; nobody else passes routes on, so a
@@ -123,7 +187,10 @@ pub fn speaker_config(config: &AgentConfig, restart: Restart) -> SpeakerConfig {
 fn node_policy(config: &AgentConfig) -> Arc<NodePolicy> {
     Arc::new(NodePolicy {
         reflector: config.route_reflector_cluster_id.is_some(),
+        local_as: config.as_number.unwrap_or(wren_model::DEFAULT_AS),
         import: RwLock::default(),
+        export_filters: RwLock::default(),
+        external_only: RwLock::default(),
     })
 }
 
@@ -146,6 +213,26 @@ fn peer_config(spec: &PeerSpec, config: &AgentConfig) -> PeerConfig {
         peer.connect_retry = NODE_CONNECT_RETRY;
     }
     peer
+}
+
+/// The attributes this node originates `prefix` with: next hop self and its communities.
+fn originated_attributes(prefix: &IpNet, export: &Export) -> Attributes {
+    let afi = match prefix {
+        IpNet::V4(_) => Afi::Ipv4Unicast,
+        IpNet::V6(_) => Afi::Ipv6Unicast,
+    };
+    let mut attrs = Attributes::local(None, afi);
+    for community in &export.communities {
+        match *community {
+            Community::Standard(value) => attrs.communities.push(value),
+            Community::Large(asn, first, second) => attrs.large_communities.push(LargeCommunity {
+                global_admin: asn,
+                local_data_1: first,
+                local_data_2: second,
+            }),
+        }
+    }
+    attrs
 }
 
 fn session_info(p: &PeerStatus) -> SessionInfo {
@@ -173,7 +260,7 @@ fn session_info(p: &PeerStatus) -> SessionInfo {
 #[derive(Default)]
 struct Applied {
     peers: BTreeMap<IpAddr, PeerConfig>,
-    originated: BTreeSet<IpNet>,
+    originated: Exports,
     connected: Option<Vec<IpNet>>,
 }
 
@@ -296,7 +383,9 @@ impl SpeakerBgp {
                 .limits
                 .iter()
                 .filter(|(address, limits)| {
-                    space_changed || before.limits.get(*address) != Some(*limits)
+                    space_changed
+                        || before.limits.get(*address) != Some(*limits)
+                        || before.filters.get(*address) != rules.filters.get(*address)
                 })
                 .map(|(address, _)| *address)
                 .collect()
@@ -325,9 +414,43 @@ impl BgpControl for SpeakerBgp {
             .iter()
             .filter_map(|(address, spec)| Some((*address, spec.import_limits?)))
             .collect();
-        self.change_import_rules(|rules| rules.limits = limits)
-            .await;
+        let import_filters = peers
+            .iter()
+            .filter_map(|(address, spec)| Some((*address, spec.filters.import.clone()?)))
+            .collect();
+        self.change_import_rules(|rules| {
+            rules.limits = limits;
+            rules.filters = import_filters;
+        })
+        .await;
+        let export_filters: BTreeMap<IpAddr, Filter> = peers
+            .iter()
+            .filter_map(|(address, spec)| Some((*address, spec.filters.export.clone()?)))
+            .collect();
+        // What a peer was sent under the old export filter is not judged again until its
+        // session restarts: restart the sessions whose filter changed.
+        let reexport: Vec<IpAddr> = {
+            let mut current = match self.policy.export_filters.write() {
+                Ok(f) => f,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let changed = peers
+                .keys()
+                .filter(|a| current.get(*a) != export_filters.get(*a))
+                .copied()
+                .collect();
+            *current = export_filters;
+            changed
+        };
         let mut applied = self.applied.lock().await;
+        for address in reexport {
+            if applied.peers.remove(&address).is_some() {
+                if let Err(e) = self.handle.remove_peer(address).await {
+                    tracing::warn!(peer = %address, error = %e, "cannot restart BGP peer");
+                }
+                tracing::info!(peer = %address, "export filter changed: session restarts");
+            }
+        }
         let stale: Vec<IpAddr> = applied
             .peers
             .keys()
@@ -363,9 +486,23 @@ impl BgpControl for SpeakerBgp {
         }
     }
 
-    async fn set_originated(&self, prefixes: &BTreeSet<IpNet>) {
+    async fn set_originated(&self, exports: &Exports) {
+        let external_only: BTreeSet<IpNet> = exports
+            .iter()
+            .filter(|(_, e)| e.external_only)
+            .map(|(p, _)| *p)
+            .collect();
+        *match self.policy.external_only.write() {
+            Ok(e) => e,
+            Err(poisoned) => poisoned.into_inner(),
+        } = external_only;
         let mut applied = self.applied.lock().await;
-        let stale: Vec<IpNet> = applied.originated.difference(prefixes).copied().collect();
+        let stale: Vec<IpNet> = applied
+            .originated
+            .keys()
+            .filter(|p| !exports.contains_key(p))
+            .copied()
+            .collect();
         for prefix in stale {
             match self.handle.withdraw(prefix).await {
                 Ok(()) => {
@@ -375,12 +512,16 @@ impl BgpControl for SpeakerBgp {
                 Err(e) => tracing::warn!(%prefix, error = %e, "cannot withdraw"),
             }
         }
-        let new: Vec<IpNet> = prefixes.difference(&applied.originated).copied().collect();
-        for prefix in new {
-            match self.handle.originate(prefix, None).await {
+        let changed: Vec<(&IpNet, &Export)> = exports
+            .iter()
+            .filter(|(prefix, export)| applied.originated.get(prefix) != Some(*export))
+            .collect();
+        for (prefix, export) in changed {
+            let attrs = originated_attributes(prefix, export);
+            match self.handle.originate_with(*prefix, attrs).await {
                 Ok(()) => {
-                    applied.originated.insert(prefix);
-                    tracing::info!(%prefix, "announced");
+                    applied.originated.insert(*prefix, export.clone());
+                    tracing::info!(%prefix, communities = export.communities.len(), "announced");
                 }
                 Err(e) => tracing::warn!(%prefix, error = %e, "cannot announce"),
             }
@@ -426,6 +567,8 @@ impl BgpControl for SpeakerBgp {
 mod tests {
     use std::net::Ipv4Addr;
 
+    use wren_model::FilterAction;
+
     use super::*;
 
     fn peer(address: [u8; 4], ibgp: bool, next_hop_keep: bool) -> PeerRef {
@@ -451,7 +594,10 @@ mod tests {
         let outside = Source::Peer(peer([10, 0, 0, 254], false, false));
         let policy = |reflector| NodePolicy {
             reflector,
+            local_as: 64512,
             import: RwLock::default(),
+            export_filters: RwLock::default(),
+            external_only: RwLock::default(),
         };
         let (plain, reflector) = (policy(false), policy(true));
         let tor = peer([10, 0, 0, 254], false, false);
@@ -469,5 +615,72 @@ mod tests {
         }
         assert!(!verdict(&plain, &other_node, &node));
         assert!(verdict(&reflector, &other_node, &node), "reflection");
+    }
+
+    #[test]
+    fn filters_reject_count_and_prepend() {
+        let tor = peer([10, 0, 0, 254], false, false);
+        let filter = |rules: &[&str], default| Filter {
+            rules: rules.iter().map(|r| r.parse().unwrap()).collect(),
+            default_action: default,
+        };
+        let policy = NodePolicy {
+            reflector: false,
+            local_as: 64512,
+            import: RwLock::new(ImportRules {
+                limits: [(tor.address, ImportLimits::default())].into(),
+                filters: [(
+                    tor.address,
+                    filter(&["accept prefix 192.0.2.0/24 le 32"], FilterAction::Reject),
+                )]
+                .into(),
+                ..ImportRules::default()
+            }),
+            export_filters: RwLock::new(
+                [(
+                    tor.address,
+                    filter(
+                        &[
+                            "reject community 65000:666",
+                            "accept prefix 10.65.0.0/16 le 26 prepend 2",
+                        ],
+                        FilterAction::Reject,
+                    ),
+                )]
+                .into(),
+            ),
+            external_only: RwLock::new(["10.96.0.0/12".parse().unwrap()].into()),
+        };
+        let net = |s: &str| -> IpNet { s.parse().unwrap() };
+        let mut attrs = Attributes::local(None, Afi::Ipv4Unicast);
+        attrs.prepend(64512);
+        let import = |prefix| policy.import(&tor, net(prefix), &attrs);
+        assert_eq!(import("192.0.2.128/25"), Verdict::Accept);
+        assert_eq!(import("198.51.100.0/24"), Verdict::Filter(IMPORT_FILTER));
+        let export =
+            |prefix, attrs: &Attributes| policy.export(&tor, net(prefix), attrs, &Source::Local);
+        let Verdict::Modify(prepended) = export("10.65.1.0/26", &attrs) else {
+            panic!("no prepend");
+        };
+        assert_eq!(prepended.as_path_len(), 3, "{prepended:?}");
+        assert_eq!(export("10.65.1.7/32", &attrs), Verdict::Reject, "default");
+        let mut tagged = attrs.clone();
+        tagged.communities.push(0xFDE8_029A);
+        assert_eq!(export("10.65.1.0/26", &tagged), Verdict::Reject);
+        // Another node, with no filters: untouched, but no service range.
+        let other_node = peer([10, 0, 0, 3], true, false);
+        assert_eq!(
+            policy.export(&other_node, net("10.65.1.7/32"), &attrs, &Source::Local),
+            Verdict::Accept
+        );
+        assert_eq!(
+            policy.export(&other_node, net("10.96.0.0/12"), &attrs, &Source::Local),
+            Verdict::Reject
+        );
+        assert_eq!(
+            export("10.96.0.0/12", &attrs),
+            Verdict::Reject,
+            "the ToR's filter has its say too"
+        );
     }
 }

@@ -99,6 +99,12 @@ pub struct PeerStatus {
     pub prefixes_sent: u64,
     /// The last error (NOTIFICATION sent or received, connection failure).
     pub last_error: Option<String>,
+    /// The import filter in one line (`rejects everything`, `2 rules, else accept`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_filter: Option<String>,
+    /// The export filter in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_filter: Option<String>,
 }
 
 /// The whole status document.
@@ -277,6 +283,15 @@ impl AgentStatus {
             ],
             &rows,
         ));
+        for p in &self.peers {
+            let filters: Vec<String> = [("import", &p.import_filter), ("export", &p.export_filter)]
+                .into_iter()
+                .filter_map(|(way, f)| Some(format!("{way} {}", f.as_ref()?)))
+                .collect();
+            if !filters.is_empty() {
+                let _ = writeln!(out, "Filters of {}: {}", p.address, filters.join("; "));
+            }
+        }
         out
     }
 }
@@ -317,6 +332,8 @@ mod tests {
                     prefixes_filtered: BTreeMap::new(),
                     prefixes_sent: 1,
                     last_error: None,
+                    import_filter: None,
+                    export_filter: None,
                 },
                 PeerStatus {
                     name: "tor".into(),
@@ -330,6 +347,8 @@ mod tests {
                         .into(),
                     prefixes_sent: 0,
                     last_error: Some("connection refused".into()),
+                    import_filter: Some("rejects everything".into()),
+                    export_filter: Some("1 rule, else accept".into()),
                 },
             ],
             encapsulation: Default::default(),
@@ -360,6 +379,12 @@ mod tests {
         // Columns line up: every row starts its TYPE at the same offset.
         let col = lines[header].find("TYPE").unwrap();
         assert_eq!(lines[header + 2].find("global"), Some(col));
+        // A peer's filters follow the table, a filter that lets nothing through said so.
+        assert_eq!(
+            lines[header + 3],
+            "Filters of 10.0.0.254: import rejects everything; export 1 rule, else accept"
+        );
+        assert_eq!(lines.len(), header + 4, "{text}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use wren_store::memory::MemoryStore;
 
 use super::bgp::{BgpControl, SessionInfo};
 use super::mesh::PeerSpec;
+use super::policy::Exports;
 use super::{Controller, Pass, Shared, Trigger};
 use crate::cli::{Cli, Command};
 use crate::config::{AgentConfig, FileConfig, SystemHost};
@@ -40,8 +41,8 @@ impl BgpControl for FakeBgp {
     async fn set_peers(&self, peers: &BTreeMap<IpAddr, PeerSpec>) {
         *self.peers.lock().unwrap() = peers.clone();
     }
-    async fn set_originated(&self, prefixes: &BTreeSet<IpNet>) {
-        *self.originated.lock().unwrap() = prefixes.clone();
+    async fn set_originated(&self, exports: &Exports) {
+        *self.originated.lock().unwrap() = exports.keys().copied().collect();
     }
     fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
         self.paths.lock().unwrap().clone()

@@ -16,8 +16,8 @@ use super::error::{EncodeError, UpdateError, WireError};
 use super::nlri::{encode_prefix, parse_prefixes};
 use super::open::AS_TRANS;
 use super::{
-    Afi, Aggregator, AsPath, AsSegment, Codec, MpReach, MpUnreach, Origin, PathAttributes,
-    RawAttribute, UpdateAction, UpdateFault,
+    Afi, Aggregator, AsPath, AsSegment, Codec, LargeCommunity, MpReach, MpUnreach, Origin,
+    PathAttributes, RawAttribute, UpdateAction, UpdateFault,
 };
 
 /// Attribute flag: optional.
@@ -63,6 +63,8 @@ pub mod type_code {
     pub const AS4_PATH: u8 = 17;
     /// AS4_AGGREGATOR (RFC 6793).
     pub const AS4_AGGREGATOR: u8 = 18;
+    /// LARGE_COMMUNITY (RFC 8092).
+    pub const LARGE_COMMUNITY: u8 = 32;
 }
 use type_code as tc;
 
@@ -83,7 +85,7 @@ fn known(type_code: u8) -> Option<(u8, Approach)> {
         tc::MED | tc::ORIGINATOR_ID | tc::CLUSTER_LIST => {
             (OPTIONAL_NON_TRANSITIVE, TreatAsWithdraw)
         }
-        tc::COMMUNITIES => (OPTIONAL_TRANSITIVE, TreatAsWithdraw),
+        tc::COMMUNITIES | tc::LARGE_COMMUNITY => (OPTIONAL_TRANSITIVE, TreatAsWithdraw),
         tc::ATOMIC_AGGREGATE => (WELL_KNOWN, AttributeDiscard),
         tc::AGGREGATOR | tc::AS4_PATH | tc::AS4_AGGREGATOR => {
             (OPTIONAL_TRANSITIVE, AttributeDiscard)
@@ -384,6 +386,25 @@ fn decode_known(
         }
         tc::COMMUNITIES => {
             attrs.communities = ipv4_list(value)?.map(u32::from_be_bytes).collect();
+        }
+        tc::LARGE_COMMUNITY => {
+            // RFC 8092 §5: a length that is not a non-zero multiple of 12 is treat-as-withdraw.
+            if value.is_empty() || !value.len().is_multiple_of(12) {
+                return Err(Malformed(
+                    UpdateError::AttributeLengthError,
+                    "LARGE_COMMUNITY length is not a non-zero multiple of 12",
+                ));
+            }
+            let word =
+                |c: &[u8], i: usize| u32::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+            attrs.large_communities = value
+                .chunks_exact(12)
+                .map(|c| LargeCommunity {
+                    global_admin: word(c, 0),
+                    local_data_1: word(c, 4),
+                    local_data_2: word(c, 8),
+                })
+                .collect();
         }
         tc::ORIGINATOR_ID => attrs.originator_id = Some(Ipv4Addr::from(u32_value(value)?)),
         tc::CLUSTER_LIST => attrs.cluster_list = ipv4_list(value)?.map(Ipv4Addr::from).collect(),
@@ -850,6 +871,16 @@ pub(crate) fn write_path_attributes(
         value[..4].copy_from_slice(&agg.asn.to_be_bytes());
         value[4..].copy_from_slice(&agg.address.octets());
         fixed(out, OPTIONAL_TRANSITIVE, tc::AS4_AGGREGATOR, &value)?;
+    }
+    write_unknown_below(out, u16::from(tc::LARGE_COMMUNITY))?;
+    if !attrs.large_communities.is_empty() {
+        attribute(out, OPTIONAL_TRANSITIVE, tc::LARGE_COMMUNITY, false, |o| {
+            for c in &attrs.large_communities {
+                o.extend_from_slice(&c.global_admin.to_be_bytes());
+                o.extend_from_slice(&c.local_data_1.to_be_bytes());
+                o.extend_from_slice(&c.local_data_2.to_be_bytes());
+            }
+        })?;
     }
     write_unknown_below(out, 256)
 }

@@ -190,6 +190,18 @@ pub struct Aggregator {
     pub address: Ipv4Addr,
 }
 
+/// A large community (RFC 8092): the global administrator (an AS number) and two four-octet
+/// values it defines, written `asn:value1:value2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LargeCommunity {
+    /// The AS that defines the values.
+    pub global_admin: u32,
+    /// The first value.
+    pub local_data_1: u32,
+    /// The second value.
+    pub local_data_2: u32,
+}
+
 /// An attribute the parser does not know, carried through if optional transitive.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RawAttribute {
@@ -230,6 +242,8 @@ pub struct PathAttributes {
     pub mp_reach: Option<MpReach>,
     /// MP_UNREACH_NLRI (type 15).
     pub mp_unreach: Option<MpUnreach>,
+    /// LARGE_COMMUNITY (type 32, RFC 8092).
+    pub large_communities: Vec<LargeCommunity>,
     /// Unknown optional transitive attributes, carried through, in type-code order.
     pub unknown: Vec<RawAttribute>,
 }

@@ -124,6 +124,7 @@ impl Update {
             cluster_list,
             mp_reach,
             mp_unreach,
+            large_communities,
             unknown,
         } = &self.attributes;
         let nothing_else = self.withdrawn.is_empty()
@@ -139,6 +140,7 @@ impl Update {
             && originator_id.is_none()
             && cluster_list.is_empty()
             && mp_reach.is_none()
+            && large_communities.is_empty()
             && unknown.is_empty();
         match mp_unreach {
             _ if !nothing_else => None,

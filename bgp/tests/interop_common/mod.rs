@@ -244,6 +244,12 @@ pub fn route_of(prefix: IpNet, best: &BestPath) -> Route {
         .map(|c| ((c >> 16) as u16, (c & 0xffff) as u16))
         .collect();
     communities.sort_unstable();
+    let mut large_communities: Vec<_> = a
+        .large_communities
+        .iter()
+        .map(|c| (c.global_admin, c.local_data_1, c.local_data_2))
+        .collect();
+    large_communities.sort_unstable();
     Route {
         prefix: Some(prefix),
         next_hop: a.next_hop_addr(),
@@ -256,6 +262,7 @@ pub fn route_of(prefix: IpNet, best: &BestPath) -> Route {
         med: a.med,
         local_pref: a.local_pref,
         communities,
+        large_communities,
         originator_id: a.originator_id,
         cluster_list: a.cluster_list.clone(),
         stale: false,

@@ -7,9 +7,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use wren_bgp::wire::{
-    Afi, Aggregator, AsPath, AsSegment, Capability, Codec, FLAG_PARTIAL, GracefulRestart, Message,
-    MpReach, MpUnreach, Notification, Open, Origin, ParsedMessage, PathAttributes, RawAttribute,
-    Update, frame, parse_message,
+    Afi, Aggregator, AsPath, AsSegment, Capability, Codec, FLAG_PARTIAL, GracefulRestart,
+    LargeCommunity, Message, MpReach, MpUnreach, Notification, Open, Origin, ParsedMessage,
+    PathAttributes, RawAttribute, Update, frame, parse_message,
 };
 
 /// Valid messages of every kind to mutate.
@@ -44,9 +44,14 @@ pub fn seeds() -> Vec<Vec<u8>> {
             afi: Afi::Ipv6Unicast,
             withdrawn: vec!["2001:db8:2::/64".parse().unwrap()],
         }),
+        large_communities: vec![LargeCommunity {
+            global_admin: 4_200_000_000,
+            local_data_1: 1,
+            local_data_2: 2,
+        }],
         unknown: vec![RawAttribute {
             flags: 0xc0,
-            type_code: 32,
+            type_code: 250,
             value: vec![0; 12],
         }],
     };

@@ -319,6 +319,12 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
          if defined(wren_med) then bgp_med = wren_med;\n  \
          if defined(wren_local_pref) then bgp_local_pref = wren_local_pref;\n  accept;\n}\n",
     );
+    if config.kernel_ecmp {
+        // BGP routes only; equal ones (RFC 4271 §9.1.2.2 up to the router id) merged.
+        c.push_str(
+            "protocol kernel {\n  ipv4 { export where source = RTS_BGP; };\n  merge paths on;\n}\n",
+        );
+    }
     render_bfd(&mut c, config);
     for p in &config.peers {
         let _ = writeln!(c, "protocol bgp {} {{", Bird::protocol_name(p.address));
@@ -519,6 +525,14 @@ fn parse_routes(text: &str) -> Result<Vec<Route>, Error> {
                 cs.sort_unstable();
                 route.communities = cs;
             }
+            "BGP.large_community" => {
+                let mut cs: Vec<_> = value
+                    .split(['(', ')'])
+                    .filter_map(|c| super::large_community(c.split(',')))
+                    .collect();
+                cs.sort_unstable();
+                route.large_communities = cs;
+            }
             _ => {}
         }
     }
@@ -544,6 +558,7 @@ mod tests {
             "\tBGP.med: 7",
             "\tBGP.local_pref: 100",
             "\tBGP.community: (65000,2) (65000,1)",
+            "\tBGP.large_community: (65000, 7, 8) (64512, 1, 4294967295)",
             "                     unicast [h 22:01:38.000] (100) [AS65009i]",
             "\tvia 10.99.0.9 on vb",
             "\tBGP.as_path: 65009",
@@ -560,6 +575,10 @@ mod tests {
         assert_eq!(r.med, Some(7));
         assert_eq!(r.local_pref, Some(100));
         assert_eq!(r.communities, vec![(65000, 1), (65000, 2)]);
+        assert_eq!(
+            r.large_communities,
+            vec![(64512, 1, u32::MAX), (65000, 7, 8)]
+        );
         assert_eq!(r.origin, Some(Origin::Igp));
         assert_eq!(routes[1].prefix, Some("10.1.0.0/24".parse().unwrap()));
         assert!(routes[1].as_path.is_empty());

@@ -509,6 +509,15 @@ fn route_of(prefix: IpNet, p: &Value) -> Route {
         .filter_map(|c| parse_community(c))
         .collect();
     communities.sort_unstable();
+    // `largeCommunity` carries the list as one string, `asn:value:value` separated by blanks.
+    let mut large_communities: Vec<_> = p
+        .pointer("/largeCommunity/string")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| super::large_community(c.split(':')))
+        .collect();
+    large_communities.sort_unstable();
     let next_hop = p
         .pointer("/nexthops/0/ip")
         .and_then(Value::as_str)
@@ -529,6 +538,7 @@ fn route_of(prefix: IpNet, p: &Value) -> Route {
             .find_map(|k| p.get(*k).and_then(Value::as_u64))
             .map(|m| m as u32),
         communities,
+        large_communities,
         originator_id: p
             .get("originatorId")
             .and_then(Value::as_str)

@@ -147,6 +147,9 @@ pub enum Origin {
 /// A standard community `asn:value` (RFC 1997).
 pub type Community = (u16, u16);
 
+/// A large community `asn:value:value` (RFC 8092).
+pub type LargeCommunity = (u32, u32, u32);
+
 /// One BGP neighbour of a daemon, as configured.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -360,6 +363,9 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// Single-hop BFD sessions.
     pub bfd: Vec<BfdPeer>,
+    /// Install the best routes in the daemon's kernel table, equal-cost paths merged into
+    /// one multipath route (BIRD's `merge paths`).
+    pub kernel_ecmp: bool,
 }
 
 impl Config {
@@ -371,7 +377,14 @@ impl Config {
             cluster_id: None,
             peers: Vec::new(),
             bfd: Vec::new(),
+            kernel_ecmp: false,
         }
+    }
+
+    /// Installs routes in the kernel, equal-cost paths as one multipath route.
+    pub fn kernel_ecmp(mut self) -> Self {
+        self.kernel_ecmp = true;
+        self
     }
 
     /// Adds a neighbour.
@@ -467,6 +480,8 @@ pub struct Route {
     pub local_pref: Option<u32>,
     /// COMMUNITIES, sorted.
     pub communities: Vec<Community>,
+    /// LARGE_COMMUNITY (RFC 8092), sorted.
+    pub large_communities: Vec<LargeCommunity>,
     /// ORIGINATOR_ID (route reflection).
     pub originator_id: Option<Ipv4Addr>,
     /// CLUSTER_LIST (route reflection).
@@ -657,8 +672,30 @@ pub fn wait_no_route(
 
 /// Parses `asn:value` community text.
 pub(crate) fn parse_community(text: &str) -> Option<Community> {
+    // FRR names the well-known communities (RFC 1997, RFC 7999, RFC 8326).
+    let named = match text.trim() {
+        "gracefulShutdown" => Some(0),
+        "blackhole" => Some(666),
+        "noExport" => Some(0xFF01),
+        "noAdvertise" => Some(0xFF02),
+        "localAs" => Some(0xFF03),
+        "noPeer" => Some(0xFF04),
+        _ => None,
+    };
+    if let Some(value) = named {
+        return Some((0xFFFF, value));
+    }
     let (a, v) = text.trim().split_once(':')?;
     Some((a.parse().ok()?, v.parse().ok()?))
+}
+
+/// A large community from its three parts as text (`65000`, `1`, `2`), trimmed.
+pub(crate) fn large_community<'a>(
+    mut parts: impl Iterator<Item = &'a str>,
+) -> Option<LargeCommunity> {
+    let mut next = || parts.next()?.trim().parse::<u32>().ok();
+    let community = (next()?, next()?, next()?);
+    next().is_none().then_some(community)
 }
 
 /// Splits a 32-bit community into its two halves.
@@ -691,6 +728,8 @@ mod tests {
     #[test]
     fn communities_split_into_halves() {
         assert_eq!(community_of(4259840001), (65000, 1));
+        assert_eq!(parse_community("noExport"), Some((65535, 65281)));
+        assert_eq!(parse_community("65000:7"), Some((65000, 7)));
         assert_eq!(parse_community("65000:70"), Some((65000, 70)));
         assert_eq!(parse_community("65000"), None);
     }
