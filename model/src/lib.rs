@@ -141,6 +141,10 @@ pub struct ClusterConfig {
     /// Upper bound on blocks one node may claim (0 = unlimited).
     #[serde(default)]
     pub max_blocks_per_node: u32,
+    /// BFD on every node-to-node session (mesh and route reflection); none when absent.
+    /// Written only when set, so agents that predate it still read the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_bfd: Option<Bfd>,
 }
 
 fn default_as() -> u32 {
@@ -157,8 +161,86 @@ impl Default for ClusterConfig {
             node_to_node_mesh: true,
             strict_affinity: false,
             max_blocks_per_node: 0,
+            node_mesh_bfd: None,
         }
     }
+}
+
+/// BFD (RFC 5880, single hop per RFC 5881) on a BGP session: a session that stops hearing
+/// its neighbour for `multiplier` intervals takes the BGP session down at once, rather than
+/// when the hold timer runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bfd {
+    /// The fastest rate this node sends at (Desired Min TX Interval), in milliseconds.
+    #[serde(default = "Bfd::default_interval")]
+    pub transmit_interval_ms: u32,
+    /// The fastest rate this node accepts packets at (Required Min RX Interval), in
+    /// milliseconds.
+    #[serde(default = "Bfd::default_interval")]
+    pub receive_interval_ms: u32,
+    /// Packets that may go missing before the session is declared down (Detect Mult).
+    #[serde(default = "Bfd::default_multiplier")]
+    pub multiplier: u8,
+}
+
+impl Bfd {
+    /// Shortest interval accepted: 10 ms, as FRR's bfdd (a BFD session runs in the agent's
+    /// process, not in a forwarding ASIC).
+    pub const MIN_INTERVAL_MS: u32 = 10;
+    /// Longest interval accepted: 60 s, as FRR's bfdd.
+    pub const MAX_INTERVAL_MS: u32 = 60_000;
+
+    fn default_interval() -> u32 {
+        300
+    }
+
+    fn default_multiplier() -> u8 {
+        3
+    }
+
+    /// Checks every field, naming the first one out of range.
+    pub fn validate(&self) -> Result<(), InvalidBfd> {
+        for (field, value) in [
+            ("transmit interval", self.transmit_interval_ms),
+            ("receive interval", self.receive_interval_ms),
+        ] {
+            if !(Self::MIN_INTERVAL_MS..=Self::MAX_INTERVAL_MS).contains(&value) {
+                return Err(InvalidBfd::Interval { field, value });
+            }
+        }
+        if self.multiplier == 0 {
+            return Err(InvalidBfd::Multiplier);
+        }
+        Ok(())
+    }
+}
+
+impl Default for Bfd {
+    /// 300 ms both ways, multiplier 3: a failure is noticed within 900 ms.
+    fn default() -> Self {
+        Self {
+            transmit_interval_ms: Self::default_interval(),
+            receive_interval_ms: Self::default_interval(),
+            multiplier: Self::default_multiplier(),
+        }
+    }
+}
+
+/// A BFD setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidBfd {
+    /// An interval outside 10–60000 ms.
+    #[error("invalid BFD {field} {value} ms: must be 10 to 60000 ms")]
+    Interval {
+        /// Which interval.
+        field: &'static str,
+        /// The value given.
+        value: u32,
+    },
+    /// A multiplier of zero.
+    #[error("invalid BFD multiplier 0: must be 1 to 255")]
+    Multiplier,
 }
 
 /// How traffic to a pool's addresses crosses between nodes.
@@ -287,6 +369,9 @@ pub struct Peer {
     /// Accept a default route from this peer (otherwise filtered).
     #[serde(default, skip_serializing_if = "is_false")]
     pub accept_default_route: bool,
+    /// BFD on the session; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<Bfd>,
 }
 
 fn is_false(value: &bool) -> bool {

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use anyhow::Context;
-use wren_model::{Peer, keys};
+use wren_model::{Bfd, Peer, keys};
 use wren_store::StoreError;
 use wren_store::json::JsonStore;
 
@@ -44,6 +44,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             keep_original_next_hop,
             accept_cluster_routes,
             accept_default_route,
+            bfd,
+            bfd_timing,
         } => {
             let password = match password_file {
                 Some(path) => Some(read_password(&path)?),
@@ -57,6 +59,14 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             if password.as_deref() == Some("") {
                 anyhow::bail!("invalid password: empty (leave --password out for no password)");
             }
+            if !bfd && !bfd_timing.is_empty() {
+                anyhow::bail!("invalid BFD timing: give --bfd to run BFD on the session");
+            }
+            let bfd = if bfd {
+                Some(bfd_timing.apply(Bfd::default())?)
+            } else {
+                None
+            };
             let store = super::store::open(&args.store).await?;
             let peer = Peer {
                 peer_ip,
@@ -66,6 +76,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                 keep_original_next_hop,
                 accept_cluster_routes,
                 accept_default_route,
+                bfd,
             };
             let key = keys::peer(&name);
             let existed = store.get(&key).await?.is_some();

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
-use wren_model::Node;
+use wren_model::{Bfd, Node};
 
 use super::policy::ImportLimits;
 use super::view::ClusterView;
@@ -69,6 +69,9 @@ pub struct PeerSpec {
     /// What the peer may announce: `None` for another node (the mesh's routes are the
     /// truth), the explicit peer's limits otherwise.
     pub import_limits: Option<ImportLimits>,
+    /// BFD on the session: the cluster's `nodeMeshBfd` toward other nodes, the peer's
+    /// `bfd` toward an explicit peer.
+    pub bfd: Option<Bfd>,
 }
 
 /// This node's identity as the mesh needs it.
@@ -109,6 +112,7 @@ fn node_session(
         password: None,
         keep_original_next_hop: false,
         import_limits: None,
+        bfd: view.cluster.node_mesh_bfd,
     })
 }
 
@@ -166,6 +170,7 @@ pub fn desired_peers(me: &LocalNode, view: &ClusterView) -> BTreeMap<IpAddr, Pee
                     cluster_routes: peer.accept_cluster_routes || cluster_from_peers,
                     default_route: peer.accept_default_route,
                 }),
+                bfd: peer.bfd,
             },
         );
     }
@@ -294,6 +299,7 @@ mod tests {
             keep_original_next_hop: false,
             accept_cluster_routes: false,
             accept_default_route: false,
+            bfd: Some(Bfd::default()),
         };
         v.peers
             .insert("tor".into(), peer("10.0.0.254", 65000, None));
@@ -313,6 +319,26 @@ mod tests {
         let from_b = desired_peers(&me("b", "10.0.0.2"), &v);
         assert_eq!(from_b[&ip("10.0.0.253")].kind, PeerKind::NodeSpecific);
         assert_eq!(from_b[&ip("10.0.0.253")].asn, 65001);
+        assert_eq!(from_a[&ip("10.0.0.254")].bfd, Some(Bfd::default()));
+    }
+
+    #[test]
+    fn node_sessions_take_the_clusters_mesh_bfd() {
+        let mut v = view(vec![node("a", "10.0.0.1/24"), node("b", "10.0.0.2/24")]);
+        assert_eq!(
+            desired_peers(&me("a", "10.0.0.1"), &v)[&ip("10.0.0.2")].bfd,
+            None
+        );
+        let fast = Bfd {
+            transmit_interval_ms: 100,
+            receive_interval_ms: 100,
+            multiplier: 3,
+        };
+        v.cluster.node_mesh_bfd = Some(fast);
+        assert_eq!(
+            desired_peers(&me("a", "10.0.0.1"), &v)[&ip("10.0.0.2")].bfd,
+            Some(fast)
+        );
     }
 
     #[test]
@@ -328,6 +354,7 @@ mod tests {
                 keep_original_next_hop: false,
                 accept_cluster_routes: false,
                 accept_default_route: false,
+                bfd: None,
             },
         );
         let limits = |v: &ClusterView| {

@@ -250,6 +250,16 @@ impl Cluster {
         self.cli_ok(&args)
     }
 
+    /// A router's namespace `name` on the fabric at `ip` (without prefix length), its port
+    /// `eth0`.
+    pub fn attach_router(&self, name: &str, ip: &str) -> NetNs {
+        let router = NetNs::new(name).unwrap();
+        self.fabric
+            .attach(&router, "eth0", Some(&format!("{ip}/24")))
+            .unwrap();
+        router
+    }
+
     pub fn node(&self, i: usize) -> &Node {
         &self.nodes[i]
     }
