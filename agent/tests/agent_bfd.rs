@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use wren_tests::daemons::bird::Bird;
 use wren_tests::daemons::{Announce, BfdPeer, BgpDaemon, Config, Family, Peer};
-use wren_tests::netns::{NetNs, run_with_input};
 use wren_tests::prereq;
 
 mod agent_rig;
@@ -21,23 +20,6 @@ use agent_rig::*;
 const TOR_IP: &str = "10.77.0.253";
 const TOR_AS: u32 = 65000;
 const TOR_PREFIX: &str = "192.0.2.0/24";
-/// The nftables table that cuts the ToR's port.
-const CUT_TABLE: &str = "wren_cut";
-
-/// Drops every packet in and out of `eth0` in `ns` (`true`), or stops dropping.
-fn cut(ns: &NetNs, on: bool) {
-    let script = if on {
-        format!(
-            "table inet {CUT_TABLE} {{\n\
-             chain input {{ type filter hook input priority 0; iifname \"eth0\" drop; }}\n\
-             chain output {{ type filter hook output priority 0; oifname \"eth0\" drop; }}\n}}\n"
-        )
-    } else {
-        format!("delete table inet {CUT_TABLE}\n")
-    };
-    run_with_input(ns.command("nft").args(["-f", "-"]), script.as_bytes()).unwrap();
-}
-
 /// The status document's entry for the ToR's session on `node`.
 fn tor_session(node: &Node) -> serde_json::Value {
     let status = node.status_json();
@@ -118,7 +100,7 @@ fn bfd_takes_a_tors_sessions_and_routes_down_within_the_detection_time_and_back(
         "{text}"
     );
 
-    cut(&tor, true);
+    cut_port(&tor, true);
     let at = Instant::now();
     // Every 10 ms: the figure is the time the route was seen gone.
     wait_every(
@@ -170,7 +152,7 @@ fn bfd_takes_a_tors_sessions_and_routes_down_within_the_detection_time_and_back(
         assert!(node.has_route("bgp", &other), "{}", node.routes("bgp"));
     }
 
-    cut(&tor, false);
+    cut_port(&tor, false);
     wait_for("BFD, the sessions and the routes back", || {
         bfd_up(&c) && nodes_have_route(&c) && tor_has_blocks(&bird)
     });

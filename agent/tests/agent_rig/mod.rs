@@ -356,6 +356,23 @@ impl Drop for Cluster {
     }
 }
 
+/// Drops every packet in and out of `eth0` in `ns` (`true`: carrier stays up, as with `tc
+/// netem loss 100%`, which this kernel lacks), or stops dropping (`false`).
+pub fn cut_port(ns: &NetNs, on: bool) {
+    const TABLE: &str = "wren_cut";
+    let script = if on {
+        format!(
+            "table inet {TABLE} {{\n\
+             chain input {{ type filter hook input priority 0; iifname \"eth0\" drop; }}\n\
+             chain output {{ type filter hook output priority 0; oifname \"eth0\" drop; }}\n}}\n"
+        )
+    } else {
+        format!("delete table inet {TABLE}\n")
+    };
+    wren_tests::netns::run_with_input(ns.command("nft").args(["-f", "-"]), script.as_bytes())
+        .unwrap();
+}
+
 /// `GET path` on the agent's metrics address, from inside the node's namespace.
 pub fn http_get(node: &Node, path: &str) -> (u16, String) {
     wren_tests::http::get_in_ns(node.ns.name(), 9099, path).unwrap()
