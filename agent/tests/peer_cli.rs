@@ -19,7 +19,7 @@ use cli_support::*;
 const PREFIX: &str = "/wren-peer-cli-test/";
 
 #[test]
-fn bfd_settings_are_stored_and_bad_ones_refused() {
+fn session_controls_are_stored_and_bad_ones_refused() {
     if !prereq::require_command("etcd") {
         return;
     }
@@ -88,6 +88,32 @@ fn bfd_settings_are_stored_and_bad_ones_refused() {
         (100, 1000, 5)
     );
 
+    // The session controls: stored as given, absent when not.
+    assert_eq!(peer("tor").hold_time, None);
+    ok(
+        e,
+        &[
+            &add[..],
+            &[
+                "--hold-time",
+                "9",
+                "--ttl-security",
+                "1",
+                "--source-address",
+                "10.0.0.7",
+            ],
+        ]
+        .concat(),
+    );
+    let stored = peer("tor");
+    assert_eq!(
+        (stored.hold_time, stored.ttl_security, stored.source_address),
+        (Some(9), Some(1), Some("10.0.0.7".parse().unwrap()))
+    );
+    assert_eq!(stored.bfd, None, "a peer add replaces the peer");
+    ok(e, &[&add[..], &["--hold-time", "0"]].concat());
+    assert_eq!(peer("tor").hold_time, Some(0));
+
     let before = runtime.block_on(snapshot(store.as_ref()));
     for (extra, expected) in [
         (
@@ -105,6 +131,13 @@ fn bfd_settings_are_stored_and_bad_ones_refused() {
         (&["--bfd", "--bfd-multiplier", "0"], "--bfd-multiplier"),
         (&["--bfd", "--bfd-multiplier", "256"], "--bfd-multiplier"),
         (&["--bfd-multiplier", "3"], "--bfd"),
+        (&["--hold-time", "1"], "hold time 1"),
+        (&["--hold-time", "2"], "hold time 2"),
+        (&["--hold-time", "65536"], "--hold-time"),
+        (&["--ttl-security", "0"], "ttl security 0"),
+        (&["--ttl-security", "255"], "ttl security 255"),
+        (&["--source-address", "0.0.0.0"], "source address 0.0.0.0"),
+        (&["--source-address", "fd00::1"], "source address fd00::1"),
     ] {
         fails(e, &[&add[..], extra].concat(), expected);
     }

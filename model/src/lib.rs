@@ -372,6 +372,66 @@ pub struct Peer {
     /// BFD on the session; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd: Option<Bfd>,
+    /// Hold time proposed to the peer, in seconds (0: no keepalives, else 3–65535; the
+    /// session runs with the smaller of both sides'); 90 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_time: Option<u16>,
+    /// GTSM (RFC 5082): send with TTL 255 and accept only packets that crossed at most this
+    /// many hops (1: directly connected); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<u8>,
+    /// The node's address the session (and its BFD) is opened from; the node's address of
+    /// the peer's family when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<IpAddr>,
+}
+
+impl Peer {
+    /// Checks the session controls, naming the first field out of range.
+    pub fn validate(&self) -> Result<(), InvalidPeer> {
+        if let Some(bfd) = &self.bfd {
+            bfd.validate()?;
+        }
+        if let Some(hold) = self.hold_time
+            && (hold == 1 || hold == 2)
+        {
+            return Err(InvalidPeer::HoldTime(hold));
+        }
+        if let Some(hops) = self.ttl_security
+            && !(1..=254).contains(&hops)
+        {
+            return Err(InvalidPeer::TtlSecurity(hops));
+        }
+        if let Some(source) = self.source_address {
+            if source.is_unspecified() || source.is_multicast() || source.is_loopback() {
+                return Err(InvalidPeer::SourceAddress(source, "not a unicast address"));
+            }
+            if source.is_ipv4() != self.peer_ip.is_ipv4() {
+                return Err(InvalidPeer::SourceAddress(
+                    source,
+                    "of the other address family than the peer's",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A peer's session control out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPeer {
+    /// A BFD setting.
+    #[error(transparent)]
+    Bfd(#[from] InvalidBfd),
+    /// A hold time of 1 or 2 s (RFC 4271 §4.2).
+    #[error("invalid hold time {0}: must be 0 (no keepalives) or 3 to 65535 seconds")]
+    HoldTime(u16),
+    /// A GTSM hop count of 0 or 255.
+    #[error("invalid ttl security {0}: must be 1 to 254 hops")]
+    TtlSecurity(u8),
+    /// A source address no session can be opened from.
+    #[error("invalid source address {0}: {1}")]
+    SourceAddress(IpAddr, &'static str),
 }
 
 fn is_false(value: &bool) -> bool {

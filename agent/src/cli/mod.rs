@@ -367,6 +367,18 @@ pub enum PeerCommand {
         /// BFD timing (with `--bfd`).
         #[command(flatten)]
         bfd_timing: BfdArgs,
+        /// Hold time to propose, in seconds: 0 (no keepalives) or 3–65535 [default: 90];
+        /// keepalives go every third of the hold time the session agrees on.
+        #[arg(long, value_name = "SECONDS")]
+        hold_time: Option<u16>,
+        /// GTSM (RFC 5082): send with TTL 255 and accept only packets that crossed at most
+        /// this many hops (1: directly connected); 1–254.
+        #[arg(long, value_name = "HOPS")]
+        ttl_security: Option<u8>,
+        /// The node's address to open the session (and its BFD) from [default: the node
+        /// address of the peer's family].
+        #[arg(long, value_name = "IP")]
+        source_address: Option<IpAddr>,
     },
     /// List explicit peers.
     List(OutputArgs),

@@ -46,6 +46,9 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             accept_default_route,
             bfd,
             bfd_timing,
+            hold_time,
+            ttl_security,
+            source_address,
         } => {
             let password = match password_file {
                 Some(path) => Some(read_password(&path)?),
@@ -67,7 +70,6 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let store = super::store::open(&args.store).await?;
             let peer = Peer {
                 peer_ip,
                 as_number,
@@ -77,7 +79,12 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                 accept_cluster_routes,
                 accept_default_route,
                 bfd,
+                hold_time,
+                ttl_security,
+                source_address,
             };
+            peer.validate()?;
+            let store = super::store::open(&args.store).await?;
             let key = keys::peer(&name);
             let existed = store.get(&key).await?.is_some();
             store.put_json(&key, &peer, None).await?;

@@ -76,6 +76,15 @@ impl BfdStatus {
     }
 }
 
+/// One BFD session the plan asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BfdSession {
+    /// Intervals and multiplier.
+    pub timing: Bfd,
+    /// The address to send from, when not the node's address of the peer's family.
+    pub source: Option<IpAddr>,
+}
+
 /// The timing a model document asks for, as the session takes it.
 fn session_config(bfd: &Bfd) -> SessionConfig {
     SessionConfig {
@@ -97,7 +106,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 struct Shared {
     /// Every session the endpoint runs, with its timing.
-    configured: Mutex<BTreeMap<IpAddr, Bfd>>,
+    configured: Mutex<BTreeMap<IpAddr, BfdSession>>,
     /// Every session's last status, by neighbour.
     statuses: Mutex<BTreeMap<IpAddr, BfdStatus>>,
     /// Peers whose BFD failed and has not come back: their BGP sessions are held down.
@@ -177,7 +186,11 @@ impl BfdSessions {
     /// Makes the BFD sessions exactly `wanted` (neighbour → timing). `reconfigured` are BGP
     /// peers the speaker has just added or changed: they start without BFD's hold, so the
     /// ones whose BFD is still down after a failure are held again.
-    pub async fn set(&self, wanted: &BTreeMap<IpAddr, Bfd>, reconfigured: &BTreeSet<IpAddr>) {
+    pub async fn set(
+        &self,
+        wanted: &BTreeMap<IpAddr, BfdSession>,
+        reconfigured: &BTreeSet<IpAddr>,
+    ) {
         let mut running = self.endpoint.lock().await;
         let endpoint = match running.as_ref() {
             Some(endpoint) => endpoint.clone(),
@@ -208,15 +221,22 @@ impl BfdSessions {
             }
             tracing::info!(%peer, "BFD session removed");
         }
-        for (peer, bfd) in wanted {
+        for (peer, session) in wanted {
+            let bfd = &session.timing;
             let result = match current.get(peer) {
-                Some(current) if current == bfd => continue,
-                Some(_) => endpoint.reconfigure(*peer, session_config(bfd)).await,
-                None => {
-                    let local = match peer {
+                Some(current) if current == session => continue,
+                Some(current) if current.source == session.source => {
+                    endpoint.reconfigure(*peer, session_config(bfd)).await
+                }
+                changed => {
+                    if changed.is_some() {
+                        // A new source address is a new session.
+                        let _ = endpoint.remove_session(*peer).await;
+                    }
+                    let local = session.source.or(match peer {
                         IpAddr::V4(_) => Some(IpAddr::V4(self.local_v4)),
                         IpAddr::V6(_) => self.local_v6.map(IpAddr::V6),
-                    };
+                    });
                     let Some(local) = local else {
                         tracing::warn!(%peer, "no BFD session: the node has no IPv6 address");
                         continue;
@@ -234,7 +254,7 @@ impl BfdSessions {
             match result {
                 Ok(()) => {
                     tracing::info!(%peer, transmit_ms = bfd.transmit_interval_ms, receive_ms = bfd.receive_interval_ms, multiplier = bfd.multiplier, "BFD session configured");
-                    lock(&self.shared.configured).insert(*peer, *bfd);
+                    lock(&self.shared.configured).insert(*peer, *session);
                 }
                 Err(e) => tracing::warn!(%peer, error = %e, "cannot configure BFD session"),
             }
@@ -283,8 +303,8 @@ async fn refresh(endpoint: &EndpointHandle, shared: &Shared) {
     let fresh: BTreeMap<IpAddr, BfdStatus> = sessions
         .iter()
         .filter_map(|s| {
-            let timing = configured.get(&s.peer)?;
-            Some((s.peer, BfdStatus::new(s, *timing, now)))
+            let session = configured.get(&s.peer)?;
+            Some((s.peer, BfdStatus::new(s, session.timing, now)))
         })
         .collect();
     *lock(&shared.statuses) = fresh;

@@ -72,6 +72,12 @@ pub struct PeerSpec {
     /// BFD on the session: the cluster's `nodeMeshBfd` toward other nodes, the peer's
     /// `bfd` toward an explicit peer.
     pub bfd: Option<Bfd>,
+    /// Hold time to propose, when not the default.
+    pub hold_time: Option<u16>,
+    /// GTSM hops, when on.
+    pub ttl_security: Option<u8>,
+    /// The node's address to open the session from, when not the node address.
+    pub source_address: Option<IpAddr>,
 }
 
 /// This node's identity as the mesh needs it.
@@ -113,6 +119,9 @@ fn node_session(
         keep_original_next_hop: false,
         import_limits: None,
         bfd: view.cluster.node_mesh_bfd,
+        hold_time: None,
+        ttl_security: None,
+        source_address: None,
     })
 }
 
@@ -171,6 +180,9 @@ pub fn desired_peers(me: &LocalNode, view: &ClusterView) -> BTreeMap<IpAddr, Pee
                     default_route: peer.accept_default_route,
                 }),
                 bfd: peer.bfd,
+                hold_time: peer.hold_time,
+                ttl_security: peer.ttl_security,
+                source_address: peer.source_address,
             },
         );
     }
@@ -300,6 +312,9 @@ mod tests {
             accept_cluster_routes: false,
             accept_default_route: false,
             bfd: Some(Bfd::default()),
+            hold_time: None,
+            ttl_security: None,
+            source_address: None,
         };
         v.peers
             .insert("tor".into(), peer("10.0.0.254", 65000, None));
@@ -355,6 +370,9 @@ mod tests {
                 accept_cluster_routes: false,
                 accept_default_route: false,
                 bfd: None,
+                hold_time: None,
+                ttl_security: None,
+                source_address: None,
             },
         );
         let limits = |v: &ClusterView| {

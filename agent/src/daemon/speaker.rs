@@ -23,7 +23,7 @@ use wren_bgp::speaker::{
 };
 use wren_bgp::wire::Afi;
 
-use super::bfd::BfdSessions;
+use super::bfd::{BfdSession, BfdSessions};
 use super::bgp::{BgpControl, SessionInfo};
 use super::mesh::{PeerKind, PeerSpec};
 use super::policy::{ClusterSpace, ImportLimits};
@@ -136,10 +136,14 @@ fn peer_config(spec: &PeerSpec, config: &AgentConfig) -> PeerConfig {
     peer.password = spec.password.clone();
     peer.rr_client = spec.rr_client;
     peer.next_hop_keep = spec.keep_original_next_hop;
-    peer.local_address = match spec.address {
+    peer.local_address = spec.source_address.or(match spec.address {
         IpAddr::V4(_) => Some(IpAddr::V4(config.node_ip.addr())),
         IpAddr::V6(_) => config.node_ipv6.map(|n| IpAddr::V6(n.addr())),
-    };
+    });
+    if let Some(hold_time) = spec.hold_time {
+        peer.hold_time = hold_time;
+    }
+    peer.ttl_security = spec.ttl_security;
     if matches!(
         spec.kind,
         PeerKind::NodeMesh | PeerKind::RouteReflector | PeerKind::RrClient
@@ -390,7 +394,13 @@ impl BgpControl for SpeakerBgp {
         drop(applied);
         let bfd = peers
             .iter()
-            .filter_map(|(address, spec)| Some((*address, spec.bfd?)))
+            .filter_map(|(address, spec)| {
+                let session = BfdSession {
+                    timing: spec.bfd?,
+                    source: spec.source_address,
+                };
+                Some((*address, session))
+            })
             .collect();
         self.bfd.set(&bfd, &reconfigured).await;
     }
