@@ -3,7 +3,9 @@
 //! on the ToR's port dropped, carrier up: what `tc netem loss 100%` does) takes the sessions
 //! and their routes down on both sides within about the detection time, where the 90 s hold
 //! timer alone would keep them. The link back brings sessions and routes back. The agents'
-//! `wren status` and metrics show the BFD state, the diagnostic and the counters.
+//! `wren status` and metrics show the BFD state, the diagnostic and the counters. The same
+//! between two agents over the node mesh (`wren bgp config --mesh-bfd on`): a node that falls
+//! silent loses its routes on the other within the detection time.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -168,4 +170,59 @@ fn bfd_takes_a_tors_sessions_and_routes_down_within_the_detection_time_and_back(
         )),
         "{m}"
     );
+}
+
+#[test]
+fn mesh_bfd_takes_a_silent_nodes_routes_down_and_brings_them_back() {
+    if !ready() || !prereq::require_command("nft") {
+        return;
+    }
+    let mut c = Cluster::new("ag-mbfd", 2);
+    c.cli_ok(&[
+        "bgp",
+        "config",
+        "--mesh-bfd",
+        "on",
+        "--bfd-transmit-interval",
+        "100ms",
+        "--bfd-receive-interval",
+        "100ms",
+    ]);
+    c.start_all();
+    c.wait_mesh();
+    let blocks: Vec<IpNet> = (0..2)
+        .map(|i| c.claim(&c.node(i).name, &format!("k8s.pod{i}")))
+        .collect();
+    let (one, two) = (c.node(0), c.node(1));
+    let mesh_bfd = |node: &Node, other: &Node| {
+        node.status_json()["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find(|p| p["address"] == other.ip.as_str()))
+            .map(|p| p["bfd"].clone())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let routed = || one.has_route("bgp", &blocks[1].to_string());
+    wait_for("mesh BFD Up and the blocks routed", || {
+        mesh_bfd(one, two)["state"] == "Up" && mesh_bfd(two, one)["state"] == "Up" && routed()
+    });
+    assert_eq!(mesh_bfd(one, two)["detectionTimeMs"], 300);
+
+    // node2 falls silent (its port drops everything, carrier up).
+    cut_port(&two.ns, true);
+    let at = Instant::now();
+    wait_every(
+        "node1 to drop node2's block",
+        Duration::from_millis(10),
+        || !routed(),
+    );
+    let took = at.elapsed();
+    eprintln!("node2's block gone from node1's kernel {took:?} after the cut");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let bfd = mesh_bfd(one, two);
+    assert_eq!(bfd["diagnostic"], "Control Detection Time Expired", "{bfd}");
+
+    cut_port(&two.ns, false);
+    wait_for("mesh BFD and node2's block back", || {
+        mesh_bfd(one, two)["state"] == "Up" && routed()
+    });
 }
