@@ -108,6 +108,10 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                         as_number: p.value.as_number,
                         node: p.value.node.as_deref(),
                         password: p.value.password.is_some(),
+                        bfd: p.value.bfd,
+                        hold_time: p.value.hold_time,
+                        ttl_security: p.value.ttl_security,
+                        source_address: p.value.source_address,
                     })
                     .collect();
                 return print_json(&rows);
@@ -127,12 +131,21 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                             "no"
                         }
                         .to_owned(),
+                        p.value
+                            .bfd
+                            .map(|b| {
+                                format!(
+                                    "{}/{} ms x{}",
+                                    b.transmit_interval_ms, b.receive_interval_ms, b.multiplier
+                                )
+                            })
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
             print!(
                 "{}",
-                table(&["NAME", "PEER IP", "AS", "NODE", "PASSWORD"], &rows)
+                table(&["NAME", "PEER IP", "AS", "NODE", "PASSWORD", "BFD"], &rows)
             );
         }
         PeerCommand::Rm { name } => {
@@ -158,4 +171,12 @@ struct PeerRow<'a> {
     node: Option<&'a str>,
     /// Whether the session is protected by a TCP MD5 password.
     password: bool,
+    /// BFD timing; `null`: no BFD.
+    bfd: Option<Bfd>,
+    /// Hold time proposed; `null`: the default (90 s).
+    hold_time: Option<u16>,
+    /// GTSM hops; `null`: off.
+    ttl_security: Option<u8>,
+    /// Source address; `null`: the node address.
+    source_address: Option<IpAddr>,
 }
