@@ -6,6 +6,10 @@
 //! | `wren_bgp_session_state` | gauge | `peer`, `type`, `state` | 1 for the session's current FSM state |
 //! | `wren_bgp_prefixes_received` | gauge | `peer`, `type` | prefixes accepted from the peer |
 //! | `wren_bgp_prefixes_sent` | gauge | `peer`, `type` | prefixes announced to the peer |
+//! | `wren_bfd_session_up` | gauge | `peer`, `type` | 1 while the session's BFD is Up (only sessions that run BFD) |
+//! | `wren_bfd_session_downs_total` | counter | `peer`, `type` | times the session's BFD went from Up to Down |
+//! | `wren_bfd_packets_sent_total` | counter | `peer`, `type` | BFD Control packets sent |
+//! | `wren_bfd_packets_received_total` | counter | `peer`, `type` | BFD Control packets received |
 //! | `wren_ipam_addresses_in_use` | gauge | | addresses allocated on this node (own blocks and borrowed) |
 //! | `wren_ipam_blocks` | gauge | | blocks affine to this node |
 //! | `wren_routes_desired` | gauge | | routes the agent wants in the kernel |
@@ -105,6 +109,21 @@ pub struct PeerSample {
     pub received: u64,
     /// Prefixes announced to the peer.
     pub sent: u64,
+    /// The session's BFD, when it runs one.
+    pub bfd: Option<BfdSample>,
+}
+
+/// One BFD session as the metrics show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BfdSample {
+    /// Whether the session is Up.
+    pub up: bool,
+    /// Times it went from Up to Down.
+    pub downs: u64,
+    /// Control packets sent.
+    pub sent: u64,
+    /// Control packets received.
+    pub received: u64,
 }
 
 /// Every metric the agent exports.
@@ -114,6 +133,10 @@ pub struct Metrics {
     session_state: Family<PeerStateLabels, Gauge>,
     prefixes_received: Family<PeerLabels, Gauge>,
     prefixes_sent: Family<PeerLabels, Gauge>,
+    bfd_up: Family<PeerLabels, Gauge>,
+    bfd_downs: Family<PeerLabels, Counter>,
+    bfd_sent: Family<PeerLabels, Counter>,
+    bfd_received: Family<PeerLabels, Counter>,
     /// Addresses allocated on this node.
     pub ipam_addresses_in_use: Gauge,
     /// Blocks affine to this node.
@@ -176,6 +199,10 @@ impl Metrics {
             session_state: Family::default(),
             prefixes_received: Family::default(),
             prefixes_sent: Family::default(),
+            bfd_up: Family::default(),
+            bfd_downs: Family::default(),
+            bfd_sent: Family::default(),
+            bfd_received: Family::default(),
             ipam_addresses_in_use: Gauge::default(),
             ipam_blocks: Gauge::default(),
             routes_desired: Gauge::default(),
@@ -221,6 +248,26 @@ impl Metrics {
             "bgp_prefixes_sent",
             "Prefixes announced to the peer",
             m.prefixes_sent.clone(),
+        );
+        r.register(
+            "bfd_session_up",
+            "1 while the BGP session's BFD is Up",
+            m.bfd_up.clone(),
+        );
+        r.register(
+            "bfd_session_downs",
+            "Times the BGP session's BFD went from Up to Down",
+            m.bfd_downs.clone(),
+        );
+        r.register(
+            "bfd_packets_sent",
+            "BFD Control packets sent",
+            m.bfd_sent.clone(),
+        );
+        r.register(
+            "bfd_packets_received",
+            "BFD Control packets received",
+            m.bfd_received.clone(),
         );
         r.register(
             "ipam_addresses_in_use",
@@ -342,7 +389,20 @@ impl Metrics {
         self.session_state.clear();
         self.prefixes_received.clear();
         self.prefixes_sent.clear();
+        self.bfd_up.clear();
+        self.bfd_downs.clear();
+        self.bfd_sent.clear();
+        self.bfd_received.clear();
         for p in peers {
+            if let Some(bfd) = p.bfd {
+                self.bfd_up.get_or_create(&p.labels).set(i64::from(bfd.up));
+                // Series start again with every replacement: a counter is its total.
+                self.bfd_downs.get_or_create(&p.labels).inc_by(bfd.downs);
+                self.bfd_sent.get_or_create(&p.labels).inc_by(bfd.sent);
+                self.bfd_received
+                    .get_or_create(&p.labels)
+                    .inc_by(bfd.received);
+            }
             let up = i64::from(p.state == "Established");
             self.session_up.get_or_create(&p.labels).set(up);
             let state = PeerStateLabels {
@@ -392,6 +452,12 @@ mod tests {
             state: "Established".into(),
             received: 3,
             sent: 2,
+            bfd: Some(BfdSample {
+                up: true,
+                downs: 1,
+                sent: 40,
+                received: 39,
+            }),
         }]);
         m.ipam_addresses_in_use.set(7);
         m.route_reconciles.inc();
@@ -403,6 +469,10 @@ mod tests {
             "wren_bgp_session_state{peer=\"10.0.0.2\",type=\"node-mesh\",state=\"Established\"} 1",
             "wren_bgp_prefixes_received{peer=\"10.0.0.2\",type=\"node-mesh\"} 3",
             "wren_bgp_prefixes_sent{peer=\"10.0.0.2\",type=\"node-mesh\"} 2",
+            "wren_bfd_session_up{peer=\"10.0.0.2\",type=\"node-mesh\"} 1",
+            "wren_bfd_session_downs_total{peer=\"10.0.0.2\",type=\"node-mesh\"} 1",
+            "wren_bfd_packets_sent_total{peer=\"10.0.0.2\",type=\"node-mesh\"} 40",
+            "wren_bfd_packets_received_total{peer=\"10.0.0.2\",type=\"node-mesh\"} 39",
             "wren_ipam_addresses_in_use 7",
             "wren_route_reconciles_total 1",
             "wren_route_reconcile_errors_total 1",

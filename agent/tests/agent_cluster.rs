@@ -281,10 +281,7 @@ fn a_bird_tor_learns_every_block_and_its_route_reaches_the_nodes() {
     const TOR_PASSWORD: &str = "wren-tor-secret";
     const TOR_IP: &str = "10.77.0.253";
     let mut c = Cluster::new("ag-tor", 2);
-    let tor = NetNs::new("ag-tor-tor").unwrap();
-    c.fabric
-        .attach(&tor, "eth0", Some(&format!("{TOR_IP}/24")))
-        .unwrap();
+    let tor = c.attach_router("ag-tor-tor", TOR_IP);
     let tor_ip: IpAddr = TOR_IP.parse().unwrap();
     let mut config = Config::new(TOR_IP.parse::<Ipv4Addr>().unwrap(), TOR_AS);
     for node in &c.nodes {

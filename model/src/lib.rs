@@ -147,6 +147,10 @@ pub struct ClusterConfig {
     /// Upper bound on blocks one node may claim (0 = unlimited).
     #[serde(default)]
     pub max_blocks_per_node: u32,
+    /// BFD on every node-to-node session (mesh and route reflection); none when absent.
+    /// Written only when set, so agents that predate it still read the document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_bfd: Option<Bfd>,
     /// Communities on every prefix the nodes announce. Written only when set, so agents
     /// that predate them still read the configuration of clusters that do not use them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -205,8 +209,86 @@ impl Default for ClusterConfig {
             service_cluster_ips: Vec::new(),
             service_external_ips: Vec::new(),
             service_load_balancer_ips: Vec::new(),
+            node_mesh_bfd: None,
         }
     }
+}
+
+/// BFD (RFC 5880, single hop per RFC 5881) on a BGP session: a session that stops hearing
+/// its neighbour for `multiplier` intervals takes the BGP session down at once, rather than
+/// when the hold timer runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bfd {
+    /// The fastest rate this node sends at (Desired Min TX Interval), in milliseconds.
+    #[serde(default = "Bfd::default_interval")]
+    pub transmit_interval_ms: u32,
+    /// The fastest rate this node accepts packets at (Required Min RX Interval), in
+    /// milliseconds.
+    #[serde(default = "Bfd::default_interval")]
+    pub receive_interval_ms: u32,
+    /// Packets that may go missing before the session is declared down (Detect Mult).
+    #[serde(default = "Bfd::default_multiplier")]
+    pub multiplier: u8,
+}
+
+impl Bfd {
+    /// Shortest interval accepted: 10 ms, as FRR's bfdd (a BFD session runs in the agent's
+    /// process, not in a forwarding ASIC).
+    pub const MIN_INTERVAL_MS: u32 = 10;
+    /// Longest interval accepted: 60 s, as FRR's bfdd.
+    pub const MAX_INTERVAL_MS: u32 = 60_000;
+
+    fn default_interval() -> u32 {
+        300
+    }
+
+    fn default_multiplier() -> u8 {
+        3
+    }
+
+    /// Checks every field, naming the first one out of range.
+    pub fn validate(&self) -> Result<(), InvalidBfd> {
+        for (field, value) in [
+            ("transmit interval", self.transmit_interval_ms),
+            ("receive interval", self.receive_interval_ms),
+        ] {
+            if !(Self::MIN_INTERVAL_MS..=Self::MAX_INTERVAL_MS).contains(&value) {
+                return Err(InvalidBfd::Interval { field, value });
+            }
+        }
+        if self.multiplier == 0 {
+            return Err(InvalidBfd::Multiplier);
+        }
+        Ok(())
+    }
+}
+
+impl Default for Bfd {
+    /// 300 ms both ways, multiplier 3: a failure is noticed within 900 ms.
+    fn default() -> Self {
+        Self {
+            transmit_interval_ms: Self::default_interval(),
+            receive_interval_ms: Self::default_interval(),
+            multiplier: Self::default_multiplier(),
+        }
+    }
+}
+
+/// A BFD setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidBfd {
+    /// An interval outside 10–60000 ms.
+    #[error("invalid BFD {field} {value} ms: must be 10 to 60000 ms")]
+    Interval {
+        /// Which interval.
+        field: &'static str,
+        /// The value given.
+        value: u32,
+    },
+    /// A multiplier of zero.
+    #[error("invalid BFD multiplier 0: must be 1 to 255")]
+    Multiplier,
 }
 
 /// How traffic to a pool's addresses crosses between nodes.
@@ -344,6 +426,69 @@ pub struct Peer {
     /// Which of the node's announcements the peer gets, and their AS-path prepends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export_filter: Option<Filter>,
+    /// BFD on the session; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<Bfd>,
+    /// Hold time proposed to the peer, in seconds (0: no keepalives, else 3–65535; the
+    /// session runs with the smaller of both sides'); 90 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_time: Option<u16>,
+    /// GTSM (RFC 5082): send with TTL 255 and accept only packets that crossed at most this
+    /// many hops (1: directly connected); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<u8>,
+    /// The node's address the session (and its BFD) is opened from; the node's address of
+    /// the peer's family when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<IpAddr>,
+}
+
+impl Peer {
+    /// Checks the session controls, naming the first field out of range.
+    pub fn validate(&self) -> Result<(), InvalidPeer> {
+        if let Some(bfd) = &self.bfd {
+            bfd.validate()?;
+        }
+        if let Some(hold) = self.hold_time
+            && (hold == 1 || hold == 2)
+        {
+            return Err(InvalidPeer::HoldTime(hold));
+        }
+        if let Some(hops) = self.ttl_security
+            && !(1..=254).contains(&hops)
+        {
+            return Err(InvalidPeer::TtlSecurity(hops));
+        }
+        if let Some(source) = self.source_address {
+            if source.is_unspecified() || source.is_multicast() || source.is_loopback() {
+                return Err(InvalidPeer::SourceAddress(source, "not a unicast address"));
+            }
+            if source.is_ipv4() != self.peer_ip.is_ipv4() {
+                return Err(InvalidPeer::SourceAddress(
+                    source,
+                    "of the other address family than the peer's",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A peer's session control out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPeer {
+    /// A BFD setting.
+    #[error(transparent)]
+    Bfd(#[from] InvalidBfd),
+    /// A hold time of 1 or 2 s (RFC 4271 §4.2).
+    #[error("invalid hold time {0}: must be 0 (no keepalives) or 3 to 65535 seconds")]
+    HoldTime(u16),
+    /// A GTSM hop count of 0 or 255.
+    #[error("invalid ttl security {0}: must be 1 to 254 hops")]
+    TtlSecurity(u8),
+    /// A source address no session can be opened from.
+    #[error("invalid source address {0}: {1}")]
+    SourceAddress(IpAddr, &'static str),
 }
 
 fn is_false(value: &bool) -> bool {

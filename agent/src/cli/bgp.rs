@@ -1,11 +1,18 @@
-//! `wren bgp config [--as N] [--mesh on|off] [--community C]… [--prefix-advertisement
-//! CIDR=C,…]…`: the cluster's BGP settings (`config/cluster`).
+//! `wren bgp config [--as N] [--mesh on|off] [--mesh-bfd on|off [--bfd-…]] [--community C]…
+//! [--prefix-advertisement CIDR=C,…]… [--service-…-ips CIDRS]`: the cluster's BGP settings
+//! (`config/cluster`).
 
-use wren_model::{ClusterConfig, keys};
+use wren_model::{Bfd, ClusterConfig, keys};
 use wren_store::Store;
 use wren_store::json::JsonStore;
 
-use super::{BgpArgs, BgpCommand, OnOff, Ranges};
+use super::{BfdArgs, BgpArgs, BgpCommand, OnOff, Ranges};
+
+/// `base` with the command line's timing; the values were checked before the store was
+/// opened, and every combination of valid values is valid.
+fn timed(timing: &BfdArgs, base: Bfd) -> Bfd {
+    timing.apply(base).unwrap_or(base)
+}
 
 /// Reads `config/cluster`, applies `change` and writes it back with compare-and-swap,
 /// retrying when another writer got there first. Returns the stored configuration.
@@ -75,6 +82,13 @@ fn print_config(config: &ClusterConfig) {
             super::pool::community_list(&advert.communities)
         );
     }
+    match &config.node_mesh_bfd {
+        Some(bfd) => println!(
+            "Node-to-node BFD:   on, transmit {} ms, receive {} ms, multiplier {}",
+            bfd.transmit_interval_ms, bfd.receive_interval_ms, bfd.multiplier
+        ),
+        None => println!("Node-to-node BFD:   off"),
+    }
 }
 
 /// Runs `wren bgp`.
@@ -90,7 +104,15 @@ pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
             service_cluster_ips,
             service_external_ips,
             service_load_balancer_ips,
+            mesh_bfd,
+            bfd_timing,
         } => {
+            // Checked before anything is read or written: timing alone applies to the BFD
+            // the mesh runs, and the values must be valid whatever is stored.
+            if mesh_bfd != Some(OnOff::On) && !bfd_timing.is_empty() {
+                anyhow::bail!("invalid BFD timing: give it with --mesh-bfd on");
+            }
+            bfd_timing.apply(Bfd::default())?;
             let store = super::store::open(&args.store).await?;
             let set_communities = !communities.is_empty() || clear_communities;
             let set_adverts = !prefix_advertisements.is_empty() || clear_prefix_advertisements;
@@ -99,6 +121,8 @@ pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
                 || service_load_balancer_ips.is_some();
             let unchanged = as_number.is_none()
                 && mesh.is_none()
+                && mesh_bfd.is_none()
+                && bfd_timing.is_empty()
                 && !set_communities
                 && !set_adverts
                 && !set_services;
@@ -130,6 +154,14 @@ pub async fn run(args: BgpArgs) -> anyhow::Result<()> {
                         if let Some(Ranges(ranges)) = given {
                             *field = ranges.clone();
                         }
+                    }
+                    match mesh_bfd {
+                        Some(OnOff::Off) => c.node_mesh_bfd = None,
+                        Some(OnOff::On) => {
+                            let base = c.node_mesh_bfd.unwrap_or_default();
+                            c.node_mesh_bfd = Some(timed(&bfd_timing, base));
+                        }
+                        None => {}
                     }
                 })
                 .await?

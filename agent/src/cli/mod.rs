@@ -390,6 +390,25 @@ pub enum PeerCommand {
         /// What a route to the peer no export rule matches gets (default accept).
         #[arg(long, value_enum)]
         export_default: Option<FilterActionArg>,
+        /// Run BFD on the session (the peer must run it too): a link failure ends the
+        /// session within the detection time instead of the hold time.
+        #[arg(long)]
+        bfd: bool,
+        /// BFD timing (with `--bfd`).
+        #[command(flatten)]
+        bfd_timing: BfdArgs,
+        /// Hold time to propose, in seconds: 0 (no keepalives) or 3–65535 [default: 90];
+        /// keepalives go every third of the hold time the session agrees on.
+        #[arg(long, value_name = "SECONDS")]
+        hold_time: Option<u16>,
+        /// GTSM (RFC 5082): send with TTL 255 and accept only packets that crossed at most
+        /// this many hops (1: directly connected); 1–254.
+        #[arg(long, value_name = "HOPS")]
+        ttl_security: Option<u8>,
+        /// The node's address to open the session (and its BFD) from [default: the node
+        /// address of the peer's family].
+        #[arg(long, value_name = "IP")]
+        source_address: Option<IpAddr>,
     },
     /// List explicit peers.
     List(OutputArgs),
@@ -649,7 +668,64 @@ pub enum BgpCommand {
         /// The Services' load-balancer ranges: `CIDR[,CIDR…]`, or `none`.
         #[arg(long = "service-lb-ips", value_name = "CIDRS", value_parser = parse_ranges)]
         service_load_balancer_ips: Option<Ranges>,
+        /// BFD on every node-to-node session (mesh and route reflection).
+        #[arg(long, value_enum)]
+        mesh_bfd: Option<OnOff>,
+        /// BFD timing of the node-to-node sessions.
+        #[command(flatten)]
+        bfd_timing: BfdArgs,
     },
+}
+
+/// BFD timing on the command line; what is left out keeps its current (or default) value.
+#[derive(Debug, Clone, Default, Args)]
+pub struct BfdArgs {
+    /// BFD transmit interval (Desired Min TX), e.g. `300ms`; 10ms to 60s [default: 300ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_bfd_interval)]
+    pub bfd_transmit_interval: Option<u32>,
+    /// BFD receive interval (Required Min RX), e.g. `300ms`; 10ms to 60s [default: 300ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_bfd_interval)]
+    pub bfd_receive_interval: Option<u32>,
+    /// BFD detect multiplier: packets missed before the session is down; 1 to 255
+    /// [default: 3].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..))]
+    pub bfd_multiplier: Option<u8>,
+}
+
+impl BfdArgs {
+    /// Whether any timing was given.
+    pub fn is_empty(&self) -> bool {
+        self.bfd_transmit_interval.is_none()
+            && self.bfd_receive_interval.is_none()
+            && self.bfd_multiplier.is_none()
+    }
+
+    /// `base` with the given values applied, checked.
+    pub fn apply(&self, base: wren_model::Bfd) -> Result<wren_model::Bfd, wren_model::InvalidBfd> {
+        let bfd = wren_model::Bfd {
+            transmit_interval_ms: self
+                .bfd_transmit_interval
+                .unwrap_or(base.transmit_interval_ms),
+            receive_interval_ms: self
+                .bfd_receive_interval
+                .unwrap_or(base.receive_interval_ms),
+            multiplier: self.bfd_multiplier.unwrap_or(base.multiplier),
+        };
+        bfd.validate()?;
+        Ok(bfd)
+    }
+}
+
+/// Parses a BFD interval (`300ms`, `1s`; a bare number is seconds, as every wren duration)
+/// into milliseconds, within 10 ms to 60 s.
+fn parse_bfd_interval(value: &str) -> Result<u32, String> {
+    let duration = crate::config::parse_duration("interval", value)
+        .map_err(|_| "expected a duration of 10ms to 60s, such as 300ms or 1s".to_owned())?;
+    let ms = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
+    if !(wren_model::Bfd::MIN_INTERVAL_MS..=wren_model::Bfd::MAX_INTERVAL_MS).contains(&ms) {
+        return Err(format!("{ms} ms is out of range: 10ms to 60s"));
+    }
+    Ok(ms)
 }
 
 /// `accept` or `reject`, for a filter's default.

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use anyhow::Context;
-use wren_model::{Peer, keys};
+use wren_model::{Bfd, Peer, keys};
 use wren_store::StoreError;
 use wren_store::json::JsonStore;
 
@@ -62,6 +62,11 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             import_default,
             export_rules,
             export_default,
+            bfd,
+            bfd_timing,
+            hold_time,
+            ttl_security,
+            source_address,
         } => {
             let password = match password_file {
                 Some(path) => Some(read_password(&path)?),
@@ -75,7 +80,14 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             if password.as_deref() == Some("") {
                 anyhow::bail!("invalid password: empty (leave --password out for no password)");
             }
-            let store = super::store::open(&args.store).await?;
+            if !bfd && !bfd_timing.is_empty() {
+                anyhow::bail!("invalid BFD timing: give --bfd to run BFD on the session");
+            }
+            let bfd = if bfd {
+                Some(bfd_timing.apply(Bfd::default())?)
+            } else {
+                None
+            };
             let peer = Peer {
                 peer_ip,
                 as_number,
@@ -86,7 +98,13 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                 accept_default_route,
                 import_filter: filter(import_rules, import_default),
                 export_filter: filter(export_rules, export_default),
+                bfd,
+                hold_time,
+                ttl_security,
+                source_address,
             };
+            peer.validate()?;
+            let store = super::store::open(&args.store).await?;
             let key = keys::peer(&name);
             let existed = store.get(&key).await?.is_some();
             store.put_json(&key, &peer, None).await?;
@@ -110,6 +128,10 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                         as_number: p.value.as_number,
                         node: p.value.node.as_deref(),
                         password: p.value.password.is_some(),
+                        bfd: p.value.bfd,
+                        hold_time: p.value.hold_time,
+                        ttl_security: p.value.ttl_security,
+                        source_address: p.value.source_address,
                     })
                     .collect();
                 return print_json(&rows);
@@ -129,12 +151,21 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                             "no"
                         }
                         .to_owned(),
+                        p.value
+                            .bfd
+                            .map(|b| {
+                                format!(
+                                    "{}/{} ms x{}",
+                                    b.transmit_interval_ms, b.receive_interval_ms, b.multiplier
+                                )
+                            })
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
             print!(
                 "{}",
-                table(&["NAME", "PEER IP", "AS", "NODE", "PASSWORD"], &rows)
+                table(&["NAME", "PEER IP", "AS", "NODE", "PASSWORD", "BFD"], &rows)
             );
         }
         PeerCommand::Rm { name } => {
@@ -160,4 +191,12 @@ struct PeerRow<'a> {
     node: Option<&'a str>,
     /// Whether the session is protected by a TCP MD5 password.
     password: bool,
+    /// BFD timing; `null`: no BFD.
+    bfd: Option<Bfd>,
+    /// Hold time proposed; `null`: the default (90 s).
+    hold_time: Option<u16>,
+    /// GTSM hops; `null`: off.
+    ttl_security: Option<u8>,
+    /// Source address; `null`: the node address.
+    source_address: Option<IpAddr>,
 }

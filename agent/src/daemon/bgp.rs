@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use tokio::sync::watch;
 
+use super::bfd::BfdStatus;
 use super::mesh::PeerSpec;
 use super::policy::{ClusterSpace, Exports};
 
@@ -35,6 +36,8 @@ pub struct SessionInfo {
     pub last_error: Option<String>,
     /// The peer sent End-of-RIB for every family since the session came up.
     pub end_of_rib: bool,
+    /// The session's BFD, when it runs one.
+    pub bfd: Option<BfdStatus>,
 }
 
 /// What the daemon needs from a BGP speaker.

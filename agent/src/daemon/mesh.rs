@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
-use wren_model::{Filter, Node};
+use wren_model::{Bfd, Filter, Node};
 
 use super::policy::ImportLimits;
 use super::view::ClusterView;
@@ -69,6 +69,15 @@ pub struct PeerSpec {
     /// What the peer may announce: `None` for another node (the mesh's routes are the
     /// truth), the explicit peer's limits otherwise.
     pub import_limits: Option<ImportLimits>,
+    /// BFD on the session: the cluster's `nodeMeshBfd` toward other nodes, the peer's
+    /// `bfd` toward an explicit peer.
+    pub bfd: Option<Bfd>,
+    /// Hold time to propose, when not the default.
+    pub hold_time: Option<u16>,
+    /// GTSM hops, when on.
+    pub ttl_security: Option<u8>,
+    /// The node's address to open the session from, when not the node address.
+    pub source_address: Option<IpAddr>,
     /// The explicit peer's import and export filters.
     pub filters: PeerFilters,
 }
@@ -121,6 +130,10 @@ fn node_session(
         keep_original_next_hop: false,
         import_limits: None,
         filters: PeerFilters::default(),
+        bfd: view.cluster.node_mesh_bfd,
+        hold_time: None,
+        ttl_security: None,
+        source_address: None,
     })
 }
 
@@ -182,6 +195,10 @@ pub fn desired_peers(me: &LocalNode, view: &ClusterView) -> BTreeMap<IpAddr, Pee
                     import: peer.import_filter.clone(),
                     export: peer.export_filter.clone(),
                 },
+                bfd: peer.bfd,
+                hold_time: peer.hold_time,
+                ttl_security: peer.ttl_security,
+                source_address: peer.source_address,
             },
         );
     }
@@ -312,6 +329,10 @@ mod tests {
             accept_default_route: false,
             import_filter: None,
             export_filter: None,
+            bfd: Some(Bfd::default()),
+            hold_time: None,
+            ttl_security: None,
+            source_address: None,
         };
         v.peers
             .insert("tor".into(), peer("10.0.0.254", 65000, None));
@@ -331,6 +352,26 @@ mod tests {
         let from_b = desired_peers(&me("b", "10.0.0.2"), &v);
         assert_eq!(from_b[&ip("10.0.0.253")].kind, PeerKind::NodeSpecific);
         assert_eq!(from_b[&ip("10.0.0.253")].asn, 65001);
+        assert_eq!(from_a[&ip("10.0.0.254")].bfd, Some(Bfd::default()));
+    }
+
+    #[test]
+    fn node_sessions_take_the_clusters_mesh_bfd() {
+        let mut v = view(vec![node("a", "10.0.0.1/24"), node("b", "10.0.0.2/24")]);
+        assert_eq!(
+            desired_peers(&me("a", "10.0.0.1"), &v)[&ip("10.0.0.2")].bfd,
+            None
+        );
+        let fast = Bfd {
+            transmit_interval_ms: 100,
+            receive_interval_ms: 100,
+            multiplier: 3,
+        };
+        v.cluster.node_mesh_bfd = Some(fast);
+        assert_eq!(
+            desired_peers(&me("a", "10.0.0.1"), &v)[&ip("10.0.0.2")].bfd,
+            Some(fast)
+        );
     }
 
     #[test]
@@ -348,6 +389,10 @@ mod tests {
                 accept_default_route: false,
                 import_filter: None,
                 export_filter: None,
+                bfd: None,
+                hold_time: None,
+                ttl_security: None,
+                source_address: None,
             },
         );
         let limits = |v: &ClusterView| {

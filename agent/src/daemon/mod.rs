@@ -22,6 +22,7 @@
 //! nothing at all until the data is rebuilt ([`identity`]); beside the controller run the
 //! orphan sweep ([`orphans`]) and the leak release ([`leaks`]).
 
+pub mod bfd;
 pub mod bgp;
 pub mod encap;
 pub mod fastpath;
@@ -55,7 +56,7 @@ use crate::config::AgentConfig;
 use crate::dataplane::program::routes::{
     DesiredRoutes, RouteProgrammer, RoutesError, RoutesOutcome, route_changes,
 };
-use crate::metrics::{PeerLabels, PeerSample, SharedMetrics};
+use crate::metrics::{BfdSample, PeerLabels, PeerSample, SharedMetrics};
 use bgp::BgpControl;
 use mesh::{LocalNode, PeerSpec};
 use plan::NodeFacts;
@@ -307,6 +308,12 @@ fn peer_samples(peers: &[PeerStatus]) -> Vec<PeerSample> {
             state: p.state.clone(),
             received: p.prefixes_received,
             sent: p.prefixes_sent,
+            bfd: p.bfd.as_ref().map(|b| BfdSample {
+                up: b.is_up(),
+                downs: b.downs,
+                sent: b.packets_sent,
+                received: b.packets_received,
+            }),
         })
         .collect()
 }
@@ -321,6 +328,7 @@ fn refresh_sessions(peers: &mut [PeerStatus], sessions: &[bgp::SessionInfo]) {
             peer.prefixes_filtered = s.prefixes_filtered.clone();
             peer.prefixes_sent = s.prefixes_sent;
             peer.last_error = s.last_error.clone();
+            peer.bfd = s.bfd.clone();
         }
     }
 }
@@ -719,6 +727,7 @@ impl Controller {
                     last_error: s.last_error.clone(),
                     import_filter: spec.filters.import.as_ref().map(|f| f.summary()),
                     export_filter: spec.filters.export.as_ref().map(|f| f.summary()),
+                    bfd: s.bfd.clone(),
                 })
             })
             .collect();

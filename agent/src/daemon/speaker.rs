@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use wren_bgp::fsm::State;
 use wren_bgp::rib::{Attributes, PeerRef, Policy, RouteAttributes, RouteEvent, Source, Verdict};
 use wren_bgp::speaker::{
@@ -24,6 +24,7 @@ use wren_bgp::speaker::{
 use wren_bgp::wire::{Afi, LargeCommunity};
 use wren_model::{Community, Decision, Filter};
 
+use super::bfd::{BfdSession, BfdSessions};
 use super::bgp::{BgpControl, SessionInfo};
 use super::mesh::{PeerKind, PeerSpec};
 use super::policy::{ClusterSpace, Export, Exports, ImportLimits};
@@ -202,10 +203,14 @@ fn peer_config(spec: &PeerSpec, config: &AgentConfig) -> PeerConfig {
     peer.password = spec.password.clone();
     peer.rr_client = spec.rr_client;
     peer.next_hop_keep = spec.keep_original_next_hop;
-    peer.local_address = match spec.address {
+    peer.local_address = spec.source_address.or(match spec.address {
         IpAddr::V4(_) => Some(IpAddr::V4(config.node_ip.addr())),
         IpAddr::V6(_) => config.node_ipv6.map(|n| IpAddr::V6(n.addr())),
-    };
+    });
+    if let Some(hold_time) = spec.hold_time {
+        peer.hold_time = hold_time;
+    }
+    peer.ttl_security = spec.ttl_security;
     if matches!(
         spec.kind,
         PeerKind::NodeMesh | PeerKind::RouteReflector | PeerKind::RrClient
@@ -253,6 +258,7 @@ fn session_info(p: &PeerStatus) -> SessionInfo {
         prefixes_sent: p.prefixes_sent as u64,
         last_error: p.last_error.clone(),
         end_of_rib,
+        bfd: None,
     }
 }
 
@@ -272,6 +278,7 @@ pub struct SpeakerBgp {
     applied: tokio::sync::Mutex<Applied>,
     best: Arc<RwLock<BTreeMap<IpNet, IpAddr>>>,
     sessions: Arc<Mutex<Vec<SessionInfo>>>,
+    bfd: Arc<BfdSessions>,
     changes: Arc<watch::Sender<u64>>,
 }
 
@@ -288,6 +295,14 @@ impl SpeakerBgp {
         speaker.policy = policy.clone();
         let (handle, _task) = Speaker::start(speaker).await?;
         let mut subscription = handle.subscribe().await?;
+        let changes = Arc::new(watch::channel(0).0);
+        let bfd_changed = Arc::new(Notify::new());
+        let bfd = Arc::new(BfdSessions::new(
+            handle.clone(),
+            config.node_ip.addr(),
+            config.node_ipv6.map(|n| n.addr()),
+            bfd_changed.clone(),
+        ));
         let this = Arc::new(Self {
             handle: handle.clone(),
             policy,
@@ -295,7 +310,8 @@ impl SpeakerBgp {
             applied: tokio::sync::Mutex::default(),
             best: Arc::default(),
             sessions: Arc::default(),
-            changes: Arc::new(watch::channel(0).0),
+            bfd,
+            changes,
         });
         let (best, changes) = (this.best.clone(), this.changes.clone());
         tokio::spawn(async move {
@@ -327,9 +343,16 @@ impl SpeakerBgp {
                 bump(&changes);
             }
         });
-        let (sessions, changes) = (this.sessions.clone(), this.changes.clone());
+        let (sessions, changes, bfd) = (
+            this.sessions.clone(),
+            this.changes.clone(),
+            this.bfd.clone(),
+        );
         tokio::spawn(async move {
+            // A BFD state change (which may have ended a BGP session) is read at once.
+            let mut bfd_woke = false;
             loop {
+                bfd.poll().await;
                 match handle.peers().await {
                     Ok(peers) => {
                         let now: Vec<SessionInfo> = peers.iter().map(session_info).collect();
@@ -350,14 +373,17 @@ impl SpeakerBgp {
                         let changed = strip(&held) != strip(&now);
                         *held = now;
                         drop(held);
-                        if changed {
+                        if changed || bfd_woke {
                             bump(&changes);
                         }
                     }
                     Err(SpeakerError::Stopped) => return,
                     Err(e) => tracing::warn!(error = %e, "cannot read BGP sessions"),
                 }
-                tokio::time::sleep(SESSION_POLL).await;
+                bfd_woke = tokio::select! {
+                    () = tokio::time::sleep(SESSION_POLL) => false,
+                    () = bfd_changed.notified() => true,
+                };
             }
         });
         Ok(this)
@@ -399,8 +425,10 @@ impl SpeakerBgp {
         }
     }
 
-    /// Stops every session (Cease) and the speaker.
+    /// Stops every session (Cease) and the speaker; BFD first, with AdminDown, so the
+    /// neighbours do not take the stop for a failure of the path.
     pub async fn shutdown(&self) {
+        self.bfd.shutdown().await;
         if let Err(e) = self.handle.shutdown().await {
             tracing::debug!(error = %e, "BGP speaker already stopped");
         }
@@ -464,6 +492,7 @@ impl BgpControl for SpeakerBgp {
             applied.peers.remove(&address);
             tracing::info!(peer = %address, "BGP peer removed");
         }
+        let mut reconfigured = BTreeSet::new();
         for (address, spec) in peers {
             let wanted = peer_config(spec, &self.config);
             let result = match applied.peers.get(address) {
@@ -480,10 +509,23 @@ impl BgpControl for SpeakerBgp {
                 Ok(()) => {
                     tracing::info!(peer = %address, asn = spec.asn, kind = spec.kind.as_str(), passive = spec.passive, "BGP peer configured");
                     applied.peers.insert(*address, wanted);
+                    reconfigured.insert(*address);
                 }
                 Err(e) => tracing::warn!(peer = %address, error = %e, "cannot configure BGP peer"),
             }
         }
+        drop(applied);
+        let bfd = peers
+            .iter()
+            .filter_map(|(address, spec)| {
+                let session = BfdSession {
+                    timing: spec.bfd?,
+                    source: spec.source_address,
+                };
+                Some((*address, session))
+            })
+            .collect();
+        self.bfd.set(&bfd, &reconfigured).await;
     }
 
     async fn set_originated(&self, exports: &Exports) {
@@ -552,10 +594,14 @@ impl BgpControl for SpeakerBgp {
     }
 
     fn sessions(&self) -> Vec<SessionInfo> {
-        match self.sessions.lock() {
+        let mut sessions = match self.sessions.lock() {
             Ok(s) => s.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        for session in &mut sessions {
+            session.bfd = self.bfd.status(session.address);
         }
+        sessions
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {

@@ -105,6 +105,9 @@ pub struct PeerStatus {
     /// The export filter in one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export_filter: Option<String>,
+    /// The session's BFD, when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<super::bfd::BfdStatus>,
 }
 
 /// The whole status document.
@@ -292,8 +295,59 @@ impl AgentStatus {
                 let _ = writeln!(out, "Filters of {}: {}", p.address, filters.join("; "));
             }
         }
+        out.push_str(&render_bfd(&self.peers));
         out
     }
+}
+
+/// The BFD sessions' table, after the BGP one; empty when no session runs BFD.
+fn render_bfd(peers: &[PeerStatus]) -> String {
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .filter_map(|p| {
+            let b = p.bfd.as_ref()?;
+            let c = &b.configured;
+            Some(vec![
+                p.address.to_string(),
+                b.state.clone(),
+                format_age(b.since_secs),
+                format!(
+                    "{}/{} ms x{}",
+                    c.transmit_interval_ms, c.receive_interval_ms, c.multiplier
+                ),
+                b.detection_time_ms
+                    .map(|ms| format!("{ms} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                b.remote_state.clone(),
+                b.diagnostic.clone(),
+                b.packets_sent.to_string(),
+                b.packets_received.to_string(),
+                b.ups.to_string(),
+                b.downs.to_string(),
+            ])
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n");
+    out.push_str(&table(
+        &[
+            "BFD PEER",
+            "STATE",
+            "SINCE",
+            "TX/RX xMULT",
+            "DETECT",
+            "REMOTE",
+            "LAST DIAGNOSTIC",
+            "SENT",
+            "RECEIVED",
+            "UPS",
+            "DOWNS",
+        ],
+        &rows,
+    ));
+    out
 }
 
 #[cfg(test)]
@@ -334,6 +388,7 @@ mod tests {
                     last_error: None,
                     import_filter: None,
                     export_filter: None,
+                    bfd: None,
                 },
                 PeerStatus {
                     name: "tor".into(),
@@ -349,6 +404,19 @@ mod tests {
                     last_error: Some("connection refused".into()),
                     import_filter: Some("rejects everything".into()),
                     export_filter: Some("1 rule, else accept".into()),
+                    bfd: Some(super::super::bfd::BfdStatus {
+                        state: "Down".into(),
+                        since_secs: 3,
+                        remote_state: "Up".into(),
+                        diagnostic: "Control Detection Time Expired".into(),
+                        remote_diagnostic: "No Diagnostic".into(),
+                        detection_time_ms: Some(900),
+                        configured: wren_model::Bfd::default(),
+                        packets_sent: 40,
+                        packets_received: 38,
+                        ups: 1,
+                        downs: 1,
+                    }),
                 },
             ],
             encapsulation: Default::default(),
@@ -384,7 +452,33 @@ mod tests {
             lines[header + 3],
             "Filters of 10.0.0.254: import rejects everything; export 1 rule, else accept"
         );
-        assert_eq!(lines.len(), header + 4, "{text}");
+        // Only the session that runs BFD has a row in the BFD table.
+        let bfd = lines
+            .iter()
+            .position(|l| l.starts_with("BFD PEER"))
+            .unwrap();
+        assert_eq!(lines.len(), bfd + 2, "{text}");
+        let row: Vec<&str> = lines[bfd + 1]
+            .split("  ")
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            row.iter().map(|c| c.trim()).collect::<Vec<_>>(),
+            [
+                "10.0.0.254",
+                "Down",
+                "3s",
+                "300/300 ms x3",
+                "900 ms",
+                "Up",
+                "Control Detection Time Expired",
+                "40",
+                "38",
+                "1",
+                "1"
+            ],
+            "{text}"
+        );
     }
 
     #[test]

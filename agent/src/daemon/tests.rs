@@ -101,6 +101,7 @@ fn synced_session(address: &str) -> SessionInfo {
         prefixes_sent: 1,
         last_error: None,
         end_of_rib: true,
+        bfd: None,
     }
 }
 

@@ -250,6 +250,16 @@ impl Cluster {
         self.cli_ok(&args)
     }
 
+    /// A router's namespace `name` on the fabric at `ip` (without prefix length), its port
+    /// `eth0`.
+    pub fn attach_router(&self, name: &str, ip: &str) -> NetNs {
+        let router = NetNs::new(name).unwrap();
+        self.fabric
+            .attach(&router, "eth0", Some(&format!("{ip}/24")))
+            .unwrap();
+        router
+    }
+
     pub fn node(&self, i: usize) -> &Node {
         &self.nodes[i]
     }
@@ -344,6 +354,23 @@ impl Drop for Cluster {
         }
         let _ = &self.runtime;
     }
+}
+
+/// Drops every packet in and out of `eth0` in `ns` (`true`: carrier stays up, as with `tc
+/// netem loss 100%`, which this kernel lacks), or stops dropping (`false`).
+pub fn cut_port(ns: &NetNs, on: bool) {
+    const TABLE: &str = "wren_cut";
+    let script = if on {
+        format!(
+            "table inet {TABLE} {{\n\
+             chain input {{ type filter hook input priority 0; iifname \"eth0\" drop; }}\n\
+             chain output {{ type filter hook output priority 0; oifname \"eth0\" drop; }}\n}}\n"
+        )
+    } else {
+        format!("delete table inet {TABLE}\n")
+    };
+    wren_tests::netns::run_with_input(ns.command("nft").args(["-f", "-"]), script.as_bytes())
+        .unwrap();
 }
 
 /// `GET path` on the agent's metrics address, from inside the node's namespace.

@@ -346,6 +346,9 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
         if p.bfd {
             c.push_str("  bfd on;\n");
         }
+        if p.ttl_security {
+            c.push_str("  ttl security on;\n");
+        }
         match p.graceful_restart {
             Some(t) => {
                 let _ = writeln!(c, "  graceful restart on; graceful restart time {t};");

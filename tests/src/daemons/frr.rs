@@ -391,6 +391,9 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
         if p.passive {
             let _ = writeln!(c, " neighbor {n} passive");
         }
+        if p.ttl_security {
+            let _ = writeln!(c, " neighbor {n} ttl-security hops 1");
+        }
         if p.bfd {
             let _ = writeln!(c, " neighbor {n} bfd");
         }

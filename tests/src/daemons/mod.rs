@@ -174,6 +174,9 @@ pub struct Peer {
     /// The session follows a BFD session with the neighbour (one of [`Config::bfd`]): BFD
     /// down takes it down.
     pub bfd: bool,
+    /// GTSM (RFC 5082) for a directly connected neighbour: send with TTL 255, accept only
+    /// 255. BIRD and FRR only.
+    pub ttl_security: bool,
 }
 
 impl Peer {
@@ -191,6 +194,7 @@ impl Peer {
             rr_client: false,
             families: vec![Family::of(address)],
             bfd: false,
+            ttl_security: false,
         }
     }
 
@@ -233,6 +237,12 @@ impl Peer {
     /// Ties the session to the BFD session with the neighbour.
     pub fn bfd(mut self) -> Self {
         self.bfd = true;
+        self
+    }
+
+    /// Turns GTSM on for a directly connected neighbour.
+    pub fn ttl_security(mut self) -> Self {
+        self.ttl_security = true;
         self
     }
 

@@ -1,0 +1,205 @@
+//! `wren peer add` and `wren bgp config` with their BGP session controls, as an operator runs
+//! them against a real etcd: what is stored, and every kind of bad value refused with one
+//! line naming the field, nothing written.
+
+use std::sync::Arc;
+
+use wren_model::{ClusterConfig, Peer, keys};
+use wren_store::Store;
+use wren_store::etcd::{EtcdConfig, EtcdStore};
+use wren_store::json::JsonStore;
+use wren_tests::etcd::Etcd;
+use wren_tests::prereq;
+
+// The `wren` runs.
+#[allow(dead_code)]
+mod cli_support;
+use cli_support::*;
+
+const PREFIX: &str = "/wren-peer-cli-test/";
+
+#[test]
+fn session_controls_are_stored_and_bad_ones_refused() {
+    if !prereq::require_command("etcd") {
+        return;
+    }
+    let etcd = Etcd::start().expect("etcd starts");
+    let e = etcd.endpoint();
+    let e = e.as_str();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store: Arc<dyn Store> = runtime.block_on(async {
+        let config = EtcdConfig {
+            endpoints: etcd.endpoints(),
+            prefix: PREFIX.into(),
+            ..EtcdConfig::default()
+        };
+        Arc::new(EtcdStore::connect(config).await.unwrap())
+    });
+    let peer = |name: &str| -> Peer {
+        runtime
+            .block_on(store.get_json::<Peer>(&keys::peer(name)))
+            .unwrap()
+            .unwrap()
+            .value
+    };
+    let add = [
+        "peer",
+        "add",
+        "tor",
+        "--peer-ip",
+        "10.0.0.254",
+        "--as",
+        "65000",
+    ];
+
+    ok(e, &[&add[..], &["--bfd"]].concat());
+    let bfd = peer("tor").bfd.unwrap();
+    assert_eq!(
+        (
+            bfd.transmit_interval_ms,
+            bfd.receive_interval_ms,
+            bfd.multiplier
+        ),
+        (300, 300, 3)
+    );
+    ok(
+        e,
+        &[
+            &add[..],
+            &[
+                "--bfd",
+                "--bfd-transmit-interval",
+                "100ms",
+                "--bfd-receive-interval",
+                "1s",
+                "--bfd-multiplier",
+                "5",
+            ],
+        ]
+        .concat(),
+    );
+    let bfd = peer("tor").bfd.unwrap();
+    assert_eq!(
+        (
+            bfd.transmit_interval_ms,
+            bfd.receive_interval_ms,
+            bfd.multiplier
+        ),
+        (100, 1000, 5)
+    );
+
+    // The session controls: stored as given, absent when not.
+    assert_eq!(peer("tor").hold_time, None);
+    ok(
+        e,
+        &[
+            &add[..],
+            &[
+                "--hold-time",
+                "9",
+                "--ttl-security",
+                "1",
+                "--source-address",
+                "10.0.0.7",
+            ],
+        ]
+        .concat(),
+    );
+    let stored = peer("tor");
+    assert_eq!(
+        (stored.hold_time, stored.ttl_security, stored.source_address),
+        (Some(9), Some(1), Some("10.0.0.7".parse().unwrap()))
+    );
+    assert_eq!(stored.bfd, None, "a peer add replaces the peer");
+    ok(e, &[&add[..], &["--hold-time", "0"]].concat());
+    assert_eq!(peer("tor").hold_time, Some(0));
+
+    let before = runtime.block_on(snapshot(store.as_ref()));
+    for (extra, expected) in [
+        (
+            &["--bfd", "--bfd-transmit-interval", "0"][..],
+            "--bfd-transmit-interval",
+        ),
+        (
+            &["--bfd", "--bfd-receive-interval", "5ms"],
+            "--bfd-receive-interval",
+        ),
+        (
+            &["--bfd", "--bfd-receive-interval", "61s"],
+            "--bfd-receive-interval",
+        ),
+        (&["--bfd", "--bfd-multiplier", "0"], "--bfd-multiplier"),
+        (&["--bfd", "--bfd-multiplier", "256"], "--bfd-multiplier"),
+        (&["--bfd-multiplier", "3"], "--bfd"),
+        (&["--hold-time", "1"], "hold time 1"),
+        (&["--hold-time", "2"], "hold time 2"),
+        (&["--hold-time", "65536"], "--hold-time"),
+        (&["--ttl-security", "0"], "ttl security 0"),
+        (&["--ttl-security", "255"], "ttl security 255"),
+        (&["--source-address", "0.0.0.0"], "source address 0.0.0.0"),
+        (&["--source-address", "fd00::1"], "source address fd00::1"),
+    ] {
+        fails(e, &[&add[..], extra].concat(), expected);
+    }
+    for (args, expected) in [
+        (
+            &["bgp", "config", "--mesh-bfd", "on", "--bfd-multiplier", "0"][..],
+            "--bfd-multiplier",
+        ),
+        (
+            &["bgp", "config", "--bfd-transmit-interval", "100ms"],
+            "--mesh-bfd on",
+        ),
+        (
+            &[
+                "bgp",
+                "config",
+                "--mesh-bfd",
+                "off",
+                "--bfd-multiplier",
+                "3",
+            ],
+            "--mesh-bfd on",
+        ),
+    ] {
+        fails(e, args, expected);
+    }
+    assert_eq!(runtime.block_on(snapshot(store.as_ref())), before);
+
+    // The node mesh: on with the default timing, a timing changed, off.
+    let shown = ok(e, &["bgp", "config", "--mesh-bfd", "on"]);
+    assert!(
+        shown.contains("Node-to-node BFD:   on, transmit 300 ms, receive 300 ms, multiplier 3"),
+        "{shown}"
+    );
+    ok(
+        e,
+        &[
+            "bgp",
+            "config",
+            "--mesh-bfd",
+            "on",
+            "--bfd-transmit-interval",
+            "100ms",
+        ],
+    );
+    let cluster = || -> ClusterConfig {
+        runtime
+            .block_on(store.get_json::<ClusterConfig>(keys::CLUSTER_CONFIG))
+            .unwrap()
+            .unwrap()
+            .value
+    };
+    let bfd = cluster().node_mesh_bfd.unwrap();
+    assert_eq!(
+        (
+            bfd.transmit_interval_ms,
+            bfd.receive_interval_ms,
+            bfd.multiplier
+        ),
+        (100, 300, 3)
+    );
+    let shown = ok(e, &["bgp", "config", "--mesh-bfd", "off"]);
+    assert!(shown.contains("Node-to-node BFD:   off"), "{shown}");
+    assert_eq!(cluster().node_mesh_bfd, None);
+}
