@@ -52,6 +52,7 @@ use tokio::sync::{Mutex, watch};
 use wren_store::Store;
 
 use crate::config::AgentConfig;
+use crate::dataplane::program::policy::{PolicyProgrammer, PolicyStatus};
 use crate::dataplane::program::routes::{
     DesiredRoutes, RouteProgrammer, RoutesError, RoutesOutcome, route_changes,
 };
@@ -139,6 +140,7 @@ impl Shared {
                 peers: Vec::new(),
                 encapsulation: encap::EncapStatus::default(),
                 fast_path: fastpath::FastPathStatus::default(),
+                network_policy: PolicyStatus::default(),
             }),
         })
     }
@@ -245,6 +247,8 @@ struct Programmed {
 struct KernelSide {
     tunnels: Option<(TunnelsPart, Option<encap::EncapStatus>)>,
     fast_path: Option<(fastpath::FastPathDesired, Option<fastpath::FastPathStatus>)>,
+    /// The policy plan last given to the policy programmer, and its outcome.
+    network_policy: Option<(wren_policy::NodePlan, PolicyStatus)>,
 }
 
 /// The tunnels' part of a plan.
@@ -263,6 +267,7 @@ pub struct Controller {
     routes: Arc<dyn RouteProgrammer>,
     encap: Option<encap::Encap>,
     fast_path: Option<Arc<fastpath::FastPathControl>>,
+    network_policy: Option<PolicyProgrammer>,
     shared: Arc<Shared>,
     /// When the first pass had a view: the BGP sync timeout counts from there, so sessions
     /// get their time after a datastore that was away at start-up returns.
@@ -328,6 +333,7 @@ struct Outcomes {
     routes: Result<RoutesOutcome, RoutesError>,
     encapsulation: Option<encap::EncapStatus>,
     fast_path: Option<fastpath::FastPathStatus>,
+    network_policy: Option<PolicyStatus>,
 }
 
 impl Controller {
@@ -363,6 +369,7 @@ impl Controller {
             routes,
             encap: None,
             fast_path: None,
+            network_policy: None,
             shared,
             first_view: std::sync::OnceLock::new(),
             sync_timeout: config.bgp_sync_timeout,
@@ -391,6 +398,12 @@ impl Controller {
         if let Some(control) = &self.fast_path {
             let _ = self.shared.live_fast_path.set(control.clone());
         }
+        self
+    }
+
+    /// Adds network policy to every pass; without, no pod's traffic is filtered.
+    pub fn with_network_policy(mut self, programmer: Option<PolicyProgrammer>) -> Self {
+        self.network_policy = programmer;
         self
     }
 
@@ -605,6 +618,41 @@ impl Controller {
             (_, _, Some(control)) => Some(control.pass(plan.fast_path.clone()).await),
         };
         kernel_side.fast_path = Some((plan.fast_path.clone(), fast_path.clone()));
+        let network_policy = match (
+            trigger,
+            kernel_side.network_policy.take(),
+            &self.network_policy,
+        ) {
+            (_, _, None) => None,
+            (Trigger::Change, Some((last, status)), Some(_))
+                if last == plan.network_policy && status.error.is_none() =>
+            {
+                Some(status)
+            }
+            (_, _, Some(programmer)) => {
+                let rules = plan.network_policy.nft_rules();
+                let outcome = programmer.program(&rules, trigger == Trigger::Drift).await;
+                if let Ok(change) = &outcome
+                    && *change != crate::dataplane::program::policy::PolicyChange::None
+                {
+                    tracing::info!(
+                        ?change,
+                        isolated = plan.network_policy.endpoints.len(),
+                        "network policy programmed"
+                    );
+                }
+                if let Err(e) = &outcome {
+                    tracing::warn!(error = %e, "network policy programming failed; retrying next pass");
+                }
+                Some(PolicyStatus::of(
+                    &plan.network_policy,
+                    outcome.as_ref().copied(),
+                ))
+            }
+        };
+        if let Some(status) = &network_policy {
+            kernel_side.network_policy = Some((plan.network_policy.clone(), status.clone()));
+        }
         drop(kernel_side);
         let routes_desired = plan.routes.len();
         let routes = self.program_routes(trigger, plan.routes, !synced).await;
@@ -630,6 +678,7 @@ impl Controller {
                 routes,
                 encapsulation,
                 fast_path,
+                network_policy,
             },
         );
         if let Some(identity) = &self.identity {
@@ -714,6 +763,9 @@ impl Controller {
         if let (Some(fast_path), Some(control)) = (outcomes.fast_path, &self.fast_path) {
             control.publish(&fast_path, metrics);
             status.fast_path = fast_path;
+        }
+        if let Some(network_policy) = outcomes.network_policy {
+            status.network_policy = network_policy;
         }
         self.shared.set_status(status);
     }
@@ -803,6 +855,8 @@ pub struct Parts {
     pub encap: Option<encap::Encap>,
     /// The BPF fast path; `None` leaves pods to the host stack.
     pub fast_path: Option<fastpath::FastPathControl>,
+    /// Network policy's nftables table; `None` filters nothing.
+    pub network_policy: Option<PolicyProgrammer>,
     /// Removes what an ADD cut short left on this node; `None` leaves it.
     pub orphan_sweep: Option<orphans::OrphanSweep>,
     /// The automatic leak release and the IPAM it frees through; `None` leaves it to
@@ -829,6 +883,7 @@ pub async fn run(
         local_api,
         encap,
         fast_path,
+        network_policy,
         orphan_sweep,
         leak_release,
     } = parts;
@@ -894,7 +949,8 @@ pub async fn run(
     };
     let controller = Controller::new(&config, store, bgp, routes, shared.clone())
         .with_encap(encap)
-        .with_fast_path(fast_path);
+        .with_fast_path(fast_path)
+        .with_network_policy(network_policy);
 
     let (m, a, registered, ()) = tokio::join!(
         async { metrics_server.await },
