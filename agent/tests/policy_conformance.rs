@@ -657,6 +657,56 @@ fn policy_conformance() {
         suite.case(name, yaml);
     }
 
+    // Every node says what is in force on it, and counts what it denied, per policy: the
+    // policy denying all ingress to x dropped traffic, one allowing everything to y none.
+    {
+        let deny = policy("x", "deny", "  podSelector: {}\n  policyTypes: [Ingress]")
+            + &policy("y", "open", "  podSelector: {}\n  ingress: [{}]");
+        suite.apply(&deny);
+        suite.expect_table("deny all ingress in x, again", &suite.expected(&deny));
+        for node in &suite.lab.state().nodes {
+            let status = suite.lab.node_status_json(&node.name).expect("status");
+            let in_force = &status["networkPolicy"]["inForce"];
+            assert_eq!(
+                in_force,
+                &serde_json::json!(["x/deny", "y/open"]),
+                "{}: {status}",
+                node.name
+            );
+        }
+        // The sum over the nodes; `None` when no node has the series.
+        let metric = |name: &str| -> Option<u64> {
+            suite
+                .lab
+                .state()
+                .nodes
+                .iter()
+                .map(|node| {
+                    let text = suite.lab.metrics(&node.name).expect("metrics scraped");
+                    text.lines()
+                        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                        .and_then(|l| l.rsplit(' ').next())
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+                .reduce(|a, b| match (a, b) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    (a, b) => a.or(b),
+                })
+                .flatten()
+        };
+        let denied = |name: &str| metric(name).unwrap_or(0);
+        assert!(denied("wren_policy_denied_packets_total") > 0);
+        assert!(denied("wren_policy_denied_connections_total") > 0);
+        assert!(denied("wren_policy_denied_packets_by_policy_total{policy=\"x/deny\"}") > 0);
+        assert!(denied("wren_policy_denied_connections_by_policy_total{policy=\"x/deny\"}") > 0);
+        assert_eq!(
+            metric("wren_policy_denied_packets_by_policy_total{policy=\"y/open\"}"),
+            Some(0),
+            "a policy allowing everything denies nothing"
+        );
+        suite.remove_every_policy();
+    }
+
     // A policy updated while a connection is open: the connection stops at its next
     // packet once the update takes its allowance away.
     {

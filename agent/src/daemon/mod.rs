@@ -106,6 +106,8 @@ pub struct Shared {
     /// The speaker, once the controller runs: `wren status` reads session state from it live
     /// rather than from the last pass.
     live_sessions: std::sync::OnceLock<Arc<dyn BgpControl>>,
+    /// The policy programmer, once the controller runs: its counters are read at a scrape.
+    live_policy: std::sync::OnceLock<Arc<PolicyProgrammer>>,
     /// The fast path, once the controller runs: its counters are read live too.
     live_fast_path: std::sync::OnceLock<Arc<fastpath::FastPathControl>>,
     /// The cluster identity check, once the daemon runs: whether the datastore may be
@@ -124,6 +126,7 @@ impl Shared {
             encap_healthy: AtomicBool::new(true),
             live_sessions: std::sync::OnceLock::new(),
             live_fast_path: std::sync::OnceLock::new(),
+            live_policy: std::sync::OnceLock::new(),
             identity: std::sync::OnceLock::new(),
             status: RwLock::new(AgentStatus {
                 node: config.node_name.clone(),
@@ -176,6 +179,17 @@ impl Shared {
     pub fn refresh_peer_metrics(&self) {
         if self.live_sessions.get().is_some() {
             self.metrics.set_peers(&peer_samples(&self.status().peers));
+        }
+    }
+
+    /// Brings the network policy counters up to date with the kernel's (before a scrape).
+    pub async fn refresh_policy_metrics(&self) {
+        let Some(programmer) = self.live_policy.get() else {
+            return;
+        };
+        match programmer.denied().await {
+            Ok(totals) => self.metrics.set_policy_denied(&totals),
+            Err(e) => tracing::debug!(error = %e, "cannot read the policy counters"),
         }
     }
 
@@ -267,7 +281,7 @@ pub struct Controller {
     routes: Arc<dyn RouteProgrammer>,
     encap: Option<encap::Encap>,
     fast_path: Option<Arc<fastpath::FastPathControl>>,
-    network_policy: Option<PolicyProgrammer>,
+    network_policy: Option<Arc<PolicyProgrammer>>,
     shared: Arc<Shared>,
     /// When the first pass had a view: the BGP sync timeout counts from there, so sessions
     /// get their time after a datastore that was away at start-up returns.
@@ -403,7 +417,10 @@ impl Controller {
 
     /// Adds network policy to every pass; without, no pod's traffic is filtered.
     pub fn with_network_policy(mut self, programmer: Option<PolicyProgrammer>) -> Self {
-        self.network_policy = programmer;
+        self.network_policy = programmer.map(Arc::new);
+        if let Some(programmer) = &self.network_policy {
+            let _ = self.shared.live_policy.set(programmer.clone());
+        }
         self
     }
 

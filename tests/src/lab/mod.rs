@@ -660,6 +660,13 @@ impl Lab {
         )
     }
 
+    /// The Prometheus text exposition of `node`'s agent (`/metrics`).
+    pub fn metrics(&self, node: &str) -> Result<String> {
+        let node = self.node(node)?;
+        let (_, body) = crate::http::get_in_ns(&node.ns, names::METRICS_PORT, "/metrics")?;
+        Ok(body)
+    }
+
     /// Restarts every agent with the fast path on or off (`--fast-path`) and waits until
     /// each is ready again; pods and routes stay as they are.
     pub fn set_fast_path(&mut self, on: bool) -> Result<()> {

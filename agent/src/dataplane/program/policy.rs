@@ -6,7 +6,12 @@
 //! on a full pass, the first one, and after a failure the whole table is replaced in one
 //! transaction, which undoes any drift. A node where no policy isolates a pod has no table at
 //! all, so its forwarded packets meet no hook of wren's.
+//!
+//! What the table denies is counted in its named counters ([`DeniedCounter`]); a whole-table
+//! load starts them from zero, and so does deleting one, so the programmer reads them first
+//! and carries their figures over: [`PolicyProgrammer::denied`] only grows.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -14,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use wren_policy::NodePlan;
-use wren_policy::nft::{NftRules, TABLE};
+use wren_policy::nft::{DeniedCounter, NftRules, TABLE};
 
 /// Why the table could not be brought to the plan.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +32,9 @@ pub enum PolicyError {
         /// Why.
         source: std::io::Error,
     },
+    /// `nft -j` printed something that is not its JSON.
+    #[error("nft printed JSON that does not parse: {0}")]
+    Json(String),
     /// `nft` refused the script.
     #[error("nft {what}: {stderr}")]
     Nft {
@@ -66,7 +74,14 @@ enum Loaded {
 #[derive(Debug)]
 pub struct PolicyProgrammer {
     program: PathBuf,
-    loaded: Mutex<Loaded>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    loaded: Loaded,
+    /// Figures of counters the table no longer holds (a whole load, a deleted counter).
+    carried: BTreeMap<DeniedCounter, u64>,
 }
 
 impl Default for PolicyProgrammer {
@@ -85,41 +100,124 @@ impl PolicyProgrammer {
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
         Self {
             program: program.into(),
-            loaded: Mutex::new(Loaded::Unknown),
+            state: Mutex::new(State::default()),
         }
+    }
+
+    /// What the table has denied since the agent started, per counter: only grows.
+    pub async fn denied(&self) -> Result<BTreeMap<DeniedCounter, u64>, PolicyError> {
+        let state = self.state.lock().await;
+        let mut totals = state.carried.clone();
+        if let Loaded::Table(rules) = &state.loaded {
+            for (name, packets) in self.read_counters().await? {
+                if let Some(counter) = rules.counters.get(&name) {
+                    *totals.entry(counter.clone()).or_default() += packets;
+                }
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Carries over the figures of the counters of `rules` that `going` picks, before a
+    /// change that resets or removes them.
+    async fn carry(&self, state: &mut State, going: impl Fn(&str) -> bool) {
+        let Loaded::Table(rules) = &state.loaded else {
+            return;
+        };
+        match self.read_counters().await {
+            Ok(figures) => {
+                for (name, packets) in figures {
+                    if let Some(counter) = rules.counters.get(&name).filter(|_| going(&name)) {
+                        *state.carried.entry(counter.clone()).or_default() += packets;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the policy counters; their figures restart")
+            }
+        }
+    }
+
+    /// The table's named counters: name → packets; empty when there is no table.
+    async fn read_counters(&self) -> Result<BTreeMap<String, u64>, PolicyError> {
+        let out = tokio::process::Command::new(&self.program)
+            .args(["-j", "list", "counters", "table", "inet", TABLE])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| PolicyError::Spawn {
+                program: self.program.display().to_string(),
+                source,
+            })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("No such file or directory") {
+                return Ok(BTreeMap::new());
+            }
+            return Err(PolicyError::Nft {
+                what: "list the counters",
+                stderr: stderr.trim().to_owned(),
+            });
+        }
+        counter_figures(&out.stdout)
     }
 
     /// Brings the table to `rules`: a delta after a change, the whole table when `full` or
     /// when the last state is unknown; no table when `rules` isolate nothing.
     pub async fn program(&self, rules: &NftRules, full: bool) -> Result<PolicyChange, PolicyError> {
-        let mut loaded = self.loaded.lock().await;
-        let previous = std::mem::take(&mut *loaded);
+        let mut state = self.state.lock().await;
         if rules.chains.is_empty() {
-            if matches!(previous, Loaded::Absent) && !full {
-                *loaded = Loaded::Absent;
+            if matches!(state.loaded, Loaded::Absent) && !full {
                 return Ok(PolicyChange::None);
             }
+            self.carry(&mut state, |_| true).await;
+            state.loaded = Loaded::Unknown;
             self.run("remove the table", &NodePlan::nft_remove_script(TABLE))
                 .await?;
-            *loaded = Loaded::Absent;
+            state.loaded = Loaded::Absent;
             return Ok(PolicyChange::Removed);
         }
-        if let (false, Loaded::Table(previous)) = (full, &previous) {
+        // Counters whose figures were carried over for a delta that was then refused.
+        let mut carried_already: Vec<String> = Vec::new();
+        if let (false, Loaded::Table(previous)) = (full, &state.loaded) {
             let delta = rules.delta_script(previous, TABLE);
             if delta.is_empty() {
-                *loaded = Loaded::Table(rules.clone());
                 return Ok(PolicyChange::None);
             }
+            let gone: Vec<String> = previous
+                .counters
+                .keys()
+                .filter(|name| !rules.counters.contains_key(*name))
+                .cloned()
+                .collect();
+            if !gone.is_empty() {
+                self.carry(&mut state, |name| gone.iter().any(|g| g == name))
+                    .await;
+            }
+            carried_already = gone;
             match self.run("apply the changes", &delta).await {
                 Ok(()) => {
-                    *loaded = Loaded::Table(rules.clone());
+                    state.loaded = Loaded::Table(rules.clone());
                     return Ok(PolicyChange::Delta);
                 }
                 Err(e) => tracing::debug!(error = %e, "policy delta refused; replacing the table"),
             }
         }
+        let remaining: Vec<String> = match &state.loaded {
+            Loaded::Table(previous) => previous
+                .counters
+                .keys()
+                .filter(|name| !carried_already.contains(name))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.carry(&mut state, |name| remaining.iter().any(|r| r == name))
+            .await;
+        state.loaded = Loaded::Unknown;
         self.run("load the table", &rules.script(TABLE)).await?;
-        *loaded = Loaded::Table(rules.clone());
+        state.loaded = Loaded::Table(rules.clone());
         Ok(PolicyChange::Whole)
     }
 
@@ -152,6 +250,24 @@ impl PolicyProgrammer {
             })
         }
     }
+}
+
+/// The named counters' figures in `nft -j list counters`: name → packets.
+fn counter_figures(json: &[u8]) -> Result<BTreeMap<String, u64>, PolicyError> {
+    let listing: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| PolicyError::Json(e.to_string()))?;
+    let objects = listing
+        .get("nftables")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| PolicyError::Json("no \"nftables\" array".to_owned()))?;
+    Ok(objects
+        .iter()
+        .filter_map(|o| o.get("counter"))
+        .filter_map(|c| {
+            let name = c.get("name")?.as_str()?;
+            Some((name.to_owned(), c.get("packets")?.as_u64()?))
+        })
+        .collect())
 }
 
 /// Network policy as `wren status` shows it.
@@ -211,5 +327,55 @@ impl PolicyStatus {
             out.push_str(&format!("  last programming failed: {e}\n"));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_figures_are_read_from_nft_json() {
+        let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"counter": {"family": "inet", "name": "denied_packets", "table": "wren_policy", "handle": 2, "packets": 7, "bytes": 420}}, {"counter": {"family": "inet", "name": "p0123", "table": "wren_policy", "handle": 3, "packets": 0, "bytes": 0}}]}"#;
+        let figures = counter_figures(json).unwrap();
+        assert_eq!(
+            figures,
+            BTreeMap::from([("denied_packets".to_owned(), 7), ("p0123".to_owned(), 0)])
+        );
+        assert!(matches!(
+            counter_figures(b"{\"x\": 1}"),
+            Err(PolicyError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn status_names_the_policies_in_force_once_each() {
+        let mut cluster = wren_policy::Cluster::new();
+        for (name, interface) in [("a", "wren-a"), ("b", "wren-b")] {
+            cluster.add_pod(wren_policy::Pod {
+                namespace: "x".into(),
+                name: name.into(),
+                node: "n1".into(),
+                labels: Default::default(),
+                addresses: vec!["10.65.0.1".parse().unwrap()],
+                ports: Vec::new(),
+                host_interface: interface.into(),
+            });
+        }
+        for policy in wren_policy::decode_policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n",
+        )
+        .unwrap()
+        {
+            cluster.add_policy(policy);
+        }
+        let status = PolicyStatus::of(&cluster.plan_node("n1"), Ok(PolicyChange::Whole));
+        assert_eq!(status.in_force, ["x/deny"]);
+        assert_eq!(status.isolated_pods, ["x/a", "x/b"]);
+        assert!(
+            status
+                .render()
+                .starts_with("Network policy: 1 in force, isolating 2 pod(s): x/deny")
+        );
     }
 }
