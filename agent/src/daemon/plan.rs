@@ -59,7 +59,15 @@ pub struct Plan {
 pub fn plan(view: &ClusterView, best_paths: &BTreeMap<IpNet, IpAddr>, facts: &NodeFacts) -> Plan {
     let name = facts.node.name.as_str();
     let imported = policy::import(best_paths, name, &facts.own_addresses, view);
-    let network_policy = view.policy_cluster().plan_node(name);
+    // Without a policy nothing is isolated: the cluster of every pod is not even built.
+    let network_policy = if view.policies.is_empty() {
+        wren_policy::NodePlan {
+            node: name.to_owned(),
+            endpoints: Vec::new(),
+        }
+    } else {
+        view.policy_cluster().plan_node(name)
+    };
     Plan {
         peers: mesh::desired_peers(&facts.node, view),
         exports: policy::export_set(name, view),

@@ -168,7 +168,9 @@ impl PolicyProgrammer {
     pub async fn program(&self, rules: &NftRules, full: bool) -> Result<PolicyChange, PolicyError> {
         let mut state = self.state.lock().await;
         if rules.chains.is_empty() {
-            if matches!(state.loaded, Loaded::Absent) && !full {
+            // No table, and none wanted: nothing to run, on a full pass too (only wren
+            // writes this table, and the first pass removed any a previous run left).
+            if matches!(state.loaded, Loaded::Absent) {
                 return Ok(PolicyChange::None);
             }
             self.carry(&mut state, |_| true).await;
