@@ -5,6 +5,8 @@
 //! |---|---|---|
 //! | throughput | iperf3, one TCP stream, pod x/client on n2 → pod x/server on n1, with a policy isolating the server and allowing the client | the same pods with no policy |
 //! | connection rate | new TCP connections per second (connect, one byte each way, close) over the same pair | the same pods with no policy |
+//! | at scale: memory | n1's agent's resident memory with 1,000 policies over 1,000 more workloads in the view (50 namespaces of 20 pods on other nodes) | the same agent before they were written |
+//! | at scale: from nothing | n1's agent started → its table programmed, with that cluster in etcd | the same start's readiness (the agent ready, before policy) |
 //! | change → enforced | `wren policy apply` started → the last of the three agents logged the table programmed (a policy selecting a pod on every node, its rule changed each time) | the `wren policy apply` process alone (start to exit: validation, etcd transaction) |
 //!
 //! With the policy the server's traffic leaves the fast path (its node polices it), so the
@@ -191,6 +193,35 @@ fn main() {
     let _ = acceptor.kill();
     let _ = acceptor.wait();
 
+    // At scale: 1,000 policies over 1,000 more workloads, then one policy isolating
+    // x/server on n1, so n1's plan is compiled from all of it.
+    apply(&lab, &every_node_policy(999)); // keeps x isolated, as before
+    let rss_before = resident_kib(agent_pid(&lab, "n1"));
+    write_cluster(&lab);
+    apply(
+        &lab,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-ns0, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ns0}}}]}]\n",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_after = resident_kib(agent_pid(&lab, "n1"));
+    let n1_log = lab.state().dir.join("n1.log");
+    lab.kill_agent("n1").expect("n1 stopped");
+    let lines_before = programmed(&n1_log).len();
+    let started = seconds_of_day(SystemTime::now());
+    let spawn = Instant::now();
+    lab.start_agent("n1").expect("n1 started");
+    let ready = spawn.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let from_nothing = loop {
+        if let Some(at) = programmed(&n1_log).get(lines_before) {
+            break (at - started).rem_euclid(86_400.0);
+        }
+        assert!(Instant::now() < deadline, "n1 never programmed its table");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_restarted = resident_kib(agent_pid(&lab, "n1"));
+
     let gbits = |f: Vec<f64>| median(f) / 1e9;
     let (bare, policed) = (gbits(bare), gbits(policed));
     let (bare_rate, policed_rate) = (median(bare_rate), median(policed_rate));
@@ -223,7 +254,120 @@ fn main() {
         ms(&cli_alone, 0.99),
         ms(&enforced, 0.5) / ms(&cli_alone, 0.5)
     );
+    println!(
+        "| n1's agent, 1,000 policies over 1,000 workloads in the view, resident KiB | {rss_after} (after a restart: {rss_restarted}) | the same agent before | {rss_before} | {:.2} | |",
+        rss_after as f64 / rss_before as f64
+    );
+    println!(
+        "| n1's agent started → table programmed, with that cluster, ms | {:.0} | the agent's start → ready | {:.0} | {:.2} | |",
+        from_nothing * 1e3,
+        ready * 1e3,
+        from_nothing / ready
+    );
     lab.down().expect("lab down");
+}
+
+fn agent_pid(lab: &Lab, node: &str) -> u32 {
+    lab.node(node)
+        .ok()
+        .and_then(|n| n.agent.as_ref())
+        .map(|a| a.pid)
+        .expect("the agent runs")
+}
+
+/// `VmRSS` of a process, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 50 namespaces of 20 pods (labels `app=a0..a9`, a named port) on nodes that are not in
+/// the lab, and 20 policies per namespace: policy i isolates app a(i mod 10)'s ingress and
+/// allows app a(i+1 mod 10) of the namespace and every pod of the next namespace on port
+/// 8000 + i. Written straight into etcd, as the CNI plugin and `wren workload label` would.
+fn write_cluster(lab: &Lab) {
+    use wren_store::Store;
+    let endpoint = lab.state().etcd_endpoint.clone();
+    wren_tests::netns::run_in(&lab.state().fabric_ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let store = wren_store::etcd::EtcdStore::connect(wren_store::etcd::EtcdConfig {
+                endpoints: vec![endpoint],
+                prefix: wren_store::etcd::DEFAULT_PREFIX.to_owned(),
+                ca: None,
+                cert: None,
+                key: None,
+                dial_timeout: Duration::from_secs(5),
+                request_timeout: Duration::from_secs(10),
+                attempt_timeout: Duration::from_secs(2),
+            })
+            .await
+            .expect("etcd");
+            for ns in 0..50 {
+                for pod in 0..20u32 {
+                    let name = format!("p{pod}");
+                    let node = format!("ghost{}", pod % 3);
+                    let workload = wren_model::Workload {
+                        node: node.clone(),
+                        container_id: format!("c{ns}x{pod}"),
+                        ifname: "eth0".into(),
+                        network: "k8s".into(),
+                        handle: format!("k8s.c{ns}x{pod}"),
+                        pod_namespace: Some(format!("ns{ns}")),
+                        pod_name: Some(name.clone()),
+                        pod_uid: None,
+                        netns: String::new(),
+                        addresses: vec![
+                            format!("10.80.{ns}.{pod}/32").parse().expect("address"),
+                        ],
+                        host_interface: format!("wrng{ns}x{pod}"),
+                        mac: "ee:ee:ee:ee:ee:ee".into(),
+                    };
+                    let key = wren_model::keys::workload(&node, &workload.container_id, "eth0");
+                    let doc = serde_json::to_vec(&workload).expect("json");
+                    store.put(&key, doc, None).await.expect("workload");
+                    let meta = wren_model::PodMeta {
+                        labels: [("app".to_owned(), format!("a{}", pod % 10))].into(),
+                        ports: vec![wren_model::NamedPort {
+                            name: "http".into(),
+                            protocol: wren_model::Protocol::Tcp,
+                            port: 8080,
+                        }],
+                    };
+                    let key = wren_model::keys::pod(&format!("ns{ns}"), &name);
+                    store
+                        .put(&key, serde_json::to_vec(&meta).expect("json"), None)
+                        .await
+                        .expect("pod");
+                }
+                for i in 0..20 {
+                    let yaml = format!(
+                        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p{i}, namespace: ns{ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: a{}}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: a{}}}}}}}, {{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: ns{}}}}}}}], ports: [{{port: {}, protocol: TCP}}, {{port: http}}]}}]\n",
+                        i % 10,
+                        (i + 1) % 10,
+                        (ns + 1) % 50,
+                        8000 + i
+                    );
+                    let policy = wren_policy::decode_policies(&yaml)
+                        .expect("a valid policy")
+                        .remove(0);
+                    let key = wren_model::keys::policy(&format!("ns{ns}"), &format!("p{i}"));
+                    store
+                        .put(&key, serde_json::to_vec(&policy).expect("json"), None)
+                        .await
+                        .expect("policy");
+                }
+            }
+        });
+    })
+    .expect("in the fabric namespace");
 }
 
 /// The times of day (seconds, UTC) of the agent's "network policy programmed" lines.
