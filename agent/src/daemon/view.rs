@@ -63,7 +63,9 @@ pub struct ClusterView {
     pub cluster_records: BTreeSet<String>,
     /// The documents this node writes back should the datastore lose them, by key, as
     /// stored: the cluster configuration, pools, peers, this node's document, affinities
-    /// and workloads, and the blocks affine to it or lending it an address
+    /// and workloads, the network policies, namespaces and pods' labels (every agent holds
+    /// them all: a lost policy would open its pods), and the blocks affine to it or lending
+    /// it an address
     /// ([`super::identity::Holdings`]).
     pub held: BTreeMap<String, Vec<u8>>,
 }
