@@ -138,6 +138,12 @@ impl Part {
         }
     }
 
+    /// Whether this part holds any document to write back. [`Part::Pods`] never does, and
+    /// must not touch what [`Part::Workloads`] holds under the same keys.
+    fn holds(self) -> bool {
+        !matches!(self, Part::Liveness | Part::Records | Part::Pods)
+    }
+
     /// Whether `node` writes back the document `key` of this part, decoded as `block` for a
     /// block, should the datastore lose it.
     fn held(self, node: &str, key: &str, block: Option<&BlockInfo>) -> bool {
@@ -261,10 +267,12 @@ impl ClusterView {
             fresh.put(part, node, key, value);
         }
         let prefix = part.prefix(node);
-        let mut held = self.held.clone();
-        held.retain(|key, _| !key.starts_with(prefix.as_str()));
-        held.append(&mut fresh.held);
-        let held_changed = take_if_changed(&mut self.held, held);
+        let held_changed = part.holds() && {
+            let mut held = self.held.clone();
+            held.retain(|key, _| !key.starts_with(prefix.as_str()));
+            held.append(&mut fresh.held);
+            take_if_changed(&mut self.held, held)
+        };
         held_changed
             | match part {
                 Part::Cluster => take_if_changed(&mut self.cluster, fresh.cluster),
@@ -287,6 +295,9 @@ impl ClusterView {
 
     fn update(&mut self, part: Part, node: &str, key: &str, value: Option<&[u8]>) -> bool {
         let changed = self.update_decoded(part, node, key, value);
+        if !part.holds() {
+            return changed;
+        }
         let block = match part {
             Part::Blocks => key
                 .strip_prefix(keys::BLOCKS)
@@ -624,6 +635,21 @@ mod tests {
         assert!(!v.held.contains_key(&keys::block(&lender.cidr())));
         assert!(v.replace(Part::Blocks, "a", []));
         assert_eq!(v.held.keys().collect::<Vec<_>>(), ["nodes/a"]);
+        // Every node's workloads feed network policy under the same keys as this node's:
+        // that part never takes this node's workload out of what it holds.
+        let w = br#"{"node":"a","containerId":"c1","ifname":"eth0","network":"k8s","handle":"k8s.c1","podNamespace":"x","podName":"p","netns":"/x","addresses":["10.65.0.5/32"],"hostInterface":"wren0","mac":"ee:ee:ee:ee:ee:ee"}"#;
+        let key = keys::workload("a", "c1", "eth0");
+        assert!(v.put(Part::Workloads, "a", &key, w));
+        assert!(v.put(Part::Pods, "a", &key, w));
+        assert!(v.held.contains_key(&key));
+        v.replace(Part::Pods, "a", [(key.as_str(), w.as_slice())]);
+        assert_eq!(v.pods.len(), 1);
+        assert!(
+            v.held.contains_key(&key),
+            "a relisting of every pod keeps it held"
+        );
+        assert!(v.delete(Part::Pods, "a", &key));
+        assert!(v.held.contains_key(&key));
     }
 
     #[test]
