@@ -34,6 +34,9 @@ WREN_BENCH_ROUNDS=15 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench encap_i
 # Pod → Service → pod iperf3 with the fast path on vs off, and direct pod → pod vs host → host, in one lab (BENCHMARKS.md "Translated connections").
 WREN_BENCH_ROUNDS=7 WREN_BENCH_SECS=4 cargo bench -p wren-agent --bench service_iperf
 
+# Network policy in the agent: throughput and connection rate a policy allows vs no policy, a change → enforced on all 3 nodes vs the CLI alone (BENCHMARKS.md "Network policy in the agent").
+WREN_BENCH_ROUNDS=7 WREN_BENCH_SECS=3 WREN_BENCH_CHANGES=100 cargo bench -p wren-agent --bench policy_lab
+
 # Fast path: the conntrack lookup's cost per packet, TCP (looked up) vs ICMP echo (not) on the same path (BENCHMARKS.md "Translated connections").
 WREN_BENCH_ROUNDS=5 cargo bench -p wren-fastpath --bench verdict_cost
 

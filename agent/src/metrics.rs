@@ -28,6 +28,10 @@
 //! | `wren_fastpath_to_stack_packets_total` | counter | | pool-to-pool packets the fast path left to the host stack |
 //! | `wren_fastpath_encapsulated_packets_total` | counter | | of the forwarded packets, those the fast path wrapped in VXLAN itself |
 //! | `wren_fastpath_translated_packets_total` | counter | | pool-to-pool packets left to the host stack because netfilter translated their connection |
+//! | `wren_policy_denied_packets_total` | counter | | packets network policy dropped on this node |
+//! | `wren_policy_denied_connections_total` | counter | | connection attempts (packets conntrack saw as new) network policy dropped on this node |
+//! | `wren_policy_denied_packets_by_policy_total` | counter | `policy` | packets dropped at a pod the policy isolates (a drop at a pod several policies isolate counts for each) |
+//! | `wren_policy_denied_connections_by_policy_total` | counter | `policy` | connection attempts dropped at a pod the policy isolates |
 //! | `wren_cni_request_duration_seconds` | histogram | `command`, `result` | time to serve a CNI request |
 
 use std::sync::Arc;
@@ -54,6 +58,13 @@ pub struct PeerLabels {
 pub struct TunnelLabels {
     /// `vxlan` or `ipip`.
     pub r#type: String,
+}
+
+/// Labels of per-policy series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// The policy, `namespace/name`.
+    pub policy: String,
 }
 
 /// Labels of the per-state series.
@@ -174,6 +185,14 @@ pub struct Metrics {
     /// Pool-to-pool packets the fast path left to the host stack because netfilter
     /// translated their connection.
     pub fast_path_translated: Counter,
+    /// Packets network policy dropped on this node.
+    pub policy_denied_packets: Counter,
+    /// Connection attempts network policy dropped on this node.
+    pub policy_denied_connections: Counter,
+    /// Packets dropped at pods each policy isolates.
+    pub policy_denied_packets_by_policy: Family<PolicyLabels, Counter>,
+    /// Connection attempts dropped at pods each policy isolates.
+    pub policy_denied_connections_by_policy: Family<PolicyLabels, Counter>,
     /// Leaked addresses, blocks, affinities and handles the automatic leak release freed.
     pub ipam_leaks_released: Counter,
     /// Host veths of this node that no workload record explained, removed.
@@ -221,6 +240,10 @@ impl Metrics {
             fast_path_to_stack: Counter::default(),
             fast_path_encapsulated: Counter::default(),
             fast_path_translated: Counter::default(),
+            policy_denied_packets: Counter::default(),
+            policy_denied_connections: Counter::default(),
+            policy_denied_packets_by_policy: Family::default(),
+            policy_denied_connections_by_policy: Family::default(),
             ipam_leaks_released: Counter::default(),
             orphan_interfaces_removed: Counter::default(),
             orphan_allocations_released: Counter::default(),
@@ -356,6 +379,26 @@ impl Metrics {
             m.fast_path_translated.clone(),
         );
         r.register(
+            "policy_denied_packets",
+            "Packets network policy dropped on this node",
+            m.policy_denied_packets.clone(),
+        );
+        r.register(
+            "policy_denied_connections",
+            "Connection attempts (packets conntrack saw as new) network policy dropped on this node",
+            m.policy_denied_connections.clone(),
+        );
+        r.register(
+            "policy_denied_packets_by_policy",
+            "Packets dropped at a pod the policy isolates (a drop at a pod several policies isolate counts for each)",
+            m.policy_denied_packets_by_policy.clone(),
+        );
+        r.register(
+            "policy_denied_connections_by_policy",
+            "Connection attempts dropped at a pod the policy isolates",
+            m.policy_denied_connections_by_policy.clone(),
+        );
+        r.register(
             "ipam_leaks_released",
             "Leaked addresses, blocks, affinities and handles freed by the automatic leak release run by this agent",
             m.ipam_leaks_released.clone(),
@@ -417,6 +460,37 @@ impl Metrics {
             self.prefixes_sent
                 .get_or_create(&p.labels)
                 .set(to_gauge(p.sent));
+        }
+    }
+
+    /// Grows the network policy counters to `totals` (figures since the agent started, by
+    /// what they count).
+    pub fn set_policy_denied(
+        &self,
+        totals: &std::collections::BTreeMap<wren_policy::nft::DeniedCounter, u64>,
+    ) {
+        fn grow(counter: &Counter, total: u64) {
+            let now = counter.get();
+            if total > now {
+                counter.inc_by(total - now);
+            }
+        }
+        for (what, total) in totals {
+            match (&what.policy, what.connections) {
+                (None, false) => grow(&self.policy_denied_packets, *total),
+                (None, true) => grow(&self.policy_denied_connections, *total),
+                (Some(policy), connections) => {
+                    let family = if connections {
+                        &self.policy_denied_connections_by_policy
+                    } else {
+                        &self.policy_denied_packets_by_policy
+                    };
+                    let labels = PolicyLabels {
+                        policy: policy.clone(),
+                    };
+                    grow(&family.get_or_create(&labels), *total);
+                }
+            }
         }
     }
 

@@ -111,6 +111,7 @@ pub struct FastPath {
     counters: Map,
     vxlan: Map,
     vteps: Map,
+    policed: Map,
     cpus: usize,
     links: HashMap<u32, (Role, Link)>,
     /// What the pod table holds, so an unchanged pod costs no system call per pass.
@@ -118,6 +119,7 @@ pub struct FastPath {
     pool_set: Vec<Ipv4Net>,
     vxlan_config: Option<VxlanConfig>,
     vtep_set: HashMap<[u8; 6], Ipv4Addr>,
+    policed_set: std::collections::HashSet<Ipv4Addr>,
 }
 
 impl FastPath {
@@ -133,6 +135,7 @@ impl FastPath {
         let counters = map("wren_counters", MapType::PerCpuArray, 4, 8, COUNTERS)?;
         let vxlan = map("wren_vxlan", MapType::Array, 4, VXLAN_CONFIG_LEN, 1)?;
         let vteps = map("wren_vteps", MapType::Hash, 8, 4, MAX_VTEPS)?;
+        let policed = map("wren_policed", MapType::Hash, 4, 4, MAX_PODS)?;
         let conntrack = KernelConntrack::find()?;
         let insns = program::forward(
             MapFds {
@@ -141,6 +144,7 @@ impl FastPath {
                 counters: counters.raw_fd(),
                 vxlan: vxlan.raw_fd(),
                 vteps: vteps.raw_fd(),
+                policed: policed.raw_fd(),
             },
             conntrack.calls,
         )?;
@@ -161,12 +165,14 @@ impl FastPath {
             counters,
             vxlan,
             vteps,
+            policed,
             cpus,
             links: HashMap::new(),
             pod_addresses: HashMap::new(),
             pool_set: Vec::new(),
             vxlan_config: None,
             vtep_set: HashMap::new(),
+            policed_set: std::collections::HashSet::new(),
         })
     }
 
@@ -243,6 +249,26 @@ impl FastPath {
         for ifindex in gone {
             self.detach(ifindex)?;
         }
+        Ok(())
+    }
+
+    /// Sets the policed endpoints: local pods' IPv4 addresses whose every packet, sent or
+    /// received, goes to the host stack, where network policy is enforced.
+    pub fn set_policed(&mut self, addresses: &[Ipv4Addr]) -> Result<(), FastPathError> {
+        let update = |source| FastPathError::Update {
+            what: "policed endpoints",
+            source,
+        };
+        let wanted: std::collections::HashSet<Ipv4Addr> = addresses.iter().copied().collect();
+        for address in wanted.difference(&self.policed_set) {
+            self.policed
+                .update(&address.octets(), &[0; 4])
+                .map_err(update)?;
+        }
+        for old in self.policed_set.difference(&wanted) {
+            self.policed.delete(&old.octets()).map_err(update)?;
+        }
+        self.policed_set = wanted;
         Ok(())
     }
 

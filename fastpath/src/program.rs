@@ -16,7 +16,9 @@
 //! the first, a destination without a resolved neighbour, a packet (or a GSO packet's
 //! segments) too big for the egress device, a pod's packet whose source is not the pod's own
 //! address (the stack's reverse-path filter drops it), and every packet of a connection that
-//! netfilter translated.
+//! netfilter translated, and every packet from or to a policed endpoint (a pod some network
+//! policy isolates): netfilter holds the policy verdicts, and conntrack must see both
+//! directions of such a connection on the pod's node.
 //!
 //! Translated connections: a hostPort, a Service's DNAT or an SNAT rewrites a connection's
 //! first packet in the host stack, and only the stack can rewrite the rest and the replies
@@ -45,7 +47,9 @@
 //! - counters: per-CPU array of u64, [`COUNTER_FORWARDED`], [`COUNTER_TO_STACK`] and
 //!   [`COUNTER_ENCAPSULATED`];
 //! - vxlan: array of one [`VxlanConfig`] (device ifindex 0: VXLAN is left to the device);
-//! - vteps: hash, a remote device's MAC (6 bytes, 2 zero bytes) → the node's IPv4 address.
+//! - vteps: hash, a remote device's MAC (6 bytes, 2 zero bytes) → the node's IPv4 address;
+//! - policed: hash, an IPv4 address (4 bytes, network order) of a local pod some network
+//!   policy isolates → unused u32.
 
 use crate::asm::{Alu, Asm, AsmError, Cond, Insn, Reg, Size};
 
@@ -99,6 +103,8 @@ pub struct MapFds {
     pub vxlan: i32,
     /// Remote VXLAN devices by MAC.
     pub vteps: i32,
+    /// Policed endpoints' addresses.
+    pub policed: i32,
 }
 
 /// The VXLAN device's settings as the program reads them: the one value of the vxlan map.
@@ -227,6 +233,8 @@ const FIB_DMAC: i16 = FIB + 58;
 const LPM_KEY: i16 = -72;
 const LPM_KEY_ADDR: i16 = LPM_KEY + 4;
 const IFINDEX_KEY: i16 = -76;
+/// An address looked up in the policed map (the slot is free again once it is answered).
+const POLICED_KEY: i16 = IFINDEX_KEY;
 /// Index into an array map: a counter slot, or the one VXLAN settings element.
 const ARRAY_KEY: i16 = -80;
 const VTEP_KEY: i16 = -88;
@@ -298,6 +306,7 @@ pub fn forward(maps: MapFds, conntrack: ConntrackCalls) -> Result<Vec<Insn>, Asm
 
     // A TTL about to run out needs an ICMP error: the stack sends it.
     a.label("ttl")?;
+    unpoliced(&mut a, maps.policed);
     a.load(Size::B, R2, R7, ETH_LEN + 8)
         .jump_imm(Cond::Le, R2, 1, "to_stack");
     untranslated(&mut a, maps, conntrack)?;
@@ -619,6 +628,18 @@ fn in_pools(a: &mut Asm, pools: i32, fields: &[i16]) {
     }
 }
 
+/// Leaves the packet to the host stack (counted) when its source or destination is a
+/// policed endpoint: the stack's netfilter holds the verdict. R7 = packet start.
+fn unpoliced(a: &mut Asm, policed: i32) {
+    use Reg::*;
+    for field in [IP_SADDR, IP_DADDR] {
+        a.load(Size::W, R2, R7, field)
+            .store(Size::W, R10, POLICED_KEY, R2);
+        lookup(a, policed, POLICED_KEY);
+        a.jump_imm(Cond::Ne, R0, 0, "to_stack");
+    }
+}
+
 /// Copies `len` (even) bytes, two at a time, through R2.
 fn copy(a: &mut Asm, to: Reg, to_off: i16, from: Reg, from_off: i16, len: i16) {
     for half in 0..len / 2 {
@@ -683,6 +704,7 @@ mod tests {
             counters: 5,
             vxlan: 6,
             vteps: 7,
+            policed: 8,
         };
         let conntrack = ConntrackCalls {
             lookup: Kfunc {

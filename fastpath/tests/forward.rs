@@ -479,6 +479,27 @@ fn verdicts() {
                 }
             }
 
+            // A policed endpoint (a pod network policy isolates): every packet from or to
+            // it is left to the stack, counted, in both directions; taken out of the map,
+            // it is forwarded again.
+            fast.set_policed(&[POD]).unwrap();
+            for (what, packet, ifindex) in [
+                ("from a policed pod", frame(POD, REMOTE_POD, 64), wp1),
+                ("to a policed pod", frame(REMOTE_POD, POD, 64), up0),
+            ] {
+                let before = fast.counters().unwrap();
+                let (verdict, out) = run(&fast, &packet, ifindex);
+                assert_eq!(verdict, TCX_NEXT, "{what}: left to the stack");
+                assert_eq!(out, packet, "{what}: packet untouched");
+                assert_eq!(delta(fast.counters().unwrap(), before), (0, 1), "{what}");
+            }
+            fast.set_policed(&[REMOTE_POD]).unwrap();
+            let (verdict, _) = run(&fast, &frame(POD, REMOTE_POD, 64), wp1);
+            assert_eq!(verdict, TCX_NEXT, "to a policed address: left to the stack");
+            fast.set_policed(&[]).unwrap();
+            let (verdict, _) = run(&fast, &frame(POD, REMOTE_POD, 64), wp1);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "no longer policed: forwarded");
+
             // A pool removed: its traffic is no longer forwarded.
             fast.set_pools(&[]).unwrap();
             let (verdict, _) = run(&fast, &frame(POD, REMOTE_POD, 64), wp1);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 pub use wren_model::NamedPort;
+use wren_model::{Namespace, Node, PodMeta, Workload};
 
 use crate::model::{
     Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, PolicyPeer, PolicyPort, PolicyType, PortSpec,
@@ -193,6 +194,64 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// The cluster as the datastore records it: the policies, the namespaces' labels
+    /// (`namespaces/<name>`), the pods' labels and named ports by `namespace/name`
+    /// (`pods/`), the workloads of every node (their addresses; only those with a
+    /// Kubernetes identity are pods policy can select) and the nodes' own addresses.
+    /// `wren policy explain` and the agent's plan both see the cluster through this.
+    pub fn from_records<'a>(
+        policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+        namespaces: impl IntoIterator<Item = (&'a str, &'a Namespace)>,
+        pod_meta: &BTreeMap<String, PodMeta>,
+        workloads: impl IntoIterator<Item = &'a Workload>,
+        nodes: impl IntoIterator<Item = &'a Node>,
+    ) -> Self {
+        let mut cluster = Cluster::new();
+        for policy in policies {
+            cluster.add_policy(policy.clone());
+        }
+        for (name, namespace) in namespaces {
+            cluster.set_namespace(name, namespace.labels.clone());
+        }
+        let mut pods: BTreeMap<(&str, &str), Pod> = BTreeMap::new();
+        for workload in workloads {
+            let (Some(namespace), Some(name)) = (&workload.pod_namespace, &workload.pod_name)
+            else {
+                continue;
+            };
+            let pod = pods
+                .entry((namespace.as_str(), name.as_str()))
+                .or_insert_with(|| {
+                    let meta = pod_meta.get(&format!("{namespace}/{name}"));
+                    Pod {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        node: workload.node.clone(),
+                        labels: meta.map(|m| m.labels.clone()).unwrap_or_default(),
+                        addresses: Vec::new(),
+                        ports: meta.map(|m| m.ports.clone()).unwrap_or_default(),
+                        host_interface: workload.host_interface.clone(),
+                    }
+                });
+            pod.addresses
+                .extend(workload.addresses.iter().map(|a| a.addr()));
+        }
+        for pod in pods.into_values() {
+            cluster.add_pod(pod);
+        }
+        for node in nodes {
+            let addresses = node
+                .ipv4
+                .map(|a| a.addr().into())
+                .into_iter()
+                .chain(node.ipv6.map(|a| a.addr().into()))
+                .chain(node.vxlan_address)
+                .collect();
+            cluster.set_node_addresses(&node.name, addresses);
+        }
+        cluster
+    }
+
     /// The pods the selectors of `peer` (no `ipBlock`) pick, in the order they were added:
     /// [`Cluster::selects_pod`] over the namespaces that can hold them only.
     pub fn selected_pods(&self, policy: &NetworkPolicy, peer: &PolicyPeer) -> Vec<&Pod> {

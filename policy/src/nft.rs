@@ -14,8 +14,12 @@
 //!         iifname vmap @egress_chains          # from an isolated pod
 //!         oifname vmap @ingress_chains         # to an isolated pod
 //!     }
+//!     counter denied_packets { }  counter denied_connections { }
+//!     counter p9e07… { }  counter c9e07… { }          # per isolating policy
 //!     chain ingress_wren… {
 //!         ip saddr @a5c1f… tcp dport { 80, 8000-8080 } return comment "y/web spec.ingress[0]"
+//!         counter name "denied_packets" counter name "p9e07…"
+//!         ct state new counter name "denied_connections" counter name "c9e07…" drop
 //!         counter drop comment "y/b: isolated for ingress by y/web"
 //!     }
 //! }
@@ -40,6 +44,11 @@
 //!   flushed and refilled, the interface maps' entries added or removed, unused chains and
 //!   sets deleted. Loading a whole table of a thousand pods' chains costs the kernel far
 //!   more than a delta (`BENCHMARKS.md`, *Network policy*).
+//! - What is denied is counted in named counters, per node and per isolating policy, each
+//!   for packets and for connections (a dropped packet conntrack saw as new: every attempt
+//!   counts, retransmitted SYNs too). Named counters belong to the table, not to a chain,
+//!   so a delta that refills a chain keeps them; a packet an isolating policy set drops
+//!   counts for every policy isolating the pod in that direction.
 //! - The table is the only thing wren writes, and an `accept` in it does not override
 //!   another table's drop: a host firewall keeps its say.
 
@@ -75,7 +84,23 @@ pub struct NftRules {
     pub egress: BTreeMap<String, String>,
     /// Interface → ingress chain.
     pub ingress: BTreeMap<String, String>,
+    /// Named counters of what is denied, by name.
+    pub counters: BTreeMap<String, DeniedCounter>,
 }
+
+/// What one named counter of denied traffic counts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeniedCounter {
+    /// The isolating policy (`namespace/name`); `None` for the node's total.
+    pub policy: Option<String>,
+    /// Connections (packets conntrack saw as new) rather than packets.
+    pub connections: bool,
+}
+
+/// The node's counter of denied packets.
+pub const DENIED_PACKETS: &str = "denied_packets";
+/// The node's counter of denied connections.
+pub const DENIED_CONNECTIONS: &str = "denied_connections";
 
 impl NodePlan {
     /// The plan as nftables objects.
@@ -145,6 +170,9 @@ impl NftRules {
                 "\tset {name} {{ type {kind}; flags interval; elements = {{ {elements} }} }}"
             );
         }
+        for name in self.counters.keys() {
+            let _ = writeln!(s, "\tcounter {name} {{ }}");
+        }
         s.push_str("\tchain forward {\n");
         s.push_str("\t\ttype filter hook forward priority filter; policy accept;\n");
         s.push_str("\t\tct state related accept\n");
@@ -174,6 +202,11 @@ impl NftRules {
                     s,
                     "add set inet {table} {name} {{ type {kind}; flags interval; elements = {{ {elements} }} }}"
                 );
+            }
+        }
+        for name in self.counters.keys() {
+            if !previous.counters.contains_key(name) {
+                let _ = writeln!(s, "add counter inet {table} {name}");
             }
         }
         for (name, lines) in &self.chains {
@@ -229,6 +262,11 @@ impl NftRules {
                 let _ = writeln!(s, "delete set inet {table} {name}");
             }
         }
+        for name in previous.counters.keys() {
+            if !self.counters.contains_key(name) {
+                let _ = writeln!(s, "delete counter inet {table} {name}");
+            }
+        }
         s
     }
 }
@@ -247,16 +285,39 @@ fn identifier(name: &str) -> String {
         .collect()
 }
 
+/// FNV-1a, 64 bits: the same in every run, so names made from it are stable.
+fn fnv(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The names of the counters of what `policy` denies (packets, connections), added to
+/// `rules` on first use: `p`/`c` and a hash of the policy's id.
+fn policy_counters(rules: &mut NftRules, policy: &str) -> (String, String) {
+    let hash = fnv(policy.bytes());
+    let names = (format!("p{hash:016x}"), format!("c{hash:016x}"));
+    for (name, connections) in [(&names.0, false), (&names.1, true)] {
+        rules
+            .counters
+            .entry(name.clone())
+            .or_insert_with(|| DeniedCounter {
+                policy: Some(policy.to_owned()),
+                connections,
+            });
+    }
+    names
+}
+
 /// The name of the set holding `nets` (all of one family), added to `rules` on first use:
-/// `a` and a hash of the content (FNV-1a, 64 bits), the same in every run.
+/// `a` and a hash of the content, the same in every run.
 fn set_name(rules: &mut NftRules, v4: bool, nets: &[IpNet]) -> String {
     let elements: Vec<String> = nets.iter().map(net_text).collect();
     let elements = elements.join(", ");
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in [u8::from(v4)].iter().chain(elements.as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
+    let hash = fnv(std::iter::once(u8::from(v4)).chain(elements.bytes()));
     let name = format!("a{hash:016x}");
     let kind = if v4 { "ipv4_addr" } else { "ipv6_addr" };
     rules.sets.entry(name.clone()).or_insert((kind, elements));
@@ -289,6 +350,26 @@ fn render_direction(
         }
     }
     let isolated_by: Vec<String> = plan.isolated_by.iter().map(ToString::to_string).collect();
+    for (name, connections) in [(DENIED_PACKETS, false), (DENIED_CONNECTIONS, true)] {
+        rules
+            .counters
+            .entry(name.to_owned())
+            .or_insert(DeniedCounter {
+                policy: None,
+                connections,
+            });
+    }
+    let (mut packets, mut connections) = (
+        format!("counter name \"{DENIED_PACKETS}\""),
+        format!("ct state new counter name \"{DENIED_CONNECTIONS}\""),
+    );
+    for policy in &isolated_by {
+        let (p, c) = policy_counters(rules, policy);
+        let _ = write!(packets, " counter name \"{p}\"");
+        let _ = write!(connections, " counter name \"{c}\"");
+    }
+    lines.push(packets);
+    lines.push(format!("{connections} drop"));
     lines.push(format!(
         "counter drop comment {}",
         comment(&format!(
@@ -430,12 +511,27 @@ mod tests {
             Some("ingress_wren_a")
         );
         let chain = &rules.chains["ingress_wren_a"];
-        assert_eq!(chain.len(), 2, "{chain:?}");
+        assert_eq!(chain.len(), 4, "{chain:?}");
         assert!(
             chain[0].starts_with("ip saddr @a")
                 && chain[0].ends_with("return comment \"x/p spec.ingress[0]\"")
         );
-        assert!(chain[1].starts_with("counter drop"));
+        // What reaches the end is counted for the node and the isolating policy, packets
+        // and new connections, then dropped.
+        assert!(chain[1].starts_with("counter name \"denied_packets\" counter name \"p"));
+        assert!(
+            chain[2]
+                .starts_with("ct state new counter name \"denied_connections\" counter name \"c")
+        );
+        assert!(chain[2].ends_with(" drop"));
+        assert!(chain[3].starts_with("counter drop"));
+        let policies: Vec<Option<&str>> = rules
+            .counters
+            .values()
+            .map(|c| c.policy.as_deref())
+            .collect();
+        assert_eq!(policies.iter().filter(|p| **p == Some("x/p")).count(), 2);
+        assert_eq!(policies.iter().filter(|p| p.is_none()).count(), 2);
         assert_eq!(rules.sets.len(), 1);
         assert!(
             rules

@@ -4,7 +4,8 @@
 //! lives) and its destination may receive it (ingress, judged where the destination
 //! lives). In each direction a pod no policy isolates takes everything; an isolated pod
 //! takes what any rule of any isolating policy allows (the union); traffic between a pod
-//! and its own node always passes. Replies of an allowed connection pass without a verdict
+//! and its own node always passes, and so does a pod's traffic to itself (it never leaves
+//! the pod: Kubernetes' policies cannot block a pod's access to itself). Replies of an allowed connection pass without a verdict
 //! of their own: the dataplane keeps the connection's state.
 
 use std::fmt;
@@ -67,6 +68,11 @@ pub enum DirectionVerdict {
     NotIsolated,
     /// The other end is the pod's own node, which always may talk to it.
     OwnNode {
+        /// The policies that isolate the pod.
+        isolated_by: Vec<PolicyId>,
+    },
+    /// The other end is the pod itself: its traffic to itself never leaves it.
+    Itself {
         /// The policies that isolate the pod.
         isolated_by: Vec<PolicyId>,
     },
@@ -135,6 +141,12 @@ impl Cluster {
         if self.is_node_address(&pod.node, other.address) {
             return DirectionVerdict::OwnNode { isolated_by };
         }
+        if other
+            .pod
+            .is_some_and(|o| o.namespace == pod.namespace && o.name == pod.name)
+        {
+            return DirectionVerdict::Itself { isolated_by };
+        }
         // A named port is the destination's: the subject itself for ingress, the other
         // end for egress.
         let destination = match direction {
@@ -190,6 +202,11 @@ impl fmt::Display for DirectionVerdict {
             DirectionVerdict::OwnNode { isolated_by } => write!(
                 f,
                 "allowed: its own node (isolated by {})",
+                join(isolated_by)
+            ),
+            DirectionVerdict::Itself { isolated_by } => write!(
+                f,
+                "allowed: the pod itself (isolated by {})",
                 join(isolated_by)
             ),
             DirectionVerdict::Allowed {

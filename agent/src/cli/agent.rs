@@ -224,6 +224,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             config.fast_path,
             config.node_ip.addr(),
         )),
+        network_policy: Some(crate::dataplane::program::policy::PolicyProgrammer::new()),
         orphan_sweep: Some(sweep),
         leak_release: Some(release),
     };

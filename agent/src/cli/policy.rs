@@ -195,56 +195,21 @@ pub async fn load_cluster(store: &Arc<dyn Store>) -> anyhow::Result<Cluster> {
     let metas = store.list_json::<PodMeta>(keys::PODS).await?;
     let workloads = store.list_json::<Workload>(keys::WORKLOADS).await?;
     let nodes = store.list_json::<Node>(keys::NODES).await?;
-    let mut cluster = Cluster::new();
-    for policy in policies.items {
-        cluster.add_policy(policy.value);
-    }
-    for namespace in namespaces.items {
-        let name = namespace.key.trim_start_matches(keys::NAMESPACES);
-        cluster.set_namespace(name, namespace.value.labels);
-    }
-    let metas: BTreeMap<&str, &PodMeta> = metas
+    let metas: BTreeMap<String, PodMeta> = metas
         .items
-        .iter()
-        .map(|m| (m.key.trim_start_matches(keys::PODS), &m.value))
+        .into_iter()
+        .map(|m| (m.key.trim_start_matches(keys::PODS).to_owned(), m.value))
         .collect();
-    let mut pods: BTreeMap<(String, String), Pod> = BTreeMap::new();
-    for workload in workloads.items.into_iter().map(|w| w.value) {
-        // Only attachments with a Kubernetes identity are pods policy can select.
-        let (Some(namespace), Some(name)) =
-            (workload.pod_namespace.clone(), workload.pod_name.clone())
-        else {
-            continue;
-        };
-        let meta = metas.get(format!("{namespace}/{name}").as_str());
-        let pod = pods
-            .entry((namespace.clone(), name.clone()))
-            .or_insert_with(|| Pod {
-                namespace,
-                name,
-                node: workload.node.clone(),
-                labels: meta.map(|m| m.labels.clone()).unwrap_or_default(),
-                addresses: Vec::new(),
-                ports: meta.map(|m| m.ports.clone()).unwrap_or_default(),
-                host_interface: workload.host_interface.clone(),
-            });
-        pod.addresses
-            .extend(workload.addresses.iter().map(|a| a.addr()));
-    }
-    for pod in pods.into_values() {
-        cluster.add_pod(pod);
-    }
-    for node in nodes.items.into_iter().map(|n| n.value) {
-        let addresses = node
-            .ipv4
-            .map(|a| a.addr().into())
-            .into_iter()
-            .chain(node.ipv6.map(|a| a.addr().into()))
-            .chain(node.vxlan_address)
-            .collect();
-        cluster.set_node_addresses(&node.name, addresses);
-    }
-    Ok(cluster)
+    Ok(Cluster::from_records(
+        policies.items.iter().map(|p| &p.value),
+        namespaces
+            .items
+            .iter()
+            .map(|n| (n.key.trim_start_matches(keys::NAMESPACES), &n.value)),
+        &metas,
+        workloads.items.iter().map(|w| &w.value),
+        nodes.items.iter().map(|n| &n.value),
+    ))
 }
 
 /// The answer to `wren policy explain`: the verdict, then one line per direction.

@@ -40,6 +40,9 @@ pub struct FastPathDesired {
     pub pods: BTreeMap<String, Ipv4Addr>,
     /// The other nodes' VXLAN devices: MAC → the node's underlay address.
     pub vxlan_peers: Vec<([u8; 6], Ipv4Addr)>,
+    /// This node's pods some network policy isolates, by IPv4 address: their packets go
+    /// to the host stack, where netfilter enforces the policy.
+    pub policed: Vec<Ipv4Addr>,
 }
 
 impl FastPathDesired {
@@ -75,7 +78,21 @@ impl FastPathDesired {
             pools,
             pods,
             vxlan_peers,
+            policed: Vec::new(),
         }
+    }
+
+    /// The same, with the pods `plan` isolates policed.
+    pub fn with_policed(mut self, plan: &wren_policy::NodePlan) -> Self {
+        self.policed = plan
+            .policed_addresses()
+            .into_iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        self
     }
 }
 
@@ -346,6 +363,10 @@ fn ifindex(name: &str) -> Option<u32> {
 /// One pass on the kernel, in the calling thread's namespace.
 fn reconcile(fast: &mut FastPath, node_ip: Ipv4Addr, desired: &FastPathDesired) -> FastPathStatus {
     let mut errors = Vec::new();
+    // Before any pod is attached: an isolated pod's traffic never takes the fast path.
+    if let Err(e) = fast.set_policed(&desired.policed) {
+        errors.push(e.to_string());
+    }
     if let Err(e) = fast.set_pools(&desired.pools) {
         errors.push(e.to_string());
     }

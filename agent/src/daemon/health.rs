@@ -47,6 +47,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let readiness = shared.readiness();
     shared.refresh_peer_metrics();
+    shared.refresh_policy_metrics().await;
     shared.metrics.ready.set(i64::from(readiness.ready()));
     shared
         .metrics

@@ -202,7 +202,8 @@ pub fn rebuild_complete(
 #[serde(rename_all = "camelCase")]
 pub struct Holdings {
     /// Key → document: the cluster configuration, pools, peers, this node's document, its
-    /// affinities and workloads, and every block affine to it or holding one of its pods.
+    /// affinities and workloads, the network policies, namespaces and pods' labels, and every
+    /// block affine to it or holding one of its pods.
     pub documents: BTreeMap<String, serde_json::Value>,
     /// The nodes that were live.
     pub live_nodes: BTreeSet<String>,

@@ -53,6 +53,7 @@ use tokio::sync::{Mutex, watch};
 use wren_store::Store;
 
 use crate::config::AgentConfig;
+use crate::dataplane::program::policy::{PolicyProgrammer, PolicyStatus};
 use crate::dataplane::program::routes::{
     DesiredRoutes, RouteProgrammer, RoutesError, RoutesOutcome, route_changes,
 };
@@ -109,6 +110,8 @@ pub struct Shared {
     /// The speaker, once the controller runs: `wren status` reads session state from it live
     /// rather than from the last pass.
     live_sessions: std::sync::OnceLock<Arc<dyn BgpControl>>,
+    /// The policy programmer, once the controller runs: its counters are read at a scrape.
+    live_policy: std::sync::OnceLock<Arc<PolicyProgrammer>>,
     /// The fast path, once the controller runs: its counters are read live too.
     live_fast_path: std::sync::OnceLock<Arc<fastpath::FastPathControl>>,
     /// The cluster identity check, once the daemon runs: whether the datastore may be
@@ -127,6 +130,7 @@ impl Shared {
             encap_healthy: AtomicBool::new(true),
             live_sessions: std::sync::OnceLock::new(),
             live_fast_path: std::sync::OnceLock::new(),
+            live_policy: std::sync::OnceLock::new(),
             identity: std::sync::OnceLock::new(),
             status: RwLock::new(AgentStatus {
                 node: config.node_name.clone(),
@@ -143,6 +147,7 @@ impl Shared {
                 peers: Vec::new(),
                 encapsulation: encap::EncapStatus::default(),
                 fast_path: fastpath::FastPathStatus::default(),
+                network_policy: PolicyStatus::default(),
             }),
         })
     }
@@ -178,6 +183,17 @@ impl Shared {
     pub fn refresh_peer_metrics(&self) {
         if self.live_sessions.get().is_some() {
             self.metrics.set_peers(&peer_samples(&self.status().peers));
+        }
+    }
+
+    /// Brings the network policy counters up to date with the kernel's (before a scrape).
+    pub async fn refresh_policy_metrics(&self) {
+        let Some(programmer) = self.live_policy.get() else {
+            return;
+        };
+        match programmer.denied().await {
+            Ok(totals) => self.metrics.set_policy_denied(&totals),
+            Err(e) => tracing::debug!(error = %e, "cannot read the policy counters"),
         }
     }
 
@@ -249,6 +265,8 @@ struct Programmed {
 struct KernelSide {
     tunnels: Option<(TunnelsPart, Option<encap::EncapStatus>)>,
     fast_path: Option<(fastpath::FastPathDesired, Option<fastpath::FastPathStatus>)>,
+    /// The policy plan last given to the policy programmer, and its outcome.
+    network_policy: Option<(wren_policy::NodePlan, PolicyStatus)>,
 }
 
 /// The tunnels' part of a plan.
@@ -267,6 +285,7 @@ pub struct Controller {
     routes: Arc<dyn RouteProgrammer>,
     encap: Option<encap::Encap>,
     fast_path: Option<Arc<fastpath::FastPathControl>>,
+    network_policy: Option<Arc<PolicyProgrammer>>,
     shared: Arc<Shared>,
     /// When the first pass had a view: the BGP sync timeout counts from there, so sessions
     /// get their time after a datastore that was away at start-up returns.
@@ -341,6 +360,7 @@ struct Outcomes {
     routes: Result<RoutesOutcome, RoutesError>,
     encapsulation: Option<encap::EncapStatus>,
     fast_path: Option<fastpath::FastPathStatus>,
+    network_policy: Option<PolicyStatus>,
 }
 
 impl Controller {
@@ -376,6 +396,7 @@ impl Controller {
             routes,
             encap: None,
             fast_path: None,
+            network_policy: None,
             shared,
             first_view: std::sync::OnceLock::new(),
             sync_timeout: config.bgp_sync_timeout,
@@ -404,6 +425,15 @@ impl Controller {
         self.fast_path = fast_path.map(Arc::new);
         if let Some(control) = &self.fast_path {
             let _ = self.shared.live_fast_path.set(control.clone());
+        }
+        self
+    }
+
+    /// Adds network policy to every pass; without, no pod's traffic is filtered.
+    pub fn with_network_policy(mut self, programmer: Option<PolicyProgrammer>) -> Self {
+        self.network_policy = programmer.map(Arc::new);
+        if let Some(programmer) = &self.network_policy {
+            let _ = self.shared.live_policy.set(programmer.clone());
         }
         self
     }
@@ -638,6 +668,41 @@ impl Controller {
             (_, _, Some(control)) => Some(control.pass(plan.fast_path.clone()).await),
         };
         kernel_side.fast_path = Some((plan.fast_path.clone(), fast_path.clone()));
+        let network_policy = match (
+            trigger,
+            kernel_side.network_policy.take(),
+            &self.network_policy,
+        ) {
+            (_, _, None) => None,
+            (Trigger::Change, Some((last, status)), Some(_))
+                if last == plan.network_policy && status.error.is_none() =>
+            {
+                Some(status)
+            }
+            (_, _, Some(programmer)) => {
+                let rules = plan.network_policy.nft_rules();
+                let outcome = programmer.program(&rules, trigger == Trigger::Drift).await;
+                if let Ok(change) = &outcome
+                    && *change != crate::dataplane::program::policy::PolicyChange::None
+                {
+                    tracing::info!(
+                        ?change,
+                        isolated = plan.network_policy.endpoints.len(),
+                        "network policy programmed"
+                    );
+                }
+                if let Err(e) = &outcome {
+                    tracing::warn!(error = %e, "network policy programming failed; retrying next pass");
+                }
+                Some(PolicyStatus::of(
+                    &plan.network_policy,
+                    outcome.as_ref().copied(),
+                ))
+            }
+        };
+        if let Some(status) = &network_policy {
+            kernel_side.network_policy = Some((plan.network_policy.clone(), status.clone()));
+        }
         drop(kernel_side);
         let routes_desired = plan.routes.len();
         let routes = self.program_routes(trigger, plan.routes, !synced).await;
@@ -663,6 +728,7 @@ impl Controller {
                 routes,
                 encapsulation,
                 fast_path,
+                network_policy,
             },
         );
         if let Some(identity) = &self.identity {
@@ -750,6 +816,9 @@ impl Controller {
         if let (Some(fast_path), Some(control)) = (outcomes.fast_path, &self.fast_path) {
             control.publish(&fast_path, metrics);
             status.fast_path = fast_path;
+        }
+        if let Some(network_policy) = outcomes.network_policy {
+            status.network_policy = network_policy;
         }
         self.shared.set_status(status);
     }
@@ -839,6 +908,8 @@ pub struct Parts {
     pub encap: Option<encap::Encap>,
     /// The BPF fast path; `None` leaves pods to the host stack.
     pub fast_path: Option<fastpath::FastPathControl>,
+    /// Network policy's nftables table; `None` filters nothing.
+    pub network_policy: Option<PolicyProgrammer>,
     /// Removes what an ADD cut short left on this node; `None` leaves it.
     pub orphan_sweep: Option<orphans::OrphanSweep>,
     /// The automatic leak release and the IPAM it frees through; `None` leaves it to
@@ -865,6 +936,7 @@ pub async fn run(
         local_api,
         encap,
         fast_path,
+        network_policy,
         orphan_sweep,
         leak_release,
     } = parts;
@@ -930,7 +1002,8 @@ pub async fn run(
     };
     let controller = Controller::new(&config, store, bgp, routes, shared.clone())
         .with_encap(encap)
-        .with_fast_path(fast_path);
+        .with_fast_path(fast_path)
+        .with_network_policy(network_policy);
 
     let (m, a, registered, ()) = tokio::join!(
         async { metrics_server.await },

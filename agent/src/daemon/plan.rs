@@ -51,12 +51,23 @@ pub struct Plan {
     pub vxlan_peers: Vec<VxlanPeer>,
     /// What the fast path should cover.
     pub fast_path: FastPathDesired,
+    /// Network policy on this node: its pods some policy isolates, with their rules.
+    pub network_policy: wren_policy::NodePlan,
 }
 
 /// Computes the desired state from the view and the best paths (prefix → next hop).
 pub fn plan(view: &ClusterView, best_paths: &BTreeMap<IpNet, IpAddr>, facts: &NodeFacts) -> Plan {
     let name = facts.node.name.as_str();
     let imported = policy::import(best_paths, name, &facts.own_addresses, view);
+    // Without a policy nothing is isolated: the cluster of every pod is not even built.
+    let network_policy = if view.policies.is_empty() {
+        wren_policy::NodePlan {
+            node: name.to_owned(),
+            endpoints: Vec::new(),
+        }
+    } else {
+        view.policy_cluster().plan_node(name)
+    };
     Plan {
         peers: mesh::desired_peers(&facts.node, view),
         exports: policy::exports(name, view),
@@ -65,7 +76,8 @@ pub fn plan(view: &ClusterView, best_paths: &BTreeMap<IpNet, IpAddr>, facts: &No
         tunnels: Wanted::of(view),
         nat: nat_rules(view),
         vxlan_peers: vxlan_peers(name, view),
-        fast_path: FastPathDesired::of(view, name),
+        fast_path: FastPathDesired::of(view, name).with_policed(&network_policy),
+        network_policy,
     }
 }
 
@@ -136,6 +148,19 @@ mod tests {
         v
     }
 
+    /// Node `a` at 10.0.0.1.
+    fn facts_of_a() -> NodeFacts {
+        NodeFacts {
+            node: LocalNode {
+                name: "a".into(),
+                address: "10.0.0.1".parse().unwrap(),
+                as_number: None,
+                route_reflector_cluster_id: None,
+            },
+            own_addresses: vec![ip("10.0.0.1")],
+        }
+    }
+
     #[test]
     fn blackholes_pods_and_learned_routes_with_their_protocols() {
         let learned: BTreeMap<IpNet, IpAddr> = [
@@ -169,15 +194,7 @@ mod tests {
             "b".into(),
             Node::new("b", Some("10.0.0.2/24".parse().unwrap())),
         );
-        let facts = NodeFacts {
-            node: LocalNode {
-                name: "a".into(),
-                address: "10.0.0.1".parse().unwrap(),
-                as_number: None,
-                route_reflector_cluster_id: None,
-            },
-            own_addresses: vec![ip("10.0.0.1")],
-        };
+        let facts = facts_of_a();
         let best: BTreeMap<IpNet, IpAddr> = [
             // b's block, a block of ours b echoes back, and one that leads to us.
             (net("10.65.0.64/26"), ip("10.0.0.2")),
@@ -200,5 +217,67 @@ mod tests {
         assert_eq!(p.routes.len(), 4);
         assert_eq!(p.fast_path.pods.len(), 1);
         assert_eq!(p.tunnels, Wanted::default());
+        // No policy: nothing isolated, nothing policed.
+        assert!(p.network_policy.endpoints.is_empty());
+        assert!(p.fast_path.policed.is_empty());
+    }
+
+    #[test]
+    fn a_policy_isolating_a_local_pod_is_planned_and_its_pod_policed() {
+        let mut v = view();
+        let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: web}}\n";
+        let key = |w: &str| format!("{}{w}", wren_model::keys::WORKLOADS);
+        for (name, node, address) in [("web", "a", "10.65.0.5/32"), ("db", "b", "10.65.0.70/32")] {
+            let mut w = v.workloads["c1/eth0"].clone();
+            w.node = node.into();
+            w.pod_namespace = Some("x".into());
+            w.pod_name = Some(name.into());
+            w.addresses = vec![net(address)];
+            let doc = serde_json::to_vec(&w).unwrap();
+            assert!(v.put(
+                crate::daemon::view::Part::Pods,
+                "a",
+                &key(&format!("{node}/{name}/eth0")),
+                &doc
+            ));
+            let meta = wren_model::PodMeta {
+                labels: [("app".to_owned(), name.to_owned())].into(),
+                ports: Vec::new(),
+            };
+            let doc = serde_json::to_vec(&meta).unwrap();
+            assert!(v.put(
+                crate::daemon::view::Part::PodMeta,
+                "a",
+                &wren_model::keys::pod("x", name),
+                &doc
+            ));
+        }
+        let stored = serde_json::to_vec(&wren_policy::decode_policies(policy).unwrap()[0]).unwrap();
+        assert!(v.put(
+            crate::daemon::view::Part::Policies,
+            "a",
+            &wren_model::keys::policy("x", "deny"),
+            &stored
+        ));
+        // A policy that is not valid is left out.
+        assert!(!v.put(
+            crate::daemon::view::Part::Policies,
+            "a",
+            &wren_model::keys::policy("x", "bad"),
+            br#"{"kind": "Deployment"}"#
+        ));
+        let facts = facts_of_a();
+        let p = plan(&v, &BTreeMap::new(), &facts);
+        let pods: Vec<&str> = p
+            .network_policy
+            .endpoints
+            .iter()
+            .map(|e| e.pod.as_str())
+            .collect();
+        assert_eq!(pods, ["x/web"], "only the local pod the policy selects");
+        assert_eq!(
+            p.fast_path.policed,
+            ["10.65.0.5".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
     }
 }

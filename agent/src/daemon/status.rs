@@ -144,6 +144,9 @@ pub struct AgentStatus {
     /// The BPF fast path.
     #[serde(default)]
     pub fast_path: super::fastpath::FastPathStatus,
+    /// Network policy on this node.
+    #[serde(default)]
+    pub network_policy: crate::dataplane::program::policy::PolicyStatus,
 }
 
 /// `1h2m`, `3m4s`, `12s`: short enough for a table column.
@@ -250,6 +253,7 @@ impl AgentStatus {
             out.push_str(&self.encapsulation.render());
         }
         out.push_str(&self.fast_path.render());
+        out.push_str(&self.network_policy.render());
         out.push('\n');
         if self.peers.is_empty() {
             out.push_str("No BGP peers.\n");
@@ -421,6 +425,7 @@ mod tests {
             ],
             encapsulation: Default::default(),
             fast_path: Default::default(),
+            network_policy: Default::default(),
         };
         let text = s.render();
         assert!(

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
-use wren_model::{ClusterConfig, Node, Peer, Pool, Workload, keys};
+use wren_model::{ClusterConfig, Namespace, Node, Peer, PodMeta, Pool, Workload, keys};
+use wren_policy::NetworkPolicy;
 
 /// One IPAM block as far as routing cares.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -47,12 +48,24 @@ pub struct ClusterView {
     pub blocks: BTreeMap<IpNet, BlockInfo>,
     /// This node's workloads, by their key under the node's workload prefix.
     pub workloads: BTreeMap<String, Workload>,
+    /// Network policies, by `namespace/name`.
+    pub policies: BTreeMap<String, NetworkPolicy>,
+    /// Namespaces' labels, by name.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Pods' labels and named ports, by `namespace/name`.
+    pub pod_meta: BTreeMap<String, PodMeta>,
+    /// Every node's workloads that carry a Kubernetes identity, by their key under
+    /// `workloads/` (`<node>/<containerID>/<ifname>`): network policy selects pods wherever
+    /// they run, so each node knows every pod's addresses.
+    pub pods: BTreeMap<String, Workload>,
     /// The keys under `cluster/` (the identity and the rebuild reports): not routing data,
     /// but a change wakes a pass, which checks the identity ([`super::identity`]).
     pub cluster_records: BTreeSet<String>,
     /// The documents this node writes back should the datastore lose them, by key, as
     /// stored: the cluster configuration, pools, peers, this node's document, affinities
-    /// and workloads, and the blocks affine to it or lending it an address
+    /// and workloads, the network policies, namespaces and pods' labels (every agent holds
+    /// them all: a lost policy would open its pods), and the blocks affine to it or lending
+    /// it an address
     /// ([`super::identity::Holdings`]).
     pub held: BTreeMap<String, Vec<u8>>,
 }
@@ -78,11 +91,19 @@ pub enum Part {
     Workloads,
     /// `cluster/`: the identity and the rebuild reports.
     Records,
+    /// `policies/`.
+    Policies,
+    /// `namespaces/`.
+    Namespaces,
+    /// `pods/`: pods' labels and named ports.
+    PodMeta,
+    /// `workloads/`: every node's pods, for network policy's selectors.
+    Pods,
 }
 
 impl Part {
     /// Every part: the view is complete once each has been listed.
-    pub const ALL: [Part; 9] = [
+    pub const ALL: [Part; 13] = [
         Part::Cluster,
         Part::Nodes,
         Part::Liveness,
@@ -92,6 +113,10 @@ impl Part {
         Part::Blocks,
         Part::Workloads,
         Part::Records,
+        Part::Policies,
+        Part::Namespaces,
+        Part::PodMeta,
+        Part::Pods,
     ];
 
     /// The prefix (relative to the store's) that feeds this part on node `node`.
@@ -106,19 +131,36 @@ impl Part {
             Part::Blocks => keys::BLOCKS.to_owned(),
             Part::Workloads => keys::node_workloads(node),
             Part::Records => keys::CLUSTER.to_owned(),
+            Part::Policies => keys::POLICIES.to_owned(),
+            Part::Namespaces => keys::NAMESPACES.to_owned(),
+            Part::PodMeta => keys::PODS.to_owned(),
+            Part::Pods => keys::WORKLOADS.to_owned(),
         }
+    }
+
+    /// Whether this part holds any document to write back. [`Part::Pods`] never does, and
+    /// must not touch what [`Part::Workloads`] holds under the same keys.
+    fn holds(self) -> bool {
+        !matches!(self, Part::Liveness | Part::Records | Part::Pods)
     }
 
     /// Whether `node` writes back the document `key` of this part, decoded as `block` for a
     /// block, should the datastore lose it.
     fn held(self, node: &str, key: &str, block: Option<&BlockInfo>) -> bool {
         match self {
-            Part::Cluster | Part::Pools | Part::Peers | Part::Affinities | Part::Workloads => true,
+            Part::Cluster
+            | Part::Pools
+            | Part::Peers
+            | Part::Affinities
+            | Part::Workloads
+            | Part::Policies
+            | Part::Namespaces
+            | Part::PodMeta => true,
             Part::Nodes => key == keys::node(node),
             Part::Blocks => block.is_some_and(|b| {
                 b.affinity.as_deref() == Some(node) || b.borrowed.values().any(|n| n == node)
             }),
-            Part::Liveness | Part::Records => false,
+            Part::Liveness | Part::Records | Part::Pods => false,
         }
     }
 }
@@ -131,6 +173,24 @@ fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
             None
         }
     }
+}
+
+/// A stored policy, validated as `wren policy apply` validates it: one that is not valid
+/// is left out rather than half enforced.
+fn decode_policy(key: &str, value: &[u8]) -> Option<NetworkPolicy> {
+    let document: serde_json::Value = decode(key, value)?;
+    match wren_policy::decode_value(0, document) {
+        Ok(policy) => Some(policy),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "ignoring a policy that is not valid");
+            None
+        }
+    }
+}
+
+/// A workload as policy sees it: only one with a Kubernetes identity is a pod.
+fn decode_pod(key: &str, value: &[u8]) -> Option<Workload> {
+    decode::<Workload>(key, value).filter(|w| w.pod_namespace.is_some() && w.pod_name.is_some())
 }
 
 fn decode_block(key: &str, value: &[u8]) -> Option<(IpNet, BlockInfo)> {
@@ -207,10 +267,12 @@ impl ClusterView {
             fresh.put(part, node, key, value);
         }
         let prefix = part.prefix(node);
-        let mut held = self.held.clone();
-        held.retain(|key, _| !key.starts_with(prefix.as_str()));
-        held.append(&mut fresh.held);
-        let held_changed = take_if_changed(&mut self.held, held);
+        let held_changed = part.holds() && {
+            let mut held = self.held.clone();
+            held.retain(|key, _| !key.starts_with(prefix.as_str()));
+            held.append(&mut fresh.held);
+            take_if_changed(&mut self.held, held)
+        };
         held_changed
             | match part {
                 Part::Cluster => take_if_changed(&mut self.cluster, fresh.cluster),
@@ -224,11 +286,18 @@ impl ClusterView {
                 Part::Blocks => take_if_changed(&mut self.blocks, fresh.blocks),
                 Part::Workloads => take_if_changed(&mut self.workloads, fresh.workloads),
                 Part::Records => take_if_changed(&mut self.cluster_records, fresh.cluster_records),
+                Part::Policies => take_if_changed(&mut self.policies, fresh.policies),
+                Part::Namespaces => take_if_changed(&mut self.namespaces, fresh.namespaces),
+                Part::PodMeta => take_if_changed(&mut self.pod_meta, fresh.pod_meta),
+                Part::Pods => take_if_changed(&mut self.pods, fresh.pods),
             }
     }
 
     fn update(&mut self, part: Part, node: &str, key: &str, value: Option<&[u8]>) -> bool {
         let changed = self.update_decoded(part, node, key, value);
+        if !part.holds() {
+            return changed;
+        }
         let block = match part {
             Part::Blocks => key
                 .strip_prefix(keys::BLOCKS)
@@ -262,7 +331,10 @@ impl ClusterView {
             Part::Affinities => cidr().is_some_and(|c| self.confirmed_affinities.contains(&c)),
             Part::Blocks => cidr().is_some_and(|c| self.blocks.contains_key(&c)),
             Part::Workloads => self.workloads.contains_key(rest),
-            Part::Liveness | Part::Records => false,
+            Part::Policies => self.policies.contains_key(rest),
+            Part::Namespaces => self.namespaces.contains_key(rest),
+            Part::PodMeta => self.pod_meta.contains_key(rest),
+            Part::Liveness | Part::Records | Part::Pods => false,
         }
     }
 
@@ -321,7 +393,39 @@ impl ClusterView {
                 value.and_then(|v| decode(key, v)),
             ),
             Part::Records => mark(&mut self.cluster_records, rest.to_owned(), value.is_some()),
+            Part::Policies => set(
+                &mut self.policies,
+                rest.to_owned(),
+                value.and_then(|v| decode_policy(key, v)),
+            ),
+            Part::Namespaces => set(
+                &mut self.namespaces,
+                rest.to_owned(),
+                value.and_then(|v| decode(key, v)),
+            ),
+            Part::PodMeta => set(
+                &mut self.pod_meta,
+                rest.to_owned(),
+                value.and_then(|v| decode(key, v)),
+            ),
+            Part::Pods => set(
+                &mut self.pods,
+                rest.to_owned(),
+                value.and_then(|v| decode_pod(key, v)),
+            ),
         }
+    }
+
+    /// The cluster as network policy sees it: policies, namespaces, every node's pods with
+    /// their labels, and the nodes' own addresses.
+    pub fn policy_cluster(&self) -> wren_policy::Cluster {
+        wren_policy::Cluster::from_records(
+            self.policies.values(),
+            self.namespaces.iter().map(|(name, ns)| (name.as_str(), ns)),
+            &self.pod_meta,
+            self.pods.values(),
+            self.nodes.values(),
+        )
     }
 
     /// The AS a node speaks: its own or the cluster's.
@@ -531,6 +635,21 @@ mod tests {
         assert!(!v.held.contains_key(&keys::block(&lender.cidr())));
         assert!(v.replace(Part::Blocks, "a", []));
         assert_eq!(v.held.keys().collect::<Vec<_>>(), ["nodes/a"]);
+        // Every node's workloads feed network policy under the same keys as this node's:
+        // that part never takes this node's workload out of what it holds.
+        let w = br#"{"node":"a","containerId":"c1","ifname":"eth0","network":"k8s","handle":"k8s.c1","podNamespace":"x","podName":"p","netns":"/x","addresses":["10.65.0.5/32"],"hostInterface":"wren0","mac":"ee:ee:ee:ee:ee:ee"}"#;
+        let key = keys::workload("a", "c1", "eth0");
+        assert!(v.put(Part::Workloads, "a", &key, w));
+        assert!(v.put(Part::Pods, "a", &key, w));
+        assert!(v.held.contains_key(&key));
+        v.replace(Part::Pods, "a", [(key.as_str(), w.as_slice())]);
+        assert_eq!(v.pods.len(), 1);
+        assert!(
+            v.held.contains_key(&key),
+            "a relisting of every pod keeps it held"
+        );
+        assert!(v.delete(Part::Pods, "a", &key));
+        assert!(v.held.contains_key(&key));
     }
 
     #[test]

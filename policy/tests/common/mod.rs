@@ -203,6 +203,10 @@ pub fn compiled(
     protocol: Protocol,
     v6: bool,
 ) -> bool {
+    // A pod's traffic to itself never leaves it: no node's rules meet it.
+    if src == dst {
+        return true;
+    }
     let (s, d, from, to) = cell(cluster, src, dst, v6);
     let egress_ok = cluster
         .plan_node(&s.node)

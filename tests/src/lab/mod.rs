@@ -660,6 +660,13 @@ impl Lab {
         )
     }
 
+    /// The Prometheus text exposition of `node`'s agent (`/metrics`).
+    pub fn metrics(&self, node: &str) -> Result<String> {
+        let node = self.node(node)?;
+        let (_, body) = crate::http::get_in_ns(&node.ns, names::METRICS_PORT, "/metrics")?;
+        Ok(body)
+    }
+
     /// Restarts every agent with the fast path on or off (`--fast-path`) and waits until
     /// each is ready again; pods and routes stay as they are.
     pub fn set_fast_path(&mut self, on: bool) -> Result<()> {
@@ -834,16 +841,40 @@ impl Lab {
 
     /// Creates a pod on node `node` through the real CNI plugin; returns its name.
     pub fn add_pod(&mut self, node: &str) -> Result<String> {
+        let seq = self.state.next_pod;
+        self.add_pod_as(node, format!("{node}-p{seq}"), None)
+    }
+
+    /// Creates the Kubernetes pod `namespace/name` on node `node` through the real CNI
+    /// plugin, which passes its identity as a runtime does (`K8S_POD_NAMESPACE`,
+    /// `K8S_POD_NAME`); the lab calls it `<namespace>-<name>`, which it returns.
+    pub fn add_k8s_pod(&mut self, node: &str, namespace: &str, name: &str) -> Result<String> {
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
+        self.add_pod_as(node, format!("{namespace}-{name}"), Some(args))
+    }
+
+    fn add_pod_as(
+        &mut self,
+        node: &str,
+        pod_name: String,
+        cni_args: Option<String>,
+    ) -> Result<String> {
         let n = self.node(node)?.clone();
         let seq = self.state.next_pod;
         self.state.next_pod += 1;
-        let pod_name = format!("{}-p{seq}", n.name);
         let ns = ns_name(&self.state.spec.name, &pod_name);
         topology::create_ns(&ns)?;
         self.state.namespaces.push(ns.clone());
         self.state.save()?;
         let container_id = format!("{}{:06}", self.state.spec.name, seq);
-        let result = self.cni(&n, "ADD", &container_id, &ns)?;
+        let result = self.cni_call(
+            &n,
+            "ADD",
+            &container_id,
+            &ns,
+            serde_json::Value::Null,
+            cni_args.as_deref(),
+        )?;
         let ip = first_ip(&result).ok_or_else(|| {
             LabError::Lab(format!(
                 "CNI ADD for {pod_name} returned no address: {result}"
@@ -902,6 +933,18 @@ impl Lab {
         pod_ns: &str,
         extra: serde_json::Value,
     ) -> Result<String> {
+        self.cni_call(node, command, container_id, pod_ns, extra, None)
+    }
+
+    fn cni_call(
+        &self,
+        node: &NodeState,
+        command: &str,
+        container_id: &str,
+        pod_ns: &str,
+        extra: serde_json::Value,
+        cni_args: Option<&str>,
+    ) -> Result<String> {
         let mut config = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "wren-lab",
@@ -911,7 +954,11 @@ impl Lab {
         if let (Some(config), serde_json::Value::Object(extra)) = (config.as_object_mut(), extra) {
             config.extend(extra);
         }
-        let mut child = Command::new(self.state.spec.bin_dir.join("wren-cni"))
+        let mut cni = Command::new(self.state.spec.bin_dir.join("wren-cni"));
+        if let Some(args) = cni_args {
+            cni.env("CNI_ARGS", args);
+        }
+        let mut child = cni
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container_id)
             .env("CNI_NETNS", crate::netns::path_of(pod_ns))

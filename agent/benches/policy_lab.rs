@@ -1,0 +1,395 @@
+//! Network policy in the agent, on a 3-node lab: what enforcing a policy costs the traffic
+//! it allows, and how fast a change is enforced on every node.
+//!
+//! | row | measured | anchor (same run, rounds alternating) |
+//! |---|---|---|
+//! | throughput | iperf3, one TCP stream, pod x/client on n2 → pod x/server on n1, with a policy isolating the server and allowing the client | the same pods with no policy |
+//! | connection rate | new TCP connections per second (connect, one byte each way, close) over the same pair | the same pods with no policy |
+//! | at scale: memory | n1's agent's resident memory with 1,000 policies over 1,000 more workloads in the view (50 namespaces of 20 pods on other nodes) | the same agent before they were written |
+//! | at scale: from nothing | n1's agent started → its table programmed, with that cluster in etcd | the same start's readiness (the agent ready, before policy) |
+//! | change → enforced | `wren policy apply` started → the last of the three agents logged the table programmed (a policy selecting a pod on every node, its rule changed each time) | the `wren policy apply` process alone (start to exit: validation, etcd transaction) |
+//!
+//! With the policy the server's traffic leaves the fast path (its node polices it), so the
+//! throughput row is the fast path's loss plus the rule set's cost. Run with `cargo bench -p
+//! wren-agent --bench policy_lab` as root, with `etcd`, `iperf3`, `nft` and the built binaries.
+//! `WREN_BENCH_SECS` sets the seconds per throughput round (default 3), `WREN_BENCH_ROUNDS`
+//! the rounds (default 3); `WREN_BENCH_CHANGES` the policy changes timed (default 40).
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wren_tests::bench::{BenchSettings, invoked_as_bench, iperf, machine, median};
+use wren_tests::lab::{self, Lab, LabSpec};
+use wren_tests::netns::command_in;
+
+/// Accepts connections on port 8080, answers one byte and closes.
+const ACCEPTOR: &str = r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(1024)
+print("up", flush=True)
+while True:
+    c, _ = s.accept()
+    try:
+        c.recv(1)
+        c.sendall(b"x")
+    except OSError:
+        pass
+    c.close()
+"#;
+
+/// Opens connections to argv[1]:8080 one after the other for argv[2] seconds; prints how
+/// many completed per second.
+const CONNECTOR: &str = r#"
+import socket, sys, time
+host, seconds = sys.argv[1], float(sys.argv[2])
+done, end = 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    s = socket.create_connection((host, 8080), timeout=2)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.sendall(b"x")
+    s.recv(1)
+    s.close()
+    done += 1
+print(done / seconds)
+"#;
+
+const ALLOW: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]\n";
+
+/// Selects every pod of x (one on each node); `port` changes its rule, so every node
+/// programs a delta.
+fn every_node_policy(port: u16) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: all, namespace: x}}\nspec:\n  podSelector: {{}}\n  ingress: [{{ports: [{{port: {port}, protocol: TCP}}]}}, {{ports: [{{port: 5201, protocol: TCP}}, {{port: 8080, protocol: TCP}}]}}]\n"
+    )
+}
+
+fn main() {
+    if !invoked_as_bench() {
+        return;
+    }
+    if !lab::require_lab(false)
+        || !wren_tests::prereq::require_command("iperf3")
+        || !wren_tests::prereq::require_command("nft")
+    {
+        return;
+    }
+    let settings = BenchSettings::from_env();
+    let changes: usize = std::env::var("WREN_BENCH_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let mut spec = LabSpec::new("benchpol", 3);
+    spec.pods_per_node = 0;
+    let mut lab = Lab::up(spec).expect("lab up");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let cli = |lab: &Lab, args: &[&str]| {
+        lab.wren_cli(args)
+            .unwrap_or_else(|e| panic!("wren {}: {e}", args.join(" ")))
+    };
+    for (node, name) in [("n1", "server"), ("n2", "client"), ("n3", "other")] {
+        cli(
+            &lab,
+            &[
+                "workload",
+                "label",
+                &format!("x/{name}"),
+                &format!("app={name}"),
+            ],
+        );
+        lab.add_k8s_pod(node, "x", name).expect("pod");
+    }
+    lab.wait_full_matrix(Duration::from_secs(30), "n1")
+        .expect("pods reach each other");
+    let pod = |name: &str| {
+        let pod = lab
+            .state()
+            .pods
+            .iter()
+            .find(|p| p.name == format!("x-{name}"))
+            .expect("pod");
+        (pod.ns.clone(), pod.ip.to_string())
+    };
+    let ((client, _), (server, server_ip)) = (pod("client"), pod("server"));
+    let mut acceptor = command_in(&server, "python3")
+        .args(["-c", ACCEPTOR])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("acceptor");
+    let mut line = String::new();
+    if let Some(out) = acceptor.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let apply = |lab: &Lab, yaml: &str| {
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(&file, yaml).expect("policy written");
+        let started = Instant::now();
+        cli(
+            lab,
+            &["policy", "apply", "-f", file.to_str().unwrap_or_default()],
+        );
+        started.elapsed()
+    };
+    let rate = || -> f64 {
+        let out = wren_tests::netns::run(command_in(&client, "python3").args([
+            "-c",
+            CONNECTOR,
+            &server_ip,
+            &settings.round.as_secs().to_string(),
+        ]))
+        .expect("connector");
+        out.trim().parse().expect("a rate")
+    };
+
+    // Throughput and connection rate, without and with the policy, rounds alternating.
+    let seconds = settings.round.as_secs();
+    let (mut bare, mut policed, mut bare_rate, mut policed_rate) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..settings.rounds {
+        bare.push(iperf(&client, &server, &server_ip, &server_ip, seconds).expect("iperf"));
+        bare_rate.push(rate());
+        apply(&lab, ALLOW);
+        std::thread::sleep(Duration::from_millis(500));
+        policed.push(iperf(&client, &server, &server_ip, &server_ip, seconds).expect("iperf"));
+        policed_rate.push(rate());
+        cli(&lab, &["policy", "rm", "x/server"]);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // A change → enforced on every node.
+    let nodes: Vec<String> = lab.state().nodes.iter().map(|n| n.name.clone()).collect();
+    let logs: Vec<std::path::PathBuf> = nodes
+        .iter()
+        .map(|n| lab.state().dir.join(format!("{n}.log")))
+        .collect();
+    apply(&lab, &every_node_policy(1000));
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut enforced, mut cli_alone) = (Vec::new(), Vec::new());
+    for i in 0..changes {
+        let before: Vec<usize> = logs.iter().map(|l| programmed(l).len()).collect();
+        let start = seconds_of_day(SystemTime::now());
+        cli_alone.push(apply(&lab, &every_node_policy(1001 + i as u16)).as_secs_f64());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let last = loop {
+            let seen: Vec<Option<f64>> = logs
+                .iter()
+                .zip(&before)
+                .map(|(log, n)| programmed(log).get(*n).copied())
+                .collect();
+            if seen.iter().all(Option::is_some) {
+                break seen.into_iter().flatten().fold(0.0, f64::max);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "change {i} not enforced everywhere"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        enforced.push((last - start).rem_euclid(86_400.0));
+    }
+    let _ = acceptor.kill();
+    let _ = acceptor.wait();
+
+    // At scale: 1,000 policies over 1,000 more workloads, then one policy isolating
+    // x/server on n1, so n1's plan is compiled from all of it.
+    apply(&lab, &every_node_policy(999)); // keeps x isolated, as before
+    let rss_before = resident_kib(agent_pid(&lab, "n1"));
+    write_cluster(&lab);
+    apply(
+        &lab,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-ns0, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: server}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ns0}}}]}]\n",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_after = resident_kib(agent_pid(&lab, "n1"));
+    let n1_log = lab.state().dir.join("n1.log");
+    lab.kill_agent("n1").expect("n1 stopped");
+    let lines_before = programmed(&n1_log).len();
+    let started = seconds_of_day(SystemTime::now());
+    let spawn = Instant::now();
+    lab.start_agent("n1").expect("n1 started");
+    let ready = spawn.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let from_nothing = loop {
+        if let Some(at) = programmed(&n1_log).get(lines_before) {
+            break (at - started).rem_euclid(86_400.0);
+        }
+        assert!(Instant::now() < deadline, "n1 never programmed its table");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_restarted = resident_kib(agent_pid(&lab, "n1"));
+
+    let gbits = |f: Vec<f64>| median(f) / 1e9;
+    let (bare, policed) = (gbits(bare), gbits(policed));
+    let (bare_rate, policed_rate) = (median(bare_rate), median(policed_rate));
+    let ms = |f: &[f64], q: f64| {
+        let mut f = f.to_vec();
+        f.sort_by(f64::total_cmp);
+        f[((f.len() as f64 - 1.0) * q).round() as usize] * 1e3
+    };
+    println!(
+        "{} throughput rounds of {seconds} s and {} changes; {}",
+        settings.rounds,
+        changes,
+        machine()
+    );
+    println!("| measure | figure | anchor | anchor figure | ratio | goal |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| pod n2 → pod n1 a policy allows, Gbit/s | {policed:.2} | no policy | {bare:.2} | {:.2} | ≥ 0.95 |",
+        policed / bare
+    );
+    println!(
+        "| new TCP connections/s, pod n2 → pod n1 a policy allows | {policed_rate:.0} | no policy | {bare_rate:.0} | {:.2} | ≥ 0.90 |",
+        policed_rate / bare_rate
+    );
+    println!(
+        "| policy change → enforced on all 3 nodes, p50 / p99 ms | {:.1} / {:.1} | `wren policy apply` alone, p50 / p99 ms | {:.1} / {:.1} | {:.2} (p50) | p50 < 100 ms |",
+        ms(&enforced, 0.5),
+        ms(&enforced, 0.99),
+        ms(&cli_alone, 0.5),
+        ms(&cli_alone, 0.99),
+        ms(&enforced, 0.5) / ms(&cli_alone, 0.5)
+    );
+    println!(
+        "| n1's agent, 1,000 policies over 1,000 workloads in the view, resident KiB | {rss_after} (after a restart: {rss_restarted}) | the same agent before | {rss_before} | {:.2} | |",
+        rss_after as f64 / rss_before as f64
+    );
+    println!(
+        "| n1's agent started → table programmed, with that cluster, ms | {:.0} | the agent's start → ready | {:.0} | {:.2} | |",
+        from_nothing * 1e3,
+        ready * 1e3,
+        from_nothing / ready
+    );
+    lab.down().expect("lab down");
+}
+
+fn agent_pid(lab: &Lab, node: &str) -> u32 {
+    lab.node(node)
+        .ok()
+        .and_then(|n| n.agent.as_ref())
+        .map(|a| a.pid)
+        .expect("the agent runs")
+}
+
+/// `VmRSS` of a process, in KiB.
+fn resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 50 namespaces of 20 pods (labels `app=a0..a9`, a named port) on nodes that are not in
+/// the lab, and 20 policies per namespace: policy i isolates app a(i mod 10)'s ingress and
+/// allows app a(i+1 mod 10) of the namespace and every pod of the next namespace on port
+/// 8000 + i. Written straight into etcd, as the CNI plugin and `wren workload label` would.
+fn write_cluster(lab: &Lab) {
+    use wren_store::Store;
+    let endpoint = lab.state().etcd_endpoint.clone();
+    wren_tests::netns::run_in(&lab.state().fabric_ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let store = wren_store::etcd::EtcdStore::connect(wren_store::etcd::EtcdConfig {
+                endpoints: vec![endpoint],
+                prefix: wren_store::etcd::DEFAULT_PREFIX.to_owned(),
+                ca: None,
+                cert: None,
+                key: None,
+                dial_timeout: Duration::from_secs(5),
+                request_timeout: Duration::from_secs(10),
+                attempt_timeout: Duration::from_secs(2),
+            })
+            .await
+            .expect("etcd");
+            for ns in 0..50 {
+                for pod in 0..20u32 {
+                    let name = format!("p{pod}");
+                    let node = format!("ghost{}", pod % 3);
+                    let workload = wren_model::Workload {
+                        node: node.clone(),
+                        container_id: format!("c{ns}x{pod}"),
+                        ifname: "eth0".into(),
+                        network: "k8s".into(),
+                        handle: format!("k8s.c{ns}x{pod}"),
+                        pod_namespace: Some(format!("ns{ns}")),
+                        pod_name: Some(name.clone()),
+                        pod_uid: None,
+                        netns: String::new(),
+                        addresses: vec![
+                            format!("10.80.{ns}.{pod}/32").parse().expect("address"),
+                        ],
+                        host_interface: format!("wrng{ns}x{pod}"),
+                        mac: "ee:ee:ee:ee:ee:ee".into(),
+                    };
+                    let key = wren_model::keys::workload(&node, &workload.container_id, "eth0");
+                    let doc = serde_json::to_vec(&workload).expect("json");
+                    store.put(&key, doc, None).await.expect("workload");
+                    let meta = wren_model::PodMeta {
+                        labels: [("app".to_owned(), format!("a{}", pod % 10))].into(),
+                        ports: vec![wren_model::NamedPort {
+                            name: "http".into(),
+                            protocol: wren_model::Protocol::Tcp,
+                            port: 8080,
+                        }],
+                    };
+                    let key = wren_model::keys::pod(&format!("ns{ns}"), &name);
+                    store
+                        .put(&key, serde_json::to_vec(&meta).expect("json"), None)
+                        .await
+                        .expect("pod");
+                }
+                for i in 0..20 {
+                    let yaml = format!(
+                        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p{i}, namespace: ns{ns}}}\nspec:\n  podSelector: {{matchLabels: {{app: a{}}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: a{}}}}}}}, {{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: ns{}}}}}}}], ports: [{{port: {}, protocol: TCP}}, {{port: http}}]}}]\n",
+                        i % 10,
+                        (i + 1) % 10,
+                        (ns + 1) % 50,
+                        8000 + i
+                    );
+                    let policy = wren_policy::decode_policies(&yaml)
+                        .expect("a valid policy")
+                        .remove(0);
+                    let key = wren_model::keys::policy(&format!("ns{ns}"), &format!("p{i}"));
+                    store
+                        .put(&key, serde_json::to_vec(&policy).expect("json"), None)
+                        .await
+                        .expect("policy");
+                }
+            }
+        });
+    })
+    .expect("in the fabric namespace");
+}
+
+/// The times of day (seconds, UTC) of the agent's "network policy programmed" lines.
+fn programmed(log: &std::path::Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("network policy programmed"))
+        .filter_map(|l| {
+            // The line starts with the timestamp, possibly after a colour code:
+            // `2026-12-05T03:18:43.386164Z`.
+            let at = l.find('T')?;
+            let clock = l.get(at + 1..at + 16)?;
+            let (h, rest) = clock.split_once(':')?;
+            let (m, s) = rest.split_once(':')?;
+            let s: f64 = s.trim_end_matches('Z').parse().ok()?;
+            Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s)
+        })
+        .collect()
+}
+
+fn seconds_of_day(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64().rem_euclid(86_400.0))
+        .unwrap_or_default()
+}

@@ -1,0 +1,383 @@
+//! The network policy programmer: the node's policy plan ([`wren_policy::NodePlan`]) as the
+//! `inet wren_policy` nftables table, in the network namespace the agent runs in.
+//!
+//! After a change only what changed goes to the kernel ([`NftRules::delta_script`]: new
+//! sets, the chains whose rules changed, the interface maps' entries, in one transaction);
+//! on a full pass, the first one, and after a failure the whole table is replaced in one
+//! transaction, which undoes any drift. A node where no policy isolates a pod has no table at
+//! all, so its forwarded packets meet no hook of wren's.
+//!
+//! What the table denies is counted in its named counters ([`DeniedCounter`]); a whole-table
+//! load starts them from zero, and so does deleting one, so the programmer reads them first
+//! and carries their figures over: [`PolicyProgrammer::denied`] only grows.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+use wren_policy::NodePlan;
+use wren_policy::nft::{DeniedCounter, NftRules, TABLE};
+
+/// Why the table could not be brought to the plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// `nft` could not be run at all.
+    #[error("cannot run {program}: {source} (is nftables installed?)")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `nft -j` printed something that is not its JSON.
+    #[error("nft printed JSON that does not parse: {0}")]
+    Json(String),
+    /// `nft` refused the script.
+    #[error("nft {what}: {stderr}")]
+    Nft {
+        /// What was being done.
+        what: &'static str,
+        /// nft's message.
+        stderr: String,
+    },
+}
+
+/// What one call of [`PolicyProgrammer::program`] sent to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// Nothing: the table was already as planned.
+    None,
+    /// Only what changed since the last call, in one transaction.
+    Delta,
+    /// The whole table, in one transaction.
+    Whole,
+    /// The table was removed (no pod of the node is isolated).
+    Removed,
+}
+
+/// What the kernel holds, as far as the programmer knows.
+#[derive(Debug, Default)]
+enum Loaded {
+    /// Not known (at start, after a failure): the next call replaces the whole table.
+    #[default]
+    Unknown,
+    /// No table.
+    Absent,
+    /// The table with these rules.
+    Table(NftRules),
+}
+
+/// Keeps `inet wren_policy` as the plan says, through the `nft` program.
+#[derive(Debug)]
+pub struct PolicyProgrammer {
+    program: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    loaded: Loaded,
+    /// Figures of counters the table no longer holds (a whole load, a deleted counter).
+    carried: BTreeMap<DeniedCounter, u64>,
+}
+
+impl Default for PolicyProgrammer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PolicyProgrammer {
+    /// A programmer using `nft` from `PATH`.
+    pub fn new() -> Self {
+        Self::with_program("nft")
+    }
+
+    /// A programmer using the given `nft` program.
+    pub fn with_program(program: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// What the table has denied since the agent started, per counter: only grows.
+    pub async fn denied(&self) -> Result<BTreeMap<DeniedCounter, u64>, PolicyError> {
+        let state = self.state.lock().await;
+        let mut totals = state.carried.clone();
+        if let Loaded::Table(rules) = &state.loaded {
+            for (name, packets) in self.read_counters().await? {
+                if let Some(counter) = rules.counters.get(&name) {
+                    *totals.entry(counter.clone()).or_default() += packets;
+                }
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Carries over the figures of the counters of `rules` that `going` picks, before a
+    /// change that resets or removes them.
+    async fn carry(&self, state: &mut State, going: impl Fn(&str) -> bool) {
+        let Loaded::Table(rules) = &state.loaded else {
+            return;
+        };
+        match self.read_counters().await {
+            Ok(figures) => {
+                for (name, packets) in figures {
+                    if let Some(counter) = rules.counters.get(&name).filter(|_| going(&name)) {
+                        *state.carried.entry(counter.clone()).or_default() += packets;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the policy counters; their figures restart")
+            }
+        }
+    }
+
+    /// The table's named counters: name → packets; empty when there is no table.
+    async fn read_counters(&self) -> Result<BTreeMap<String, u64>, PolicyError> {
+        let out = tokio::process::Command::new(&self.program)
+            .args(["-j", "list", "counters", "table", "inet", TABLE])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| PolicyError::Spawn {
+                program: self.program.display().to_string(),
+                source,
+            })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("No such file or directory") {
+                return Ok(BTreeMap::new());
+            }
+            return Err(PolicyError::Nft {
+                what: "list the counters",
+                stderr: stderr.trim().to_owned(),
+            });
+        }
+        counter_figures(&out.stdout)
+    }
+
+    /// Brings the table to `rules`: a delta after a change, the whole table when `full` or
+    /// when the last state is unknown; no table when `rules` isolate nothing.
+    pub async fn program(&self, rules: &NftRules, full: bool) -> Result<PolicyChange, PolicyError> {
+        let mut state = self.state.lock().await;
+        if rules.chains.is_empty() {
+            // No table, and none wanted: nothing to run, on a full pass too (only wren
+            // writes this table, and the first pass removed any a previous run left).
+            if matches!(state.loaded, Loaded::Absent) {
+                return Ok(PolicyChange::None);
+            }
+            self.carry(&mut state, |_| true).await;
+            state.loaded = Loaded::Unknown;
+            self.run("remove the table", &NodePlan::nft_remove_script(TABLE))
+                .await?;
+            state.loaded = Loaded::Absent;
+            return Ok(PolicyChange::Removed);
+        }
+        // Counters whose figures were carried over for a delta that was then refused.
+        let mut carried_already: Vec<String> = Vec::new();
+        if let (false, Loaded::Table(previous)) = (full, &state.loaded) {
+            let delta = rules.delta_script(previous, TABLE);
+            if delta.is_empty() {
+                return Ok(PolicyChange::None);
+            }
+            let gone: Vec<String> = previous
+                .counters
+                .keys()
+                .filter(|name| !rules.counters.contains_key(*name))
+                .cloned()
+                .collect();
+            if !gone.is_empty() {
+                self.carry(&mut state, |name| gone.iter().any(|g| g == name))
+                    .await;
+            }
+            carried_already = gone;
+            match self.run("apply the changes", &delta).await {
+                Ok(()) => {
+                    state.loaded = Loaded::Table(rules.clone());
+                    return Ok(PolicyChange::Delta);
+                }
+                Err(e) => tracing::debug!(error = %e, "policy delta refused; replacing the table"),
+            }
+        }
+        let remaining: Vec<String> = match &state.loaded {
+            Loaded::Table(previous) => previous
+                .counters
+                .keys()
+                .filter(|name| !carried_already.contains(name))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.carry(&mut state, |name| remaining.iter().any(|r| r == name))
+            .await;
+        state.loaded = Loaded::Unknown;
+        self.run("load the table", &rules.script(TABLE)).await?;
+        state.loaded = Loaded::Table(rules.clone());
+        Ok(PolicyChange::Whole)
+    }
+
+    async fn run(&self, what: &'static str, script: &str) -> Result<(), PolicyError> {
+        let spawn_error = |source| PolicyError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        };
+        let mut child = tokio::process::Command::new(&self.program)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(spawn_error)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .await
+                .map_err(spawn_error)?;
+        }
+        let out = child.wait_with_output().await.map_err(spawn_error)?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(PolicyError::Nft {
+                what,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+}
+
+/// The named counters' figures in `nft -j list counters`: name → packets.
+fn counter_figures(json: &[u8]) -> Result<BTreeMap<String, u64>, PolicyError> {
+    let listing: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| PolicyError::Json(e.to_string()))?;
+    let objects = listing
+        .get("nftables")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| PolicyError::Json("no \"nftables\" array".to_owned()))?;
+    Ok(objects
+        .iter()
+        .filter_map(|o| o.get("counter"))
+        .filter_map(|c| {
+            let name = c.get("name")?.as_str()?;
+            Some((name.to_owned(), c.get("packets")?.as_u64()?))
+        })
+        .collect())
+}
+
+/// Network policy as `wren status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// Whether the agent enforces policy (false until the first pass, or when it runs
+    /// without a policy programmer).
+    pub enforcing: bool,
+    /// The policies isolating a pod of this node, as `namespace/name`.
+    pub in_force: Vec<String>,
+    /// The pods of this node some policy isolates, as `namespace/name`.
+    pub isolated_pods: Vec<String>,
+    /// Why the last pass could not program the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PolicyStatus {
+    /// What `plan` puts in force, and how programming it went.
+    pub fn of(plan: &NodePlan, outcome: Result<PolicyChange, &PolicyError>) -> Self {
+        let mut in_force: Vec<String> = plan
+            .endpoints
+            .iter()
+            .flat_map(|e| [&e.ingress, &e.egress])
+            .flatten()
+            .flat_map(|d| d.isolated_by.iter().map(ToString::to_string))
+            .collect();
+        in_force.sort();
+        in_force.dedup();
+        let mut isolated_pods: Vec<String> = plan.endpoints.iter().map(|e| e.pod.clone()).collect();
+        isolated_pods.sort();
+        Self {
+            enforcing: true,
+            in_force,
+            isolated_pods,
+            error: outcome.err().map(ToString::to_string),
+        }
+    }
+
+    /// The `wren status` line.
+    pub fn render(&self) -> String {
+        if !self.enforcing {
+            return "Network policy: not programmed yet\n".to_owned();
+        }
+        let mut out = if self.in_force.is_empty() {
+            "Network policy: none in force on this node\n".to_owned()
+        } else {
+            format!(
+                "Network policy: {} in force, isolating {} pod(s): {}\n",
+                self.in_force.len(),
+                self.isolated_pods.len(),
+                self.in_force.join(", ")
+            )
+        };
+        if let Some(e) = &self.error {
+            out.push_str(&format!("  last programming failed: {e}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_figures_are_read_from_nft_json() {
+        let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"counter": {"family": "inet", "name": "denied_packets", "table": "wren_policy", "handle": 2, "packets": 7, "bytes": 420}}, {"counter": {"family": "inet", "name": "p0123", "table": "wren_policy", "handle": 3, "packets": 0, "bytes": 0}}]}"#;
+        let figures = counter_figures(json).unwrap();
+        assert_eq!(
+            figures,
+            BTreeMap::from([("denied_packets".to_owned(), 7), ("p0123".to_owned(), 0)])
+        );
+        assert!(matches!(
+            counter_figures(b"{\"x\": 1}"),
+            Err(PolicyError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn status_names_the_policies_in_force_once_each() {
+        let mut cluster = wren_policy::Cluster::new();
+        for (name, interface) in [("a", "wren-a"), ("b", "wren-b")] {
+            cluster.add_pod(wren_policy::Pod {
+                namespace: "x".into(),
+                name: name.into(),
+                node: "n1".into(),
+                labels: Default::default(),
+                addresses: vec!["10.65.0.1".parse().unwrap()],
+                ports: Vec::new(),
+                host_interface: interface.into(),
+            });
+        }
+        for policy in wren_policy::decode_policies(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n",
+        )
+        .unwrap()
+        {
+            cluster.add_policy(policy);
+        }
+        let status = PolicyStatus::of(&cluster.plan_node("n1"), Ok(PolicyChange::Whole));
+        assert_eq!(status.in_force, ["x/deny"]);
+        assert_eq!(status.isolated_pods, ["x/a", "x/b"]);
+        assert!(
+            status
+                .render()
+                .starts_with("Network policy: 1 in force, isolating 2 pod(s): x/deny")
+        );
+    }
+}
