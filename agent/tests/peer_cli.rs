@@ -114,6 +114,40 @@ fn session_controls_are_stored_and_bad_ones_refused() {
     ok(e, &[&add[..], &["--hold-time", "0"]].concat());
     assert_eq!(peer("tor").hold_time, Some(0));
 
+    // A prefix limit: stored with its defaults filled in; absent, the default applies.
+    assert_eq!(peer("tor").max_prefixes, None);
+    ok(e, &[&add[..], &["--max-prefixes", "500"]].concat());
+    assert_eq!(
+        peer("tor").max_prefixes,
+        Some(wren_model::MaxPrefixes {
+            limit: 500,
+            ..wren_model::MaxPrefixes::DEFAULT
+        })
+    );
+    ok(
+        e,
+        &[
+            &add[..],
+            &[
+                "--max-prefixes",
+                "500",
+                "--max-prefixes-warning",
+                "90",
+                "--max-prefixes-restart",
+                "5m",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        peer("tor").max_prefixes,
+        Some(wren_model::MaxPrefixes {
+            limit: 500,
+            warning_percent: 90,
+            restart_after_secs: 300,
+        })
+    );
+
     let before = runtime.block_on(snapshot(store.as_ref()));
     for (extra, expected) in [
         (
@@ -138,6 +172,20 @@ fn session_controls_are_stored_and_bad_ones_refused() {
         (&["--ttl-security", "255"], "ttl security 255"),
         (&["--source-address", "0.0.0.0"], "source address 0.0.0.0"),
         (&["--source-address", "fd00::1"], "source address fd00::1"),
+        (&["--max-prefixes", "0"], "max prefixes: limit 0"),
+        (
+            &["--max-prefixes", "10", "--max-prefixes-warning", "0"],
+            "warning at 0 %",
+        ),
+        (
+            &["--max-prefixes", "10", "--max-prefixes-warning", "101"],
+            "warning at 101 %",
+        ),
+        (
+            &["--max-prefixes", "10", "--max-prefixes-restart", "0s"],
+            "--max-prefixes-restart",
+        ),
+        (&["--max-prefixes-warning", "50"], "--max-prefixes"),
     ] {
         fails(e, &[&add[..], extra].concat(), expected);
     }

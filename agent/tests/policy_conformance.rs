@@ -630,6 +630,41 @@ fn cases(suite: &Suite) -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            "ingress to y from namespaces NotIn (x)",
+            policy(
+                "y",
+                "p",
+                "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}}]}]",
+            ),
+        ),
+        (
+            "egress from x/a to x/b only (podSelector)",
+            policy(
+                "x",
+                "p",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {pod: b}}}]}]",
+            ),
+        ),
+        (
+            "ingress to z/b on UDP, any port",
+            policy(
+                "z",
+                "p",
+                "  podSelector: {matchLabels: {pod: b}}\n  ingress: [{ports: [{protocol: UDP}]}]",
+            ),
+        ),
+        (
+            "egress from z/c to one pod's address on TCP 81 (ipBlock and port)",
+            policy(
+                "z",
+                "p",
+                &format!(
+                    "  podSelector: {{matchLabels: {{pod: c}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: {}/32}}}}], ports: [{{port: 81, protocol: TCP}}]}}]",
+                    ip("y/a")
+                ),
+            ),
+        ),
+        (
             "policies in two namespaces meeting on one flow",
             policy(
                 "x",

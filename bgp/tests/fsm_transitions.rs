@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use wren_bgp::fsm::{
-    Action, ConnId, DownReason, Event, Fsm, OPEN_HOLD_TIME, SessionConfig, State, Timer,
+    Action, ConnId, Down, DownReason, Event, Fsm, OPEN_HOLD_TIME, SessionConfig, State, Timer,
 };
 use wren_bgp::wire::{Afi, Capability, GracefulRestart, Message, Notification, Open, Update};
 
@@ -119,11 +119,15 @@ fn timer_started(actions: &[Action], timer: Timer) -> Option<Duration> {
     })
 }
 
-fn down_reason(actions: &[Action]) -> Option<&DownReason> {
+fn session_down(actions: &[Action]) -> Option<&Down> {
     actions.iter().find_map(|a| match a {
-        Action::SessionDown(down) => Some(&down.reason),
+        Action::SessionDown(down) => Some(down),
         _ => None,
     })
+}
+
+fn down_reason(actions: &[Action]) -> Option<&DownReason> {
+    session_down(actions).map(|down| &down.reason)
 }
 
 #[test]
@@ -247,13 +251,7 @@ fn fsm_bfd_down_ends_the_session_at_once_flushes_and_holds_until_bfd_up() {
         ))
     );
     assert!(closes(&actions, id));
-    let down = actions
-        .iter()
-        .find_map(|a| match a {
-            Action::SessionDown(d) => Some(d),
-            _ => None,
-        })
-        .expect("the session goes down");
+    let down = session_down(&actions).expect("the session goes down");
     assert_eq!(down.reason, DownReason::BfdDown);
     assert!(
         down.retain.is_empty(),
@@ -283,6 +281,52 @@ fn fsm_bfd_down_ends_the_session_at_once_flushes_and_holds_until_bfd_up() {
     assert!(connect_id(&actions).is_some());
     assert_eq!(h.fsm.state(), State::Connect);
     assert!(!h.fsm.bfd_down());
+}
+
+#[test]
+fn fsm_a_peer_past_its_prefix_limit_is_cut_off_flushed_and_retried_after_the_restart_time() {
+    let mut h = Harness::new(gr_config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let id = h.establish(remote, gr_open(remote));
+    let restart_after = Duration::from_secs(42);
+    let actions = h.on(Event::PrefixLimitExceeded {
+        limit: 10,
+        restart_after,
+    });
+    // RFC 4486: Cease, subcode 1 (Maximum Number of Prefixes Reached).
+    assert_eq!(notification(&actions, id), Some((6, 1)));
+    assert!(closes(&actions, id));
+    let down = session_down(&actions).expect("the session goes down");
+    assert_eq!(down.reason, DownReason::PrefixLimit(10));
+    assert!(down.retain.is_empty(), "graceful restart keeps nothing");
+    assert_eq!(h.fsm.state(), State::Idle);
+    // The last word on the idle-hold timer is the limit's restart time.
+    let last_idle_hold = actions.iter().rev().find_map(|a| match a {
+        Action::StartTimer(Timer::IdleHold, after) => Some(*after),
+        _ => None,
+    });
+    assert_eq!(last_idle_hold, Some(restart_after));
+    assert!(
+        h.fsm
+            .last_error()
+            .map(ToString::to_string)
+            .is_some_and(|e| e.contains("Maximum Number of Prefixes")),
+        "{:?}",
+        h.fsm.last_error()
+    );
+    // Held down until then; the timer brings the session back.
+    let incoming = h.fsm.next_conn_id();
+    assert!(closes(&h.on(Event::TcpAccepted(incoming)), incoming));
+    assert!(connect_id(&h.on(Event::TimerExpired(Timer::IdleHold))).is_some());
+    // Passing the limit when no session is up changes nothing.
+    let mut idle = Harness::new(config());
+    assert!(
+        idle.on(Event::PrefixLimitExceeded {
+            limit: 10,
+            restart_after,
+        })
+        .is_empty()
+    );
 }
 
 #[test]

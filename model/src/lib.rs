@@ -441,11 +441,74 @@ pub struct Peer {
     /// the peer's family when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_address: Option<IpAddr>,
+    /// The most prefixes the peer may announce; [`MaxPrefixes::DEFAULT`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefixes: Option<MaxPrefixes>,
+}
+
+/// A bound on the prefixes a peer announces (taken or held back by import policy alike).
+/// Past the limit the session ends with Cease / Maximum Number of Prefixes Reached (RFC 4486)
+/// and the peer's routes go; it is tried again after `restartAfterSecs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaxPrefixes {
+    /// The most prefixes the peer may announce.
+    pub limit: u32,
+    /// At this share of the limit, in percent, a warning is logged.
+    #[serde(default = "MaxPrefixes::default_warning")]
+    pub warning_percent: u8,
+    /// Seconds the session stays down after the limit was passed.
+    #[serde(default = "MaxPrefixes::default_restart")]
+    pub restart_after_secs: u32,
+}
+
+impl MaxPrefixes {
+    /// Every explicit peer's limit unless it names one: far above what a ToR or route
+    /// reflector sends a node of a large cluster (its blocks and a default route), far below
+    /// what takes a node's memory.
+    pub const DEFAULT: MaxPrefixes = MaxPrefixes {
+        limit: 100_000,
+        warning_percent: 75,
+        restart_after_secs: 60,
+    };
+
+    fn default_warning() -> u8 {
+        Self::DEFAULT.warning_percent
+    }
+
+    fn default_restart() -> u32 {
+        Self::DEFAULT.restart_after_secs
+    }
+
+    /// The prefix count at which the warning is logged.
+    pub fn warning(&self) -> u32 {
+        u32::try_from(u64::from(self.limit) * u64::from(self.warning_percent) / 100)
+            .unwrap_or(self.limit)
+    }
 }
 
 impl Peer {
     /// Checks the session controls, naming the first field out of range.
     pub fn validate(&self) -> Result<(), InvalidPeer> {
+        if let Some(max) = &self.max_prefixes {
+            if max.limit == 0 {
+                return Err(InvalidPeer::MaxPrefixes(
+                    "limit 0: must be at least 1".into(),
+                ));
+            }
+            if !(1..=100).contains(&max.warning_percent) {
+                return Err(InvalidPeer::MaxPrefixes(format!(
+                    "warning at {} %: must be 1 to 100",
+                    max.warning_percent
+                )));
+            }
+            if !(1..=86_400).contains(&max.restart_after_secs) {
+                return Err(InvalidPeer::MaxPrefixes(format!(
+                    "restart after {} s: must be 1 s to 1 day",
+                    max.restart_after_secs
+                )));
+            }
+        }
         if let Some(bfd) = &self.bfd {
             bfd.validate()?;
         }
@@ -489,6 +552,9 @@ pub enum InvalidPeer {
     /// A source address no session can be opened from.
     #[error("invalid source address {0}: {1}")]
     SourceAddress(IpAddr, &'static str),
+    /// A prefix limit out of range.
+    #[error("invalid max prefixes: {0}")]
+    MaxPrefixes(String),
 }
 
 fn is_false(value: &bool) -> bool {

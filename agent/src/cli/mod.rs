@@ -343,6 +343,9 @@ pub struct PeerArgs {
 }
 
 /// `wren peer …`
+// `add` carries every session control; the command line is parsed once per process, so the
+// size of the other variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Subcommand)]
 pub enum PeerCommand {
     /// Add an explicit BGP peer.
@@ -409,6 +412,18 @@ pub enum PeerCommand {
         /// address of the peer's family].
         #[arg(long, value_name = "IP")]
         source_address: Option<IpAddr>,
+        /// The most prefixes the peer may announce (taken or held back by import rules);
+        /// past it the session ends with Cease / Maximum Number of Prefixes Reached
+        /// [default: 100000].
+        #[arg(long, value_name = "N")]
+        max_prefixes: Option<u32>,
+        /// Log a warning at this share of the limit, in percent, 1–100 [default: 75].
+        #[arg(long, value_name = "PERCENT", requires = "max_prefixes")]
+        max_prefixes_warning: Option<u8>,
+        /// How long the session stays down after the limit was passed, e.g. `60s`; 1s to
+        /// 1 day [default: 60s].
+        #[arg(long, value_name = "DURATION", requires = "max_prefixes", value_parser = parse_restart_after)]
+        max_prefixes_restart: Option<u32>,
     },
     /// List explicit peers.
     List(OutputArgs),
@@ -726,6 +741,13 @@ fn parse_bfd_interval(value: &str) -> Result<u32, String> {
         return Err(format!("{ms} ms is out of range: 10ms to 60s"));
     }
     Ok(ms)
+}
+
+/// Parses `--max-prefixes-restart` into whole seconds.
+fn parse_restart_after(value: &str) -> Result<u32, String> {
+    let duration = crate::config::parse_duration("restart", value)
+        .map_err(|_| "expected a duration such as 60s or 5m".to_owned())?;
+    u32::try_from(duration.as_secs()).map_err(|_| format!("{value}: too long"))
 }
 
 /// `accept` or `reject`, for a filter's default.

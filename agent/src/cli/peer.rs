@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use anyhow::Context;
-use wren_model::{Bfd, Peer, keys};
+use wren_model::{Bfd, MaxPrefixes, Peer, keys};
 use wren_store::StoreError;
 use wren_store::json::JsonStore;
 
@@ -67,6 +67,9 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             hold_time,
             ttl_security,
             source_address,
+            max_prefixes,
+            max_prefixes_warning,
+            max_prefixes_restart,
         } => {
             let password = match password_file {
                 Some(path) => Some(read_password(&path)?),
@@ -102,6 +105,13 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                 hold_time,
                 ttl_security,
                 source_address,
+                max_prefixes: max_prefixes.map(|limit| MaxPrefixes {
+                    limit,
+                    warning_percent: max_prefixes_warning
+                        .unwrap_or(MaxPrefixes::DEFAULT.warning_percent),
+                    restart_after_secs: max_prefixes_restart
+                        .unwrap_or(MaxPrefixes::DEFAULT.restart_after_secs),
+                }),
             };
             peer.validate()?;
             let store = super::store::open(&args.store).await?;
@@ -132,6 +142,7 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                         hold_time: p.value.hold_time,
                         ttl_security: p.value.ttl_security,
                         source_address: p.value.source_address,
+                        max_prefixes: p.value.max_prefixes.unwrap_or(MaxPrefixes::DEFAULT),
                     })
                     .collect();
                 return print_json(&rows);
@@ -199,4 +210,6 @@ struct PeerRow<'a> {
     ttl_security: Option<u8>,
     /// Source address; `null`: the node address.
     source_address: Option<IpAddr>,
+    /// The prefix limit in force (the default when the peer names none).
+    max_prefixes: MaxPrefixes,
 }

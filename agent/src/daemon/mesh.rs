@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
-use wren_model::{Bfd, Filter, Node};
+use wren_model::{Bfd, Filter, MaxPrefixes, Node};
 
 use super::policy::ImportLimits;
 use super::view::ClusterView;
@@ -78,6 +78,9 @@ pub struct PeerSpec {
     pub ttl_security: Option<u8>,
     /// The node's address to open the session from, when not the node address.
     pub source_address: Option<IpAddr>,
+    /// The most prefixes the peer may announce: the explicit peer's, or
+    /// [`MaxPrefixes::DEFAULT`]; none toward another node (the cluster's own routes).
+    pub max_prefixes: Option<MaxPrefixes>,
     /// The explicit peer's import and export filters.
     pub filters: PeerFilters,
 }
@@ -134,6 +137,7 @@ fn node_session(
         hold_time: None,
         ttl_security: None,
         source_address: None,
+        max_prefixes: None,
     })
 }
 
@@ -199,6 +203,7 @@ pub fn desired_peers(me: &LocalNode, view: &ClusterView) -> BTreeMap<IpAddr, Pee
                 hold_time: peer.hold_time,
                 ttl_security: peer.ttl_security,
                 source_address: peer.source_address,
+                max_prefixes: Some(peer.max_prefixes.unwrap_or(MaxPrefixes::DEFAULT)),
             },
         );
     }
@@ -333,6 +338,7 @@ mod tests {
             hold_time: None,
             ttl_security: None,
             source_address: None,
+            max_prefixes: None,
         };
         v.peers
             .insert("tor".into(), peer("10.0.0.254", 65000, None));
@@ -393,6 +399,7 @@ mod tests {
                 hold_time: None,
                 ttl_security: None,
                 source_address: None,
+                max_prefixes: None,
             },
         );
         let limits = |v: &ClusterView| {

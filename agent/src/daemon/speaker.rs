@@ -18,8 +18,8 @@ use tokio::sync::{Notify, watch};
 use wren_bgp::fsm::State;
 use wren_bgp::rib::{Attributes, PeerRef, Policy, RouteAttributes, RouteEvent, Source, Verdict};
 use wren_bgp::speaker::{
-    GracefulRestartConfig, PeerConfig, PeerStatus, Speaker, SpeakerConfig, SpeakerError,
-    SpeakerHandle,
+    GracefulRestartConfig, PeerConfig, PeerStatus, PrefixLimit, Speaker, SpeakerConfig,
+    SpeakerError, SpeakerHandle,
 };
 use wren_bgp::wire::{Afi, LargeCommunity};
 use wren_model::{Community, Decision, Filter};
@@ -211,6 +211,11 @@ fn peer_config(spec: &PeerSpec, config: &AgentConfig) -> PeerConfig {
         peer.hold_time = hold_time;
     }
     peer.ttl_security = spec.ttl_security;
+    peer.max_prefixes = spec.max_prefixes.map(|max| PrefixLimit {
+        limit: max.limit as usize,
+        warning: max.warning() as usize,
+        restart_after: Duration::from_secs(u64::from(max.restart_after_secs)),
+    });
     if matches!(
         spec.kind,
         PeerKind::NodeMesh | PeerKind::RouteReflector | PeerKind::RrClient

@@ -138,6 +138,15 @@ pub enum Event {
     BfdDown,
     /// The BFD session with the peer is up (again): the session may come back.
     BfdUp,
+    /// The peer announced more than `limit` prefixes: end the session with Cease / Maximum
+    /// Number of Prefixes Reached (RFC 4486), flush its routes, and try again only after
+    /// `restart_after`.
+    PrefixLimitExceeded {
+        /// The limit passed.
+        limit: usize,
+        /// How long the session stays down.
+        restart_after: Duration,
+    },
 }
 
 /// Outputs of the machine, to be carried out in order.
@@ -180,6 +189,8 @@ pub enum DownReason {
     PeerRestarted,
     /// The BFD session with the peer went down.
     BfdDown,
+    /// The peer announced more prefixes than the limit.
+    PrefixLimit(usize),
 }
 
 impl std::fmt::Display for DownReason {
@@ -196,6 +207,10 @@ impl std::fmt::Display for DownReason {
             DownReason::ConnectionLost => f.write_str("connection lost"),
             DownReason::PeerRestarted => f.write_str("peer restarted"),
             DownReason::BfdDown => f.write_str("BFD session down"),
+            DownReason::PrefixLimit(limit) => write!(
+                f,
+                "sent Cease / Maximum Number of Prefixes Reached: more than {limit} prefixes"
+            ),
         }
     }
 }
@@ -402,6 +417,10 @@ impl Fsm {
                 }
             }
             Event::BfdDown => self.bfd_went_down(&mut out),
+            Event::PrefixLimitExceeded {
+                limit,
+                restart_after,
+            } => self.prefix_limit_exceeded(limit, restart_after, &mut out),
             Event::BfdUp => {
                 if std::mem::take(&mut self.bfd_down) && self.enabled && self.holding {
                     self.start(&mut out);
@@ -810,6 +829,17 @@ impl Fsm {
         }
     }
 
+    /// A Cease NOTIFICATION with `subcode` on every connection.
+    fn send_cease(&self, subcode: CeaseError, out: &mut Vec<Action>) {
+        let notification = cease_notification(subcode);
+        for conn in &self.conns {
+            out.push(Action::Send(
+                conn.id,
+                Message::Notification(notification.clone()),
+            ));
+        }
+    }
+
     /// BFD says the peer is unreachable: Cease / BFD Down on every connection, the peer's
     /// routes flushed, and no restart until [`Event::BfdUp`].
     fn bfd_went_down(&mut self, out: &mut Vec<Action>) {
@@ -820,14 +850,28 @@ impl Fsm {
         if !self.enabled {
             return;
         }
-        let notification = cease_notification(CeaseError::BfdDown);
-        for conn in &self.conns {
-            out.push(Action::Send(
-                conn.id,
-                Message::Notification(notification.clone()),
-            ));
-        }
+        self.send_cease(CeaseError::BfdDown, out);
         self.fail(DownReason::BfdDown, out);
+    }
+
+    /// The peer passed its prefix limit: Cease / Maximum Number of Prefixes Reached on the
+    /// established session, its routes flushed (graceful restart does not keep them), and the
+    /// next attempt only after `restart_after`.
+    fn prefix_limit_exceeded(
+        &mut self,
+        limit: usize,
+        restart_after: Duration,
+        out: &mut Vec<Action>,
+    ) {
+        if self.state != State::Established {
+            return;
+        }
+        self.send_cease(CeaseError::MaximumPrefixesReached, out);
+        self.fail(DownReason::PrefixLimit(limit), out);
+        if self.enabled && !self.bfd_down {
+            // Restarts the idle-hold timer `fail` started, with the limit's own delay.
+            out.push(Action::StartTimer(Timer::IdleHold, restart_after));
+        }
     }
 
     /// The delay before retrying after `connect_failures` failed attempts: doubling from

@@ -143,6 +143,22 @@ pub struct PeerConfig {
     pub graceful_restart: bool,
     /// Families to exchange.
     pub families: Vec<Afi>,
+    /// The most prefixes the peer may announce; `None`: no limit.
+    pub max_prefixes: Option<PrefixLimit>,
+}
+
+/// A bound on the prefixes one peer announces (those taken and those import policy holds
+/// back alike: both take the node's memory), so a peer that floods routes cannot take the
+/// node's memory or its kernel table with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixLimit {
+    /// Above this many the session ends with Cease / Maximum Number of Prefixes Reached
+    /// (RFC 4486) and the peer's routes go.
+    pub limit: usize,
+    /// At this many a warning is logged, once per session.
+    pub warning: usize,
+    /// How long the session stays down after the limit was passed before it is tried again.
+    pub restart_after: Duration,
 }
 
 impl PeerConfig {
@@ -166,6 +182,7 @@ impl PeerConfig {
             next_hop_keep: false,
             graceful_restart: true,
             families: vec![Afi::Ipv4Unicast, Afi::Ipv6Unicast],
+            max_prefixes: None,
         }
     }
 

@@ -85,6 +85,19 @@ struct PeerEntry {
     live: Arc<Mutex<Live>>,
     task: JoinHandle<()>,
     stale_timer: Option<JoinHandle<()>>,
+    /// How far this session's announcements went toward the peer's prefix limit.
+    limit_reached: LimitReached,
+}
+
+/// A session's standing against its peer's prefix limit; back to `Under` when it goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum LimitReached {
+    #[default]
+    Under,
+    /// The warning threshold was reached (and logged).
+    Warned,
+    /// The limit was passed: the session is being ended.
+    Passed,
 }
 
 pub(super) struct Core {
@@ -178,6 +191,9 @@ impl Core {
                 }
             }
             CoreMsg::Down { peer, down } => {
+                if let Some(entry) = self.entry_mut(peer) {
+                    entry.limit_reached = LimitReached::Under;
+                }
                 self.rib.peer_down(peer, &down.retain);
                 if !down.retain.is_empty() {
                     self.start_stale_timer(peer, down.restart_time);
@@ -193,6 +209,7 @@ impl Core {
                 }
                 drop(updates);
                 drop(permit);
+                self.check_prefix_limit(peer);
             }
             CoreMsg::RefreshRequested { peer, afi } => self.rib.route_refresh(peer, afi),
             CoreMsg::Accepted(stream, remote) => self.accepted(stream, remote),
@@ -312,9 +329,48 @@ impl Core {
                 live,
                 task,
                 stale_timer: None,
+                limit_reached: LimitReached::Under,
             },
         );
         Ok(())
+    }
+
+    fn entry_mut(&mut self, peer: PeerId) -> Option<&mut PeerEntry> {
+        let address = self.by_id.get(&peer)?;
+        self.peers.get_mut(address)
+    }
+
+    /// Warns once when a peer's announcements reach its warning threshold, and ends the
+    /// session when they pass its limit.
+    fn check_prefix_limit(&mut self, peer: PeerId) {
+        let counts = self.rib.counts(peer);
+        let announced = counts.received + counts.filtered.values().sum::<usize>();
+        let Some(entry) = self.entry_mut(peer) else {
+            return;
+        };
+        let Some(limit) = entry.config.max_prefixes else {
+            return;
+        };
+        let address = entry.config.address;
+        if announced > limit.limit && entry.limit_reached != LimitReached::Passed {
+            entry.limit_reached = LimitReached::Passed;
+            tracing::warn!(
+                peer = %address,
+                announced,
+                limit = limit.limit,
+                restart_after = ?limit.restart_after,
+                "peer passed its prefix limit: ending the session"
+            );
+            let _ = entry.commands.send(PeerCmd::PrefixLimit(limit));
+        } else if announced >= limit.warning && entry.limit_reached == LimitReached::Under {
+            entry.limit_reached = LimitReached::Warned;
+            tracing::warn!(
+                peer = %address,
+                announced,
+                limit = limit.limit,
+                "peer nears its prefix limit"
+            );
+        }
     }
 
     /// Stops a peer's session and forgets its routes; false when there is no such peer.

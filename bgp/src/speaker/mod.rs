@@ -44,7 +44,7 @@ use crate::fsm::State;
 use crate::rib::{Attributes, BestPath, RouteAttributes, RouteEvent, family};
 use crate::wire::{Afi, Negotiated};
 
-pub use config::{BGP_PORT, GracefulRestartConfig, PeerConfig, SpeakerConfig};
+pub use config::{BGP_PORT, GracefulRestartConfig, PeerConfig, PrefixLimit, SpeakerConfig};
 
 use self::core::{Command, Core, CoreMsg, accept_loop};
 

@@ -16,7 +16,7 @@ use crate::fsm::{Action, ConnId, Event, Fsm, State, Timer};
 use crate::rib::{AdjRibOut, PeerId, Session};
 use crate::wire::{Afi, CeaseError, Message, Negotiated, ParsedMessage, Update, WireError};
 
-use super::config::{PeerConfig, SpeakerConfig};
+use super::config::{PeerConfig, PrefixLimit, SpeakerConfig};
 use super::connection::{ConnEvent, Connection};
 use super::core::{CoreMsg, UPDATE_QUEUE};
 use super::socket::{self, ConnectOptions};
@@ -35,6 +35,8 @@ pub(super) enum PeerCmd {
     Stop(CeaseError),
     /// The BFD session with the peer went down (`false`) or is up (`true`).
     Bfd(bool),
+    /// The peer passed its prefix limit.
+    PrefixLimit(PrefixLimit),
 }
 
 /// What the state machine last reported, for status queries.
@@ -110,6 +112,14 @@ impl PeerTask {
                     Some(PeerCmd::RequestRefresh(afi)) => runner.request_refresh(afi),
                     Some(PeerCmd::Bfd(up)) => {
                         runner.handle(if up { Event::BfdUp } else { Event::BfdDown }).await
+                    }
+                    Some(PeerCmd::PrefixLimit(limit)) => {
+                        runner
+                            .handle(Event::PrefixLimitExceeded {
+                                limit: limit.limit,
+                                restart_after: limit.restart_after,
+                            })
+                            .await
                     }
                     Some(PeerCmd::Stop(cease)) => {
                         runner.handle(Event::ManualStop(cease)).await;

@@ -14,7 +14,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use wren_bgp::speaker::{GracefulRestartConfig, PeerConfig, SpeakerConfig};
+use wren_bgp::speaker::{GracefulRestartConfig, PeerConfig, PrefixLimit, SpeakerConfig};
 use wren_bgp::wire::Afi;
 use wren_tests::daemons::{
     self, Announce, BgpDaemon, Config, Origin, Peer, Restart, Route, SessionState, Signal,
@@ -253,7 +253,62 @@ pub fn run(kind: &str, start: Start) {
         "graceful restart: the daemon keeps wren's routes while wren restarts",
     );
     wren = wren_restarts(wren, &lan, &*int);
+
+    step(
+        kind,
+        "a daemon announcing past wren's prefix limit is cut off (Cease / Maximum Number of Prefixes) and comes back after the restart time",
+    );
+    prefix_limit(&wren, &mut *ext);
     drop(wren);
+}
+
+fn prefix_limit(wren: &Wren, ext: &mut dyn BgpDaemon) {
+    for a in [Addr::ext6(), Addr::int4(), Addr::int6()] {
+        wren.wait_established(a);
+    }
+    let p = wren.wait_established(Addr::ext4());
+    let announced = p.prefixes_received + p.prefixes_filtered.values().sum::<usize>();
+    let mut config = wren_peer(Addr::ext4(), EXT_AS);
+    config.max_prefixes = Some(PrefixLimit {
+        limit: announced + 1,
+        warning: announced + 1,
+        restart_after: Duration::from_secs(3),
+    });
+    wren.call(wren.handle().update_peer(config.clone()))
+        .expect("the limit set");
+    wren.wait_established(Addr::ext4());
+    let extra = [net("203.0.113.0/26"), net("203.0.113.64/26")];
+    for prefix in extra {
+        ext.announce(&Announce::new(prefix)).expect("announce");
+    }
+    daemons::wait_for("wren to cut the daemon off", PATIENCE, || {
+        let p = wren.peer(Addr::ext4());
+        Ok(match &p.last_error {
+            Some(e) if e.contains("Maximum Number of Prefixes") => Ok(()),
+            _ => Err(format!("{:?}: {:?}", p.state, p.last_error)),
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", ext.log_tail()));
+    assert_eq!(
+        wren.peer(Addr::ext4()).prefixes_received,
+        0,
+        "the cut-off peer's routes are flushed"
+    );
+    for other in [Addr::ext6(), Addr::int4(), Addr::int6()] {
+        assert_eq!(
+            wren.peer(other).state,
+            wren_bgp::fsm::State::Established,
+            "{other}: the other sessions are unaffected"
+        );
+    }
+    // Under the limit again, the session returns once the restart time has passed.
+    for prefix in extra {
+        ext.withdraw(prefix).expect("withdraw");
+    }
+    wren.wait_established(Addr::ext4());
+    config.max_prefixes = None;
+    wren.call(wren.handle().update_peer(config))
+        .expect("the limit lifted");
 }
 
 fn sessions_come_up(wren: &Wren, ext: &dyn BgpDaemon, int: &dyn BgpDaemon) {
