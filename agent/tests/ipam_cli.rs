@@ -6,14 +6,8 @@
 #[allow(unused_imports, unused_macros)]
 mod common;
 
-use std::sync::Arc;
-
 use wren_ipam::{AllocateRequest, Ipam};
 use wren_model::keys;
-use wren_store::Store;
-use wren_store::etcd::{EtcdConfig, EtcdStore};
-use wren_tests::etcd::Etcd;
-use wren_tests::prereq;
 
 // The `wren` runs.
 #[allow(dead_code)]
@@ -24,21 +18,16 @@ const PREFIX: &str = "/wren-cli-test/";
 
 #[test]
 fn pool_and_ipam_commands_against_etcd() {
-    if !prereq::require_command("etcd") {
+    let Some(Datastore {
+        etcd,
+        runtime,
+        store,
+    }) = datastore()
+    else {
         return;
-    }
-    let etcd = Etcd::start().expect("etcd starts");
+    };
     let e = etcd.endpoint();
     let e = e.as_str();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let store: Arc<dyn Store> = runtime.block_on(async {
-        let config = EtcdConfig {
-            endpoints: etcd.endpoints(),
-            prefix: PREFIX.into(),
-            ..EtcdConfig::default()
-        };
-        Arc::new(EtcdStore::connect(config).await.unwrap())
-    });
 
     // Pools: add, then every kind of bad input refused with one line and nothing written.
     let added = ok(e, &["pool", "add", "main", "--cidr", "10.65.0.0/16"]);

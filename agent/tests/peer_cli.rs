@@ -2,14 +2,8 @@
 //! them against a real etcd: what is stored, and every kind of bad value refused with one
 //! line naming the field, nothing written.
 
-use std::sync::Arc;
-
 use wren_model::{ClusterConfig, Peer, keys};
-use wren_store::Store;
-use wren_store::etcd::{EtcdConfig, EtcdStore};
 use wren_store::json::JsonStore;
-use wren_tests::etcd::Etcd;
-use wren_tests::prereq;
 
 // The `wren` runs.
 #[allow(dead_code)]
@@ -20,21 +14,16 @@ const PREFIX: &str = "/wren-peer-cli-test/";
 
 #[test]
 fn session_controls_are_stored_and_bad_ones_refused() {
-    if !prereq::require_command("etcd") {
+    let Some(Datastore {
+        etcd,
+        runtime,
+        store,
+    }) = datastore()
+    else {
         return;
-    }
-    let etcd = Etcd::start().expect("etcd starts");
+    };
     let e = etcd.endpoint();
     let e = e.as_str();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let store: Arc<dyn Store> = runtime.block_on(async {
-        let config = EtcdConfig {
-            endpoints: etcd.endpoints(),
-            prefix: PREFIX.into(),
-            ..EtcdConfig::default()
-        };
-        Arc::new(EtcdStore::connect(config).await.unwrap())
-    });
     let peer = |name: &str| -> Peer {
         runtime
             .block_on(store.get_json::<Peer>(&keys::peer(name)))

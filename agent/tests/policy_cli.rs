@@ -2,14 +2,8 @@
 //! them: the built `wren` binary against a real etcd, with workloads recorded as the agent
 //! records them.
 
-use std::sync::Arc;
-
 use wren_model::{Node, Workload, keys};
-use wren_store::Store;
-use wren_store::etcd::{EtcdConfig, EtcdStore};
 use wren_store::json::JsonStore;
-use wren_tests::etcd::Etcd;
-use wren_tests::prereq;
 
 // The `wren` runs.
 #[allow(dead_code)]
@@ -58,21 +52,16 @@ spec:
 
 #[test]
 fn policy_commands_against_etcd() {
-    if !prereq::require_command("etcd") {
+    let Some(Datastore {
+        etcd,
+        runtime,
+        store,
+    }) = datastore()
+    else {
         return;
-    }
-    let etcd = Etcd::start().expect("etcd starts");
+    };
     let e = etcd.endpoint();
     let e = e.as_str();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let store: Arc<dyn Store> = runtime.block_on(async {
-        let config = EtcdConfig {
-            endpoints: etcd.endpoints(),
-            prefix: PREFIX.into(),
-            ..EtcdConfig::default()
-        };
-        Arc::new(EtcdStore::connect(config).await.unwrap())
-    });
     runtime.block_on(async {
         for w in [
             workload("n1", "web", "api", "10.65.0.2/32"),

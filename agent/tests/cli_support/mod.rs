@@ -3,10 +3,44 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use wren_store::Store;
+use wren_store::etcd::{EtcdConfig, EtcdStore};
+use wren_tests::etcd::Etcd;
+use wren_tests::prereq;
 
 use super::PREFIX;
+
+/// A real etcd for the test, and a store on it under `PREFIX` to read what `wren` wrote.
+pub struct Datastore {
+    pub etcd: Etcd,
+    /// Drives `store`.
+    pub runtime: tokio::runtime::Runtime,
+    pub store: Arc<dyn Store>,
+}
+
+/// Starts etcd and opens the store; `None` when etcd is missing (a failure under CI).
+pub fn datastore() -> Option<Datastore> {
+    if !prereq::require_command("etcd") {
+        return None;
+    }
+    let etcd = Etcd::start().expect("etcd starts");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store: Arc<dyn Store> = runtime.block_on(async {
+        let config = EtcdConfig {
+            endpoints: etcd.endpoints(),
+            prefix: PREFIX.into(),
+            ..EtcdConfig::default()
+        };
+        Arc::new(EtcdStore::connect(config).await.unwrap())
+    });
+    Some(Datastore {
+        etcd,
+        runtime,
+        store,
+    })
+}
 
 /// What one `wren` run printed and how it ended.
 pub struct Run {
