@@ -497,6 +497,37 @@ impl EtcdCluster {
         found.ok_or_else(|| io::Error::other(format!("no etcd leader within {timeout:?}")))
     }
 
+    /// Makes member `index` the leader (`etcdctl move-leader`, sent to the leader of the
+    /// moment) and waits until the members agree on it, so a test can choose whether the
+    /// member it stops is the leader or a follower.
+    pub fn move_leader(&mut self, index: usize, timeout: Duration) -> io::Result<()> {
+        let leader = self.wait_leader(timeout)?;
+        if leader == index {
+            return Ok(());
+        }
+        let endpoints = self.endpoints();
+        let mut status = self.etcdctl(&endpoints);
+        status.args(["endpoint", "status", "-w", "json"]);
+        let target = member_id(&run(&mut status)?, &endpoints[index]).ok_or_else(|| {
+            io::Error::other(format!(
+                "no member id for {} in endpoint status",
+                endpoints[index]
+            ))
+        })?;
+        let mut command = self.etcdctl(&endpoints[leader..=leader]);
+        command.args(["move-leader", &format!("{target:x}")]);
+        run(&mut command)?;
+        if wait_until(timeout, Duration::from_millis(100), || {
+            self.leader() == Some(index)
+        }) {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "member {index} did not become the leader within {timeout:?}"
+            )))
+        }
+    }
+
     /// Everything member `index` logged so far.
     pub fn log(&self, index: usize) -> String {
         self.members[index].child.log()
@@ -575,6 +606,15 @@ pub fn leader_endpoint(status_json: &str) -> Option<String> {
     statuses.iter().find_map(|s| {
         let member = s.pointer("/Status/header/member_id")?.as_u64()?;
         (member == leader).then(|| s.get("Endpoint")?.as_str().map(str::to_owned))?
+    })
+}
+
+/// The member id of `endpoint` in the output of `etcdctl endpoint status -w json`.
+fn member_id(status_json: &str, endpoint: &str) -> Option<u64> {
+    let statuses: Vec<serde_json::Value> = serde_json::from_str(status_json).ok()?;
+    statuses.iter().find_map(|s| {
+        (s.get("Endpoint")?.as_str()? == endpoint)
+            .then(|| s.pointer("/Status/header/member_id")?.as_u64())?
     })
 }
 
