@@ -211,3 +211,76 @@ async fn speaker_hold_timer_expires_when_the_peer_freezes() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Waits for the next session change `changes` reports, then returns A's session with B.
+async fn next_change(
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    speaker: &wren_bgp::speaker::SpeakerHandle,
+) -> wren_bgp::speaker::PeerStatus {
+    tokio::time::timeout(PATIENCE, changes.changed())
+        .await
+        .expect("a session change is reported")
+        .expect("the speaker runs");
+    speaker.peer(LOOPBACK).await.unwrap()
+}
+
+#[tokio::test]
+async fn session_changes_are_pushed_as_they_happen() {
+    let a = speaker(1, AS).await;
+    let b = speaker(2, AS).await;
+    let mut changes = a.session_changes();
+    changes.mark_unchanged();
+    a.add_peer(peer_to(&b, AS)).await.unwrap();
+    // Adding the peer is told (the session may already be trying to connect when read).
+    assert_ne!(
+        next_change(&mut changes, &a).await.state,
+        State::Established
+    );
+    b.add_peer(peer_to(&a, AS)).await.unwrap();
+    // Every transition up to Established is told: no status read on a timer is needed.
+    let mut seen = Vec::new();
+    while seen.last() != Some(&State::Established) {
+        let state = next_change(&mut changes, &a).await.state;
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+    }
+    assert!(
+        seen.len() >= 2,
+        "the session went up without the steps told: {seen:?}"
+    );
+    // End-of-RIB from B is a change too: it is what tells the agent the peer is synced.
+    let synced = loop {
+        let status = next_change(&mut changes, &a).await;
+        if !status.end_of_rib_received.is_empty() {
+            break status;
+        }
+    };
+    assert_eq!(synced.state, State::Established);
+    // Routes alone are not session changes.
+    b.originate(net("10.2.0.0/24"), None).await.unwrap();
+    eventually("A learns B's prefix", || async {
+        has_route(&a, net("10.2.0.0/24")).await
+    })
+    .await;
+    assert!(
+        !changes.has_changed().unwrap(),
+        "a route counted as a session change"
+    );
+    // The session going down is told, with its reason.
+    b.remove_peer(LOOPBACK).await.unwrap();
+    let down = loop {
+        let status = next_change(&mut changes, &a).await;
+        if status.state != State::Established {
+            break status;
+        }
+    };
+    assert!(down.last_error.is_some(), "no reason given: {down:?}");
+    a.remove_peer(LOOPBACK).await.unwrap();
+    assert!(
+        changes.has_changed().unwrap(),
+        "removing a peer is a change"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

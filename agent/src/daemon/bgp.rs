@@ -40,6 +40,17 @@ pub struct SessionInfo {
     pub bfd: Option<BfdStatus>,
 }
 
+impl SessionInfo {
+    /// Whether `other` is the same session in the same standing: everything but the time in
+    /// the state and the counters, which change without anything to act on.
+    pub fn same_session_state(&self, other: &SessionInfo) -> bool {
+        self.address == other.address
+            && self.state == other.state
+            && self.last_error == other.last_error
+            && self.end_of_rib == other.end_of_rib
+    }
+}
+
 /// What the daemon needs from a BGP speaker.
 #[async_trait]
 pub trait BgpControl: Send + Sync {
@@ -64,6 +75,9 @@ pub trait BgpControl: Send + Sync {
     fn sessions(&self) -> Vec<SessionInfo>;
     /// A receiver that changes whenever best paths or session states change.
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// Reads the sessions' counters and ages afresh, for a status or a scrape: what
+    /// [`sessions`](Self::sessions) holds between changes is as of the last change.
+    async fn refresh_sessions(&self) {}
 }
 
 /// A speaker with no sessions: what a node without BGP (a single-node cluster) runs.

@@ -46,7 +46,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let readiness = shared.readiness();
-    shared.refresh_peer_metrics();
+    shared.refresh_peer_metrics().await;
     shared.refresh_policy_metrics().await;
     shared.metrics.ready.set(i64::from(readiness.ready()));
     shared
@@ -61,5 +61,6 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    shared.refresh_sessions().await;
     axum::Json(shared.status()).into_response()
 }

@@ -180,9 +180,18 @@ impl Shared {
     }
 
     /// Brings the per-peer metrics up to date with the live sessions (before a scrape).
-    pub fn refresh_peer_metrics(&self) {
+    pub async fn refresh_peer_metrics(&self) {
         if self.live_sessions.get().is_some() {
+            self.refresh_sessions().await;
             self.metrics.set_peers(&peer_samples(&self.status().peers));
+        }
+    }
+
+    /// Reads the sessions' counters and ages from the speaker (before a status is shown):
+    /// between changes of their state the daemon keeps what the last change left.
+    pub async fn refresh_sessions(&self) {
+        if let Some(bgp) = self.live_sessions.get() {
+            bgp.refresh_sessions().await;
         }
     }
 

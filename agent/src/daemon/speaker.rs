@@ -30,8 +30,6 @@ use super::mesh::{PeerKind, PeerSpec};
 use super::policy::{ClusterSpace, Export, Exports, ImportLimits};
 use crate::config::AgentConfig;
 
-/// How often session states are read from the speaker.
-const SESSION_POLL: Duration = Duration::from_secs(1);
 /// Connect retry toward other nodes: they are one hop away and restart quickly.
 const NODE_CONNECT_RETRY: Duration = Duration::from_secs(5);
 
@@ -348,50 +346,48 @@ impl SpeakerBgp {
                 bump(&changes);
             }
         });
-        let (sessions, changes, bfd) = (
-            this.sessions.clone(),
-            this.changes.clone(),
-            this.bfd.clone(),
-        );
+        // Sessions are read when the speaker says one changed, and at once on a BFD state
+        // change (which may have ended a BGP session); counters are read when shown.
+        let mut session_changes = handle.session_changes();
+        let weak = Arc::downgrade(&this);
         tokio::spawn(async move {
-            // A BFD state change (which may have ended a BGP session) is read at once.
             let mut bfd_woke = false;
             loop {
-                bfd.poll().await;
-                match handle.peers().await {
-                    Ok(peers) => {
-                        let now: Vec<SessionInfo> = peers.iter().map(session_info).collect();
-                        let mut held = match sessions.lock() {
-                            Ok(s) => s,
-                            Err(poisoned) => poisoned.into_inner(),
-                        };
-                        // Ages change every poll; only a change of substance wakes the daemon.
-                        let strip = |v: &[SessionInfo]| -> Vec<SessionInfo> {
-                            v.iter()
-                                .cloned()
-                                .map(|s| SessionInfo {
-                                    in_state_for: None,
-                                    ..s
-                                })
-                                .collect()
-                        };
-                        let changed = strip(&held) != strip(&now);
-                        *held = now;
-                        drop(held);
-                        if changed || bfd_woke {
-                            bump(&changes);
-                        }
-                    }
+                let Some(this) = weak.upgrade() else { return };
+                match this.read_sessions().await {
+                    Ok(changed) if changed || bfd_woke => bump(&this.changes),
+                    Ok(_) => {}
                     Err(SpeakerError::Stopped) => return,
                     Err(e) => tracing::warn!(error = %e, "cannot read BGP sessions"),
                 }
+                drop(this);
                 bfd_woke = tokio::select! {
-                    () = tokio::time::sleep(SESSION_POLL) => false,
+                    changed = session_changes.changed() => match changed {
+                        Ok(()) => false,
+                        Err(_) => return,
+                    },
                     () = bfd_changed.notified() => true,
                 };
             }
         });
         Ok(this)
+    }
+
+    /// Reads every session (and its BFD) from the speaker into what
+    /// [`sessions`](BgpControl::sessions) shows; says whether more than their ages and
+    /// counters changed, which is what the daemon acts on.
+    async fn read_sessions(&self) -> Result<bool, SpeakerError> {
+        self.bfd.poll().await;
+        let peers = self.handle.peers().await?;
+        let now: Vec<SessionInfo> = peers.iter().map(session_info).collect();
+        let mut held = match self.sessions.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let changed =
+            held.len() != now.len() || held.iter().zip(&now).any(|(a, b)| !a.same_session_state(b));
+        *held = now;
+        Ok(changed)
     }
 
     /// Changes the import rules; when that changes what a peer may announce, asks the
@@ -611,6 +607,12 @@ impl BgpControl for SpeakerBgp {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    async fn refresh_sessions(&self) {
+        if let Err(e) = self.read_sessions().await {
+            tracing::debug!(error = %e, "cannot read BGP sessions");
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::wire::{Afi, CeaseError, Update};
 
 use super::config::{PeerConfig, SpeakerConfig};
 use super::peer::{Live, PeerCmd, PeerTask};
-use super::{PeerStatus, SpeakerError, socket};
+use super::{PeerStatus, SessionChanges, SpeakerError, socket};
 
 /// Messages (an UPDATE counting as one) to process before handing results to writers and
 /// subscribers.
@@ -111,6 +111,7 @@ pub(super) struct Core {
     tx: mpsc::Sender<CoreMsg>,
     update_permits: Arc<Semaphore>,
     deferral_timer: Option<JoinHandle<()>>,
+    session_changes: Arc<SessionChanges>,
 }
 
 impl Core {
@@ -118,6 +119,7 @@ impl Core {
         config: SpeakerConfig,
         listener: Option<Arc<TcpListener>>,
         tx: mpsc::Sender<CoreMsg>,
+        session_changes: Arc<SessionChanges>,
     ) -> Self {
         let gr = config.graceful_restart.as_ref();
         let restarting = gr.is_some_and(|gr| gr.restarting);
@@ -144,6 +146,7 @@ impl Core {
             tx,
             update_permits: Arc::new(Semaphore::new(UPDATE_QUEUE)),
             deferral_timer,
+            session_changes,
         }
     }
 
@@ -204,8 +207,12 @@ impl Core {
                 updates,
                 permit,
             } => {
+                let end_of_rib = self.rib.end_of_rib_received(peer).len();
                 for update in &updates {
                     self.rib.update(peer, update);
+                }
+                if self.rib.end_of_rib_received(peer).len() != end_of_rib {
+                    self.session_changes.bump();
                 }
                 drop(updates);
                 drop(permit);
@@ -316,6 +323,7 @@ impl Core {
             adj_out,
             notify: notify.clone(),
             live: live.clone(),
+            session_changes: self.session_changes.clone(),
         };
         let task = tokio::spawn(task.run());
         self.by_id.insert(id, config.address);
@@ -332,6 +340,7 @@ impl Core {
                 limit_reached: LimitReached::Under,
             },
         );
+        self.session_changes.bump();
         Ok(())
     }
 
@@ -384,6 +393,7 @@ impl Core {
         }
         self.by_id.remove(&entry.id);
         self.rib.remove_peer(entry.id);
+        self.session_changes.bump();
         if let (Some(listener), Some(_)) = (&self.listener, &entry.config.password)
             && let Err(error) = socket::set_md5(SockRef::from(listener.as_ref()), address, None)
         {

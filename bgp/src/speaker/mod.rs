@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::fsm::State;
@@ -149,7 +149,9 @@ impl Speaker {
             None => None,
         };
         let (tx, rx) = mpsc::channel(CORE_QUEUE);
-        let core = Core::new(config, listener.clone(), tx.clone());
+        let session_changes = Arc::new(SessionChanges::default());
+        let sessions = session_changes.subscribe();
+        let core = Core::new(config, listener.clone(), tx.clone(), session_changes);
         let acceptor = listener.map(|l| tokio::spawn(accept_loop(l, tx.clone())));
         let task = tokio::spawn(async move {
             core.run(rx).await;
@@ -157,7 +159,14 @@ impl Speaker {
                 acceptor.abort();
             }
         });
-        Ok((SpeakerHandle { tx, local_addr }, task))
+        Ok((
+            SpeakerHandle {
+                tx,
+                local_addr,
+                sessions,
+            },
+            task,
+        ))
     }
 }
 
@@ -166,12 +175,37 @@ impl Speaker {
 pub struct SpeakerHandle {
     tx: mpsc::Sender<CoreMsg>,
     local_addr: Option<SocketAddr>,
+    sessions: watch::Receiver<u64>,
+}
+
+/// Tells those who show sessions that one changed: its state, its last error, what it
+/// negotiated, its BFD hold, the families whose End-of-RIB arrived, or the set of peers.
+/// Counters of prefixes are not changes: they are read when shown.
+#[derive(Debug, Default)]
+pub(crate) struct SessionChanges(watch::Sender<u64>);
+
+impl SessionChanges {
+    /// Records one change and wakes every waiter.
+    pub(crate) fn bump(&self) {
+        self.0.send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 impl SpeakerHandle {
     /// The address the speaker accepts connections on (with the port actually bound).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// A receiver that changes whenever a session does (its state, last error, negotiated
+    /// capabilities, BFD hold or End-of-RIB) or a peer is added or removed: read
+    /// [`peers`](Self::peers) after each change instead of asking on a timer.
+    pub fn session_changes(&self) -> watch::Receiver<u64> {
+        self.sessions.clone()
     }
 
     async fn ask<T>(

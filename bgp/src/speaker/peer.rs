@@ -16,6 +16,7 @@ use crate::fsm::{Action, ConnId, Event, Fsm, State, Timer};
 use crate::rib::{AdjRibOut, PeerId, Session};
 use crate::wire::{Afi, CeaseError, Message, Negotiated, ParsedMessage, Update, WireError};
 
+use super::SessionChanges;
 use super::config::{PeerConfig, PrefixLimit, SpeakerConfig};
 use super::connection::{ConnEvent, Connection};
 use super::core::{CoreMsg, UPDATE_QUEUE};
@@ -40,7 +41,7 @@ pub(super) enum PeerCmd {
 }
 
 /// What the state machine last reported, for status queries.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Live {
     pub state: State,
     pub since: Instant,
@@ -63,6 +64,8 @@ pub(super) struct PeerTask {
     pub adj_out: Arc<Mutex<AdjRibOut>>,
     pub notify: Arc<Notify>,
     pub live: Arc<Mutex<Live>>,
+    /// Told when what [`Live`] holds changes (other than the time).
+    pub session_changes: Arc<SessionChanges>,
 }
 
 struct Runner {
@@ -172,18 +175,26 @@ impl Runner {
         });
     }
 
-    /// Publishes the state machine's state for status queries.
+    /// Publishes the state machine's state for status queries, and says so when it changed.
     fn report(&self) {
+        let now = Live {
+            state: self.fsm.state(),
+            since: self.fsm.since(),
+            last_error: self.fsm.last_error().map(ToString::to_string).or_else(|| {
+                (self.fsm.state() != State::Established)
+                    .then(|| self.connect_error.clone())
+                    .flatten()
+            }),
+            negotiated: self.fsm.negotiated().cloned(),
+            bfd_down: self.fsm.bfd_down(),
+        };
         let mut live = self.task.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.state = self.fsm.state();
-        live.since = self.fsm.since();
-        live.last_error = self.fsm.last_error().map(ToString::to_string).or_else(|| {
-            (self.fsm.state() != State::Established)
-                .then(|| self.connect_error.clone())
-                .flatten()
-        });
-        live.negotiated = self.fsm.negotiated().cloned();
-        live.bfd_down = self.fsm.bfd_down();
+        let changed = *live != now;
+        *live = now;
+        drop(live);
+        if changed {
+            self.task.session_changes.bump();
+        }
     }
 
     async fn act(&mut self, action: Action) {
