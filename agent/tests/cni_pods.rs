@@ -6,7 +6,14 @@
 mod support;
 
 use serde_json::json;
+use std::time::Duration;
+
 use support::{Call, NETWORK, NODE_IP, Node, address, reachable, wren};
+use wren_tests::process::wait_until;
+
+/// How long a route may take to follow a CNI call, and how often to look.
+const PATIENCE: Duration = Duration::from_secs(10);
+const STEP: Duration = Duration::from_millis(50);
 
 fn dual_stack() -> serde_json::Value {
     json!({"ipam": {"assign_ipv4": true, "assign_ipv6": true}})
@@ -233,4 +240,56 @@ fn the_runtime_can_ask_for_a_specific_address() {
 
     assert!(wren(&Call::new("DEL", "ctr-static-a", Some(&pod_a)), &asking).ok);
     node.assert_empty();
+}
+
+/// One-address blocks: each pod's block is claimed by the ADD, and the agent blackholes it at
+/// once, on the pod's own destination. Every ADD succeeds, its pod is reached through its
+/// veth, and a DEL leaves no route to the freed address.
+#[test]
+fn pods_in_one_address_blocks_get_their_route_over_the_blocks_blackhole() {
+    if !support::ready() {
+        return;
+    }
+    let node = Node::start("cni-bs32", &[("v4", "10.71.0.0/24", 32)]);
+    let config = node.config("1.0.0", json!({}));
+    let pods: Vec<_> = (0..4).map(|i| node.pod(&format!("cni-bs32-{i}"))).collect();
+    let mut addresses = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let added = wren(
+            &Call::new("ADD", &format!("ctr-bs32-{i}"), Some(pod)),
+            &config,
+        );
+        assert!(added.ok, "ADD {i}: {added:?}");
+        let host = added.json["interfaces"][0]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ip = address(&added.json, false);
+        // The agent's pass has seen the block by now: the pod's route is the one left.
+        let routed = format!("{ip} dev {host} ");
+        wait_until(PATIENCE, STEP, || {
+            node.wren_routes().lines().any(|l| l.starts_with(&routed))
+        });
+        let routes = node.wren_routes();
+        assert!(
+            routes.lines().any(|l| l.starts_with(&routed)),
+            "no route to {ip} through {host}:\n{routes}"
+        );
+        assert!(reachable(&pods[0], &ip), "{ip} not reachable");
+        addresses.push(ip);
+    }
+    let deleted = wren(&Call::new("DEL", "ctr-bs32-3", Some(&pods[3])), &config);
+    assert!(deleted.ok, "{deleted:?}");
+    // The DEL takes the pod's route; its emptied block goes back to the pool, blackhole and all.
+    let freed = format!("{} ", addresses[3]);
+    wait_until(PATIENCE, STEP, || !node.wren_routes().contains(&freed));
+    assert!(
+        !node.wren_routes().contains(&freed),
+        "a route to the freed address is left:\n{}",
+        node.wren_routes()
+    );
+    assert!(
+        reachable(&pods[0], &addresses[2]),
+        "the other pods lost their routes"
+    );
 }

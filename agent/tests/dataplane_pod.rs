@@ -590,3 +590,48 @@ fn a_default_route_of_another_network_is_left_alone_per_family() {
     node.run(|| teardown_pod("ctr-second/net1")).unwrap();
     assert_no_host_side(&node, &host_ifname("ctr-second/net1"), &["10.65.8.2"]);
 }
+
+/// A pool of one-address blocks (`--block-size 32`): the agent's blackhole for the pod's
+/// block is the pod's own destination, and is often in place before the ADD adds its route
+/// (the block was claimed first). The pod's route takes its place; a route someone else holds
+/// there still refuses the pod, and nothing of it is left.
+#[test]
+fn a_one_address_block_s_blackhole_gives_way_to_the_pod_route() {
+    let Some((node, pod)) = fixture("pod-bh32") else {
+        return;
+    };
+    node.ns
+        .ip(&["route", "add", "blackhole", "10.65.9.7/32", "proto", "201"])
+        .unwrap();
+    let a = spec("ctr-bh32/eth0", &pod, &["10.65.9.7"]);
+    let made = node
+        .run(|| setup_pod(&a))
+        .expect("the ADD succeeds over the block's blackhole");
+    let routes = node.routes();
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with(&format!("10.65.9.7 dev {} proto 201", made.host_ifname))),
+        "no route to the pod:\n{routes}"
+    );
+    assert!(!routes.contains("blackhole 10.65.9.7"), "{routes}");
+    assert_reachable(&node.ns, "10.65.9.7");
+
+    let other = NetNs::new("pod-bh32-other").unwrap();
+    node.ns
+        .ip(&[
+            "route",
+            "add",
+            "10.65.9.8/32",
+            "via",
+            "192.0.2.1",
+            "proto",
+            "static",
+        ])
+        .unwrap();
+    let b = spec("ctr-bh32b/eth0", &other, &["10.65.9.8"]);
+    let refused = node.run(|| setup_pod(&b));
+    assert!(refused.is_err(), "a route another owner holds was replaced");
+    assert_no_host_side(&node, &host_ifname("ctr-bh32b/eth0"), &[]);
+    assert!(node.routes().contains("10.65.9.8 via 192.0.2.1"));
+}

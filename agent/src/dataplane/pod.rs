@@ -476,13 +476,7 @@ fn configure(
     run(pod, pod_setup, "configure pod interface")?;
 
     let addresses = spec.host_networks();
-    let routes = host_routes(host_name, &addresses).into_iter().map(|route| {
-        Request::new(
-            RouteNetlinkMessage::NewRoute(route.to_message(Some(h))),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
-    });
-    run(host, routes, "add the node's route to the pod")?;
+    add_host_routes(host, &host_routes(host_name, &addresses), h)?;
 
     Ok(PodInterface {
         host_ifname: host_name.to_string(),
@@ -580,6 +574,53 @@ fn run(
         Some((_, e)) => Err(at(step)(e)),
         None => Ok(()),
     }
+}
+
+/// Adds the node's routes to a pod through its host end (index `h`). A destination that
+/// holds wren's own blackhole is taken over: with one-address blocks the block's blackhole
+/// is the pod's own destination, and the agent installs it as soon as the block is claimed,
+/// before the ADD gets here. Anything else there refuses the pod.
+fn add_host_routes(host: &mut Netlink, routes: &[Route], h: u32) -> Result<(), PodError> {
+    const STEP: &str = "add the node's route to the pod";
+    let message = |route: &Route| RouteNetlinkMessage::NewRoute(route.to_message(Some(h)));
+    let failures = host
+        .batch(
+            routes
+                .iter()
+                .map(|route| Request::new(message(route), NLM_F_CREATE | NLM_F_EXCL)),
+        )
+        .map_err(at(STEP))?;
+    for (index, error) in failures {
+        let route = &routes[index];
+        if error.errno() != Some(libc::EEXIST) || !holds_our_blackhole(host, route.dst)? {
+            return Err(at(STEP)(error));
+        }
+        run(
+            host,
+            [Request::new(message(route), NLM_F_CREATE | NLM_F_REPLACE)],
+            STEP,
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether the main table's route to exactly `dst` is a blackhole of wren's protocol.
+fn holds_our_blackhole(host: &mut Netlink, dst: IpNet) -> Result<bool, PodError> {
+    let filter = RouteFilter {
+        family: if dst.addr().is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        },
+        table: MAIN_TABLE,
+        protocol: Some(Protocol::WREN),
+        oif: None,
+    };
+    let mut present = Vec::new();
+    dump_routes(host, &filter, &mut present).map_err(at("list the node's routes"))?;
+    Ok(present
+        .iter()
+        .any(|r| r.dst == dst && r.shape == Shape::Blackhole))
 }
 
 /// Removes a workload's interface (both ends, and the node's routes through it). Succeeds when
