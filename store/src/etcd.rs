@@ -25,7 +25,7 @@
 //! [`StoreError::Conflict`] (or [`StoreError::NotFound`] for a delete), and the caller's
 //! re-read finds its own write; an unconditional put writes the same value twice.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,8 +35,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, Identity,
-    KeyValue as EtcdKeyValue, KvClient, PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp as EtcdTxnOp,
-    TxnOpResponse, WatchOptions,
+    KeyValue as EtcdKeyValue, KvClient, LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions,
+    Txn as EtcdTxn, TxnOp as EtcdTxnOp, TxnOpResponse, WatchOptions,
 };
 
 use crate::{
@@ -114,7 +114,22 @@ pub struct EtcdStore {
     dial_timeout: Duration,
     request_timeout: Duration,
     attempt_timeout: Duration,
+    /// The keep-alive stream of each lease being renewed, kept open between renewals.
+    renewals: Arc<std::sync::Mutex<HashMap<LeaseId, Renewal>>>,
 }
+
+/// A lease's keep-alive stream: each renewal is one request and one answer on it, as etcd's
+/// own clients do, rather than a stream opened and closed per renewal.
+struct Renewal {
+    keeper: LeaseKeeper,
+    answers: LeaseKeepAliveStream,
+    /// When it last renewed: a stream no one has used for [`RENEWAL_IDLE`] is closed.
+    used: std::time::Instant,
+}
+
+/// A lease's keep-alive stream unused this long belongs to a lease no longer renewed (its
+/// holder stopped without revoking it): it is closed at the next renewal of any lease.
+const RENEWAL_IDLE: Duration = Duration::from_secs(600);
 
 /// One etcd member's endpoint and the connection to it alone.
 #[derive(Clone)]
@@ -187,7 +202,39 @@ impl EtcdStore {
             dial_timeout: config.dial_timeout,
             request_timeout: config.request_timeout,
             attempt_timeout: config.attempt_timeout,
+            renewals: Arc::default(),
         })
+    }
+
+    /// Renews `lease` on its open keep-alive stream, if it has one that answers within an
+    /// attempt's time. `None`: no stream, or it failed (it is dropped, and the caller opens
+    /// a new one, on whichever member answers).
+    async fn renew_on_open_stream(&self, lease: LeaseId) -> Option<Result<()>> {
+        let mut renewal = {
+            let mut renewals = self.renewals.lock().unwrap_or_else(|p| p.into_inner());
+            renewals.retain(|_, r| r.used.elapsed() < RENEWAL_IDLE);
+            renewals.remove(&lease)?
+        };
+        let answer = async {
+            renewal.keeper.keep_alive().await.ok()?;
+            renewal.answers.message().await.ok()?
+        };
+        let answer = tokio::time::timeout(self.attempt_timeout, answer)
+            .await
+            .ok()??;
+        if answer.ttl() <= 0 {
+            return Some(Err(StoreError::LeaseNotFound(lease)));
+        }
+        renewal.used = std::time::Instant::now();
+        self.keep_renewal(lease, renewal);
+        Some(Ok(()))
+    }
+
+    fn keep_renewal(&self, lease: LeaseId, renewal: Renewal) {
+        self.renewals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(lease, renewal);
     }
 
     /// The configured key prefix.
@@ -914,13 +961,31 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        self.call(|m| async move { m.client.lease_client().keep_alive(lease).await })
+        if let Some(renewed) = self.renew_on_open_stream(lease).await {
+            return renewed;
+        }
+        // Opening the stream renews the lease once (the client waits for that first answer).
+        let (keeper, answers) = self
+            .call(|m| async move { m.client.lease_client().keep_alive(lease).await })
             .await
-            .map(|_| ())
-            .map_err(|e| Self::lease_error(e, Some(lease)))
+            .map_err(|e| Self::lease_error(e, Some(lease)))?;
+        let used = std::time::Instant::now();
+        self.keep_renewal(
+            lease,
+            Renewal {
+                keeper,
+                answers,
+                used,
+            },
+        );
+        Ok(())
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.renewals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&lease);
         self.call(|m| async move { m.client.lease_client().revoke(lease).await })
             .await
             .map(|_| ())

@@ -72,6 +72,18 @@ fn have_etcd() -> bool {
     prereq::require_command("etcd")
 }
 
+/// A fresh etcd and a store on it under `/wren/v1/`, when etcd is installed.
+async fn etcd_and_store() -> Option<(Etcd, EtcdStore)> {
+    if !have_etcd() {
+        return None;
+    }
+    let etcd = Etcd::start().unwrap();
+    let store = EtcdStore::connect(config(etcd.endpoints(), "/wren/v1/"))
+        .await
+        .unwrap();
+    Some((etcd, store))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_backend_passes_the_suite() {
     suite::run(&Memory).await;
@@ -128,13 +140,9 @@ async fn an_unreachable_etcd_is_unavailable_naming_the_endpoint_within_the_dial_
 
 #[tokio::test]
 async fn the_client_reconnects_after_etcd_restarts() {
-    if !have_etcd() {
+    let Some((mut etcd, store)) = etcd_and_store().await else {
         return;
-    }
-    let mut etcd = Etcd::start().unwrap();
-    let store = EtcdStore::connect(config(etcd.endpoints(), "/wren/v1/"))
-        .await
-        .unwrap();
+    };
     store.put("nodes/n1", b"up".to_vec(), None).await.unwrap();
     etcd.stop().unwrap();
     match store.get("nodes/n1").await {
@@ -240,4 +248,63 @@ async fn mutual_tls_with_a_ca_and_a_client_certificate() {
         EtcdStore::connect(plain).await,
         Err(StoreError::Config(_))
     ));
+}
+
+/// etcd's counts, from its `/metrics`, of `LeaseKeepAlive` streams opened and of the
+/// messages received on them.
+fn keep_alive_counts(endpoint: &str) -> (u64, u64) {
+    use std::io::{Read, Write};
+    let address = endpoint.trim_start_matches("http://");
+    let mut connection = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        connection,
+        "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n"
+    )
+    .unwrap();
+    let mut page = String::new();
+    connection.read_to_string(&mut page).unwrap();
+    let count = |metric: &str| -> u64 {
+        page.lines()
+            .filter(|l| l.starts_with(metric) && l.contains("grpc_method=\"LeaseKeepAlive\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    (
+        count("grpc_server_started_total"),
+        count("grpc_server_msg_received_total"),
+    )
+}
+
+/// A lease's renewals share one keep-alive stream; a stream broken by etcd restarting is
+/// replaced at the next renewal; a revoked lease is reported as gone.
+#[tokio::test]
+async fn renewals_of_a_lease_share_one_keep_alive_stream() {
+    let Some((mut etcd, store)) = etcd_and_store().await else {
+        return;
+    };
+    let lease = store.grant_lease(30).await.unwrap();
+    let (streams_before, messages_before) = keep_alive_counts(&etcd.endpoint());
+    for _ in 0..5 {
+        store.keep_alive(lease).await.unwrap();
+    }
+    let (streams, messages) = keep_alive_counts(&etcd.endpoint());
+    assert_eq!(streams - streams_before, 1, "streams opened for 5 renewals");
+    assert_eq!(messages - messages_before, 5, "renewals sent");
+
+    etcd.stop().unwrap();
+    etcd.restart().unwrap();
+    let mut renewed = Err(StoreError::Config("not tried".into()));
+    for _ in 0..50 {
+        renewed = store.keep_alive(lease).await;
+        if renewed.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    renewed.expect("the lease renewed after etcd restarted");
+
+    store.revoke_lease(lease).await.unwrap();
+    assert!(
+        matches!(store.keep_alive(lease).await, Err(StoreError::LeaseNotFound(id)) if id == lease)
+    );
 }
