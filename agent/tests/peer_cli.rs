@@ -240,3 +240,44 @@ fn session_controls_are_stored_and_bad_ones_refused() {
     assert!(shown.contains("Node-to-node BFD:   off"), "{shown}");
     assert_eq!(cluster().node_mesh_bfd, None);
 }
+
+/// A cluster configuration a newer version wrote, with fields this one does not know (at the
+/// top and inside a known field): `wren bgp config` shows it, changes it, and writes the
+/// unknown fields back as they were. Before, the command failed on the document.
+#[test]
+fn a_newer_versions_cluster_config_is_changed_without_losing_its_fields() {
+    let Some(datastore) = datastore() else {
+        return;
+    };
+    let (runtime, store) = (&datastore.runtime, &datastore.store);
+    let e = datastore.etcd.endpoint();
+    let newer = serde_json::json!({
+        "asNumber": 65010,
+        "nodeToNodeMesh": false,
+        "nodeMeshBfd": {"transmitIntervalMs": 300, "receiveIntervalMs": 300, "multiplier": 3,
+                        "echoMode": true},
+        "bgpPolicyGeneration": 7
+    });
+    runtime
+        .block_on(store.put(
+            keys::CLUSTER_CONFIG,
+            serde_json::to_vec(&newer).unwrap(),
+            None,
+        ))
+        .unwrap();
+    let shown = ok(&e, &["bgp", "config", "--as", "65020"]);
+    assert!(shown.contains("65020"), "{shown}");
+    assert!(shown.contains("Node-to-node mesh:  off"), "{shown}");
+    let stored: serde_json::Value = serde_json::from_slice(
+        &runtime
+            .block_on(store.get(keys::CLUSTER_CONFIG))
+            .unwrap()
+            .unwrap()
+            .value,
+    )
+    .unwrap();
+    assert_eq!(stored["asNumber"], 65020);
+    assert_eq!(stored["bgpPolicyGeneration"], 7, "{stored}");
+    assert_eq!(stored["nodeMeshBfd"]["echoMode"], true, "{stored}");
+    assert_eq!(stored["nodeToNodeMesh"], false, "{stored}");
+}

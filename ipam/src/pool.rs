@@ -207,18 +207,25 @@ impl Ipam {
     }
 
     /// Applies `change` to a pool and writes it back if that changed it (compare-and-swap
-    /// on the revision read).
+    /// on the revision read, keeping fields a newer version stored).
     async fn change_pool(&self, name: &str, change: impl FnOnce(&mut Pool)) -> Result<NamedPool> {
-        let mut current = self.get_pool(name).await?;
-        let before = current.pool.clone();
-        change(&mut current.pool);
-        if current.pool != before {
-            current.revision = self
-                .store()
-                .update_json(&keys::pool(name), &current.pool, current.revision)
-                .await?;
-        }
-        Ok(current)
+        let read = self
+            .store()
+            .get_json::<Pool>(&keys::pool(name))
+            .await?
+            .ok_or_else(|| IpamError::UnknownPool(name.to_owned()))?;
+        let mut pool = read.value.clone();
+        change(&mut pool);
+        let revision = if pool == read.value {
+            read.mod_revision
+        } else {
+            self.store().update_read(&read, &pool).await?
+        };
+        Ok(NamedPool {
+            name: name.to_owned(),
+            pool,
+            revision,
+        })
     }
 
     /// Removes a pool with no allocated address, with its (empty) blocks and their
@@ -240,9 +247,7 @@ impl Ipam {
         let allocated = self.allocated_in(&current.pool.cidr).await?;
         if allocated > 0 {
             if !current.pool.disabled {
-                self.store()
-                    .update_json(&keys::pool(name), &current.pool, disabled.revision)
-                    .await?;
+                self.set_pool_disabled(name, false).await?;
             }
             return Err(IpamError::PoolInUse {
                 name: name.to_owned(),

@@ -37,11 +37,7 @@ impl fmt::Display for FilterAction {
 /// A prefix-list entry: routes inside `cidr` whose length lies in `ge..=le` (both default
 /// to the entry's own length: an exact match).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(
-    rename_all = "camelCase",
-    deny_unknown_fields,
-    try_from = "RawPrefixMatch"
-)]
+#[serde(rename_all = "camelCase", try_from = "RawPrefixMatch")]
 pub struct PrefixMatch {
     /// The range.
     pub cidr: IpNet,
@@ -54,7 +50,7 @@ pub struct PrefixMatch {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct RawPrefixMatch {
     cidr: IpNet,
     #[serde(default)]
@@ -195,7 +191,7 @@ impl fmt::Display for PrefixMatch {
 /// One rule: it matches a route inside any of its prefixes (every route when it lists
 /// none) that carries all of its communities.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct FilterRule {
     /// What a matching route gets.
     pub action: FilterAction,
@@ -319,7 +315,7 @@ impl fmt::Display for FilterRule {
 
 /// A filter: rules in order, then a default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Filter {
     /// The rules, first match decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

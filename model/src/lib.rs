@@ -133,7 +133,7 @@ pub mod keys {
 
 /// Cluster-wide BGP and IPAM settings (`config/cluster`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterConfig {
     /// AS number of every node that does not set its own.
     #[serde(default = "default_as")]
@@ -182,7 +182,7 @@ impl ClusterConfig {
 /// Communities for every announced prefix inside `cidr` (a pool's blocks, a borrowed
 /// address, a service range), on top of the cluster's and the pool's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PrefixAdvertisement {
     /// The range.
     pub cidr: IpNet,
@@ -218,7 +218,7 @@ impl Default for ClusterConfig {
 /// its neighbour for `multiplier` intervals takes the BGP session down at once, rather than
 /// when the hold timer runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Bfd {
     /// The fastest rate this node sends at (Desired Min TX Interval), in milliseconds.
     #[serde(default = "Bfd::default_interval")]
@@ -317,7 +317,7 @@ pub enum EncapsulationMode {
 
 /// An address pool (`pools/<name>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Pool {
     /// The pool's range.
     pub cidr: IpNet,
@@ -397,7 +397,7 @@ impl Node {
 
 /// An explicit BGP peer (`peers/<name>`), e.g. a top-of-rack router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Peer {
     /// The peer's address.
     pub peer_ip: IpAddr,
@@ -450,7 +450,7 @@ pub struct Peer {
 /// Past the limit the session ends with Cease / Maximum Number of Prefixes Reached (RFC 4486)
 /// and the peer's routes go; it is tried again after `restartAfterSecs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct MaxPrefixes {
     /// The most prefixes the peer may announce.
     pub limit: u32,
@@ -657,7 +657,7 @@ impl std::str::FromStr for Protocol {
 
 /// A named container port, which a network policy's named port resolves to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NamedPort {
     /// The port's name.
     pub name: String,
@@ -670,7 +670,7 @@ pub struct NamedPort {
 /// A namespace's labels (`namespaces/<name>`). Every namespace also carries
 /// `kubernetes.io/metadata.name: <name>`, implied rather than stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Namespace {
     /// The labels.
     #[serde(default)]
@@ -680,7 +680,7 @@ pub struct Namespace {
 /// A Kubernetes pod's labels and named ports (`pods/<namespace>/<name>`), which network
 /// policy selects and resolves; its addresses are its workloads'.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct PodMeta {
     /// The pod's labels.
     #[serde(default)]
@@ -747,9 +747,11 @@ mod tests {
         .unwrap();
         assert_eq!(p.encapsulation, Encapsulation::Vxlan);
         assert_eq!(p.encapsulation_mode, EncapsulationMode::CrossSubnet);
-        assert!(
-            serde_json::from_str::<Pool>(r#"{"cidr":"10.0.0.0/8","blockSize":26,"bogus":1}"#)
-                .is_err()
-        );
+        // A field of a newer version is no reason to refuse the pool: reads set it aside
+        // (wren_store::json keeps it for writes).
+        let newer: Pool =
+            serde_json::from_str(r#"{"cidr":"10.0.0.0/8","blockSize":26,"futureField":1}"#)
+                .unwrap();
+        assert_eq!(newer.block_size, 26);
     }
 }

@@ -3,10 +3,16 @@
 //! Every wren document is JSON. These helpers do the (de)serialisation in one place so that a
 //! value that does not parse always becomes [`StoreError::InvalidData`] naming its key, and
 //! never a panic or a bare `serde_json` error without context.
+//!
+//! Documents are read leniently: a field this version does not know (a newer version wrote
+//! it, in a cluster being upgraded) is set aside rather than failing the document, and a
+//! document written back as read ([`JsonStore::update_read`]) keeps it. So an older agent
+//! neither misreads a newer document as missing nor drops what it does not understand.
 
 use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::{KeyValue, LeaseId, Result, Revision, Store, StoreError, WatchEvent};
 
@@ -23,6 +29,98 @@ pub struct Versioned<T> {
     pub mod_revision: Revision,
     /// Lease the key is attached to, if any.
     pub lease: Option<LeaseId>,
+    /// The fields of the stored document this version does not know.
+    pub unknown: UnknownFields,
+}
+
+/// Fields of a stored document that the type it was decoded into does not know, each with
+/// its place in the document and its value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnknownFields(Vec<(Vec<Step>, Value)>);
+
+/// One step of a place in a JSON document: a member of an object or an element of an array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Member(String),
+    Element(usize),
+}
+
+impl UnknownFields {
+    /// Whether the document had none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Their places, as `a.b.0.c`.
+    pub fn names(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|(place, _)| {
+                place
+                    .iter()
+                    .map(|step| match step {
+                        Step::Member(name) => name.clone(),
+                        Step::Element(index) => index.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(".")
+            })
+            .collect()
+    }
+
+    /// Puts each field back into `document` where its parent still is.
+    fn restore(&self, document: &mut Value) {
+        for (place, value) in &self.0 {
+            let Some((Step::Member(name), parent)) = place.split_last() else {
+                continue;
+            };
+            let pointer: String = parent
+                .iter()
+                .map(|step| match step {
+                    Step::Member(member) => {
+                        format!("/{}", member.replace('~', "~0").replace('/', "~1"))
+                    }
+                    Step::Element(index) => format!("/{index}"),
+                })
+                .collect();
+            if let Some(Value::Object(object)) = document.pointer_mut(&pointer) {
+                object.entry(name.clone()).or_insert_with(|| value.clone());
+            }
+        }
+    }
+}
+
+/// The place serde_ignored reports as steps through the document.
+fn steps(path: &serde_ignored::Path<'_>) -> Vec<Step> {
+    use serde_ignored::Path;
+    let mut steps = Vec::new();
+    let mut at = path;
+    loop {
+        at = match at {
+            Path::Root => break,
+            Path::Seq { parent, index } => {
+                steps.push(Step::Element(*index));
+                parent
+            }
+            Path::Map { parent, key } => {
+                steps.push(Step::Member(key.clone()));
+                parent
+            }
+            Path::Some { parent }
+            | Path::NewtypeStruct { parent }
+            | Path::NewtypeVariant { parent } => parent,
+        };
+    }
+    steps.reverse();
+    steps
+}
+
+/// The value at `place` in `document`.
+fn value_at<'a>(document: &'a Value, place: &[Step]) -> Option<&'a Value> {
+    place.iter().try_fold(document, |at, step| match step {
+        Step::Member(name) => at.get(name),
+        Step::Element(index) => at.get(index),
+    })
 }
 
 /// Decoded documents under a prefix, read at one consistent revision.
@@ -34,13 +132,39 @@ pub struct JsonListing<T> {
     pub revision: Revision,
 }
 
-/// Decodes a stored value; a value that does not parse is [`StoreError::InvalidData`] naming
-/// `key`.
+/// Decodes a stored value, setting aside the fields `T` does not know; a value that does
+/// not parse is [`StoreError::InvalidData`] naming `key`.
 pub fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
-    serde_json::from_slice(value).map_err(|e| StoreError::InvalidData {
+    decode_with_unknown(key, value).map(|(decoded, _)| decoded)
+}
+
+/// [`decode`], also returning the fields set aside.
+pub fn decode_with_unknown<T: DeserializeOwned>(
+    key: &str,
+    value: &[u8],
+) -> Result<(T, UnknownFields)> {
+    let invalid = |e: serde_json::Error| StoreError::InvalidData {
         key: key.to_owned(),
         reason: e.to_string(),
-    })
+    };
+    let mut places = Vec::new();
+    let mut reader = serde_json::Deserializer::from_slice(value);
+    let decoded: T = serde_ignored::deserialize(&mut reader, |path| places.push(steps(&path)))
+        .map_err(invalid)?;
+    reader.end().map_err(invalid)?;
+    if places.is_empty() {
+        return Ok((decoded, UnknownFields::default()));
+    }
+    // Only a document with fields set aside is read a second time, whole.
+    let document: Value = serde_json::from_slice(value).map_err(invalid)?;
+    let unknown = places
+        .into_iter()
+        .filter_map(|place| {
+            let found = value_at(&document, &place)?.clone();
+            Some((place, found))
+        })
+        .collect();
+    Ok((decoded, UnknownFields(unknown)))
 }
 
 /// Encodes a document for `key`; a document that does not serialise (a map with non-string
@@ -54,14 +178,33 @@ pub fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>> {
 
 /// Decodes one stored key into a [`Versioned`] document.
 pub fn decode_kv<T: DeserializeOwned>(kv: KeyValue) -> Result<Versioned<T>> {
-    let value = decode(&kv.key, &kv.value)?;
+    let (value, unknown) = decode_with_unknown(&kv.key, &kv.value)?;
     Ok(Versioned {
         key: kv.key,
         value,
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         lease: kv.lease,
+        unknown,
     })
+}
+
+/// Encodes `value` for `key` with the `unknown` fields of the document it replaces put back.
+pub fn encode_keeping<T: Serialize + ?Sized>(
+    key: &str,
+    value: &T,
+    unknown: &UnknownFields,
+) -> Result<Vec<u8>> {
+    if unknown.is_empty() {
+        return encode(key, value);
+    }
+    let invalid = |e: serde_json::Error| StoreError::InvalidData {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut document = serde_json::to_value(value).map_err(invalid)?;
+    unknown.restore(&mut document);
+    serde_json::to_vec(&document).map_err(invalid)
 }
 
 /// A watch event with its document decoded.
@@ -121,6 +264,15 @@ pub trait JsonStore {
         value: &T,
         expected: Revision,
     ) -> Result<Revision>;
+
+    /// Replaces the document `read` came from with `value`, only if it has not changed
+    /// since, keeping the fields it had that this version does not know: what a
+    /// read-modify-write uses.
+    async fn update_read<R: Sync, T: Serialize + Sync + ?Sized>(
+        &self,
+        read: &Versioned<R>,
+        value: &T,
+    ) -> Result<Revision>;
 }
 
 #[async_trait]
@@ -171,6 +323,15 @@ impl<S: Store + ?Sized> JsonStore for S {
     ) -> Result<Revision> {
         self.update(key, encode(key, value)?, expected).await
     }
+
+    async fn update_read<R: Sync, T: Serialize + Sync + ?Sized>(
+        &self,
+        read: &Versioned<R>,
+        value: &T,
+    ) -> Result<Revision> {
+        let bytes = encode_keeping(&read.key, value, &read.unknown)?;
+        self.update(&read.key, bytes, read.mod_revision).await
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +356,70 @@ mod tests {
         let got = store.get_json::<Pool>("pools/a").await.unwrap().unwrap();
         assert_eq!(got.value, pool);
         assert_eq!((got.create_revision, got.mod_revision), (rev, rev));
+    }
+
+    /// What an older version knows of a document a newer one wrote.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Peer {
+        address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bfd: Option<Bfd>,
+        #[serde(default)]
+        rules: Vec<Bfd>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Bfd {
+        interval: u32,
+    }
+
+    #[tokio::test]
+    async fn fields_a_newer_version_wrote_are_read_around_and_written_back() {
+        let store = MemoryStore::new();
+        let newer = serde_json::json!({
+            "address": "192.0.2.1",
+            "localAs": 65010,
+            "bfd": {"interval": 300, "echo": true},
+            "rules": [{"interval": 1}, {"interval": 2, "weight": 7}],
+            "gone": null
+        });
+        store
+            .put("peers/a", serde_json::to_vec(&newer).unwrap(), None)
+            .await
+            .unwrap();
+        let read = store.get_json::<Peer>("peers/a").await.unwrap().unwrap();
+        assert_eq!(read.value.address, "192.0.2.1");
+        assert_eq!(read.value.bfd, Some(Bfd { interval: 300 }));
+        assert_eq!(
+            read.unknown.names(),
+            ["bfd.echo", "gone", "localAs", "rules.1.weight"]
+        );
+        // Changing what this version knows keeps what it does not, wherever its parent is.
+        let mut changed = read.value.clone();
+        changed.address = "192.0.2.2".into();
+        store.update_read(&read, &changed).await.unwrap();
+        let stored: serde_json::Value =
+            serde_json::from_slice(&store.get("peers/a").await.unwrap().unwrap().value).unwrap();
+        let mut expected = newer.clone();
+        expected["address"] = "192.0.2.2".into();
+        assert_eq!(stored, expected);
+        // A parent this version removed takes its unknown fields with it.
+        let read = store.get_json::<Peer>("peers/a").await.unwrap().unwrap();
+        changed.bfd = None;
+        store.update_read(&read, &changed).await.unwrap();
+        let stored: serde_json::Value =
+            serde_json::from_slice(&store.get("peers/a").await.unwrap().unwrap().value).unwrap();
+        assert_eq!(stored.get("bfd"), None);
+        assert_eq!(stored["localAs"], 65010);
+        // The revision still guards the write.
+        assert!(
+            store
+                .update_read(&read, &changed)
+                .await
+                .unwrap_err()
+                .is_conflict()
+        );
     }
 
     #[tokio::test]

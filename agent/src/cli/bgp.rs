@@ -32,11 +32,7 @@ pub async fn update_cluster_config(
         let written = match &current {
             None => store.create_json(keys::CLUSTER_CONFIG, &config, None).await,
             Some(c) if c.value == config => return Ok(config),
-            Some(c) => {
-                store
-                    .update_json(keys::CLUSTER_CONFIG, &config, c.mod_revision)
-                    .await
-            }
+            Some(c) => store.update_read(c, &config).await,
         };
         match written {
             Ok(_) => return Ok(config),

@@ -74,13 +74,12 @@ where
     for _ in 0..5 {
         let current = store.get_json::<T>(key).await?;
         let written = match current {
-            Some(current) => {
-                let mut doc = current.value;
+            Some(mut current) => {
+                // The document is written back whole; what is left in `current` is what
+                // the write keeps from it (fields a newer version stored).
+                let mut doc = std::mem::take(&mut current.value);
                 change(&mut doc);
-                store
-                    .update_json(key, &doc, current.mod_revision)
-                    .await
-                    .map(|_| doc)
+                store.update_read(&current, &doc).await.map(|_| doc)
             }
             None => {
                 let mut doc = T::default();

@@ -833,11 +833,7 @@ impl Encap {
             if node == current.value {
                 return Ok(());
             }
-            match self
-                .store
-                .update_json(&key, &node, current.mod_revision)
-                .await
-            {
+            match self.store.update_read(&current, &node).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(format!("cannot write {key}: {e}")),

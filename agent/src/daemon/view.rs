@@ -165,9 +165,16 @@ impl Part {
     }
 }
 
+/// Decodes a document; fields this version does not know (a newer one wrote them) are set
+/// aside and named in the debug log, as the rest of the document still holds.
 fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
-    match serde_json::from_slice(value) {
-        Ok(doc) => Some(doc),
+    match wren_store::json::decode_with_unknown(key, value) {
+        Ok((doc, unknown)) => {
+            if !unknown.is_empty() {
+                tracing::debug!(key, fields = ?unknown.names(), "fields this version does not know");
+            }
+            Some(doc)
+        }
         Err(e) => {
             tracing::warn!(key, error = %e, "ignoring a document that does not parse");
             None

@@ -133,11 +133,8 @@ pub fn update_pool(lab: &Lab, change: impl FnOnce(&mut Pool) + Send) {
     with_store_in(&lab.state().fabric_ns, endpoint, |store| async move {
         let key = keys::pool("lab");
         let current = store.get_json::<Pool>(&key).await.unwrap().unwrap();
-        let mut pool = current.value;
+        let mut pool = current.value.clone();
         change(&mut pool);
-        store
-            .update_json(&key, &pool, current.mod_revision)
-            .await
-            .unwrap();
+        store.update_read(&current, &pool).await.unwrap();
     });
 }
