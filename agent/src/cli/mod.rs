@@ -291,7 +291,7 @@ pub enum PeerCommand {
         #[arg(long)]
         peer_ip: IpAddr,
         /// The peer's AS number.
-        #[arg(long = "as", value_parser = parse_as_number)]
+        #[arg(long = "as", value_parser = crate::config::parse_as_number)]
         as_number: u32,
         /// Only this node peers with it (default: every node).
         #[arg(long)]
@@ -589,7 +589,7 @@ pub enum BgpCommand {
     /// Show or change the cluster's BGP settings.
     Config {
         /// Cluster AS number.
-        #[arg(long = "as", value_parser = parse_as_number)]
+        #[arg(long = "as", value_parser = crate::config::parse_as_number)]
         as_number: Option<u32>,
         /// Node-to-node full mesh.
         #[arg(long, value_enum)]
@@ -765,11 +765,6 @@ fn parse_prefix_advertisement(value: &str) -> Result<wren_model::PrefixAdvertise
         .map(parse_community)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(wren_model::PrefixAdvertisement { cidr, communities })
-}
-
-/// Parses an AS number for `--as`: 1..=4294967295, not 23456 (AS_TRANS).
-fn parse_as_number(value: &str) -> Result<u32, crate::config::InvalidValue> {
-    crate::config::parse_as_number(value)
 }
 
 /// One line for a command line clap refused: the error with its details, without the usage
