@@ -71,9 +71,8 @@ impl<T: TextValue> serde::de::Visitor<'_> for TextVisitor<T> {
     }
 }
 
-/// Implements `Deserialize` through [`TextValue`] and `Serialize` as the value's text, or as
-/// a number for the integer-valued ones.
-macro_rules! text_serde {
+/// Makes a type a [`TextValue`] and implements `Deserialize` through its text.
+macro_rules! text_value {
     ($ty:ty, expected = $expected:literal, integer = $integer:literal) => {
         impl TextValue for $ty {
             const EXPECTED: &'static str = $expected;
@@ -109,7 +108,7 @@ impl FromStr for NodeName {
         }
     }
 }
-text_serde!(NodeName, expected = "a node name", integer = false);
+text_value!(NodeName, expected = "a node name", integer = false);
 
 /// Parses `ADDRESS/PREFIXLEN`, refusing a bare address (the prefix length tells which nodes
 /// share a subnet) and addresses no peer could reach.
@@ -150,7 +149,7 @@ impl FromStr for NodeIpv4 {
         }
     }
 }
-text_serde!(
+text_value!(
     NodeIpv4,
     expected = "an IPv4 address with prefix length",
     integer = false
@@ -170,7 +169,7 @@ impl FromStr for NodeIpv6 {
         }
     }
 }
-text_serde!(
+text_value!(
     NodeIpv6,
     expected = "an IPv6 address with prefix length",
     integer = false
@@ -197,7 +196,7 @@ impl FromStr for AsNumber {
         }
     }
 }
-text_serde!(AsNumber, expected = "an AS number", integer = true);
+text_value!(AsNumber, expected = "an AS number", integer = true);
 
 /// An interface MTU: 68 (the IPv4 minimum) to 65535.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +214,7 @@ impl FromStr for Mtu {
             .ok_or_else(|| InvalidValue::new(s, "expected an MTU from 68 to 65535"))
     }
 }
-text_serde!(Mtu, expected = "an MTU", integer = true);
+text_value!(Mtu, expected = "an MTU", integer = true);
 
 /// One etcd endpoint: `http://HOST:PORT` or `https://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -247,7 +246,7 @@ impl FromStr for EtcdEndpoint {
         Ok(Self(s.to_owned()))
     }
 }
-text_serde!(EtcdEndpoint, expected = "an etcd URL", integer = false);
+text_value!(EtcdEndpoint, expected = "an etcd URL", integer = false);
 
 /// Parses a duration as every wren setting writes it: `humantime`'s units (`90s`, `1m30s`,
 /// `500ms`, `2h`), or a bare whole number of seconds.
