@@ -681,7 +681,9 @@ fn parse_bfd_interval(value: &str) -> Result<u32, String> {
 /// Parses `--max-prefixes-restart` into whole seconds.
 fn parse_restart_after(value: &str) -> Result<u32, String> {
     let duration = crate::config::parse_duration(value)
-        .map_err(|_| "expected a duration such as 60s or 5m".to_owned())?;
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "expected a positive duration such as 60s or 5m".to_owned())?;
     u32::try_from(duration.as_secs()).map_err(|_| format!("{value}: too long"))
 }
 
