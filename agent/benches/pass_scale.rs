@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use tokio::sync::watch;
 use wren_agent::cli::{Cli, Command};
-use wren_agent::config::{AgentConfig, FileConfig, SystemHost};
+use wren_agent::config::{AgentConfig, Settings, SystemHost};
 use wren_agent::daemon::bgp::{BgpControl, SessionInfo};
 use wren_agent::daemon::mesh::PeerSpec;
 use wren_agent::daemon::policy::Exports;
@@ -77,7 +77,7 @@ fn config() -> AgentConfig {
     let Command::Agent(args) = <Cli as clap::Parser>::try_parse_from(argv).unwrap().command else {
         unreachable!("parsed as `wren agent`")
     };
-    AgentConfig::resolve(&args, &FileConfig::default(), &SystemHost).unwrap()
+    AgentConfig::resolve(&args, Settings::default(), &SystemHost).unwrap()
 }
 
 /// Time and kernel dumps of the three passes of one round.

@@ -11,21 +11,10 @@ fn main() -> std::process::ExitCode {
             | ErrorKind::DisplayVersion
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
             _ => {
-                // clap renders the error, its details (the missing arguments) and then, after
-                // a blank line, usage and hints: keep the error with its details, on one line.
-                let rendered = e.render().to_string();
-                let line = rendered
-                    .lines()
-                    .take_while(|l| !l.trim().is_empty())
-                    .map(str::trim)
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let line = if line.is_empty() {
-                    "invalid command line".to_owned()
-                } else {
-                    line
-                };
-                eprintln!("wren: {}", line.trim_start_matches("error: "));
+                let argv: Vec<String> = std::env::args_os()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                eprintln!("wren: {}", wren_agent::cli::usage_error_line(&e, &argv));
                 return std::process::ExitCode::from(2);
             }
         },

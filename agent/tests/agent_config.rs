@@ -74,7 +74,7 @@ fn a_malformed_endpoint_is_named() {
             ])
             .output()
             .unwrap();
-        assert_one_line_error(output, &["etcdEndpoints", endpoint]);
+        assert_one_line_error(output, &["--etcd-endpoints", endpoint]);
     }
     let file = config_file("etcdEndpoints = [\"http://127.0.0.1:2379\", \"etcd\"]\n");
     let output = wren()
@@ -91,7 +91,7 @@ fn as_numbers_out_of_range_are_refused_from_every_source() {
         let output = wren().args(["agent", "--as", asn]).output().unwrap();
         assert_one_line_error(output, &["--as", asn]);
         let output = wren().args(["agent"]).env("WREN_AS", asn).output().unwrap();
-        assert_one_line_error(output, &[asn]);
+        assert_one_line_error(output, &["WREN_AS", asn]);
     }
     let file = config_file("asNumber = 4294967296\n");
     let output = wren()
@@ -111,14 +111,49 @@ fn as_numbers_out_of_range_are_refused_from_every_source() {
 fn a_bad_node_ip_is_named() {
     for bad in ["10.0.0.1", "10.0.0.300/24", "fe80::/64x"] {
         let output = wren().args(["agent", "--node-ip", bad]).output().unwrap();
-        assert_one_line_error(output, &["nodeIp", bad]);
+        assert_one_line_error(output, &["--node-ip", bad]);
     }
+}
+
+#[test]
+fn a_bad_value_is_named_in_the_layer_that_gave_it() {
+    let output = wren()
+        .args(["agent", "--liveness-ttl", "2s"])
+        .output()
+        .unwrap();
+    assert_one_line_error(output, &["--liveness-ttl", "2s", "out of range 3s to 60m"]);
+    let output = wren()
+        .args(["agent"])
+        .env("WREN_LIVENESS_TTL", "1m30")
+        .output()
+        .unwrap();
+    assert_one_line_error(output, &["WREN_LIVENESS_TTL", "1m30", "90s"]);
+    let output = wren()
+        .args(["agent"])
+        .env("WREN_NODE_IP", "10.0.0.1")
+        .output()
+        .unwrap();
+    assert_one_line_error(output, &["WREN_NODE_IP", "10.0.0.1", "prefix length"]);
+    let file = config_file("nodeName = \"n1\"\nlivenessTtl = \"61m\"\n");
+    let output = wren()
+        .args(["agent", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert_one_line_error(output, &["line 2", "livenessTtl", "61m", "out of range"]);
+    let file = config_file("metricsAddr = \"127.0.0.1\"\n");
+    let output = wren()
+        .args(["agent", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert_one_line_error(output, &["line 1", "metricsAddr"]);
 }
 
 #[test]
 fn flags_beat_environment_which_beats_the_file() {
     let file = config_file(
-        "nodeName = \"from-file\"\nmetricsAddr = \"127.0.0.1:9301\"\nreconcileInterval = 7\nnodeIp = \"10.1.0.1/16\"\n",
+        "nodeName = \"from-file\"\nmetricsAddr = \"127.0.0.1:9301\"\nreconcileInterval = 7\nnodeIp = \"10.1.0.1/16\"\nlivenessTtl = \"1m\"\nbgpSyncTimeout = \"20s\"\n",
     );
     let output = wren()
         .args([
@@ -131,6 +166,7 @@ fn flags_beat_environment_which_beats_the_file() {
         .arg(file.path())
         .env("WREN_NODE_NAME", "from-env")
         .env("WREN_METRICS_ADDR", "127.0.0.1:9302")
+        .env("WREN_LIVENESS_TTL", "1m30s")
         .output()
         .unwrap();
     assert!(
@@ -146,4 +182,11 @@ fn flags_beat_environment_which_beats_the_file() {
     );
     assert!(printed.contains("reconcileInterval = \"7s\""), "{printed}");
     assert!(printed.contains("nodeIp = \"10.1.0.1/16\""), "{printed}");
+    assert!(printed.contains("livenessTtl = \"90s\""), "{printed}");
+    assert!(printed.contains("bgpSyncTimeout = \"20s\""), "{printed}");
+    // Set nowhere: the default.
+    assert!(
+        printed.contains("gracefulRestartTime = \"2m\""),
+        "{printed}"
+    );
 }

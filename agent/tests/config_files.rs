@@ -1,9 +1,10 @@
 //! The configuration files shipped in `deploy/` are accepted by the agent's parser, and every
-//! key the agent knows is documented in the example.
+//! setting the agent knows is documented in the example and in `docs/configuration.md`.
 
 use std::path::Path;
 
-use wren_agent::config::FileConfig;
+use clap::CommandFactory;
+use wren_agent::config::Settings;
 
 fn repo_file(path: &str) -> (std::path::PathBuf, String) {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
@@ -28,59 +29,79 @@ fn uncommented(text: &str) -> String {
         .join("\n")
 }
 
+/// Every file key of `wren agent`: its settings' clap ids in camelCase (serde names the
+/// same fields with `rename_all = "camelCase"`), with their flags and variables.
+fn settings() -> Vec<(String, String, Option<String>)> {
+    let command = <Settings as clap::Args>::augment_args(clap::Command::new("agent"));
+    command
+        .get_arguments()
+        .map(|arg| {
+            let mut key = String::new();
+            let mut upper = false;
+            for c in arg.get_id().as_str().chars() {
+                if c == '_' {
+                    upper = true;
+                } else if upper {
+                    key.push(c.to_ascii_uppercase());
+                    upper = false;
+                } else {
+                    key.push(c);
+                }
+            }
+            let flag = format!("--{}", arg.get_long().expect("every setting has a flag"));
+            let variable = arg.get_env().map(|v| v.to_string_lossy().into_owned());
+            (key, flag, variable)
+        })
+        .collect()
+}
+
 #[test]
 fn the_example_parses_with_every_key_set() {
     let (path, text) = repo_file("deploy/config/wren.toml");
     let all = uncommented(&text);
-    let parsed = FileConfig::parse(&path, &all).unwrap_or_else(|e| panic!("{e}"));
-    // Every field of FileConfig is present in the example.
-    let as_toml = toml::to_string(&parsed).unwrap();
-    let set: Vec<&str> = as_toml
-        .lines()
-        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
-        .collect();
-    let documented = toml::to_string(&FileConfig::default()).unwrap();
-    assert!(documented.trim().is_empty(), "defaults serialize no keys");
-    for key in [
-        "nodeName",
-        "nodeIp",
-        "nodeIpv6",
-        "nodeIpInterface",
-        "nodeIpNotLocal",
-        "asNumber",
-        "routeReflectorClusterId",
-        "bgpPort",
-        "socket",
-        "metricsAddr",
-        "logFormat",
-        "etcdEndpoints",
-        "etcdCa",
-        "etcdCert",
-        "etcdKey",
-        "etcdPrefix",
-        "reconcileInterval",
-        "livenessTtl",
-        "bgpSyncTimeout",
-        "gracefulRestartTime",
-        "orphanGracePeriod",
-        "leakReleaseInterval",
-        "leakGracePeriod",
-        "stateDir",
-        "podMtu",
-        "vxlanMtu",
-        "ipipMtu",
-        "fastPath",
-    ] {
+    Settings::from_toml(&path, &all).unwrap_or_else(|e| panic!("{e}"));
+    let keys = settings();
+    assert!(keys.len() >= 28, "{keys:?}");
+    for (key, _, _) in keys {
         assert!(
-            set.contains(&key),
+            all.lines().any(|l| l.starts_with(&format!("{key} = "))),
             "{key} is not documented in deploy/config/wren.toml"
         );
     }
-    assert_eq!(
-        set.len(),
-        28,
-        "a key was added to the agent: document it in the example"
-    );
+}
+
+#[test]
+fn the_configuration_reference_lists_every_flag_variable_and_key() {
+    let (_, text) = repo_file("docs/configuration.md");
+    let command = wren_agent::cli::Cli::command();
+    let agent = command.find_subcommand("agent").unwrap();
+    for arg in agent.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" || long == "version" {
+            continue;
+        }
+        assert!(
+            text.contains(&format!("`--{long}`")),
+            "--{long} is missing from docs/configuration.md"
+        );
+        if let Some(variable) = arg.get_env() {
+            let variable = variable.to_string_lossy();
+            assert!(
+                text.contains(&format!("`{variable}`")),
+                "{variable} is missing from docs/configuration.md"
+            );
+        }
+    }
+    for (key, flag, _) in settings() {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{key}` |")))
+            .unwrap_or_else(|| panic!("{key} is missing from docs/configuration.md"));
+        assert!(
+            row.contains(&format!("`{flag}`")),
+            "{key}'s row lacks {flag}"
+        );
+    }
 }
 
 #[test]
@@ -96,11 +117,11 @@ fn the_kubernetes_config_map_carries_a_valid_config() {
         .map(|l| l.trim_start())
         .collect::<Vec<_>>()
         .join("\n");
-    FileConfig::parse(&path, &body).unwrap_or_else(|e| panic!("{e}"));
+    Settings::from_toml(&path, &body).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
 fn a_misspelt_key_is_refused_naming_it() {
-    let err = FileConfig::parse(Path::new("x.toml"), "nodeIP = \"10.0.0.2/24\"\n").unwrap_err();
+    let err = Settings::from_toml(Path::new("x.toml"), "nodeIP = \"10.0.0.2/24\"\n").unwrap_err();
     assert!(err.to_string().contains("nodeIP"), "{err}");
 }

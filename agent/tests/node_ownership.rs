@@ -298,7 +298,7 @@ fn a_start_that_fails_a_check_changes_nothing() {
     // A lease TTL etcd would refuse.
     expect_refusal(
         &["--liveness-ttl", "99999999999m"],
-        &["livenessTtl", "out of range"],
+        &["--liveness-ttl", "out of range"],
     );
     // The socket of a live agent.
     let live = c.node(0).socket.to_str().unwrap().to_owned();

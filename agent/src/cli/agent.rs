@@ -116,7 +116,7 @@ fn raise_open_files_limit() {
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = AgentConfig::load(&args)?;
     if args.print_config {
-        print!("{}", toml::to_string(&config.to_file())?);
+        print!("{}", config.to_toml()?);
         return Ok(());
     }
     init_logging(config.log_format);

@@ -20,6 +20,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::{EtcdEndpoint, Settings};
+
 /// Default etcd endpoint when neither the flag nor `WREN_ETCD_ENDPOINTS` is set.
 pub const DEFAULT_ETCD_ENDPOINTS: &str = "http://127.0.0.1:2379";
 /// Default path of the agent's local API socket.
@@ -61,41 +63,51 @@ pub enum Command {
     Bgp(BgpArgs),
 }
 
-/// How to reach the datastore; shared by every command that reads it. The flags are global,
-/// so they go anywhere on the line (`wren pool add x --cidr … --etcd-endpoints …`).
-#[derive(Debug, Clone, PartialEq, Eq, Args)]
-pub struct StoreArgs {
-    /// etcd endpoints, comma separated.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Datastore",
-        env = "WREN_ETCD_ENDPOINTS",
-        value_delimiter = ','
-    )]
-    pub etcd_endpoints: Option<Vec<String>>,
-    /// CA certificate for etcd TLS.
-    #[arg(long, global = true, help_heading = "Datastore", env = "WREN_ETCD_CA")]
-    pub etcd_ca: Option<PathBuf>,
-    /// Client certificate for etcd TLS.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Datastore",
-        env = "WREN_ETCD_CERT"
-    )]
-    pub etcd_cert: Option<PathBuf>,
-    /// Client key for etcd TLS.
-    #[arg(long, global = true, help_heading = "Datastore", env = "WREN_ETCD_KEY")]
-    pub etcd_key: Option<PathBuf>,
-    /// Key prefix of wren's data in etcd.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Datastore",
-        env = "WREN_ETCD_PREFIX"
-    )]
-    pub etcd_prefix: Option<String>,
+crate::config::layered! {
+    /// How to reach the datastore; shared by every command that reads it. The flags are
+    /// global, so they go anywhere on the line (`wren pool add x --cidr … --etcd-endpoints …`).
+    /// The agent also reads them from its file, under the same keys as its other settings.
+    #[derive(Debug, Clone, Default, PartialEq, Eq, Args, serde::Deserialize, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct StoreArgs {
+        /// etcd endpoints, comma separated.
+        #[arg(
+            long,
+            global = true,
+            help_heading = "Datastore",
+            env = "WREN_ETCD_ENDPOINTS",
+            value_name = "URL",
+            value_delimiter = ','
+        )]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub etcd_endpoints: Option<Vec<EtcdEndpoint>>,
+        /// CA certificate for etcd TLS.
+        #[arg(long, global = true, help_heading = "Datastore", env = "WREN_ETCD_CA")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub etcd_ca: Option<PathBuf>,
+        /// Client certificate for etcd TLS.
+        #[arg(
+            long,
+            global = true,
+            help_heading = "Datastore",
+            env = "WREN_ETCD_CERT"
+        )]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub etcd_cert: Option<PathBuf>,
+        /// Client key for etcd TLS.
+        #[arg(long, global = true, help_heading = "Datastore", env = "WREN_ETCD_KEY")]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub etcd_key: Option<PathBuf>,
+        /// Key prefix of wren's data in etcd.
+        #[arg(
+            long,
+            global = true,
+            help_heading = "Datastore",
+            env = "WREN_ETCD_PREFIX"
+        )]
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub etcd_prefix: Option<String>,
+    }
 }
 
 /// Log output format.
@@ -114,94 +126,17 @@ pub struct AgentArgs {
     /// TOML configuration file.
     #[arg(long, env = "WREN_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This node's name (default: the hostname).
-    #[arg(long, env = "WREN_NODE_NAME")]
-    pub node_name: Option<String>,
-    /// This node's address with prefix length, e.g. 10.0.0.2/24 (default: autodetected).
-    #[arg(long, env = "WREN_NODE_IP")]
-    pub node_ip: Option<String>,
-    /// AS number of this node (default: the cluster's).
-    #[arg(long = "as", env = "WREN_AS", value_parser = parse_as_number)]
-    pub as_number: Option<u32>,
-    /// This node's IPv6 address with prefix length, e.g. fd00::2/64 (default: none).
-    #[arg(long, env = "WREN_NODE_IPV6")]
-    pub node_ipv6: Option<String>,
-    /// Accept a node IP that no interface of this host carries (an address translated or
-    /// held elsewhere on purpose); without it such an address stops the agent at start.
-    #[arg(long, env = "WREN_NODE_IP_NOT_LOCAL", value_name = "BOOL")]
-    pub node_ip_not_local: Option<bool>,
     /// Take the node name over from the live agent that holds it (a deliberate move of the
     /// name to this host; that agent stops when it sees it). Without it, an agent refuses to
     /// start while another live agent holds the name.
     #[arg(long)]
     pub take_over: bool,
-    /// Shell-style pattern of interface names to take the node IP from when the interface
-    /// holding the default route has none, e.g. `eth*`.
-    #[arg(long, env = "WREN_NODE_IP_INTERFACE")]
-    pub node_ip_interface: Option<String>,
-    /// Mark this node as a route reflector with this cluster id (dotted quad).
-    #[arg(long, env = "WREN_ROUTE_REFLECTOR_CLUSTER_ID")]
-    pub route_reflector_cluster_id: Option<String>,
-    /// TCP port the BGP speaker listens on and connects to (default 179).
-    #[arg(long, env = "WREN_BGP_PORT")]
-    pub bgp_port: Option<u16>,
-    /// How often kernel routes are compared with the desired state, e.g. `10s`, `500ms`.
-    #[arg(long, env = "WREN_RECONCILE_INTERVAL")]
-    pub reconcile_interval: Option<String>,
-    /// TTL of the liveness lease, e.g. `30s`.
-    #[arg(long, env = "WREN_LIVENESS_TTL")]
-    pub liveness_ttl: Option<String>,
-    /// How long /readyz waits for BGP End-of-RIB from every peer before calling BGP synced.
-    #[arg(long, env = "WREN_BGP_SYNC_TIMEOUT")]
-    pub bgp_sync_timeout: Option<String>,
-    /// Graceful-restart time asked of peers (how long they keep our routes), e.g. `120s`.
-    #[arg(long, env = "WREN_GRACEFUL_RESTART_TIME")]
-    pub graceful_restart_time: Option<String>,
-    /// How long a host veth or an allocation of this node that no workload record explains
-    /// is left to its runtime before the agent removes it, e.g. `2m`.
-    #[arg(long, env = "WREN_ORPHAN_GRACE_PERIOD")]
-    pub orphan_grace_period: Option<String>,
-    /// How often the cluster's leak check and release run (in one agent at a time), e.g.
-    /// `5m`; `0s` turns it off on this node.
-    #[arg(long, env = "WREN_LEAK_RELEASE_INTERVAL")]
-    pub leak_release_interval: Option<String>,
-    /// How old an allocation without a workload must be before the automatic release frees
-    /// it, e.g. `15m`.
-    #[arg(long, env = "WREN_LEAK_GRACE_PERIOD")]
-    pub leak_grace_period: Option<String>,
-    /// Directory of the agent's own state: the cluster identity it belongs to and its
-    /// record of what it holds, from which a wiped datastore is rebuilt.
-    #[arg(long, env = "WREN_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// MTU of pod interfaces when the CNI configuration sets none (default: the underlay's,
-    /// less the overhead of the encapsulation the pools use).
-    #[arg(long, env = "WREN_POD_MTU")]
-    pub pod_mtu: Option<u32>,
-    /// MTU of `wren.vxlan` (default: the underlay's less 50).
-    #[arg(long, env = "WREN_VXLAN_MTU")]
-    pub vxlan_mtu: Option<u32>,
-    /// MTU of `wrentunl0` (default: the underlay's less 20).
-    #[arg(long, env = "WREN_IPIP_MTU")]
-    pub ipip_mtu: Option<u32>,
-    /// Forward pod-to-pod traffic with the tc BPF fast path when the kernel can (default
-    /// true); `false` leaves all of it to the host's IP stack.
-    #[arg(long, env = "WREN_FAST_PATH", value_name = "BOOL")]
-    pub fast_path: Option<bool>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// Path of the local API socket for the CNI plugin.
-    #[arg(long, env = "WREN_SOCKET")]
-    pub socket: Option<PathBuf>,
-    /// Address for /healthz, /readyz and /metrics.
-    #[arg(long, env = "WREN_METRICS_ADDR")]
-    pub metrics_addr: Option<String>,
-    /// Log format.
-    #[arg(long, env = "WREN_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Datastore.
+    /// The settings the command line and the environment give.
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub settings: Settings,
 }
 
 /// `wren status`
@@ -356,7 +291,7 @@ pub enum PeerCommand {
         #[arg(long)]
         peer_ip: IpAddr,
         /// The peer's AS number.
-        #[arg(long = "as", value_parser = parse_as_number)]
+        #[arg(long = "as", value_parser = crate::config::parse_as_number)]
         as_number: u32,
         /// Only this node peers with it (default: every node).
         #[arg(long)]
@@ -654,7 +589,7 @@ pub enum BgpCommand {
     /// Show or change the cluster's BGP settings.
     Config {
         /// Cluster AS number.
-        #[arg(long = "as", value_parser = parse_as_number)]
+        #[arg(long = "as", value_parser = crate::config::parse_as_number)]
         as_number: Option<u32>,
         /// Node-to-node full mesh.
         #[arg(long, value_enum)]
@@ -734,7 +669,7 @@ impl BfdArgs {
 /// Parses a BFD interval (`300ms`, `1s`; a bare number is seconds, as every wren duration)
 /// into milliseconds, within 10 ms to 60 s.
 fn parse_bfd_interval(value: &str) -> Result<u32, String> {
-    let duration = crate::config::parse_duration("interval", value)
+    let duration = crate::config::parse_duration(value)
         .map_err(|_| "expected a duration of 10ms to 60s, such as 300ms or 1s".to_owned())?;
     let ms = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
     if !(wren_model::Bfd::MIN_INTERVAL_MS..=wren_model::Bfd::MAX_INTERVAL_MS).contains(&ms) {
@@ -745,8 +680,10 @@ fn parse_bfd_interval(value: &str) -> Result<u32, String> {
 
 /// Parses `--max-prefixes-restart` into whole seconds.
 fn parse_restart_after(value: &str) -> Result<u32, String> {
-    let duration = crate::config::parse_duration("restart", value)
-        .map_err(|_| "expected a duration such as 60s or 5m".to_owned())?;
+    let duration = crate::config::parse_duration(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "expected a positive duration such as 60s or 5m".to_owned())?;
     u32::try_from(duration.as_secs()).map_err(|_| format!("{value}: too long"))
 }
 
@@ -832,12 +769,62 @@ fn parse_prefix_advertisement(value: &str) -> Result<wren_model::PrefixAdvertise
     Ok(wren_model::PrefixAdvertisement { cidr, communities })
 }
 
-/// Parses an AS number for `--as`: 1..=4294967295, not 23456 (AS_TRANS).
-fn parse_as_number(value: &str) -> Result<u32, String> {
-    crate::config::parse_as_number(value).map_err(|e| match e {
-        crate::config::ConfigError::Invalid { reason, .. } => format!("AS number {reason}"),
-        other => other.to_string(),
-    })
+/// One line for a command line clap refused: the error with its details, without the usage
+/// and hints clap adds after a blank line. A bad value that came from a `WREN_*` variable
+/// rather than from its flag is named by the variable, where the operator has to look.
+pub fn usage_error_line(error: &clap::Error, argv: &[String]) -> String {
+    let rendered = error.render().to_string();
+    let mut line = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some(clap::error::ContextValue::String(arg)) =
+        error.get(clap::error::ContextKind::InvalidArg)
+        && let Some(variable) = variable_behind(arg, argv)
+    {
+        line = line.replace(&format!("'{arg}'"), &variable);
+    }
+    let line = line.trim_start_matches("error: ");
+    if line.is_empty() {
+        "invalid command line".to_owned()
+    } else {
+        line.to_owned()
+    }
+}
+
+/// The environment variable that gave the value of `arg` (`--node-ip <ADDRESS/PREFIXLEN>`)
+/// in the command `argv` runs: the flag's variable when it is set and the flag is not on
+/// the line.
+fn variable_behind(arg: &str, argv: &[String]) -> Option<String> {
+    use clap::CommandFactory;
+    let flag = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let on_line = argv.iter().any(|word| {
+        word.strip_prefix("--")
+            .and_then(|w| w.strip_prefix(flag))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+    });
+    if on_line {
+        return None;
+    }
+    // The commands the line runs, each word naming a subcommand of the one before; the
+    // deepest that declares the flag (a global flag is declared above where it is used).
+    let mut path = vec![Cli::command()];
+    for word in argv.iter().skip(1) {
+        match path.last().and_then(|c| c.find_subcommand(word)) {
+            Some(sub) => path.push(sub.clone()),
+            None => break,
+        }
+    }
+    let variable = path
+        .iter()
+        .rev()
+        .find_map(|c| c.get_arguments().find(|a| a.get_long() == Some(flag)))?
+        .get_env()?
+        .to_str()?
+        .to_owned();
+    std::env::var_os(&variable).is_some().then_some(variable)
 }
 
 /// One clear line for an error: the error and its causes, joined by `: `. A cause whose text

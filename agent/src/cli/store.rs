@@ -11,10 +11,10 @@ use super::{DEFAULT_ETCD_ENDPOINTS, StoreArgs};
 /// rest.
 pub fn etcd_config(args: &StoreArgs) -> EtcdConfig {
     EtcdConfig {
-        endpoints: args
-            .etcd_endpoints
-            .clone()
-            .unwrap_or_else(|| vec![DEFAULT_ETCD_ENDPOINTS.to_owned()]),
+        endpoints: args.etcd_endpoints.as_ref().map_or_else(
+            || vec![DEFAULT_ETCD_ENDPOINTS.to_owned()],
+            |endpoints| endpoints.iter().map(|e| e.0.clone()).collect(),
+        ),
         prefix: args
             .etcd_prefix
             .clone()

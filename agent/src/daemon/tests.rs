@@ -21,7 +21,7 @@ use super::mesh::PeerSpec;
 use super::policy::Exports;
 use super::{Controller, Pass, Shared, Trigger};
 use crate::cli::{Cli, Command};
-use crate::config::{AgentConfig, FileConfig, SystemHost};
+use crate::config::{AgentConfig, Settings, SystemHost};
 use crate::dataplane::program::routes::fake::FakeKernel;
 use crate::dataplane::{NextHop, Protocol, Route};
 use crate::metrics::Metrics;
@@ -83,7 +83,7 @@ fn config(name: &str, node_ip: &str, sync_timeout: &str) -> AgentConfig {
     let Command::Agent(args) = <Cli as clap::Parser>::try_parse_from(argv).unwrap().command else {
         unreachable!("parsed as `wren agent`")
     };
-    AgentConfig::resolve(&args, &FileConfig::default(), &SystemHost).unwrap()
+    AgentConfig::resolve(&args, Settings::default(), &SystemHost).unwrap()
 }
 
 fn node(name: &str, ipv4: &str) -> Node {

@@ -50,14 +50,18 @@ impl TunnelKind {
     }
 }
 
-/// MTUs the configuration fixes instead of deriving them.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+/// MTUs the configuration fixes instead of deriving them; they serialize under the keys of
+/// the agent's configuration.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MtuOverrides {
     /// Pod interfaces (when the CNI network configuration gives no `mtu`).
+    #[serde(rename = "podMtu", skip_serializing_if = "Option::is_none")]
     pub pod: Option<u32>,
     /// The `wren.vxlan` device.
+    #[serde(rename = "vxlanMtu", skip_serializing_if = "Option::is_none")]
     pub vxlan: Option<u32>,
     /// The `wrentunl0` device.
+    #[serde(rename = "ipipMtu", skip_serializing_if = "Option::is_none")]
     pub ipip: Option<u32>,
 }
 
