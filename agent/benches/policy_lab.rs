@@ -90,30 +90,17 @@ fn main() {
         lab.wren_cli(args)
             .unwrap_or_else(|e| panic!("wren {}: {e}", args.join(" ")))
     };
+    let mut pods = Vec::new();
     for (node, name) in [("n1", "server"), ("n2", "client"), ("n3", "other")] {
-        cli(
-            &lab,
-            &[
-                "workload",
-                "label",
-                &format!("x/{name}"),
-                &format!("app={name}"),
-            ],
+        let label = format!("app={name}");
+        pods.push(
+            lab.add_labelled_k8s_pod(node, "x", name, &[&label])
+                .expect("pod"),
         );
-        lab.add_k8s_pod(node, "x", name).expect("pod");
     }
     lab.wait_full_matrix(Duration::from_secs(30), "n1")
         .expect("pods reach each other");
-    let pod = |name: &str| {
-        let pod = lab
-            .state()
-            .pods
-            .iter()
-            .find(|p| p.name == format!("x-{name}"))
-            .expect("pod");
-        (pod.ns.clone(), pod.ip.to_string())
-    };
-    let ((client, _), (server, server_ip)) = (pod("client"), pod("server"));
+    let (client, server, server_ip) = (pods[1].0.clone(), pods[0].0.clone(), pods[0].1.to_string());
     let mut acceptor = command_in(&server, "python3")
         .args(["-c", ACCEPTOR])
         .stdout(Stdio::piped())

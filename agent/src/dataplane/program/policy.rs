@@ -7,6 +7,11 @@
 //! transaction, which undoes any drift. A node where no policy isolates a pod has no table at
 //! all, so its forwarded packets meet no hook of wren's.
 //!
+//! Every load that changes the rules stamps a new epoch into the connection mark of the TCP
+//! connections they allow ([`ConnectionMark`], under [`CONNECTION_MARK_MASK`]), in the same
+//! transaction; [`PolicyProgrammer::connection_mark`] tells the fast path, after the
+//! transaction committed, which epoch it may carry (see `docs/policy.md`).
+//!
 //! What the table denies is counted in its named counters ([`DeniedCounter`]); a whole-table
 //! load starts them from zero, and so does deleting one, so the programmer reads them first
 //! and carries their figures over: [`PolicyProgrammer::denied`] only grows.
@@ -19,7 +24,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use wren_policy::NodePlan;
-use wren_policy::nft::{DeniedCounter, NftRules, TABLE};
+use wren_policy::nft::{ConnectionMark, DeniedCounter, NftRules, TABLE};
+
+/// The bits of the connection mark (`ct mark`) that hold the policy epoch: sixteen bits,
+/// so an epoch comes back only after 65,535 changes of the node's rules; the other bits
+/// are left to others.
+pub const CONNECTION_MARK_MASK: u32 = 0xffff_0000;
 
 /// Why the table could not be brought to the plan.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +84,8 @@ enum Loaded {
 #[derive(Debug)]
 pub struct PolicyProgrammer {
     program: PathBuf,
+    /// The connection mark's bits for the epoch; `None`: no stamping.
+    mark_mask: Option<u32>,
     state: Mutex<State>,
 }
 
@@ -82,6 +94,19 @@ struct State {
     loaded: Loaded,
     /// Figures of counters the table no longer holds (a whole load, a deleted counter).
     carried: BTreeMap<DeniedCounter, u64>,
+    /// Epochs used so far, counted from a value of the agent's start (a restarted agent
+    /// does not take up its predecessor's count, whose marks live on in conntrack).
+    epochs: u64,
+}
+
+/// Where an agent's epochs start: from the clock and the process, different from one
+/// start to the next.
+fn first_epoch() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    u64::from(nanos ^ std::process::id().rotate_left(16))
 }
 
 impl Default for PolicyProgrammer {
@@ -96,12 +121,33 @@ impl PolicyProgrammer {
         Self::with_program("nft")
     }
 
-    /// A programmer using the given `nft` program.
+    /// A programmer using the given `nft` program, stamping epochs under
+    /// [`CONNECTION_MARK_MASK`].
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
         Self {
             program: program.into(),
-            state: Mutex::new(State::default()),
+            mark_mask: Some(CONNECTION_MARK_MASK),
+            state: Mutex::new(State {
+                epochs: first_epoch(),
+                ..State::default()
+            }),
         }
+    }
+
+    /// The epoch the table in the kernel stamps on the connections it allows; `None`
+    /// when there is no table or its state is unknown (a load failed).
+    pub async fn connection_mark(&self) -> Option<ConnectionMark> {
+        match &self.state.lock().await.loaded {
+            Loaded::Table(rules) => rules.connection_mark,
+            _ => None,
+        }
+    }
+
+    /// The next epoch.
+    fn next_mark(&self, state: &mut State) -> Option<ConnectionMark> {
+        let mask = self.mark_mask?;
+        state.epochs = state.epochs.wrapping_add(1);
+        ConnectionMark::nth(mask, state.epochs)
     }
 
     /// What the table has denied since the agent started, per counter: only grows.
@@ -180,6 +226,20 @@ impl PolicyProgrammer {
             state.loaded = Loaded::Absent;
             return Ok(PolicyChange::Removed);
         }
+        // The rules as loaded: with the epoch of the table they replace when nothing else
+        // changes, a new one when anything does.
+        let mut rules = rules.clone();
+        let unchanged = match &state.loaded {
+            Loaded::Table(previous) => {
+                rules.connection_mark = previous.connection_mark;
+                rules == *previous
+            }
+            _ => false,
+        };
+        if !unchanged {
+            rules.connection_mark = self.next_mark(&mut state);
+        }
+        let rules = &rules;
         // Counters whose figures were carried over for a delta that was then refused.
         let mut carried_already: Vec<String> = Vec::new();
         if let (false, Loaded::Table(previous)) = (full, &state.loaded) {
