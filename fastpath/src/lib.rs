@@ -265,8 +265,9 @@ impl FastPath {
         Ok(())
     }
 
-    /// Sets the policed endpoints: local pods' IPv4 addresses whose every packet, sent or
-    /// received, goes to the host stack, where network policy is enforced.
+    /// Sets the policed endpoints: local pods' IPv4 addresses whose packets, sent or
+    /// received, go to the host stack, where network policy is enforced, unless their TCP
+    /// connection carries the epoch of [`FastPath::set_policy_mark`].
     pub fn set_policed(&mut self, addresses: &[Ipv4Addr]) -> Result<(), FastPathError> {
         let update = |source| FastPathError::Update {
             what: "policed endpoints",

@@ -15,10 +15,9 @@
 //! leaves the pools (outgoing NAT), packets whose TTL runs out, IP options, fragments after
 //! the first, a destination without a resolved neighbour, a packet (or a GSO packet's
 //! segments) too big for the egress device, a pod's packet whose source is not the pod's own
-//! address (the stack's reverse-path filter drops it), and every packet of a connection that
-//! netfilter translated, and every packet from or to a policed endpoint (a pod some network
-//! policy isolates): netfilter holds the policy verdicts, and conntrack must see both
-//! directions of such a connection on the pod's node.
+//! address (the stack's reverse-path filter drops it), every packet of a connection that
+//! netfilter translated, and the packets from or to a policed endpoint (a pod some network
+//! policy isolates) that the policy rules have not judged since they last changed (below).
 //!
 //! Translated connections: a hostPort, a Service's DNAT or an SNAT rewrites a connection's
 //! first packet in the host stack, and only the stack can rewrite the rest and the replies
@@ -29,7 +28,19 @@
 //! destination NAT. A connection conntrack does not know (the fast path's own flows never
 //! reach it) is forwarded. Other protocols are not looked up, so they are not forwarded:
 //! ICMP echo excepted, since an ICMP error quotes a packet whose addresses NAT may have
-//! changed. The same lookup is where a connection-aware verdict (network policy) hooks in.
+//! changed.
+//!
+//! Policed endpoints: netfilter holds the policy verdicts (`inet wren_policy`), and every
+//! TCP packet its rules let through stamps the rules' current epoch into its connection's
+//! mark. The same conntrack look-up then decides: a policed endpoint's packet is carried
+//! only when conntrack knows the connection, it is TCP and assured (the handshake went
+//! through the stack), the packet has no SYN, FIN or RST (setup and teardown stay with
+//! conntrack, so no entry is left behind), and `mark & mask` is the epoch in the policy
+//! mark map, which the agent sets only once the rules stamping it are in the kernel. A
+//! change of the rules is a new epoch: every connection's next packet goes to the stack,
+//! meets the new rules once and, still allowed, is stamped and carried again; no longer
+//! allowed, it is dropped there. UDP and ICMP of policed endpoints stay on the stack:
+//! conntrack's short timeouts for them are refreshed only by packets it sees.
 //!
 //! VXLAN: the FIB's answer for a remote block is `wren.vxlan` with the remote device's MAC
 //! (the tunnel address's permanent neighbour). The program finds the remote node's address
@@ -44,12 +55,13 @@
 //! Maps, all created by [`crate::FastPath`]:
 //! - pods: hash, host-side ifindex (u32) → the pod's IPv4 address (4 bytes, network order);
 //! - pools: LPM trie, `{prefix length: u32, IPv4 address}` → unused u32;
-//! - counters: per-CPU array of u64, [`COUNTER_FORWARDED`], [`COUNTER_TO_STACK`] and
-//!   [`COUNTER_ENCAPSULATED`];
+//! - counters: per-CPU array of u64, [`COUNTER_FORWARDED`], [`COUNTER_TO_STACK`],
+//!   [`COUNTER_ENCAPSULATED`], [`COUNTER_TRANSLATED`] and [`COUNTER_POLICED_CARRIED`];
 //! - vxlan: array of one [`VxlanConfig`] (device ifindex 0: VXLAN is left to the device);
 //! - vteps: hash, a remote device's MAC (6 bytes, 2 zero bytes) → the node's IPv4 address;
 //! - policed: hash, an IPv4 address (4 bytes, network order) of a local pod some network
-//!   policy isolates → unused u32.
+//!   policy isolates → unused u32;
+//! - policy mark: array of one [`PolicyMark`] (epoch 0: no policed packet is carried).
 
 use crate::asm::{Alu, Asm, AsmError, Cond, Insn, Reg, Size};
 

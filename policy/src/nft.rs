@@ -9,12 +9,12 @@
 //!     set a5c1f… { type ipv4_addr; flags interval; elements = { 10.65.1.4, 10.65.2.0/31 } }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
-//!         tcp flags fin,rst ct mark set ct mark and 0xff00ffff   # teardown: the stack's
+//!         tcp flags fin,rst ct mark set ct mark and 0x0000ffff   # teardown: the stack's
 //!         ct state related accept              # ICMP errors of tracked connections
 //!         ct direction reply accept            # replies of connections let through
 //!         iifname vmap @egress_chains          # from an isolated pod
 //!         oifname vmap @ingress_chains         # to an isolated pod
-//!         tcp flags & (fin | rst) == 0 ct mark set ct mark and 0xff00ffff or 0x00170000  # epoch
+//!         tcp flags & (fin | rst) == 0 ct mark set ct mark and 0x0000ffff or 0x00170000  # epoch
 //!     }
 //!     counter denied_packets { }  counter denied_connections { }
 //!     counter p9e07… { }  counter c9e07… { }          # per isolating policy
