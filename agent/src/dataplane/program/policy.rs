@@ -143,11 +143,22 @@ impl PolicyProgrammer {
         }
     }
 
-    /// The next epoch.
-    fn next_mark(&self, state: &mut State) -> Option<ConnectionMark> {
-        let mask = self.mark_mask?;
-        state.epochs = state.epochs.wrapping_add(1);
-        ConnectionMark::nth(mask, state.epochs)
+    /// `rules` as they are to be loaded: with the epoch of the table they replace when
+    /// nothing else changes (a full pass reloading the same rules), the next one when
+    /// anything does or the kernel's state is unknown.
+    fn stamped(&self, state: &mut State, rules: &NftRules) -> NftRules {
+        let mut rules = rules.clone();
+        if let Loaded::Table(previous) = &state.loaded {
+            rules.connection_mark = previous.connection_mark;
+            if rules == *previous {
+                return rules;
+            }
+        }
+        rules.connection_mark = self.mark_mask.and_then(|mask| {
+            state.epochs = state.epochs.wrapping_add(1);
+            ConnectionMark::nth(mask, state.epochs)
+        });
+        rules
     }
 
     /// What the table has denied since the agent started, per counter: only grows.
@@ -226,20 +237,7 @@ impl PolicyProgrammer {
             state.loaded = Loaded::Absent;
             return Ok(PolicyChange::Removed);
         }
-        // The rules as loaded: with the epoch of the table they replace when nothing else
-        // changes, a new one when anything does.
-        let mut rules = rules.clone();
-        let unchanged = match &state.loaded {
-            Loaded::Table(previous) => {
-                rules.connection_mark = previous.connection_mark;
-                rules == *previous
-            }
-            _ => false,
-        };
-        if !unchanged {
-            rules.connection_mark = self.next_mark(&mut state);
-        }
-        let rules = &rules;
+        let rules = &self.stamped(&mut state, rules);
         // Counters whose figures were carried over for a delta that was then refused.
         let mut carried_already: Vec<String> = Vec::new();
         if let (false, Loaded::Table(previous)) = (full, &state.loaded) {
@@ -395,6 +393,35 @@ impl PolicyStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_stamps_a_new_epoch_and_a_reload_of_the_same_rules_keeps_it() {
+        let programmer = PolicyProgrammer::new();
+        let mut state = State::default();
+        let mut rules = NftRules::default();
+        rules
+            .chains
+            .insert("ingress_wren_a".into(), vec!["drop".into()]);
+        // Nothing known of the kernel: a new epoch, inside the mask, never 0.
+        let first = programmer.stamped(&mut state, &rules);
+        let mark = first.connection_mark.expect("an epoch");
+        assert_eq!(mark.mask, CONNECTION_MARK_MASK);
+        assert!(mark.epoch != 0 && mark.epoch & !CONNECTION_MARK_MASK == 0);
+        state.loaded = Loaded::Table(first.clone());
+        // The same rules again (a full pass): the same epoch, so carried connections stay.
+        assert_eq!(programmer.stamped(&mut state, &rules), first);
+        // Changed rules: the next epoch.
+        let mut changed = rules.clone();
+        changed
+            .chains
+            .insert("egress_wren_a".into(), vec!["drop".into()]);
+        let next = programmer.stamped(&mut state, &changed).connection_mark;
+        assert!(next.is_some_and(|n| n.epoch != mark.epoch), "{next:?}");
+        // After a failure the kernel's table is unknown: a new epoch even for the same rules.
+        state.loaded = Loaded::Unknown;
+        let again = programmer.stamped(&mut state, &rules).connection_mark;
+        assert!(again.is_some_and(|a| a.epoch != mark.epoch), "{again:?}");
+    }
 
     #[test]
     fn counter_figures_are_read_from_nft_json() {
