@@ -28,6 +28,7 @@
 //! | `wren_fastpath_to_stack_packets_total` | counter | | pool-to-pool packets the fast path left to the host stack |
 //! | `wren_fastpath_encapsulated_packets_total` | counter | | of the forwarded packets, those the fast path wrapped in VXLAN itself |
 //! | `wren_fastpath_translated_packets_total` | counter | | pool-to-pool packets left to the host stack because netfilter translated their connection |
+//! | `wren_fastpath_policed_carried_packets_total` | counter | | packets of pods network policy isolates that the fast path carried, their connection allowed by the rules in force |
 //! | `wren_policy_denied_packets_total` | counter | | packets network policy dropped on this node |
 //! | `wren_policy_denied_connections_total` | counter | | connection attempts (packets conntrack saw as new) network policy dropped on this node |
 //! | `wren_policy_denied_packets_by_policy_total` | counter | `policy` | packets dropped at a pod the policy isolates (a drop at a pod several policies isolate counts for each) |
@@ -185,6 +186,9 @@ pub struct Metrics {
     /// Pool-to-pool packets the fast path left to the host stack because netfilter
     /// translated their connection.
     pub fast_path_translated: Counter,
+    /// Packets of isolated pods the fast path carried, their connection allowed by the
+    /// rules in force.
+    pub fast_path_policed_carried: Counter,
     /// Packets network policy dropped on this node.
     pub policy_denied_packets: Counter,
     /// Connection attempts network policy dropped on this node.
@@ -240,6 +244,7 @@ impl Metrics {
             fast_path_to_stack: Counter::default(),
             fast_path_encapsulated: Counter::default(),
             fast_path_translated: Counter::default(),
+            fast_path_policed_carried: Counter::default(),
             policy_denied_packets: Counter::default(),
             policy_denied_connections: Counter::default(),
             policy_denied_packets_by_policy: Family::default(),
@@ -377,6 +382,11 @@ impl Metrics {
             "fastpath_translated_packets",
             "Pool-to-pool packets the fast path left to the host stack because netfilter translated their connection (hostPort, Service, SNAT)",
             m.fast_path_translated.clone(),
+        );
+        r.register(
+            "fastpath_policed_carried_packets",
+            "Packets of pods network policy isolates that the fast path carried, their connection allowed by the rules in force",
+            m.fast_path_policed_carried.clone(),
         );
         r.register(
             "policy_denied_packets",

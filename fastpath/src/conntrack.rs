@@ -122,11 +122,15 @@ fn calls(btf: &Btf, base: Option<&Btf>, btf_index: i16) -> Result<ConntrackCalls
             "struct nf_conn with a status member",
         ))?;
     let opts_len = both(&|b, _| b.struct_size("bpf_ct_opts")).unwrap_or(OPTS_LEN_ORIGINAL);
+    // Absent without CONFIG_NF_CONNTRACK_MARK: policed endpoints then stay on the stack.
+    let mark_offset = both(&|b, base| b.member_offset("nf_conn", "mark", base))
+        .and_then(|offset| i16::try_from(offset).ok());
     Ok(ConntrackCalls {
         lookup: kfunc(LOOKUP)?,
         release: kfunc(RELEASE)?,
         opts_len: opts_len as i32,
         status_offset,
+        mark_offset,
     })
 }
 
@@ -173,5 +177,8 @@ mod tests {
             "{calls:?}"
         );
         assert_eq!(found.fd_array().is_empty(), calls.lookup.btf_index == 0);
+        // The connection mark (a u32) lies after the status in this kernel's layout.
+        let mark = calls.mark_offset.expect("CONFIG_NF_CONNTRACK_MARK");
+        assert!(mark > calls.status_offset && mark % 4 == 0, "{calls:?}");
     }
 }

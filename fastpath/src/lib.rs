@@ -26,11 +26,11 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::conntrack::{ConntrackError, KernelConntrack};
-pub use crate::program::VxlanConfig;
 use crate::program::{
-    COUNTER_ENCAPSULATED, COUNTER_FORWARDED, COUNTER_TO_STACK, COUNTER_TRANSLATED, COUNTERS,
-    MapFds, VXLAN_CONFIG_LEN,
+    COUNTER_ENCAPSULATED, COUNTER_FORWARDED, COUNTER_POLICED_CARRIED, COUNTER_TO_STACK,
+    COUNTER_TRANSLATED, COUNTERS, MapFds, POLICY_MARK_LEN, VXLAN_CONFIG_LEN,
 };
+pub use crate::program::{PolicyMark, VxlanConfig};
 use crate::sys::{Link, LoadError, Map, MapType, Program, TestContext};
 
 /// Most pods one node's fast path tracks.
@@ -93,6 +93,9 @@ pub struct Counters {
     /// Pool-to-pool packets left to the host stack because netfilter translated their
     /// connection.
     pub translated: u64,
+    /// Packets from or to a policed endpoint that the program carried on, their connection
+    /// marked as allowed by the current rules.
+    pub policed_carried: u64,
 }
 
 /// How a device takes part.
@@ -112,6 +115,9 @@ pub struct FastPath {
     vxlan: Map,
     vteps: Map,
     policed: Map,
+    policy_mark: Map,
+    /// Whether the kernel keeps connection marks the program can read.
+    reads_marks: bool,
     cpus: usize,
     links: HashMap<u32, (Role, Link)>,
     /// What the pod table holds, so an unchanged pod costs no system call per pass.
@@ -120,6 +126,7 @@ pub struct FastPath {
     vxlan_config: Option<VxlanConfig>,
     vtep_set: HashMap<[u8; 6], Ipv4Addr>,
     policed_set: std::collections::HashSet<Ipv4Addr>,
+    policy_mark_set: PolicyMark,
 }
 
 impl FastPath {
@@ -136,7 +143,9 @@ impl FastPath {
         let vxlan = map("wren_vxlan", MapType::Array, 4, VXLAN_CONFIG_LEN, 1)?;
         let vteps = map("wren_vteps", MapType::Hash, 8, 4, MAX_VTEPS)?;
         let policed = map("wren_policed", MapType::Hash, 4, 4, MAX_PODS)?;
+        let policy_mark = map("wren_policy_mark", MapType::Array, 4, POLICY_MARK_LEN, 1)?;
         let conntrack = KernelConntrack::find()?;
+        let reads_marks = conntrack.calls.mark_offset.is_some();
         let insns = program::forward(
             MapFds {
                 pods: pods.raw_fd(),
@@ -145,6 +154,7 @@ impl FastPath {
                 vxlan: vxlan.raw_fd(),
                 vteps: vteps.raw_fd(),
                 policed: policed.raw_fd(),
+                policy_mark: policy_mark.raw_fd(),
             },
             conntrack.calls,
         )?;
@@ -166,6 +176,8 @@ impl FastPath {
             vxlan,
             vteps,
             policed,
+            policy_mark,
+            reads_marks,
             cpus,
             links: HashMap::new(),
             pod_addresses: HashMap::new(),
@@ -173,6 +185,7 @@ impl FastPath {
             vxlan_config: None,
             vtep_set: HashMap::new(),
             policed_set: std::collections::HashSet::new(),
+            policy_mark_set: PolicyMark::default(),
         })
     }
 
@@ -252,8 +265,9 @@ impl FastPath {
         Ok(())
     }
 
-    /// Sets the policed endpoints: local pods' IPv4 addresses whose every packet, sent or
-    /// received, goes to the host stack, where network policy is enforced.
+    /// Sets the policed endpoints: local pods' IPv4 addresses whose packets, sent or
+    /// received, go to the host stack, where network policy is enforced, unless their TCP
+    /// connection carries the epoch of [`FastPath::set_policy_mark`].
     pub fn set_policed(&mut self, addresses: &[Ipv4Addr]) -> Result<(), FastPathError> {
         let update = |source| FastPathError::Update {
             what: "policed endpoints",
@@ -270,6 +284,31 @@ impl FastPath {
         }
         self.policed_set = wanted;
         Ok(())
+    }
+
+    /// Sets the mark the node's policy rules put on connections they allowed: a policed
+    /// endpoint's TCP packet is carried past the stack only in an established connection
+    /// whose mark carries `mark.epoch` (and without SYN, FIN or RST). Set it only after the
+    /// rules that mark that epoch are in the kernel; [`PolicyMark::default`] (epoch 0)
+    /// carries none.
+    pub fn set_policy_mark(&mut self, mark: PolicyMark) -> Result<(), FastPathError> {
+        if self.policy_mark_set == mark {
+            return Ok(());
+        }
+        self.policy_mark
+            .update(&0u32.to_ne_bytes(), &mark.to_bytes())
+            .map_err(|source| FastPathError::Update {
+                what: "policy mark",
+                source,
+            })?;
+        self.policy_mark_set = mark;
+        Ok(())
+    }
+
+    /// Whether the kernel keeps connection marks the program reads: without them a
+    /// policed endpoint's packets all go to the stack.
+    pub fn reads_connection_marks(&self) -> bool {
+        self.reads_marks
     }
 
     /// Sets the pool prefixes: only traffic from one pool address to another is forwarded.
@@ -381,6 +420,7 @@ impl FastPath {
             to_stack: read(COUNTER_TO_STACK)?,
             encapsulated: read(COUNTER_ENCAPSULATED)?,
             translated: read(COUNTER_TRANSLATED)?,
+            policed_carried: read(COUNTER_POLICED_CARRIED)?,
         })
     }
 

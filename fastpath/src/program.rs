@@ -15,10 +15,9 @@
 //! leaves the pools (outgoing NAT), packets whose TTL runs out, IP options, fragments after
 //! the first, a destination without a resolved neighbour, a packet (or a GSO packet's
 //! segments) too big for the egress device, a pod's packet whose source is not the pod's own
-//! address (the stack's reverse-path filter drops it), and every packet of a connection that
-//! netfilter translated, and every packet from or to a policed endpoint (a pod some network
-//! policy isolates): netfilter holds the policy verdicts, and conntrack must see both
-//! directions of such a connection on the pod's node.
+//! address (the stack's reverse-path filter drops it), every packet of a connection that
+//! netfilter translated, and the packets from or to a policed endpoint (a pod some network
+//! policy isolates) that the policy rules have not judged since they last changed (below).
 //!
 //! Translated connections: a hostPort, a Service's DNAT or an SNAT rewrites a connection's
 //! first packet in the host stack, and only the stack can rewrite the rest and the replies
@@ -29,7 +28,19 @@
 //! destination NAT. A connection conntrack does not know (the fast path's own flows never
 //! reach it) is forwarded. Other protocols are not looked up, so they are not forwarded:
 //! ICMP echo excepted, since an ICMP error quotes a packet whose addresses NAT may have
-//! changed. The same lookup is where a connection-aware verdict (network policy) hooks in.
+//! changed.
+//!
+//! Policed endpoints: netfilter holds the policy verdicts (`inet wren_policy`), and every
+//! TCP packet its rules let through stamps the rules' current epoch into its connection's
+//! mark. The same conntrack look-up then decides: a policed endpoint's packet is carried
+//! only when conntrack knows the connection, it is TCP and assured (the handshake went
+//! through the stack), the packet has no SYN, FIN or RST (setup and teardown stay with
+//! conntrack, so no entry is left behind), and `mark & mask` is the epoch in the policy
+//! mark map, which the agent sets only once the rules stamping it are in the kernel. A
+//! change of the rules is a new epoch: every connection's next packet goes to the stack,
+//! meets the new rules once and, still allowed, is stamped and carried again; no longer
+//! allowed, it is dropped there. UDP and ICMP of policed endpoints stay on the stack:
+//! conntrack's short timeouts for them are refreshed only by packets it sees.
 //!
 //! VXLAN: the FIB's answer for a remote block is `wren.vxlan` with the remote device's MAC
 //! (the tunnel address's permanent neighbour). The program finds the remote node's address
@@ -44,12 +55,13 @@
 //! Maps, all created by [`crate::FastPath`]:
 //! - pods: hash, host-side ifindex (u32) → the pod's IPv4 address (4 bytes, network order);
 //! - pools: LPM trie, `{prefix length: u32, IPv4 address}` → unused u32;
-//! - counters: per-CPU array of u64, [`COUNTER_FORWARDED`], [`COUNTER_TO_STACK`] and
-//!   [`COUNTER_ENCAPSULATED`];
+//! - counters: per-CPU array of u64, [`COUNTER_FORWARDED`], [`COUNTER_TO_STACK`],
+//!   [`COUNTER_ENCAPSULATED`], [`COUNTER_TRANSLATED`] and [`COUNTER_POLICED_CARRIED`];
 //! - vxlan: array of one [`VxlanConfig`] (device ifindex 0: VXLAN is left to the device);
 //! - vteps: hash, a remote device's MAC (6 bytes, 2 zero bytes) → the node's IPv4 address;
 //! - policed: hash, an IPv4 address (4 bytes, network order) of a local pod some network
-//!   policy isolates → unused u32.
+//!   policy isolates → unused u32;
+//! - policy mark: array of one [`PolicyMark`] (epoch 0: no policed packet is carried).
 
 use crate::asm::{Alu, Asm, AsmError, Cond, Insn, Reg, Size};
 
@@ -63,8 +75,11 @@ pub const COUNTER_ENCAPSULATED: u32 = 2;
 /// Counter slot: pool-to-pool packets left to the host stack because netfilter translated
 /// their connection (hostPort, Service, SNAT).
 pub const COUNTER_TRANSLATED: u32 = 3;
+/// Counter slot: of the forwarded packets, those from or to a policed endpoint, carried
+/// because their connection's mark says the current rules allowed it.
+pub const COUNTER_POLICED_CARRIED: u32 = 4;
 /// Number of counter slots.
-pub const COUNTERS: u32 = 4;
+pub const COUNTERS: u32 = 5;
 
 /// A kernel function (kfunc) the program calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +103,10 @@ pub struct ConntrackCalls {
     pub opts_len: i32,
     /// Byte offset of `status` (an `unsigned long`) in this kernel's `struct nf_conn`.
     pub status_offset: i16,
+    /// Byte offset of `mark` (a `u32`) in this kernel's `struct nf_conn`; `None` when the
+    /// kernel has no connection marks (`CONFIG_NF_CONNTRACK_MARK` off): policed endpoints'
+    /// packets then all go to the stack.
+    pub mark_offset: Option<i16>,
 }
 
 /// File descriptors of the maps the program reads.
@@ -105,6 +124,32 @@ pub struct MapFds {
     pub vteps: i32,
     /// Policed endpoints' addresses.
     pub policed: i32,
+    /// The policy mark: one [`PolicyMark`].
+    pub policy_mark: i32,
+}
+
+/// What the node's policy rules mark on a connection they allowed, as the program reads
+/// it: the one value of the policy mark map. A policed endpoint's packet is carried only
+/// when its connection's `ct mark & mask` equals `epoch`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyMark {
+    /// The current epoch, already shifted into `mask`'s bits; 0 carries nothing.
+    pub epoch: u32,
+    /// The bits of the connection mark the epoch lives in.
+    pub mask: u32,
+}
+
+/// Size of [`PolicyMark::to_bytes`].
+pub const POLICY_MARK_LEN: u32 = 8;
+
+impl PolicyMark {
+    /// The map value: epoch, then mask, each in host order.
+    pub fn to_bytes(&self) -> [u8; POLICY_MARK_LEN as usize] {
+        let mut out = [0u8; POLICY_MARK_LEN as usize];
+        out[..4].copy_from_slice(&self.epoch.to_ne_bytes());
+        out[4..].copy_from_slice(&self.mask.to_ne_bytes());
+        out
+    }
 }
 
 /// The VXLAN device's settings as the program reads them: the one value of the vxlan map.
@@ -252,10 +297,20 @@ const CT_OPTS_NETNS: i16 = CT_OPTS;
 const CT_OPTS_L4PROTO: i16 = CT_OPTS + 8;
 /// The tracked connection's status, kept across the release call.
 const CT_STATUS: i16 = -144;
+/// The tracked connection's mark, kept across the release call.
+const CT_MARK: i16 = -148;
+/// 1 when the packet's source or destination is a policed endpoint, else 0.
+const POLICED: i16 = -152;
 /// `BPF_F_CURRENT_NETNS`: look up in the namespace the packet is in.
 const CURRENT_NETNS: i32 = -1;
 /// `IPS_SRC_NAT | IPS_DST_NAT` of `enum ip_conntrack_status`.
 const IPS_NAT_MASK: i32 = (1 << 4) | (1 << 5);
+/// `IPS_ASSURED`: conntrack saw the connection's setup through (for TCP, the handshake's
+/// last ACK).
+const IPS_ASSURED: i32 = 1 << 2;
+/// The TCP header's flags byte, and FIN, SYN and RST in it.
+const TCP_FLAGS: i16 = ETH_LEN + IP_LEN + 13;
+const TCP_FIN_SYN_RST: i32 = 0x01 | 0x02 | 0x04;
 
 const AF_INET: i32 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i32 = 0;
@@ -306,7 +361,7 @@ pub fn forward(maps: MapFds, conntrack: ConntrackCalls) -> Result<Vec<Insn>, Asm
 
     // A TTL about to run out needs an ICMP error: the stack sends it.
     a.label("ttl")?;
-    unpoliced(&mut a, maps.policed);
+    note_policed(&mut a, maps.policed)?;
     a.load(Size::B, R2, R7, ETH_LEN + 8)
         .jump_imm(Cond::Le, R2, 1, "to_stack");
     untranslated(&mut a, maps, conntrack)?;
@@ -394,8 +449,10 @@ pub fn forward(maps: MapFds, conntrack: ConntrackCalls) -> Result<Vec<Insn>, Asm
 }
 
 /// Falls through when the packet's connection was not translated by netfilter (see the
-/// module's documentation); otherwise the packet goes to the stack. R7, R8 = the packet,
-/// with the IPv4 header proven inside; they are reloaded on the way out.
+/// module's documentation) and, for a policed endpoint's packet, when the node's policy
+/// rules allowed its connection since they last changed; otherwise the packet goes to the
+/// stack. R7, R8 = the packet, with the IPv4 header proven inside; they are reloaded on
+/// the way out.
 fn untranslated(a: &mut Asm, maps: MapFds, conntrack: ConntrackCalls) -> Result<(), AsmError> {
     use Reg::*;
     // Later fragments carry no ports: the stack reassembles them for conntrack.
@@ -403,7 +460,11 @@ fn untranslated(a: &mut Asm, maps: MapFds, conntrack: ConntrackCalls) -> Result<
         .alu_imm(Alu::And, R2, ne16(IP_FRAGMENT_MASK))
         .jump_imm(Cond::Ne, R2, 0, "to_stack")
         .load(Size::B, R2, R7, ETH_LEN + IP_PROTOCOL)
-        .jump_imm(Cond::Eq, R2, IPPROTO_TCP, "tracked")
+        .jump_imm(Cond::Eq, R2, IPPROTO_TCP, "tracked");
+    // A policed endpoint's other traffic stays with the stack: conntrack's timeouts for
+    // UDP and ICMP are refreshed only by the packets it sees.
+    a.load(Size::W, R3, R10, POLICED)
+        .jump_imm(Cond::Ne, R3, 0, "to_stack")
         .jump_imm(Cond::Eq, R2, IPPROTO_UDP, "tracked")
         .jump_imm(Cond::Ne, R2, IPPROTO_ICMP, "to_stack")
         .mov(R3, R7)
@@ -429,6 +490,7 @@ fn untranslated(a: &mut Asm, maps: MapFds, conntrack: ConntrackCalls) -> Result<
         .store_imm(Size::DW, R10, CT_OPTS + 8, 0)
         .store_imm(Size::W, R10, CT_OPTS_NETNS, CURRENT_NETNS)
         .store(Size::B, R10, CT_OPTS_L4PROTO, R2)
+        .store_imm(Size::W, R10, CT_MARK, 0)
         .mov(R1, R6)
         .mov(R2, R10)
         .add_imm(R2, i32::from(CT_TUPLE))
@@ -439,14 +501,54 @@ fn untranslated(a: &mut Asm, maps: MapFds, conntrack: ConntrackCalls) -> Result<
         .call_kfunc(conntrack.lookup.btf_id, conntrack.lookup.btf_index)
         .jump_imm(Cond::Eq, R0, 0, "untracked")
         .load(Size::DW, R2, R0, conntrack.status_offset)
-        .store(Size::DW, R10, CT_STATUS, R2)
-        .mov(R1, R0)
+        .store(Size::DW, R10, CT_STATUS, R2);
+    if let Some(mark) = conntrack.mark_offset {
+        a.load(Size::W, R2, R0, mark)
+            .store(Size::W, R10, CT_MARK, R2);
+    }
+    a.mov(R1, R0)
         .call_kfunc(conntrack.release.btf_id, conntrack.release.btf_index)
         .load(Size::DW, R2, R10, CT_STATUS)
         .jump_imm(Cond::Set, R2, IPS_NAT_MASK, "translated");
-    a.label("untracked")?;
+    load_packet(a, HEADERS_LEN, "next");
+    a.load(Size::W, R3, R10, POLICED)
+        .jump_imm(Cond::Eq, R3, 0, "untranslated");
+
+    // A policed endpoint's TCP packet: carried only in an established connection whose
+    // mark carries the current epoch (the rules allowed it since they last changed), and
+    // never with SYN, FIN or RST, so that conntrack sees every connection's setup and
+    // teardown and leaves no entry behind.
+    a.load(Size::DW, R2, R10, CT_STATUS)
+        .jump_imm(Cond::Set, R2, IPS_ASSURED, "carried_assured")
+        .jump("to_stack");
+    a.label("carried_assured")?;
+    load_packet(a, i32::from(TCP_FLAGS) + 1, "to_stack");
+    a.load(Size::B, R3, R7, TCP_FLAGS)
+        .jump_imm(Cond::Set, R3, TCP_FIN_SYN_RST, "to_stack")
+        .store_imm(Size::W, R10, ARRAY_KEY, 0);
+    lookup(a, maps.policy_mark, ARRAY_KEY);
+    a.jump_imm(Cond::Eq, R0, 0, "to_stack")
+        .load(Size::W, R2, R0, 0)
+        .jump_imm(Cond::Eq, R2, 0, "to_stack")
+        .load(Size::W, R3, R0, 4)
+        .load(Size::W, R4, R10, CT_MARK)
+        .alu_reg(Alu::And, R4, R3)
+        .jump_reg(Cond::Ne, R4, R2, "to_stack");
+    count(
+        a,
+        maps.counters,
+        COUNTER_POLICED_CARRIED,
+        "counted_policed_carried",
+    )?;
     load_packet(a, HEADERS_LEN, "next");
     a.jump("untranslated");
+
+    // Not tracked: the fast path's own flows, unless the endpoint is policed.
+    a.label("untracked")?;
+    load_packet(a, HEADERS_LEN, "next");
+    a.load(Size::W, R3, R10, POLICED)
+        .jump_imm(Cond::Ne, R3, 0, "to_stack")
+        .jump("untranslated");
 
     a.label("translated")?;
     count(a, maps.counters, COUNTER_TRANSLATED, "counted_translated")?;
@@ -628,16 +730,23 @@ fn in_pools(a: &mut Asm, pools: i32, fields: &[i16]) {
     }
 }
 
-/// Leaves the packet to the host stack (counted) when its source or destination is a
-/// policed endpoint: the stack's netfilter holds the verdict. R7 = packet start.
-fn unpoliced(a: &mut Asm, policed: i32) {
+/// Notes in the POLICED slot whether the packet's source or destination is a policed
+/// endpoint, whose packets are carried only on the conditions of [`untranslated`].
+/// R7 = packet start.
+fn note_policed(a: &mut Asm, policed: i32) -> Result<(), AsmError> {
     use Reg::*;
+    a.store_imm(Size::W, R10, POLICED, 0);
     for field in [IP_SADDR, IP_DADDR] {
         a.load(Size::W, R2, R7, field)
             .store(Size::W, R10, POLICED_KEY, R2);
         lookup(a, policed, POLICED_KEY);
-        a.jump_imm(Cond::Ne, R0, 0, "to_stack");
+        a.jump_imm(Cond::Ne, R0, 0, "policed");
     }
+    a.jump("policed_noted");
+    a.label("policed")?;
+    a.store_imm(Size::W, R10, POLICED, 1);
+    a.label("policed_noted")?;
+    Ok(())
 }
 
 /// Copies `len` (even) bytes, two at a time, through R2.
@@ -705,6 +814,7 @@ mod tests {
             vxlan: 6,
             vteps: 7,
             policed: 8,
+            policy_mark: 9,
         };
         let conntrack = ConntrackCalls {
             lookup: Kfunc {
@@ -717,6 +827,7 @@ mod tests {
             },
             opts_len: 12,
             status_offset: 128,
+            mark_offset: Some(136),
         };
         let insns = forward(maps, conntrack).unwrap();
         assert!(
@@ -743,7 +854,7 @@ mod tests {
             }
         }
         // Every map is referenced.
-        for fd in [3, 4, 5, 6, 7] {
+        for fd in [3, 4, 5, 6, 7, 8, 9] {
             assert!(insns.iter().any(|i| i.code == 0x18 && i.imm == fd));
         }
         // Both conntrack functions are called as kfuncs (src 2), and the status is read
@@ -756,6 +867,8 @@ mod tests {
             );
         }
         assert!(insns.iter().any(|i| i.code == 0x79 && i.off == 128));
+        // A policed endpoint's connection mark is read (a word) at the kernel's offset.
+        assert!(insns.iter().any(|i| i.code == 0x61 && i.off == 136));
     }
 }
 

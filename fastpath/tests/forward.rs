@@ -493,6 +493,31 @@ fn verdicts() {
                 assert_eq!(out, packet, "{what}: packet untouched");
                 assert_eq!(delta(fast.counters().unwrap(), before), (0, 1), "{what}");
             }
+            // With an epoch in force, a policed pod's TCP segment of a connection conntrack
+            // does not know (no rule ever judged it) still goes to the stack; the same
+            // segment between unpoliced pods is the fast path's own and forwarded.
+            fast.set_policy_mark(wren_fastpath::PolicyMark {
+                epoch: 0x0001_0000,
+                mask: 0xffff_0000,
+            })
+            .unwrap();
+            let segment = transport_frame(REMOTE_POD, 6, 20, 100);
+            let before = fast.counters().unwrap();
+            let (verdict, out) = run(&fast, &segment, wp1);
+            assert_eq!(
+                verdict, TCX_NEXT,
+                "an unjudged policed connection: the stack's"
+            );
+            assert_eq!(out, segment, "policed segment untouched");
+            let after = fast.counters().unwrap();
+            assert_eq!(delta(after, before), (0, 1));
+            assert_eq!(after.policed_carried, before.policed_carried);
+            fast.set_policed(&[]).unwrap();
+            let (verdict, _) = run(&fast, &segment, wp1);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "unpoliced: forwarded");
+            fast.set_policy_mark(wren_fastpath::PolicyMark::default())
+                .unwrap();
+
             fast.set_policed(&[REMOTE_POD]).unwrap();
             let (verdict, _) = run(&fast, &frame(POD, REMOTE_POD, 64), wp1);
             assert_eq!(verdict, TCX_NEXT, "to a policed address: left to the stack");

@@ -9,10 +9,12 @@
 //!     set a5c1f… { type ipv4_addr; flags interval; elements = { 10.65.1.4, 10.65.2.0/31 } }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
+//!         tcp flags fin,rst ct mark set ct mark and 0x0000ffff   # teardown: the stack's
 //!         ct state related accept              # ICMP errors of tracked connections
 //!         ct direction reply accept            # replies of connections let through
 //!         iifname vmap @egress_chains          # from an isolated pod
 //!         oifname vmap @ingress_chains         # to an isolated pod
+//!         tcp flags & (fin | rst) == 0 ct mark set ct mark and 0x0000ffff or 0x00170000  # epoch
 //!     }
 //!     counter denied_packets { }  counter denied_connections { }
 //!     counter p9e07… { }  counter c9e07… { }          # per isolating policy
@@ -51,6 +53,11 @@
 //!   counts for every policy isolating the pod in that direction.
 //! - The table is the only thing wren writes, and an `accept` in it does not override
 //!   another table's drop: a host firewall keeps its say.
+//! - With a [`ConnectionMark`], a TCP packet that got through every rule stamps the
+//!   current epoch into its connection's mark (bits of the mask only), and a FIN or RST
+//!   clears it. The fast path carries a policed endpoint's packets only in a connection
+//!   stamped with the epoch it was told, so every change of the table (a new epoch, in
+//!   the same transaction) sends each connection's next packet through the new rules once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -86,6 +93,45 @@ pub struct NftRules {
     pub ingress: BTreeMap<String, String>,
     /// Named counters of what is denied, by name.
     pub counters: BTreeMap<String, DeniedCounter>,
+    /// The mark stamped on TCP connections the rules allowed, if any.
+    pub connection_mark: Option<ConnectionMark>,
+}
+
+/// The epoch a table stamps into the connection mark of every TCP connection whose packet
+/// got through its rules: what tells the fast path that the rules in force allowed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionMark {
+    /// The bits of the connection mark that are wren's; the others are left alone.
+    pub mask: u32,
+    /// The epoch, within `mask` (shifted into its bits); never 0.
+    pub epoch: u32,
+}
+
+impl ConnectionMark {
+    /// Epoch `n` (counted from 1) of `mask`, shifted into its bits and wrapping within
+    /// them, skipping 0 (which no table stamps). `None` unless the mask is one run of
+    /// contiguous bits.
+    pub fn nth(mask: u32, n: u64) -> Option<Self> {
+        if !Self::usable_mask(mask) {
+            return None;
+        }
+        let shift = mask.trailing_zeros();
+        let span = u64::from(mask >> shift);
+        let value = (n.saturating_sub(1) % span) + 1;
+        Some(Self {
+            mask,
+            epoch: (value as u32) << shift,
+        })
+    }
+
+    /// Whether `mask` can hold epochs: one run of contiguous bits, not empty.
+    pub fn usable_mask(mask: u32) -> bool {
+        if mask == 0 {
+            return false;
+        }
+        let run = u64::from(mask >> mask.trailing_zeros());
+        run & (run + 1) == 0
+    }
 }
 
 /// What one named counter of denied traffic counts.
@@ -175,10 +221,9 @@ impl NftRules {
         }
         s.push_str("\tchain forward {\n");
         s.push_str("\t\ttype filter hook forward priority filter; policy accept;\n");
-        s.push_str("\t\tct state related accept\n");
-        s.push_str("\t\tct direction reply accept\n");
-        let _ = writeln!(s, "\t\tiifname vmap @{EGRESS_MAP}");
-        let _ = writeln!(s, "\t\toifname vmap @{INGRESS_MAP}");
+        for line in self.forward_rules() {
+            let _ = writeln!(s, "\t\t{line}");
+        }
         s.push_str("\t}\n");
         for (name, lines) in &self.chains {
             let _ = writeln!(s, "\tchain {name} {{");
@@ -189,6 +234,30 @@ impl NftRules {
         }
         s.push_str("}\n");
         s
+    }
+
+    /// The rules of the `forward` chain, in order.
+    fn forward_rules(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let keep = self
+            .connection_mark
+            .map(|m| format!("ct mark and {:#010x}", !m.mask));
+        if let Some(keep) = &keep {
+            // Teardown is the stack's: the fast path leaves a connection alone from its
+            // first FIN or RST, so conntrack sees it closed.
+            lines.push(format!("tcp flags & (fin | rst) != 0 ct mark set {keep}"));
+        }
+        lines.push("ct state related accept".to_owned());
+        lines.push("ct direction reply accept".to_owned());
+        lines.push(format!("iifname vmap @{EGRESS_MAP}"));
+        lines.push(format!("oifname vmap @{INGRESS_MAP}"));
+        if let (Some(keep), Some(mark)) = (&keep, self.connection_mark) {
+            lines.push(format!(
+                "tcp flags & (fin | rst) == 0 ct mark set {keep} or {:#010x}",
+                mark.epoch
+            ));
+        }
+        lines
     }
 
     /// An `nft -f` script that turns `inet <table>`, loaded with `previous`, into these
@@ -265,6 +334,13 @@ impl NftRules {
         for name in previous.counters.keys() {
             if !self.counters.contains_key(name) {
                 let _ = writeln!(s, "delete counter inet {table} {name}");
+            }
+        }
+        // The new epoch, in the same transaction as the rules it stands for.
+        if self.connection_mark != previous.connection_mark {
+            let _ = writeln!(s, "flush chain inet {table} forward");
+            for line in self.forward_rules() {
+                let _ = writeln!(s, "add rule inet {table} forward {line}");
             }
         }
         s
@@ -539,6 +615,76 @@ mod tests {
                 .values()
                 .all(|(kind, elements)| *kind == "ipv4_addr" && elements == "10.65.0.2")
         );
+    }
+
+    #[test]
+    fn epochs_wrap_inside_the_mask_and_skip_zero() {
+        let first = ConnectionMark::nth(0x00ff_0000, 1).unwrap();
+        assert_eq!(first.epoch, 0x0001_0000);
+        assert_eq!(
+            ConnectionMark::nth(0x00ff_0000, 255).unwrap().epoch,
+            0x00ff_0000
+        );
+        assert_eq!(
+            ConnectionMark::nth(0x00ff_0000, 256).unwrap().epoch,
+            0x0001_0000
+        );
+        assert_eq!(ConnectionMark::nth(0x1, 7).unwrap().epoch, 0x1);
+        assert_eq!(ConnectionMark::nth(0xffff_ffff, 3).unwrap().epoch, 3);
+        for mask in [0, 0x0101, 0xf0f0_0000] {
+            assert!(!ConnectionMark::usable_mask(mask), "{mask:#x}");
+            assert_eq!(ConnectionMark::nth(mask, 1), None);
+        }
+    }
+
+    #[test]
+    fn the_epoch_is_stamped_after_every_rule_and_a_delta_replaces_it() {
+        let mut rules = cluster(FROM_B).plan_node("n1").nft_rules();
+        rules.connection_mark = ConnectionMark::nth(0x00ff_0000, 0x17);
+        let script = rules.script(TABLE);
+        let forward: Vec<&str> = script
+            .lines()
+            .skip_while(|l| !l.contains("chain forward"))
+            .skip(2)
+            .take_while(|l| !l.contains('}'))
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            forward,
+            [
+                "tcp flags & (fin | rst) != 0 ct mark set ct mark and 0xff00ffff",
+                "ct state related accept",
+                "ct direction reply accept",
+                "iifname vmap @egress_chains",
+                "oifname vmap @ingress_chains",
+                "tcp flags & (fin | rst) == 0 ct mark set ct mark and 0xff00ffff or 0x00170000",
+            ]
+        );
+        // The same rules with the next epoch: the delta refills the forward chain only.
+        let mut next = rules.clone();
+        next.connection_mark = ConnectionMark::nth(0x00ff_0000, 0x18);
+        let delta = next.delta_script(&rules, TABLE);
+        let lines: Vec<&str> = delta.lines().collect();
+        assert_eq!(lines[0], "flush chain inet wren_policy forward");
+        assert_eq!(lines.len(), 7, "{delta}");
+        assert!(
+            lines
+                .iter()
+                .skip(1)
+                .all(|l| l.starts_with("add rule inet wren_policy forward "))
+        );
+        assert!(lines[6].ends_with("or 0x00180000"), "{delta}");
+        // A changed chain and the new epoch go in one transaction, the epoch last.
+        let mut changed = cluster(&FROM_B.replace("pod: b}}}]", "pod: a}}}]"))
+            .plan_node("n1")
+            .nft_rules();
+        changed.connection_mark = next.connection_mark;
+        let delta = changed.delta_script(&rules, TABLE);
+        assert!(delta.contains("flush chain inet wren_policy ingress_wren_a"));
+        assert!(delta.trim_end().ends_with("or 0x00180000"), "{delta}");
+        // Without a mark nothing is stamped.
+        let plain = cluster(FROM_B).plan_node("n1").nft_rules();
+        assert!(!plain.script(TABLE).contains("ct mark"));
     }
 
     #[test]

@@ -140,6 +140,10 @@ pub struct FastPathStatus {
     /// connection (hostPort, Service, SNAT).
     #[serde(default)]
     pub translated: u64,
+    /// Packets from or to pods network policy isolates that the program carried, their
+    /// connection allowed by the rules in force.
+    #[serde(default)]
+    pub policed_carried: u64,
     /// What failed in the last pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -179,6 +183,12 @@ impl FastPathStatus {
                     line.push_str(&format!(
                         "  Connections translated by netfilter (hostPort, Service, SNAT): {} packets left to the host stack\n",
                         self.translated
+                    ));
+                }
+                if self.policed_carried > 0 {
+                    line.push_str(&format!(
+                        "  Connections network policy allowed: {} packets carried\n",
+                        self.policed_carried
                     ));
                 }
                 if self.vxlan_peers > 0 || self.encapsulated > 0 {
@@ -299,6 +309,40 @@ impl FastPathControl {
         }
     }
 
+    /// Tells the program which epoch of the node's policy rules it may carry connections
+    /// of (`None`: none). Called after the table stamping that epoch is in the kernel.
+    pub async fn set_policy_mark(&self, mark: Option<wren_policy::nft::ConnectionMark>) {
+        let kernel = self.kernel.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut kernel = match kernel.lock() {
+                Ok(k) => k,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if let Kernel::On(fast) = &mut *kernel {
+                let mark = mark
+                    .filter(|_| fast.reads_connection_marks())
+                    .filter(|_| match tcp_window_tracking_liberal(Path::new(LIBERAL_SYSCTL)) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "policed connections stay on the host stack");
+                            false
+                        }
+                    })
+                    .map(|m| wren_fastpath::PolicyMark {
+                        epoch: m.epoch,
+                        mask: m.mask,
+                    })
+                    .unwrap_or_default();
+                if let Err(e) = fast.set_policy_mark(mark) {
+                    tracing::warn!(error = %e, "policed connections stay on the host stack");
+                }
+            }
+        });
+        if let Err(e) = job.await {
+            tracing::warn!(error = %e, "setting the fast path's policy mark failed");
+        }
+    }
+
     /// Puts the kernel's counters as of now into `status` (a status read between passes).
     /// While a pass holds the program (waiting on the kernel, possibly for long), `status`
     /// keeps the counters that pass will bring: a status read or a scrape, which run on the
@@ -316,6 +360,7 @@ impl FastPathControl {
             status.to_stack = counters.to_stack;
             status.encapsulated = counters.encapsulated;
             status.translated = counters.translated;
+            status.policed_carried = counters.policed_carried;
         }
     }
 
@@ -353,7 +398,35 @@ impl FastPathControl {
             status.translated,
             &mut last.translated,
         );
+        grow(
+            &metrics.fast_path_policed_carried,
+            status.policed_carried,
+            &mut last.policed_carried,
+        );
     }
+}
+
+/// conntrack's switch for checking TCP sequence numbers against the windows it saw.
+const LIBERAL_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal";
+
+/// Turns conntrack's TCP window checks liberal in the agent's namespace (`sysctl` file
+/// `path`). conntrack does not see the packets the fast path carries, so when a change of
+/// the rules sends a carried connection's next packet to the stack, its sequence numbers
+/// lie far past the windows conntrack last saw: strict, it would call the packet invalid
+/// and the connection could never be judged (or stamped) again. Liberal, it still tracks
+/// the connection's state and flags; only out-of-window resets stay invalid. The same
+/// trade nftables' own flow offload makes, per connection, for the same reason.
+fn tcp_window_tracking_liberal(path: &Path) -> Result<(), String> {
+    let now = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if now.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|e| format!("{}: {e}", path.display()))?;
+    tracing::info!(
+        sysctl = %path.display(),
+        "conntrack's TCP window checks made liberal: the fast path carries connections of policed pods"
+    );
+    Ok(())
 }
 
 fn ifindex(name: &str) -> Option<u32> {
@@ -460,6 +533,7 @@ fn reconcile(fast: &mut FastPath, node_ip: Ipv4Addr, desired: &FastPathDesired) 
         vxlan_peers: fast.vxlan_peers(),
         encapsulated: counters.encapsulated,
         translated: counters.translated,
+        policed_carried: counters.policed_carried,
         errors,
     }
 }

@@ -712,6 +712,12 @@ impl Controller {
         if let Some(status) = &network_policy {
             kernel_side.network_policy = Some((plan.network_policy.clone(), status.clone()));
         }
+        // Only once the table stamping it is in the kernel: the epoch the fast path carries.
+        if let (Some(programmer), Some(control)) = (&self.network_policy, &self.fast_path) {
+            control
+                .set_policy_mark(programmer.connection_mark().await)
+                .await;
+        }
         drop(kernel_side);
         let routes_desired = plan.routes.len();
         let routes = self.program_routes(trigger, plan.routes, !synced).await;

@@ -81,6 +81,8 @@ pub struct FastPathReport {
     pub encapsulated: u64,
     /// Pool-to-pool packets left to the stack because netfilter translated their connection.
     pub translated: u64,
+    /// Packets of pods network policy isolates that the program carried.
+    pub policed_carried: u64,
 }
 
 impl FastPathReport {
@@ -101,6 +103,7 @@ impl FastPathReport {
             to_stack: number("toStack")?,
             encapsulated: number("encapsulated").unwrap_or(0),
             translated: number("translated").unwrap_or(0),
+            policed_carried: number("policedCarried").unwrap_or(0),
         })
     }
 }
@@ -853,6 +856,30 @@ impl Lab {
         self.add_pod_as(node, format!("{namespace}-{name}"), Some(args))
     }
 
+    /// Labels the Kubernetes pod `namespace/name` (`wren workload label`, `KEY=VALUE` each)
+    /// and creates it on `node` as [`Lab::add_k8s_pod`] does; returns its lab namespace and
+    /// address.
+    pub fn add_labelled_k8s_pod(
+        &mut self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+        labels: &[&str],
+    ) -> Result<(String, Ipv4Addr)> {
+        let mut args = vec!["workload".to_owned(), "label".to_owned()];
+        args.push(format!("{namespace}/{name}"));
+        args.extend(labels.iter().map(|l| (*l).to_owned()));
+        self.wren_cli(&args)?;
+        let pod_name = self.add_k8s_pod(node, namespace, name)?;
+        let pod = self
+            .state
+            .pods
+            .iter()
+            .find(|p| p.name == pod_name)
+            .ok_or_else(|| LabError::Lab(format!("pod {pod_name} not recorded")))?;
+        Ok((pod.ns.clone(), pod.ip))
+    }
+
     fn add_pod_as(
         &mut self,
         node: &str,
@@ -1478,7 +1505,7 @@ mod tests {
             "fastPath": {
                 "state": "on", "pods": 2, "uplinks": ["eth0", "wren.vxlan"],
                 "forwarded": 1234, "toStack": 5, "vxlanPeers": 3, "encapsulated": 1000,
-                "translated": 42
+                "translated": 42, "policedCarried": 7
             }
         });
         assert_eq!(
@@ -1491,6 +1518,7 @@ mod tests {
                 to_stack: 5,
                 encapsulated: 1000,
                 translated: 42,
+                policed_carried: 7,
             })
         );
         let off = serde_json::json!({"fastPath": {

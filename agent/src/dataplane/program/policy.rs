@@ -7,6 +7,11 @@
 //! transaction, which undoes any drift. A node where no policy isolates a pod has no table at
 //! all, so its forwarded packets meet no hook of wren's.
 //!
+//! Every load that changes the rules stamps a new epoch into the connection mark of the TCP
+//! connections they allow ([`ConnectionMark`], under [`CONNECTION_MARK_MASK`]), in the same
+//! transaction; [`PolicyProgrammer::connection_mark`] tells the fast path, after the
+//! transaction committed, which epoch it may carry (see `docs/policy.md`).
+//!
 //! What the table denies is counted in its named counters ([`DeniedCounter`]); a whole-table
 //! load starts them from zero, and so does deleting one, so the programmer reads them first
 //! and carries their figures over: [`PolicyProgrammer::denied`] only grows.
@@ -19,7 +24,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use wren_policy::NodePlan;
-use wren_policy::nft::{DeniedCounter, NftRules, TABLE};
+use wren_policy::nft::{ConnectionMark, DeniedCounter, NftRules, TABLE};
+
+/// The bits of the connection mark (`ct mark`) that hold the policy epoch: sixteen bits,
+/// so an epoch comes back only after 65,535 changes of the node's rules; the other bits
+/// are left to others.
+pub const CONNECTION_MARK_MASK: u32 = 0xffff_0000;
 
 /// Why the table could not be brought to the plan.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +84,8 @@ enum Loaded {
 #[derive(Debug)]
 pub struct PolicyProgrammer {
     program: PathBuf,
+    /// The connection mark's bits for the epoch; `None`: no stamping.
+    mark_mask: Option<u32>,
     state: Mutex<State>,
 }
 
@@ -82,6 +94,19 @@ struct State {
     loaded: Loaded,
     /// Figures of counters the table no longer holds (a whole load, a deleted counter).
     carried: BTreeMap<DeniedCounter, u64>,
+    /// Epochs used so far, counted from a value of the agent's start (a restarted agent
+    /// does not take up its predecessor's count, whose marks live on in conntrack).
+    epochs: u64,
+}
+
+/// Where an agent's epochs start: from the clock and the process, different from one
+/// start to the next.
+fn first_epoch() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    u64::from(nanos ^ std::process::id().rotate_left(16))
 }
 
 impl Default for PolicyProgrammer {
@@ -96,12 +121,44 @@ impl PolicyProgrammer {
         Self::with_program("nft")
     }
 
-    /// A programmer using the given `nft` program.
+    /// A programmer using the given `nft` program, stamping epochs under
+    /// [`CONNECTION_MARK_MASK`].
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
         Self {
             program: program.into(),
-            state: Mutex::new(State::default()),
+            mark_mask: Some(CONNECTION_MARK_MASK),
+            state: Mutex::new(State {
+                epochs: first_epoch(),
+                ..State::default()
+            }),
         }
+    }
+
+    /// The epoch the table in the kernel stamps on the connections it allows; `None`
+    /// when there is no table or its state is unknown (a load failed).
+    pub async fn connection_mark(&self) -> Option<ConnectionMark> {
+        match &self.state.lock().await.loaded {
+            Loaded::Table(rules) => rules.connection_mark,
+            _ => None,
+        }
+    }
+
+    /// `rules` as they are to be loaded: with the epoch of the table they replace when
+    /// nothing else changes (a full pass reloading the same rules), the next one when
+    /// anything does or the kernel's state is unknown.
+    fn stamped(&self, state: &mut State, rules: &NftRules) -> NftRules {
+        let mut rules = rules.clone();
+        if let Loaded::Table(previous) = &state.loaded {
+            rules.connection_mark = previous.connection_mark;
+            if rules == *previous {
+                return rules;
+            }
+        }
+        rules.connection_mark = self.mark_mask.and_then(|mask| {
+            state.epochs = state.epochs.wrapping_add(1);
+            ConnectionMark::nth(mask, state.epochs)
+        });
+        rules
     }
 
     /// What the table has denied since the agent started, per counter: only grows.
@@ -180,6 +237,7 @@ impl PolicyProgrammer {
             state.loaded = Loaded::Absent;
             return Ok(PolicyChange::Removed);
         }
+        let rules = &self.stamped(&mut state, rules);
         // Counters whose figures were carried over for a delta that was then refused.
         let mut carried_already: Vec<String> = Vec::new();
         if let (false, Loaded::Table(previous)) = (full, &state.loaded) {
@@ -335,6 +393,35 @@ impl PolicyStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_stamps_a_new_epoch_and_a_reload_of_the_same_rules_keeps_it() {
+        let programmer = PolicyProgrammer::new();
+        let mut state = State::default();
+        let mut rules = NftRules::default();
+        rules
+            .chains
+            .insert("ingress_wren_a".into(), vec!["drop".into()]);
+        // Nothing known of the kernel: a new epoch, inside the mask, never 0.
+        let first = programmer.stamped(&mut state, &rules);
+        let mark = first.connection_mark.expect("an epoch");
+        assert_eq!(mark.mask, CONNECTION_MARK_MASK);
+        assert!(mark.epoch != 0 && mark.epoch & !CONNECTION_MARK_MASK == 0);
+        state.loaded = Loaded::Table(first.clone());
+        // The same rules again (a full pass): the same epoch, so carried connections stay.
+        assert_eq!(programmer.stamped(&mut state, &rules), first);
+        // Changed rules: the next epoch.
+        let mut changed = rules.clone();
+        changed
+            .chains
+            .insert("egress_wren_a".into(), vec!["drop".into()]);
+        let next = programmer.stamped(&mut state, &changed).connection_mark;
+        assert!(next.is_some_and(|n| n.epoch != mark.epoch), "{next:?}");
+        // After a failure the kernel's table is unknown: a new epoch even for the same rules.
+        state.loaded = Loaded::Unknown;
+        let again = programmer.stamped(&mut state, &rules).connection_mark;
+        assert!(again.is_some_and(|a| a.epoch != mark.epoch), "{again:?}");
+    }
 
     #[test]
     fn counter_figures_are_read_from_nft_json() {

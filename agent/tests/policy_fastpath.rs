@@ -1,0 +1,240 @@
+//! Network policy at fast-path speed, on real traffic: a TCP connection a policy allows to
+//! an isolated pod is carried by the fast path once conntrack saw it set up (the node's
+//! fast-path counters grow with the bytes, its stack hand-offs do not), a change that
+//! takes the allowance away stops the open connection at its next packet, and allowing it
+//! again lets a new connection through, carried again.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use wren_tests::lab::{self, FastPathReport, Lab, LabSpec};
+use wren_tests::netns::command_in;
+
+const PORT: &str = "7070";
+
+/// Takes every connection on port 7070 and answers one byte per MiB received.
+const SINK: &str = r#"
+import socket, threading
+def serve(c):
+    got = 0
+    try:
+        while True:
+            data = c.recv(262144)
+            if not data:
+                break
+            acks = (got + len(data)) // 1048576 - got // 1048576
+            got += len(data)
+            if acks:
+                c.sendall(b"k" * acks)
+    except OSError:
+        pass
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7070))
+s.listen(16)
+print("up", flush=True)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Connects to argv[1]:7070; for every line N on stdin sends N MiB and waits for the N
+/// acknowledgements, printing `ok`, or `stalled` when 3 s pass without progress.
+const STREAMER: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], 7070), timeout=3)
+s.settimeout(3)
+chunk = b"x" * 1048576
+print("connected", flush=True)
+for line in sys.stdin:
+    n = int(line)
+    try:
+        for _ in range(n):
+            s.sendall(chunk)
+        got = 0
+        while got < n:
+            data = s.recv(n - got)
+            if not data:
+                raise OSError("closed")
+            got += len(data)
+        print("ok", flush=True)
+    except OSError as e:
+        print("stalled", e, flush=True)
+        break
+"#;
+
+/// Allows x/server's ingress from pods labelled `app` (the policy isolates x/server).
+fn allow_from(app: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: server, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{app: server}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{app: {app}}}}}}}]}}]\n"
+    )
+}
+
+/// A child process killed and reaped when dropped.
+struct Guarded(Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One long-lived connection from the client pod, sending on demand.
+struct Stream {
+    _child: Guarded,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Stream {
+    fn open(netns: &str, server_ip: &str) -> Option<Self> {
+        let mut child = Guarded(
+            command_in(netns, "python3")
+                .args(["-c", STREAMER, server_ip])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("streamer started"),
+        );
+        let (stdin, stdout) = (child.0.stdin.take()?, child.0.stdout.take()?);
+        let mut stream = Self {
+            _child: child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        };
+        (stream.line() == "connected").then_some(stream)
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        let _ = self.stdout.read_line(&mut line);
+        line.trim().to_owned()
+    }
+
+    /// Sends `mib` MiB; whether all of it was taken and acknowledged.
+    fn send(&mut self, mib: u32) -> bool {
+        if writeln!(self.stdin, "{mib}")
+            .and_then(|()| self.stdin.flush())
+            .is_err()
+        {
+            return false;
+        }
+        self.line() == "ok"
+    }
+}
+
+/// Opens new connections until one carries a MiB (`want`) or none can (`!want`).
+fn wait_new_connections(client: &str, server_ip: &str, want: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let works = Stream::open(client, server_ip).is_some_and(|mut s| s.send(1));
+        if works == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new connections still {}",
+            if want { "refused" } else { "allowed" }
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn fast_path(lab: &Lab, node: &str) -> FastPathReport {
+    let report = lab.fast_path(node).expect("fast path status");
+    assert!(report.on, "{node}'s fast path is on");
+    report
+}
+
+#[test]
+fn allowed_connections_ride_the_fast_path_until_a_change_denies_them() {
+    if !lab::require_lab(false) || !wren_tests::prereq::require_command("nft") {
+        return;
+    }
+    let mut spec = LabSpec::new("polfast", 2);
+    spec.pods_per_node = 0;
+    let mut lab = Lab::up(spec).expect("lab up");
+    let (server, server_ip) = lab
+        .add_labelled_k8s_pod("n1", "x", "server", &["app=server"])
+        .expect("server pod");
+    let (client, _) = lab
+        .add_labelled_k8s_pod("n2", "x", "client", &["app=client"])
+        .expect("client pod");
+    let server_ip = server_ip.to_string();
+    lab.wait_full_matrix(Duration::from_secs(30), "n1")
+        .expect("pods reach each other");
+    let mut sink = Guarded(
+        command_in(&server, "python3")
+            .args(["-c", SINK])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sink"),
+    );
+    let mut up = String::new();
+    if let Some(out) = sink.0.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut up);
+    }
+    assert_eq!(up.trim(), "up", "the sink listens on {PORT}");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let apply = |yaml: &str| {
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(&file, yaml).expect("policy written");
+        lab.wren_cli(&["policy", "apply", "-f", file.to_str().unwrap_or_default()])
+            .expect("policy applied");
+    };
+
+    // (1) Allowed: set up through the stack, then carried, with next to nothing left to
+    // the stack while the bytes flow.
+    apply(&allow_from("client"));
+    wait_new_connections(&client, &server_ip, true);
+    let mut stream = Stream::open(&client, &server_ip).expect("connected while allowed");
+    assert!(stream.send(1), "the allowed connection carries data");
+    let (carried, to_stack) = carried_while(&lab, &mut stream, 32);
+    assert!(
+        carried >= 100 && to_stack * 20 < carried,
+        "n1 carried {carried} packets of the policed pod and left {to_stack} to the stack \
+         while 32 MiB flowed"
+    );
+
+    // A change that still allows it (a second policy for another client): the
+    // connection's next packet meets the new rules on the stack, and it is carried again.
+    apply(&allow_from("other").replace("name: server", "name: other"));
+    wait_new_connections(&client, &server_ip, true);
+    let (carried, _) = carried_while(&lab, &mut stream, 32);
+    assert!(carried >= 100, "carried again after the change: {carried}");
+    lab.wren_cli(&["policy", "rm", "x/other"])
+        .expect("policy removed");
+
+    // (2) A change that denies it: the open connection stops at its next packet.
+    apply(&allow_from("nobody"));
+    wait_new_connections(&client, &server_ip, false);
+    assert!(
+        !stream.send(1),
+        "the open connection stops once the rules no longer allow it"
+    );
+    drop(stream);
+
+    // (3) Allowed again: a new connection gets through and is carried.
+    apply(&allow_from("client"));
+    wait_new_connections(&client, &server_ip, true);
+    let mut stream = Stream::open(&client, &server_ip).expect("connected once allowed again");
+    assert!(stream.send(1), "the new connection carries data");
+    let (carried, _) = carried_while(&lab, &mut stream, 16);
+    assert!(carried >= 50, "the new connection is carried: {carried}");
+}
+
+/// Sends `mib` MiB over `stream`; how many packets n1's fast path carried for its policed
+/// pod meanwhile, and how many it left to the stack.
+fn carried_while(lab: &Lab, stream: &mut Stream, mib: u32) -> (u64, u64) {
+    let before = fast_path(lab, "n1");
+    assert!(stream.send(mib), "{mib} MiB over the allowed connection");
+    let after = fast_path(lab, "n1");
+    (
+        after.policed_carried - before.policed_carried,
+        after.to_stack - before.to_stack,
+    )
+}
