@@ -39,6 +39,7 @@
 //! | `vxlanMtu` | `--vxlan-mtu` / `WREN_VXLAN_MTU` | underlay MTU − 50 | MTU of `wren.vxlan` |
 //! | `ipipMtu` | `--ipip-mtu` / `WREN_IPIP_MTU` | underlay MTU − 20 | MTU of `wrentunl0` |
 //! | `fastPath` | `--fast-path` / `WREN_FAST_PATH` | `true` | forward pod-to-pod traffic with the tc BPF fast path (`docs/ARCHITECTURE.md`); `false` leaves all of it to the host's IP stack |
+//! | `maxPaths` | `--max-paths` / `WREN_MAX_PATHS` | `8` | how many equal BGP paths to one prefix are installed as one multipath route (ECMP), 1 to 64; 1 turns ECMP off |
 //!
 //! The underlay is the interface holding the node IP. Pods and tunnels must agree: a pod MTU
 //! above the tunnel's makes large packets to other nodes fail.
@@ -56,6 +57,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{AgentArgs, DEFAULT_ETCD_ENDPOINTS, DEFAULT_SOCKET, LogFormat, StoreArgs};
 use crate::dataplane::mtu::MtuOverrides;
+
+/// Equal paths to a prefix forwarded over at once unless configured (as BIRD's `merge
+/// paths` limit and FRR's usual `maximum-paths` builds allow many, 8 covers a rack's uplinks).
+pub const DEFAULT_MAX_PATHS: usize = 8;
+
+/// What `maxPaths` may be: the kernel takes more next hops, but no fabric spreads one
+/// prefix over more than this from one node.
+pub const MAX_PATHS_RANGE: std::ops::RangeInclusive<usize> = 1..=64;
 
 /// The configuration file read when `--config` is not given (and only if it exists).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wren/wren.toml";
@@ -241,6 +250,10 @@ pub struct FileConfig {
     /// See the module table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<bool>,
+    /// See the module table. Wider than the flag so that an out-of-range value gets our
+    /// message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_paths: Option<i64>,
 }
 
 impl FileConfig {
@@ -566,6 +579,8 @@ pub struct AgentConfig {
     pub leak_grace_period: Duration,
     /// The agent's own state directory.
     pub state_dir: PathBuf,
+    /// How many equal BGP paths to a prefix one kernel route spreads over (1: no ECMP).
+    pub max_paths: usize,
 }
 
 /// An MTU from flag-or-environment or file: 68 (the IPv4 minimum) to 65535.
@@ -806,6 +821,24 @@ impl AgentConfig {
             });
         }
 
+        let max_paths = args
+            .max_paths
+            .map(i64::from)
+            .or(file.max_paths)
+            .unwrap_or(DEFAULT_MAX_PATHS as i64);
+        let max_paths = usize::try_from(max_paths)
+            .ok()
+            .filter(|n| MAX_PATHS_RANGE.contains(n))
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "maxPaths",
+                value: max_paths.to_string(),
+                reason: format!(
+                    "expected {} to {} (1 turns ECMP off)",
+                    MAX_PATHS_RANGE.start(),
+                    MAX_PATHS_RANGE.end()
+                ),
+            })?;
+
         let graceful_restart_time = duration_or(
             "gracefulRestartTime",
             &args.graceful_restart_time,
@@ -882,6 +915,7 @@ impl AgentConfig {
             state_dir: first(&args.state_dir, &file.state_dir)
                 .unwrap_or_else(|| default_state_dir(&socket)),
             socket,
+            max_paths,
         })
     }
 
@@ -946,6 +980,7 @@ impl AgentConfig {
             leak_release_interval: Some(ms(self.leak_release_interval)),
             leak_grace_period: Some(ms(self.leak_grace_period)),
             state_dir: Some(self.state_dir.clone()),
+            max_paths: Some(self.max_paths as i64),
         }
     }
 }
@@ -1207,6 +1242,26 @@ mod tests {
         assert!(glob_match("en?0s*", "enp0s3"));
         assert!(!glob_match("eth*", "veth0"));
         assert!(glob_match("*", "anything"));
+    }
+
+    #[test]
+    fn max_paths_defaults_to_eight_and_is_checked() {
+        let resolve = |flags: &[&str], text: &str| {
+            AgentConfig::resolve(&args(flags), &file(text), &host()).map(|c| c.max_paths)
+        };
+        assert_eq!(resolve(&[], "").unwrap(), DEFAULT_MAX_PATHS);
+        assert_eq!(resolve(&[], "maxPaths = 1\n").unwrap(), 1);
+        assert_eq!(resolve(&["--max-paths", "4"], "maxPaths = 1\n").unwrap(), 4);
+        for (flags, text) in [
+            (&["--max-paths", "0"][..], ""),
+            (&[][..], "maxPaths = 65\n"),
+            (&[][..], "maxPaths = -1\n"),
+        ] {
+            let error = resolve(flags, text).unwrap_err().to_string();
+            assert!(error.contains("maxPaths"), "{error}");
+        }
+        let c = AgentConfig::resolve(&args(&["--max-paths", "2"]), &file(""), &host()).unwrap();
+        assert_eq!(c.to_file().max_paths, Some(2));
     }
 
     #[test]

@@ -187,6 +187,10 @@ pub struct AgentArgs {
     /// true); `false` leaves all of it to the host's IP stack.
     #[arg(long, env = "WREN_FAST_PATH", value_name = "BOOL")]
     pub fast_path: Option<bool>,
+    /// How many equal BGP paths to one prefix the node forwards over at once (ECMP, one
+    /// multipath kernel route), 1 to 64 (default 8); 1 turns ECMP off.
+    #[arg(long, env = "WREN_MAX_PATHS")]
+    pub max_paths: Option<u32>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
