@@ -215,20 +215,14 @@ pub fn shape_routes(
             .collect();
         // A multipath route is one device's: where some next hops share this node's segment
         // and others need a tunnel, the ones on the segment carry it.
-        let plain: Vec<Gateway> = hops
-            .iter()
-            .filter_map(|h| match h {
-                Hop::Plain(g) => Some(g.clone()),
-                _ => None,
-            })
-            .collect();
-        let through_tunnel: Vec<Gateway> = hops
-            .iter()
-            .filter_map(|h| match h {
-                Hop::Tunnel(g) => Some(g.clone()),
-                _ => None,
-            })
-            .collect();
+        let (mut plain, mut through_tunnel) = (Vec::new(), Vec::new());
+        for hop in &hops {
+            match hop {
+                Hop::Plain(g) => plain.push(g.clone()),
+                Hop::Tunnel(g) => through_tunnel.push(g.clone()),
+                Hop::LeftOut => {}
+            }
+        }
         let tunnelled = plain.is_empty();
         let next_hop = if tunnelled {
             NextHop::gateways(through_tunnel)
