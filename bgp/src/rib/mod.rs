@@ -938,6 +938,8 @@ impl Ctx {
         }
         let chosen = self.select(paths);
         let Some(&best) = chosen.first() else {
+            // Nothing eligible: no best path, so no paths equal to it either.
+            paths.iter_mut().for_each(|p| p.multipath = false);
             return;
         };
         if chosen.len() == 1 {
