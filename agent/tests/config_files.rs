@@ -70,6 +70,7 @@ fn the_example_parses_with_every_key_set() {
         "vxlanMtu",
         "ipipMtu",
         "fastPath",
+        "maxPaths",
     ] {
         assert!(
             set.contains(&key),
@@ -78,7 +79,7 @@ fn the_example_parses_with_every_key_set() {
     }
     assert_eq!(
         set.len(),
-        28,
+        29,
         "a key was added to the agent: document it in the example"
     );
 }
