@@ -158,8 +158,8 @@ pub struct BestPath {
     /// The other paths equal to it up to the tie-breakers that only pick one, in the
     /// decision's order, at most [`RibConfig::max_paths`] - 1 ([`decision::select_multipath`]):
     /// with the best path, the paths to forward over at once (ECMP). Only the best path is
-    /// advertised; these are for the embedding program's forwarding. Always empty in the
-    /// paths listed here.
+    /// advertised; these are for the embedding program's forwarding. (Their own
+    /// `multipath` is empty.)
     pub multipath: Vec<BestPath>,
 }
 
