@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 use wren_agent::cli::{Cli, Command};
 use wren_agent::config::{AgentConfig, Settings, SystemHost};
-use wren_agent::daemon::bgp::{BgpControl, SessionInfo};
+use wren_agent::daemon::bgp::{BestPaths, BgpControl, NextHops, SessionInfo};
 use wren_agent::daemon::mesh::PeerSpec;
 use wren_agent::daemon::policy::Exports;
 use wren_agent::daemon::{Controller, Pass, Shared, Trigger};
@@ -45,8 +45,12 @@ struct Feeder {
 impl BgpControl for Feeder {
     async fn set_peers(&self, _peers: &BTreeMap<IpAddr, PeerSpec>) {}
     async fn set_originated(&self, _exports: &Exports) {}
-    fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
-        self.paths.lock().unwrap().clone()
+    fn best_paths(&self) -> BestPaths {
+        let paths = self.paths.lock().unwrap();
+        paths
+            .iter()
+            .map(|(p, nh)| (*p, NextHops::from(*nh)))
+            .collect()
     }
     fn sessions(&self) -> Vec<SessionInfo> {
         Vec::new()

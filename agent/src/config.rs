@@ -27,6 +27,14 @@ pub use value::{
     NodeName, duration_text, parse_duration,
 };
 
+/// Equal paths to a prefix forwarded over at once unless configured (as BIRD's `merge
+/// paths` limit and FRR's usual `maximum-paths` builds allow many, 8 covers a rack's uplinks).
+pub const DEFAULT_MAX_PATHS: usize = 8;
+
+/// What `maxPaths` may be: the kernel takes more next hops, but no fabric spreads one
+/// prefix over more than this from one node.
+pub const MAX_PATHS_RANGE: std::ops::RangeInclusive<usize> = 1..=64;
+
 /// The configuration file read when `--config` is not given (and only if it exists).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/wren/wren.toml";
 /// Default address of the health and metrics server.
@@ -330,6 +338,8 @@ pub struct AgentConfig {
     pub leak_grace_period: Duration,
     /// The agent's own state directory.
     pub state_dir: PathBuf,
+    /// How many equal BGP paths to a prefix one kernel route spreads over (1: no ECMP).
+    pub max_paths: usize,
 }
 
 /// The state directory when none is configured: beside the socket, named after it
@@ -433,6 +443,7 @@ impl AgentConfig {
                 .state_dir
                 .unwrap_or_else(|| default_state_dir(&socket)),
             socket,
+            max_paths: settings.max_paths.map_or(DEFAULT_MAX_PATHS, |m| m.0),
         })
     }
 
@@ -818,6 +829,29 @@ mod tests {
         );
         let none = AgentConfig::resolve(&args(&[]), Settings::default(), &host()).unwrap();
         assert_eq!(none.mtu, MtuOverrides::default());
+    }
+
+    #[test]
+    fn max_paths_defaults_to_eight_and_is_range_checked_in_every_layer() {
+        let resolve = |flags: &[&str], text: &str| {
+            AgentConfig::resolve(&args(flags), file(text), &host())
+                .unwrap()
+                .max_paths
+        };
+        assert_eq!(resolve(&[], ""), DEFAULT_MAX_PATHS);
+        assert_eq!(resolve(&[], "maxPaths = 1\n"), 1);
+        assert_eq!(resolve(&["--max-paths", "4"], "maxPaths = 1\n"), 4);
+        for bad in ["0", "65", "many"] {
+            let error = try_args(&["--max-paths", bad]).unwrap_err().to_string();
+            assert!(error.contains("--max-paths"), "{error}");
+        }
+        for bad in ["maxPaths = 0\n", "maxPaths = 65\n", "maxPaths = -1\n"] {
+            let error = file_error(bad);
+            assert!(
+                error.contains("maxPaths") && error.contains("line 1"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -417,3 +417,56 @@ fn a_replacement_the_kernel_refuses_leaves_no_stale_route_behind() {
     let table = routes(&ns);
     assert!(line_for(&table, "10.77.205.0/24").is_none(), "{table}");
 }
+
+/// A multipath route over `gateways`.
+fn multipath(dst: &str, gateways: &[&str]) -> Route {
+    Route::via_all(net(dst), gateways.iter().map(|g| ip(g))).unwrap()
+}
+
+#[test]
+fn a_multipath_route_reads_back_as_itself_shrinks_and_grows_in_place() {
+    let Some((ns, mut manager)) = managed_node("rt-ecmp") else {
+        return;
+    };
+    let both = [
+        multipath("10.99.0.0/24", &["192.0.2.3", "192.0.2.2"]),
+        multipath("fd00:99::/64", &["2001:db8::3", "2001:db8::2"]),
+    ];
+    let report = manager.reconcile(&both).unwrap();
+    assert!(report.is_clean(), "{:?}", report.failures);
+    assert_eq!(report.added, 2);
+    let table = routes(&ns);
+    for gateway in ["192.0.2.2", "192.0.2.3", "2001:db8::2", "2001:db8::3"] {
+        assert!(
+            table.contains(&format!("nexthop via {gateway} ")),
+            "{gateway} in\n{table}"
+        );
+    }
+    // The full pass reads them back as wanted: nothing to do.
+    let again = manager.reconcile(&both).unwrap();
+    assert_eq!((again.unchanged, again.added, again.replaced), (2, 0, 0));
+    let mut installed = manager.installed().unwrap();
+    installed.sort_by_key(|r| r.dst);
+    assert_eq!(installed, both);
+
+    // One path gone, then back: the route is replaced in place each time, never removed.
+    let events = ns.enter(RouteEvents::open).unwrap();
+    let one = [
+        Route::via(net("10.99.0.0/24"), ip("192.0.2.3")),
+        Route::via(net("fd00:99::/64"), ip("2001:db8::3")),
+    ];
+    let report = manager.reconcile(&one).unwrap();
+    assert_eq!((report.replaced, report.removed), (2, 0));
+    assert_eq!(manager.reconcile(&one).unwrap().unchanged, 2);
+    let report = manager
+        .apply(&both.clone().map(RouteChange::Replace))
+        .unwrap();
+    assert_eq!(report.replaced, 2);
+    assert_eq!(manager.reconcile(&both).unwrap().unchanged, 2);
+    let (_, deleted) = events.drain();
+    assert_eq!(deleted, 0, "a replace never deletes the route first");
+    // The last path gone removes it.
+    let report = manager.reconcile(&[]).unwrap();
+    assert_eq!(report.removed, 2);
+    assert!(!routes(&ns).contains("nexthop"));
+}

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use proptest::prelude::*;
-use wren_bgp::rib::decision::{Candidate, select};
+use wren_bgp::rib::decision::{Candidate, select, select_multipath};
 use wren_bgp::rib::{Attributes, RouteAttributes};
 use wren_bgp::wire::{Afi, AsPath, AsSegment, Origin};
 
@@ -131,6 +131,97 @@ fn rib_decision_prefers_local_routes() {
     assert_eq!(select(&[candidate(&learned, 1), local]), Some(1));
 }
 
+/// Peers 1..=n with the same path but another router id and address each: what two ToRs
+/// announcing one anycast prefix look like.
+fn equal_candidates(attrs: &Attributes, n: u8) -> Vec<Candidate<'_>> {
+    (1..=n).map(|peer| candidate(attrs, peer)).collect()
+}
+
+#[test]
+fn rib_multipath_merges_paths_that_differ_only_in_router_id_and_address() {
+    let x = attrs(&[65001]);
+    let mut c = equal_candidates(&x, 3);
+    c.reverse();
+    // Ordered by the tie-breakers, so the first is the best path.
+    assert_eq!(select_multipath(&c, 8).as_slice(), [2, 1, 0]);
+    assert_eq!(select(&c), Some(2));
+    // Paths from different neighbouring ASes with the same length merge too (as BIRD's
+    // `merge paths` and FRR's `multipath-relax`), and their MEDs are not compared.
+    let mut other_as = attrs(&[65002]);
+    other_as.med = Some(50);
+    let c = [candidate(&x, 1), candidate(&other_as, 2)];
+    assert_eq!(select_multipath(&c, 8).as_slice(), [0, 1]);
+    // The same for eBGP paths.
+    let mut c = equal_candidates(&x, 2);
+    c.iter_mut().for_each(|c| c.ebgp = true);
+    assert_eq!(select_multipath(&c, 8).as_slice(), [0, 1]);
+    // Reflected paths with longer cluster lists still merge: that step only picks one.
+    let mut reflected = x.clone();
+    reflected.cluster_list = vec![Ipv4Addr::new(1, 1, 1, 1)];
+    let c = [candidate(&reflected, 1), candidate(&x, 2)];
+    assert_eq!(select_multipath(&c, 8).as_slice(), [0, 1]);
+}
+
+#[test]
+fn rib_multipath_leaves_out_paths_that_are_worth_less() {
+    let x = attrs(&[65001]);
+    let cases: Vec<(&str, Attributes)> = vec![
+        ("lower local pref", {
+            let mut a = x.clone();
+            a.local_pref = Some(50);
+            a
+        }),
+        ("longer AS path", attrs(&[65001, 65001])),
+        ("worse origin", {
+            let mut a = x.clone();
+            a.origin = Some(Origin::Incomplete);
+            a
+        }),
+        ("higher MED from the same AS", {
+            let mut a = x.clone();
+            a.med = Some(10);
+            a
+        }),
+    ];
+    for (what, worse) in &cases {
+        // The worse path has the lower router id, so only its worth can leave it out.
+        let c = [candidate(worse, 1), candidate(&x, 2)];
+        assert_eq!(select_multipath(&c, 8).as_slice(), [1], "{what}");
+    }
+    // iBGP is not merged with eBGP.
+    let mut ebgp = candidate(&x, 2);
+    ebgp.ebgp = true;
+    assert_eq!(
+        select_multipath(&[candidate(&x, 1), ebgp], 8).as_slice(),
+        [1]
+    );
+    // A path whose next hop cannot be reached is never a member.
+    let mut unreachable = candidate(&x, 1);
+    unreachable.resolvable = false;
+    assert_eq!(
+        select_multipath(&[unreachable, candidate(&x, 2)], 8).as_slice(),
+        [1]
+    );
+    // A locally originated path stands alone.
+    let mut local = candidate(&x, 3);
+    local.local = true;
+    let learned = [candidate(&x, 1), local];
+    assert_eq!(select_multipath(&learned, 8).as_slice(), [1]);
+    let mut two_local = [local, local];
+    two_local[1].peer_address = "192.168.0.1".parse().unwrap();
+    assert_eq!(select_multipath(&two_local, 8).len(), 1);
+    assert!(select_multipath(&[unreachable], 8).is_empty());
+}
+
+#[test]
+fn rib_multipath_keeps_at_most_max_paths_the_best_first() {
+    let x = attrs(&[65001]);
+    let c = equal_candidates(&x, 5);
+    assert_eq!(select_multipath(&c, 3).as_slice(), [0, 1, 2]);
+    assert_eq!(select_multipath(&c, 1).as_slice(), [0], "1 turns ECMP off");
+    assert_eq!(select_multipath(&c, 0).as_slice(), [0], "0 counts as 1");
+}
+
 /// A random path: local pref, AS path, origin, MED, eBGP, router id, cluster list length.
 fn arb_path() -> impl Strategy<Value = (Attributes, bool, u8)> {
     (
@@ -179,6 +270,34 @@ proptest! {
         rotated.reverse();
         let reversed_best = select(&rotated).expect("a best path");
         prop_assert_eq!(rotated[reversed_best].peer_address, cands[best].peer_address);
+    }
+
+    #[test]
+    fn rib_multipath_set_starts_with_the_best_and_is_independent_of_order(
+        paths in prop::collection::vec(arb_path(), 1..6),
+        rotation in 0usize..6,
+        max in 1usize..6,
+    ) {
+        let cands = candidates(&paths);
+        let set = select_multipath(&cands, max);
+        prop_assert_eq!(set.first().copied(), select(&cands));
+        prop_assert!(set.len() <= max);
+        let addresses = |c: &[Candidate<'_>], set: &[usize]| -> Vec<IpAddr> {
+            set.iter().map(|&i| c[i].peer_address).collect()
+        };
+        let mut rotated = cands.clone();
+        rotated.rotate_left(rotation % cands.len());
+        let rotated_set = select_multipath(&rotated, max);
+        prop_assert_eq!(addresses(&rotated, &rotated_set), addresses(&cands, &set));
+        // Every member is worth as much as the best.
+        let best = &cands[set[0]];
+        for &i in &set[1..] {
+            let c = &cands[i];
+            prop_assert_eq!(c.attrs.local_pref.unwrap_or(100), best.attrs.local_pref.unwrap_or(100));
+            prop_assert_eq!(c.attrs.as_path_len(), best.attrs.as_path_len());
+            prop_assert_eq!(c.attrs.origin, best.attrs.origin);
+            prop_assert_eq!(c.ebgp, best.ebgp);
+        }
     }
 
     #[test]

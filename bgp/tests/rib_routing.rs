@@ -700,3 +700,114 @@ fn rib_a_withdrawn_table_is_compacted_once() {
     );
     assert!(rib.best(&net("10.77.1.0/24")).is_some());
 }
+
+/// The next hops of a best-path event: the best path's first, then the equal ones.
+fn event_next_hops(event: &RouteEvent) -> Vec<IpAddr> {
+    let RouteEvent::Best { path, .. } = event else {
+        return Vec::new();
+    };
+    std::iter::once(path)
+        .chain(path.multipath.iter())
+        .filter_map(|p| p.attrs.next_hop_addr())
+        .collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn rib_multipath_events_follow_the_equal_paths_while_peers_hear_the_best_only() {
+    let mut config = RibConfig::new(LOCAL_AS, ROUTER_ID);
+    config.max_paths = 8;
+    let mut rib = Rib::new(config, Arc::new(AcceptAll));
+    let node = add(&mut rib, 9, LOCAL_AS, false);
+    up(&mut rib, &node, 9);
+    // Three ToRs in their own ASes announcing one anycast prefix with equal paths.
+    let tors: Vec<Peer> = (2..5)
+        .map(|n| add(&mut rib, n, 65000 + u32::from(n), false))
+        .collect();
+    for (tor, n) in tors.iter().zip(2u8..) {
+        up(&mut rib, tor, n);
+    }
+    rib.take_events();
+    let prefix = "10.99.0.0/24";
+    let announce_from = |rib: &mut Rib, tor: &Peer, n: u8| {
+        let path = [65000 + u32::from(n)];
+        rib.update(
+            tor.id,
+            &announce(&[prefix], &path, &format!("192.168.0.{n}")),
+        );
+    };
+    announce_from(&mut rib, &tors[0], 2);
+    drain(&mut rib, &node);
+    rib.take_events();
+    announce_from(&mut rib, &tors[1], 3);
+    let events = rib.take_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        event_next_hops(&events[0]),
+        [ip("192.168.0.2"), ip("192.168.0.3")]
+    );
+    let (sent, withdrawn) = drain(&mut rib, &node);
+    assert!(
+        sent.is_empty() && withdrawn.is_empty(),
+        "the best path did not change, so the node hears nothing: {sent:?}"
+    );
+    announce_from(&mut rib, &tors[2], 4);
+    let events = rib.take_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(event_next_hops(&events[0]).len(), 3);
+    assert_eq!(
+        rib.best(&net(prefix)).map(|b| b.multipath.len()),
+        Some(2),
+        "the Loc-RIB reads the same"
+    );
+    // A member going away shrinks the set, still without a word to the peers.
+    rib.update(
+        tors[1].id,
+        &Update {
+            withdrawn: vec![net(prefix)],
+            attributes: PathAttributes::default(),
+            nlri: vec![],
+        },
+    );
+    let events = rib.take_events();
+    assert_eq!(
+        event_next_hops(&events[0]),
+        [ip("192.168.0.2"), ip("192.168.0.4")]
+    );
+    let (sent, _) = drain(&mut rib, &node);
+    assert!(sent.is_empty());
+    // The best one going away: a new best, which the peers hear.
+    rib.peer_down(tors[0].id, &[]);
+    let events = rib.take_events();
+    assert_eq!(event_next_hops(&events[0]), [ip("192.168.0.4")]);
+    let (sent, _) = drain(&mut rib, &node);
+    assert_eq!(sent.len(), 1);
+    // A longer AS path from the returning ToR is not merged.
+    rib.peer_up(tors[0].id, session(2, None));
+    rib.update(
+        tors[0].id,
+        &announce(&[prefix], &[65002, 65002], "192.168.0.2"),
+    );
+    let events = rib.take_events();
+    assert!(
+        events.is_empty(),
+        "nothing changed for the forwarding: {events:?}"
+    );
+    assert_eq!(rib.best(&net(prefix)).map(|b| b.multipath.len()), Some(0));
+}
+
+#[test]
+fn rib_multipath_is_off_with_one_path() {
+    let mut rib = rib();
+    let a = add(&mut rib, 2, 65002, false);
+    let b = add(&mut rib, 3, 65003, false);
+    up(&mut rib, &a, 2);
+    up(&mut rib, &b, 3);
+    rib.update(a.id, &announce(&["10.99.0.0/24"], &[65002], "192.168.0.2"));
+    rib.update(b.id, &announce(&["10.99.0.0/24"], &[65003], "192.168.0.3"));
+    let best = rib.best(&net("10.99.0.0/24")).expect("a best path");
+    assert!(best.multipath.is_empty());
+}

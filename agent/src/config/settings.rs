@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::ConfigError;
-use super::value::{AsNumber, BoundedDuration, Mtu, NodeIpv4, NodeIpv6, NodeName};
+use super::value::{AsNumber, BoundedDuration, MaxPaths, Mtu, NodeIpv4, NodeIpv6, NodeName};
 use crate::cli::{LogFormat, StoreArgs};
 
 /// Something given by several sources in layers, where each setting comes from the highest
@@ -142,6 +142,10 @@ layered! {
         /// true); `false` leaves all of it to the host's IP stack.
         #[arg(long, env = "WREN_FAST_PATH", value_name = "BOOL")]
         pub fast_path: Option<bool>,
+        /// How many equal BGP paths to one prefix the node forwards over at once (ECMP, one
+        /// multipath kernel route), 1 to 64 (default 8); 1 turns ECMP off.
+        #[arg(long, env = "WREN_MAX_PATHS", value_name = "PATHS")]
+        pub max_paths: Option<MaxPaths>,
         /// Datastore. Its keys sit beside the others in the file (`etcdEndpoints`, …); it is
         /// read from the file on its own (`Settings::from_toml`).
         #[command(flatten)]

@@ -216,6 +216,35 @@ impl FromStr for Mtu {
 }
 text_value!(Mtu, expected = "an MTU", integer = true);
 
+/// How many equal BGP paths to one prefix the node forwards over at once (ECMP), within
+/// [`MAX_PATHS_RANGE`](super::MAX_PATHS_RANGE); 1 turns ECMP off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxPaths(pub usize);
+
+impl FromStr for MaxPaths {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let range = super::MAX_PATHS_RANGE;
+        s.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .map(Self)
+            .ok_or_else(|| {
+                InvalidValue::new(
+                    s,
+                    format!(
+                        "expected {} to {} (1 turns ECMP off)",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            })
+    }
+}
+text_value!(MaxPaths, expected = "a number of paths", integer = true);
+
 /// One etcd endpoint: `http://HOST:PORT` or `https://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
+use smallvec::SmallVec;
 use tokio::sync::watch;
 
 use super::bfd::BfdStatus;
@@ -51,6 +52,43 @@ impl SessionInfo {
     }
 }
 
+/// The next hops of a learned prefix: its best path's and those of the paths equal to it
+/// (ECMP, up to the speaker's maximum), sorted, none twice, never empty.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NextHops(SmallVec<[IpAddr; 1]>);
+
+impl NextHops {
+    /// The set of `next_hops`; `None` when there are none.
+    pub fn new(next_hops: impl IntoIterator<Item = IpAddr>) -> Option<Self> {
+        let mut all: SmallVec<[IpAddr; 1]> = next_hops.into_iter().collect();
+        all.sort_unstable();
+        all.dedup();
+        (!all.is_empty()).then_some(NextHops(all))
+    }
+
+    /// The next hops, in address order.
+    pub fn as_slice(&self) -> &[IpAddr] {
+        &self.0
+    }
+
+    /// The set without the next hops `drop` names; `None` when none is left.
+    pub fn without(&self, drop: impl Fn(&IpAddr) -> bool) -> Option<Self> {
+        if !self.0.iter().any(&drop) {
+            return Some(self.clone());
+        }
+        Self::new(self.0.iter().copied().filter(|nh| !drop(nh)))
+    }
+}
+
+impl From<IpAddr> for NextHops {
+    fn from(next_hop: IpAddr) -> Self {
+        NextHops(SmallVec::from_buf([next_hop]))
+    }
+}
+
+/// Best paths learned from peers: prefix → the next hops to forward over.
+pub type BestPaths = BTreeMap<IpNet, NextHops>;
+
 /// What the daemon needs from a BGP speaker.
 #[async_trait]
 pub trait BgpControl: Send + Sync {
@@ -69,8 +107,8 @@ pub trait BgpControl: Send + Sync {
     async fn set_connected(&self, networks: Vec<IpNet>) {
         let _ = networks;
     }
-    /// Best paths learned from peers: prefix → next hop.
-    fn best_paths(&self) -> BTreeMap<IpNet, IpAddr>;
+    /// Best paths learned from peers, with the paths equal to them: prefix → next hops.
+    fn best_paths(&self) -> BestPaths;
     /// Every session's state.
     fn sessions(&self) -> Vec<SessionInfo>;
     /// A receiver that changes whenever best paths or session states change.
@@ -97,8 +135,8 @@ impl Default for NoBgp {
 impl BgpControl for NoBgp {
     async fn set_peers(&self, _peers: &BTreeMap<IpAddr, PeerSpec>) {}
     async fn set_originated(&self, _exports: &Exports) {}
-    fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
-        BTreeMap::new()
+    fn best_paths(&self) -> BestPaths {
+        BestPaths::new()
     }
     fn sessions(&self) -> Vec<SessionInfo> {
         Vec::new()

@@ -43,7 +43,7 @@ use crate::dataplane::nat::{NatManager, NatRules};
 use crate::dataplane::pod::format_mac;
 use crate::dataplane::program::routes::DesiredRoutes;
 use crate::dataplane::vxlan::{VXLAN_DEVICE, VxlanDevice, VxlanManager, VxlanPeer};
-use crate::dataplane::{NetlinkError, NextHop, Protocol, Route};
+use crate::dataplane::{Gateway, NetlinkError, NextHop, Protocol};
 use crate::metrics::{Metrics, TunnelLabels};
 
 /// The MAC of a node's `wren.vxlan`: the first six bytes of a SHA-256 of its name, marked
@@ -199,50 +199,50 @@ pub fn shape_routes(
     let mut shaped = Shaped::default();
     let mut left_out = Vec::new();
     for (prefix, route) in routes.iter_mut() {
-        let NextHop::Gateway {
-            via: next_hop,
-            dev: None,
-            onlink: false,
-        } = route.next_hop
-        else {
-            continue;
-        };
         if route.protocol != Protocol::BGP {
             continue;
         }
-        let IpAddr::V4(gateway) = next_hop else {
-            continue; // tunnels carry IPv4 only
-        };
-        let (Some(pool), Some(node)) = (pool_of(view, prefix), by_address.get(&next_hop)) else {
-            continue;
-        };
-        let encapsulate = match pool.encapsulation_mode {
-            EncapsulationMode::Always => true,
-            EncapsulationMode::CrossSubnet => !node_ip.contains(&gateway),
-        };
-        if !encapsulate {
-            continue;
+        let gateways = route.next_hop.gateway_list();
+        if gateways.is_empty() || gateways.iter().any(|g| g.dev.is_some() || g.onlink) {
+            continue; // shaped already, or not a learned route's plain gateways
         }
-        match pool.encapsulation {
-            Encapsulation::None => {}
-            Encapsulation::Vxlan => {
-                let peer = node
-                    .vxlan_address
-                    .filter(|a| a.is_ipv4())
-                    .zip(node.vxlan_mac.as_deref().and_then(parse_mac));
-                // Without both ends of the tunnel (the remote node has not published its
-                // tunnel, or ours is not up) the plain route is the only chance, and the
-                // right one on a shared segment.
-                if let (true, Some((via, _))) = (tunnels.vxlan, peer) {
-                    *route = Route::via_onlink(*prefix, via, VXLAN_DEVICE);
-                    shaped.vxlan += 1;
+        let Some(pool) = pool_of(view, prefix) else {
+            continue;
+        };
+        let hops: Vec<Hop> = gateways
+            .iter()
+            .map(|g| shape_hop(node_ip, pool, by_address.get(&g.via).copied(), tunnels, g))
+            .collect();
+        // A multipath route is one device's: where some next hops share this node's segment
+        // and others need a tunnel, the ones on the segment carry it.
+        let (mut plain, mut through_tunnel) = (Vec::new(), Vec::new());
+        for hop in &hops {
+            match hop {
+                Hop::Plain(g) => plain.push(g.clone()),
+                Hop::Tunnel(g) => through_tunnel.push(g.clone()),
+                Hop::LeftOut => {}
+            }
+        }
+        let tunnelled = plain.is_empty();
+        let next_hop = if tunnelled {
+            NextHop::gateways(through_tunnel)
+        } else if plain.len() == hops.len() {
+            continue;
+        } else {
+            NextHop::gateways(plain)
+        };
+        match next_hop {
+            Some(next_hop) => {
+                if tunnelled {
+                    match pool.encapsulation {
+                        Encapsulation::Vxlan => shaped.vxlan += 1,
+                        Encapsulation::Ipip => shaped.ipip += 1,
+                        Encapsulation::None => {}
+                    }
                 }
+                route.next_hop = next_hop;
             }
-            Encapsulation::Ipip if tunnels.ipip => {
-                *route = Route::via_onlink(*prefix, next_hop, IPIP_DEVICE);
-                shaped.ipip += 1;
-            }
-            Encapsulation::Ipip => left_out.push(*prefix),
+            None => left_out.push(*prefix),
         }
     }
     for prefix in &left_out {
@@ -250,6 +250,63 @@ pub fn shape_routes(
     }
     shaped.left_out = left_out.len();
     shaped
+}
+
+/// Where one next hop of a learned route goes once the pool's encapsulation is applied.
+enum Hop {
+    /// Straight to the gateway, unencapsulated.
+    Plain(Gateway),
+    /// Into a tunnel device.
+    Tunnel(Gateway),
+    /// Nowhere: it needs a tunnel this node cannot build now.
+    LeftOut,
+}
+
+/// Shapes one next hop of a route into `pool` (see the module table); `node` is the node
+/// at that address, if one is.
+fn shape_hop(
+    node_ip: Ipv4Net,
+    pool: &Pool,
+    node: Option<&Node>,
+    tunnels: Tunnels,
+    gateway: &Gateway,
+) -> Hop {
+    let plain = Hop::Plain(gateway.clone());
+    let (IpAddr::V4(address), Some(node)) = (gateway.via, node) else {
+        return plain; // tunnels carry IPv4 only, and only to nodes
+    };
+    let encapsulate = match pool.encapsulation_mode {
+        EncapsulationMode::Always => true,
+        EncapsulationMode::CrossSubnet => !node_ip.contains(&address),
+    };
+    if !encapsulate {
+        return plain;
+    }
+    let onlink = |via: IpAddr, dev: &str| {
+        Hop::Tunnel(Gateway {
+            via,
+            dev: Some(dev.to_owned()),
+            onlink: true,
+        })
+    };
+    match pool.encapsulation {
+        Encapsulation::None => plain,
+        Encapsulation::Vxlan => {
+            let peer = node
+                .vxlan_address
+                .filter(|a| a.is_ipv4())
+                .zip(node.vxlan_mac.as_deref().and_then(parse_mac));
+            // Without both ends of the tunnel (the remote node has not published its
+            // tunnel, or ours is not up) the plain route is the only chance, and the
+            // right one on a shared segment.
+            match (tunnels.vxlan, peer) {
+                (true, Some((via, _))) => onlink(via, VXLAN_DEVICE),
+                _ => plain,
+            }
+        }
+        Encapsulation::Ipip if tunnels.ipip => onlink(gateway.via, IPIP_DEVICE),
+        Encapsulation::Ipip => Hop::LeftOut,
+    }
 }
 
 /// The node's VXLAN identity, as the kernel side needs it.
@@ -849,6 +906,7 @@ impl Encap {
 mod tests {
     use super::*;
     use crate::daemon::view::BlockInfo;
+    use crate::dataplane::Route;
     use wren_ipam::PoolSpec;
     use wren_store::memory::MemoryStore;
 
@@ -993,6 +1051,52 @@ mod tests {
             }
         );
         assert_eq!(routes[&net("10.65.0.128/26")].protocol, Protocol::BGP);
+    }
+
+    #[test]
+    fn a_multipath_route_is_shaped_hop_by_hop_and_stays_on_one_device() {
+        let v = view();
+        let tunnels = Tunnels {
+            vxlan: true,
+            ipip: true,
+        };
+        let multipath = |prefix: &str, hops: &[&str]| {
+            let route = Route::via_all(net(prefix), hops.iter().map(|h| ip(h))).unwrap();
+            (net(prefix), route)
+        };
+        let mut routes: DesiredRoutes = [
+            // An address announced by c and d, IPIP always: both through the tunnel.
+            multipath("10.66.9.9/32", &["10.0.2.13", "10.0.2.14"]),
+            // One announced by b (this subnet) and c (another), VXLAN across subnets: the
+            // path on the segment carries it.
+            multipath("10.65.9.9/32", &["10.0.1.12", "10.0.2.13"]),
+            // Outside the pools: left as it is.
+            multipath("198.51.100.0/24", &["10.0.2.13", "10.0.2.14"]),
+        ]
+        .into();
+        let outside = routes[&net("198.51.100.0/24")].clone();
+        let shaped = shape_routes(me(), &v, tunnels, &mut routes);
+        let through_ipip = |via: &str| Gateway {
+            via: ip(via),
+            dev: Some(IPIP_DEVICE.into()),
+            onlink: true,
+        };
+        assert_eq!(
+            Some(routes[&net("10.66.9.9/32")].next_hop.clone()),
+            NextHop::gateways([through_ipip("10.0.2.13"), through_ipip("10.0.2.14")])
+        );
+        assert_eq!(routes[&net("10.65.9.9/32")].next_hop, plain("10.0.1.12"));
+        assert_eq!(routes[&net("198.51.100.0/24")], outside);
+        assert_eq!(shaped.ipip, 1);
+        for route in routes.values() {
+            assert_eq!(route.validate(), Ok(()), "{route}");
+        }
+        // Without the IPIP tunnel, no next hop of the first can be reached.
+        let mut routes: DesiredRoutes =
+            [multipath("10.66.9.9/32", &["10.0.2.13", "10.0.2.14"])].into();
+        let shaped = shape_routes(me(), &v, Tunnels::default(), &mut routes);
+        assert!(routes.is_empty());
+        assert_eq!(shaped.left_out, 1);
     }
 
     #[test]

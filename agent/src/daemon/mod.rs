@@ -148,6 +148,7 @@ impl Shared {
                 encapsulation: encap::EncapStatus::default(),
                 fast_path: fastpath::FastPathStatus::default(),
                 network_policy: PolicyStatus::default(),
+                multipath_routes: Vec::new(),
             }),
         })
     }
@@ -370,6 +371,7 @@ struct Outcomes {
     encapsulation: Option<encap::EncapStatus>,
     fast_path: Option<fastpath::FastPathStatus>,
     network_policy: Option<PolicyStatus>,
+    multipath_routes: Vec<status::MultipathRoute>,
 }
 
 impl Controller {
@@ -720,6 +722,7 @@ impl Controller {
         }
         drop(kernel_side);
         let routes_desired = plan.routes.len();
+        let multipath_routes = status::MultipathRoute::of(plan.routes.values());
         let routes = self.program_routes(trigger, plan.routes, !synced).await;
         if let Ok(RoutesOutcome {
             connected: Some(connected),
@@ -744,6 +747,7 @@ impl Controller {
                 encapsulation,
                 fast_path,
                 network_policy,
+                multipath_routes,
             },
         );
         if let Some(identity) = &self.identity {
@@ -819,6 +823,7 @@ impl Controller {
         status.blocks = local_blocks.into_iter().collect();
         status.borrowed = view.borrowed_addresses(node).into_iter().collect();
         status.routes_desired = outcomes.routes_desired;
+        status.multipath_routes = outcomes.multipath_routes;
         status.last_reconcile_error = outcomes.routes.as_ref().err().map(ToString::to_string);
         status.peers = peer_status;
         if let Some(encapsulation) = outcomes.encapsulation {

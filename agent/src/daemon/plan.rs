@@ -13,6 +13,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::bgp::BestPaths;
 use super::encap::{Wanted, nat_rules, vxlan_peers};
 use super::fastpath::FastPathDesired;
 use super::mesh::{self, LocalNode, PeerSpec};
@@ -55,8 +56,8 @@ pub struct Plan {
     pub network_policy: wren_policy::NodePlan,
 }
 
-/// Computes the desired state from the view and the best paths (prefix → next hop).
-pub fn plan(view: &ClusterView, best_paths: &BTreeMap<IpNet, IpAddr>, facts: &NodeFacts) -> Plan {
+/// Computes the desired state from the view and the best paths (prefix → next hops).
+pub fn plan(view: &ClusterView, best_paths: &BestPaths, facts: &NodeFacts) -> Plan {
     let name = facts.node.name.as_str();
     let imported = policy::import(best_paths, name, &facts.own_addresses, view);
     // Without a policy nothing is isolated: the cluster of every pod is not even built.
@@ -81,13 +82,17 @@ pub fn plan(view: &ClusterView, best_paths: &BTreeMap<IpNet, IpAddr>, facts: &No
     }
 }
 
-/// The kernel routes: imported BGP routes (`proto bgp`), then local blocks as blackholes,
-/// then local pods on their host veths (both `proto wren`). Later entries win on the same
-/// destination: a pod's own route is never replaced by anything learned.
-pub fn routes(node: &str, view: &ClusterView, imported: &BTreeMap<IpNet, IpAddr>) -> DesiredRoutes {
+/// The kernel routes: imported BGP routes (`proto bgp`; one multipath route where several
+/// equal paths lead to a prefix), then local blocks as blackholes, then local pods on their
+/// host veths (both `proto wren`). Later entries win on the same destination: a pod's own
+/// route is never replaced by anything learned.
+pub fn routes(node: &str, view: &ClusterView, imported: &BestPaths) -> DesiredRoutes {
     let mut out: DesiredRoutes = imported
         .iter()
-        .map(|(prefix, next_hop)| (*prefix, Route::via(*prefix, *next_hop)))
+        .filter_map(|(prefix, next_hops)| {
+            let route = Route::via_all(*prefix, next_hops.as_slice().iter().copied())?;
+            Some((*prefix, route))
+        })
         .collect();
     for block in view.local_blocks(node) {
         out.insert(block, Route::blackhole(block));
@@ -106,6 +111,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::daemon::bgp::NextHops;
     use crate::daemon::view::BlockInfo;
     use crate::dataplane::{NextHop, Protocol};
     use wren_model::{Node, Workload};
@@ -161,13 +167,16 @@ mod tests {
         }
     }
 
+    fn learned(pairs: &[(&str, &str)]) -> BestPaths {
+        pairs
+            .iter()
+            .map(|(prefix, next_hop)| (net(prefix), NextHops::from(ip(next_hop))))
+            .collect()
+    }
+
     #[test]
     fn blackholes_pods_and_learned_routes_with_their_protocols() {
-        let learned: BTreeMap<IpNet, IpAddr> = [
-            (net("10.65.0.64/26"), ip("10.0.0.2")),
-            (net("10.65.0.5/32"), ip("10.0.0.2")),
-        ]
-        .into();
+        let learned = learned(&[("10.65.0.64/26", "10.0.0.2"), ("10.65.0.5/32", "10.0.0.2")]);
         let d = routes("a", &view(), &learned);
         assert_eq!(d[&net("10.65.0.0/26")].next_hop, NextHop::Blackhole);
         assert_eq!(
@@ -184,6 +193,52 @@ mod tests {
     }
 
     #[test]
+    fn equal_paths_are_one_multipath_route_and_one_path_a_plain_one() {
+        let two = NextHops::new([ip("192.168.2.1"), ip("192.168.1.1")]).unwrap();
+        let best: BestPaths = [
+            (net("10.99.0.0/24"), two),
+            (net("10.98.0.0/24"), NextHops::from(ip("192.168.1.1"))),
+        ]
+        .into();
+        let p = plan(&view(), &best, &facts_of_a());
+        let multipath = &p.routes[&net("10.99.0.0/24")];
+        assert_eq!(
+            multipath.to_string(),
+            "10.99.0.0/24 nexthop via 192.168.1.1 nexthop via 192.168.2.1 proto bgp"
+        );
+        assert_eq!(
+            p.routes[&net("10.98.0.0/24")],
+            Route::via(net("10.98.0.0/24"), ip("192.168.1.1"))
+        );
+        // One path gone: the same destination with the path left, a change of the route
+        // (a replace), not a removal.
+        let mut shrunk = best.clone();
+        shrunk.insert(net("10.99.0.0/24"), NextHops::from(ip("192.168.2.1")));
+        let after = plan(&view(), &shrunk, &facts_of_a());
+        let changes =
+            crate::dataplane::program::routes::route_changes(&p.routes, &after.routes, false);
+        assert_eq!(
+            changes,
+            [crate::dataplane::RouteChange::Replace(Route::via(
+                net("10.99.0.0/24"),
+                ip("192.168.2.1")
+            ))]
+        );
+        // A path back: a replace again; the same set in another order: no change at all.
+        let changes =
+            crate::dataplane::program::routes::route_changes(&after.routes, &p.routes, false);
+        assert!(matches!(
+            changes.as_slice(),
+            [crate::dataplane::RouteChange::Replace(_)]
+        ));
+        let again = plan(&view(), &best, &facts_of_a());
+        assert!(
+            crate::dataplane::program::routes::route_changes(&p.routes, &again.routes, false)
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn one_plan_holds_sessions_exports_routes_and_the_fast_path() {
         let mut v = view();
         v.nodes.insert(
@@ -195,13 +250,12 @@ mod tests {
             Node::new("b", Some("10.0.0.2/24".parse().unwrap())),
         );
         let facts = facts_of_a();
-        let best: BTreeMap<IpNet, IpAddr> = [
-            // b's block, a block of ours b echoes back, and one that leads to us.
-            (net("10.65.0.64/26"), ip("10.0.0.2")),
-            (net("10.65.0.0/26"), ip("10.0.0.2")),
-            (net("10.65.1.0/26"), ip("10.0.0.1")),
-        ]
-        .into();
+        // b's block, a block of ours b echoes back, and one that leads to us.
+        let best = learned(&[
+            ("10.65.0.64/26", "10.0.0.2"),
+            ("10.65.0.0/26", "10.0.0.2"),
+            ("10.65.1.0/26", "10.0.0.1"),
+        ]);
         let p = plan(&v, &best, &facts);
         assert_eq!(
             p.peers.keys().copied().collect::<Vec<_>>(),
@@ -267,7 +321,7 @@ mod tests {
             br#"{"kind": "Deployment"}"#
         ));
         let facts = facts_of_a();
-        let p = plan(&v, &BTreeMap::new(), &facts);
+        let p = plan(&v, &BestPaths::new(), &facts);
         let pods: Vec<&str> = p
             .network_policy
             .endpoints

@@ -22,6 +22,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use wren_model::Community;
 
+use super::bgp::BestPaths;
 use super::view::ClusterView;
 
 /// How one announced prefix is marked, and who hears it.
@@ -161,27 +162,31 @@ pub fn local_workload_addresses(view: &ClusterView) -> BTreeSet<IpNet> {
         .collect()
 }
 
-/// Filters learned best paths (prefix → next hop) down to the ones to install.
+/// Filters learned best paths (prefix → next hops) down to the ones to install: not this
+/// node's own prefixes, and no next hop that is this node (a path leading back here is left
+/// out of a multipath set, and a prefix with no other path is not installed).
 pub fn import(
-    learned: &BTreeMap<IpNet, IpAddr>,
+    learned: &BestPaths,
     node: &str,
     own_addresses: &[IpAddr],
     view: &ClusterView,
-) -> BTreeMap<IpNet, IpAddr> {
+) -> BestPaths {
     let own = export_set(node, view);
     let pods = local_workload_addresses(view);
     learned
         .iter()
-        .filter(|(prefix, next_hop)| {
-            !own.contains(prefix) && !pods.contains(prefix) && !own_addresses.contains(next_hop)
+        .filter(|(prefix, _)| !own.contains(prefix) && !pods.contains(prefix))
+        .filter_map(|(prefix, next_hops)| {
+            let elsewhere = next_hops.without(|nh| own_addresses.contains(nh))?;
+            Some((*prefix, elsewhere))
         })
-        .map(|(prefix, next_hop)| (*prefix, *next_hop))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::bgp::NextHops;
     use crate::daemon::view::BlockInfo;
 
     fn net(s: &str) -> IpNet {
@@ -361,21 +366,28 @@ mod tests {
     fn import_drops_routes_about_this_node() {
         let v = view();
         let me: IpAddr = "10.0.0.1".parse().unwrap();
-        let learned: BTreeMap<IpNet, IpAddr> = [
-            (net("10.65.0.64/26"), "10.0.0.2".parse().unwrap()),
-            (net("10.65.0.7/32"), "10.0.0.2".parse().unwrap()),
-            (net("10.65.0.0/26"), "10.0.0.2".parse().unwrap()),
-            (net("10.65.0.70/32"), "10.0.0.3".parse().unwrap()),
-            (net("192.0.2.0/24"), me),
-            (net("0.0.0.0/0"), "10.0.0.254".parse().unwrap()),
+        let hops = |list: &[&str]| NextHops::new(list.iter().map(|a| a.parse().unwrap())).unwrap();
+        let learned: BestPaths = [
+            (net("10.65.0.64/26"), hops(&["10.0.0.2"])),
+            (net("10.65.0.7/32"), hops(&["10.0.0.2"])),
+            (net("10.65.0.0/26"), hops(&["10.0.0.2"])),
+            (net("10.65.0.70/32"), hops(&["10.0.0.3"])),
+            (net("192.0.2.0/24"), NextHops::from(me)),
+            (net("0.0.0.0/0"), hops(&["10.0.0.254"])),
+            // An anycast range this node is one of the next hops of: the others stay.
+            (
+                net("198.51.100.0/24"),
+                hops(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+            ),
         ]
         .into();
         let imported = import(&learned, "a", &[me], &v);
-        let expected: BTreeMap<IpNet, IpAddr> = [
-            (net("10.65.0.64/26"), "10.0.0.2".parse().unwrap()),
+        let expected: BestPaths = [
+            (net("10.65.0.64/26"), hops(&["10.0.0.2"])),
             // b borrowed .7 from a's block: the /32 must win over a's blackhole.
-            (net("10.65.0.7/32"), "10.0.0.2".parse().unwrap()),
-            (net("0.0.0.0/0"), "10.0.0.254".parse().unwrap()),
+            (net("10.65.0.7/32"), hops(&["10.0.0.2"])),
+            (net("0.0.0.0/0"), hops(&["10.0.0.254"])),
+            (net("198.51.100.0/24"), hops(&["10.0.0.3", "10.0.0.2"])),
         ]
         .into();
         assert_eq!(imported, expected);

@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 use tokio::sync::{Notify, watch};
 use wren_bgp::fsm::State;
-use wren_bgp::rib::{Attributes, PeerRef, Policy, RouteAttributes, RouteEvent, Source, Verdict};
+use wren_bgp::rib::{
+    Attributes, BestPath, PeerRef, Policy, RouteAttributes, RouteEvent, Source, Verdict,
+};
 use wren_bgp::speaker::{
     GracefulRestartConfig, PeerConfig, PeerStatus, PrefixLimit, Speaker, SpeakerConfig,
     SpeakerError, SpeakerHandle,
@@ -25,7 +27,7 @@ use wren_bgp::wire::{Afi, LargeCommunity};
 use wren_model::{Community, Decision, Filter};
 
 use super::bfd::{BfdSession, BfdSessions};
-use super::bgp::{BgpControl, SessionInfo};
+use super::bgp::{BestPaths, BgpControl, NextHops, SessionInfo};
 use super::mesh::{PeerKind, PeerSpec};
 use super::policy::{ClusterSpace, Export, Exports, ImportLimits};
 use crate::config::AgentConfig;
@@ -168,6 +170,7 @@ pub fn speaker_config(config: &AgentConfig, restart: Restart) -> SpeakerConfig {
         config.bgp_port,
     ));
     speaker.cluster_id = config.route_reflector_cluster_id;
+    speaker.max_paths = config.max_paths;
     speaker.next_hop_v4 = Some(config.node_ip.addr());
     speaker.next_hop_v6 = config.node_ipv6.map(|n| n.addr());
     speaker.graceful_restart = Some(GracefulRestartConfig {
@@ -265,6 +268,13 @@ fn session_info(p: &PeerStatus) -> SessionInfo {
     }
 }
 
+/// The next hops of a best path and of the paths equal to it (the speaker keeps those to
+/// the configured maximum).
+fn learned_next_hops(path: &BestPath) -> Option<NextHops> {
+    let all = std::iter::once(path).chain(path.multipath.iter());
+    NextHops::new(all.filter_map(|p| p.attrs.next_hop_addr()))
+}
+
 /// What the adapter last told the speaker.
 #[derive(Default)]
 struct Applied {
@@ -279,7 +289,7 @@ pub struct SpeakerBgp {
     policy: Arc<NodePolicy>,
     config: AgentConfig,
     applied: tokio::sync::Mutex<Applied>,
-    best: Arc<RwLock<BTreeMap<IpNet, IpAddr>>>,
+    best: Arc<RwLock<BestPaths>>,
     sessions: Arc<Mutex<Vec<SessionInfo>>>,
     bfd: Arc<BfdSessions>,
     changes: Arc<watch::Sender<u64>>,
@@ -327,9 +337,9 @@ impl SpeakerBgp {
                     for event in batch {
                         match event {
                             RouteEvent::Best { prefix, path } => {
-                                match (&path.source, path.attrs.next_hop_addr()) {
-                                    (Source::Peer(_), Some(next_hop)) => {
-                                        best.insert(prefix, next_hop);
+                                match (&path.source, learned_next_hops(&path)) {
+                                    (Source::Peer(_), Some(next_hops)) => {
+                                        best.insert(prefix, next_hops);
                                     }
                                     _ => {
                                         best.remove(&prefix);
@@ -587,7 +597,7 @@ impl BgpControl for SpeakerBgp {
         }
     }
 
-    fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
+    fn best_paths(&self) -> BestPaths {
         match self.best.read() {
             Ok(b) => b.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),

@@ -147,7 +147,39 @@ pub struct AgentStatus {
     /// Network policy on this node.
     #[serde(default)]
     pub network_policy: crate::dataplane::program::policy::PolicyStatus,
+    /// The wanted routes over several equal paths at once (ECMP), every next hop named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub multipath_routes: Vec<MultipathRoute>,
 }
+
+/// A route over several equal paths (ECMP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MultipathRoute {
+    /// The destination.
+    pub prefix: IpNet,
+    /// Every next hop, in address order.
+    pub next_hops: Vec<IpAddr>,
+}
+
+impl MultipathRoute {
+    /// The multipath routes among `routes`.
+    pub fn of<'r>(routes: impl IntoIterator<Item = &'r crate::dataplane::Route>) -> Vec<Self> {
+        routes
+            .into_iter()
+            .filter_map(|r| match &r.next_hop {
+                crate::dataplane::NextHop::Multipath(all) => Some(MultipathRoute {
+                    prefix: r.dst,
+                    next_hops: all.as_slice().iter().map(|g| g.via).collect(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Multipath routes `wren status` lists before it says how many more there are.
+const MULTIPATH_SHOWN: usize = 20;
 
 /// `1h2m`, `3m4s`, `12s`: short enough for a table column.
 pub fn format_age(secs: u64) -> String {
@@ -248,6 +280,17 @@ impl AgentStatus {
                 let _ = writeln!(out, ", last reconcile failed: {e}");
             }
             None => out.push('\n'),
+        }
+        for route in self.multipath_routes.iter().take(MULTIPATH_SHOWN) {
+            let hops: Vec<String> = route.next_hops.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "Multipath: {} via {}", route.prefix, hops.join(", "));
+        }
+        if self.multipath_routes.len() > MULTIPATH_SHOWN {
+            let more = self.multipath_routes.len() - MULTIPATH_SHOWN;
+            let _ = writeln!(
+                out,
+                "Multipath: {more} more (wren status -o json lists them)"
+            );
         }
         if self.encapsulation != super::encap::EncapStatus::default() {
             out.push_str(&self.encapsulation.render());
@@ -426,6 +469,13 @@ mod tests {
             encapsulation: Default::default(),
             fast_path: Default::default(),
             network_policy: Default::default(),
+            multipath_routes: vec![MultipathRoute {
+                prefix: "10.99.0.0/24".parse().unwrap(),
+                next_hops: vec![
+                    "10.77.0.251".parse().unwrap(),
+                    "10.77.0.252".parse().unwrap(),
+                ],
+            }],
         };
         let text = s.render();
         assert!(
@@ -433,6 +483,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Blocks: 10.65.0.0/26"), "{text}");
+        assert!(
+            text.contains("Multipath: 10.99.0.0/24 via 10.77.0.251, 10.77.0.252\n"),
+            "{text}"
+        );
         let lines: Vec<&str> = text.lines().collect();
         let header = lines
             .iter()

@@ -16,7 +16,7 @@ use wren_store::Store;
 use wren_store::json::JsonStore;
 use wren_store::memory::MemoryStore;
 
-use super::bgp::{BgpControl, SessionInfo};
+use super::bgp::{BestPaths, BgpControl, NextHops, SessionInfo};
 use super::mesh::PeerSpec;
 use super::policy::Exports;
 use super::{Controller, Pass, Shared, Trigger};
@@ -44,8 +44,12 @@ impl BgpControl for FakeBgp {
     async fn set_originated(&self, exports: &Exports) {
         *self.originated.lock().unwrap() = exports.keys().copied().collect();
     }
-    fn best_paths(&self) -> BTreeMap<IpNet, IpAddr> {
-        self.paths.lock().unwrap().clone()
+    fn best_paths(&self) -> BestPaths {
+        let paths = self.paths.lock().unwrap();
+        paths
+            .iter()
+            .map(|(p, nh)| (*p, NextHops::from(*nh)))
+            .collect()
     }
     fn sessions(&self) -> Vec<SessionInfo> {
         self.sessions.lock().unwrap().clone()

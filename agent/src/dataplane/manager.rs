@@ -12,7 +12,9 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::netlink::{Netlink, NetlinkError, Request};
 use super::reconcile::{Phase, Step, Wanted, phase_of, plan, scatter};
-use super::route::{InvalidRoute, KernelRoute, MAIN_TABLE, NextHop, Protocol, Route, table_header};
+use super::route::{
+    Gateway, InvalidRoute, KernelRoute, MAIN_TABLE, NextHop, Protocol, Route, table_header,
+};
 
 /// How often a dump is read again when the table changes while it is read.
 const DUMP_ATTEMPTS: usize = 5;
@@ -680,6 +682,7 @@ fn oif_of(k: &KernelRoute) -> Option<u32> {
     match k.shape {
         super::route::Shape::Gateway { oif, .. } => oif,
         super::route::Shape::Device { oif } => Some(oif),
+        super::route::Shape::Multipath(ref all) => all.iter().find_map(|g| g.oif),
         _ => None,
     }
 }
@@ -702,6 +705,11 @@ fn route_of(k: &KernelRoute, names: &HashMap<u32, String>) -> Option<Route> {
             onlink: *onlink,
         },
         Shape::Device { oif } => NextHop::Device { dev: name(*oif) },
+        Shape::Multipath(all) => NextHop::gateways(all.iter().map(|g| Gateway {
+            via: g.via,
+            dev: if g.onlink { g.oif.map(name) } else { None },
+            onlink: g.onlink,
+        }))?,
         Shape::Other => return None,
     };
     Some(Route {

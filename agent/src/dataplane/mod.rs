@@ -43,4 +43,4 @@ pub use pod::{
     HostVeth, PodDefaults, PodError, PodInterface, PodSpec, host_ifname, host_veths,
     remove_host_veth, setup_pod, teardown_pod,
 };
-pub use route::{InvalidRoute, MAIN_TABLE, NextHop, Protocol, Route};
+pub use route::{Gateway, Gateways, InvalidRoute, MAIN_TABLE, NextHop, Protocol, Route};

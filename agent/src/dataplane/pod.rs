@@ -389,7 +389,7 @@ fn default_route_in(
             let (via, oif) = match route.shape {
                 Shape::Gateway { via, oif, .. } => (Some(via), oif),
                 Shape::Device { oif } => (None, Some(oif)),
-                Shape::Blackhole | Shape::Other => (None, None),
+                Shape::Blackhole | Shape::Multipath(_) | Shape::Other => (None, None),
             };
             if let Some(via) = via {
                 words.push_str(&format!(" via {via}"));

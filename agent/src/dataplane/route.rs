@@ -4,6 +4,10 @@
 //! A [`Route`] is identified by its table and destination prefix: the desired table holds at
 //! most one route per (table, destination). Its [`Protocol`] says who owns it, which is what
 //! lets a reconcile remove stale routes of wren's without ever touching anyone else's.
+//!
+//! A route over several gateways at once (ECMP) is one kernel route with `RTA_MULTIPATH`
+//! ([`NextHop::Multipath`]), its gateways kept sorted so that a set read back from the
+//! kernel, in whatever order, compares equal to the one wanted.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -11,8 +15,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
+    RouteNextHopFlags, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::RouteMessageBuilder;
 
@@ -65,6 +69,75 @@ pub enum NextHop {
         /// The device name.
         dev: String,
     },
+    /// `nexthop via <a> nexthop via <b> ...`: equal-cost paths, the kernel spreading flows
+    /// over them by their hash (`net.ipv4.fib_multipath_hash_policy`). Made by
+    /// [`NextHop::gateways`], which keeps one gateway as [`NextHop::Gateway`].
+    Multipath(Gateways),
+}
+
+/// One gateway of a multipath route: `nexthop via <via> [dev <dev>] [onlink]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Gateway {
+    /// The next hop's address, of the destination's family.
+    pub via: IpAddr,
+    /// The device to leave through; `None` lets the kernel resolve it from the gateway.
+    pub dev: Option<String>,
+    /// Treat the gateway as directly attached to `dev` (needs `dev`).
+    pub onlink: bool,
+}
+
+impl Gateway {
+    /// `via <via>`, its device resolved by the kernel.
+    pub fn plain(via: IpAddr) -> Self {
+        Gateway {
+            via,
+            dev: None,
+            onlink: false,
+        }
+    }
+}
+
+/// The gateways of a multipath route: at least two, sorted by address, no address twice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Gateways(Vec<Gateway>);
+
+impl Gateways {
+    /// The gateways, in address order.
+    pub fn as_slice(&self) -> &[Gateway] {
+        &self.0
+    }
+}
+
+impl NextHop {
+    /// The next hop over `gateways`: sorted, the first of two with the same address kept;
+    /// `None` for none, [`NextHop::Gateway`] for one, [`NextHop::Multipath`] for more.
+    pub fn gateways(gateways: impl IntoIterator<Item = Gateway>) -> Option<NextHop> {
+        let mut all: Vec<Gateway> = gateways.into_iter().collect();
+        all.sort();
+        all.dedup_by_key(|g| g.via);
+        match all.len() {
+            0 => None,
+            1 => all.pop().map(|g| NextHop::Gateway {
+                via: g.via,
+                dev: g.dev,
+                onlink: g.onlink,
+            }),
+            _ => Some(NextHop::Multipath(Gateways(all))),
+        }
+    }
+
+    /// The gateways this next hop sends to (none for a blackhole or a device).
+    pub fn gateway_list(&self) -> Vec<Gateway> {
+        match self {
+            NextHop::Gateway { via, dev, onlink } => vec![Gateway {
+                via: *via,
+                dev: dev.clone(),
+                onlink: *onlink,
+            }],
+            NextHop::Multipath(all) => all.0.clone(),
+            NextHop::Blackhole | NextHop::Device { .. } => Vec::new(),
+        }
+    }
 }
 
 /// One route wren wants in the kernel.
@@ -100,6 +173,10 @@ pub enum InvalidRoute {
     /// A device name the kernel cannot have.
     #[error("invalid device name {0:?} (1 to 15 characters, no '/', ':' or whitespace)")]
     DeviceName(String),
+    /// The gateways of a multipath route leave through different devices (wren resolves
+    /// one device per route).
+    #[error("the gateways of multipath route {0} name different devices")]
+    MultipathDevices(IpNet),
     /// Table 0 is not a table.
     #[error("table 0 is not a routing table")]
     Table,
@@ -122,6 +199,13 @@ impl Route {
             },
             Protocol::BGP,
         )
+    }
+
+    /// `<dst> nexthop via <a> nexthop via <b> ... proto bgp`: a prefix learned over BGP from
+    /// several peers with equal paths (one gateway: [`Route::via`]); `None` without gateways.
+    pub fn via_all(dst: IpNet, gateways: impl IntoIterator<Item = IpAddr>) -> Option<Self> {
+        let next_hop = NextHop::gateways(gateways.into_iter().map(Gateway::plain))?;
+        Some(Route::new(dst, next_hop, Protocol::BGP))
     }
 
     /// `<dst> via <gateway> dev <dev> onlink proto bgp`: a block another node announced,
@@ -162,12 +246,14 @@ impl Route {
         self
     }
 
-    /// The device this route names, if any.
+    /// The device this route names, if any (a multipath route's gateways all name the same,
+    /// see [`Route::validate`]).
     pub fn dev(&self) -> Option<&str> {
         match &self.next_hop {
             NextHop::Blackhole => None,
             NextHop::Gateway { dev, .. } => dev.as_deref(),
             NextHop::Device { dev } => Some(dev),
+            NextHop::Multipath(all) => all.0.first().and_then(|g| g.dev.as_deref()),
         }
     }
 
@@ -179,15 +265,15 @@ impl Route {
         if self.table == 0 {
             return Err(InvalidRoute::Table);
         }
-        if let NextHop::Gateway { via, dev, onlink } = &self.next_hop {
+        for Gateway { via, dev, onlink } in self.next_hop.gateway_list() {
             if via.is_ipv4() != self.dst.addr().is_ipv4() {
-                return Err(InvalidRoute::FamilyMismatch {
-                    dst: self.dst,
-                    via: *via,
-                });
+                return Err(InvalidRoute::FamilyMismatch { dst: self.dst, via });
             }
-            if *onlink && dev.is_none() {
-                return Err(InvalidRoute::OnlinkWithoutDevice(*via));
+            if onlink && dev.is_none() {
+                return Err(InvalidRoute::OnlinkWithoutDevice(via));
+            }
+            if dev.as_deref() != self.dev() {
+                return Err(InvalidRoute::MultipathDevices(self.dst));
             }
         }
         match self.dev() {
@@ -215,6 +301,20 @@ impl Route {
                 b
             }
             NextHop::Device { .. } => builder.scope(RouteScope::Link),
+            NextHop::Multipath(all) => {
+                let hops = all.0.iter().map(|g| {
+                    let mut hop = RouteNextHop::default();
+                    if g.onlink {
+                        hop.flags |= RouteNextHopFlags::Onlink;
+                    }
+                    hop.interface_index = oif.unwrap_or(0);
+                    hop.attributes
+                        .push(RouteAttribute::Gateway(RouteAddress::from(g.via)));
+                    hop
+                });
+                // The device travels in each next hop, not on the route.
+                return builder.multipath(hops.collect()).build();
+            }
         };
         let builder = match oif {
             Some(index) => builder.output_interface(index),
@@ -235,6 +335,16 @@ impl Route {
             NextHop::Device { .. } => Shape::Device {
                 oif: oif.unwrap_or(0),
             },
+            NextHop::Multipath(all) => Shape::Multipath(
+                all.0
+                    .iter()
+                    .map(|g| GatewayShape {
+                        via: g.via,
+                        oif,
+                        onlink: g.onlink,
+                    })
+                    .collect(),
+            ),
         }
     }
 
@@ -264,6 +374,18 @@ impl fmt::Display for Route {
                 }
             }
             NextHop::Device { dev } => write!(f, "{} dev {dev} scope link", self.dst)?,
+            NextHop::Multipath(all) => {
+                write!(f, "{}", self.dst)?;
+                for g in all.as_slice() {
+                    write!(f, " nexthop via {}", g.via)?;
+                    if let Some(dev) = &g.dev {
+                        write!(f, " dev {dev}")?;
+                    }
+                    if g.onlink {
+                        f.write_str(" onlink")?;
+                    }
+                }
+            }
         }
         write!(f, " proto {}", self.protocol)?;
         if self.table != MAIN_TABLE {
@@ -296,8 +418,50 @@ pub(crate) enum Shape {
     Device {
         oif: u32,
     },
-    /// Anything wren does not make (multipath, unreachable, ...): never equal to a wanted route.
+    /// Several gateways, sorted by address.
+    Multipath(Vec<GatewayShape>),
+    /// Anything wren does not make (weighted next hops, unreachable, ...): never equal to a
+    /// wanted route.
     Other,
+}
+
+/// One gateway of a multipath route as the kernel states it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct GatewayShape {
+    pub via: IpAddr,
+    pub oif: Option<u32>,
+    pub onlink: bool,
+}
+
+impl GatewayShape {
+    /// Whether the kernel's gateway `have` is this wanted one (a wanted gateway with no
+    /// device takes whichever the kernel resolved).
+    fn satisfied_by(&self, have: &GatewayShape) -> bool {
+        self.via == have.via
+            && self.onlink == have.onlink
+            && (self.oif.is_none() || self.oif == have.oif)
+    }
+}
+
+/// The gateways of an `RTA_MULTIPATH` attribute, sorted; `None` when one is not a plain
+/// gateway of weight 1.
+fn multipath_shape(hops: &[RouteNextHop]) -> Option<Vec<GatewayShape>> {
+    let mut out = hops
+        .iter()
+        .map(|hop| {
+            let via = hop.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(a) => ip_of(a),
+                _ => None,
+            })?;
+            (hop.hops == 0).then_some(GatewayShape {
+                via,
+                oif: (hop.interface_index != 0).then_some(hop.interface_index),
+                onlink: hop.flags.contains(RouteNextHopFlags::Onlink),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    out.sort_by_key(|g| g.via);
+    Some(out)
 }
 
 /// A route of wren's protocols as read from the kernel.
@@ -327,7 +491,8 @@ impl KernelRoute {
         let mut oif = None;
         let mut priority = 0;
         let mut table = u32::from(h.table);
-        let mut multipath = false;
+        let mut multipath = None;
+        let mut other = false;
         for attr in &msg.attributes {
             match attr {
                 RouteAttribute::Destination(a) => dst = ip_of(a),
@@ -335,7 +500,11 @@ impl KernelRoute {
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 RouteAttribute::Priority(p) => priority = *p,
                 RouteAttribute::Table(t) => table = *t,
-                RouteAttribute::MultiPath(_) | RouteAttribute::Via(_) => multipath = true,
+                RouteAttribute::MultiPath(hops) => match multipath_shape(hops) {
+                    Some(shape) => multipath = Some(shape),
+                    None => other = true,
+                },
+                RouteAttribute::Via(_) => other = true,
                 _ => {}
             }
         }
@@ -346,7 +515,10 @@ impl KernelRoute {
         };
         let dst = IpNet::new(dst.unwrap_or(any), h.destination_prefix_length).ok()?;
         let shape = match (h.kind, gateway, oif) {
-            _ if multipath => Shape::Other,
+            _ if other => Shape::Other,
+            (RouteType::Unicast, _, _) if multipath.is_some() => {
+                Shape::Multipath(multipath.unwrap_or_default())
+            }
             (RouteType::BlackHole, _, _) => Shape::Blackhole,
             (RouteType::Unicast, Some(via), oif) => Shape::Gateway {
                 via,
@@ -381,6 +553,9 @@ impl KernelRoute {
                 },
             ) => via == kvia && onlink == konlink && (oif.is_none() || oif == koif),
             (Shape::Device { oif }, Shape::Device { oif: koif }) => oif == koif,
+            (Shape::Multipath(want), Shape::Multipath(have)) => {
+                want.len() == have.len() && want.iter().zip(have).all(|(w, h)| w.satisfied_by(h))
+            }
             _ => false,
         };
         // IPv6 reports every route with universe scope, so scope only tells for IPv4.
@@ -545,6 +720,14 @@ mod tests {
                 Route::device(net("fd00::5/128"), "w").in_table(1000),
                 Some(9),
             ),
+            (
+                Route::via_all(net("10.99.0.0/24"), [ip("192.0.2.9"), ip("192.0.2.2")]).unwrap(),
+                None,
+            ),
+            (
+                Route::via_all(net("fd00:99::/64"), [ip("fd00::9"), ip("fd00::2")]).unwrap(),
+                None,
+            ),
         ];
         for (route, oif) in cases {
             let msg = route.to_message(oif);
@@ -598,6 +781,82 @@ mod tests {
             !wide.satisfies(&dev, &dev.shape(Some(9))),
             "IPv4 scope counts"
         );
+    }
+
+    #[test]
+    fn a_gateway_set_is_sorted_and_one_gateway_is_a_plain_route() {
+        let a = Route::via_all(net("10.99.0.0/24"), [ip("192.0.2.9"), ip("192.0.2.2")]);
+        let b = Route::via_all(
+            net("10.99.0.0/24"),
+            [ip("192.0.2.2"), ip("192.0.2.9"), ip("192.0.2.2")],
+        );
+        assert_eq!(a, b, "equal sets compare equal, whatever the order");
+        assert_eq!(
+            a.as_ref().map(ToString::to_string).as_deref(),
+            Some("10.99.0.0/24 nexthop via 192.0.2.2 nexthop via 192.0.2.9 proto bgp")
+        );
+        assert_eq!(
+            Route::via_all(net("10.99.0.0/24"), [ip("192.0.2.2")]),
+            Some(Route::via(net("10.99.0.0/24"), ip("192.0.2.2")))
+        );
+        assert_eq!(Route::via_all(net("10.99.0.0/24"), []), None);
+        let mixed = Route {
+            next_hop: NextHop::gateways([
+                Gateway::plain(ip("192.0.2.2")),
+                Gateway {
+                    via: ip("192.0.2.3"),
+                    dev: Some("wren.vxlan".into()),
+                    onlink: true,
+                },
+            ])
+            .unwrap(),
+            ..Route::blackhole(net("10.99.0.0/24"))
+        };
+        assert_eq!(
+            mixed.validate(),
+            Err(InvalidRoute::MultipathDevices(net("10.99.0.0/24")))
+        );
+        let v6_over_v4 = Route::via_all(net("fd00:99::/64"), [ip("fd00::2"), ip("192.0.2.2")]);
+        assert!(matches!(
+            v6_over_v4.map(|r| r.validate()),
+            Some(Err(InvalidRoute::FamilyMismatch { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_multipath_route_read_back_in_any_order_is_the_wanted_one_and_no_other() {
+        let want = Route::via_all(net("10.99.0.0/24"), [ip("192.0.2.2"), ip("192.0.2.9")]).unwrap();
+        let mut msg = want.to_message(None);
+        // The kernel reports each next hop with the device it resolved, in its own order.
+        for attr in &mut msg.attributes {
+            if let RouteAttribute::MultiPath(hops) = attr {
+                hops.reverse();
+                for (i, hop) in hops.iter_mut().enumerate() {
+                    hop.interface_index = 3 + i as u32;
+                }
+            }
+        }
+        let back = KernelRoute::from_message(&msg).unwrap();
+        assert!(back.satisfies(&want, &want.shape(None)), "{back:?}");
+        for other in [
+            Route::via_all(net("10.99.0.0/24"), [ip("192.0.2.2")]),
+            Route::via_all(net("10.99.0.0/24"), [ip("192.0.2.2"), ip("192.0.2.8")]),
+            Route::via_all(
+                net("10.99.0.0/24"),
+                [ip("192.0.2.2"), ip("192.0.2.9"), ip("192.0.2.10")],
+            ),
+        ] {
+            let other = other.unwrap();
+            assert!(!back.satisfies(&other, &other.shape(None)), "{other}");
+        }
+        // A weighted next hop is not of wren's making.
+        for attr in &mut msg.attributes {
+            if let RouteAttribute::MultiPath(hops) = attr {
+                hops[0].hops = 1;
+            }
+        }
+        let weighted = KernelRoute::from_message(&msg).unwrap();
+        assert_eq!(weighted.shape, Shape::Other);
     }
 
     #[test]

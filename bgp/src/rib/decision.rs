@@ -5,6 +5,13 @@
 //! It runs as the RFC writes it, eliminating candidates step by step, rather than as a pairwise
 //! comparison: MED is only compared between paths from the same neighbouring AS, which is not a
 //! total order, and elimination keeps the result independent of the order of the paths.
+//!
+//! The same elimination gives the paths a router may forward over at once (ECMP): those left
+//! after every step that compares what a path is worth (local preference, AS-path length,
+//! origin, MED where comparable, eBGP over iBGP), before the tie-breakers that only pick one
+//! of equals (router id, cluster-list length, peer address), as BIRD's `merge paths` and
+//! FRR's `maximum-paths` (with `as-path multipath-relax`) take them. The tie-breakers then
+//! order that set, so its first path is the best path.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -57,6 +64,14 @@ impl Candidate<'_> {
 
 /// Index of the best candidate, or `None` when none is resolvable.
 pub fn select(candidates: &[Candidate<'_>]) -> Option<usize> {
+    select_multipath(candidates, 1).first().copied()
+}
+
+/// Indices of the candidates to forward over, best first: the best path and the paths equal
+/// to it up to the tie-breakers that only pick one (see the module documentation), in the
+/// order those tie-breakers give, at most `max_paths` of them (0 counts as 1). Empty when no
+/// candidate is resolvable.
+pub fn select_multipath(candidates: &[Candidate<'_>], max_paths: usize) -> SmallVec<[usize; 8]> {
     let mut alive: SmallVec<[usize; 8]> = (0..candidates.len())
         .filter(|&i| candidates[i].resolvable)
         .collect();
@@ -81,10 +96,21 @@ pub fn select(candidates: &[Candidate<'_>]) -> Option<usize> {
         .collect();
     alive.retain(|i| !med_beaten.contains(&*i));
     keep_min(&mut alive, |i| u8::from(!candidates[i].ebgp));
-    keep_min(&mut alive, |i| candidates[i].router_id());
-    keep_min(&mut alive, |i| candidates[i].attrs.cluster_list.len());
-    keep_min(&mut alive, |i| candidates[i].peer_address);
-    alive.first().copied()
+    // What is left is equal in worth. The remaining steps (RFC 4271 §9.1.2.2 f and g, RFC
+    // 4456 §9) only pick one, so they order the set instead of cutting it: keeping the
+    // smallest key step by step is keeping the smallest key tuple.
+    alive.sort_by_key(|&i| {
+        let c = &candidates[i];
+        (c.router_id(), c.attrs.cluster_list.len(), c.peer_address)
+    });
+    // A local path is never merged with another: it is this speaker's own.
+    let limit = if alive.first().is_some_and(|&i| candidates[i].local) {
+        1
+    } else {
+        max_paths.max(1)
+    };
+    alive.truncate(limit);
+    alive
 }
 
 /// Keeps the candidates with the smallest key.

@@ -72,6 +72,10 @@ pub struct RibConfig {
     /// until every graceful-restart peer has sent its End-of-RIB (RFC 4724 §4.1), or
     /// [`Rib::end_deferral`] is called when the selection-deferral timer runs out.
     pub defer: bool,
+    /// How many paths to a prefix [`BestPath::multipath`] holds at most, the best path
+    /// counted (BIRD's `merge paths ... limit`, FRR's `maximum-paths`); 1 (or 0): none but the
+    /// best.
+    pub max_paths: usize,
 }
 
 impl RibConfig {
@@ -84,6 +88,7 @@ impl RibConfig {
             next_hop_v4: None,
             next_hop_v6: None,
             defer: false,
+            max_paths: 1,
         }
     }
 
@@ -150,6 +155,12 @@ pub struct BestPath {
     pub attrs: Arc<Attributes>,
     /// Who announced it.
     pub source: Source,
+    /// The other paths equal to it up to the tie-breakers that only pick one, in the
+    /// decision's order, at most [`RibConfig::max_paths`] - 1 ([`decision::select_multipath`]):
+    /// with the best path, the paths to forward over at once (ECMP). Only the best path is
+    /// advertised; these are for the embedding program's forwarding. (Their own
+    /// `multipath` is empty.)
+    pub multipath: Vec<BestPath>,
 }
 
 /// A change of the Loc-RIB, as subscribers see it.
@@ -476,7 +487,7 @@ impl Rib {
         let ctx = &mut self.ctx;
         for prefix in prefixes {
             self.table.modify(prefix, false, |paths| {
-                let old_best = ctx.best_key(paths);
+                let old_best = ctx.selection_key(paths);
                 ctx.settle(prefix, paths, old_best);
             });
         }
@@ -503,8 +514,7 @@ impl Rib {
         self.ctx.deferring = false;
         self.ctx.waiting.clear();
         for (prefix, paths) in self.table.iter() {
-            let best = self.ctx.best_of(paths);
-            self.ctx.best_changed(prefix, best, Previous::Unknown);
+            self.ctx.best_changed(prefix, paths, Previous::Unknown);
         }
         for id in self.ctx.up.clone() {
             self.ctx.end_of_rib_after_flush.insert(id);
@@ -553,17 +563,14 @@ impl Rib {
 
     /// The best path to a prefix.
     pub fn best(&self, prefix: &IpNet) -> Option<BestPath> {
-        let path = self.ctx.best_of(self.table.get(prefix)?)?;
-        Some(self.ctx.best_path(path))
+        self.ctx.best_with_multipath(self.table.get(prefix)?)
     }
 
     /// The whole Loc-RIB: every prefix with its best path.
     pub fn loc_rib(&self) -> Vec<(IpNet, BestPath)> {
-        let best = self
-            .table
-            .iter()
-            .filter_map(|(prefix, paths)| Some((prefix, self.ctx.best_of(paths)?)));
-        best.map(|(prefix, path)| (prefix, self.ctx.best_path(path)))
+        let table = self.table.iter();
+        table
+            .filter_map(|(prefix, paths)| Some((prefix, self.ctx.best_with_multipath(paths)?)))
             .collect()
     }
 
@@ -743,7 +750,7 @@ impl Rib {
     fn set_path(&mut self, prefix: IpNet, id: PeerId, attrs: Option<Arc<Attributes>>) {
         let ctx = &mut self.ctx;
         let delta = self.table.modify(prefix, attrs.is_some(), |paths| {
-            let old_best = ctx.best_key(paths);
+            let old_best = ctx.selection_key(paths);
             let position = paths.iter().position(|p| p.peer == id);
             let delta: isize = match (position, attrs) {
                 (Some(i), Some(attrs)) => {
@@ -756,6 +763,7 @@ impl Rib {
                         attrs,
                         peer: id,
                         stale: false,
+                        multipath: false,
                     });
                     1
                 }
@@ -778,6 +786,10 @@ impl Rib {
 
 /// What identifies a best path: its peer and its attribute set.
 type BestKey = (PeerId, *const Attributes);
+
+/// What identifies the outcome of a selection: the best path, then the other paths equal to
+/// it, in order.
+type SelectionKey = (Option<BestKey>, SmallVec<[BestKey; 2]>);
 
 /// Where a prefix's best path came from before it changed.
 #[derive(Clone, Copy, Debug)]
@@ -814,7 +826,26 @@ impl Ctx {
         BestPath {
             attrs: path.attrs.clone(),
             source: self.source(path.peer),
+            multipath: Vec::new(),
         }
+    }
+
+    /// The best path of a prefix with the paths equal to it.
+    fn best_with_multipath(&self, paths: &[Path]) -> Option<BestPath> {
+        let best = self.best_of(paths)?;
+        let mut out = self.best_path(best);
+        out.multipath = Self::multipath_of(paths)
+            .iter()
+            .map(|p| self.best_path(p))
+            .collect();
+        Some(out)
+    }
+
+    /// The paths equal to the best, which [`Ctx::reselect`] keeps right after it.
+    fn multipath_of(paths: &[Path]) -> &[Path] {
+        let rest = paths.get(1..).unwrap_or_default();
+        let count = rest.iter().take_while(|p| p.multipath).count();
+        &rest[..count]
     }
 
     /// Import checks: loops of the AS path and of reflection (ORIGINATOR_ID, CLUSTER_LIST,
@@ -858,31 +889,75 @@ impl Ctx {
         self.best_of(paths).map(|p| (p.peer, Arc::as_ptr(&p.attrs)))
     }
 
+    /// What identifies the best path and the paths equal to it, to tell whether either
+    /// changed.
+    fn selection_key(&self, paths: &[Path]) -> SelectionKey {
+        let best = self.best_key(paths);
+        let equal = match best {
+            Some(_) => Self::multipath_of(paths)
+                .iter()
+                .map(|p| (p.peer, Arc::as_ptr(&p.attrs)))
+                .collect(),
+            None => SmallVec::new(),
+        };
+        (best, equal)
+    }
+
     /// After a prefix's paths changed: selects again and, when the best path is another
-    /// than `old_best` (and selection is not deferred), propagates the change.
-    fn settle(&mut self, prefix: IpNet, paths: &mut [Path], old_best: Option<BestKey>) {
+    /// than before (and selection is not deferred), propagates the change; when only the
+    /// paths equal to it changed, tells the subscribers alone (peers hear the best path
+    /// only).
+    fn settle(&mut self, prefix: IpNet, paths: &mut [Path], old: SelectionKey) {
         self.reselect(paths);
-        let new_best = self.best_key(paths);
-        if new_best != old_best && !self.deferring {
-            let previous = match old_best {
+        if self.deferring {
+            return;
+        }
+        let new = self.selection_key(paths);
+        if new.0 != old.0 {
+            let previous = match old.0 {
                 Some((peer, _)) => Previous::From(peer),
                 None => Previous::Nothing,
             };
-            let best = self.best_of(paths);
-            self.best_changed(prefix, best, previous);
-        }
-    }
-
-    /// Runs the decision process and moves the best eligible path to the front.
-    fn reselect(&self, paths: &mut [Path]) {
-        if paths.len() > 1
-            && let Some(best) = self.select(paths)
+            self.best_changed(prefix, paths, previous);
+        } else if new.1 != old.1
+            && self.record_routes
+            && let Some(path) = self.best_with_multipath(paths)
         {
-            paths.swap(0, best);
+            self.events.push(RouteEvent::Best { prefix, path });
         }
     }
 
-    fn select(&self, paths: &[Path]) -> Option<usize> {
+    /// Runs the decision process and puts the best eligible path first, the paths equal to
+    /// it right after (marked [`Path::multipath`]), the others after those.
+    fn reselect(&self, paths: &mut [Path]) {
+        if paths.len() < 2 {
+            if let Some(only) = paths.first_mut() {
+                only.multipath = false;
+            }
+            return;
+        }
+        let chosen = self.select(paths);
+        let Some(&best) = chosen.first() else {
+            // Nothing eligible: no best path, so no paths equal to it either.
+            paths.iter_mut().for_each(|p| p.multipath = false);
+            return;
+        };
+        if chosen.len() == 1 {
+            // The common case, a single best path: no reordering beyond it.
+            paths.swap(0, best);
+            paths.iter_mut().for_each(|p| p.multipath = false);
+            return;
+        }
+        // A prefix has at most one path per peer, so the peer names the path.
+        let order: SmallVec<[PeerId; 8]> = chosen.iter().map(|&i| paths[i].peer).collect();
+        let rank = |p: &Path| order.iter().position(|peer| *peer == p.peer);
+        paths.sort_by_key(|p| rank(p).unwrap_or(usize::MAX));
+        for (i, path) in paths.iter_mut().enumerate() {
+            path.multipath = i > 0 && i < order.len();
+        }
+    }
+
+    fn select(&self, paths: &[Path]) -> SmallVec<[usize; 8]> {
         let candidates: SmallVec<[decision::Candidate<'_>; 4]> = paths
             .iter()
             .map(|p| {
@@ -899,20 +974,18 @@ impl Ctx {
                 }
             })
             .collect();
-        decision::select(&candidates)
+        decision::select_multipath(&candidates, self.config.max_paths)
     }
 
     /// The best path to `prefix` changed: tell subscribers and queue it for every peer.
     /// `previous` says where the best path before came from, so that a peer that cannot have
     /// been sent a route (the prefix was new, or its best path was the peer's own) gets no
     /// withdrawal queued: while a peer sends its table, that is every prefix.
-    fn best_changed(&mut self, prefix: IpNet, best: Option<&Path>, previous: Previous) {
+    fn best_changed(&mut self, prefix: IpNet, paths: &[Path], previous: Previous) {
+        let best = self.best_of(paths);
         if self.record_routes {
-            self.events.push(match best {
-                Some(path) => RouteEvent::Best {
-                    prefix,
-                    path: self.best_path(path),
-                },
+            self.events.push(match self.best_with_multipath(paths) {
+                Some(path) => RouteEvent::Best { prefix, path },
                 None => RouteEvent::Withdrawn { prefix },
             });
         }

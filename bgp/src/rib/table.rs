@@ -32,6 +32,9 @@ pub(crate) struct Path {
     pub peer: PeerId,
     /// Kept across the peer's graceful restart, awaiting refresh (RFC 4724).
     pub stale: bool,
+    /// One of the paths after the best that are equal to it (the RIB keeps them right after
+    /// the best path, see [`super::decision::select_multipath`]).
+    pub multipath: bool,
 }
 
 /// The paths to one prefix; the first is the best.
@@ -188,6 +191,7 @@ mod tests {
             attrs: Arc::new(Attributes::default()),
             peer: PeerId(peer),
             stale: false,
+            multipath: false,
         }
     }
 

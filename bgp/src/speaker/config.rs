@@ -33,6 +33,9 @@ pub struct SpeakerConfig {
     pub graceful_restart: Option<GracefulRestartConfig>,
     /// Import and export policy.
     pub policy: Arc<dyn Policy>,
+    /// How many equal paths to a prefix the best-path events carry, the best counted
+    /// ([`RibConfig::max_paths`](crate::rib::RibConfig::max_paths)); 1: the best path alone.
+    pub max_paths: usize,
 }
 
 impl std::fmt::Debug for SpeakerConfig {
@@ -43,6 +46,7 @@ impl std::fmt::Debug for SpeakerConfig {
             .field("listen", &self.listen)
             .field("cluster_id", &self.cluster_id)
             .field("graceful_restart", &self.graceful_restart)
+            .field("max_paths", &self.max_paths)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +64,7 @@ impl SpeakerConfig {
             next_hop_v6: None,
             graceful_restart: Some(GracefulRestartConfig::default()),
             policy: Arc::new(AcceptAll),
+            max_paths: 1,
         }
     }
 }

@@ -128,6 +128,7 @@ impl Core {
         rib_config.next_hop_v4 = config.next_hop_v4;
         rib_config.next_hop_v6 = config.next_hop_v6;
         rib_config.defer = restarting;
+        rib_config.max_paths = config.max_paths;
         let mut rib = Rib::new(rib_config, config.policy.clone());
         // Until someone subscribes: a subscriber starts from a snapshot of the Loc-RIB.
         rib.record_route_events(false);

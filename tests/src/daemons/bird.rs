@@ -309,6 +309,10 @@ fn render(config: &Config, announced: &BTreeMap<IpNet, Announce>) -> String {
             for (asn, value) in &a.communities {
                 let _ = write!(c, " bgp_community.add(({asn},{value}));");
             }
+            // An undefined AS path reads as an empty one, so this works on a static route.
+            for asn in &a.prepend {
+                let _ = write!(c, " bgp_path.prepend({asn});");
+            }
             c.push_str(" };\n");
         }
         c.push_str("}\n");

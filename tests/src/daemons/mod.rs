@@ -434,6 +434,9 @@ pub struct Announce {
     pub local_pref: Option<u32>,
     /// COMMUNITIES.
     pub communities: Vec<Community>,
+    /// ASes put in front of the AS path at the origin, so the path is longer than the
+    /// daemon's own AS alone (BIRD only).
+    pub prepend: Vec<u32>,
 }
 
 impl Announce {
@@ -445,7 +448,14 @@ impl Announce {
             med: None,
             local_pref: None,
             communities: Vec::new(),
+            prepend: Vec::new(),
         }
+    }
+
+    /// Lengthens the AS path by `asn` at the origin (BIRD only).
+    pub fn prepend(mut self, asn: u32) -> Self {
+        self.prepend.push(asn);
+        self
     }
 
     /// Sets the MED.
