@@ -340,6 +340,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// How many equal BGP paths to a prefix one kernel route spreads over (1: no ECMP).
     pub max_paths: usize,
+    /// The connection mark's bits network policy stamps its epoch into (0: none).
+    #[serde(serialize_with = "value::serialize_mark_mask")]
+    pub policy_mark_mask: u32,
 }
 
 /// The state directory when none is configured: beside the socket, named after it
@@ -444,6 +447,10 @@ impl AgentConfig {
                 .unwrap_or_else(|| default_state_dir(&socket)),
             socket,
             max_paths: settings.max_paths.map_or(DEFAULT_MAX_PATHS, |m| m.0),
+            policy_mark_mask: settings.policy_mark_mask.map_or(
+                crate::dataplane::program::policy::CONNECTION_MARK_MASK,
+                |m| m.0,
+            ),
         })
     }
 
@@ -852,6 +859,48 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn the_policy_mark_mask_is_one_run_of_bits_or_none() {
+        let resolve = |flags: &[&str], text: &str| {
+            AgentConfig::resolve(&args(flags), file(text), &host())
+                .unwrap()
+                .policy_mark_mask
+        };
+        assert_eq!(resolve(&[], ""), 0xffff_0000);
+        assert_eq!(
+            resolve(&[], "policyMarkMask = \"0x00ff0000\"\n"),
+            0x00ff_0000
+        );
+        assert_eq!(resolve(&[], "policyMarkMask = 0\n"), 0);
+        assert_eq!(
+            resolve(&["--policy-mark-mask", "0xff00"], "policyMarkMask = 0\n"),
+            0xff00
+        );
+        for bad in ["0xff00ff00", "0xf0", "mask", "0x1ffffffff"] {
+            let error = try_args(&["--policy-mark-mask", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("--policy-mark-mask"), "{error}");
+        }
+        let error = file_error("policyMarkMask = \"0x0f0f0000\"\n");
+        assert!(
+            error.contains("policyMarkMask") && error.contains("line 1"),
+            "{error}"
+        );
+        let c = AgentConfig::resolve(
+            &args(&["--policy-mark-mask", "0xff0000"]),
+            file(""),
+            &host(),
+        )
+        .unwrap();
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("policyMarkMask = \"0x00ff0000\""), "{text}");
+        assert_eq!(
+            AgentConfig::resolve(&args(&[]), file(&text), &host()).unwrap(),
+            c
+        );
     }
 
     #[test]

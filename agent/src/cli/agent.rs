@@ -224,7 +224,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             config.fast_path,
             config.node_ip.addr(),
         )),
-        network_policy: Some(crate::dataplane::program::policy::PolicyProgrammer::new()),
+        network_policy: Some(
+            crate::dataplane::program::policy::PolicyProgrammer::new()
+                .with_mark_mask(config.policy_mark_mask),
+        ),
         orphan_sweep: Some(sweep),
         leak_release: Some(release),
     };

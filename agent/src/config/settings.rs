@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::ConfigError;
-use super::value::{AsNumber, BoundedDuration, MaxPaths, Mtu, NodeIpv4, NodeIpv6, NodeName};
+use super::value::{
+    AsNumber, BoundedDuration, MarkMask, MaxPaths, Mtu, NodeIpv4, NodeIpv6, NodeName,
+};
 use crate::cli::{LogFormat, StoreArgs};
 
 /// Something given by several sources in layers, where each setting comes from the highest
@@ -146,6 +148,11 @@ layered! {
         /// multipath kernel route), 1 to 64 (default 8); 1 turns ECMP off.
         #[arg(long, env = "WREN_MAX_PATHS", value_name = "PATHS")]
         pub max_paths: Option<MaxPaths>,
+        /// Bits of the connection mark network policy stamps the rules' epoch into, so the
+        /// fast path carries connections the rules allowed (default 0xffff0000); one run of
+        /// at least 8 contiguous bits, or 0 to keep isolated pods' traffic on the host stack.
+        #[arg(long, env = "WREN_POLICY_MARK_MASK", value_name = "MASK")]
+        pub policy_mark_mask: Option<MarkMask>,
         /// Datastore. Its keys sit beside the others in the file (`etcdEndpoints`, …); it is
         /// read from the file on its own (`Settings::from_toml`).
         #[command(flatten)]

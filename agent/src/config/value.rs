@@ -216,6 +216,45 @@ impl FromStr for Mtu {
 }
 text_value!(Mtu, expected = "an MTU", integer = true);
 
+/// The bits of the connection mark (`ct mark`) network policy stamps its epoch into: one run
+/// of at least 8 contiguous bits, written in hex (`0xffff0000`) or decimal; 0 stamps nothing,
+/// which keeps isolated pods' connections off the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkMask(pub u32);
+
+impl FromStr for MarkMask {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let text = s.trim();
+        let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+            None => text.parse::<u32>().ok(),
+        };
+        let Some(mask) = parsed else {
+            return Err(InvalidValue::new(
+                s,
+                "expected a 32-bit mask such as 0xffff0000",
+            ));
+        };
+        if mask != 0
+            && (!wren_policy::nft::ConnectionMark::usable_mask(mask) || mask.count_ones() < 8)
+        {
+            return Err(InvalidValue::new(
+                s,
+                "expected one run of at least 8 contiguous bits (or 0 for none)",
+            ));
+        }
+        Ok(Self(mask))
+    }
+}
+text_value!(MarkMask, expected = "a mark mask", integer = true);
+
+/// Writes a mark mask as the file takes it: `"0xffff0000"`.
+pub fn serialize_mark_mask<S: serde::Serializer>(mask: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mask:#010x}"))
+}
+
 /// How many equal BGP paths to one prefix the node forwards over at once (ECMP), within
 /// [`MAX_PATHS_RANGE`](super::MAX_PATHS_RANGE); 1 turns ECMP off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

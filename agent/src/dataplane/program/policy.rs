@@ -134,6 +134,15 @@ impl PolicyProgrammer {
         }
     }
 
+    /// The same programmer stamping epochs under `mask` instead (0: stamping nothing, so
+    /// the fast path carries no policed connection).
+    pub fn with_mark_mask(self, mask: u32) -> Self {
+        Self {
+            mark_mask: (mask != 0).then_some(mask),
+            ..self
+        }
+    }
+
     /// The epoch the table in the kernel stamps on the connections it allows; `None`
     /// when there is no table or its state is unknown (a load failed).
     pub async fn connection_mark(&self) -> Option<ConnectionMark> {
@@ -393,6 +402,26 @@ impl PolicyStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configured_mask_holds_the_epoch_and_no_mask_stamps_nothing() {
+        let mut rules = NftRules::default();
+        rules
+            .chains
+            .insert("ingress_wren_a".into(), vec!["drop".into()]);
+        let narrow = PolicyProgrammer::new().with_mark_mask(0x00ff_0000);
+        let mark = narrow
+            .stamped(&mut State::default(), &rules)
+            .connection_mark
+            .expect("an epoch");
+        assert_eq!(mark.mask, 0x00ff_0000);
+        assert!(mark.epoch != 0 && mark.epoch & !0x00ff_0000 == 0);
+        let none = PolicyProgrammer::new().with_mark_mask(0);
+        assert_eq!(
+            none.stamped(&mut State::default(), &rules).connection_mark,
+            None
+        );
+    }
 
     #[test]
     fn a_change_stamps_a_new_epoch_and_a_reload_of_the_same_rules_keeps_it() {
