@@ -365,8 +365,8 @@ impl SpeakerBgp {
             loop {
                 let Some(this) = weak.upgrade() else { return };
                 match this.read_sessions().await {
-                    Ok(changed) if changed || bfd_woke => bump(&this.changes),
-                    Ok(_) => {}
+                    Ok(()) if bfd_woke => bump(&this.changes),
+                    Ok(()) => {}
                     Err(SpeakerError::Stopped) => return,
                     Err(e) => tracing::warn!(error = %e, "cannot read BGP sessions"),
                 }
@@ -384,9 +384,10 @@ impl SpeakerBgp {
     }
 
     /// Reads every session (and its BFD) from the speaker into what
-    /// [`sessions`](BgpControl::sessions) shows; says whether more than their ages and
-    /// counters changed, which is what the daemon acts on.
-    async fn read_sessions(&self) -> Result<bool, SpeakerError> {
+    /// [`sessions`](BgpControl::sessions) shows, and wakes the daemon when more than their
+    /// ages and counters changed. Whichever read sees a change wakes it: a status read that
+    /// comes between a session's change and the follower's read must not swallow it.
+    async fn read_sessions(&self) -> Result<(), SpeakerError> {
         self.bfd.poll().await;
         let peers = self.handle.peers().await?;
         let now: Vec<SessionInfo> = peers.iter().map(session_info).collect();
@@ -397,7 +398,11 @@ impl SpeakerBgp {
         let changed =
             held.len() != now.len() || held.iter().zip(&now).any(|(a, b)| !a.same_session_state(b));
         *held = now;
-        Ok(changed)
+        drop(held);
+        if changed {
+            bump(&self.changes);
+        }
+        Ok(())
     }
 
     /// Changes the import rules; when that changes what a peer may announce, asks the
