@@ -211,7 +211,7 @@ impl EtcdStore {
     /// a new one, on whichever member answers).
     async fn renew_on_open_stream(&self, lease: LeaseId) -> Option<Result<()>> {
         let mut renewal = {
-            let mut renewals = self.renewals.lock().unwrap_or_else(|p| p.into_inner());
+            let mut renewals = self.renewals();
             renewals.retain(|_, r| r.used.elapsed() < RENEWAL_IDLE);
             renewals.remove(&lease)?
         };
@@ -231,10 +231,12 @@ impl EtcdStore {
     }
 
     fn keep_renewal(&self, lease: LeaseId, renewal: Renewal) {
-        self.renewals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(lease, renewal);
+        self.renewals().insert(lease, renewal);
+    }
+
+    /// The open keep-alive streams.
+    fn renewals(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Renewal>> {
+        self.renewals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The configured key prefix.
@@ -982,10 +984,7 @@ impl Store for EtcdStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
-        self.renewals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&lease);
+        self.renewals().remove(&lease);
         self.call(|m| async move { m.client.lease_client().revoke(lease).await })
             .await
             .map(|_| ())

@@ -74,16 +74,7 @@ impl UnknownFields {
             let Some((Step::Member(name), parent)) = place.split_last() else {
                 continue;
             };
-            let pointer: String = parent
-                .iter()
-                .map(|step| match step {
-                    Step::Member(member) => {
-                        format!("/{}", member.replace('~', "~0").replace('/', "~1"))
-                    }
-                    Step::Element(index) => format!("/{index}"),
-                })
-                .collect();
-            if let Some(Value::Object(object)) = document.pointer_mut(&pointer) {
+            if let Some(Value::Object(object)) = document.pointer_mut(&pointer(parent)) {
                 object.entry(name.clone()).or_insert_with(|| value.clone());
             }
         }
@@ -115,12 +106,15 @@ fn steps(path: &serde_ignored::Path<'_>) -> Vec<Step> {
     steps
 }
 
-/// The value at `place` in `document`.
-fn value_at<'a>(document: &'a Value, place: &[Step]) -> Option<&'a Value> {
-    place.iter().try_fold(document, |at, step| match step {
-        Step::Member(name) => at.get(name),
-        Step::Element(index) => at.get(index),
-    })
+/// `place` as a JSON pointer (RFC 6901), which `serde_json` resolves.
+fn pointer(place: &[Step]) -> String {
+    place
+        .iter()
+        .map(|step| match step {
+            Step::Member(member) => format!("/{}", member.replace('~', "~0").replace('/', "~1")),
+            Step::Element(index) => format!("/{index}"),
+        })
+        .collect()
 }
 
 /// Decoded documents under a prefix, read at one consistent revision.
@@ -160,7 +154,7 @@ pub fn decode_with_unknown<T: DeserializeOwned>(
     let unknown = places
         .into_iter()
         .filter_map(|place| {
-            let found = value_at(&document, &place)?.clone();
+            let found = document.pointer(&pointer(&place))?.clone();
             Some((place, found))
         })
         .collect();

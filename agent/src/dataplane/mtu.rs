@@ -16,13 +16,13 @@
 
 use std::net::IpAddr;
 
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::LinkUnspec;
 
 use super::link::{self, LinkState};
-use super::netlink::{Netlink, NetlinkError};
+use super::netlink::{Netlink, NetlinkError, family_of};
 
 /// Bytes VXLAN adds to a packet: outer IPv4 (20), UDP (8), VXLAN (8) and inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -235,10 +235,7 @@ pub(crate) fn find_underlay(
 /// The index of the interface that holds `ip` as a local address.
 fn interface_of(netlink: &mut Netlink, ip: IpAddr) -> Result<Option<u32>, NetlinkError> {
     let mut request = AddressMessage::default();
-    request.header.family = match ip {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    };
+    request.header.family = family_of(ip);
     let mut found = None;
     netlink.dump(RouteNetlinkMessage::GetAddress(request), |msg| {
         if let RouteNetlinkMessage::NewAddress(a) = msg

@@ -16,7 +16,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::netlink::{Netlink, NetlinkError, Request};
+use super::netlink::{Netlink, NetlinkError, Request, family_of};
 
 /// `RTM_NEWNEIGH` for a permanent entry `ip → mac` on interface `index`.
 pub(crate) fn permanent(index: u32, ip: IpAddr, mac: [u8; 6]) -> RouteNetlinkMessage {
@@ -61,10 +61,7 @@ pub(crate) fn message(table: Table, index: u32, entry: Entry) -> NeighbourMessag
     };
     match table {
         Table::Arp => {
-            message.header.family = match entry.ip {
-                IpAddr::V4(_) => AddressFamily::Inet,
-                IpAddr::V6(_) => AddressFamily::Inet6,
-            };
+            message.header.family = family_of(entry.ip);
             message.header.flags = NeighbourFlags::empty();
         }
         Table::Fdb => {

@@ -19,7 +19,7 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// Requests per datagram. The failures of one datagram must fit in the receive buffer at once;
@@ -85,6 +85,14 @@ impl NetlinkError {
             NetlinkError::Io(e) => e.raw_os_error(),
             _ => None,
         }
+    }
+}
+
+/// The address family netlink messages about `ip` carry.
+pub(crate) fn family_of(ip: std::net::IpAddr) -> AddressFamily {
+    match ip {
+        std::net::IpAddr::V4(_) => AddressFamily::Inet,
+        std::net::IpAddr::V6(_) => AddressFamily::Inet6,
     }
 }
 

@@ -35,7 +35,7 @@ use super::link::{self, LinkState};
 use super::manager::{RouteFilter, dump_routes};
 use super::mtu::OffloadSizes;
 use super::neigh;
-use super::netlink::{Netlink, NetlinkError, Request};
+use super::netlink::{Netlink, NetlinkError, Request, family_of};
 use super::netns::{Netns, NetnsError};
 use super::route::{MAIN_TABLE, NextHop, Protocol, Route, Shape, valid_ifname};
 
@@ -607,11 +607,7 @@ fn add_host_routes(host: &mut Netlink, routes: &[Route], h: u32) -> Result<(), P
 /// Whether the main table's route to exactly `dst` is a blackhole of wren's protocol.
 fn holds_our_blackhole(host: &mut Netlink, dst: IpNet) -> Result<bool, PodError> {
     let filter = RouteFilter {
-        family: if dst.addr().is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        },
+        family: family_of(dst.addr()),
         table: MAIN_TABLE,
         protocol: Some(Protocol::WREN),
         oif: None,
