@@ -1,10 +1,10 @@
-//! eBPF instructions and a builder with named jump targets.
+//! eBPF instructions and a builder whose jumps go to typed labels.
 //!
 //! Only what the forwarding program needs: 64-bit ALU, byte swaps, loads and stores,
 //! conditional jumps, helper calls and map references. Encoding follows the kernel's `struct bpf_insn`
 //! (Documentation/bpf/standardization/instruction-set.rst). No I/O here.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A register of the eBPF machine. `R1`–`R5` carry helper arguments and are clobbered by
 /// calls, `R6`–`R9` survive calls, `R0` holds return values and `R10` is the frame pointer.
@@ -174,24 +174,59 @@ const PSEUDO_MAP_FD: Reg = Reg::R1;
 /// `src_reg` of a call that names a kernel function by BTF type id.
 const PSEUDO_KFUNC_CALL: Reg = Reg::R2;
 
-/// Builds a program; jumps name labels that [`Asm::finish`] resolves.
-#[derive(Debug, Default)]
-pub struct Asm {
-    insns: Vec<Insn>,
-    labels: HashMap<&'static str, usize>,
-    /// (instruction index, target label) of every jump still to patch.
-    fixups: Vec<(usize, &'static str)>,
+/// A place in a program that jumps go to. Made by [`Asm::new_label`] before any jump to it
+/// and placed once with [`Asm::place`]; the code that makes a label hands it to the helpers
+/// that jump there, so a jump can only name a target its program declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Label {
+    /// The [`Asm`] that made it: a label is meaningless in another program.
+    program: u32,
+    index: usize,
 }
 
-/// A program that could not be assembled.
+/// One declared label: its name (for errors) and, once placed, its instruction index.
+#[derive(Debug)]
+struct LabelSlot {
+    name: &'static str,
+    at: Option<usize>,
+}
+
+/// Tells programs apart, so a label of one is refused by another.
+static NEXT_PROGRAM: AtomicU32 = AtomicU32::new(0);
+
+/// Builds a program; jumps go to [`Label`]s that [`Asm::finish`] resolves.
+#[derive(Debug)]
+pub struct Asm {
+    program: u32,
+    insns: Vec<Insn>,
+    labels: Vec<LabelSlot>,
+    /// (instruction index, target) of every jump still to patch.
+    fixups: Vec<(usize, Label)>,
+}
+
+impl Default for Asm {
+    fn default() -> Self {
+        Self {
+            program: NEXT_PROGRAM.fetch_add(1, Ordering::Relaxed),
+            insns: Vec::new(),
+            labels: Vec::new(),
+            fixups: Vec::new(),
+        }
+    }
+}
+
+/// A program that could not be assembled; each names the label concerned.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AsmError {
-    /// A jump names a label that was never placed.
-    #[error("jump to unknown label {0}")]
-    UnknownLabel(&'static str),
+    /// A jump goes to a label that was never placed.
+    #[error("jump to label {0}, which was never placed")]
+    UnplacedLabel(&'static str),
     /// A label was placed twice.
     #[error("label {0} placed twice")]
     DuplicateLabel(&'static str),
+    /// A label made by another program was used in this one.
+    #[error("a label of another program was used")]
+    ForeignLabel,
     /// A jump is farther than a 16-bit displacement reaches.
     #[error("jump to {0} out of range")]
     OutOfRange(&'static str),
@@ -203,17 +238,45 @@ impl Asm {
         Self::default()
     }
 
+    /// Declares a label, to be placed later with [`Asm::place`]; `name` only shows in errors.
+    pub fn new_label(&mut self, name: &'static str) -> Label {
+        self.labels.push(LabelSlot { name, at: None });
+        Label {
+            program: self.program,
+            index: self.labels.len() - 1,
+        }
+    }
+
+    /// The slot of one of this program's labels.
+    fn slot(&mut self, label: Label) -> Result<&mut LabelSlot, AsmError> {
+        if label.program != self.program {
+            return Err(AsmError::ForeignLabel);
+        }
+        self.labels
+            .get_mut(label.index)
+            .ok_or(AsmError::ForeignLabel)
+    }
+
+    /// Places `label` at the next instruction.
+    pub fn place(&mut self, label: Label) -> Result<&mut Self, AsmError> {
+        let at = self.insns.len();
+        let slot = self.slot(label)?;
+        if slot.at.is_some() {
+            return Err(AsmError::DuplicateLabel(slot.name));
+        }
+        slot.at = Some(at);
+        Ok(self)
+    }
+
+    /// A jump instruction to `target`, patched by [`Asm::finish`].
+    fn push_jump(&mut self, insn: Insn, target: Label) -> &mut Self {
+        self.fixups.push((self.insns.len(), target));
+        self.push(insn)
+    }
+
     fn push(&mut self, insn: Insn) -> &mut Self {
         self.insns.push(insn);
         self
-    }
-
-    /// Places `name` at the next instruction.
-    pub fn label(&mut self, name: &'static str) -> Result<&mut Self, AsmError> {
-        if self.labels.insert(name, self.insns.len()).is_some() {
-            return Err(AsmError::DuplicateLabel(name));
-        }
-        Ok(self)
     }
 
     /// `dst = src`
@@ -322,27 +385,21 @@ impl Asm {
     }
 
     /// `if dst <cond> imm goto target`
-    pub fn jump_imm(&mut self, cond: Cond, dst: Reg, imm: i32, target: &'static str) -> &mut Self {
-        self.fixups.push((self.insns.len(), target));
-        self.push(Insn::new(
-            CLASS_JMP | cond.op() | SRC_K,
-            dst,
-            Reg::R0,
-            0,
-            imm,
-        ))
+    pub fn jump_imm(&mut self, cond: Cond, dst: Reg, imm: i32, target: Label) -> &mut Self {
+        let insn = Insn::new(CLASS_JMP | cond.op() | SRC_K, dst, Reg::R0, 0, imm);
+        self.push_jump(insn, target)
     }
 
     /// `if dst <cond> src goto target`
-    pub fn jump_reg(&mut self, cond: Cond, dst: Reg, src: Reg, target: &'static str) -> &mut Self {
-        self.fixups.push((self.insns.len(), target));
-        self.push(Insn::new(CLASS_JMP | cond.op() | SRC_X, dst, src, 0, 0))
+    pub fn jump_reg(&mut self, cond: Cond, dst: Reg, src: Reg, target: Label) -> &mut Self {
+        let insn = Insn::new(CLASS_JMP | cond.op() | SRC_X, dst, src, 0, 0);
+        self.push_jump(insn, target)
     }
 
     /// `goto target`
-    pub fn jump(&mut self, target: &'static str) -> &mut Self {
-        self.fixups.push((self.insns.len(), target));
-        self.push(Insn::new(CLASS_JMP | OP_JA, Reg::R0, Reg::R0, 0, 0))
+    pub fn jump(&mut self, target: Label) -> &mut Self {
+        let insn = Insn::new(CLASS_JMP | OP_JA, Reg::R0, Reg::R0, 0, 0);
+        self.push_jump(insn, target)
     }
 
     /// Calls kernel helper number `helper`; the result lands in `R0`.
@@ -371,13 +428,11 @@ impl Asm {
     /// Resolves every jump and returns the instructions.
     pub fn finish(mut self) -> Result<Vec<Insn>, AsmError> {
         for (at, target) in std::mem::take(&mut self.fixups) {
-            let to = *self
-                .labels
-                .get(target)
-                .ok_or(AsmError::UnknownLabel(target))?;
+            let slot = self.slot(target)?;
+            let to = slot.at.ok_or(AsmError::UnplacedLabel(slot.name))?;
             // Displacements count from the instruction after the jump.
             let off = i16::try_from(to as i64 - at as i64 - 1)
-                .map_err(|_| AsmError::OutOfRange(target))?;
+                .map_err(|_| AsmError::OutOfRange(slot.name))?;
             self.insns[at].off = off;
         }
         Ok(self.insns)
@@ -430,9 +485,10 @@ mod tests {
     #[test]
     fn kernel_function_calls_and_bit_tests() {
         let mut asm = Asm::new();
+        let end = asm.new_label("end");
         asm.call_kfunc(0x1234, 1)
-            .jump_imm(Cond::Set, Reg::R2, 0x30, "end");
-        asm.label("end").unwrap();
+            .jump_imm(Cond::Set, Reg::R2, 0x30, end);
+        asm.place(end).unwrap();
         asm.exit();
         let insns = asm.finish().unwrap();
         // call: JMP|CALL = 0x85, src 2 (BPF_PSEUDO_KFUNC_CALL), off = fd array index
@@ -444,11 +500,12 @@ mod tests {
     #[test]
     fn jumps_resolve_forward_and_backward() {
         let mut asm = Asm::new();
-        asm.label("top").unwrap();
-        asm.jump_imm(Cond::Eq, Reg::R1, 0, "end")
+        let (top, end) = (asm.new_label("top"), asm.new_label("end"));
+        asm.place(top).unwrap();
+        asm.jump_imm(Cond::Eq, Reg::R1, 0, end)
             .mov_imm(Reg::R0, 1)
-            .jump("top");
-        asm.label("end").unwrap();
+            .jump(top);
+        asm.place(end).unwrap();
         asm.exit();
         let insns = asm.finish().unwrap();
         assert_eq!(insns[0].code, 0x15);
@@ -469,12 +526,24 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_duplicate_labels_are_errors() {
+    fn unplaced_duplicate_and_foreign_labels_are_errors() {
         let mut asm = Asm::new();
-        asm.jump("nowhere");
-        assert_eq!(asm.finish(), Err(AsmError::UnknownLabel("nowhere")));
+        let nowhere = asm.new_label("nowhere");
+        asm.jump(nowhere);
+        assert_eq!(asm.finish(), Err(AsmError::UnplacedLabel("nowhere")));
+
         let mut asm = Asm::new();
-        asm.label("x").unwrap();
-        assert!(matches!(asm.label("x"), Err(AsmError::DuplicateLabel("x"))));
+        let x = asm.new_label("x");
+        asm.place(x).unwrap();
+        assert!(matches!(asm.place(x), Err(AsmError::DuplicateLabel("x"))));
+
+        // A label of one program means nothing in another, even at an index both have.
+        let mut other = Asm::new();
+        let theirs = other.new_label("theirs");
+        let mut asm = Asm::new();
+        let _ours = asm.new_label("ours");
+        assert!(matches!(asm.place(theirs), Err(AsmError::ForeignLabel)));
+        asm.jump(theirs);
+        assert_eq!(asm.finish(), Err(AsmError::ForeignLabel));
     }
 }

@@ -63,7 +63,7 @@
 //!   policy isolates → unused u32;
 //! - policy mark: array of one [`PolicyMark`] (epoch 0: no policed packet is carried).
 
-use crate::asm::{Alu, Asm, AsmError, Cond, Insn, Reg, Size};
+use crate::asm::{Alu, Asm, AsmError, Cond, Insn, Label, Reg, Size};
 
 /// Counter slot: packets (GSO packets count once) forwarded past the host stack.
 pub const COUNTER_FORWARDED: u32 = 0;
@@ -333,15 +333,21 @@ fn ne32(bytes: [u8; 4]) -> i32 {
 pub fn forward(maps: MapFds, conntrack: ConntrackCalls) -> Result<Vec<Insn>, AsmError> {
     use Reg::*;
     let mut a = Asm::new();
+    let exits = Exits::new(&mut a);
+    let Exits { next, to_stack, .. } = exits;
+    let [from_uplink, ttl, transport_known, fits] =
+        ["from_uplink", "ttl", "transport_known", "fits"].map(|name| a.new_label(name));
+    let [into_pod, routed, rewrite, peer, encapsulated] =
+        ["into_pod", "routed", "rewrite", "peer", "encapsulate"].map(|name| a.new_label(name));
     // R6 = skb, R7 = packet start, R8 = packet end,
     // R9 = the pod's address if the packet came from a pod (else 0), later 1 if it goes
     // into a pod, or the VXLAN settings when it is to be encapsulated.
     a.mov(R6, R1);
     a.load(Size::W, R2, R6, SKB_PROTOCOL)
-        .jump_imm(Cond::Ne, R2, ne16([0x08, 0x00]), "next");
-    load_packet(&mut a, HEADERS_LEN, "next");
+        .jump_imm(Cond::Ne, R2, ne16([0x08, 0x00]), next);
+    load_packet(&mut a, HEADERS_LEN, next);
     a.load(Size::B, R2, R7, IP_VERSION_IHL)
-        .jump_imm(Cond::Ne, R2, 0x45, "next");
+        .jump_imm(Cond::Ne, R2, 0x45, next);
 
     // Only traffic between pools: everything else is the host stack's business. A pod's own
     // address is a pool address, so from a pod only the destination is looked up.
@@ -349,22 +355,22 @@ pub fn forward(maps: MapFds, conntrack: ConntrackCalls) -> Result<Vec<Insn>, Asm
         .load(Size::W, R2, R6, SKB_IFINDEX)
         .store(Size::W, R10, IFINDEX_KEY, R2);
     lookup(&mut a, maps.pods, IFINDEX_KEY);
-    a.jump_imm(Cond::Eq, R0, 0, "from_uplink")
+    a.jump_imm(Cond::Eq, R0, 0, from_uplink)
         .load(Size::W, R9, R0, 0);
-    in_pools(&mut a, maps.pools, &[IP_DADDR]);
+    in_pools(&mut a, maps.pools, &[IP_DADDR], next);
     // From a pod, the source must be the pod's own address.
     a.load(Size::W, R3, R7, IP_SADDR)
-        .jump_reg(Cond::Ne, R9, R3, "to_stack")
-        .jump("ttl");
-    a.label("from_uplink")?;
-    in_pools(&mut a, maps.pools, &[IP_DADDR, IP_SADDR]);
+        .jump_reg(Cond::Ne, R9, R3, to_stack)
+        .jump(ttl);
+    a.place(from_uplink)?;
+    in_pools(&mut a, maps.pools, &[IP_DADDR, IP_SADDR], next);
 
     // A TTL about to run out needs an ICMP error: the stack sends it.
-    a.label("ttl")?;
+    a.place(ttl)?;
     note_policed(&mut a, maps.policed)?;
     a.load(Size::B, R2, R7, ETH_LEN + 8)
-        .jump_imm(Cond::Le, R2, 1, "to_stack");
-    untranslated(&mut a, maps, conntrack)?;
+        .jump_imm(Cond::Le, R2, 1, to_stack);
+    untranslated(&mut a, maps, conntrack, exits)?;
 
     clear_fib(&mut a);
     a.load(Size::B, R2, R7, ETH_LEN + IP_PROTOCOL)
@@ -379,73 +385,96 @@ pub fn forward(maps: MapFds, conntrack: ConntrackCalls) -> Result<Vec<Insn>, Asm
         .store(Size::W, R10, FIB_DST, R2);
     // tot_len stays 0: the kernel then checks the packet against the egress device's MTU
     // and answers "fragmentation needed" for one that does not fit, GSO packets excepted.
-    fib_lookup(&mut a, 0);
+    fib_lookup(&mut a, 0, to_stack);
 
     // A GSO packet's segments must fit the egress MTU too; the stack segments (or answers
     // "fragmentation needed" for) those that do not.
     a.load(Size::W, R2, R6, SKB_GSO_SIZE)
-        .jump_imm(Cond::Eq, R2, 0, "fits")
+        .jump_imm(Cond::Eq, R2, 0, fits)
         .load(Size::B, R3, R7, ETH_LEN + IP_PROTOCOL)
         .mov_imm(R4, i32::from(UDP_LEN))
-        .jump_imm(Cond::Eq, R3, IPPROTO_UDP, "transport_known")
-        .jump_imm(Cond::Ne, R3, IPPROTO_TCP, "to_stack")
+        .jump_imm(Cond::Eq, R3, IPPROTO_UDP, transport_known)
+        .jump_imm(Cond::Ne, R3, IPPROTO_TCP, to_stack)
         .mov(R5, R7)
         .add_imm(R5, i32::from(TCP_DATA_OFFSET) + 1)
-        .jump_reg(Cond::Gt, R5, R8, "to_stack")
+        .jump_reg(Cond::Gt, R5, R8, to_stack)
         .load(Size::B, R4, R7, TCP_DATA_OFFSET)
         .alu_imm(Alu::And, R4, 0xf0)
         .alu_imm(Alu::Rsh, R4, 2);
-    a.label("transport_known")?;
+    a.place(transport_known)?;
     a.alu_reg(Alu::Add, R2, R4)
         .add_imm(R2, i32::from(IP_LEN))
         .load(Size::H, R3, R10, FIB_MTU_RESULT)
-        .jump_reg(Cond::Gt, R2, R3, "to_stack");
-    a.label("fits")?;
+        .jump_reg(Cond::Gt, R2, R3, to_stack);
+    a.place(fits)?;
 
     // Into a local pod: straight to its side of the veth. From an uplink to anything else:
     // the stack's (this is not a general router).
     a.load(Size::W, R2, R10, FIB_IFINDEX)
         .store(Size::W, R10, IFINDEX_KEY, R2);
     lookup(&mut a, maps.pods, IFINDEX_KEY);
-    a.jump_imm(Cond::Ne, R0, 0, "into_pod")
-        .jump_imm(Cond::Eq, R9, 0, "to_stack");
+    a.jump_imm(Cond::Ne, R0, 0, into_pod)
+        .jump_imm(Cond::Eq, R9, 0, to_stack);
     // From a pod into the VXLAN device: encapsulated here, if VXLAN is set up.
     a.store_imm(Size::W, R10, ARRAY_KEY, 0);
     lookup(&mut a, maps.vxlan, ARRAY_KEY);
-    a.jump_imm(Cond::Eq, R0, 0, "routed")
+    a.jump_imm(Cond::Eq, R0, 0, routed)
         .load(Size::W, R2, R0, CFG_DEVICE)
         .load(Size::W, R3, R10, FIB_IFINDEX)
         .mov(R9, R0)
-        .jump_reg(Cond::Eq, R2, R3, "encapsulate");
-    a.label("routed")?;
-    a.mov_imm(R9, 0).jump("rewrite");
-    a.label("into_pod")?;
+        .jump_reg(Cond::Eq, R2, R3, encapsulated);
+    a.place(routed)?;
+    a.mov_imm(R9, 0).jump(rewrite);
+    a.place(into_pod)?;
     a.mov_imm(R9, 1);
 
-    a.label("rewrite")?;
-    load_packet(&mut a, HEADERS_LEN, "next");
+    a.place(rewrite)?;
+    load_packet(&mut a, HEADERS_LEN, next);
     for (to, from) in [(0, FIB_DMAC), (6, FIB_SMAC)] {
         copy(&mut a, R7, to, R10, from, 6);
     }
-    decrement_ttl(&mut a, ETH_LEN, "checksum_done")?;
-    count(&mut a, maps.counters, COUNTER_FORWARDED, "counted_forward")?;
+    decrement_ttl(&mut a, ETH_LEN)?;
+    count(&mut a, maps.counters, COUNTER_FORWARDED)?;
     a.load(Size::W, R1, R10, FIB_IFINDEX)
         .mov_imm(R2, 0)
-        .jump_imm(Cond::Ne, R9, 0, "peer")
+        .jump_imm(Cond::Ne, R9, 0, peer)
         .call(HELPER_REDIRECT)
         .exit();
-    a.label("peer")?;
+    a.place(peer)?;
     a.call(HELPER_REDIRECT_PEER).exit();
 
-    encapsulate(&mut a, maps)?;
+    a.place(encapsulated)?;
+    encapsulate(&mut a, maps, exits)?;
 
-    a.label("to_stack")?;
-    count(&mut a, maps.counters, COUNTER_TO_STACK, "counted_to_stack")?;
-    a.label("next")?;
+    a.place(to_stack)?;
+    count(&mut a, maps.counters, COUNTER_TO_STACK)?;
+    a.place(next)?;
     a.mov_imm(R0, TCX_NEXT).exit();
-    a.label("drop")?;
+    a.place(exits.drop)?;
     a.mov_imm(R0, TC_ACT_SHOT).exit();
     a.finish()
+}
+
+/// The ends every part of the program may jump to.
+#[derive(Clone, Copy)]
+struct Exits {
+    /// On to the next program or the host stack, uncounted: traffic that is not the fast
+    /// path's business.
+    next: Label,
+    /// To the host stack, counted: traffic the fast path looked at and leaves to the stack.
+    to_stack: Label,
+    /// Dropped: a packet already rewritten that can no longer go on.
+    drop: Label,
+}
+
+impl Exits {
+    fn new(a: &mut Asm) -> Self {
+        Self {
+            next: a.new_label("next"),
+            to_stack: a.new_label("to_stack"),
+            drop: a.new_label("drop"),
+        }
+    }
 }
 
 /// Falls through when the packet's connection was not translated by netfilter (see the
@@ -453,33 +482,47 @@ pub fn forward(maps: MapFds, conntrack: ConntrackCalls) -> Result<Vec<Insn>, Asm
 /// rules allowed its connection since they last changed; otherwise the packet goes to the
 /// stack. R7, R8 = the packet, with the IPv4 header proven inside; they are reloaded on
 /// the way out.
-fn untranslated(a: &mut Asm, maps: MapFds, conntrack: ConntrackCalls) -> Result<(), AsmError> {
+fn untranslated(
+    a: &mut Asm,
+    maps: MapFds,
+    conntrack: ConntrackCalls,
+    exits: Exits,
+) -> Result<(), AsmError> {
     use Reg::*;
+    let Exits { next, to_stack, .. } = exits;
+    let [tracked, carried_assured, untracked, translated, done] = [
+        "tracked",
+        "carried_assured",
+        "untracked",
+        "translated",
+        "untranslated",
+    ]
+    .map(|name| a.new_label(name));
     // Later fragments carry no ports: the stack reassembles them for conntrack.
     a.load(Size::H, R2, R7, ETH_LEN + 6)
         .alu_imm(Alu::And, R2, ne16(IP_FRAGMENT_MASK))
-        .jump_imm(Cond::Ne, R2, 0, "to_stack")
+        .jump_imm(Cond::Ne, R2, 0, to_stack)
         .load(Size::B, R2, R7, ETH_LEN + IP_PROTOCOL)
-        .jump_imm(Cond::Eq, R2, IPPROTO_TCP, "tracked");
+        .jump_imm(Cond::Eq, R2, IPPROTO_TCP, tracked);
     // A policed endpoint's other traffic stays with the stack: conntrack's timeouts for
     // UDP and ICMP are refreshed only by the packets it sees.
     a.load(Size::W, R3, R10, POLICED)
-        .jump_imm(Cond::Ne, R3, 0, "to_stack")
-        .jump_imm(Cond::Eq, R2, IPPROTO_UDP, "tracked")
-        .jump_imm(Cond::Ne, R2, IPPROTO_ICMP, "to_stack")
+        .jump_imm(Cond::Ne, R3, 0, to_stack)
+        .jump_imm(Cond::Eq, R2, IPPROTO_UDP, tracked)
+        .jump_imm(Cond::Ne, R2, IPPROTO_ICMP, to_stack)
         .mov(R3, R7)
         .add_imm(R3, HEADERS_LEN + 1)
-        .jump_reg(Cond::Gt, R3, R8, "to_stack")
+        .jump_reg(Cond::Gt, R3, R8, to_stack)
         .load(Size::B, R3, R7, HEADERS_LEN as i16)
-        .jump_imm(Cond::Eq, R3, ICMP_ECHO_REPLY, "untranslated")
-        .jump_imm(Cond::Eq, R3, ICMP_ECHO_REQUEST, "untranslated")
-        .jump("to_stack");
+        .jump_imm(Cond::Eq, R3, ICMP_ECHO_REPLY, done)
+        .jump_imm(Cond::Eq, R3, ICMP_ECHO_REQUEST, done)
+        .jump(to_stack);
 
     // R2 = the protocol. The tuple: both addresses, then both ports, as on the wire.
-    a.label("tracked")?;
+    a.place(tracked)?;
     a.mov(R3, R7)
         .add_imm(R3, HEADERS_LEN + 4)
-        .jump_reg(Cond::Gt, R3, R8, "to_stack")
+        .jump_reg(Cond::Gt, R3, R8, to_stack)
         .load(Size::W, R3, R7, IP_SADDR)
         .store(Size::W, R10, CT_TUPLE, R3)
         .load(Size::W, R3, R7, IP_DADDR)
@@ -499,7 +542,7 @@ fn untranslated(a: &mut Asm, maps: MapFds, conntrack: ConntrackCalls) -> Result<
         .add_imm(R4, i32::from(CT_OPTS))
         .mov_imm(R5, conntrack.opts_len)
         .call_kfunc(conntrack.lookup.btf_id, conntrack.lookup.btf_index)
-        .jump_imm(Cond::Eq, R0, 0, "untracked")
+        .jump_imm(Cond::Eq, R0, 0, untracked)
         .load(Size::DW, R2, R0, conntrack.status_offset)
         .store(Size::DW, R10, CT_STATUS, R2);
     if let Some(mark) = conntrack.mark_offset {
@@ -509,64 +552,60 @@ fn untranslated(a: &mut Asm, maps: MapFds, conntrack: ConntrackCalls) -> Result<
     a.mov(R1, R0)
         .call_kfunc(conntrack.release.btf_id, conntrack.release.btf_index)
         .load(Size::DW, R2, R10, CT_STATUS)
-        .jump_imm(Cond::Set, R2, IPS_NAT_MASK, "translated");
-    load_packet(a, HEADERS_LEN, "next");
+        .jump_imm(Cond::Set, R2, IPS_NAT_MASK, translated);
+    load_packet(a, HEADERS_LEN, next);
     a.load(Size::W, R3, R10, POLICED)
-        .jump_imm(Cond::Eq, R3, 0, "untranslated");
+        .jump_imm(Cond::Eq, R3, 0, done);
 
     // A policed endpoint's TCP packet: carried only in an established connection whose
     // mark carries the current epoch (the rules allowed it since they last changed), and
     // never with SYN, FIN or RST, so that conntrack sees every connection's setup and
     // teardown and leaves no entry behind.
     a.load(Size::DW, R2, R10, CT_STATUS)
-        .jump_imm(Cond::Set, R2, IPS_ASSURED, "carried_assured")
-        .jump("to_stack");
-    a.label("carried_assured")?;
-    load_packet(a, i32::from(TCP_FLAGS) + 1, "to_stack");
+        .jump_imm(Cond::Set, R2, IPS_ASSURED, carried_assured)
+        .jump(to_stack);
+    a.place(carried_assured)?;
+    load_packet(a, i32::from(TCP_FLAGS) + 1, to_stack);
     a.load(Size::B, R3, R7, TCP_FLAGS)
-        .jump_imm(Cond::Set, R3, TCP_FIN_SYN_RST, "to_stack")
+        .jump_imm(Cond::Set, R3, TCP_FIN_SYN_RST, to_stack)
         .store_imm(Size::W, R10, ARRAY_KEY, 0);
     lookup(a, maps.policy_mark, ARRAY_KEY);
-    a.jump_imm(Cond::Eq, R0, 0, "to_stack")
+    a.jump_imm(Cond::Eq, R0, 0, to_stack)
         .load(Size::W, R2, R0, 0)
-        .jump_imm(Cond::Eq, R2, 0, "to_stack")
+        .jump_imm(Cond::Eq, R2, 0, to_stack)
         .load(Size::W, R3, R0, 4)
         .load(Size::W, R4, R10, CT_MARK)
         .alu_reg(Alu::And, R4, R3)
-        .jump_reg(Cond::Ne, R4, R2, "to_stack");
-    count(
-        a,
-        maps.counters,
-        COUNTER_POLICED_CARRIED,
-        "counted_policed_carried",
-    )?;
-    load_packet(a, HEADERS_LEN, "next");
-    a.jump("untranslated");
+        .jump_reg(Cond::Ne, R4, R2, to_stack);
+    count(a, maps.counters, COUNTER_POLICED_CARRIED)?;
+    load_packet(a, HEADERS_LEN, next);
+    a.jump(done);
 
     // Not tracked: the fast path's own flows, unless the endpoint is policed.
-    a.label("untracked")?;
-    load_packet(a, HEADERS_LEN, "next");
+    a.place(untracked)?;
+    load_packet(a, HEADERS_LEN, next);
     a.load(Size::W, R3, R10, POLICED)
-        .jump_imm(Cond::Ne, R3, 0, "to_stack")
-        .jump("untranslated");
+        .jump_imm(Cond::Ne, R3, 0, to_stack)
+        .jump(done);
 
-    a.label("translated")?;
-    count(a, maps.counters, COUNTER_TRANSLATED, "counted_translated")?;
-    a.jump("next");
-    a.label("untranslated")?;
+    a.place(translated)?;
+    count(a, maps.counters, COUNTER_TRANSLATED)?;
+    a.jump(next);
+    a.place(done)?;
     Ok(())
 }
 
-/// The VXLAN branch, from label `encapsulate`: R9 = the VXLAN settings, the first FIB
-/// answer on the stack (egress = the VXLAN device, MACs of the two tunnel ends).
-fn encapsulate(a: &mut Asm, maps: MapFds) -> Result<(), AsmError> {
+/// The VXLAN branch: R9 = the VXLAN settings, the first FIB answer on the stack (egress =
+/// the VXLAN device, MACs of the two tunnel ends).
+fn encapsulate(a: &mut Asm, maps: MapFds, exits: Exits) -> Result<(), AsmError> {
     use Reg::*;
-    a.label("encapsulate")?;
+    let to_stack = exits.to_stack;
+    let ecn_done = a.new_label("ecn_done");
     // The remote node, by its device's MAC: what the device's forwarding entry says.
     a.store_imm(Size::DW, R10, VTEP_KEY, 0);
     copy(a, R10, VTEP_KEY, R10, FIB_DMAC, 6);
     lookup(a, maps.vteps, VTEP_KEY);
-    a.jump_imm(Cond::Eq, R0, 0, "to_stack")
+    a.jump_imm(Cond::Eq, R0, 0, to_stack)
         .load(Size::W, R2, R0, 0)
         .store(Size::W, R10, REMOTE_NODE, R2);
     copy(a, R10, INNER_MACS, R10, FIB_SMAC, 12);
@@ -580,7 +619,7 @@ fn encapsulate(a: &mut Asm, maps: MapFds) -> Result<(), AsmError> {
         .store(Size::W, R10, FIB_SRC, R2)
         .load(Size::W, R2, R10, REMOTE_NODE)
         .store(Size::W, R10, FIB_DST, R2);
-    fib_lookup(a, BPF_FIB_LOOKUP_OUTPUT);
+    fib_lookup(a, BPF_FIB_LOOKUP_OUTPUT, to_stack);
 
     // Source port: the inner flow's hash, folded and scaled into the port range.
     a.mov(R1, R6)
@@ -608,9 +647,9 @@ fn encapsulate(a: &mut Asm, maps: MapFds) -> Result<(), AsmError> {
         .mov_imm(R3, BPF_ADJ_ROOM_MAC)
         .mov_imm64(R4, ADJ_ROOM_VXLAN)
         .call(HELPER_SKB_ADJUST_ROOM)
-        .jump_imm(Cond::Ne, R0, 0, "to_stack");
+        .jump_imm(Cond::Ne, R0, 0, to_stack);
     // From here the packet is committed; the bound check only satisfies the verifier.
-    load_packet(a, VXLAN_FRAME_LEN, "drop");
+    load_packet(a, VXLAN_FRAME_LEN, exits.drop);
 
     copy(a, R7, 0, R10, FIB_DMAC, 6);
     copy(a, R7, 6, R10, FIB_SMAC, 6);
@@ -618,9 +657,9 @@ fn encapsulate(a: &mut Asm, maps: MapFds) -> Result<(), AsmError> {
     a.store_imm(Size::B, R7, ETH_LEN, 0x45)
         .load(Size::B, R2, R7, INNER_IP + 1)
         .alu_imm(Alu::And, R2, 3)
-        .jump_imm(Cond::Ne, R2, 3, "ecn_done")
+        .jump_imm(Cond::Ne, R2, 3, ecn_done)
         .mov_imm(R2, 2);
-    a.label("ecn_done")?;
+    a.place(ecn_done)?;
     a.store(Size::B, R7, ETH_LEN + 1, R2)
         .load(Size::W, R2, R6, SKB_LEN)
         .sub_imm(R2, i32::from(ETH_LEN))
@@ -670,15 +709,10 @@ fn encapsulate(a: &mut Asm, maps: MapFds) -> Result<(), AsmError> {
     }
     a.alu_imm(Alu::Xor, R2, 0xffff)
         .store(Size::H, R7, ETH_LEN + 10, R2);
-    decrement_ttl(a, INNER_IP, "inner_checksum_done")?;
+    decrement_ttl(a, INNER_IP)?;
 
-    count(a, maps.counters, COUNTER_FORWARDED, "counted_encap_forward")?;
-    count(
-        a,
-        maps.counters,
-        COUNTER_ENCAPSULATED,
-        "counted_encapsulated",
-    )?;
+    count(a, maps.counters, COUNTER_FORWARDED)?;
+    count(a, maps.counters, COUNTER_ENCAPSULATED)?;
     a.load(Size::W, R1, R10, FIB_IFINDEX)
         .mov_imm(R2, 0)
         .call(HELPER_REDIRECT)
@@ -695,9 +729,8 @@ fn clear_fib(a: &mut Asm) {
     a.store_imm(Size::B, R10, FIB_FAMILY, AF_INET);
 }
 
-/// `bpf_fib_lookup(skb, FIB, 64, flags)`; anything but success leaves the packet to the
-/// stack.
-fn fib_lookup(a: &mut Asm, flags: i32) {
+/// `bpf_fib_lookup(skb, FIB, 64, flags)`; anything but success goes to `failed`.
+fn fib_lookup(a: &mut Asm, flags: i32, failed: Label) {
     use Reg::*;
     a.mov(R1, R6)
         .mov(R2, R10)
@@ -705,7 +738,7 @@ fn fib_lookup(a: &mut Asm, flags: i32) {
         .mov_imm(R3, FIB_LEN)
         .mov_imm(R4, flags)
         .call(HELPER_FIB_LOOKUP)
-        .jump_imm(Cond::Ne, R0, BPF_FIB_LKUP_RET_SUCCESS, "to_stack");
+        .jump_imm(Cond::Ne, R0, BPF_FIB_LKUP_RET_SUCCESS, failed);
 }
 
 /// `R0 = bpf_map_lookup_elem(map, R10 + key)`
@@ -717,16 +750,16 @@ fn lookup(a: &mut Asm, map: i32, key: i16) {
         .call(HELPER_MAP_LOOKUP_ELEM);
 }
 
-/// Leaves the packet to the host stack (uncounted) unless the IPv4 addresses at `fields`
-/// all lie in a pool. R7 = packet start.
-fn in_pools(a: &mut Asm, pools: i32, fields: &[i16]) {
+/// Goes to `outside` unless the IPv4 addresses at `fields` all lie in a pool. R7 = packet
+/// start.
+fn in_pools(a: &mut Asm, pools: i32, fields: &[i16], outside: Label) {
     use Reg::*;
     a.store_imm(Size::W, R10, LPM_KEY, 32);
     for &field in fields {
         a.load(Size::W, R2, R7, field)
             .store(Size::W, R10, LPM_KEY_ADDR, R2);
         lookup(a, pools, LPM_KEY);
-        a.jump_imm(Cond::Eq, R0, 0, "next");
+        a.jump_imm(Cond::Eq, R0, 0, outside);
     }
 }
 
@@ -735,17 +768,18 @@ fn in_pools(a: &mut Asm, pools: i32, fields: &[i16]) {
 /// R7 = packet start.
 fn note_policed(a: &mut Asm, policed: i32) -> Result<(), AsmError> {
     use Reg::*;
+    let [policed_found, noted] = ["policed", "policed_noted"].map(|name| a.new_label(name));
     a.store_imm(Size::W, R10, POLICED, 0);
     for field in [IP_SADDR, IP_DADDR] {
         a.load(Size::W, R2, R7, field)
             .store(Size::W, R10, POLICED_KEY, R2);
         lookup(a, policed, POLICED_KEY);
-        a.jump_imm(Cond::Ne, R0, 0, "policed");
+        a.jump_imm(Cond::Ne, R0, 0, policed_found);
     }
-    a.jump("policed_noted");
-    a.label("policed")?;
+    a.jump(noted);
+    a.place(policed_found)?;
     a.store_imm(Size::W, R10, POLICED, 1);
-    a.label("policed_noted")?;
+    a.place(noted)?;
     Ok(())
 }
 
@@ -762,9 +796,10 @@ fn copy(a: &mut Asm, to: Reg, to_off: i16, from: Reg, from_off: i16, len: i16) {
 }
 
 /// TTL - 1 of the IPv4 header at `ip` (R7-relative), with the checksum patched as the
-/// kernel's `ip_decrease_ttl()` does; `done` is a label unique to this use.
-fn decrement_ttl(a: &mut Asm, ip: i16, done: &'static str) -> Result<(), AsmError> {
+/// kernel's `ip_decrease_ttl()` does.
+fn decrement_ttl(a: &mut Asm, ip: i16) -> Result<(), AsmError> {
     use Reg::*;
+    let done = a.new_label("checksum_done");
     a.load(Size::B, R2, R7, ip + 8)
         .sub_imm(R2, 1)
         .store(Size::B, R7, ip + 8, R2)
@@ -772,14 +807,14 @@ fn decrement_ttl(a: &mut Asm, ip: i16, done: &'static str) -> Result<(), AsmErro
         .add_imm(R2, ne16([0x01, 0x00]))
         .jump_imm(Cond::Lt, R2, 0xffff, done)
         .add_imm(R2, 1);
-    a.label(done)?;
+    a.place(done)?;
     a.store(Size::H, R7, ip + 10, R2);
     Ok(())
 }
 
 /// R7, R8 = packet start and end, with `len` bytes proven inside (the verifier insists,
 /// and helpers may have moved the data); a shorter packet goes to `short`.
-fn load_packet(a: &mut Asm, len: i32, short: &'static str) {
+fn load_packet(a: &mut Asm, len: i32, short: Label) {
     use Reg::*;
     a.load(Size::W, R7, R6, SKB_DATA)
         .load(Size::W, R8, R6, SKB_DATA_END)
@@ -788,16 +823,17 @@ fn load_packet(a: &mut Asm, len: i32, short: &'static str) {
         .jump_reg(Cond::Gt, R2, R8, short);
 }
 
-/// Adds one to counter `slot`; `done` is a label unique to this use.
-fn count(a: &mut Asm, counters: i32, slot: u32, done: &'static str) -> Result<(), AsmError> {
+/// Adds one to counter `slot`.
+fn count(a: &mut Asm, counters: i32, slot: u32) -> Result<(), AsmError> {
     use Reg::*;
+    let done = a.new_label("counted");
     a.store_imm(Size::W, R10, ARRAY_KEY, slot as i32);
     lookup(a, counters, ARRAY_KEY);
     a.jump_imm(Cond::Eq, R0, 0, done)
         .load(Size::DW, R2, R0, 0)
         .add_imm(R2, 1)
         .store(Size::DW, R0, 0, R2);
-    a.label(done)?;
+    a.place(done)?;
     Ok(())
 }
 
