@@ -3,7 +3,7 @@
 //!
 //! - Idle: three `wren agent`s in a full mesh, one block each, left alone; three BIRD 2
 //!   daemons in a full mesh, one static prefix each, on the same bridge at the same time.
-//!   Resident memory (VmRSS) and CPU (utime + stime over the window) of each process.
+//!   Resident memory (VmRSS, and its anonymous part) and CPU (utime + stime over the window) of each process.
 //! - Convergence: a node claims a block through IPAM (one client connected for all rounds);
 //!   time from the allocation's start until the route is in both other nodes' kernels, as
 //!   `ip monitor route` in each node reports it. Anchor: a BIRD announces a prefix
@@ -113,14 +113,19 @@ fn main() {
             .map(|i| after[i].rss_kib as f64 / 1024.0)
             .sum::<f64>()
             / n;
+        let anon = range
+            .clone()
+            .map(|i| after[i].rss_anon_kib as f64 / 1024.0)
+            .sum::<f64>()
+            / n;
         let cpu = range
             .map(|i| (after[i].cpu_seconds - before[i]) / idle.as_secs_f64() * 100.0)
             .sum::<f64>()
             / n;
-        (rss, cpu)
+        (rss, anon, cpu)
     };
-    let (agent_rss, agent_cpu) = stats(0..3);
-    let (bird_rss, bird_cpu) = stats(3..6);
+    let (agent_rss, agent_anon, agent_cpu) = stats(0..3);
+    let (bird_rss, bird_anon, bird_cpu) = stats(3..6);
 
     // Convergence: claim a block, then wait for its route in both other kernels. A pool of
     // /32 blocks makes every allocation a claim. One IPAM client, connected once, makes every
@@ -197,6 +202,10 @@ fn main() {
     println!(
         "| idle RSS per node, MiB (mean of 3) | {agent_rss:.1} | {bird_rss:.1} | {:.2} |",
         agent_rss / bird_rss
+    );
+    println!(
+        "| of which anonymous (heap, stacks), MiB | {agent_anon:.1} | {bird_anon:.1} | {:.2} |",
+        agent_anon / bird_anon
     );
     println!(
         "| idle CPU per node, % of one core over {}s (mean of 3) | {agent_cpu:.3} | {bird_cpu:.3} | {} |",

@@ -248,6 +248,9 @@ mod tests {
 pub struct Usage {
     /// Resident memory now (`VmRSS`), KiB.
     pub rss_kib: u64,
+    /// Of that, the anonymous part (`RssAnon`: heap, stacks), KiB; the rest is the pages of
+    /// the program and its libraries mapped from their files, shared and reclaimable.
+    pub rss_anon_kib: u64,
     /// Peak resident memory (`VmHWM`), KiB.
     pub peak_kib: u64,
     /// CPU time used so far, user and system, every thread, seconds.
@@ -285,6 +288,7 @@ pub fn usage(pid: u32) -> Usage {
         .max(1) as f64;
     Usage {
         rss_kib: kib("VmRSS:"),
+        rss_anon_kib: kib("RssAnon:"),
         peak_kib: kib("VmHWM:"),
         cpu_seconds: (ticks(11) + ticks(12)) as f64 / hz,
     }
