@@ -813,6 +813,8 @@ impl Controller {
                     import_filter: spec.filters.import.as_ref().map(|f| f.summary()),
                     export_filter: spec.filters.export.as_ref().map(|f| f.summary()),
                     bfd: s.bfd.clone(),
+                    local_as: spec.local_as,
+                    timers: s.timers,
                 })
             })
             .collect();
