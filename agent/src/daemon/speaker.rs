@@ -118,6 +118,9 @@ impl Policy for NodePolicy {
         match filter.decide(&prefix, &|c| carries(attrs, c)) {
             Decision::Reject => Verdict::Reject,
             Decision::Accept { prepend: 0 } => Verdict::Accept,
+            // Toward a peer inside the session's AS the path stays as it is (RFC 4271
+            // §5.1.2): the peer would find its own AS on it and drop the route as a loop.
+            Decision::Accept { .. } if peer.ibgp => Verdict::Accept,
             Decision::Accept { prepend } => {
                 let mut out = attrs.clone();
                 // The AS the session speaks: the node's, or the peer's own local AS.
@@ -698,7 +701,8 @@ mod tests {
             default_action: default,
         };
         let policy = NodePolicy {
-            reflector: false,
+            // A route reflector, which passes its clients' routes on to the peers in its AS.
+            reflector: true,
             import: RwLock::new(ImportRules {
                 limits: [(tor.address, ImportLimits::default())].into(),
                 filters: [(
@@ -735,6 +739,22 @@ mod tests {
             panic!("no prepend");
         };
         assert_eq!(prepended.as_path_len(), 3, "{prepended:?}");
+        // The same filter toward an iBGP peer (a route reflector's explicit peer in the AS)
+        // decides alike but leaves the path alone.
+        let inside = PeerRef {
+            ibgp: true,
+            remote_as: 64512,
+            ..tor.clone()
+        };
+        let reflected = Source::Peer(peer([10, 0, 0, 3], true, false));
+        assert_eq!(
+            policy.export(&inside, net("10.65.1.0/26"), &attrs, &reflected),
+            Verdict::Accept
+        );
+        assert_eq!(
+            policy.export(&inside, net("10.65.1.7/32"), &attrs, &reflected),
+            Verdict::Reject
+        );
         assert_eq!(export("10.65.1.7/32", &attrs), Verdict::Reject, "default");
         let mut tagged = attrs.clone();
         tagged.communities.push(0xFDE8_029A);
