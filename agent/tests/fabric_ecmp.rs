@@ -2,7 +2,8 @@
 //! routers that both announce a prefix behind them. The node holds one multipath kernel
 //! route over both; a ToR going away shrinks it in place (a replace, never a delete) while
 //! UDP probes over both paths keep flowing; its return grows it again; a longer AS path is
-//! not merged. The same against two FRR ToRs; the multipath metrics follow the route.
+//! not merged. The same against two FRR ToRs, and over IPv6 sessions with two BIRD ToRs;
+//! the multipath metrics follow the route.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -66,9 +67,15 @@ print(count, received)
 
 /// The next hops of the node's kernel route to [`BEHIND`], sorted.
 fn next_hops(node: &Node) -> Vec<String> {
+    next_hops_to(node, BEHIND)
+}
+
+/// The next hops of the node's kernel route to `prefix` (either family), sorted.
+fn next_hops_to(node: &Node, prefix: &str) -> Vec<String> {
+    let family = if prefix.contains(':') { "-6" } else { "-4" };
     let out = node
         .ns
-        .ip(&["-j", "route", "show", BEHIND, "proto", "bgp"])
+        .ip(&[family, "-j", "route", "show", prefix, "proto", "bgp"])
         .unwrap_or_default();
     let routes: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     let Some(route) = routes.as_array().and_then(|r| r.first()) else {
@@ -385,5 +392,82 @@ fn two_frr_tors_one_multipath_route_that_shrinks_without_a_delete() {
     );
     wait_for("the metrics to count no multipath route", || {
         multipath_metrics(c.node(0)) == (0, 0)
+    });
+}
+
+/// The ToRs' and the node's IPv6 addresses on the fabric, and a prefix behind both ToRs.
+const TOR6: [&str; 2] = ["fd77::251", "fd77::252"];
+const NODE6: &str = "fd77::1";
+const BEHIND6: &str = "2001:db8:99::/64";
+
+#[test]
+fn two_bird_tors_over_ipv6_sessions_one_multipath_route_that_shrinks_in_place() {
+    if !ready() || !prereq::require_command("bird") {
+        return;
+    }
+    let mut c = Cluster::new("fx-ecmp6", 1);
+    // Addresses without duplicate address detection, usable at once.
+    let add6 = |ns: &NetNs, address: &str| {
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{address}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .unwrap();
+    };
+    add6(&c.node(0).ns, NODE6);
+    let routers: Vec<NetNs> = TOR
+        .iter()
+        .zip(TOR6)
+        .enumerate()
+        .map(|(i, ((ip, _), ip6))| {
+            let ns = c.attach_router(&format!("fx-ecmp6-t{}", i + 1), ip);
+            add6(&ns, ip6);
+            ns
+        })
+        .collect();
+    let prefix: IpNet = BEHIND6.parse().unwrap();
+    let mut birds: Vec<Bird> = Vec::new();
+    for (i, ((ip, asn), ip6)) in TOR.iter().zip(TOR6).enumerate() {
+        let session = Peer::new(NODE6.parse().unwrap(), 64512, ip6.parse().unwrap()).hold_time(9);
+        let config = Config::new(ip.parse::<Ipv4Addr>().unwrap(), *asn).peer(session);
+        let mut bird = Bird::start(&routers[i], config).unwrap();
+        bird.announce(&Announce::new(prefix)).unwrap();
+        birds.push(bird);
+        c.add_peer(&format!("tor{}", i + 1), ip6, *asn, &[]);
+    }
+    c.start_agent_with(0, &["--node-ipv6", &format!("{NODE6}/64")]);
+    let both: Vec<String> = TOR6.iter().map(|a| (*a).to_owned()).collect();
+    wait_for("one IPv6 route over both ToRs", || {
+        next_hops_to(c.node(0), BEHIND6) == both
+    });
+    assert_eq!(multipath_metrics(c.node(0)), (1, 2));
+
+    // ToR 1 stops: the route shrinks to ToR 2 in place, never deleted.
+    let monitor = c
+        .node(0)
+        .ns
+        .spawn("route monitor", "ip", &["-6", "monitor", "route"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    birds[0].signal(Signal::SIGTERM).unwrap();
+    wait_for("the IPv6 route to shrink to ToR 2", || {
+        next_hops_to(c.node(0), BEHIND6) == [TOR6[1]]
+    });
+    let changes = monitor.log();
+    assert!(
+        changes.contains(BEHIND6)
+            && !changes
+                .lines()
+                .any(|l| l.starts_with("Deleted") && l.contains(BEHIND6)),
+        "the route was replaced, never deleted:\n{changes}"
+    );
+    birds[0].restart(Restart::Clean).unwrap();
+    wait_for("the IPv6 route to grow back", || {
+        next_hops_to(c.node(0), BEHIND6) == both
     });
 }
