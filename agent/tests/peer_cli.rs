@@ -190,7 +190,7 @@ fn session_controls_are_stored_and_bad_ones_refused() {
         ),
         (
             &["--hold-time", "0", "--keepalive-time", "1"],
-            "keepalive time 1",
+            "keepalive time 1: hold time 0 sends no keepalives",
         ),
         (&["--source-address", "0.0.0.0"], "source address 0.0.0.0"),
         (&["--source-address", "fd00::1"], "source address fd00::1"),

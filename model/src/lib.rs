@@ -547,6 +547,9 @@ impl Peer {
         }
         if let Some(keepalive) = self.keepalive_time_secs {
             let hold = self.hold_time.unwrap_or(Self::DEFAULT_HOLD_TIME);
+            if hold == 0 {
+                return Err(InvalidPeer::KeepaliveWithoutHoldTime(keepalive));
+            }
             if keepalive == 0 || keepalive > hold / 3 {
                 return Err(InvalidPeer::KeepaliveTime { keepalive, hold });
             }
@@ -583,8 +586,7 @@ pub enum InvalidPeer {
     /// A GTSM hop count of 0 or 255.
     #[error("invalid ttl security {0}: must be 1 to 254 hops")]
     TtlSecurity(u8),
-    /// A keepalive time of 0, or longer than a third of the hold time proposed (none with
-    /// hold time 0).
+    /// A keepalive time of 0, or longer than a third of the hold time proposed.
     #[error(
         "invalid keepalive time {keepalive}: must be 1 to a third of the hold time ({hold} s) in seconds"
     )]
@@ -594,6 +596,9 @@ pub enum InvalidPeer {
         /// The hold time proposed.
         hold: u16,
     },
+    /// A keepalive time with hold time 0, which means no KEEPALIVEs at all.
+    #[error("invalid keepalive time {0}: hold time 0 sends no keepalives")]
+    KeepaliveWithoutHoldTime(u16),
     /// A local AS the node cannot speak.
     #[error("invalid local AS {0}: {1}")]
     LocalAs(u32, &'static str),
