@@ -13,6 +13,8 @@
 //! | `wren_ipam_addresses_in_use` | gauge | | addresses allocated on this node (own blocks and borrowed) |
 //! | `wren_ipam_blocks` | gauge | | blocks affine to this node |
 //! | `wren_routes_desired` | gauge | | routes the agent wants in the kernel |
+//! | `wren_routes_multipath` | gauge | | of those, routes over more than one next hop (ECMP) |
+//! | `wren_routes_multipath_next_hops` | gauge | | the next hops of those routes, all counted |
 //! | `wren_route_reconciles_total` | counter | | reconcile passes |
 //! | `wren_route_reconcile_errors_total` | counter | | reconcile passes that failed |
 //! | `wren_routes_changed_total` | counter | | routes added or replaced by reconciles |
@@ -155,6 +157,10 @@ pub struct Metrics {
     pub ipam_blocks: Gauge,
     /// Routes the agent wants in the kernel.
     pub routes_desired: Gauge,
+    /// Of those, routes over more than one next hop.
+    pub routes_multipath: Gauge,
+    /// The next hops of the multipath routes, all counted.
+    pub routes_multipath_next_hops: Gauge,
     /// Reconcile passes.
     pub route_reconciles: Counter,
     /// Failed reconcile passes.
@@ -229,6 +235,8 @@ impl Metrics {
             ipam_addresses_in_use: Gauge::default(),
             ipam_blocks: Gauge::default(),
             routes_desired: Gauge::default(),
+            routes_multipath: Gauge::default(),
+            routes_multipath_next_hops: Gauge::default(),
             route_reconciles: Counter::default(),
             route_reconcile_errors: Counter::default(),
             routes_changed: Counter::default(),
@@ -311,6 +319,16 @@ impl Metrics {
             "routes_desired",
             "Routes the agent wants in the kernel",
             m.routes_desired.clone(),
+        );
+        r.register(
+            "routes_multipath",
+            "Routes the agent wants in the kernel over more than one next hop",
+            m.routes_multipath.clone(),
+        );
+        r.register(
+            "routes_multipath_next_hops",
+            "Next hops of the multipath routes, all counted",
+            m.routes_multipath_next_hops.clone(),
         );
         r.register(
             "route_reconciles",

@@ -2,13 +2,17 @@
 //! agent`: the hold time the node proposes is the one the session runs with, and GTSM
 //! (`--ttl-security 1`) peers with a neighbour that sends with TTL 255 and refuses one whose
 //! packets arrive with less (as a neighbour beyond one hop's would), while the node's other
-//! session carries on.
+//! session carries on. A local AS per peer (2- and 4-octet) is the AS a BIRD and an FRR
+//! ToR hear, with routes still taken from them; a keepalive time of its own is the rate FRR
+//! counts; and GTSM holds against FRR as against BIRD.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use wren_tests::daemons::bird::Bird;
-use wren_tests::daemons::{BgpDaemon, Config, Peer, SessionState};
+use wren_tests::daemons::frr::Frr;
+use wren_tests::daemons::{Announce, BgpDaemon, Config, Family, Peer, SessionState};
 use wren_tests::prereq;
 
 mod agent_rig;
@@ -88,5 +92,118 @@ fn hold_time_is_negotiated_and_gtsm_refuses_what_did_not_arrive_with_ttl_255() {
         state(node, NEAR_IP),
         "Established",
         "the other session carries on"
+    );
+}
+
+const FRR_IP: &str = "10.77.0.251";
+const FRR_PLAIN_IP: &str = "10.77.0.250";
+
+/// The AS path of the route a router holds for `prefix`, if it holds one.
+fn as_path(daemon: &dyn BgpDaemon, prefix: IpNet) -> Option<Vec<u32>> {
+    let routes = daemon.routes(Family::Ipv4).unwrap_or_default();
+    let route = routes.into_iter().find(|r| r.prefix == Some(prefix))?;
+    Some(route.as_path)
+}
+
+/// KEEPALIVEs FRR has received from `peer` on its session.
+fn frr_keepalives_received(frr: &Frr, peer: &str) -> u64 {
+    let text = frr
+        .vtysh(&[&format!("show bgp neighbors {peer} json")])
+        .unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    json[peer]["messageStats"]["keepalivesRecv"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn local_as_keepalive_time_and_gtsm_against_bird_and_frr() {
+    if !ready()
+        || !["bird"]
+            .iter()
+            .chain(&wren_tests::daemons::frr::BINARIES)
+            .all(|c| prereq::require_command(c))
+    {
+        return;
+    }
+    let mut c = Cluster::new("ag-las", 1);
+    let node_ip: IpAddr = c.node(0).ip.parse().unwrap();
+    // Each router expects the node in the AS the node speaks on that session.
+    let router = |ip: &str, asn: u32, node_as: u32| {
+        let peer = Peer::new(node_ip, node_as, ip.parse().unwrap()).hold_time(9);
+        Config::new(ip.parse::<Ipv4Addr>().unwrap(), asn).peer(peer)
+    };
+    let bird_ns = c.attach_router("ag-las-bird", NEAR_IP);
+    let frr_ns = c.attach_router("ag-las-frr", FRR_IP);
+    let plain_ns = c.attach_router("ag-las-plain", FRR_PLAIN_IP);
+    let mut bird = Bird::start(&bird_ns, router(NEAR_IP, TOR_AS, 65001)).unwrap();
+    let mut frr_config = router(FRR_IP, 65002, 4_200_000_001);
+    frr_config.peers[0].ttl_security = true;
+    let frr = Frr::start(&frr_ns, frr_config).unwrap();
+    // FRR sends eBGP with TTL 1 unless told otherwise: what a router beyond the link sends.
+    let plain = Frr::start(&plain_ns, router(FRR_PLAIN_IP, 65003, 64512)).unwrap();
+    c.add_peer("bird", NEAR_IP, TOR_AS, &["--local-as", "65001"]);
+    c.add_peer(
+        "frr",
+        FRR_IP,
+        65002,
+        &[
+            "--local-as",
+            "4200000001",
+            "--hold-time",
+            "9",
+            "--keepalive-time",
+            "1",
+            "--ttl-security",
+            "1",
+        ],
+    );
+    c.add_peer("plain", FRR_PLAIN_IP, 65003, &["--ttl-security", "1"]);
+    c.start_all();
+    let block = c.claim(&c.node(0).name, "k8s.pod0");
+    let node = c.node(0);
+
+    // The AS path each router hears starts (and ends) with the AS of its session.
+    wait_for("BIRD to hear the block from AS 65001", || {
+        as_path(&bird, block) == Some(vec![65001])
+    });
+    wait_for("FRR to hear the block from AS 4200000001", || {
+        as_path(&frr, block) == Some(vec![4_200_000_001])
+    });
+    // Routes from a peer of a local AS are taken as from any eBGP peer.
+    let learned: IpNet = "192.0.2.0/24".parse().unwrap();
+    bird.announce(&Announce::new(learned)).unwrap();
+    wait_for("the node to install BIRD's route", || {
+        node.has_route("bgp", "192.0.2.0/24 via 10.77.0.253")
+    });
+    let status = node.status();
+    assert!(status.contains(" 65000 (local 65001) "), "{status}");
+    assert!(
+        status.contains(&format!("Timers of {FRR_IP}: hold 9 s, keepalive 1 s")),
+        "{status}"
+    );
+
+    // The node's own keepalive time (1 s) rather than a third of the hold time (3 s): FRR
+    // counts at least 5 in 6 s (a third of the hold time would make it 2). Meanwhile the
+    // router sending with TTL 1 never gets a session past the node's GTSM.
+    let before = frr_keepalives_received(&frr, &node.ip);
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(6) {
+        assert_ne!(state(node, FRR_PLAIN_IP), "Established");
+        assert_ne!(
+            plain.neighbor(node_ip).map(|n| n.state).ok(),
+            Some(SessionState::Established)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let keepalives = frr_keepalives_received(&frr, &node.ip) - before;
+    assert!(
+        (5..=7).contains(&keepalives),
+        "{keepalives} KEEPALIVEs in 6 s"
+    );
+    assert_eq!(
+        state(node, FRR_IP),
+        "Established",
+        "the GTSM session with FRR holds"
     );
 }

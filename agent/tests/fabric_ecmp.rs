@@ -2,7 +2,8 @@
 //! routers that both announce a prefix behind them. The node holds one multipath kernel
 //! route over both; a ToR going away shrinks it in place (a replace, never a delete) while
 //! UDP probes over both paths keep flowing; its return grows it again; a longer AS path is
-//! not merged.
+//! not merged. The same against two FRR ToRs, and over IPv6 sessions with two BIRD ToRs;
+//! the multipath metrics follow the route.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use nix::sys::signal::Signal;
 use wren_tests::daemons::bird::Bird;
+use wren_tests::daemons::frr::Frr;
 use wren_tests::daemons::{Announce, BgpDaemon, Config, Peer, Restart};
 use wren_tests::echo;
 use wren_tests::netns::NetNs;
@@ -65,9 +67,15 @@ print(count, received)
 
 /// The next hops of the node's kernel route to [`BEHIND`], sorted.
 fn next_hops(node: &Node) -> Vec<String> {
+    next_hops_to(node, BEHIND)
+}
+
+/// The next hops of the node's kernel route to `prefix` (either family), sorted.
+fn next_hops_to(node: &Node, prefix: &str) -> Vec<String> {
+    let family = if prefix.contains(':') { "-6" } else { "-4" };
     let out = node
         .ns
-        .ip(&["-j", "route", "show", BEHIND, "proto", "bgp"])
+        .ip(&[family, "-j", "route", "show", prefix, "proto", "bgp"])
         .unwrap_or_default();
     let routes: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     let Some(route) = routes.as_array().and_then(|r| r.first()) else {
@@ -121,22 +129,25 @@ fn probe_while(node: &Node, count: usize, during: impl FnOnce()) -> (u64, u64) {
     (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
-#[test]
-fn two_tors_one_multipath_route_that_shrinks_and_grows_without_a_gap() {
-    if !ready() || !prereq::require_command("bird") || !prereq::require_command("python3") {
-        return;
-    }
-    let prefix: IpNet = BEHIND.parse().unwrap();
-    let mut c = Cluster::new("fx-ecmp", 1);
-    let node_ip: IpAddr = c.node(0).ip.parse().unwrap();
+/// Two ToRs' namespaces on a one-node cluster's fabric, each forwarding to one host behind
+/// them that holds [`TARGET`] in [`BEHIND`] and answers probes on [`PORT`].
+struct Fabric {
+    c: Cluster,
+    routers: Vec<NetNs>,
+    _behind: NetNs,
+    _server: wren_tests::process::ChildGuard,
+}
+
+fn fabric(tag: &str) -> Fabric {
+    let c = Cluster::new(tag, 1);
     // Behind both ToRs, one host holding the prefix's address.
-    let behind = NetNs::new("fx-ecmp-dst").unwrap();
+    let behind = NetNs::new(&format!("{tag}-dst")).unwrap();
     behind
         .ip(&["addr", "add", &format!("{TARGET}/32"), "dev", "lo"])
         .unwrap();
     let mut routers = Vec::new();
     for (i, (ip, _)) in TOR.iter().enumerate() {
-        let ns = c.attach_router(&format!("fx-ecmp-t{}", i + 1), ip);
+        let ns = c.attach_router(&format!("{tag}-t{}", i + 1), ip);
         let (near, far) = (format!("10.98.{}.1", i + 1), format!("10.98.{}.2", i + 1));
         ns.veth(
             "dst0",
@@ -167,26 +178,84 @@ fn two_tors_one_multipath_route_that_shrinks_and_grows_without_a_gap() {
             "10.98.2.1",
         ])
         .unwrap();
-    let _server = echo::serve(behind.name(), "behind", TARGET, PORT).unwrap();
+    let server = echo::serve(behind.name(), "behind", TARGET, PORT).unwrap();
     // Flows spread over the paths by their ports, not only their addresses.
     c.node(0)
         .ns
         .exec("sysctl", &["-qw", "net.ipv4.fib_multipath_hash_policy=1"])
         .unwrap();
-    let mut birds: Vec<Bird> = Vec::new();
+    Fabric {
+        c,
+        routers,
+        _behind: behind,
+        _server: server,
+    }
+}
+
+/// A ToR's configuration: its identity, and the node as its one eBGP neighbour.
+fn tor_config(c: &Cluster, i: usize) -> Config {
+    let (ip, asn) = TOR[i];
+    let node_ip: IpAddr = c.node(0).ip.parse().unwrap();
+    Config::new(ip.parse::<Ipv4Addr>().unwrap(), asn)
+        .peer(Peer::new(node_ip, 64512, ip.parse().unwrap()).hold_time(9))
+}
+
+/// The node's multipath metrics: routes over several next hops, and their next hops.
+fn multipath_metrics(node: &Node) -> (i64, i64) {
+    let (_, text) = http_get(node, "/metrics");
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(-1)
+    };
+    (
+        value("wren_routes_multipath"),
+        value("wren_routes_multipath_next_hops"),
+    )
+}
+
+/// Starts a ToR in each router namespace, both announcing [`BEHIND`], peers the node with
+/// them, and waits for the one route over both (counted by the multipath metrics).
+fn peer_with_tors<'ns, D: BgpDaemon>(
+    c: &mut Cluster,
+    routers: &'ns [NetNs],
+    start: impl Fn(&'ns NetNs, Config) -> D,
+) -> Vec<D> {
+    let mut daemons = Vec::new();
     for (i, (ip, asn)) in TOR.iter().enumerate() {
-        let me: IpAddr = ip.parse().unwrap();
-        let config = Config::new(ip.parse::<Ipv4Addr>().unwrap(), *asn)
-            .peer(Peer::new(node_ip, 64512, me).hold_time(9));
-        let mut bird = Bird::start(&routers[i], config).unwrap();
-        bird.announce(&Announce::new(prefix)).unwrap();
-        birds.push(bird);
+        let mut daemon = start(&routers[i], tor_config(c, i));
+        daemon
+            .announce(&Announce::new(BEHIND.parse().unwrap()))
+            .unwrap();
+        daemons.push(daemon);
         c.add_peer(&format!("tor{}", i + 1), ip, *asn, &[]);
     }
     c.start_all();
-
     wait_for("one route over both ToRs", || {
         next_hops(c.node(0)) == tors(&[0, 1])
+    });
+    assert_eq!(
+        multipath_metrics(c.node(0)),
+        (1, 2),
+        "one route over two next hops"
+    );
+    daemons
+}
+
+#[test]
+fn two_tors_one_multipath_route_that_shrinks_and_grows_without_a_gap() {
+    if !ready() || !prereq::require_command("bird") || !prereq::require_command("python3") {
+        return;
+    }
+    let prefix: IpNet = BEHIND.parse().unwrap();
+    let Fabric {
+        mut c,
+        routers,
+        _behind,
+        _server,
+    } = fabric("fx-ecmp");
+    let mut birds = peer_with_tors(&mut c, &routers, |ns, config| {
+        Bird::start(ns, config).unwrap()
     });
     let status = c.node(0).status();
     assert!(
@@ -219,6 +288,9 @@ fn two_tors_one_multipath_route_that_shrinks_and_grows_without_a_gap() {
         });
     });
     assert_eq!(answered, sent, "a stopped ToR costs nothing");
+    wait_for("the metrics to count no multipath route", || {
+        multipath_metrics(c.node(0)) == (0, 0)
+    });
     // ToR 1 back: the route grows again.
     birds[0].restart(Restart::Clean).unwrap();
     wait_for("the route to grow back", || {
@@ -271,4 +343,131 @@ fn two_tors_one_multipath_route_that_shrinks_and_grows_without_a_gap() {
     wait_for("ToR 1's path alone", || next_hops(c.node(0)) == tors(&[0]));
     birds[0].withdraw(prefix).unwrap();
     wait_for("no route at all", || next_hops(c.node(0)).is_empty());
+}
+
+#[test]
+fn two_frr_tors_one_multipath_route_that_shrinks_without_a_delete() {
+    if !ready()
+        || !prereq::require_command("python3")
+        || !wren_tests::daemons::frr::BINARIES
+            .iter()
+            .all(|c| prereq::require_command(c))
+    {
+        return;
+    }
+    let Fabric {
+        mut c,
+        routers,
+        _behind,
+        _server,
+    } = fabric("fx-ecfrr");
+    let mut frrs = peer_with_tors(&mut c, &routers, |ns, config| {
+        Frr::start(ns, config).unwrap()
+    });
+    let (sent, answered) = probe_while(c.node(0), 300, || {});
+    assert_eq!(answered, sent, "every probe answered over both paths");
+
+    // bgpd of ToR 1 stops (Cease to the node; its kernel still forwards): the route shrinks
+    // in place, and no probe is lost.
+    let monitor = c
+        .node(0)
+        .ns
+        .spawn("route monitor", "ip", &["monitor", "route"])
+        .unwrap();
+    let (sent, answered) = probe_while(c.node(0), 1000, || {
+        std::thread::sleep(Duration::from_millis(300));
+        frrs[0].signal(Signal::SIGTERM).unwrap();
+        wait_for("the route to shrink to ToR 2", || {
+            next_hops(c.node(0)) == tors(&[1])
+        });
+    });
+    assert_eq!(answered, sent, "a stopped ToR costs nothing");
+    let changes = monitor.log();
+    assert!(
+        changes.contains(BEHIND)
+            && !changes
+                .lines()
+                .any(|l| l.starts_with("Deleted") && l.contains(BEHIND)),
+        "the route was replaced, never deleted:\n{changes}"
+    );
+    wait_for("the metrics to count no multipath route", || {
+        multipath_metrics(c.node(0)) == (0, 0)
+    });
+}
+
+/// The ToRs' and the node's IPv6 addresses on the fabric, and a prefix behind both ToRs.
+const TOR6: [&str; 2] = ["fd77::251", "fd77::252"];
+const NODE6: &str = "fd77::1";
+const BEHIND6: &str = "2001:db8:99::/64";
+
+#[test]
+fn two_bird_tors_over_ipv6_sessions_one_multipath_route_that_shrinks_in_place() {
+    if !ready() || !prereq::require_command("bird") {
+        return;
+    }
+    let mut c = Cluster::new("fx-ecmp6", 1);
+    // Addresses without duplicate address detection, usable at once.
+    let add6 = |ns: &NetNs, address: &str| {
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{address}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .unwrap();
+    };
+    add6(&c.node(0).ns, NODE6);
+    let routers: Vec<NetNs> = TOR
+        .iter()
+        .zip(TOR6)
+        .enumerate()
+        .map(|(i, ((ip, _), ip6))| {
+            let ns = c.attach_router(&format!("fx-ecmp6-t{}", i + 1), ip);
+            add6(&ns, ip6);
+            ns
+        })
+        .collect();
+    let prefix: IpNet = BEHIND6.parse().unwrap();
+    let mut birds: Vec<Bird> = Vec::new();
+    for (i, ((ip, asn), ip6)) in TOR.iter().zip(TOR6).enumerate() {
+        let session = Peer::new(NODE6.parse().unwrap(), 64512, ip6.parse().unwrap()).hold_time(9);
+        let config = Config::new(ip.parse::<Ipv4Addr>().unwrap(), *asn).peer(session);
+        let mut bird = Bird::start(&routers[i], config).unwrap();
+        bird.announce(&Announce::new(prefix)).unwrap();
+        birds.push(bird);
+        c.add_peer(&format!("tor{}", i + 1), ip6, *asn, &[]);
+    }
+    c.start_agent_with(0, &["--node-ipv6", &format!("{NODE6}/64")]);
+    let both: Vec<String> = TOR6.iter().map(|a| (*a).to_owned()).collect();
+    wait_for("one IPv6 route over both ToRs", || {
+        next_hops_to(c.node(0), BEHIND6) == both
+    });
+    assert_eq!(multipath_metrics(c.node(0)), (1, 2));
+
+    // ToR 1 stops: the route shrinks to ToR 2 in place, never deleted.
+    let monitor = c
+        .node(0)
+        .ns
+        .spawn("route monitor", "ip", &["-6", "monitor", "route"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    birds[0].signal(Signal::SIGTERM).unwrap();
+    wait_for("the IPv6 route to shrink to ToR 2", || {
+        next_hops_to(c.node(0), BEHIND6) == [TOR6[1]]
+    });
+    let changes = monitor.log();
+    assert!(
+        changes.contains(BEHIND6)
+            && !changes
+                .lines()
+                .any(|l| l.starts_with("Deleted") && l.contains(BEHIND6)),
+        "the route was replaced, never deleted:\n{changes}"
+    );
+    birds[0].restart(Restart::Clean).unwrap();
+    wait_for("the IPv6 route to grow back", || {
+        next_hops_to(c.node(0), BEHIND6) == both
+    });
 }

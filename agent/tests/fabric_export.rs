@@ -315,3 +315,69 @@ fn service_ranges_reach_the_tor_as_one_ecmp_route_over_every_node() {
     });
     assert_eq!(next_hops("10.96.0.0/12"), nodes);
 }
+
+#[test]
+fn a_route_reflector_applies_an_ibgp_peers_export_filter_to_what_it_reflects() {
+    if !ready() || !prereq::require_command("bird") {
+        return;
+    }
+    let mut c = Cluster::new("fx-refl", 2);
+    let bird_ns = c.attach_router("fx-refl-bird", BIRD_IP);
+    // BIRD is inside the cluster's AS and peers with the route reflector (node 0) only.
+    let rr: IpAddr = c.node(0).ip.parse().unwrap();
+    let me: IpAddr = BIRD_IP.parse().unwrap();
+    let config = Config::new(BIRD_IP.parse::<Ipv4Addr>().unwrap(), 64512)
+        .peer(Peer::new(rr, 64512, me).hold_time(9));
+    let bird = Bird::start(&bird_ns, config).unwrap();
+    c.cli_ok(&["bgp", "config", "--mesh", "off"]);
+    let rr_name = c.node(0).name.clone();
+    let peer_bird = |c: &Cluster, extra: &[&str]| {
+        c.add_peer(
+            "bird",
+            BIRD_IP,
+            64512,
+            &[&["--node", &rr_name], extra].concat(),
+        );
+    };
+    peer_bird(&c, &[]);
+    c.start_agent_with(0, &["--route-reflector-cluster-id", "1.0.0.1"]);
+    c.start_agent(1);
+    let own = c.claim(&c.node(0).name, "k8s.pod0");
+    let client = c.claim(&c.node(1).name, "k8s.pod1");
+    let client_id: Ipv4Addr = c.node(1).ip.parse().unwrap();
+
+    // Without a filter BIRD hears both: the reflector's own block and its client's,
+    // reflected (ORIGINATOR_ID the client, CLUSTER_LIST the reflector's cluster).
+    wait_for("BIRD to hold the client's block, reflected", || {
+        route_of(&bird, client).is_some_and(|r| {
+            r.originator_id == Some(client_id) && r.cluster_list == [Ipv4Addr::new(1, 0, 0, 1)]
+        })
+    });
+    assert!(route_of(&bird, own).is_some());
+
+    // A filter rejecting the client's block keeps the reflected route from BIRD, and only it.
+    peer_bird(&c, &["--export-rule", &format!("reject prefix {client}")]);
+    wait_for("BIRD to lose the reflected block", || {
+        route_of(&bird, client).is_none() && route_of(&bird, own).is_some()
+    });
+
+    // A prepend toward a peer inside the AS leaves the path alone (RFC 4271 §5.1.2; with
+    // the node's AS on it BIRD would drop the route as a loop): BIRD holds the reflected
+    // block as the client sent it, and nothing the rule does not accept.
+    peer_bird(
+        &c,
+        &[
+            "--export-rule",
+            &format!("accept prefix {client} prepend 2"),
+            "--export-default",
+            "reject",
+        ],
+    );
+    wait_for(
+        "BIRD to hold the reflected block, its path unchanged",
+        || {
+            route_of(&bird, client).is_some_and(|r| r.as_path.is_empty())
+                && route_of(&bird, own).is_none()
+        },
+    );
+}

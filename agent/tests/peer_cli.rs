@@ -103,6 +103,22 @@ fn session_controls_are_stored_and_bad_ones_refused() {
     ok(e, &[&add[..], &["--hold-time", "0"]].concat());
     assert_eq!(peer("tor").hold_time, Some(0));
 
+    // A local AS, 2- and 4-octet, and a keepalive time: stored as given.
+    assert_eq!(peer("tor").local_as_number, None);
+    for asn in ["65001", "4200000001"] {
+        ok(e, &[&add[..], &["--local-as", asn]].concat());
+        assert_eq!(peer("tor").local_as_number, asn.parse().ok());
+    }
+    ok(
+        e,
+        &[&add[..], &["--hold-time", "9", "--keepalive-time", "1"]].concat(),
+    );
+    let stored = peer("tor");
+    assert_eq!(
+        (stored.hold_time, stored.keepalive_time_secs),
+        (Some(9), Some(1))
+    );
+
     // A prefix limit: stored with its defaults filled in; absent, the default applies.
     assert_eq!(peer("tor").max_prefixes, None);
     ok(e, &[&add[..], &["--max-prefixes", "500"]].concat());
@@ -159,6 +175,23 @@ fn session_controls_are_stored_and_bad_ones_refused() {
         (&["--hold-time", "65536"], "--hold-time"),
         (&["--ttl-security", "0"], "ttl security 0"),
         (&["--ttl-security", "255"], "ttl security 255"),
+        (&["--local-as", "0"], "local AS 0"),
+        (&["--local-as", "23456"], "local AS 23456: AS_TRANS"),
+        (&["--local-as", "4294967295"], "local AS 4294967295"),
+        (&["--local-as", "4294967296"], "--local-as"),
+        (&["--keepalive-time", "0"], "keepalive time 0"),
+        (
+            &["--keepalive-time", "31"],
+            "keepalive time 31: must be 1 to a third of the hold time (90 s)",
+        ),
+        (
+            &["--hold-time", "9", "--keepalive-time", "4"],
+            "keepalive time 4: must be 1 to a third of the hold time (9 s)",
+        ),
+        (
+            &["--hold-time", "0", "--keepalive-time", "1"],
+            "keepalive time 1: hold time 0 sends no keepalives",
+        ),
         (&["--source-address", "0.0.0.0"], "source address 0.0.0.0"),
         (&["--source-address", "fd00::1"], "source address fd00::1"),
         (&["--max-prefixes", "0"], "max prefixes: limit 0"),

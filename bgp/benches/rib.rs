@@ -152,6 +152,7 @@ fn join(rib: &mut Rib, n: u8, remote_as: u32, families: &[Afi]) -> (PeerId, Arc<
     let settings = PeerSettings {
         address: IpAddr::V4(address),
         remote_as,
+        local_as: None,
         rr_client: false,
         next_hop_self: false,
         next_hop_keep: false,

@@ -426,6 +426,57 @@ fn fsm_zero_hold_time_runs_no_timers() {
     assert_eq!(timer_started(&actions, Timer::Hold), None);
 }
 
+/// The KEEPALIVE interval a session with `keepalive_time` runs with once the peer's OPEN
+/// with `peer_hold` is in, and after one KEEPALIVE it sent.
+fn keepalive_interval(keepalive_time: Option<u16>, peer_hold: u16) -> (Option<Duration>, u16) {
+    let mut config = config();
+    config.keepalive_time = keepalive_time;
+    let mut h = Harness::new(config);
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let id = h.start();
+    h.on(Event::TcpConnected(id));
+    let opened = h.on(Event::Message(
+        id,
+        Message::Open(peer_open(remote, peer_hold)),
+    ));
+    h.on(Event::Message(id, Message::Keepalive));
+    let expired = h.on(Event::TimerExpired(Timer::Keepalive));
+    assert_eq!(
+        timer_started(&opened, Timer::Keepalive),
+        timer_started(&expired, Timer::Keepalive),
+        "the interval holds from the OPEN on"
+    );
+    let negotiated = h.fsm.negotiated().map_or(0, |n| n.keepalive_time);
+    (timer_started(&expired, Timer::Keepalive), negotiated)
+}
+
+#[test]
+fn fsm_keepalive_time_is_its_own_up_to_a_third_of_the_hold_time() {
+    let secs = |s| Some(Duration::from_secs(s));
+    assert_eq!(
+        keepalive_interval(None, 30),
+        (secs(10), 10),
+        "a third by default"
+    );
+    assert_eq!(
+        keepalive_interval(Some(2), 30),
+        (secs(2), 2),
+        "faster when set"
+    );
+    assert_eq!(keepalive_interval(Some(10), 30), (secs(10), 10));
+    assert_eq!(
+        keepalive_interval(Some(20), 30),
+        (secs(10), 10),
+        "never longer than a third of the negotiated hold time"
+    );
+    assert_eq!(
+        keepalive_interval(Some(5), 6),
+        (secs(2), 2),
+        "the peer's shorter hold time bounds it too"
+    );
+    assert_eq!(keepalive_interval(Some(1), 3), (secs(1), 1));
+}
+
 #[test]
 fn fsm_rejects_bad_opens_with_the_right_notification() {
     let cases = [

@@ -35,6 +35,7 @@ fn add(rib: &mut Rib, n: u8, remote_as: u32, rr_client: bool) -> Peer {
     let settings = PeerSettings {
         address,
         remote_as,
+        local_as: None,
         rr_client,
         next_hop_self: false,
         next_hop_keep: false,
@@ -491,6 +492,7 @@ fn rib_an_ebgp_peer_that_keeps_next_hops_gets_learned_routes_unchanged() {
     let settings = PeerSettings {
         address: IpAddr::V4(Ipv4Addr::new(192, 168, 0, 9)),
         remote_as: 65010,
+        local_as: None,
         rr_client: false,
         next_hop_self: false,
         next_hop_keep: true,
@@ -810,4 +812,77 @@ fn rib_multipath_is_off_with_one_path() {
     rib.update(b.id, &announce(&["10.99.0.0/24"], &[65003], "192.168.0.3"));
     let best = rib.best(&net("10.99.0.0/24")).expect("a best path");
     assert!(best.multipath.is_empty());
+}
+
+#[test]
+fn rib_a_peer_with_its_own_local_as_hears_that_as_and_loops_on_it() {
+    let mut rib = rib();
+    // The session speaks AS 65001 toward a peer in AS 65001: iBGP, however the RIB's AS.
+    let settings = |n: u8, remote_as: u32| PeerSettings {
+        address: IpAddr::V4(Ipv4Addr::new(192, 168, 0, n)),
+        remote_as,
+        local_as: Some(65001),
+        rr_client: false,
+        next_hop_self: false,
+        next_hop_keep: false,
+    };
+    let (tor_id, tor_out) = rib.add_peer(settings(2, 65010));
+    let (same_id, same_out) = rib.add_peer(settings(3, 65001));
+    let tor = Peer {
+        id: tor_id,
+        out: tor_out,
+        address: ip("192.168.0.2"),
+    };
+    let same = Peer {
+        id: same_id,
+        out: same_out,
+        address: ip("192.168.0.3"),
+    };
+    up(&mut rib, &tor, 2);
+    up(&mut rib, &same, 3);
+    originate_local(&mut rib, "10.9.0.0/24");
+    let (to_tor, _) = drain(&mut rib, &tor);
+    let (_, sent) = &to_tor[0];
+    assert_eq!(
+        sent.neighbour_as(),
+        Some(65001),
+        "the session's AS, not the RIB's"
+    );
+    assert_eq!(sent.as_path_len(), 1);
+    let (to_same, _) = drain(&mut rib, &same);
+    let (_, sent) = &to_same[0];
+    assert_eq!(
+        sent.as_path_len(),
+        0,
+        "iBGP by the session's AS: nothing prepended"
+    );
+    assert_eq!(sent.local_pref, Some(100));
+
+    rib.update(tor.id, &announce(&["10.1.0.0/24"], &[65010], "192.168.0.2"));
+    rib.update(
+        tor.id,
+        &announce(&["10.2.0.0/24"], &[65010, 65001], "192.168.0.2"),
+    );
+    rib.update(
+        tor.id,
+        &announce(&["10.3.0.0/24"], &[65010, LOCAL_AS], "192.168.0.2"),
+    );
+    assert!(rib.best(&net("10.1.0.0/24")).is_some());
+    assert!(
+        rib.best(&net("10.2.0.0/24")).is_none(),
+        "the session's AS on the path is a loop"
+    );
+    assert!(
+        rib.best(&net("10.3.0.0/24")).is_none(),
+        "and so is the RIB's"
+    );
+    let best = rib.best(&net("10.1.0.0/24")).expect("imported");
+    assert!(matches!(
+        best.source,
+        Source::Peer(PeerRef {
+            local_as: 65001,
+            ibgp: false,
+            ..
+        })
+    ));
 }

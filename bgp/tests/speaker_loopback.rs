@@ -105,6 +105,31 @@ async fn speaker_ebgp_prepends_and_detects_loops() {
     b.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn speaker_a_peers_own_local_as_is_what_the_peer_sees() {
+    // A speaks AS 65001 but 4200000001 (AS_TRANS in its OPEN's 2-octet field) toward B,
+    // which expects that AS.
+    let a = speaker(1, 65001).await;
+    let b = speaker(2, 65002).await;
+    let mut to_b = peer_to(&b, 65002);
+    to_b.local_as = Some(4_200_000_001);
+    a.add_peer(to_b).await.unwrap();
+    b.add_peer(peer_to(&a, 4_200_000_001)).await.unwrap();
+    a.originate(net("10.1.0.0/24"), None).await.unwrap();
+    eventually("B learns A's prefix from AS 4200000001", || async {
+        has_route(&b, net("10.1.0.0/24")).await
+    })
+    .await;
+    let rib = b.loc_rib().await.unwrap();
+    let (_, path) = rib.iter().find(|(p, _)| *p == net("10.1.0.0/24")).unwrap();
+    assert_eq!(path.attrs.neighbour_as(), Some(4_200_000_001));
+    assert_eq!(path.attrs.as_path_len(), 1, "the session's AS alone");
+    let status = a.peer(LOOPBACK).await.unwrap();
+    assert_eq!(status.local_as, 4_200_000_001);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 /// Whether this kernel lets a socket carry a TCP MD5 key.
 fn md5_supported() -> bool {
     let Ok(socket) = std::net::TcpListener::bind((LOOPBACK, 0)) else {

@@ -437,6 +437,16 @@ pub struct Peer {
     /// many hops (1: directly connected); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_security: Option<u8>,
+    /// Seconds between the node's KEEPALIVEs, 1 to a third of the hold time proposed (cut to
+    /// a third of the hold time the session agrees on, if that is shorter); a third of it when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_time_secs: Option<u16>,
+    /// The AS the node speaks on this session instead of its own (Calico's
+    /// `localASNumber`, BIRD's `local as`): in its OPEN and first on the AS path the peer
+    /// hears; the node's AS when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_as_number: Option<u32>,
     /// The node's address the session (and its BFD) is opened from; the node's address of
     /// the peer's family when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -487,7 +497,20 @@ impl MaxPrefixes {
     }
 }
 
+/// Why an AS cannot be the one a node speaks on a session; the wire would carry it wrong.
+fn check_local_as(asn: u32) -> Result<(), &'static str> {
+    match asn {
+        0 => Err("AS 0 is reserved (RFC 7607)"),
+        23456 => Err("AS_TRANS stands in for 4-octet ASes on the wire (RFC 6793)"),
+        u32::MAX => Err("reserved (RFC 7300)"),
+        _ => Ok(()),
+    }
+}
+
 impl Peer {
+    /// The hold time the node proposes when the peer names none, in seconds.
+    pub const DEFAULT_HOLD_TIME: u16 = 90;
+
     /// Checks the session controls, naming the first field out of range.
     pub fn validate(&self) -> Result<(), InvalidPeer> {
         if let Some(max) = &self.max_prefixes {
@@ -522,6 +545,20 @@ impl Peer {
         {
             return Err(InvalidPeer::TtlSecurity(hops));
         }
+        if let Some(keepalive) = self.keepalive_time_secs {
+            let hold = self.hold_time.unwrap_or(Self::DEFAULT_HOLD_TIME);
+            if hold == 0 {
+                return Err(InvalidPeer::KeepaliveWithoutHoldTime(keepalive));
+            }
+            if keepalive == 0 || keepalive > hold / 3 {
+                return Err(InvalidPeer::KeepaliveTime { keepalive, hold });
+            }
+        }
+        if let Some(asn) = self.local_as_number
+            && let Err(why) = check_local_as(asn)
+        {
+            return Err(InvalidPeer::LocalAs(asn, why));
+        }
         if let Some(source) = self.source_address {
             if source.is_unspecified() || source.is_multicast() || source.is_loopback() {
                 return Err(InvalidPeer::SourceAddress(source, "not a unicast address"));
@@ -549,6 +586,22 @@ pub enum InvalidPeer {
     /// A GTSM hop count of 0 or 255.
     #[error("invalid ttl security {0}: must be 1 to 254 hops")]
     TtlSecurity(u8),
+    /// A keepalive time of 0, or longer than a third of the hold time proposed.
+    #[error(
+        "invalid keepalive time {keepalive}: must be 1 to a third of the hold time ({hold} s) in seconds"
+    )]
+    KeepaliveTime {
+        /// The keepalive time given.
+        keepalive: u16,
+        /// The hold time proposed.
+        hold: u16,
+    },
+    /// A keepalive time with hold time 0, which means no KEEPALIVEs at all.
+    #[error("invalid keepalive time {0}: hold time 0 sends no keepalives")]
+    KeepaliveWithoutHoldTime(u16),
+    /// A local AS the node cannot speak.
+    #[error("invalid local AS {0}: {1}")]
+    LocalAs(u32, &'static str),
     /// A source address no session can be opened from.
     #[error("invalid source address {0}: {1}")]
     SourceAddress(IpAddr, &'static str),

@@ -343,6 +343,14 @@ pub enum PeerCommand {
         /// this many hops (1: directly connected); 1–254.
         #[arg(long, value_name = "HOPS")]
         ttl_security: Option<u8>,
+        /// Seconds between the node's KEEPALIVEs, 1 to a third of the hold time [default: a
+        /// third of the hold time the session agrees on, which also bounds a longer setting].
+        #[arg(long, value_name = "SECONDS")]
+        keepalive_time: Option<u16>,
+        /// The AS the node speaks on this session instead of its own (2- or 4-octet; the
+        /// peer must expect it): in its OPEN and first on the AS path the peer hears.
+        #[arg(long, value_name = "ASN")]
+        local_as: Option<u32>,
         /// The node's address to open the session (and its BFD) from [default: the node
         /// address of the peer's family].
         #[arg(long, value_name = "IP")]

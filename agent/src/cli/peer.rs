@@ -66,6 +66,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
             bfd_timing,
             hold_time,
             ttl_security,
+            keepalive_time,
+            local_as,
             source_address,
             max_prefixes,
             max_prefixes_warning,
@@ -104,6 +106,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                 bfd,
                 hold_time,
                 ttl_security,
+                keepalive_time_secs: keepalive_time,
+                local_as_number: local_as,
                 source_address,
                 max_prefixes: max_prefixes.map(|limit| MaxPrefixes {
                     limit,
@@ -141,6 +145,8 @@ pub async fn run(args: PeerArgs) -> anyhow::Result<()> {
                         bfd: p.value.bfd,
                         hold_time: p.value.hold_time,
                         ttl_security: p.value.ttl_security,
+                        keepalive_time_secs: p.value.keepalive_time_secs,
+                        local_as_number: p.value.local_as_number,
                         source_address: p.value.source_address,
                         max_prefixes: p.value.max_prefixes.unwrap_or(MaxPrefixes::DEFAULT),
                     })
@@ -208,6 +214,10 @@ struct PeerRow<'a> {
     hold_time: Option<u16>,
     /// GTSM hops; `null`: off.
     ttl_security: Option<u8>,
+    /// Seconds between KEEPALIVEs; `null`: a third of the hold time.
+    keepalive_time_secs: Option<u16>,
+    /// The AS the node speaks on the session; `null`: its own.
+    local_as_number: Option<u32>,
     /// Source address; `null`: the node address.
     source_address: Option<IpAddr>,
     /// The prefix limit in force (the default when the peer names none).

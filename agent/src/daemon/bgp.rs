@@ -39,6 +39,20 @@ pub struct SessionInfo {
     pub end_of_rib: bool,
     /// The session's BFD, when it runs one.
     pub bfd: Option<BfdStatus>,
+    /// The AS the node speaks on the session.
+    pub local_as: u32,
+    /// Hold and keepalive time in force, in seconds, while Established.
+    pub timers: Option<SessionTimers>,
+}
+
+/// The hold and keepalive time an established session runs with, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionTimers {
+    /// The hold time both sides agreed on (0: none).
+    pub hold_time_secs: u16,
+    /// The interval between the node's KEEPALIVEs (0: none).
+    pub keepalive_time_secs: u16,
 }
 
 impl SessionInfo {

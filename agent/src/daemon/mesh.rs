@@ -76,6 +76,10 @@ pub struct PeerSpec {
     pub hold_time: Option<u16>,
     /// GTSM hops, when on.
     pub ttl_security: Option<u8>,
+    /// Seconds between KEEPALIVEs, when not a third of the hold time.
+    pub keepalive_time: Option<u16>,
+    /// The AS the node speaks on the session, when not its own.
+    pub local_as: Option<u32>,
     /// The node's address to open the session from, when not the node address.
     pub source_address: Option<IpAddr>,
     /// The most prefixes the peer may announce: the explicit peer's, or
@@ -136,6 +140,8 @@ fn node_session(
         bfd: view.cluster.node_mesh_bfd,
         hold_time: None,
         ttl_security: None,
+        keepalive_time: None,
+        local_as: None,
         source_address: None,
         max_prefixes: None,
     })
@@ -202,6 +208,8 @@ pub fn desired_peers(me: &LocalNode, view: &ClusterView) -> BTreeMap<IpAddr, Pee
                 bfd: peer.bfd,
                 hold_time: peer.hold_time,
                 ttl_security: peer.ttl_security,
+                keepalive_time: peer.keepalive_time_secs,
+                local_as: peer.local_as_number,
                 source_address: peer.source_address,
                 max_prefixes: Some(peer.max_prefixes.unwrap_or(MaxPrefixes::DEFAULT)),
             },
@@ -337,6 +345,8 @@ mod tests {
             bfd: Some(Bfd::default()),
             hold_time: None,
             ttl_security: None,
+            keepalive_time_secs: None,
+            local_as_number: None,
             source_address: None,
             max_prefixes: None,
         };
@@ -398,6 +408,8 @@ mod tests {
                 bfd: None,
                 hold_time: None,
                 ttl_security: None,
+                keepalive_time_secs: None,
+                local_as_number: None,
                 source_address: None,
                 max_prefixes: None,
             },

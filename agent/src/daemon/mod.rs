@@ -813,6 +813,8 @@ impl Controller {
                     import_filter: spec.filters.import.as_ref().map(|f| f.summary()),
                     export_filter: spec.filters.export.as_ref().map(|f| f.summary()),
                     bfd: s.bfd.clone(),
+                    local_as: spec.local_as,
+                    timers: s.timers,
                 })
             })
             .collect();
@@ -823,6 +825,17 @@ impl Controller {
         status.blocks = local_blocks.into_iter().collect();
         status.borrowed = view.borrowed_addresses(node).into_iter().collect();
         status.routes_desired = outcomes.routes_desired;
+        let next_hops: usize = outcomes
+            .multipath_routes
+            .iter()
+            .map(|r| r.next_hops.len())
+            .sum();
+        metrics
+            .routes_multipath
+            .set(i64::try_from(outcomes.multipath_routes.len()).unwrap_or(i64::MAX));
+        metrics
+            .routes_multipath_next_hops
+            .set(i64::try_from(next_hops).unwrap_or(i64::MAX));
         status.multipath_routes = outcomes.multipath_routes;
         status.last_reconcile_error = outcomes.routes.as_ref().err().map(ToString::to_string);
         status.peers = peer_status;

@@ -27,7 +27,7 @@ use wren_bgp::wire::{Afi, LargeCommunity};
 use wren_model::{Community, Decision, Filter};
 
 use super::bfd::{BfdSession, BfdSessions};
-use super::bgp::{BestPaths, BgpControl, NextHops, SessionInfo};
+use super::bgp::{BestPaths, BgpControl, NextHops, SessionInfo, SessionTimers};
 use super::mesh::{PeerKind, PeerSpec};
 use super::policy::{ClusterSpace, Export, Exports, ImportLimits};
 use crate::config::AgentConfig;
@@ -48,8 +48,6 @@ struct ImportRules {
 /// peers, inside the speaker.
 struct NodePolicy {
     reflector: bool,
-    /// The node's AS, which an export filter's prepend repeats.
-    local_as: u32,
     import: RwLock<ImportRules>,
     export_filters: RwLock<BTreeMap<IpAddr, Filter>>,
     /// Originated prefixes only explicit peers hear (the service ranges).
@@ -120,10 +118,14 @@ impl Policy for NodePolicy {
         match filter.decide(&prefix, &|c| carries(attrs, c)) {
             Decision::Reject => Verdict::Reject,
             Decision::Accept { prepend: 0 } => Verdict::Accept,
+            // Toward a peer inside the session's AS the path stays as it is (RFC 4271
+            // §5.1.2): the peer would find its own AS on it and drop the route as a loop.
+            Decision::Accept { .. } if peer.ibgp => Verdict::Accept,
             Decision::Accept { prepend } => {
                 let mut out = attrs.clone();
+                // The AS the session speaks: the node's, or the peer's own local AS.
                 for _ in 0..prepend {
-                    out.prepend(self.local_as);
+                    out.prepend(peer.local_as);
                 }
                 Verdict::Modify(out)
             }
@@ -189,7 +191,6 @@ pub fn speaker_config(config: &AgentConfig, restart: Restart) -> SpeakerConfig {
 fn node_policy(config: &AgentConfig) -> Arc<NodePolicy> {
     Arc::new(NodePolicy {
         reflector: config.route_reflector_cluster_id.is_some(),
-        local_as: config.as_number.unwrap_or(wren_model::DEFAULT_AS),
         import: RwLock::default(),
         export_filters: RwLock::default(),
         external_only: RwLock::default(),
@@ -212,6 +213,8 @@ fn peer_config(spec: &PeerSpec, config: &AgentConfig) -> PeerConfig {
         peer.hold_time = hold_time;
     }
     peer.ttl_security = spec.ttl_security;
+    peer.keepalive_time = spec.keepalive_time;
+    peer.local_as = spec.local_as;
     peer.max_prefixes = spec.max_prefixes.map(|max| PrefixLimit {
         limit: max.limit as usize,
         warning: max.warning() as usize,
@@ -265,6 +268,11 @@ fn session_info(p: &PeerStatus) -> SessionInfo {
         last_error: p.last_error.clone(),
         end_of_rib,
         bfd: None,
+        local_as: p.local_as,
+        timers: p.negotiated.as_ref().map(|n| SessionTimers {
+            hold_time_secs: n.hold_time,
+            keepalive_time_secs: n.keepalive_time,
+        }),
     }
 }
 
@@ -643,6 +651,7 @@ mod tests {
         PeerRef {
             address: IpAddr::V4(Ipv4Addr::from(address)),
             remote_as: if ibgp { 64512 } else { 65000 },
+            local_as: 64512,
             ibgp,
             rr_client: false,
             next_hop_keep,
@@ -662,7 +671,6 @@ mod tests {
         let outside = Source::Peer(peer([10, 0, 0, 254], false, false));
         let policy = |reflector| NodePolicy {
             reflector,
-            local_as: 64512,
             import: RwLock::default(),
             export_filters: RwLock::default(),
             external_only: RwLock::default(),
@@ -693,8 +701,8 @@ mod tests {
             default_action: default,
         };
         let policy = NodePolicy {
-            reflector: false,
-            local_as: 64512,
+            // A route reflector, which passes its clients' routes on to the peers in its AS.
+            reflector: true,
             import: RwLock::new(ImportRules {
                 limits: [(tor.address, ImportLimits::default())].into(),
                 filters: [(
@@ -731,6 +739,22 @@ mod tests {
             panic!("no prepend");
         };
         assert_eq!(prepended.as_path_len(), 3, "{prepended:?}");
+        // The same filter toward an iBGP peer (a route reflector's explicit peer in the AS)
+        // decides alike but leaves the path alone.
+        let inside = PeerRef {
+            ibgp: true,
+            remote_as: 64512,
+            ..tor.clone()
+        };
+        let reflected = Source::Peer(peer([10, 0, 0, 3], true, false));
+        assert_eq!(
+            policy.export(&inside, net("10.65.1.0/26"), &attrs, &reflected),
+            Verdict::Accept
+        );
+        assert_eq!(
+            policy.export(&inside, net("10.65.1.7/32"), &attrs, &reflected),
+            Verdict::Reject
+        );
         assert_eq!(export("10.65.1.7/32", &attrs), Verdict::Reject, "default");
         let mut tagged = attrs.clone();
         tagged.communities.push(0xFDE8_029A);

@@ -108,6 +108,12 @@ pub struct PeerStatus {
     /// The session's BFD, when it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bfd: Option<super::bfd::BfdStatus>,
+    /// The AS the node speaks on the session, when the peer has its own (`localAsNumber`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_as: Option<u32>,
+    /// The hold and keepalive time in force, while Established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<super::bgp::SessionTimers>,
 }
 
 /// The whole status document.
@@ -309,7 +315,10 @@ impl AgentStatus {
                 vec![
                     p.address.to_string(),
                     p.kind.as_str().to_owned(),
-                    p.asn.to_string(),
+                    match p.local_as {
+                        Some(local) => format!("{} (local {local})", p.asn),
+                        None => p.asn.to_string(),
+                    },
                     p.state.clone(),
                     p.since_secs.map(format_age).unwrap_or_else(|| "-".into()),
                     p.prefixes_received.to_string(),
@@ -340,6 +349,14 @@ impl AgentStatus {
                 .collect();
             if !filters.is_empty() {
                 let _ = writeln!(out, "Filters of {}: {}", p.address, filters.join("; "));
+            }
+            // An explicit peer's timers may be its own (holdTime, keepaliveTimeSecs).
+            if let (Some(t), PeerKind::Global | PeerKind::NodeSpecific) = (p.timers, p.kind) {
+                let _ = writeln!(
+                    out,
+                    "Timers of {}: hold {} s, keepalive {} s",
+                    p.address, t.hold_time_secs, t.keepalive_time_secs
+                );
             }
         }
         out.push_str(&render_bfd(&self.peers));
@@ -436,6 +453,11 @@ mod tests {
                     import_filter: None,
                     export_filter: None,
                     bfd: None,
+                    local_as: None,
+                    timers: Some(super::super::bgp::SessionTimers {
+                        hold_time_secs: 90,
+                        keepalive_time_secs: 30,
+                    }),
                 },
                 PeerStatus {
                     name: "tor".into(),
@@ -451,6 +473,8 @@ mod tests {
                     last_error: Some("connection refused".into()),
                     import_filter: Some("rejects everything".into()),
                     export_filter: Some("1 rule, else accept".into()),
+                    local_as: Some(4_200_000_001),
+                    timers: None,
                     bfd: Some(super::super::bfd::BfdStatus {
                         state: "Down".into(),
                         since_secs: 3,
@@ -493,9 +517,18 @@ mod tests {
             .position(|l| l.starts_with("PEER ADDRESS"))
             .unwrap();
         assert!(
-            lines[header + 1]
-                .starts_with("10.0.0.2      node-mesh  64512  Established  2m5s   1   0  "),
+            lines[header + 1].starts_with("10.0.0.2      node-mesh  64512   ")
+                && lines[header + 1].contains("   Established  2m5s   1   0  "),
             "{text}"
+        );
+        // A session with its own local AS says so beside the peer's.
+        assert!(
+            lines[header + 2].contains("  65000 (local 4200000001)  Active"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("Timers of 10.0.0.2"),
+            "a node session runs the defaults: {text}"
         );
         assert!(
             lines[header + 2].contains("Active")

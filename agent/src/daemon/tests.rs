@@ -106,6 +106,8 @@ fn synced_session(address: &str) -> SessionInfo {
         last_error: None,
         end_of_rib: true,
         bfd: None,
+        local_as: 64512,
+        timers: None,
     }
 }
 

@@ -241,6 +241,9 @@ pub struct SessionConfig {
     pub passive: bool,
     /// Hold time we propose, in seconds (0 = no keepalives; otherwise at least 3).
     pub hold_time: u16,
+    /// Seconds between our KEEPALIVEs; `None`: a third of the negotiated hold time. A longer
+    /// setting is cut to that third, so the peer never waits out its hold time between two.
+    pub keepalive_time: Option<u16>,
     /// Time between outgoing connection attempts.
     pub connect_retry: Duration,
     /// First delay before an automatic restart after an error; doubles up to `idle_hold_max`.
@@ -263,6 +266,7 @@ impl SessionConfig {
             remote_as,
             passive: false,
             hold_time: 90,
+            keepalive_time: None,
             connect_retry: Duration::from_secs(30),
             idle_hold: Duration::from_secs(5),
             idle_hold_max: Duration::from_secs(120),
@@ -654,7 +658,11 @@ impl Fsm {
                     required_capabilities: Vec::new(),
                 };
                 match crate::wire::negotiate(&local, &remote, &policy) {
-                    Ok(negotiated) => self.open_received(id, negotiated, out),
+                    Ok(mut negotiated) => {
+                        negotiated.keepalive_time =
+                            open::keepalive_time(&self.config, negotiated.hold_time);
+                        self.open_received(id, negotiated, out)
+                    }
                     Err(error) => self.protocol_error(id, error.notification(), out),
                 }
             }

@@ -44,6 +44,17 @@ pub fn retained(config: &SessionConfig, negotiated: &Negotiated) -> (Vec<Afi>, D
     }
 }
 
+/// The seconds between our KEEPALIVEs for a negotiated hold time: the configured time, at
+/// most a third of the hold time (as FRR clamps it); a third when none is configured; 0 with
+/// no hold time (no KEEPALIVEs).
+pub(super) fn keepalive_time(config: &SessionConfig, hold_time: u16) -> u16 {
+    let third = hold_time / 3;
+    match config.keepalive_time {
+        Some(configured) if hold_time != 0 => configured.clamp(1, third.max(1)),
+        _ => third,
+    }
+}
+
 /// The interval between our KEEPALIVEs on a session (at least one second).
 pub fn keepalive(negotiated: &Negotiated) -> Duration {
     Duration::from_secs(u64::from(negotiated.keepalive_time).max(1))

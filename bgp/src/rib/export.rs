@@ -25,13 +25,13 @@ pub(super) fn standard(
     if !session.families.contains(&afi) {
         return None;
     }
-    let to_ibgp = to.settings.remote_as == config.local_as;
+    let to_ibgp = to.settings.is_ibgp(config.local_as);
     let mut reflected = None;
     if let Src::Peer(src) = from {
         if std::ptr::eq(src, to) {
             return None;
         }
-        let from_ibgp = src.settings.remote_as == config.local_as;
+        let from_ibgp = src.settings.is_ibgp(config.local_as);
         if from_ibgp && to_ibgp {
             // Split horizon, relaxed by reflection: a client's routes go to every iBGP peer,
             // a non-client's only to clients (RFC 4456 §6).
@@ -61,7 +61,7 @@ pub(super) fn standard(
             out.set_next_hop(afi, self_next_hop?);
         }
     } else {
-        out.prepend(config.local_as);
+        out.prepend(to.settings.session_as(config.local_as));
         if local_route || unspecified || !to.settings.next_hop_keep {
             out.set_next_hop(afi, self_next_hop?);
         }

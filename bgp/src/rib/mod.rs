@@ -103,8 +103,11 @@ impl RibConfig {
 pub struct PeerSettings {
     /// The peer's address.
     pub address: IpAddr,
-    /// The peer's AS (equal to ours: iBGP).
+    /// The peer's AS (equal to the one this session speaks: iBGP).
     pub remote_as: u32,
+    /// The AS this session speaks instead of [`RibConfig::local_as`] (put on the AS path the
+    /// peer hears, and a loop when the peer's routes carry it); `None`: the RIB's.
+    pub local_as: Option<u32>,
     /// The peer is our route-reflector client (RFC 4456).
     pub rr_client: bool,
     /// Put our address as next hop on routes learned from eBGP when sending them to this iBGP
@@ -198,12 +201,25 @@ pub(crate) struct PeerSlot {
     end_of_rib: Vec<Afi>,
 }
 
+impl PeerSettings {
+    /// The AS this session speaks, the RIB's being `rib_as`.
+    pub fn session_as(&self, rib_as: u32) -> u32 {
+        self.local_as.unwrap_or(rib_as)
+    }
+
+    /// Whether the peer is in the AS this session speaks, the RIB's being `rib_as`.
+    pub fn is_ibgp(&self, rib_as: u32) -> bool {
+        self.remote_as == self.session_as(rib_as)
+    }
+}
+
 impl PeerSlot {
     fn peer_ref(&self, local_as: u32) -> PeerRef {
         PeerRef {
             address: self.settings.address,
             remote_as: self.settings.remote_as,
-            ibgp: self.settings.remote_as == local_as,
+            local_as: self.settings.session_as(local_as),
+            ibgp: self.settings.is_ibgp(local_as),
             rr_client: self.settings.rr_client,
             next_hop_keep: self.settings.next_hop_keep,
             router_id: self.router_id,
@@ -853,9 +869,10 @@ impl Ctx {
     /// [`ParsedUpdate::apply_external_rules`](crate::wire::ParsedUpdate::apply_external_rules),
     /// which strips what must not cross an AS border.
     fn import_check(&self, id: PeerId, attrs: Attributes) -> Option<Attributes> {
-        self.slot(id)?;
+        let slot = self.slot(id)?;
         let config = &self.config;
-        if attrs.as_path_contains(config.local_as) {
+        let session_as = slot.settings.session_as(config.local_as);
+        if attrs.as_path_contains(config.local_as) || attrs.as_path_contains(session_as) {
             return None;
         }
         let reflected_own = attrs.originator_id == Some(config.router_id);
@@ -965,7 +982,7 @@ impl Ctx {
                 decision::Candidate {
                     attrs: &p.attrs,
                     local: p.peer == LOCAL,
-                    ebgp: slot.is_some_and(|s| s.settings.remote_as != self.config.local_as),
+                    ebgp: slot.is_some_and(|s| !s.settings.is_ibgp(self.config.local_as)),
                     peer_router_id: slot.map_or(self.config.router_id, |s| s.router_id),
                     peer_address: slot
                         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |s| s.settings.address),

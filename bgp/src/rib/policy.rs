@@ -32,7 +32,9 @@ pub struct PeerRef {
     pub address: IpAddr,
     /// The peer's AS.
     pub remote_as: u32,
-    /// Whether the peer is in our AS.
+    /// The AS this session speaks (the speaker's unless the peer has its own local AS).
+    pub local_as: u32,
+    /// Whether the peer is in the AS this session speaks.
     pub ibgp: bool,
     /// Whether we reflect routes to this peer as a route-reflector client.
     pub rr_client: bool,

@@ -119,8 +119,12 @@ pub struct PeerConfig {
     pub address: IpAddr,
     /// The peer's port for outgoing connections.
     pub port: u16,
-    /// The peer's AS (ours: iBGP).
+    /// The peer's AS (the one this session speaks: iBGP).
     pub remote_as: u32,
+    /// The AS this session speaks instead of the speaker's (BIRD's `local as`): sent in our
+    /// OPEN, put first on the AS path the peer hears, and the AS the peer's routes must not
+    /// already carry; whether the session is iBGP follows it. `None`: the speaker's AS.
+    pub local_as: Option<u32>,
     /// Our source address for outgoing connections; default: the listen address when it is a
     /// specific one of the peer's family.
     pub local_address: Option<IpAddr>,
@@ -128,6 +132,9 @@ pub struct PeerConfig {
     pub passive: bool,
     /// Hold time we propose, in seconds (0, or at least 3).
     pub hold_time: u16,
+    /// Seconds between our KEEPALIVEs; `None`: a third of the negotiated hold time, which
+    /// also bounds a longer setting.
+    pub keepalive_time: Option<u16>,
     /// Time between connection attempts.
     pub connect_retry: Duration,
     /// First delay before reconnecting after an error (doubles on repeated errors, up to 120 s).
@@ -175,9 +182,11 @@ impl PeerConfig {
             address,
             port: BGP_PORT,
             remote_as,
+            local_as: None,
             local_address: None,
             passive: false,
             hold_time: 90,
+            keepalive_time: None,
             connect_retry: Duration::from_secs(30),
             idle_hold: Duration::from_secs(5),
             password: None,
@@ -191,11 +200,23 @@ impl PeerConfig {
         }
     }
 
+    /// The AS this session speaks: its own, else the speaker's.
+    pub fn local_as(&self, speaker: &SpeakerConfig) -> u32 {
+        self.local_as.unwrap_or(speaker.local_as)
+    }
+
+    /// Whether the peer is outside the AS this session speaks (eBGP).
+    pub fn is_external(&self, speaker: &SpeakerConfig) -> bool {
+        self.remote_as != self.local_as(speaker)
+    }
+
     /// The state machine's settings for this peer.
     pub(crate) fn session(&self, speaker: &SpeakerConfig, restarting: bool) -> SessionConfig {
-        let mut session = SessionConfig::new(speaker.local_as, speaker.router_id, self.remote_as);
+        let mut session =
+            SessionConfig::new(self.local_as(speaker), speaker.router_id, self.remote_as);
         session.passive = self.passive;
         session.hold_time = self.hold_time;
+        session.keepalive_time = self.keepalive_time;
         session.connect_retry = self.connect_retry;
         session.idle_hold = self.idle_hold;
         session.families = self.families.clone();
@@ -211,6 +232,7 @@ impl PeerConfig {
         PeerSettings {
             address: self.address,
             remote_as: self.remote_as,
+            local_as: self.local_as,
             rr_client: self.rr_client,
             next_hop_self: self.next_hop_self,
             next_hop_keep: self.next_hop_keep,

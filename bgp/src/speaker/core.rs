@@ -446,6 +446,7 @@ impl Core {
                 PeerStatus {
                     address: entry.config.address,
                     remote_as: entry.config.remote_as,
+                    local_as: entry.config.local_as(&self.config),
                     state: live.state,
                     since: live.since,
                     last_error: live.last_error,

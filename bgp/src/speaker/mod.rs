@@ -87,6 +87,8 @@ pub struct PeerStatus {
     pub address: IpAddr,
     /// The peer's AS.
     pub remote_as: u32,
+    /// The AS this session speaks (the speaker's unless the peer has its own).
+    pub local_as: u32,
     /// Session state.
     pub state: State,
     /// When the session entered that state (the uptime, when Established).

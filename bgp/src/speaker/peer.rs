@@ -413,13 +413,13 @@ impl Runner {
             ParsedMessage::Open(open) => {
                 conn.set_codec(crate::wire::Codec {
                     four_octet_as: open.four_octet_as().is_some(),
-                    external_peer: self.task.config.remote_as != self.task.speaker.local_as,
+                    external_peer: self.task.config.is_external(&self.task.speaker),
                 });
                 Some(Message::Open(open))
             }
             ParsedMessage::Update(mut update) => {
                 let config = &self.task.config;
-                if config.remote_as != self.task.speaker.local_as {
+                if config.is_external(&self.task.speaker) {
                     update.apply_external_rules(config.remote_as, true);
                 }
                 for action in &update.actions {
@@ -471,7 +471,5 @@ impl Runner {
 
 /// The GTSM hop count for a peer: only eBGP sessions use it.
 fn ttl_security(config: &PeerConfig, speaker: &SpeakerConfig) -> Option<u8> {
-    config
-        .ttl_security
-        .filter(|_| config.remote_as != speaker.local_as)
+    config.ttl_security.filter(|_| config.is_external(speaker))
 }
