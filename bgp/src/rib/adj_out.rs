@@ -478,13 +478,13 @@ impl Outgoing {
         peer: PeerId,
         epoch: Option<u64>,
         max_prefixes: usize,
-    ) -> Option<OutBatch> {
+    ) -> Option<Taken> {
         let member = self.members.get_mut(&peer)?;
         if epoch.is_some_and(|e| e != member.epoch) {
             return None;
         }
         let group = self.groups.get_mut(&member.group)?;
-        let mut batch = Batcher::default();
+        let mut batch = Taken::default();
         while batch.len() < max_prefixes {
             let Some(prefix) = member.withdraw.pop() else {
                 break;
@@ -519,10 +519,13 @@ impl Outgoing {
             if entry.seq != seq {
                 continue;
             }
-            let held = match member.lag.remove(&prefix) {
-                Some(held) => held,
-                None => entry.held_before(member, peer),
+            // Records are rare: most members keep up.
+            let recorded = if member.lag.is_empty() {
+                None
+            } else {
+                member.lag.remove(&prefix)
             };
+            let held = recorded.unwrap_or_else(|| entry.held_before(member, peer));
             match entry.visible_to(member, peer) {
                 Some(attrs) => {
                     batch.announce(prefix, attrs.clone());
@@ -537,18 +540,17 @@ impl Outgoing {
                 None => {}
             }
         }
-        let mut out = batch.finish();
         if !member.caught_up(group) {
-            return Some(out);
+            return Some(batch);
         }
-        out.end_of_rib = std::mem::take(&mut member.end_of_rib);
+        batch.end_of_rib = std::mem::take(&mut member.end_of_rib);
         if is_sparse(member.lag.len(), member.lag.capacity()) {
             member.lag.shrink_to_fit();
         }
         if !group.tombstones.is_empty() {
             group.collect(&self.members);
         }
-        Some(out)
+        Some(batch)
     }
 
     /// Shrinks the maps that hold less than a quarter of what they have room for.
@@ -564,37 +566,48 @@ impl Outgoing {
     }
 }
 
-/// Builds an [`OutBatch`], packing announcements that share attributes.
-#[derive(Default)]
-struct Batcher {
-    batch: OutBatch,
-    packs: HashMap<(Afi, *const Attributes), usize>,
-    len: usize,
+/// Changes taken for a peer, in the order read: packed into an [`OutBatch`] once the group's
+/// lock is released, so that the other writers wait for the reading only.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    changes: Vec<(IpNet, Option<Arc<Attributes>>)>,
+    end_of_rib: Vec<Afi>,
 }
 
-impl Batcher {
+impl Taken {
     fn len(&self) -> usize {
-        self.len
+        self.changes.len()
     }
 
     fn withdraw(&mut self, prefix: IpNet) {
-        self.batch.withdrawn.push(prefix);
-        self.len += 1;
+        self.changes.push((prefix, None));
     }
 
     fn announce(&mut self, prefix: IpNet, attrs: Arc<Attributes>) {
-        let key = (family(&prefix), Arc::as_ptr(&attrs));
-        let announced = &mut self.batch.announced;
-        let index = *self.packs.entry(key).or_insert_with(|| {
-            announced.push((attrs, Vec::new()));
-            announced.len() - 1
-        });
-        announced[index].1.push(prefix);
-        self.len += 1;
+        self.changes.push((prefix, Some(attrs)));
     }
 
-    fn finish(self) -> OutBatch {
-        self.batch
+    /// The batch, with announcements that share attributes together.
+    pub fn pack(self) -> OutBatch {
+        let mut batch = OutBatch {
+            end_of_rib: self.end_of_rib,
+            ..OutBatch::default()
+        };
+        let mut packs: HashMap<(Afi, *const Attributes), usize> = HashMap::new();
+        for (prefix, attrs) in self.changes {
+            let Some(attrs) = attrs else {
+                batch.withdrawn.push(prefix);
+                continue;
+            };
+            let key = (family(&prefix), Arc::as_ptr(&attrs));
+            let announced = &mut batch.announced;
+            let index = *packs.entry(key).or_insert_with(|| {
+                announced.push((attrs, Vec::new()));
+                announced.len() - 1
+            });
+            announced[index].1.push(prefix);
+        }
+        batch
     }
 }
 
@@ -616,16 +629,18 @@ impl AdjRibOut {
     /// Prefixes that share attributes come out together, so they can be packed into few
     /// UPDATEs; End-of-RIB markers follow once nothing else is queued.
     pub fn take_for(&self, epoch: u64, max_prefixes: usize) -> Option<(OutBatch, bool)> {
-        let mut out = lock(&self.shared);
-        let batch = out.take_batch(self.peer, Some(epoch), max_prefixes)?;
-        Some((batch, out.has_work(self.peer)))
+        let (taken, more) = {
+            let mut out = lock(&self.shared);
+            let taken = out.take_batch(self.peer, Some(epoch), max_prefixes)?;
+            (taken, out.has_work(self.peer))
+        };
+        Some((taken.pack(), more))
     }
 
     /// Takes up to `max_prefixes` changes for whatever session the peer has.
     pub fn take_batch(&self, max_prefixes: usize) -> OutBatch {
-        let mut out = lock(&self.shared);
-        out.take_batch(self.peer, None, max_prefixes)
-            .unwrap_or_default()
+        let taken = lock(&self.shared).take_batch(self.peer, None, max_prefixes);
+        taken.unwrap_or_default().pack()
     }
 
     /// Whether [`AdjRibOut::take_batch`] has something to return.
@@ -751,7 +766,7 @@ mod tests {
 
     /// (announced prefixes, with their next hop; withdrawn prefixes), sorted.
     fn take(out: &mut Outgoing, n: u32) -> (Vec<(IpNet, String)>, Vec<IpNet>) {
-        let batch = out.take_batch(PeerId(n), None, ALL).unwrap();
+        let batch = out.take_batch(PeerId(n), None, ALL).unwrap().pack();
         let mut withdrawn = batch.withdrawn.clone();
         withdrawn.sort();
         (announcements(&batch), withdrawn)
@@ -836,7 +851,7 @@ mod tests {
         out.apply(group, net("10.3.0.0/24"), None, Exclusion::default());
         out.apply(group, net("10.3.0.0/24"), Some(attrs("10.9.0.5")), from(9));
         out.apply(group, net("10.4.0.0/24"), Some(attrs("10.9.0.1")), from(9));
-        let batch = out.take_batch(PeerId(2), Some(1), ALL).unwrap();
+        let batch = out.take_batch(PeerId(2), Some(1), ALL).unwrap().pack();
         assert!(
             batch.withdrawn.is_empty(),
             "nothing to withdraw on a new session"
@@ -985,7 +1000,7 @@ mod tests {
         assert!(out.groups[&group].log.len() <= 2 * 1000 + 1024);
         let mut reads = 0;
         while out.has_work(PeerId(2)) {
-            let batch = out.take_batch(PeerId(2), None, 300).unwrap();
+            let batch = out.take_batch(PeerId(2), None, 300).unwrap().pack();
             assert!(batch.prefixes() <= 300);
             reads += batch.prefixes();
         }
@@ -999,10 +1014,7 @@ mod tests {
         let (group, _) = join(&mut out, 1, clients());
         out.apply(group, net("10.1.0.0/24"), Some(attrs("10.9.0.1")), from(9));
         assert!(out.take_batch(PeerId(1), Some(2), ALL).is_none());
-        assert_eq!(
-            out.take_batch(PeerId(1), Some(1), ALL).unwrap().prefixes(),
-            1
-        );
+        assert_eq!(out.take_batch(PeerId(1), Some(1), ALL).unwrap().len(), 1);
     }
 
     #[test]
@@ -1041,7 +1053,7 @@ mod tests {
         out.apply(group, net("10.2.0.0/24"), Some(attrs("10.9.0.1")), from(1));
         take(&mut out, 1);
         out.refresh(PeerId(1), Afi::Ipv4Unicast);
-        let batch = out.take_batch(PeerId(1), None, ALL).unwrap();
+        let batch = out.take_batch(PeerId(1), None, ALL).unwrap().pack();
         assert_eq!(batch.prefixes(), 1);
         assert_eq!(batch.end_of_rib, vec![Afi::Ipv4Unicast]);
         assert_eq!(out.sent(PeerId(1)), 1);
