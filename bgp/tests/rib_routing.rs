@@ -906,3 +906,43 @@ fn rib_peers_under_a_policy_without_export_classes_have_groups_of_their_own() {
         assert_eq!(sent[0].1.communities, vec![0xfde8_0020]);
     }
 }
+
+#[test]
+fn rib_a_peer_whose_settings_change_mid_session_gets_its_new_groups_table() {
+    let mut rib = rib();
+    let source = add(&mut rib, 2, LOCAL_AS, false);
+    let peer = add(&mut rib, 3, LOCAL_AS, false);
+    up(&mut rib, &source, 2);
+    up(&mut rib, &peer, 3);
+    rib.update(source.id, &announce(&["10.7.0.0/24"], &[], "192.168.0.2"));
+    originate_local(&mut rib, "10.244.0.0/26");
+    assert_eq!(
+        drain(&mut rib, &peer).0.len(),
+        1,
+        "a non-client: our own route only"
+    );
+    let settings = |rr_client| PeerSettings {
+        address: peer.address,
+        remote_as: LOCAL_AS,
+        rr_client,
+        next_hop_self: false,
+        next_hop_keep: false,
+    };
+    // Made a client: the non-client's route is reflected to it now.
+    rib.set_peer_settings(peer.id, settings(true));
+    assert_eq!(rib.update_groups(), 2);
+    let (sent, withdrawn) = drain(&mut rib, &peer);
+    let mut prefixes: Vec<IpNet> = sent.iter().map(|(p, _)| *p).collect();
+    prefixes.sort();
+    assert_eq!(prefixes, vec![net("10.7.0.0/24"), net("10.244.0.0/26")]);
+    assert!(withdrawn.iter().all(|p| prefixes.contains(p)));
+    assert_eq!(rib.counts(peer.id).sent, 2);
+    // And back: the reflected route is withdrawn, our own stays.
+    rib.set_peer_settings(peer.id, settings(false));
+    assert_eq!(rib.update_groups(), 1);
+    drain(&mut rib, &peer);
+    assert_eq!(rib.counts(peer.id).sent, 1);
+    rib.withdraw(net("10.244.0.0/26"));
+    assert_eq!(drain(&mut rib, &peer), (vec![], vec![net("10.244.0.0/26")]));
+    assert_eq!(rib.counts(peer.id).sent, 0);
+}
