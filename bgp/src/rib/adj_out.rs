@@ -35,7 +35,9 @@ use super::{Attributes, PeerId, family, is_sparse};
 pub(crate) type GroupId = u64;
 
 /// What peers must have in common to share an Adj-RIB-Out: everything the standard export
-/// rules and the policy look at, but the peer's identity.
+/// rules and the policy look at, but the peer's identity. What only changes the encoding
+/// (4-octet AS numbers) is not in it: a group stores attributes, and each session's writer
+/// encodes them with its own codec.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct GroupKey {
     /// The peers' AS (ours: iBGP).
