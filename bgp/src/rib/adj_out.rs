@@ -428,6 +428,17 @@ impl Outgoing {
         g.compact_log();
     }
 
+    /// Drops the tombstones every member of their group has read. Once per batch of the
+    /// RIB's, not per read: a read that would look at every member's position would cost
+    /// members² per withdrawal.
+    pub fn collect(&mut self) {
+        for group in self.groups.values_mut() {
+            if !group.tombstones.is_empty() {
+                group.collect(&self.members);
+            }
+        }
+    }
+
     /// Queues End-of-RIB markers for every family of a peer's session.
     pub fn queue_end_of_rib(&mut self, peer: PeerId) {
         if let Some(member) = self.members.get_mut(&peer) {
@@ -548,9 +559,6 @@ impl Outgoing {
         batch.end_of_rib = std::mem::take(&mut member.end_of_rib);
         if is_sparse(member.lag.len(), member.lag.capacity()) {
             member.lag.shrink_to_fit();
-        }
-        if !group.tombstones.is_empty() {
-            group.collect(&self.members);
         }
         Some(batch)
     }
@@ -870,6 +878,7 @@ mod tests {
         assert_eq!(take(&mut out, 1), (table, vec![net("10.2.0.0/24")]));
         assert_eq!(out.sent(PeerId(1)), 3);
         assert!(!out.has_work(PeerId(1)) && !out.has_work(PeerId(2)));
+        out.collect();
         assert!(
             out.groups[&group].tombstones.is_empty(),
             "read by all: the tombstone went"
@@ -981,6 +990,7 @@ mod tests {
         assert_eq!(withdrawn, vec![]);
         assert_eq!(out.sent(PeerId(1)), 1);
         assert!(out.members.values().all(|m| m.lag.is_empty()));
+        out.collect();
         assert!(out.groups[&group].tombstones.is_empty());
         assert_eq!(out.groups[&group].routes.len(), 1);
     }

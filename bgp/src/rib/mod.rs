@@ -555,6 +555,7 @@ impl Rib {
         let ctx = &mut self.ctx;
         ctx.memo.clear();
         let mut out = lock(&ctx.out);
+        out.collect();
         let mut candidates: HashSet<PeerId> = ctx.wake.drain().collect();
         for (group, changes) in ctx.outbox.drain() {
             for (prefix, attrs, exclusion) in changes {
