@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -147,7 +147,7 @@ fn rss_kib() -> u64 {
 }
 
 /// Adds peer `n` (192.0.2.n) in `remote_as` with an established session of `families`.
-fn join(rib: &mut Rib, n: u8, remote_as: u32, families: &[Afi]) -> (PeerId, Arc<Mutex<AdjRibOut>>) {
+fn join(rib: &mut Rib, n: u8, remote_as: u32, families: &[Afi]) -> (PeerId, AdjRibOut) {
     let address = Ipv4Addr::new(192, 0, 2, n);
     let settings = PeerSettings {
         address: IpAddr::V4(address),
@@ -234,10 +234,7 @@ fn wren(feeds: &[Vec<Update>], export: bool) -> Figures {
             black_box(rib.take_events());
             rib.flush();
             if let Some(sink) = &sink {
-                let sent = sink
-                    .lock()
-                    .map(|mut out| out.take_batch(usize::MAX).prefixes());
-                black_box(sent.unwrap_or_default());
+                black_box(sink.take_batch(usize::MAX).prefixes());
             }
         }
     }

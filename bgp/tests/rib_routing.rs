@@ -2,7 +2,7 @@
 //! reflection, eBGP rewrites), policy hooks, Adj-RIB-Out packing, graceful restart.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use wren_bgp::rib::{
@@ -16,7 +16,7 @@ const ROUTER_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
 struct Peer {
     id: PeerId,
-    out: Arc<Mutex<AdjRibOut>>,
+    out: AdjRibOut,
     address: IpAddr,
 }
 
@@ -93,7 +93,7 @@ fn announce(prefixes: &[&str], path: &[u32], next_hop: &str) -> Update {
 /// What a peer's writer would send now: (prefix, attributes) announced, prefixes withdrawn.
 fn drain(rib: &mut Rib, peer: &Peer) -> (Vec<(IpNet, Arc<Attributes>)>, Vec<IpNet>) {
     rib.flush();
-    let batch = peer.out.lock().unwrap().take_batch(usize::MAX);
+    let batch = peer.out.take_batch(usize::MAX);
     let announced = batch
         .announced
         .iter()
@@ -308,7 +308,7 @@ fn rib_adj_out_packs_shared_attributes_and_coalesces_changes() {
         },
     );
     rib.flush();
-    let batch = sink.out.lock().unwrap().take_batch(usize::MAX);
+    let batch = sink.out.take_batch(usize::MAX);
     assert_eq!(batch.announced.len(), 1, "one attribute set, one group");
     assert_eq!(batch.prefixes(), 1999);
     assert!(batch.withdrawn.is_empty());
@@ -345,7 +345,7 @@ fn rib_route_refresh_resends_what_was_sent() {
     assert!(drain(&mut rib, &a).0.is_empty());
     rib.route_refresh(a.id, Afi::Ipv4Unicast);
     rib.flush();
-    let batch = a.out.lock().unwrap().take_batch(usize::MAX);
+    let batch = a.out.take_batch(usize::MAX);
     assert_eq!(batch.prefixes(), 1);
     assert_eq!(batch.end_of_rib, vec![Afi::Ipv4Unicast]);
 }
@@ -429,7 +429,7 @@ fn rib_restarting_speaker_defers_selection_until_end_of_rib() {
     assert_eq!(events.last(), Some(&RouteEvent::Synced));
     assert_eq!(events.len(), 3, "two routes then Synced");
     rib.flush();
-    let batch = b.out.lock().unwrap().take_batch(usize::MAX);
+    let batch = b.out.take_batch(usize::MAX);
     assert_eq!(
         batch.prefixes(),
         1,
@@ -885,4 +885,140 @@ fn rib_a_peer_with_its_own_local_as_hears_that_as_and_loops_on_it() {
             ..
         })
     ));
+}
+
+#[test]
+fn rib_reflector_clients_share_one_update_group_and_none_gets_its_own_route_back() {
+    let mut rib = rib();
+    let clients: Vec<Peer> = (2..=4).map(|n| add(&mut rib, n, LOCAL_AS, true)).collect();
+    let non_client = add(&mut rib, 5, LOCAL_AS, false);
+    for (n, client) in (2..).zip(&clients) {
+        up(&mut rib, client, n);
+    }
+    up(&mut rib, &non_client, 5);
+    assert_eq!(rib.update_groups(), 2, "the clients, and the non-client");
+    let prefix = "10.7.0.0/24";
+    let originator = |sent: &[(IpNet, Arc<Attributes>)]| {
+        let ids: Vec<_> = sent.iter().map(|(_, a)| a.originator_id).collect();
+        ids
+    };
+    rib.update(clients[0].id, &announce(&[prefix], &[], "192.168.0.2"));
+    assert_eq!(drain(&mut rib, &clients[0]), (vec![], vec![]));
+    for peer in [&clients[1], &clients[2], &non_client] {
+        let (sent, _) = drain(&mut rib, peer);
+        assert_eq!(originator(&sent), vec![Some(Ipv4Addr::new(10, 0, 0, 2))]);
+    }
+    // Client 2's path wins: client 1 gets it, client 2 loses client 1's route.
+    let mut preferred = announce(&[prefix], &[], "192.168.0.3");
+    preferred.attributes.local_pref = Some(200);
+    rib.update(clients[1].id, &preferred);
+    assert_eq!(drain(&mut rib, &clients[1]), (vec![], vec![net(prefix)]));
+    for peer in [&clients[0], &clients[2]] {
+        let (sent, withdrawn) = drain(&mut rib, peer);
+        assert_eq!(originator(&sent), vec![Some(Ipv4Addr::new(10, 0, 0, 3))]);
+        assert!(withdrawn.is_empty());
+    }
+    // Client 2 withdraws: client 1's path is back, for client 2 and not for client 1.
+    let withdraw = Update {
+        withdrawn: vec![net(prefix)],
+        ..Update::default()
+    };
+    rib.update(clients[1].id, &withdraw);
+    assert_eq!(drain(&mut rib, &clients[0]), (vec![], vec![net(prefix)]));
+    assert_eq!(drain(&mut rib, &clients[1]).0.len(), 1);
+    assert_eq!(drain(&mut rib, &clients[2]).0.len(), 1);
+    // Client 1 withdraws: the others lose it; client 1, never sent its own, hears nothing.
+    rib.update(clients[0].id, &withdraw);
+    assert_eq!(drain(&mut rib, &clients[0]), (vec![], vec![]));
+    for peer in [&clients[1], &clients[2], &non_client] {
+        assert_eq!(drain(&mut rib, peer), (vec![], vec![net(prefix)]));
+    }
+    for peer in &clients {
+        assert_eq!(rib.counts(peer.id).sent, 0);
+    }
+    // A route a reflector of another cluster reflected from client 3 (its ORIGINATOR_ID)
+    // goes to every client but client 3 (RFC 4456 §8).
+    let mut reflected = announce(&["10.8.0.0/24"], &[], "192.168.0.4");
+    reflected.attributes.originator_id = Some(Ipv4Addr::new(10, 0, 0, 4));
+    reflected.attributes.cluster_list = vec![Ipv4Addr::new(10, 255, 0, 1)];
+    rib.update(non_client.id, &reflected);
+    assert_eq!(drain(&mut rib, &clients[0]).0.len(), 1);
+    assert_eq!(drain(&mut rib, &clients[1]).0.len(), 1);
+    assert_eq!(drain(&mut rib, &clients[2]), (vec![], vec![]));
+    // A client whose session comes up now gets exactly the table, from the same group.
+    let late = add(&mut rib, 6, LOCAL_AS, true);
+    up(&mut rib, &late, 6);
+    assert_eq!(rib.update_groups(), 2);
+    let (sent, withdrawn) = drain(&mut rib, &late);
+    assert_eq!(
+        sent.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        vec![net("10.8.0.0/24")]
+    );
+    assert!(withdrawn.is_empty());
+    assert_eq!(rib.counts(late.id).sent, 1);
+    // A session that ends leaves the group to the others.
+    rib.peer_down(clients[0].id, &[]);
+    assert_eq!(rib.update_groups(), 2);
+    rib.peer_down(non_client.id, &[]);
+    assert_eq!(
+        rib.update_groups(),
+        1,
+        "the non-client's group went with it"
+    );
+}
+
+#[test]
+fn rib_peers_under_a_policy_without_export_classes_have_groups_of_their_own() {
+    let mut rib = rib_with(Arc::new(TagAndFilter), false);
+    let peers: Vec<Peer> = (2..=4).map(|n| add(&mut rib, n, LOCAL_AS, true)).collect();
+    for (n, peer) in (2..).zip(&peers) {
+        up(&mut rib, peer, n);
+    }
+    assert_eq!(rib.update_groups(), 3);
+    originate_local(&mut rib, "10.244.1.7/32");
+    for peer in &peers {
+        let (sent, _) = drain(&mut rib, peer);
+        assert_eq!(sent[0].1.communities, vec![0xfde8_0020]);
+    }
+}
+
+#[test]
+fn rib_a_peer_whose_settings_change_mid_session_gets_its_new_groups_table() {
+    let mut rib = rib();
+    let source = add(&mut rib, 2, LOCAL_AS, false);
+    let peer = add(&mut rib, 3, LOCAL_AS, false);
+    up(&mut rib, &source, 2);
+    up(&mut rib, &peer, 3);
+    rib.update(source.id, &announce(&["10.7.0.0/24"], &[], "192.168.0.2"));
+    originate_local(&mut rib, "10.244.0.0/26");
+    assert_eq!(
+        drain(&mut rib, &peer).0.len(),
+        1,
+        "a non-client: our own route only"
+    );
+    let settings = |rr_client| PeerSettings {
+        address: peer.address,
+        remote_as: LOCAL_AS,
+        local_as: None,
+        rr_client,
+        next_hop_self: false,
+        next_hop_keep: false,
+    };
+    // Made a client: the non-client's route is reflected to it now.
+    rib.set_peer_settings(peer.id, settings(true));
+    assert_eq!(rib.update_groups(), 2);
+    let (sent, withdrawn) = drain(&mut rib, &peer);
+    let mut prefixes: Vec<IpNet> = sent.iter().map(|(p, _)| *p).collect();
+    prefixes.sort();
+    assert_eq!(prefixes, vec![net("10.7.0.0/24"), net("10.244.0.0/26")]);
+    assert!(withdrawn.iter().all(|p| prefixes.contains(p)));
+    assert_eq!(rib.counts(peer.id).sent, 2);
+    // And back: the reflected route is withdrawn, our own stays.
+    rib.set_peer_settings(peer.id, settings(false));
+    assert_eq!(rib.update_groups(), 1);
+    drain(&mut rib, &peer);
+    assert_eq!(rib.counts(peer.id).sent, 1);
+    rib.withdraw(net("10.244.0.0/26"));
+    assert_eq!(drain(&mut rib, &peer), (vec![], vec![net("10.244.0.0/26")]));
+    assert_eq!(rib.counts(peer.id).sent, 0);
 }

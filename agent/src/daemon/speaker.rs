@@ -131,6 +131,15 @@ impl Policy for NodePolicy {
             }
         }
     }
+
+    fn export_class(&self, peer: &PeerRef) -> Option<u64> {
+        // Another node: its verdicts depend on the kind of session alone, which the speaker
+        // groups by itself. An explicit peer (import limits, an export filter) is judged by
+        // its address: its exports are its own.
+        let explicit = read(&self.import).limits.contains_key(&peer.address)
+            || read(&self.export_filters).contains_key(&peer.address);
+        (!explicit).then_some(0)
+    }
 }
 
 impl NodePolicy {
@@ -774,5 +783,8 @@ mod tests {
             Verdict::Reject,
             "the ToR's filter has its say too"
         );
+        // The nodes share their exports; the ToR, judged by its address, does not.
+        assert_eq!(policy.export_class(&other_node), Some(0));
+        assert_eq!(policy.export_class(&tor), None);
     }
 }

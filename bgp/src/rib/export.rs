@@ -2,9 +2,13 @@
 //! horizon, route reflection (RFC 4456 §6, §8), and the eBGP rewrites (AS prepended, next hop
 //! self unless the peer keeps next hops, LOCAL_PREF and MED stripped).
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use crate::wire::Afi;
 
-use super::{Attributes, PeerSlot, RibConfig, RouteAttributes, Session};
+use super::adj_out::GroupKey;
+use super::{Attributes, PeerSlot, RibConfig, RouteAttributes};
+
 /// Who a route came from, for the export rules.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Src<'a> {
@@ -12,42 +16,37 @@ pub(super) enum Src<'a> {
     Peer(&'a PeerSlot),
 }
 
-/// The route `to` is sent for a best path with `attrs` learned `from`, before the embedding
-/// program's policy; `None` when the BGP rules forbid sending it.
+/// The route the peers of an update group `to` are sent for a best path with `attrs` learned
+/// `from`, before the embedding program's policy, with the ORIGINATOR_ID of a reflected route
+/// (the one peer of the group it must not go to, RFC 4456 §8); `None` when the BGP rules
+/// forbid sending it to any of them. The source peer itself never gets its route back: the
+/// group's [`Exclusion`](super::adj_out::Exclusion) says so.
 pub(super) fn standard(
     config: &RibConfig,
     from: Src<'_>,
-    to: &PeerSlot,
-    session: &Session,
+    to: &GroupKey,
     afi: Afi,
     attrs: &Attributes,
-) -> Option<Attributes> {
-    if !session.families.contains(&afi) {
+) -> Option<(Attributes, Option<Ipv4Addr>)> {
+    if !to.families.contains(&afi) {
         return None;
     }
-    let to_ibgp = to.settings.is_ibgp(config.local_as);
+    let to_ibgp = to.remote_as == to.session_as;
     let mut reflected = None;
     if let Src::Peer(src) = from {
-        if std::ptr::eq(src, to) {
-            return None;
-        }
         let from_ibgp = src.settings.is_ibgp(config.local_as);
         if from_ibgp && to_ibgp {
             // Split horizon, relaxed by reflection: a client's routes go to every iBGP peer,
             // a non-client's only to clients (RFC 4456 §6).
-            if !(src.settings.rr_client || to.settings.rr_client) {
+            if !(src.settings.rr_client || to.rr_client) {
                 return None;
             }
-            let originator = attrs.originator_id.unwrap_or(src.router_id);
-            if originator == session.router_id {
-                return None;
-            }
-            reflected = Some(originator);
+            reflected = Some(attrs.originator_id.unwrap_or(src.router_id));
         }
     }
     let mut out = attrs.clone();
     // Our address for the family; a route that needs it cannot go when there is none.
-    let self_next_hop = session.next_hop(afi, config);
+    let self_next_hop = next_hop_self(to.local_address, afi, config);
     let local_route = matches!(from, Src::Local);
     let unspecified = attrs.next_hop_addr().is_none_or(|nh| nh.is_unspecified());
     if to_ibgp {
@@ -55,14 +54,12 @@ pub(super) fn standard(
         if let Some(originator) = reflected {
             out.originator_id = Some(originator);
             out.cluster_list.insert(0, config.cluster_id());
-        } else if unspecified
-            || (!local_route && to.settings.next_hop_self && !to.settings.next_hop_keep)
-        {
+        } else if unspecified || (!local_route && to.next_hop_self && !to.next_hop_keep) {
             out.set_next_hop(afi, self_next_hop?);
         }
     } else {
-        out.prepend(to.settings.session_as(config.local_as));
-        if local_route || unspecified || !to.settings.next_hop_keep {
+        out.prepend(to.session_as);
+        if local_route || unspecified || !to.next_hop_keep {
             out.set_next_hop(afi, self_next_hop?);
         }
         out.local_pref = None;
@@ -73,5 +70,15 @@ pub(super) fn standard(
             out.med = None;
         }
     }
-    Some(out)
+    Some((out, reflected))
+}
+
+/// Our next hop for a family on sessions from `local_address`.
+fn next_hop_self(local_address: IpAddr, afi: Afi, config: &RibConfig) -> Option<IpAddr> {
+    match (afi, local_address) {
+        (Afi::Ipv4Unicast, IpAddr::V4(a)) => Some(IpAddr::V4(a)),
+        (Afi::Ipv6Unicast, IpAddr::V6(a)) => Some(IpAddr::V6(a)),
+        (Afi::Ipv4Unicast, IpAddr::V6(_)) => config.next_hop_v4.map(IpAddr::V4),
+        (Afi::Ipv6Unicast, IpAddr::V4(_)) => config.next_hop_v6.map(IpAddr::V6),
+    }
 }

@@ -3,8 +3,9 @@
 //! - Adj-RIB-In and Loc-RIB share one [table](table): per prefix, every peer's path, best
 //!   first. Attributes are interned ([`Interner`]) so a path costs a pointer and a peer number.
 //! - The [decision process](decision) picks the best path whenever a prefix's paths change.
-//! - Each peer has an [`AdjRibOut`]: the RIB writes what the peer should have, the session's
-//!   writer drains the difference as packed UPDATEs.
+//! - Peers whose export is the same share an update group: one Adj-RIB-Out the RIB writes
+//!   once for all of them; each peer's session writer reads the group's changes from its own
+//!   position ([`AdjRibOut`]) and sends them as packed UPDATEs.
 //! - Import checks (AS-path loops, RFC 4456 reflection loops), the export rules (split horizon,
 //!   reflection, eBGP rewrites) and the embedding program's [`Policy`] decide what enters and
 //!   what leaves.
@@ -25,7 +26,7 @@ mod table;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use hashbrown::{HashMap, HashSet};
 use ipnet::IpNet;
@@ -34,6 +35,7 @@ use smallvec::SmallVec;
 use crate::wire::{Afi, GracefulRestart, PathAttributes, Update};
 
 pub use adj_out::{AdjRibOut, OutBatch};
+use adj_out::{Exclusion, ExportClass, GroupId, GroupKey, Outgoing, lock};
 pub use attrs::{Attributes, Interner, RouteAttributes};
 pub use decision::DEFAULT_LOCAL_PREF;
 pub use policy::{AcceptAll, PeerRef, Policy, Source, Verdict};
@@ -135,16 +137,6 @@ pub struct Session {
 }
 
 impl Session {
-    /// Our next hop for a family on this session.
-    fn next_hop(&self, afi: Afi, config: &RibConfig) -> Option<IpAddr> {
-        match (afi, self.local_address) {
-            (Afi::Ipv4Unicast, IpAddr::V4(a)) => Some(IpAddr::V4(a)),
-            (Afi::Ipv6Unicast, IpAddr::V6(a)) => Some(IpAddr::V6(a)),
-            (Afi::Ipv4Unicast, IpAddr::V6(_)) => config.next_hop_v4.map(IpAddr::V4),
-            (Afi::Ipv6Unicast, IpAddr::V4(_)) => config.next_hop_v6.map(IpAddr::V6),
-        }
-    }
-
     fn preserved(&self, afi: Afi) -> bool {
         let gr = self.graceful_restart.as_ref();
         gr.is_some_and(|gr| gr.families.iter().any(|(a, f)| *a == afi && *f))
@@ -193,7 +185,6 @@ pub(crate) struct PeerSlot {
     session: Option<Session>,
     /// Identifier of the last session, kept for the tie-break while its routes are stale.
     router_id: Ipv4Addr,
-    adj_out: Arc<Mutex<AdjRibOut>>,
     received: usize,
     /// Prefixes the peer announces that import policy filtered, with the policy's reason.
     filtered: HashMap<IpNet, &'static str>,
@@ -241,11 +232,14 @@ pub struct PeerCounts {
     pub stale: usize,
 }
 
-/// A prefix's route for one peer's Adj-RIB-Out (`None`: withdraw).
-type OutChange = (IpNet, Option<Arc<Attributes>>);
+/// A prefix's route for an update group (`None`: withdraw), and who in it must not get it.
+type OutChange = (IpNet, Option<Arc<Attributes>>, Exclusion);
 
-/// Source attributes (by address), family, source peer, target peer.
-type MemoKey = (usize, Afi, PeerId, PeerId);
+/// Source attributes (by address), family, source peer, target group.
+type MemoKey = (usize, Afi, PeerId, GroupId);
+
+/// A group's route computed from a best path: the attributes, and who must not get them.
+type GroupRoute = Option<(Arc<Attributes>, Exclusion)>;
 
 /// Everything but the table, so the table can be walked while exports are computed.
 struct Ctx {
@@ -256,14 +250,21 @@ struct Ctx {
     events: Vec<RouteEvent>,
     /// Whether per-prefix events are recorded: not while nobody would read them.
     record_routes: bool,
-    outbox: HashMap<PeerId, Vec<OutChange>>,
+    /// The update groups' tables and their members' positions, shared with the writers.
+    out: Arc<Mutex<Outgoing>>,
+    /// Changes of this batch, by group.
+    outbox: HashMap<GroupId, Vec<OutChange>>,
     end_of_rib_after_flush: HashSet<PeerId>,
-    /// Standard exports computed in this batch: (source attrs, family, source peer, target).
-    memo: HashMap<MemoKey, (Arc<Attributes>, Option<Arc<Attributes>>)>,
+    /// Peers with something new to read besides their groups' changes.
+    wake: HashSet<PeerId>,
+    /// Exports computed in this batch: (source attrs, family, source peer, target group).
+    memo: HashMap<MemoKey, (Arc<Attributes>, GroupRoute)>,
     deferring: bool,
     waiting: HashSet<PeerId>,
-    /// Peers with an established session, the ones exports go to.
+    /// Peers with an established session.
     up: Vec<PeerId>,
+    /// The update groups exports go to, each with a member whose settings stand for it.
+    targets: Vec<(GroupId, PeerId)>,
     /// The networks next hops must lie in (see [`Rib::set_connected`]); `None`: any.
     connected: Option<Vec<IpNet>>,
 }
@@ -295,12 +296,15 @@ impl Rib {
             peers: vec![None],
             events: Vec::new(),
             record_routes: true,
+            out: Arc::default(),
             outbox: HashMap::new(),
             end_of_rib_after_flush: HashSet::new(),
+            wake: HashSet::new(),
             memo: HashMap::new(),
             deferring,
             waiting: HashSet::new(),
             up: Vec::new(),
+            targets: Vec::new(),
             connected: None,
         };
         if !deferring {
@@ -317,14 +321,12 @@ impl Rib {
         &self.ctx.config
     }
 
-    /// Registers a peer; its Adj-RIB-Out is shared with the session's writer.
-    pub fn add_peer(&mut self, settings: PeerSettings) -> (PeerId, Arc<Mutex<AdjRibOut>>) {
-        let adj_out = Arc::new(Mutex::new(AdjRibOut::default()));
+    /// Registers a peer; returns its Adj-RIB-Out, for the session's writer.
+    pub fn add_peer(&mut self, settings: PeerSettings) -> (PeerId, AdjRibOut) {
         let slot = PeerSlot {
             settings,
             session: None,
             router_id: Ipv4Addr::UNSPECIFIED,
-            adj_out: adj_out.clone(),
             received: 0,
             filtered: HashMap::new(),
             stale: Vec::new(),
@@ -338,13 +340,27 @@ impl Rib {
         if self.ctx.deferring {
             self.ctx.waiting.insert(id);
         }
-        (id, adj_out)
+        (id, AdjRibOut::new(self.ctx.out.clone(), id))
     }
 
-    /// Changes a peer's settings; they apply to routes exported from now on.
+    /// Changes a peer's settings; they apply to routes exported from now on. A peer with a
+    /// session whose export they change moves to the update group of its new settings: it
+    /// is sent that group's table, after withdrawals of what it held.
     pub fn set_peer_settings(&mut self, id: PeerId, settings: PeerSettings) {
-        if let Some(slot) = self.ctx.slot_mut(id) {
-            slot.settings = settings;
+        let Some(slot) = self.ctx.slot_mut(id) else {
+            return;
+        };
+        slot.settings = settings;
+        let Some(key) = self.ctx.group_key(id) else {
+            return;
+        };
+        let moved = lock(&self.ctx.out).regroup(id, key);
+        if let Some((group, created)) = moved {
+            self.ctx.groups_changed();
+            if created && !self.ctx.deferring {
+                self.fill_group(group, id);
+            }
+            self.ctx.wake.insert(id);
         }
     }
 
@@ -356,7 +372,6 @@ impl Rib {
         self.peer_down(id, &[]);
         self.flush_stale(id, None);
         self.ctx.peers[id.0 as usize] = None;
-        self.ctx.outbox.remove(&id);
         self.stop_waiting_for(id);
     }
 
@@ -365,8 +380,6 @@ impl Rib {
         let Some(slot) = self.ctx.slot_mut(id) else {
             return;
         };
-        let families = session.families.clone();
-        lock(&slot.adj_out).activate(session.epoch, families);
         slot.router_id = session.router_id;
         slot.end_of_rib.clear();
         let restarting = session.graceful_restart.as_ref().map(|gr| gr.restarting);
@@ -377,10 +390,16 @@ impl Rib {
             .copied()
             .filter(|afi| !session.preserved(*afi))
             .collect();
+        let (epoch, router_id) = (session.epoch, session.router_id);
         slot.session = Some(session);
         if !self.ctx.up.contains(&id) {
             self.ctx.up.push(id);
         }
+        let Some(key) = self.ctx.group_key(id) else {
+            return;
+        };
+        let (group, created) = lock(&self.ctx.out).join(id, key, epoch, router_id);
+        self.ctx.groups_changed();
         for afi in dropped {
             self.flush_stale(id, Some(afi));
         }
@@ -391,7 +410,10 @@ impl Rib {
             }
             return;
         }
-        self.export_table_to(id);
+        if created {
+            self.fill_group(group, id);
+        }
+        self.ctx.end_of_rib_after_flush.insert(id);
     }
 
     /// A session went down. Routes of the `retain` families stay as stale (the peer is
@@ -403,11 +425,16 @@ impl Rib {
         };
         slot.session = None;
         slot.filtered = HashMap::new();
-        lock(&slot.adj_out).deactivate();
         slot.stale = retain.to_vec();
         slot.end_of_rib.clear();
-        self.ctx.outbox.remove(&id);
+        let gone = lock(&self.ctx.out).leave(id);
+        if let Some(group) = gone {
+            self.ctx.outbox.remove(&group);
+            self.ctx.memo.retain(|key, _| key.3 != group);
+        }
+        self.ctx.groups_changed();
         self.ctx.end_of_rib_after_flush.remove(&id);
+        self.ctx.wake.remove(&id);
         for prefix in self.table.prefixes_of(id, |_, _| true) {
             if retain.contains(&family(&prefix)) {
                 self.table.modify(prefix, false, |paths| {
@@ -511,9 +538,9 @@ impl Rib {
 
     /// Queues every route of a family to a peer again (it sent a ROUTE-REFRESH).
     pub fn route_refresh(&mut self, id: PeerId, afi: Afi) {
-        if let Some(slot) = self.ctx.slot(id) {
-            lock(&slot.adj_out).refresh(afi);
-            self.ctx.outbox.entry(id).or_default();
+        if self.ctx.slot(id).is_some() {
+            lock(&self.ctx.out).refresh(id, afi);
+            self.ctx.wake.insert(id);
         }
     }
 
@@ -530,36 +557,43 @@ impl Rib {
         self.ctx.deferring = false;
         self.ctx.waiting.clear();
         for (prefix, paths) in self.table.iter() {
-            self.ctx.best_changed(prefix, paths, Previous::Unknown);
+            self.ctx.best_changed(prefix, paths, false);
         }
         for id in self.ctx.up.clone() {
             self.ctx.end_of_rib_after_flush.insert(id);
-            self.ctx.outbox.entry(id).or_default();
         }
         self.ctx.events.push(RouteEvent::Synced);
     }
 
-    /// Hands the changes of this batch to the peers' Adj-RIBs-Out; returns the peers whose
+    /// Hands the changes of this batch to the update groups; returns the peers whose
     /// writers have something to send.
     pub fn flush(&mut self) -> Vec<PeerId> {
-        self.ctx.memo.clear();
-        let mut touched = Vec::new();
-        for (id, changes) in self.ctx.outbox.drain() {
-            let Some(Some(slot)) = self.ctx.peers.get(id.0 as usize) else {
-                continue;
-            };
-            let mut adj_out = lock(&slot.adj_out);
-            for (prefix, attrs) in changes {
-                adj_out.set(prefix, attrs);
+        let ctx = &mut self.ctx;
+        ctx.memo.clear();
+        let mut out = lock(&ctx.out);
+        out.collect();
+        let mut candidates: HashSet<PeerId> = ctx.wake.drain().collect();
+        for (group, changes) in ctx.outbox.drain() {
+            for (prefix, attrs, exclusion) in changes {
+                out.apply(group, prefix, attrs, exclusion);
             }
-            if self.ctx.end_of_rib_after_flush.remove(&id) {
-                adj_out.queue_end_of_rib();
-            }
-            if adj_out.has_work() {
-                touched.push(id);
-            }
+            candidates.extend(out.members_of(group));
         }
+        for id in ctx.end_of_rib_after_flush.drain() {
+            out.queue_end_of_rib(id);
+            candidates.insert(id);
+        }
+        let mut touched: Vec<PeerId> = candidates
+            .into_iter()
+            .filter(|id| out.has_work(*id))
+            .collect();
+        touched.sort_unstable();
         touched
+    }
+
+    /// Number of update groups: sets of peers that share one Adj-RIB-Out.
+    pub fn update_groups(&self) -> usize {
+        lock(&self.ctx.out).group_count()
     }
 
     /// Whether [`Rib::take_events`] reports per-prefix changes (the default). A speaker with
@@ -631,7 +665,7 @@ impl Rib {
         PeerCounts {
             received: slot.received,
             filtered,
-            sent: lock(&slot.adj_out).sent_count(),
+            sent: lock(&self.ctx.out).sent(id),
             stale,
         }
     }
@@ -661,8 +695,8 @@ impl Rib {
         // The batch's export cache holds attribute sets too; it is only a cache.
         self.ctx.memo = HashMap::new();
         self.ctx.interner.compact();
+        lock(&self.ctx.out).shrink_if_sparse();
         for slot in self.ctx.peers.iter_mut().flatten() {
-            lock(&slot.adj_out).shrink_if_sparse();
             if is_sparse(slot.filtered.len(), slot.filtered.capacity()) {
                 slot.filtered.shrink_to_fit();
             }
@@ -744,21 +778,17 @@ impl Rib {
         }
     }
 
-    fn export_table_to(&mut self, id: PeerId) {
+    /// Fills a new update group with the whole table, as its member `representative` gets it.
+    fn fill_group(&mut self, group: GroupId, representative: PeerId) {
         for (prefix, paths) in self.table.iter() {
-            if let Some(best) = self.ctx.best_of(paths) {
-                let exported = self.ctx.export(prefix, best, id);
-                if let Some(attrs) = exported {
-                    self.ctx
-                        .outbox
-                        .entry(id)
-                        .or_default()
-                        .push((prefix, Some(attrs)));
-                }
+            if let Some(best) = self.ctx.best_of(paths)
+                && let Some((attrs, exclusion)) =
+                    self.ctx.export(prefix, best, group, representative)
+            {
+                let changes = self.ctx.outbox.entry(group).or_default();
+                changes.push((prefix, Some(attrs), exclusion));
             }
         }
-        self.ctx.outbox.entry(id).or_default();
-        self.ctx.end_of_rib_after_flush.insert(id);
     }
 
     /// Sets (or with `None` removes) one peer's path to a prefix, reselects the best path and
@@ -806,17 +836,6 @@ type BestKey = (PeerId, *const Attributes);
 /// What identifies the outcome of a selection: the best path, then the other paths equal to
 /// it, in order.
 type SelectionKey = (Option<BestKey>, SmallVec<[BestKey; 2]>);
-
-/// Where a prefix's best path came from before it changed.
-#[derive(Clone, Copy, Debug)]
-enum Previous {
-    /// Not known (every peer may have been sent a route).
-    Unknown,
-    /// The prefix had no path.
-    Nothing,
-    /// From this peer.
-    From(PeerId),
-}
 
 impl Ctx {
     fn slot(&self, id: PeerId) -> Option<&PeerSlot> {
@@ -931,11 +950,8 @@ impl Ctx {
         }
         let new = self.selection_key(paths);
         if new.0 != old.0 {
-            let previous = match old.0 {
-                Some((peer, _)) => Previous::From(peer),
-                None => Previous::Nothing,
-            };
-            self.best_changed(prefix, paths, previous);
+            let new = old.0.is_none();
+            self.best_changed(prefix, paths, new);
         } else if new.1 != old.1
             && self.record_routes
             && let Some(path) = self.best_with_multipath(paths)
@@ -994,11 +1010,10 @@ impl Ctx {
         decision::select_multipath(&candidates, self.config.max_paths)
     }
 
-    /// The best path to `prefix` changed: tell subscribers and queue it for every peer.
-    /// `previous` says where the best path before came from, so that a peer that cannot have
-    /// been sent a route (the prefix was new, or its best path was the peer's own) gets no
-    /// withdrawal queued: while a peer sends its table, that is every prefix.
-    fn best_changed(&mut self, prefix: IpNet, paths: &[Path], previous: Previous) {
+    /// The best path to `prefix` changed: tell subscribers and queue it for every update
+    /// group. `new`: the prefix had no best path before, so no group holds a route for it and
+    /// none needs a withdrawal queued (while a peer sends its table, that is every prefix).
+    fn best_changed(&mut self, prefix: IpNet, paths: &[Path], new: bool) {
         let best = self.best_of(paths);
         if self.record_routes {
             self.events.push(match self.best_with_multipath(paths) {
@@ -1006,58 +1021,97 @@ impl Ctx {
                 None => RouteEvent::Withdrawn { prefix },
             });
         }
-        for i in 0..self.up.len() {
-            let id = self.up[i];
-            let exported = best.and_then(|b| self.export(prefix, b, id));
-            let nothing_sent = match previous {
-                Previous::Unknown => false,
-                Previous::Nothing => true,
-                Previous::From(peer) => peer == id && id != LOCAL,
-            };
-            if exported.is_none() && nothing_sent {
+        for i in 0..self.targets.len() {
+            let (group, representative) = self.targets[i];
+            let exported = best.and_then(|b| self.export(prefix, b, group, representative));
+            if exported.is_none() && new {
                 continue;
             }
-            self.outbox.entry(id).or_default().push((prefix, exported));
+            let change = match exported {
+                Some((attrs, exclusion)) => (prefix, Some(attrs), exclusion),
+                None => (prefix, None, Exclusion::default()),
+            };
+            self.outbox.entry(group).or_default().push(change);
         }
     }
 
-    /// The route peer `to` gets for `prefix` whose best path is `best`.
-    fn export(&mut self, prefix: IpNet, best: &Path, to: PeerId) -> Option<Arc<Attributes>> {
-        if best.peer == to && to != LOCAL {
-            // Never back to where it came from (what `export::standard` says too, without
-            // a lookup per prefix).
-            return None;
-        }
+    /// The update group key of a peer with a session.
+    fn group_key(&self, id: PeerId) -> Option<GroupKey> {
+        let slot = self.slot(id)?;
+        let session = slot.session.as_ref()?;
+        let mut families = session.families.clone();
+        families.sort_unstable();
+        families.dedup();
+        let class = self
+            .policy
+            .export_class(&slot.peer_ref(self.config.local_as));
+        Some(GroupKey {
+            remote_as: slot.settings.remote_as,
+            session_as: slot.settings.session_as(self.config.local_as),
+            rr_client: slot.settings.rr_client,
+            next_hop_self: slot.settings.next_hop_self,
+            next_hop_keep: slot.settings.next_hop_keep,
+            families,
+            local_address: session.local_address,
+            policy: class.map_or(ExportClass::Own(id), ExportClass::Shared),
+        })
+    }
+
+    /// Takes the groups exports go to again, after a peer joined or left one.
+    fn groups_changed(&mut self) {
+        self.targets = lock(&self.out).representatives();
+    }
+
+    /// The route the members of update group `group` get for `prefix` whose best path is
+    /// `best`, as `representative` (one of them) gets it, and who among them must not.
+    fn export(
+        &mut self,
+        prefix: IpNet,
+        best: &Path,
+        group: GroupId,
+        representative: PeerId,
+    ) -> GroupRoute {
         let afi = family(&prefix);
-        let key = (Arc::as_ptr(&best.attrs) as usize, afi, best.peer, to);
-        let standard = match self.memo.get(&key) {
+        let key = (Arc::as_ptr(&best.attrs) as usize, afi, best.peer, group);
+        let (standard, exclusion) = match self.memo.get(&key) {
             Some((_, exported)) => exported.clone(),
             None => {
-                let exported = self.standard_export(best, afi, to);
-                let exported = exported.map(|a| self.interner.intern(a));
+                let exported = self.standard_export(best, afi, representative);
+                let exported = exported.map(|(attrs, originator)| {
+                    // Never back to where it came from, nor to its originator.
+                    let source = (best.peer != LOCAL).then_some(best.peer);
+                    (
+                        self.interner.intern(attrs),
+                        Exclusion { source, originator },
+                    )
+                });
                 self.memo
                     .insert(key, (best.attrs.clone(), exported.clone()));
                 exported
             }
         }?;
-        let slot = self.slot(to)?;
+        let slot = self.slot(representative)?;
         let peer = slot.peer_ref(self.config.local_as);
         let source = self.source(best.peer);
         match self.policy.export(&peer, prefix, &standard, &source) {
-            Verdict::Accept => Some(standard),
+            Verdict::Accept => Some((standard, exclusion)),
             Verdict::Reject | Verdict::Filter(_) => None,
-            Verdict::Modify(changed) => Some(self.interner.intern(changed)),
+            Verdict::Modify(changed) => Some((self.interner.intern(changed), exclusion)),
         }
     }
 
-    fn standard_export(&self, best: &Path, afi: Afi, to: PeerId) -> Option<Attributes> {
-        let to_slot = self.slot(to)?;
-        let session = to_slot.session.as_ref()?;
+    fn standard_export(
+        &self,
+        best: &Path,
+        afi: Afi,
+        to: PeerId,
+    ) -> Option<(Attributes, Option<Ipv4Addr>)> {
+        let key = self.group_key(to)?;
         let from = match self.slot(best.peer) {
             Some(slot) if best.peer != LOCAL => export::Src::Peer(slot),
             _ => export::Src::Local,
         };
-        export::standard(&self.config, from, to_slot, session, afi, &best.attrs)
+        export::standard(&self.config, from, &key, afi, &best.attrs)
     }
 }
 
@@ -1065,12 +1119,4 @@ impl Ctx {
 /// larger than a page or two and less than a quarter full.
 pub(crate) fn is_sparse(len: usize, capacity: usize) -> bool {
     capacity > 1024 && len < capacity / 4
-}
-
-fn lock(adj_out: &Mutex<AdjRibOut>) -> MutexGuard<'_, AdjRibOut> {
-    // A writer that panicked mid-update leaves a consistent map behind (updates are
-    // single inserts/removes), so a poisoned lock is still usable.
-    adj_out
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

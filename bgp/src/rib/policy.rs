@@ -76,10 +76,26 @@ pub trait Policy: Send + Sync {
         let _ = (peer, prefix, attrs, source);
         Verdict::Accept
     }
+
+    /// Which peers [`Policy::export`] treats alike. Peers of one class whose sessions the
+    /// BGP rules treat alike too (same AS, reflection client or not, next-hop handling,
+    /// families, our address) share one update group: the RIB asks `export` for one of them
+    /// and sends every member the answer, so `export` must then depend on nothing else of
+    /// the peer ([`PeerRef::address`] and [`PeerRef::router_id`] in particular). `None`, the
+    /// default: the peer's exports are its own, computed and stored for it alone. Asked when
+    /// the session comes up.
+    fn export_class(&self, peer: &PeerRef) -> Option<u64> {
+        let _ = peer;
+        None
+    }
 }
 
 /// The policy that accepts every route the BGP rules allow.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AcceptAll;
 
-impl Policy for AcceptAll {}
+impl Policy for AcceptAll {
+    fn export_class(&self, _peer: &PeerRef) -> Option<u64> {
+        Some(0)
+    }
+}

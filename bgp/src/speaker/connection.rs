@@ -6,8 +6,8 @@
 //! Reading is backpressured: a full event channel stops the reader, which stops TCP.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -98,7 +98,7 @@ impl Connection {
         id: ConnId,
         stream: TcpStream,
         events: mpsc::Sender<ConnEvent>,
-        adj_out: Arc<Mutex<AdjRibOut>>,
+        adj_out: AdjRibOut,
         notify: Arc<Notify>,
     ) -> std::io::Result<Self> {
         let local = stream.local_addr()?;
@@ -208,7 +208,7 @@ async fn read_loop(
 async fn write_loop(
     mut write: OwnedWriteHalf,
     mut commands: mpsc::UnboundedReceiver<WriterCmd>,
-    adj_out: Arc<Mutex<AdjRibOut>>,
+    adj_out: AdjRibOut,
     notify: Arc<Notify>,
 ) {
     let mut session: Option<(u64, Codec)> = None;
@@ -240,18 +240,13 @@ async fn write_loop(
             _ = notify.notified(), if session.is_some() => true,
         };
         if let (true, Some((epoch, codec))) = (drain, session) {
-            let batch = {
-                let mut adj = adj_out.lock().unwrap_or_else(|p| p.into_inner());
-                if adj.epoch() != epoch {
-                    continue;
-                }
-                let batch = adj.take_batch(BATCH_PREFIXES);
-                if adj.has_work() {
-                    // Come back for the rest after looking at the commands.
-                    notify.notify_one();
-                }
-                batch
+            let Some((batch, more)) = adj_out.take_for(epoch, BATCH_PREFIXES) else {
+                continue;
             };
+            if more {
+                // Come back for the rest after looking at the commands.
+                notify.notify_one();
+            }
             if batch.is_empty() {
                 continue;
             }

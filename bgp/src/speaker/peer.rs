@@ -61,7 +61,7 @@ pub(super) struct PeerTask {
     /// parsed in memory now that UPDATEs travel in batches.
     pub update_permits: Arc<Semaphore>,
     pub commands: mpsc::UnboundedReceiver<PeerCmd>,
-    pub adj_out: Arc<Mutex<AdjRibOut>>,
+    pub adj_out: AdjRibOut,
     pub notify: Arc<Notify>,
     pub live: Arc<Mutex<Live>>,
     /// Told when what [`Live`] holds changes (other than the time).
