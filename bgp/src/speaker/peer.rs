@@ -307,6 +307,25 @@ impl Runner {
 
     async fn incoming(&mut self, stream: TcpStream) {
         if let Some(hops) = ttl_security(&self.task.config, &self.task.speaker) {
+            // The socket's minimum TTL applies from here on; the handshake, and whatever the
+            // peer sent before this, were let in by the listener. The SYN's TTL says whether
+            // the connection came from within the hops allowed.
+            match socket::syn_hops(SockRef::from(&stream)) {
+                Ok(Some(arrived)) if socket::gtsm_admits(arrived, hops) => {}
+                Ok(arrived) => {
+                    tracing::warn!(
+                        peer = %self.task.config.address,
+                        ttl = ?arrived,
+                        hops,
+                        "connection refused by TTL security: its SYN came from farther than the hops allowed"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read an accepted connection's SYN for TTL security");
+                    return;
+                }
+            }
             let ipv6 = self.task.config.address.is_ipv6();
             if let Err(error) = socket::set_ttl_security(SockRef::from(&stream), ipv6, hops) {
                 tracing::warn!(%error, "cannot set TTL security on an accepted connection");
