@@ -3,8 +3,9 @@
 //! (`--ttl-security 1`) peers with a neighbour that sends with TTL 255 and refuses one whose
 //! packets arrive with less (as a neighbour beyond one hop's would), while the node's other
 //! session carries on. A local AS per peer (2- and 4-octet) is the AS a BIRD and an FRR
-//! ToR hear, with routes still taken from them; a keepalive time of its own is the rate FRR
-//! counts; and GTSM holds against FRR as against BIRD.
+//! ToR hear, with routes still taken from them, over sessions from a second address of the
+//! node's (`--source-address`); a keepalive time of its own is the rate FRR counts; and GTSM
+//! holds against FRR as against BIRD, also for connections the router opens.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -96,6 +97,8 @@ fn hold_time_is_negotiated_and_gtsm_refuses_what_did_not_arrive_with_ttl_255() {
 }
 
 const FRR_IP: &str = "10.77.0.251";
+/// The node's second address, which its sessions with BIRD and FRR start from.
+const SOURCE_IP: &str = "10.77.0.200";
 const FRR_PLAIN_IP: &str = "10.77.0.250";
 
 /// The AS path of the route a router holds for `prefix`, if it holds one.
@@ -133,21 +136,38 @@ fn local_as_keepalive_time_and_gtsm_against_bird_and_frr() {
     }
     let mut c = Cluster::new("ag-las", 1);
     let node_ip: IpAddr = c.node(0).ip.parse().unwrap();
-    // Each router expects the node in the AS the node speaks on that session.
-    let router = |ip: &str, asn: u32, node_as: u32| {
-        let peer = Peer::new(node_ip, node_as, ip.parse().unwrap()).hold_time(9);
+    // BIRD and FRR know the node by a second address of its, the sessions' source address.
+    let source: IpAddr = SOURCE_IP.parse().unwrap();
+    c.node(0)
+        .ns
+        .ip(&["addr", "add", &format!("{SOURCE_IP}/24"), "dev", "eth0"])
+        .unwrap();
+    // Each router expects the node in the AS the node speaks on that session, and waits for
+    // the node to connect (so the source address is the node's choice, not the listener's).
+    let router = |ip: &str, asn: u32, node: IpAddr, node_as: u32| {
+        let peer = Peer::new(node, node_as, ip.parse().unwrap())
+            .hold_time(9)
+            .passive();
         Config::new(ip.parse::<Ipv4Addr>().unwrap(), asn).peer(peer)
     };
     let bird_ns = c.attach_router("ag-las-bird", NEAR_IP);
     let frr_ns = c.attach_router("ag-las-frr", FRR_IP);
     let plain_ns = c.attach_router("ag-las-plain", FRR_PLAIN_IP);
-    let mut bird = Bird::start(&bird_ns, router(NEAR_IP, TOR_AS, 65001)).unwrap();
-    let mut frr_config = router(FRR_IP, 65002, 4_200_000_001);
+    let mut bird = Bird::start(&bird_ns, router(NEAR_IP, TOR_AS, source, 65001)).unwrap();
+    let mut frr_config = router(FRR_IP, 65002, source, 4_200_000_001);
     frr_config.peers[0].ttl_security = true;
     let frr = Frr::start(&frr_ns, frr_config).unwrap();
     // FRR sends eBGP with TTL 1 unless told otherwise: what a router beyond the link sends.
-    let plain = Frr::start(&plain_ns, router(FRR_PLAIN_IP, 65003, 64512)).unwrap();
-    c.add_peer("bird", NEAR_IP, TOR_AS, &["--local-as", "65001"]);
+    // It also connects itself: the node must refuse what arrives from it, too.
+    let mut plain_config = router(FRR_PLAIN_IP, 65003, node_ip, 64512);
+    plain_config.peers[0].passive = false;
+    let plain = Frr::start(&plain_ns, plain_config).unwrap();
+    c.add_peer(
+        "bird",
+        NEAR_IP,
+        TOR_AS,
+        &["--local-as", "65001", "--source-address", SOURCE_IP],
+    );
     c.add_peer(
         "frr",
         FRR_IP,
@@ -161,6 +181,8 @@ fn local_as_keepalive_time_and_gtsm_against_bird_and_frr() {
             "1",
             "--ttl-security",
             "1",
+            "--source-address",
+            SOURCE_IP,
         ],
     );
     c.add_peer("plain", FRR_PLAIN_IP, 65003, &["--ttl-security", "1"]);
@@ -191,7 +213,7 @@ fn local_as_keepalive_time_and_gtsm_against_bird_and_frr() {
     // The node's own keepalive time (1 s) rather than a third of the hold time (3 s): FRR
     // counts at least 5 in 6 s (a third of the hold time would make it 2). Meanwhile the
     // router sending with TTL 1 never gets a session past the node's GTSM.
-    let before = frr_keepalives_received(&frr, &node.ip);
+    let before = frr_keepalives_received(&frr, SOURCE_IP);
     let since = Instant::now();
     while since.elapsed() < Duration::from_secs(6) {
         assert_ne!(state(node, FRR_PLAIN_IP), "Established");
@@ -201,7 +223,7 @@ fn local_as_keepalive_time_and_gtsm_against_bird_and_frr() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    let keepalives = frr_keepalives_received(&frr, &node.ip) - before;
+    let keepalives = frr_keepalives_received(&frr, SOURCE_IP) - before;
     // Not even for a moment: the node took no OPEN from the router's connections, whose
     // handshake and first segments arrived with TTL 1 before the accepted socket's minimum
     // TTL could apply (FRR counts every session it ever established).
