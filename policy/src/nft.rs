@@ -6,12 +6,15 @@
 //! table inet wren_policy {
 //!     map egress_chains { type ifname : verdict; elements = { "wren…" : jump egress_wren… } }
 //!     map ingress_chains { type ifname : verdict; elements = { "wren…" : jump ingress_wren… } }
+//!     set isolated { type ifname; elements = { "wren…", … } }   # both maps' interfaces
 //!     set a5c1f… { type ipv4_addr; flags interval; elements = { 10.65.1.4, 10.65.2.0/31 } }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
 //!         tcp flags fin,rst ct mark set ct mark and 0x0000ffff   # teardown: the stack's
 //!         ct state related accept              # ICMP errors of tracked connections
 //!         ct direction reply accept            # replies of connections let through
+//!         iifname @isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+//!             counter … reject with tcp reset   # picked up mid-stream (and oifname)
 //!         iifname vmap @egress_chains          # from an isolated pod
 //!         oifname vmap @ingress_chains         # to an isolated pod
 //!         tcp flags & (fin | rst) == 0 ct mark set ct mark and 0x0000ffff or 0x00170000  # epoch
@@ -51,6 +54,13 @@
 //!   counts, retransmitted SYNs too). Named counters belong to the table, not to a chain,
 //!   so a delta that refills a chain keeps them; a packet an isolating policy set drops
 //!   counts for every policy isolating the pod in that direction.
+//! - conntrack picks a TCP connection up from any packet (`nf_conntrack_tcp_loose`), and
+//!   the first packet it sees sets the connection's direction. For an isolated pod that
+//!   cannot be trusted: a connection the fast path carried before the pod was isolated
+//!   (conntrack never saw it), picked up from the receiver's packet, would let the
+//!   sender's packets through as replies. Such a packet (new to conntrack, not a SYN) is
+//!   answered with a TCP reset and counted as denied; each end is reset at its next
+//!   packet, and a reconnect is judged from its SYN like any connection.
 //! - The table is the only thing wren writes, and an `accept` in it does not override
 //!   another table's drop: a host firewall keeps its say.
 //! - With a [`ConnectionMark`], a TCP packet that got through every rule stamps the
@@ -59,7 +69,7 @@
 //!   stamped with the epoch it was told, so every change of the table (a new epoch, in
 //!   the same transaction) sends each connection's next packet through the new rules once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -78,6 +88,8 @@ const COMMENT_MAX: usize = 127;
 const EGRESS_MAP: &str = "egress_chains";
 /// The map from a pod's interface to its ingress chain.
 const INGRESS_MAP: &str = "ingress_chains";
+/// The set of the interfaces of every isolated pod, in either direction.
+const ISOLATED_SET: &str = "isolated";
 
 /// A node's plan as nftables objects with stable names: what a script loads and what a
 /// delta compares.
@@ -152,6 +164,16 @@ impl NodePlan {
     /// The plan as nftables objects.
     pub fn nft_rules(&self) -> NftRules {
         let mut rules = NftRules::default();
+        // The node's counters, which the forward chain's resets count in too.
+        for (name, connections) in [(DENIED_PACKETS, false), (DENIED_CONNECTIONS, true)] {
+            rules.counters.insert(
+                name.to_owned(),
+                DeniedCounter {
+                    policy: None,
+                    connections,
+                },
+            );
+        }
         // The address part of a rule, by its shared peers (the plan shares one value among
         // every pod a policy rule is compiled for): each set is formatted and hashed once.
         let mut addresses = AddressParts::new();
@@ -210,6 +232,12 @@ impl NftRules {
             }
             s.push_str("}\n");
         }
+        let _ = write!(s, "\tset {ISOLATED_SET} {{ type ifname; ");
+        let isolated = self.isolated_interfaces();
+        if !isolated.is_empty() {
+            let _ = write!(s, "elements = {{ {} }} ", quoted(isolated).join(", "));
+        }
+        s.push_str("}\n");
         for (name, (kind, elements)) in &self.sets {
             let _ = writeln!(
                 s,
@@ -249,6 +277,17 @@ impl NftRules {
         }
         lines.push("ct state related accept".to_owned());
         lines.push("ct direction reply accept".to_owned());
+        // A TCP connection conntrack first meets mid-stream (one the fast path carried before
+        // its pod was isolated, or whose entry is gone) has no known direction: picked up from
+        // the receiver's packet, the sender's would pass as replies. Both ends are reset
+        // instead, each at its next packet, and a reconnect is judged from its SYN.
+        for side in ["iifname", "oifname"] {
+            lines.push(format!(
+                "{side} @{ISOLATED_SET} ct state new tcp flags & (fin | syn | rst | ack) != syn \
+                 counter name \"{DENIED_PACKETS}\" counter name \"{DENIED_CONNECTIONS}\" \
+                 reject with tcp reset"
+            ));
+        }
         lines.push(format!("iifname vmap @{EGRESS_MAP}"));
         lines.push(format!("oifname vmap @{INGRESS_MAP}"));
         if let (Some(keep), Some(mark)) = (&keep, self.connection_mark) {
@@ -258,6 +297,15 @@ impl NftRules {
             ));
         }
         lines
+    }
+
+    /// The interfaces of the pods isolated in either direction.
+    fn isolated_interfaces(&self) -> BTreeSet<&str> {
+        self.egress
+            .keys()
+            .chain(self.ingress.keys())
+            .map(String::as_str)
+            .collect()
     }
 
     /// An `nft -f` script that turns `inet <table>`, loaded with `previous`, into these
@@ -295,11 +343,12 @@ impl NftRules {
             (EGRESS_MAP, &self.egress, &previous.egress),
             (INGRESS_MAP, &self.ingress, &previous.ingress),
         ] {
-            let gone: Vec<String> = before
-                .iter()
-                .filter(|(interface, chain)| now.get(*interface) != Some(*chain))
-                .map(|(interface, _)| format!("\"{interface}\""))
-                .collect();
+            let gone = quoted(
+                before
+                    .iter()
+                    .filter(|(interface, chain)| now.get(*interface) != Some(*chain))
+                    .map(|(interface, _)| interface.as_str()),
+            );
             if !gone.is_empty() {
                 let _ = writeln!(
                     s,
@@ -319,6 +368,23 @@ impl NftRules {
                     map_elements(&new).join(", ")
                 );
             }
+        }
+        let (now, before) = (self.isolated_interfaces(), previous.isolated_interfaces());
+        let new: Vec<&str> = now.difference(&before).copied().collect();
+        if !new.is_empty() {
+            let _ = writeln!(
+                s,
+                "add element inet {table} {ISOLATED_SET} {{ {} }}",
+                quoted(new).join(", ")
+            );
+        }
+        let gone: Vec<&str> = before.difference(&now).copied().collect();
+        if !gone.is_empty() {
+            let _ = writeln!(
+                s,
+                "delete element inet {table} {ISOLATED_SET} {{ {} }}",
+                quoted(gone).join(", ")
+            );
         }
         // Then removals, once nothing refers to them any more.
         for name in previous.chains.keys() {
@@ -345,6 +411,11 @@ impl NftRules {
         }
         s
     }
+}
+
+/// Interface names as nft strings.
+fn quoted<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    names.into_iter().map(|n| format!("\"{n}\"")).collect()
 }
 
 fn map_elements(entries: &BTreeMap<String, String>) -> Vec<String> {
@@ -426,15 +497,6 @@ fn render_direction(
         }
     }
     let isolated_by: Vec<String> = plan.isolated_by.iter().map(ToString::to_string).collect();
-    for (name, connections) in [(DENIED_PACKETS, false), (DENIED_CONNECTIONS, true)] {
-        rules
-            .counters
-            .entry(name.to_owned())
-            .or_insert(DeniedCounter {
-                policy: None,
-                connections,
-            });
-    }
     let (mut packets, mut connections) = (
         format!("counter name \"{DENIED_PACKETS}\""),
         format!("ct state new counter name \"{DENIED_CONNECTIONS}\""),
@@ -655,6 +717,12 @@ mod tests {
                 "tcp flags & (fin | rst) != 0 ct mark set ct mark and 0xff00ffff",
                 "ct state related accept",
                 "ct direction reply accept",
+                "iifname @isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+                 counter name \"denied_packets\" counter name \"denied_connections\" \
+                 reject with tcp reset",
+                "oifname @isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+                 counter name \"denied_packets\" counter name \"denied_connections\" \
+                 reject with tcp reset",
                 "iifname vmap @egress_chains",
                 "oifname vmap @ingress_chains",
                 "tcp flags & (fin | rst) == 0 ct mark set ct mark and 0xff00ffff or 0x00170000",
@@ -666,14 +734,14 @@ mod tests {
         let delta = next.delta_script(&rules, TABLE);
         let lines: Vec<&str> = delta.lines().collect();
         assert_eq!(lines[0], "flush chain inet wren_policy forward");
-        assert_eq!(lines.len(), 7, "{delta}");
+        assert_eq!(lines.len(), 9, "{delta}");
         assert!(
             lines
                 .iter()
                 .skip(1)
                 .all(|l| l.starts_with("add rule inet wren_policy forward "))
         );
-        assert!(lines[6].ends_with("or 0x00180000"), "{delta}");
+        assert!(lines[8].ends_with("or 0x00180000"), "{delta}");
         // A changed chain and the new epoch go in one transaction, the epoch last.
         let mut changed = cluster(&FROM_B.replace("pod: b}}}]", "pod: a}}}]"))
             .plan_node("n1")
@@ -685,6 +753,55 @@ mod tests {
         // Without a mark nothing is stamped.
         let plain = cluster(FROM_B).plan_node("n1").nft_rules();
         assert!(!plain.script(TABLE).contains("ct mark"));
+    }
+
+    #[test]
+    fn mid_stream_pickups_of_isolated_pods_are_reset_and_the_set_follows_the_maps() {
+        let one = cluster(FROM_B).plan_node("n1").nft_rules();
+        let script = one.script(TABLE);
+        assert!(
+            script.contains("\tset isolated { type ifname; elements = { \"wren-a\" } }"),
+            "{script}"
+        );
+        let resets: Vec<&str> = script
+            .lines()
+            .filter(|l| l.contains("reject with tcp reset"))
+            .collect();
+        assert_eq!(resets.len(), 2, "{script}");
+        assert!(
+            resets[0]
+                .trim()
+                .starts_with("iifname @isolated ct state new")
+        );
+        assert!(
+            resets[1]
+                .trim()
+                .starts_with("oifname @isolated ct state new")
+        );
+        // Without a mark too: a connection conntrack meets mid-stream is never judged
+        // from its receiver's side.
+        assert!(one.connection_mark.is_none());
+        // A second isolated pod joins the set, and leaves it again.
+        let both = cluster(&FROM_B.replace("matchLabels: {pod: a}", ""))
+            .plan_node("n1")
+            .nft_rules();
+        assert_eq!(both.ingress.len(), 2);
+        let grow = both.delta_script(&one, TABLE);
+        assert!(
+            grow.contains("add element inet wren_policy isolated { \"wren-b\" }"),
+            "{grow}"
+        );
+        let shrink = one.delta_script(&both, TABLE);
+        assert!(
+            shrink.contains("delete element inet wren_policy isolated { \"wren-b\" }"),
+            "{shrink}"
+        );
+        // Nothing isolated, nothing in the set.
+        assert!(
+            NftRules::default()
+                .script(TABLE)
+                .contains("\tset isolated { type ifname; }")
+        );
     }
 
     #[test]

@@ -174,6 +174,10 @@ pub struct LabSpec {
     /// namespace; node `i`'s agent talks to proxy `i mod N`. 0: agents talk to etcd itself.
     #[serde(default)]
     pub etcd_proxies: usize,
+    /// The agents' reconcile interval (`--reconcile-interval`, whole seconds); `None`: the
+    /// agent's default.
+    #[serde(default)]
+    pub reconcile_interval: Option<Duration>,
 }
 
 /// The most nodes a lab holds: one /24 fabric subnet, addresses from .11.
@@ -205,6 +209,7 @@ impl LabSpec {
             fast_path: true,
             route_reflectors: 0,
             etcd_proxies: 0,
+            reconcile_interval: None,
         }
     }
 }
@@ -575,6 +580,18 @@ impl Lab {
             ])
             .args(self.state.agent_etcd_flags(self.node_index(name)?))
             .args(reflector_flags)
+            .args(
+                self.state
+                    .spec
+                    .reconcile_interval
+                    .iter()
+                    .flat_map(|interval| {
+                        [
+                            "--reconcile-interval".to_owned(),
+                            format!("{}s", interval.as_secs().max(1)),
+                        ]
+                    }),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
