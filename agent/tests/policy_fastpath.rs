@@ -4,8 +4,9 @@
 //! takes the allowance away stops the open connection at its next packet, and allowing it
 //! again lets a new connection through, carried again. Connections the fast path carried
 //! before their pod was first isolated (conntrack never saw them) are reset at their next
-//! packet, and an allowed one reconnects and is carried past conntrack's established
-//! timeout.
+//! packet when it comes from the isolated server, judged as the client's when it comes from
+//! the client (the denied one reset, the allowed one going on), and an allowed client
+//! reconnects and is carried past conntrack's established timeout.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
@@ -14,10 +15,14 @@ use std::time::{Duration, Instant};
 use wren_tests::lab::{self, FastPathReport, Lab, LabSpec};
 use wren_tests::netns::command_in;
 
+/// The sink's port.
 const PORT: &str = "7070";
+/// The port of a second sink, one that never speaks first.
+const QUIET_PORT: &str = "7071";
 
-/// Takes every connection on port 7070 and answers one byte `k` per MiB received; with
-/// the argument `tick`, also sends a byte `t` on every connection every 200 ms.
+/// Takes every connection on port argv[1] and answers one byte `k` per MiB received;
+/// with the argument `tick` after it, also sends a byte `t` on every connection every
+/// 200 ms.
 const SINK: &str = r#"
 import socket, sys, threading, time
 def tick(c):
@@ -28,7 +33,7 @@ def tick(c):
     except OSError:
         pass
 def serve(c):
-    if sys.argv[1:] == ["tick"]:
+    if sys.argv[2:] == ["tick"]:
         threading.Thread(target=tick, args=(c,), daemon=True).start()
     got = 0
     try:
@@ -45,7 +50,7 @@ def serve(c):
     c.close()
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 7070))
+s.bind(("0.0.0.0", int(sys.argv[1])))
 s.listen(16)
 print("up", flush=True)
 while True:
@@ -53,12 +58,12 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// Connects to argv[1]:7070; for every line N on stdin sends N MiB and waits for the N
+/// Connects to argv[1]:argv[2]; for every line N on stdin sends N MiB and waits for the N
 /// acknowledgements (bytes `k`), printing `ok`, or `stalled` and the error when 3 s pass
 /// without progress or the connection fails.
 const STREAMER: &str = r#"
 import socket, sys
-s = socket.create_connection((sys.argv[1], 7070), timeout=3)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
 s.settimeout(3)
 chunk = b"x" * 1048576
 print("connected", flush=True)
@@ -104,10 +109,15 @@ struct Stream {
 }
 
 impl Stream {
+    /// A connection to the sink on [`PORT`].
     fn open(netns: &str, server_ip: &str) -> Option<Self> {
+        Self::open_to(netns, server_ip, PORT)
+    }
+
+    fn open_to(netns: &str, server_ip: &str, port: &str) -> Option<Self> {
         let mut child = Guarded(
             command_in(netns, "python3")
-                .args(["-c", STREAMER, server_ip])
+                .args(["-c", STREAMER, server_ip, port])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -177,7 +187,7 @@ fn allowed_connections_ride_the_fast_path_until_a_change_denies_them() {
     let (lab, server, server_ip, clients) =
         server_and_clients(LabSpec::new("polfast", 2), &["client"]);
     let client = &clients[0];
-    let _sink = start_sink(&server, &[]);
+    let _sink = start_sink(&server, PORT, false);
     let dir = tempfile::tempdir().expect("temporary directory");
     let apply = |yaml: &str| apply_policy(&lab, dir.path(), yaml);
 
@@ -243,12 +253,12 @@ fn server_and_clients(mut spec: LabSpec, clients: &[&str]) -> (Lab, String, Stri
     (lab, server, server_ip.to_string(), clients)
 }
 
-/// The sink, listening in `pod`, with `args`.
-fn start_sink(pod: &str, args: &[&str]) -> Guarded {
+/// The sink, listening in `pod` on `port`, ticking when `tick`.
+fn start_sink(pod: &str, port: &str, tick: bool) -> Guarded {
     let mut sink = Guarded(
         command_in(pod, "python3")
-            .args(["-c", SINK])
-            .args(args)
+            .args(["-c", SINK, port])
+            .args(tick.then_some("tick"))
             .stdout(Stdio::piped())
             .spawn()
             .expect("sink"),
@@ -257,7 +267,7 @@ fn start_sink(pod: &str, args: &[&str]) -> Guarded {
     if let Some(out) = sink.0.stdout.take() {
         let _ = BufReader::new(out).read_line(&mut up);
     }
-    assert_eq!(up.trim(), "up", "the sink listens on {PORT}");
+    assert_eq!(up.trim(), "up", "the sink listens on {port}");
     sink
 }
 
@@ -280,7 +290,7 @@ fn metric(lab: &Lab, node: &str, name: &str) -> u64 {
 }
 
 #[test]
-fn connections_carried_before_the_first_isolation_are_reset_and_allowed_ones_reconnect() {
+fn connections_carried_before_the_first_isolation_are_reset_unless_judged_from_their_opener() {
     if !lab::require_lab(false) || !wren_tests::prereq::require_command("nft") {
         return;
     }
@@ -302,35 +312,52 @@ fn connections_carried_before_the_first_isolation_are_reset_and_allowed_ones_rec
         .status()
         .expect("sysctl runs");
     assert!(set.success(), "conntrack's established timeout set in n1");
-    // The server speaks too, so the first packet of a connection that n1's conntrack
-    // sees once the pod is isolated is likely the server's: picked up from it, the
-    // client's packets would be replies, past the ingress rules.
-    let _sink = start_sink(&server, &["tick"]);
+    // On PORT the server speaks too, so the first packet of a connection that n1's
+    // conntrack sees once the pod is isolated is the server's: picked up from it, the
+    // client's packets would be replies, past the ingress rules. On QUIET_PORT the
+    // clients speak first.
+    let _sink = start_sink(&server, PORT, true);
+    let _quiet = start_sink(&server, QUIET_PORT, false);
     let dir = tempfile::tempdir().expect("temporary directory");
 
-    // Before any policy: both connections are the fast path's, unseen by conntrack.
-    let mut denied = Stream::open(client, &server_ip).expect("the client connects");
-    let mut allowed = Stream::open(friend, &server_ip).expect("the friend connects");
-    assert!(denied.send(1) && allowed.send(1), "both carry data");
+    // Before any policy: every connection is the fast path's, unseen by conntrack.
+    let open = |pod: &str, port: &str| {
+        let mut stream = Stream::open_to(pod, &server_ip, port).expect("connected");
+        assert!(stream.send(1), "{pod} sends to {port} before any policy");
+        stream
+    };
+    let mut denied = open(client, PORT);
+    let mut allowed = open(friend, PORT);
+    let mut denied_quiet = open(client, QUIET_PORT);
+    let mut allowed_quiet = open(friend, QUIET_PORT);
     let resets_before = metric(&lab, "n1", "wren_policy_denied_connections_total");
 
     apply_policy(&lab, dir.path(), &allow_from("friend"));
     wait_new_connections(client, &server_ip, false);
-    // The denied connection stops at its next packet, reset.
-    let answer = denied.try_send(1);
+    // The server's packet came first: conntrack cannot tell who opened the connection, so
+    // both are reset at their next packet, the denied and the allowed one.
+    for (stream, which) in [(&mut denied, "denied"), (&mut allowed, "allowed")] {
+        let answer = stream.try_send(1);
+        assert!(
+            answer.contains("reset"),
+            "the {which} connection opened before the isolation, met from the server's \
+             side, is reset: {answer}"
+        );
+    }
+    // The client's packet came first: judged by the ingress rules as the opener's. The
+    // denied connection is reset, the allowed one goes on.
+    let answer = denied_quiet.try_send(1);
     assert!(
         answer.contains("reset"),
-        "the connection opened before the isolation is reset: {answer}"
+        "the denied connection met from the client's side is reset: {answer}"
     );
-    // So is the allowed one: conntrack never saw it open, so nothing tells which end
-    // opened it; its client reconnects, is judged from its SYN, and is carried.
-    let answer = allowed.try_send(1);
-    assert!(
-        answer.contains("reset"),
-        "the first isolation resets the connections carried before it: {answer}"
+    assert_eq!(
+        allowed_quiet.try_send(1),
+        "ok",
+        "the allowed connection met from the client's side goes on"
     );
     let resets = metric(&lab, "n1", "wren_policy_denied_connections_total") - resets_before;
-    assert!(resets >= 2, "the resets are counted as denied: {resets}");
+    assert!(resets >= 3, "the resets are counted as denied: {resets}");
     wait_new_connections(friend, &server_ip, true);
     let mut allowed = Stream::open(friend, &server_ip).expect("the friend reconnects");
 

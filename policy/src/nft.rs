@@ -6,15 +6,16 @@
 //! table inet wren_policy {
 //!     map egress_chains { type ifname : verdict; elements = { "wren…" : jump egress_wren… } }
 //!     map ingress_chains { type ifname : verdict; elements = { "wren…" : jump ingress_wren… } }
-//!     set isolated { type ifname; elements = { "wren…", … } }   # both maps' interfaces
+//!     set ingress_isolated { type ifname; elements = { "wren…" } }   # the maps' keys
+//!     set egress_isolated { type ifname; }
 //!     set a5c1f… { type ipv4_addr; flags interval; elements = { 10.65.1.4, 10.65.2.0/31 } }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
 //!         tcp flags fin,rst ct mark set ct mark and 0x0000ffff   # teardown: the stack's
 //!         ct state related accept              # ICMP errors of tracked connections
 //!         ct direction reply accept            # replies of connections let through
-//!         iifname @isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
-//!             counter … reject with tcp reset   # picked up mid-stream (and oifname)
+//!         iifname @ingress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+//!             counter … reject with tcp reset   # met mid-stream (and oifname @egress_…)
 //!         iifname vmap @egress_chains          # from an isolated pod
 //!         oifname vmap @ingress_chains         # to an isolated pod
 //!         tcp flags & (fin | rst) == 0 ct mark set ct mark and 0x0000ffff or 0x00170000  # epoch
@@ -24,6 +25,8 @@
 //!     chain ingress_wren… {
 //!         ip saddr @a5c1f… tcp dport { 80, 8000-8080 } return comment "y/web spec.ingress[0]"
 //!         counter name "denied_packets" counter name "p9e07…"
+//!         ct state new tcp flags & (fin | syn | rst | ack) != syn \
+//!             counter name "denied_connections" counter name "c9e07…" reject with tcp reset
 //!         ct state new counter name "denied_connections" counter name "c9e07…" drop
 //!         counter drop comment "y/b: isolated for ingress by y/web"
 //!     }
@@ -56,11 +59,14 @@
 //!   counts for every policy isolating the pod in that direction.
 //! - conntrack picks a TCP connection up from any packet (`nf_conntrack_tcp_loose`), and
 //!   the first packet it sees sets the connection's direction. For an isolated pod that
-//!   cannot be trusted: a connection the fast path carried before the pod was isolated
-//!   (conntrack never saw it), picked up from the receiver's packet, would let the
-//!   sender's packets through as replies. Such a packet (new to conntrack, not a SYN) is
-//!   answered with a TCP reset and counted as denied; each end is reset at its next
-//!   packet, and a reconnect is judged from its SYN like any connection.
+//!   cannot be trusted blindly: a connection the fast path carried before the pod was
+//!   isolated (conntrack never saw it), picked up from the receiver's packet, would let
+//!   the sender's packets through as replies. Such a packet (new to conntrack, not a SYN)
+//!   from a pod isolated for ingress, or to one isolated for egress, is answered with a
+//!   TCP reset and counted as denied; each end is reset at its next packet, and a
+//!   reconnect is judged from its SYN like any connection. One to a pod isolated for
+//!   ingress (from one isolated for egress) goes through the pod's chain like any packet
+//!   of that direction: allowed, the connection goes on; denied, it is reset there too.
 //! - The table is the only thing wren writes, and an `accept` in it does not override
 //!   another table's drop: a host firewall keeps its say.
 //! - With a [`ConnectionMark`], a TCP packet that got through every rule stamps the
@@ -69,7 +75,7 @@
 //!   stamped with the epoch it was told, so every change of the table (a new epoch, in
 //!   the same transaction) sends each connection's next packet through the new rules once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -88,8 +94,12 @@ const COMMENT_MAX: usize = 127;
 const EGRESS_MAP: &str = "egress_chains";
 /// The map from a pod's interface to its ingress chain.
 const INGRESS_MAP: &str = "ingress_chains";
-/// The set of the interfaces of every isolated pod, in either direction.
-const ISOLATED_SET: &str = "isolated";
+/// The set of the interfaces of the pods isolated for ingress.
+const INGRESS_ISOLATED_SET: &str = "ingress_isolated";
+/// The set of the interfaces of the pods isolated for egress.
+const EGRESS_ISOLATED_SET: &str = "egress_isolated";
+/// A TCP packet conntrack meets mid-stream: new to it, and not a SYN.
+const MID_STREAM: &str = "ct state new tcp flags & (fin | syn | rst | ack) != syn";
 
 /// A node's plan as nftables objects with stable names: what a script loads and what a
 /// delta compares.
@@ -232,12 +242,14 @@ impl NftRules {
             }
             s.push_str("}\n");
         }
-        let _ = write!(s, "\tset {ISOLATED_SET} {{ type ifname; ");
-        let isolated = self.isolated_interfaces();
-        if !isolated.is_empty() {
-            let _ = write!(s, "elements = {{ {} }} ", quoted(isolated).join(", "));
+        for (name, map) in self.isolated_sets() {
+            let _ = write!(s, "\tset {name} {{ type ifname; ");
+            if !map.is_empty() {
+                let elements = quoted(map.keys().map(String::as_str));
+                let _ = write!(s, "elements = {{ {} }} ", elements.join(", "));
+            }
+            s.push_str("}\n");
         }
-        s.push_str("}\n");
         for (name, (kind, elements)) in &self.sets {
             let _ = writeln!(
                 s,
@@ -278,14 +290,18 @@ impl NftRules {
         lines.push("ct state related accept".to_owned());
         lines.push("ct direction reply accept".to_owned());
         // A TCP connection conntrack first meets mid-stream (one the fast path carried before
-        // its pod was isolated, or whose entry is gone) has no known direction: picked up from
-        // the receiver's packet, the sender's would pass as replies. Both ends are reset
-        // instead, each at its next packet, and a reconnect is judged from its SYN.
-        for side in ["iifname", "oifname"] {
+        // its pod was isolated, or whose entry is gone) is taken to be opened by that packet's
+        // sender. Where that would make an isolated direction the replies (a packet from a
+        // pod isolated for ingress, to one isolated for egress), the rules could never judge
+        // it: both ends are reset instead, each at its next packet, and a reconnect is judged
+        // from its SYN. The other way round, the pod's chain judges the packet (below).
+        for (side, set) in [
+            ("iifname", INGRESS_ISOLATED_SET),
+            ("oifname", EGRESS_ISOLATED_SET),
+        ] {
             lines.push(format!(
-                "{side} @{ISOLATED_SET} ct state new tcp flags & (fin | syn | rst | ack) != syn \
-                 counter name \"{DENIED_PACKETS}\" counter name \"{DENIED_CONNECTIONS}\" \
-                 reject with tcp reset"
+                "{side} @{set} {MID_STREAM} counter name \"{DENIED_PACKETS}\" \
+                 counter name \"{DENIED_CONNECTIONS}\" reject with tcp reset"
             ));
         }
         lines.push(format!("iifname vmap @{EGRESS_MAP}"));
@@ -299,13 +315,12 @@ impl NftRules {
         lines
     }
 
-    /// The interfaces of the pods isolated in either direction.
-    fn isolated_interfaces(&self) -> BTreeSet<&str> {
-        self.egress
-            .keys()
-            .chain(self.ingress.keys())
-            .map(String::as_str)
-            .collect()
+    /// The sets of isolated pods' interfaces, each with the map whose keys it holds.
+    fn isolated_sets(&self) -> [(&'static str, &BTreeMap<String, String>); 2] {
+        [
+            (INGRESS_ISOLATED_SET, &self.ingress),
+            (EGRESS_ISOLATED_SET, &self.egress),
+        ]
     }
 
     /// An `nft -f` script that turns `inet <table>`, loaded with `previous`, into these
@@ -369,22 +384,31 @@ impl NftRules {
                 );
             }
         }
-        let (now, before) = (self.isolated_interfaces(), previous.isolated_interfaces());
-        let new: Vec<&str> = now.difference(&before).copied().collect();
-        if !new.is_empty() {
-            let _ = writeln!(
-                s,
-                "add element inet {table} {ISOLATED_SET} {{ {} }}",
-                quoted(new).join(", ")
+        for ((set, now), (_, before)) in self
+            .isolated_sets()
+            .into_iter()
+            .zip(previous.isolated_sets())
+        {
+            let added = quoted(
+                now.keys()
+                    .filter(|i| !before.contains_key(*i))
+                    .map(String::as_str),
             );
-        }
-        let gone: Vec<&str> = before.difference(&now).copied().collect();
-        if !gone.is_empty() {
-            let _ = writeln!(
-                s,
-                "delete element inet {table} {ISOLATED_SET} {{ {} }}",
-                quoted(gone).join(", ")
+            let removed = quoted(
+                before
+                    .keys()
+                    .filter(|i| !now.contains_key(*i))
+                    .map(String::as_str),
             );
+            for (verb, names) in [("add", added), ("delete", removed)] {
+                if !names.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "{verb} element inet {table} {set} {{ {} }}",
+                        names.join(", ")
+                    );
+                }
+            }
         }
         // Then removals, once nothing refers to them any more.
         for name in previous.chains.keys() {
@@ -499,7 +523,7 @@ fn render_direction(
     let isolated_by: Vec<String> = plan.isolated_by.iter().map(ToString::to_string).collect();
     let (mut packets, mut connections) = (
         format!("counter name \"{DENIED_PACKETS}\""),
-        format!("ct state new counter name \"{DENIED_CONNECTIONS}\""),
+        format!("counter name \"{DENIED_CONNECTIONS}\""),
     );
     for policy in &isolated_by {
         let (p, c) = policy_counters(rules, policy);
@@ -507,7 +531,9 @@ fn render_direction(
         let _ = write!(connections, " counter name \"{c}\"");
     }
     lines.push(packets);
-    lines.push(format!("{connections} drop"));
+    // A connection met mid-stream that the rules deny is ended rather than left to stall.
+    lines.push(format!("{MID_STREAM} {connections} reject with tcp reset"));
+    lines.push(format!("ct state new {connections} drop"));
     lines.push(format!(
         "counter drop comment {}",
         comment(&format!(
@@ -649,7 +675,7 @@ mod tests {
             Some("ingress_wren_a")
         );
         let chain = &rules.chains["ingress_wren_a"];
-        assert_eq!(chain.len(), 4, "{chain:?}");
+        assert_eq!(chain.len(), 5, "{chain:?}");
         assert!(
             chain[0].starts_with("ip saddr @a")
                 && chain[0].ends_with("return comment \"x/p spec.ingress[0]\"")
@@ -657,12 +683,17 @@ mod tests {
         // What reaches the end is counted for the node and the isolating policy, packets
         // and new connections, then dropped.
         assert!(chain[1].starts_with("counter name \"denied_packets\" counter name \"p"));
+        // A denied connection met mid-stream is reset, any other new one dropped.
+        assert!(chain[2].starts_with(&format!(
+            "{MID_STREAM} counter name \"denied_connections\" counter name \"c"
+        )));
+        assert!(chain[2].ends_with(" reject with tcp reset"));
         assert!(
-            chain[2]
+            chain[3]
                 .starts_with("ct state new counter name \"denied_connections\" counter name \"c")
         );
-        assert!(chain[2].ends_with(" drop"));
-        assert!(chain[3].starts_with("counter drop"));
+        assert!(chain[3].ends_with(" drop"));
+        assert!(chain[4].starts_with("counter drop"));
         let policies: Vec<Option<&str>> = rules
             .counters
             .values()
@@ -717,10 +748,10 @@ mod tests {
                 "tcp flags & (fin | rst) != 0 ct mark set ct mark and 0xff00ffff",
                 "ct state related accept",
                 "ct direction reply accept",
-                "iifname @isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+                "iifname @ingress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
                  counter name \"denied_packets\" counter name \"denied_connections\" \
                  reject with tcp reset",
-                "oifname @isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+                "oifname @egress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
                  counter name \"denied_packets\" counter name \"denied_connections\" \
                  reject with tcp reset",
                 "iifname vmap @egress_chains",
@@ -756,28 +787,28 @@ mod tests {
     }
 
     #[test]
-    fn mid_stream_pickups_of_isolated_pods_are_reset_and_the_set_follows_the_maps() {
+    fn mid_stream_pickups_of_isolated_pods_are_reset_and_the_sets_follow_the_maps() {
         let one = cluster(FROM_B).plan_node("n1").nft_rules();
         let script = one.script(TABLE);
         assert!(
-            script.contains("\tset isolated { type ifname; elements = { \"wren-a\" } }"),
+            script.contains("\tset ingress_isolated { type ifname; elements = { \"wren-a\" } }"),
             "{script}"
         );
+        assert!(
+            script.contains("\tset egress_isolated { type ifname; }"),
+            "{script}"
+        );
+        // In the forward chain: from a pod isolated for ingress, to one isolated for
+        // egress; in the pod's chain, what its rules deny.
         let resets: Vec<&str> = script
             .lines()
             .filter(|l| l.contains("reject with tcp reset"))
+            .map(str::trim)
             .collect();
-        assert_eq!(resets.len(), 2, "{script}");
-        assert!(
-            resets[0]
-                .trim()
-                .starts_with("iifname @isolated ct state new")
-        );
-        assert!(
-            resets[1]
-                .trim()
-                .starts_with("oifname @isolated ct state new")
-        );
+        assert_eq!(resets.len(), 3, "{script}");
+        assert!(resets[0].starts_with(&format!("iifname @ingress_isolated {MID_STREAM}")));
+        assert!(resets[1].starts_with(&format!("oifname @egress_isolated {MID_STREAM}")));
+        assert!(resets[2].starts_with(MID_STREAM));
         // Without a mark too: a connection conntrack meets mid-stream is never judged
         // from its receiver's side.
         assert!(one.connection_mark.is_none());
@@ -788,19 +819,14 @@ mod tests {
         assert_eq!(both.ingress.len(), 2);
         let grow = both.delta_script(&one, TABLE);
         assert!(
-            grow.contains("add element inet wren_policy isolated { \"wren-b\" }"),
+            grow.contains("add element inet wren_policy ingress_isolated { \"wren-b\" }"),
             "{grow}"
         );
+        assert!(!grow.contains("egress_isolated"), "{grow}");
         let shrink = one.delta_script(&both, TABLE);
         assert!(
-            shrink.contains("delete element inet wren_policy isolated { \"wren-b\" }"),
+            shrink.contains("delete element inet wren_policy ingress_isolated { \"wren-b\" }"),
             "{shrink}"
-        );
-        // Nothing isolated, nothing in the set.
-        assert!(
-            NftRules::default()
-                .script(TABLE)
-                .contains("\tset isolated { type ifname; }")
         );
     }
 
