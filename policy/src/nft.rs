@@ -25,9 +25,8 @@
 //!     chain ingress_wren… {
 //!         ip saddr @a5c1f… tcp dport { 80, 8000-8080 } return comment "y/web spec.ingress[0]"
 //!         counter name "denied_packets" counter name "p9e07…"
-//!         ct state new tcp flags & (fin | syn | rst | ack) != syn \
-//!             counter name "denied_connections" counter name "c9e07…" reject with tcp reset
-//!         ct state new counter name "denied_connections" counter name "c9e07…" drop
+//!         ct state new counter name "denied_connections" counter name "c9e07…"
+//!         ct state new tcp flags & (fin | syn | rst | ack) != syn reject with tcp reset
 //!         counter drop comment "y/b: isolated for ingress by y/web"
 //!     }
 //! }
@@ -531,9 +530,9 @@ fn render_direction(
         let _ = write!(connections, " counter name \"{c}\"");
     }
     lines.push(packets);
+    lines.push(format!("ct state new {connections}"));
     // A connection met mid-stream that the rules deny is ended rather than left to stall.
-    lines.push(format!("{MID_STREAM} {connections} reject with tcp reset"));
-    lines.push(format!("ct state new {connections} drop"));
+    lines.push(format!("{MID_STREAM} reject with tcp reset"));
     lines.push(format!(
         "counter drop comment {}",
         comment(&format!(
@@ -683,16 +682,13 @@ mod tests {
         // What reaches the end is counted for the node and the isolating policy, packets
         // and new connections, then dropped.
         assert!(chain[1].starts_with("counter name \"denied_packets\" counter name \"p"));
-        // A denied connection met mid-stream is reset, any other new one dropped.
-        assert!(chain[2].starts_with(&format!(
-            "{MID_STREAM} counter name \"denied_connections\" counter name \"c"
-        )));
-        assert!(chain[2].ends_with(" reject with tcp reset"));
+        // New connections counted, one met mid-stream reset, and everything dropped.
         assert!(
-            chain[3]
+            chain[2]
                 .starts_with("ct state new counter name \"denied_connections\" counter name \"c")
         );
-        assert!(chain[3].ends_with(" drop"));
+        assert!(!chain[2].contains("drop") && !chain[2].contains("reject"));
+        assert_eq!(chain[3], format!("{MID_STREAM} reject with tcp reset"));
         assert!(chain[4].starts_with("counter drop"));
         let policies: Vec<Option<&str>> = rules
             .counters
