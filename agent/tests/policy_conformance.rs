@@ -4,12 +4,14 @@
 //! case applies its policies with `wren policy apply`, then probes every source →
 //! destination → port cell with real connections and compares the whole table with the one
 //! wren-policy's semantics give (`Cluster::verdict`), printing both on a mismatch. The cases
-//! run with the fast path on, and a selection again with it off.
+//! run with the fast path on, and a selection again with it off. The lab is dual stack: a
+//! handful of cases (deny-all, selectors, ipBlock with IPv6 blocks and `except`) probe
+//! every cell over IPv4 and over IPv6.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,13 +31,17 @@ const PORTS: [(Protocol, u16); 4] = [
 const ENFORCED_WITHIN: Duration = Duration::from_secs(10);
 
 /// Answers every TCP connection (echoing what it reads until the peer closes) and UDP
-/// datagram on the given ports.
+/// datagram on the given ports, over IPv4 and IPv6.
 const SERVER: &str = r#"
 import socket, sys, threading
+def dual(kind):
+    s = socket.socket(socket.AF_INET6, kind)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    return s
 def tcp(port):
-    s = socket.socket()
+    s = dual(socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    s.bind(("::", port))
     s.listen(256)
     while True:
         c, _ = s.accept()
@@ -51,8 +57,8 @@ def echo(c):
         pass
     c.close()
 def udp(port):
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("0.0.0.0", port))
+    u = dual(socket.SOCK_DGRAM)
+    u.bind(("::", port))
     while True:
         data, peer = u.recvfrom(64)
         u.sendto(data, peer)
@@ -75,7 +81,8 @@ def probe(host, proto, port, out):
             if proto == "tcp":
                 s = socket.create_connection((host, port), timeout=1.0)
             else:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                s = socket.socket(family, socket.SOCK_DGRAM)
                 s.settimeout(0.5)
                 s.connect((host, port))
             s.settimeout(1.0)
@@ -106,12 +113,27 @@ struct SuitePod {
     node: String,
     netns: String,
     ip: Ipv4Addr,
+    ip6: Ipv6Addr,
 }
 
 impl SuitePod {
     fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    fn address(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => IpAddr::V4(self.ip),
+            Family::V6 => IpAddr::V6(self.ip6),
+        }
+    }
+}
+
+/// The address family a table is probed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
 }
 
 /// One cell of the table: source, destination, protocol, port.
@@ -167,6 +189,7 @@ impl Suite {
     fn up() -> Self {
         let mut spec = LabSpec::new(&lab::test_lab_name('q'), 3);
         spec.pods_per_node = 0;
+        spec.dual_stack = true;
         let lab = Lab::up(spec).expect("lab up");
         let mut suite = Suite {
             lab,
@@ -182,6 +205,14 @@ impl Suite {
             }
         }
         suite
+    }
+
+    /// The pod `namespace/name`.
+    fn pod(&self, id: &str) -> &SuitePod {
+        self.pods
+            .iter()
+            .find(|p| p.id() == id)
+            .unwrap_or_else(|| panic!("no pod {id}"))
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -246,6 +277,9 @@ impl Suite {
             node: node.into(),
             netns: state.ns,
             ip: state.ip,
+            ip6: state
+                .ip6
+                .unwrap_or_else(|| panic!("{namespace}/{name} has an IPv6 address")),
         });
     }
 
@@ -267,8 +301,14 @@ impl Suite {
         }
     }
 
-    /// The table wren-policy's semantics expect for `yaml`.
+    /// The table wren-policy's semantics expect for `yaml`, over IPv4.
     fn expected(&self, yaml: &str) -> BTreeMap<Cell, bool> {
+        self.expected_over(yaml, Family::V4)
+    }
+
+    /// The table wren-policy's semantics expect for `yaml`, between the pods' addresses of
+    /// `family`.
+    fn expected_over(&self, yaml: &str, family: Family) -> BTreeMap<Cell, bool> {
         let mut cluster = Cluster::new();
         for (namespace, labels) in &self.namespace_labels {
             cluster.set_namespace(namespace, labels.clone());
@@ -279,7 +319,7 @@ impl Suite {
                 name: pod.name.clone(),
                 node: pod.node.clone(),
                 labels: pod_labels(&pod.name),
-                addresses: vec![IpAddr::V4(pod.ip)],
+                addresses: vec![pod.address(family)],
                 ports: named_ports(),
                 host_interface: String::new(),
             });
@@ -293,7 +333,8 @@ impl Suite {
         for from in cluster.pods() {
             for to in cluster.pods() {
                 for &(protocol, port) in &PORTS {
-                    let flow = Flow::between(from, to, Some((protocol, port))).expect("IPv4");
+                    let flow = Flow::between(from, to, Some((protocol, port)))
+                        .expect("one address family");
                     table.insert(
                         (from.id(), to.id(), protocol, port),
                         cluster.verdict(&flow).allowed(),
@@ -304,12 +345,13 @@ impl Suite {
         table
     }
 
-    /// Probes every cell with real connections, every source at once.
-    fn probe(&self) -> BTreeMap<Cell, bool> {
+    /// Probes every cell with real connections between the pods' addresses of `family`,
+    /// every source at once.
+    fn probe(&self, family: Family) -> BTreeMap<Cell, bool> {
         let by_ip: BTreeMap<String, String> = self
             .pods
             .iter()
-            .map(|p| (p.ip.to_string(), p.id()))
+            .map(|p| (p.address(family).to_string(), p.id()))
             .collect();
         let children: Vec<(String, Child)> = self
             .pods
@@ -318,7 +360,7 @@ impl Suite {
                 let mut targets = Vec::new();
                 for to in &self.pods {
                     for (protocol, port) in PORTS {
-                        targets.push(format!("{},{protocol},{port}", to.ip));
+                        targets.push(format!("{},{protocol},{port}", to.address(family)));
                     }
                 }
                 let child = command_in(&from.netns, "python3")
@@ -350,29 +392,45 @@ impl Suite {
         table
     }
 
-    /// Probes until the table is the expected one, or fails after [`ENFORCED_WITHIN`]
-    /// printing both.
+    /// Probes over IPv4 until the table is the expected one, or fails after
+    /// [`ENFORCED_WITHIN`] printing both.
     fn expect_table(&self, case: &str, expected: &BTreeMap<Cell, bool>) {
+        self.expect_table_over(case, expected, Family::V4);
+    }
+
+    /// [`Suite::expect_table`] over `family`.
+    fn expect_table_over(&self, case: &str, expected: &BTreeMap<Cell, bool>, family: Family) {
         let deadline = Instant::now() + ENFORCED_WITHIN;
         loop {
-            let seen = self.probe();
+            let seen = self.probe(family);
             if seen == *expected {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("{case}: the table differs\n{}", render(expected, &seen));
+                panic!(
+                    "{case} ({family:?}): the table differs\n{}",
+                    render(expected, &seen)
+                );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
     }
 
-    /// One case: apply `yaml`, compare the table, take the policies away again.
-    fn case(&self, name: &str, yaml: &str) {
+    /// One case: apply `yaml`, compare the table over each of `families`, take the
+    /// policies away again.
+    fn case_over(&self, name: &str, yaml: &str, families: &[Family]) {
         let started = Instant::now();
         self.apply(yaml);
-        self.expect_table(name, &self.expected(yaml));
+        for &family in families {
+            self.expect_table_over(name, &self.expected_over(yaml, family), family);
+        }
         self.remove_every_policy();
-        eprintln!("case {name}: {:?}", started.elapsed());
+        eprintln!("case {name} {families:?}: {:?}", started.elapsed());
+    }
+
+    /// [`Suite::case_over`] IPv4.
+    fn case(&self, name: &str, yaml: &str) {
+        self.case_over(name, yaml, &[Family::V4]);
     }
 }
 
@@ -418,16 +476,51 @@ fn policy(namespace: &str, name: &str, spec: &str) -> String {
     )
 }
 
+/// The cases probed over both families: deny-all, pod and namespace selectors, and
+/// ipBlock with IPv6 blocks and `except` (an IPv4 block in the same rule, so both
+/// families have something to match).
+fn dual_stack_cases(suite: &Suite) -> Vec<(&'static str, String)> {
+    let yb = suite.pod("y/b");
+    vec![
+        (
+            "dual stack: deny all ingress in x",
+            policy("x", "deny", "  podSelector: {}\n  policyTypes: [Ingress]"),
+        ),
+        (
+            "dual stack: ingress to x/a from x/b and from namespace z (selectors)",
+            policy(
+                "x",
+                "p",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}, {namespaceSelector: {matchLabels: {ns: z}}}]}]",
+            ),
+        ),
+        (
+            "dual stack: ingress to x from the pools except y/b, egress of y/a to all but x/c's /128",
+            policy(
+                "x",
+                "p",
+                &format!(
+                    "  podSelector: {{}}\n  ingress: [{{from: [{{ipBlock: {{cidr: '{}', except: ['{}/128']}}}}, {{ipBlock: {{cidr: '{}', except: ['{}/32']}}}}]}}]",
+                    lab::POOL6_CIDR,
+                    yb.ip6,
+                    lab::POOL_CIDR,
+                    yb.ip,
+                ),
+            ) + &policy(
+                "y",
+                "q",
+                &format!(
+                    "  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: '::/0', except: ['{}/128']}}}}, {{ipBlock: {{cidr: 0.0.0.0/0}}}}]}}]",
+                    suite.pod("x/c").ip6,
+                ),
+            ),
+        ),
+    ]
+}
+
 /// The cases: name and the policies, as a user would write them.
 fn cases(suite: &Suite) -> Vec<(&'static str, String)> {
-    let ip = |id: &str| {
-        suite
-            .pods
-            .iter()
-            .find(|p| p.id() == id)
-            .map(|p| p.ip.to_string())
-            .unwrap_or_default()
-    };
+    let ip = |id: &str| suite.pod(id).ip.to_string();
     vec![
         ("no policy", String::new()),
         (
@@ -687,6 +780,9 @@ fn policy_conformance() {
     let started = Instant::now();
     let mut suite = Suite::up();
     eprintln!("lab and pods up: {:?}", started.elapsed());
+    for (name, yaml) in dual_stack_cases(&suite) {
+        suite.case_over(name, &yaml, &[Family::V4, Family::V6]);
+    }
     let cases = cases(&suite);
     for (name, yaml) in &cases {
         suite.case(name, yaml);
@@ -813,13 +909,7 @@ for _ in sys.stdin:
 
 impl OpenConnection {
     fn start(suite: &Suite, from: &str, to: &str) -> Self {
-        let pod = |id: &str| {
-            suite
-                .pods
-                .iter()
-                .find(|p| p.id() == id)
-                .unwrap_or_else(|| panic!("no pod {id}"))
-        };
+        let pod = |id: &str| suite.pod(id);
         let mut child = command_in(&pod(from).netns, "python3")
             .args(["-c", HOLDER, &pod(to).ip.to_string()])
             .stdin(Stdio::piped())

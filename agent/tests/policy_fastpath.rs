@@ -2,7 +2,11 @@
 //! an isolated pod is carried by the fast path once conntrack saw it set up (the node's
 //! fast-path counters grow with the bytes, its stack hand-offs do not), a change that
 //! takes the allowance away stops the open connection at its next packet, and allowing it
-//! again lets a new connection through, carried again.
+//! again lets a new connection through, carried again. Connections the fast path carried
+//! before their pod was first isolated (conntrack never saw them) are reset at their next
+//! packet when it comes from the isolated server, judged as the client's when it comes from
+//! the client (the denied one reset, the allowed one going on), and an allowed client
+//! reconnects and is carried past conntrack's established timeout.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
@@ -11,12 +15,26 @@ use std::time::{Duration, Instant};
 use wren_tests::lab::{self, FastPathReport, Lab, LabSpec};
 use wren_tests::netns::command_in;
 
+/// The sink's port.
 const PORT: &str = "7070";
+/// The port of a second sink, one that never speaks first.
+const QUIET_PORT: &str = "7071";
 
-/// Takes every connection on port 7070 and answers one byte per MiB received.
+/// Takes every connection on port argv[1] and answers one byte `k` per MiB received;
+/// with the argument `tick` after it, also sends a byte `t` on every connection every
+/// 200 ms.
 const SINK: &str = r#"
-import socket, threading
+import socket, sys, threading, time
+def tick(c):
+    try:
+        while True:
+            time.sleep(0.2)
+            c.sendall(b"t")
+    except OSError:
+        pass
 def serve(c):
+    if sys.argv[2:] == ["tick"]:
+        threading.Thread(target=tick, args=(c,), daemon=True).start()
     got = 0
     try:
         while True:
@@ -32,7 +50,7 @@ def serve(c):
     c.close()
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 7070))
+s.bind(("0.0.0.0", int(sys.argv[1])))
 s.listen(16)
 print("up", flush=True)
 while True:
@@ -40,11 +58,12 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// Connects to argv[1]:7070; for every line N on stdin sends N MiB and waits for the N
-/// acknowledgements, printing `ok`, or `stalled` when 3 s pass without progress.
+/// Connects to argv[1]:argv[2]; for every line N on stdin sends N MiB and waits for the N
+/// acknowledgements (bytes `k`), printing `ok`, or `stalled` and the error when 3 s pass
+/// without progress or the connection fails.
 const STREAMER: &str = r#"
 import socket, sys
-s = socket.create_connection((sys.argv[1], 7070), timeout=3)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
 s.settimeout(3)
 chunk = b"x" * 1048576
 print("connected", flush=True)
@@ -55,10 +74,10 @@ for line in sys.stdin:
             s.sendall(chunk)
         got = 0
         while got < n:
-            data = s.recv(n - got)
+            data = s.recv(4096)
             if not data:
                 raise OSError("closed")
-            got += len(data)
+            got += data.count(b"k")
         print("ok", flush=True)
     except OSError as e:
         print("stalled", e, flush=True)
@@ -90,10 +109,15 @@ struct Stream {
 }
 
 impl Stream {
+    /// A connection to the sink on [`PORT`].
     fn open(netns: &str, server_ip: &str) -> Option<Self> {
+        Self::open_to(netns, server_ip, PORT)
+    }
+
+    fn open_to(netns: &str, server_ip: &str, port: &str) -> Option<Self> {
         let mut child = Guarded(
             command_in(netns, "python3")
-                .args(["-c", STREAMER, server_ip])
+                .args(["-c", STREAMER, server_ip, port])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -117,13 +141,18 @@ impl Stream {
 
     /// Sends `mib` MiB; whether all of it was taken and acknowledged.
     fn send(&mut self, mib: u32) -> bool {
+        self.try_send(mib) == "ok"
+    }
+
+    /// Sends `mib` MiB: `ok`, or `stalled` and why.
+    fn try_send(&mut self, mib: u32) -> String {
         if writeln!(self.stdin, "{mib}")
             .and_then(|()| self.stdin.flush())
             .is_err()
         {
-            return false;
+            return "stalled: the streamer is gone".to_owned();
         }
-        self.line() == "ok"
+        self.line()
     }
 }
 
@@ -155,43 +184,18 @@ fn allowed_connections_ride_the_fast_path_until_a_change_denies_them() {
     if !lab::require_lab(false) || !wren_tests::prereq::require_command("nft") {
         return;
     }
-    let mut spec = LabSpec::new("polfast", 2);
-    spec.pods_per_node = 0;
-    let mut lab = Lab::up(spec).expect("lab up");
-    let (server, server_ip) = lab
-        .add_labelled_k8s_pod("n1", "x", "server", &["app=server"])
-        .expect("server pod");
-    let (client, _) = lab
-        .add_labelled_k8s_pod("n2", "x", "client", &["app=client"])
-        .expect("client pod");
-    let server_ip = server_ip.to_string();
-    lab.wait_full_matrix(Duration::from_secs(30), "n1")
-        .expect("pods reach each other");
-    let mut sink = Guarded(
-        command_in(&server, "python3")
-            .args(["-c", SINK])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("sink"),
-    );
-    let mut up = String::new();
-    if let Some(out) = sink.0.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut up);
-    }
-    assert_eq!(up.trim(), "up", "the sink listens on {PORT}");
+    let (lab, server, server_ip, clients) =
+        server_and_clients(LabSpec::new("polfast", 2), &["client"]);
+    let client = &clients[0];
+    let _sink = start_sink(&server, PORT, false);
     let dir = tempfile::tempdir().expect("temporary directory");
-    let apply = |yaml: &str| {
-        let file = dir.path().join("policy.yaml");
-        std::fs::write(&file, yaml).expect("policy written");
-        lab.wren_cli(&["policy", "apply", "-f", file.to_str().unwrap_or_default()])
-            .expect("policy applied");
-    };
+    let apply = |yaml: &str| apply_policy(&lab, dir.path(), yaml);
 
     // (1) Allowed: set up through the stack, then carried, with next to nothing left to
     // the stack while the bytes flow.
     apply(&allow_from("client"));
-    wait_new_connections(&client, &server_ip, true);
-    let mut stream = Stream::open(&client, &server_ip).expect("connected while allowed");
+    wait_new_connections(client, &server_ip, true);
+    let mut stream = Stream::open(client, &server_ip).expect("connected while allowed");
     assert!(stream.send(1), "the allowed connection carries data");
     let (carried, to_stack) = carried_while(&lab, &mut stream, 32);
     assert!(
@@ -203,7 +207,7 @@ fn allowed_connections_ride_the_fast_path_until_a_change_denies_them() {
     // A change that still allows it (a second policy for another client): the
     // connection's next packet meets the new rules on the stack, and it is carried again.
     apply(&allow_from("other").replace("name: server", "name: other"));
-    wait_new_connections(&client, &server_ip, true);
+    wait_new_connections(client, &server_ip, true);
     let (carried, _) = carried_while(&lab, &mut stream, 32);
     assert!(carried >= 100, "carried again after the change: {carried}");
     lab.wren_cli(&["policy", "rm", "x/other"])
@@ -211,7 +215,7 @@ fn allowed_connections_ride_the_fast_path_until_a_change_denies_them() {
 
     // (2) A change that denies it: the open connection stops at its next packet.
     apply(&allow_from("nobody"));
-    wait_new_connections(&client, &server_ip, false);
+    wait_new_connections(client, &server_ip, false);
     assert!(
         !stream.send(1),
         "the open connection stops once the rules no longer allow it"
@@ -220,11 +224,157 @@ fn allowed_connections_ride_the_fast_path_until_a_change_denies_them() {
 
     // (3) Allowed again: a new connection gets through and is carried.
     apply(&allow_from("client"));
-    wait_new_connections(&client, &server_ip, true);
-    let mut stream = Stream::open(&client, &server_ip).expect("connected once allowed again");
+    wait_new_connections(client, &server_ip, true);
+    let mut stream = Stream::open(client, &server_ip).expect("connected once allowed again");
     assert!(stream.send(1), "the new connection carries data");
     let (carried, _) = carried_while(&lab, &mut stream, 16);
     assert!(carried >= 50, "the new connection is carried: {carried}");
+}
+
+/// A lab of `spec` (its pods left out) with the pod x/server (`app=server`) on n1 and
+/// x/`name` (`app=name`) on n2 for each of `clients`: the lab, the server's namespace and
+/// address, and the clients' namespaces.
+fn server_and_clients(mut spec: LabSpec, clients: &[&str]) -> (Lab, String, String, Vec<String>) {
+    spec.pods_per_node = 0;
+    let mut lab = Lab::up(spec).expect("lab up");
+    let (server, server_ip) = lab
+        .add_labelled_k8s_pod("n1", "x", "server", &["app=server"])
+        .expect("server pod");
+    let clients = clients
+        .iter()
+        .map(|name| {
+            lab.add_labelled_k8s_pod("n2", "x", name, &[&format!("app={name}")])
+                .expect("client pod")
+                .0
+        })
+        .collect();
+    lab.wait_full_matrix(Duration::from_secs(30), "n1")
+        .expect("pods reach each other");
+    (lab, server, server_ip.to_string(), clients)
+}
+
+/// The sink, listening in `pod` on `port`, ticking when `tick`.
+fn start_sink(pod: &str, port: &str, tick: bool) -> Guarded {
+    let mut sink = Guarded(
+        command_in(pod, "python3")
+            .args(["-c", SINK, port])
+            .args(tick.then_some("tick"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sink"),
+    );
+    let mut up = String::new();
+    if let Some(out) = sink.0.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut up);
+    }
+    assert_eq!(up.trim(), "up", "the sink listens on {port}");
+    sink
+}
+
+/// `wren policy apply` of `yaml`, through a file in `dir`.
+fn apply_policy(lab: &Lab, dir: &std::path::Path, yaml: &str) {
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, yaml).expect("policy written");
+    lab.wren_cli(&["policy", "apply", "-f", file.to_str().unwrap_or_default()])
+        .expect("policy applied");
+}
+
+/// A node's figure of a metric without labels, 0 when absent.
+fn metric(lab: &Lab, node: &str, name: &str) -> u64 {
+    let text = lab.metrics(node).expect("metrics scraped");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn connections_carried_before_the_first_isolation_are_reset_unless_judged_from_their_opener() {
+    if !lab::require_lab(false) || !wren_tests::prereq::require_command("nft") {
+        return;
+    }
+    let mut spec = LabSpec::new("polpick", 2);
+    // Passes every second, so that the agent renews its epoch as often as the short
+    // conntrack timeout below asks.
+    spec.reconcile_interval = Some(Duration::from_secs(1));
+    let (lab, server, server_ip, clients) = server_and_clients(spec, &["client", "friend"]);
+    let (client, friend) = (&clients[0], &clients[1]);
+    // conntrack forgets an established connection 8 s after the last packet it saw: the
+    // agent renews its epoch every 2 s, so each carried connection shows it one packet
+    // as often.
+    let n1 = lab.node("n1").expect("n1").ns.clone();
+    let set = command_in(&n1, "sysctl")
+        .args([
+            "-qw",
+            "net.netfilter.nf_conntrack_tcp_timeout_established=8",
+        ])
+        .status()
+        .expect("sysctl runs");
+    assert!(set.success(), "conntrack's established timeout set in n1");
+    // On PORT the server speaks too, so the first packet of a connection that n1's
+    // conntrack sees once the pod is isolated is the server's: picked up from it, the
+    // client's packets would be replies, past the ingress rules. On QUIET_PORT the
+    // clients speak first.
+    let _sink = start_sink(&server, PORT, true);
+    let _quiet = start_sink(&server, QUIET_PORT, false);
+    let dir = tempfile::tempdir().expect("temporary directory");
+
+    // Before any policy: every connection is the fast path's, unseen by conntrack.
+    let open = |pod: &str, port: &str| {
+        let mut stream = Stream::open_to(pod, &server_ip, port).expect("connected");
+        assert!(stream.send(1), "{pod} sends to {port} before any policy");
+        stream
+    };
+    let mut denied = open(client, PORT);
+    let mut allowed = open(friend, PORT);
+    let mut denied_quiet = open(client, QUIET_PORT);
+    let mut allowed_quiet = open(friend, QUIET_PORT);
+    let resets_before = metric(&lab, "n1", "wren_policy_denied_connections_total");
+
+    apply_policy(&lab, dir.path(), &allow_from("friend"));
+    wait_new_connections(client, &server_ip, false);
+    // The server's packet came first: conntrack cannot tell who opened the connection, so
+    // both are reset at their next packet, the denied and the allowed one.
+    for (stream, which) in [(&mut denied, "denied"), (&mut allowed, "allowed")] {
+        let answer = stream.try_send(1);
+        assert!(
+            answer.contains("reset"),
+            "the {which} connection opened before the isolation, met from the server's \
+             side, is reset: {answer}"
+        );
+    }
+    // The client's packet came first: judged by the ingress rules as the opener's. The
+    // denied connection is reset, the allowed one goes on.
+    let answer = denied_quiet.try_send(1);
+    assert!(
+        answer.contains("reset"),
+        "the denied connection met from the client's side is reset: {answer}"
+    );
+    assert_eq!(
+        allowed_quiet.try_send(1),
+        "ok",
+        "the allowed connection met from the client's side goes on"
+    );
+    let resets = metric(&lab, "n1", "wren_policy_denied_connections_total") - resets_before;
+    assert!(resets >= 3, "the resets are counted as denied: {resets}");
+    wait_new_connections(friend, &server_ip, true);
+    let mut allowed = Stream::open(friend, &server_ip).expect("the friend reconnects");
+
+    // Carried for longer than conntrack keeps an entry it sees nothing of: the renewed
+    // epochs keep the connection's entry fresh, so it is never met mid-stream.
+    let before = fast_path(&lab, "n1");
+    let until = Instant::now() + Duration::from_secs(14);
+    while Instant::now() < until {
+        let answer = allowed.try_send(2);
+        assert_eq!(answer, "ok", "the reconnected connection goes on");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let carried = fast_path(&lab, "n1").policed_carried - before.policed_carried;
+    assert!(
+        carried >= 100,
+        "the reconnected connection is carried: {carried}"
+    );
 }
 
 /// Sends `mib` MiB over `stream`; how many packets n1's fast path carried for its policed

@@ -6,12 +6,16 @@
 //! table inet wren_policy {
 //!     map egress_chains { type ifname : verdict; elements = { "wren…" : jump egress_wren… } }
 //!     map ingress_chains { type ifname : verdict; elements = { "wren…" : jump ingress_wren… } }
+//!     set ingress_isolated { type ifname; elements = { "wren…" } }   # the maps' keys
+//!     set egress_isolated { type ifname; }
 //!     set a5c1f… { type ipv4_addr; flags interval; elements = { 10.65.1.4, 10.65.2.0/31 } }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
 //!         tcp flags fin,rst ct mark set ct mark and 0x0000ffff   # teardown: the stack's
 //!         ct state related accept              # ICMP errors of tracked connections
 //!         ct direction reply accept            # replies of connections let through
+//!         iifname @ingress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+//!             counter … reject with tcp reset   # met mid-stream (and oifname @egress_…)
 //!         iifname vmap @egress_chains          # from an isolated pod
 //!         oifname vmap @ingress_chains         # to an isolated pod
 //!         tcp flags & (fin | rst) == 0 ct mark set ct mark and 0x0000ffff or 0x00170000  # epoch
@@ -21,7 +25,8 @@
 //!     chain ingress_wren… {
 //!         ip saddr @a5c1f… tcp dport { 80, 8000-8080 } return comment "y/web spec.ingress[0]"
 //!         counter name "denied_packets" counter name "p9e07…"
-//!         ct state new counter name "denied_connections" counter name "c9e07…" drop
+//!         ct state new counter name "denied_connections" counter name "c9e07…"
+//!         ct state new tcp flags & (fin | syn | rst | ack) != syn reject with tcp reset
 //!         counter drop comment "y/b: isolated for ingress by y/web"
 //!     }
 //! }
@@ -51,6 +56,16 @@
 //!   counts, retransmitted SYNs too). Named counters belong to the table, not to a chain,
 //!   so a delta that refills a chain keeps them; a packet an isolating policy set drops
 //!   counts for every policy isolating the pod in that direction.
+//! - conntrack picks a TCP connection up from any packet (`nf_conntrack_tcp_loose`), and
+//!   the first packet it sees sets the connection's direction. For an isolated pod that
+//!   cannot be trusted blindly: a connection the fast path carried before the pod was
+//!   isolated (conntrack never saw it), picked up from the receiver's packet, would let
+//!   the sender's packets through as replies. Such a packet (new to conntrack, not a SYN)
+//!   from a pod isolated for ingress, or to one isolated for egress, is answered with a
+//!   TCP reset and counted as denied; each end is reset at its next packet, and a
+//!   reconnect is judged from its SYN like any connection. One to a pod isolated for
+//!   ingress (from one isolated for egress) goes through the pod's chain like any packet
+//!   of that direction: allowed, the connection goes on; denied, it is reset there too.
 //! - The table is the only thing wren writes, and an `accept` in it does not override
 //!   another table's drop: a host firewall keeps its say.
 //! - With a [`ConnectionMark`], a TCP packet that got through every rule stamps the
@@ -78,6 +93,12 @@ const COMMENT_MAX: usize = 127;
 const EGRESS_MAP: &str = "egress_chains";
 /// The map from a pod's interface to its ingress chain.
 const INGRESS_MAP: &str = "ingress_chains";
+/// The set of the interfaces of the pods isolated for ingress.
+const INGRESS_ISOLATED_SET: &str = "ingress_isolated";
+/// The set of the interfaces of the pods isolated for egress.
+const EGRESS_ISOLATED_SET: &str = "egress_isolated";
+/// A TCP packet conntrack meets mid-stream: new to it, and not a SYN.
+const MID_STREAM: &str = "ct state new tcp flags & (fin | syn | rst | ack) != syn";
 
 /// A node's plan as nftables objects with stable names: what a script loads and what a
 /// delta compares.
@@ -152,6 +173,16 @@ impl NodePlan {
     /// The plan as nftables objects.
     pub fn nft_rules(&self) -> NftRules {
         let mut rules = NftRules::default();
+        // The node's counters, which the forward chain's resets count in too.
+        for (name, connections) in [(DENIED_PACKETS, false), (DENIED_CONNECTIONS, true)] {
+            rules.counters.insert(
+                name.to_owned(),
+                DeniedCounter {
+                    policy: None,
+                    connections,
+                },
+            );
+        }
         // The address part of a rule, by its shared peers (the plan shares one value among
         // every pod a policy rule is compiled for): each set is formatted and hashed once.
         let mut addresses = AddressParts::new();
@@ -210,6 +241,14 @@ impl NftRules {
             }
             s.push_str("}\n");
         }
+        for (name, map) in self.isolated_sets() {
+            let _ = write!(s, "\tset {name} {{ type ifname; ");
+            if !map.is_empty() {
+                let elements = quoted(map.keys().map(String::as_str));
+                let _ = write!(s, "elements = {{ {} }} ", elements.join(", "));
+            }
+            s.push_str("}\n");
+        }
         for (name, (kind, elements)) in &self.sets {
             let _ = writeln!(
                 s,
@@ -249,6 +288,21 @@ impl NftRules {
         }
         lines.push("ct state related accept".to_owned());
         lines.push("ct direction reply accept".to_owned());
+        // A TCP connection conntrack first meets mid-stream (one the fast path carried before
+        // its pod was isolated, or whose entry is gone) is taken to be opened by that packet's
+        // sender. Where that would make an isolated direction the replies (a packet from a
+        // pod isolated for ingress, to one isolated for egress), the rules could never judge
+        // it: both ends are reset instead, each at its next packet, and a reconnect is judged
+        // from its SYN. The other way round, the pod's chain judges the packet (below).
+        for (side, set) in [
+            ("iifname", INGRESS_ISOLATED_SET),
+            ("oifname", EGRESS_ISOLATED_SET),
+        ] {
+            lines.push(format!(
+                "{side} @{set} {MID_STREAM} counter name \"{DENIED_PACKETS}\" \
+                 counter name \"{DENIED_CONNECTIONS}\" reject with tcp reset"
+            ));
+        }
         lines.push(format!("iifname vmap @{EGRESS_MAP}"));
         lines.push(format!("oifname vmap @{INGRESS_MAP}"));
         if let (Some(keep), Some(mark)) = (&keep, self.connection_mark) {
@@ -258,6 +312,14 @@ impl NftRules {
             ));
         }
         lines
+    }
+
+    /// The sets of isolated pods' interfaces, each with the map whose keys it holds.
+    fn isolated_sets(&self) -> [(&'static str, &BTreeMap<String, String>); 2] {
+        [
+            (INGRESS_ISOLATED_SET, &self.ingress),
+            (EGRESS_ISOLATED_SET, &self.egress),
+        ]
     }
 
     /// An `nft -f` script that turns `inet <table>`, loaded with `previous`, into these
@@ -295,11 +357,12 @@ impl NftRules {
             (EGRESS_MAP, &self.egress, &previous.egress),
             (INGRESS_MAP, &self.ingress, &previous.ingress),
         ] {
-            let gone: Vec<String> = before
-                .iter()
-                .filter(|(interface, chain)| now.get(*interface) != Some(*chain))
-                .map(|(interface, _)| format!("\"{interface}\""))
-                .collect();
+            let gone = quoted(
+                before
+                    .iter()
+                    .filter(|(interface, chain)| now.get(*interface) != Some(*chain))
+                    .map(|(interface, _)| interface.as_str()),
+            );
             if !gone.is_empty() {
                 let _ = writeln!(
                     s,
@@ -318,6 +381,32 @@ impl NftRules {
                     "add element inet {table} {map} {{ {} }}",
                     map_elements(&new).join(", ")
                 );
+            }
+        }
+        for ((set, now), (_, before)) in self
+            .isolated_sets()
+            .into_iter()
+            .zip(previous.isolated_sets())
+        {
+            let added = quoted(
+                now.keys()
+                    .filter(|i| !before.contains_key(*i))
+                    .map(String::as_str),
+            );
+            let removed = quoted(
+                before
+                    .keys()
+                    .filter(|i| !now.contains_key(*i))
+                    .map(String::as_str),
+            );
+            for (verb, names) in [("add", added), ("delete", removed)] {
+                if !names.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "{verb} element inet {table} {set} {{ {} }}",
+                        names.join(", ")
+                    );
+                }
             }
         }
         // Then removals, once nothing refers to them any more.
@@ -345,6 +434,11 @@ impl NftRules {
         }
         s
     }
+}
+
+/// Interface names as nft strings.
+fn quoted<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    names.into_iter().map(|n| format!("\"{n}\"")).collect()
 }
 
 fn map_elements(entries: &BTreeMap<String, String>) -> Vec<String> {
@@ -426,18 +520,9 @@ fn render_direction(
         }
     }
     let isolated_by: Vec<String> = plan.isolated_by.iter().map(ToString::to_string).collect();
-    for (name, connections) in [(DENIED_PACKETS, false), (DENIED_CONNECTIONS, true)] {
-        rules
-            .counters
-            .entry(name.to_owned())
-            .or_insert(DeniedCounter {
-                policy: None,
-                connections,
-            });
-    }
     let (mut packets, mut connections) = (
         format!("counter name \"{DENIED_PACKETS}\""),
-        format!("ct state new counter name \"{DENIED_CONNECTIONS}\""),
+        format!("counter name \"{DENIED_CONNECTIONS}\""),
     );
     for policy in &isolated_by {
         let (p, c) = policy_counters(rules, policy);
@@ -445,7 +530,9 @@ fn render_direction(
         let _ = write!(connections, " counter name \"{c}\"");
     }
     lines.push(packets);
-    lines.push(format!("{connections} drop"));
+    lines.push(format!("ct state new {connections}"));
+    // A connection met mid-stream that the rules deny is ended rather than left to stall.
+    lines.push(format!("{MID_STREAM} reject with tcp reset"));
     lines.push(format!(
         "counter drop comment {}",
         comment(&format!(
@@ -587,7 +674,7 @@ mod tests {
             Some("ingress_wren_a")
         );
         let chain = &rules.chains["ingress_wren_a"];
-        assert_eq!(chain.len(), 4, "{chain:?}");
+        assert_eq!(chain.len(), 5, "{chain:?}");
         assert!(
             chain[0].starts_with("ip saddr @a")
                 && chain[0].ends_with("return comment \"x/p spec.ingress[0]\"")
@@ -595,12 +682,14 @@ mod tests {
         // What reaches the end is counted for the node and the isolating policy, packets
         // and new connections, then dropped.
         assert!(chain[1].starts_with("counter name \"denied_packets\" counter name \"p"));
+        // New connections counted, one met mid-stream reset, and everything dropped.
         assert!(
             chain[2]
                 .starts_with("ct state new counter name \"denied_connections\" counter name \"c")
         );
-        assert!(chain[2].ends_with(" drop"));
-        assert!(chain[3].starts_with("counter drop"));
+        assert!(!chain[2].contains("drop") && !chain[2].contains("reject"));
+        assert_eq!(chain[3], format!("{MID_STREAM} reject with tcp reset"));
+        assert!(chain[4].starts_with("counter drop"));
         let policies: Vec<Option<&str>> = rules
             .counters
             .values()
@@ -655,6 +744,12 @@ mod tests {
                 "tcp flags & (fin | rst) != 0 ct mark set ct mark and 0xff00ffff",
                 "ct state related accept",
                 "ct direction reply accept",
+                "iifname @ingress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+                 counter name \"denied_packets\" counter name \"denied_connections\" \
+                 reject with tcp reset",
+                "oifname @egress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+                 counter name \"denied_packets\" counter name \"denied_connections\" \
+                 reject with tcp reset",
                 "iifname vmap @egress_chains",
                 "oifname vmap @ingress_chains",
                 "tcp flags & (fin | rst) == 0 ct mark set ct mark and 0xff00ffff or 0x00170000",
@@ -666,14 +761,14 @@ mod tests {
         let delta = next.delta_script(&rules, TABLE);
         let lines: Vec<&str> = delta.lines().collect();
         assert_eq!(lines[0], "flush chain inet wren_policy forward");
-        assert_eq!(lines.len(), 7, "{delta}");
+        assert_eq!(lines.len(), 9, "{delta}");
         assert!(
             lines
                 .iter()
                 .skip(1)
                 .all(|l| l.starts_with("add rule inet wren_policy forward "))
         );
-        assert!(lines[6].ends_with("or 0x00180000"), "{delta}");
+        assert!(lines[8].ends_with("or 0x00180000"), "{delta}");
         // A changed chain and the new epoch go in one transaction, the epoch last.
         let mut changed = cluster(&FROM_B.replace("pod: b}}}]", "pod: a}}}]"))
             .plan_node("n1")
@@ -685,6 +780,50 @@ mod tests {
         // Without a mark nothing is stamped.
         let plain = cluster(FROM_B).plan_node("n1").nft_rules();
         assert!(!plain.script(TABLE).contains("ct mark"));
+    }
+
+    #[test]
+    fn mid_stream_pickups_of_isolated_pods_are_reset_and_the_sets_follow_the_maps() {
+        let one = cluster(FROM_B).plan_node("n1").nft_rules();
+        let script = one.script(TABLE);
+        assert!(
+            script.contains("\tset ingress_isolated { type ifname; elements = { \"wren-a\" } }"),
+            "{script}"
+        );
+        assert!(
+            script.contains("\tset egress_isolated { type ifname; }"),
+            "{script}"
+        );
+        // In the forward chain: from a pod isolated for ingress, to one isolated for
+        // egress; in the pod's chain, what its rules deny.
+        let resets: Vec<&str> = script
+            .lines()
+            .filter(|l| l.contains("reject with tcp reset"))
+            .map(str::trim)
+            .collect();
+        assert_eq!(resets.len(), 3, "{script}");
+        assert!(resets[0].starts_with(&format!("iifname @ingress_isolated {MID_STREAM}")));
+        assert!(resets[1].starts_with(&format!("oifname @egress_isolated {MID_STREAM}")));
+        assert!(resets[2].starts_with(MID_STREAM));
+        // Without a mark too: a connection conntrack meets mid-stream is never judged
+        // from its receiver's side.
+        assert!(one.connection_mark.is_none());
+        // A second isolated pod joins the set, and leaves it again.
+        let both = cluster(&FROM_B.replace("matchLabels: {pod: a}", ""))
+            .plan_node("n1")
+            .nft_rules();
+        assert_eq!(both.ingress.len(), 2);
+        let grow = both.delta_script(&one, TABLE);
+        assert!(
+            grow.contains("add element inet wren_policy ingress_isolated { \"wren-b\" }"),
+            "{grow}"
+        );
+        assert!(!grow.contains("egress_isolated"), "{grow}");
+        let shrink = one.delta_script(&both, TABLE);
+        assert!(
+            shrink.contains("delete element inet wren_policy ingress_isolated { \"wren-b\" }"),
+            "{shrink}"
+        );
     }
 
     #[test]

@@ -72,6 +72,10 @@ enum LabCommand {
         /// Run the agents without the tc fast path (`--fast-path false`).
         #[arg(long)]
         no_fast_path: bool,
+        /// Give nodes IPv6 addresses and pods an IPv6 address too, from a second pool
+        /// (one subnet, no ToR).
+        #[arg(long)]
+        dual_stack: bool,
         /// Directory with the `wren` and `wren-cni` binaries (default: next to wren-lab).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -144,6 +148,7 @@ fn run(cli: Cli) -> Result<()> {
             route_reflectors,
             etcd_proxies,
             no_fast_path,
+            dual_stack,
             bin_dir,
         } => {
             let mut spec = LabSpec::new(&name, nodes);
@@ -157,6 +162,7 @@ fn run(cli: Cli) -> Result<()> {
             spec.route_reflectors = route_reflectors;
             spec.etcd_proxies = etcd_proxies;
             spec.fast_path = !no_fast_path;
+            spec.dual_stack = dual_stack;
             spec.verbose = true;
             if let Some(dir) = bin_dir {
                 spec.bin_dir = dir;

@@ -34,6 +34,9 @@ pub const STATE_ROOT: &str = "/run/wren-lab";
 /// The pool every lab creates.
 pub const POOL_CIDR: &str = "10.65.0.0/16";
 
+/// The IPv6 pool a dual-stack lab creates next to [`POOL_CIDR`].
+pub const POOL6_CIDR: &str = "fd00:65::/112";
+
 /// AS number of the lab cluster.
 pub const LAB_AS: u32 = 64512;
 
@@ -174,6 +177,14 @@ pub struct LabSpec {
     /// namespace; node `i`'s agent talks to proxy `i mod N`. 0: agents talk to etcd itself.
     #[serde(default)]
     pub etcd_proxies: usize,
+    /// The agents' reconcile interval (`--reconcile-interval`, whole seconds); `None`: the
+    /// agent's default.
+    #[serde(default)]
+    pub reconcile_interval: Option<Duration>,
+    /// Pods get an IPv6 address too, from [`POOL6_CIDR`]; nodes have IPv6 addresses
+    /// (`--node-ipv6`), and BGP carries the IPv6 blocks between them. One subnet only.
+    #[serde(default)]
+    pub dual_stack: bool,
 }
 
 /// The most nodes a lab holds: one /24 fabric subnet, addresses from .11.
@@ -205,6 +216,8 @@ impl LabSpec {
             fast_path: true,
             route_reflectors: 0,
             etcd_proxies: 0,
+            reconcile_interval: None,
+            dual_stack: false,
         }
     }
 }
@@ -254,6 +267,11 @@ impl Lab {
                 "--nodes must be between 1 and {MAX_NODES} (got {})",
                 spec.nodes
             )));
+        }
+        if spec.dual_stack && (spec.subnets != 1 || spec.tor) {
+            return Err(LabError::Lab(
+                "a dual-stack lab has one subnet and no ToR".to_owned(),
+            ));
         }
         if spec.route_reflectors > spec.nodes || (spec.route_reflectors > 0 && spec.tor) {
             return Err(LabError::Lab(format!(
@@ -434,6 +452,12 @@ impl Lab {
         self.say(format!(
             "  Pool `lab` {POOL_CIDR}: nodes claim /26 blocks from it."
         ));
+        if spec.dual_stack {
+            self.wren_cli(&["pool", "add", "lab6", "--cidr", POOL6_CIDR])?;
+            self.say(format!(
+                "  Pool `lab6` {POOL6_CIDR}: nodes claim /122 blocks from it; pods get an address of each pool."
+            ));
+        }
         if spec.route_reflectors > 0 {
             self.wren_cli(&["bgp", "config", "--mesh", "off"])?;
             self.say(format!(
@@ -575,6 +599,23 @@ impl Lab {
             ])
             .args(self.state.agent_etcd_flags(self.node_index(name)?))
             .args(reflector_flags)
+            .args(
+                node.address6
+                    .iter()
+                    .flat_map(|address6| ["--node-ipv6", address6.as_str()]),
+            )
+            .args(
+                self.state
+                    .spec
+                    .reconcile_interval
+                    .iter()
+                    .flat_map(|interval| {
+                        [
+                            "--reconcile-interval".to_owned(),
+                            format!("{}s", interval.as_secs().max(1)),
+                        ]
+                    }),
+            )
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -902,6 +943,7 @@ impl Lab {
             serde_json::Value::Null,
             cni_args.as_deref(),
         )?;
+        let ip6 = first_ip(&result);
         let ip = first_ip(&result).ok_or_else(|| {
             LabError::Lab(format!(
                 "CNI ADD for {pod_name} returned no address: {result}"
@@ -916,6 +958,7 @@ impl Lab {
             ns,
             container_id,
             ip,
+            ip6,
         });
         self.state.save()?;
         Ok(pod_name)
@@ -978,6 +1021,9 @@ impl Lab {
             "type": "wren",
             "agentSocket": node.socket,
         });
+        if self.state.spec.dual_stack {
+            config["ipam"] = serde_json::json!({"assign_ipv4": true, "assign_ipv6": true});
+        }
         if let (Some(config), serde_json::Value::Object(extra)) = (config.as_object_mut(), extra) {
             config.extend(extra);
         }
@@ -1216,14 +1262,15 @@ pub fn list_labs() -> Vec<String> {
     labs
 }
 
-fn first_ip(result: &str) -> Option<Ipv4Addr> {
+/// The first address of type `A` (IPv4 or IPv6) in a CNI result.
+fn first_ip<A: std::str::FromStr>(result: &str) -> Option<A> {
     let value: serde_json::Value = serde_json::from_str(result).ok()?;
     value
         .get("ips")?
         .as_array()?
         .iter()
         .filter_map(|ip| ip.get("address")?.as_str())
-        .filter_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
+        .filter_map(|a| a.split('/').next()?.parse::<A>().ok())
         .next()
 }
 

@@ -1,7 +1,7 @@
 //! What a lab made, kept in `<state dir>/state.json` so another process can use or remove it.
 
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,9 @@ pub struct NodeState {
     pub ns: String,
     /// Its address with prefix length (`10.0.0.11/24`).
     pub address: String,
+    /// Its IPv6 address with prefix length (`fd00:10::11/64`), in a dual-stack lab.
+    #[serde(default)]
+    pub address6: Option<String>,
     /// Its subnet (1 or 2).
     pub subnet: u8,
     /// Its agent's local API socket.
@@ -101,6 +104,9 @@ pub struct PodState {
     pub container_id: String,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack lab.
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl LabState {

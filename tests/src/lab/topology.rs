@@ -222,6 +222,10 @@ fn plug(state: &LabState, member: &str, port: &str, subnet: u8, address: &str) -
     Ok(())
 }
 
+/// The nodes' IPv6 addresses in a dual-stack lab: this and the host part of their IPv4
+/// address, in one /64 (dual stack needs one subnet).
+const NODE6_PREFIX: &str = "fd00:10::";
+
 /// Makes node number `index` (0-based): its namespace, plugged into its subnet. Nodes
 /// alternate between subnets when there are two, so both same-subnet and cross-subnet pairs
 /// exist.
@@ -240,11 +244,22 @@ pub fn add_node(state: &mut LabState, index: usize) -> Result<String> {
     create_ns(&ns)?;
     state.namespaces.push(ns.clone());
     plug(state, &ns, &format!("v{name}"), subnet, &address)?;
+    let address6 = state
+        .spec
+        .dual_stack
+        .then(|| format!("{NODE6_PREFIX}{host}/64"));
+    if let Some(address6) = &address6 {
+        ip(
+            &ns,
+            &["-6", "addr", "add", address6, "dev", "eth0", "nodad"],
+        )?;
+    }
     let socket = state.dir.join(format!("{name}.sock"));
     state.nodes.push(NodeState {
         name: name.clone(),
         ns,
         address,
+        address6,
         subnet,
         socket,
         agent: None,

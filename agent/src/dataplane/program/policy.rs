@@ -12,13 +12,20 @@
 //! transaction; [`PolicyProgrammer::connection_mark`] tells the fast path, after the
 //! transaction committed, which epoch it may carry (see `docs/policy.md`).
 //!
+//! conntrack never sees the packets the fast path carries, so their connections' entries
+//! would expire while the connections go on, and the table resets a connection it meets
+//! again mid-stream. An epoch is therefore renewed ([`renewal_interval`]) well inside
+//! conntrack's TCP timeouts even when the rules do not change: each carried connection's
+//! next packet then goes through the stack, which refreshes its entry.
+//!
 //! What the table denies is counted in its named counters ([`DeniedCounter`]); a whole-table
 //! load starts them from zero, and so does deleting one, so the programmer reads them first
 //! and carries their figures over: [`PolicyProgrammer::denied`] only grows.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -30,6 +37,27 @@ use wren_policy::nft::{ConnectionMark, DeniedCounter, NftRules, TABLE};
 /// so an epoch comes back only after 65,535 changes of the node's rules; the other bits
 /// are left to others.
 pub const CONNECTION_MARK_MASK: u32 = 0xffff_0000;
+
+/// Where the agent's namespace keeps conntrack's settings.
+const CONNTRACK_SYSCTLS: &str = "/proc/sys/net/netfilter";
+
+/// conntrack's defaults for the TCP timeouts the renewal is measured against
+/// (`nf_conntrack_tcp_timeout_established`, `…_unacknowledged`), for when they cannot be
+/// read.
+const DEFAULT_TCP_TIMEOUTS: (Duration, Duration) =
+    (Duration::from_secs(5 * 24 * 3600), Duration::from_secs(300));
+
+/// The shortest renewal interval, however short conntrack's timeouts are set.
+const MIN_RENEWAL: Duration = Duration::from_secs(1);
+
+/// How long an epoch stands before it is renewed although the rules did not change: a
+/// quarter of the shorter of conntrack's established and unacknowledged TCP timeouts (at
+/// least [`MIN_RENEWAL`]). A carried connection's entry is refreshed by its first packet
+/// after each renewal; the unacknowledged timeout counts because an entry whose last
+/// packet seen carried data gets that one, the acknowledgement having been carried.
+pub fn renewal_interval(established: Duration, unacknowledged: Duration) -> Duration {
+    (established.min(unacknowledged) / 4).max(MIN_RENEWAL)
+}
 
 /// Why the table could not be brought to the plan.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +112,8 @@ enum Loaded {
 #[derive(Debug)]
 pub struct PolicyProgrammer {
     program: PathBuf,
+    /// Where conntrack's TCP timeouts are read (the namespace's `net/netfilter` sysctls).
+    conntrack_sysctls: PathBuf,
     /// The connection mark's bits for the epoch; `None`: no stamping.
     mark_mask: Option<u32>,
     state: Mutex<State>,
@@ -97,6 +127,8 @@ struct State {
     /// Epochs used so far, counted from a value of the agent's start (a restarted agent
     /// does not take up its predecessor's count, whose marks live on in conntrack).
     epochs: u64,
+    /// When the epoch in force was issued.
+    epoch_issued: Option<Instant>,
 }
 
 /// Where an agent's epochs start: from the clock and the process, different from one
@@ -126,6 +158,7 @@ impl PolicyProgrammer {
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
         Self {
             program: program.into(),
+            conntrack_sysctls: PathBuf::from(CONNTRACK_SYSCTLS),
             mark_mask: Some(CONNECTION_MARK_MASK),
             state: Mutex::new(State {
                 epochs: first_epoch(),
@@ -143,6 +176,27 @@ impl PolicyProgrammer {
         }
     }
 
+    /// The same programmer reading conntrack's timeouts from `dir` instead of the
+    /// namespace's sysctls.
+    pub fn with_conntrack_sysctls(self, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            conntrack_sysctls: dir.into(),
+            ..self
+        }
+    }
+
+    /// How long an epoch stands: [`renewal_interval`] of the timeouts conntrack has now.
+    fn epoch_lifetime(&self) -> Duration {
+        let read = |name: &str, default: Duration| {
+            read_seconds(&self.conntrack_sysctls.join(name)).unwrap_or(default)
+        };
+        let (established, unacknowledged) = DEFAULT_TCP_TIMEOUTS;
+        renewal_interval(
+            read("nf_conntrack_tcp_timeout_established", established),
+            read("nf_conntrack_tcp_timeout_unacknowledged", unacknowledged),
+        )
+    }
+
     /// The epoch the table in the kernel stamps on the connections it allows; `None`
     /// when there is no table or its state is unknown (a load failed).
     pub async fn connection_mark(&self) -> Option<ConnectionMark> {
@@ -153,13 +207,16 @@ impl PolicyProgrammer {
     }
 
     /// `rules` as they are to be loaded: with the epoch of the table they replace when
-    /// nothing else changes (a full pass reloading the same rules), the next one when
-    /// anything does or the kernel's state is unknown.
-    fn stamped(&self, state: &mut State, rules: &NftRules) -> NftRules {
+    /// nothing else changes (a full pass reloading the same rules) and that epoch is
+    /// younger than `lifetime`, the next one when anything changes, the epoch is due for
+    /// renewal, or the kernel's state is unknown.
+    fn stamped(&self, state: &mut State, rules: &NftRules, lifetime: Duration) -> NftRules {
         let mut rules = rules.clone();
         if let Loaded::Table(previous) = &state.loaded {
             rules.connection_mark = previous.connection_mark;
-            if rules == *previous {
+            let current = rules.connection_mark.is_none()
+                || state.epoch_issued.is_some_and(|at| at.elapsed() < lifetime);
+            if rules == *previous && current {
                 return rules;
             }
         }
@@ -167,6 +224,7 @@ impl PolicyProgrammer {
             state.epochs = state.epochs.wrapping_add(1);
             ConnectionMark::nth(mask, state.epochs)
         });
+        state.epoch_issued = Some(Instant::now());
         rules
     }
 
@@ -246,7 +304,8 @@ impl PolicyProgrammer {
             state.loaded = Loaded::Absent;
             return Ok(PolicyChange::Removed);
         }
-        let rules = &self.stamped(&mut state, rules);
+        let lifetime = self.epoch_lifetime();
+        let rules = &self.stamped(&mut state, rules, lifetime);
         // Counters whose figures were carried over for a delta that was then refused.
         let mut carried_already: Vec<String> = Vec::new();
         if let (false, Loaded::Table(previous)) = (full, &state.loaded) {
@@ -319,6 +378,12 @@ impl PolicyProgrammer {
             })
         }
     }
+}
+
+/// A sysctl holding a number of seconds.
+fn read_seconds(path: &Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim().parse().ok().map(Duration::from_secs)
 }
 
 /// The named counters' figures in `nft -j list counters`: name → packets.
@@ -403,22 +468,29 @@ impl PolicyStatus {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_configured_mask_holds_the_epoch_and_no_mask_stamps_nothing() {
+    /// Rules with one chain: a table to load.
+    fn one_chain() -> NftRules {
         let mut rules = NftRules::default();
         rules
             .chains
             .insert("ingress_wren_a".into(), vec!["drop".into()]);
+        rules
+    }
+
+    #[test]
+    fn a_configured_mask_holds_the_epoch_and_no_mask_stamps_nothing() {
+        let rules = one_chain();
         let narrow = PolicyProgrammer::new().with_mark_mask(0x00ff_0000);
         let mark = narrow
-            .stamped(&mut State::default(), &rules)
+            .stamped(&mut State::default(), &rules, Duration::MAX)
             .connection_mark
             .expect("an epoch");
         assert_eq!(mark.mask, 0x00ff_0000);
         assert!(mark.epoch != 0 && mark.epoch & !0x00ff_0000 == 0);
         let none = PolicyProgrammer::new().with_mark_mask(0);
         assert_eq!(
-            none.stamped(&mut State::default(), &rules).connection_mark,
+            none.stamped(&mut State::default(), &rules, Duration::MAX)
+                .connection_mark,
             None
         );
     }
@@ -427,29 +499,80 @@ mod tests {
     fn a_change_stamps_a_new_epoch_and_a_reload_of_the_same_rules_keeps_it() {
         let programmer = PolicyProgrammer::new();
         let mut state = State::default();
-        let mut rules = NftRules::default();
-        rules
-            .chains
-            .insert("ingress_wren_a".into(), vec!["drop".into()]);
+        let rules = one_chain();
         // Nothing known of the kernel: a new epoch, inside the mask, never 0.
-        let first = programmer.stamped(&mut state, &rules);
+        let first = programmer.stamped(&mut state, &rules, Duration::MAX);
         let mark = first.connection_mark.expect("an epoch");
         assert_eq!(mark.mask, CONNECTION_MARK_MASK);
         assert!(mark.epoch != 0 && mark.epoch & !CONNECTION_MARK_MASK == 0);
         state.loaded = Loaded::Table(first.clone());
         // The same rules again (a full pass): the same epoch, so carried connections stay.
-        assert_eq!(programmer.stamped(&mut state, &rules), first);
+        assert_eq!(programmer.stamped(&mut state, &rules, Duration::MAX), first);
         // Changed rules: the next epoch.
         let mut changed = rules.clone();
         changed
             .chains
             .insert("egress_wren_a".into(), vec!["drop".into()]);
-        let next = programmer.stamped(&mut state, &changed).connection_mark;
+        let next = programmer
+            .stamped(&mut state, &changed, Duration::MAX)
+            .connection_mark;
         assert!(next.is_some_and(|n| n.epoch != mark.epoch), "{next:?}");
         // After a failure the kernel's table is unknown: a new epoch even for the same rules.
         state.loaded = Loaded::Unknown;
-        let again = programmer.stamped(&mut state, &rules).connection_mark;
+        let again = programmer
+            .stamped(&mut state, &rules, Duration::MAX)
+            .connection_mark;
         assert!(again.is_some_and(|a| a.epoch != mark.epoch), "{again:?}");
+    }
+
+    #[test]
+    fn an_epoch_older_than_its_lifetime_is_renewed_for_the_same_rules() {
+        let programmer = PolicyProgrammer::new();
+        let mut state = State::default();
+        let rules = one_chain();
+        let first = programmer.stamped(&mut state, &rules, Duration::MAX);
+        state.loaded = Loaded::Table(first.clone());
+        assert_eq!(
+            programmer.stamped(&mut state, &rules, Duration::from_secs(3600)),
+            first,
+            "a young epoch stands"
+        );
+        let renewed = programmer.stamped(&mut state, &rules, Duration::ZERO);
+        assert_ne!(renewed.connection_mark, first.connection_mark);
+        assert_eq!(renewed.chains, first.chains);
+        // Without stamping there is nothing to renew.
+        let plain = PolicyProgrammer::new().with_mark_mask(0);
+        let mut state = State::default();
+        let loaded = plain.stamped(&mut state, &rules, Duration::ZERO);
+        state.loaded = Loaded::Table(loaded.clone());
+        assert_eq!(plain.stamped(&mut state, &rules, Duration::ZERO), loaded);
+    }
+
+    #[test]
+    fn epochs_are_renewed_well_inside_conntracks_tcp_timeouts() {
+        let (established, unacknowledged) = DEFAULT_TCP_TIMEOUTS;
+        assert_eq!(
+            renewal_interval(established, unacknowledged),
+            Duration::from_secs(75)
+        );
+        assert_eq!(
+            renewal_interval(Duration::from_secs(8), unacknowledged),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            renewal_interval(Duration::ZERO, unacknowledged),
+            MIN_RENEWAL
+        );
+        // Read from the namespace's sysctls, conntrack's defaults when they are missing.
+        let dir = tempfile::tempdir().unwrap();
+        let programmer = PolicyProgrammer::new().with_conntrack_sysctls(dir.path());
+        assert_eq!(programmer.epoch_lifetime(), Duration::from_secs(75));
+        std::fs::write(
+            dir.path().join("nf_conntrack_tcp_timeout_established"),
+            "12\n",
+        )
+        .unwrap();
+        assert_eq!(programmer.epoch_lifetime(), Duration::from_secs(3));
     }
 
     #[test]
