@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use wren_tests::daemons::bird::Bird;
 use wren_tests::daemons::{Announce, BfdPeer, BgpDaemon, Config, Family, Peer};
-use wren_tests::prereq;
 
 mod agent_rig;
 
@@ -37,7 +36,7 @@ fn metrics(node: &Node) -> String {
 
 #[test]
 fn bfd_takes_a_tors_sessions_and_routes_down_within_the_detection_time_and_back() {
-    if !ready() || !prereq::require_command("bird") || !prereq::require_command("nft") {
+    if !ready_with(["bird", "nft"]) {
         return;
     }
     let mut c = Cluster::new("ag-bfd", 2);
@@ -174,7 +173,7 @@ fn bfd_takes_a_tors_sessions_and_routes_down_within_the_detection_time_and_back(
 
 #[test]
 fn mesh_bfd_takes_a_silent_nodes_routes_down_and_brings_them_back() {
-    if !ready() || !prereq::require_command("nft") {
+    if !ready_with(["nft"]) {
         return;
     }
     let mut c = Cluster::new("ag-mbfd", 2);

@@ -14,7 +14,6 @@ use ipnet::IpNet;
 use wren_tests::daemons::bird::Bird;
 use wren_tests::daemons::frr::Frr;
 use wren_tests::daemons::{Announce, BgpDaemon, Config, Family, Peer, SessionState};
-use wren_tests::prereq;
 
 mod agent_rig;
 
@@ -44,7 +43,7 @@ fn state(node: &Node, peer: &str) -> String {
 
 #[test]
 fn hold_time_is_negotiated_and_gtsm_refuses_what_did_not_arrive_with_ttl_255() {
-    if !ready() || !prereq::require_command("bird") {
+    if !ready_with(["bird"]) {
         return;
     }
     let mut c = Cluster::new("ag-ctl", 1);
@@ -126,12 +125,11 @@ fn frr_keepalives_received(frr: &Frr, peer: &str) -> u64 {
 
 #[test]
 fn local_as_keepalive_time_and_gtsm_against_bird_and_frr() {
-    if !ready()
-        || !["bird"]
-            .iter()
-            .chain(&wren_tests::daemons::frr::BINARIES)
-            .all(|c| prereq::require_command(c))
-    {
+    if !ready_with(
+        ["bird"]
+            .into_iter()
+            .chain(wren_tests::daemons::frr::BINARIES),
+    ) {
         return;
     }
     let mut c = Cluster::new("ag-las", 1);

@@ -15,7 +15,7 @@ use wren_tests::daemons::frr::Frr;
 use wren_tests::daemons::{Announce, BgpDaemon, Config, Peer, Restart};
 use wren_tests::echo;
 use wren_tests::netns::NetNs;
-use wren_tests::prereq;
+use wren_tests::process::ChildGuard;
 
 mod agent_rig;
 
@@ -112,6 +112,27 @@ fn forwarded(tor: &NetNs) -> u64 {
         .unwrap_or_default();
     let links: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     links[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or(0)
+}
+
+/// `ip monitor route` in the node for one family (`-4` or `-6`): every change the kernel
+/// makes to its routes, as it makes it.
+fn route_monitor(node: &Node, family: &str) -> ChildGuard {
+    node.ns
+        .spawn("route monitor", "ip", &[family, "monitor", "route"])
+        .unwrap()
+}
+
+/// Asserts that `monitor` saw the route to `prefix` change and never saw it deleted: every
+/// change of its next hops was a replace.
+fn replaced_never_deleted(monitor: &ChildGuard, prefix: &str) {
+    let changes = monitor.log();
+    assert!(
+        changes.contains(prefix)
+            && !changes
+                .lines()
+                .any(|l| l.starts_with("Deleted") && l.contains(prefix)),
+        "the route was replaced, never deleted:\n{changes}"
+    );
 }
 
 /// Runs the prober from the node for `count` probes 2 ms apart while `during` runs; returns
@@ -244,7 +265,7 @@ fn peer_with_tors<'ns, D: BgpDaemon>(
 
 #[test]
 fn two_tors_one_multipath_route_that_shrinks_and_grows_without_a_gap() {
-    if !ready() || !prereq::require_command("bird") || !prereq::require_command("python3") {
+    if !ready_with(["bird", "python3"]) {
         return;
     }
     let prefix: IpNet = BEHIND.parse().unwrap();
@@ -275,11 +296,7 @@ fn two_tors_one_multipath_route_that_shrinks_and_grows_without_a_gap() {
 
     // ToR 1 stops (its kernel still forwards): the route shrinks in place, and nothing is
     // lost on the way.
-    let monitor = c
-        .node(0)
-        .ns
-        .spawn("route monitor", "ip", &["monitor", "route"])
-        .unwrap();
+    let monitor = route_monitor(c.node(0), "-4");
     let (sent, answered) = probe_while(c.node(0), 1500, || {
         std::thread::sleep(Duration::from_millis(500));
         birds[0].signal(Signal::SIGTERM).unwrap();
@@ -311,17 +328,7 @@ fn two_tors_one_multipath_route_that_shrinks_and_grows_without_a_gap() {
     // Measured at 0 to 3 of 1,500 (docs/reliability.md); 50 is 100 ms of probes, half of
     // them hashed to ToR 1.
     assert!(lost < 50, "{lost} of {sent} lost");
-    let changes = monitor.log();
-    assert!(
-        !changes
-            .lines()
-            .any(|l| l.starts_with("Deleted") && l.contains(BEHIND)),
-        "the route was replaced, never deleted:\n{changes}"
-    );
-    assert!(
-        changes.contains(BEHIND),
-        "the monitor saw the changes:\n{changes}"
-    );
+    replaced_never_deleted(&monitor, BEHIND);
 
     // A longer AS path from ToR 1 is not merged: one next hop, ToR 2's.
     routers[0]
@@ -347,12 +354,11 @@ fn two_tors_one_multipath_route_that_shrinks_and_grows_without_a_gap() {
 
 #[test]
 fn two_frr_tors_one_multipath_route_that_shrinks_without_a_delete() {
-    if !ready()
-        || !prereq::require_command("python3")
-        || !wren_tests::daemons::frr::BINARIES
-            .iter()
-            .all(|c| prereq::require_command(c))
-    {
+    if !ready_with(
+        ["python3"]
+            .into_iter()
+            .chain(wren_tests::daemons::frr::BINARIES),
+    ) {
         return;
     }
     let Fabric {
@@ -369,11 +375,7 @@ fn two_frr_tors_one_multipath_route_that_shrinks_without_a_delete() {
 
     // bgpd of ToR 1 stops (Cease to the node; its kernel still forwards): the route shrinks
     // in place, and no probe is lost.
-    let monitor = c
-        .node(0)
-        .ns
-        .spawn("route monitor", "ip", &["monitor", "route"])
-        .unwrap();
+    let monitor = route_monitor(c.node(0), "-4");
     let (sent, answered) = probe_while(c.node(0), 1000, || {
         std::thread::sleep(Duration::from_millis(300));
         frrs[0].signal(Signal::SIGTERM).unwrap();
@@ -382,14 +384,7 @@ fn two_frr_tors_one_multipath_route_that_shrinks_without_a_delete() {
         });
     });
     assert_eq!(answered, sent, "a stopped ToR costs nothing");
-    let changes = monitor.log();
-    assert!(
-        changes.contains(BEHIND)
-            && !changes
-                .lines()
-                .any(|l| l.starts_with("Deleted") && l.contains(BEHIND)),
-        "the route was replaced, never deleted:\n{changes}"
-    );
+    replaced_never_deleted(&monitor, BEHIND);
     wait_for("the metrics to count no multipath route", || {
         multipath_metrics(c.node(0)) == (0, 0)
     });
@@ -402,7 +397,7 @@ const BEHIND6: &str = "2001:db8:99::/64";
 
 #[test]
 fn two_bird_tors_over_ipv6_sessions_one_multipath_route_that_shrinks_in_place() {
-    if !ready() || !prereq::require_command("bird") {
+    if !ready_with(["bird"]) {
         return;
     }
     let mut c = Cluster::new("fx-ecmp6", 1);
@@ -448,24 +443,13 @@ fn two_bird_tors_over_ipv6_sessions_one_multipath_route_that_shrinks_in_place() 
     assert_eq!(multipath_metrics(c.node(0)), (1, 2));
 
     // ToR 1 stops: the route shrinks to ToR 2 in place, never deleted.
-    let monitor = c
-        .node(0)
-        .ns
-        .spawn("route monitor", "ip", &["-6", "monitor", "route"])
-        .unwrap();
+    let monitor = route_monitor(c.node(0), "-6");
     std::thread::sleep(Duration::from_millis(300));
     birds[0].signal(Signal::SIGTERM).unwrap();
     wait_for("the IPv6 route to shrink to ToR 2", || {
         next_hops_to(c.node(0), BEHIND6) == [TOR6[1]]
     });
-    let changes = monitor.log();
-    assert!(
-        changes.contains(BEHIND6)
-            && !changes
-                .lines()
-                .any(|l| l.starts_with("Deleted") && l.contains(BEHIND6)),
-        "the route was replaced, never deleted:\n{changes}"
-    );
+    replaced_never_deleted(&monitor, BEHIND6);
     birds[0].restart(Restart::Clean).unwrap();
     wait_for("the IPv6 route to grow back", || {
         next_hops_to(c.node(0), BEHIND6) == both

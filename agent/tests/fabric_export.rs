@@ -8,7 +8,6 @@ use wren_tests::daemons::bird::Bird;
 use wren_tests::daemons::frr::Frr;
 use wren_tests::daemons::{Announce, BgpDaemon, Config, Family, Peer, Route};
 use wren_tests::netns::NetNs;
-use wren_tests::prereq;
 
 mod agent_rig;
 
@@ -45,12 +44,11 @@ fn refusal(c: &Cluster, args: &[&str]) -> String {
 
 #[test]
 fn communities_and_filters_on_bird_and_frr() {
-    if !ready()
-        || !["bird"]
-            .iter()
-            .chain(&wren_tests::daemons::frr::BINARIES)
-            .all(|c| prereq::require_command(c))
-    {
+    if !ready_with(
+        ["bird"]
+            .into_iter()
+            .chain(wren_tests::daemons::frr::BINARIES),
+    ) {
         return;
     }
     let mut c = Cluster::new("fx-comm", 2);
@@ -233,7 +231,7 @@ fn communities_and_filters_on_bird_and_frr() {
 
 #[test]
 fn service_ranges_reach_the_tor_as_one_ecmp_route_over_every_node() {
-    if !ready() || !prereq::require_command("bird") {
+    if !ready_with(["bird"]) {
         return;
     }
     let mut c = Cluster::new("fx-svc", 2);
@@ -318,7 +316,7 @@ fn service_ranges_reach_the_tor_as_one_ecmp_route_over_every_node() {
 
 #[test]
 fn a_route_reflector_applies_an_ibgp_peers_export_filter_to_what_it_reflects() {
-    if !ready() || !prereq::require_command("bird") {
+    if !ready_with(["bird"]) {
         return;
     }
     let mut c = Cluster::new("fx-refl", 2);

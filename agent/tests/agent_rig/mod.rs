@@ -30,6 +30,11 @@ pub fn ready() -> bool {
     prereq::require_root() && prereq::require_command("etcd") && prereq::require_command("ip")
 }
 
+/// [`ready`], and every program of `commands` installed (under `CI=true` a missing one fails).
+pub fn ready_with<'a>(commands: impl IntoIterator<Item = &'a str>) -> bool {
+    ready() && commands.into_iter().all(prereq::require_command)
+}
+
 /// Polls `check` every 20 ms until it holds or `DEADLINE` passes; returns the time it took.
 pub fn wait_for(what: &str, check: impl FnMut() -> bool) -> Duration {
     wait_every(what, Duration::from_millis(20), check)
