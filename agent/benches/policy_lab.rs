@@ -14,7 +14,8 @@
 //! connection; the bench prints what n1's fast path carried for the isolated pod. Run with `cargo bench -p
 //! wren-agent --bench policy_lab` as root, with `etcd`, `iperf3`, `nft` and the built binaries.
 //! `WREN_BENCH_SECS` sets the seconds per throughput round (default 3), `WREN_BENCH_ROUNDS`
-//! the rounds (default 3); `WREN_BENCH_CHANGES` the policy changes timed (default 40).
+//! the rounds (default 3); `WREN_BENCH_CHANGES` the policy changes timed (default 40);
+//! `WREN_BENCH_TRAFFIC_ONLY=1` measures the throughput and connection rate rows alone.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -83,6 +84,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
+    let traffic_only = std::env::var("WREN_BENCH_TRAFFIC_ONLY").is_ok_and(|v| v == "1");
     let mut spec = LabSpec::new("benchpol", 3);
     spec.pods_per_node = 0;
     let mut lab = Lab::up(spec).expect("lab up");
@@ -121,7 +123,7 @@ fn main() {
         );
         started.elapsed()
     };
-    let rate = || -> f64 {
+    let rate = || -> (f64, u64) {
         let out = wren_tests::netns::run(command_in(&client, "python3").args([
             "-c",
             CONNECTOR,
@@ -129,7 +131,9 @@ fn main() {
             &settings.round.as_secs().to_string(),
         ]))
         .expect("connector");
-        out.trim().parse().expect("a rate")
+        let rate: f64 = out.trim().parse().expect("a rate");
+        // The connector prints completed connections per second of the round.
+        (rate, (rate * settings.round.as_secs_f64()).round() as u64)
     };
 
     // Throughput and connection rate, without and with the policy, rounds alternating.
@@ -139,9 +143,18 @@ fn main() {
     // n1's fast path while the policed rounds' streams run: what it carried of the
     // isolated pod's packets and what it left to the stack.
     let (mut carried, mut forwarded, mut to_stack) = (0, 0, 0);
+    // And in the connection rate rounds: the packets n1 left to the stack and carried for
+    // the isolated pod, and the connections made, with the policy and without.
+    let (mut rate_stack, mut rate_carried, mut rate_connections) = (0, 0, 0);
+    let (mut bare_stack, mut bare_connections) = (0, 0);
     for _ in 0..settings.rounds {
         bare.push(iperf(&client, &server, &server_ip, &server_ip, seconds).expect("iperf"));
-        bare_rate.push(rate());
+        let before = lab.fast_path("n1").expect("n1's fast path");
+        let (figure, connections) = rate();
+        let after = lab.fast_path("n1").expect("n1's fast path");
+        bare_rate.push(figure);
+        bare_stack += after.to_stack - before.to_stack;
+        bare_connections += connections;
         apply(&lab, ALLOW);
         std::thread::sleep(Duration::from_millis(500));
         let before = lab.fast_path("n1").expect("n1's fast path");
@@ -150,9 +163,56 @@ fn main() {
         carried += after.policed_carried - before.policed_carried;
         forwarded += after.forwarded - before.forwarded;
         to_stack += after.to_stack - before.to_stack;
-        policed_rate.push(rate());
+        let (figure, connections) = rate();
+        let later = lab.fast_path("n1").expect("n1's fast path");
+        policed_rate.push(figure);
+        rate_stack += later.to_stack - after.to_stack;
+        rate_carried += later.policed_carried - after.policed_carried;
+        rate_connections += connections;
         cli(&lab, &["policy", "rm", "x/server"]);
         std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let round_ratios: Vec<f64> = policed.iter().zip(&bare).map(|(p, b)| p / b).collect();
+    let gbits = |f: Vec<f64>| median(f) / 1e9;
+    let (bare, policed) = (gbits(bare), gbits(policed));
+    let (bare_rate, policed_rate) = (median(bare_rate), median(policed_rate));
+    println!(
+        "{} throughput rounds of {seconds} s and {} changes; {}",
+        settings.rounds,
+        if traffic_only { 0 } else { changes },
+        machine()
+    );
+    println!("| measure | figure | anchor | anchor figure | ratio | goal |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| pod n2 → pod n1 a policy allows, Gbit/s | {policed:.2} | no policy | {bare:.2} | {:.2} | ≥ 0.95 |",
+        policed / bare
+    );
+    println!(
+        "| the same, median of the rounds' ratios (each policed round against the round before) | {:.2} | | | | ≥ 0.95 |",
+        median(round_ratios)
+    );
+    println!(
+        "| n1's fast path in the policed rounds: packets carried for the isolated pod / forwarded / left to the stack | {carried} / {forwarded} / {to_stack} | | | | |"
+    );
+    println!(
+        "| new TCP connections/s, pod n2 → pod n1 a policy allows | {policed_rate:.0} | no policy | {bare_rate:.0} | {:.2} | ≥ 0.90 |",
+        policed_rate / bare_rate
+    );
+    let per_connection =
+        |packets: u64, connections: u64| packets as f64 / connections.max(1) as f64;
+    println!(
+        "| n1's fast path in the connection rounds, per connection: packets left to the stack with the policy / carried for the isolated pod / left to the stack without | {:.2} / {:.2} / {:.2} | | | | |",
+        per_connection(rate_stack, rate_connections),
+        per_connection(rate_carried, rate_connections),
+        per_connection(bare_stack, bare_connections)
+    );
+    if traffic_only {
+        let _ = acceptor.kill();
+        let _ = acceptor.wait();
+        lab.down().expect("lab down");
+        return;
     }
 
     // A change → enforced on every node.
@@ -218,38 +278,11 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let rss_restarted = resident_kib(agent_pid(&lab, "n1"));
 
-    let round_ratios: Vec<f64> = policed.iter().zip(&bare).map(|(p, b)| p / b).collect();
-    let gbits = |f: Vec<f64>| median(f) / 1e9;
-    let (bare, policed) = (gbits(bare), gbits(policed));
-    let (bare_rate, policed_rate) = (median(bare_rate), median(policed_rate));
     let ms = |f: &[f64], q: f64| {
         let mut f = f.to_vec();
         f.sort_by(f64::total_cmp);
         f[((f.len() as f64 - 1.0) * q).round() as usize] * 1e3
     };
-    println!(
-        "{} throughput rounds of {seconds} s and {} changes; {}",
-        settings.rounds,
-        changes,
-        machine()
-    );
-    println!("| measure | figure | anchor | anchor figure | ratio | goal |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| pod n2 → pod n1 a policy allows, Gbit/s | {policed:.2} | no policy | {bare:.2} | {:.2} | ≥ 0.95 |",
-        policed / bare
-    );
-    println!(
-        "| the same, median of the rounds' ratios (each policed round against the round before) | {:.2} | | | | ≥ 0.95 |",
-        median(round_ratios)
-    );
-    println!(
-        "| n1's fast path in the policed rounds: packets carried for the isolated pod / forwarded / left to the stack | {carried} / {forwarded} / {to_stack} | | | | |"
-    );
-    println!(
-        "| new TCP connections/s, pod n2 → pod n1 a policy allows | {policed_rate:.0} | no policy | {bare_rate:.0} | {:.2} | ≥ 0.90 |",
-        policed_rate / bare_rate
-    );
     println!(
         "| policy change → enforced on all 3 nodes, p50 / p99 ms | {:.1} / {:.1} | `wren policy apply` alone, p50 / p99 ms | {:.1} / {:.1} | {:.2} (p50) | p50 < 100 ms |",
         ms(&enforced, 0.5),
