@@ -44,14 +44,17 @@ while True:
 "#;
 
 /// Opens connections to argv[1]:8080 one after the other for argv[2] seconds; prints how
-/// many completed per second.
+/// many completed per second. Each ends in a reset (`SO_LINGER` 0), or with argv[3]
+/// `fins` by the client's FIN after the server's.
 const CONNECTOR: &str = r#"
 import socket, sys, time
 host, seconds = sys.argv[1], float(sys.argv[2])
+reset = sys.argv[3:] != ["fins"]
 done, end = 0, time.monotonic() + seconds
 while time.monotonic() < end:
     s = socket.create_connection((host, 8080), timeout=2)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    if reset:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     s.sendall(b"x")
     s.recv(1)
     s.close()
@@ -123,12 +126,13 @@ fn main() {
         );
         started.elapsed()
     };
-    let rate = || -> (f64, u64) {
+    let rate = |close: &str| -> (f64, u64) {
         let out = wren_tests::netns::run(command_in(&client, "python3").args([
             "-c",
             CONNECTOR,
             &server_ip,
             &settings.round.as_secs().to_string(),
+            close,
         ]))
         .expect("connector");
         let rate: f64 = out.trim().parse().expect("a rate");
@@ -138,23 +142,17 @@ fn main() {
 
     // Throughput and connection rate, without and with the policy, rounds alternating.
     let seconds = settings.round.as_secs();
-    let (mut bare, mut policed, mut bare_rate, mut policed_rate) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut bare, mut policed) = (Vec::new(), Vec::new());
     // n1's fast path while the policed rounds' streams run: what it carried of the
     // isolated pod's packets and what it left to the stack.
     let (mut carried, mut forwarded, mut to_stack) = (0, 0, 0);
-    // And in the connection rate rounds: the packets n1 left to the stack and carried for
-    // the isolated pod, and the connections made, with the policy and without.
-    let (mut rate_stack, mut rate_carried, mut rate_connections) = (0, 0, 0);
-    let (mut bare_stack, mut bare_connections) = (0, 0);
+    // The connection rate, for connections ending in a reset and in two FINs.
+    let mut rates = [RateRounds::new("reset"), RateRounds::new("fins")];
     for _ in 0..settings.rounds {
         bare.push(iperf(&client, &server, &server_ip, &server_ip, seconds).expect("iperf"));
-        let before = lab.fast_path("n1").expect("n1's fast path");
-        let (figure, connections) = rate();
-        let after = lab.fast_path("n1").expect("n1's fast path");
-        bare_rate.push(figure);
-        bare_stack += after.to_stack - before.to_stack;
-        bare_connections += connections;
+        for rounds in &mut rates {
+            rounds.measure(&lab, false, || rate(rounds.close));
+        }
         apply(&lab, ALLOW);
         std::thread::sleep(Duration::from_millis(500));
         let before = lab.fast_path("n1").expect("n1's fast path");
@@ -163,12 +161,9 @@ fn main() {
         carried += after.policed_carried - before.policed_carried;
         forwarded += after.forwarded - before.forwarded;
         to_stack += after.to_stack - before.to_stack;
-        let (figure, connections) = rate();
-        let later = lab.fast_path("n1").expect("n1's fast path");
-        policed_rate.push(figure);
-        rate_stack += later.to_stack - after.to_stack;
-        rate_carried += later.policed_carried - after.policed_carried;
-        rate_connections += connections;
+        for rounds in &mut rates {
+            rounds.measure(&lab, true, || rate(rounds.close));
+        }
         cli(&lab, &["policy", "rm", "x/server"]);
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -176,7 +171,6 @@ fn main() {
     let round_ratios: Vec<f64> = policed.iter().zip(&bare).map(|(p, b)| p / b).collect();
     let gbits = |f: Vec<f64>| median(f) / 1e9;
     let (bare, policed) = (gbits(bare), gbits(policed));
-    let (bare_rate, policed_rate) = (median(bare_rate), median(policed_rate));
     println!(
         "{} throughput rounds of {seconds} s and {} changes; {}",
         settings.rounds,
@@ -196,18 +190,9 @@ fn main() {
     println!(
         "| n1's fast path in the policed rounds: packets carried for the isolated pod / forwarded / left to the stack | {carried} / {forwarded} / {to_stack} | | | | |"
     );
-    println!(
-        "| new TCP connections/s, pod n2 → pod n1 a policy allows | {policed_rate:.0} | no policy | {bare_rate:.0} | {:.2} | ≥ 0.90 |",
-        policed_rate / bare_rate
-    );
-    let per_connection =
-        |packets: u64, connections: u64| packets as f64 / connections.max(1) as f64;
-    println!(
-        "| n1's fast path in the connection rounds, per connection: packets left to the stack with the policy / carried for the isolated pod / left to the stack without | {:.2} / {:.2} / {:.2} | | | | |",
-        per_connection(rate_stack, rate_connections),
-        per_connection(rate_carried, rate_connections),
-        per_connection(bare_stack, bare_connections)
-    );
+    for rounds in rates {
+        rounds.print();
+    }
     if traffic_only {
         let _ = acceptor.kill();
         let _ = acceptor.wait();
@@ -302,6 +287,65 @@ fn main() {
         from_nothing / ready
     );
     lab.down().expect("lab down");
+}
+
+/// One kind of connection's rate rounds: the rates with the policy and without, and what
+/// n1's fast path did meanwhile.
+struct RateRounds {
+    /// How the connections end: `reset` or `fins` (the connector's argument).
+    close: &'static str,
+    /// Connections per second, each round, without the policy and with it.
+    rates: [Vec<f64>; 2],
+    /// Connections made, without the policy and with it.
+    connections: [u64; 2],
+    /// Packets n1 left to the stack, without the policy and with it.
+    to_stack: [u64; 2],
+    /// Packets n1 carried for the isolated pod (with the policy).
+    carried: u64,
+}
+
+impl RateRounds {
+    fn new(close: &'static str) -> Self {
+        Self {
+            close,
+            rates: [Vec::new(), Vec::new()],
+            connections: [0; 2],
+            to_stack: [0; 2],
+            carried: 0,
+        }
+    }
+
+    /// One round of `rate` (connections/s, connections made), `policed` or not.
+    fn measure(&mut self, lab: &Lab, policed: bool, rate: impl FnOnce() -> (f64, u64)) {
+        let side = usize::from(policed);
+        let before = lab.fast_path("n1").expect("n1's fast path");
+        let (figure, connections) = rate();
+        let after = lab.fast_path("n1").expect("n1's fast path");
+        self.rates[side].push(figure);
+        self.connections[side] += connections;
+        self.to_stack[side] += after.to_stack - before.to_stack;
+        self.carried += after.policed_carried - before.policed_carried;
+    }
+
+    fn print(self) {
+        let ending = if self.close == "fins" {
+            "closed by two FINs"
+        } else {
+            "ended by a reset"
+        };
+        let [bare, policed] = self.rates.map(median);
+        println!(
+            "| new TCP connections/s {ending}, pod n2 → pod n1 a policy allows | {policed:.0} | no policy | {bare:.0} | {:.2} | ≥ 0.90 |",
+            policed / bare
+        );
+        let per = |packets: u64, side: usize| packets as f64 / self.connections[side].max(1) as f64;
+        println!(
+            "| n1's fast path in those rounds, per connection: packets left to the stack with the policy / carried for the isolated pod / left to the stack without | {:.2} / {:.2} / {:.2} | | | | |",
+            per(self.to_stack[1], 1),
+            per(self.carried, 1),
+            per(self.to_stack[0], 0)
+        );
+    }
 }
 
 fn agent_pid(lab: &Lab, node: &str) -> u32 {
