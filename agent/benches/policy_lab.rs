@@ -25,34 +25,48 @@ use wren_tests::bench::{BenchSettings, invoked_as_bench, iperf, machine, median}
 use wren_tests::lab::{self, Lab, LabSpec};
 use wren_tests::netns::command_in;
 
-/// Accepts connections on port 8080, answers one byte and closes.
+/// Accepts connections on port 8080, answers one byte and closes (the server's FIN
+/// first); and on port 8081, answers one byte and closes once the client closed (the
+/// client's FIN first, so that the client, not the server, keeps the connection's
+/// TIME_WAIT).
 const ACCEPTOR: &str = r#"
-import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080))
-s.listen(1024)
+import socket, threading
+def listen(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(1024)
+    return s
+def serve(s, wait_for_fin):
+    while True:
+        c, _ = s.accept()
+        try:
+            c.recv(1)
+            c.sendall(b"x")
+            if wait_for_fin:
+                c.recv(1)
+        except OSError:
+            pass
+        c.close()
+first, second = listen(8080), listen(8081)
+threading.Thread(target=serve, args=(second, True), daemon=True).start()
 print("up", flush=True)
-while True:
-    c, _ = s.accept()
-    try:
-        c.recv(1)
-        c.sendall(b"x")
-    except OSError:
-        pass
-    c.close()
+serve(first, False)
 "#;
 
-/// Opens connections to argv[1]:8080 one after the other for argv[2] seconds; prints how
-/// many completed per second. Each ends in a reset (`SO_LINGER` 0), or with argv[3]
-/// `fins` by the client's FIN after the server's.
+/// Opens connections to argv[1] one after the other for argv[2] seconds; prints how many
+/// completed per second. Each ends in a reset (`SO_LINGER` 0) to port 8080, where the
+/// server closes first, or with argv[3] `fins`, by the client's FIN and then the
+/// server's, to port 8081 (with `net.ipv4.tcp_tw_reuse` on, so that the client reuses
+/// its ports in TIME_WAIT).
 const CONNECTOR: &str = r#"
 import socket, sys, time
 host, seconds = sys.argv[1], float(sys.argv[2])
 reset = sys.argv[3:] != ["fins"]
+port = 8080 if reset else 8081
 done, end = 0, time.monotonic() + seconds
 while time.monotonic() < end:
-    s = socket.create_connection((host, 8080), timeout=2)
+    s = socket.create_connection((host, port), timeout=2)
     if reset:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     s.sendall(b"x")
@@ -107,6 +121,13 @@ fn main() {
     lab.wait_full_matrix(Duration::from_secs(30), "n1")
         .expect("pods reach each other");
     let (client, server, server_ip) = (pods[1].0.clone(), pods[0].0.clone(), pods[0].1.to_string());
+    // The connections closed by two FINs leave TIME_WAIT to the client, which reuses
+    // those ports (timestamps tell the old connection's segments from the new one's).
+    let reuse = command_in(&client, "sysctl")
+        .args(["-qw", "net.ipv4.tcp_tw_reuse=1"])
+        .status()
+        .expect("sysctl runs");
+    assert!(reuse.success(), "TIME_WAIT reuse on in the client pod");
     let mut acceptor = command_in(&server, "python3")
         .args(["-c", ACCEPTOR])
         .stdout(Stdio::piped())
