@@ -4,17 +4,20 @@
 //! | row | measured | anchor (same run, rounds alternating) |
 //! |---|---|---|
 //! | throughput | iperf3, one TCP stream, pod x/client on n2 → pod x/server on n1, with a policy isolating the server and allowing the client | the same pods with no policy |
-//! | connection rate | new TCP connections per second (connect, one byte each way, close) over the same pair | the same pods with no policy |
+//! | connection rate | new TCP connections per second (connect, one byte each way, close) over the same pair, ended by a reset (the server's FIN first, the client's `SO_LINGER` 0) and closed by two FINs (the client's first) | the same pods with no policy |
 //! | at scale: memory | n1's agent's resident memory with 1,000 policies over 1,000 more workloads in the view (50 namespaces of 20 pods on other nodes) | the same agent before they were written |
 //! | at scale: from nothing | n1's agent started → its table programmed, with that cluster in etcd | the same start's readiness (the agent ready, before policy) |
 //! | change → enforced | `wren policy apply` started → the last of the three agents logged the table programmed (a policy selecting a pod on every node, its rule changed each time) | the `wren policy apply` process alone (start to exit: validation, etcd transaction) |
 //!
 //! With the policy the server's node polices its traffic: the stream's setup goes through
 //! the stack and the rules, and the rest rides the fast path once the rules stamped the
-//! connection; the bench prints what n1's fast path carried for the isolated pod. Run with `cargo bench -p
-//! wren-agent --bench policy_lab` as root, with `etcd`, `iperf3`, `nft` and the built binaries.
+//! connection; the bench prints what n1's fast path carried for the isolated pod, and
+//! per connection of the rate rounds what it carried and left to the stack. Run with
+//! `cargo bench -p wren-agent --bench policy_lab` as root, with `etcd`, `iperf3`, `nft`
+//! and the built binaries.
 //! `WREN_BENCH_SECS` sets the seconds per throughput round (default 3), `WREN_BENCH_ROUNDS`
-//! the rounds (default 3); `WREN_BENCH_CHANGES` the policy changes timed (default 40).
+//! the rounds (default 3); `WREN_BENCH_CHANGES` the policy changes timed (default 40);
+//! `WREN_BENCH_TRAFFIC_ONLY=1` measures the throughput and connection rate rows alone.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -24,33 +27,50 @@ use wren_tests::bench::{BenchSettings, invoked_as_bench, iperf, machine, median}
 use wren_tests::lab::{self, Lab, LabSpec};
 use wren_tests::netns::command_in;
 
-/// Accepts connections on port 8080, answers one byte and closes.
+/// Accepts connections on port 8080, answers one byte and closes (the server's FIN
+/// first); and on port 8081, answers one byte and closes once the client closed (the
+/// client's FIN first, so that the client, not the server, keeps the connection's
+/// TIME_WAIT).
 const ACCEPTOR: &str = r#"
-import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080))
-s.listen(1024)
+import socket, threading
+def listen(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    s.listen(1024)
+    return s
+def serve(s, wait_for_fin):
+    while True:
+        c, _ = s.accept()
+        try:
+            c.recv(1)
+            c.sendall(b"x")
+            if wait_for_fin:
+                c.recv(1)
+        except OSError:
+            pass
+        c.close()
+first, second = listen(8080), listen(8081)
+threading.Thread(target=serve, args=(second, True), daemon=True).start()
 print("up", flush=True)
-while True:
-    c, _ = s.accept()
-    try:
-        c.recv(1)
-        c.sendall(b"x")
-    except OSError:
-        pass
-    c.close()
+serve(first, False)
 "#;
 
-/// Opens connections to argv[1]:8080 one after the other for argv[2] seconds; prints how
-/// many completed per second.
+/// Opens connections to argv[1] one after the other for argv[2] seconds; prints how many
+/// completed per second. Each ends in a reset (`SO_LINGER` 0) to port 8080, where the
+/// server closes first, or with argv[3] `fins`, by the client's FIN and then the
+/// server's, to port 8081 (with `net.ipv4.tcp_tw_reuse` on, so that the client reuses
+/// its ports in TIME_WAIT).
 const CONNECTOR: &str = r#"
 import socket, sys, time
 host, seconds = sys.argv[1], float(sys.argv[2])
+reset = sys.argv[3:] != ["fins"]
+port = 8080 if reset else 8081
 done, end = 0, time.monotonic() + seconds
 while time.monotonic() < end:
-    s = socket.create_connection((host, 8080), timeout=2)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s = socket.create_connection((host, port), timeout=2)
+    if reset:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     s.sendall(b"x")
     s.recv(1)
     s.close()
@@ -83,6 +103,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
+    let traffic_only = std::env::var("WREN_BENCH_TRAFFIC_ONLY").is_ok_and(|v| v == "1");
     let mut spec = LabSpec::new("benchpol", 3);
     spec.pods_per_node = 0;
     let mut lab = Lab::up(spec).expect("lab up");
@@ -102,6 +123,13 @@ fn main() {
     lab.wait_full_matrix(Duration::from_secs(30), "n1")
         .expect("pods reach each other");
     let (client, server, server_ip) = (pods[1].0.clone(), pods[0].0.clone(), pods[0].1.to_string());
+    // The connections closed by two FINs leave TIME_WAIT to the client, which reuses
+    // those ports (timestamps tell the old connection's segments from the new one's).
+    let reuse = command_in(&client, "sysctl")
+        .args(["-qw", "net.ipv4.tcp_tw_reuse=1"])
+        .status()
+        .expect("sysctl runs");
+    assert!(reuse.success(), "TIME_WAIT reuse on in the client pod");
     let mut acceptor = command_in(&server, "python3")
         .args(["-c", ACCEPTOR])
         .stdout(Stdio::piped())
@@ -121,27 +149,33 @@ fn main() {
         );
         started.elapsed()
     };
-    let rate = || -> f64 {
+    let rate = |close: &str| -> (f64, u64) {
         let out = wren_tests::netns::run(command_in(&client, "python3").args([
             "-c",
             CONNECTOR,
             &server_ip,
             &settings.round.as_secs().to_string(),
+            close,
         ]))
         .expect("connector");
-        out.trim().parse().expect("a rate")
+        let rate: f64 = out.trim().parse().expect("a rate");
+        // The connector prints completed connections per second of the round.
+        (rate, (rate * settings.round.as_secs_f64()).round() as u64)
     };
 
     // Throughput and connection rate, without and with the policy, rounds alternating.
     let seconds = settings.round.as_secs();
-    let (mut bare, mut policed, mut bare_rate, mut policed_rate) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut bare, mut policed) = (Vec::new(), Vec::new());
     // n1's fast path while the policed rounds' streams run: what it carried of the
     // isolated pod's packets and what it left to the stack.
     let (mut carried, mut forwarded, mut to_stack) = (0, 0, 0);
+    // The connection rate, for connections ending in a reset and in two FINs.
+    let mut rates = [RateRounds::new("reset"), RateRounds::new("fins")];
     for _ in 0..settings.rounds {
         bare.push(iperf(&client, &server, &server_ip, &server_ip, seconds).expect("iperf"));
-        bare_rate.push(rate());
+        for rounds in &mut rates {
+            rounds.measure(&lab, false, || rate(rounds.close));
+        }
         apply(&lab, ALLOW);
         std::thread::sleep(Duration::from_millis(500));
         let before = lab.fast_path("n1").expect("n1's fast path");
@@ -150,9 +184,43 @@ fn main() {
         carried += after.policed_carried - before.policed_carried;
         forwarded += after.forwarded - before.forwarded;
         to_stack += after.to_stack - before.to_stack;
-        policed_rate.push(rate());
+        for rounds in &mut rates {
+            rounds.measure(&lab, true, || rate(rounds.close));
+        }
         cli(&lab, &["policy", "rm", "x/server"]);
         std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let round_ratios: Vec<f64> = policed.iter().zip(&bare).map(|(p, b)| p / b).collect();
+    let gbits = |f: Vec<f64>| median(f) / 1e9;
+    let (bare, policed) = (gbits(bare), gbits(policed));
+    println!(
+        "{} throughput rounds of {seconds} s and {} changes; {}",
+        settings.rounds,
+        if traffic_only { 0 } else { changes },
+        machine()
+    );
+    println!("| measure | figure | anchor | anchor figure | ratio | goal |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| pod n2 → pod n1 a policy allows, Gbit/s | {policed:.2} | no policy | {bare:.2} | {:.2} | ≥ 0.95 |",
+        policed / bare
+    );
+    println!(
+        "| the same, median of the rounds' ratios (each policed round against the round before) | {:.2} | | | | ≥ 0.95 |",
+        median(round_ratios)
+    );
+    println!(
+        "| n1's fast path in the policed rounds: packets carried for the isolated pod / forwarded / left to the stack | {carried} / {forwarded} / {to_stack} | | | | |"
+    );
+    for rounds in rates {
+        rounds.print();
+    }
+    if traffic_only {
+        let _ = acceptor.kill();
+        let _ = acceptor.wait();
+        lab.down().expect("lab down");
+        return;
     }
 
     // A change → enforced on every node.
@@ -218,38 +286,11 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
     let rss_restarted = resident_kib(agent_pid(&lab, "n1"));
 
-    let round_ratios: Vec<f64> = policed.iter().zip(&bare).map(|(p, b)| p / b).collect();
-    let gbits = |f: Vec<f64>| median(f) / 1e9;
-    let (bare, policed) = (gbits(bare), gbits(policed));
-    let (bare_rate, policed_rate) = (median(bare_rate), median(policed_rate));
     let ms = |f: &[f64], q: f64| {
         let mut f = f.to_vec();
         f.sort_by(f64::total_cmp);
         f[((f.len() as f64 - 1.0) * q).round() as usize] * 1e3
     };
-    println!(
-        "{} throughput rounds of {seconds} s and {} changes; {}",
-        settings.rounds,
-        changes,
-        machine()
-    );
-    println!("| measure | figure | anchor | anchor figure | ratio | goal |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| pod n2 → pod n1 a policy allows, Gbit/s | {policed:.2} | no policy | {bare:.2} | {:.2} | ≥ 0.95 |",
-        policed / bare
-    );
-    println!(
-        "| the same, median of the rounds' ratios (each policed round against the round before) | {:.2} | | | | ≥ 0.95 |",
-        median(round_ratios)
-    );
-    println!(
-        "| n1's fast path in the policed rounds: packets carried for the isolated pod / forwarded / left to the stack | {carried} / {forwarded} / {to_stack} | | | | |"
-    );
-    println!(
-        "| new TCP connections/s, pod n2 → pod n1 a policy allows | {policed_rate:.0} | no policy | {bare_rate:.0} | {:.2} | ≥ 0.90 |",
-        policed_rate / bare_rate
-    );
     println!(
         "| policy change → enforced on all 3 nodes, p50 / p99 ms | {:.1} / {:.1} | `wren policy apply` alone, p50 / p99 ms | {:.1} / {:.1} | {:.2} (p50) | p50 < 100 ms |",
         ms(&enforced, 0.5),
@@ -269,6 +310,75 @@ fn main() {
         from_nothing / ready
     );
     lab.down().expect("lab down");
+}
+
+/// One kind of connection's rate rounds: the rates with the policy and without, and what
+/// n1's fast path did meanwhile.
+struct RateRounds {
+    /// How the connections end: `reset` or `fins` (the connector's argument).
+    close: &'static str,
+    /// Connections per second, each round, without the policy and with it.
+    rates: [Vec<f64>; 2],
+    /// Connections made, without the policy and with it.
+    connections: [u64; 2],
+    /// Packets n1 left to the stack, without the policy and with it.
+    to_stack: [u64; 2],
+    /// Packets n1 carried for the isolated pod (with the policy).
+    carried: u64,
+}
+
+impl RateRounds {
+    fn new(close: &'static str) -> Self {
+        Self {
+            close,
+            rates: [Vec::new(), Vec::new()],
+            connections: [0; 2],
+            to_stack: [0; 2],
+            carried: 0,
+        }
+    }
+
+    /// One round of `rate` (connections/s, connections made), `policed` or not.
+    fn measure(&mut self, lab: &Lab, policed: bool, rate: impl FnOnce() -> (f64, u64)) {
+        let side = usize::from(policed);
+        let before = lab.fast_path("n1").expect("n1's fast path");
+        let (figure, connections) = rate();
+        let after = lab.fast_path("n1").expect("n1's fast path");
+        self.rates[side].push(figure);
+        self.connections[side] += connections;
+        self.to_stack[side] += after.to_stack - before.to_stack;
+        self.carried += after.policed_carried - before.policed_carried;
+    }
+
+    fn print(self) {
+        let ending = if self.close == "fins" {
+            "closed by two FINs"
+        } else {
+            "ended by a reset"
+        };
+        // Each policed round against the unpoliced round before it, as for throughput.
+        let round_ratios: Vec<f64> = self.rates[1]
+            .iter()
+            .zip(&self.rates[0])
+            .map(|(p, b)| p / b)
+            .collect();
+        let [bare, policed] = self.rates.map(median);
+        println!(
+            "| new TCP connections/s {ending}, pod n2 → pod n1 a policy allows | {policed:.0} | no policy | {bare:.0} | {:.2} | ≥ 0.90 |",
+            policed / bare
+        );
+        println!(
+            "| the same, median of the rounds' ratios | {:.2} | | | | ≥ 0.90 |",
+            median(round_ratios)
+        );
+        let per = |packets: u64, side: usize| packets as f64 / self.connections[side].max(1) as f64;
+        println!(
+            "| n1's fast path in those rounds, per connection: packets left to the stack with the policy / carried for the isolated pod / left to the stack without | {:.2} / {:.2} / {:.2} | | | | |",
+            per(self.to_stack[1], 1),
+            per(self.carried, 1),
+            per(self.to_stack[0], 0)
+        );
+    }
 }
 
 fn agent_pid(lab: &Lab, node: &str) -> u32 {

@@ -6,7 +6,10 @@
 //! before their pod was first isolated (conntrack never saw them) are reset at their next
 //! packet when it comes from the isolated server, judged as the client's when it comes from
 //! the client (the denied one reset, the allowed one going on), and an allowed client
-//! reconnects and is carried past conntrack's established timeout.
+//! reconnects and is carried past conntrack's established timeout. A connection's close
+//! goes through conntrack but its bare ACKs ride the fast path, its entry left counting
+//! down a closing state, and a half-closed connection is carried past conntrack's
+//! FIN_WAIT and CLOSE_WAIT timeouts.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
@@ -22,7 +25,8 @@ const QUIET_PORT: &str = "7071";
 
 /// Takes every connection on port argv[1] and answers one byte `k` per MiB received;
 /// with the argument `tick` after it, also sends a byte `t` on every connection every
-/// 200 ms.
+/// 200 ms. With `close S` after it instead, reads one byte and answers one, reads until
+/// the client's FIN, then sends a byte `t` every 100 ms for S seconds and closes.
 const SINK: &str = r#"
 import socket, sys, threading, time
 def tick(c):
@@ -32,7 +36,22 @@ def tick(c):
             c.sendall(b"t")
     except OSError:
         pass
+def close(c, seconds):
+    try:
+        c.recv(1)
+        c.sendall(b"x")
+        while c.recv(4096):
+            pass
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.1)
+            c.sendall(b"t")
+    except OSError:
+        pass
+    c.close()
 def serve(c):
+    if sys.argv[2:3] == ["close"]:
+        return close(c, float(sys.argv[3]))
     if sys.argv[2:] == ["tick"]:
         threading.Thread(target=tick, args=(c,), daemon=True).start()
     got = 0
@@ -82,6 +101,32 @@ for line in sys.stdin:
     except OSError as e:
         print("stalled", e, flush=True)
         break
+"#;
+
+/// The port of a sink that closes (`close`).
+const CLOSING_PORT: &str = "7072";
+
+/// Makes argv[3] connections to argv[1]:argv[2] one after the other, each sending one
+/// byte, reading one, closing its side (FIN) and reading until the server's FIN; prints
+/// `closed N` with the bytes read after its own FIN, summed, or `stalled` and the error.
+const CLOSING_CLIENT: &str = r#"
+import socket, sys
+total = 0
+try:
+    for _ in range(int(sys.argv[3])):
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+        s.sendall(b"x")
+        s.recv(1)
+        s.shutdown(socket.SHUT_WR)
+        while True:
+            data = s.recv(4096)
+            if not data:
+                break
+            total += len(data)
+        s.close()
+    print("closed", total)
+except OSError as e:
+    print("stalled", e)
 "#;
 
 /// Allows x/server's ingress from pods labelled `app` (the policy isolates x/server).
@@ -187,7 +232,7 @@ fn allowed_connections_ride_the_fast_path_until_a_change_denies_them() {
     let (lab, server, server_ip, clients) =
         server_and_clients(LabSpec::new("polfast", 2), &["client"]);
     let client = &clients[0];
-    let _sink = start_sink(&server, PORT, false);
+    let _sink = start_sink(&server, PORT, &[]);
     let dir = tempfile::tempdir().expect("temporary directory");
     let apply = |yaml: &str| apply_policy(&lab, dir.path(), yaml);
 
@@ -253,12 +298,33 @@ fn server_and_clients(mut spec: LabSpec, clients: &[&str]) -> (Lab, String, Stri
     (lab, server, server_ip.to_string(), clients)
 }
 
-/// The sink, listening in `pod` on `port`, ticking when `tick`.
-fn start_sink(pod: &str, port: &str, tick: bool) -> Guarded {
+/// A two-node lab whose agents pass every second, so that they renew their epochs as
+/// often as the short conntrack timeouts a test sets ask.
+fn renewing(name: &str) -> LabSpec {
+    let mut spec = LabSpec::new(name, 2);
+    spec.reconcile_interval = Some(Duration::from_secs(1));
+    spec
+}
+
+/// Sets conntrack's TCP `timeout` (`established`, `close_wait`, …) in n1's namespace.
+fn set_n1_tcp_timeout(lab: &Lab, timeout: &str, seconds: u32) {
+    let n1 = lab.node("n1").expect("n1").ns.clone();
+    let set = command_in(&n1, "sysctl")
+        .args([
+            "-qw",
+            &format!("net.netfilter.nf_conntrack_tcp_timeout_{timeout}={seconds}"),
+        ])
+        .status()
+        .expect("sysctl runs");
+    assert!(set.success(), "conntrack's {timeout} timeout set in n1");
+}
+
+/// The sink, listening in `pod` on `port`, in `mode` ([`SINK`]'s further arguments).
+fn start_sink(pod: &str, port: &str, mode: &[&str]) -> Guarded {
     let mut sink = Guarded(
         command_in(pod, "python3")
             .args(["-c", SINK, port])
-            .args(tick.then_some("tick"))
+            .args(mode)
             .stdout(Stdio::piped())
             .spawn()
             .expect("sink"),
@@ -294,30 +360,19 @@ fn connections_carried_before_the_first_isolation_are_reset_unless_judged_from_t
     if !lab::require_lab(false) || !wren_tests::prereq::require_command("nft") {
         return;
     }
-    let mut spec = LabSpec::new("polpick", 2);
-    // Passes every second, so that the agent renews its epoch as often as the short
-    // conntrack timeout below asks.
-    spec.reconcile_interval = Some(Duration::from_secs(1));
-    let (lab, server, server_ip, clients) = server_and_clients(spec, &["client", "friend"]);
+    let (lab, server, server_ip, clients) =
+        server_and_clients(renewing("polpick"), &["client", "friend"]);
     let (client, friend) = (&clients[0], &clients[1]);
     // conntrack forgets an established connection 8 s after the last packet it saw: the
     // agent renews its epoch every 2 s, so each carried connection shows it one packet
     // as often.
-    let n1 = lab.node("n1").expect("n1").ns.clone();
-    let set = command_in(&n1, "sysctl")
-        .args([
-            "-qw",
-            "net.netfilter.nf_conntrack_tcp_timeout_established=8",
-        ])
-        .status()
-        .expect("sysctl runs");
-    assert!(set.success(), "conntrack's established timeout set in n1");
+    set_n1_tcp_timeout(&lab, "established", 8);
     // On PORT the server speaks too, so the first packet of a connection that n1's
     // conntrack sees once the pod is isolated is the server's: picked up from it, the
     // client's packets would be replies, past the ingress rules. On QUIET_PORT the
     // clients speak first.
-    let _sink = start_sink(&server, PORT, true);
-    let _quiet = start_sink(&server, QUIET_PORT, false);
+    let _sink = start_sink(&server, PORT, &["tick"]);
+    let _quiet = start_sink(&server, QUIET_PORT, &[]);
     let dir = tempfile::tempdir().expect("temporary directory");
 
     // Before any policy: every connection is the fast path's, unseen by conntrack.
@@ -387,4 +442,91 @@ fn carried_while(lab: &Lab, stream: &mut Stream, mib: u32) -> (u64, u64) {
         after.policed_carried - before.policed_carried,
         after.to_stack - before.to_stack,
     )
+}
+
+#[test]
+fn a_close_goes_through_conntrack_with_its_acks_carried_and_a_half_close_lives_on() {
+    if !lab::require_lab(false) || !wren_tests::prereq::require_command("nft") {
+        return;
+    }
+    let (lab, server, server_ip, clients) = server_and_clients(renewing("polclose"), &["client"]);
+    let client = &clients[0];
+    let dir = tempfile::tempdir().expect("temporary directory");
+    apply_policy(&lab, dir.path(), &allow_from("client"));
+    let _sink = start_sink(&server, PORT, &[]);
+    wait_new_connections(client, &server_ip, true);
+    let connect = |count: &str| {
+        wren_tests::netns::run(command_in(client, "python3").args([
+            "-c",
+            CLOSING_CLIENT,
+            &server_ip,
+            CLOSING_PORT,
+            count,
+        ]))
+        .expect("closing client")
+        .trim()
+        .to_owned()
+    };
+
+    // Short connections, closed by both FINs: conntrack sees the SYN, SYN-ACK, the
+    // handshake's ACK and both FINs; the ACKs of the FINs and the data are carried.
+    let server_side = start_sink(&server, CLOSING_PORT, &["close", "0"]);
+    let connections = 40;
+    let before = fast_path(&lab, "n1");
+    assert_eq!(connect(&connections.to_string()), "closed 0");
+    let after = fast_path(&lab, "n1");
+    drop(server_side);
+    let to_stack = after.to_stack - before.to_stack;
+    let carried = after.policed_carried - before.policed_carried;
+    eprintln!(
+        "{connections} closed connections: {to_stack} packets to the stack, {carried} carried"
+    );
+    assert!(
+        to_stack * 10 <= connections * 55 && carried >= connections * 3,
+        "{connections} closed connections: {to_stack} packets left to the stack (5 each: \
+         SYN, SYN-ACK, ACK and the two FINs), {carried} carried"
+    );
+    // Their entries count a closing state down; none is left established.
+    let n1 = lab.node("n1").expect("n1").ns.clone();
+    let table = wren_tests::netns::run(command_in(&n1, "cat").arg("/proc/net/nf_conntrack"))
+        .expect("n1's conntrack table");
+    let entries: Vec<&str> = table
+        .lines()
+        .filter(|l| l.contains(&format!("dport={CLOSING_PORT} ")))
+        .collect();
+    assert!(!entries.is_empty(), "n1's conntrack saw the connections");
+    for entry in &entries {
+        let fields: Vec<&str> = entry.split_whitespace().collect();
+        let (left, state) = (fields[4].parse::<u64>().unwrap_or(u64::MAX), fields[5]);
+        assert!(
+            ["LAST_ACK", "TIME_WAIT", "CLOSE"].contains(&state) && left <= 120,
+            "a closed connection's entry: {entry}"
+        );
+    }
+
+    // A half-closed connection: the client's FIN, then the server streaming for 12 s.
+    // conntrack counts FIN_WAIT and CLOSE_WAIT down from the last packet it saw; with
+    // them at 4 s, the renewals (every second) keep the entry fresh, so the server's
+    // packets are never met mid-stream and reset.
+    for timeout in ["fin_wait", "close_wait"] {
+        set_n1_tcp_timeout(&lab, timeout, 4);
+    }
+    // The agent reads the timeouts at its next pass.
+    std::thread::sleep(Duration::from_secs(2));
+    let _server_side = start_sink(&server, CLOSING_PORT, &["close", "12"]);
+    let before = fast_path(&lab, "n1");
+    let answer = connect("1");
+    let carried = fast_path(&lab, "n1").policed_carried - before.policed_carried;
+    let streamed: u64 = answer
+        .strip_prefix("closed ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        streamed >= 80,
+        "the half-closed connection streams to its end: {answer}"
+    );
+    assert!(
+        carried >= 40,
+        "the half-closed connection is carried: {carried}"
+    );
 }

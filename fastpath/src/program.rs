@@ -34,9 +34,11 @@
 //! TCP packet its rules let through stamps the rules' current epoch into its connection's
 //! mark. The same conntrack look-up then decides: a policed endpoint's packet is carried
 //! only when conntrack knows the connection, it is TCP and assured (the handshake went
-//! through the stack), the packet has no SYN, FIN or RST (setup and teardown stay with
-//! conntrack, so no entry is left behind), and `mark & mask` is the epoch in the policy
-//! mark map, which the agent sets only once the rules stamping it are in the kernel. A
+//! through the stack), the packet has no SYN, FIN or RST (the handshake and the packets
+//! that end a connection stay with conntrack, so no entry is left behind; the rules keep
+//! the stamp through a FIN, so the bare ACKs of a close are carried), and `mark & mask` is
+//! the epoch in the policy mark map, which the agent sets only once the rules stamping it
+//! are in the kernel. A
 //! change of the rules is a new epoch: every connection's next packet goes to the stack,
 //! meets the new rules once and, still allowed, is stamped and carried again; no longer
 //! allowed, it is dropped there. UDP and ICMP of policed endpoints stay on the stack:

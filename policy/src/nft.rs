@@ -11,14 +11,14 @@
 //!     set a5c1f… { type ipv4_addr; flags interval; elements = { 10.65.1.4, 10.65.2.0/31 } }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
-//!         tcp flags fin,rst ct mark set ct mark and 0x0000ffff   # teardown: the stack's
+//!         tcp flags & rst != 0 ct mark set ct mark and 0x0000ffff   # a reset ends the stamp
 //!         ct state related accept              # ICMP errors of tracked connections
 //!         ct direction reply accept            # replies of connections let through
 //!         iifname @ingress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
 //!             counter … reject with tcp reset   # met mid-stream (and oifname @egress_…)
 //!         iifname vmap @egress_chains          # from an isolated pod
 //!         oifname vmap @ingress_chains         # to an isolated pod
-//!         tcp flags & (fin | rst) == 0 ct mark set ct mark and 0x0000ffff or 0x00170000  # epoch
+//!         tcp flags & rst == 0 ct mark set ct mark and 0x0000ffff or 0x00170000  # epoch
 //!     }
 //!     counter denied_packets { }  counter denied_connections { }
 //!     counter p9e07… { }  counter c9e07… { }          # per isolating policy
@@ -69,10 +69,14 @@
 //! - The table is the only thing wren writes, and an `accept` in it does not override
 //!   another table's drop: a host firewall keeps its say.
 //! - With a [`ConnectionMark`], a TCP packet that got through every rule stamps the
-//!   current epoch into its connection's mark (bits of the mask only), and a FIN or RST
-//!   clears it. The fast path carries a policed endpoint's packets only in a connection
-//!   stamped with the epoch it was told, so every change of the table (a new epoch, in
-//!   the same transaction) sends each connection's next packet through the new rules once.
+//!   current epoch into its connection's mark (bits of the mask only), and an RST clears
+//!   it. The fast path carries a policed endpoint's packets only in a connection stamped
+//!   with the epoch it was told, so every change of the table (a new epoch, in the same
+//!   transaction) sends each connection's next packet through the new rules once. It
+//!   never carries a SYN, FIN or RST, so conntrack sees every connection open and close;
+//!   a FIN leaves the stamp, so the bare ACKs of a close are carried, and the entry ends in
+//!   `LAST_ACK` (conntrack's 30 s) rather than `TIME_WAIT` (its 120 s) when both FINs went
+//!   through.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -282,9 +286,12 @@ impl NftRules {
             .connection_mark
             .map(|m| format!("ct mark and {:#010x}", !m.mask));
         if let Some(keep) = &keep {
-            // Teardown is the stack's: the fast path leaves a connection alone from its
-            // first FIN or RST, so conntrack sees it closed.
-            lines.push(format!("tcp flags & (fin | rst) != 0 ct mark set {keep}"));
+            // A reset ends the stamp: conntrack may keep the entry (a reset not exactly at
+            // the window's edge leaves it established for a challenge ACK), but the fast
+            // path carries nothing more of it. A FIN keeps the stamp: the FINs themselves go
+            // to the stack (the program never carries one), so conntrack still sees the
+            // connection close, while the bare ACKs between and after them are carried.
+            lines.push(format!("tcp flags & rst != 0 ct mark set {keep}"));
         }
         lines.push("ct state related accept".to_owned());
         lines.push("ct direction reply accept".to_owned());
@@ -307,7 +314,7 @@ impl NftRules {
         lines.push(format!("oifname vmap @{INGRESS_MAP}"));
         if let (Some(keep), Some(mark)) = (&keep, self.connection_mark) {
             lines.push(format!(
-                "tcp flags & (fin | rst) == 0 ct mark set {keep} or {:#010x}",
+                "tcp flags & rst == 0 ct mark set {keep} or {:#010x}",
                 mark.epoch
             ));
         }
@@ -741,7 +748,7 @@ mod tests {
         assert_eq!(
             forward,
             [
-                "tcp flags & (fin | rst) != 0 ct mark set ct mark and 0xff00ffff",
+                "tcp flags & rst != 0 ct mark set ct mark and 0xff00ffff",
                 "ct state related accept",
                 "ct direction reply accept",
                 "iifname @ingress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
@@ -752,7 +759,7 @@ mod tests {
                  reject with tcp reset",
                 "iifname vmap @egress_chains",
                 "oifname vmap @ingress_chains",
-                "tcp flags & (fin | rst) == 0 ct mark set ct mark and 0xff00ffff or 0x00170000",
+                "tcp flags & rst == 0 ct mark set ct mark and 0xff00ffff or 0x00170000",
             ]
         );
         // The same rules with the next epoch: the delta refills the forward chain only.

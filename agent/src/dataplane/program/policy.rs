@@ -41,22 +41,40 @@ pub const CONNECTION_MARK_MASK: u32 = 0xffff_0000;
 /// Where the agent's namespace keeps conntrack's settings.
 const CONNTRACK_SYSCTLS: &str = "/proc/sys/net/netfilter";
 
-/// conntrack's defaults for the TCP timeouts the renewal is measured against
-/// (`nf_conntrack_tcp_timeout_established`, `…_unacknowledged`), for when they cannot be
-/// read.
-const DEFAULT_TCP_TIMEOUTS: (Duration, Duration) =
-    (Duration::from_secs(5 * 24 * 3600), Duration::from_secs(300));
+/// The TCP timeouts of conntrack the renewal is measured against (sysctls of the agent's
+/// namespace), with conntrack's defaults for when they cannot be read: the states a
+/// carried connection can be in. Established; unacknowledged, which an entry gets when
+/// the last packet conntrack saw carried data whose acknowledgement was carried; and
+/// after one side's FIN, which leaves the stamp, the half-closed connection's data and
+/// acknowledgements are carried while conntrack counts down its FIN_WAIT or CLOSE_WAIT.
+const TCP_TIMEOUTS: [(&str, Duration); 4] = [
+    (
+        "nf_conntrack_tcp_timeout_established",
+        Duration::from_secs(5 * 24 * 3600),
+    ),
+    (
+        "nf_conntrack_tcp_timeout_unacknowledged",
+        Duration::from_secs(300),
+    ),
+    (
+        "nf_conntrack_tcp_timeout_fin_wait",
+        Duration::from_secs(120),
+    ),
+    (
+        "nf_conntrack_tcp_timeout_close_wait",
+        Duration::from_secs(60),
+    ),
+];
 
 /// The shortest renewal interval, however short conntrack's timeouts are set.
 const MIN_RENEWAL: Duration = Duration::from_secs(1);
 
 /// How long an epoch stands before it is renewed although the rules did not change: a
-/// quarter of the shorter of conntrack's established and unacknowledged TCP timeouts (at
-/// least [`MIN_RENEWAL`]). A carried connection's entry is refreshed by its first packet
-/// after each renewal; the unacknowledged timeout counts because an entry whose last
-/// packet seen carried data gets that one, the acknowledgement having been carried.
-pub fn renewal_interval(established: Duration, unacknowledged: Duration) -> Duration {
-    (established.min(unacknowledged) / 4).max(MIN_RENEWAL)
+/// quarter of the shortest of conntrack's `timeouts` that a carried connection's entry
+/// can count down (at least [`MIN_RENEWAL`]). A carried connection's entry is refreshed
+/// by its first packet after each renewal.
+pub fn renewal_interval(timeouts: impl IntoIterator<Item = Duration>) -> Duration {
+    (timeouts.into_iter().min().unwrap_or(MIN_RENEWAL) / 4).max(MIN_RENEWAL)
 }
 
 /// Why the table could not be brought to the plan.
@@ -187,14 +205,9 @@ impl PolicyProgrammer {
 
     /// How long an epoch stands: [`renewal_interval`] of the timeouts conntrack has now.
     fn epoch_lifetime(&self) -> Duration {
-        let read = |name: &str, default: Duration| {
+        renewal_interval(TCP_TIMEOUTS.map(|(name, default)| {
             read_seconds(&self.conntrack_sysctls.join(name)).unwrap_or(default)
-        };
-        let (established, unacknowledged) = DEFAULT_TCP_TIMEOUTS;
-        renewal_interval(
-            read("nf_conntrack_tcp_timeout_established", established),
-            read("nf_conntrack_tcp_timeout_unacknowledged", unacknowledged),
-        )
+        }))
     }
 
     /// The epoch the table in the kernel stamps on the connections it allows; `None`
@@ -550,29 +563,29 @@ mod tests {
 
     #[test]
     fn epochs_are_renewed_well_inside_conntracks_tcp_timeouts() {
-        let (established, unacknowledged) = DEFAULT_TCP_TIMEOUTS;
-        assert_eq!(
-            renewal_interval(established, unacknowledged),
-            Duration::from_secs(75)
-        );
-        assert_eq!(
-            renewal_interval(Duration::from_secs(8), unacknowledged),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            renewal_interval(Duration::ZERO, unacknowledged),
-            MIN_RENEWAL
-        );
+        let defaults = TCP_TIMEOUTS.map(|(_, default)| default);
+        // CLOSE_WAIT's 60 s is the shortest a carried connection can count down.
+        assert_eq!(renewal_interval(defaults), Duration::from_secs(15));
+        let mut short = defaults;
+        short[0] = Duration::from_secs(8);
+        assert_eq!(renewal_interval(short), Duration::from_secs(2));
+        short[0] = Duration::ZERO;
+        assert_eq!(renewal_interval(short), MIN_RENEWAL);
         // Read from the namespace's sysctls, conntrack's defaults when they are missing.
         let dir = tempfile::tempdir().unwrap();
         let programmer = PolicyProgrammer::new().with_conntrack_sysctls(dir.path());
-        assert_eq!(programmer.epoch_lifetime(), Duration::from_secs(75));
+        assert_eq!(programmer.epoch_lifetime(), Duration::from_secs(15));
         std::fs::write(
             dir.path().join("nf_conntrack_tcp_timeout_established"),
             "12\n",
         )
         .unwrap();
         assert_eq!(programmer.epoch_lifetime(), Duration::from_secs(3));
+        std::fs::write(dir.path().join("nf_conntrack_tcp_timeout_established"), "0").unwrap();
+        std::fs::write(dir.path().join("nf_conntrack_tcp_timeout_close_wait"), "20").unwrap();
+        assert_eq!(programmer.epoch_lifetime(), MIN_RENEWAL);
+        std::fs::remove_file(dir.path().join("nf_conntrack_tcp_timeout_established")).unwrap();
+        assert_eq!(programmer.epoch_lifetime(), Duration::from_secs(5));
     }
 
     #[test]
