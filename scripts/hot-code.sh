@@ -4,13 +4,20 @@
 #
 # Usage: scripts/hot-code.sh [ROUNDS]   (root; what `make demo` needs)
 #
+# HOT_CODE_BUILD is the command that builds target/release/wren (default: the Makefile's
+# `cargo build --release --workspace --bins`). Which packages a build selects changes the
+# features cargo unifies, hence the hashes in the symbol names: record each build that
+# matters into the one list (the Makefile's, and the benchmark's `cargo bench -p wren-agent
+# --bench agent_idle --no-run`). To start afresh (after a toolchain update), empty the list
+# but for its comment lines.
+#
 # It starts a two-node lab from the release build, then, ROUNDS times (default 8) or until a
 # round finds nothing new: runs node n2's agent with first-touch.c preloaded for
-# HOT_CODE_SECONDS (default 50), adds the functions it saw to the list, and rebuilds. Each
-# round sees only the first function executed on each page; moving those into the hot
-# section lets the next round see the ones that shared their pages. Run it after a toolchain
-# or dependency update (their symbol hashes change) or when the idle footprint in
-# BENCHMARKS.md grows.
+# HOT_CODE_SECONDS (default 50) while n1's agent restarts and a VXLAN pool is added, adds
+# the functions it saw to the list, and rebuilds. Each round sees only the first function
+# executed on each page; moving those into the hot section lets the next round see the ones
+# that shared their pages. Run it after a toolchain or dependency update (their symbol
+# hashes change) or when the idle footprint in BENCHMARKS.md grows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +30,10 @@ work=$(mktemp -d)
 agent_pid=
 
 cleanup() {
+  if [[ -n ${peer_pid:-} ]] && kill -0 "$peer_pid" 2>/dev/null; then
+    kill "$peer_pid"
+    while kill -0 "$peer_pid" 2>/dev/null; do sleep 0.1; done
+  fi
   if [[ -n $agent_pid ]] && kill -0 "$agent_pid" 2>/dev/null; then
     kill "$agent_pid"
     while kill -0 "$agent_pid" 2>/dev/null; do sleep 0.1; done
@@ -33,18 +44,38 @@ cleanup() {
 trap cleanup EXIT
 
 cc -shared -fPIC -O2 -o "$work/first-touch.so" scripts/hot-code/first-touch.c -lpthread
-cargo build --release -p wren-agent --bin wren -p wren-tests --bin wren-lab
+build=${HOT_CODE_BUILD:-cargo build --release --workspace --bins}
+cargo build --release -p wren-tests --bin wren-lab
+$build
 target/release/wren-lab --name "$lab" up --nodes 2 --pods 1 >/dev/null
 
-# Node n2's agent as the lab started it: its pid, namespace and arguments.
-read -r agent_pid netns < <(python3 - "$lab" <<'EOF'
+# The lab's agents as it started them: pid and namespace of n1 and n2, and the etcd endpoint.
+read -r peer_pid peer_netns agent_pid netns etcd < <(python3 - "$lab" <<'EOF'
 import json, sys
 state = json.load(open(f"/run/wren-lab/{sys.argv[1]}/state.json"))
-node = next(n for n in state["nodes"] if n["name"] == "n2")
-print(node["agent"]["pid"], node["ns"])
+nodes = {n["name"]: n for n in state["nodes"]}
+print(nodes["n1"]["agent"]["pid"], nodes["n1"]["ns"], nodes["n2"]["agent"]["pid"], nodes["n2"]["ns"],
+      state["etcd_endpoint"])
 EOF
 )
 mapfile -d '' -t args < <(tail -z -n +2 "/proc/$agent_pid/cmdline")
+mapfile -d '' -t peer_args < <(tail -z -n +2 "/proc/$peer_pid/cmdline")
+
+# What a node's agent meets in a cluster besides idling, while n2 is traced: its peer
+# restarting (a BGP session lost and regained, routes withdrawn and learned again) and a
+# pool with VXLAN added (tunnels planned and programmed).
+activity() {
+  sleep 15
+  kill "$peer_pid"
+  while kill -0 "$peer_pid" 2>/dev/null; do sleep 0.1; done
+  ip netns exec "$peer_netns" "$bin" "${peer_args[@]}" </dev/null >"$work/peer.log" 2>&1 &
+  peer_pid=$!
+  sleep 10
+  # Added once: from the next round on, the traced agent starts with its tunnel to program.
+  ip netns exec "$netns" "$bin" pool list --etcd-endpoints "$etcd" | grep -qw hotcode ||
+    ip netns exec "$netns" "$bin" pool add --etcd-endpoints "$etcd" --cidr 10.99.0.0/16 \
+      --encap vxlan hotcode >/dev/null
+}
 
 for ((round = 1; round <= rounds; round++)); do
   kill "$agent_pid"
@@ -53,6 +84,7 @@ for ((round = 1; round <= rounds; round++)); do
     FIRST_TOUCH_SECONDS="$seconds" FIRST_TOUCH_OUT="$work/touches" \
     "$bin" "${args[@]}" </dev/null >"$work/agent.log" 2>&1 &
   agent_pid=$!
+  activity
   for ((waited = 0; waited < seconds + 10; waited++)); do
     [[ -s $work/touches ]] && break
     sleep 1
@@ -63,5 +95,5 @@ for ((round = 1; round <= rounds; round++)); do
   rm -f "$work/touches"
   echo "round $round: $new new functions, $(grep -vc '^#' "$list") in the list"
   [[ $new -eq 0 ]] && break
-  cargo build --release -p wren-agent --bin wren 2>&1 | tail -1
+  $build 2>&1 | tail -1
 done

@@ -5,8 +5,8 @@ Usage: functions.py BINARY TOUCHES LIST
 
 Reads the offsets in TOUCHES (written by first-touch.c for BINARY), finds the function each
 one outside the `.text.hot` section falls in with `nm` and `readelf`, and merges their names
-into LIST (one mangled name per line, sorted; `#` lines at its head are kept), dropping the
-names BINARY no longer has. Prints how many names were new.
+into LIST (one mangled name per line, sorted; `#` lines at its head are kept). Prints how
+many names were new.
 """
 import bisect
 import re
@@ -68,13 +68,12 @@ try:
                 names.add(line)
 except FileNotFoundError:
     pass
-# Names the binary no longer has (their hashes changed with the toolchain or a dependency)
-# are dropped: the function, if it still runs, is found again under its new name.
-present = {re.sub(r"\.llvm\.\d+$", "", f[2]) for f in functions}
+# Names this binary lacks stay: a build that selects other packages or features gives the
+# same function another hash, and the list serves each such build with its own names.
 new = found - names
 with open(list_path, "w") as out:
     for line in head:
         out.write(line + "\n")
-    for name in sorted((names & present) | found):
+    for name in sorted(names | found):
         out.write(name + "\n")
 print(len(new))
