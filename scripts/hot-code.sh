@@ -18,6 +18,11 @@
 # executed on each page; moving those into the hot section lets the next round see the ones
 # that shared their pages. Run it after a toolchain or dependency update (their symbol
 # hashes change) or when the idle footprint in BENCHMARKS.md grows.
+#
+# Another program's agents are recorded the same way: build scripts/hot-code/first-touch.c
+# into a shared object, run the program with it in LD_PRELOAD and FIRST_TOUCH_BINARY,
+# FIRST_TOUCH_SECONDS and FIRST_TOUCH_OUT set (the benchmark's: `cargo bench -p wren-agent
+# --bench agent_idle`), then `scripts/hot-code/functions.py BINARY TOUCHES agent/hot-code.txt`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
