@@ -19,7 +19,6 @@ const HOT_CODE: &str = "hot-code.txt";
 
 fn main() {
     println!("cargo:rerun-if-changed={HOT_CODE}");
-    println!("cargo:rerun-if-changed=build.rs");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
     let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
     if !release || !linux {

@@ -34,15 +34,15 @@ bin=$PWD/target/release/wren
 work=$(mktemp -d)
 agent_pid=
 
+# Ends the agent with pid $1 (if there is one and it runs) and waits until it is gone.
+stop() {
+  [[ -n $1 ]] && kill "$1" 2>/dev/null || return 0
+  while kill -0 "$1" 2>/dev/null; do sleep 0.1; done
+}
+
 cleanup() {
-  if [[ -n ${peer_pid:-} ]] && kill -0 "$peer_pid" 2>/dev/null; then
-    kill "$peer_pid"
-    while kill -0 "$peer_pid" 2>/dev/null; do sleep 0.1; done
-  fi
-  if [[ -n $agent_pid ]] && kill -0 "$agent_pid" 2>/dev/null; then
-    kill "$agent_pid"
-    while kill -0 "$agent_pid" 2>/dev/null; do sleep 0.1; done
-  fi
+  stop "${peer_pid:-}"
+  stop "$agent_pid"
   target/release/wren-lab --name "$lab" down >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -71,8 +71,7 @@ mapfile -d '' -t peer_args < <(tail -z -n +2 "/proc/$peer_pid/cmdline")
 # pool with VXLAN added (tunnels planned and programmed).
 activity() {
   sleep 15
-  kill "$peer_pid"
-  while kill -0 "$peer_pid" 2>/dev/null; do sleep 0.1; done
+  stop "$peer_pid"
   ip netns exec "$peer_netns" "$bin" "${peer_args[@]}" </dev/null >"$work/peer.log" 2>&1 &
   peer_pid=$!
   sleep 10
@@ -83,8 +82,7 @@ activity() {
 }
 
 for ((round = 1; round <= rounds; round++)); do
-  kill "$agent_pid"
-  while kill -0 "$agent_pid" 2>/dev/null; do sleep 0.1; done
+  stop "$agent_pid"
   ip netns exec "$netns" env LD_PRELOAD="$work/first-touch.so" FIRST_TOUCH_BINARY="$bin" \
     FIRST_TOUCH_SECONDS="$seconds" FIRST_TOUCH_OUT="$work/touches" \
     "$bin" "${args[@]}" </dev/null >"$work/agent.log" 2>&1 &

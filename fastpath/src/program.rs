@@ -38,10 +38,9 @@
 //! that end a connection stay with conntrack, so no entry is left behind; the rules keep
 //! the stamp through a FIN, so the bare ACKs of a close are carried), and `mark & mask` is
 //! the epoch in the policy mark map, which the agent sets only once the rules stamping it
-//! are in the kernel. A
-//! change of the rules is a new epoch: every connection's next packet goes to the stack,
-//! meets the new rules once and, still allowed, is stamped and carried again; no longer
-//! allowed, it is dropped there. UDP and ICMP of policed endpoints stay on the stack:
+//! are in the kernel. A change of the rules is a new epoch: every connection's next packet
+//! goes to the stack, meets the new rules once and, still allowed, is stamped and carried
+//! again; no longer allowed, it is dropped there. UDP and ICMP of policed endpoints stay on the stack:
 //! conntrack's short timeouts for them are refreshed only by packets it sees.
 //!
 //! VXLAN: the FIB's answer for a remote block is `wren.vxlan` with the remote device's MAC
