@@ -53,9 +53,17 @@ for address in addresses:
     if hot[0] <= address < hot[1]:
         continue
     if i >= 0 and address < functions[i][0] + max(functions[i][1], 1):
-        # A promoted local's `.llvm.<hash>` suffix changes with the code; the list keeps the
-        # stable part and the linker script matches the suffix.
-        found.add(re.sub(r"\.llvm\.\d+$", "", functions[i][2]))
+        # Functions LLVM found identical share one body: each other name is an alias into the
+        # section named after one of them, which only the linker knows, so every name at
+        # that address is listed.
+        start = functions[i][0]
+        while i > 0 and functions[i - 1][0] == start:
+            i -= 1
+        while i < len(functions) and functions[i][0] == start:
+            # A promoted local's `.llvm.<hash>` suffix changes with the code; the list keeps
+            # the stable part and the linker script matches the suffix.
+            found.add(re.sub(r"\.llvm\.\d+$", "", functions[i][2]))
+            i += 1
 
 head, names = [], set()
 try:
