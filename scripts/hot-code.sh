@@ -14,8 +14,9 @@
 # Each round, ROUNDS times (default 8) or until one finds nothing new, starts a two-node lab
 # with two pods a node and every agent traced from its start by first-touch.c (so the pods'
 # CNI ADDs are seen too), restarts n1's agent and adds a VXLAN pool while n2's goes on,
-# adds the functions n2's agent ran within HOT_CODE_SECONDS (default 50) to the list, takes
-# the lab down and rebuilds. A traced agent runs with only the HOT_CODE_OPEN_PAGES (default
+# adds the functions n2's agent ran within HOT_CODE_SECONDS (default 330: the agent's
+# slowest periodic work, the leak release every 300 s, included) to the list, takes the lab
+# down and rebuilds. A traced agent runs with only the HOT_CODE_OPEN_PAGES (default
 # 64) pages of code it entered last open, so nearly every function it enters is seen in one
 # round; one the open pages hid shows up in the next, once its neighbours have moved. Run it
 # after a toolchain or dependency update (their symbol hashes change) or when the idle
@@ -33,7 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=${1:-8}
-seconds=${HOT_CODE_SECONDS:-50}
+seconds=${HOT_CODE_SECONDS:-330}
 open_pages=${HOT_CODE_OPEN_PAGES:-64}
 lab=hotcode
 list=$PWD/agent/hot-code.txt

@@ -38,7 +38,7 @@ use wren_store::json::JsonStore;
 use super::view::ClusterView;
 use crate::dataplane::PodDefaults;
 use crate::dataplane::ipip::{IPIP_DEVICE, IpipDevice, IpipManager, IpipSupport};
-use crate::dataplane::mtu::{MtuOverrides, Mtus, OffloadSizes, TunnelKind, detect_underlay};
+use crate::dataplane::mtu::{MtuOverrides, Mtus, OffloadSizes, PassUnderlay, TunnelKind};
 use crate::dataplane::nat::{NatManager, NatRules};
 use crate::dataplane::pod::format_mac;
 use crate::dataplane::program::routes::DesiredRoutes;
@@ -357,8 +357,9 @@ pub struct EncapOutcome {
 /// Puts tunnels and NAT into the kernel.
 #[async_trait]
 pub trait EncapProgrammer: Send + Sync {
-    /// Brings devices, entries and NAT tables to `desired` and reports the result.
-    async fn program(&self, desired: &EncapDesired) -> EncapOutcome;
+    /// Brings devices, entries and NAT tables to `desired` over `underlay` (the pass's
+    /// lookup, shared with the fast path) and reports the result.
+    async fn program(&self, desired: &EncapDesired, underlay: &PassUnderlay) -> EncapOutcome;
 }
 
 /// The managers the kernel programmer drives, on the blocking pool.
@@ -412,11 +413,12 @@ fn program_blocking(
     overrides: MtuOverrides,
     ipip_support: IpipSupport,
     desired: &EncapDesired,
+    underlay: &PassUnderlay,
 ) -> EncapOutcome {
     let mut errors = Vec::new();
     let mut changed = false;
-    let underlay = match detect_underlay(IpAddr::V4(node_ip)) {
-        Ok(u) => Some(u),
+    let underlay = match underlay.get() {
+        Ok(u) => Some(u.clone()),
         Err(e) => {
             errors.push(e.to_string());
             None
@@ -491,8 +493,9 @@ fn program_blocking(
 
 #[async_trait]
 impl EncapProgrammer for KernelEncap {
-    async fn program(&self, desired: &EncapDesired) -> EncapOutcome {
+    async fn program(&self, desired: &EncapDesired, underlay: &PassUnderlay) -> EncapOutcome {
         let managers = self.managers.clone();
+        let underlay = underlay.clone();
         let (node_ip, overrides) = (self.node_ip, self.overrides);
         let support = self.ipip_support.clone();
         let desired = desired.clone();
@@ -501,7 +504,14 @@ impl EncapProgrammer for KernelEncap {
                 Ok(m) => m,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            program_blocking(&mut managers, node_ip, overrides, support, &desired)
+            program_blocking(
+                &mut managers,
+                node_ip,
+                overrides,
+                support,
+                &desired,
+                &underlay,
+            )
         });
         match task.await {
             Ok(outcome) => outcome,
@@ -710,13 +720,14 @@ impl Encap {
         }
     }
 
-    /// Makes tunnels, entries and NAT follow the view, reshapes `routes`, and returns the
-    /// status of it all.
+    /// Makes tunnels, entries and NAT follow the view over `underlay` (the pass's lookup),
+    /// reshapes `routes`, and returns the status of it all.
     pub async fn pass(
         &self,
         view: &ClusterView,
         wanted: &Wanted,
         routes: &mut DesiredRoutes,
+        underlay: &PassUnderlay,
     ) -> EncapStatus {
         let mut errors = Vec::new();
         let identity = if wanted.vxlan {
@@ -744,7 +755,7 @@ impl Encap {
             nat: nat_rules(view),
             in_use: wanted.kinds(),
         };
-        let outcome = self.kernel.program(&desired).await;
+        let outcome = self.kernel.program(&desired, underlay).await;
         if outcome.changed {
             tracing::info!(
                 vxlan = outcome.tunnels.vxlan,
@@ -1296,9 +1307,14 @@ mod tests {
         gro_ipv4_max_size: 196608,
     };
 
+    /// An underlay lookup the fake programmer never makes.
+    fn unlooked() -> PassUnderlay {
+        PassUnderlay::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
+    }
+
     #[async_trait]
     impl EncapProgrammer for FakeTunnels {
-        async fn program(&self, desired: &EncapDesired) -> EncapOutcome {
+        async fn program(&self, desired: &EncapDesired, _: &PassUnderlay) -> EncapOutcome {
             self.asked.lock().unwrap().push(desired.clone());
             EncapOutcome {
                 mtus: Mtus::derive(1500, &desired.in_use, MtuOverrides::default()),
@@ -1342,7 +1358,9 @@ mod tests {
         v.pools.retain(|name, _| name == "vx");
         let mut routes = learned(&[("10.65.0.128/26", "10.0.2.13")]);
 
-        let status = encap.pass(&v, &Wanted::of(&v), &mut routes).await;
+        let status = encap
+            .pass(&v, &Wanted::of(&v), &mut routes, &unlooked())
+            .await;
         let address = status.vxlan_address.expect("a tunnel address");
         assert!(net("10.65.0.0/16").contains(&IpAddr::V4(address)));
         assert_eq!(status.vxlan_mac, Some(format_mac(&tunnel_mac("a"))));
@@ -1377,13 +1395,17 @@ mod tests {
             kernel.clone(),
             pod_defaults.clone(),
         );
-        let status = again.pass(&v, &Wanted::of(&v), &mut learned(&[])).await;
+        let status = again
+            .pass(&v, &Wanted::of(&v), &mut learned(&[]), &unlooked())
+            .await;
         assert_eq!(status.vxlan_address, Some(address));
 
         // The pool stops encapsulating: the address is released and unpublished.
         v.pools.get_mut("vx").unwrap().encapsulation = Encapsulation::None;
         v.nodes.insert("a".into(), doc.value.clone());
-        let status = again.pass(&v, &Wanted::of(&v), &mut learned(&[])).await;
+        let status = again
+            .pass(&v, &Wanted::of(&v), &mut learned(&[]), &unlooked())
+            .await;
         assert!(
             !status.vxlan.wanted && status.vxlan_address.is_none(),
             "{status:?}"

@@ -27,7 +27,7 @@ use wren_fastpath::{FastPath, VxlanConfig};
 use super::encap::vxlan_peers;
 use super::view::ClusterView;
 use crate::dataplane::ipip::IPIP_DEVICE;
-use crate::dataplane::mtu::detect_underlay;
+use crate::dataplane::mtu::PassUnderlay;
 use crate::dataplane::vxlan::{VXLAN_DEVICE, VXLAN_PORT, VXLAN_VNI};
 use crate::metrics::Metrics;
 
@@ -277,10 +277,12 @@ impl FastPathControl {
         }
     }
 
-    /// Brings the attachments in line with `desired` and returns the status.
-    pub async fn pass(&self, desired: FastPathDesired) -> FastPathStatus {
+    /// Brings the attachments in line with `desired` over `underlay` (the pass's lookup,
+    /// shared with the tunnels) and returns the status.
+    pub async fn pass(&self, desired: FastPathDesired, underlay: &PassUnderlay) -> FastPathStatus {
         let kernel = self.kernel.clone();
         let node_ip = self.node_ip;
+        let underlay = underlay.clone();
         let job = tokio::task::spawn_blocking(move || {
             let mut kernel = match kernel.lock() {
                 Ok(k) => k,
@@ -296,7 +298,7 @@ impl FastPathControl {
                     reason: Some(reason.clone()),
                     ..FastPathStatus::default()
                 },
-                Kernel::On(fast) => reconcile(fast, node_ip, &desired),
+                Kernel::On(fast) => reconcile(fast, node_ip, &desired, &underlay),
             }
         });
         match job.await {
@@ -434,7 +436,12 @@ fn ifindex(name: &str) -> Option<u32> {
 }
 
 /// One pass on the kernel, in the calling thread's namespace.
-fn reconcile(fast: &mut FastPath, node_ip: Ipv4Addr, desired: &FastPathDesired) -> FastPathStatus {
+fn reconcile(
+    fast: &mut FastPath,
+    node_ip: Ipv4Addr,
+    desired: &FastPathDesired,
+    underlay: &PassUnderlay,
+) -> FastPathStatus {
     let mut errors = Vec::new();
     // Before any pod is attached: an isolated pod's traffic never takes the fast path.
     if let Err(e) = fast.set_policed(&desired.policed) {
@@ -444,9 +451,9 @@ fn reconcile(fast: &mut FastPath, node_ip: Ipv4Addr, desired: &FastPathDesired) 
         errors.push(e.to_string());
     }
     let mut uplinks = Vec::new();
-    let underlay = match detect_underlay(IpAddr::V4(node_ip)) {
+    let underlay = match underlay.get() {
         Ok(u) => {
-            uplinks.push((u.name, u.index));
+            uplinks.push((u.name.clone(), u.index));
             Some(u.index)
         }
         Err(e) => {

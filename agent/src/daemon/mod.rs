@@ -53,6 +53,7 @@ use tokio::sync::{Mutex, watch};
 use wren_store::Store;
 
 use crate::config::AgentConfig;
+use crate::dataplane::mtu::PassUnderlay;
 use crate::dataplane::program::policy::{PolicyProgrammer, PolicyStatus};
 use crate::dataplane::program::routes::{
     DesiredRoutes, RouteProgrammer, RoutesError, RoutesOutcome, route_changes,
@@ -657,6 +658,7 @@ impl Controller {
         };
         // The fast path attaches to the tunnel devices that exist: it follows the tunnels too.
         let mut tunnels_programmed = false;
+        let underlay = PassUnderlay::new(IpAddr::V4(self.facts.node.address));
         let encapsulation = match (trigger, kernel_side.tunnels.take(), &self.encap) {
             (_, _, None) => None,
             (Trigger::Change, Some((last, Some(mut status))), Some(encap)) if last == tunnels => {
@@ -665,7 +667,11 @@ impl Controller {
             }
             (_, _, Some(encap)) => {
                 tunnels_programmed = true;
-                Some(encap.pass(&view, &plan.tunnels, &mut plan.routes).await)
+                Some(
+                    encap
+                        .pass(&view, &plan.tunnels, &mut plan.routes, &underlay)
+                        .await,
+                )
             }
         };
         kernel_side.tunnels = Some((tunnels, encapsulation.clone()));
@@ -676,7 +682,7 @@ impl Controller {
             {
                 status
             }
-            (_, _, Some(control)) => Some(control.pass(plan.fast_path.clone()).await),
+            (_, _, Some(control)) => Some(control.pass(plan.fast_path.clone(), &underlay).await),
         };
         kernel_side.fast_path = Some((plan.fast_path.clone(), fast_path.clone()));
         let network_policy = match (

@@ -15,6 +15,7 @@
 //! node's own traffic does.
 
 use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -213,6 +214,31 @@ pub enum UnderlayError {
 pub fn detect_underlay(node_ip: IpAddr) -> Result<Underlay, UnderlayError> {
     let mut netlink = Netlink::open()?;
     find_underlay(&mut netlink, node_ip)
+}
+
+/// The underlay as one pass finds it: looked up by the first of the pass's programmers that
+/// needs it (tunnels, the fast path), on that programmer's blocking thread, and the same
+/// answer handed to the others, so a pass reads the kernel's addresses for it once.
+#[derive(Clone, Debug)]
+pub struct PassUnderlay {
+    node_ip: IpAddr,
+    found: Arc<OnceLock<Result<Underlay, UnderlayError>>>,
+}
+
+impl PassUnderlay {
+    /// A lookup of the interface holding `node_ip`, not made yet.
+    pub fn new(node_ip: IpAddr) -> Self {
+        Self {
+            node_ip,
+            found: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The underlay: looked up on the first call (netlink, blocking), what that call found on
+    /// the others.
+    pub fn get(&self) -> &Result<Underlay, UnderlayError> {
+        self.found.get_or_init(|| detect_underlay(self.node_ip))
+    }
 }
 
 /// [`detect_underlay`] on an open socket.
