@@ -26,10 +26,11 @@
 # into a shared object, run the program with it in LD_PRELOAD and FIRST_TOUCH_BINARY,
 # FIRST_TOUCH_OPEN_PAGES, FIRST_TOUCH_SECONDS and FIRST_TOUCH_OUT (a "%d" in it takes each
 # process's id) set, then `scripts/hot-code/functions.py BINARY TOUCHES agent/hot-code.txt`
-# for each record. The benchmark's agents, for instance:
+# for each record. The benchmark's agents, for instance, over its 60 s window and a little
+# more (the record is written before the bench ends its agents):
 #   LD_PRELOAD=$PWD/first-touch.so FIRST_TOUCH_BINARY=$PWD/target/release/wren \
-#   FIRST_TOUCH_OPEN_PAGES=64 FIRST_TOUCH_SECONDS=35 FIRST_TOUCH_OUT=/tmp/touches.%d \
-#   WREN_BENCH_IDLE_SECS=30 WREN_BENCH_ROUNDS=3 cargo bench -p wren-agent --bench agent_idle
+#   FIRST_TOUCH_OPEN_PAGES=64 FIRST_TOUCH_SECONDS=72 FIRST_TOUCH_OUT=/tmp/touches.%d \
+#   WREN_BENCH_IDLE_SECS=75 WREN_BENCH_ROUNDS=3 cargo bench -p wren-agent --bench agent_idle
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

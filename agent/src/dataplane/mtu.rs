@@ -281,6 +281,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pass_underlay_is_looked_up_once_for_every_copy() {
+        // Copies made before the lookup, as the pass hands one to each programmer: the
+        // second answers from the first's lookup (192.0.2.0/24 is held by no interface, so
+        // the answer is the same error, read once; only an address dump, nothing changed).
+        let pass = PassUnderlay::new(IpAddr::from([192, 0, 2, 1]));
+        let (tunnels, fast_path) = (pass.clone(), pass.clone());
+        let first = tunnels.get();
+        assert!(
+            matches!(first, Err(UnderlayError::NotFound(_))),
+            "{first:?}"
+        );
+        assert!(std::ptr::eq(first, fast_path.get()));
+        assert!(std::ptr::eq(first, pass.get()));
+    }
+
+    #[test]
     fn tunnels_take_their_overhead_off_the_underlay() {
         let m = Mtus::derive(1500, &[TunnelKind::Vxlan], MtuOverrides::default());
         assert_eq!((m.vxlan, m.ipip, m.pod), (1450, 1480, 1450));
