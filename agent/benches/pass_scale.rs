@@ -115,61 +115,55 @@ async fn fill_store(store: &Arc<dyn Store>, blocks: u32) {
 
 fn run_round(ns: &NetNs, blocks: u32, dir: &std::path::Path) -> Round {
     let mut round = Round::default();
-    ns.enter(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-            fill_store(&store, blocks).await;
-            let feeder = Arc::new(Feeder {
-                paths: Mutex::new(
-                    (0..blocks)
-                        .map(|i| (block(i), IpAddr::V4(GATEWAY)))
-                        .collect(),
-                ),
-                changes: watch::channel(0).0,
-            });
-            let kernel = Arc::new(KernelRoutes::open().unwrap());
-            let cfg = config();
-            let shared = Shared::new(&cfg, Arc::new(Metrics::new()));
-            let controller = Controller::new(&cfg, store, feeder.clone(), kernel.clone(), shared);
-            // The reflectors list the store first; the pass before that waits.
-            while controller.pass().await == Pass::Waiting {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let measure = |before: u64| {
-                let start = Instant::now();
-                (start, before)
-            };
-            // The waiting passes may already have programmed; start from an empty kernel.
-            let _ = std::process::Command::new("ip")
-                .args(["route", "flush", "proto", "bgp"])
-                .status();
-            let (start, dumps) = measure(kernel.counters().dumps);
-            let pass = controller.pass().await;
-            round.from_nothing = (start.elapsed(), kernel.counters().dumps - dumps);
-            assert_eq!(
-                pass,
-                Pass::Done {
-                    desired: blocks as usize,
-                    error: None
-                }
-            );
-            feeder
-                .paths
-                .lock()
-                .unwrap()
-                .insert(block(blocks / 2), IpAddr::V4(OTHER_GATEWAY));
-            feeder.changes.send_modify(|n| *n += 1);
-            let (start, dumps) = measure(kernel.counters().dumps);
-            controller.pass_on(Trigger::Change).await;
-            round.one_change = (start.elapsed(), kernel.counters().dumps - dumps);
-            let (start, dumps) = measure(kernel.counters().dumps);
-            controller.pass().await;
-            round.unchanged = (start.elapsed(), kernel.counters().dumps - dumps);
+    ns.block_on(|| async {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        fill_store(&store, blocks).await;
+        let feeder = Arc::new(Feeder {
+            paths: Mutex::new(
+                (0..blocks)
+                    .map(|i| (block(i), IpAddr::V4(GATEWAY)))
+                    .collect(),
+            ),
+            changes: watch::channel(0).0,
         });
+        let kernel = Arc::new(KernelRoutes::open().unwrap());
+        let cfg = config();
+        let shared = Shared::new(&cfg, Arc::new(Metrics::new()));
+        let controller = Controller::new(&cfg, store, feeder.clone(), kernel.clone(), shared);
+        // The reflectors list the store first; the pass before that waits.
+        while controller.pass().await == Pass::Waiting {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let measure = |before: u64| {
+            let start = Instant::now();
+            (start, before)
+        };
+        // The waiting passes may already have programmed; start from an empty kernel.
+        let _ = std::process::Command::new("ip")
+            .args(["route", "flush", "proto", "bgp"])
+            .status();
+        let (start, dumps) = measure(kernel.counters().dumps);
+        let pass = controller.pass().await;
+        round.from_nothing = (start.elapsed(), kernel.counters().dumps - dumps);
+        assert_eq!(
+            pass,
+            Pass::Done {
+                desired: blocks as usize,
+                error: None
+            }
+        );
+        feeder
+            .paths
+            .lock()
+            .unwrap()
+            .insert(block(blocks / 2), IpAddr::V4(OTHER_GATEWAY));
+        feeder.changes.send_modify(|n| *n += 1);
+        let (start, dumps) = measure(kernel.counters().dumps);
+        controller.pass_on(Trigger::Change).await;
+        round.one_change = (start.elapsed(), kernel.counters().dumps - dumps);
+        let (start, dumps) = measure(kernel.counters().dumps);
+        controller.pass().await;
+        round.unchanged = (start.elapsed(), kernel.counters().dumps - dumps);
         let installed = std::process::Command::new("ip")
             .args(["route", "show", &block(blocks / 2).to_string()])
             .output()

@@ -190,6 +190,22 @@ impl NetNs {
         run_in(&self.name, f)
     }
 
+    /// Runs the future `make` returns to completion on a current-thread tokio runtime, on a
+    /// fresh thread that has entered the namespace, and returns its output.
+    pub fn block_on<F, Fut>(&self, make: F) -> io::Result<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future,
+        Fut::Output: Send,
+    {
+        self.enter(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|runtime| runtime.block_on(make()))
+        })?
+    }
+
     /// Brings `ifname` up and, if given, adds `address` (`10.0.0.1/24`, `fd00::1/64`) to it.
     pub fn configure(&self, ifname: &str, address: Option<&str>) -> io::Result<()> {
         if let Some(address) = address {

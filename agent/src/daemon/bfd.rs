@@ -12,9 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::lock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use wren_bfd::endpoint::{
@@ -92,13 +93,6 @@ fn session_config(bfd: &Bfd) -> SessionConfig {
         required_min_rx: Duration::from_millis(u64::from(bfd.receive_interval_ms)),
         detect_mult: bfd.multiplier,
         passive: false,
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

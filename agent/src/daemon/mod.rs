@@ -58,6 +58,7 @@ use crate::dataplane::program::policy::{PolicyProgrammer, PolicyStatus};
 use crate::dataplane::program::routes::{
     DesiredRoutes, RouteProgrammer, RoutesError, RoutesOutcome, route_changes,
 };
+use crate::dataplane::watch::{KernelChanges, KernelGeneration};
 use crate::metrics::{BfdSample, PeerLabels, PeerSample, SharedMetrics};
 use bgp::BgpControl;
 use mesh::{LocalNode, PeerSpec};
@@ -77,6 +78,25 @@ const COALESCE: Duration = Duration::from_millis(2);
 /// How long the first pass after a rebuild waits for the watches to deliver what this node
 /// wrote back.
 const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// The longest a reconcile tick trusts the kernel's silence: with change notifications
+/// watched ([`KernelChanges`]), a tick reads the kernel only when it reported a change since
+/// the last read, and at least this often whatever it reported, for what no notification
+/// covers (a BPF map edited by hand).
+pub const FULL_READ_PERIOD: Duration = Duration::from_secs(60);
+
+/// How long a quiet tick trusts the datastore's identity read by an earlier pass (a datastore
+/// that lost its data shows up in the view's next change, which is checked at once; this
+/// bounds how long a datastore that lost it without any change goes unnoticed).
+const IDENTITY_PERIOD: Duration = Duration::from_secs(10);
+
+/// `mutex`'s guard, also after a thread panicked holding it: every value kept behind these
+/// locks is whole between statements.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +278,19 @@ pub enum Trigger {
     /// The reconcile interval passed: the kernel's routes are read once and every difference
     /// (drift) fixed.
     Drift,
+    /// The reconcile interval passed, and the kernel reported no change since the last full
+    /// read (within [`FULL_READ_PERIOD`]): a pass as after a [`Trigger::Change`], with the
+    /// datastore's identity read again once it is [`IDENTITY_PERIOD`] old.
+    Quiet,
+}
+
+/// The last full read of the kernel that found nothing it could not fix.
+#[derive(Debug, Clone, Copy)]
+struct KernelRead {
+    /// The kernel's change counts when the read started (nftables' after wren's own load of
+    /// its policy table): any later report calls for another.
+    generation: KernelGeneration,
+    at: Instant,
 }
 
 /// The routes the last pass left in the kernel, so that the next one sends only changes.
@@ -278,6 +311,8 @@ struct KernelSide {
     fast_path: Option<(fastpath::FastPathDesired, Option<fastpath::FastPathStatus>)>,
     /// The policy plan last given to the policy programmer, and its outcome.
     network_policy: Option<(wren_policy::NodePlan, PolicyStatus)>,
+    /// The connection mark last handed to the fast path.
+    policy_mark: Option<Option<wren_policy::nft::ConnectionMark>>,
 }
 
 /// The tunnels' part of a plan.
@@ -324,6 +359,12 @@ pub struct Controller {
     recorded: std::sync::Mutex<Option<u64>>,
     /// The generation of the view the identity check last found trustworthy.
     checked: std::sync::Mutex<Option<u64>>,
+    /// When the datastore last answered the identity check.
+    identity_read: std::sync::Mutex<Option<Instant>>,
+    /// The kernel's change notifications; without, every tick reads the kernel.
+    kernel_changes: Option<Arc<KernelChanges>>,
+    /// The last full read of the kernel that left nothing to retry.
+    kernel_read: std::sync::Mutex<Option<KernelRead>>,
 }
 
 /// The per-peer metric samples of a status table.
@@ -423,6 +464,30 @@ impl Controller {
             trusted_again: std::sync::Mutex::new(None),
             recorded: std::sync::Mutex::new(None),
             checked: std::sync::Mutex::new(None),
+            identity_read: std::sync::Mutex::new(None),
+            kernel_changes: None,
+            kernel_read: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Lets reconcile ticks skip reading the kernel while `changes` reports it quiet.
+    pub fn with_kernel_changes(mut self, changes: Option<Arc<KernelChanges>>) -> Self {
+        self.kernel_changes = changes;
+        self
+    }
+
+    /// What a reconcile tick does: a full read of the kernel ([`Trigger::Drift`]) unless the
+    /// kernel reported no change since the last one, which was recent ([`Trigger::Quiet`]).
+    fn tick(&self) -> Trigger {
+        let last = *lock(&self.kernel_read);
+        let now = self.kernel_changes.as_ref().and_then(|c| c.generation());
+        match (last, now) {
+            (Some(last), Some(now))
+                if last.generation == now && last.at.elapsed() < FULL_READ_PERIOD =>
+            {
+                Trigger::Quiet
+            }
+            _ => Trigger::Drift,
         }
     }
 
@@ -565,17 +630,17 @@ impl Controller {
     ///
     /// A pass after a change of the best paths alone, on the view the last check found
     /// trustworthy, reads nothing new from the datastore and is not checked again: BGP's
-    /// routes reach the kernel without waiting on etcd. Drift passes always check.
+    /// routes reach the kernel without waiting on etcd. A quiet tick on that view checks
+    /// again once the last answer is [`IDENTITY_PERIOD`] old; drift passes always check.
     async fn may_act(&self, snapshot: &ViewSnapshot, trigger: Trigger) -> bool {
         let Some(identity) = &self.identity else {
             return true;
         };
         let view = &snapshot.view;
-        let last_checked = *self
-            .checked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if trigger == Trigger::Change
+        let last_checked = *lock(&self.checked);
+        let recently_read =
+            || lock(&self.identity_read).is_some_and(|at| at.elapsed() < IDENTITY_PERIOD);
+        if (trigger == Trigger::Change || trigger == Trigger::Quiet && recently_read())
             && last_checked == Some(snapshot.generation)
             && !self.held.load(Ordering::SeqCst)
         {
@@ -592,7 +657,10 @@ impl Controller {
             })
         };
         let trusted = match answered {
-            Ok(state) => state.trusted(),
+            Ok(state) => {
+                *lock(&self.identity_read) = Some(Instant::now());
+                state.trusted()
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the cluster identity; keeping the last conclusion");
                 !identity.state().distrusted()
@@ -643,6 +711,14 @@ impl Controller {
             return Pass::Held;
         }
         let view = snapshot.view;
+        // Read before the kernel is: whatever it reports from here on calls for another read.
+        let mut kernel_generation = self.kernel_changes.as_ref().and_then(|c| c.generation());
+        let read_at = Instant::now();
+        // A quiet tick programs the kernel as after a change: only what changed.
+        let trigger_kernel = match trigger {
+            Trigger::Quiet => Trigger::Change,
+            other => other,
+        };
         self.update_connected(&view).await;
         let mut plan = plan::plan(&view, &self.bgp.best_paths(), &self.facts);
         self.bgp.set_cluster_space(plan.cluster_space.clone()).await;
@@ -659,7 +735,7 @@ impl Controller {
         // The fast path attaches to the tunnel devices that exist: it follows the tunnels too.
         let mut tunnels_programmed = false;
         let underlay = PassUnderlay::new(IpAddr::V4(self.facts.node.address));
-        let encapsulation = match (trigger, kernel_side.tunnels.take(), &self.encap) {
+        let encapsulation = match (trigger_kernel, kernel_side.tunnels.take(), &self.encap) {
             (_, _, None) => None,
             (Trigger::Change, Some((last, Some(mut status))), Some(encap)) if last == tunnels => {
                 encap.reshape(&view, &mut status, &mut plan.routes);
@@ -675,7 +751,11 @@ impl Controller {
             }
         };
         kernel_side.tunnels = Some((tunnels, encapsulation.clone()));
-        let fast_path = match (trigger, kernel_side.fast_path.take(), &self.fast_path) {
+        let fast_path = match (
+            trigger_kernel,
+            kernel_side.fast_path.take(),
+            &self.fast_path,
+        ) {
             (_, _, None) => None,
             (Trigger::Change, Some((last, status)), Some(_))
                 if last == plan.fast_path && !tunnels_programmed =>
@@ -685,6 +765,7 @@ impl Controller {
             (_, _, Some(control)) => Some(control.pass(plan.fast_path.clone(), &underlay).await),
         };
         kernel_side.fast_path = Some((plan.fast_path.clone(), fast_path.clone()));
+        // A quiet tick gives the programmer the rules again: it renews the epoch when due.
         let network_policy = match (
             trigger,
             kernel_side.network_policy.take(),
@@ -711,6 +792,19 @@ impl Controller {
                 if let Err(e) = &outcome {
                     tracing::warn!(error = %e, "network policy programming failed; retrying next pass");
                 }
+                // A full pass loads the whole table: that load is no drift of anyone else's.
+                if let (Trigger::Drift, Ok(change), Some(generation), Some(changes)) = (
+                    trigger,
+                    &outcome,
+                    kernel_generation.as_mut(),
+                    &self.kernel_changes,
+                ) && *change != crate::dataplane::program::policy::PolicyChange::None
+                {
+                    match changes.nftables_now() {
+                        Some(now) => generation.nftables = now,
+                        None => kernel_generation = None,
+                    }
+                }
                 Some(PolicyStatus::of(
                     &plan.network_policy,
                     outcome.as_ref().copied(),
@@ -720,16 +814,21 @@ impl Controller {
         if let Some(status) = &network_policy {
             kernel_side.network_policy = Some((plan.network_policy.clone(), status.clone()));
         }
-        // Only once the table stamping it is in the kernel: the epoch the fast path carries.
+        // Only once the table stamping it is in the kernel: the epoch the fast path carries
+        // (written again by a full pass, and whenever it changed).
         if let (Some(programmer), Some(control)) = (&self.network_policy, &self.fast_path) {
-            control
-                .set_policy_mark(programmer.connection_mark().await)
-                .await;
+            let mark = programmer.connection_mark().await;
+            if trigger == Trigger::Drift || kernel_side.policy_mark != Some(mark) {
+                control.set_policy_mark(mark).await;
+                kernel_side.policy_mark = Some(mark);
+            }
         }
         drop(kernel_side);
         let routes_desired = plan.routes.len();
         let multipath_routes = status::MultipathRoute::of(plan.routes.values());
-        let routes = self.program_routes(trigger, plan.routes, !synced).await;
+        let routes = self
+            .program_routes(trigger_kernel, plan.routes, !synced)
+            .await;
         if let Ok(RoutesOutcome {
             connected: Some(connected),
             ..
@@ -742,6 +841,20 @@ impl Controller {
             self.update_connected(&view).await;
         }
         self.release_memory_after_a_drop(routes_desired);
+        if trigger == Trigger::Drift {
+            // A read that left something to retry is made again at the next tick.
+            let clean = routes.is_ok()
+                && encapsulation.as_ref().is_none_or(|e| e.errors.is_empty())
+                && fast_path.as_ref().is_none_or(|f| f.errors.is_empty())
+                && network_policy.as_ref().is_none_or(|p| p.error.is_none());
+            *lock(&self.kernel_read) =
+                kernel_generation
+                    .filter(|_| clean)
+                    .map(|generation| KernelRead {
+                        generation,
+                        at: read_at,
+                    });
+        }
         let error = routes.as_ref().err().map(ToString::to_string);
         self.report(
             &view,
@@ -871,7 +984,7 @@ impl Controller {
         let mut rebuild_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let trigger = tokio::select! {
-                _ = tick.tick() => Trigger::Drift,
+                _ = tick.tick() => self.tick(),
                 _ = rebuild_tick.tick(), if self.held.load(Ordering::SeqCst) => Trigger::Change,
                 _ = self.changed() => {
                     // The first change after a quiet spell goes through at once; one that
@@ -1046,10 +1159,18 @@ pub async fn run(
         }
         tasks
     };
+    let kernel_changes = match KernelChanges::watch() {
+        Ok(changes) => Some(changes),
+        Err(e) => {
+            tracing::warn!(error = %e, "every reconcile reads the kernel");
+            None
+        }
+    };
     let controller = Controller::new(&config, store, bgp, routes, shared.clone())
         .with_encap(encap)
         .with_fast_path(fast_path)
-        .with_network_policy(network_policy);
+        .with_network_policy(network_policy)
+        .with_kernel_changes(kernel_changes);
 
     let (m, a, registered, ()) = tokio::join!(
         async { metrics_server.await },

@@ -66,6 +66,15 @@ pub const PROBE_PERIOD: Duration = Duration::from_millis(500);
 /// Runs until the task is dropped.
 pub async fn probe_while_down(store: Arc<dyn Store>, health: Arc<DatastoreHealth>) {
     loop {
+        // Asleep while the datastore answers: an idle agent wakes for nothing.
+        let changed = health.changed.notified();
+        tokio::pin!(changed);
+        // Registered before the check, so a fall in between is not missed.
+        changed.as_mut().enable();
+        if health.is_up() {
+            changed.await;
+            continue;
+        }
         tokio::time::sleep(PROBE_PERIOD).await;
         if !health.is_up() && store.revision().await.is_ok() {
             tracing::info!("the datastore answers again");

@@ -460,6 +460,65 @@ async fn a_failed_pass_makes_the_next_one_read_the_kernel() {
     assert!(r.controller.shared.status().last_reconcile_error.is_none());
 }
 
+#[tokio::test]
+async fn a_tick_reads_the_kernel_only_after_the_kernel_reported_a_change() {
+    let plain = rig("30s").await;
+    plain.until("first pass", |_| true).await;
+    assert_eq!(
+        plain.controller.tick(),
+        Trigger::Drift,
+        "without notifications every tick reads the kernel"
+    );
+    let changes = Arc::new(crate::dataplane::watch::KernelChanges::default());
+    let Rig {
+        store,
+        bgp,
+        kernel,
+        controller,
+    } = rig("30s").await;
+    let r = Rig {
+        store,
+        bgp,
+        kernel,
+        controller: controller.with_kernel_changes(Some(changes.clone())),
+    };
+    r.until("first pass", |_| true).await;
+    let full_passes = *r.kernel.passes.lock().unwrap();
+    assert_eq!(r.controller.tick(), Trigger::Quiet);
+    // A route of ours the kernel did not report (it always does): a quiet tick leaves it.
+    r.kernel
+        .table
+        .lock()
+        .unwrap()
+        .insert(net("10.99.0.0/24"), Route::blackhole(net("10.99.0.0/24")));
+    r.controller.pass_on(r.controller.tick()).await;
+    assert_eq!(*r.kernel.passes.lock().unwrap(), full_passes);
+    assert!(r.route("10.99.0.0/24").is_some());
+    // Reported: the next tick reads the kernel and removes it.
+    changes.routing_changed();
+    assert_eq!(r.controller.tick(), Trigger::Drift);
+    r.controller.pass_on(r.controller.tick()).await;
+    assert_eq!(*r.kernel.passes.lock().unwrap(), full_passes + 1);
+    assert!(r.route("10.99.0.0/24").is_none());
+    assert_eq!(r.controller.tick(), Trigger::Quiet);
+    // A read that failed is made again at the next tick.
+    r.kernel
+        .fail
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    r.controller.pass_on(Trigger::Drift).await;
+    r.kernel
+        .fail
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(r.controller.tick(), Trigger::Drift);
+    r.controller.pass_on(Trigger::Drift).await;
+    assert_eq!(r.controller.tick(), Trigger::Quiet);
+    // The kernel's silence is trusted for FULL_READ_PERIOD, no longer.
+    if let Some(read) = super::lock(&r.controller.kernel_read).as_mut() {
+        read.at -= super::FULL_READ_PERIOD;
+    }
+    assert_eq!(r.controller.tick(), Trigger::Drift);
+}
+
 /// Passes until one returns something other than `Pass::Waiting` and `done` holds of it.
 async fn pass_until(r: &Rig, what: &str, done: impl Fn(&Pass) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -9,6 +9,7 @@
 //! - [`prepare_node`]: forwarding on, at agent start.
 //! - [`vxlan`], [`ipip`]: the tunnel devices, with [`fdb`] and neighbour entries for VXLAN;
 //!   [`mtu`]: the MTUs of pods and tunnels; [`nat`]: outgoing NAT in nftables.
+//! - [`watch`]: the kernel's change notifications, which tell a reconcile tick whether to read.
 //!
 //! Everything works in the network namespace of the calling thread (the agent runs inside its
 //! node's namespace), except where a function takes a namespace path. Calls block for as long
@@ -30,6 +31,7 @@ pub mod program;
 mod reconcile;
 pub mod route;
 pub mod vxlan;
+pub mod watch;
 
 pub use check::{Problem, Side, check_pod};
 pub use manager::{
