@@ -12,7 +12,6 @@
 //! whichever thread uses it later.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -21,6 +20,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use nix::sys::socket::{SetSockOpt, setsockopt, sockopt};
+use nix::sys::time::TimeVal;
 
 /// Requests per datagram. The failures of one datagram must fit in the receive buffer at once;
 /// a thousand error reports of a few hundred bytes each fit easily in [`RECEIVE_BUFFER`].
@@ -129,11 +130,11 @@ impl Netlink {
         socket.set_netlink_get_strict_chk(true)?;
         grow_buffer(
             &socket,
-            libc::SO_RCVBUFFORCE,
-            libc::SO_RCVBUF,
+            sockopt::RcvBufForce,
+            sockopt::RcvBuf,
             RECEIVE_BUFFER,
         );
-        grow_buffer(&socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SEND_BUFFER);
+        grow_buffer(&socket, sockopt::SndBufForce, sockopt::SndBuf, SEND_BUFFER);
         set_receive_timeout(&socket, REPLY_TIMEOUT)?;
         Ok(Netlink {
             socket,
@@ -408,45 +409,24 @@ fn align4(n: usize) -> usize {
 
 /// Asks for a bigger socket buffer, first past the `rmem_max`/`wmem_max` cap (needs
 /// CAP_NET_ADMIN), then within it.
-fn grow_buffer(socket: &Socket, force: libc::c_int, plain: libc::c_int, size: usize) {
-    let value = size as libc::c_int;
-    for option in [force, plain] {
-        // SAFETY: a valid socket and a pointer to an int of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
+/// Asks for a buffer of `size` bytes: beyond the system's limit where the agent may (`force`,
+/// with `CAP_NET_ADMIN`), else up to that limit (`plain`); the default stays when both fail.
+fn grow_buffer<Force, Plain>(socket: &Socket, force: Force, plain: Plain, size: usize)
+where
+    Force: SetSockOpt<Val = usize>,
+    Plain: SetSockOpt<Val = usize>,
+{
+    if setsockopt(socket, force, &size).is_err() {
+        let _ = setsockopt(socket, plain, &size);
     }
 }
 
 fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: a valid socket and a pointer to a timeval of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let timeout = TimeVal::new(
+        timeout.as_secs() as libc::time_t,
+        timeout.subsec_micros() as libc::suseconds_t,
+    );
+    setsockopt(socket, sockopt::ReceiveTimeout, &timeout).map_err(io::Error::from)
 }
 
 #[cfg(test)]
