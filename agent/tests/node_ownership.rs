@@ -211,6 +211,18 @@ fn a_running_agent_keeps_its_name_and_node_rm_waits_until_it_is_gone() {
     // Within one check period (a third of the 6 s TTL) and a busy machine's margin.
     assert!(back_after_delete < Duration::from_secs(4));
     assert!(back_after_revoke < Duration::from_secs(4));
+    // The node document deleted behind the agent's back, once the agent only renews its
+    // lease each period (both keys watched and settled): it is written back.
+    std::thread::sleep(Duration::from_secs(3));
+    let node_key = keys::node("node2");
+    let k = node_key.clone();
+    with_store_in(c.fabric.netns().name(), c.endpoint(), |store| async move {
+        store.delete(&k, None).await.unwrap();
+    });
+    let node_back = wait_for("nodes/node2 to be put back", || {
+        get(&c, &node_key).is_some()
+    });
+    assert!(node_back < Duration::from_secs(4), "{node_back:?}");
     assert!(c.node(1).ready());
 
     // `node rm` refuses a live node, naming its agent.

@@ -212,6 +212,20 @@ impl Ownership {
         self.held
     }
 
+    /// Renews the lease of a name this agent holds, and nothing else: for a period in which
+    /// neither its liveness key nor its node document changed (both watched). `false` when
+    /// there is no hold to renew or the lease is gone: then [`Ownership::ensure`] is due.
+    pub async fn renew(&mut self, store: &dyn Store) -> Result<bool, OwnershipError> {
+        let (Some(lease), Some(_)) = (self.lease, self.held) else {
+            return Ok(false);
+        };
+        match store.keep_alive(lease).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::LeaseNotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Makes sure this agent holds its name: renews the lease (granting a new one when it
     /// expired), and writes the liveness key when it is absent or not on the lease. Refuses
     /// (a fatal error) when another agent holds the name.
@@ -412,8 +426,10 @@ async fn next_change(changes: &mut Option<WatchStream>) {
 }
 
 /// Keeps the node registered and its name held until `shutdown` fires: every third of the
-/// liveness TTL, and at once when `liveness/<name>` changes, it renews the lease, puts the key
-/// back if it went, and rewrites the node document if it differs. Datastore failures are
+/// liveness TTL, and at once when `liveness/<name>` or the node document changes, it renews
+/// the lease, puts the key back if it went, and rewrites the node document if it differs.
+/// A period in which both were watched and neither changed since they were last found right
+/// only renews the lease: one request, not three. Datastore failures are
 /// retried with backoff (the node simply shows as not live meanwhile). Losing the name to
 /// another agent ends the loop with that error. Either way the lease is revoked at the end
 /// (the node document stays).
@@ -427,20 +443,36 @@ pub async fn keep_registered(
 ) -> Result<(), OwnershipError> {
     let period = ownership.period();
     let key = keys::liveness(&config.node_name);
+    let node_key = keys::node(&config.node_name);
     let mut backoff = Duration::from_millis(200);
     let mut changes: Option<WatchStream> = None;
+    let mut node_changes: Option<WatchStream> = None;
+    // Both keys were found right, and both watched ever since without a change.
+    let mut settled = false;
     let mut logged = false;
     let outcome = loop {
-        if changes.is_none() {
-            changes = store.watch(&key, 0).await.ok();
+        for (stream, key) in [(&mut changes, &key), (&mut node_changes, &node_key)] {
+            if stream.is_none() {
+                // A watch made now misses nothing after the check below.
+                settled = false;
+                *stream = store.watch(key, 0).await.ok();
+            }
         }
         let attempt: Result<(), OwnershipError> = async {
+            if settled
+                && changes.is_some()
+                && node_changes.is_some()
+                && ownership.renew(store.as_ref()).await?
+            {
+                return Ok(());
+            }
             let held = ownership.ensure(store.as_ref()).await?;
             register_node(store.as_ref(), &config, held).await?;
             Ok(())
         }
         .await;
         let failing = attempt.is_err();
+        settled = !failing;
         let wait = match attempt {
             Ok(()) => {
                 if !logged {
@@ -472,7 +504,8 @@ pub async fn keep_registered(
             _ = tokio::time::sleep(wait) => {}
             // The datastore answers again: register now rather than a backoff later.
             _ = health.changed(), if failing => {}
-            _ = next_change(&mut changes) => {}
+            _ = next_change(&mut changes) => settled = false,
+            _ = next_change(&mut node_changes) => settled = false,
             _ = shutdown.changed() => break Ok(()),
         }
     };
