@@ -10,20 +10,15 @@
 //! The controller runs in-process on the in-memory store, with a stand-in speaker that serves
 //! the best paths; the kernel is real.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use ipnet::IpNet;
-use tokio::sync::watch;
 use wren_agent::cli::{Cli, Command};
 use wren_agent::config::{AgentConfig, Settings, SystemHost};
-use wren_agent::daemon::bgp::{BestPaths, BgpControl, NextHops, SessionInfo};
-use wren_agent::daemon::mesh::PeerSpec;
-use wren_agent::daemon::policy::Exports;
+use wren_agent::daemon::bgp::ScriptedBgp;
 use wren_agent::daemon::{Controller, Pass, Shared, Trigger};
 use wren_agent::dataplane::program::routes::KernelRoutes;
 use wren_agent::metrics::Metrics;
@@ -34,31 +29,6 @@ use wren_store::json::JsonStore;
 use wren_store::memory::MemoryStore;
 use wren_tests::bench::arg;
 use wren_tests::netns::NetNs;
-
-/// Serves best paths the bench sets; records nothing.
-struct Feeder {
-    paths: Mutex<BTreeMap<IpNet, IpAddr>>,
-    changes: watch::Sender<u64>,
-}
-
-#[async_trait]
-impl BgpControl for Feeder {
-    async fn set_peers(&self, _peers: &BTreeMap<IpAddr, PeerSpec>) {}
-    async fn set_originated(&self, _exports: &Exports) {}
-    fn best_paths(&self) -> BestPaths {
-        let paths = self.paths.lock().unwrap();
-        paths
-            .iter()
-            .map(|(p, nh)| (*p, NextHops::from(*nh)))
-            .collect()
-    }
-    fn sessions(&self) -> Vec<SessionInfo> {
-        Vec::new()
-    }
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
-    }
-}
 
 fn block(i: u32) -> IpNet {
     IpNet::new_assert(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 64)), 26)
@@ -118,13 +88,9 @@ fn run_round(ns: &NetNs, blocks: u32, dir: &std::path::Path) -> Round {
     ns.block_on(|| async {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         fill_store(&store, blocks).await;
-        let feeder = Arc::new(Feeder {
-            paths: Mutex::new(
-                (0..blocks)
-                    .map(|i| (block(i), IpAddr::V4(GATEWAY)))
-                    .collect(),
-            ),
-            changes: watch::channel(0).0,
+        let feeder = Arc::new(ScriptedBgp::default());
+        feeder.change_paths(|paths| {
+            paths.extend((0..blocks).map(|i| (block(i), IpAddr::V4(GATEWAY))));
         });
         let kernel = Arc::new(KernelRoutes::open().unwrap());
         let cfg = config();
@@ -152,12 +118,9 @@ fn run_round(ns: &NetNs, blocks: u32, dir: &std::path::Path) -> Round {
                 error: None
             }
         );
-        feeder
-            .paths
-            .lock()
-            .unwrap()
-            .insert(block(blocks / 2), IpAddr::V4(OTHER_GATEWAY));
-        feeder.changes.send_modify(|n| *n += 1);
+        feeder.change_paths(|paths| {
+            paths.insert(block(blocks / 2), IpAddr::V4(OTHER_GATEWAY));
+        });
         let (start, dumps) = measure(kernel.counters().dumps);
         controller.pass_on(Trigger::Change).await;
         round.one_change = (start.elapsed(), kernel.counters().dumps - dumps);

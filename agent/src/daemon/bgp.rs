@@ -2,11 +2,12 @@
 //! paths and session states out.
 //!
 //! The daemon drives the speaker through [`BgpControl`] so that its mesh, export and import
-//! logic can be exercised with a fake speaker, and so that the speaker crate stays free of
+//! logic can be exercised with a stand-in ([`ScriptedBgp`]), and so that the speaker crate stays free of
 //! anything wren-specific.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ use smallvec::SmallVec;
 use tokio::sync::watch;
 
 use super::bfd::BfdStatus;
+use super::lock;
 use super::mesh::PeerSpec;
 use super::policy::{ClusterSpace, Exports};
 
@@ -132,28 +134,70 @@ pub trait BgpControl: Send + Sync {
     async fn refresh_sessions(&self) {}
 }
 
-/// A speaker with no sessions: what a node without BGP (a single-node cluster) runs.
-pub struct NoBgp {
+/// Stands in for the speaker where no session runs: serves the best paths and sessions its
+/// owner sets, and keeps the peers and exports the controller last asked for. What tests and
+/// benchmarks drive a controller with.
+pub struct ScriptedBgp {
+    peers: Mutex<BTreeMap<IpAddr, PeerSpec>>,
+    originated: Mutex<BTreeSet<IpNet>>,
+    paths: Mutex<BTreeMap<IpNet, IpAddr>>,
+    sessions: Mutex<Vec<SessionInfo>>,
     changes: watch::Sender<u64>,
 }
 
-impl Default for NoBgp {
+impl Default for ScriptedBgp {
     fn default() -> Self {
         Self {
+            peers: Mutex::default(),
+            originated: Mutex::default(),
+            paths: Mutex::default(),
+            sessions: Mutex::default(),
             changes: watch::channel(0).0,
         }
     }
 }
 
+impl ScriptedBgp {
+    /// Changes the best paths (prefix → next hop) with `change` and tells the subscribers,
+    /// as the speaker does after a batch.
+    pub fn change_paths(&self, change: impl FnOnce(&mut BTreeMap<IpNet, IpAddr>)) {
+        change(&mut lock(&self.paths));
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Sets the sessions [`BgpControl::sessions`] reports.
+    pub fn set_sessions(&self, sessions: Vec<SessionInfo>) {
+        *lock(&self.sessions) = sessions;
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The peers the controller last asked for.
+    pub fn peers(&self) -> BTreeMap<IpAddr, PeerSpec> {
+        lock(&self.peers).clone()
+    }
+
+    /// The prefixes the controller last asked to originate.
+    pub fn originated(&self) -> BTreeSet<IpNet> {
+        lock(&self.originated).clone()
+    }
+}
+
 #[async_trait]
-impl BgpControl for NoBgp {
-    async fn set_peers(&self, _peers: &BTreeMap<IpAddr, PeerSpec>) {}
-    async fn set_originated(&self, _exports: &Exports) {}
+impl BgpControl for ScriptedBgp {
+    async fn set_peers(&self, peers: &BTreeMap<IpAddr, PeerSpec>) {
+        *lock(&self.peers) = peers.clone();
+    }
+    async fn set_originated(&self, exports: &Exports) {
+        *lock(&self.originated) = exports.keys().copied().collect();
+    }
     fn best_paths(&self) -> BestPaths {
-        BestPaths::new()
+        lock(&self.paths)
+            .iter()
+            .map(|(prefix, next_hop)| (*prefix, NextHops::from(*next_hop)))
+            .collect()
     }
     fn sessions(&self) -> Vec<SessionInfo> {
-        Vec::new()
+        lock(&self.sessions).clone()
     }
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()

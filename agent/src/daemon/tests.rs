@@ -1,66 +1,26 @@
-//! The controller end to end on the in-memory store, with a fake speaker and a fake kernel:
+//! The controller end to end on the in-memory store, with a scripted speaker and a fake kernel:
 //! documents written through IPAM and the model go in, sessions, exports and kernel routes
 //! come out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use ipnet::IpNet;
-use tokio::sync::watch;
 use wren_ipam::{AllocateRequest, Ipam, PoolSpec};
 use wren_model::{ClusterConfig, Node, keys};
 use wren_store::Store;
 use wren_store::json::JsonStore;
 use wren_store::memory::MemoryStore;
 
-use super::bgp::{BestPaths, BgpControl, NextHops, SessionInfo};
-use super::mesh::PeerSpec;
-use super::policy::Exports;
+use super::bgp::{ScriptedBgp, SessionInfo};
 use super::{Controller, Pass, Shared, Trigger};
 use crate::cli::{Cli, Command};
 use crate::config::{AgentConfig, Settings, SystemHost};
 use crate::dataplane::program::routes::fake::FakeKernel;
 use crate::dataplane::{NextHop, Protocol, Route};
 use crate::metrics::Metrics;
-
-/// Records what the controller asks of BGP; serves best paths and sessions the test sets.
-#[derive(Default)]
-struct FakeBgp {
-    peers: Mutex<BTreeMap<IpAddr, PeerSpec>>,
-    originated: Mutex<BTreeSet<IpNet>>,
-    paths: Mutex<BTreeMap<IpNet, IpAddr>>,
-    sessions: Mutex<Vec<SessionInfo>>,
-    changes: Mutex<Option<watch::Sender<u64>>>,
-}
-
-#[async_trait]
-impl BgpControl for FakeBgp {
-    async fn set_peers(&self, peers: &BTreeMap<IpAddr, PeerSpec>) {
-        *self.peers.lock().unwrap() = peers.clone();
-    }
-    async fn set_originated(&self, exports: &Exports) {
-        *self.originated.lock().unwrap() = exports.keys().copied().collect();
-    }
-    fn best_paths(&self) -> BestPaths {
-        let paths = self.paths.lock().unwrap();
-        paths
-            .iter()
-            .map(|(p, nh)| (*p, NextHops::from(*nh)))
-            .collect()
-    }
-    fn sessions(&self) -> Vec<SessionInfo> {
-        self.sessions.lock().unwrap().clone()
-    }
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        let mut changes = self.changes.lock().unwrap();
-        changes
-            .get_or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-}
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
@@ -113,7 +73,7 @@ fn synced_session(address: &str) -> SessionInfo {
 
 struct Rig {
     store: Arc<dyn Store>,
-    bgp: Arc<FakeBgp>,
+    bgp: Arc<ScriptedBgp>,
     kernel: Arc<FakeKernel>,
     controller: Controller,
 }
@@ -129,7 +89,7 @@ async fn rig(sync_timeout: &str) -> Rig {
         .await
         .unwrap();
     let cfg = config("a", "10.0.0.1/24", sync_timeout);
-    let bgp = Arc::new(FakeBgp::default());
+    let bgp = Arc::new(ScriptedBgp::default());
     let kernel = Arc::new(FakeKernel::default());
     let shared = Shared::new(&cfg, Arc::new(Metrics::new()));
     let controller = Controller::new(&cfg, store.clone(), bgp.clone(), kernel.clone(), shared);
@@ -193,19 +153,19 @@ async fn nothing_is_touched_before_the_store_is_listed_and_then_the_node_is_prog
     let address = claim(&r.store, "a", "k8s.c1").await;
     let block = IpNet::new(address, 26).unwrap().trunc();
     r.until("a's block exported", |r| {
-        r.bgp.originated.lock().unwrap().contains(&block)
+        r.bgp.originated().contains(&block)
     })
     .await;
 
     // The mesh: one session, to b, which has the higher address and so dials us.
-    let peers = r.bgp.peers.lock().unwrap().clone();
+    let peers = r.bgp.peers();
     assert_eq!(
         peers.keys().copied().collect::<Vec<_>>(),
         vec![ip("10.0.0.2")]
     );
     assert!(peers[&ip("10.0.0.2")].passive);
     // Export is the block and nothing else.
-    assert_eq!(*r.bgp.originated.lock().unwrap(), BTreeSet::from([block]));
+    assert_eq!(r.bgp.originated(), BTreeSet::from([block]));
     // Kernel: the block's blackhole, stamped as wren's.
     let route = r.route(&block.to_string()).unwrap();
     assert_eq!(route, Route::blackhole(block));
@@ -217,10 +177,12 @@ async fn learned_routes_are_installed_except_our_own_blocks() {
     let r = rig("30s").await;
     let mine = claim(&r.store, "a", "k8s.c1").await;
     let my_block = IpNet::new(mine, 26).unwrap().trunc();
-    *r.bgp.paths.lock().unwrap() = BTreeMap::from([
-        (net("10.65.9.0/26"), ip("10.0.0.2")),
-        (my_block, ip("10.0.0.2")),
-    ]);
+    r.bgp.change_paths(|paths| {
+        *paths = BTreeMap::from([
+            (net("10.65.9.0/26"), ip("10.0.0.2")),
+            (my_block, ip("10.0.0.2")),
+        ])
+    });
     r.until("b's block installed", |r| r.route("10.65.9.0/26").is_some())
         .await;
     let learned = r.route("10.65.9.0/26").unwrap();
@@ -235,11 +197,7 @@ async fn learned_routes_are_installed_except_our_own_blocks() {
 #[tokio::test]
 async fn drift_is_repaired_and_foreign_routes_are_left_alone() {
     let r = rig("30s").await;
-    r.bgp
-        .sessions
-        .lock()
-        .unwrap()
-        .push(synced_session("10.0.0.2"));
+    r.bgp.set_sessions(vec![synced_session("10.0.0.2")]);
     let mine = claim(&r.store, "a", "k8s.c1").await;
     let my_block = IpNet::new(mine, 26).unwrap().trunc();
     r.until("blackhole installed", |r| {
@@ -289,7 +247,7 @@ async fn learned_routes_in_the_kernel_survive_until_bgp_has_synced() {
         r.route("10.65.7.0/26").is_some(),
         "kept while b has not sent End-of-RIB"
     );
-    *r.bgp.sessions.lock().unwrap() = vec![synced_session("10.0.0.2")];
+    r.bgp.set_sessions(vec![synced_session("10.0.0.2")]);
     r.controller.pass().await;
     assert!(
         r.route("10.65.7.0/26").is_none(),
@@ -327,19 +285,15 @@ async fn the_sync_timeout_counts_from_the_first_view_not_from_start_up() {
 #[tokio::test]
 async fn mesh_follows_nodes_and_cluster_config() {
     let r = rig("30s").await;
-    r.until("b peered", |r| r.bgp.peers.lock().unwrap().len() == 1)
-        .await;
+    r.until("b peered", |r| r.bgp.peers().len() == 1).await;
     r.store
         .put_json(&keys::node("c"), &node("c", "10.0.0.3/24"), None)
         .await
         .unwrap();
-    r.until("c peered", |r| r.bgp.peers.lock().unwrap().len() == 2)
-        .await;
+    r.until("c peered", |r| r.bgp.peers().len() == 2).await;
     r.store.delete(&keys::node("b"), None).await.unwrap();
-    r.until("b gone", |r| {
-        !r.bgp.peers.lock().unwrap().contains_key(&ip("10.0.0.2"))
-    })
-    .await;
+    r.until("b gone", |r| !r.bgp.peers().contains_key(&ip("10.0.0.2")))
+        .await;
     let off = ClusterConfig {
         node_to_node_mesh: false,
         ..Default::default()
@@ -348,8 +302,7 @@ async fn mesh_follows_nodes_and_cluster_config() {
         .put_json(keys::CLUSTER_CONFIG, &off, None)
         .await
         .unwrap();
-    r.until("mesh off", |r| r.bgp.peers.lock().unwrap().is_empty())
-        .await;
+    r.until("mesh off", |r| r.bgp.peers().is_empty()).await;
 }
 
 #[tokio::test]
@@ -369,11 +322,11 @@ async fn borrowed_addresses_are_exported_as_host_routes() {
         .unwrap();
     let host = IpNet::from(borrowed.ipv4().unwrap().address);
     r.until("borrowed /32 exported", |r| {
-        r.bgp.originated.lock().unwrap().contains(&host)
+        r.bgp.originated().contains(&host)
     })
     .await;
     assert_eq!(
-        r.bgp.originated.lock().unwrap().len(),
+        r.bgp.originated().len(),
         1,
         "b's block is not ours to announce"
     );
@@ -382,20 +335,19 @@ async fn borrowed_addresses_are_exported_as_host_routes() {
 #[tokio::test]
 async fn a_change_sends_only_what_changed_and_a_drift_pass_reads_the_kernel() {
     let r = rig("30s").await;
+    r.bgp.set_sessions(vec![synced_session("10.0.0.2")]);
     r.bgp
-        .sessions
-        .lock()
-        .unwrap()
-        .push(synced_session("10.0.0.2"));
-    *r.bgp.paths.lock().unwrap() = BTreeMap::from([(net("10.65.9.0/26"), ip("10.0.0.2"))]);
+        .change_paths(|paths| *paths = BTreeMap::from([(net("10.65.9.0/26"), ip("10.0.0.2"))]));
     r.until("b's block installed", |r| r.route("10.65.9.0/26").is_some())
         .await;
     let full_passes = *r.kernel.passes.lock().unwrap();
     // A best path changes: the change goes in without a full reconcile.
-    *r.bgp.paths.lock().unwrap() = BTreeMap::from([
-        (net("10.65.9.0/26"), ip("10.0.0.3")),
-        (net("10.65.10.0/26"), ip("10.0.0.2")),
-    ]);
+    r.bgp.change_paths(|paths| {
+        *paths = BTreeMap::from([
+            (net("10.65.9.0/26"), ip("10.0.0.3")),
+            (net("10.65.10.0/26"), ip("10.0.0.2")),
+        ])
+    });
     r.kernel
         .table
         .lock()
@@ -423,7 +375,9 @@ async fn a_change_sends_only_what_changed_and_a_drift_pass_reads_the_kernel() {
     assert_eq!(*r.kernel.passes.lock().unwrap(), full_passes + 1);
     assert!(r.route("10.99.0.0/24").is_none());
     // A path withdrawn: the change removes its route.
-    r.bgp.paths.lock().unwrap().remove(&net("10.65.10.0/26"));
+    r.bgp.change_paths(|paths| {
+        paths.remove(&net("10.65.10.0/26"));
+    });
     r.controller.pass_on(Trigger::Change).await;
     assert!(r.route("10.65.10.0/26").is_none());
     assert_eq!(*r.kernel.passes.lock().unwrap(), full_passes + 1);
@@ -546,7 +500,7 @@ async fn a_datastore_that_lost_its_data_changes_nothing_and_is_rebuilt_from_what
             .unwrap();
     }
     let cfg = config("a", "10.0.0.1/24", "30s");
-    let bgp = Arc::new(FakeBgp::default());
+    let bgp = Arc::new(ScriptedBgp::default());
     let kernel = Arc::new(FakeKernel::default());
     let shared = Shared::new(&cfg, Arc::new(Metrics::new()));
     let identity = Arc::new(
@@ -569,22 +523,19 @@ async fn a_datastore_that_lost_its_data_changes_nothing_and_is_rebuilt_from_what
     let address = claim(&r.store, "a", "k8s.c1").await;
     let block = IpNet::new(address, 26).unwrap().trunc();
     r.until("a's block exported and blackholed", |r| {
-        r.bgp.originated.lock().unwrap().contains(&block) && r.route(&block.to_string()).is_some()
+        r.bgp.originated().contains(&block) && r.route(&block.to_string()).is_some()
     })
     .await;
     let id = r.store.get(keys::CLUSTER_ID).await.unwrap().unwrap().value;
-    let peers = r.bgp.peers.lock().unwrap().clone();
+    let peers = r.bgp.peers();
 
     // The datastore comes back empty.
     for kv in r.store.list("").await.unwrap().items {
         r.store.delete(&kv.key, None).await.unwrap();
     }
     pass_until(&r, "a held pass", |p| *p == Pass::Held).await;
-    assert!(
-        r.bgp.originated.lock().unwrap().contains(&block),
-        "withdrawn"
-    );
-    assert_eq!(*r.bgp.peers.lock().unwrap(), peers, "sessions changed");
+    assert!(r.bgp.originated().contains(&block), "withdrawn");
+    assert_eq!(r.bgp.peers(), peers, "sessions changed");
     assert_eq!(
         r.route(&block.to_string()).map(|r| r.next_hop),
         Some(NextHop::Blackhole),
@@ -613,7 +564,7 @@ async fn a_datastore_that_lost_its_data_changes_nothing_and_is_rebuilt_from_what
     let back = r.store.get(keys::CLUSTER_ID).await.unwrap().unwrap().value;
     assert_eq!(back, id, "another identity was written");
     assert!(shared.readiness().cluster_data.is_none());
-    assert!(r.bgp.originated.lock().unwrap().contains(&block));
-    assert_eq!(*r.bgp.peers.lock().unwrap(), peers);
+    assert!(r.bgp.originated().contains(&block));
+    assert_eq!(r.bgp.peers(), peers);
     assert!(r.store.get(&keys::rebuild("a")).await.unwrap().is_none());
 }
