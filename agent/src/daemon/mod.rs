@@ -280,7 +280,7 @@ pub enum Trigger {
     Drift,
     /// The reconcile interval passed, and the kernel reported no change since the last full
     /// read (within [`FULL_READ_PERIOD`]): a pass as after a [`Trigger::Change`], with the
-    /// datastore's identity read again once it is [`IDENTITY_PERIOD`] old.
+    /// datastore's identity read again once the last answer is 10 s old.
     Quiet,
 }
 

@@ -4,7 +4,7 @@
 //! With learning off, a VXLAN device knows a remote MAC only through these entries, so an
 //! entry per remote node (`<mac> dst <node ip> self permanent`) is what lets the device send a
 //! frame anywhere. They are reconciled with the neighbour entries' machinery
-//! ([`super::neigh`]), on `wren.vxlan` only.
+//! (the `neigh` module), on `wren.vxlan` only.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

@@ -71,7 +71,7 @@ const MIN_RENEWAL: Duration = Duration::from_secs(1);
 
 /// How long an epoch stands before it is renewed although the rules did not change: a
 /// quarter of the shortest of conntrack's `timeouts` that a carried connection's entry
-/// can count down (at least [`MIN_RENEWAL`]). A carried connection's entry is refreshed
+/// can count down (at least `MIN_RENEWAL`, a second). A carried connection's entry is refreshed
 /// by its first packet after each renewal.
 pub fn renewal_interval(timeouts: impl IntoIterator<Item = Duration>) -> Duration {
     (timeouts.into_iter().min().unwrap_or(MIN_RENEWAL) / 4).max(MIN_RENEWAL)
