@@ -35,6 +35,7 @@ use wren_model::{Encapsulation, EncapsulationMode, Node, Pool, keys, vxlan_tunne
 use wren_store::Store;
 use wren_store::json::JsonStore;
 
+use super::lock;
 use super::view::ClusterView;
 use crate::dataplane::PodDefaults;
 use crate::dataplane::ipip::{IPIP_DEVICE, IpipDevice, IpipManager, IpipSupport};
@@ -500,10 +501,7 @@ impl EncapProgrammer for KernelEncap {
         let support = self.ipip_support.clone();
         let desired = desired.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let mut managers = match managers.lock() {
-                Ok(m) => m,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut managers = lock(&managers);
             program_blocking(
                 &mut managers,
                 node_ip,
@@ -707,17 +705,11 @@ impl Encap {
     }
 
     fn cached_address(&self) -> Option<Ipv4Addr> {
-        match self.tunnel_address.lock() {
-            Ok(a) => *a,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
+        *lock(&self.tunnel_address)
     }
 
     fn cache_address(&self, address: Option<Ipv4Addr>) {
-        match self.tunnel_address.lock() {
-            Ok(mut a) => *a = address,
-            Err(poisoned) => *poisoned.into_inner() = address,
-        }
+        *lock(&self.tunnel_address) = address;
     }
 
     /// Makes tunnels, entries and NAT follow the view over `underlay` (the pass's lookup),
@@ -813,10 +805,7 @@ impl Encap {
     }
 
     fn log_new_errors(&self, errors: &[String]) {
-        let mut last = match self.last_errors.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut last = lock(&self.last_errors);
         for e in errors.iter().filter(|e| !last.contains(e)) {
             tracing::warn!(error = %e, "encapsulation");
         }

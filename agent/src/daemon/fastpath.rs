@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use wren_fastpath::{FastPath, VxlanConfig};
 
 use super::encap::vxlan_peers;
+use super::lock;
 use super::view::ClusterView;
 use crate::dataplane::ipip::IPIP_DEVICE;
 use crate::dataplane::mtu::PassUnderlay;
@@ -284,10 +285,7 @@ impl FastPathControl {
         let node_ip = self.node_ip;
         let underlay = underlay.clone();
         let job = tokio::task::spawn_blocking(move || {
-            let mut kernel = match kernel.lock() {
-                Ok(k) => k,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut kernel = lock(&kernel);
             match &mut *kernel {
                 Kernel::Off => FastPathStatus {
                     state: FastPathState::Off,
@@ -316,10 +314,7 @@ impl FastPathControl {
     pub async fn set_policy_mark(&self, mark: Option<wren_policy::nft::ConnectionMark>) {
         let kernel = self.kernel.clone();
         let job = tokio::task::spawn_blocking(move || {
-            let mut kernel = match kernel.lock() {
-                Ok(k) => k,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut kernel = lock(&kernel);
             if let Kernel::On(fast) = &mut *kernel {
                 let mark = mark
                     .filter(|_| fast.reads_connection_marks())
@@ -368,10 +363,7 @@ impl FastPathControl {
 
     /// Grows the fast path's counters to the kernel's figures in `status`.
     pub fn publish(&self, status: &FastPathStatus, metrics: &Metrics) {
-        let mut last = match self.published.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut last = lock(&self.published);
         metrics
             .fast_path_up
             .set(i64::from(status.state == FastPathState::On));

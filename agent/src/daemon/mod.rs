@@ -555,11 +555,7 @@ impl Controller {
     /// pass read them), and the other nodes' addresses, which the mesh's routes lead to
     /// through a tunnel when a node is on another subnet. Nothing before the first read.
     async fn update_connected(&self, view: &ClusterView) {
-        let connected = self
-            .connected
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let connected = lock(&self.connected).clone();
         let Some(connected) = connected else {
             return;
         };
@@ -666,10 +662,7 @@ impl Controller {
                 !identity.state().distrusted()
             }
         };
-        let mut trusted_again = self
-            .trusted_again
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut trusted_again = lock(&self.trusted_again);
         if !trusted {
             self.held.store(true, Ordering::SeqCst);
             *trusted_again = None;
@@ -690,10 +683,7 @@ impl Controller {
             self.held.store(false, Ordering::SeqCst);
             *trusted_again = None;
         }
-        *self
-            .checked
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snapshot.generation);
+        *lock(&self.checked) = Some(snapshot.generation);
         true
     }
 
@@ -834,10 +824,7 @@ impl Controller {
             ..
         }) = &routes
         {
-            *self
-                .connected
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connected.clone());
+            *lock(&self.connected) = Some(connected.clone());
             self.update_connected(&view).await;
         }
         self.release_memory_after_a_drop(routes_desired);
@@ -870,10 +857,7 @@ impl Controller {
             },
         );
         if let Some(identity) = &self.identity {
-            let mut recorded = self
-                .recorded
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut recorded = lock(&self.recorded);
             if *recorded != Some(snapshot.generation) {
                 identity.record(identity::Holdings::of(&view));
                 *recorded = Some(snapshot.generation);
@@ -991,17 +975,11 @@ impl Controller {
                     // follows a pass within COALESCE waits for the rest of its burst (a pod
                     // ADD writes several documents), so a burst costs a few passes, not one
                     // per document.
-                    let last = *self
-                        .last_change_pass
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let last = *lock(&self.last_change_pass);
                     if let Some(wait) = last.and_then(|l| COALESCE.checked_sub(l.elapsed())) {
                         tokio::time::sleep(wait).await;
                     }
-                    *self
-                        .last_change_pass
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+                    *lock(&self.last_change_pass) = Some(Instant::now());
                     Trigger::Change
                 }
                 r = bgp_changes.changed() => {

@@ -28,6 +28,7 @@ use wren_model::{Community, Decision, Filter};
 
 use super::bfd::{BfdSession, BfdSessions};
 use super::bgp::{BestPaths, BgpControl, NextHops, SessionInfo, SessionTimers};
+use super::lock;
 use super::mesh::{PeerKind, PeerSpec};
 use super::policy::{ClusterSpace, Export, Exports, ImportLimits};
 use crate::config::AgentConfig;
@@ -408,10 +409,7 @@ impl SpeakerBgp {
         self.bfd.poll().await;
         let peers = self.handle.peers().await?;
         let now: Vec<SessionInfo> = peers.iter().map(session_info).collect();
-        let mut held = match self.sessions.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut held = lock(&self.sessions);
         let changed =
             held.len() != now.len() || held.iter().zip(&now).any(|(a, b)| !a.same_session_state(b));
         *held = now;
@@ -627,10 +625,7 @@ impl BgpControl for SpeakerBgp {
     }
 
     fn sessions(&self) -> Vec<SessionInfo> {
-        let mut sessions = match self.sessions.lock() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let mut sessions = lock(&self.sessions).clone();
         for session in &mut sessions {
             session.bfd = self.bfd.status(session.address);
         }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use super::lock;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -503,10 +504,7 @@ pub struct ViewSnapshot {
 
 impl LiveView {
     fn lock(&self) -> std::sync::MutexGuard<'_, LiveState> {
-        match self.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock(&self.state)
     }
 
     /// The view as of now, once every part has been listed (before that, acting on it would
