@@ -46,14 +46,21 @@ impl DatastoreHealth {
 
     /// Waits until the flag is up, or at most `limit`.
     pub async fn up_or(&self, limit: Duration) {
-        let changed = self.changed.notified();
-        tokio::pin!(changed);
-        // Registered before the check, so a change in between is not missed.
-        changed.as_mut().enable();
-        if self.is_up() {
-            return;
+        let _ = tokio::time::timeout(limit, self.until(true)).await;
+    }
+
+    /// Waits until the flag reads `up`.
+    pub async fn until(&self, up: bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change in between is not missed.
+            changed.as_mut().enable();
+            if self.is_up() == up {
+                return;
+            }
+            changed.await;
         }
-        let _ = tokio::time::timeout(limit, changed).await;
     }
 }
 
@@ -67,14 +74,7 @@ pub const PROBE_PERIOD: Duration = Duration::from_millis(500);
 pub async fn probe_while_down(store: Arc<dyn Store>, health: Arc<DatastoreHealth>) {
     loop {
         // Asleep while the datastore answers: an idle agent wakes for nothing.
-        let changed = health.changed.notified();
-        tokio::pin!(changed);
-        // Registered before the check, so a fall in between is not missed.
-        changed.as_mut().enable();
-        if health.is_up() {
-            changed.await;
-            continue;
-        }
+        health.until(false).await;
         tokio::time::sleep(PROBE_PERIOD).await;
         if !health.is_up() && store.revision().await.is_ok() {
             tracing::info!("the datastore answers again");

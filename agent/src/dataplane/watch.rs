@@ -63,6 +63,8 @@ pub struct KernelGeneration {
 /// One subscribed socket and the count of what it brought.
 #[derive(Debug, Default)]
 struct Source {
+    /// Which socket, for messages.
+    what: &'static str,
     /// `None` for a watch made without the kernel (unit tests).
     socket: Option<AsyncFd<Socket>>,
     seen: AtomicU64,
@@ -81,6 +83,7 @@ impl Source {
         // `as_raw_fd` always returns that one.
         let socket = unsafe { AsyncFd::register(socket) }.map_err(|e| error(e.into_parts().1))?;
         Ok(Self {
+            what,
             socket: Some(socket),
             seen: AtomicU64::new(0),
         })
@@ -135,11 +138,8 @@ impl KernelChanges {
             )?),
             blind: Arc::default(),
         };
-        for (source, what) in [
-            (&changes.routing, "rtnetlink"),
-            (&changes.nftables, "nftables"),
-        ] {
-            tokio::spawn(count(source.clone(), changes.blind.clone(), what));
+        for source in [&changes.routing, &changes.nftables] {
+            tokio::spawn(count(source.clone(), changes.blind.clone()));
         }
         Ok(Arc::new(changes))
     }
@@ -160,7 +160,7 @@ impl KernelChanges {
     /// committed a ruleset of its own, it includes that commit.
     pub fn nftables_now(&self) -> Option<u64> {
         if let Err(e) = self.nftables.drain() {
-            go_blind(&self.blind, "nftables", &e);
+            go_blind(&self.blind, self.nftables.what, &e);
         }
         self.generation().map(|g| g.nftables)
     }
@@ -179,17 +179,17 @@ impl KernelChanges {
 }
 
 /// Reads `source` as messages arrive until it fails.
-async fn count(source: Arc<Source>, blind: Arc<AtomicBool>, what: &'static str) {
+async fn count(source: Arc<Source>, blind: Arc<AtomicBool>) {
     let Some(socket) = &source.socket else {
         return;
     };
     loop {
         let mut ready = match socket.readable().await {
             Ok(ready) => ready,
-            Err(e) => return go_blind(&blind, what, &e),
+            Err(e) => return go_blind(&blind, source.what, &e),
         };
         if let Err(e) = source.drain() {
-            return go_blind(&blind, what, &e);
+            return go_blind(&blind, source.what, &e);
         }
         // Only readiness seen before the drain is cleared: a message after it wakes us again.
         ready.clear_ready();
