@@ -341,6 +341,93 @@ fn fsm_bfd_down_before_the_session_is_up_keeps_it_from_connecting() {
     assert!(connect_id(&h.on(Event::BfdUp)).is_some());
 }
 
+/// Asserts that `actions` flush every route of the peer: a session-down report keeping
+/// nothing stale.
+fn assert_flushes_everything(actions: &[Action], when: &str) {
+    let down = session_down(actions).unwrap_or_else(|| panic!("{when}: routes kept stale stay"));
+    assert_eq!(down.reason, DownReason::BfdDown, "{when}");
+    assert!(
+        down.retain.is_empty(),
+        "{when}: graceful restart keeps nothing"
+    );
+}
+
+/// A graceful-restart session that just ended keeps the peer's routes as stale while the
+/// machine is in Idle, Connect, OpenSent or OpenConfirm: BFD Down in any of those states must
+/// flush them (the path is gone), hold the session down, and refuse the peer meanwhile. At
+/// startup, a connection collision ends the first session this way nearly every time.
+#[test]
+fn fsm_bfd_down_flushes_routes_kept_stale_whatever_the_state() {
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let mut checked = Vec::new();
+    // Idle (waiting out the idle hold), Connect, OpenSent and OpenConfirm after the lost
+    // connection; OpenConfirm on the new connection after the peer reopened.
+    for case in 0..5 {
+        let mut h = Harness::new(gr_config());
+        let old = h.establish(remote, gr_open(remote));
+        if case == 4 {
+            let new = h.fsm.next_conn_id();
+            h.on(Event::TcpAccepted(new));
+            let actions = h.on(Event::Message(new, Message::Open(gr_open(remote))));
+            assert_eq!(down_reason(&actions), Some(&DownReason::PeerRestarted));
+        } else {
+            let actions = h.on(Event::TcpFailed(old));
+            let kept = session_down(&actions).map(|d| d.retain.clone());
+            assert_eq!(
+                kept,
+                Some(vec![Afi::Ipv4Unicast]),
+                "the routes are kept stale"
+            );
+            if case >= 1 {
+                let retry = h.on(Event::TimerExpired(Timer::IdleHold));
+                let id = connect_id(&retry).expect("restarts after the idle hold");
+                if case >= 2 {
+                    h.on(Event::TcpConnected(id));
+                }
+                if case >= 3 {
+                    h.on(Event::Message(id, Message::Open(gr_open(remote))));
+                }
+            }
+        }
+        let state = h.fsm.state();
+        checked.push(state);
+        let actions = h.on(Event::BfdDown);
+        assert_flushes_everything(&actions, state.name());
+        assert_eq!(h.fsm.state(), State::Idle);
+        assert!(h.fsm.bfd_down());
+        // Held down: the peer reconnecting is refused, and nothing is flushed twice.
+        let incoming = h.fsm.next_conn_id();
+        let actions = h.on(Event::TcpAccepted(incoming));
+        assert!(
+            closes(&actions, incoming),
+            "{state}: refused while BFD is down"
+        );
+        assert!(connect_id(&h.on(Event::TimerExpired(Timer::IdleHold))).is_none());
+        assert!(h.on(Event::BfdDown).is_empty(), "{state}");
+        assert_eq!(h.fsm.state(), State::Idle);
+        // Back once BFD is.
+        assert!(connect_id(&h.on(Event::BfdUp)).is_some(), "{state}");
+    }
+    assert_eq!(
+        checked,
+        [
+            State::Idle,
+            State::Connect,
+            State::OpenSent,
+            State::OpenConfirm,
+            State::OpenConfirm
+        ]
+    );
+
+    // Once a session ended with a NOTIFICATION the routes are gone already: BFD Down then
+    // reports nothing more.
+    let mut h = Harness::new(gr_config());
+    h.establish(remote, gr_open(remote));
+    let actions = h.on(Event::TimerExpired(Timer::Hold));
+    assert!(session_down(&actions).is_some_and(|d| d.retain.is_empty()));
+    assert!(down_reason(&h.on(Event::BfdDown)).is_none());
+}
+
 #[test]
 fn fsm_bfd_up_without_a_down_changes_nothing() {
     let mut h = Harness::new(config());

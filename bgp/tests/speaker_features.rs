@@ -172,7 +172,13 @@ async fn speaker_reconfigured_peer_restarts_its_session() {
 async fn speaker_bfd_down_drops_the_session_and_its_routes_at_once_and_holds_it() {
     let a = speaker(1, AS).await;
     let b = speaker(2, AS).await;
-    a.add_peer(peer_to(&b, AS)).await.unwrap();
+    // Only B connects. With both sides connecting, the startup collision ends the first
+    // session a moment after it came up, and BFD Down could find A with no connection left
+    // to tell B why. BFD Down in that window has tests of its own: the next one here, and
+    // `fsm_bfd_down_flushes_routes_kept_stale_whatever_the_state`.
+    let mut to_b = peer_to(&b, AS);
+    to_b.passive = true;
+    a.add_peer(to_b).await.unwrap();
     b.add_peer(peer_to(&a, AS)).await.unwrap();
     let prefix = net("10.9.0.0/24");
     b.originate(prefix, None).await.unwrap();
@@ -214,6 +220,51 @@ async fn speaker_bfd_down_drops_the_session_and_its_routes_at_once_and_holds_it(
             .await
             .is_err()
     );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// BFD Down while the session is not up but graceful restart still holds the peer's routes
+/// as stale (its connection was lost and it cannot reconnect; at startup a connection
+/// collision does the same for a moment) withdraws them at once, not after the peer's
+/// 120 s restart time.
+#[tokio::test]
+async fn speaker_bfd_down_withdraws_routes_kept_for_a_graceful_restart() {
+    let a = speaker(1, AS).await;
+    let b = speaker(2, AS).await;
+    // Only B connects, through the relay, so that cutting it ends the one connection.
+    let relay = Relay::start(a.local_addr().unwrap()).await;
+    let mut to_b = peer_to(&b, AS);
+    to_b.passive = true;
+    let mut to_a = peer_to(&a, AS);
+    to_a.port = relay.port;
+    a.add_peer(to_b).await.unwrap();
+    b.add_peer(to_a).await.unwrap();
+    let prefix = net("10.9.0.0/24");
+    b.originate(prefix, None).await.unwrap();
+    eventually("A has B's route", || has_route(&a, prefix)).await;
+
+    relay.set_accepting(false);
+    relay.cut();
+    eventually("A keeps B's route as stale", || async {
+        stale(&a).await == 1
+    })
+    .await;
+    assert_ne!(state_of(&a).await, wren_bgp::fsm::State::Established);
+
+    a.set_bfd(LOOPBACK, false).await.unwrap();
+    eventually("the stale route gone from A", || async {
+        !has_route(&a, prefix).await
+    })
+    .await;
+    let status = a.peer(LOOPBACK).await.unwrap();
+    assert!(status.bfd_down);
+    assert_eq!(status.state, wren_bgp::fsm::State::Idle);
+    assert_eq!(status.prefixes_stale, 0);
+
+    relay.set_accepting(true);
+    a.set_bfd(LOOPBACK, true).await.unwrap();
+    eventually("route back with the session", || has_route(&a, prefix)).await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

@@ -24,7 +24,9 @@
 //!
 //! BFD (RFC 5882 §4.3): [`Event::BfdDown`] ends the session at once with Cease / BFD Down
 //! (RFC 9384), flushes the peer's routes (the path is gone; graceful restart does not apply),
-//! and holds the session in Idle, refusing connections, until [`Event::BfdUp`].
+//! and holds the session in Idle, refusing connections, until [`Event::BfdUp`]. That holds in
+//! every state: when no session is up but routes of an earlier one are still kept stale for a
+//! graceful restart, BFD Down flushes those too.
 
 mod open;
 
@@ -164,7 +166,8 @@ pub enum Action {
     StopTimer(Timer),
     /// The session reached Established on this connection, with these capabilities.
     SessionUp(ConnId, Negotiated),
-    /// The established session ended.
+    /// The established session ended; or, with [`DownReason::BfdDown`] and nothing retained,
+    /// no session is up but the peer's routes kept stale from an earlier one must go.
     SessionDown(Down),
     /// An UPDATE arrived on the established session.
     Deliver(Update),
@@ -215,7 +218,8 @@ impl std::fmt::Display for DownReason {
     }
 }
 
-/// The end of an established session.
+/// The end of an established session (or of the stale routes it left: see
+/// [`Action::SessionDown`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Down {
     /// Why it ended.
@@ -316,6 +320,9 @@ pub struct Fsm {
     connect_failures: u32,
     /// BFD reported the peer unreachable: stay in Idle until it says otherwise.
     bfd_down: bool,
+    /// The last [`Action::SessionDown`] kept routes stale: the caller may still hold some of
+    /// the peer's routes while no session is up.
+    stale_kept: bool,
     state: State,
     since: Instant,
     last_error: Option<DownReason>,
@@ -334,6 +341,7 @@ impl Fsm {
             failures: 0,
             connect_failures: 0,
             bfd_down: false,
+            stale_kept: false,
             state: State::Idle,
             since: now,
             last_error: None,
@@ -517,11 +525,14 @@ impl Fsm {
             out.push(Action::Close(id));
         }
         if was_up {
-            out.push(Action::SessionDown(Down {
-                reason: DownReason::Stopped(cease),
-                retain: Vec::new(),
-                restart_time: Duration::ZERO,
-            }));
+            self.session_down(
+                Down {
+                    reason: DownReason::Stopped(cease),
+                    retain: Vec::new(),
+                    restart_time: Duration::ZERO,
+                },
+                out,
+            );
         }
         self.enabled = false;
         self.holding = false;
@@ -719,11 +730,14 @@ impl Fsm {
                         self.remove(other.id);
                         out.push(Action::Close(other.id));
                         self.last_error = Some(DownReason::PeerRestarted);
-                        out.push(Action::SessionDown(Down {
-                            reason: DownReason::PeerRestarted,
-                            retain,
-                            restart_time,
-                        }));
+                        self.session_down(
+                            Down {
+                                reason: DownReason::PeerRestarted,
+                                retain,
+                                restart_time,
+                            },
+                            out,
+                        );
                     }
                     None => {
                         self.remove(id);
@@ -821,11 +835,14 @@ impl Fsm {
         }
         stop_all_timers(out);
         if was_up {
-            out.push(Action::SessionDown(Down {
-                reason: reason.clone(),
-                retain,
-                restart_time,
-            }));
+            self.session_down(
+                Down {
+                    reason: reason.clone(),
+                    retain,
+                    restart_time,
+                },
+                out,
+            );
         }
         self.last_error = Some(reason);
         self.failures = self.failures.saturating_add(1);
@@ -835,6 +852,13 @@ impl Fsm {
                 out.push(Action::StartTimer(Timer::IdleHold, self.idle_hold()));
             }
         }
+    }
+
+    /// Reports the end of the established session, and remembers whether it left routes
+    /// stale.
+    fn session_down(&mut self, down: Down, out: &mut Vec<Action>) {
+        self.stale_kept = !down.retain.is_empty();
+        out.push(Action::SessionDown(down));
     }
 
     /// A Cease NOTIFICATION with `subcode` on every connection.
@@ -859,7 +883,18 @@ impl Fsm {
             return;
         }
         self.send_cease(CeaseError::BfdDown, out);
+        // Flushes the routes when a session was up (and clears `stale_kept`).
         self.fail(DownReason::BfdDown, out);
+        if std::mem::take(&mut self.stale_kept) {
+            // No session was up, but one that ended moments ago (a lost connection, or a
+            // connection collision taken for a restart) left the peer's routes stale for a
+            // graceful restart, to last the peer's restart time. The path is gone: they go now.
+            out.push(Action::SessionDown(Down {
+                reason: DownReason::BfdDown,
+                retain: Vec::new(),
+                restart_time: Duration::ZERO,
+            }));
+        }
     }
 
     /// The peer passed its prefix limit: Cease / Maximum Number of Prefixes Reached on the

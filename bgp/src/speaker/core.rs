@@ -199,7 +199,12 @@ impl Core {
                     entry.limit_reached = LimitReached::Under;
                 }
                 self.rib.peer_down(peer, &down.retain);
-                if !down.retain.is_empty() {
+                if down.retain.is_empty() {
+                    // Nothing retained flushes every route of the peer, those an earlier
+                    // session left stale too (BFD Down does that with no session up): the
+                    // restart-time timer has nothing left to withdraw.
+                    self.stop_stale_timer(peer);
+                } else {
                     self.start_stale_timer(peer, down.restart_time);
                 }
             }

@@ -296,7 +296,8 @@ impl SpeakerHandle {
 
     /// Tells the session what BFD says of the peer. Down ends an established session at once
     /// (Cease / BFD Down, RFC 9384), withdraws the peer's routes without waiting for graceful
-    /// restart, and keeps the session down until BFD reports the peer up again. A peer
+    /// restart (those kept stale from a session that ended before are withdrawn too, whatever
+    /// the state), and keeps the session down until BFD reports the peer up again. A peer
     /// re-added or reconfigured starts without this hold: tell it again.
     pub async fn set_bfd(&self, address: IpAddr, up: bool) -> Result<(), SpeakerError> {
         self.ask(|r| Command::SetBfd(address, up, r)).await?
