@@ -12,12 +12,12 @@
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
 //!         tcp flags & rst != 0 ct mark set ct mark and 0x0000ffff   # a reset ends the stamp
-//!         ct state related accept              # ICMP errors of tracked connections
 //!         ct direction reply accept            # replies of connections let through
-//!         iifname @ingress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+//!         ct state related accept              # ICMP errors of tracked connections
+//!         ct state new tcp flags & (fin | syn | rst | ack) != syn iifname @ingress_isolated \
 //!             counter … reject with tcp reset   # met mid-stream (and oifname @egress_…)
-//!         iifname vmap @egress_chains          # from an isolated pod
-//!         oifname vmap @ingress_chains         # to an isolated pod
+//!         iifname vmap @egress_chains          # from an isolated pod (if any)
+//!         oifname vmap @ingress_chains         # to an isolated pod (if any)
 //!         tcp flags & rst == 0 ct mark set ct mark and 0x0000ffff or 0x00170000  # epoch
 //!     }
 //!     counter denied_packets { }  counter denied_connections { }
@@ -293,25 +293,37 @@ impl NftRules {
             // connection close, while the bare ACKs between and after them are carried.
             lines.push(format!("tcp flags & rst != 0 ct mark set {keep}"));
         }
-        lines.push("ct state related accept".to_owned());
+        // Replies first: every packet of a reply direction stops here, after two rules.
         lines.push("ct direction reply accept".to_owned());
+        lines.push("ct state related accept".to_owned());
         // A TCP connection conntrack first meets mid-stream (one the fast path carried before
         // its pod was isolated, or whose entry is gone) is taken to be opened by that packet's
         // sender. Where that would make an isolated direction the replies (a packet from a
         // pod isolated for ingress, to one isolated for egress), the rules could never judge
         // it: both ends are reset instead, each at its next packet, and a reconnect is judged
         // from its SYN. The other way round, the pod's chain judges the packet (below).
-        for (side, set) in [
-            ("iifname", INGRESS_ISOLATED_SET),
-            ("oifname", EGRESS_ISOLATED_SET),
+        // conntrack's state and the TCP flags come before the interface lookup: they rule
+        // out nearly every packet, so the lookup is made only for the rare pickup.
+        for (side, set, isolated) in [
+            ("iifname", INGRESS_ISOLATED_SET, &self.ingress),
+            ("oifname", EGRESS_ISOLATED_SET, &self.egress),
         ] {
+            if isolated.is_empty() {
+                continue;
+            }
             lines.push(format!(
-                "{side} @{set} {MID_STREAM} counter name \"{DENIED_PACKETS}\" \
+                "{MID_STREAM} {side} @{set} counter name \"{DENIED_PACKETS}\" \
                  counter name \"{DENIED_CONNECTIONS}\" reject with tcp reset"
             ));
         }
-        lines.push(format!("iifname vmap @{EGRESS_MAP}"));
-        lines.push(format!("oifname vmap @{INGRESS_MAP}"));
+        // A map no pod is in would only cost every packet a lookup that finds nothing; the
+        // forward chain is refilled whenever one of them becomes empty or stops being so.
+        if !self.egress.is_empty() {
+            lines.push(format!("iifname vmap @{EGRESS_MAP}"));
+        }
+        if !self.ingress.is_empty() {
+            lines.push(format!("oifname vmap @{INGRESS_MAP}"));
+        }
         if let (Some(keep), Some(mark)) = (&keep, self.connection_mark) {
             lines.push(format!(
                 "tcp flags & rst == 0 ct mark set {keep} or {:#010x}",
@@ -432,10 +444,12 @@ impl NftRules {
                 let _ = writeln!(s, "delete counter inet {table} {name}");
             }
         }
-        // The new epoch, in the same transaction as the rules it stands for.
-        if self.connection_mark != previous.connection_mark {
+        // The new epoch, in the same transaction as the rules it stands for; and the lookups
+        // of a direction whose first pod was isolated, or whose last was freed.
+        let forward = self.forward_rules();
+        if forward != previous.forward_rules() {
             let _ = writeln!(s, "flush chain inet {table} forward");
-            for line in self.forward_rules() {
+            for line in forward {
                 let _ = writeln!(s, "add rule inet {table} forward {line}");
             }
         }
@@ -749,15 +763,11 @@ mod tests {
             forward,
             [
                 "tcp flags & rst != 0 ct mark set ct mark and 0xff00ffff",
-                "ct state related accept",
                 "ct direction reply accept",
-                "iifname @ingress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
+                "ct state related accept",
+                "ct state new tcp flags & (fin | syn | rst | ack) != syn iifname @ingress_isolated \
                  counter name \"denied_packets\" counter name \"denied_connections\" \
                  reject with tcp reset",
-                "oifname @egress_isolated ct state new tcp flags & (fin | syn | rst | ack) != syn \
-                 counter name \"denied_packets\" counter name \"denied_connections\" \
-                 reject with tcp reset",
-                "iifname vmap @egress_chains",
                 "oifname vmap @ingress_chains",
                 "tcp flags & rst == 0 ct mark set ct mark and 0xff00ffff or 0x00170000",
             ]
@@ -768,14 +778,14 @@ mod tests {
         let delta = next.delta_script(&rules, TABLE);
         let lines: Vec<&str> = delta.lines().collect();
         assert_eq!(lines[0], "flush chain inet wren_policy forward");
-        assert_eq!(lines.len(), 9, "{delta}");
+        assert_eq!(lines.len(), 7, "{delta}");
         assert!(
             lines
                 .iter()
                 .skip(1)
                 .all(|l| l.starts_with("add rule inet wren_policy forward "))
         );
-        assert!(lines[8].ends_with("or 0x00180000"), "{delta}");
+        assert!(lines[6].ends_with("or 0x00180000"), "{delta}");
         // A changed chain and the new epoch go in one transaction, the epoch last.
         let mut changed = cluster(&FROM_B.replace("pod: b}}}]", "pod: a}}}]"))
             .plan_node("n1")
@@ -808,10 +818,10 @@ mod tests {
             .filter(|l| l.contains("reject with tcp reset"))
             .map(str::trim)
             .collect();
-        assert_eq!(resets.len(), 3, "{script}");
-        assert!(resets[0].starts_with(&format!("iifname @ingress_isolated {MID_STREAM}")));
-        assert!(resets[1].starts_with(&format!("oifname @egress_isolated {MID_STREAM}")));
-        assert!(resets[2].starts_with(MID_STREAM));
+        // No pod is isolated for egress, so no rule looks for one.
+        assert_eq!(resets.len(), 2, "{script}");
+        assert!(resets[0].starts_with(&format!("{MID_STREAM} iifname @ingress_isolated ")));
+        assert!(resets[1].starts_with(MID_STREAM));
         // Without a mark too: a connection conntrack meets mid-stream is never judged
         // from its receiver's side.
         assert!(one.connection_mark.is_none());
@@ -831,6 +841,54 @@ mod tests {
             shrink.contains("delete element inet wren_policy ingress_isolated { \"wren-b\" }"),
             "{shrink}"
         );
+    }
+
+    #[test]
+    fn the_forward_chain_looks_up_only_the_directions_some_pod_is_isolated_in() {
+        const TO_B: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: q, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {pod: b}}}]}]\n";
+        let ingress_only = cluster(FROM_B).plan_node("n1").nft_rules();
+        let both = cluster(&format!("{FROM_B}---\n{TO_B}"))
+            .plan_node("n1")
+            .nft_rules();
+        assert_eq!(both.egress.len(), 1);
+        let lookups = |rules: &NftRules| {
+            rules
+                .forward_rules()
+                .into_iter()
+                .filter(|l| l.contains("ifname"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            lookups(&ingress_only).len(),
+            2,
+            "{:?}",
+            lookups(&ingress_only)
+        );
+        assert!(lookups(&ingress_only).iter().all(|l| !l.contains("egress")));
+        assert_eq!(lookups(&both).len(), 4, "{:?}", lookups(&both));
+        // The first pod isolated for egress brings its lookups into the forward chain in
+        // the same transaction as its chain and map entry, without a new epoch; the last
+        // one freed takes them out again.
+        assert!(both.connection_mark.is_none());
+        let grow = both.delta_script(&ingress_only, TABLE);
+        assert!(
+            grow.contains("add rule inet wren_policy forward iifname vmap @egress_chains"),
+            "{grow}"
+        );
+        assert!(
+            grow.find("add element inet wren_policy egress_chains")
+                < grow.find("flush chain inet wren_policy forward"),
+            "{grow}"
+        );
+        let shrink = ingress_only.delta_script(&both, TABLE);
+        assert!(
+            shrink.contains("flush chain inet wren_policy forward"),
+            "{shrink}"
+        );
+        assert!(!shrink.contains("forward iifname vmap"), "{shrink}");
+        // Nothing isolated at all: replies, related packets, and nothing to look up.
+        let none = NftRules::default();
+        assert!(lookups(&none).is_empty());
     }
 
     #[test]
