@@ -32,7 +32,9 @@
 //!
 //! Policed endpoints: netfilter holds the policy verdicts (`inet wren_policy`), and every
 //! TCP packet its rules let through stamps the rules' current epoch into its connection's
-//! mark. The same conntrack look-up then decides: a policed endpoint's packet is carried
+//! mark. A policed endpoint's TCP packet with SYN, FIN or RST goes to the stack before any
+//! look-up (counted there, not as translated); for the others the same conntrack look-up
+//! decides: a policed endpoint's packet is carried
 //! only when conntrack knows the connection, it is TCP and assured (the handshake went
 //! through the stack), the packet has no SYN, FIN or RST (the handshake and the packets
 //! that end a connection stay with conntrack, so no entry is left behind; the rules keep
@@ -491,7 +493,8 @@ fn untranslated(
 ) -> Result<(), AsmError> {
     use Reg::*;
     let Exits { next, to_stack, .. } = exits;
-    let [tracked, carried_assured, untracked, translated, done] = [
+    let [tcp, tracked, carried_assured, untracked, translated, done] = [
+        "tcp",
         "tracked",
         "carried_assured",
         "untracked",
@@ -504,7 +507,7 @@ fn untranslated(
         .alu_imm(Alu::And, R2, ne16(IP_FRAGMENT_MASK))
         .jump_imm(Cond::Ne, R2, 0, to_stack)
         .load(Size::B, R2, R7, ETH_LEN + IP_PROTOCOL)
-        .jump_imm(Cond::Eq, R2, IPPROTO_TCP, tracked);
+        .jump_imm(Cond::Eq, R2, IPPROTO_TCP, tcp);
     // A policed endpoint's other traffic stays with the stack: conntrack's timeouts for
     // UDP and ICMP are refreshed only by the packets it sees.
     a.load(Size::W, R3, R10, POLICED)
@@ -518,6 +521,17 @@ fn untranslated(
         .jump_imm(Cond::Eq, R3, ICMP_ECHO_REPLY, done)
         .jump_imm(Cond::Eq, R3, ICMP_ECHO_REQUEST, done)
         .jump(to_stack);
+
+    // A policed endpoint's SYN, FIN or RST goes to the stack whatever conntrack holds
+    // (below): it is spared the look-up, which costs as much as the rest of the program.
+    a.place(tcp)?;
+    a.load(Size::W, R3, R10, POLICED)
+        .jump_imm(Cond::Eq, R3, 0, tracked)
+        .mov(R3, R7)
+        .add_imm(R3, i32::from(TCP_FLAGS) + 1)
+        .jump_reg(Cond::Gt, R3, R8, to_stack)
+        .load(Size::B, R3, R7, TCP_FLAGS)
+        .jump_imm(Cond::Set, R3, TCP_FIN_SYN_RST, to_stack);
 
     // R2 = the protocol. The tuple: both addresses, then both ports, as on the wire.
     a.place(tracked)?;
@@ -560,16 +574,13 @@ fn untranslated(
 
     // A policed endpoint's TCP packet: carried only in an established connection whose
     // mark carries the current epoch (the rules allowed it since they last changed), and
-    // never with SYN, FIN or RST, so that conntrack sees every connection's setup and
-    // teardown and leaves no entry behind.
+    // never with SYN, FIN or RST (those left above), so that conntrack sees every
+    // connection's setup and teardown and leaves no entry behind.
     a.load(Size::DW, R2, R10, CT_STATUS)
         .jump_imm(Cond::Set, R2, IPS_ASSURED, carried_assured)
         .jump(to_stack);
     a.place(carried_assured)?;
-    load_packet(a, i32::from(TCP_FLAGS) + 1, to_stack);
-    a.load(Size::B, R3, R7, TCP_FLAGS)
-        .jump_imm(Cond::Set, R3, TCP_FIN_SYN_RST, to_stack)
-        .store_imm(Size::W, R10, ARRAY_KEY, 0);
+    a.store_imm(Size::W, R10, ARRAY_KEY, 0);
     lookup(a, maps.policy_mark, ARRAY_KEY);
     a.jump_imm(Cond::Eq, R0, 0, to_stack)
         .load(Size::W, R2, R0, 0)
