@@ -4,9 +4,11 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use wren_bgp::fsm::{
-    Action, ConnId, Down, DownReason, Event, Fsm, OPEN_HOLD_TIME, SessionConfig, State, Timer,
+    self, Action, ConnId, Down, DownReason, Event, Fsm, OPEN_HOLD_TIME, SessionConfig, State, Timer,
 };
-use wren_bgp::wire::{Afi, Capability, GracefulRestart, Message, Notification, Open, Update};
+use wren_bgp::wire::{
+    Afi, Capability, CeaseError, GracefulRestart, Message, Notification, Open, Update,
+};
 
 const LOCAL_AS: u32 = 64512;
 const LOCAL_ID: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
@@ -353,22 +355,24 @@ fn assert_flushes_everything(actions: &[Action], when: &str) {
 }
 
 /// A graceful-restart session that just ended keeps the peer's routes as stale while the
-/// machine is in Idle, Connect, OpenSent or OpenConfirm: BFD Down in any of those states must
-/// flush them (the path is gone), hold the session down, and refuse the peer meanwhile. At
-/// startup, a connection collision ends the first session this way nearly every time.
+/// machine is in Idle, Connect, OpenSent or OpenConfirm, and while the session that replaced
+/// it after the peer restarted has not had the peer's End-of-RIB: BFD Down in any of those
+/// states must flush them (the path is gone), hold the session down, and refuse the peer
+/// meanwhile.
 #[test]
 fn fsm_bfd_down_flushes_routes_kept_stale_whatever_the_state() {
     let remote = Ipv4Addr::new(10, 0, 0, 9);
     let mut checked = Vec::new();
     // Idle (waiting out the idle hold), Connect, OpenSent and OpenConfirm after the lost
-    // connection; OpenConfirm on the new connection after the peer reopened.
+    // connection; Established on the new connection after the peer restarted.
     for case in 0..5 {
         let mut h = Harness::new(gr_config());
         let old = h.establish(remote, gr_open(remote));
         if case == 4 {
             let new = h.fsm.next_conn_id();
             h.on(Event::TcpAccepted(new));
-            let actions = h.on(Event::Message(new, Message::Open(gr_open(remote))));
+            h.on(Event::Message(new, Message::Open(gr_open(remote))));
+            let actions = h.on(Event::Message(new, Message::Keepalive));
             assert_eq!(down_reason(&actions), Some(&DownReason::PeerRestarted));
         } else {
             let actions = h.on(Event::TcpFailed(old));
@@ -415,7 +419,7 @@ fn fsm_bfd_down_flushes_routes_kept_stale_whatever_the_state() {
             State::Connect,
             State::OpenSent,
             State::OpenConfirm,
-            State::OpenConfirm
+            State::Established
         ]
     );
 
@@ -727,35 +731,48 @@ fn fsm_notification_from_peer_ends_session() {
     assert_eq!(h.fsm.state(), State::Idle);
 }
 
-/// Both sides connect at once; the outgoing attempt and an incoming connection each carry an
-/// OPEN. Returns the state machine after both OPENs, the outgoing and incoming ids, and the
-/// actions of the second OPEN.
-fn collide(remote_id: Ipv4Addr) -> (Harness, ConnId, ConnId, Vec<Action>) {
-    let mut h = Harness::new(config());
+/// Both sides connect at once: the outgoing attempt and an incoming connection, both in
+/// OpenSent. Returns the state machine and the outgoing and incoming ids.
+fn both_connected(config: SessionConfig) -> (Harness, ConnId, ConnId) {
+    let mut h = Harness::new(config);
     let outbound = h.start();
     let inbound = h.fsm.next_conn_id();
     h.on(Event::TcpAccepted(inbound));
     h.on(Event::TcpConnected(outbound));
     assert_eq!(h.fsm.state(), State::OpenSent);
-    let actions = h.on(Event::Message(
+    (h, outbound, inbound)
+}
+
+/// Both sides connect at once; the outgoing connection carries the peer's OPEN first, then
+/// the incoming one. Returns the state machine after both OPENs, the outgoing and incoming
+/// ids, and the actions of each OPEN.
+fn collide(remote_id: Ipv4Addr) -> (Harness, ConnId, ConnId, Vec<Action>, Vec<Action>) {
+    let (mut h, outbound, inbound) = both_connected(config());
+    let first = h.on(Event::Message(
         outbound,
         Message::Open(peer_open(remote_id, 90)),
     ));
-    assert_eq!(h.fsm.state(), State::OpenConfirm);
-    assert!(sent(&actions, outbound).contains(&&Message::Keepalive));
-    let actions = h.on(Event::Message(
+    let second = h.on(Event::Message(
         inbound,
         Message::Open(peer_open(remote_id, 90)),
     ));
-    (h, outbound, inbound, actions)
+    (h, outbound, inbound, first, second)
 }
 
 #[test]
 fn fsm_collision_keeps_our_connection_when_our_id_is_higher() {
-    let (mut h, outbound, inbound, actions) = collide(Ipv4Addr::new(10, 0, 0, 1));
-    assert_eq!(notification(&actions, inbound), Some((6, 7)));
-    assert!(closes(&actions, inbound));
-    assert!(!closes(&actions, outbound));
+    // The peer's identifier is known from the first OPEN: the losing connection is closed
+    // then, before anything but our OPEN went out on it.
+    let (mut h, outbound, inbound, first, second) = collide(Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(h.fsm.state(), State::OpenConfirm);
+    assert!(sent(&first, outbound).contains(&&Message::Keepalive));
+    assert_eq!(notification(&first, inbound), Some((6, 7)));
+    assert!(closes(&first, inbound));
+    assert!(!closes(&first, outbound));
+    assert!(
+        second.is_empty(),
+        "the closed connection is gone: {second:?}"
+    );
     let actions = h.on(Event::Message(outbound, Message::Keepalive));
     assert!(session_up(&actions));
     assert_eq!(h.fsm.established_conn(), Some(outbound));
@@ -763,13 +780,119 @@ fn fsm_collision_keeps_our_connection_when_our_id_is_higher() {
 
 #[test]
 fn fsm_collision_keeps_the_peers_connection_when_its_id_is_higher() {
-    let (mut h, outbound, inbound, actions) = collide(Ipv4Addr::new(10, 0, 0, 200));
+    let (mut h, outbound, inbound, first, actions) = collide(Ipv4Addr::new(10, 0, 0, 200));
+    assert!(
+        sent(&first, outbound).is_empty(),
+        "no KEEPALIVE on the losing connection while the winner may come: {first:?}"
+    );
     assert_eq!(notification(&actions, outbound), Some((6, 7)));
     assert!(closes(&actions, outbound));
     assert!(sent(&actions, inbound).contains(&&Message::Keepalive));
     let actions = h.on(Event::Message(inbound, Message::Keepalive));
     assert!(session_up(&actions));
     assert_eq!(h.fsm.established_conn(), Some(inbound));
+}
+
+/// The peer's OPEN on the losing connection comes while the winning one is still in
+/// OpenSent, whichever side opened it. No KEEPALIVE may go out on the loser, or the peer could
+/// bring it up while we later pick the winner, and both would be closed; it is held, and takes
+/// over only if the winner fails (the peer may have refused ours, not knowing us yet, or given
+/// its own up once it had an OPEN).
+#[test]
+fn fsm_collision_never_confirms_the_losing_connection_while_the_winner_may_come() {
+    for (remote, loser_is_ours) in [
+        (Ipv4Addr::new(10, 0, 0, 1), false),
+        (Ipv4Addr::new(10, 0, 0, 200), true),
+    ] {
+        for winner_fails in [false, true] {
+            let case = format!("loser ours: {loser_is_ours}, winner fails: {winner_fails}");
+            let (mut h, outbound, inbound) = both_connected(config());
+            let (loser, winner) = if loser_is_ours {
+                (outbound, inbound)
+            } else {
+                (inbound, outbound)
+            };
+            let actions = h.on(Event::Message(loser, Message::Open(peer_open(remote, 90))));
+            assert!(
+                sent(&actions, loser).is_empty() && !closes(&actions, loser),
+                "{case}: held, unconfirmed: {actions:?}"
+            );
+            assert_eq!(h.fsm.state(), State::OpenSent, "{case}");
+            // A peer that does not hold (BIRD keeps both in OpenSent) confirms the loser.
+            assert!(h.on(Event::Message(loser, Message::Keepalive)).is_empty());
+            if winner_fails {
+                let actions = h.on(Event::TcpFailed(winner));
+                assert!(
+                    sent(&actions, loser).contains(&&Message::Keepalive),
+                    "{case}"
+                );
+                assert!(session_up(&actions), "{case}: the peer already confirmed");
+                assert_eq!(h.fsm.established_conn(), Some(loser), "{case}");
+            } else {
+                let actions = h.on(Event::Message(winner, Message::Open(peer_open(remote, 90))));
+                assert_eq!(notification(&actions, loser), Some((6, 7)), "{case}");
+                assert!(closes(&actions, loser), "{case}");
+                assert!(sent(&actions, winner).contains(&&Message::Keepalive));
+                assert!(session_up(
+                    &h.on(Event::Message(winner, Message::Keepalive))
+                ));
+                assert_eq!(h.fsm.established_conn(), Some(winner), "{case}");
+            }
+            assert_eq!(h.fsm.last_error(), None, "{case}");
+        }
+    }
+}
+
+/// Once an OPEN arrived on one connection, the outgoing attempt still under way is given up
+/// (as BIRD does), so that it cannot bring a second connection to the peer later.
+#[test]
+fn fsm_outgoing_attempt_is_given_up_once_an_open_arrives() {
+    let remote = Ipv4Addr::new(10, 0, 0, 200);
+    let mut h = Harness::new(config());
+    let attempt = h.start();
+    let inbound = h.fsm.next_conn_id();
+    h.on(Event::TcpAccepted(inbound));
+    let actions = h.on(Event::Message(
+        inbound,
+        Message::Open(peer_open(remote, 90)),
+    ));
+    assert!(closes(&actions, attempt), "attempt given up: {actions:?}");
+    let actions = h.on(Event::TcpConnected(attempt));
+    assert_eq!(actions, vec![Action::Close(attempt)]);
+    assert!(session_up(
+        &h.on(Event::Message(inbound, Message::Keepalive))
+    ));
+}
+
+/// The peer closing our connection with Cease / Connection Collision Resolution means it keeps
+/// its own, which may not have reached us yet: no error, no idle hold, and its connection is
+/// accepted when it comes.
+#[test]
+fn fsm_collision_cease_on_our_only_connection_waits_for_the_peers() {
+    let remote = Ipv4Addr::new(10, 0, 0, 200);
+    let mut h = Harness::new(config());
+    let outbound = h.start();
+    h.on(Event::TcpConnected(outbound));
+    h.on(Event::Message(
+        outbound,
+        Message::Open(peer_open(remote, 90)),
+    ));
+    let cease = fsm::cease_notification(CeaseError::ConnectionCollisionResolution);
+    let actions = h.on(Event::Message(outbound, Message::Notification(cease)));
+    assert!(closes(&actions, outbound));
+    assert_eq!(timer_started(&actions, Timer::IdleHold), None);
+    assert_eq!(h.fsm.state(), State::Active);
+    assert_eq!(h.fsm.last_error(), None);
+    let inbound = h.fsm.next_conn_id();
+    let actions = h.on(Event::TcpAccepted(inbound));
+    assert!(!closes(&actions, inbound), "the peer's connection refused");
+    h.on(Event::Message(
+        inbound,
+        Message::Open(peer_open(remote, 90)),
+    ));
+    assert!(session_up(
+        &h.on(Event::Message(inbound, Message::Keepalive))
+    ));
 }
 
 #[test]
@@ -840,6 +963,9 @@ fn fsm_graceful_restart_notification_flushes_routes() {
     );
 }
 
+/// RFC 4724 §4.2: an OPEN on a connection the peer opened after the session came up means
+/// the peer restarted. It is taken as such once the peer confirms that connection: the old
+/// session ends then, silently, its routes kept stale, and the new one comes up at once.
 #[test]
 fn fsm_graceful_restart_new_open_while_established_means_restart() {
     let mut h = Harness::new(gr_config());
@@ -848,13 +974,80 @@ fn fsm_graceful_restart_new_open_while_established_means_restart() {
     let new = h.fsm.next_conn_id();
     h.on(Event::TcpAccepted(new));
     let actions = h.on(Event::Message(new, Message::Open(gr_open(remote))));
+    assert!(sent(&actions, new).contains(&&Message::Keepalive));
+    assert!(!closes(&actions, old) && session_down(&actions).is_none());
+    assert_eq!(h.fsm.established_conn(), Some(old));
+    let actions = h.on(Event::Message(new, Message::Keepalive));
     assert!(closes(&actions, old));
     assert!(
         notification(&actions, old).is_none(),
         "the old session closes silently"
     );
-    assert_eq!(down_reason(&actions), Some(&DownReason::PeerRestarted));
-    assert_eq!(h.fsm.state(), State::OpenConfirm);
-    let actions = h.on(Event::Message(new, Message::Keepalive));
-    assert!(session_up(&actions));
+    let down = session_down(&actions).expect("the old session ends");
+    assert_eq!(down.reason, DownReason::PeerRestarted);
+    assert_eq!(down.retain, vec![Afi::Ipv4Unicast], "its routes kept stale");
+    assert_eq!(down.restart_time, Duration::from_secs(120));
+    let up = actions
+        .iter()
+        .position(|a| matches!(a, Action::SessionUp(id, _) if *id == new));
+    let down_at = actions
+        .iter()
+        .position(|a| matches!(a, Action::SessionDown(_)));
+    assert!(
+        up > down_at,
+        "down, then up on the new connection: {actions:?}"
+    );
+    assert_eq!(h.fsm.state(), State::Established);
+    assert_eq!(h.fsm.established_conn(), Some(new));
+    assert!(timer_started(&actions, Timer::Keepalive).is_some());
+}
+
+/// At startup both sides connect; the peer's connection is accepted while ours is in
+/// OpenConfirm, and the session comes up on ours before the OPEN on the peer's is read. That
+/// OPEN is the other half of the simultaneous open, not a restart: the connection was there
+/// before the session came up. It is closed with Cease / Connection Collision Resolution
+/// (RFC 4271 §6.8) and the session stays up.
+#[test]
+fn fsm_open_on_the_other_startup_connection_is_a_collision_not_a_restart() {
+    let remote = Ipv4Addr::new(10, 0, 0, 200);
+    let mut h = Harness::new(gr_config());
+    let outbound = h.start();
+    h.on(Event::TcpConnected(outbound));
+    h.on(Event::Message(outbound, Message::Open(gr_open(remote))));
+    let inbound = h.fsm.next_conn_id();
+    h.on(Event::TcpAccepted(inbound));
+    assert!(session_up(
+        &h.on(Event::Message(outbound, Message::Keepalive))
+    ));
+    let actions = h.on(Event::Message(inbound, Message::Open(gr_open(remote))));
+    assert_eq!(session_down(&actions), None, "the session must stay up");
+    assert_eq!(notification(&actions, inbound), Some((6, 7)));
+    assert!(closes(&actions, inbound));
+    assert!(!closes(&actions, outbound));
+    assert_eq!(h.fsm.state(), State::Established);
+    assert_eq!(h.fsm.established_conn(), Some(outbound));
+    assert_eq!(h.fsm.last_error(), None);
+}
+
+/// A connection the peer opened just before it saw the session up, that reaches us just
+/// after: its OPEN is answered, not taken for a restart, and the peer, which keeps the
+/// session, closes it with Cease / Connection Collision Resolution. The session stays up.
+#[test]
+fn fsm_late_connection_the_peer_closes_as_a_collision_leaves_the_session_up() {
+    let mut h = Harness::new(gr_config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let old = h.establish(remote, gr_open(remote));
+    let late = h.fsm.next_conn_id();
+    h.on(Event::TcpAccepted(late));
+    let actions = h.on(Event::Message(late, Message::Open(gr_open(remote))));
+    assert_eq!(session_down(&actions), None, "not a restart yet");
+    assert!(!closes(&actions, old));
+    let cease = fsm::cease_notification(CeaseError::ConnectionCollisionResolution);
+    let actions = h.on(Event::Message(late, Message::Notification(cease)));
+    assert!(closes(&actions, late));
+    assert_eq!(session_down(&actions), None);
+    assert!(!closes(&actions, old));
+    assert_eq!(h.fsm.state(), State::Established);
+    assert_eq!(h.fsm.established_conn(), Some(old));
+    assert_eq!(h.fsm.last_error(), None);
 }

@@ -172,13 +172,8 @@ async fn speaker_reconfigured_peer_restarts_its_session() {
 async fn speaker_bfd_down_drops_the_session_and_its_routes_at_once_and_holds_it() {
     let a = speaker(1, AS).await;
     let b = speaker(2, AS).await;
-    // Only B connects. With both sides connecting, the startup collision ends the first
-    // session a moment after it came up, and BFD Down could find A with no connection left
-    // to tell B why. BFD Down in that window has tests of its own: the next one here, and
-    // `fsm_bfd_down_flushes_routes_kept_stale_whatever_the_state`.
-    let mut to_b = peer_to(&b, AS);
-    to_b.passive = true;
-    a.add_peer(to_b).await.unwrap();
+    // Both connect: the startup collision leaves one session, which stays up.
+    a.add_peer(peer_to(&b, AS)).await.unwrap();
     b.add_peer(peer_to(&a, AS)).await.unwrap();
     let prefix = net("10.9.0.0/24");
     b.originate(prefix, None).await.unwrap();
@@ -225,9 +220,8 @@ async fn speaker_bfd_down_drops_the_session_and_its_routes_at_once_and_holds_it(
 }
 
 /// BFD Down while the session is not up but graceful restart still holds the peer's routes
-/// as stale (its connection was lost and it cannot reconnect; at startup a connection
-/// collision does the same for a moment) withdraws them at once, not after the peer's
-/// 120 s restart time.
+/// as stale (its connection was lost and it cannot reconnect) withdraws them at once, not
+/// after the peer's 120 s restart time.
 #[tokio::test]
 async fn speaker_bfd_down_withdraws_routes_kept_for_a_graceful_restart() {
     let a = speaker(1, AS).await;
@@ -351,12 +345,9 @@ async fn speaker_restarting_defers_selection_until_end_of_rib() {
     b.originate(net("10.2.0.0/24"), None).await.unwrap();
     a.originate(net("10.1.0.0/24"), None).await.unwrap();
     a.add_peer(peer_to(&b, AS)).await.unwrap();
-    // Only A connects: with both sides connecting, a collision can leave the session on a
-    // second connection opened after A finished restarting, whose OPEN rightly carries no
-    // Restart State bit, and B would report that one.
-    let mut to_a = peer_to(&a, AS);
-    to_a.passive = true;
-    b.add_peer(to_a).await.unwrap();
+    // Both connect: the collision leaves one session, on a connection opened while A was
+    // restarting, whose OPEN carries the Restart State bit.
+    b.add_peer(peer_to(&a, AS)).await.unwrap();
 
     // The peer's route, then Synced once its End-of-RIB arrived; well before the 60 s timer.
     let mut seen = Vec::new();

@@ -309,3 +309,126 @@ async fn session_changes_are_pushed_as_they_happen() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A's session with B as soon as it is Established (polled every millisecond).
+async fn first_established(speaker: &wren_bgp::speaker::SpeakerHandle) -> std::time::Instant {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let status = speaker.peer(LOOPBACK).await.unwrap();
+            if status.state == State::Established {
+                return status.since;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("a session comes up")
+}
+
+/// Best-path events for `prefix` among whatever the subscription delivers within a short while.
+async fn events_for(
+    sub: &mut wren_bgp::speaker::Subscription,
+    prefix: ipnet::IpNet,
+) -> Vec<RouteEvent> {
+    let mut events = Vec::new();
+    while let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(300), sub.recv()).await {
+        events.extend(batch.into_iter().filter(|e| match e {
+            RouteEvent::Best { prefix: p, .. } | RouteEvent::Withdrawn { prefix: p } => {
+                *p == prefix
+            }
+            RouteEvent::Synced => false,
+        }));
+    }
+    events
+}
+
+/// Two nodes of a full mesh start together and both connect (graceful restart on, as the
+/// agent runs them). The collision must not end the first session that comes up: the
+/// connection that loses is closed with Cease / Connection Collision Resolution (RFC 4271
+/// §6.8), and RFC 4724 §4.2's "a new OPEN while Established means the peer restarted" is
+/// for a connection the peer opens after the session is up, which neither did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaker_both_connecting_keeps_the_first_session_up() {
+    first_session_stays_up(true).await;
+}
+
+/// The same with the peers added at once and no gate: whether both connections meet depends
+/// on timing (one side may refuse the other's connection, not knowing it yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaker_added_together_keep_the_first_session_up() {
+    first_session_stays_up(false).await;
+}
+
+/// Starts two speakers that connect to each other, `gated`: through gates opened together
+/// once both have sent their OPENs. Checks that the first session stays up.
+async fn first_session_stays_up(gated: bool) {
+    let a = speaker(1, AS).await;
+    let b = speaker(2, AS).await;
+    let (a_prefix, b_prefix) = (net("10.1.0.0/24"), net("10.2.0.0/24"));
+    a.originate(a_prefix, None).await.unwrap();
+    b.originate(b_prefix, None).await.unwrap();
+    let mut a_routes = a.subscribe().await.unwrap();
+    let mut b_routes = b.subscribe().await.unwrap();
+    // Each connects through a gate in front of the other, held until both are connected
+    // (to the gate) with their OPENs sent; then both connections reach their peers at once.
+    let (mut to_b, mut to_a) = (peer_to(&b, AS), peer_to(&a, AS));
+    // Kept to the end: a gate passes connections on only while it lives.
+    let mut gates = Vec::new();
+    if gated {
+        let (gate_a, gate_b) = (
+            Gate::start(a.local_addr().unwrap()).await,
+            Gate::start(b.local_addr().unwrap()).await,
+        );
+        to_b.port = gate_b.port;
+        to_a.port = gate_a.port;
+        a.add_peer(to_b).await.unwrap();
+        b.add_peer(to_a).await.unwrap();
+        eventually("both connected, OPENs sent", || async {
+            state_of(&a).await == State::OpenSent && state_of(&b).await == State::OpenSent
+        })
+        .await;
+        gate_a.open();
+        gate_b.open();
+        gates.extend([gate_a, gate_b]);
+    } else {
+        let (added_b, added_a) = tokio::join!(a.add_peer(to_b), b.add_peer(to_a));
+        added_b.unwrap();
+        added_a.unwrap();
+    }
+
+    let (a_up, b_up) = tokio::join!(first_established(&a), first_established(&b));
+    eventually("each learns the other's prefix", || async {
+        has_route(&a, b_prefix).await && has_route(&b, a_prefix).await
+    })
+    .await;
+    // A flap shows within milliseconds; this is well past the 500 ms idle hold it leaves
+    // behind, so a second session would be up again by now.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for (name, speaker, up) in [("A", &a, a_up), ("B", &b, b_up)] {
+        let status = speaker.peer(LOOPBACK).await.unwrap();
+        assert_eq!(status.state, State::Established, "{name}");
+        assert_eq!(
+            status.since, up,
+            "{name}: the first session went down and another came up"
+        );
+        assert_eq!(
+            status.last_error, None,
+            "{name}: a session went down or failed"
+        );
+        assert_eq!(status.prefixes_stale, 0, "{name}: routes kept stale");
+        assert_eq!(status.prefixes_received, 1, "{name}");
+    }
+    for (name, sub, prefix) in [
+        ("A", &mut a_routes, b_prefix),
+        ("B", &mut b_routes, a_prefix),
+    ] {
+        let events = events_for(sub, prefix).await;
+        assert!(
+            matches!(events.as_slice(), [RouteEvent::Best { .. }]),
+            "{name}: the peer's route learned once and kept: {events:?}"
+        );
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    drop(gates);
+}

@@ -7,7 +7,14 @@
 //!
 //! One machine serves one configured peer and tracks up to two TCP connections to it, because
 //! both speakers may connect at once. The collision is resolved by BGP identifier as RFC 4271
-//! §6.8 says: the connection opened by the speaker with the higher identifier survives.
+//! §6.8 says: the connection opened by the speaker with the higher identifier survives. It is
+//! resolved as soon as the peer's first OPEN tells its identifier, and no KEEPALIVE goes out on
+//! the losing connection while the winning one may still come, so both speakers always keep
+//! the same connection and the losing one never carries a session (see `resolve`). An OPEN on a
+//! new connection while a session is up is a collision too, and the new connection is closed,
+//! unless the peer opened it after the session came up and graceful restart was negotiated:
+//! then, as RFC 4724 §4.2 asks, it tells that the peer restarted, and once the peer confirms
+//! the new connection the old session ends, its routes kept stale, and the new one is up.
 //!
 //! Deviation from the letter of RFC 4271, as BIRD, FRR and GoBGP do too: when an outgoing
 //! connection fails in Connect the machine waits in Active for the ConnectRetry timer instead of
@@ -188,7 +195,8 @@ pub enum DownReason {
     NotificationSent(Notification),
     /// The TCP connection failed or was closed without a NOTIFICATION.
     ConnectionLost,
-    /// The peer opened a new session while the old one was up: it restarted (RFC 4724 §4.2).
+    /// The peer brought a new session up on a connection it opened while the old one was up:
+    /// it restarted (RFC 4724 §4.2).
     PeerRestarted,
     /// The BFD session with the peer went down.
     BfdDown,
@@ -289,6 +297,10 @@ impl SessionConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
     OpenSent,
+    /// The peer's OPEN is accepted but our KEEPALIVE withheld: the connection loses the
+    /// collision to the other one, still in OpenSent, and takes over only if that one fails
+    /// (see [`resolve`]). Reported as OpenSent.
+    OpenHeld,
     OpenConfirm,
     Established,
 }
@@ -299,6 +311,12 @@ struct Conn {
     direction: Direction,
     state: ConnState,
     negotiated: Option<Negotiated>,
+    /// The peer opened this connection while a session was up. Only such a connection can
+    /// tell that the peer restarted (RFC 4724 §4.2: a "subsequent" connection); one opened
+    /// before the session came up is the other half of a simultaneous open.
+    after_up: bool,
+    /// The peer's KEEPALIVE came while the connection was held in [`ConnState::OpenHeld`].
+    keepalive_received: bool,
 }
 
 /// The state machine of one peer.
@@ -439,6 +457,7 @@ impl Fsm {
                 }
             }
         }
+        self.release_held(&mut out);
         self.update_state(now);
         out
     }
@@ -468,7 +487,7 @@ impl Fsm {
             State::Established
         } else if has(ConnState::OpenConfirm) {
             State::OpenConfirm
-        } else if has(ConnState::OpenSent) {
+        } else if has(ConnState::OpenSent) || has(ConnState::OpenHeld) {
             State::OpenSent
         } else if self.connecting.is_some() {
             State::Connect
@@ -578,15 +597,18 @@ impl Fsm {
                 }
             }
             Timer::Keepalive => {
-                let primary = self
-                    .conns
-                    .iter()
-                    .find(|c| matches!(c.state, ConnState::OpenConfirm | ConnState::Established));
-                if let Some(conn) = primary {
-                    out.push(Action::Send(conn.id, Message::Keepalive));
-                    if let Some(n) = &conn.negotiated {
-                        out.push(Action::StartTimer(Timer::Keepalive, keepalive(n)));
+                // Every connection past the OPEN exchange: a connection the peer opened while
+                // the session is up waits in OpenConfirm beside it (see `open_received`), and
+                // the peer must not time it out meanwhile.
+                let mut interval = None;
+                for conn in &self.conns {
+                    if matches!(conn.state, ConnState::OpenConfirm | ConnState::Established) {
+                        out.push(Action::Send(conn.id, Message::Keepalive));
+                        interval = interval.or(conn.negotiated.as_ref().map(keepalive));
                     }
+                }
+                if let Some(interval) = interval {
+                    out.push(Action::StartTimer(Timer::Keepalive, interval));
                 }
             }
         }
@@ -602,11 +624,14 @@ impl Fsm {
             out.push(Action::StopTimer(Timer::ConnectRetry));
             out.push(Action::StartTimer(Timer::Hold, OPEN_HOLD_TIME));
         }
+        let after_up = direction == Direction::Inbound && self.established().is_some();
         self.conns.push(Conn {
             id,
             direction,
             state: ConnState::OpenSent,
             negotiated: None,
+            after_up,
+            keepalive_received: false,
         });
         out.push(Action::Send(
             id,
@@ -635,15 +660,18 @@ impl Fsm {
                 self.fail_with(DownReason::ConnectionLost, retain, restart_time, out);
             }
             _ if !self.conns.is_empty() => {}
-            ConnState::OpenSent => {
-                // RFC 4271: OpenSent goes back to Active and retries; soon, as the peer
-                // closing before its OPEN is most often a peer that does not know us yet.
-                out.push(Action::StopTimer(Timer::Hold));
-                out.push(Action::StartTimer(Timer::ConnectRetry, self.fast_retry()));
-                self.connect_failures = self.connect_failures.saturating_add(1);
-            }
+            // RFC 4271: OpenSent goes back to Active and retries; soon, as the peer closing
+            // before its OPEN is most often a peer that does not know us yet.
+            ConnState::OpenSent | ConnState::OpenHeld => self.retry_soon(out),
             ConnState::OpenConfirm => self.fail(DownReason::ConnectionLost, out),
         }
+    }
+
+    /// Back to Active with no connection left, to connect again after the fast retry.
+    fn retry_soon(&mut self, out: &mut Vec<Action>) {
+        out.push(Action::StopTimer(Timer::Hold));
+        out.push(Action::StartTimer(Timer::ConnectRetry, self.fast_retry()));
+        self.connect_failures = self.connect_failures.saturating_add(1);
     }
 
     fn message(&mut self, id: ConnId, message: Message, out: &mut Vec<Action>) {
@@ -655,8 +683,20 @@ impl Fsm {
             (_, Message::Notification(n)) => {
                 self.remove(id);
                 out.push(Action::Close(id));
+                let collision = ErrorCode::from_pair(n.code, n.subcode)
+                    == Some(ErrorCode::Cease(CeaseError::ConnectionCollisionResolution));
                 let reason = DownReason::NotificationReceived(n);
-                if state == ConnState::Established || self.conns.is_empty() {
+                if state == ConnState::Established {
+                    self.fail(reason, out);
+                } else if collision {
+                    // The peer resolved a collision for its other connection: no error. Its
+                    // connection may not have reached us yet (or been seen by the peer task),
+                    // so wait for it in Active, accepting, rather than hold in Idle and
+                    // refuse it; if it never comes, connect again soon.
+                    if self.conns.is_empty() {
+                        self.retry_soon(out);
+                    }
+                } else if self.conns.is_empty() {
                     self.fail(reason, out);
                 } else {
                     self.last_error = Some(reason);
@@ -677,17 +717,13 @@ impl Fsm {
                     Err(error) => self.protocol_error(id, error.notification(), out),
                 }
             }
-            (ConnState::OpenConfirm, Message::Keepalive) => {
-                let Some(conn) = self.conn_mut(id) else {
-                    return;
-                };
-                conn.state = ConnState::Established;
-                let negotiated = conn.negotiated.clone();
-                if let Some(n) = negotiated {
-                    self.restart_hold(&n, out);
-                    out.push(Action::SessionUp(id, n));
+            (ConnState::OpenConfirm, Message::Keepalive) => self.session_up(id, out),
+            (ConnState::OpenHeld, Message::Keepalive) => {
+                // The peer confirmed first; the session comes up if this connection is
+                // released.
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.keepalive_received = true;
                 }
-                self.failures = 0;
             }
             (ConnState::Established, Message::Keepalive) => self.keep_alive(id, out),
             (ConnState::Established, Message::Update(update)) => {
@@ -700,7 +736,7 @@ impl Fsm {
             }
             (state, _) => {
                 let sub = match state {
-                    ConnState::OpenSent => FsmError::UnexpectedInOpenSent,
+                    ConnState::OpenSent | ConnState::OpenHeld => FsmError::UnexpectedInOpenSent,
                     ConnState::OpenConfirm => FsmError::UnexpectedInOpenConfirm,
                     ConnState::Established => FsmError::UnexpectedInEstablished,
                 };
@@ -709,80 +745,157 @@ impl Fsm {
         }
     }
 
-    /// The peer's OPEN is acceptable: resolve a collision, then confirm with a KEEPALIVE.
+    /// The peer's OPEN on `id` is acceptable: resolve a collision with the peer's other
+    /// connection, if any (RFC 4271 §6.8), then confirm with a KEEPALIVE.
     fn open_received(&mut self, id: ConnId, negotiated: Negotiated, out: &mut Vec<Action>) {
-        let other = self
-            .conns
-            .iter()
-            .find(|c| c.id != id && c.state != ConnState::OpenSent)
-            .cloned();
-        if let Some(other) = other {
-            let collision = cease_notification(CeaseError::ConnectionCollisionResolution);
-            if other.state == ConnState::Established {
-                let restarted = other.negotiated.as_ref().and_then(|n| {
-                    let (retain, time) = retained(&self.config, n);
-                    (!retain.is_empty()).then_some((retain, time))
-                });
-                match restarted {
-                    // RFC 4724 §4.2: a new OPEN from a graceful-restart peer means it restarted;
-                    // drop the old session without a NOTIFICATION and keep its routes stale.
-                    Some((retain, restart_time)) => {
-                        self.remove(other.id);
-                        out.push(Action::Close(other.id));
-                        self.last_error = Some(DownReason::PeerRestarted);
-                        self.session_down(
-                            Down {
-                                reason: DownReason::PeerRestarted,
-                                retain,
-                                restart_time,
-                            },
-                            out,
-                        );
-                    }
-                    None => {
-                        self.remove(id);
-                        out.push(Action::Send(id, Message::Notification(collision)));
-                        out.push(Action::Close(id));
-                        return;
-                    }
+        let Some(this) = self.conn(id).cloned() else {
+            return;
+        };
+        if let Some(up) = self.established().filter(|c| c.id != id).cloned() {
+            let graceful = up
+                .negotiated
+                .as_ref()
+                .is_some_and(|n| !retained(&self.config, n).0.is_empty());
+            if this.after_up && graceful {
+                // RFC 4724 §4.2: an OPEN on a connection the peer opened after the session
+                // came up says the peer restarted and its end of the session is gone. Confirm
+                // the new connection, and end the old session when the peer confirms too
+                // (`session_up`): a peer that did not restart never does, because the
+                // connection is a late half of a simultaneous open, which it closes with
+                // Cease / Connection Collision Resolution as we would. The established
+                // session's timers run on meanwhile.
+                self.confirm(id, negotiated, false, out);
+                return;
+            }
+            // RFC 4271 §6.8: a collision with an established session closes the newcomer.
+            // Without graceful restart the peer's restart shows as the old connection failing.
+            self.reject(id, out);
+            return;
+        }
+        let winner = collision_winner(
+            (self.config.router_id, self.config.local_as),
+            (negotiated.peer_router_id, negotiated.peer_as),
+        );
+        let others: Vec<Conn> = self.conns.iter().filter(|c| c.id != id).cloned().collect();
+        for other in others {
+            match resolve(this.direction, &other, winner) {
+                Keep::This => self.reject(other.id, out),
+                Keep::Other => {
+                    self.reject(id, out);
+                    return;
                 }
-            } else {
-                let this = self.conn(id).map(|c| c.direction);
-                let keep_new = this.is_some_and(|d| {
-                    keep_first(
-                        self.config.router_id,
-                        negotiated.peer_router_id,
-                        d,
-                        other.direction,
-                    )
-                });
-                let loser = if keep_new { other.id } else { id };
-                self.remove(loser);
-                out.push(Action::Send(loser, Message::Notification(collision)));
-                out.push(Action::Close(loser));
-                if !keep_new {
+                Keep::Hold => {
+                    if let Some(conn) = self.conn_mut(id) {
+                        conn.state = ConnState::OpenHeld;
+                        conn.negotiated = Some(negotiated);
+                    }
                     return;
                 }
             }
         }
+        // As BIRD does: with an OPEN in hand, stop connecting. Our attempt, were it to
+        // complete now, would only open a connection that one side refuses and the other
+        // may already count on.
+        if let Some(attempt) = self.connecting.take() {
+            out.push(Action::Close(attempt));
+        }
         self.connect_failures = 0;
+        self.confirm(id, negotiated, true, out);
+    }
+
+    /// A connection held in [`ConnState::OpenHeld`], once the one it was held for is gone:
+    /// confirmed after all, straight to Established if the peer's KEEPALIVE came meanwhile.
+    fn release_held(&mut self, out: &mut Vec<Action>) {
+        let [held] = self.conns.as_slice() else {
+            return;
+        };
+        if held.state != ConnState::OpenHeld {
+            return;
+        }
+        let (id, early) = (held.id, held.keepalive_received);
+        let Some(negotiated) = held.negotiated.clone() else {
+            return;
+        };
+        self.confirm(id, negotiated, true, out);
+        if early {
+            self.session_up(id, out);
+        }
+    }
+
+    /// Closes a connection that lost a collision, with Cease / Connection Collision Resolution.
+    fn reject(&mut self, id: ConnId, out: &mut Vec<Action>) {
+        if self.remove(id).is_some() {
+            let collision = cease_notification(CeaseError::ConnectionCollisionResolution);
+            out.push(Action::Send(id, Message::Notification(collision)));
+            out.push(Action::Close(id));
+        }
+    }
+
+    /// OpenConfirm on `id`: the peer's OPEN accepted, our KEEPALIVE sent. With `timers` the
+    /// hold and keepalive timers follow this connection's negotiation; not while it waits
+    /// beside an established session, whose timers they are.
+    fn confirm(&mut self, id: ConnId, negotiated: Negotiated, timers: bool, out: &mut Vec<Action>) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         conn.state = ConnState::OpenConfirm;
         conn.negotiated = Some(negotiated.clone());
         out.push(Action::Send(id, Message::Keepalive));
-        self.restart_hold(&negotiated, out);
-        if negotiated.hold_time == 0 {
-            out.push(Action::StopTimer(Timer::Keepalive));
-        } else {
-            out.push(Action::StartTimer(Timer::Keepalive, keepalive(&negotiated)));
+        if timers {
+            self.restart_hold(&negotiated, out);
+            self.restart_keepalive(&negotiated, out);
         }
+    }
+
+    /// The peer's KEEPALIVE in OpenConfirm: the session is up on `id`.
+    fn session_up(&mut self, id: ConnId, out: &mut Vec<Action>) {
+        if let Some(old) = self.established().filter(|c| c.id != id).cloned() {
+            // The peer confirmed a connection it opened while this session was up (see
+            // `open_received`): it restarted (RFC 4724 §4.2). The old session ends without a
+            // NOTIFICATION, as the peer's end of it is gone, and its routes are kept stale.
+            self.remove(old.id);
+            out.push(Action::Close(old.id));
+            let (retain, restart_time) = old
+                .negotiated
+                .as_ref()
+                .map(|n| retained(&self.config, n))
+                .unwrap_or_default();
+            self.last_error = Some(DownReason::PeerRestarted);
+            self.session_down(
+                Down {
+                    reason: DownReason::PeerRestarted,
+                    retain,
+                    restart_time,
+                },
+                out,
+            );
+            if let Some(n) = self.conn(id).and_then(|c| c.negotiated.clone()) {
+                self.restart_keepalive(&n, out);
+            }
+        }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        conn.state = ConnState::Established;
+        let negotiated = conn.negotiated.clone();
+        if let Some(n) = negotiated {
+            self.restart_hold(&n, out);
+            out.push(Action::SessionUp(id, n));
+        }
+        self.failures = 0;
     }
 
     fn keep_alive(&mut self, id: ConnId, out: &mut Vec<Action>) {
         if let Some(n) = self.conn(id).and_then(|c| c.negotiated.clone()) {
             self.restart_hold(&n, out);
+        }
+    }
+
+    fn restart_keepalive(&self, negotiated: &Negotiated, out: &mut Vec<Action>) {
+        if negotiated.hold_time == 0 {
+            out.push(Action::StopTimer(Timer::Keepalive));
+        } else {
+            out.push(Action::StartTimer(Timer::Keepalive, keepalive(negotiated)));
         }
     }
 
@@ -886,9 +999,9 @@ impl Fsm {
         // Flushes the routes when a session was up (and clears `stale_kept`).
         self.fail(DownReason::BfdDown, out);
         if std::mem::take(&mut self.stale_kept) {
-            // No session was up, but one that ended moments ago (a lost connection, or a
-            // connection collision taken for a restart) left the peer's routes stale for a
-            // graceful restart, to last the peer's restart time. The path is gone: they go now.
+            // No session was up, but one that ended moments ago (a lost connection) left the
+            // peer's routes stale for a graceful restart, to last the peer's restart time. The
+            // path is gone: they go now.
             out.push(Action::SessionDown(Down {
                 reason: DownReason::BfdDown,
                 retain: Vec::new(),
@@ -933,23 +1046,62 @@ impl Fsm {
     }
 }
 
-/// RFC 4271 §6.8: the connection opened by the speaker with the higher BGP identifier wins.
-/// Returns whether `first` (opened in direction `first_dir`) beats `second`.
-fn keep_first(
-    local_id: Ipv4Addr,
-    remote_id: Ipv4Addr,
-    first: Direction,
-    second: Direction,
-) -> bool {
-    if first == second {
-        return false;
-    }
-    let winner = if u32::from(local_id) < u32::from(remote_id) {
+/// The direction of the connection that survives a collision (RFC 4271 §6.8): the one
+/// opened by the speaker with the higher BGP identifier, or with equal identifiers (possible
+/// between ASes) the higher AS (RFC 6286 §2.3). Both speakers reach the same connection.
+fn collision_winner(local: (Ipv4Addr, u32), remote: (Ipv4Addr, u32)) -> Direction {
+    let (local_id, local_as) = local;
+    let (remote_id, remote_as) = remote;
+    if (u32::from(local_id), local_as) < (u32::from(remote_id), remote_as) {
         Direction::Inbound
     } else {
         Direction::Outbound
-    };
-    first == winner
+    }
+}
+
+/// What a collision leaves of two connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// The connection whose OPEN just arrived; the other is closed.
+    This,
+    /// The other connection; this one is closed.
+    Other,
+    /// The other, which is still waiting for the peer's OPEN; this one is kept, unconfirmed,
+    /// in case the other fails.
+    Hold,
+}
+
+/// Resolves the collision between a connection whose OPEN just arrived, opened in direction
+/// `this`, and `other`, not established, when connections opened in direction `winner`
+/// survive.
+///
+/// The peer's identifier is known from the OPEN, so connections in OpenSent are weighed too
+/// (RFC 4271 §6.8 allows it; FRR does it). What matters is that the losing connection never
+/// reaches Established on either side: otherwise one side can weigh an established session
+/// against the winner's OPEN (and keep the session) while the other weighs the same two
+/// connections in OpenConfirm (and keep the winner), and both end up closed. So no KEEPALIVE
+/// goes out on the losing connection while the winning one waits for the peer's OPEN: the
+/// loser is held, and confirmed after all only if the winner fails (the peer may have
+/// refused it, not knowing us yet, or given it up as it stops connecting once it has an
+/// OPEN, as we do). The winner's OPEN, when it comes, closes the loser.
+fn resolve(this: Direction, other: &Conn, winner: Direction) -> Keep {
+    let other_has_open = matches!(other.state, ConnState::OpenConfirm | ConnState::OpenHeld);
+    if this == other.direction {
+        // Two connections from one side (the peer reconnected while an older one never
+        // carried an OPEN): the first with an OPEN stays.
+        return if other_has_open {
+            Keep::Other
+        } else {
+            Keep::This
+        };
+    }
+    if this == winner {
+        Keep::This
+    } else if other_has_open {
+        Keep::Other
+    } else {
+        Keep::Hold
+    }
 }
 
 fn stop_all_timers(out: &mut Vec<Action>) {

@@ -211,7 +211,11 @@ impl Runner {
                 }
                 if let Some(attempt) = self.attempts.remove(&id) {
                     attempt.abort();
-                    self.connect_failed("TCP connect not answered before the retry");
+                    // Only a retry says the attempt went unanswered; the machine also gives
+                    // up an attempt once the peer's own connection brought an OPEN.
+                    if self.fsm.state() == State::Connect {
+                        self.connect_failed("TCP connect not answered before the retry");
+                    }
                 }
             }
             Action::StartTimer(timer, after) => {
@@ -270,6 +274,7 @@ impl Runner {
             return;
         };
         tracing::info!(peer = %self.task.config.address, "session established");
+        self.connect_error = None;
         self.epoch += 1;
         conn.established(self.epoch, negotiated.codec);
         let session = Session {

@@ -153,6 +153,49 @@ impl Relay {
     }
 }
 
+/// A TCP gate in front of a speaker: it takes connections but passes none on until opened,
+/// then passes every one on at once. Two gates opened together make two speakers' connections
+/// to each other arrive at the same moment, OPENs already on their way, as when two nodes
+/// connect to each other at once.
+pub struct Gate {
+    pub port: u16,
+    open: watch::Sender<bool>,
+}
+
+impl Gate {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, opened) = watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let mut opened = opened.clone();
+                tokio::spawn(async move {
+                    if opened.wait_for(|open| *open).await.is_err() {
+                        return;
+                    }
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    let frozen = Arc::new(AtomicBool::new(false));
+                    let (_cut, cuts) = watch::channel(0u64);
+                    let forward = pump(ri, wo, frozen.clone(), cuts.clone());
+                    let backward = pump(ro, wi, frozen, cuts);
+                    tokio::join!(forward, backward);
+                });
+            }
+        });
+        Self { port, open }
+    }
+
+    /// Passes on the connections held so far and every later one.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
