@@ -231,12 +231,68 @@ impl NodePlan {
 
 impl NftRules {
     /// An `nft -f` script that replaces `inet <table>` whole with these rules, in one
-    /// transaction.
+    /// transaction: the table is deleted and made again, whatever it held. Packets that
+    /// cross the forward hook while such a transaction commits can be lost (the kernel
+    /// unhooks one chain and hooks another), so this is for a table whose content is not
+    /// known; [`NftRules::replace_script`] replaces a known one in place.
     pub fn script(&self, table: &str) -> String {
         let mut s = String::new();
         // Declaring the table before deleting it makes the delete valid on a first run;
         // both happen in the one transaction that also creates the new table.
         let _ = writeln!(s, "table inet {table}\ndelete table inet {table}");
+        s.push_str(&self.table_block(table));
+        s
+    }
+
+    /// An `nft -f` script that turns `inet <table>`, loaded with `previous` but perhaps
+    /// changed since by someone else, into exactly these rules, in one transaction,
+    /// without deleting the table: its forward chain stays hooked, so no packet is lost
+    /// while the transaction commits, and the counters both hold keep their figures.
+    /// Every chain is emptied and refilled and every set and map emptied and refilled;
+    /// what `previous` held and these rules do not is deleted. The script fails (and
+    /// changes nothing) when an object `previous` names is gone or of another type: the
+    /// table is then replaced whole ([`NftRules::script`]).
+    pub fn replace_script(&self, previous: &NftRules, table: &str) -> String {
+        let mut s = String::new();
+        // `flush table` empties the chains, not the sets and maps.
+        let _ = writeln!(s, "table inet {table}\nflush table inet {table}");
+        for map in [EGRESS_MAP, INGRESS_MAP] {
+            let _ = writeln!(s, "flush map inet {table} {map}");
+        }
+        for set in [INGRESS_ISOLATED_SET, EGRESS_ISOLATED_SET]
+            .into_iter()
+            .chain(previous.sets.keys().map(String::as_str))
+        {
+            let _ = writeln!(s, "flush set inet {table} {set}");
+        }
+        s.push_str(&self.table_block(table));
+        // Nothing refers to these any more: the chains were emptied and the maps too.
+        self.delete_what_is_gone(previous, table, &mut s);
+        s
+    }
+
+    /// Appends the deletions of the chains, sets and counters `previous` held and these
+    /// rules do not, once nothing refers to them.
+    fn delete_what_is_gone(&self, previous: &NftRules, table: &str, s: &mut String) {
+        for (kind, before, now) in [
+            ("chain", key_set(&previous.chains), key_set(&self.chains)),
+            ("set", key_set(&previous.sets), key_set(&self.sets)),
+            (
+                "counter",
+                key_set(&previous.counters),
+                key_set(&self.counters),
+            ),
+        ] {
+            for name in before.difference(&now) {
+                let _ = writeln!(s, "delete {kind} inet {table} {name}");
+            }
+        }
+    }
+
+    /// The table as one `table inet <table> { … }` block: adds what is missing, and fills
+    /// the chains, sets and maps.
+    fn table_block(&self, table: &str) -> String {
+        let mut s = String::new();
         let _ = writeln!(s, "table inet {table} {{");
         for (name, entries) in [(EGRESS_MAP, &self.egress), (INGRESS_MAP, &self.ingress)] {
             let _ = write!(s, "\tmap {name} {{ type ifname : verdict; ");
@@ -429,21 +485,7 @@ impl NftRules {
             }
         }
         // Then removals, once nothing refers to them any more.
-        for name in previous.chains.keys() {
-            if !self.chains.contains_key(name) {
-                let _ = writeln!(s, "delete chain inet {table} {name}");
-            }
-        }
-        for name in previous.sets.keys() {
-            if !self.sets.contains_key(name) {
-                let _ = writeln!(s, "delete set inet {table} {name}");
-            }
-        }
-        for name in previous.counters.keys() {
-            if !self.counters.contains_key(name) {
-                let _ = writeln!(s, "delete counter inet {table} {name}");
-            }
-        }
+        self.delete_what_is_gone(previous, table, &mut s);
         // The new epoch, in the same transaction as the rules it stands for; and the lookups
         // of a direction whose first pod was isolated, or whose last was freed.
         let forward = self.forward_rules();
@@ -455,6 +497,11 @@ impl NftRules {
         }
         s
     }
+}
+
+/// A map's names, to compare with another's.
+fn key_set<V>(map: &BTreeMap<String, V>) -> std::collections::BTreeSet<&str> {
+    map.keys().map(String::as_str).collect()
 }
 
 /// Interface names as nft strings.

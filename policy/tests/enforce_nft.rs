@@ -565,15 +565,24 @@ fn rendered_plans_enforce_the_semantics_on_real_traffic() {
     assert_tables("policies removed", &all, &lab.observe(false, &all));
 }
 
-#[test]
-fn a_policy_change_stops_open_connections_it_no_longer_allows() {
+/// The lab with [`POLICIES`] enforced on both nodes; `None` (the test skipped) without root
+/// or `nft`.
+fn enforcing_the_policies() -> Option<(Lab, Cluster)> {
     if !prereq::require_root() || !prereq::require_command("nft") {
-        return;
+        return None;
     }
     let lab = Lab::new();
     let mut cluster = lab.cluster();
     apply(&mut cluster, POLICIES);
     lab.enforce(&cluster);
+    Some((lab, cluster))
+}
+
+#[test]
+fn a_policy_change_stops_open_connections_it_no_longer_allows() {
+    let Some((lab, mut cluster)) = enforcing_the_policies() else {
+        return;
+    };
     let connect = |from: &str, to: &str, v6: bool| {
         let target = SocketAddr::new(lab.address(to, v6), 80);
         lab.pod(from)
@@ -642,5 +651,100 @@ spec:
             n > 0 && buf[..n].starts_with(b"ping"),
             "the connection did not resume"
         );
+    }
+}
+
+/// A full pass replaces the whole table while pods talk: no packet of a connection the
+/// rules allow may be lost as the transaction commits (a lost SYN costs its connection a
+/// second, a lost segment a retransmission timeout). Deleting the table and making it
+/// again lost several SYNs in a few dozen such loads.
+#[test]
+fn replacing_the_whole_table_loses_no_packet_of_an_allowed_connection() {
+    let Some((lab, cluster)) = enforcing_the_policies() else {
+        return;
+    };
+    let rules: Vec<_> = (1..=2)
+        .map(|i| cluster.plan_node(&format!("n{i}")).nft_rules())
+        .collect();
+    let target = SocketAddr::new(lab.address("x/a", false), 80);
+    let (client, nodes) = (&lab.pod("y/a").ns, &lab.nodes);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (made, lost) = std::thread::scope(|scope| {
+        let connector = scope.spawn(|| {
+            let (mut made, mut lost) = (0u32, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let answered = client
+                    .enter(|| probe(target, Protocol::Tcp, Duration::from_millis(500)))
+                    .unwrap();
+                made += 1;
+                // Well under the one second a SYN's retransmission waits.
+                if !answered || started.elapsed() > Duration::from_millis(300) {
+                    lost.push(started.elapsed());
+                }
+            }
+            (made, lost)
+        });
+        for _ in 0..60 {
+            for (node, rules) in nodes.iter().zip(&rules) {
+                nft(node, &rules.replace_script(rules, TABLE));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        connector.join().unwrap()
+    });
+    assert!(made > 50, "only {made} connections made");
+    assert!(
+        lost.is_empty(),
+        "{} of {made} allowed connections stalled while the table was replaced: {lost:?}",
+        lost.len()
+    );
+    // And the table is still exactly the plan's.
+    let fresh = NetNs::new("pol-fresh").unwrap();
+    nft(&fresh, &rules[0].script(TABLE));
+    assert_eq!(listing(&lab.nodes[0]), listing(&fresh));
+}
+
+/// Replacing in place undoes drift and leaves exactly the new plan's table: the previous
+/// plan's chains, sets and counters that the new one lacks are gone, an element someone
+/// added by hand is gone, and a chain someone emptied is whole again.
+#[test]
+fn replacing_the_table_in_place_leaves_exactly_the_plan() {
+    if !prereq::require_root() || !prereq::require_command("nft") {
+        return;
+    }
+    let lab = Lab::new();
+    let node = &lab.nodes[0];
+    let mut cluster = lab.cluster();
+    apply(&mut cluster, POLICIES);
+    let before = cluster.plan_node("n1").nft_rules();
+    nft(node, &before.script(TABLE));
+    let chain = before.chains.keys().next().unwrap().clone();
+    nft(
+        node,
+        &format!(
+            "add element inet {TABLE} ingress_isolated {{ \"bogus0\" }}\nflush chain inet {TABLE} {chain}\n"
+        ),
+    );
+    let mut after_cluster = lab.cluster();
+    apply(
+        &mut after_cluster,
+        "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress: [{ports: [{port: 81, protocol: UDP}]}]
+",
+    );
+    let after = after_cluster.plan_node("n1").nft_rules();
+    assert!(!after.chains.is_empty() && after.chains.keys().ne(before.chains.keys()));
+    for (from, to) in [(&before, &before), (&before, &after)] {
+        nft(node, &to.replace_script(from, TABLE));
+        let fresh = NetNs::new("pol-fresh").unwrap();
+        nft(&fresh, &to.script(TABLE));
+        assert_eq!(listing(node), listing(&fresh), "replaced in place");
     }
 }

@@ -287,8 +287,8 @@ pub enum Trigger {
 /// The last full read of the kernel that found nothing it could not fix.
 #[derive(Debug, Clone, Copy)]
 struct KernelRead {
-    /// The kernel's change counts when the read started (nftables' after wren's own load of
-    /// its policy table): any later report calls for another.
+    /// The kernel's change counts when the read started (nftables' after wren's own writes
+    /// of its policy table): any later report calls for another.
     generation: KernelGeneration,
     at: Instant,
 }
@@ -782,17 +782,31 @@ impl Controller {
                 if let Err(e) = &outcome {
                     tracing::warn!(error = %e, "network policy programming failed; retrying next pass");
                 }
-                // A full pass loads the whole table: that load is no drift of anyone else's.
-                if let (Trigger::Drift, Ok(change), Some(generation), Some(changes)) = (
-                    trigger,
-                    &outcome,
-                    kernel_generation.as_mut(),
-                    &self.kernel_changes,
-                ) && *change != crate::dataplane::program::policy::PolicyChange::None
+                // wren's own write of its table is no drift of anyone else's: the count the
+                // next tick compares with is taken after it. Otherwise every epoch renewal
+                // (a delta on a quiet tick) would make the next tick a full pass, and every
+                // full pass a reload of the whole table.
+                if let (Ok(change), Some(changes)) = (&outcome, &self.kernel_changes)
+                    && *change != crate::dataplane::program::policy::PolicyChange::None
                 {
-                    match changes.nftables_now() {
-                        Some(now) => generation.nftables = now,
-                        None => kernel_generation = None,
+                    let now = changes.nftables_now();
+                    if trigger == Trigger::Drift {
+                        match (now, kernel_generation.as_mut()) {
+                            (Some(now), Some(generation)) => generation.nftables = now,
+                            _ => kernel_generation = None,
+                        }
+                    } else {
+                        // Only if nothing else had been reported when the pass began: a
+                        // report from before is still the next tick's to read.
+                        let mut read = lock(&self.kernel_read);
+                        match (now, read.as_mut()) {
+                            (Some(now), Some(last))
+                                if Some(last.generation) == kernel_generation =>
+                            {
+                                last.generation.nftables = now;
+                            }
+                            _ => {}
+                        }
                     }
                 }
                 Some(PolicyStatus::of(

@@ -3,8 +3,10 @@
 //!
 //! After a change only what changed goes to the kernel ([`NftRules::delta_script`]: new
 //! sets, the chains whose rules changed, the interface maps' entries, in one transaction);
-//! on a full pass, the first one, and after a failure the whole table is replaced in one
-//! transaction, which undoes any drift. A node where no policy isolates a pod has no table at
+//! on a full pass the whole table is replaced in place in one transaction, which undoes any
+//! drift without unhooking the table's chain ([`NftRules::replace_script`]: a table deleted
+//! and made again loses packets crossing the hook as it commits); on the first pass, and
+//! when the table is not as wren left it, it is deleted and made again. A node where no policy isolates a pod has no table at
 //! all, so its forwarded packets meet no hook of wren's.
 //!
 //! Every load that changes the rules stamps a new epoch into the connection mark of the TCP
@@ -18,9 +20,9 @@
 //! conntrack's TCP timeouts even when the rules do not change: each carried connection's
 //! next packet then goes through the stack, which refreshes its entry.
 //!
-//! What the table denies is counted in its named counters ([`DeniedCounter`]); a whole-table
-//! load starts them from zero, and so does deleting one, so the programmer reads them first
-//! and carries their figures over: [`PolicyProgrammer::denied`] only grows.
+//! What the table denies is counted in its named counters ([`DeniedCounter`]); a table made
+//! afresh starts them from zero, and so does deleting one, so the programmer reads them
+//! first and carries their figures over: [`PolicyProgrammer::denied`] only grows.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -343,6 +345,35 @@ impl PolicyProgrammer {
                     return Ok(PolicyChange::Delta);
                 }
                 Err(e) => tracing::debug!(error = %e, "policy delta refused; replacing the table"),
+            }
+        }
+        if let Loaded::Table(previous) = &state.loaded {
+            // In place: the forward chain stays hooked (no packet lost while it commits),
+            // and the counters both tables hold keep their figures; those it deletes are
+            // carried over first.
+            let previous = previous.clone();
+            let gone: Vec<String> = previous
+                .counters
+                .keys()
+                .filter(|name| !rules.counters.contains_key(*name))
+                .filter(|name| !carried_already.contains(name))
+                .cloned()
+                .collect();
+            self.carry(&mut state, |name| gone.iter().any(|g| g == name))
+                .await;
+            carried_already.extend(gone);
+            match self
+                .run("replace the table", &rules.replace_script(&previous, TABLE))
+                .await
+            {
+                Ok(()) => {
+                    state.loaded = Loaded::Table(rules.clone());
+                    return Ok(PolicyChange::Whole);
+                }
+                // Something was deleted or changed behind wren's back: made again below.
+                Err(e) => {
+                    tracing::debug!(error = %e, "policy table not replaceable in place; loading it afresh")
+                }
             }
         }
         let remaining: Vec<String> = match &state.loaded {
