@@ -2,7 +2,7 @@
 //! the `wren-cni` plugin binary and the agent that serves it.
 //!
 //! - [`version`]: the spec versions wren speaks (0.3.0 through 1.1.0) and what each allows.
-//! - [`env`]: the `CNI_*` environment, validated per command.
+//! - [`env`](mod@env): the `CNI_*` environment, validated per command.
 //! - [`config`]: the network configuration on stdin (`agentSocket`, `mtu`, `ipam`, `logLevel`).
 //! - [`annotations`]: pool and address choices a pod makes through its annotations.
 //! - [`result`]: the CNI result, read from and written in any supported version.

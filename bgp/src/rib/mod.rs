@@ -1,6 +1,6 @@
 //! The routing information bases and the decision process (RFC 4271 §3.2, §9), without I/O.
 //!
-//! - Adj-RIB-In and Loc-RIB share one [table](table): per prefix, every peer's path, best
+//! - Adj-RIB-In and Loc-RIB share one table (`table`): per prefix, every peer's path, best
 //!   first. Attributes are interned ([`Interner`]) so a path costs a pointer and a peer number.
 //! - The [decision process](decision) picks the best path whenever a prefix's paths change.
 //! - Peers whose export is the same share an update group: one Adj-RIB-Out the RIB writes
