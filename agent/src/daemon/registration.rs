@@ -413,16 +413,22 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The next change of the watched key; never, while there is no watch.
-async fn next_change(changes: &mut Option<WatchStream>) {
-    match changes {
-        Some(stream) => {
-            if !matches!(stream.next().await, Some(Ok(_))) {
-                *changes = None;
-            }
+/// The next change of `key` itself; never, while there is no watch. A watch that ends is
+/// dropped, to be made again.
+async fn next_change(changes: &mut Option<WatchStream>, key: &str) {
+    let Some(stream) = changes else {
+        return std::future::pending().await;
+    };
+    // The watch is by prefix: `liveness/node1` also reports `liveness/node10`, which is
+    // another node's business.
+    loop {
+        match stream.next().await {
+            Some(Ok(event)) if event.key() == key => return,
+            Some(Ok(_)) => {}
+            _ => break,
         }
-        None => std::future::pending().await,
     }
+    *changes = None;
 }
 
 /// Keeps the node registered and its name held until `shutdown` fires: every third of the
@@ -504,8 +510,8 @@ pub async fn keep_registered(
             _ = tokio::time::sleep(wait) => {}
             // The datastore answers again: register now rather than a backoff later.
             _ = health.changed(), if failing => {}
-            _ = next_change(&mut changes) => settled = false,
-            _ = next_change(&mut node_changes) => settled = false,
+            _ = next_change(&mut changes, &key) => settled = false,
+            _ = next_change(&mut node_changes, &node_key) => settled = false,
             _ = shutdown.changed() => break Ok(()),
         }
     };
@@ -518,6 +524,25 @@ pub async fn keep_registered(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_watch_wakes_for_its_own_key_only() {
+        let store = wren_store::memory::MemoryStore::new();
+        let mine = keys::liveness("node1");
+        let mut watch = Some(store.watch(&mine, 0).await.unwrap());
+        store
+            .put(&keys::liveness("node10"), b"{}".to_vec(), None)
+            .await
+            .unwrap();
+        let woke =
+            tokio::time::timeout(Duration::from_millis(200), next_change(&mut watch, &mine)).await;
+        assert!(woke.is_err(), "another node's key woke the watch");
+        store.put(&mine, b"{}".to_vec(), None).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), next_change(&mut watch, &mine))
+            .await
+            .expect("the watch's own key wakes it");
+        assert!(watch.is_some(), "the watch goes on");
+    }
 
     fn liveness(address: &str, instance: &str) -> Liveness {
         Liveness {
