@@ -5,8 +5,9 @@
 //! sets, the chains whose rules changed, the interface maps' entries, in one transaction);
 //! on a full pass the whole table is replaced in place in one transaction, which undoes any
 //! drift without unhooking the table's chain ([`NftRules::replace_script`]: a table deleted
-//! and made again loses packets crossing the hook as it commits); on the first pass, and
-//! when the table is not as wren left it, it is deleted and made again. A node where no policy isolates a pod has no table at
+//! and made again loses packets crossing the hook as it commits). On the first pass the
+//! table an earlier run left is read by name and replaced in place the same way; only when
+//! the table is not as wren left it is it deleted and made again. A node where no policy isolates a pod has no table at
 //! all, so its forwarded packets meet no hook of wren's.
 //!
 //! Every load that changes the rules stamps a new epoch into the connection mark of the TCP
@@ -347,6 +348,15 @@ impl PolicyProgrammer {
                 Err(e) => tracing::debug!(error = %e, "policy delta refused; replacing the table"),
             }
         }
+        if matches!(state.loaded, Loaded::Unknown)
+            && let Some(found) = self.kernel_table().await
+        {
+            // At start, or after a failed load: the table an earlier run (or the failed
+            // load) left is replaced in place as well. Its counters' figures belong to that
+            // run, not to this one's totals.
+            carried_already.extend(found.counters.keys().cloned());
+            state.loaded = Loaded::Table(found);
+        }
         if let Loaded::Table(previous) = &state.loaded {
             // In place: the forward chain stays hooked (no packet lost while it commits),
             // and the counters both tables hold keep their figures; those it deletes are
@@ -393,6 +403,24 @@ impl PolicyProgrammer {
         Ok(PolicyChange::Whole)
     }
 
+    /// The chains, sets and counters the kernel's table holds, by name, as rules without
+    /// content: what a replacement in place must empty or delete. `None` without a table,
+    /// or when it cannot be read (the table is then made afresh).
+    async fn kernel_table(&self) -> Option<NftRules> {
+        let out = tokio::process::Command::new(&self.program)
+            .args(["-j", "-t", "list", "table", "inet", TABLE])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .ok()?;
+        out.status
+            .success()
+            .then(|| table_objects(&out.stdout))
+            .flatten()
+    }
+
     async fn run(&self, what: &'static str, script: &str) -> Result<(), PolicyError> {
         let spawn_error = |source| PolicyError::Spawn {
             program: self.program.display().to_string(),
@@ -428,6 +456,39 @@ impl PolicyProgrammer {
 fn read_seconds(path: &Path) -> Option<Duration> {
     let text = std::fs::read_to_string(path).ok()?;
     text.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// The objects `nft -j list table` names that wren's rules keep by name (the pods' chains,
+/// the address sets, the counters), as rules without content. The forward chain, the
+/// interface maps and the sets of isolated interfaces (type `ifname`) are every table's.
+fn table_objects(json: &[u8]) -> Option<NftRules> {
+    let listing: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let mut found = NftRules::default();
+    for object in listing.get("nftables")?.as_array()? {
+        let field = |kind: &str, field: &str| {
+            object
+                .get(kind)
+                .and_then(|o| o.get(field))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        if let Some(name) = field("chain", "name").filter(|n| n != "forward") {
+            found.chains.insert(name, Vec::new());
+        } else if let Some(name) = field("set", "name")
+            && field("set", "type").as_deref() != Some("ifname")
+        {
+            found.sets.insert(name, ("", String::new()));
+        } else if let Some(name) = field("counter", "name") {
+            found.counters.insert(
+                name,
+                DeniedCounter {
+                    policy: None,
+                    connections: false,
+                },
+            );
+        }
+    }
+    Some(found)
 }
 
 /// The named counters' figures in `nft -j list counters`: name → packets.
@@ -519,6 +580,49 @@ mod tests {
             .chains
             .insert("ingress_wren_a".into(), vec!["drop".into()]);
         rules
+    }
+
+    /// An agent started again (a new programmer) replaces the table its predecessor left in
+    /// place, keeping the table and its hooked chain, and leaves exactly its own plan.
+    #[test]
+    fn a_restarted_agent_replaces_its_predecessors_table_in_place() {
+        use wren_tests::netns::NetNs;
+        if !wren_tests::prereq::require_root() || !wren_tests::prereq::require_command("nft") {
+            return;
+        }
+        let ns = NetNs::new("pol-restart").unwrap();
+        let program = |rules: NftRules| {
+            ns.block_on(|| async move { PolicyProgrammer::new().program(&rules, true).await })
+                .unwrap()
+                .unwrap()
+        };
+        let handle = || {
+            ns.exec("nft", &["-a", "list", "table", "inet", TABLE])
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let mut before = one_chain();
+        before
+            .chains
+            .insert("ingress_wren_gone".into(), vec!["accept".into()]);
+        before
+            .sets
+            .insert("agone".into(), ("ipv4_addr", "10.9.9.9".into()));
+        assert_eq!(program(before), PolicyChange::Whole);
+        let first = handle();
+        assert!(first.contains("# handle"), "{first}");
+        assert_eq!(program(one_chain()), PolicyChange::Whole);
+        assert_eq!(handle(), first, "the table was deleted and made again");
+        let listing = ns.exec("nft", &["list", "table", "inet", TABLE]).unwrap();
+        assert!(
+            listing.contains("chain ingress_wren_a")
+                && !listing.contains("ingress_wren_gone")
+                && !listing.contains("agone"),
+            "{listing}"
+        );
     }
 
     #[test]
