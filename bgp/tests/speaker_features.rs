@@ -37,13 +37,7 @@ async fn speaker_graceful_restart_keeps_routes_across_a_lost_connection() {
     })
     .await;
     let b = speaker(2, AS).await;
-    let relay = Relay::start(a.local_addr().unwrap()).await;
-    let mut to_b = peer_to(&b, AS);
-    to_b.passive = true;
-    let mut to_a = peer_to(&a, AS);
-    to_a.port = relay.port;
-    a.add_peer(to_b).await.unwrap();
-    b.add_peer(to_a).await.unwrap();
+    let relay = peer_through_relay(&a, &b, |_| {}).await;
     a.originate(net("10.1.0.0/24"), None).await.unwrap();
     eventually("B learns A's prefix", || async {
         has_route(&b, net("10.1.0.0/24")).await
@@ -227,13 +221,7 @@ async fn speaker_bfd_down_withdraws_routes_kept_for_a_graceful_restart() {
     let a = speaker(1, AS).await;
     let b = speaker(2, AS).await;
     // Only B connects, through the relay, so that cutting it ends the one connection.
-    let relay = Relay::start(a.local_addr().unwrap()).await;
-    let mut to_b = peer_to(&b, AS);
-    to_b.passive = true;
-    let mut to_a = peer_to(&a, AS);
-    to_a.port = relay.port;
-    a.add_peer(to_b).await.unwrap();
-    b.add_peer(to_a).await.unwrap();
+    let relay = peer_through_relay(&a, &b, |_| {}).await;
     let prefix = net("10.9.0.0/24");
     b.originate(prefix, None).await.unwrap();
     eventually("A has B's route", || has_route(&a, prefix)).await;

@@ -204,16 +204,8 @@ async fn speaker_md5_matching_passwords_up_mismatching_not() {
 async fn speaker_hold_timer_expires_when_the_peer_freezes() {
     let a = speaker(1, AS).await;
     let b = speaker(2, AS).await;
-    let relay = Relay::start(a.local_addr().unwrap()).await;
     // A waits for B; B reaches A only through the relay.
-    let mut to_b = peer_to(&b, AS);
-    to_b.passive = true;
-    to_b.hold_time = 3;
-    let mut to_a = peer_to(&a, AS);
-    to_a.port = relay.port;
-    to_a.hold_time = 3;
-    a.add_peer(to_b).await.unwrap();
-    b.add_peer(to_a).await.unwrap();
+    let relay = peer_through_relay(&a, &b, |peer| peer.hold_time = 3).await;
     b.originate(net("10.2.0.0/24"), None).await.unwrap();
     eventually("A learns B's prefix through the relay", || async {
         has_route(&a, net("10.2.0.0/24")).await

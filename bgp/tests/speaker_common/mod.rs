@@ -153,6 +153,26 @@ impl Relay {
     }
 }
 
+/// Peers `a` and `b` so that only `b` connects, through a relay in front of `a`: `a` waits,
+/// and cutting the relay ends their one connection. `tweak` adjusts both sides' peer
+/// settings alike (a hold time, say).
+pub async fn peer_through_relay(
+    a: &SpeakerHandle,
+    b: &SpeakerHandle,
+    tweak: impl Fn(&mut PeerConfig),
+) -> Relay {
+    let relay = Relay::start(a.local_addr().unwrap()).await;
+    let mut to_b = peer_to(b, AS);
+    to_b.passive = true;
+    tweak(&mut to_b);
+    let mut to_a = peer_to(a, AS);
+    to_a.port = relay.port;
+    tweak(&mut to_a);
+    a.add_peer(to_b).await.unwrap();
+    b.add_peer(to_a).await.unwrap();
+    relay
+}
+
 /// A TCP gate in front of a speaker: it takes connections but passes none on until opened,
 /// then passes every one on at once. Two gates opened together make two speakers' connections
 /// to each other arrive at the same moment, OPENs already on their way, as when two nodes
