@@ -258,16 +258,33 @@ impl PolicyProgrammer {
         Ok(totals)
     }
 
-    /// Carries over the figures of the counters of `rules` that `going` picks, before a
-    /// change that resets or removes them.
-    async fn carry(&self, state: &mut State, going: impl Fn(&str) -> bool) {
+    /// Carries over the figures of the loaded table's counters that the next load resets or
+    /// removes: every one `kept` does not name and `carried` does not hold yet, which then
+    /// joins `carried`. Reads nothing when there is none.
+    async fn carry(
+        &self,
+        state: &mut State,
+        carried: &mut Vec<String>,
+        kept: impl Fn(&str) -> bool,
+    ) {
         let Loaded::Table(rules) = &state.loaded else {
             return;
         };
+        let going: Vec<String> = rules
+            .counters
+            .keys()
+            .filter(|name| !kept(name) && !carried.contains(name))
+            .cloned()
+            .collect();
+        if going.is_empty() {
+            return;
+        }
         match self.read_counters().await {
             Ok(figures) => {
                 for (name, packets) in figures {
-                    if let Some(counter) = rules.counters.get(&name).filter(|_| going(&name)) {
+                    if let Some(counter) =
+                        rules.counters.get(&name).filter(|_| going.contains(&name))
+                    {
                         *state.carried.entry(counter.clone()).or_default() += packets;
                     }
                 }
@@ -276,6 +293,7 @@ impl PolicyProgrammer {
                 tracing::warn!(error = %e, "cannot read the policy counters; their figures restart")
             }
         }
+        carried.extend(going);
     }
 
     /// The table's named counters: name → packets; empty when there is no table.
@@ -313,7 +331,7 @@ impl PolicyProgrammer {
             if matches!(state.loaded, Loaded::Absent) {
                 return Ok(PolicyChange::None);
             }
-            self.carry(&mut state, |_| true).await;
+            self.carry(&mut state, &mut Vec::new(), |_| false).await;
             state.loaded = Loaded::Unknown;
             self.run("remove the table", &NodePlan::nft_remove_script(TABLE))
                 .await?;
@@ -322,24 +340,16 @@ impl PolicyProgrammer {
         }
         let lifetime = self.epoch_lifetime();
         let rules = &self.stamped(&mut state, rules, lifetime);
-        // Counters whose figures were carried over for a delta that was then refused.
-        let mut carried_already: Vec<String> = Vec::new();
+        // Counters whose figures were carried over already (for a delta that was then
+        // refused, say), or that belong to an earlier run.
+        let mut carried: Vec<String> = Vec::new();
+        let in_rules = |name: &str| rules.counters.contains_key(name);
         if let (false, Loaded::Table(previous)) = (full, &state.loaded) {
             let delta = rules.delta_script(previous, TABLE);
             if delta.is_empty() {
                 return Ok(PolicyChange::None);
             }
-            let gone: Vec<String> = previous
-                .counters
-                .keys()
-                .filter(|name| !rules.counters.contains_key(*name))
-                .cloned()
-                .collect();
-            if !gone.is_empty() {
-                self.carry(&mut state, |name| gone.iter().any(|g| g == name))
-                    .await;
-            }
-            carried_already = gone;
+            self.carry(&mut state, &mut carried, in_rules).await;
             match self.run("apply the changes", &delta).await {
                 Ok(()) => {
                     state.loaded = Loaded::Table(rules.clone());
@@ -354,28 +364,16 @@ impl PolicyProgrammer {
             // At start, or after a failed load: the table an earlier run (or the failed
             // load) left is replaced in place as well. Its counters' figures belong to that
             // run, not to this one's totals.
-            carried_already.extend(found.counters.keys().cloned());
+            carried.extend(found.counters.keys().cloned());
             state.loaded = Loaded::Table(found);
         }
         if let Loaded::Table(previous) = &state.loaded {
             // In place: the forward chain stays hooked (no packet lost while it commits),
             // and the counters both tables hold keep their figures; those it deletes are
             // carried over first.
-            let previous = previous.clone();
-            let gone: Vec<String> = previous
-                .counters
-                .keys()
-                .filter(|name| !rules.counters.contains_key(*name))
-                .filter(|name| !carried_already.contains(name))
-                .cloned()
-                .collect();
-            self.carry(&mut state, |name| gone.iter().any(|g| g == name))
-                .await;
-            carried_already.extend(gone);
-            match self
-                .run("replace the table", &rules.replace_script(&previous, TABLE))
-                .await
-            {
+            let script = rules.replace_script(previous, TABLE);
+            self.carry(&mut state, &mut carried, in_rules).await;
+            match self.run("replace the table", &script).await {
                 Ok(()) => {
                     state.loaded = Loaded::Table(rules.clone());
                     return Ok(PolicyChange::Whole);
@@ -386,17 +384,8 @@ impl PolicyProgrammer {
                 }
             }
         }
-        let remaining: Vec<String> = match &state.loaded {
-            Loaded::Table(previous) => previous
-                .counters
-                .keys()
-                .filter(|name| !carried_already.contains(name))
-                .cloned()
-                .collect(),
-            _ => Vec::new(),
-        };
-        self.carry(&mut state, |name| remaining.iter().any(|r| r == name))
-            .await;
+        // Made afresh, every counter starts from zero.
+        self.carry(&mut state, &mut carried, |_| false).await;
         state.loaded = Loaded::Unknown;
         self.run("load the table", &rules.script(TABLE)).await?;
         state.loaded = Loaded::Table(rules.clone());
