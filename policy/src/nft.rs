@@ -256,10 +256,12 @@ impl NftRules {
         let mut s = String::new();
         // `flush table` empties the chains, not the sets and maps.
         let _ = writeln!(s, "table inet {table}\nflush table inet {table}");
-        for map in [EGRESS_MAP, INGRESS_MAP] {
+        for (map, _) in self.interface_maps() {
             let _ = writeln!(s, "flush map inet {table} {map}");
         }
-        for set in [INGRESS_ISOLATED_SET, EGRESS_ISOLATED_SET]
+        for set in self
+            .isolated_sets()
+            .map(|(set, _)| set)
             .into_iter()
             .chain(previous.sets.keys().map(String::as_str))
         {
@@ -294,7 +296,7 @@ impl NftRules {
     fn table_block(&self, table: &str) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "table inet {table} {{");
-        for (name, entries) in [(EGRESS_MAP, &self.egress), (INGRESS_MAP, &self.ingress)] {
+        for (name, entries) in self.interface_maps() {
             let _ = write!(s, "\tmap {name} {{ type ifname : verdict; ");
             if !entries.is_empty() {
                 let _ = write!(s, "elements = {{ {} }} ", map_elements(entries).join(", "));
@@ -389,6 +391,11 @@ impl NftRules {
         lines
     }
 
+    /// The interface verdict maps, each with its entries: interface → the pod's chain.
+    fn interface_maps(&self) -> [(&'static str, &BTreeMap<String, String>); 2] {
+        [(EGRESS_MAP, &self.egress), (INGRESS_MAP, &self.ingress)]
+    }
+
     /// The sets of isolated pods' interfaces, each with the map whose keys it holds.
     fn isolated_sets(&self) -> [(&'static str, &BTreeMap<String, String>); 2] {
         [
@@ -428,10 +435,11 @@ impl NftRules {
                 let _ = writeln!(s, "add rule inet {table} {name} {line}");
             }
         }
-        for (map, now, before) in [
-            (EGRESS_MAP, &self.egress, &previous.egress),
-            (INGRESS_MAP, &self.ingress, &previous.ingress),
-        ] {
+        for ((map, now), (_, before)) in self
+            .interface_maps()
+            .into_iter()
+            .zip(previous.interface_maps())
+        {
             let gone = quoted(
                 before
                     .iter()
