@@ -9,7 +9,9 @@
 //! reconnects and is carried past conntrack's established timeout. A connection's close
 //! goes through conntrack but its bare ACKs ride the fast path, its entry left counting
 //! down a closing state, and a half-closed connection is carried past conntrack's
-//! FIN_WAIT and CLOSE_WAIT timeouts.
+//! FIN_WAIT and CLOSE_WAIT timeouts. A connection's reset is carried and leaves its entry
+//! conntrack's timeout for a reset connection, while a stray reset inside the window leaves
+//! the connection going (the server's challenge ACK reaches conntrack).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
@@ -127,6 +129,62 @@ try:
     print("closed", total)
 except OSError as e:
     print("stalled", e)
+"#;
+
+/// Makes argv[3] connections to argv[1]:argv[2] one after the other, each sending one
+/// byte, reading one and closing with a reset (`SO_LINGER` 0); prints `reset N` with the
+/// connections made, or `stalled` and the error.
+const RESETTING_CLIENT: &str = r#"
+import socket, struct, sys
+done = 0
+try:
+    for _ in range(int(sys.argv[3])):
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.sendall(b"x")
+        s.recv(1)
+        s.close()
+        done += 1
+    print("reset", done)
+except OSError as e:
+    print("stalled", e)
+"#;
+
+/// Run in the client's pod: prints `listening`, follows the segments from argv[1]:argv[2]
+/// until a second passes without one, then sends the server, from the client's end of
+/// that connection, a reset argv[3] bytes past what the server last acknowledged: inside
+/// its window but not at its edge, which RFC 5961 answers with a challenge ACK, not by
+/// closing. Prints `sent`.
+const STRAY_RESET: &str = r#"
+import socket, struct, sys
+server, port, ahead = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+sniff.settimeout(10)
+print("listening", flush=True)
+last = None
+while True:
+    try:
+        ip = sniff.recv(65535)[14:]
+    except socket.timeout:
+        break
+    if len(ip) < 40 or ip[9] != 6 or socket.inet_ntoa(ip[12:16]) != server:
+        continue
+    tcp = ip[(ip[0] & 15) * 4:]
+    if struct.unpack("!H", tcp[:2])[0] == port and tcp[13] & 0x10:
+        last = (ip, tcp)
+        sniff.settimeout(1)
+ip, tcp = last
+sport, dport, seq, ack = struct.unpack("!HHII", tcp[:12])
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    return ~total & 0xffff
+rst = struct.pack("!HHIIBBHHH", dport, sport, (ack + ahead) & 0xffffffff, 0, 5 << 4, 0x04, 65535, 0, 0)
+pseudo = ip[16:20] + ip[12:16] + struct.pack("!BBH", 0, 6, len(rst))
+rst = rst[:16] + struct.pack("!H", checksum(pseudo + rst)) + rst[18:]
+socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP).sendto(rst, (server, 0))
+print("sent", flush=True)
 "#;
 
 /// Allows x/server's ingress from pods labelled `app` (the policy isolates x/server).
@@ -298,6 +356,19 @@ fn server_and_clients(mut spec: LabSpec, clients: &[&str]) -> (Lab, String, Stri
     (lab, server, server_ip.to_string(), clients)
 }
 
+/// [`server_and_clients`] with one client, x/client, whose ingress to x/server a policy
+/// allows, and the sink listening on [`PORT`] once new connections get through: the lab,
+/// the server's namespace and address, the client's namespace and the sink.
+fn allowed_client(spec: LabSpec) -> (Lab, String, String, String, Guarded) {
+    let (lab, server, server_ip, mut clients) = server_and_clients(spec, &["client"]);
+    let client = clients.remove(0);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    apply_policy(&lab, dir.path(), &allow_from("client"));
+    let sink = start_sink(&server, PORT, &[]);
+    wait_new_connections(&client, &server_ip, true);
+    (lab, server, server_ip, client, sink)
+}
+
 /// A two-node lab whose agents pass every second, so that they renew their epochs as
 /// often as the short conntrack timeouts a test sets ask.
 fn renewing(name: &str) -> LabSpec {
@@ -449,35 +520,16 @@ fn a_close_goes_through_conntrack_with_its_acks_carried_and_a_half_close_lives_o
     if !lab::require_lab(false) || !wren_tests::prereq::require_command("nft") {
         return;
     }
-    let (lab, server, server_ip, clients) = server_and_clients(renewing("polclose"), &["client"]);
-    let client = &clients[0];
-    let dir = tempfile::tempdir().expect("temporary directory");
-    apply_policy(&lab, dir.path(), &allow_from("client"));
-    let _sink = start_sink(&server, PORT, &[]);
-    wait_new_connections(client, &server_ip, true);
-    let connect = |count: &str| {
-        wren_tests::netns::run(command_in(client, "python3").args([
-            "-c",
-            CLOSING_CLIENT,
-            &server_ip,
-            CLOSING_PORT,
-            count,
-        ]))
-        .expect("closing client")
-        .trim()
-        .to_owned()
-    };
+    let (lab, server, server_ip, client, _sink) = allowed_client(renewing("polclose"));
+    let connect = |count| closing_connections(&lab, &client, &server_ip, CLOSING_CLIENT, count);
 
     // Short connections, closed by both FINs: conntrack sees the SYN, SYN-ACK, the
     // handshake's ACK and both FINs; the ACKs of the FINs and the data are carried.
     let server_side = start_sink(&server, CLOSING_PORT, &["close", "0"]);
     let connections = 40;
-    let before = fast_path(&lab, "n1");
-    assert_eq!(connect(&connections.to_string()), "closed 0");
-    let after = fast_path(&lab, "n1");
+    let (answer, carried, to_stack) = connect(connections);
+    assert_eq!(answer, "closed 0");
     drop(server_side);
-    let to_stack = after.to_stack - before.to_stack;
-    let carried = after.policed_carried - before.policed_carried;
     eprintln!(
         "{connections} closed connections: {to_stack} packets to the stack, {carried} carried"
     );
@@ -487,20 +539,12 @@ fn a_close_goes_through_conntrack_with_its_acks_carried_and_a_half_close_lives_o
          SYN, SYN-ACK, ACK and the two FINs), {carried} carried"
     );
     // Their entries count a closing state down; none is left established.
-    let n1 = lab.node("n1").expect("n1").ns.clone();
-    let table = wren_tests::netns::run(command_in(&n1, "cat").arg("/proc/net/nf_conntrack"))
-        .expect("n1's conntrack table");
-    let entries: Vec<&str> = table
-        .lines()
-        .filter(|l| l.contains(&format!("dport={CLOSING_PORT} ")))
-        .collect();
+    let entries = n1_entries(&lab, CLOSING_PORT);
     assert!(!entries.is_empty(), "n1's conntrack saw the connections");
-    for entry in &entries {
-        let fields: Vec<&str> = entry.split_whitespace().collect();
-        let (left, state) = (fields[4].parse::<u64>().unwrap_or(u64::MAX), fields[5]);
+    for (state, left, _, line) in &entries {
         assert!(
-            ["LAST_ACK", "TIME_WAIT", "CLOSE"].contains(&state) && left <= 120,
-            "a closed connection's entry: {entry}"
+            ["LAST_ACK", "TIME_WAIT", "CLOSE"].contains(&state.as_str()) && *left <= 120,
+            "a closed connection's entry: {line}"
         );
     }
 
@@ -514,9 +558,7 @@ fn a_close_goes_through_conntrack_with_its_acks_carried_and_a_half_close_lives_o
     // The agent reads the timeouts at its next pass.
     std::thread::sleep(Duration::from_secs(2));
     let _server_side = start_sink(&server, CLOSING_PORT, &["close", "12"]);
-    let before = fast_path(&lab, "n1");
-    let answer = connect("1");
-    let carried = fast_path(&lab, "n1").policed_carried - before.policed_carried;
+    let (answer, carried, _) = connect(1);
     let streamed: u64 = answer
         .strip_prefix("closed ")
         .and_then(|n| n.parse().ok())
@@ -528,5 +570,153 @@ fn a_close_goes_through_conntrack_with_its_acks_carried_and_a_half_close_lives_o
     assert!(
         carried >= 40,
         "the half-closed connection is carried: {carried}"
+    );
+}
+
+/// Runs `script` (one of the short connections' clients) in `client` for `count`
+/// connections to the sink on [`CLOSING_PORT`]: its answer, and how many packets of the
+/// policed pod n1's fast path carried meanwhile and left to the stack.
+fn closing_connections(
+    lab: &Lab,
+    client: &str,
+    server_ip: &str,
+    script: &str,
+    count: u64,
+) -> (String, u64, u64) {
+    let before = fast_path(lab, "n1");
+    let answer = wren_tests::netns::run(command_in(client, "python3").args([
+        "-c",
+        script,
+        server_ip,
+        CLOSING_PORT,
+        &count.to_string(),
+    ]))
+    .expect("the client runs");
+    let after = fast_path(lab, "n1");
+    (
+        answer.trim().to_owned(),
+        after.policed_carried - before.policed_carried,
+        after.to_stack - before.to_stack,
+    )
+}
+
+/// n1's conntrack entries of connections to `port`: (state, seconds left, mark), each with
+/// its line.
+fn n1_entries(lab: &Lab, port: &str) -> Vec<(String, u64, u32, String)> {
+    let n1 = lab.node("n1").expect("n1").ns.clone();
+    let table = wren_tests::netns::run(command_in(&n1, "cat").arg("/proc/net/nf_conntrack"))
+        .expect("n1's conntrack table");
+    table
+        .lines()
+        .filter(|l| l.contains(&format!("dport={port} ")))
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let mark = fields
+                .iter()
+                .find_map(|f| f.strip_prefix("mark="))
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0);
+            (
+                fields[5].to_owned(),
+                fields[4].parse().unwrap_or(u64::MAX),
+                mark,
+                line.to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The reset bit of the default mark mask (`0xffff0000`): its lowest bit.
+const RESET_BIT: u32 = 0x0001_0000;
+
+#[test]
+fn a_reset_is_carried_and_ends_the_entry_but_a_stray_one_leaves_the_connection_going() {
+    if !lab::require_lab(false) || !wren_tests::prereq::require_command("nft") {
+        return;
+    }
+    let (lab, server, server_ip, client, _sink) = allowed_client(renewing("polrst"));
+    // No epoch renewal during the test (a quarter of the shortest of these timeouts): a
+    // connection stays stamped with the epoch its client's last packet met.
+    for timeout in ["unacknowledged", "fin_wait", "close_wait"] {
+        set_n1_tcp_timeout(&lab, timeout, 1200);
+    }
+
+    // Connections ended by the client's reset: conntrack sees the SYN, SYN-ACK and the
+    // handshake's ACK; the data and the reset are carried, and the reset leaves the entry
+    // conntrack's 10 s for a reset connection, with the reset bit in its mark.
+    let _closing = start_sink(&server, CLOSING_PORT, &["close", "0"]);
+    let connections = 40;
+    let (answer, carried, to_stack) =
+        closing_connections(&lab, &client, &server_ip, RESETTING_CLIENT, connections);
+    assert_eq!(answer, format!("reset {connections}"));
+    eprintln!(
+        "{connections} reset connections: {to_stack} packets to the stack, {carried} carried"
+    );
+    assert!(
+        to_stack * 10 <= connections * 35 && carried >= connections * 3,
+        "{connections} reset connections: {to_stack} packets left to the stack (3 each: SYN, \
+         SYN-ACK, ACK; the reset is carried), {carried} carried"
+    );
+    let entries = n1_entries(&lab, CLOSING_PORT);
+    assert!(!entries.is_empty(), "n1's conntrack saw the connections");
+    for (_, left, mark, line) in &entries {
+        assert!(
+            *left <= 10 && mark & RESET_BIT != 0,
+            "a reset connection's entry: at most conntrack's 10 s left, the reset bit set: {line}"
+        );
+    }
+
+    // A stray reset inside the window (conntrack's close timeout now 3 s), into a
+    // connection quiet once its data is through: carried, it sets the reset bit, so the
+    // server's challenge ACK reaches the stack and keeps the entry established; the
+    // connection outlives the 3 s and is carried again once its client speaks.
+    set_n1_tcp_timeout(&lab, "close", 3);
+    // The agent reads it at its next pass (every second).
+    std::thread::sleep(Duration::from_secs(2));
+    let mut stream = Stream::open(&client, &server_ip).expect("connected to the sink");
+    let mut stray = Guarded(
+        command_in(&client, "python3")
+            .args(["-c", STRAY_RESET, &server_ip, PORT, "100"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("stray reset"),
+    );
+    let mut stray_out = BufReader::new(stray.0.stdout.take().expect("its output"));
+    let mut line = String::new();
+    let _ = stray_out.read_line(&mut line);
+    assert_eq!(line.trim(), "listening");
+    // The client's data restamps the connection with the epoch in force; the server's
+    // acknowledgements tell the stray reset where the window is.
+    assert!(stream.send(1), "the stream carries data");
+    line.clear();
+    let _ = stray_out.read_line(&mut line);
+    assert_eq!(line.trim(), "sent");
+    std::thread::sleep(Duration::from_millis(500));
+    // The earlier connections to the sink have closed.
+    let open: Vec<_> = n1_entries(&lab, PORT)
+        .into_iter()
+        .filter(|(state, ..)| state == "ESTABLISHED")
+        .collect();
+    let [(_, left, mark, line)] = open.as_slice() else {
+        panic!("one open connection to the sink: {open:?}");
+    };
+    assert!(
+        mark & RESET_BIT != 0,
+        "the fast path carried the stray reset: {line}"
+    );
+    assert!(
+        *left > 3,
+        "the server's challenge ACK went through conntrack: {line}"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        stream.try_send(1),
+        "ok",
+        "the connection outlives conntrack's close timeout"
+    );
+    let (carried, _) = carried_while(&lab, &mut stream, 16);
+    assert!(
+        carried >= 50,
+        "carried again after the stray reset: {carried}"
     );
 }

@@ -1,5 +1,6 @@
 //! Finds the kernel's connection-tracking functions for BPF (`bpf_skb_ct_lookup`,
-//! `bpf_ct_release`, Linux 5.18 and later) and the layout the program needs to use them.
+//! `bpf_ct_release`, Linux 5.18 and later; `bpf_ct_change_timeout`, 6.0, where there) and
+//! the layout the program needs to use them.
 //!
 //! They live in the kernel's BTF when conntrack is built in, or in the `nf_conntrack`
 //! module's when it is a module; a module not loaded yet is loaded, as the first NAT rule
@@ -20,6 +21,8 @@ const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 const MODULE: &str = "nf_conntrack";
 const LOOKUP: &str = "bpf_skb_ct_lookup";
 const RELEASE: &str = "bpf_ct_release";
+/// Linux 6.0 and later; without it the program carries no reset.
+const CHANGE_TIMEOUT: &str = "bpf_ct_change_timeout";
 /// `struct bpf_ct_opts` before Linux 6.12 added zone ids (and its size the kernel still
 /// accepts).
 const OPTS_LEN_ORIGINAL: u32 = 12;
@@ -131,6 +134,7 @@ fn calls(btf: &Btf, base: Option<&Btf>, btf_index: i16) -> Result<ConntrackCalls
         opts_len: opts_len as i32,
         status_offset,
         mark_offset,
+        change_timeout: kfunc(CHANGE_TIMEOUT).ok(),
     })
 }
 
@@ -180,5 +184,12 @@ mod tests {
         // The connection mark (a u32) lies after the status in this kernel's layout.
         let mark = calls.mark_offset.expect("CONFIG_NF_CONNTRACK_MARK");
         assert!(mark > calls.status_offset && mark % 4 == 0, "{calls:?}");
+        // Linux 6.0 and later let the program shorten an entry.
+        let change = calls.change_timeout.expect("bpf_ct_change_timeout");
+        assert_eq!(change.btf_index, calls.lookup.btf_index);
+        assert!(
+            ![calls.lookup, calls.release].contains(&change),
+            "{calls:?}"
+        );
     }
 }

@@ -288,9 +288,10 @@ impl FastPath {
 
     /// Sets the mark the node's policy rules put on connections they allowed: a policed
     /// endpoint's TCP packet is carried past the stack only in an established connection
-    /// whose mark carries `mark.epoch` (and without SYN, FIN or RST). Set it only after the
-    /// rules that mark that epoch are in the kernel; [`PolicyMark::default`] (epoch 0)
-    /// carries none.
+    /// whose mark carries `mark.epoch` (and without SYN or FIN; a reset also after a reset
+    /// carried before, where the kernel lets the program shorten the entry). Set it only
+    /// after the rules that mark that epoch are in the kernel; [`PolicyMark::default`]
+    /// (epoch 0) carries none.
     pub fn set_policy_mark(&mut self, mark: PolicyMark) -> Result<(), FastPathError> {
         if self.policy_mark_set == mark {
             return Ok(());

@@ -32,15 +32,21 @@
 //!
 //! Policed endpoints: netfilter holds the policy verdicts (`inet wren_policy`), and every
 //! TCP packet its rules let through stamps the rules' current epoch into its connection's
-//! mark. A policed endpoint's TCP packet with SYN, FIN or RST goes to the stack before any
+//! mark. A policed endpoint's TCP packet with SYN or FIN goes to the stack before any
 //! look-up (counted there, not as translated); for the others the same conntrack look-up
 //! decides: a policed endpoint's packet is carried
 //! only when conntrack knows the connection, it is TCP and assured (the handshake went
-//! through the stack), the packet has no SYN, FIN or RST (the handshake and the packets
-//! that end a connection stay with conntrack, so no entry is left behind; the rules keep
-//! the stamp through a FIN, so the bare ACKs of a close are carried), and `mark & mask` is
-//! the epoch in the policy mark map, which the agent sets only once the rules stamping it
-//! are in the kernel. A change of the rules is a new epoch: every connection's next packet
+//! through the stack), the packet has no SYN or FIN (the handshake and the close stay with
+//! conntrack, so it follows every connection's state; the rules keep the stamp through a
+//! FIN, so the bare ACKs of a close are carried), and `mark & mask` is the epoch in the
+//! policy mark map, which the agent sets only once the rules stamping it are in the
+//! kernel. A reset is carried on the same conditions, or when the mark is the epoch with
+//! the map's reset bit (an earlier reset was carried), and the program then does what
+//! conntrack would have: it gives the entry conntrack's timeout for a reset connection
+//! (`bpf_ct_change_timeout`) and sets the reset bit in the mark (a write the kernel allows
+//! to `mark` only), so the connection's next packet other than a reset goes to the stack;
+//! a kernel without the function sends resets to the stack. A change of the rules is a new
+//! epoch: every connection's next packet
 //! goes to the stack, meets the new rules once and, still allowed, is stamped and carried
 //! again; no longer allowed, it is dropped there. UDP and ICMP of policed endpoints stay on the stack:
 //! conntrack's short timeouts for them are refreshed only by packets it sees.
@@ -110,6 +116,9 @@ pub struct ConntrackCalls {
     /// kernel has no connection marks (`CONFIG_NF_CONNTRACK_MARK` off): policed endpoints'
     /// packets then all go to the stack.
     pub mark_offset: Option<i16>,
+    /// `bpf_ct_change_timeout(ct, msecs)` (Linux 6.0+): with it, a policed connection's
+    /// reset is carried and shortens the entry itself; `None`: resets go to the stack.
+    pub change_timeout: Option<Kfunc>,
 }
 
 /// File descriptors of the maps the program reads.
@@ -133,24 +142,43 @@ pub struct MapFds {
 
 /// What the node's policy rules mark on a connection they allowed, as the program reads
 /// it: the one value of the policy mark map. A policed endpoint's packet is carried only
-/// when its connection's `ct mark & mask` equals `epoch`.
+/// when its connection's `ct mark & mask` equals `epoch`; a reset also when it equals
+/// `epoch | reset` (an earlier reset of the connection was carried).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyMark {
     /// The current epoch, already shifted into `mask`'s bits; 0 carries nothing.
     pub epoch: u32,
     /// The bits of the connection mark the epoch lives in.
     pub mask: u32,
+    /// The bit of `mask` (no epoch has it) a carried reset sets in its connection's mark,
+    /// so that the connection's next packet other than a reset goes to the stack; 0 carries
+    /// no reset.
+    pub reset: u32,
+    /// What a carried reset leaves of its connection's entry, in milliseconds: conntrack's
+    /// timeout for a reset connection (`nf_conntrack_tcp_timeout_close`).
+    pub reset_timeout_ms: u32,
 }
 
 /// Size of [`PolicyMark::to_bytes`].
-pub const POLICY_MARK_LEN: u32 = 8;
+pub const POLICY_MARK_LEN: u32 = 16;
+const MARK_EPOCH: i16 = 0;
+const MARK_MASK: i16 = 4;
+const MARK_RESET: i16 = 8;
+const MARK_RESET_TIMEOUT: i16 = 12;
 
 impl PolicyMark {
-    /// The map value: epoch, then mask, each in host order.
+    /// The map value: epoch, mask, reset bit and reset timeout, each in host order.
     pub fn to_bytes(&self) -> [u8; POLICY_MARK_LEN as usize] {
         let mut out = [0u8; POLICY_MARK_LEN as usize];
-        out[..4].copy_from_slice(&self.epoch.to_ne_bytes());
-        out[4..].copy_from_slice(&self.mask.to_ne_bytes());
+        for (at, value) in [
+            (MARK_EPOCH, self.epoch),
+            (MARK_MASK, self.mask),
+            (MARK_RESET, self.reset),
+            (MARK_RESET_TIMEOUT, self.reset_timeout_ms),
+        ] {
+            let at = at as usize;
+            out[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+        }
         out
     }
 }
@@ -304,6 +332,8 @@ const CT_STATUS: i16 = -144;
 const CT_MARK: i16 = -148;
 /// 1 when the packet's source or destination is a policed endpoint, else 0.
 const POLICED: i16 = -152;
+/// A policed endpoint's TCP packet: its RST flag (0 for every other packet).
+const RESET: i16 = -156;
 /// `BPF_F_CURRENT_NETNS`: look up in the namespace the packet is in.
 const CURRENT_NETNS: i32 = -1;
 /// `IPS_SRC_NAT | IPS_DST_NAT` of `enum ip_conntrack_status`.
@@ -313,7 +343,9 @@ const IPS_NAT_MASK: i32 = (1 << 4) | (1 << 5);
 const IPS_ASSURED: i32 = 1 << 2;
 /// The TCP header's flags byte, and FIN, SYN and RST in it.
 const TCP_FLAGS: i16 = ETH_LEN + IP_LEN + 13;
-const TCP_FIN_SYN_RST: i32 = 0x01 | 0x02 | 0x04;
+const TCP_FIN_SYN: i32 = 0x01 | 0x02;
+const TCP_RST: i32 = 0x04;
+const TCP_FIN_SYN_RST: i32 = TCP_FIN_SYN | TCP_RST;
 
 const AF_INET: i32 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i32 = 0;
@@ -502,6 +534,13 @@ fn untranslated(
         "untranslated",
     ]
     .map(|name| a.new_label(name));
+    // Resets are carried only where the kernel lets the program shorten the entry, as
+    // conntrack would have on seeing the reset.
+    let carry_resets = conntrack
+        .change_timeout
+        .zip(conntrack.mark_offset)
+        .map(|(change_timeout, mark)| (change_timeout, mark, a.new_label("reset")));
+    a.store_imm(Size::W, R10, RESET, 0);
     // Later fragments carry no ports: the stack reassembles them for conntrack.
     a.load(Size::H, R2, R7, ETH_LEN + 6)
         .alu_imm(Alu::And, R2, ne16(IP_FRAGMENT_MASK))
@@ -522,16 +561,23 @@ fn untranslated(
         .jump_imm(Cond::Eq, R3, ICMP_ECHO_REQUEST, done)
         .jump(to_stack);
 
-    // A policed endpoint's SYN, FIN or RST goes to the stack whatever conntrack holds
-    // (below): it is spared the look-up, which costs as much as the rest of the program.
+    // A policed endpoint's SYN or FIN goes to the stack whatever conntrack holds (below):
+    // it is spared the look-up, which costs as much as the rest of the program. So does
+    // its RST, unless the program may carry it.
     a.place(tcp)?;
     a.load(Size::W, R3, R10, POLICED)
         .jump_imm(Cond::Eq, R3, 0, tracked)
         .mov(R3, R7)
         .add_imm(R3, i32::from(TCP_FLAGS) + 1)
         .jump_reg(Cond::Gt, R3, R8, to_stack)
-        .load(Size::B, R3, R7, TCP_FLAGS)
-        .jump_imm(Cond::Set, R3, TCP_FIN_SYN_RST, to_stack);
+        .load(Size::B, R3, R7, TCP_FLAGS);
+    if carry_resets.is_some() {
+        a.jump_imm(Cond::Set, R3, TCP_FIN_SYN, to_stack)
+            .alu_imm(Alu::And, R3, TCP_RST)
+            .store(Size::W, R10, RESET, R3);
+    } else {
+        a.jump_imm(Cond::Set, R3, TCP_FIN_SYN_RST, to_stack);
+    }
 
     // R2 = the protocol. The tuple: both addresses, then both ports, as on the wire.
     a.place(tracked)?;
@@ -564,9 +610,12 @@ fn untranslated(
         a.load(Size::W, R2, R0, mark)
             .store(Size::W, R10, CT_MARK, R2);
     }
-    a.mov(R1, R0)
-        .call_kfunc(conntrack.release.btf_id, conntrack.release.btf_index)
-        .load(Size::DW, R2, R10, CT_STATUS)
+    if let Some((_, _, reset)) = carry_resets {
+        a.load(Size::W, R2, R10, RESET)
+            .jump_imm(Cond::Ne, R2, 0, reset);
+    }
+    release(a, conntrack, R0);
+    a.load(Size::DW, R2, R10, CT_STATUS)
         .jump_imm(Cond::Set, R2, IPS_NAT_MASK, translated);
     load_packet(a, HEADERS_LEN, next);
     a.load(Size::W, R3, R10, POLICED)
@@ -574,8 +623,8 @@ fn untranslated(
 
     // A policed endpoint's TCP packet: carried only in an established connection whose
     // mark carries the current epoch (the rules allowed it since they last changed), and
-    // never with SYN, FIN or RST (those left above), so that conntrack sees every
-    // connection's setup and teardown and leaves no entry behind.
+    // never with SYN or FIN (those left above), so that conntrack sees every connection's
+    // setup and teardown and leaves no entry behind.
     a.load(Size::DW, R2, R10, CT_STATUS)
         .jump_imm(Cond::Set, R2, IPS_ASSURED, carried_assured)
         .jump(to_stack);
@@ -583,15 +632,67 @@ fn untranslated(
     a.store_imm(Size::W, R10, ARRAY_KEY, 0);
     lookup(a, maps.policy_mark, ARRAY_KEY);
     a.jump_imm(Cond::Eq, R0, 0, to_stack)
-        .load(Size::W, R2, R0, 0)
+        .load(Size::W, R2, R0, MARK_EPOCH)
         .jump_imm(Cond::Eq, R2, 0, to_stack)
-        .load(Size::W, R3, R0, 4)
+        .load(Size::W, R3, R0, MARK_MASK)
         .load(Size::W, R4, R10, CT_MARK)
         .alu_reg(Alu::And, R4, R3)
         .jump_reg(Cond::Ne, R4, R2, to_stack);
     count(a, maps.counters, COUNTER_POLICED_CARRIED)?;
     load_packet(a, HEADERS_LEN, next);
     a.jump(done);
+
+    // A policed endpoint's reset, R0 = its connection (referenced). Carried on the same
+    // conditions as the connection's other packets, or after a reset carried before (the
+    // answer to a FIN that crossed the first, or the exact reset a challenge ACK asked
+    // for). Carrying it, the program does what conntrack would have done: the entry is
+    // left the timeout of a reset connection (conntrack keeps its TCP state, which a
+    // program cannot set, but nothing of the connection is carried past the stack any
+    // more), and the mark gets the reset bit, so that the connection's next packet other
+    // than a reset (a challenge ACK, when the reset missed the window's edge) goes to the
+    // stack, refreshes the entry there and is judged and stamped again.
+    if let Some((change_timeout, mark, reset)) = carry_resets {
+        let [reset_assured, reset_to_stack] =
+            ["reset_assured", "reset_to_stack"].map(|name| a.new_label(name));
+        a.place(reset)?;
+        // R8 holds the reference across the calls; the packet is reloaded after.
+        a.mov(R8, R0)
+            .load(Size::DW, R2, R10, CT_STATUS)
+            .jump_imm(Cond::Set, R2, IPS_NAT_MASK, reset_to_stack)
+            .jump_imm(Cond::Set, R2, IPS_ASSURED, reset_assured)
+            .jump(reset_to_stack);
+        a.place(reset_assured)?;
+        a.store_imm(Size::W, R10, ARRAY_KEY, 0);
+        lookup(a, maps.policy_mark, ARRAY_KEY);
+        a.jump_imm(Cond::Eq, R0, 0, reset_to_stack)
+            .load(Size::W, R2, R0, MARK_EPOCH)
+            .jump_imm(Cond::Eq, R2, 0, reset_to_stack)
+            .load(Size::W, R5, R0, MARK_RESET)
+            .jump_imm(Cond::Eq, R5, 0, reset_to_stack)
+            .load(Size::W, R3, R0, MARK_MASK)
+            .load(Size::W, R4, R10, CT_MARK)
+            .alu_reg(Alu::And, R4, R3)
+            .mov(R3, R5)
+            .alu_imm(Alu::Xor, R3, -1)
+            .alu_reg(Alu::And, R4, R3)
+            .jump_reg(Cond::Ne, R4, R2, reset_to_stack)
+            .load(Size::W, R4, R10, CT_MARK)
+            .alu_reg(Alu::Or, R4, R5)
+            .store(Size::W, R8, mark, R4)
+            .load(Size::W, R2, R0, MARK_RESET_TIMEOUT)
+            .mov(R1, R8)
+            .call_kfunc(change_timeout.btf_id, change_timeout.btf_index);
+        release(a, conntrack, R8);
+        count(a, maps.counters, COUNTER_POLICED_CARRIED)?;
+        load_packet(a, HEADERS_LEN, next);
+        a.jump(done);
+        a.place(reset_to_stack)?;
+        release(a, conntrack, R8);
+        // A translated connection's reset is counted as such, like its other packets.
+        a.load(Size::DW, R2, R10, CT_STATUS)
+            .jump_imm(Cond::Set, R2, IPS_NAT_MASK, translated)
+            .jump(to_stack);
+    }
 
     // Not tracked: the fast path's own flows, unless the endpoint is policed.
     a.place(untracked)?;
@@ -605,6 +706,12 @@ fn untranslated(
     a.jump(next);
     a.place(done)?;
     Ok(())
+}
+
+/// Drops the reference the conntrack look-up took on the connection in `ct`.
+fn release(a: &mut Asm, conntrack: ConntrackCalls, ct: Reg) {
+    a.mov(Reg::R1, ct)
+        .call_kfunc(conntrack.release.btf_id, conntrack.release.btf_index);
 }
 
 /// The VXLAN branch: R9 = the VXLAN settings, the first FIB answer on the stack (egress =
@@ -853,18 +960,8 @@ fn count(a: &mut Asm, counters: i32, slot: u32) -> Result<(), AsmError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn assembles_and_every_path_ends_in_exit() {
-        let maps = MapFds {
-            pods: 3,
-            pools: 4,
-            counters: 5,
-            vxlan: 6,
-            vteps: 7,
-            policed: 8,
-            policy_mark: 9,
-        };
-        let conntrack = ConntrackCalls {
+    fn calls(change_timeout: Option<Kfunc>) -> ConntrackCalls {
+        ConntrackCalls {
             lookup: Kfunc {
                 btf_id: 1001,
                 btf_index: 0,
@@ -876,47 +973,87 @@ mod tests {
             opts_len: 12,
             status_offset: 128,
             mark_offset: Some(136),
+            change_timeout,
+        }
+    }
+
+    fn kfunc_called(insns: &[Insn], id: i32) -> bool {
+        insns
+            .iter()
+            .any(|i| i.code == 0x85 && i.regs >> 4 == 2 && i.imm == id)
+    }
+
+    #[test]
+    fn assembles_and_every_path_ends_in_exit() {
+        let maps = MapFds {
+            pods: 3,
+            pools: 4,
+            counters: 5,
+            vxlan: 6,
+            vteps: 7,
+            policed: 8,
+            policy_mark: 9,
         };
-        let insns = forward(maps, conntrack).unwrap();
-        assert!(
-            insns.len() < 4096,
-            "the verifier's limit for unprivileged users"
-        );
-        assert_eq!(insns.last().unwrap().code, 0x95);
-        // Every jump lands inside the program (the second slot of a wide load is no
-        // instruction of its own).
-        let mut wide = false;
-        for (at, insn) in insns.iter().enumerate() {
-            if std::mem::take(&mut wide) {
-                continue;
-            }
-            wide = insn.code == 0x18;
-            let class = insn.code & 0x07;
-            let op = insn.code & 0xf0;
-            if class == 0x05 && op != 0x80 && op != 0x90 {
-                let to = at as i64 + 1 + i64::from(insn.off);
-                assert!(
-                    (0..insns.len() as i64).contains(&to),
-                    "jump at {at} to {to}"
-                );
-            }
-        }
-        // Every map is referenced.
-        for fd in [3, 4, 5, 6, 7, 8, 9] {
-            assert!(insns.iter().any(|i| i.code == 0x18 && i.imm == fd));
-        }
-        // Both conntrack functions are called as kfuncs (src 2), and the status is read
-        // at the kernel's offset.
-        for id in [1001, 1002] {
+        let change_timeout = Kfunc {
+            btf_id: 1003,
+            btf_index: 0,
+        };
+        for with_resets in [false, true] {
+            let insns = forward(maps, calls(with_resets.then_some(change_timeout))).unwrap();
             assert!(
-                insns
-                    .iter()
-                    .any(|i| i.code == 0x85 && i.regs >> 4 == 2 && i.imm == id)
+                insns.len() < 4096,
+                "the verifier's limit for unprivileged users"
             );
+            assert_eq!(insns.last().unwrap().code, 0x95);
+            // Every jump lands inside the program (the second slot of a wide load is no
+            // instruction of its own).
+            let mut wide = false;
+            for (at, insn) in insns.iter().enumerate() {
+                if std::mem::take(&mut wide) {
+                    continue;
+                }
+                wide = insn.code == 0x18;
+                let class = insn.code & 0x07;
+                let op = insn.code & 0xf0;
+                if class == 0x05 && op != 0x80 && op != 0x90 {
+                    let to = at as i64 + 1 + i64::from(insn.off);
+                    assert!(
+                        (0..insns.len() as i64).contains(&to),
+                        "jump at {at} to {to}"
+                    );
+                }
+            }
+            // Every map is referenced.
+            for fd in [3, 4, 5, 6, 7, 8, 9] {
+                assert!(insns.iter().any(|i| i.code == 0x18 && i.imm == fd));
+            }
+            // Both conntrack functions are called as kfuncs (src 2), and the status is
+            // read at the kernel's offset.
+            assert!(kfunc_called(&insns, 1001) && kfunc_called(&insns, 1002));
+            assert!(insns.iter().any(|i| i.code == 0x79 && i.off == 128));
+            // A policed endpoint's connection mark is read (a word) at the kernel's
+            // offset; it is written (the reset bit) and the entry's timeout changed only
+            // where resets are carried.
+            assert!(insns.iter().any(|i| i.code == 0x61 && i.off == 136));
+            let writes_mark = insns.iter().any(|i| i.code == 0x63 && i.off == 136);
+            assert_eq!(writes_mark, with_resets);
+            assert_eq!(kfunc_called(&insns, 1003), with_resets);
         }
-        assert!(insns.iter().any(|i| i.code == 0x79 && i.off == 128));
-        // A policed endpoint's connection mark is read (a word) at the kernel's offset.
-        assert!(insns.iter().any(|i| i.code == 0x61 && i.off == 136));
+    }
+
+    #[test]
+    fn policy_mark_bytes() {
+        let mark = PolicyMark {
+            epoch: 0x0002_0000,
+            mask: 0xffff_0000,
+            reset: 0x0001_0000,
+            reset_timeout_ms: 10_000,
+        };
+        let bytes = mark.to_bytes();
+        assert_eq!(bytes[0..4], 0x0002_0000u32.to_ne_bytes());
+        assert_eq!(bytes[4..8], 0xffff_0000u32.to_ne_bytes());
+        assert_eq!(bytes[8..12], 0x0001_0000u32.to_ne_bytes());
+        assert_eq!(bytes[12..16], 10_000u32.to_ne_bytes());
     }
 }
 

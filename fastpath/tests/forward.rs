@@ -497,21 +497,28 @@ fn verdicts() {
             // does not know (no rule ever judged it) still goes to the stack; the same
             // segment between unpoliced pods is the fast path's own and forwarded.
             fast.set_policy_mark(wren_fastpath::PolicyMark {
-                epoch: 0x0001_0000,
+                epoch: 0x0002_0000,
                 mask: 0xffff_0000,
+                reset: 0x0001_0000,
+                reset_timeout_ms: 10_000,
             })
             .unwrap();
             let segment = transport_frame(REMOTE_POD, 6, 20, 100);
-            let before = fast.counters().unwrap();
-            let (verdict, out) = run(&fast, &segment, wp1);
-            assert_eq!(
-                verdict, TCX_NEXT,
-                "an unjudged policed connection: the stack's"
-            );
-            assert_eq!(out, segment, "policed segment untouched");
-            let after = fast.counters().unwrap();
-            assert_eq!(delta(after, before), (0, 1));
-            assert_eq!(after.policed_carried, before.policed_carried);
+            // The same segment with RST: no connection to carry it in either.
+            let mut reset = segment.clone();
+            reset[14 + 20 + 13] = 0x04;
+            for (what, segment) in [("segment", &segment), ("reset", &reset)] {
+                let before = fast.counters().unwrap();
+                let (verdict, out) = run(&fast, segment, wp1);
+                assert_eq!(
+                    verdict, TCX_NEXT,
+                    "an unjudged policed connection's {what}: the stack's"
+                );
+                assert_eq!(&out, segment, "policed {what} untouched");
+                let after = fast.counters().unwrap();
+                assert_eq!(delta(after, before), (0, 1), "{what}");
+                assert_eq!(after.policed_carried, before.policed_carried, "{what}");
+            }
             fast.set_policed(&[]).unwrap();
             let (verdict, _) = run(&fast, &segment, wp1);
             assert_eq!(verdict, TC_ACT_REDIRECT, "unpoliced: forwarded");

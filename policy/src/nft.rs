@@ -18,7 +18,7 @@
 //!             counter … reject with tcp reset   # met mid-stream (and oifname @egress_…)
 //!         iifname vmap @egress_chains          # from an isolated pod (if any)
 //!         oifname vmap @ingress_chains         # to an isolated pod (if any)
-//!         tcp flags & rst == 0 ct mark set ct mark and 0x0000ffff or 0x00170000  # epoch
+//!         tcp flags & rst == 0 ct mark set ct mark and 0x0000ffff or 0x002e0000  # epoch
 //!     }
 //!     counter denied_packets { }  counter denied_connections { }
 //!     counter p9e07… { }  counter c9e07… { }          # per isolating policy
@@ -69,14 +69,16 @@
 //! - The table is the only thing wren writes, and an `accept` in it does not override
 //!   another table's drop: a host firewall keeps its say.
 //! - With a [`ConnectionMark`], a TCP packet that got through every rule stamps the
-//!   current epoch into its connection's mark (bits of the mask only), and an RST clears
-//!   it. The fast path carries a policed endpoint's packets only in a connection stamped
-//!   with the epoch it was told, so every change of the table (a new epoch, in the same
-//!   transaction) sends each connection's next packet through the new rules once. It
-//!   never carries a SYN, FIN or RST, so conntrack sees every connection open and close;
-//!   a FIN leaves the stamp, so the bare ACKs of a close are carried, and the entry ends in
-//!   `LAST_ACK` (conntrack's 30 s) rather than `TIME_WAIT` (its 120 s) when both FINs went
-//!   through.
+//!   current epoch into its connection's mark (bits of the mask only), and an RST that
+//!   reaches the table clears it. The fast path carries a policed endpoint's packets only
+//!   in a connection stamped with the epoch it was told, so every change of the table (a
+//!   new epoch, in the same transaction) sends each connection's next packet through the
+//!   new rules once. It never carries a SYN or FIN, so conntrack sees every connection
+//!   open and close; a FIN leaves the stamp, so the bare ACKs of a close are carried, and
+//!   the entry ends in `LAST_ACK` (conntrack's 30 s) rather than `TIME_WAIT` (its 120 s)
+//!   when both FINs went through. A reset the fast path carries sets the mask's lowest
+//!   bit, which no epoch has ([`ConnectionMark::reset`]); the next packet of the connection
+//!   that is not a reset then comes here and is stamped with the bare epoch again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -124,23 +126,28 @@ pub struct NftRules {
 
 /// The epoch a table stamps into the connection mark of every TCP connection whose packet
 /// got through its rules: what tells the fast path that the rules in force allowed it.
+///
+/// The lowest bit of the mask is no epoch's: it is the *reset bit*, which the fast path
+/// sets in the mark of a connection whose reset it carried (the table's rules clear it
+/// with the stamp when a reset reaches them, and stamp every other allowed packet with
+/// the bare epoch again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionMark {
     /// The bits of the connection mark that are wren's; the others are left alone.
     pub mask: u32,
-    /// The epoch, within `mask` (shifted into its bits); never 0.
+    /// The epoch, within `mask` (shifted into its bits, above the reset bit); never 0.
     pub epoch: u32,
 }
 
 impl ConnectionMark {
-    /// Epoch `n` (counted from 1) of `mask`, shifted into its bits and wrapping within
-    /// them, skipping 0 (which no table stamps). `None` unless the mask is one run of
-    /// contiguous bits.
+    /// Epoch `n` (counted from 1) of `mask`, shifted into its bits above the reset bit and
+    /// wrapping within them, skipping 0 (which no table stamps). `None` unless the mask is
+    /// one run of at least two contiguous bits.
     pub fn nth(mask: u32, n: u64) -> Option<Self> {
         if !Self::usable_mask(mask) {
             return None;
         }
-        let shift = mask.trailing_zeros();
+        let shift = mask.trailing_zeros() + 1;
         let span = u64::from(mask >> shift);
         let value = (n.saturating_sub(1) % span) + 1;
         Some(Self {
@@ -149,13 +156,19 @@ impl ConnectionMark {
         })
     }
 
-    /// Whether `mask` can hold epochs: one run of contiguous bits, not empty.
+    /// Whether `mask` can hold epochs and the reset bit: one run of at least two
+    /// contiguous bits.
     pub fn usable_mask(mask: u32) -> bool {
-        if mask == 0 {
+        if mask.count_ones() < 2 {
             return false;
         }
         let run = u64::from(mask >> mask.trailing_zeros());
         run & (run + 1) == 0
+    }
+
+    /// The reset bit: the lowest bit of the mask.
+    pub fn reset(&self) -> u32 {
+        self.mask & self.mask.wrapping_neg()
     }
 }
 
@@ -344,11 +357,12 @@ impl NftRules {
             .connection_mark
             .map(|m| format!("ct mark and {:#010x}", !m.mask));
         if let Some(keep) = &keep {
-            // A reset ends the stamp: conntrack may keep the entry (a reset not exactly at
-            // the window's edge leaves it established for a challenge ACK), but the fast
-            // path carries nothing more of it. A FIN keeps the stamp: the FINs themselves go
-            // to the stack (the program never carries one), so conntrack still sees the
-            // connection close, while the bare ACKs between and after them are carried.
+            // A reset that reaches the stack ends the stamp (and the fast path's reset
+            // bit): conntrack may keep the entry (a reset not exactly at the window's edge
+            // leaves it established for a challenge ACK), but the fast path carries nothing
+            // more of it. A FIN keeps the stamp: the FINs themselves go to the stack (the
+            // program never carries one), so conntrack still sees the connection close,
+            // while the bare ACKs between and after them are carried.
             lines.push(format!("tcp flags & rst != 0 ct mark set {keep}"));
         }
         // Replies first: every packet of a reply direction stops here, after two rules.
@@ -783,20 +797,28 @@ mod tests {
     }
 
     #[test]
-    fn epochs_wrap_inside_the_mask_and_skip_zero() {
+    fn epochs_wrap_inside_the_mask_above_the_reset_bit_and_skip_zero() {
         let first = ConnectionMark::nth(0x00ff_0000, 1).unwrap();
-        assert_eq!(first.epoch, 0x0001_0000);
+        assert_eq!(first.epoch, 0x0002_0000);
+        assert_eq!(first.reset(), 0x0001_0000);
         assert_eq!(
-            ConnectionMark::nth(0x00ff_0000, 255).unwrap().epoch,
-            0x00ff_0000
+            ConnectionMark::nth(0x00ff_0000, 127).unwrap().epoch,
+            0x00fe_0000
         );
         assert_eq!(
-            ConnectionMark::nth(0x00ff_0000, 256).unwrap().epoch,
-            0x0001_0000
+            ConnectionMark::nth(0x00ff_0000, 128).unwrap().epoch,
+            0x0002_0000
         );
-        assert_eq!(ConnectionMark::nth(0x1, 7).unwrap().epoch, 0x1);
-        assert_eq!(ConnectionMark::nth(0xffff_ffff, 3).unwrap().epoch, 3);
-        for mask in [0, 0x0101, 0xf0f0_0000] {
+        // No epoch has the reset bit.
+        for n in 1..=300 {
+            let mark = ConnectionMark::nth(0x00ff_0000, n).unwrap();
+            assert_eq!(mark.epoch & mark.reset(), 0, "epoch {n}");
+            assert_ne!(mark.epoch, 0, "epoch {n}");
+        }
+        let whole = ConnectionMark::nth(0xffff_ffff, 3).unwrap();
+        assert_eq!((whole.epoch, whole.reset()), (6, 1));
+        assert_eq!(ConnectionMark::nth(0x3, 7).unwrap().epoch, 0x2);
+        for mask in [0, 0x1, 0x8000_0000, 0x0101, 0xf0f0_0000] {
             assert!(!ConnectionMark::usable_mask(mask), "{mask:#x}");
             assert_eq!(ConnectionMark::nth(mask, 1), None);
         }
@@ -824,7 +846,7 @@ mod tests {
                  counter name \"denied_packets\" counter name \"denied_connections\" \
                  reject with tcp reset",
                 "oifname vmap @ingress_chains",
-                "tcp flags & rst == 0 ct mark set ct mark and 0xff00ffff or 0x00170000",
+                "tcp flags & rst == 0 ct mark set ct mark and 0xff00ffff or 0x002e0000",
             ]
         );
         // The same rules with the next epoch: the delta refills the forward chain only.
@@ -840,7 +862,7 @@ mod tests {
                 .skip(1)
                 .all(|l| l.starts_with("add rule inet wren_policy forward "))
         );
-        assert!(lines[6].ends_with("or 0x00180000"), "{delta}");
+        assert!(lines[6].ends_with("or 0x00300000"), "{delta}");
         // A changed chain and the new epoch go in one transaction, the epoch last.
         let mut changed = cluster(&FROM_B.replace("pod: b}}}]", "pod: a}}}]"))
             .plan_node("n1")
@@ -848,7 +870,7 @@ mod tests {
         changed.connection_mark = next.connection_mark;
         let delta = changed.delta_script(&rules, TABLE);
         assert!(delta.contains("flush chain inet wren_policy ingress_wren_a"));
-        assert!(delta.trim_end().ends_with("or 0x00180000"), "{delta}");
+        assert!(delta.trim_end().ends_with("or 0x00300000"), "{delta}");
         // Without a mark nothing is stamped.
         let plain = cluster(FROM_B).plan_node("n1").nft_rules();
         assert!(!plain.script(TABLE).contains("ct mark"));

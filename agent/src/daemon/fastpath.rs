@@ -310,8 +310,14 @@ impl FastPathControl {
     }
 
     /// Tells the program which epoch of the node's policy rules it may carry connections
-    /// of (`None`: none). Called after the table stamping that epoch is in the kernel.
-    pub async fn set_policy_mark(&self, mark: Option<wren_policy::nft::ConnectionMark>) {
+    /// of (`None`: none), and what a reset it carries leaves of its connection's entry
+    /// (`reset_timeout`, conntrack's own for a reset connection). Called after the table
+    /// stamping that epoch is in the kernel.
+    pub async fn set_policy_mark(
+        &self,
+        mark: Option<wren_policy::nft::ConnectionMark>,
+        reset_timeout: std::time::Duration,
+    ) {
         let kernel = self.kernel.clone();
         let job = tokio::task::spawn_blocking(move || {
             let mut kernel = lock(&kernel);
@@ -328,6 +334,9 @@ impl FastPathControl {
                     .map(|m| wren_fastpath::PolicyMark {
                         epoch: m.epoch,
                         mask: m.mask,
+                        reset: m.reset(),
+                        reset_timeout_ms: u32::try_from(reset_timeout.as_millis())
+                            .unwrap_or(u32::MAX),
                     })
                     .unwrap_or_default();
                 if let Err(e) = fast.set_policy_mark(mark) {

@@ -311,8 +311,11 @@ struct KernelSide {
     fast_path: Option<(fastpath::FastPathDesired, Option<fastpath::FastPathStatus>)>,
     /// The policy plan last given to the policy programmer, and its outcome.
     network_policy: Option<(wren_policy::NodePlan, PolicyStatus)>,
-    /// The connection mark last handed to the fast path.
-    policy_mark: Option<Option<wren_policy::nft::ConnectionMark>>,
+    /// The connection mark and reset timeout last handed to the fast path.
+    policy_mark: Option<(
+        Option<wren_policy::nft::ConnectionMark>,
+        std::time::Duration,
+    )>,
 }
 
 /// The tunnels' part of a plan.
@@ -821,9 +824,12 @@ impl Controller {
         // Only once the table stamping it is in the kernel: the epoch the fast path carries
         // (written again by a full pass, and whenever it changed).
         if let (Some(programmer), Some(control)) = (&self.network_policy, &self.fast_path) {
-            let mark = programmer.connection_mark().await;
+            let mark = (
+                programmer.connection_mark().await,
+                programmer.reset_timeout(),
+            );
             if trigger == Trigger::Drift || kernel_side.policy_mark != Some(mark) {
-                control.set_policy_mark(mark).await;
+                control.set_policy_mark(mark.0, mark.1).await;
                 kernel_side.policy_mark = Some(mark);
             }
         }

@@ -36,9 +36,9 @@ use tokio::sync::Mutex;
 use wren_policy::NodePlan;
 use wren_policy::nft::{ConnectionMark, DeniedCounter, NftRules, TABLE};
 
-/// The bits of the connection mark (`ct mark`) that hold the policy epoch: sixteen bits,
-/// so an epoch comes back only after 65,535 changes of the node's rules; the other bits
-/// are left to others.
+/// The bits of the connection mark (`ct mark`) that are the policy's: sixteen bits, the
+/// lowest the reset bit and the fifteen above it the epoch, so an epoch comes back only
+/// after 32,767 changes of the node's rules; the other bits are left to others.
 pub const CONNECTION_MARK_MASK: u32 = 0xffff_0000;
 
 /// Where the agent's namespace keeps conntrack's settings.
@@ -68,6 +68,12 @@ const TCP_TIMEOUTS: [(&str, Duration); 4] = [
         Duration::from_secs(60),
     ),
 ];
+
+/// conntrack's timeout for a reset TCP connection (a sysctl of the agent's namespace),
+/// with its default: what a reset the fast path carries leaves of the connection's entry,
+/// as conntrack would have on seeing it.
+const TCP_TIMEOUT_CLOSE: (&str, Duration) =
+    ("nf_conntrack_tcp_timeout_close", Duration::from_secs(10));
 
 /// The shortest renewal interval, however short conntrack's timeouts are set.
 const MIN_RENEWAL: Duration = Duration::from_secs(1);
@@ -211,6 +217,13 @@ impl PolicyProgrammer {
         renewal_interval(TCP_TIMEOUTS.map(|(name, default)| {
             read_seconds(&self.conntrack_sysctls.join(name)).unwrap_or(default)
         }))
+    }
+
+    /// What conntrack leaves of a reset connection's entry in this namespace, now: the
+    /// timeout the fast path gives an entry whose reset it carries.
+    pub fn reset_timeout(&self) -> Duration {
+        let (name, default) = TCP_TIMEOUT_CLOSE;
+        read_seconds(&self.conntrack_sysctls.join(name)).unwrap_or(default)
     }
 
     /// The epoch the table in the kernel stamps on the connections it allows; `None`
