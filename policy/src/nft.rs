@@ -262,23 +262,32 @@ impl NftRules {
     /// without deleting the table: its forward chain stays hooked, so no packet is lost
     /// while the transaction commits, and the counters both hold keep their figures.
     /// Every chain is emptied and refilled and every set and map emptied and refilled;
-    /// what `previous` held and these rules do not is deleted. The script fails (and
-    /// changes nothing) when an object `previous` names is gone or of another type: the
-    /// table is then replaced whole ([`NftRules::script`]).
+    /// what `previous` held and these rules do not is deleted. Each object is declared
+    /// (an `add`, which changes nothing where it exists) before it is emptied or deleted,
+    /// so an object someone deleted is no obstacle. The script fails (and changes nothing)
+    /// only when an object is of another type than the rules give it: the table is then
+    /// replaced whole ([`NftRules::script`]).
     pub fn replace_script(&self, previous: &NftRules, table: &str) -> String {
         let mut s = String::new();
         // `flush table` empties the chains, not the sets and maps.
         let _ = writeln!(s, "table inet {table}\nflush table inet {table}");
         for (map, _) in self.interface_maps() {
-            let _ = writeln!(s, "flush map inet {table} {map}");
+            let _ = writeln!(
+                s,
+                "add map inet {table} {map} {{ type ifname : verdict; }}\nflush map inet {table} {map}"
+            );
         }
-        for set in self
-            .isolated_sets()
-            .map(|(set, _)| set)
-            .into_iter()
-            .chain(previous.sets.keys().map(String::as_str))
-        {
-            let _ = writeln!(s, "flush set inet {table} {set}");
+        for (set, _) in self.isolated_sets() {
+            let _ = writeln!(
+                s,
+                "add set inet {table} {set} {{ type ifname; }}\nflush set inet {table} {set}"
+            );
+        }
+        for (name, (kind, _)) in &self.sets {
+            let _ = writeln!(
+                s,
+                "add set inet {table} {name} {{ type {kind}; flags interval; }}\nflush set inet {table} {name}"
+            );
         }
         s.push_str(&self.table_block(table));
         // Nothing refers to these any more: the chains were emptied and the maps too.
@@ -287,20 +296,29 @@ impl NftRules {
     }
 
     /// Appends the deletions of the chains, sets and counters `previous` held and these
-    /// rules do not, once nothing refers to them.
+    /// rules do not, once nothing refers to them; each declared first, so one already gone
+    /// is no error. A set of unknown type (read back from the kernel, so there) is not.
     fn delete_what_is_gone(&self, previous: &NftRules, table: &str, s: &mut String) {
-        for (kind, before, now) in [
-            ("chain", key_set(&previous.chains), key_set(&self.chains)),
-            ("set", key_set(&previous.sets), key_set(&self.sets)),
-            (
-                "counter",
-                key_set(&previous.counters),
-                key_set(&self.counters),
-            ),
-        ] {
-            for name in before.difference(&now) {
-                let _ = writeln!(s, "delete {kind} inet {table} {name}");
+        for name in key_set(&previous.chains).difference(&key_set(&self.chains)) {
+            let _ = writeln!(s, "add chain inet {table} {name}");
+            let _ = writeln!(s, "delete chain inet {table} {name}");
+        }
+        for name in key_set(&previous.sets).difference(&key_set(&self.sets)) {
+            if let Some((kind, _)) = previous
+                .sets
+                .get(*name)
+                .filter(|(kind, _)| !kind.is_empty())
+            {
+                let _ = writeln!(
+                    s,
+                    "add set inet {table} {name} {{ type {kind}; flags interval; }}"
+                );
             }
+            let _ = writeln!(s, "delete set inet {table} {name}");
+        }
+        for name in key_set(&previous.counters).difference(&key_set(&self.counters)) {
+            let _ = writeln!(s, "add counter inet {table} {name}");
+            let _ = writeln!(s, "delete counter inet {table} {name}");
         }
     }
 

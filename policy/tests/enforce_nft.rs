@@ -275,13 +275,10 @@ impl Lab {
                 None => nft(node, &rules.script(TABLE)),
                 Some(previous) => {
                     nft(node, &rules.delta_script(&previous, TABLE));
-                    let fresh = NetNs::new("pol-fresh").unwrap();
-                    nft(&fresh, &rules.script(TABLE));
-                    assert_eq!(
-                        listing(node),
-                        listing(&fresh),
-                        "n{}: the delta left a table other than the plan's",
-                        i + 1
+                    assert_holds_exactly(
+                        node,
+                        &rules,
+                        &format!("n{}: the delta left a table other than the plan's", i + 1),
                     );
                 }
             }
@@ -371,10 +368,29 @@ fn nft(ns: &NetNs, script: &str) {
     }
 }
 
+/// Asserts that `ns` holds exactly the table `rules` make when loaded whole into a fresh
+/// namespace.
+fn assert_holds_exactly(ns: &NetNs, rules: &NftRules, what: &str) {
+    let fresh = NetNs::new("pol-fresh").unwrap();
+    nft(&fresh, &rules.script(TABLE));
+    assert_eq!(listing(ns), listing(&fresh), "{what}");
+}
+
+/// The plan of [`POLICIES`] for n1, loaded whole into the lab's first node.
+fn loaded_policies(lab: &Lab) -> NftRules {
+    let mut cluster = lab.cluster();
+    apply(&mut cluster, POLICIES);
+    let rules = cluster.plan_node("n1").nft_rules();
+    nft(&lab.nodes[0], &rules.script(TABLE));
+    rules
+}
+
 /// The policy table as the kernel holds it: each map, set and chain with its lines, by
 /// name (a delta adds objects in another order than a whole load).
 fn listing(ns: &NetNs) -> std::collections::BTreeMap<String, Vec<String>> {
     let text = ns.exec("nft", &["list", "table", "inet", TABLE]).unwrap();
+    // The table's own closing brace belongs to no block.
+    let text = text.trim_end().strip_suffix('}').unwrap_or(&text);
     let mut blocks = std::collections::BTreeMap::new();
     let mut current: Option<(String, Vec<String>)> = None;
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -701,9 +717,7 @@ fn replacing_the_whole_table_loses_no_packet_of_an_allowed_connection() {
         lost.len()
     );
     // And the table is still exactly the plan's.
-    let fresh = NetNs::new("pol-fresh").unwrap();
-    nft(&fresh, &rules[0].script(TABLE));
-    assert_eq!(listing(&lab.nodes[0]), listing(&fresh));
+    assert_holds_exactly(&lab.nodes[0], &rules[0], "after the reloads");
 }
 
 /// Replacing in place undoes drift and leaves exactly the new plan's table: the previous
@@ -716,10 +730,7 @@ fn replacing_the_table_in_place_leaves_exactly_the_plan() {
     }
     let lab = Lab::new();
     let node = &lab.nodes[0];
-    let mut cluster = lab.cluster();
-    apply(&mut cluster, POLICIES);
-    let before = cluster.plan_node("n1").nft_rules();
-    nft(node, &before.script(TABLE));
+    let before = loaded_policies(&lab);
     let chain = before.chains.keys().next().unwrap().clone();
     nft(
         node,
@@ -743,8 +754,74 @@ spec:
     assert!(!after.chains.is_empty() && after.chains.keys().ne(before.chains.keys()));
     for (from, to) in [(&before, &before), (&before, &after)] {
         nft(node, &to.replace_script(from, TABLE));
-        let fresh = NetNs::new("pol-fresh").unwrap();
-        nft(&fresh, &to.script(TABLE));
-        assert_eq!(listing(node), listing(&fresh), "replaced in place");
+        assert_holds_exactly(node, to, "replaced in place");
     }
+}
+
+#[test]
+fn a_replacement_in_place_makes_again_what_someone_deleted() {
+    if !prereq::require_root() || !prereq::require_command("nft") {
+        return;
+    }
+    let lab = Lab::new();
+    let node = &lab.nodes[0];
+    let rules = loaded_policies(&lab);
+    let handle = table_handle(node);
+    // Someone empties the forward chain, then deletes what nothing refers to any more: a
+    // map, a pod's chain (its map entry first), and an address set and a counter that
+    // chain used.
+    let (chain, lines) = rules.chains.iter().next().unwrap();
+    let elsewhere: Vec<&String> = rules
+        .chains
+        .iter()
+        .filter(|(name, _)| *name != chain)
+        .flat_map(|(_, lines)| lines)
+        .collect();
+    let only_here = |needle: String| {
+        lines.iter().any(|l| l.contains(&needle)) && !elsewhere.iter().any(|l| l.contains(&needle))
+    };
+    let set = rules
+        .sets
+        .keys()
+        .find(|set| only_here(format!("@{set} ")))
+        .unwrap();
+    let counter = rules
+        .counters
+        .keys()
+        .find(|c| only_here(format!("\"{c}\"")))
+        .unwrap();
+    let mut tamper = format!("flush chain inet {TABLE} forward\n");
+    for (map, entries) in [
+        ("ingress_chains", &rules.ingress),
+        ("egress_chains", &rules.egress),
+    ] {
+        for ifname in entries.keys() {
+            tamper.push_str(&format!(
+                "delete element inet {TABLE} {map} {{ \"{ifname}\" }}\n"
+            ));
+        }
+    }
+    tamper.push_str(&format!(
+        "delete map inet {TABLE} egress_chains\nflush chain inet {TABLE} {chain}\n\
+         delete chain inet {TABLE} {chain}\ndelete set inet {TABLE} {set}\n\
+         delete counter inet {TABLE} {counter}\n"
+    ));
+    nft(node, &tamper);
+    assert!(!listing(node).contains_key(&format!("chain {chain} {{")));
+    // Replaced in place all the same: the table (and its hooked chain) kept.
+    nft(node, &rules.replace_script(&rules, TABLE));
+    assert_holds_exactly(node, &rules, "replaced in place");
+    assert_eq!(table_handle(node), handle, "the table was not made again");
+}
+
+/// The kernel's handle of the policy table: a table deleted and made again gets another.
+fn table_handle(ns: &NetNs) -> String {
+    let text = ns
+        .exec("nft", &["-a", "list", "table", "inet", TABLE])
+        .unwrap();
+    let first = text.lines().next().unwrap_or_default();
+    first
+        .split_once("# handle ")
+        .map(|(_, handle)| handle.trim().to_owned())
+        .unwrap_or_else(|| panic!("no handle in {first}"))
 }

@@ -7,7 +7,8 @@
 //! drift without unhooking the table's chain ([`NftRules::replace_script`]: a table deleted
 //! and made again loses packets crossing the hook as it commits). On the first pass the
 //! table an earlier run left is read by name and replaced in place the same way; only when
-//! the table is not as wren left it is it deleted and made again. A node where no policy isolates a pod has no table at
+//! one of the table's objects is of another type than wren gives it (someone made it so)
+//! is it deleted and made again. A node where no policy isolates a pod has no table at
 //! all, so its forwarded packets meet no hook of wren's.
 //!
 //! Every load that changes the rules stamps a new epoch into the connection mark of the TCP
@@ -391,7 +392,7 @@ impl PolicyProgrammer {
                     state.loaded = Loaded::Table(rules.clone());
                     return Ok(PolicyChange::Whole);
                 }
-                // Something was deleted or changed behind wren's back: made again below.
+                // An object changed to another type behind wren's back: made again below.
                 Err(e) => {
                     tracing::debug!(error = %e, "policy table not replaceable in place; loading it afresh")
                 }
