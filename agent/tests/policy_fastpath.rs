@@ -10,8 +10,10 @@
 //! goes through conntrack but its bare ACKs ride the fast path, its entry left counting
 //! down a closing state, and a half-closed connection is carried past conntrack's
 //! FIN_WAIT and CLOSE_WAIT timeouts. A connection's reset is carried and leaves its entry
-//! conntrack's timeout for a reset connection, while a stray reset inside the window leaves
-//! the connection going (the server's challenge ACK reaches conntrack).
+//! conntrack's timeout for a reset connection; a new connection from the same port meets
+//! that entry and is set up at once, or dropped once the rules deny its client; and a stray
+//! reset inside the window leaves the connection going (the server's challenge ACK reaches
+//! conntrack).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
@@ -133,13 +135,19 @@ except OSError as e:
 
 /// Makes argv[3] connections to argv[1]:argv[2] one after the other, each sending one
 /// byte, reading one and closing with a reset (`SO_LINGER` 0); prints `reset N` with the
-/// connections made, or `stalled` and the error.
+/// connections made, or `stalled` and the error. With argv[4], every connection is made
+/// from that port, and one not set up within 0.9 s (before a SYN is sent again) stalls.
 const RESETTING_CLIENT: &str = r#"
 import socket, struct, sys
 done = 0
+source = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 try:
     for _ in range(int(sys.argv[3])):
-        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", source))
+        s.settimeout(0.9 if source else 3)
+        s.connect((sys.argv[1], int(sys.argv[2])))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.sendall(b"x")
         s.recv(1)
@@ -626,6 +634,9 @@ fn n1_entries(lab: &Lab, port: &str) -> Vec<(String, u64, u32, String)> {
         .collect()
 }
 
+/// The client's port for connections made one after the other from the same port.
+const SOURCE_PORT: &str = "41234";
+
 /// The reset bit of the default mark mask (`0xffff0000`): its lowest bit.
 const RESET_BIT: u32 = 0x0001_0000;
 
@@ -665,6 +676,47 @@ fn a_reset_is_carried_and_ends_the_entry_but_a_stray_one_leaves_the_connection_g
             "a reset connection's entry: at most conntrack's 10 s left, the reset bit set: {line}"
         );
     }
+
+    // A new connection on the ports of one a carried reset ended meets its entry, still
+    // established for those 10 s: conntrack takes the SYN for a stray and re-synchronises
+    // on the SYN-ACK, so the connection is set up at once; and its SYN meets the rules, so
+    // once they deny the client it is dropped, the entry notwithstanding.
+    let same_port = |count: &str| {
+        wren_tests::netns::run(command_in(&client, "python3").args([
+            "-c",
+            RESETTING_CLIENT,
+            &server_ip,
+            CLOSING_PORT,
+            count,
+            SOURCE_PORT,
+        ]))
+        .expect("resetting client")
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(
+        same_port("3"),
+        "reset 3",
+        "connections from one port, one after the other"
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    apply_policy(&lab, dir.path(), &allow_from("nobody"));
+    wait_new_connections(&client, &server_ip, false);
+    let entry = n1_entries(&lab, CLOSING_PORT)
+        .into_iter()
+        .find(|(.., line)| line.contains(&format!("sport={SOURCE_PORT} ")));
+    // (In SYN_RECV: re-synchronised, it saw no ACK of the new connection, whose
+    // handshake's ACK and reset were carried.)
+    assert!(
+        entry.as_ref().is_some_and(|(state, ..)| state != "CLOSE"),
+        "the last connection from {SOURCE_PORT} still has its entry, open: {entry:?}"
+    );
+    assert!(
+        same_port("1").starts_with("stalled"),
+        "a denied client's SYN is dropped on an entry its last connection left"
+    );
+    apply_policy(&lab, dir.path(), &allow_from("client"));
+    wait_new_connections(&client, &server_ip, true);
 
     // A stray reset inside the window (conntrack's close timeout now 3 s), into a
     // connection quiet once its data is through: carried, it sets the reset bit, so the

@@ -50,8 +50,10 @@ const CONNTRACK_SYSCTLS: &str = "/proc/sys/net/netfilter";
 /// carried connection can be in. Established; unacknowledged, which an entry gets when
 /// the last packet conntrack saw carried data whose acknowledgement was carried; and
 /// after one side's FIN, which leaves the stamp, the half-closed connection's data and
-/// acknowledgements are carried while conntrack counts down its FIN_WAIT or CLOSE_WAIT.
-const TCP_TIMEOUTS: [(&str, Duration); 4] = [
+/// acknowledgements are carried while conntrack counts down its FIN_WAIT or CLOSE_WAIT;
+/// and SYN_RECV, which a new connection on the ports of one a carried reset ended is left
+/// in (conntrack re-synchronised on its SYN-ACK, and its handshake's ACK was carried).
+const TCP_TIMEOUTS: [(&str, Duration); 5] = [
     (
         "nf_conntrack_tcp_timeout_established",
         Duration::from_secs(5 * 24 * 3600),
@@ -68,6 +70,7 @@ const TCP_TIMEOUTS: [(&str, Duration); 4] = [
         "nf_conntrack_tcp_timeout_close_wait",
         Duration::from_secs(60),
     ),
+    ("nf_conntrack_tcp_timeout_syn_recv", Duration::from_secs(60)),
 ];
 
 /// conntrack's timeout for a reset TCP connection (a sysctl of the agent's namespace),
@@ -702,7 +705,8 @@ mod tests {
     #[test]
     fn epochs_are_renewed_well_inside_conntracks_tcp_timeouts() {
         let defaults = TCP_TIMEOUTS.map(|(_, default)| default);
-        // CLOSE_WAIT's 60 s is the shortest a carried connection can count down.
+        // CLOSE_WAIT's and SYN_RECV's 60 s are the shortest a carried connection can
+        // count down.
         assert_eq!(renewal_interval(defaults), Duration::from_secs(15));
         let mut short = defaults;
         short[0] = Duration::from_secs(8);
@@ -724,6 +728,13 @@ mod tests {
         assert_eq!(programmer.epoch_lifetime(), MIN_RENEWAL);
         std::fs::remove_file(dir.path().join("nf_conntrack_tcp_timeout_established")).unwrap();
         assert_eq!(programmer.epoch_lifetime(), Duration::from_secs(5));
+        std::fs::write(
+            dir.path().join("nf_conntrack_tcp_timeout_close_wait"),
+            "600",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("nf_conntrack_tcp_timeout_syn_recv"), "8").unwrap();
+        assert_eq!(programmer.epoch_lifetime(), Duration::from_secs(2));
     }
 
     #[test]
