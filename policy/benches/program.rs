@@ -1,8 +1,9 @@
 //! Programming a node's network policy: 1,000 policies over 1,000 workloads (50 namespaces
 //! of 20 pods on 3 nodes, 20 policies per namespace), the node's plan computed and rendered
 //! by wren, then loaded by `nft -f` into a fresh network namespace; then single-policy
-//! changes, each recomputed, rendered and loaded, alternately as a delta from the loaded
-//! table and as the whole table replaced.
+//! changes, each recomputed, rendered and loaded, in turn as a delta from the loaded table,
+//! as the whole table replaced in place (what the agent's full passes load) and as the whole
+//! table deleted and made again.
 //!
 //! The anchor is the kernel's part measured in the same run: `nft -f` loading the same
 //! script. The ratio says what wren adds on top of what the kernel has to do anyway.
@@ -200,41 +201,34 @@ fn main() {
         load.push(nft_load(&ns, &script));
     }
 
-    // Changes: one policy's extra port changes; recompute and render, then load either the
-    // delta from what the table holds or (for comparison) the whole table again.
+    // Changes: one policy's extra port changes; recompute and render, then load in turn
+    // the delta from what the table holds, the whole table replaced in place (what a full
+    // pass of the agent loads), and the whole table deleted and made again (for
+    // comparison: what a table of unknown content gets).
     let ns = NetNs::new("polbench").unwrap();
     let mut loaded = cluster.plan_node("n1").nft_rules();
     nft_load(&ns, &loaded.script(TABLE));
-    let mut delta_compute = Vec::new();
-    let mut delta_load = Vec::new();
-    let mut delta_total = Vec::new();
-    let mut whole_compute = Vec::new();
-    let mut whole_load = Vec::new();
-    let mut whole_total = Vec::new();
+    let mut timings: [[Vec<Duration>; 3]; 3] = Default::default();
     for i in 0..changes {
         let n = i % NAMESPACES;
         let changed: NetworkPolicy =
             decode_value(1, policy_json(n, i % 10, 9001 + i as u16)).unwrap();
-        let whole = i % 2 == 1;
+        let kind = i % 3;
         let started = Instant::now();
         cluster.add_policy(changed);
         let rules = cluster.plan_node("n1").nft_rules();
-        let script = if whole {
-            rules.script(TABLE)
-        } else {
-            rules.delta_script(&loaded, TABLE)
+        let script = match kind {
+            0 => rules.delta_script(&loaded, TABLE),
+            1 => rules.replace_script(&loaded, TABLE),
+            _ => rules.script(TABLE),
         };
         let computed = started.elapsed();
         let load = nft_load(&ns, &script);
         loaded = rules;
-        let (c, l, t) = if whole {
-            (&mut whole_compute, &mut whole_load, &mut whole_total)
-        } else {
-            (&mut delta_compute, &mut delta_load, &mut delta_total)
-        };
-        c.push(computed);
-        l.push(load);
-        t.push(computed + load);
+        let [compute, load_times, total] = &mut timings[kind];
+        compute.push(computed);
+        load_times.push(load);
+        total.push(computed + load);
     }
 
     println!(
@@ -258,42 +252,25 @@ fn main() {
         ms(c + l),
         c.as_secs_f64() / l.as_secs_f64()
     );
-    for (label, p, compute, load, total) in [
-        ("delta, p50", 0.5, &delta_compute, &delta_load, &delta_total),
-        (
-            "delta, p99",
-            0.99,
-            &delta_compute,
-            &delta_load,
-            &delta_total,
-        ),
-        (
-            "whole table, p50",
-            0.5,
-            &whole_compute,
-            &whole_load,
-            &whole_total,
-        ),
-        (
-            "whole table, p99",
-            0.99,
-            &whole_compute,
-            &whole_load,
-            &whole_total,
-        ),
-    ] {
-        let (c, l, t) = (
-            percentile(compute, p),
-            percentile(load, p),
-            percentile(total, p),
-        );
-        println!(
-            "| one policy changed, {label} | {} | {} | {} | {:.2} |",
-            ms(c),
-            ms(l),
-            ms(t),
-            c.as_secs_f64() / l.as_secs_f64()
-        );
+    for (kind, label) in ["delta", "whole table in place", "whole table made again"]
+        .iter()
+        .enumerate()
+    {
+        for (p, at) in [(0.5, "p50"), (0.99, "p99")] {
+            let [compute, load, total] = &timings[kind];
+            let (c, l, t) = (
+                percentile(compute, p),
+                percentile(load, p),
+                percentile(total, p),
+            );
+            println!(
+                "| one policy changed, {label}, {at} | {} | {} | {} | {:.2} |",
+                ms(c),
+                ms(l),
+                ms(t),
+                c.as_secs_f64() / l.as_secs_f64()
+            );
+        }
     }
     println!();
     println!(
