@@ -1051,3 +1051,63 @@ fn fsm_late_connection_the_peer_closes_as_a_collision_leaves_the_session_up() {
     assert_eq!(h.fsm.established_conn(), Some(old));
     assert_eq!(h.fsm.last_error(), None);
 }
+
+/// A connection the peer opens beside the established session and never sends an OPEN on
+/// (or never confirms) would hold the one slot beside the session for as long as the session
+/// lasts, and a restarted peer's connection would be refused meanwhile. It gets the OPEN
+/// hold time (RFC 4271's four minutes) to come up; then it is dropped with Hold Timer
+/// Expired, the session left alone, and the next connection is taken.
+#[test]
+fn fsm_a_silent_connection_beside_the_session_is_dropped_and_frees_its_slot() {
+    for confirms in [false, true] {
+        let mut h = Harness::new(gr_config());
+        let remote = Ipv4Addr::new(10, 0, 0, 9);
+        let session = h.establish(remote, gr_open(remote));
+        let silent = h.fsm.next_conn_id();
+        let actions = h.on(Event::TcpAccepted(silent));
+        assert_eq!(
+            timer_started(&actions, Timer::Newcomer),
+            Some(fsm::OPEN_HOLD_TIME)
+        );
+        if confirms {
+            // An OPEN but no KEEPALIVE: OpenConfirm beside the session.
+            h.on(Event::Message(silent, Message::Open(gr_open(remote))));
+        }
+        // Meanwhile a third connection finds no slot.
+        let refused = h.fsm.next_conn_id();
+        assert!(closes(&h.on(Event::TcpAccepted(refused)), refused));
+        let actions = h.on(Event::TimerExpired(Timer::Newcomer));
+        assert_eq!(notification(&actions, silent), Some((4, 0)), "{actions:?}");
+        assert!(closes(&actions, silent));
+        assert!(!closes(&actions, session) && session_down(&actions).is_none());
+        assert_eq!(h.fsm.established_conn(), Some(session));
+        // The slot is free again: a restarted peer's connection is taken, and comes up.
+        let restarted = h.fsm.next_conn_id();
+        let actions = h.on(Event::TcpAccepted(restarted));
+        assert!(!closes(&actions, restarted), "{actions:?}");
+        h.on(Event::Message(restarted, Message::Open(gr_open(remote))));
+        let actions = h.on(Event::Message(restarted, Message::Keepalive));
+        assert_eq!(
+            down_reason(&actions),
+            Some(&DownReason::PeerRestarted),
+            "{actions:?}"
+        );
+        assert_eq!(h.fsm.established_conn(), Some(restarted));
+    }
+}
+
+/// The newcomer's timer does nothing once its connection came up, or without a session.
+#[test]
+fn fsm_the_newcomer_timer_leaves_an_established_session_alone() {
+    let mut h = Harness::new(gr_config());
+    let remote = Ipv4Addr::new(10, 0, 0, 9);
+    let session = h.establish(remote, gr_open(remote));
+    let actions = h.on(Event::TimerExpired(Timer::Newcomer));
+    assert!(
+        actions
+            .iter()
+            .all(|a| !matches!(a, Action::Close(_) | Action::Send(..))),
+        "{actions:?}"
+    );
+    assert_eq!(h.fsm.established_conn(), Some(session));
+}

@@ -118,6 +118,11 @@ pub enum Timer {
     Keepalive,
     /// Delay before restarting after an error (automatic start).
     IdleHold,
+    /// Time a connection the peer opened beside the established session has to come up
+    /// (its OPEN, then its KEEPALIVE) before it is dropped, the session left alone: a
+    /// connection that stays silent must not hold the one slot beside the session, which a
+    /// restarted peer's connection needs.
+    Newcomer,
 }
 
 /// Inputs of the machine.
@@ -581,6 +586,26 @@ impl Fsm {
                     self.start(out);
                 }
             }
+            Timer::Newcomer => {
+                // Only beside an established session: before it, the connections share
+                // the hold timer.
+                let silent: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|c| c.state != ConnState::Established)
+                    .filter(|_| self.established().is_some())
+                    .map(|c| c.id)
+                    .collect();
+                let notification = error_notification(ErrorCode::HoldTimerExpired);
+                for id in silent {
+                    self.remove(id);
+                    out.push(Action::Send(
+                        id,
+                        Message::Notification(notification.clone()),
+                    ));
+                    out.push(Action::Close(id));
+                }
+            }
             Timer::Hold => {
                 if matches!(
                     self.state,
@@ -625,6 +650,9 @@ impl Fsm {
             out.push(Action::StartTimer(Timer::Hold, OPEN_HOLD_TIME));
         }
         let after_up = direction == Direction::Inbound && self.established().is_some();
+        if self.established().is_some() {
+            out.push(Action::StartTimer(Timer::Newcomer, OPEN_HOLD_TIME));
+        }
         self.conns.push(Conn {
             id,
             direction,
@@ -1110,6 +1138,7 @@ fn stop_all_timers(out: &mut Vec<Action>) {
         Timer::Hold,
         Timer::Keepalive,
         Timer::IdleHold,
+        Timer::Newcomer,
     ] {
         out.push(Action::StopTimer(timer));
     }
