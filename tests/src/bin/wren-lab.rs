@@ -4,7 +4,8 @@
 //! wren-lab up --nodes 3 [--encap none|vxlan|ipip] [--subnets 1|2] [--tor] [--name demo]
 //!              [--etcd-members 1|3|5] [--etcd-tls] [--route-reflectors N] [--etcd-proxies N]
 //!              [--no-fast-path]
-//! wren-lab ping | status | routes NODE | exec NODE -- CMD… | down | list
+//! wren-lab ping | status | routes NODE | exec NODE -- CMD… | pods | ip POD | down | list
+//! wren-lab pod-add NODE [--k8s NAMESPACE/NAME [--label KEY=VALUE]…] | pod-rm POD
 //! wren-lab demo        # up → ping → status → routes explained → a policy isolates a pod → down
 //! ```
 
@@ -99,6 +100,23 @@ enum LabCommand {
     },
     /// List the pods: name, node, address.
     Pods,
+    /// Add a pod to a node through the real CNI plugin (ADD); with --k8s, a Kubernetes
+    /// pod, its identity passed as a runtime passes it, labelled with each --label.
+    PodAdd {
+        /// Node name (n1, n2, …).
+        node: String,
+        /// The pod's Kubernetes identity; the lab names the pod `NAMESPACE-NAME`.
+        #[arg(long, value_name = "NAMESPACE/NAME")]
+        k8s: Option<String>,
+        /// A label of the Kubernetes pod (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", requires = "k8s")]
+        labels: Vec<String>,
+    },
+    /// Remove a pod through the real CNI plugin (DEL), and its namespace.
+    PodRm {
+        /// Pod name (see `wren-lab pods`).
+        pod: String,
+    },
     /// Print a pod's address (for use in other commands: `$(wren-lab ip n2-p2)`).
     Ip {
         /// Pod name (n1-p0, …).
@@ -198,6 +216,30 @@ fn run(cli: Cli) -> Result<()> {
             for pod in &lab.state().pods {
                 println!("{:8} {:6} {}", pod.name, pod.node, pod.ip);
             }
+            Ok(())
+        }
+        LabCommand::PodAdd { node, k8s, labels } => {
+            let mut lab = Lab::open(&name)?;
+            let pod = match k8s.as_deref().map(|id| id.split_once('/')) {
+                None => lab.add_pod(&node)?,
+                Some(None) => bail!("--k8s takes NAMESPACE/NAME"),
+                Some(Some((namespace, pod))) if labels.is_empty() => {
+                    lab.add_k8s_pod(&node, namespace, pod)?
+                }
+                Some(Some((namespace, pod))) => {
+                    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                    lab.add_labelled_k8s_pod(&node, namespace, pod, &labels)?;
+                    format!("{namespace}-{pod}")
+                }
+            };
+            println!("Pod {pod} added on {node}.");
+            Ok(())
+        }
+        LabCommand::PodRm { pod } => {
+            let mut lab = Lab::open(&name)?;
+            lab.delete_pod(&pod)
+                .with_context(|| format!("removing pod `{pod}` of lab {name}"))?;
+            println!("Pod {pod} removed: deleted through wren-cni, its namespace gone.");
             Ok(())
         }
         LabCommand::Ip { pod } => {
