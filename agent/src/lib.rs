@@ -15,3 +15,4 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod metrics;
+pub mod sync;

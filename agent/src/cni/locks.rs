@@ -34,7 +34,7 @@ impl KeyedLocks {
     /// Waits for and takes the lock of `key`.
     pub async fn lock(&self, key: &str) -> KeyGuard<'_> {
         let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slots = crate::sync::lock(&self.slots);
             slots.entry(key.to_string()).or_default().clone()
         };
         let guard = slot.clone().lock_owned().await;
@@ -48,7 +48,7 @@ impl KeyedLocks {
 
     /// How many keys have a holder or a waiter.
     pub fn in_use(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
+        crate::sync::lock(&self.slots).len()
     }
 }
 
@@ -56,7 +56,7 @@ impl Drop for KeyGuard<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
         let Some(slot) = self.slot.take() else { return };
-        let mut slots = self.locks.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = crate::sync::lock(&self.locks.slots);
         // Two references left (the map's and ours) means no one else holds or awaits it.
         if Arc::strong_count(&slot) == 2 {
             slots.remove(&self.key);

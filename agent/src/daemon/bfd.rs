@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::lock;
+use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use wren_bfd::endpoint::{

@@ -16,9 +16,9 @@ use smallvec::SmallVec;
 use tokio::sync::watch;
 
 use super::bfd::BfdStatus;
-use super::lock;
 use super::mesh::PeerSpec;
 use super::policy::{ClusterSpace, Exports};
+use crate::sync::lock;
 
 /// One session as the speaker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

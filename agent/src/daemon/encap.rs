@@ -35,7 +35,6 @@ use wren_model::{Encapsulation, EncapsulationMode, Node, Pool, keys, vxlan_tunne
 use wren_store::Store;
 use wren_store::json::JsonStore;
 
-use super::lock;
 use super::view::ClusterView;
 use crate::dataplane::PodDefaults;
 use crate::dataplane::ipip::{IPIP_DEVICE, IpipDevice, IpipManager, IpipSupport};
@@ -46,6 +45,7 @@ use crate::dataplane::program::routes::DesiredRoutes;
 use crate::dataplane::vxlan::{VXLAN_DEVICE, VxlanDevice, VxlanManager, VxlanPeer};
 use crate::dataplane::{Gateway, NetlinkError, NextHop, Protocol};
 use crate::metrics::{Metrics, TunnelLabels};
+use crate::sync::lock;
 
 /// The MAC of a node's `wren.vxlan`: the first six bytes of a SHA-256 of its name, marked
 /// locally administered and unicast. The same name gives the same MAC on every start.

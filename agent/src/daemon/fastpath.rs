@@ -25,12 +25,12 @@ use serde::{Deserialize, Serialize};
 use wren_fastpath::{FastPath, VxlanConfig};
 
 use super::encap::vxlan_peers;
-use super::lock;
 use super::view::ClusterView;
 use crate::dataplane::ipip::IPIP_DEVICE;
 use crate::dataplane::mtu::PassUnderlay;
 use crate::dataplane::vxlan::{VXLAN_DEVICE, VXLAN_PORT, VXLAN_VNI};
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 /// What the fast path should cover, from the view.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

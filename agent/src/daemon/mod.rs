@@ -90,13 +90,7 @@ pub const FULL_READ_PERIOD: Duration = Duration::from_secs(60);
 /// bounds how long a datastore that lost it without any change goes unnoticed).
 const IDENTITY_PERIOD: Duration = Duration::from_secs(10);
 
-/// `mutex`'s guard, also after a thread panicked holding it: every value kept behind these
-/// locks is whole between statements.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::{lock, read, write};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -230,10 +224,7 @@ impl Shared {
 
     /// The status document as of now.
     pub fn status(&self) -> AgentStatus {
-        let mut status = match self.status.read() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let mut status = read(&self.status).clone();
         status.readiness = self.readiness();
         if let Some(bgp) = self.live_sessions.get() {
             refresh_sessions(&mut status.peers, &bgp.sessions());
@@ -245,10 +236,7 @@ impl Shared {
     }
 
     fn set_status(&self, status: AgentStatus) {
-        match self.status.write() {
-            Ok(mut s) => *s = status,
-            Err(poisoned) => *poisoned.into_inner() = status,
-        }
+        *write(&self.status) = status;
     }
 }
 

@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::sync::{lock, read, write};
+
 use async_trait::async_trait;
 use ipnet::IpNet;
 use tokio::sync::{Notify, watch};
@@ -28,7 +30,6 @@ use wren_model::{Community, Decision, Filter};
 
 use super::bfd::{BfdSession, BfdSessions};
 use super::bgp::{BestPaths, BgpControl, NextHops, SessionInfo, SessionTimers};
-use super::lock;
 use super::mesh::{PeerKind, PeerSpec};
 use super::policy::{ClusterSpace, Export, Exports, ImportLimits};
 use crate::config::AgentConfig;
@@ -67,13 +68,6 @@ fn carries(attrs: &Attributes, community: &Community) -> bool {
             local_data_1: first,
             local_data_2: second,
         }),
-    }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    match lock.read() {
-        Ok(r) => r,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -348,10 +342,7 @@ impl SpeakerBgp {
         tokio::spawn(async move {
             while let Some(batch) = subscription.recv().await {
                 {
-                    let mut best = match best.write() {
-                        Ok(b) => b,
-                        Err(poisoned) => poisoned.into_inner(),
-                    };
+                    let mut best = write(&best);
                     for event in batch {
                         match event {
                             RouteEvent::Best { prefix, path } => {
@@ -426,10 +417,7 @@ impl SpeakerBgp {
     /// UPDATE on).
     async fn change_import_rules(&self, change: impl FnOnce(&mut ImportRules)) {
         let refresh: Vec<IpAddr> = {
-            let mut rules = match self.policy.import.write() {
-                Ok(r) => r,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut rules = write(&self.policy.import);
             let before = rules.clone();
             change(&mut rules);
             if *rules == before {
@@ -489,10 +477,7 @@ impl BgpControl for SpeakerBgp {
         // What a peer was sent under the old export filter is not judged again until its
         // session restarts: restart the sessions whose filter changed.
         let reexport: Vec<IpAddr> = {
-            let mut current = match self.policy.export_filters.write() {
-                Ok(f) => f,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut current = write(&self.policy.export_filters);
             let changed = peers
                 .keys()
                 .filter(|a| current.get(*a) != export_filters.get(*a))
@@ -565,10 +550,7 @@ impl BgpControl for SpeakerBgp {
             .filter(|(_, e)| e.external_only)
             .map(|(p, _)| *p)
             .collect();
-        *match self.policy.external_only.write() {
-            Ok(e) => e,
-            Err(poisoned) => poisoned.into_inner(),
-        } = external_only;
+        *write(&self.policy.external_only) = external_only;
         let mut applied = self.applied.lock().await;
         let stale: Vec<IpNet> = applied
             .originated
@@ -618,10 +600,7 @@ impl BgpControl for SpeakerBgp {
     }
 
     fn best_paths(&self) -> BestPaths {
-        match self.best.read() {
-            Ok(b) => b.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        read(&self.best).clone()
     }
 
     fn sessions(&self) -> Vec<SessionInfo> {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use super::lock;
+use crate::sync::lock;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;

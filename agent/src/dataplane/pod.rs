@@ -22,6 +22,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use ipnet::IpNet;
+
+use crate::sync::lock;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoData, InfoVeth,
@@ -90,18 +92,12 @@ impl PodDefaults {
     /// The pod MTU and the pods' GSO/GRO packet sizes (`None`: the kernel's standard), read
     /// together.
     pub fn current(&self) -> (u32, Option<OffloadSizes>) {
-        match self.current.lock() {
-            Ok(c) => *c,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
+        *lock(&self.current)
     }
 
     /// Replaces both.
     pub fn set(&self, mtu: u32, offload: Option<OffloadSizes>) {
-        match self.current.lock() {
-            Ok(mut c) => *c = (mtu, offload),
-            Err(poisoned) => *poisoned.into_inner() = (mtu, offload),
-        }
+        *lock(&self.current) = (mtu, offload);
     }
 }
 

@@ -8,7 +8,7 @@
 //! they are not desired ([`kept_when_undesired`]).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -17,6 +17,7 @@ use crate::dataplane::pod::is_host_ifname;
 use crate::dataplane::{
     NextHop, Protocol, Route, RouteChange, RouteError, RouteFailure, RouteManager, RouteReport,
 };
+use crate::sync::lock;
 
 /// Every route wren wants in the main table, by destination.
 pub type DesiredRoutes = BTreeMap<IpNet, Route>;
@@ -130,13 +131,6 @@ pub trait RouteProgrammer: Send + Sync {
 /// pool; one manager (one netlink socket) serves the agent's whole life.
 pub struct KernelRoutes {
     manager: Arc<Mutex<RouteManager>>,
-}
-
-fn lock(manager: &Mutex<RouteManager>) -> MutexGuard<'_, RouteManager> {
-    match manager.lock() {
-        Ok(m) => m,
-        Err(poisoned) => poisoned.into_inner(),
-    }
 }
 
 impl KernelRoutes {
