@@ -525,15 +525,8 @@ fn untranslated(
 ) -> Result<(), AsmError> {
     use Reg::*;
     let Exits { next, to_stack, .. } = exits;
-    let [tcp, tracked, carried_assured, untracked, translated, done] = [
-        "tcp",
-        "tracked",
-        "carried_assured",
-        "untracked",
-        "translated",
-        "untranslated",
-    ]
-    .map(|name| a.new_label(name));
+    let [tcp, tracked, untracked, translated, done] =
+        ["tcp", "tracked", "untracked", "translated", "untranslated"].map(|name| a.new_label(name));
     // Resets are carried only where the kernel lets the program shorten the entry, as
     // conntrack would have on seeing the reset.
     let carry_resets = conntrack
@@ -625,19 +618,7 @@ fn untranslated(
     // mark carries the current epoch (the rules allowed it since they last changed), and
     // never with SYN or FIN (those left above), so that conntrack sees every connection's
     // setup and teardown and leaves no entry behind.
-    a.load(Size::DW, R2, R10, CT_STATUS)
-        .jump_imm(Cond::Set, R2, IPS_ASSURED, carried_assured)
-        .jump(to_stack);
-    a.place(carried_assured)?;
-    a.store_imm(Size::W, R10, ARRAY_KEY, 0);
-    lookup(a, maps.policy_mark, ARRAY_KEY);
-    a.jump_imm(Cond::Eq, R0, 0, to_stack)
-        .load(Size::W, R2, R0, MARK_EPOCH)
-        .jump_imm(Cond::Eq, R2, 0, to_stack)
-        .load(Size::W, R3, R0, MARK_MASK)
-        .load(Size::W, R4, R10, CT_MARK)
-        .alu_reg(Alu::And, R4, R3)
-        .jump_reg(Cond::Ne, R4, R2, to_stack);
+    stamped_with_epoch(a, maps, false, to_stack)?;
     count(a, maps.counters, COUNTER_POLICED_CARRIED)?;
     load_packet(a, HEADERS_LEN, next);
     a.jump(done);
@@ -652,31 +633,17 @@ fn untranslated(
     // than a reset (a challenge ACK, when the reset missed the window's edge) goes to the
     // stack, refreshes the entry there and is judged and stamped again.
     if let Some((change_timeout, mark, reset)) = carry_resets {
-        let [reset_assured, reset_to_stack] =
-            ["reset_assured", "reset_to_stack"].map(|name| a.new_label(name));
+        let reset_to_stack = a.new_label("reset_to_stack");
         a.place(reset)?;
         // R8 holds the reference across the calls; the packet is reloaded after.
-        a.mov(R8, R0)
-            .load(Size::DW, R2, R10, CT_STATUS)
-            .jump_imm(Cond::Set, R2, IPS_NAT_MASK, reset_to_stack)
-            .jump_imm(Cond::Set, R2, IPS_ASSURED, reset_assured)
-            .jump(reset_to_stack);
-        a.place(reset_assured)?;
-        a.store_imm(Size::W, R10, ARRAY_KEY, 0);
-        lookup(a, maps.policy_mark, ARRAY_KEY);
-        a.jump_imm(Cond::Eq, R0, 0, reset_to_stack)
-            .load(Size::W, R2, R0, MARK_EPOCH)
-            .jump_imm(Cond::Eq, R2, 0, reset_to_stack)
-            .load(Size::W, R5, R0, MARK_RESET)
-            .jump_imm(Cond::Eq, R5, 0, reset_to_stack)
-            .load(Size::W, R3, R0, MARK_MASK)
-            .load(Size::W, R4, R10, CT_MARK)
-            .alu_reg(Alu::And, R4, R3)
-            .mov(R3, R5)
-            .alu_imm(Alu::Xor, R3, -1)
-            .alu_reg(Alu::And, R4, R3)
-            .jump_reg(Cond::Ne, R4, R2, reset_to_stack)
-            .load(Size::W, R4, R10, CT_MARK)
+        a.mov(R8, R0).load(Size::DW, R2, R10, CT_STATUS).jump_imm(
+            Cond::Set,
+            R2,
+            IPS_NAT_MASK,
+            reset_to_stack,
+        );
+        stamped_with_epoch(a, maps, true, reset_to_stack)?;
+        a.load(Size::W, R4, R10, CT_MARK)
             .alu_reg(Alu::Or, R4, R5)
             .store(Size::W, R8, mark, R4)
             .load(Size::W, R2, R0, MARK_RESET_TIMEOUT)
@@ -705,6 +672,42 @@ fn untranslated(
     count(a, maps.counters, COUNTER_TRANSLATED)?;
     a.jump(next);
     a.place(done)?;
+    Ok(())
+}
+
+/// Goes to `otherwise` unless the connection whose status and mark the stack holds
+/// (`CT_STATUS`, `CT_MARK`) is assured and stamped with the current epoch: `mark & mask`
+/// equal to it, or with `after_reset` equal to it once the reset bit is left out (and only
+/// when the policy mark map names a reset bit). Leaves R0 = the map's value and, with
+/// `after_reset`, R5 = the reset bit.
+fn stamped_with_epoch(
+    a: &mut Asm,
+    maps: MapFds,
+    after_reset: bool,
+    otherwise: Label,
+) -> Result<(), AsmError> {
+    use Reg::*;
+    let assured = a.new_label("assured");
+    a.load(Size::DW, R2, R10, CT_STATUS)
+        .jump_imm(Cond::Set, R2, IPS_ASSURED, assured)
+        .jump(otherwise);
+    a.place(assured)?;
+    a.store_imm(Size::W, R10, ARRAY_KEY, 0);
+    lookup(a, maps.policy_mark, ARRAY_KEY);
+    a.jump_imm(Cond::Eq, R0, 0, otherwise)
+        .load(Size::W, R2, R0, MARK_EPOCH)
+        .jump_imm(Cond::Eq, R2, 0, otherwise)
+        .load(Size::W, R3, R0, MARK_MASK)
+        .load(Size::W, R4, R10, CT_MARK)
+        .alu_reg(Alu::And, R4, R3);
+    if after_reset {
+        a.load(Size::W, R5, R0, MARK_RESET)
+            .jump_imm(Cond::Eq, R5, 0, otherwise)
+            .mov(R3, R5)
+            .alu_imm(Alu::Xor, R3, -1)
+            .alu_reg(Alu::And, R4, R3);
+    }
+    a.jump_reg(Cond::Ne, R4, R2, otherwise);
     Ok(())
 }
 
