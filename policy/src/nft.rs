@@ -103,6 +103,17 @@ const INGRESS_MAP: &str = "ingress_chains";
 const INGRESS_ISOLATED_SET: &str = "ingress_isolated";
 /// The set of the interfaces of the pods isolated for egress.
 const EGRESS_ISOLATED_SET: &str = "egress_isolated";
+/// The type of the interface verdict maps, as every script declares them.
+const INTERFACE_MAP_TYPE: &str = "type ifname : verdict;";
+/// The type of the sets of isolated interfaces.
+const INTERFACE_SET_TYPE: &str = "type ifname;";
+
+/// The type and flags of an address set of `kind` (`ipv4_addr`, `ipv6_addr`), as every
+/// script declares it: a declaration that differs fails against the set in the kernel.
+fn address_set_type(kind: &str) -> String {
+    format!("type {kind}; flags interval;")
+}
+
 /// A TCP packet conntrack meets mid-stream: new to it, and not a SYN.
 const MID_STREAM: &str = "ct state new tcp flags & (fin | syn | rst | ack) != syn";
 
@@ -274,19 +285,20 @@ impl NftRules {
         for (map, _) in self.interface_maps() {
             let _ = writeln!(
                 s,
-                "add map inet {table} {map} {{ type ifname : verdict; }}\nflush map inet {table} {map}"
+                "add map inet {table} {map} {{ {INTERFACE_MAP_TYPE} }}\nflush map inet {table} {map}"
             );
         }
         for (set, _) in self.isolated_sets() {
             let _ = writeln!(
                 s,
-                "add set inet {table} {set} {{ type ifname; }}\nflush set inet {table} {set}"
+                "add set inet {table} {set} {{ {INTERFACE_SET_TYPE} }}\nflush set inet {table} {set}"
             );
         }
         for (name, (kind, _)) in &self.sets {
             let _ = writeln!(
                 s,
-                "add set inet {table} {name} {{ type {kind}; flags interval; }}\nflush set inet {table} {name}"
+                "add set inet {table} {name} {{ {} }}\nflush set inet {table} {name}",
+                address_set_type(kind)
             );
         }
         s.push_str(&self.table_block(table));
@@ -311,7 +323,8 @@ impl NftRules {
             {
                 let _ = writeln!(
                     s,
-                    "add set inet {table} {name} {{ type {kind}; flags interval; }}"
+                    "add set inet {table} {name} {{ {} }}",
+                    address_set_type(kind)
                 );
             }
             let _ = writeln!(s, "delete set inet {table} {name}");
@@ -328,14 +341,14 @@ impl NftRules {
         let mut s = String::new();
         let _ = writeln!(s, "table inet {table} {{");
         for (name, entries) in self.interface_maps() {
-            let _ = write!(s, "\tmap {name} {{ type ifname : verdict; ");
+            let _ = write!(s, "\tmap {name} {{ {INTERFACE_MAP_TYPE} ");
             if !entries.is_empty() {
                 let _ = write!(s, "elements = {{ {} }} ", map_elements(entries).join(", "));
             }
             s.push_str("}\n");
         }
         for (name, map) in self.isolated_sets() {
-            let _ = write!(s, "\tset {name} {{ type ifname; ");
+            let _ = write!(s, "\tset {name} {{ {INTERFACE_SET_TYPE} ");
             if !map.is_empty() {
                 let elements = quoted(map.keys().map(String::as_str));
                 let _ = write!(s, "elements = {{ {} }} ", elements.join(", "));
@@ -345,7 +358,8 @@ impl NftRules {
         for (name, (kind, elements)) in &self.sets {
             let _ = writeln!(
                 s,
-                "\tset {name} {{ type {kind}; flags interval; elements = {{ {elements} }} }}"
+                "\tset {name} {{ {} elements = {{ {elements} }} }}",
+                address_set_type(kind)
             );
         }
         for name in self.counters.keys() {
@@ -445,7 +459,8 @@ impl NftRules {
             if !previous.sets.contains_key(name) {
                 let _ = writeln!(
                     s,
-                    "add set inet {table} {name} {{ type {kind}; flags interval; elements = {{ {elements} }} }}"
+                    "add set inet {table} {name} {{ {} elements = {{ {elements} }} }}",
+                    address_set_type(kind)
                 );
             }
         }
