@@ -589,21 +589,16 @@ impl Fsm {
             Timer::Newcomer => {
                 // Only beside an established session: before it, the connections share
                 // the hold timer.
-                let silent: Vec<ConnId> = self
-                    .conns
-                    .iter()
-                    .filter(|c| c.state != ConnState::Established)
-                    .filter(|_| self.established().is_some())
-                    .map(|c| c.id)
-                    .collect();
-                let notification = error_notification(ErrorCode::HoldTimerExpired);
-                for id in silent {
-                    self.remove(id);
-                    out.push(Action::Send(
-                        id,
-                        Message::Notification(notification.clone()),
-                    ));
-                    out.push(Action::Close(id));
+                if self.established().is_some() {
+                    let silent: Vec<ConnId> = self
+                        .conns
+                        .iter()
+                        .filter(|c| c.state != ConnState::Established)
+                        .map(|c| c.id)
+                        .collect();
+                    for id in silent {
+                        self.close_with(id, error_notification(ErrorCode::HoldTimerExpired), out);
+                    }
                 }
             }
             Timer::Hold => {
@@ -649,8 +644,9 @@ impl Fsm {
             out.push(Action::StopTimer(Timer::ConnectRetry));
             out.push(Action::StartTimer(Timer::Hold, OPEN_HOLD_TIME));
         }
-        let after_up = direction == Direction::Inbound && self.established().is_some();
-        if self.established().is_some() {
+        let beside_session = self.established().is_some();
+        let after_up = direction == Direction::Inbound && beside_session;
+        if beside_session {
             out.push(Action::StartTimer(Timer::Newcomer, OPEN_HOLD_TIME));
         }
         self.conns.push(Conn {
@@ -852,11 +848,22 @@ impl Fsm {
 
     /// Closes a connection that lost a collision, with Cease / Connection Collision Resolution.
     fn reject(&mut self, id: ConnId, out: &mut Vec<Action>) {
-        if self.remove(id).is_some() {
-            let collision = cease_notification(CeaseError::ConnectionCollisionResolution);
-            out.push(Action::Send(id, Message::Notification(collision)));
-            out.push(Action::Close(id));
-        }
+        let collision = cease_notification(CeaseError::ConnectionCollisionResolution);
+        self.close_with(id, collision, out);
+    }
+
+    /// Sends `notification` on connection `id` and closes it, if it is one of ours; the
+    /// connection it was.
+    fn close_with(
+        &mut self,
+        id: ConnId,
+        notification: Notification,
+        out: &mut Vec<Action>,
+    ) -> Option<Conn> {
+        let conn = self.remove(id)?;
+        out.push(Action::Send(id, Message::Notification(notification)));
+        out.push(Action::Close(id));
+        Some(conn)
     }
 
     /// OpenConfirm on `id`: the peer's OPEN accepted, our KEEPALIVE sent. With `timers` the
@@ -938,14 +945,9 @@ impl Fsm {
 
     /// Send a NOTIFICATION for the peer's protocol error and drop the connection.
     fn protocol_error(&mut self, id: ConnId, notification: Notification, out: &mut Vec<Action>) {
-        let Some(conn) = self.remove(id) else {
+        let Some(conn) = self.close_with(id, notification.clone(), out) else {
             return;
         };
-        out.push(Action::Send(
-            id,
-            Message::Notification(notification.clone()),
-        ));
-        out.push(Action::Close(id));
         let reason = DownReason::NotificationSent(notification);
         if conn.state == ConnState::Established || self.conns.is_empty() {
             self.fail(reason, out);
