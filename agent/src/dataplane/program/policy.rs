@@ -218,15 +218,18 @@ impl PolicyProgrammer {
 
     /// How long an epoch stands: [`renewal_interval`] of the timeouts conntrack has now.
     fn epoch_lifetime(&self) -> Duration {
-        renewal_interval(TCP_TIMEOUTS.map(|(name, default)| {
-            read_seconds(&self.conntrack_sysctls.join(name)).unwrap_or(default)
-        }))
+        renewal_interval(TCP_TIMEOUTS.map(|timeout| self.conntrack_timeout(timeout)))
     }
 
     /// What conntrack leaves of a reset connection's entry in this namespace, now: the
     /// timeout the fast path gives an entry whose reset it carries.
     pub fn reset_timeout(&self) -> Duration {
-        let (name, default) = TCP_TIMEOUT_CLOSE;
+        self.conntrack_timeout(TCP_TIMEOUT_CLOSE)
+    }
+
+    /// One of conntrack's timeouts as its sysctl `name` says now, `default` when it cannot
+    /// be read.
+    fn conntrack_timeout(&self, (name, default): (&str, Duration)) -> Duration {
         read_seconds(&self.conntrack_sysctls.join(name)).unwrap_or(default)
     }
 
