@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use wren_policy::nft::TABLE;
+use wren_policy::nft::{NftRules, TABLE};
 use wren_policy::{Cluster, Labels, NamedPort, NetworkPolicy, Pod, Protocol, decode_value};
 use wren_tests::bench::{CountingAllocator, arg, invoked_as_bench, live_bytes};
 use wren_tests::netns::{NetNs, run_with_input};
@@ -208,20 +208,24 @@ fn main() {
     let ns = NetNs::new("polbench").unwrap();
     let mut loaded = cluster.plan_node("n1").nft_rules();
     nft_load(&ns, &loaded.script(TABLE));
+    type Render = fn(&NftRules, &NftRules) -> String;
+    let loads: [(&str, Render); 3] = [
+        ("delta", |rules, loaded| rules.delta_script(loaded, TABLE)),
+        ("whole table in place", |rules, loaded| {
+            rules.replace_script(loaded, TABLE)
+        }),
+        ("whole table made again", |rules, _| rules.script(TABLE)),
+    ];
     let mut timings: [[Vec<Duration>; 3]; 3] = Default::default();
     for i in 0..changes {
         let n = i % NAMESPACES;
         let changed: NetworkPolicy =
             decode_value(1, policy_json(n, i % 10, 9001 + i as u16)).unwrap();
-        let kind = i % 3;
+        let kind = i % loads.len();
         let started = Instant::now();
         cluster.add_policy(changed);
         let rules = cluster.plan_node("n1").nft_rules();
-        let script = match kind {
-            0 => rules.delta_script(&loaded, TABLE),
-            1 => rules.replace_script(&loaded, TABLE),
-            _ => rules.script(TABLE),
-        };
+        let script = (loads[kind].1)(&rules, &loaded);
         let computed = started.elapsed();
         let load = nft_load(&ns, &script);
         loaded = rules;
@@ -252,12 +256,9 @@ fn main() {
         ms(c + l),
         c.as_secs_f64() / l.as_secs_f64()
     );
-    for (kind, label) in ["delta", "whole table in place", "whole table made again"]
-        .iter()
-        .enumerate()
-    {
+    for ((label, _), timings) in loads.iter().zip(&timings) {
         for (p, at) in [(0.5, "p50"), (0.99, "p99")] {
-            let [compute, load, total] = &timings[kind];
+            let [compute, load, total] = timings;
             let (c, l, t) = (
                 percentile(compute, p),
                 percentile(load, p),
