@@ -533,7 +533,9 @@ fn untranslated(
         .change_timeout
         .zip(conntrack.mark_offset)
         .map(|(change_timeout, mark)| (change_timeout, mark, a.new_label("reset")));
-    a.store_imm(Size::W, R10, RESET, 0);
+    if carry_resets.is_some() {
+        a.store_imm(Size::W, R10, RESET, 0);
+    }
     // Later fragments carry no ports: the stack reassembles them for conntrack.
     a.load(Size::H, R2, R7, ETH_LEN + 6)
         .alu_imm(Alu::And, R2, ne16(IP_FRAGMENT_MASK))
